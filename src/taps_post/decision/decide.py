@@ -1,0 +1,289 @@
+"""decide(): request + policy + environment -> Decision. Pure: no sockets, no clock, no DNS.
+
+Rule 1: the tree is Path -> Stack -> Endpoint (RFC 9623 section 4.1). Each node is judged once
+and a pruned node is reported once, at the level where it was pruned, with the property, rule
+and file:line that pruned it. That keeps explain output proportional to the causes, not to the
+product of interfaces x stacks x addresses.
+Rule 2: ranking is one lexicographic key (`RankKey`), path before protocol, avoid only as a
+tie-break, so two runs on the same input always produce the same order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..policy.context import PolicyContext
+from ..policy.load import Statement
+from ..policy.registry import (
+    INTERFACE_TYPES,
+    MULTIPATH_CAPABLE,
+    REGISTRY,
+    SCHEMES,
+    STACK_FEATURES,
+    STACK_ORDER,
+    STACKS,
+    Pref,
+)
+from ..policy.resolve import Effective, resolve
+from ..policy.match import glob_regex
+from .decision import Candidate, Decision, Exclusion, RankKey
+from .environment import Address, CacheEntry, Environment, Interface
+from .request import Request
+
+__all__ = ["decide"]
+
+_PROTOCOL_PREFS = tuple(
+    name for name, spec in REGISTRY.items()
+    if spec.kind == "preference" and spec.level == "protocol" and not spec.map_key
+)
+
+
+@dataclass(slots=True)
+class _Node:
+    """Soft-preference hits of a surviving path or stack node."""
+
+    prefer: int = 0
+    avoid: int = 0
+
+
+def decide(request: Request, policy: PolicyContext, env: Environment) -> Decision:
+    matched_rules = policy.matching(request)
+    statements = [s for _f, r in matched_rules for s in r.statements]
+    effective, conflicts = resolve(statements, request.kind)
+    matched = frozenset((f.source, r.id) for f, r in matched_rules)
+    warnings = [str(w) for w in policy.warnings]
+
+    def finish(candidates: Sequence[Candidate], excluded: Sequence[Exclusion],
+               outcome: str) -> Decision:
+        return Decision(request, policy.files, matched, effective, tuple(conflicts),
+                        tuple(candidates), tuple(excluded), outcome, tuple(warnings))
+
+    if conflicts:
+        return finish((), (), "policy_prohibited")
+
+    excluded: list[Exclusion] = []
+    interfaces = policy.apply_interface_facts(env.interfaces)
+
+    # Endpoints: the remote addresses, in RFC 8305 interleaved order.
+    if request.is_ip_literal:
+        answers: tuple[str, ...] = (request.host,)
+    else:
+        answers = tuple(env.dns.get(request.host, ()))
+        if not answers:
+            warnings.append(f"{request.host!r} did not resolve to any address")
+    endpoints = _interleave(answers, effective)
+    endpoint_ok: list[tuple[int, str, str]] = []
+    for order, (addr, family) in enumerate(endpoints):
+        reason = _family_filter(effective, family, addr, request.port)
+        if reason is not None:
+            excluded.append(reason)
+        else:
+            endpoint_ok.append((order, addr, family))
+
+    paths = [(iface, node) for iface in interfaces
+             if (node := _judge_path(iface, effective, excluded)) is not None]
+    stacks = [(stack, node) for stack in STACKS
+              if (node := _judge_stack(stack, request, effective, excluded)) is not None]
+
+    temp_pref: Pref = effective["useTemporaryLocalAddress"].value
+    temp_statement = effective["useTemporaryLocalAddress"].statement
+    history = _history_index(env.cache, request.hostport)
+
+    scored: list[tuple[RankKey, Interface, str, str, str, str]] = []
+    for iface, pnode in paths:
+        for order, addr, family in endpoint_ok:
+            local = _local_address(iface, addr, family, temp_pref)
+            if isinstance(local, str):
+                excluded.append(Exclusion(iface.name, None, addr, request.port, "unreachable",
+                                          detail=local))
+                continue
+            if local is None:
+                outcome = ("required_missing" if temp_pref is Pref.REQUIRE else "prohibited")
+                excluded.append(Exclusion.by(
+                    temp_statement, outcome=outcome, interface=iface.name,
+                    remote_address=addr, remote_port=request.port,
+                    detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'} "
+                           f"{family} address on {iface.name}"))
+                continue
+            for stack, snode in stacks:
+                hist, rtt = _history(history, stack, iface.name)
+                key = RankKey(-pnode.prefer, pnode.avoid, -snode.prefer, snode.avoid, hist, rtt,
+                              iface.cost, iface.name, STACK_ORDER[stack], order)
+                scored.append((key, iface, local.address, stack, addr, family))
+
+    scored.sort(key=lambda t: t[0])
+    delay = int(effective["racing.attemptDelay"].value)
+    candidates = [
+        Candidate(rank, iface.name, local, stack, addr, request.port, family,
+                  (rank - 1) * delay, key)
+        for rank, (key, iface, local, stack, addr, family) in enumerate(scored, start=1)
+    ]
+    return finish(candidates, excluded, "ok" if candidates else "no_candidates")
+
+
+def _interleave(answers: Sequence[str], effective: dict[str, Effective]) -> list[tuple[str, str]]:
+    v6 = [a for a in answers if ":" in a]
+    v4 = [a for a in answers if ":" not in a]
+
+    def score(family: str) -> int:
+        eff = effective.get(f"addressFamily.{family}")
+        if eff is None:
+            return 0
+        return {Pref.PREFER: 1, Pref.REQUIRE: 1, Pref.AVOID: -1}.get(eff.value, 0)
+
+    first, second = ((v4, v6) if score("ipv4") > score("ipv6") else (v6, v4))
+    out: list[str] = []
+    for i in range(max(len(first), len(second))):
+        out.extend(x[i] for x in (first, second) if i < len(x))
+    return [(a, "ipv6" if ":" in a else "ipv4") for a in out]
+
+
+def _family_filter(effective: dict[str, Effective], family: str, addr: str,
+                   port: int) -> Exclusion | None:
+    for fam in ("ipv4", "ipv6"):
+        eff = effective.get(f"addressFamily.{fam}")
+        if eff is None:
+            continue
+        if eff.value is Pref.PROHIBIT and fam == family:
+            return Exclusion.by(eff.statement, outcome="prohibited", remote_address=addr,
+                                remote_port=port, detail=f"{family} is prohibited")
+        if eff.value is Pref.REQUIRE and fam != family:
+            return Exclusion.by(eff.statement, outcome="required_missing", remote_address=addr,
+                                remote_port=port, detail=f"{fam} is required")
+    return None
+
+
+def _applies(key: str, iface: Interface) -> bool:
+    family, _, leaf = key.partition(".")
+    if family == "interface":
+        if leaf in INTERFACE_TYPES:
+            return iface.type == leaf
+        return bool(glob_regex(leaf).match(iface.name))
+    if family == "pvd":
+        return iface.pvd == leaf
+    if key == "metered":
+        return iface.metered
+    return False
+
+
+def _path_keys(effective: dict[str, Effective]) -> list[str]:
+    return [k for k in effective
+            if k == "metered" or k.startswith("interface.") or k.startswith("pvd.")]
+
+
+def _judge_path(iface: Interface, effective: dict[str, Effective],
+                excluded: list[Exclusion]) -> _Node | None:
+    if not iface.up:
+        excluded.append(Exclusion(iface.name, None, None, None, "unreachable",
+                                  detail="interface is down"))
+        return None
+    node = _Node()
+    for key in _path_keys(effective):
+        eff = effective[key]
+        pref: Pref = eff.value
+        has = _applies(key, iface)
+        if pref is Pref.PROHIBIT and has:
+            excluded.append(Exclusion.by(eff.statement, outcome="prohibited",
+                                         interface=iface.name,
+                                         detail=f"{iface.name} ({iface.type}) matches {key}"))
+            return None
+        if pref is Pref.REQUIRE and not has:
+            excluded.append(Exclusion.by(eff.statement, outcome="required_missing",
+                                         interface=iface.name,
+                                         detail=f"{iface.name} ({iface.type}) is not {key}"))
+            return None
+        if has and pref is Pref.PREFER:
+            node.prefer += 1
+        elif has and pref is Pref.AVOID:
+            node.avoid += 1
+    max_cost = effective["maxCost"]
+    if max_cost.value is not None and iface.cost > max_cost.value:
+        excluded.append(Exclusion.by(max_cost.statement, outcome="over_cost",
+                                     interface=iface.name,
+                                     detail=f"cost {iface.cost} > maxCost {max_cost.value}"))
+        return None
+    return node
+
+
+def _judge_stack(stack: str, request: Request, effective: dict[str, Effective],
+                 excluded: list[Exclusion]) -> _Node | None:
+    allowed = SCHEMES.get(request.scheme)
+    if allowed is not None and stack not in allowed:
+        excluded.append(Exclusion(None, stack, None, None, "scheme",
+                                  detail=f"{request.scheme}:// allows {', '.join(allowed)}"))
+        return None
+    node = _Node()
+    multipath = effective["multipath"]
+    if stack in MULTIPATH_CAPABLE:
+        if multipath.value == "disabled":
+            excluded.append(Exclusion.by(multipath.statement, outcome="prohibited", stack=stack,
+                                         detail=f"{stack} is multipath and multipath is disabled"))
+            return None
+        node.prefer += 1
+    features = STACK_FEATURES[stack]
+    keys = [*_PROTOCOL_PREFS, *(k for k in effective if k.startswith("stack."))]
+    for key in keys:
+        eff = effective[key]
+        pref: Pref = eff.value
+        has = (key[6:] == stack) if key.startswith("stack.") else key in features
+        if pref is Pref.PROHIBIT and has:
+            excluded.append(Exclusion.by(eff.statement, outcome="prohibited", stack=stack,
+                                         detail=f"{stack} offers {key}"))
+            return None
+        if pref is Pref.REQUIRE and not has:
+            excluded.append(Exclusion.by(eff.statement, outcome="required_missing", stack=stack,
+                                         detail=f"{stack} lacks {key}"))
+            return None
+        if has and pref is Pref.PREFER:
+            node.prefer += 1
+        elif has and pref is Pref.AVOID:
+            node.avoid += 1
+    return node
+
+
+def _local_address(iface: Interface, remote: str, family: str,
+                   temp: Pref) -> Address | str | None:
+    """The local address a candidate binds; a str says why the pair is unreachable."""
+    remote_ip = ipaddress.ip_address(remote)
+    if remote_ip.is_loopback != (iface.type == "loopback"):
+        return ("loopback reaches only loopback" if iface.type == "loopback"
+                else f"{remote} is a loopback address")
+    usable = [a for a in iface.addresses_of(family)
+              if remote_ip.is_link_local or not a.ip.is_link_local]
+    if not usable:
+        return f"{iface.name} has no {family} address"
+    temporary = [a for a in usable if a.temporary]
+    stable = [a for a in usable if not a.temporary]
+    if temp is Pref.REQUIRE:
+        return temporary[0] if temporary else None
+    if temp is Pref.PROHIBIT:
+        return stable[0] if stable else None
+    if temp is Pref.PREFER:
+        return (temporary or stable)[0]
+    return (stable or temporary)[0]
+
+
+_HistoryIndex = dict[tuple[str, str | None], CacheEntry]
+
+
+def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
+    index: _HistoryIndex = {}
+    for entry in cache:  # the last entry for a (stack, interface) is the newest
+        if entry.remote.lower() == hostport.lower():
+            index[(entry.stack, entry.interface)] = entry
+    return index
+
+
+def _history(index: _HistoryIndex, stack: str, interface: str) -> tuple[int, float]:
+    entry = index.get((stack, interface)) or index.get((stack, None))
+    if entry is None:
+        return 1, 0.0
+    if entry.outcome == "success":
+        return 0, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf")
+    return 2, 0.0
+
+
+def statement_for(effective: dict[str, Effective], key: str) -> Statement:
+    return effective[key].statement

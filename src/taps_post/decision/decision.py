@@ -1,0 +1,195 @@
+"""The Decision: what `decide()` returns and what `policy explain` prints.
+
+Rule 1: a Decision is plain frozen data; every renderer (JSON, text, DOT) reads the same
+object, and `to_dict()` is exactly the JSON of DESIGN section 6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..policy.load import PolicyFile, Statement
+from ..policy.registry import Pref
+from ..policy.resolve import Conflict, Effective
+from .request import Request
+
+__all__ = ["Candidate", "Decision", "Exclusion", "RankKey"]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RankKey:
+    """The lexicographic ranking key of DESIGN section 5 step 4; smaller ranks first."""
+
+    path_prefer: int
+    """Negated count of path-level prefer hits (more hits rank first)."""
+    path_avoid: int
+    protocol_prefer: int
+    """Negated count of protocol-level prefer hits."""
+    protocol_avoid: int
+    history: int
+    """0 success, 1 no entry, 2 failure."""
+    rtt_ms: float
+    cost: int
+    interface: str
+    stack_order: int
+    endpoint_order: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path_prefer": -self.path_prefer,
+            "path_avoid": self.path_avoid,
+            "protocol_prefer": -self.protocol_prefer,
+            "protocol_avoid": self.protocol_avoid,
+            "history": ("success", "none", "failure")[self.history],
+            "rtt_ms": self.rtt_ms if self.history == 0 and self.rtt_ms != float("inf") else None,
+            "cost": self.cost,
+            "interface": self.interface,
+            "stack_order": self.stack_order,
+            "endpoint_order": self.endpoint_order,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One leaf of the tree: a path, a stack, a remote endpoint, and when to start it."""
+
+    rank: int
+    interface: str
+    local_address: str
+    stack: str
+    remote_address: str
+    remote_port: int
+    family: str
+    start_ms: int
+    key: RankKey
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "interface": self.interface,
+            "local_address": self.local_address,
+            "stack": self.stack,
+            "remote_address": self.remote_address,
+            "remote_port": self.remote_port,
+            "family": self.family,
+            "start_ms": self.start_ms,
+            "key": self.key.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """A pruned branch. A None field means the branch covers every value of it."""
+
+    interface: str | None
+    stack: str | None
+    remote_address: str | None
+    remote_port: int | None
+    outcome: str
+    """unreachable, scheme, prohibited, required_missing, over_cost."""
+    property: str | None = None
+    rule: str | None = None
+    source: str | None = None
+    layer: str | None = None
+    detail: str = ""
+
+    @classmethod
+    def by(cls, statement: Statement, *, outcome: str, detail: str,
+           interface: str | None = None, stack: str | None = None,
+           remote_address: str | None = None, remote_port: int | None = None) -> Exclusion:
+        return cls(interface, stack, remote_address, remote_port, outcome, statement.key,
+                   statement.rule, statement.source, statement.layer, detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "interface": self.interface,
+            "stack": self.stack,
+            "remote_address": self.remote_address,
+            "remote_port": self.remote_port,
+            "outcome": self.outcome,
+            "property": self.property,
+            "rule": self.rule,
+            "source": self.source,
+            "layer": self.layer,
+            "detail": self.detail,
+        }
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Pref):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _statement_dict(s: Statement) -> dict[str, Any]:
+    return {"value": jsonable(s.value), "layer": s.layer, "rule": s.rule, "source": s.source}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The full, explainable result of one `decide()` call."""
+
+    request: Request
+    files: tuple[PolicyFile, ...]
+    matched: frozenset[tuple[str, str]]
+    """(file source, rule id) of every rule whose `when` matched."""
+    properties: dict[str, Effective]
+    conflicts: tuple[Conflict, ...]
+    candidates: tuple[Candidate, ...]
+    excluded: tuple[Exclusion, ...]
+    outcome: str
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    def value(self, key: str) -> Any:
+        """The effective value of `key` (a Pref for preferences)."""
+        eff = self.properties.get(key)
+        if eff is not None:
+            return eff.value
+        from ..policy.resolve import default_statement
+
+        return default_statement(key, self.request.kind).value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "request": self.request.to_dict(),
+            "layers": [
+                {
+                    "layer": f.layer,
+                    "source": f.source,
+                    "name": f.name,
+                    "rules": [
+                        {"id": r.id, "source": r.source, "matched": (f.source, r.id) in self.matched,
+                         "enforce": r.enforce, "priority": r.priority}
+                        for r in f.rules
+                    ],
+                }
+                for f in self.files
+            ],
+            "properties": {
+                key: {
+                    **_statement_dict(eff.statement),
+                    "enforced": eff.enforced,
+                    "others": [
+                        {**_statement_dict(s), "outcome": outcome} for s, outcome in eff.others
+                    ],
+                }
+                for key, eff in self.properties.items()
+            },
+            "conflicts": [
+                {"key": c.key, "statements": [_statement_dict(c.floor), _statement_dict(c.statement)],
+                 "reason": c.reason}
+                for c in self.conflicts
+            ],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "excluded": [e.to_dict() for e in self.excluded],
+            "outcome": self.outcome,
+            "warnings": list(self.warnings),
+        }

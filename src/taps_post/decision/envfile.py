@@ -1,0 +1,129 @@
+"""Environment snapshots (DESIGN section 7): the file format and its loader.
+
+Rule 1: a snapshot is checked as strictly as a policy file, with the same `file:line:col`
+errors, because a dry run on a wrong snapshot explains a machine that does not exist.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+from ..errors import InputError
+from ..policy.load import _pydantic_diagnostics
+from ..policy.yamlpos import Positions, load_yaml
+from .environment import Address, CacheEntry, Environment, Interface
+
+__all__ = ["EnvDocument", "load_environment"]
+
+IfType = Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"]
+
+
+class AddressEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str
+    temporary: StrictBool = False
+
+
+class InterfaceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1)
+    type: IfType = "other"
+    up: StrictBool = True
+    addresses: list[AddressEntry] = Field(default_factory=list)
+    metered: StrictBool = False
+    cost: StrictInt = Field(0, ge=0)
+    pvd: str | None = None
+    mtu: StrictInt | None = Field(None, ge=68)
+    gateways: list[str] = Field(default_factory=list)
+
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _plain_strings(cls, value: Any) -> Any:
+        # "192.0.2.1" is shorthand for {address: "192.0.2.1"}; one shape for the checks below.
+        if isinstance(value, list):
+            return [{"address": a} if isinstance(a, str) else a for a in value]
+        return value
+
+
+class CacheItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    remote: str = Field(..., description='"host:port"')
+    stack: Literal["tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp"]
+    outcome: Literal["success", "failure"]
+    rtt_ms: float | None = Field(None, ge=0)
+    ticket: StrictBool = False
+    interface: str | None = None
+
+
+class EnvDocument(BaseModel):
+    """An environment snapshot for dry runs and tests."""
+
+    model_config = ConfigDict(extra="forbid", title="taps_post environment snapshot")
+    interfaces: list[InterfaceEntry] = Field(default_factory=list)
+    dns: dict[str, list[str]] = Field(default_factory=dict)
+    cache: list[CacheItem] = Field(default_factory=list)
+
+
+def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Environment:
+    """Load a snapshot from a YAML/JSON file or a dict; InputError on any problem."""
+    if isinstance(spec, Mapping):
+        data: Any = dict(spec)
+        pos = Positions("<env>")
+    else:
+        path = os.fspath(spec)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            from ..errors import Diagnostic
+
+            raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
+        data, pos = load_yaml(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError([pos.diagnostic((), "expected an environment snapshot (a mapping)")])
+    try:
+        doc = EnvDocument.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_pydantic_diagnostics(exc, pos)) from None
+    problems = []
+    interfaces: list[Interface] = []
+    for i, entry in enumerate(doc.interfaces):
+        addrs: list[Address] = []
+        for j, a in enumerate(entry.addresses):
+            text_addr, temp = a.address, a.temporary
+            try:
+                ipaddress.ip_address(text_addr)
+            except ValueError:
+                problems.append(pos.diagnostic(("interfaces", i, "addresses", j),
+                                               f"{text_addr!r} is not an IP address"))
+                continue
+            addrs.append(Address(text_addr, temp))
+        interfaces.append(Interface(entry.name, entry.type, entry.up, tuple(addrs),
+                                    entry.metered, entry.cost, entry.pvd, entry.mtu,
+                                    tuple(entry.gateways)))
+    dns: dict[str, tuple[str, ...]] = {}
+    for name, answers in doc.dns.items():
+        for j, text_addr in enumerate(answers):
+            try:
+                ipaddress.ip_address(text_addr)
+            except ValueError:
+                problems.append(pos.diagnostic(("dns", name, j),
+                                               f"{text_addr!r} is not an IP address"))
+        dns[name.lower()] = tuple(answers)
+    names = [i.name for i in interfaces]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            problems.append(pos.diagnostic(("interfaces", i, "name"),
+                                           f"duplicate interface name {name!r}"))
+    if problems:
+        raise InputError(problems)
+    cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
+                             c.interface) for c in doc.cache)
+    return Environment(tuple(interfaces), dns, cache, source=pos.source)

@@ -1,0 +1,50 @@
+"""`explain()`: the Python face of `taps-post policy explain`, returning the same Decision.
+
+Rule 1: it does exactly what the runtime does before racing (parse, load, gather the
+environment, decide) and nothing else, so the dry run and the real connection agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..policy.context import PolicyContext
+from ..policy.load import PolicySpec
+from .decide import decide
+from .decision import Decision
+from .envfile import load_environment
+from .request import parse_target
+
+__all__ = ["explain"]
+
+
+def explain(
+    target: str,
+    *,
+    system: PolicySpec = None,
+    app: PolicySpec = None,
+    carrier: PolicySpec = None,
+    app_name: str | None = None,
+    kind: str = "initiate",
+    env: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    policy: PolicyContext | None = None,
+) -> Decision:
+    """Decide for `target` without opening anything; `env=None` means the live machine.
+
+    Pass `policy=` to reuse an already loaded PolicyContext (then `system`, `app`, `carrier`
+    and `app_name` must be left unset).
+    """
+    if policy is not None and any(x is not None for x in (system, app, carrier, app_name)):
+        raise TypeError("explain(): pass either policy= or system/app/carrier/app_name, not both")
+    ctx = policy or PolicyContext(system=system, app=app, carrier=carrier, app_name=app_name)
+    request = parse_target(target, app=ctx.app_name, kind=kind)
+    if env is None:
+        from ..system.live import live_environment
+
+        environment = live_environment(None if request.is_ip_literal else request.host,
+                                       request.port)
+    else:
+        environment = load_environment(env)
+    return decide(request, ctx, environment)

@@ -1,0 +1,102 @@
+"""What is being asked for: a target parsed into scheme, host and port, plus who asks and how.
+
+Rule 1: parsing a target never touches DNS; a name stays a name until the Environment (live
+or snapshot) supplies its addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import Diagnostic, InputError
+from ..policy.registry import DEFAULT_PORTS, KINDS, SCHEMES
+
+__all__ = ["Request", "parse_target"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the policy engine matches it."""
+
+    target: str
+    scheme: str
+    """https, tls, tcp, udp, quic, or hostport for the bare `host:port` form."""
+    host: str
+    """Lower-cased name, or an IP literal without brackets."""
+    port: int
+    app: str | None = None
+    kind: str = "initiate"
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_ip_literal(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "app": self.app, "kind": self.kind, "host": self.host,
+                "port": self.port, "scheme": self.scheme}
+
+
+def _fail(target: str, message: str) -> InputError:
+    return InputError([Diagnostic("target", f"{target!r}: {message}")])
+
+
+def parse_target(target: str, *, app: str | None = None, kind: str = "initiate") -> Request:
+    """Parse `scheme://host[:port]` or `host:port` (IPv6 literals in brackets)."""
+    if kind not in KINDS:
+        raise InputError([Diagnostic("kind", f"{kind!r} is not one of {', '.join(KINDS)}")])
+    text = target.strip()
+    if not text:
+        raise _fail(target, "empty target")
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme not in SCHEMES:
+            raise _fail(target, f"unknown scheme {scheme!r}; expected one of "
+                                f"{', '.join(SCHEMES)}, or host:port")
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+            port = parts.port
+        except ValueError as exc:
+            raise _fail(target, str(exc)) from None
+        if not host:
+            raise _fail(target, "no host in the URL")
+        if port is None:
+            port = DEFAULT_PORTS.get(scheme)
+            if port is None:
+                raise _fail(target, f"{scheme}:// needs a port")
+    else:
+        scheme = "hostport"
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0 or text[close + 1 : close + 2] != ":":
+                raise _fail(target, "expected [ipv6]:port")
+            host, port_text = text[1:close], text[close + 2 :]
+        else:
+            if text.count(":") != 1:
+                raise _fail(target, "expected scheme://host[:port] or host:port "
+                                    "(IPv6 literals in brackets)")
+            host, port_text = text.split(":")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise _fail(target, f"port {port_text!r} is not a number from 0 to 65535")
+        port = int(port_text)
+        if not host:
+            raise _fail(target, "no host")
+    host = host.lower()
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise _fail(target, f"{host!r} is not an IPv6 address") from None
+    return Request(target=target, scheme=scheme, host=host, port=port, app=app, kind=kind)

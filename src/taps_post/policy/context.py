@@ -1,0 +1,92 @@
+"""PolicyContext: the stack of policy layers bound to an application (and later an Association).
+
+Rule 1: a PolicyContext is built whole or not at all. Every layer is loaded and checked in
+the constructor, so holding a PolicyContext means holding a policy that can be applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..decision.environment import Interface
+from ..errors import Diagnostic, InputError
+from .load import LoadedRule, PolicyFile, PolicySpec, Statement, discover_system_sources, load_layer
+from .match import Subject, glob_regex
+
+__all__ = ["PolicyContext"]
+
+
+class PolicyContext:
+    """System, app and carrier policy layers, loaded and checked.
+
+    `system=None` means the discovered system layer; `system=[]` means none at all.
+    """
+
+    def __init__(
+        self,
+        *,
+        system: PolicySpec = None,
+        app: PolicySpec = None,
+        carrier: PolicySpec = None,
+        app_name: str | None = None,
+    ) -> None:
+        problems: list[Diagnostic] = []
+        layers: dict[str, tuple[PolicyFile, ...]] = {}
+        sources = {"system": discover_system_sources() if system is None else system,
+                   "app": app, "carrier": carrier}
+        for layer, spec in sources.items():
+            try:
+                layers[layer] = load_layer(spec, layer)
+            except InputError as exc:
+                problems.extend(exc.diagnostics)
+        if problems:
+            raise InputError(problems)
+        self.app_name = app_name
+        self.files: tuple[PolicyFile, ...] = (
+            layers["system"] + layers["app"] + layers["carrier"])
+
+    def with_carrier(self, carrier: PolicySpec) -> PolicyContext:
+        """A copy with one more carrier layer (per-call policy), the others shared."""
+        extra = load_layer(carrier, "carrier")
+        clone = object.__new__(PolicyContext)
+        clone.app_name = self.app_name
+        clone.files = self.files + extra
+        return clone
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [w for f in self.files for w in f.warnings]
+
+    def matching(self, subject: Subject) -> list[tuple[PolicyFile, LoadedRule]]:
+        return [(f, r) for f in self.files for r in f.rules if r.matcher.matches(subject)]
+
+    def statements(self, subject: Subject) -> list[Statement]:
+        return [s for f in self.files for r in f.rules if r.matcher.matches(subject)
+                for s in r.statements]
+
+    def apply_interface_facts(self, interfaces: tuple[Interface, ...]) -> tuple[Interface, ...]:
+        """System-layer `interfaces:` facts override discovered ones, files in name order."""
+        facts = [(f.source, i, fact) for f in self.files if f.layer == "system"
+                 for i, (fact, _src) in enumerate(f.interfaces)]
+        if not facts:
+            return interfaces
+        facts.sort(key=lambda t: (t[0], t[1]))
+        out: list[Interface] = []
+        for iface in interfaces:
+            for _src, _i, fact in facts:
+                m = fact.match
+                if m.name is not None and not glob_regex(m.name).match(iface.name):
+                    continue
+                if m.type is not None and m.type != iface.type:
+                    continue
+                changes: dict[str, Any] = {
+                    k: v for k, v in (("type", fact.type), ("metered", fact.metered),
+                                      ("cost", fact.cost), ("pvd", fact.pvd)) if v is not None}
+                iface = replace(iface, **changes)
+            out.append(iface)
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{f.layer}:{f.source}" for f in self.files)
+        return f"<PolicyContext app_name={self.app_name!r} [{layers}]>"

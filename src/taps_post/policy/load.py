@@ -1,0 +1,407 @@
+"""Loading policy documents (files, directories, dicts) into checked, compiled layers.
+
+Rule 1: a document is either loaded whole or rejected whole with every problem listed as
+`file:line:col: message`; nothing half-checked ever reaches the resolver.
+Rule 2: every Statement knows its layer, rule, file and line, because every decision must be
+explainable down to the line that caused it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any, Union
+
+from pydantic import ValidationError
+
+from ..errors import Diagnostic, InputError
+from .match import Matcher, check_glob, compile_when
+from .model import InterfaceFact, PolicyDocument
+from .registry import PROFILES, REGISTRY, lookup, nearest
+from .yamlpos import Path, Positions, load_yaml
+
+__all__ = [
+    "LAYERS",
+    "LoadedRule",
+    "PolicyFile",
+    "PolicySpec",
+    "Statement",
+    "bundled_path",
+    "discover_system_sources",
+    "load_document",
+    "load_layer",
+]
+
+LAYERS: tuple[str, ...] = ("defaults", "system", "app", "carrier")
+
+PolicySpec = Union[str, os.PathLike[str], Mapping[str, Any], Sequence[Any], None]
+"""A path (file or directory), a dict holding one policy document, or a list of these."""
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One `key: value` a rule (or the built-in defaults) states."""
+
+    key: str
+    value: Any
+    layer: str
+    rule: str | None
+    source: str | None
+    """"file:line" of the statement, None for built-in defaults."""
+    file: str
+    """The document's name, for the alphabetical tie-break."""
+    enforce: bool = False
+    priority: int = 0
+    specificity: int = 0
+    via: str | None = None
+    """The profile this statement came from, if any (`use:`)."""
+
+    def describe(self) -> str:
+        if self.rule is None:
+            return f"{self.layer} default"
+        via = f" via {self.via}" if self.via else ""
+        return f"{self.layer} rule {self.rule}{via} ({self.source})"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRule:
+    id: str
+    description: str | None
+    matcher: Matcher
+    enforce: bool
+    priority: int
+    statements: tuple[Statement, ...]
+    source: str
+    when: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    """One loaded policy document."""
+
+    layer: str
+    source: str
+    name: str
+    rules: tuple[LoadedRule, ...]
+    interfaces: tuple[tuple[InterfaceFact, str], ...] = ()
+    warnings: tuple[Diagnostic, ...] = field(default=())
+
+
+def bundled_path(*parts: str) -> FsPath:
+    """Bundled data (`policies/`, `schemas/`): in the wheel, or in the source checkout."""
+    here = FsPath(__file__).resolve().parent.parent
+    packaged = here.joinpath("_bundled", *parts)
+    if packaged.exists():
+        return packaged
+    return here.parent.parent.joinpath(*parts)
+
+
+def discover_system_sources() -> list[str]:
+    """DESIGN section 6: $TAPS_POST_SYSTEM_POLICY, else /etc/taps-post/policy.d, else bundled."""
+    env = os.environ.get("TAPS_POST_SYSTEM_POLICY")
+    if env:
+        return [env]
+    etc = FsPath("/etc/taps-post/policy.d")
+    if etc.is_dir() and any(_policy_files(etc)):
+        return [str(etc)]
+    return [str(bundled_path("policies", "system", "default.yaml"))]
+
+
+def _policy_files(directory: FsPath) -> list[FsPath]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+_CACHE: dict[tuple[str, str, int, int], PolicyFile] = {}
+
+
+def load_layer(spec: PolicySpec, layer: str) -> tuple[PolicyFile, ...]:
+    """Load every document a layer argument names; all errors of all documents at once."""
+    docs: list[PolicyFile] = []
+    problems: list[Diagnostic] = []
+    for item in _expand(spec, layer):
+        try:
+            if isinstance(item, Mapping):
+                docs.append(load_document(item, layer=layer, source=f"<{layer}>"))
+            else:
+                docs.append(_load_file(item, layer))
+        except InputError as exc:
+            problems.extend(exc.diagnostics)
+    if problems:
+        raise InputError(problems)
+    return tuple(docs)
+
+
+def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
+    if spec is None:
+        return
+    if isinstance(spec, Mapping):
+        yield spec
+        return
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        path = FsPath(text)
+        if path.is_dir():
+            for p in _policy_files(path):
+                yield os.path.join(text, p.name)
+        elif path.exists():
+            yield text
+        else:
+            raise InputError([Diagnostic(text, f"no such {layer} policy file or directory")])
+        return
+    if isinstance(spec, Sequence):
+        for item in spec:
+            yield from _expand(item, layer)
+        return
+    raise TypeError(
+        f"a {layer} policy must be a path, a dict holding one policy document, or a list of "
+        f"these, not {type(spec).__name__}"
+    )
+
+
+def _load_file(path: str, layer: str) -> PolicyFile:
+    try:
+        st = os.stat(path)
+        key = (path, layer, st.st_mtime_ns, st.st_size)
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError([Diagnostic(path, f"cannot read policy: {exc}")]) from None
+    data, positions = load_yaml(text, path)
+    stem = FsPath(path).stem
+    loaded = _build(data, positions, layer, path, stem)
+    if len(_CACHE) > 256:
+        _CACHE.clear()
+    _CACHE[key] = loaded
+    return loaded
+
+
+def load_document(
+    data: Mapping[str, Any], *, layer: str, source: str, positions: Positions | None = None
+) -> PolicyFile:
+    """Check and compile one document given as Python data."""
+    name = data.get("name") if isinstance(data, Mapping) else None
+    return _build(dict(data), positions or Positions(source), layer, source,
+                  name if isinstance(name, str) else source)
+
+
+def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str) -> PolicyFile:
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else type(data).__name__
+        raise InputError([pos.diagnostic((), f"expected a policy document (a mapping), got {got}")])
+    try:
+        doc = PolicyDocument.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_pydantic_diagnostics(exc, pos)) from None
+
+    problems: list[Diagnostic] = []
+    warnings: list[Diagnostic] = []
+    if doc.layer != layer:
+        problems.append(pos.diagnostic(
+            ("layer",), f"this file declares layer {doc.layer!r} but was loaded as the "
+                        f"{layer} layer"))
+    name = doc.name or default_name
+    facts: list[tuple[InterfaceFact, str]] = []
+    for i, fact in enumerate(doc.interfaces):
+        where = ("interfaces", i)
+        if layer != "system":
+            warnings.append(pos.diagnostic(
+                where, f"interface facts belong in the system layer; ignored in the {layer} layer"))
+            continue
+        if fact.match.name is None and fact.match.type is None:
+            problems.append(pos.diagnostic((*where, "match"), "match needs a name or a type"))
+        if fact.match.name and (why := check_glob(fact.match.name)):
+            problems.append(pos.diagnostic((*where, "match", "name"), why))
+        facts.append((fact, _src(pos, where)))
+
+    rules: list[LoadedRule] = []
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(doc.rules):
+        where = ("rules", i)
+        if rule.id in seen:
+            line, _ = pos.locate(("rules", seen[rule.id], "id"))
+            first = f" (first used on line {line})" if line else ""
+            problems.append(pos.diagnostic((*where, "id"), f"duplicate rule id {rule.id!r}{first}"))
+            continue
+        seen[rule.id] = i
+        for fieldname in ("app", "host"):
+            for j, pattern in enumerate(getattr(rule.when, fieldname) or ()):
+                at: Path = (*where, "when", fieldname) + ((j,) if _is_list(data, where, fieldname)
+                                                          else ())
+                if fieldname == "host" and "/" in pattern:
+                    if (why := _check_cidr(pattern)) is not None:
+                        problems.append(pos.diagnostic(at, why))
+                elif (why := check_glob(pattern)) is not None:
+                    problems.append(pos.diagnostic(at, why))
+        statements = _statements(rule.set_, rule, pos, where, layer, name, source, problems)
+        if problems:
+            continue
+        rules.append(LoadedRule(
+            id=rule.id,
+            description=rule.description,
+            matcher=compile_when(rule.when),
+            enforce=rule.enforce,
+            priority=rule.priority,
+            statements=tuple(statements),
+            source=_src(pos, where),
+            when=rule.when.model_dump(exclude_none=True),
+        ))
+    if problems:
+        raise InputError(problems)
+    return PolicyFile(layer, source, name, tuple(rules), tuple(facts), tuple(warnings))
+
+
+def _is_list(data: Any, where: Path, fieldname: str) -> bool:
+    try:
+        return isinstance(data["rules"][where[1]]["when"][fieldname], list)
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
+def _check_cidr(text: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"invalid CIDR {text!r}: expected an address/prefix such as 192.0.2.0/24"
+    return None
+
+
+def _src(pos: Positions, path: Path) -> str:
+    line, _ = pos.locate(path)
+    if line is None:
+        from .yamlpos import render_path
+
+        return f"{pos.source}:{render_path(path)}" if path else pos.source
+    return f"{pos.source}:{line}"
+
+
+def _statements(
+    raw: dict[str, Any],
+    rule: Any,
+    pos: Positions,
+    where: Path,
+    layer: str,
+    name: str,
+    source: str,
+    problems: list[Diagnostic],
+) -> list[Statement]:
+    spec_kw = dict(layer=layer, rule=rule.id, file=name, enforce=rule.enforce,
+                   priority=rule.priority, specificity=rule.when.specificity)
+    by_key: dict[str, Statement] = {}
+    for j, profile in enumerate(rule.use):
+        at = _src(pos, (*where, "use", j))
+        for key, value in PROFILES[profile].items():
+            by_key[key] = Statement(key, value, source=at, via=profile, **spec_kw)  # type: ignore[arg-type]
+    own: dict[str, Path] = {}
+    for key, value, path in _flatten(raw, (*where, "set"), ""):
+        try:
+            spec, leaf = lookup(key)
+        except KeyError as exc:
+            hint = exc.args[1] if len(exc.args) > 1 else None
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            problems.append(pos.diagnostic(path, f"unknown property {key!r}{extra}", key=True))
+            continue
+        if leaf is not None and spec.name == "interface" and (why := check_glob(leaf)):
+            problems.append(pos.diagnostic(path, why, key=True))
+            continue
+        try:
+            parsed = spec.parse(value)
+        except ValueError as exc:
+            problems.append(pos.diagnostic(path, f"{key}: {exc}"))
+            continue
+        if key in own:
+            line, _ = pos.locate(own[key], key=True)
+            first = f" (first on line {line})" if line else ""
+            problems.append(pos.diagnostic(path, f"property {key!r} is set twice in rule "
+                                                 f"{rule.id!r}{first}", key=True))
+            continue
+        own[key] = path
+        by_key[key] = Statement(key, parsed, source=_src(pos, path), **spec_kw)  # type: ignore[arg-type]
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def _flatten(raw: Any, path: Path, prefix: str) -> Iterable[tuple[str, Any, Path]]:
+    for key, value in raw.items():
+        key = str(key)
+        full = f"{prefix}.{key}" if prefix else key
+        child = (*path, key)
+        spec = REGISTRY.get(full)
+        if isinstance(value, dict) and (spec is None or spec.map_key):
+            yield from _flatten(value, child, full)
+        else:
+            yield full, value, child
+
+
+_FRIENDLY = {
+    "missing": "missing required key {name!r}",
+    "bool_type": "expected true or false, got {input!r}",
+    "int_type": "expected an integer, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "list_type": "expected a list, got {input!r}",
+    "dict_type": "expected a mapping, got {input!r}",
+    "model_type": "expected a mapping, got {input!r}",
+    "model_attributes_type": "expected a mapping, got {input!r}",
+}
+
+
+def _pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    seen: set[tuple[Any, ...]] = set()
+    for err in exc.errors(include_url=False):
+        loc: Path = tuple(err["loc"])
+        kind = err["type"]
+        name = str(loc[-1]) if loc else ""
+        if kind == "extra_forbidden":
+            hint = nearest(name, _known_fields(loc[:-1]))
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            known = ", ".join(sorted(_known_fields(loc[:-1])))
+            message = f"unknown key {name!r}{extra}; expected one of: {known}"
+            diag = pos.diagnostic(loc, message, key=True)
+        elif kind == "missing":
+            diag = pos.diagnostic(loc[:-1], _FRIENDLY[kind].format(name=name, input=None))
+        else:
+            template = _FRIENDLY.get(kind)
+            if template:
+                message = template.format(name=name, input=err.get("input"))
+            else:
+                message = err["msg"]
+                if message.startswith("Value error, "):
+                    message = message[len("Value error, "):]
+                elif kind == "literal_error":
+                    message = f"{message[0].lower()}{message[1:]}, got {err.get('input')!r}"
+                else:
+                    message = f"{message[0].lower()}{message[1:]}"
+            field = ".".join(str(p) for p in loc if isinstance(p, str)) or "document"
+            diag = pos.diagnostic(loc, f"{field}: {message}")
+        ident = (diag.line, diag.column, diag.path, diag.message)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(diag)
+    return out
+
+
+def _known_fields(loc: Path) -> list[str]:
+    from pydantic import BaseModel
+
+    from .model import InterfaceMatch, Rule, When
+
+    model: type[BaseModel] = PolicyDocument
+    walk = [p for p in loc if isinstance(p, str)]
+    routes: dict[tuple[type[BaseModel], str], type[BaseModel]] = {
+        (PolicyDocument, "rules"): Rule,
+        (PolicyDocument, "interfaces"): InterfaceFact,
+        (Rule, "when"): When,
+        (InterfaceFact, "match"): InterfaceMatch,
+    }
+    for part in walk:
+        nxt = routes.get((model, part))
+        if nxt is None:
+            break
+        model = nxt
+    return [f.alias or n for n, f in model.model_fields.items()]

@@ -1,0 +1,177 @@
+"""The policy file format (version 1) as pydantic models; the JSON Schema is generated from here.
+
+Rule 1: the models check shape and types only. Meaning (does this key exist, is this glob
+well formed, does the layer match how the file was loaded) is checked in `load.py`, which has
+the positions to point at.
+Rule 2: every field that accepts "one or a list" is normalised to a tuple here, so the matcher
+never branches on shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic.functional_serializers import PlainSerializer
+from pydantic.json_schema import WithJsonSchema
+
+from .registry import INTERFACE_TYPES, KINDS, PROFILES, SCHEMES
+
+__all__ = ["InterfaceFact", "InterfaceMatch", "PolicyDocument", "Rule", "When"]
+
+
+def _str_list(what: str, choices: tuple[str, ...] | None = None) -> Any:
+    def check(value: Any) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"expected {what} or a non-empty list of them, got {value!r}")
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise ValueError(f"expected {what}, got {item!r}")
+            if choices is not None and item not in choices:
+                from .registry import nearest
+
+                hint = nearest(item, choices)
+                extra = f" (did you mean {hint!r}?)" if hint else ""
+                raise ValueError(f"expected one of {', '.join(choices)}, got {item!r}{extra}")
+        return tuple(items)
+
+    return check
+
+
+def _ports(value: Any) -> tuple[tuple[int, int], ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected a port, a list of ports or a range 'a-b', got an empty list")
+    out: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and item.count("-") == 1:
+            a, b = item.split("-")
+            if not (a.strip().isdigit() and b.strip().isdigit()):
+                raise ValueError(f"expected a port range 'a-b' of two numbers, got {item!r}")
+            lo, hi = int(a), int(b)
+            if lo > hi:
+                raise ValueError(f"port range {item!r} is empty: {lo} is above {hi}")
+        elif isinstance(item, str) and item.isdigit():
+            lo = hi = int(item)
+        else:
+            raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
+        for port in (lo, hi):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range 0-65535")
+        out.append((lo, hi))
+    return tuple(out)
+
+
+_STR_LIST_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                     "minItems": 1}]}
+
+
+def _enum_list_schema(choices: tuple[str, ...]) -> dict[str, Any]:
+    item = {"type": "string", "enum": list(choices)}
+    return {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+
+
+_PORT_ITEM = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
+                        {"type": "string", "pattern": r"^\d+(-\d+)?$"}]}
+
+StrList = Annotated[
+    tuple[str, ...] | None,
+    BeforeValidator(_str_list("a string")),
+    WithJsonSchema(_STR_LIST_SCHEMA),
+    PlainSerializer(lambda v: list(v) if v else None),
+]
+SchemeList = Annotated[
+    tuple[str, ...] | None,
+    BeforeValidator(_str_list("a scheme", (*SCHEMES, "hostport"))),
+    WithJsonSchema(_enum_list_schema((*SCHEMES, "hostport"))),
+]
+KindList = Annotated[
+    tuple[str, ...] | None,
+    BeforeValidator(_str_list("a kind", KINDS)),
+    WithJsonSchema(_enum_list_schema(KINDS)),
+]
+PortList = Annotated[
+    tuple[tuple[int, int], ...] | None,
+    BeforeValidator(_ports),
+    WithJsonSchema({"anyOf": [_PORT_ITEM, {"type": "array", "items": _PORT_ITEM,
+                                           "minItems": 1}]}),
+]
+
+
+class When(BaseModel):
+    """Which requests a rule applies to: every field given must match; a list means any of."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: StrList = Field(None, description="Application name glob(s)")
+    host: StrList = Field(None, description="Host glob(s), or CIDR for IP-literal hosts")
+    port: PortList = Field(None, description="Port, list of ports, or range 'a-b'")
+    scheme: SchemeList = Field(None, description="Target scheme(s); hostport = host:port form")
+    kind: KindList = Field(None, description="Carrier kind(s)")
+
+    @property
+    def specificity(self) -> int:
+        return sum(1 for f in (self.app, self.host, self.port, self.scheme, self.kind) if f)
+
+
+ProfileName = Literal["reliable-inorder-stream", "reliable-message", "unreliable-datagram"]
+assert set(ProfileName.__args__) == set(PROFILES)  # type: ignore[attr-defined]
+
+
+class Rule(BaseModel):
+    """One rule: when it matches a request, its statements take part in resolution."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+                    description="Unique within the file")
+    description: str | None = None
+    when: When = Field(default_factory=When)
+    enforce: StrictBool = Field(False, description="Lower layers may not loosen this rule")
+    priority: StrictInt = Field(0, description="Higher wins within one layer")
+    use: list[ProfileName] = Field(default_factory=list,
+                                   description="Built-in profiles (RFC 9622 appendix B.2)")
+    set_: dict[str, Any] = Field(default_factory=dict, alias="set",
+                                 description="Property statements, nested or dotted")
+
+
+class InterfaceMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="Interface-name glob")
+    type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
+
+
+assert set(InterfaceMatch.model_fields["type"].annotation.__args__[0].__args__) == set(  # type: ignore[union-attr]
+    INTERFACE_TYPES
+)
+
+
+class InterfaceFact(BaseModel):
+    """Facts an administrator states about interfaces discovery cannot classify."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: InterfaceMatch
+    type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
+    metered: StrictBool | None = None
+    cost: StrictInt | None = Field(None, ge=0)
+    pvd: str | None = None
+
+
+class PolicyDocument(BaseModel):
+    """A policy file, version 1."""
+
+    model_config = ConfigDict(extra="forbid", title="taps_post policy")
+
+    version: Literal[1]
+    layer: Literal["system", "app", "carrier"]
+    name: str | None = Field(None, description="Defaults to the file's stem")
+    interfaces: list[InterfaceFact] = Field(default_factory=list,
+                                            description="System layer only")
+    rules: list[Rule] = Field(default_factory=list)

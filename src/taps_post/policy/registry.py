@@ -1,0 +1,331 @@
+"""The property registry: every policy key, its type, default, level and strictness order.
+
+Rule 1: everything the engine knows about a property key lives in this file as data. The
+resolver, the candidate filters, the docs table and the JSON Schema are all derived from it,
+so adding a key is one entry here.
+Rule 2: nothing here looks at a request, a file or the network.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "INTERFACE_TYPES",
+    "KINDS",
+    "PROFILES",
+    "REGISTRY",
+    "SCHEMES",
+    "STACKS",
+    "STACK_FEATURES",
+    "STACK_ORDER",
+    "MULTIPATH_CAPABLE",
+    "SECURE_STACKS",
+    "Level",
+    "Pref",
+    "PropertySpec",
+    "lookup",
+    "key_family",
+]
+
+
+class Pref(enum.Enum):
+    """RFC 9622 section 6.2 preference levels; `strength` orders them for tie-breaks."""
+
+    REQUIRE = "require"
+    PREFER = "prefer"
+    NO_PREFERENCE = "no_preference"
+    AVOID = "avoid"
+    PROHIBIT = "prohibit"
+
+    @property
+    def strength(self) -> int:
+        # DESIGN section 4: prohibit > require > avoid > prefer > no_preference.
+        return _PREF_STRENGTH[self]
+
+    @property
+    def is_hard(self) -> bool:
+        return self in (Pref.REQUIRE, Pref.PROHIBIT)
+
+    @property
+    def is_soft(self) -> bool:
+        return self in (Pref.PREFER, Pref.AVOID)
+
+
+_PREF_STRENGTH = {
+    Pref.PROHIBIT: 4,
+    Pref.REQUIRE: 3,
+    Pref.AVOID: 2,
+    Pref.PREFER: 1,
+    Pref.NO_PREFERENCE: 0,
+}
+
+Level = Literal["protocol", "path", "endpoint", "plan", "runtime", "filter"]
+Kind = Literal["preference", "int", "enum", "bool", "tls_version", "string_list"]
+# How "stricter" is judged for a non-preference value under an enforced floor.
+Direction = Literal["smaller", "larger", "true", "false", "none"]
+
+STACKS: tuple[str, ...] = ("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp")
+STACK_ORDER: dict[str, int] = {name: i for i, name in enumerate(STACKS)}
+INTERFACE_TYPES: tuple[str, ...] = ("loopback", "ethernet", "wifi", "cellular", "vpn", "other")
+KINDS: tuple[str, ...] = ("initiate", "listen", "source", "sink", "respond")
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "https": ("tls", "quic", "tls-mptcp"),
+    "tls": ("tls", "tls-mptcp"),
+    "tcp": ("tcp", "mptcp"),
+    "udp": ("udp",),
+    "quic": ("quic",),
+}
+DEFAULT_PORTS: dict[str, int] = {"https": 443, "quic": 443}
+
+_ALWAYS = frozenset({"fullChecksumSend", "fullChecksumRecv", "softErrorNotify",
+                     "activeReadBeforeSend"})
+_RELIABLE = frozenset({"reliability", "preserveOrder", "congestionControl", "keepAlive"})
+
+# DESIGN section 3, "what each stack offers"; keys are protocol-level preference names.
+STACK_FEATURES: dict[str, frozenset[str]] = {
+    "tcp": _ALWAYS | _RELIABLE | {"zeroRttMsg"},
+    "tls": _ALWAYS | _RELIABLE | {"secure"},
+    "quic": _ALWAYS | _RELIABLE | {"preserveMsgBoundaries", "perMsgReliability",
+                                   "multistreaming", "zeroRttMsg", "secure"},
+    "mptcp": _ALWAYS | _RELIABLE,
+    "tls-mptcp": _ALWAYS | _RELIABLE | {"secure"},
+    "udp": _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"},
+}
+MULTIPATH_CAPABLE: frozenset[str] = frozenset({"mptcp", "tls-mptcp"})
+SECURE_STACKS: frozenset[str] = frozenset(s for s, f in STACK_FEATURES.items() if "secure" in f)
+
+
+@dataclass(frozen=True, slots=True)
+class PropertySpec:
+    """One registry entry. `name` is the key, or the map prefix (`interface`) for map keys."""
+
+    name: str
+    kind: Kind
+    level: Level
+    default: Any
+    direction: Direction = "none"
+    doc: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    map_key: bool = False
+    listen_default: Any = None
+    unit: str = ""
+
+    def default_for(self, kind: str) -> Any:
+        if self.listen_default is not None and kind == "listen":
+            return self.listen_default
+        return self.default
+
+    def parse(self, value: Any) -> Any:
+        """Check one YAML value; raise ValueError with a message a person can act on."""
+        if self.kind == "preference":
+            if isinstance(value, str):
+                for p in Pref:
+                    if p.value == value:
+                        return p
+            raise ValueError(
+                f"expected one of require, prefer, no_preference, avoid, prohibit, got {value!r}"
+            )
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer{self._range_text()}, got {value!r}")
+            if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum
+            ):
+                raise ValueError(f"expected an integer{self._range_text()}, got {value}")
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value
+        if self.kind == "enum":
+            if value not in self.choices:
+                raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if self.kind == "tls_version":
+            text = str(value) if isinstance(value, (int, float, str)) else None
+            if text in ("1.2", "1.3"):
+                return text
+            raise ValueError(f'expected "1.2" or "1.3", got {value!r}')
+        if self.kind == "string_list":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+            return tuple(value)
+        raise AssertionError(self.kind)  # pragma: no cover
+
+    def _range_text(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f" from {self.minimum} to {self.maximum}"
+        if self.minimum is not None:
+            return f" >= {self.minimum}"
+        return ""
+
+    def strictness(self, value: Any) -> tuple[int, Any]:
+        """A sort key: larger means stricter (DESIGN section 4, rule 1)."""
+        if self.kind == "preference":
+            return (value.strength, 0)
+        if value is None:
+            return (-1, 0)
+        if self.direction == "smaller":
+            return (0, -value)
+        if self.direction == "larger":
+            return (0, _tls_rank(value) if self.kind == "tls_version" else value)
+        if self.direction == "true":
+            return (0, int(bool(value)))
+        if self.direction == "false":
+            return (0, int(not value))
+        return (0, 0)
+
+    def at_least_as_strict(self, value: Any, floor: Any) -> bool:
+        """Non-preference acceptance under an enforced floor: equal, or stricter by direction."""
+        if value == floor:
+            return True
+        if self.direction == "none" or floor is None or value is None:
+            return False
+        return self.strictness(value) > self.strictness(floor)
+
+
+def _tls_rank(value: str) -> int:
+    return {"1.2": 2, "1.3": 3}[value]
+
+
+def _pref(name: str, level: Level, default: Pref, doc: str, **kw: Any) -> PropertySpec:
+    return PropertySpec(name, "preference", level, default, doc=doc, **kw)
+
+
+_SPECS: list[PropertySpec] = [
+    _pref("reliability", "protocol", Pref.REQUIRE, "Data is delivered reliably"),
+    _pref("preserveOrder", "protocol", Pref.REQUIRE, "Data arrives in the order it was sent"),
+    _pref("congestionControl", "protocol", Pref.REQUIRE, "The stack runs congestion control"),
+    _pref("fullChecksumSend", "protocol", Pref.REQUIRE, "Full checksum coverage on send"),
+    _pref("fullChecksumRecv", "protocol", Pref.REQUIRE, "Full checksum coverage on receive"),
+    _pref("preserveMsgBoundaries", "protocol", Pref.NO_PREFERENCE,
+          "Message boundaries survive the network"),
+    _pref("perMsgReliability", "protocol", Pref.NO_PREFERENCE,
+          "Reliability can be chosen per message"),
+    _pref("zeroRttMsg", "protocol", Pref.NO_PREFERENCE,
+          "Idempotent data may ride in the first flight (0-RTT, TCP Fast Open)"),
+    _pref("keepAlive", "protocol", Pref.NO_PREFERENCE, "The stack can send keep-alives"),
+    _pref("softErrorNotify", "protocol", Pref.NO_PREFERENCE, "ICMP soft errors are reported"),
+    _pref("activeReadBeforeSend", "protocol", Pref.NO_PREFERENCE,
+          "The application may read before it sends"),
+    _pref("multistreaming", "protocol", Pref.PREFER,
+          "Several carriers share one connection without head-of-line blocking"),
+    _pref("secure", "protocol", Pref.NO_PREFERENCE, "The stack encrypts and authenticates"),
+    _pref("stack", "protocol", Pref.NO_PREFERENCE,
+          "A named protocol stack: " + ", ".join(STACKS), map_key=True,
+          choices=STACKS),
+    _pref("interface", "path", Pref.NO_PREFERENCE,
+          "An interface type (" + ", ".join(INTERFACE_TYPES) + ") or an interface-name glob",
+          map_key=True),
+    _pref("pvd", "path", Pref.NO_PREFERENCE, "A provisioning domain by name", map_key=True),
+    _pref("metered", "path", Pref.NO_PREFERENCE, "The candidate's interface is metered"),
+    PropertySpec("useTemporaryLocalAddress", "preference", "path", Pref.PREFER,
+                 doc="Use a temporary (privacy) IPv6 local address",
+                 listen_default=Pref.AVOID),
+    _pref("addressFamily", "endpoint", Pref.NO_PREFERENCE,
+          "An address family: ipv4, ipv6", map_key=True, choices=("ipv4", "ipv6")),
+    PropertySpec("maxCost", "int", "filter", None, direction="smaller", minimum=0,
+                 doc="Interfaces costlier than this are excluded"),
+    PropertySpec("multipath", "enum", "protocol", "disabled",
+                 choices=("disabled", "passive", "active"), listen_default="passive",
+                 doc="Multipath transport; anything but disabled favours multipath stacks"),
+    PropertySpec("racing.attemptDelay", "int", "plan", 250, minimum=10, maximum=2000,
+                 unit="ms", doc="Delay between staggered connection attempts"),
+    PropertySpec("racing.resolutionDelay", "int", "plan", 50, minimum=10, maximum=2000,
+                 unit="ms", doc="How long to wait for AAAA after A arrives (RFC 8305)"),
+    PropertySpec("connTimeout", "int", "runtime", 30000, minimum=1, unit="ms",
+                 doc="Bound on the whole race"),
+    PropertySpec("message.maxSize", "int", "runtime", 16 * 1024 * 1024, direction="smaller",
+                 minimum=1, unit="bytes", doc="Largest message sent or accepted"),
+    PropertySpec("security.minTlsVersion", "tls_version", "runtime", "1.2", direction="larger",
+                 doc="Lowest TLS version accepted"),
+    PropertySpec("security.verifyPeer", "bool", "runtime", True, direction="true",
+                 doc="Verify the peer's certificate"),
+    PropertySpec("security.sessionCache", "bool", "runtime", True, direction="false",
+                 doc="Keep session tickets for resumption and 0-RTT"),
+    PropertySpec("security.alpn", "string_list", "runtime", None,
+                 doc="ALPN protocol identifiers offered"),
+]
+
+REGISTRY: dict[str, PropertySpec] = {s.name: s for s in _SPECS}
+
+_LEAF_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!\-]+$")
+
+
+def lookup(key: str) -> tuple[PropertySpec, str | None]:
+    """Map a dotted key to (spec, leaf). Raises KeyError with the nearest known key in args."""
+    spec = REGISTRY.get(key)
+    if spec is not None and not spec.map_key:
+        return spec, None
+    prefix, dot, leaf = key.partition(".")
+    spec = REGISTRY.get(prefix)
+    if spec is not None and spec.map_key and dot and leaf:
+        if spec.choices and leaf not in spec.choices:
+            raise KeyError(key, f"{prefix}.{_nearest(leaf, spec.choices) or spec.choices[0]}")
+        if not _LEAF_RE.match(leaf):
+            raise KeyError(key, None)
+        return spec, leaf
+    raise KeyError(key, _nearest(key, list(known_keys())))
+
+
+def key_family(key: str) -> str:
+    """The registry name a key belongs to (`interface.wifi` -> `interface`)."""
+    return key if key in REGISTRY else key.partition(".")[0]
+
+
+def known_keys() -> list[str]:
+    out: list[str] = []
+    for spec in _SPECS:
+        if spec.map_key:
+            leaves = spec.choices or (INTERFACE_TYPES if spec.name == "interface" else ("NAME",))
+            out.extend(f"{spec.name}.{leaf}" for leaf in leaves)
+        else:
+            out.append(spec.name)
+    return out
+
+
+def fixed_keys() -> list[str]:
+    """Keys that always have an effective value (map keys appear only when stated)."""
+    return [s.name for s in _SPECS if not s.map_key]
+
+
+def _nearest(word: str, choices: Any) -> str | None:
+    import difflib
+
+    lowered = {c.lower(): c for c in choices}
+    hit = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[hit[0]] if hit else None
+
+
+def nearest(word: str, choices: Any) -> str | None:
+    """The closest known word, for did-you-mean messages."""
+    return _nearest(word, choices)
+
+
+def _profile(**values: str) -> Mapping[str, Pref]:
+    return {k: Pref(v) for k, v in values.items()}
+
+
+# RFC 9622 appendix B.2
+PROFILES: dict[str, Mapping[str, Pref]] = {
+    "reliable-inorder-stream": _profile(
+        reliability="require", preserveOrder="require", congestionControl="require"
+    ),
+    "reliable-message": _profile(
+        reliability="require", preserveOrder="require", congestionControl="require",
+        preserveMsgBoundaries="require",
+    ),
+    "unreliable-datagram": _profile(
+        reliability="avoid", preserveOrder="avoid", congestionControl="no_preference",
+        preserveMsgBoundaries="require",
+    ),
+}
