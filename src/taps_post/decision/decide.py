@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..policy.context import PolicyContext
 from ..policy.load import Statement
+from ..policy.match import glob_regex
 from ..policy.registry import (
     INTERFACE_TYPES,
     MULTIPATH_CAPABLE,
@@ -27,7 +28,6 @@ from ..policy.registry import (
     Pref,
 )
 from ..policy.resolve import Effective, resolve
-from ..policy.match import glob_regex
 from .decision import Candidate, Decision, Exclusion, RankKey
 from .environment import Address, CacheEntry, Environment, Interface
 from .request import Request

@@ -166,7 +166,8 @@ class Decision:
                     "source": f.source,
                     "name": f.name,
                     "rules": [
-                        {"id": r.id, "source": r.source, "matched": (f.source, r.id) in self.matched,
+                        {"id": r.id, "source": r.source,
+                         "matched": (f.source, r.id) in self.matched,
                          "enforce": r.enforce, "priority": r.priority}
                         for r in f.rules
                     ],
@@ -184,7 +185,8 @@ class Decision:
                 for key, eff in self.properties.items()
             },
             "conflicts": [
-                {"key": c.key, "statements": [_statement_dict(c.floor), _statement_dict(c.statement)],
+                {"key": c.key,
+                 "statements": [_statement_dict(c.floor), _statement_dict(c.statement)],
                  "reason": c.reason}
                 for c in self.conflicts
             ],

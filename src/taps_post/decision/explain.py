@@ -38,8 +38,10 @@ def explain(
     """
     if policy is not None and any(x is not None for x in (system, app, carrier, app_name)):
         raise TypeError("explain(): pass either policy= or system/app/carrier/app_name, not both")
+    # The target first: it is cheap to check, and a typo there should not wait on file loading.
+    request = parse_target(target, app=app_name if policy is None else policy.app_name,
+                           kind=kind)
     ctx = policy or PolicyContext(system=system, app=app, carrier=carrier, app_name=app_name)
-    request = parse_target(target, app=ctx.app_name, kind=kind)
     if env is None:
         from ..system.live import live_environment
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, Union
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,7 +36,7 @@ __all__ = [
 
 LAYERS: tuple[str, ...] = ("defaults", "system", "app", "carrier")
 
-PolicySpec = Union[str, os.PathLike[str], Mapping[str, Any], Sequence[Any], None]
+PolicySpec = str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any] | None
 """A path (file or directory), a dict holding one policy document, or a list of these."""
 
 
@@ -297,7 +297,7 @@ def _statements(
     for j, profile in enumerate(rule.use):
         at = _src(pos, (*where, "use", j))
         for key, value in PROFILES[profile].items():
-            by_key[key] = Statement(key, value, source=at, via=profile, **spec_kw)  # type: ignore[arg-type]
+            by_key[key] = Statement(key, value, source=at, via=profile, **spec_kw)
     own: dict[str, Path] = {}
     for key, value, path in _flatten(raw, (*where, "set"), ""):
         try:
@@ -322,7 +322,7 @@ def _statements(
                                                  f"{rule.id!r}{first}", key=True))
             continue
         own[key] = path
-        by_key[key] = Statement(key, parsed, source=_src(pos, path), **spec_kw)  # type: ignore[arg-type]
+        by_key[key] = Statement(key, parsed, source=_src(pos, path), **spec_kw)
     return [by_key[k] for k in sorted(by_key)]
 
 

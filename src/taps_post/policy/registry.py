@@ -17,19 +17,19 @@ from typing import Any, Literal
 __all__ = [
     "INTERFACE_TYPES",
     "KINDS",
+    "MULTIPATH_CAPABLE",
     "PROFILES",
     "REGISTRY",
     "SCHEMES",
+    "SECURE_STACKS",
     "STACKS",
     "STACK_FEATURES",
     "STACK_ORDER",
-    "MULTIPATH_CAPABLE",
-    "SECURE_STACKS",
     "Level",
     "Pref",
     "PropertySpec",
-    "lookup",
     "key_family",
+    "lookup",
 ]
 
 

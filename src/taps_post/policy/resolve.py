@@ -17,12 +17,12 @@ from .load import LAYERS, Statement
 from .registry import REGISTRY, Pref, PropertySpec, fixed_keys, key_family
 
 __all__ = [
+    "PREF_TABLE",
     "Conflict",
     "Effective",
     "Verdict",
     "judge",
     "resolve",
-    "PREF_TABLE",
 ]
 
 Verdict = Literal["accepted", "denied", "conflict"]

@@ -97,7 +97,8 @@ def _walk(node: yaml.Node, path: Path, positions: Positions) -> None:
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key: Hashable = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            scalar = isinstance(key_node, yaml.ScalarNode)
+            key: Hashable = key_node.value if scalar else id(key_node)
             if key in seen:
                 first = seen[key].start_mark.line + 1
                 raise yaml.MarkedYAMLError(

@@ -1,0 +1,185 @@
+"""The `taps-post` command line.
+
+Rule 1: exit status carries the verdict: 0 ok, 2 invalid input (one `file:line:col: message`
+line per problem on stderr, never a traceback), 3 a valid request the policy cannot serve
+(`no_candidates`, `policy_prohibited`).
+Rule 2: explaining must start fast, so this module imports nothing from the asyncio runtime
+or aioquic, and imports heavy modules only inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_INPUT, EXIT_POLICY = 0, 2, 3
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse prints usage and exits 2; keep that
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _add_request_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="https://host, tls://host:port, tcp://, udp://, quic://, "
+                                  "or host:port")
+    p.add_argument("--system", action="append", metavar="PATH",
+                   help="system policy file or directory (repeatable); replaces the discovered "
+                        "system layer")
+    p.add_argument("--no-system", action="store_true",
+                   help="use no system policy at all (built-in defaults only)")
+    p.add_argument("--app", action="append", metavar="PATH", help="app policy (repeatable)")
+    p.add_argument("--carrier", action="append", metavar="PATH",
+                   help="carrier policy (repeatable)")
+    p.add_argument("--app-name", metavar="NAME", help="application name rules match on")
+    p.add_argument("--kind", default="initiate",
+                   choices=["initiate", "listen", "source", "sink", "respond"])
+    p.add_argument("--env", metavar="FILE",
+                   help="environment snapshot (YAML/JSON); default: this machine, live")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="taps-post", description="Post Sockets / TAPS transport policy tool")
+    parser.add_argument("--version", action="version", version="taps-post 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    policy = sub.add_parser("policy", help="validate, explain and inspect policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+
+    ex = psub.add_parser("explain", help="dry-run a decision and show exactly why")
+    _add_request_args(ex)
+    ex.add_argument("--format", choices=["text", "json", "dot"], default="text")
+
+    show = psub.add_parser("show", help="effective value and provenance of every key "
+                                        "(like ssh -G)")
+    _add_request_args(show)
+    show.add_argument("--format", choices=["text", "json"], default="text")
+
+    val = psub.add_parser("validate", help="check policy files; lint dead rules and "
+                                           "contradictions")
+    val.add_argument("paths", nargs="+", metavar="PATH")
+    val.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+
+    sch = psub.add_parser("schema", help="print a JSON Schema")
+    sch.add_argument("name", choices=["policy", "env", "explain"])
+
+    ifs = sub.add_parser("interfaces", help="what interface discovery sees, classified")
+    ifs.add_argument("--system", action="append", metavar="PATH",
+                     help="apply this system policy's interface facts")
+    ifs.add_argument("--format", choices=["text", "json"], default="text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import InputError
+
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        for diag in exc.diagnostics:
+            print(diag, file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "interfaces":
+        return _interfaces(args)
+    cmd = args.policy_command
+    if cmd == "schema":
+        from .schemas import schema_text
+
+        sys.stdout.write(schema_text(args.name))
+        return EXIT_OK
+    if cmd == "validate":
+        return _validate(args)
+    return _explain(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .decision.explain import explain
+
+    system: Any = [] if args.no_system else args.system
+    decision = explain(args.target, system=system, app=args.app, carrier=args.carrier,
+                       app_name=args.app_name, kind=args.kind, env=args.env)
+    if args.policy_command == "show":
+        if args.format == "json":
+            props = decision.to_dict()["properties"]
+            print(json.dumps(props, indent=2))
+        else:
+            from .decision.render import render_properties
+
+            print("\n".join(render_properties(decision, everything=True)))
+        return EXIT_OK
+    if args.format == "json":
+        print(json.dumps(decision.to_dict(), indent=2))
+    elif args.format == "dot":
+        from .decision.render import render_dot
+
+        sys.stdout.write(render_dot(decision))
+    else:
+        from .decision.render import render_text
+
+        sys.stdout.write(render_text(decision))
+    return EXIT_OK if decision.ok else EXIT_POLICY
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .policy.validate import validate_paths
+
+    report = validate_paths(args.paths)
+    for diag in report.errors:
+        print(diag, file=sys.stderr)
+    for warning in report.warnings:
+        print(warning, file=sys.stderr)
+    rules = sum(len(f.rules) for f in report.files)
+    if report.errors:
+        print(f"{len(report.errors)} error(s); nothing was applied", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"ok: {len(report.files)} file(s), {rules} rule(s), {len(report.warnings)} warning(s)")
+    return 1 if (args.strict and report.warnings) else EXIT_OK
+
+
+def _interfaces(args: argparse.Namespace) -> int:
+    from .decision.environment import Environment
+    from .policy.context import PolicyContext
+    from .system.interfaces import discover_interfaces
+
+    found = tuple(discover_interfaces())
+    if args.system:
+        found = PolicyContext(system=args.system).apply_interface_facts(found)
+    env = Environment(found)
+    if args.format == "json":
+        print(json.dumps(env.to_dict()["interfaces"], indent=2))
+        return EXIT_OK
+    for i in found:
+        state = "up" if i.up else "down"
+        facts = [i.type, state]
+        if i.metered:
+            facts.append("metered")
+        if i.cost:
+            facts.append(f"cost {i.cost}")
+        if i.pvd:
+            facts.append(f"pvd {i.pvd}")
+        if i.mtu:
+            facts.append(f"mtu {i.mtu}")
+        print(f"{i.name:<12} {', '.join(facts)}")
+        for a in i.addresses:
+            print(f"{'':<12}   {a.address}{' (temporary)' if a.temporary else ''}")
+        for g in i.gateways:
+            print(f"{'':<12}   default via {g}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

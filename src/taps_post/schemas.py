@@ -1,0 +1,201 @@
+"""JSON Schemas for policy files, environment snapshots and explain output.
+
+Rule 1: schemas are generated from the pydantic models and the property registry, never
+written by hand, and `schemas/*.schema.json` in the repository are checked against this
+module by a test, so editors' completion and the engine agree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .decision.envfile import EnvDocument
+from .policy.model import PolicyDocument
+from .policy.registry import REGISTRY, STACKS, PropertySpec
+
+__all__ = ["SCHEMA_NAMES", "schema", "schema_text"]
+
+SCHEMA_NAMES = ("policy", "env", "explain")
+_ID = "https://taps-post.invalid/schemas/{}.schema.json"
+
+
+def _value_schema(spec: PropertySpec) -> dict[str, Any]:
+    desc = spec.doc + (f" ({spec.unit})" if spec.unit else "")
+    if spec.kind == "preference":
+        out: dict[str, Any] = {"enum": ["require", "prefer", "no_preference", "avoid",
+                                        "prohibit"]}
+    elif spec.kind == "int":
+        out = {"type": "integer"}
+        if spec.minimum is not None:
+            out["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            out["maximum"] = spec.maximum
+    elif spec.kind == "bool":
+        out = {"type": "boolean"}
+    elif spec.kind == "enum":
+        out = {"enum": list(spec.choices)}
+    elif spec.kind == "tls_version":
+        out = {"anyOf": [{"enum": ["1.2", "1.3"]}, {"enum": [1.2, 1.3]}]}
+    else:
+        out = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    out["description"] = desc
+    return out
+
+
+def _set_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    patterns: dict[str, Any] = {}
+    for name, spec in REGISTRY.items():
+        value = _value_schema(spec)
+        if spec.map_key:
+            inner: dict[str, Any] = {"type": "object", "additionalProperties": value,
+                                     "description": spec.doc}
+            if spec.choices:
+                inner["propertyNames"] = {"enum": list(spec.choices)}
+            props[name] = inner
+            leaf = "(" + "|".join(spec.choices) + ")" if spec.choices else ".+"
+            patterns[rf"^{name}\.{leaf}$"] = value
+            continue
+        props[name] = value
+        if "." in name:
+            head, _, tail = name.partition(".")
+            group = props.setdefault(head, {"type": "object", "properties": {},
+                                            "additionalProperties": False})
+            group["properties"][tail] = value
+    return {"type": "object", "properties": dict(sorted(props.items())),
+            "patternProperties": patterns, "additionalProperties": False,
+            "description": "Property statements, nested or dotted (DESIGN section 3)"}
+
+
+def _policy() -> dict[str, Any]:
+    out = PolicyDocument.model_json_schema(by_alias=True)
+    out["$defs"]["Rule"]["properties"]["set"] = _set_schema()
+    assert set(STACKS) == set(REGISTRY["stack"].choices)
+    return out
+
+
+# Models of DESIGN section 6, used only to generate the explain schema.
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Value = Any
+
+
+class _RequestOut(_Strict):
+    target: str
+    app: str | None
+    kind: Literal["initiate", "listen", "source", "sink", "respond"]
+    host: str
+    port: int
+    scheme: Literal["https", "tls", "tcp", "udp", "quic", "hostport"]
+
+
+class _RuleOut(_Strict):
+    id: str
+    source: str
+    matched: bool
+    enforce: bool
+    priority: int
+
+
+class _LayerOut(_Strict):
+    layer: Literal["system", "app", "carrier"]
+    source: str
+    name: str
+    rules: list[_RuleOut]
+
+
+class _StatementOut(_Strict):
+    value: Value
+    layer: Literal["defaults", "system", "app", "carrier"]
+    rule: str | None
+    source: str | None
+
+
+class _OtherOut(_StatementOut):
+    outcome: Literal["overridden", "shadowed", "denied", "conflict"]
+
+
+class _PropertyOut(_StatementOut):
+    enforced: bool
+    others: list[_OtherOut]
+
+
+class _ConflictOut(_Strict):
+    key: str
+    statements: list[_StatementOut]
+    reason: str
+
+
+class _KeyOut(_Strict):
+    path_prefer: int
+    path_avoid: int
+    protocol_prefer: int
+    protocol_avoid: int
+    history: Literal["success", "none", "failure"]
+    rtt_ms: float | None
+    cost: int
+    interface: str
+    stack_order: int
+    endpoint_order: int
+
+
+class _CandidateOut(_Strict):
+    rank: int
+    interface: str
+    local_address: str
+    stack: Literal["tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp"]
+    remote_address: str
+    remote_port: int
+    family: Literal["ipv4", "ipv6"]
+    start_ms: int
+    key: _KeyOut
+
+
+class _ExcludedOut(_Strict):
+    interface: str | None
+    stack: str | None
+    remote_address: str | None
+    remote_port: int | None
+    outcome: Literal["unreachable", "scheme", "prohibited", "required_missing", "over_cost"]
+    property: str | None
+    rule: str | None
+    source: str | None
+    layer: str | None
+    detail: str
+
+
+class ExplainOutput(_Strict):
+    """The output of `taps-post policy explain --format json` (DESIGN section 6)."""
+
+    model_config = ConfigDict(extra="forbid", title="taps_post explain output")
+    version: Literal[1]
+    request: _RequestOut
+    layers: list[_LayerOut]
+    properties: dict[str, _PropertyOut]
+    conflicts: list[_ConflictOut]
+    candidates: list[_CandidateOut]
+    excluded: list[_ExcludedOut]
+    outcome: Literal["ok", "no_candidates", "policy_prohibited"]
+    warnings: list[str]
+
+
+def schema(name: str) -> dict[str, Any]:
+    if name == "policy":
+        out = _policy()
+    elif name == "env":
+        out = EnvDocument.model_json_schema()
+    elif name == "explain":
+        out = ExplainOutput.model_json_schema()
+    else:
+        raise ValueError(f"unknown schema {name!r}; expected one of {', '.join(SCHEMA_NAMES)}")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": _ID.format(name),
+            **out}
+
+
+def schema_text(name: str) -> str:
+    return json.dumps(schema(name), indent=2, sort_keys=True) + "\n"

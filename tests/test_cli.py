@@ -1,0 +1,154 @@
+"""The `taps-post` command line, run as a subprocess exactly as an administrator runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import taps_post as tp
+
+from helpers import ENV, ROOT, policy, run_cli
+
+SYSTEM = policy("system",
+                {"id": "no-cell-backup", "when": {"app": "backup*"}, "enforce": True,
+                 "set": {"interface": {"cellular": "prohibit"}}},
+                {"id": "secure", "set": {"secure": "prefer"}}, name="corp")
+APP = policy("app", {"id": "cell-please", "set": {"interface.cellular": "prefer"}})
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    out = {}
+    for name, doc in (("system", SYSTEM), ("app", APP), ("env", ENV)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out[name] = str(path)
+    return out
+
+
+def test_json_output_equals_python_explain(files: dict[str, str]) -> None:
+    proc = run_cli("policy", "explain", "https://example.com", "--system", files["system"],
+                   "--app", files["app"], "--app-name", "backup-nightly", "--env", files["env"],
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    decision = tp.explain("https://example.com", system=files["system"], app=files["app"],
+                          app_name="backup-nightly", env=files["env"])
+    assert json.loads(proc.stdout) == decision.to_dict()
+    out = json.loads(proc.stdout)
+    assert out["properties"]["interface.cellular"]["value"] == "prohibit"
+    denied = out["properties"]["interface.cellular"]["others"]
+    assert {"rule": "cell-please", "outcome": "denied"}.items() <= denied[-1].items()
+    assert all(c["interface"] == "wlan0" for c in out["candidates"])
+
+
+def test_text_marks_winner_and_names_rule_with_line(files: dict[str, str]) -> None:
+    proc = run_cli("policy", "explain", "https://example.com", "--system", files["system"],
+                   "--app", files["app"], "--app-name", "backup-nightly", "--env", files["env"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    winner = [line for line in lines if line.lstrip().startswith("* #1")]
+    assert len(winner) == 1 and "2001:db8::5" in winner[0]
+    wwan = next(line for line in lines if "x wwan0" in line)
+    # The exclusion names the property, the rule and file:line of the statement.
+    assert "interface.cellular" in wwan and "no-cell-backup" in wwan
+    assert f"{files['system']}:" in wwan
+
+
+def test_exit_3_for_no_candidates_and_policy_prohibited(files: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    carrier = tmp_path / "carrier.yaml"
+    carrier.write_text(yaml.safe_dump(policy(
+        "carrier", {"id": "only-cell", "set": {"interface": {"cellular": "require"}}})))
+    proc = run_cli("policy", "explain", "https://example.com", "--system", files["system"],
+                   "--carrier", str(carrier), "--app-name", "backup-x", "--env", files["env"],
+                   "--format", "json")
+    assert proc.returncode == 3
+    out = json.loads(proc.stdout)
+    assert out["outcome"] == "policy_prohibited"
+    assert out["conflicts"][0]["key"] == "interface.cellular"
+
+    proc = run_cli("policy", "explain", "https://nowhere.example", "--system", files["system"],
+                   "--env", files["env"])
+    assert proc.returncode == 3
+    assert "no_candidates" in proc.stdout and "nowhere.example" in proc.stdout
+
+
+def test_dot_output_renders_with_graphviz(files: dict[str, str]) -> None:
+    proc = run_cli("policy", "explain", "https://example.com", "--system", files["system"],
+                   "--env", files["env"], "--format", "dot")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("digraph decision {")
+    dot = shutil.which("dot")
+    if dot is None:
+        pytest.skip("graphviz `dot` is not installed (CI installs it)")
+    svg = subprocess.run([dot, "-Tsvg"], input=proc.stdout, capture_output=True, text=True,
+                         check=False)
+    assert svg.returncode == 0, svg.stderr
+    assert "<svg" in svg.stdout and "wlan0" in svg.stdout
+
+
+def test_show_lists_every_key_with_provenance(files: dict[str, str]) -> None:
+    proc = run_cli("policy", "show", "https://example.com", "--system", files["system"],
+                   "--env", files["env"])
+    assert proc.returncode == 0, proc.stderr
+    keys = {line.split()[0] for line in proc.stdout.splitlines() if not line.startswith(" ")}
+    for key in ("reliability", "multipath", "racing.attemptDelay", "security.verifyPeer",
+                "secure", "maxCost"):
+        assert key in keys
+    secure = next(line for line in proc.stdout.splitlines() if line.startswith("secure "))
+    assert "prefer" in secure and "rule secure" in secure
+
+
+def test_schema_command_prints_checked_in_schemas() -> None:
+    for name in ("policy", "env", "explain"):
+        proc = run_cli("policy", "schema", name)
+        assert proc.returncode == 0
+        assert proc.stdout == (ROOT / "schemas" / f"{name}.schema.json").read_text(), (
+            f"schemas/{name}.schema.json is stale: run `make schemas`")
+
+
+def test_usage_errors_exit_2_without_traceback() -> None:
+    for args in (["policy"], ["policy", "explain"], ["policy", "explain", "x:1", "--format", "xml"],
+                 ["policy", "schema", "nope"], ["frobnicate"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, args
+        assert "Traceback" not in proc.stderr
+
+
+def test_missing_policy_file_is_input_error(tmp_path: Path) -> None:
+    proc = run_cli("policy", "explain", "tcp://127.0.0.1:80", "--system",
+                   str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{tmp_path / 'nope.yaml'}: no such system policy file or directory"
+
+
+def test_interfaces_lists_loopback() -> None:
+    proc = run_cli("interfaces", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    found = {i["name"]: i for i in json.loads(proc.stdout)}
+    assert found["lo"]["type"] == "loopback" and "127.0.0.1" in found["lo"]["addresses"]
+
+
+def test_interface_facts_from_system_policy_apply(tmp_path: Path) -> None:
+    system = tmp_path / "facts.yaml"
+    system.write_text(yaml.safe_dump(policy(
+        "system", interfaces=[{"match": {"name": "lo"}, "metered": True, "cost": 7}])))
+    proc = run_cli("interfaces", "--system", str(system))
+    assert proc.returncode == 0, proc.stderr
+    lo = next(line for line in proc.stdout.splitlines() if line.startswith("lo "))
+    assert "metered" in lo and "cost 7" in lo
+
+
+def test_explain_live_machine_loopback() -> None:
+    """Without --env the decision runs against this machine's real interfaces."""
+    proc = run_cli("policy", "explain", "tcp://127.0.0.1:9", "--no-system", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["candidates"][0]["interface"] == "lo"
+    assert out["candidates"][0]["local_address"] == "127.0.0.1"
+    assert [c["stack"] for c in out["candidates"]] == ["tcp"]
