@@ -250,8 +250,10 @@ def _local_address(iface: Interface, remote: str, family: str,
     if remote_ip.is_loopback != (iface.type == "loopback"):
         return ("loopback reaches only loopback" if iface.type == "loopback"
                 else f"{remote} is a loopback address")
+    # RFC 6724 rule 2 (prefer matching scope): link-local peers need a link-local source,
+    # and a link-local source cannot reach anything else.
     usable = [a for a in iface.addresses_of(family)
-              if remote_ip.is_link_local or not a.ip.is_link_local]
+              if a.ip.is_link_local == remote_ip.is_link_local]
     if not usable:
         return f"{iface.name} has no {family} address"
     temporary = [a for a in usable if a.temporary]

@@ -66,15 +66,19 @@ class PolicyContext:
                 for s in r.statements]
 
     def apply_interface_facts(self, interfaces: tuple[Interface, ...]) -> tuple[Interface, ...]:
-        """System-layer `interfaces:` facts override discovered ones, files in name order."""
-        facts = [(f.source, i, fact) for f in self.files if f.layer == "system"
-                 for i, (fact, _src) in enumerate(f.interfaces)]
+        """System-layer `interfaces:` facts override discovered ones.
+
+        Within a file, later entries refine earlier ones. Between files, as between rules, the
+        alphabetically first document name wins, whatever order the files were given in.
+        """
+        files = sorted((f for f in self.files if f.layer == "system" and f.interfaces),
+                       key=lambda f: (f.name, f.source), reverse=True)
+        facts = [fact for f in files for fact, _src in f.interfaces]
         if not facts:
             return interfaces
-        facts.sort(key=lambda t: (t[0], t[1]))
         out: list[Interface] = []
         for iface in interfaces:
-            for _src, _i, fact in facts:
+            for fact in facts:
                 m = fact.match
                 if m.name is not None and not glob_regex(m.name).match(iface.name):
                     continue

@@ -1,0 +1,330 @@
+"""Cold-start wall time of `taps-post policy explain`, beside `python -c pass`.
+
+Run from the repository root:
+
+    PYTHONPATH=src .venv/bin/python bench/cli_startup.py            # 15 runs per command
+    PYTHONPATH=src .venv/bin/python bench/cli_startup.py --runs 5   # quicker
+    PYTHONPATH=src .venv/bin/python bench/cli_startup.py --strict   # exit 1 if asyncio,
+                                                                    # aioquic or ssl get imported
+
+Each figure is the wall time of a fresh interpreter doing the whole job (start, import,
+load the policy files, read the environment snapshot, decide, print JSON), measured from the
+parent around `subprocess.run`, so fork/exec is included for every command alike. Commands
+are run round-robin, so a noisy moment on the shared machine hits them all.
+
+Which explain command is timed (`--use`, default `auto`):
+- `module`: `python -m taps_post.cli policy explain TARGET --system FILE --env FILE
+  --format json` (plus `--app`/`--carrier`/`--app-name` if the CLI's --help offers them);
+- `entry-point`: the same through the installed `taps-post` script on PATH;
+- `api`: `python -c "import taps_post; taps_post.explain(...)"` with the same files;
+- `auto`: `module` if `taps_post.cli` is importable, else `entry-point` if `taps-post` is on
+  PATH, else `api`. The `api` command is timed in every case, for comparison.
+
+It also checks that importing taps_post and calling explain() with an environment file leaves
+asyncio, aioquic and ssl out of sys.modules (DESIGN: explain must start fast), lists the heavy
+modules that are imported, and prints the top 10 imports by cumulative time (`-X importtime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _gen
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+MUST_NOT_IMPORT = ("asyncio", "aioquic", "ssl")
+# Modules worth knowing about when they show up in a short-lived CLI process.
+WATCH = ("asyncio", "aioquic", "ssl", "cryptography", "psutil", "netifaces", "socket",
+         "selectors", "concurrent", "multiprocessing", "pydantic", "pydantic_core", "yaml",
+         "yaml._yaml", "typing_extensions", "annotated_types", "json", "email", "http", "urllib",
+         "difflib", "ipaddress", "inspect", "decimal", "uuid", "zoneinfo", "importlib.metadata",
+         "pkg_resources", "logging", "argparse", "textwrap", "fnmatch", "dataclasses")
+
+API_SNIPPET = """\
+import sys
+import taps_post
+target, app_name, env, system, app, carrier, out = sys.argv[1:8]
+d = taps_post.explain(target, system=system, app=app or None, carrier=carrier or None,
+                      app_name=app_name or None, env=env)
+mods = sorted(sys.modules)
+if out:
+    with open(out, "w") as fh:
+        fh.write("\\n".join(mods))
+sys.stdout.write(f"{d.outcome} {len(d.candidates)}\\n")
+"""
+
+CLI_MODULES_SNIPPET = """\
+import contextlib, io, runpy, sys
+out, argv = sys.argv[1], sys.argv[2:]
+sys.argv = ["taps-post", *argv]
+code = 0
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        runpy.run_module("taps_post.cli", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+mods = sorted(sys.modules)
+with open(out, "w") as fh:
+    fh.write("\\n".join(mods))
+sys.exit(code)
+"""
+
+
+@dataclass
+class Command:
+    label: str
+    argv: list[str]
+    samples_ms: list[float]
+
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.samples_ms)
+        return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    env.pop("PYTHONPROFILEIMPORTTIME", None)
+    return env
+
+
+def run(argv: list[str], *, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=child_env(), text=True, check=False,
+                          stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                          stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
+
+
+def pick_cli(use: str) -> tuple[str, list[str]]:
+    """(how, argv prefix) for `... policy explain`; how is module, entry-point or api."""
+    have_module = _cli_importable()
+    entry = shutil.which("taps-post")
+    if use == "module" or (use == "auto" and have_module):
+        if not have_module:
+            raise SystemExit("taps_post.cli is not importable (src/taps_post/cli.py missing?)")
+        return "module", [sys.executable, "-m", "taps_post.cli"]
+    if use == "entry-point" or (use == "auto" and entry):
+        if not entry:
+            raise SystemExit("taps-post is not on PATH")
+        return "entry-point", [entry]
+    return "api", []
+
+
+def _cli_importable() -> bool:
+    probe = run([sys.executable, "-c", "import importlib.util, sys; "
+                 "sys.exit(0 if importlib.util.find_spec('taps_post.cli') else 1)"])
+    if probe.returncode == 0:
+        return True
+    return importlib.util.find_spec("taps_post.cli") is not None
+
+
+def cli_layer_args(prefix: list[str], w: _gen.Workload) -> tuple[list[str], list[str]]:
+    """Arguments for the CLI, and which layers they pass; optional flags only if offered."""
+    helptext = run([*prefix, "policy", "explain", "--help"], capture=True)
+    text = helptext.stdout + helptext.stderr
+    args = ["--system", w.system]
+    layers = ["system"]
+    if "--app " in text or "--app\n" in text or "--app=" in text or "--app FILE" in text:
+        args += ["--app", w.app]
+        layers.append("app")
+    if "--carrier" in text:
+        args += ["--carrier", w.carrier]
+        layers.append("carrier")
+    if "--app-name" in text:
+        args += ["--app-name", _gen.APP_NAME]
+        layers.append("app-name")
+    return [*args, "--env", w.env, "--format", "json"], layers
+
+
+def api_argv(w: _gen.Workload, layers: list[str], out: str = "") -> list[str]:
+    return [sys.executable, "-c", API_SNIPPET, _gen.TARGET,
+            _gen.APP_NAME if "app-name" in layers else "", w.env, w.system,
+            w.app if "app" in layers else "", w.carrier if "carrier" in layers else "", out]
+
+
+@dataclass
+class ImportRow:
+    name: str
+    depth: int
+    self_us: int
+    cum_us: int
+    parent: str | None = None
+
+
+def importtime(argv: list[str]) -> dict[str, ImportRow]:
+    """Parse `-X importtime` of one run: every import with its time and its importer."""
+    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=child_env(), text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    rows: dict[str, ImportRow] = {}
+    waiting: dict[int, list[ImportRow]] = {}  # children are printed before their parent
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        try:
+            self_us, cum_us, raw = line[len("import time:"):].split("|", 2)
+            row = ImportRow(raw.strip(), (len(raw) - len(raw.lstrip()) - 1) // 2,
+                            int(self_us), int(cum_us))
+        except ValueError:
+            continue
+        for child in waiting.pop(row.depth + 1, []):
+            child.parent = row.name
+        waiting.setdefault(row.depth, []).append(row)
+        rows[row.name] = row
+    return rows
+
+
+def import_chain(rows: dict[str, ImportRow], name: str) -> str:
+    chain = [name]
+    row = rows.get(name)
+    while row is not None and row.parent is not None and len(chain) < 12:
+        chain.append(row.parent)
+        row = rows.get(row.parent)
+    return " <- ".join(chain)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=15, help="runs per command (default 15)")
+    ap.add_argument("--rules", type=int, default=1000, help="rules in the policy files")
+    ap.add_argument("--use", choices=("auto", "module", "entry-point", "api"), default="auto")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 if asyncio, aioquic or ssl are imported")
+    args = ap.parse_args(argv)
+
+    print(f"CLI cold start; python {sys.version.split()[0]} ({sys.executable}), "
+          f"{os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    failed_check = False
+    with tempfile.TemporaryDirectory(prefix="taps-cli-bench-") as tmp:
+        w = _gen.write_workload(tmp, args.rules)
+        how, prefix = pick_cli(args.use)
+        if how == "api":
+            layers = ["system", "app", "carrier", "app-name"]
+            print("\nNOTE: taps_post.cli is not available yet (no src/taps_post/cli.py and no "
+                  "taps-post on PATH);\n      timing the API path `python -c \"import taps_post;"
+                  " taps_post.explain(...)\"` instead.")
+            explain_argv = api_argv(w, layers)
+            explain_label = "python -c 'taps_post.explain(...)'"
+        else:
+            cli_args, layers = cli_layer_args(prefix, w)
+            explain_argv = [*prefix, "policy", "explain", _gen.TARGET, *cli_args]
+            explain_label = ("python -m taps_post.cli policy explain" if how == "module"
+                             else "taps-post policy explain")
+        print(f"\nworkload: {_gen.TARGET}, {args.rules} rules across 3 files, layers passed: "
+              f"{', '.join(layers)}; env file with 8 interfaces, 8 DNS answers")
+
+        # Correctness first: one captured run of each explain command.
+        first = run(explain_argv, capture=True)
+        if first.returncode not in (0, 3):
+            sys.stderr.write(first.stderr)
+            raise SystemExit(f"internal error: {explain_label} exited {first.returncode}")
+        if how == "api":
+            print(f"  check: {first.stdout.strip()} (outcome, candidates)")
+        else:
+            try:
+                data = json.loads(first.stdout)
+                print(f"  check: exit {first.returncode}, JSON outcome {data.get('outcome')!r}, "
+                      f"{len(data.get('candidates', []))} candidates")
+            except ValueError:
+                print(f"  check: exit {first.returncode}, but stdout is not JSON "
+                      f"({first.stdout[:80]!r})")
+
+        commands = [Command("python -c pass", [sys.executable, "-c", "pass"], []),
+                    Command("python -c 'import taps_post'",
+                            [sys.executable, "-c", "import taps_post"], [])]
+        if how != "api":
+            commands.append(Command("python -c 'taps_post.explain(...)'",
+                                    api_argv(w, layers), []))
+        commands.append(Command(explain_label, explain_argv, []))
+        for _ in range(args.runs):
+            for c in commands:
+                t0 = time.perf_counter_ns()
+                run(c.argv)
+                c.samples_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+        base = commands[0].median()
+        print(f"\nwall time, {args.runs} runs each (round-robin):")
+        print(f"  {'command':42} {'median ms':>10} {'p10':>8} {'p90':>8} {'minus pass':>11}")
+        for c in commands:
+            print(f"  {c.label:42} {c.median():>10.1f} {c.pct(10):>8.1f} {c.pct(90):>8.1f} "
+                  f"{c.median() - base:>+11.1f}")
+
+        # Which modules a dry run pulls in.
+        print("\nmodules after `import taps_post` + explain(env=FILE):")
+        modfile = os.path.join(tmp, "modules.txt")
+        proc = run(api_argv(w, ["system", "app", "carrier", "app-name"], modfile), capture=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit("internal error: the module check run failed")
+        failed_check |= report_modules(Path(modfile).read_text().split("\n"))
+        if how != "api":
+            print(f"\nmodules after the CLI ({explain_label}):")
+            proc = run([sys.executable, "-c", CLI_MODULES_SNIPPET, modfile, "policy", "explain",
+                        _gen.TARGET, *explain_argv[len(prefix) + 3:]], capture=True)
+            if proc.returncode not in (0, 3):
+                sys.stderr.write(proc.stderr)
+                raise SystemExit("internal error: the CLI module check run failed")
+            failed_check |= report_modules(Path(modfile).read_text().split("\n"))
+
+        rows = importtime(explain_argv)
+        total = sum(r.self_us for r in rows.values()) / 1000
+        print(f"\n-X importtime, one run of {explain_label}: {len(rows)} imports, "
+              f"{total:.1f} ms in all (sum of self times)")
+        print("top 10 by cumulative time (indent = nesting):")
+        print(f"  {'cumulative ms':>13} {'self ms':>8}  module")
+        for r in sorted(rows.values(), key=lambda r: -r.cum_us)[:10]:
+            print(f"  {r.cum_us / 1000:>13.1f} {r.self_us / 1000:>8.1f}  {'  ' * r.depth}{r.name}")
+        print("top 10 by self time:")
+        for r in sorted(rows.values(), key=lambda r: -r.self_us)[:10]:
+            print(f"  {r.cum_us / 1000:>13.1f} {r.self_us / 1000:>8.1f}  {r.name}")
+        print("who pulls in the watched modules (first importer chain):")
+        for name in WATCH:
+            if name in rows:
+                print(f"  {rows[name].cum_us / 1000:>6.1f} ms  {import_chain(rows, name)}")
+    if failed_check and args.strict:
+        return 1
+    return 0
+
+
+def report_modules(mods: list[str]) -> bool:
+    """Print the watch list; True if a module that must not be imported was."""
+    present = set(mods)
+    tops = {m.split(".")[0] for m in present}
+    bad = [m for m in MUST_NOT_IMPORT if m in present]
+    verdict = "FAIL: " + ", ".join(bad) + " imported" if bad else "OK, none imported"
+    print(f"  {len(present)} modules ({len(tops)} top-level packages)")
+    print(f"  check {', '.join(MUST_NOT_IMPORT)} not in sys.modules: {verdict}")
+    heavy = [m for m in WATCH if m in present]
+    print(f"  watched modules present: {', '.join(heavy) or 'none'}")
+    absent = [m for m in WATCH if m not in present]
+    print(f"  watched modules absent:  {', '.join(absent) or 'none'}")
+    return bool(bad)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except Exception as exc:  # an internal error: say so and fail
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: {exc}", file=sys.stderr)
+        sys.exit(2)
