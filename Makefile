@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 schemas: $(STAMP)
 	for s in policy env explain; do \
 		$(VENV)/bin/taps-post policy schema $$s > schemas/$$s.schema.json; done
-	$(PY) -m taps_post.docgen docs/policy-language.md
+	$(PY) -m taps_post.docgen --run-examples
 
 bench: $(STAMP)
 	$(PY) bench/decide.py

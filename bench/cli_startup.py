@@ -89,6 +89,7 @@ class Command:
     label: str
     argv: list[str]
     samples_ms: list[float]
+    from_source: bool = False
 
     def median(self) -> float:
         return statistics.median(self.samples_ms)
@@ -98,15 +99,34 @@ class Command:
         return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
 
 
-def child_env() -> dict[str, str]:
+# Where children keep their bytecode; set by main(). None: leave the environment as it is.
+PYCACHE_PREFIX: str | None = None
+
+
+def child_env(*, from_source: bool = False) -> dict[str, str]:
+    """The children's environment: src/ on PYTHONPATH, and bytecode handled like an install.
+
+    An installed wheel has its .pyc files compiled by pip. Run from src/ with
+    PYTHONDONTWRITEBYTECODE=1 (as on this workplace), every start would compile taps_post
+    from source, so by default the children write and reuse bytecode under a temporary
+    PYTHONPYCACHEPREFIX instead. `from_source=True` keeps PYTHONDONTWRITEBYTECODE=1 and no
+    prefix: taps_post compiled on every start, site-packages from their own __pycache__.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
     env.pop("PYTHONPROFILEIMPORTTIME", None)
+    if from_source:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONPYCACHEPREFIX", None)
+    elif PYCACHE_PREFIX is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYCACHE_PREFIX
     return env
 
 
-def run(argv: list[str], *, capture: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=child_env(), text=True, check=False,
+def run(argv: list[str], *, capture: bool = False,
+        from_source: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=child_env(from_source=from_source), text=True, check=False,
                           stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                           stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
 
@@ -203,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=15, help="runs per command (default 15)")
     ap.add_argument("--rules", type=int, default=1000, help="rules in the policy files")
     ap.add_argument("--use", choices=("auto", "module", "entry-point", "api"), default="auto")
+    ap.add_argument("--pyc-as-is", action="store_true",
+                    help="do not redirect bytecode to a temporary PYTHONPYCACHEPREFIX")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if asyncio, aioquic or ssl are imported")
     args = ap.parse_args(argv)
@@ -211,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     failed_check = False
+    global PYCACHE_PREFIX
     with tempfile.TemporaryDirectory(prefix="taps-cli-bench-") as tmp:
+        if not args.pyc_as_is:
+            PYCACHE_PREFIX = os.path.join(tmp, "pycache")
+            print(f"bytecode: written and reused under a temporary PYTHONPYCACHEPREFIX, as for "
+                  f"an installed wheel\n          (PYTHONDONTWRITEBYTECODE is "
+                  f"{os.environ.get('PYTHONDONTWRITEBYTECODE') or 'unset'} in this shell; "
+                  f"--pyc-as-is keeps the environment)")
         w = _gen.write_workload(tmp, args.rules)
         how, prefix = pick_cli(args.use)
         if how == "api":
@@ -252,10 +281,14 @@ def main(argv: list[str] | None = None) -> int:
             commands.append(Command("python -c 'taps_post.explain(...)'",
                                     api_argv(w, layers), []))
         commands.append(Command(explain_label, explain_argv, []))
+        commands.append(Command("  same, compiling taps_post each start", explain_argv, [],
+                                from_source=True))
+        for c in commands:  # warm-up: fills the bytecode cache and the OS page cache
+            run(c.argv, from_source=c.from_source)
         for _ in range(args.runs):
             for c in commands:
                 t0 = time.perf_counter_ns()
-                run(c.argv)
+                run(c.argv, from_source=c.from_source)
                 c.samples_ms.append((time.perf_counter_ns() - t0) / 1e6)
 
         base = commands[0].median()

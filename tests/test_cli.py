@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 import taps_post as tp
-
 from helpers import ENV, ROOT, policy, run_cli
 
 SYSTEM = policy("system",
@@ -124,7 +123,8 @@ def test_missing_policy_file_is_input_error(tmp_path: Path) -> None:
     proc = run_cli("policy", "explain", "tcp://127.0.0.1:80", "--system",
                    str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"{tmp_path / 'nope.yaml'}: no such system policy file or directory"
+    missing = tmp_path / "nope.yaml"
+    assert proc.stderr.strip() == f"{missing}: no such system policy file or directory"
 
 
 def test_interfaces_lists_loopback() -> None:

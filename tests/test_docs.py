@@ -172,14 +172,11 @@ def test_example_policies_validate_together() -> None:
     assert "0 warning(s)" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`policy validate DIR` loads every *.yaml in DIR as a policy, including the environment "
-    "snapshot env-laptop.yaml, so `make demo`'s first command fails; remove this marker "
-    "once validate skips (or is told about) snapshots"))
 def test_examples_directory_validates_as_make_demo_does() -> None:
     result = run_cli("policy", "validate", "policies/examples", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"ok: {len(POLICY_FILES)} file(s)")
+    assert f"{len(ENV_FILES)} environment snapshot(s)" in result.stdout
     assert "0 warning(s)" in result.stdout
 
 

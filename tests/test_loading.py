@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, policy
 
 import taps_post as tp
+from helpers import ENV, policy
 from taps_post.policy.load import bundled_path, discover_system_sources
 
 
@@ -62,7 +62,8 @@ def test_layers_accept_files_dirs_dicts_and_lists(tmp_path: Path) -> None:
     d.mkdir()
     write(d / "b.yaml", policy("system", {"id": "b", "set": {"metered": "avoid"}}))
     write(d / "a.yml", policy("system", {"id": "a", "set": {"secure": "prefer"}}))
-    single = write(tmp_path / "app.yaml", policy("app", {"id": "x", "set": {"keepAlive": "prefer"}}))
+    single = write(tmp_path / "app.yaml",
+                   policy("app", {"id": "x", "set": {"keepAlive": "prefer"}}))
     ctx = tp.PolicyContext(system=[str(d), policy("system", {"id": "inline"})],
                            app=single, carrier=policy("carrier"), app_name="me")
     assert [f.source for f in ctx.files] == [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from helpers import policy, run_cli
 
 
@@ -33,7 +34,7 @@ def test_rule_shadowed_by_broader_higher_priority_rule_can_never_win(tmp_path: P
     assert proc.returncode == 0
     lines = proc.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}:8: warning: rule 'video-only' can never win")
+    assert lines[0].startswith(f"{path}:8:3: warning: rule 'video-only' can never win")
     assert "'everyone'" in lines[0]
     assert run_cli("policy", "validate", "--strict", path).returncode == 1
 

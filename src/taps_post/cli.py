@@ -29,11 +29,12 @@ class _Parser(argparse.ArgumentParser):
 def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="https://host, tls://host:port, tcp://, udp://, quic://, "
                                   "or host:port")
-    p.add_argument("--system", action="append", metavar="PATH",
-                   help="system policy file or directory (repeatable); replaces the discovered "
-                        "system layer")
-    p.add_argument("--no-system", action="store_true",
-                   help="use no system policy at all (built-in defaults only)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--system", action="append", metavar="PATH",
+                       help="system policy file or directory (repeatable); replaces the "
+                            "discovered system layer")
+    group.add_argument("--no-system", action="store_true",
+                       help="use no system policy at all (built-in defaults only)")
     p.add_argument("--app", action="append", metavar="PATH", help="app policy (repeatable)")
     p.add_argument("--carrier", action="append", metavar="PATH",
                    help="carrier policy (repeatable)")
@@ -146,7 +147,9 @@ def _validate(args: argparse.Namespace) -> int:
     if report.errors:
         print(f"{len(report.errors)} error(s); nothing was applied", file=sys.stderr)
         return EXIT_INPUT
-    print(f"ok: {len(report.files)} file(s), {rules} rule(s), {len(report.warnings)} warning(s)")
+    snaps = f", {len(report.snapshots)} environment snapshot(s)" if report.snapshots else ""
+    print(f"ok: {len(report.files)} file(s), {rules} rule(s){snaps}, "
+          f"{len(report.warnings)} warning(s)")
     return 1 if (args.strict and report.warnings) else EXIT_OK
 
 

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .decision.decision import Decision
 
-__all__ = ["Diagnostic", "InputError", "PolicyError", "TapsError"]
+__all__ = [
+    "Attempt",
+    "ConnectionClosedError",
+    "Diagnostic",
+    "EstablishmentError",
+    "InputError",
+    "MessageTooLargeError",
+    "PolicyError",
+    "TapsError",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +64,41 @@ class PolicyError(TapsError):
     def __init__(self, message: str, decision: Decision) -> None:
         super().__init__(message)
         self.decision = decision
+
+
+class EstablishmentError(TapsError):
+    """Every attempt of the race failed (the network's fault); `attempts` says how each did."""
+
+    def __init__(self, message: str, decision: Decision | None,
+                 attempts: Sequence[Attempt] = ()) -> None:
+        lines = [message] + [f"  {a}" for a in attempts]
+        super().__init__("\n".join(lines))
+        self.decision = decision
+        self.attempts = tuple(attempts)
+
+
+class ConnectionClosedError(TapsError, ConnectionError):
+    """The carrier is closed (by us, by the peer, or by a failure); see `__cause__`."""
+
+
+class MessageTooLargeError(TapsError, ValueError):
+    """A message is over `message.maxSize`, on send or on receive."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One racing attempt, for the EstablishmentError report."""
+
+    rank: int
+    interface: str
+    stack: str
+    remote: str
+    outcome: str
+    """won, failed, cancelled (a sibling won), or not_started."""
+    error: str = ""
+    elapsed_ms: float | None = None
+
+    def __str__(self) -> str:
+        took = f" after {self.elapsed_ms:.0f} ms" if self.elapsed_ms is not None else ""
+        why = f": {self.error}" if self.error else ""
+        return f"#{self.rank} {self.interface} {self.stack} {self.remote}: {self.outcome}{took}{why}"

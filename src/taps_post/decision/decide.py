@@ -55,16 +55,18 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     matched = frozenset((f.source, r.id) for f, r in matched_rules)
     warnings = [str(w) for w in policy.warnings]
 
+    interfaces = policy.apply_interface_facts(env.interfaces)
+
     def finish(candidates: Sequence[Candidate], excluded: Sequence[Exclusion],
                outcome: str) -> Decision:
         return Decision(request, policy.files, matched, effective, tuple(conflicts),
-                        tuple(candidates), tuple(excluded), outcome, tuple(warnings))
+                        tuple(candidates), tuple(excluded), outcome, tuple(warnings),
+                        interfaces)
 
     if conflicts:
         return finish((), (), "policy_prohibited")
 
     excluded: list[Exclusion] = []
-    interfaces = policy.apply_interface_facts(env.interfaces)
 
     # Endpoints: the remote addresses, in RFC 8305 interleaved order.
     if request.is_ip_literal:

@@ -12,6 +12,7 @@ from typing import Any
 from ..policy.load import PolicyFile, Statement
 from ..policy.registry import Pref
 from ..policy.resolve import Conflict, Effective
+from .environment import Interface
 from .request import Request
 
 __all__ = ["Candidate", "Decision", "Exclusion", "RankKey"]
@@ -98,6 +99,8 @@ class Exclusion:
     def by(cls, statement: Statement, *, outcome: str, detail: str,
            interface: str | None = None, stack: str | None = None,
            remote_address: str | None = None, remote_port: int | None = None) -> Exclusion:
+        if statement.via:
+            detail = f"{detail} (via profile {statement.via})"
         return cls(interface, stack, remote_address, remote_port, outcome, statement.key,
                    statement.rule, statement.source, statement.layer, detail)
 
@@ -142,6 +145,8 @@ class Decision:
     excluded: tuple[Exclusion, ...]
     outcome: str
     warnings: tuple[str, ...]
+    interfaces: tuple[Interface, ...] = ()
+    """The interfaces decided over (system facts applied), for renderers; not in to_dict()."""
 
     @property
     def ok(self) -> bool:

@@ -7,7 +7,6 @@ JSON and the DOT of one decision cannot disagree.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 
 from ..policy.load import Statement
 from ..policy.resolve import Effective, show_value
@@ -92,7 +91,7 @@ def _n(count: int, noun: str) -> str:
 def _verdict(decision: Decision) -> str:
     if decision.outcome == "ok":
         w = decision.candidates[0]
-        return (f"outcome  ok: {len(decision.candidates)} candidates; first: {w.interface} "
+        return (f"outcome  ok: {_n(len(decision.candidates), 'candidate')}; first: {w.interface} "
                 f"{w.stack} {_addr(w.remote_address)}:{w.remote_port}")
     if decision.outcome == "policy_prohibited":
         return "outcome  policy_prohibited: the layers contradict each other (see conflicts)"
@@ -104,6 +103,8 @@ def _addr(a: str) -> str:
 
 
 def _tree(decision: Decision) -> list[str]:
+    if decision.outcome == "policy_prohibited":
+        return ["  (not built: the request failed at a policy conflict)"]
     lines: list[str] = []
     by_path: dict[str, dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
     for c in decision.candidates:
@@ -117,13 +118,20 @@ def _tree(decision: Decision) -> list[str]:
     stack_excl = [e for e in decision.excluded if e.stack and not e.interface]
     endpoint_excl = [e for e in decision.excluded if e.remote_address and not e.interface]
 
-    names = list(dict.fromkeys([*by_path, *path_excl, *pair_excl]))
+    kinds = {i.name: i for i in decision.interfaces}
+    names = list(dict.fromkeys([*kinds, *by_path, *path_excl, *pair_excl]))
     first = decision.candidates[0] if decision.candidates else None
     for name in names:
+        iface = kinds.get(name)
+        facts = ""
+        if iface is not None:
+            bits = [iface.type] + (["metered"] if iface.metered else []) + (
+                [f"cost {iface.cost}"] if iface.cost else [])
+            facts = f" ({', '.join(bits)})"
         if name in path_excl:
-            lines.append(f"  x {name}  {_why(path_excl[name])}")
+            lines.append(f"  x {name}{facts}  {_why(path_excl[name])}")
             continue
-        lines.append(f"  {name}")
+        lines.append(f"  {name}{facts}")
         for stack, cands in by_path.get(name, {}).items():
             lines.append(f"    {stack}")
             for c in cands:
@@ -131,18 +139,21 @@ def _tree(decision: Decision) -> list[str]:
                 lines.append(f"     {star} #{c.rank:<3} {_addr(c.remote_address)}:{c.remote_port}"
                              f" from {c.local_address}  start {c.start_ms} ms")
         for e in pair_excl.get(name, []):
-            lines.append(f"    x {e.remote_address}  {_why(e)}")
+            lines.append(f"    x {_addr(e.remote_address or '')}  {_why(e)}")
+        if name not in by_path and name not in pair_excl:
+            lines.append("    (no candidates: every stack or endpoint was excluded below)")
     for e in stack_excl:
         lines.append(f"  x stack {e.stack}  {_why(e)}")
     for e in endpoint_excl:
-        lines.append(f"  x endpoint {e.remote_address}  {_why(e)}")
+        lines.append(f"  x endpoint {_addr(e.remote_address or '')}  {_why(e)}")
     if not lines:
         lines.append("  (empty: no interfaces, or the decision stopped at a conflict)")
     return lines
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def render_dot(decision: Decision) -> str:
@@ -151,35 +162,48 @@ def render_dot(decision: Decision) -> str:
     out = ["digraph decision {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];',
            f"  root [label={_q(r.target)}, shape=oval];"]
     seen: set[str] = set()
+    grey = ", style=dashed, color=grey50, fontcolor=grey40"
 
-    def node(ident: str, label: str, attrs: str = "") -> Iterable[str]:
-        if ident in seen:
-            return []
-        seen.add(ident)
-        return [f"  {_q(ident)} [label={_q(label)}{attrs}];"]
+    def node(ident: str, label: str, attrs: str = "") -> None:
+        if ident not in seen:
+            seen.add(ident)
+            out.append(f"  {_q(ident)} [label={_q(label)}{attrs}];")
 
+    def edge(a: str, b: str, attrs: str = "") -> None:
+        line = f"  {_q(a)} -> {_q(b)}{f' [{attrs}]' if attrs else ''};"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+
+    path_excl = {e.interface for e in decision.excluded
+                 if e.interface and not e.stack and not e.remote_address}
+    for iface in decision.interfaces:
+        if iface.name not in path_excl:
+            node(f"if:{iface.name}", f"{iface.name}\n{iface.type}")
+            edge("root", f"if:{iface.name}")
     first = decision.candidates[0] if decision.candidates else None
     for c in decision.candidates:
         p, s = f"if:{c.interface}", f"st:{c.interface}:{c.stack}"
         leaf = f"ep:{c.interface}:{c.stack}:{c.remote_address}"
-        out.extend(node(p, c.interface))
-        out.extend(node(s, c.stack))
+        node(p, c.interface)
+        node(s, c.stack)
         bold = ", style=bold, penwidth=2" if c is first else ""
-        out.extend(node(leaf, f"#{c.rank} {c.remote_address}:{c.remote_port}\\n"
-                              f"start {c.start_ms} ms", bold))
-        for edge in ((("root", p)), (p, s), (s, leaf)):
-            line = f"  {_q(edge[0])} -> {_q(edge[1])};"
-            if line not in seen:
-                seen.add(line)
-                out.append(line)
+        node(leaf, f"#{c.rank} {_addr(c.remote_address)}:{c.remote_port}\n"
+                   f"start {c.start_ms} ms", bold)
+        edge("root", p)
+        edge(p, s)
+        edge(s, leaf)
     for i, e in enumerate(decision.excluded):
         ident = f"x:{i}"
-        label = " ".join(x for x in (e.interface, e.stack, e.remote_address) if x)
-        out.extend(node(ident, f"{label}\\n{e.outcome} {e.property or ''}".rstrip(),
-                        ", style=dashed, color=grey50, fontcolor=grey40"))
+        what = " ".join(x for x in (e.interface if not e.remote_address else None,
+                                    e.stack and f"stack {e.stack}",
+                                    e.remote_address and _addr(e.remote_address)) if x)
+        node(ident, f"{what}\n{e.outcome} {e.property or ''}".rstrip(), grey)
         parent = "root"
-        if e.interface and (e.stack or e.remote_address) and f"if:{e.interface}" in seen:
+        if e.interface and e.remote_address:
             parent = f"if:{e.interface}"
-        out.append(f"  {_q(parent)} -> {_q(ident)} [style=dashed, color=grey50];")
+            node(parent, e.interface)
+            edge("root", parent)
+        edge(parent, ident, "style=dashed, color=grey50")
     out.append("}")
     return "\n".join(out) + "\n"

@@ -75,6 +75,7 @@ class LoadedRule:
     statements: tuple[Statement, ...]
     source: str
     when: dict[str, Any]
+    column: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,7 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
             statements=tuple(statements),
             source=_src(pos, where),
             when=rule.when.model_dump(exclude_none=True),
+            column=pos.locate(where)[1],
         ))
     if problems:
         raise InputError(problems)

@@ -31,15 +31,22 @@ class Report:
     files: list[PolicyFile] = field(default_factory=list)
     errors: list[Diagnostic] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
 
 
 def _declared_layer(path: str) -> str:
+    """The layer a file says it is, "env" for an environment snapshot, else "app"."""
     try:
         with open(path, encoding="utf-8") as fh:
             data, _ = load_yaml(fh.read(), path)
     except (OSError, UnicodeDecodeError, InputError):
         return "app"  # load_layer will report the real problem
-    layer = data.get("layer") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return "app"
+    if "version" not in data and "layer" not in data and (
+            {"interfaces", "dns", "cache"} & set(data)):
+        return "env"
+    layer = data.get("layer")
     return layer if layer in ("system", "app", "carrier") else "app"
 
 
@@ -49,8 +56,15 @@ def validate_paths(paths: Sequence[str]) -> Report:
         targets = ([os.path.join(spec, n) for n in sorted(os.listdir(spec))
                     if n.endswith((".yaml", ".yml"))] if os.path.isdir(spec) else [spec])
         for path in targets:
+            layer = _declared_layer(path)
             try:
-                report.files.extend(load_layer(path, _declared_layer(path)))
+                if layer == "env":
+                    from ..decision.envfile import load_environment
+
+                    load_environment(path)
+                    report.snapshots.append(path)
+                else:
+                    report.files.extend(load_layer(path, layer))
             except InputError as exc:
                 report.errors.extend(exc.diagnostics)
     for f in report.files:
@@ -82,9 +96,13 @@ def _dead_rules(files: Sequence[PolicyFile]) -> list[str]:
                     break
                 reasons.append(beater)
             else:
-                out.append(f"{rule.source}: warning: rule {rule.id!r} can never win: "
+                out.append(f"{_at(rule)}: warning: rule {rule.id!r} can never win: "
                            + "; ".join(reasons))
     return out
+
+
+def _at(rule: LoadedRule) -> str:
+    return f"{rule.source}:{rule.column}" if rule.column else rule.source
 
 
 def _always_beaten(rule: LoadedRule, s: Statement,
@@ -98,10 +116,16 @@ def _always_beaten(rule: LoadedRule, s: Statement,
             t.priority > s.priority or t.specificity >= s.specificity
         ):
             return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
-        if (authority[t.layer] < authority[s.layer] and t.enforce
-                and judge(spec, t.value, s.value) == "denied"):
-            return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
-                    f"{t.layer} rule {other.id!r} ({other.source})")
+        if authority[t.layer] < authority[s.layer] and t.enforce:
+            verdict = judge(spec, t.value, s.value)
+            if verdict == "denied":
+                return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
+                        f"{t.layer} rule {other.id!r} ({other.source})")
+            if verdict == "conflict":
+                return (f"{s.key}: {show_value(s.value)} always conflicts with enforced "
+                        f"{show_value(t.value)} of {t.layer} rule {other.id!r} "
+                        f"({other.source}), so every request it matches fails with "
+                        "policy_prohibited")
     return None
 
 
@@ -117,7 +141,7 @@ def _contradictions(files: Sequence[PolicyFile]) -> list[str]:
                 continue
             if not _overlaps(ra.when, rb.when):
                 continue
-            out.append(f"{b.source}: warning: enforced {a.key}: {show_value(b.value)} "
+            out.append(f"{_at(rb)}: warning: enforced {a.key}: {show_value(b.value)} "
                        f"(rule {rb.id!r}) contradicts enforced {show_value(a.value)} "
                        f"(rule {ra.id!r}, {a.source}) where both match")
     return out

@@ -1,0 +1,99 @@
+"""Local and Remote endpoints.
+
+Rule 1: a Remote resolves in passes until complete (URL -> name + port -> addresses), and each
+pass is a new frozen value, so a Remote can be logged, compared and reused at any stage.
+Rule 2: name resolution here is the event loop's resolver (`loop.getaddrinfo`), never a
+blocking call on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from ..certs import Certificate
+from ..decision.request import Request, parse_target
+
+__all__ = ["Local", "Remote"]
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Where we are: an interface and/or address, a port, and our certificates."""
+
+    interface: str | None = None
+    address: str | None = None
+    port: int = 0
+    certificates: Sequence[Certificate] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range 0-65535")
+        if self.address is not None:
+            ipaddress.ip_address(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """Where we go. Forms: URL (`https://h`), named (`Remote(host=h, port=p)`), IP, IP + cert."""
+
+    host: str
+    port: int
+    scheme: str = "hostport"
+    addresses: tuple[str, ...] | None = None
+    """None until resolved; IP-literal hosts resolve to themselves."""
+    certificates: Sequence[Certificate] = field(default=())
+    """Pinned peer certificates: the peer must present one of these."""
+
+    @classmethod
+    def parse(cls, target: str, *, certificates: Sequence[Certificate] = ()) -> Remote:
+        req = parse_target(target)
+        return cls(req.host, req.port, req.scheme, None, tuple(certificates))
+
+    @classmethod
+    def ip(cls, address: str, port: int, *, scheme: str = "hostport",
+           certificates: Sequence[Certificate] = ()) -> Remote:
+        ipaddress.ip_address(address)
+        return cls(address, port, scheme, (address,), tuple(certificates))
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.scheme == "hostport":
+            return f"{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.addresses is not None
+
+    def request(self, *, app: str | None, kind: str) -> Request:
+        return parse_target(self.target, app=app, kind=kind)
+
+    async def resolve(self) -> Remote:
+        """The next pass: a Remote whose addresses are known (possibly empty)."""
+        if self.addresses is not None:
+            return self
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            pass
+        else:
+            return replace(self, addresses=(self.host,))
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, OSError):
+            return replace(self, addresses=())
+        seen: dict[str, None] = {}
+        for _f, _t, _p, _c, sockaddr in infos:
+            seen.setdefault(str(sockaddr[0]).split("%")[0], None)
+        return replace(self, addresses=tuple(seen))

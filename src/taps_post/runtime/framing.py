@@ -1,0 +1,146 @@
+"""Framers: how messages become bytes on a stream stack and bytes become messages again.
+
+Rule 1: framers are sans-I/O. `encode()` returns bytes, `feed()` takes whatever the network
+delivered (any split, any size) and returns the complete messages it now holds. They never
+block, never guess, and never see a socket, so a property test can throw arbitrary byte
+streams at them.
+Rule 2: a framer enforces `max_size` on receive itself: a peer announcing a 4 GiB message is
+refused before we buffer it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["DeframingError", "Framer", "LengthPrefixFramer", "LineFramer", "RawFramer"]
+
+
+class DeframingError(ValueError):
+    """The peer sent bytes this framer cannot turn into messages (too large, malformed)."""
+
+
+class Framer(Protocol):
+    """Encodes outgoing messages and incrementally decodes incoming bytes."""
+
+    max_size: int
+
+    def encode(self, message: bytes) -> bytes: ...
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the messages now complete, in order."""
+        ...
+
+    def eof(self) -> list[bytes]:
+        """The peer closed; return a final message if the framing allows one, else raise."""
+        ...
+
+
+class LengthPrefixFramer:
+    """4-byte big-endian length, then the payload: the Post-to-Post default."""
+
+    def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def encode(self, message: bytes) -> bytes:
+        if len(message) > self.max_size:
+            raise ValueError(f"message of {len(message)} bytes is over message.maxSize "
+                             f"({self.max_size})")
+        return len(message).to_bytes(4, "big") + message
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if size > self.max_size:
+                raise DeframingError(f"peer announced a {size}-byte message, over "
+                                     f"message.maxSize ({self.max_size})")
+            if end - pos - 4 < size:
+                break
+            out.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return out
+
+    def eof(self) -> list[bytes]:
+        if self._buf:
+            raise DeframingError(f"connection closed inside a message ({len(self._buf)} bytes "
+                                 "of it received)")
+        return []
+
+
+class LineFramer:
+    """Messages end with a delimiter (default LF); for line protocols and tools like socat."""
+
+    def __init__(self, delimiter: bytes = b"\n", max_size: int = 16 * 1024 * 1024,
+                 strip: bytes = b"\r") -> None:
+        if not delimiter:
+            raise ValueError("the delimiter must not be empty")
+        self.delimiter = delimiter
+        self.max_size = max_size
+        self._strip = strip
+        self._buf = bytearray()
+        self._scan = 0
+
+    def encode(self, message: bytes) -> bytes:
+        if self.delimiter in message:
+            raise ValueError("message contains the delimiter; it would arrive as two messages")
+        if len(message) > self.max_size:
+            raise ValueError(f"message of {len(message)} bytes is over message.maxSize "
+                             f"({self.max_size})")
+        return message + self.delimiter
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        d = self.delimiter
+        start = 0
+        scan = self._scan
+        while True:
+            idx = buf.find(d, max(start, scan - len(d) + 1))
+            if idx < 0:
+                break
+            msg = bytes(buf[start:idx])
+            if self._strip and msg.endswith(self._strip):
+                msg = msg[: -len(self._strip)]
+            if len(msg) > self.max_size:
+                raise DeframingError(f"line of {len(msg)} bytes is over message.maxSize "
+                                     f"({self.max_size})")
+            out.append(msg)
+            start = idx + len(d)
+            scan = start
+        if start:
+            del buf[:start]
+        self._scan = len(buf)
+        if len(buf) > self.max_size + len(d):
+            raise DeframingError(f"no delimiter within message.maxSize ({self.max_size}) bytes")
+        return out
+
+    def eof(self) -> list[bytes]:
+        if self._buf:
+            rest = bytes(self._buf)
+            self._buf.clear()
+            return [rest]
+        return []
+
+
+class RawFramer:
+    """No framing: every chunk the network delivers is a message (stream semantics)."""
+
+    def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
+        self.max_size = max_size
+
+    def encode(self, message: bytes) -> bytes:
+        return bytes(message)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        return [bytes(data)] if data else []
+
+    def eof(self) -> list[bytes]:
+        return []

@@ -1,0 +1,449 @@
+"""Transients: one protocol stack instance over one path, as an asyncio Protocol.
+
+Rule 1: a Transient owns exactly one transport and everything that must stay consistent with
+it: the send queue and its pump, the receive inbox, and the bookkeeping that turns byte offsets
+into `on_sent` / `on_acked` callbacks. The Carrier above it only forwards calls, so a carrier
+can move to a new Transient (activate) without any message being lost or duplicated.
+Rule 2: writes are batched: the pump drains every ready message into one `transport.write()`,
+except `immediate` messages, which get their own write (and so their own segment, because
+every stream socket here has TCP_NODELAY set explicitly).
+Rule 3: `on_sent` fires when the kernel has taken the message's last byte; `on_acked` when the
+peer's TCP acknowledged it, read from the kernel's unsent+unacked count (SIOCOUTQ), not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConnectionClosedError, MessageTooLargeError
+from .framing import DeframingError, Framer
+from .messages import InMessage, OutMessage, Pending, SendQueue
+
+__all__ = ["DatagramTransient", "StreamTransient", "Transient"]
+
+_RECV_HIGH = 4096
+"""Messages buffered in the inbox before we stop reading from the socket."""
+_RECV_LOW = 1024
+_SEND_HIGH = 1 << 20
+"""Queued bytes above which `send()` waits (backpressure)."""
+_SEND_LOW = 1 << 18
+_TRANSPORT_HIGH = 1 << 18
+"""asyncio's own buffer limit: small, so ordering decisions stay in our queue, not in a FIFO."""
+
+
+def _outq(sock: Any) -> int | None:
+    """Bytes the kernel still holds for this socket (unsent + unacknowledged)."""
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(struct.unpack("i", buf)[0])
+
+
+class Transient:
+    """State shared by stream and datagram transients: queue, pump, inbox, callbacks."""
+
+    stack: str
+    interface: str | None
+    local_address: tuple[str, int] | None
+    remote_address: tuple[str, int] | None
+    established_ms: float | None
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stack = stack
+        self.framer = framer
+        self.max_size = max_size
+        self.interface = interface
+        self.local_address = None
+        self.remote_address = None
+        self.established_ms = None
+        self.transport: Any = None
+        self.carrier: Any = None
+        self.early = False
+        # receive side
+        self._inbox: collections.deque[InMessage] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._callback: Callable[[InMessage], Any] | None = None
+        self._eof = False
+        self._error: BaseException | None = None
+        self._reading_paused = False
+        self.received_any = False
+        # send side
+        self._queue = SendQueue()
+        self._pump_handle: asyncio.Handle | None = None
+        self._expiry_handle: asyncio.TimerHandle | None = None
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._written = 0
+        self._unsent: collections.deque[tuple[int, Pending]] = collections.deque()
+        self._unacked: collections.deque[tuple[int, Pending]] = collections.deque()
+        self._progress_handle: asyncio.TimerHandle | None = None
+        self._progress_delay = 0.001
+        self.sent_any = False
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.closed.done() and self._error is None
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._eof = True
+        for p in self._queue.drain_all():
+            self._fire(p.on_expired, p.message)
+        self._fail_progress()
+        self._cancel_timers()
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _cancel_timers(self) -> None:
+        for h in (self._pump_handle, self._expiry_handle, self._progress_handle):
+            if h is not None:
+                h.cancel()
+        self._pump_handle = self._expiry_handle = self._progress_handle = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Abort because of a local protocol error (deframing, oversize): the peer is cut off."""
+        if self._error is None:
+            self._error = exc
+        if self.transport is not None:
+            self.transport.abort()
+        self._lost(exc)
+
+    async def aclose(self) -> None:
+        """Graceful close: queued messages go out first, then the transport closes."""
+        if self.transport is None:
+            return
+        if not self.closed.done():
+            while len(self._queue) and self.is_open:
+                self._schedule_pump()
+                await self._wait_drained()
+            if not self.transport.is_closing():
+                self.transport.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.closed), 5.0)
+            except TimeoutError:
+                self.transport.abort()
+                await self.closed
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- receive side ---------------------------------------------------------------------
+
+    def _deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
+        if not messages:
+            return
+        self.received_any = True
+        carrier, early = self.carrier, self.early
+        if self._callback is not None:
+            for m in messages:
+                msg = InMessage(m, carrier=carrier, remote=remote, early=early)
+                if self._callback is None:
+                    self._inbox.append(msg)
+                elif self._callback(msg) is False:
+                    self._callback = None
+            self._wake()
+            return
+        inbox = self._inbox
+        for m in messages:
+            inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
+        if len(inbox) > _RECV_HIGH and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def set_callback(self, callback: Callable[[InMessage], Any] | None) -> None:
+        self._callback = callback
+        while callback is not None and self._inbox:
+            if callback(self._inbox.popleft()) is False:
+                self._callback = None
+                break
+
+    async def receive(self) -> InMessage:
+        while not self._inbox:
+            if self._error is not None:
+                raise ConnectionClosedError(f"{self.stack} carrier failed: {self._error}") \
+                    from self._error
+            if self._eof:
+                raise ConnectionClosedError(f"the peer closed the {self.stack} carrier")
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        msg = self._inbox.popleft()
+        if self._reading_paused and len(self._inbox) < _RECV_LOW and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return msg
+
+    # ---- send side ------------------------------------------------------------------------
+
+    def submit(self, message: OutMessage, on_sent: Any = None, on_acked: Any = None,
+               on_expired: Any = None) -> None:
+        if self._error is not None or (self.transport is not None and
+                                       self.transport.is_closing()) or self.closed.done():
+            raise ConnectionClosedError(f"cannot send: the {self.stack} carrier is closed")
+        if len(message.data) > self.max_size:
+            raise MessageTooLargeError(f"message of {len(message.data)} bytes is over "
+                                       f"message.maxSize ({self.max_size})")
+        deadline = None if message.lifetime is None else self.loop.time() + message.lifetime
+        self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
+        self._schedule_pump()
+
+    async def wait_writable(self) -> None:
+        """Backpressure: return when the queue is below its high-water mark."""
+        while self._queue.queued_bytes > _SEND_HIGH and self.is_open:
+            await self._wait_drained()
+
+    async def _wait_drained(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = self.loop.create_future()
+        await self._drained
+
+    def _schedule_pump(self) -> None:
+        if self._pump_handle is None and self.transport is not None:
+            self._pump_handle = self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_handle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._writing_paused:
+            for p in self._queue.expire(now):
+                self._fire(p.on_expired, p.message)
+        else:
+            ready, expired = self._queue.pop_ready(now)
+            for p in expired:
+                self._fire(p.on_expired, p.message)
+            if ready:
+                self._write(ready)
+        if self._queue.queued_bytes <= _SEND_LOW and self._drained is not None \
+                and not self._drained.done():
+            self._drained.set_result(None)
+        deadline = self._queue.next_deadline()
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+            self._expiry_handle = None
+        if deadline is not None:
+            self._expiry_handle = self.loop.call_at(deadline, self._schedule_pump)
+
+    def _write(self, ready: list[Pending]) -> None:
+        raise NotImplementedError
+
+    def _track(self, end: int, p: Pending) -> None:
+        if p.on_sent is not None or p.on_acked is not None:
+            self._unsent.append((end, p))
+
+    def _check_progress(self) -> None:
+        self._progress_handle = None
+        transport = self.transport
+        if transport is None:
+            return
+        buffered = transport.get_write_buffer_size()
+        accepted = self._written - buffered
+        progressed = False
+        while self._unsent and self._unsent[0][0] <= accepted:
+            end, p = self._unsent.popleft()
+            self._fire(p.on_sent, p.message)
+            progressed = True
+            if p.on_acked is not None:
+                self._unacked.append((end, p))
+        if self._unacked:
+            acked = self._acked_offset(accepted, buffered)
+            while self._unacked and acked is not None and self._unacked[0][0] <= acked:
+                _end, p = self._unacked.popleft()
+                self._fire(p.on_acked, p.message)
+                progressed = True
+        if self._unsent or self._unacked:
+            self._progress_delay = 0.0005 if progressed else min(self._progress_delay * 2, 0.05)
+            self._progress_handle = self.loop.call_later(self._progress_delay,
+                                                         self._check_progress)
+
+    def _acked_offset(self, accepted: int, buffered: int) -> int | None:
+        return None
+
+    def _fail_progress(self) -> None:
+        # Messages handed to the kernel but not known sent when the transport died.
+        while self._unsent:
+            _end, p = self._unsent.popleft()
+            self._fire(p.on_expired, p.message)
+        self._unacked.clear()
+
+    def _fire(self, callback: Any, message: OutMessage) -> None:
+        if callback is None:
+            return
+        try:
+            callback(message)
+        except Exception as exc:  # a user callback must not kill the transport
+            self.loop.call_exception_handler({"message": "taps_post message callback failed",
+                                              "exception": exc})
+
+    # ---- flow control from asyncio --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._schedule_pump()
+        if self._unsent and self._progress_handle is None:
+            self._check_progress()
+
+
+class StreamTransient(Transient, asyncio.Protocol):
+    """TCP, TLS and MPTCP: messages framed onto one byte stream."""
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None, secure: bool = False) -> None:
+        super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
+        self.secure = secure
+        self.raw_socket: Any = None
+        self.stream_protocol: asyncio.StreamReaderProtocol | None = None
+        self.on_connection: Callable[[StreamTransient], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.raw_socket = sock
+        if sock is not None:
+            try:  # asyncio sets this only on sockets it created itself (DESIGN section 8)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.remote_address = (peer[0], peer[1]) if peer else None
+        self.local_address = (local[0], local[1]) if local else None
+        if self.on_connection is not None:
+            self.on_connection(self)
+        self._schedule_pump()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except DeframingError as exc:
+            self.fail(MessageTooLargeError(str(exc)) if "maxSize" in str(exc) else exc)
+            return
+        self._deliver(messages)
+
+    def eof_received(self) -> bool | None:
+        try:
+            self._deliver(self.framer.eof())
+        except DeframingError as exc:
+            self._error = exc
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def _write(self, ready: list[Pending]) -> None:
+        transport = self.transport
+        encode = self.framer.encode
+        batch: list[bytes] = []
+        for p in ready:
+            frame = encode(p.message.data)
+            if p.message.immediate:
+                if batch:
+                    self._emit(b"".join(batch))
+                    batch = []
+                self._emit(frame)
+                self._track(self._written, p)
+                continue
+            batch.append(frame)
+            self._written += len(frame)
+            self._track(self._written, p)
+            self._written -= len(frame)
+            self._written += 0
+            self._pending_batch_bytes = len(frame)
+            self._written += len(frame)
+        if batch:
+            data = b"".join(batch)
+            self._written -= len(data)
+            self._emit(data)
+        self.sent_any = True
+        if (self._unsent or self._unacked) and self._progress_handle is None:
+            self._check_progress()
+        del transport
+
+    def _emit(self, data: bytes) -> None:
+        self.transport.write(data)
+        self._written += len(data)
+
+    def _acked_offset(self, accepted: int, buffered: int) -> int | None:
+        outq = _outq(self.raw_socket)
+        if outq is None:
+            return None
+        if self.secure:
+            # Ciphertext offsets differ from ours: only "everything handed over is acked" is
+            # certain, when neither asyncio nor the kernel hold any byte of ours.
+            return accepted if outq == 0 and buffered == 0 else None
+        return accepted - outq
+
+
+class DatagramTransient(Transient, asyncio.DatagramProtocol):
+    """UDP: one message per datagram; no ordering, no acknowledgement."""
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None, peer: tuple[str, int] | None = None) -> None:
+        super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
+        self.peer = peer
+        self.on_datagram: Callable[[bytes, tuple[str, int]], bool] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername") or self.peer
+        self.local_address = (local[0], local[1]) if local else None
+        self.remote_address = (peer[0], peer[1]) if peer else None
+        self._schedule_pump()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.on_datagram is not None and self.on_datagram(data, addr):
+            return
+        if len(data) > self.max_size:
+            return  # an oversize datagram is dropped, as the network would
+        self._deliver([data], (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors on UDP are soft (softErrorNotify); they do not close the carrier.
+        self.soft_error = exc
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def _write(self, ready: list[Pending]) -> None:
+        sendto = self.transport.sendto
+        for p in ready:
+            if self.peer is not None and self.transport.get_extra_info("peername") is None:
+                sendto(p.message.data, self.peer)
+            else:
+                sendto(p.message.data)
+            self._fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
+        self.sent_any = True
