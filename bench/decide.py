@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, st in phases(w, args.rounds, max(5, args.calls // 2)).items():
             print(f"    {name:30s} {st.median:8.3f} ms")
 
-        print("\n[scaling: warm explain() median by rule count]")
+        print(f"\n[scaling: warm explain() median by rule count; the {args.rules} row is the warm"
+              " figure above]")
         print(f"  {'rules':>7} {'matched':>8} {'median ms':>10} {'p10':>8} {'p90':>8} "
               f"{'ms/1000 rules':>14}")
         medians: dict[int, float] = {}

@@ -257,8 +257,11 @@ def environments(draw: st.DrawFn, hostport: str = "example.com:443") -> dict[str
     if draw(st.booleans()):
         interfaces.append({"name": "lo", "type": "loopback", "addresses": ["127.0.0.1", "::1"]})
     for name in names:
-        addresses: list[Any] = draw(st.lists(_v4(), max_size=2, unique=True))
-        for a in draw(st.lists(_v6(), max_size=2, unique=True)):
+        # Mostly both families, sometimes one or none (then the branch is unreachable).
+        addresses: list[Any] = draw(st.lists(_v4(), min_size=int(draw(st.integers(0, 3)) > 0),
+                                             max_size=2, unique=True))
+        for a in draw(st.lists(_v6(), min_size=int(draw(st.integers(0, 3)) > 0), max_size=2,
+                               unique=True)):
             addresses.append({"address": a, "temporary": True} if draw(st.booleans()) else a)
         iface: dict[str, Any] = {
             "name": name,
@@ -277,6 +280,10 @@ def environments(draw: st.DrawFn, hostport: str = "example.com:443") -> dict[str
     dns: dict[str, list[str]] = {}
     for host in draw(st.lists(st.sampled_from(HOST_NAMES), unique=True)):
         dns[host] = draw(st.lists(st.one_of(_v4(), _v6()), max_size=3, unique=True))
+    target_host = hostport.rpartition(":")[0]
+    if target_host in HOST_NAMES and draw(st.integers(0, 5)) > 0:  # usually it resolves
+        dns[target_host] = draw(st.lists(st.one_of(_v4(), _v6()), min_size=1, max_size=3,
+                                         unique=True))
     cache: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(0, 3))):
         entry: dict[str, Any] = {
@@ -300,7 +307,7 @@ def scenarios(draw: st.DrawFn, max_docs: int = 3) -> dict[str, Any]:
     layers speak about the same key (that is where resolution has work to do).
     """
     target, hostport = draw(targets())
-    pool = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=6, unique=True))
+    pool = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=4, unique=True))
     return {
         "target": target,
         "app_name": draw(st.sampled_from((*APP_NAMES, None))),

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from strategies import KEYS, junk, policy_doc
 
 import taps_post
+from strategies import KEYS, junk, policy_doc
 from taps_post import InputError
 from taps_post.policy.load import load_document, load_layer
 from taps_post.policy.yamlpos import load_yaml
@@ -95,8 +95,8 @@ POLICY_CASES = [
                  id="attemptDelay-5"),
     pytest.param(rule("    set:\n      racing.attemptDelay: 5000\n"), 6, 28,
                  "expected an integer from 10 to 2000, got 5000", id="attemptDelay-5000"),
-    pytest.param(rule("  - id: b\n  - id: a\n"), 6, 9, "duplicate rule id 'a' (first used on line 4)",
-                 id="duplicate-rule-id"),
+    pytest.param(rule("  - id: b\n  - id: a\n"), 6, 9,
+                 "duplicate rule id 'a' (first used on line 4)", id="duplicate-rule-id"),
     pytest.param(rule("    set:\n      secure: require\n      secure: avoid\n"), 7, 7,
                  "duplicate key 'secure' (first defined on line 6)", id="duplicate-yaml-key"),
     pytest.param(rule('    when: {app: "back[up"}\n'), 5, 17, "unclosed '[' in glob 'back[up'",
@@ -109,7 +109,7 @@ POLICY_CASES = [
     pytest.param(rule("    when: {port: abc}\n"), 5, 18, "got 'abc'", id="port-abc"),
     pytest.param(rule("    when: {kind: initiat}\n"), 5, 18, "did you mean 'initiate'?",
                  id="bad-kind"),
-    pytest.param(rule("    when: {scheme: [tls, http]}\n"), 5, 25, "did you mean 'https'?",
+    pytest.param(rule("    when: {scheme: http}\n"), 5, 20, "did you mean 'https'?",
                  id="bad-scheme"),
     pytest.param(rule("    use: [reliable-message, reliable-mesage]\n"), 5, 29,
                  "got 'reliable-mesage'", id="unknown-profile"),
@@ -282,6 +282,24 @@ def _assert_one_clean_line(r: subprocess.CompletedProcess[str], path: Path) -> N
 
 
 @pytest.mark.xfail(strict=True, reason=(
+    "model._str_list/_ports check a whole `when` list in one BeforeValidator, so pydantic's "
+    "location is the list, not the bad item: the column points at '[' (col 20) instead of "
+    "the item (unlike app/host globs and `use:` items, which point at the item)"))
+@pytest.mark.parametrize(("body", "col"), [
+    ("    when: {scheme: [tls, http]}\n", 25),
+    ("    when: {kind: [listen, initiat]}\n", 26),
+    ("    when: {port: [443, 70000]}\n", 23),
+])
+def test_bad_item_in_a_when_list_is_pointed_at(tmp_path: Path, body: str, col: int) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(rule(body))
+    with pytest.raises(InputError) as info:
+        load_layer(str(path), "system")
+    [d] = info.value.diagnostics
+    assert (d.line, d.column) == (5, col)
+
+
+@pytest.mark.xfail(strict=True, reason=(
     "yamlpos.load_yaml lets constructor exceptions other than yaml.MarkedYAMLError escape: "
     "an explicit tag on a bad scalar (`!!int x`, `!!float x`, `!!bool maybe`, "
     "`!!timestamp 2001-13-45`) raises ValueError/KeyError from PyYAML's constructor, and the "
@@ -440,15 +458,18 @@ def _load_dict(data: Any, layer: str) -> None:
     try:
         pf = load_document(data, layer=layer, source="<fuzz>")
     except InputError as exc:
+        event("dict: rejected")
         _check_diagnostics(exc, "<fuzz>")
     else:
+        event("dict: loaded")
         _check_whole(pf, data, layer)
 
 
 _COUNTER = itertools.count()
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the parser the engine uses
 
 
-def _load_text(text: str, layer: str, directory: str) -> None:
+def _load_text(text: str, layer: str, directory: str, what: str) -> None:
     try:
         load_yaml(text, "text.yaml")
     except InputError as exc:
@@ -459,9 +480,11 @@ def _load_text(text: str, layer: str, directory: str) -> None:
     try:
         (pf,) = load_layer(path, layer)
     except InputError as exc:
+        event(f"{what}: rejected")
         _check_diagnostics(exc, path, text)
     else:
-        _check_whole(pf, yaml.safe_load(text), layer)
+        event(f"{what}: loaded")
+        _check_whole(pf, yaml.load(text, Loader=_LOADER), layer)
     finally:
         os.unlink(path)
 
@@ -499,5 +522,5 @@ def test_fuzz_loader_only_raises_input_error(scratch: str, doc: tuple[str, Any],
     _load_dict(body, layer)
     text = yaml.safe_dump(body, sort_keys=False, allow_unicode=True,
                           default_flow_style=data.draw(st.sampled_from((False, None, True))))
-    _load_text(text, layer, scratch)
-    _load_text(_mutate(text, data), layer, scratch)
+    _load_text(text, layer, scratch, "yaml")
+    _load_text(_mutate(text, data), layer, scratch, "mutated yaml")

@@ -19,11 +19,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from strategies import PREFS, flatten_set, scenarios, values_for
 
 import taps_post
+from strategies import PREFS, flatten_set, scenarios, values_for
 from taps_post.schemas import schema
 
 SETTINGS = settings(
@@ -271,10 +271,42 @@ def _shuffled(scn: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
     return out
 
 
+def _add_twin(scn: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+    """Add a second document with the same name (or both unnamed) holding a rule with the same
+    id as one of the first's, maybe differently enforced: only the tie-breaks after name and
+    rule id can tell them apart."""
+    places = [(layer, i, j) for layer in LAYERS for i, doc in enumerate(scn[layer])
+              for j in range(len(doc["rules"]))]
+    if not places:
+        return scn
+    layer, i, j = data.draw(st.sampled_from(places), label="rule to twin")
+    scn = copy.deepcopy(scn)
+    doc = scn[layer][i]
+    twin = copy.deepcopy(doc["rules"][j])
+    twin["enforce"] = not twin.get("enforce", False)
+    twin_doc: dict[str, Any] = {"version": 1, "layer": layer, "rules": [twin]}
+    if data.draw(st.booleans(), label="both unnamed"):
+        del doc["name"]
+    else:
+        twin_doc["name"] = doc["name"]
+    scn[layer].append(twin_doc)
+    # A lower layer that speaks about one of the twin's keys: whether it is denied depends on
+    # which of the two wins.
+    keys = sorted(flatten_set(twin.get("set", {})))
+    if keys and layer != "carrier":
+        key = data.draw(st.sampled_from(keys), label="challenged key")
+        lower = LAYERS[LAYERS.index(layer) + 1]
+        scn[lower].append({"version": 1, "layer": lower, "name": "challenger", "rules": [
+            {"id": "challenger", "set": {key: data.draw(values_for(key))}}]})
+    return scn
+
+
 @SETTINGS
 @given(scn=scenarios(), data=st.data())
 def test_file_and_rule_order_never_change_the_decision(scn: dict[str, Any],
                                                        data: st.DataObject) -> None:
+    if data.draw(st.booleans(), label="add a same-named twin"):
+        scn = _add_twin(scn, data)
     before = explain(scn).to_dict()
     after = explain(_shuffled(scn, data)).to_dict()
     assert canonical(after) == canonical(before)
@@ -315,9 +347,9 @@ def test_duplicating_a_rule_changes_nothing(scn: dict[str, Any], data: st.DataOb
 
 # --- enforced statements are never loosened ---------------------------------------------------
 
-@SETTINGS
-@given(scn=scenarios(max_docs=2), data=st.data())
-def test_enforced_statements_are_never_loosened(scn: dict[str, Any], data: st.DataObject) -> None:
+def _with_floor(scn: dict[str, Any], data: st.DataObject) -> tuple[dict[str, Any], str, Any]:
+    """A copy of `scn` whose system layer surely wins with an enforced statement for one key,
+    and whose app and carrier layers challenge it (sometimes enforced themselves)."""
     key = data.draw(st.sampled_from(scn["pool"]), label="enforced key")
     value = data.draw(values_for(key), label="floor value")
     floor_rule: dict[str, Any] = {"id": "the-floor", "enforce": True, "priority": 100,
@@ -332,7 +364,6 @@ def test_enforced_statements_are_never_loosened(scn: dict[str, Any], data: st.Da
     else:
         scn["system"].append({"version": 1, "layer": "system", "name": "floor",
                               "rules": [floor_rule]})
-    # Lower layers that speak about the same key, sometimes enforced themselves.
     for layer in ("app", "carrier"):
         for n in range(data.draw(st.integers(0, 2), label=f"{layer} challengers")):
             rule = {"id": f"challenger-{n}", "enforce": data.draw(st.booleans()),
@@ -340,10 +371,18 @@ def test_enforced_statements_are_never_loosened(scn: dict[str, Any], data: st.Da
                     "set": {key: data.draw(values_for(key))}}
             scn[layer].append({"version": 1, "layer": layer, "name": f"challenger-{n}",
                                "rules": [rule]})
+    return scn, key, value
 
+
+@SETTINGS
+@given(scn=scenarios(max_docs=2), data=st.data())
+def test_enforced_statements_are_never_loosened(scn: dict[str, Any], data: st.DataObject) -> None:
+    scn, key, value = _with_floor(scn, data)
     d = explain(scn).to_dict()
     floor = normalise(key, value)
     eff = d["properties"][key]
+    event(f"outcome: {d['outcome']}")
+    event(f"ends at the floor value: {eff['value'] == floor}")
     assert d["properties"][key]["layer"] != "defaults"
     conflicts = [c for c in d["conflicts"] if c["key"] == key]
     if conflicts:
@@ -370,8 +409,10 @@ def _rank(key: str, s: dict[str, Any], info: dict[tuple[str, str], dict[str, Any
 
 
 @SETTINGS
-@given(scn=scenarios())
-def test_resolution_follows_the_design_table(scn: dict[str, Any]) -> None:
+@given(scn=scenarios(), data=st.data())
+def test_resolution_follows_the_design_table(scn: dict[str, Any], data: st.DataObject) -> None:
+    if data.draw(st.booleans(), label="add an enforced floor and challengers"):
+        scn, _key, _value = _with_floor(scn, data)
     d = explain(scn).to_dict()
     req = d["request"]
     info = rule_index(scn)
@@ -414,6 +455,7 @@ def test_resolution_follows_the_design_table(scn: dict[str, Any]) -> None:
         expected = Counter()
         for s in bests:
             v = "accepted" if floor is None else verdict(key, floor["value"], s["value"])
+            event(f"verdict: {v}")
             if v == "accepted":
                 expected[(_ident(current), "overridden")] += 1
                 current = s
@@ -530,18 +572,15 @@ def test_to_dict_is_json_and_matches_the_schema(scn: dict[str, Any]) -> None:
     assert json.loads(text) == d
 
 
-# --- known bugs, shown with the smallest input ----------------------------------------------
+# --- order independence where names tie (regressions) ---------------------------------
 
 _ENV = {"interfaces": [{"name": "eth0", "type": "ethernet", "addresses": ["198.18.0.1"]}],
         "dns": {"example.com": ["198.18.1.1"]}}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "resolve._rank breaks ties on (priority, specificity, strictness, file name, rule id, "
-    "value) but not on `enforce`: two documents of one layer with the same name (unnamed "
-    "dicts are all named '<system>'; two files with the same stem in two directories) and "
-    "the same rule id and value, one enforced and one not, make the winner, and so the "
-    "floor, follow the order the files were given in"))
+# Regression: resolve._rank used to ignore `enforce` when two documents of one layer share a
+# name (unnamed dicts are all '<system>'; same-stem files in two directories), a rule id and a
+# value, so the floor followed the order the files were given in.
 @pytest.mark.parametrize("how", ["unnamed-dicts", "same-name", "same-stem-files"])
 def test_same_named_files_are_order_independent(how: str, tmp_path: Any) -> None:
     extra = {"name": "site"} if how == "same-name" else {}
@@ -575,10 +614,8 @@ def test_interface_facts_from_named_documents_are_order_independent() -> None:
     assert _facts_cost([a, b]) == _facts_cost([b, a]) == 5  # the first name wins
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PolicyContext.apply_interface_facts orders files by (name, source); unnamed dict "
-    "documents of one layer all have name and source '<system>', so when two of them state "
-    "different facts about one interface, the order they were given in decides"))
+# Regression: unnamed dict documents all have name and source '<system>', and their interface
+# facts used to apply in the order the documents were given in.
 def test_interface_facts_from_unnamed_dicts_are_order_independent() -> None:
     a = {"version": 1, "layer": "system", "interfaces": [{"match": {"name": "eth0"}, "cost": 5}]}
     b = {"version": 1, "layer": "system", "interfaces": [{"match": {"name": "eth0"}, "cost": 50}]}

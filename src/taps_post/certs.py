@@ -77,7 +77,7 @@ def self_signed(names: list[str] | tuple[str, ...], *, days: int = 30) -> Certif
         except ValueError:
             alt.append(x509.DNSName(name))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -101,4 +101,5 @@ class Attempt:
     def __str__(self) -> str:
         took = f" after {self.elapsed_ms:.0f} ms" if self.elapsed_ms is not None else ""
         why = f": {self.error}" if self.error else ""
-        return f"#{self.rank} {self.interface} {self.stack} {self.remote}: {self.outcome}{took}{why}"
+        where = f"#{self.rank} {self.interface} {self.stack} {self.remote}"
+        return f"{where}: {self.outcome}{took}{why}"

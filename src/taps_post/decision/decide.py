@@ -10,6 +10,7 @@ tie-break, so two runs on the same input always produce the same order.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                            f"{family} address on {iface.name}"))
                 continue
             for stack, snode in stacks:
-                hist, rtt = _history(history, stack, iface.name)
+                hist, rtt = _history(history, stack, iface.name, addr)
                 key = RankKey(-pnode.prefer, pnode.avoid, -snode.prefer, snode.avoid, hist, rtt,
                               iface.cost, iface.name, STACK_ORDER[stack], order)
                 scored.append((key, iface, local.address, stack, addr, family))
@@ -245,17 +246,23 @@ def _judge_stack(stack: str, request: Request, effective: dict[str, Effective],
     return node
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope(address: str) -> tuple[bool, bool]:
+    """(is loopback, is link-local), parsed once per address, not once per candidate."""
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback, ip.is_link_local
+
+
 def _local_address(iface: Interface, remote: str, family: str,
                    temp: Pref) -> Address | str | None:
     """The local address a candidate binds; a str says why the pair is unreachable."""
-    remote_ip = ipaddress.ip_address(remote)
-    if remote_ip.is_loopback != (iface.type == "loopback"):
+    loopback, link_local = _scope(remote)
+    if loopback != (iface.type == "loopback"):
         return ("loopback reaches only loopback" if iface.type == "loopback"
                 else f"{remote} is a loopback address")
     # RFC 6724 rule 2 (prefer matching scope): link-local peers need a link-local source,
     # and a link-local source cannot reach anything else.
-    usable = [a for a in iface.addresses_of(family)
-              if a.ip.is_link_local == remote_ip.is_link_local]
+    usable = [a for a in iface.addresses_of(family) if _scope(a.address)[1] == link_local]
     if not usable:
         return f"{iface.name} has no {family} address"
     temporary = [a for a in usable if a.temporary]
@@ -269,25 +276,26 @@ def _local_address(iface: Interface, remote: str, family: str,
     return (stable or temporary)[0]
 
 
-_HistoryIndex = dict[tuple[str, str | None], CacheEntry]
+_HistoryIndex = dict[tuple[str, str | None, str | None], CacheEntry]
 
 
 def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
     index: _HistoryIndex = {}
-    for entry in cache:  # the last entry for a (stack, interface) is the newest
+    for entry in cache:  # the last entry for a (stack, interface, address) is the newest
         if entry.remote.lower() == hostport.lower():
-            index[(entry.stack, entry.interface)] = entry
+            index[(entry.stack, entry.interface, entry.address)] = entry
     return index
 
 
-def _history(index: _HistoryIndex, stack: str, interface: str) -> tuple[int, float]:
-    entry = index.get((stack, interface)) or index.get((stack, None))
+def _history(index: _HistoryIndex, stack: str, interface: str,
+             address: str) -> tuple[int, float]:
+    """The most specific entry wins: interface and address, then either, then neither."""
+    if not index:
+        return 1, 0.0
+    entry = (index.get((stack, interface, address)) or index.get((stack, interface, None))
+             or index.get((stack, None, address)) or index.get((stack, None, None)))
     if entry is None:
         return 1, 0.0
     if entry.outcome == "success":
         return 0, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf")
     return 2, 0.0
-
-
-def statement_for(effective: dict[str, Effective], key: str) -> Statement:
-    return effective[key].statement

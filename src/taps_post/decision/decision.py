@@ -7,7 +7,7 @@ object, and `to_dict()` is exactly the JSON of DESIGN section 6.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..policy.load import PolicyFile, Statement
 from ..policy.registry import Pref
@@ -18,9 +18,12 @@ from .request import Request
 __all__ = ["Candidate", "Decision", "Exclusion", "RankKey"]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class RankKey:
-    """The lexicographic ranking key of DESIGN section 5 step 4; smaller ranks first."""
+class RankKey(NamedTuple):
+    """The lexicographic ranking key of DESIGN section 5 step 4; smaller ranks first.
+
+    A NamedTuple, not a dataclass: hundreds of these are sorted per decision, and tuple
+    comparison runs in C.
+    """
 
     path_prefer: int
     """Negated count of path-level prefer hits (more hits rank first)."""
@@ -51,8 +54,7 @@ class RankKey:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """One leaf of the tree: a path, a stack, a remote endpoint, and when to start it."""
 
     rank: int

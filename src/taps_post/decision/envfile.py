@@ -66,6 +66,7 @@ class CacheItem(BaseModel):
     rtt_ms: float | None = Field(None, ge=0)
     ticket: StrictBool = False
     interface: str | None = None
+    address: str | None = Field(None, description="remote address the entry is about")
 
 
 class EnvDocument(BaseModel):
@@ -77,21 +78,38 @@ class EnvDocument(BaseModel):
     cache: list[CacheItem] = Field(default_factory=list)
 
 
-def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Environment:
-    """Load a snapshot from a YAML/JSON file or a dict; InputError on any problem."""
-    if isinstance(spec, Mapping):
-        data: Any = dict(spec)
-        pos = Positions("<env>")
-    else:
-        path = os.fspath(spec)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            from ..errors import Diagnostic
+_CACHE: dict[tuple[str, int, int], Environment] = {}
 
-            raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
-        data, pos = load_yaml(text, path)
+
+def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Environment:
+    """Load a snapshot from a YAML/JSON file or a dict; InputError on any problem.
+
+    Files are cached by (path, mtime, size), like policy files: repeated dry runs against one
+    snapshot should cost the decision, not the YAML parser.
+    """
+    if isinstance(spec, Mapping):
+        return _build(dict(spec), Positions("<env>"))
+    path = os.fspath(spec)
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key in _CACHE:
+            return _CACHE[key]
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        from ..errors import Diagnostic
+
+        raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
+    data, pos = load_yaml(text, path)
+    env = _build(data, pos)
+    if len(_CACHE) > 64:
+        _CACHE.clear()
+    _CACHE[key] = env
+    return env
+
+
+def _build(data: Any, pos: Positions) -> Environment:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -133,5 +151,5 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
     if problems:
         raise InputError(problems)
     cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
-                             c.interface) for c in doc.cache)
+                             c.interface, c.address) for c in doc.cache)
     return Environment(tuple(interfaces), dns, cache, source=pos.source)

@@ -71,6 +71,8 @@ class CacheEntry:
     rtt_ms: float | None = None
     ticket: bool = False
     interface: str | None = None
+    address: str | None = None
+    """The remote address the attempt went to, when the entry is that specific."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class Environment:
                 {k: v for k, v in (
                     ("remote", c.remote), ("stack", c.stack), ("outcome", c.outcome),
                     ("rtt_ms", c.rtt_ms), ("ticket", c.ticket), ("interface", c.interface),
+                    ("address", c.address),
                 ) if v is not None}
                 for c in self.cache
             ],

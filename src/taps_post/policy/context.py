@@ -72,7 +72,7 @@ class PolicyContext:
         alphabetically first document name wins, whatever order the files were given in.
         """
         files = sorted((f for f in self.files if f.layer == "system" and f.interfaces),
-                       key=lambda f: (f.name, f.source), reverse=True)
+                       key=lambda f: (f.name, f.source, repr(f.interfaces)), reverse=True)
         facts = [fact for f in files for fact, _src in f.interfaces]
         if not facts:
             return interfaces

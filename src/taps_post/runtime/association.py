@@ -34,15 +34,19 @@ class Association:
     tickets: dict[str, list[Any]] = field(default_factory=dict)
     """Per stack: resumable sessions (ssl.SSLSession, QUIC session tickets)."""
     session_cache: bool = True
+    tls_contexts: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """SSLContexts by settings: a TLS session resumes only on the context that created it."""
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
-               interface: str | None = None) -> None:
-        """Remember how an attempt went; the newest entry for (stack, interface) wins."""
+               interface: str | None = None, address: str | None = None) -> None:
+        """Remember how an attempt went; the newest entry for (stack, interface, address)
+        replaces older ones."""
         entry = CacheEntry(self.remote, stack, outcome,
                            round(rtt_ms, 3) if rtt_ms is not None else None,
-                           bool(self.tickets.get(stack)), interface)
+                           bool(self.tickets.get(stack)), interface, address)
         self.history = [e for e in self.history
-                        if (e.stack, e.interface) != (stack, interface)][-_HISTORY_LIMIT:]
+                        if (e.stack, e.interface, e.address) != (stack, interface, address)
+                        ][-_HISTORY_LIMIT:]
         self.history.append(entry)
 
     def add_ticket(self, stack: str, ticket: Any) -> None:
@@ -119,7 +123,7 @@ class AssociationStore:
 
 def _entry(e: CacheEntry) -> dict[str, Any]:
     return {"remote": e.remote, "stack": e.stack, "outcome": e.outcome, "rtt_ms": e.rtt_ms,
-            "ticket": e.ticket, "interface": e.interface}
+            "ticket": e.ticket, "interface": e.interface, "address": e.address}
 
 
 default_store = AssociationStore()

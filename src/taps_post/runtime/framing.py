@@ -10,7 +10,7 @@ refused before we buffer it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = ["DeframingError", "Framer", "LengthPrefixFramer", "LineFramer", "RawFramer"]
 
@@ -19,10 +19,19 @@ class DeframingError(ValueError):
     """The peer sent bytes this framer cannot turn into messages (too large, malformed)."""
 
 
+@runtime_checkable
 class Framer(Protocol):
     """Encodes outgoing messages and incrementally decodes incoming bytes."""
 
     max_size: int
+
+    def fresh(self) -> Framer:
+        """A framer with the same configuration and no state, for a new connection."""
+        ...
+
+    def buffered(self) -> bytes:
+        """Received bytes that are not yet a message (handed over by `as_stream()`)."""
+        ...
 
     def encode(self, message: bytes) -> bytes: ...
 
@@ -41,6 +50,9 @@ class LengthPrefixFramer:
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
         self._buf = bytearray()
+
+    def fresh(self) -> LengthPrefixFramer:
+        return LengthPrefixFramer(self.max_size)
 
     def encode(self, message: bytes) -> bytes:
         if len(message) > self.max_size:
@@ -67,6 +79,12 @@ class LengthPrefixFramer:
             del buf[:pos]
         return out
 
+    def buffered(self) -> bytes:
+        """Bytes received but not yet a message (handed over by `as_stream()`)."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
     def eof(self) -> list[bytes]:
         if self._buf:
             raise DeframingError(f"connection closed inside a message ({len(self._buf)} bytes "
@@ -86,6 +104,9 @@ class LineFramer:
         self._strip = strip
         self._buf = bytearray()
         self._scan = 0
+
+    def fresh(self) -> LineFramer:
+        return LineFramer(self.delimiter, self.max_size, self._strip)
 
     def encode(self, message: bytes) -> bytes:
         if self.delimiter in message:
@@ -122,6 +143,12 @@ class LineFramer:
             raise DeframingError(f"no delimiter within message.maxSize ({self.max_size}) bytes")
         return out
 
+    def buffered(self) -> bytes:
+        out = bytes(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        return out
+
     def eof(self) -> list[bytes]:
         if self._buf:
             rest = bytes(self._buf)
@@ -136,11 +163,17 @@ class RawFramer:
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
 
+    def fresh(self) -> RawFramer:
+        return RawFramer(self.max_size)
+
     def encode(self, message: bytes) -> bytes:
         return bytes(message)
 
     def feed(self, data: bytes) -> list[bytes]:
         return [bytes(data)] if data else []
+
+    def buffered(self) -> bytes:
+        return b""
 
     def eof(self) -> list[bytes]:
         return []

@@ -128,7 +128,8 @@ class SendQueue:
             out.extend(self._cascade())
         return out
 
-    def pop_ready(self, now: float, limit: int | None = None) -> tuple[list[Pending], list[Pending]]:
+    def pop_ready(self, now: float,
+                  limit: int | None = None) -> tuple[list[Pending], list[Pending]]:
         """(messages to send now in order, messages that expired); both leave the queue."""
         expired = self.expire(now)
         ready: list[Pending] = []

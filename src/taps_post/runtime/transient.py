@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fcntl
 import socket
 import struct
@@ -69,6 +70,14 @@ class Transient:
         self.transport: Any = None
         self.carrier: Any = None
         self.early = False
+        self.rtt_ms: float | None = None
+        """Connect time of the transport handshake (TCP SYN to SYN-ACK), as measured."""
+        self.session_reused = False
+        self.early_sent = False
+        """The first message (initiate(send=...)) was written during establishment."""
+        self.early_in_syn = False
+        """...and rode in the SYN: the peer acknowledged our TCP Fast Open data."""
+        self.session_sink: Callable[[Any], None] | None = None
         # receive side
         self._inbox: collections.deque[InMessage] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -129,6 +138,8 @@ class Transient:
         """Graceful close: queued messages go out first, then the transport closes."""
         if self.transport is None:
             return
+        if self.session_sink is not None:
+            self._capture_session()
         if not self.closed.done():
             while len(self._queue) and self.is_open:
                 self._schedule_pump()
@@ -144,6 +155,14 @@ class Transient:
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _capture_session(self) -> None:
+        # TLS 1.3 tickets arrive after the handshake, so look once data has flowed.
+        obj = self.transport.get_extra_info("ssl_object") if self.transport else None
+        session = getattr(obj, "session", None)
+        if session is not None and session.has_ticket and self.session_sink is not None:
+            self.session_sink(session)
+            self.session_sink = None
 
     # ---- receive side ---------------------------------------------------------------------
 
@@ -330,10 +349,9 @@ class StreamTransient(Transient, asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.raw_socket = sock
         if sock is not None:
-            try:  # asyncio sets this only on sockets it created itself (DESIGN section 8)
+            # asyncio sets this only on sockets it created itself (DESIGN section 8).
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -344,6 +362,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         self._schedule_pump()
 
     def data_received(self, data: bytes) -> None:
+        if self.session_sink is not None:
+            self._capture_session()
         try:
             messages = self.framer.feed(data)
         except DeframingError as exc:
@@ -364,9 +384,9 @@ class StreamTransient(Transient, asyncio.Protocol):
         self._lost(exc)
 
     def _write(self, ready: list[Pending]) -> None:
-        transport = self.transport
         encode = self.framer.encode
         batch: list[bytes] = []
+        offset = self._written
         for p in ready:
             frame = encode(p.message.data)
             if p.message.immediate:
@@ -374,23 +394,15 @@ class StreamTransient(Transient, asyncio.Protocol):
                     self._emit(b"".join(batch))
                     batch = []
                 self._emit(frame)
-                self._track(self._written, p)
-                continue
-            batch.append(frame)
-            self._written += len(frame)
-            self._track(self._written, p)
-            self._written -= len(frame)
-            self._written += 0
-            self._pending_batch_bytes = len(frame)
-            self._written += len(frame)
+            else:
+                batch.append(frame)
+            offset += len(frame)
+            self._track(offset, p)
         if batch:
-            data = b"".join(batch)
-            self._written -= len(data)
-            self._emit(data)
+            self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
         self.sent_any = True
         if (self._unsent or self._unacked) and self._progress_handle is None:
             self._check_progress()
-        del transport
 
     def _emit(self, data: bytes) -> None:
         self.transport.write(data)

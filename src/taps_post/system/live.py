@@ -2,16 +2,36 @@
 
 Rule 1: this is where the I/O the decision core refuses to do happens (interface discovery,
 name resolution), so that `decide()` itself stays pure.
+Rule 2: discovery is cached for a short time: a process opening many carriers should not walk
+sysfs for each one, and interfaces rarely change within a second. `invalidate()` drops the
+cache (a failed race calls it, since a vanished interface is a likely cause).
 """
 
 from __future__ import annotations
 
 import socket
+import time
 
-from ..decision.environment import CacheEntry, Environment
+from ..decision.environment import CacheEntry, Environment, Interface
 from .interfaces import discover_interfaces
 
-__all__ = ["live_environment", "resolve_name"]
+__all__ = ["cached_interfaces", "invalidate", "live_environment", "resolve_name"]
+
+_TTL = 2.0
+_cache: tuple[float, tuple[Interface, ...]] | None = None
+
+
+def cached_interfaces() -> tuple[Interface, ...]:
+    global _cache
+    now = time.monotonic()
+    if _cache is None or now - _cache[0] > _TTL:
+        _cache = (now, tuple(discover_interfaces()))
+    return _cache[1]
+
+
+def invalidate() -> None:
+    global _cache
+    _cache = None
 
 
 def resolve_name(host: str, port: int) -> tuple[str, ...]:
@@ -27,8 +47,11 @@ def resolve_name(host: str, port: int) -> tuple[str, ...]:
 
 
 def live_environment(host: str | None = None, port: int = 0,
-                     cache: tuple[CacheEntry, ...] = ()) -> Environment:
-    env = Environment(tuple(discover_interfaces()), {}, cache, source=None)
+                     cache: tuple[CacheEntry, ...] = (),
+                     addresses: tuple[str, ...] | None = None) -> Environment:
+    """This machine now. `addresses` skips the blocking resolver when the caller resolved."""
+    env = Environment(cached_interfaces(), {}, cache, source=None)
     if host is not None:
-        env = env.with_dns(host, resolve_name(host, port))
+        env = env.with_dns(host, addresses if addresses is not None
+                           else resolve_name(host, port))
     return env

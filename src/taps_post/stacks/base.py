@@ -1,0 +1,85 @@
+"""The one small interface every protocol stack implements.
+
+Rule 1: a stack knows how to open a Transient for one Candidate and how to listen on a Local;
+it knows nothing about racing, policy or carriers. Adding a stack is one module plus one line
+in `taps_post.stacks.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..certs import Certificate
+from ..decision.decision import Candidate
+from ..runtime.association import Association
+from ..runtime.framing import Framer
+from ..runtime.settings import Settings
+from ..runtime.transient import Transient
+
+__all__ = ["AttemptSpec", "ListenSpec", "Listening", "Stack", "bind_to_device"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSpec:
+    """Everything one racing attempt needs."""
+
+    candidate: Candidate
+    host: str
+    """The name the target used (TLS SNI and certificate checks), or the IP literal."""
+    settings: Settings
+    association: Association
+    framer: Callable[[], Framer]
+    pinned: Sequence[Certificate] = ()
+    identity: Sequence[Certificate] = ()
+    early: Any = None
+    """An idempotent OutMessage to send in the first flight where the stack can."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    address: str
+    port: int
+    interface: str | None
+    settings: Settings
+    framer: Callable[[], Framer]
+    identity: Sequence[Certificate]
+    on_transient: Callable[[Transient], None]
+    multicast: bool = False
+
+
+class Listening(Protocol):
+    """A bound, accepting endpoint of one stack."""
+
+    stack: str
+    port: int
+
+    async def aclose(self) -> None: ...
+
+
+class Stack(Protocol):
+    name: str
+    ip_protocol: str
+    """tcp or udp: stacks on one IP protocol cannot share a listening port."""
+
+    async def connect(self, spec: AttemptSpec) -> Transient: ...
+
+    async def listen(self, spec: ListenSpec) -> Listening: ...
+
+
+def bind_to_device(sock: socket.socket, interface: str | None) -> None:
+    """SO_BINDTODEVICE when we may (root): the kernel then routes only through `interface`."""
+    if interface is None or os.geteuid() != 0 or not hasattr(socket, "SO_BINDTODEVICE"):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
+    except OSError:
+        # The interface vanished or is in another namespace: the address bind still holds.
+        return
+
+
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET

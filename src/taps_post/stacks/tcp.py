@@ -1,0 +1,217 @@
+"""TCP, TLS over TCP, MPTCP and TLS over MPTCP: one implementation, two switches.
+
+Rule 1: we create every socket ourselves (to bind the candidate's interface and address, and
+for IPPROTO_MPTCP), so TCP_NODELAY is set here explicitly; asyncio only does it for sockets it
+creates (DESIGN section 8: otherwise Nagle plus delayed ACKs add ~40 ms per small exchange).
+Rule 2: a TLS attempt is ready only after its handshake and, when certificates are pinned,
+after the peer's certificate matched a pin. A racing TLS attempt is not a winner before that.
+Rule 3: TLS sessions are resumed through a per-association SSLContext (sessions only resume
+on the context that made them) and each ticket goes to one attempt only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from ..runtime.settings import client_tls_context, server_tls_context, verify_pins
+from ..runtime.transient import StreamTransient
+from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+
+__all__ = ["StreamStack"]
+
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+_TCPI_OPT_SYN_DATA = 32
+"""tcp_info.tcpi_options bit: the peer acknowledged the data in our SYN (Fast Open worked)."""
+
+
+def fastopen_enabled() -> bool:
+    """net.ipv4.tcp_fastopen bit 0 allows Fast Open on client sockets (per namespace)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_fastopen", encoding="ascii") as fh:
+            return bool(int(fh.read().strip() or "0") & 1)
+    except (OSError, ValueError):
+        return False
+
+
+def syn_data_acked(sock: socket.socket) -> bool:
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    return bool(info[5] & _TCPI_OPT_SYN_DATA)
+
+
+async def _fastopen_connect(sock: socket.socket, addr: tuple[str, int], data: bytes) -> int:
+    """Connect with `data` in the SYN (MSG_FASTOPEN). Without a cookie yet the kernel sends a
+    plain SYN asking for one and takes no data (EINPROGRESS): the caller sends it afterwards.
+    Returns how many bytes rode in the SYN; waits until the handshake completed."""
+    loop = asyncio.get_running_loop()
+    try:
+        sent = sock.sendto(data, socket.MSG_FASTOPEN, addr)
+    except BlockingIOError:
+        sent = 0
+    done: asyncio.Future[None] = loop.create_future()
+
+    def writable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_writer(sock.fileno(), writable)
+    try:
+        await done
+    finally:
+        loop.remove_writer(sock.fileno())
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"Connect call failed {addr}: {os.strerror(err)}")
+    return sent
+
+
+class _ResumingContext:
+    """Duck-typed SSLContext that offers one session: asyncio's create_connection has no
+    `session=` argument, but it only ever calls `wrap_bio()` on the context it is given."""
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
+        self._context = context
+        self._session = session
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | None = None) -> ssl.SSLObject:
+        return self._context.wrap_bio(incoming, outgoing, server_side=server_side,
+                                      server_hostname=server_hostname, session=self._session)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+@dataclass(slots=True)
+class _Server:
+    stack: str
+    port: int
+    server: asyncio.Server
+
+    async def aclose(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class StreamStack:
+    """A byte-stream stack: `secure` adds TLS, `mptcp` opens IPPROTO_MPTCP sockets."""
+
+    ip_protocol = "tcp"
+
+    def __init__(self, name: str, *, secure: bool, mptcp: bool) -> None:
+        self.name = name
+        self.secure = secure
+        self.mptcp = mptcp
+
+    def _socket(self, address: str, *, fallback: bool = False) -> socket.socket:
+        proto = IPPROTO_MPTCP if self.mptcp else 0
+        try:
+            sock = socket.socket(family_of(address), socket.SOCK_STREAM, proto)
+        except OSError:
+            if not (fallback and self.mptcp):
+                raise
+            # MPTCP disabled in this kernel or namespace: a listener still serves plain TCP.
+            sock = socket.socket(family_of(address), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _client_context(self, spec: AttemptSpec) -> ssl.SSLContext:
+        key = (spec.settings, tuple(c.fingerprint for c in spec.pinned),
+               tuple(c.fingerprint for c in spec.identity if c.key_pem))
+        contexts = spec.association.tls_contexts
+        ctx = contexts.get(key)
+        if ctx is None:
+            ctx = contexts[key] = client_tls_context(spec.settings, spec.pinned, spec.identity)
+        return ctx
+
+    async def connect(self, spec: AttemptSpec) -> StreamTransient:
+        loop = asyncio.get_running_loop()
+        c = spec.candidate
+        sock = self._socket(c.remote_address)
+        transport: Any = None
+        try:
+            bind_to_device(sock, c.interface)
+            sock.bind((c.local_address, 0))
+            started = loop.time()
+            addr = (c.remote_address, c.remote_port)
+            framer = spec.framer()
+            early = spec.early
+            in_syn = b""
+            if (early is not None and early.idempotent and not self.secure and not self.mptcp
+                    and spec.settings.zero_rtt and fastopen_enabled()):
+                frame = framer.encode(early.data)
+                sent = await _fastopen_connect(sock, addr, frame)
+                in_syn, rest = frame[:sent], frame[sent:]
+                if rest:
+                    sock.sendall(rest)  # tiny and the socket is connected: does not block
+                early = None
+            else:
+                await loop.sock_connect(sock, addr)
+            connected = loop.time()
+            transient = StreamTransient(stack=self.name, framer=framer,
+                                        max_size=spec.settings.max_size, interface=c.interface,
+                                        secure=self.secure)
+            if spec.early is not None and early is None:
+                transient.early_sent = True
+                transient.early_in_syn = bool(in_syn) and syn_data_acked(sock)
+            tls: Any = None
+            if self.secure:
+                ticket = (spec.association.take_ticket(self.name)
+                          if spec.settings.session_cache else None)
+                tls = _ResumingContext(self._client_context(spec), ticket)
+            transport, _ = await loop.create_connection(
+                lambda: transient, sock=sock, ssl=tls,
+                server_hostname=spec.host if self.secure else None,
+                ssl_handshake_timeout=spec.settings.conn_timeout if self.secure else None)
+            if self.secure:
+                ssl_object = transport.get_extra_info("ssl_object")
+                verify_pins(ssl_object, spec.pinned)
+                transient.session_reused = bool(ssl_object and ssl_object.session_reused)
+                if spec.settings.session_cache:
+                    transient.session_sink = lambda s: spec.association.add_ticket(self.name, s)
+            transient.rtt_ms = (connected - started) * 1000.0
+            transient.established_ms = (loop.time() - started) * 1000.0
+            return transient
+        except BaseException:
+            if transport is not None:
+                transport.abort()
+            sock.close()
+            raise
+
+    async def listen(self, spec: ListenSpec) -> _Server:
+        loop = asyncio.get_running_loop()
+        sock = self._socket(spec.address, fallback=True)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sock.family == socket.AF_INET6 and spec.address == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            bind_to_device(sock, spec.interface)
+            sock.bind((spec.address, spec.port))
+            if spec.settings.zero_rtt and not self.secure:
+                # Accept data in SYNs (TCP Fast Open) where the namespace's sysctl allows.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
+            sock.listen(128)
+            tls = server_tls_context(spec.settings, spec.identity) if self.secure else None
+
+            def factory() -> StreamTransient:
+                t = StreamTransient(stack=self.name, framer=spec.framer(),
+                                    max_size=spec.settings.max_size, interface=spec.interface,
+                                    secure=self.secure)
+                t.on_connection = spec.on_transient
+                return t
+
+            server = await loop.create_server(factory, sock=sock, ssl=tls)
+        except BaseException:
+            sock.close()
+            raise
+        return _Server(self.name, sock.getsockname()[1], server)

@@ -1,0 +1,188 @@
+"""UDP: one message per datagram; connected sockets for carriers, demultiplexed listeners.
+
+Rule 1: a UDP "connection" is ready as soon as its socket is bound and connected (RFC 9623
+section 4.4: connectionless stacks are established once a path is selected).
+Rule 2: a listener keeps one socket and hands each new peer address its own Transient, whose
+transport is a thin view that sends to that peer through the shared socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+from typing import Any
+
+from ..runtime.transient import DatagramTransient
+from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+
+__all__ = ["UdpStack"]
+
+
+class UdpStack:
+    name = "udp"
+    ip_protocol = "udp"
+
+    async def connect(self, spec: AttemptSpec) -> DatagramTransient:
+        loop = asyncio.get_running_loop()
+        c = spec.candidate
+        sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            bind_to_device(sock, c.interface)
+            sock.bind((c.local_address, 0))
+            sock.connect((c.remote_address, c.remote_port))
+            started = loop.time()
+            transient = DatagramTransient(stack="udp", framer=spec.framer(),
+                                          max_size=spec.settings.max_size,
+                                          interface=c.interface)
+            await loop.create_datagram_endpoint(lambda: transient, sock=sock)
+            transient.established_ms = (loop.time() - started) * 1000.0
+            return transient
+        except BaseException:
+            sock.close()
+            raise
+
+    async def listen(self, spec: ListenSpec) -> UdpListening:
+        loop = asyncio.get_running_loop()
+        addr = spec.address
+        group = _multicast(addr)
+        sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sock.family == socket.AF_INET6 and addr == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            bind_to_device(sock, spec.interface)
+            sock.bind((addr if group is None else ("::" if ":" in addr else "0.0.0.0"),
+                       spec.port))
+            if group is not None:
+                _join(sock, group, spec.interface)
+            listening = UdpListening(spec, sock.getsockname()[1])
+            await loop.create_datagram_endpoint(lambda: listening, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return listening
+
+
+async def bind_sink(local: Any, settings: Any) -> DatagramTransient:
+    """An unconnected, bound UDP socket whose one Transient receives from every peer."""
+    loop = asyncio.get_running_loop()
+    addr = local.address or "::"
+    group = _multicast(addr)
+    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6 and addr == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        bind_to_device(sock, local.interface)
+        sock.bind((addr if group is None else ("::" if ":" in addr else "0.0.0.0"),
+                   local.port))
+        if group is not None:
+            _join(sock, group, local.interface)
+        from ..runtime.framing import RawFramer
+
+        transient = DatagramTransient(stack="udp", framer=RawFramer(settings.max_size),
+                                      max_size=settings.max_size, interface=local.interface)
+        await loop.create_datagram_endpoint(lambda: transient, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transient
+
+
+def _multicast(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    ip = ipaddress.ip_address(address)
+    return ip if ip.is_multicast else None
+
+
+def _join(sock: socket.socket, group: ipaddress.IPv4Address | ipaddress.IPv6Address,
+          interface: str | None) -> None:
+    index = socket.if_nametoindex(interface) if interface else 0
+    if group.version == 4:
+        mreq = struct.pack("4s4si", group.packed, b"\0\0\0\0", index)  # struct ip_mreqn
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    else:
+        mreq6 = group.packed + struct.pack("@I", index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq6)
+
+
+class _PeerView:
+    """The transport a per-peer Transient sees: sends go to its peer via the shared socket."""
+
+    def __init__(self, parent: UdpListening, peer: tuple[str, int]) -> None:
+        self._parent = parent
+        self._peer = peer
+        self._closing = False
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        assert self._parent.transport is not None
+        self._parent.transport.sendto(data, addr or self._peer)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        assert self._parent.transport is not None
+        return self._parent.transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            transient = self._parent.peers.pop(self._peer, None)
+            if transient is not None:
+                asyncio.get_running_loop().call_soon(transient.connection_lost, None)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class UdpListening(asyncio.DatagramProtocol):
+    stack = "udp"
+
+    def __init__(self, spec: ListenSpec, port: int) -> None:
+        self.spec = spec
+        self.port = port
+        self.transport: asyncio.DatagramTransport | None = None
+        self.peers: dict[tuple[str, int], DatagramTransient] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        peer = (addr[0], addr[1])
+        transient = self.peers.get(peer)
+        if transient is None:
+            transient = DatagramTransient(stack="udp", framer=self.spec.framer(),
+                                          max_size=self.spec.settings.max_size,
+                                          interface=self.spec.interface, peer=peer)
+            self.peers[peer] = transient
+            transient.connection_made(_PeerView(self, peer))  # type: ignore[arg-type]
+            self.spec.on_transient(transient)
+        transient.datagram_received(data, peer)
+
+    def error_received(self, exc: Exception) -> None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for transient in list(self.peers.values()):
+            transient.connection_lost(exc)
+        self.peers.clear()
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
