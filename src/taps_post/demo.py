@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
 
 import taps_post as tp
 from taps_post.decision.render import render_text
@@ -22,6 +21,23 @@ EXAMPLES = bundled_path("policies", "examples")
 
 def _say(title: str) -> None:
     print(f"\n== {title}")
+
+
+async def _exchange(carrier: tp.Carrier) -> list[str]:
+    """Four messages queued at once: niceness, an antecedent and a lifetime decide their fate."""
+    first = tp.OutMessage(b"hello (niceness 5)", niceness=5)
+    events: list[str] = []
+    await asyncio.gather(
+        carrier.send_msg(first, on_sent=lambda m: events.append("sent #1")),
+        carrier.send_msg(tp.OutMessage(b"urgent (niceness 0)"),
+                         on_acked=lambda m: events.append("acked #2")),
+        carrier.send_msg(tp.OutMessage(b"after hello", antecedents=[first], niceness=0)),
+        carrier.send_msg(tp.OutMessage(b"too late", lifetime=0.0),
+                         on_expired=lambda m: events.append("expired #4")),
+    )
+    lines = [f"received: {bytes(await carrier.receive())!r}" for _ in range(3)]
+    await asyncio.sleep(0.05)
+    return [*lines, f"callbacks: {', '.join(events)}"]
 
 
 async def main() -> int:
@@ -63,20 +79,8 @@ async def main() -> int:
             print(f"  TCP connect {t.rtt_ms or 0:.2f} ms, ready (with TLS) "
                   f"{t.established_ms or 0:.2f} ms, TLS session resumed: {t.session_reused}")
 
-            first = tp.OutMessage(b"hello (niceness 5)", niceness=5)
-            events: list[str] = []
-            await asyncio.gather(
-                carrier.send_msg(first, on_sent=lambda m: events.append("sent #1")),
-                carrier.send_msg(tp.OutMessage(b"urgent (niceness 0)"),
-                                 on_acked=lambda m: events.append("acked #2")),
-                carrier.send_msg(tp.OutMessage(b"after hello", antecedents=[first], niceness=0)),
-                carrier.send_msg(tp.OutMessage(b"too late", lifetime=0.0),
-                                 on_expired=lambda m: events.append("expired #4")),
-            )
-            for _ in range(3):
-                print(f"  received: {bytes(await carrier.receive())!r}")
-            await asyncio.sleep(0.05)
-            print(f"  callbacks: {', '.join(events)}")
+            for line in await _exchange(carrier):
+                print(f"  {line}")
             await carrier.close()
         assoc = store.get(remote.hostport)
         _say("association after two connections")

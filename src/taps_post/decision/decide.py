@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..policy.context import PolicyContext
-from ..policy.load import Statement
 from ..policy.match import glob_regex
 from ..policy.registry import (
     INTERFACE_TYPES,
