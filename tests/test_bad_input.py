@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import taps_post
-from strategies import KEYS, junk, policy_doc
+from strategies import KEYS, environments, junk, policy_doc
 from taps_post import InputError
 from taps_post.policy.load import load_document, load_layer
 from taps_post.policy.yamlpos import load_yaml
@@ -285,18 +285,18 @@ def _assert_one_clean_line(r: subprocess.CompletedProcess[str], path: Path) -> N
     "model._str_list/_ports check a whole `when` list in one BeforeValidator, so pydantic's "
     "location is the list, not the bad item: the column points at '[' (col 20) instead of "
     "the item (unlike app/host globs and `use:` items, which point at the item)"))
-@pytest.mark.parametrize(("body", "col"), [
-    ("    when: {scheme: [tls, http]}\n", 25),
-    ("    when: {kind: [listen, initiat]}\n", 26),
-    ("    when: {port: [443, 70000]}\n", 23),
+@pytest.mark.parametrize(("body", "item"), [
+    ("    when: {scheme: [tls, http]}\n", "http"),
+    ("    when: {kind: [listen, initiat]}\n", "initiat"),
+    ("    when: {port: [443, 70000]}\n", "70000"),
 ])
-def test_bad_item_in_a_when_list_is_pointed_at(tmp_path: Path, body: str, col: int) -> None:
+def test_bad_item_in_a_when_list_is_pointed_at(tmp_path: Path, body: str, item: str) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(rule(body))
     with pytest.raises(InputError) as info:
         load_layer(str(path), "system")
     [d] = info.value.diagnostics
-    assert (d.line, d.column) == (5, col)
+    assert (d.line, d.column) == (5, body.index(item) + 1)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -524,3 +524,31 @@ def test_fuzz_loader_only_raises_input_error(scratch: str, doc: tuple[str, Any],
                           default_flow_style=data.draw(st.sampled_from((False, None, True))))
     _load_text(text, layer, scratch, "yaml")
     _load_text(_mutate(text, data), layer, scratch, "mutated yaml")
+
+
+@st.composite
+def fuzz_environments(draw: st.DrawFn) -> Any:
+    """A valid environment snapshot with a few of its parts replaced by junk."""
+    env = draw(environments())
+    for _ in range(draw(st.integers(0, 3))):
+        section = draw(st.sampled_from(("interfaces", "dns", "cache", "top")))
+        part = env.get(section)
+        if section == "top":
+            env[draw(st.sampled_from(("interface", "extra", "dns")))] = draw(junk(4))
+        elif isinstance(part, dict) and part:
+            part[draw(st.sampled_from(list(part)))] = draw(junk(4))
+        elif isinstance(part, list) and part and isinstance(part[0], dict) and part[0]:
+            part[0][draw(st.sampled_from(list(part[0])))] = draw(junk(4))
+        else:
+            env[section] = draw(junk(4))
+    return env
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(env=fuzz_environments())
+def test_fuzz_environment_only_raises_input_error(env: Any) -> None:
+    try:
+        taps_post.load_environment(env)
+    except InputError as exc:
+        _check_diagnostics(exc, "<env>")

@@ -1,0 +1,644 @@
+"""Runtime benchmark: taps_post carriers beside raw asyncio streams, on loopback.
+
+Run from the repository root:
+
+    PYTHONPATH=src .venv/bin/python bench/runtime.py              # 7 rounds, about 1-2 minutes
+    PYTHONPATH=src .venv/bin/python bench/runtime.py --quick      # smoke run, a few seconds
+    PYTHONPATH=src .venv/bin/python bench/runtime.py --profile    # + cProfile of our side
+    PYTHONPATH=src .venv/bin/python bench/runtime.py --only rtt,small --profile
+
+Every figure has a raw asyncio twin, measured in the same run, on 127.0.0.1, in the same
+event loop (the default asyncio loop), with ours and raw interleaved in every round and the
+order flipped from round to round. Figures (wall time, time.perf_counter, GC on):
+
+- connect: connect-to-ready of `await tp.initiate("tcp://127.0.0.1:PORT", policy=ctx)` (the
+  decision included; ctx = PolicyContext(system=[], app_name="bench") built once) beside
+  `asyncio.open_connection`, both against the same plain asyncio server, each connection
+  closed after use. Samples alternate ours/raw call by call. Target: ratio <= 1.3.
+- tls / tls resumed: the same with `tls://` and a self-signed certificate pinned through
+  `Remote.parse(..., certificates=[cert])`, beside `open_connection(ssl=ctx)` with that
+  certificate as the only CA. "tls" is a full handshake (our association's tickets are
+  dropped before each sample, outside the timed region); "tls resumed" offers the previous
+  connection's TLS 1.3 ticket on both sides (raw: a one-method SSLContext wrapper that passes
+  `session=` to wrap_bio). No target; for information.
+- small: 64-byte messages end to end, messages/s. Raw: writer.write(4-byte big-endian length
+  + payload) per message with `await drain()` every --drain-every messages, and
+  readexactly(4) + readexactly(n) on the other side. Ours: `await carrier.send(payload)` per
+  message, `await carrier.receive()` per message on a carrier accepted by `tp.listen`.
+  Target: ratio >= 1.0.
+- big: the same with 1 MiB messages (drain after every raw message), MB/s (10^6 bytes).
+  Target: ratio >= 0.9.
+- rtt: one 64-byte message in flight, echoed back: round-trip time. Ours: carrier on both
+  sides (tp.listen); raw: streams on both sides with the same framing. Target: ratio <= 1.2.
+
+Per round each side yields one figure (connect and rtt: the median of that round's samples;
+small and big: the round's rate). Printed: p10 / median / p90 over the rounds for ours and
+raw, the ratio of the two medians (the verdict uses it), and the range of the per-round
+paired ratios, which shows how much the machine's noise moved it.
+
+Nothing is asserted about speed: the script reports and exits 0. It exits non-zero only on an
+internal error (a message lost, a wrong byte count, a connection that failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import datetime
+import gc
+import io
+import os
+import platform
+import pstats
+import ssl
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import taps_post as tp
+
+HOST = "127.0.0.1"
+SRC = str(Path(tp.__file__).resolve().parent)
+SMALL = 64
+BIG = 1 << 20
+clock = time.perf_counter
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+@dataclass
+class Row:
+    """One figure: per-round values for ours and raw, and the target on ours/raw."""
+
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    target: float | None
+    ours: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ours) / statistics.median(self.raw)
+
+    @property
+    def paired(self) -> list[float]:
+        return [o / r for o, r in zip(self.ours, self.raw, strict=True)]
+
+    @property
+    def bound(self) -> str:
+        if self.target is None:
+            return "none"
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:g}"
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "(info)"
+        ok = self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+        return "MEETS" if ok else "MISSES"
+
+    def fmt(self, xs: list[float]) -> str:
+        return f"median {_num(statistics.median(xs)):>10}  p10 {_num(pct(xs, 10)):>10}  " \
+               f"p90 {_num(pct(xs, 90)):>10}"
+
+    def print(self) -> None:
+        better = "higher" if self.higher_is_better else "lower"
+        print(f"\n[{self.key}] {self.title}  ({self.unit}, {better} is better, "
+              f"{len(self.ours)} rounds)")
+        print(f"  ours  {self.fmt(self.ours)}")
+        print(f"  raw   {self.fmt(self.raw)}")
+        pr = self.paired
+        straddle = ""
+        if self.target is not None and min(pr) <= self.target <= max(pr):
+            straddle = "; the per-round ratios straddle the target"
+        print(f"  ratio ours/raw {self.ratio:.2f}  (per-round {pct(pr, 10):.2f}..{pct(pr, 90):.2f}"
+              f"{straddle})   target {self.bound} -> {self.verdict}")
+        for n in self.notes:
+            print(f"  note: {n}")
+
+    def markdown(self) -> str:
+        o, r = self.ours, self.raw
+        return (f"| {self.title} | {self.unit} | {_num(statistics.median(o))} "
+                f"({_num(pct(o, 10))}–{_num(pct(o, 90))}) | {_num(statistics.median(r))} "
+                f"({_num(pct(r, 10))}–{_num(pct(r, 90))}) | {self.ratio:.2f} "
+                f"({pct(self.paired, 10):.2f}–{pct(self.paired, 90):.2f}) | {self.bound} | "
+                f"{self.verdict} |")
+
+
+def _num(x: float) -> str:
+    if x >= 10_000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+# ---- servers and helpers -------------------------------------------------------------------
+
+
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The simple asyncio server both connect benchmarks talk to: read to EOF, close."""
+    try:
+        while await reader.read(65536):
+            pass
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+class _SessionContext:
+    """Raw asyncio has no `session=` for open_connection, but it only calls wrap_bio()."""
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
+        self._context = context
+        self._session = session
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | None = None) -> ssl.SSLObject:
+        return self._context.wrap_bio(incoming, outgoing, server_side=server_side,
+                                      server_hostname=server_hostname, session=self._session)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+async def _raw_pair() -> tuple[Any, Any, Any, asyncio.Server]:
+    """(client reader, client writer, (server reader, server writer), server)."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    server = await asyncio.start_server(handler, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    cr, cw = await asyncio.open_connection(HOST, port)
+    return cr, cw, await accepted.get(), server
+
+
+async def _our_pair(ctx: tp.PolicyContext) -> tuple[tp.Carrier, tp.Carrier, tp.Listener]:
+    listener = await tp.listen(tp.Local(address=HOST, port=0), policy=ctx)
+    client = await tp.initiate(f"tcp://{HOST}:{listener.port}", policy=ctx)
+    server = await listener.__aiter__().__anext__()
+    return client, server, listener
+
+
+# ---- (1) connect-to-ready ------------------------------------------------------------------
+
+
+@dataclass
+class ConnectSides:
+    ours: Callable[[], Awaitable[tuple[float, float, bool]]]
+    raw: Callable[[], Awaitable[tuple[float, float, bool]]]
+    before_ours: Callable[[], None] | None = None
+
+
+async def _connect_rounds(sides: ConnectSides, rounds: int, n: int, ready: Row,
+                          total: Row) -> tuple[float, float]:
+    """Alternate ours/raw call by call; returns the fraction of resumed handshakes."""
+    await sides.ours()
+    await sides.raw()
+    resumed = [0, 0]
+    for rnd in range(rounds):
+        gc.collect()
+        samples: dict[str, list[tuple[float, float]]] = {"ours": [], "raw": []}
+        for i in range(n):
+            order = ("ours", "raw") if (i + rnd) % 2 == 0 else ("raw", "ours")
+            for side in order:
+                if side == "ours" and sides.before_ours is not None:
+                    sides.before_ours()
+                fn = sides.ours if side == "ours" else sides.raw
+                t_ready, t_total, was_resumed = await fn()
+                samples[side].append((t_ready, t_total))
+                resumed[side == "raw"] += was_resumed
+        for side, row_list in (("ours", (ready.ours, total.ours)), ("raw", (ready.raw,
+                                                                            total.raw))):
+            row_list[0].append(statistics.median(s[0] for s in samples[side]) * 1e6)
+            row_list[1].append(statistics.median(s[1] for s in samples[side]) * 1e6)
+    return resumed[0] / (rounds * n), resumed[1] / (rounds * n)
+
+
+async def bench_connect(args: argparse.Namespace, ctx: tp.PolicyContext) -> list[Row]:
+    server = await asyncio.start_server(_sink, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    target = f"tcp://{HOST}:{port}"
+
+    async def ours() -> tuple[float, float, bool]:
+        t0 = clock()
+        c = await tp.initiate(target, policy=ctx)
+        t1 = clock()
+        await c.close()
+        return t1 - t0, clock() - t0, False
+
+    async def raw() -> tuple[float, float, bool]:
+        t0 = clock()
+        _r, w = await asyncio.open_connection(HOST, port)
+        t1 = clock()
+        w.close()
+        await w.wait_closed()
+        return t1 - t0, clock() - t0, False
+
+    ready = Row("connect", "connect-to-ready, tcp (incl. decide)", "µs", False, 1.3)
+    total = Row("connect+close", "connect + close, tcp", "µs", False, None)
+    try:
+        await _connect_rounds(ConnectSides(ours, raw), args.rounds, args.connects, ready,
+                              total)
+    finally:
+        server.close()
+        await server.wait_closed()
+    return [ready, total]
+
+
+async def bench_tls(args: argparse.Namespace, ctx: tp.PolicyContext) -> list[Row]:
+    cert = tp.certs.self_signed(["localhost", HOST])
+    pin = tp.certs.Certificate(cert.cert_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.load_into(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cadata=cert.cert_pem)
+    server = await asyncio.start_server(_sink, HOST, 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    remote = tp.Remote.parse(f"tls://{HOST}:{port}", certificates=[pin])
+    store = tp.AssociationStore()
+    association = store.get(remote.hostport)
+    raw_session: list[ssl.SSLSession | None] = [None]
+    rows: list[Row] = []
+
+    def sides(resume: bool) -> ConnectSides:
+        async def ours() -> tuple[float, float, bool]:
+            t0 = clock()
+            c = await tp.initiate(remote, policy=ctx, store=store)
+            t1 = clock()
+            reused = bool(c.transients[0].session_reused)
+            await c.close()
+            return t1 - t0, clock() - t0, reused
+
+        async def raw() -> tuple[float, float, bool]:
+            t0 = clock()
+            tls: Any = _SessionContext(client_ctx, raw_session[0]) if resume else client_ctx
+            _r, w = await asyncio.open_connection(HOST, port, ssl=tls)
+            t1 = clock()
+            obj = w.get_extra_info("ssl_object")
+            reused = bool(obj.session_reused)
+            w.close()
+            await w.wait_closed()
+            t2 = clock()
+            if resume:  # keep the newest ticket for the next connect (it has arrived by now)
+                session = obj.session
+                raw_session[0] = session if session is not None and session.has_ticket \
+                    else None
+            return t1 - t0, t2 - t0, reused
+
+        def forget() -> None:
+            association.tickets.clear()
+
+        return ConnectSides(ours, raw, None if resume else forget)
+
+    try:
+        for resume in (False, True):
+            name = "tls resumed" if resume else "tls"
+            title = ("connect-to-ready, tls, resumed (pinned cert)" if resume
+                     else "connect-to-ready, tls, full handshake (pinned cert)")
+            ready = Row(name, title, "µs", False, None)
+            total = Row(name + "+close", f"connect + close, {name}", "µs", False, None)
+            ours_r, raw_r = await _connect_rounds(sides(resume), args.rounds,
+                                                  args.tls_connects, ready, total)
+            ready.notes.append(f"handshakes resumed: ours {ours_r:.0%}, raw {raw_r:.0%}")
+            rows += [ready, total]
+    finally:
+        server.close()
+        await server.wait_closed()
+    return rows
+
+
+# ---- (2), (3) throughput -------------------------------------------------------------------
+
+
+async def _ours_stream(client: tp.Carrier, server: tp.Carrier, n: int, size: int) -> float:
+    payload = b"m" * size
+
+    async def receive() -> int:
+        got = 0
+        for _ in range(n):
+            got += len(await server.receive())
+        return got
+
+    t0 = clock()
+    task = asyncio.ensure_future(receive())
+    for _ in range(n):
+        await client.send(payload)
+    got = await task
+    elapsed = clock() - t0
+    if got != n * size:
+        raise RuntimeError(f"ours: received {got} bytes, expected {n * size}")
+    return elapsed
+
+
+async def _raw_stream(cw: asyncio.StreamWriter, sr: asyncio.StreamReader, n: int, size: int,
+                      drain_every: int) -> float:
+    payload = b"m" * size
+
+    async def receive() -> int:
+        got = 0
+        readexactly = sr.readexactly
+        for _ in range(n):
+            hdr = await readexactly(4)
+            got += len(await readexactly(int.from_bytes(hdr, "big")))
+        return got
+
+    t0 = clock()
+    task = asyncio.ensure_future(receive())
+    write = cw.write
+    for i in range(1, n + 1):
+        write(len(payload).to_bytes(4, "big") + payload)
+        if i % drain_every == 0:
+            await cw.drain()
+    await cw.drain()
+    got = await task
+    elapsed = clock() - t0
+    if got != n * size:
+        raise RuntimeError(f"raw: received {got} bytes, expected {n * size}")
+    return elapsed
+
+
+async def bench_stream(args: argparse.Namespace, ctx: tp.PolicyContext, key: str) -> Row:
+    if key == "small":
+        n, size, drain_every = args.messages, SMALL, args.drain_every
+        row = Row("small", f"{SMALL}-byte messages, throughput", "msg/s", True, 1.0)
+    else:
+        n, size, drain_every = args.big_messages, BIG, 1
+        row = Row("big", "1 MiB messages, throughput", "MB/s", True, 0.9)
+    client, server, listener = await _our_pair(ctx)
+    cr, cw, (sr, sw), raw_server = await _raw_pair()
+    warm = max(1, n // 20)
+    try:
+        await _ours_stream(client, server, warm, size)
+        await _raw_stream(cw, sr, warm, size, drain_every)
+        for rnd in range(args.rounds):
+            for side in (("ours", "raw") if rnd % 2 == 0 else ("raw", "ours")):
+                gc.collect()
+                if side == "ours":
+                    t = await _ours_stream(client, server, n, size)
+                else:
+                    t = await _raw_stream(cw, sr, n, size, drain_every)
+                rate = n / t if key == "small" else n * size / t / 1e6
+                (row.ours if side == "ours" else row.raw).append(rate)
+    finally:
+        await client.close()
+        await server.close()
+        await listener.close()
+        cw.close()
+        sw.close()
+        raw_server.close()
+        await raw_server.wait_closed()
+    row.notes.append(f"{n} messages per round and side" + (
+        f"; raw drains every {drain_every} messages" if key == "small" else
+        "; raw drains after every message"))
+    return row
+
+
+# ---- (4) request/response latency ----------------------------------------------------------
+
+
+async def _ours_rtt(client: tp.Carrier, n: int) -> list[float]:
+    payload = b"q" * SMALL
+    out = []
+    send, receive = client.send, client.receive
+    for _ in range(n):
+        t0 = clock()
+        await send(payload)
+        reply = await receive()
+        out.append(clock() - t0)
+    if len(reply) != SMALL:
+        raise RuntimeError("ours: wrong echo")
+    return out
+
+
+async def _raw_rtt(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> list[float]:
+    payload = b"q" * SMALL
+    out = []
+    for _ in range(n):
+        t0 = clock()
+        w.write(len(payload).to_bytes(4, "big") + payload)
+        await w.drain()
+        hdr = await r.readexactly(4)
+        reply = await r.readexactly(int.from_bytes(hdr, "big"))
+        out.append(clock() - t0)
+    if len(reply) != SMALL:
+        raise RuntimeError("raw: wrong echo")
+    return out
+
+
+async def _ours_echo(carrier: tp.Carrier) -> None:
+    async for msg in carrier:
+        await carrier.send(msg)
+
+
+async def _raw_echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            hdr = await r.readexactly(4)
+            data = await r.readexactly(int.from_bytes(hdr, "big"))
+            w.write(len(data).to_bytes(4, "big") + data)
+            await w.drain()
+    except asyncio.IncompleteReadError:
+        pass
+
+
+async def bench_rtt(args: argparse.Namespace, ctx: tp.PolicyContext) -> Row:
+    row = Row("rtt", f"request/response, {SMALL} B echo, one in flight", "µs", False, 1.2)
+    client, server, listener = await _our_pair(ctx)
+    cr, cw, (sr, sw), raw_server = await _raw_pair()
+    tasks = [asyncio.ensure_future(_ours_echo(server)),
+             asyncio.ensure_future(_raw_echo(sr, sw))]
+    try:
+        await _ours_rtt(client, 200)
+        await _raw_rtt(cr, cw, 200)
+        for rnd in range(args.rounds):
+            for side in (("ours", "raw") if rnd % 2 == 0 else ("raw", "ours")):
+                gc.collect()
+                s = await (_ours_rtt(client, args.rtts) if side == "ours"
+                           else _raw_rtt(cr, cw, args.rtts))
+                (row.ours if side == "ours" else row.raw).append(statistics.median(s) * 1e6)
+    finally:
+        await client.close()
+        cw.close()
+        await asyncio.wait(tasks, timeout=5)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.close()
+        await listener.close()
+        sw.close()
+        raw_server.close()
+        await raw_server.wait_closed()
+    row.notes.append(f"{args.rtts} round trips per round and side; the round's figure is its "
+                     "median round trip")
+    return row
+
+
+# ---- profiling -----------------------------------------------------------------------------
+
+
+async def profile(args: argparse.Namespace, ctx: tp.PolicyContext, which: list[str],
+                  top: int) -> str:
+    out = io.StringIO()
+    for key in which:
+        prof = cProfile.Profile()
+        if key == "connect":
+            server = await asyncio.start_server(_sink, HOST, 0)
+            target = f"tcp://{HOST}:{server.sockets[0].getsockname()[1]}"
+            n = args.connects * 2
+            prof.enable()
+            for _ in range(n):
+                c = await tp.initiate(target, policy=ctx)
+                await c.close()
+            prof.disable()
+            server.close()
+            await server.wait_closed()
+            what = f"{n} x initiate() + close()"
+        elif key in ("small", "rtt"):
+            client, server, listener = await _our_pair(ctx)
+            echo = asyncio.ensure_future(_ours_echo(server)) if key == "rtt" else None
+            n = args.messages if key == "small" else args.rtts
+            prof.enable()
+            if key == "small":
+                await _ours_stream(client, server, n, SMALL)
+            else:
+                await _ours_rtt(client, n)
+            prof.disable()
+            await client.close()
+            if echo is not None:
+                await asyncio.wait([echo], timeout=5)
+            await server.close()
+            await listener.close()
+            what = (f"{n} x {SMALL}-byte send + receive" if key == "small"
+                    else f"{n} x {SMALL}-byte echo round trips (both ends ours)")
+        else:
+            continue
+        st = pstats.Stats(prof, stream=out)
+        out.write(f"\n==== cProfile [{key}]: {what}; top {top} by own time, any module ====\n")
+        st.sort_stats("tottime").print_stats(top)
+        out.write(f"---- [{key}] top {top} by cumulative time, taps_post only ----\n")
+        st.sort_stats("cumulative").print_stats(SRC.replace("\\", "/"), top)
+    return out.getvalue()
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+ALL = ("connect", "tls", "small", "big", "rtt")
+
+
+async def run(args: argparse.Namespace) -> int:
+    ctx = tp.PolicyContext(system=[], app_name="bench")
+    only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else list(ALL)
+    unknown = set(only) - set(ALL)
+    if unknown:
+        raise SystemExit(f"--only: unknown figure(s) {sorted(unknown)}; choose from {ALL}")
+    loop = asyncio.get_running_loop()
+    selector = type(getattr(loop, "_selector", None)).__name__
+    print(f"  loopback {HOST}, {type(loop).__name__} ({selector}), GC on, "
+          f"{args.rounds} rounds")
+    server = await asyncio.start_server(_sink, HOST, 0)
+    probe = await tp.initiate(f"tcp://{HOST}:{server.sockets[0].getsockname()[1]}", policy=ctx)
+    d = probe.explanation
+    assert probe.candidate is not None
+    print(f"  decision for tcp://{HOST}:PORT: outcome {d.outcome}, {len(d.candidates)} "
+          f"candidate(s), winner {probe.stack} on {probe.candidate.interface}")
+    await probe.close()
+    server.close()
+    await server.wait_closed()
+    rows: list[Row] = []
+    started = clock()
+    for key in only:
+        if key == "connect":
+            new = await bench_connect(args, ctx)
+        elif key == "tls":
+            new = await bench_tls(args, ctx)
+        elif key in ("small", "big"):
+            new = [await bench_stream(args, ctx, key)]
+        else:
+            new = [await bench_rtt(args, ctx)]
+        for row in new:
+            row.print()
+        rows += new
+    print(f"\n(measured in {clock() - started:.0f} s; load average now {_loadavg()})")
+    print("\nsummary (markdown; each cell: median (p10–p90) over rounds; ratio = ours/raw "
+          "medians (per-round paired p10–p90)):\n")
+    print("| figure | unit | ours | raw asyncio | ratio | target | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row.markdown())
+    if args.profile:
+        which = [k for k in ("connect", "small", "rtt") if k in only] or ["small", "rtt"]
+        print("\n" + await profile(args, ctx, which, args.top))
+    return 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
+    ap.add_argument("--connects", type=int, default=200,
+                    help="tcp connects per round and side (default 200)")
+    ap.add_argument("--tls-connects", type=int, default=60,
+                    help="tls connects per round and side, per tls row (default 60)")
+    ap.add_argument("--messages", type=int, default=200_000,
+                    help="64-byte messages per round and side (default 200000)")
+    ap.add_argument("--big-messages", type=int, default=128,
+                    help="1 MiB messages per round and side (default 128)")
+    ap.add_argument("--rtts", type=int, default=3000,
+                    help="round trips per round and side (default 3000)")
+    ap.add_argument("--drain-every", type=int, default=64,
+                    help="raw 64-byte sender: await drain() every N writes (default 64)")
+    ap.add_argument("--only", default="", help=f"comma list out of {','.join(ALL)}")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, small counts: a smoke run")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile our side of connect, small and rtt")
+    ap.add_argument("--top", type=int, default=25, help="profile rows to print (default 25)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.connects, args.tls_connects = 2, 30, 10
+        args.messages, args.big_messages, args.rtts = 20_000, 16, 300
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"taps_post runtime benchmark, {now}; python {platform.python_version()} "
+          f"({platform.python_implementation()}) on {platform.system()} "
+          f"{platform.release()}, {os.cpu_count()} CPUs, load average {_loadavg()}")
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except Exception as exc:  # an internal error: say so and fail
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,373 @@
+"""A reusable two-host, two-path network-namespace topology for runtime tests.
+
+    host A (client)                               host B (server)
+    veth-a1 198.18.1.1/24 fd00:1::1/64  <-- path 1 -->  veth-b1 198.18.1.2/24 fd00:1::2/64
+    veth-a2 198.18.2.1/24 fd00:2::1/64  <-- path 2 -->  veth-b2 198.18.2.2/24 fd00:2::2/64
+
+Addresses come only from 198.18.0.0/15 (benchmarking) and fd00::/8 (ULA); IPv6 addresses are
+added `nodad` so they are usable at once. With `cross_routes` (the default), A also has a
+higher-metric route to each of B's subnets over the *other* path, so a socket bound to either
+interface (SO_BINDTODEVICE, as the stacks do) reaches either of B's addresses: every
+(interface, remote address) candidate of a decision is then a real, working path, and black
+holes are made with nftables rules in B, not by missing routes.
+
+Usage:
+
+    with topology() as topo:                       # or: topo = topology_fixture()
+        topo.hosts(topo.a, {"svc": [B1_V6, B2_V4]})
+        topo.blackhole(topo.b, daddr=B1_V6)        # nft drop: SYNs time out
+        with topo.spawn(topo.b, SERVER, args) as server:
+            port = server.read_json(5)["port"]
+            out = topo.run_python(topo.a, CLIENT, args, timeout=10)
+
+Everything is torn down (processes killed, namespaces and their /etc/netns files deleted)
+even when a test fails. Without root or without `ip netns`, the fixture skips with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+
+A1_V4, A1_V6, B1_V4, B1_V6 = "198.18.1.1", "fd00:1::1", "198.18.1.2", "fd00:1::2"
+A2_V4, A2_V6, B2_V4, B2_V6 = "198.18.2.1", "fd00:2::1", "198.18.2.2", "fd00:2::2"
+A1, A2, B1, B2 = "veth-a1", "veth-a2", "veth-b1", "veth-b2"
+"""Interface names; they live inside the namespaces, so they need not be unique per run."""
+
+PATHS: dict[int, dict[str, str]] = {
+    1: {"a_if": A1, "b_if": B1, "a4": A1_V4, "a6": A1_V6, "b4": B1_V4, "b6": B1_V6},
+    2: {"a_if": A2, "b_if": B2, "a4": A2_V4, "a6": A2_V6, "b4": B2_V4, "b6": B2_V6},
+}
+
+_counter = itertools.count(1)
+
+
+def python_env() -> dict[str, str]:
+    """The environment a namespace subprocess gets: our sources first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 10.0,
+         input: str | None = None) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                         input=input, check=False)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}): "
+                           f"{out.stderr.strip() or out.stdout.strip()}")
+    return out
+
+
+def unavailable() -> str | None:
+    """Why namespace tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "`ip` (iproute2) is not installed"
+    try:
+        listed = _run(["ip", "netns", "list"], check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`ip netns` is unavailable: {exc}"
+    if listed.returncode != 0:
+        return f"`ip netns` is unavailable: {listed.stderr.strip()}"
+    return None
+
+
+class NsProcess:
+    """A subprocess running inside a namespace, speaking JSON lines on stdin/stdout.
+
+    stderr goes to a temporary file (never a pipe nobody drains), and is quoted in errors.
+    """
+
+    def __init__(self, argv: Sequence[str], *, label: str) -> None:
+        self.label = label
+        self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=python_env())
+        self._buf = b""
+
+    @property
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def read_line(self, timeout: float) -> str:
+        """The next stdout line, waiting at most `timeout` seconds."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.label}: no output line within {timeout} s; "
+                                   f"stderr:\n{self.stderr}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError(f"{self.label} exited ({self.proc.poll()}) before writing a "
+                               f"line; stdout so far {self._buf!r}; stderr:\n{self.stderr}")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def read_json(self, timeout: float) -> Any:
+        line = self.read_line(timeout)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{self.label} printed a non-JSON line {line!r}; "
+                                 f"stderr:\n{self.stderr}") from None
+
+    def send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def request(self, obj: Any, timeout: float) -> Any:
+        """Send one command line, return the JSON line it answers with."""
+        self.send(obj)
+        return self.read_json(timeout)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Close stdin (the scripts here exit on EOF), then kill whatever is left."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> NsProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Topology:
+    """Two namespaces joined by two veth pairs; see the module docstring for the addresses."""
+
+    def __init__(self, prefix: str = "tp", *, cross_routes: bool = True) -> None:
+        tag = f"{prefix}-{os.getpid()}-{next(_counter)}"
+        self.a = f"{tag}-a"
+        self.b = f"{tag}-b"
+        self.cross_routes = cross_routes
+        self._made: list[str] = []
+        self._procs: list[NsProcess] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{tag}-")
+        self.tmp = Path(self._tmp.name)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def build(self) -> None:
+        for ns in (self.a, self.b):
+            _run(["ip", "netns", "del", ns], check=False)  # leftover from a crash, same pid
+            made = _run(["ip", "netns", "add", ns], check=False)
+            if made.returncode != 0:
+                raise _Unavailable(f"cannot create a network namespace: {made.stderr.strip()}")
+            self._made.append(ns)
+            # No duplicate address detection at all (link-local addresses included): while
+            # fe80:: is tentative, the first IPv6 exchange of a fresh namespace stalls ~1 s.
+            self.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                      "net.ipv6.conf.default.accept_dad=0", check=False)
+        for n, p in PATHS.items():
+            # Distinct ifindexes on the two ends (A: 1n, B: 2n): a veth whose ifindex equals
+            # its peer's is not an "urgent" linkwatch event, and its carrier shows up ~1 s late.
+            veth = _run(["ip", "-n", self.a, "link", "add", p["a_if"], "index", f"1{n}",
+                         "type", "veth", "peer", "name", p["b_if"], "index", f"2{n}",
+                         "netns", self.b], check=False)
+            if veth.returncode != 0:
+                raise _Unavailable(f"kernel cannot create veth pairs: {veth.stderr.strip()}")
+            for ns, side in ((self.a, "a"), (self.b, "b")):
+                dev = p[f"{side}_if"]
+                _run(["ip", "-n", ns, "addr", "add", f"{p[side + '4']}/24", "dev", dev])
+                _run(["ip", "-n", ns, "-6", "addr", "add", f"{p[side + '6']}/64", "dev", dev,
+                      "nodad"])
+                _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        for ns in (self.a, self.b):
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        self._wait_carrier()
+        if self.cross_routes:
+            # A reaches each of B's subnets over the other path too (higher metric, so
+            # unbound sockets still take the direct path).
+            for here, there in ((1, 2), (2, 1)):
+                ph = PATHS[here]
+                _run(["ip", "-n", self.a, "route", "add", f"198.18.{there}.0/24", "via",
+                      ph["b4"], "dev", ph["a_if"], "metric", "1000"])
+                _run(["ip", "-n", self.a, "-6", "route", "add", f"fd00:{there}::/64", "via",
+                      ph["b6"], "dev", ph["a_if"], "metric", "1000"])
+
+    def _wait_carrier(self, timeout: float = 5.0) -> None:
+        """Wait until every veth end is operationally UP: until then the device drops what
+        it is given, and the first SYN of a test would be retransmitted a second later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            down = []
+            for ns in (self.a, self.b):
+                links = json.loads(_run(["ip", "-n", ns, "-j", "link", "show"]).stdout)
+                down += [f"{ns}/{link['ifname']}" for link in links
+                         if link["ifname"].startswith("veth") and link.get("operstate") != "UP"]
+            if not down:
+                return
+            if time.monotonic() > deadline:
+                raise _Unavailable(f"veth links never came up: {', '.join(down)}")
+            time.sleep(0.02)
+
+    def teardown(self) -> None:
+        for proc in self._procs:
+            with contextlib.suppress(Exception):
+                proc.close(timeout=1.0)
+        for ns in self._made:
+            # Only processes we started run in our namespaces; end them one by one.
+            pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _run(["ip", "netns", "del", ns], check=False)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        self._made.clear()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Topology:
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # ---- running things inside ------------------------------------------------------------
+
+    def exec(self, ns: str, *argv: str, check: bool = True, timeout: float = 10.0,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return _run(["ip", "netns", "exec", ns, *argv], check=check, timeout=timeout,
+                    input=input)
+
+    def _script(self, code: str) -> str:
+        path = self.tmp / f"script-{next(_counter)}.py"
+        path.write_text(code)
+        return str(path)
+
+    def run_python(self, ns: str, code: str, *args: str, timeout: float = 20.0) -> Any:
+        """Run `code` with the venv's python inside `ns`; return its stdout parsed as JSON
+        (the last non-empty line), or raise with its stderr."""
+        argv = ["ip", "netns", "exec", ns, sys.executable, self._script(code), *args]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                 env=python_env(), check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"python in {ns} did not finish within {timeout} s; "
+                                 f"stderr:\n{exc.stderr!r}") from None
+        if out.returncode != 0:
+            raise AssertionError(f"python in {ns} failed ({out.returncode}):\n{out.stderr}")
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+        if not lines:
+            raise AssertionError(f"python in {ns} printed nothing; stderr:\n{out.stderr}")
+        return json.loads(lines[-1])
+
+    def spawn(self, ns: str, code: str, *args: str) -> NsProcess:
+        """Start `code` inside `ns` (killed at teardown at the latest)."""
+        proc = NsProcess(["ip", "netns", "exec", ns, sys.executable, self._script(code), *args],
+                         label=f"python in {ns}")
+        self._procs.append(proc)
+        return proc
+
+    # ---- names and black holes ------------------------------------------------------------
+
+    def hosts(self, ns: str, names: dict[str, Sequence[str]]) -> None:
+        """Give `ns` its own /etc/hosts (`ip netns exec` bind-mounts /etc/netns/NS/hosts)."""
+        directory = Path("/etc/netns") / ns
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        lines += [f"{addr} {name}" for name, addrs in names.items() for addr in addrs]
+        (directory / "hosts").write_text("\n".join(lines) + "\n")
+
+    def nft(self, ns: str, ruleset: str) -> None:
+        """Load an nftables ruleset (text, as for `nft -f`) inside `ns`."""
+        if shutil.which("nft") is None:
+            pytest.skip("`nft` (nftables) is not installed; CI installs it")
+        self.exec(ns, "nft", "-f", "-", input=ruleset)
+
+    def blackhole(self, ns: str, *, daddr: str | None = None, saddr: str | None = None,
+                  action: str = "drop", tcp_only: bool = True) -> None:
+        """Drop (default: SYNs time out) or `reject with tcp reset` packets entering `ns`
+        that go to `daddr` and/or come from `saddr`."""
+        match: list[str] = []
+        for word, addr in (("daddr", daddr), ("saddr", saddr)):
+            if addr is not None:
+                match += ["ip6" if ":" in addr else "ip", word, addr]
+        if tcp_only:
+            match += ["meta", "l4proto", "tcp"]
+        verdict = {"drop": "drop", "reject": "reject with tcp reset"}[action]
+        self.nft(ns, "\n".join([
+            "table inet bh {",
+            "  chain in { type filter hook input priority 0; policy accept; }",
+            "}",
+            f"add rule inet bh in {' '.join(match)} {verdict}",
+        ]) + "\n")
+
+    def clear_blackholes(self, ns: str) -> None:
+        self.exec(ns, "nft", "delete", "table", "inet", "bh", check=False)
+
+
+class _Unavailable(Exception):
+    """The kernel or tools cannot build the topology: the test skips."""
+
+
+@contextlib.contextmanager
+def topology(prefix: str = "tp", *, cross_routes: bool = True) -> Iterator[Topology]:
+    """Build the topology, yield it, and always tear it down; skip when impossible."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    topo = Topology(prefix, cross_routes=cross_routes)
+    try:
+        topo.__enter__()
+    except _Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield topo
+    finally:
+        topo.teardown()
+
+
+def topology_fixture(name: str = "topo", *, scope: str = "function", prefix: str = "tp",
+                     cross_routes: bool = True) -> Callable[..., Iterator[Topology]]:
+    """A pytest fixture named `name` yielding a fresh Topology (assign it at module level:
+    `topo = topology_fixture()`)."""
+
+    def fixture() -> Iterator[Topology]:
+        with topology(prefix, cross_routes=cross_routes) as topo:
+            yield topo
+
+    return pytest.fixture(scope=scope, name=name)(fixture)  # type: ignore[call-overload,no-any-return]

@@ -1,0 +1,85 @@
+"""Shared fixtures for the runtime tests (real sockets on loopback, no mocks).
+
+Every policy here is built explicitly with `system=[]`, so the machine's own system policy
+(`/etc/taps-post/policy.d`, `$TAPS_POST_SYSTEM_POLICY`) can never leak into a test.
+No pytest-asyncio: a test calls `run(coro)`, which bounds the whole coroutine in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# `from helpers import ...` works from this directory too, whichever subset of tests runs.
+_TESTS = str(Path(__file__).resolve().parent.parent)
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
+
+import taps_post as tp  # noqa: E402
+
+Run = Callable[..., Any]
+MakePolicy = Callable[..., Any]
+
+
+def _run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def _make_policy(set_: dict[str, Any] | None = None, *, use: list[str] | None = None,
+                 carrier: dict[str, Any] | None = None, app_name: str = "t") -> tp.PolicyContext:
+    """An app layer with one rule `x` (`set_` and/or `use`), an optional carrier-layer `set`."""
+    app = None
+    if set_ is not None or use is not None:
+        rule: dict[str, Any] = {"id": "x"}
+        if set_ is not None:
+            rule["set"] = set_
+        if use is not None:
+            rule["use"] = use
+        app = {"version": 1, "layer": "app", "rules": [rule]}
+    carrier_doc = None
+    if carrier is not None:
+        carrier_doc = {"version": 1, "layer": "carrier", "rules": [{"id": "c", "set": carrier}]}
+    return tp.PolicyContext(system=[], app=app, carrier=carrier_doc, app_name=app_name)
+
+
+@pytest.fixture
+def run() -> Run:
+    """`run(coro, timeout=10.0)`: asyncio.run with the whole coroutine bounded in time."""
+    return _run
+
+
+@pytest.fixture
+def make_policy() -> MakePolicy:
+    """`make_policy(set_dict, use=[...], carrier={...})` -> PolicyContext without system layer."""
+    return _make_policy
+
+
+@pytest.fixture
+def tcp_policy() -> tp.PolicyContext:
+    """Plain TCP only: the first candidate is a TCP one, so the explanation matches."""
+    return _make_policy({"stack": {"tcp": "require"}})
+
+
+@pytest.fixture
+def store() -> tp.AssociationStore:
+    """A fresh in-memory Association store, so tests never share tickets or history."""
+    return tp.AssociationStore()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback TCP port with nothing listening (bound then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
