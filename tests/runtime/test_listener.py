@@ -398,6 +398,29 @@ def test_sink_ready_callback_and_several_sources(run, make_policy) -> None:
     run(main())
 
 
+def test_source_message_properties_over_udp(run, make_policy) -> None:
+    policy = make_policy()
+
+    async def main() -> None:
+        async with await tp.new_sink(tp.Local(address=LO4, port=0), policy=policy) as sink:
+            source = await tp.new_source(None, f"{LO4}:{sink.port}", policy=policy)
+            try:
+                sent: list[bytes] = []
+                expired: list[bytes] = []
+                msgs = [tp.OutMessage(b"n2", niceness=2), tp.OutMessage(b"n0", niceness=0),
+                        tp.OutMessage(b"gone", lifetime=0), tp.OutMessage(b"n1", niceness=1)]
+                await asyncio.gather(*(source.send_msg(
+                    m, on_sent=lambda m: sent.append(m.data),
+                    on_expired=lambda m: expired.append(m.data)) for m in msgs))
+                got = [bytes(await sink.receive()) for _ in range(3)]
+                assert got == [b"n0", b"n1", b"n2"]
+                assert sent == got and expired == [b"gone"]
+            finally:
+                await source.close()
+
+    run(main())
+
+
 def test_sink_refused_when_the_policy_prohibits_udp(run, make_policy) -> None:
     no_udp = make_policy({"stack": {"udp": "prohibit"}})
 
