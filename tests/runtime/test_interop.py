@@ -194,17 +194,25 @@ def test_socat_line_server_uppercases_each_message() -> None:
     assert batch == [b"A1", b"B2", b"C3"]
 
 
-async def _line_listener(received: list[bytes]) -> tp.Listener:
-    """A LineFramer Listener on 127.0.0.1 answering each line with `re:` + LINE."""
+async def _line_listener(received: list[bytes], errors: list[str], *,
+                         summary: bool = False) -> tp.Listener:
+    """A LineFramer Listener on 127.0.0.1 answering each line with `re:` + LINE and, with
+    `summary`, one last `total:N` line once the client has closed its sending side."""
     listener = await tp.listen(tp.Local(address="127.0.0.1", port=0), policy=policy(),
                                framer=tp.LineFramer())
     tasks: set[asyncio.Task[None]] = set()
 
     async def serve(carrier: tp.Carrier) -> None:
+        count = 0
         try:
             async for msg in carrier:
                 received.append(bytes(msg))
+                count += 1
                 await carrier.send(b"re:" + bytes(msg).upper())
+            if summary:
+                await carrier.send(b"total:%d" % count)
+        except Exception as exc:
+            errors.append(repr(exc))
         finally:
             await carrier.close()
 
@@ -221,9 +229,10 @@ async def _line_listener(received: list[bytes]) -> tp.Listener:
 def test_socat_client_line_by_line_to_our_listener() -> None:
     """socat stays connected; each line it sends is answered before the next is written."""
 
-    async def main() -> tuple[list[bytes], list[bytes]]:
+    async def main() -> tuple[list[bytes], list[str], list[bytes]]:
         received: list[bytes] = []
-        listener = await _line_listener(received)
+        errors: list[str] = []
+        listener = await _line_listener(received, errors)
         proc = await asyncio.create_subprocess_exec(
             "socat", "-t", "2", "-", f"TCP:127.0.0.1:{listener.port}",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -243,28 +252,33 @@ def test_socat_client_line_by_line_to_our_listener() -> None:
                 proc.kill()
                 await proc.wait()
             await listener.close()
-        return received, replies
+        return received, errors, replies
 
-    received, replies = run(main())
+    received, errors, replies = run(main())
     assert received == [b"alpha", b"beta", b"gamma delta"]  # CR stripped, one line each
+    assert errors == []
     assert replies == [b"re:ALPHA\n", b"re:BETA\n", b"re:GAMMA DELTA\n"]
 
 
 @needs_socat
 @pytest.mark.xfail(strict=True, reason=(
-    "a peer's half-close loses our replies: StreamTransient.eof_received returns False, so "
-    "asyncio closes the transport as soon as the FIN is read (here in the same loop pass as "
-    "the lines); replies the server already queued with send() (which returned normally) "
-    "are never written, because Transient._pump skips a closing transport, and "
-    "connection_lost expires them (on_expired fires, no exception). socat gets nothing. "
-    "Any request/response client that shuts down its write side (`socat - TCP:..` at the "
-    "end of stdin, `printf ... | nc -N`) sees an empty answer"))
+    "a peer's half-close closes our whole carrier: StreamTransient.eof_received returns "
+    "False, so asyncio closes the transport as soon as the FIN is read. A reply sent after "
+    "the EOF (here `total:3`, once `async for` ended) raises ConnectionClosedError('cannot "
+    "send: the mptcp carrier is closed'); replies queued just before it (send() returned "
+    "normally) are dropped too when the FIN is read before the pump ran: Transient._pump "
+    "skips a closing transport and connection_lost expires them (on_expired fires). RFC "
+    "9622's Final message keeps the other direction open; `socat - TCP:..` at the end of "
+    "its stdin, `printf ... | nc -N` and similar request/response clients get no answer"))
+@needs_socat
 def test_socat_client_half_closes_after_its_lines() -> None:
-    """All lines arrive at once followed by FIN; the replies must still reach socat."""
+    """socat sends its lines and shuts down its side (end of stdin); our server answers each
+    line and then sends a total. Everything must reach socat, which waits (-t 2) for it."""
 
-    async def main() -> tuple[list[bytes], bytes]:
+    async def main() -> tuple[list[bytes], list[str], bytes]:
         received: list[bytes] = []
-        listener = await _line_listener(received)
+        errors: list[str] = []
+        listener = await _line_listener(received, errors, summary=True)
         proc = await asyncio.create_subprocess_exec(
             "socat", "-t", "2", "-", f"TCP:127.0.0.1:{listener.port}",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -276,11 +290,12 @@ def test_socat_client_half_closes_after_its_lines() -> None:
                 proc.kill()
                 await proc.wait()
             await listener.close()
-        return received, out
+        return received, errors, out
 
-    received, out = run(main())
+    received, errors, out = run(main())
     assert received == [b"one", b"two", b"three"]
-    assert out == b"re:ONE\nre:TWO\nre:THREE\n"
+    assert errors == []
+    assert out == b"re:ONE\nre:TWO\nre:THREE\ntotal:3\n"
 
 
 # ---- socat, UDP ---------------------------------------------------------------------------

@@ -142,8 +142,15 @@ class Transient:
             self._capture_session()
         if not self.closed.done():
             while len(self._queue) and self.is_open:
+                before = self._queue.queued_bytes
                 self._schedule_pump()
                 await self._wait_drained()
+                if self._queue.queued_bytes == before and not self._writing_paused:
+                    # Nothing could go: what is left waits for antecedents that will never
+                    # be sent here. Report it rather than hold the close forever.
+                    for p in self._queue.drain_all():
+                        self._fire(p.on_expired, p.message)
+                    break
             if not self.transport.is_closing():
                 self.transport.close()
             try:
@@ -233,9 +240,13 @@ class Transient:
         self._schedule_pump()
 
     async def wait_writable(self) -> None:
-        """Backpressure: return when the queue is below its high-water mark."""
+        """Backpressure: return when the queue is below its high-water mark (or when what is
+        queued is all held by antecedents, which only the caller can release)."""
         while self._queue.queued_bytes > _SEND_HIGH and self.is_open:
+            before = self._queue.queued_bytes
             await self._wait_drained()
+            if self._queue.queued_bytes == before and not self._writing_paused:
+                return
 
     async def _wait_drained(self) -> None:
         if self._drained is None or self._drained.done():
@@ -251,6 +262,7 @@ class Transient:
         if self.transport is None or self.transport.is_closing():
             return
         now = self.loop.time()
+        stuck = False
         if self._writing_paused:
             for p in self._queue.expire(now):
                 self._fire(p.on_expired, p.message)
@@ -260,7 +272,8 @@ class Transient:
                 self._fire(p.on_expired, p.message)
             if ready:
                 self._write(ready)
-        if self._queue.queued_bytes <= _SEND_LOW and self._drained is not None \
+            stuck = not ready and len(self._queue) > 0
+        if (self._queue.queued_bytes <= _SEND_LOW or stuck) and self._drained is not None \
                 and not self._drained.done():
             self._drained.set_result(None)
         deadline = self._queue.next_deadline()
