@@ -16,9 +16,9 @@ Usage:
     with topology() as topo:                       # or: topo = topology_fixture()
         topo.hosts(topo.a, {"svc": [B1_V6, B2_V4]})
         topo.blackhole(topo.b, daddr=B1_V6)        # nft drop: SYNs time out
-        with topo.spawn(topo.b, SERVER, args) as server:
-            port = server.read_json(5)["port"]
-            out = topo.run_python(topo.a, CLIENT, args, timeout=10)
+        with topo.spawn(topo.b, SERVER, "5001") as server:   # JSON lines in and out
+            assert server.read_json(5) == {"port": 5001}
+            out = topo.run_python(topo.a, CLIENT, "svc", timeout=10)  # last line, as JSON
 
 Everything is torn down (processes killed, namespaces and their /etc/netns files deleted)
 even when a test fails. Without root or without `ip netns`, the fixture skips with the reason.
@@ -193,10 +193,10 @@ class Topology:
             if made.returncode != 0:
                 raise _Unavailable(f"cannot create a network namespace: {made.stderr.strip()}")
             self._made.append(ns)
-            # No duplicate address detection at all (link-local addresses included): while
-            # fe80:: is tentative, the first IPv6 exchange of a fresh namespace stalls ~1 s.
-            self.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-                      "net.ipv6.conf.default.accept_dad=0", check=False)
+            # No duplicate address detection for the kernel's link-local addresses either
+            # (`nodad` covers only ours): no tentative addresses, no DAD traffic in tests.
+            self.exec(ns, "sh", "-c", "for k in all default; do "
+                      "echo 0 > /proc/sys/net/ipv6/conf/$k/accept_dad; done", check=False)
         for n, p in PATHS.items():
             # Distinct ifindexes on the two ends (A: 1n, B: 2n): a veth whose ifindex equals
             # its peer's is not an "urgent" linkwatch event, and its carrier shows up ~1 s late.
@@ -241,16 +241,20 @@ class Topology:
             time.sleep(0.02)
 
     def teardown(self) -> None:
+        """Kill our processes, delete our namespaces and /etc/netns entries; never raises,
+        so one failing step does not leave the rest behind."""
         for proc in self._procs:
             with contextlib.suppress(Exception):
                 proc.close(timeout=1.0)
+        self._procs.clear()
         for ns in self._made:
-            # Only processes we started run in our namespaces; end them one by one.
-            pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            _run(["ip", "netns", "del", ns], check=False)
+            with contextlib.suppress(Exception):
+                # Only processes we started run in our namespaces; end them one by one.
+                for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                _run(["ip", "netns", "del", ns], check=False)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
         self._made.clear()
         self._tmp.cleanup()

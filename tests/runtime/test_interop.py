@@ -261,16 +261,6 @@ def test_socat_client_line_by_line_to_our_listener() -> None:
 
 
 @needs_socat
-@pytest.mark.xfail(strict=True, reason=(
-    "a peer's half-close closes our whole carrier: StreamTransient.eof_received returns "
-    "False, so asyncio closes the transport as soon as the FIN is read. A reply sent after "
-    "the EOF (here `total:3`, once `async for` ended) raises ConnectionClosedError('cannot "
-    "send: the mptcp carrier is closed'); replies queued just before it (send() returned "
-    "normally) are dropped too when the FIN is read before the pump ran: Transient._pump "
-    "skips a closing transport and connection_lost expires them (on_expired fires). RFC "
-    "9622's Final message keeps the other direction open; `socat - TCP:..` at the end of "
-    "its stdin, `printf ... | nc -N` and similar request/response clients get no answer"))
-@needs_socat
 def test_socat_client_half_closes_after_its_lines() -> None:
     """socat sends its lines and shuts down its side (end of stdin); our server answers each
     line and then sends a total. Everything must reach socat, which waits (-t 2) for it."""

@@ -167,6 +167,11 @@ class Scene:
         assert "unexpected" not in out, out["unexpected"]
         return out
 
+    def half_open(self) -> list[str]:
+        """TCP sockets of host A still trying to connect (a loser the race did not close)."""
+        out = self.topo.exec(self.topo.a, "ss", "-Htn", "state", "syn-sent").stdout
+        return [line for line in out.splitlines() if line.strip()]
+
     def peer(self, timeout: float = 3.0) -> dict[str, str]:
         """The next connection the server saw: {"peer": ..., "local": ...}."""
         seen: dict[str, str] = self.server.read_json(timeout)
@@ -219,6 +224,7 @@ def test_blackholed_first_candidate_loses_to_the_second_after_attempt_delay(
     # #2 starts at attemptDelay, not after #1 times out (SYN retry 1 s, connTimeout 30 s).
     assert DELAY * 0.9 <= out["elapsed_ms"] < DELAY + 150, out["elapsed_ms"]
     assert out["echo"] == "ping"
+    assert scene.half_open() == [], "the losing attempt #1 was not closed"
 
 
 def test_every_candidate_blackholed_reports_every_attempt_after_conn_timeout(
@@ -238,6 +244,7 @@ def test_every_candidate_blackholed_reports_every_attempt_after_conn_timeout(
         assert "connTimeout" in attempt["error"], attempt
         # each attempt ran from its staggered start until the deadline
         assert attempt["elapsed_ms"] == pytest.approx(1500 - cand["start_ms"], abs=120)
+    assert scene.half_open() == [], "attempts outlived the race"
 
 
 @pytest.mark.parametrize(

@@ -391,7 +391,10 @@ class StreamTransient(Transient, asyncio.Protocol):
             self._error = exc
         self._eof = True
         self._wake()
-        return False
+        # A half-close ends the peer's messages, not ours: keep the transport open so replies
+        # still go out (a line client that shuts down its side after the last line expects
+        # its answers). TLS cannot half-close; asyncio closes it whatever we return.
+        return not self.secure
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(exc)
