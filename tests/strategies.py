@@ -106,24 +106,26 @@ _PORT_ITEMS = st.one_of(st.sampled_from(PORTS), st.sampled_from(("400-500", "1-1
                                                                  "8000-9000", "0-65535")))
 
 
+_WHEN_FIELDS = (
+    ("app", _one_or_list(st.sampled_from(APP_GLOBS))),
+    ("host", _one_or_list(st.sampled_from(HOST_GLOBS))),
+    ("port", _one_or_list(_PORT_ITEMS)),
+    ("scheme", _one_or_list(st.sampled_from(SCHEMES))),
+    ("kind", _one_or_list(st.sampled_from(KINDS))),
+)
+
+
+def _bits(flags: int, i: int) -> bool:
+    """Bit i of a flag word: one draw decides many small yes/no questions (fast to generate)."""
+    return bool(flags >> i & 1)
+
+
 @st.composite
 def whens(draw: st.DrawFn) -> dict[str, Any]:
-    """A `when:` mapping; each field present with probability about 1/4."""
-    def maybe() -> bool:
-        return draw(st.integers(0, 3)) == 0
-
-    when: dict[str, Any] = {}
-    if maybe():
-        when["app"] = draw(_one_or_list(st.sampled_from(APP_GLOBS)))
-    if maybe():
-        when["host"] = draw(_one_or_list(st.sampled_from(HOST_GLOBS)))
-    if maybe():
-        when["port"] = draw(_one_or_list(_PORT_ITEMS))
-    if maybe():
-        when["scheme"] = draw(_one_or_list(st.sampled_from(SCHEMES)))
-    if maybe():
-        when["kind"] = draw(_one_or_list(st.sampled_from(KINDS)))
-    return when
+    """A `when:` mapping; each field present with probability 1/4."""
+    flags = draw(st.integers(0, 2 ** (2 * len(_WHEN_FIELDS)) - 1))
+    return {name: draw(values) for i, (name, values) in enumerate(_WHEN_FIELDS)
+            if _bits(flags, 2 * i) and _bits(flags, 2 * i + 1)}
 
 
 def render_set(flat: dict[str, Any], nest: Sequence[bool]) -> dict[str, Any]:
@@ -161,16 +163,17 @@ def set_blocks(draw: st.DrawFn, keys: Sequence[str] = KEYS, max_size: int = 4) -
 @st.composite
 def rule_dict(draw: st.DrawFn, rule_id: str, keys: Sequence[str] = KEYS) -> dict[str, Any]:
     rule: dict[str, Any] = {"id": rule_id}
-    if draw(st.booleans()):
-        rule["description"] = draw(st.sampled_from(("", "a rule", "Ünïcode — text")))
+    flags = draw(st.integers(0, 255))
+    if _bits(flags, 0) and _bits(flags, 1):
+        rule["description"] = ("", "a rule", "Ünïcode — text")[flags % 3]
     when = draw(whens())
-    if when or draw(st.booleans()):
+    if when or _bits(flags, 2):
         rule["when"] = when
-    if draw(st.booleans()):
-        rule["enforce"] = draw(st.booleans())
-    if draw(st.booleans()):
+    if _bits(flags, 3):
+        rule["enforce"] = _bits(flags, 4)
+    if _bits(flags, 5):
         rule["priority"] = draw(st.integers(-2, 2))
-    if draw(st.integers(0, 4)) == 0:
+    if _bits(flags, 6) and _bits(flags, 7):
         rule["use"] = draw(st.lists(st.sampled_from(PROFILES), max_size=2))
     rule["set"] = draw(set_blocks(keys))
     return rule
@@ -180,20 +183,21 @@ def rule_dict(draw: st.DrawFn, rule_id: str, keys: Sequence[str] = KEYS) -> dict
 def interface_facts(draw: st.DrawFn) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(0, 2))):
+        flags = draw(st.integers(0, 127))
         match: dict[str, Any] = {}
-        if draw(st.booleans()):
+        if _bits(flags, 0):
             match["name"] = draw(st.sampled_from((*IFACE_GLOBS, *IFACE_NAMES)))
-        if not match or draw(st.booleans()):
+        if not match or _bits(flags, 1):
             match["type"] = draw(st.sampled_from(INTERFACE_TYPES))
         fact: dict[str, Any] = {"match": match}
-        if draw(st.booleans()):
+        if _bits(flags, 2):
             fact["type"] = draw(st.sampled_from(INTERFACE_TYPES))
-        if draw(st.booleans()):
-            fact["metered"] = draw(st.booleans())
-        if draw(st.booleans()):
+        if _bits(flags, 3):
+            fact["metered"] = _bits(flags, 4)
+        if _bits(flags, 5):
             fact["cost"] = draw(st.integers(0, 20))
-        if draw(st.booleans()):
-            fact["pvd"] = draw(st.sampled_from(PVDS))
+        if _bits(flags, 6):
+            fact["pvd"] = PVDS[flags % 2]
         out.append(fact)
     return out
 
@@ -224,14 +228,14 @@ _V6 = int(ipaddress.IPv6Address("fd00::"))
 
 
 def _v4() -> st.SearchStrategy[str]:
-    # A few hot values so that addresses repeat across interfaces, DNS and targets.
-    return st.one_of(st.sampled_from(("198.18.0.1", "198.18.1.1", "198.19.255.254")),
-                     st.integers(0, 2**17 - 1).map(lambda i: str(ipaddress.IPv4Address(_V4 + i))))
+    # Small integers shrink to a few hot addresses, which then repeat across interfaces, DNS
+    # answers and targets; the high bits still spread over the whole of 198.18.0.0/15.
+    return st.integers(0, 2**17 - 1).map(lambda i: str(ipaddress.IPv4Address(_V4 + i)))
 
 
 def _v6() -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(("fd00::1", "fd00:1::5", "fdff::ffff")),
-                     st.integers(0, 2**120 - 1).map(lambda i: str(ipaddress.IPv6Address(_V6 + i))))
+    return st.integers(0, 2**24 - 1).map(
+        lambda i: str(ipaddress.IPv6Address(_V6 + ((i >> 16) << 112) + (i & 0xFFFF))))
 
 
 @st.composite
@@ -257,25 +261,25 @@ def environments(draw: st.DrawFn, hostport: str = "example.com:443") -> dict[str
     if draw(st.booleans()):
         interfaces.append({"name": "lo", "type": "loopback", "addresses": ["127.0.0.1", "::1"]})
     for name in names:
+        flags = draw(st.integers(0, 2**17 - 1))
         # Mostly both families, sometimes one or none (then the branch is unreachable).
-        addresses: list[Any] = draw(st.lists(_v4(), min_size=int(draw(st.integers(0, 3)) > 0),
-                                             max_size=2, unique=True))
-        for a in draw(st.lists(_v6(), min_size=int(draw(st.integers(0, 3)) > 0), max_size=2,
-                               unique=True)):
-            addresses.append({"address": a, "temporary": True} if draw(st.booleans()) else a)
+        v4 = draw(st.lists(_v4(), min_size=int(flags & 3 > 0), max_size=2, unique=True))
+        v6 = draw(st.lists(_v6(), min_size=int(flags >> 2 & 3 > 0), max_size=2, unique=True))
+        addresses: list[Any] = [*v4, *({"address": a, "temporary": True}
+                                       if _bits(flags, 4 + i) else a for i, a in enumerate(v6))]
         iface: dict[str, Any] = {
             "name": name,
-            "type": draw(st.sampled_from(INTERFACE_TYPES)),
+            "type": INTERFACE_TYPES[(flags >> 6) % len(INTERFACE_TYPES)],
             "addresses": addresses,
         }
-        if draw(st.booleans()):
-            iface["up"] = draw(st.sampled_from((True, True, False)))
-        if draw(st.booleans()):
-            iface["metered"] = draw(st.booleans())
-        if draw(st.booleans()):
+        if _bits(flags, 9):
+            iface["up"] = not (_bits(flags, 10) and _bits(flags, 11))
+        if _bits(flags, 12):
+            iface["metered"] = _bits(flags, 13)
+        if _bits(flags, 14):
             iface["cost"] = draw(st.integers(0, 20))
-        if draw(st.booleans()):
-            iface["pvd"] = draw(st.sampled_from(PVDS))
+        if _bits(flags, 15):
+            iface["pvd"] = PVDS[flags >> 16 & 1]
         interfaces.append(iface)
     dns: dict[str, list[str]] = {}
     for host in draw(st.lists(st.sampled_from(HOST_NAMES), unique=True)):
@@ -285,16 +289,18 @@ def environments(draw: st.DrawFn, hostport: str = "example.com:443") -> dict[str
         dns[target_host] = draw(st.lists(st.one_of(_v4(), _v6()), min_size=1, max_size=3,
                                          unique=True))
     cache: list[dict[str, Any]] = []
+    stacks = ("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp")
     for _ in range(draw(st.integers(0, 3))):
+        flags = draw(st.integers(0, 2**12 - 1))
         entry: dict[str, Any] = {
-            "remote": draw(st.sampled_from((hostport, hostport, "other.org:443"))),
-            "stack": draw(st.sampled_from(("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp"))),
-            "outcome": draw(st.sampled_from(("success", "failure"))),
+            "remote": "other.org:443" if flags & 3 == 3 else hostport,
+            "stack": stacks[(flags >> 2) % len(stacks)],
+            "outcome": ("success", "failure")[flags >> 5 & 1],
         }
-        if draw(st.booleans()):
-            entry["rtt_ms"] = draw(st.sampled_from((0, 5, 20.5, 100)))
-        if draw(st.booleans()):
-            entry["interface"] = draw(st.sampled_from((*names, "nosuch0")))
+        if _bits(flags, 6):
+            entry["rtt_ms"] = (0, 5, 20.5, 100)[flags >> 7 & 3]
+        if _bits(flags, 9):
+            entry["interface"] = (*names, "nosuch0")[(flags >> 10) % (len(names) + 1)]
         cache.append(entry)
     return {"interfaces": interfaces, "dns": dns, "cache": cache}
 

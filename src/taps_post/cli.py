@@ -145,7 +145,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     rules = sum(len(f.rules) for f in report.files)
     if report.errors:
-        print(f"{len(report.errors)} error(s); nothing was applied", file=sys.stderr)
+        print(f"{len(report.errors)} error(s); nothing was applied")
         return EXIT_INPUT
     snaps = f", {len(report.snapshots)} environment snapshot(s)" if report.snapshots else ""
     print(f"ok: {len(report.files)} file(s), {rules} rule(s){snaps}, "

@@ -314,11 +314,6 @@ def test_oversize_send_raises_and_the_carrier_keeps_working(run, make_policy, st
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a user framer with max_size below the policy's "
-                   "message.maxSize: Transient.submit only checks self.max_size (the policy "
-                   "value), the framer's encode() then raises ValueError inside the pump "
-                   "callback (transient.py _write -> framing.encode); the message is lost "
-                   "with neither on_sent nor on_expired, instead of MessageTooLargeError")
 def test_oversize_send_against_the_framer_limit(run, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store,
@@ -481,11 +476,6 @@ def test_receiver_bounds_its_inbox(run, tcp_policy, store) -> None:
     run(main(), timeout=20)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a message's lifetime starts only after send_msg() "
-                   "waited out backpressure: Transient.submit computes the deadline "
-                   "(loop.time() + lifetime) after Carrier.send_msg awaited wait_writable(), so a "
-                   "message that waited longer than its lifetime is still sent (OutMessage "
-                   "documents: 'Seconds from send_msg()')")
 def test_lifetime_counts_from_send_msg_even_under_backpressure(run, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
@@ -512,9 +502,6 @@ def test_lifetime_counts_from_send_msg_even_under_backpressure(run, tcp_policy, 
     run(main(), timeout=20)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: concurrent receive() calls share one waiter "
-                   "(Transient._waiter): the second call overwrites the first's future, so the "
-                   "first never wakes even when its message is in the inbox")
 def test_concurrent_receivers_all_get_a_message(run, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):

@@ -24,7 +24,7 @@ from taps_post.runtime.framing import (
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Delimiters with no border (no proper prefix that is also a suffix): for these a message
-# without the delimiter always round-trips. Self-overlapping ones are the xfail case below.
+# without the delimiter always round-trips. Self-overlapping ones are refused by encode().
 PLAIN_DELIMITERS = (b"\n", b"\r\n", b"\x00", b"<|>")
 
 
@@ -147,9 +147,6 @@ def test_line_strips_cr_of_crlf_lines() -> None:
     assert LineFramer().feed(b"one\r\ntwo\n") == [b"one", b"two"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LineFramer.encode accepts a message ending in the "
-                   "strip byte (default b'\\r') and the receiver strips it: b'a\\r' arrives as "
-                   "b'a' (encode should refuse it, like a message containing the delimiter)")
 def test_line_default_round_trips_a_message_ending_in_cr() -> None:
     f = LineFramer()
     try:
@@ -159,9 +156,6 @@ def test_line_default_round_trips_a_message_ending_in_cr() -> None:
     assert LineFramer().feed(wire) == [b"a\r"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LineFramer.encode only checks `delimiter in "
-                   "message`; with a self-overlapping delimiter (b'==') the message b'a=' "
-                   "encodes to b'a===' and decodes as b'a' plus a stray b'='")
 def test_line_self_overlapping_delimiter_round_trip() -> None:
     f = LineFramer(b"==", strip=b"")
     try:
@@ -219,9 +213,6 @@ def test_line_over_max_size_with_delimiter_is_refused() -> None:
         f.feed(b"abcd\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LineFramer.eof() returns the unterminated rest "
-                   "without checking max_size: with max_size=4, b'abcde' (5 <= 4 + len(delim), "
-                   "so feed() keeps it) comes back from eof() as a 5-byte message")
 def test_line_eof_enforces_max_size() -> None:
     f = LineFramer(max_size=4)
     assert f.feed(b"abcde") == []
@@ -232,9 +223,6 @@ def test_line_eof_enforces_max_size() -> None:
     assert all(len(m) <= 4 for m in rest)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RawFramer ignores max_size on receive: feed() "
-                   "returns whatever chunk the network delivered as one message, however large "
-                   "(it could split the chunk into max_size pieces or refuse)")
 def test_raw_enforces_max_size_on_receive() -> None:
     f = RawFramer(max_size=4)
     try:

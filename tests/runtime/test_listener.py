@@ -127,9 +127,6 @@ def test_tls_listener_ports_are_named_after_registry_stacks(run, make_policy) ->
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Listener.ports lists a tls-mptcp endpoint as "
-                   "'tls-tcp' (api.py Listener.ports: e.stack.replace('mptcp', 'tcp')); "
-                   "there is no such stack, it should be 'tls'")
 def test_tls_mptcp_listener_is_also_listed_as_tls(run, make_policy) -> None:
     cert = tp.certs.self_signed(["127.0.0.1"])
 
@@ -256,7 +253,6 @@ def test_ipv6_only_listener(run, tcp_policy, store) -> None:
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=UDP_ACCEPT_BUG)
 def test_udp_carriers_are_demultiplexed_per_peer(run, udp_policy) -> None:
     async def main() -> None:
         async with listening(tp.Local(address=LO4, port=0), udp_policy) as listener:
@@ -324,7 +320,6 @@ def test_responder_with_a_plain_function_handler(run, tcp_policy, store) -> None
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=UDP_ACCEPT_BUG)
 def test_responder_over_udp(run, udp_policy) -> None:
     async def main() -> None:
         async with await tp.respond(tp.Local(address=LO4, port=0), upper,
@@ -474,7 +469,6 @@ def test_closing_everything_releases_the_ports(run, tcp_policy, make_policy, sto
         assert can_bind(port, proto), (port, proto)
 
 
-@pytest.mark.xfail(strict=True, reason=UDP_ACCEPT_BUG)
 def test_closing_a_udp_listener_releases_its_port(run, udp_policy) -> None:
     async def main() -> int:
         listener = await tp.listen(tp.Local(address=LO4, port=0), policy=udp_policy)

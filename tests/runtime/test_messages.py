@@ -67,9 +67,6 @@ def test_fifo_within_one_niceness() -> None:
     assert [p.message for p in ready] == msgs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: FIFO follows OutMessage creation order (seq is "
-                   "assigned in OutMessage's default_factory), not the order messages were "
-                   "queued; Pending.sort_key uses message.seq")
 def test_fifo_follows_queueing_order_not_creation_order() -> None:
     first_made = OutMessage(b"made-first")
     second_made = OutMessage(b"made-second")
@@ -190,9 +187,6 @@ def test_cascade_when_antecedent_expires_while_blocked() -> None:
     assert ready == [] and data(expired) == [b"a", b"b"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a message pushed after its antecedent already "
-                   "expired is held forever: SendQueue._cascade only runs when a deadline "
-                   "passes in expire(), and push() does not check antecedent states")
 def test_successor_of_an_already_expired_antecedent_leaves_the_queue() -> None:
     q = SendQueue()
     a = OutMessage(b"a", lifetime=0.0)
@@ -298,7 +292,7 @@ def test_property_each_message_leaves_exactly_once(script: list[tuple]) -> None:
         if op[0] == "push":
             _, nice, life, picks = op
             # Antecedents among earlier messages that have not expired yet (an already
-            # expired antecedent is the xfail case above).
+            # expired antecedent is tested on its own above).
             pool = [m for m in pushed if m.state != "expired"]
             ante = list({id(pool[i % len(pool)]): pool[i % len(pool)]
                          for i in picks}.values()) if pool else []

@@ -375,12 +375,17 @@ def _pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnost
                 message = err["msg"]
                 if message.startswith("Value error, "):
                     message = message[len("Value error, "):]
+                    if message.startswith("@"):  # the validator names the bad list item
+                        index, _, message = message[1:].partition(" ")
+                        loc = (*loc, int(index))
                 elif kind == "literal_error":
                     message = f"{message[0].lower()}{message[1:]}, got {err.get('input')!r}"
                 else:
                     message = f"{message[0].lower()}{message[1:]}"
-            field = ".".join(str(p) for p in loc if isinstance(p, str)) or "document"
-            diag = pos.diagnostic(loc, f"{field}: {message}")
+            if pos.values or pos.keys:
+                field = ".".join(str(p) for p in loc if isinstance(p, str)) or "document"
+                message = f"{field}: {message}"
+            diag = pos.diagnostic(loc, message)
         ident = (diag.line, diag.column, diag.path, diag.message)
         if ident not in seen:
             seen.add(ident)

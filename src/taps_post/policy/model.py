@@ -25,15 +25,17 @@ def _str_list(what: str, choices: tuple[str, ...] | None = None) -> Any:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise ValueError(f"expected {what} or a non-empty list of them, got {value!r}")
-        for item in items:
+        at = "@{} " if isinstance(value, list) else ""  # `@N `: load.py points at item N
+        for i, item in enumerate(items):
             if not isinstance(item, str) or not item:
-                raise ValueError(f"expected {what}, got {item!r}")
+                raise ValueError(f"{at.format(i)}expected {what}, got {item!r}")
             if choices is not None and item not in choices:
                 from .registry import nearest
 
                 hint = nearest(item, choices)
                 extra = f" (did you mean {hint!r}?)" if hint else ""
-                raise ValueError(f"expected one of {', '.join(choices)}, got {item!r}{extra}")
+                raise ValueError(f"{at.format(i)}expected one of {', '.join(choices)}, "
+                                 f"got {item!r}{extra}")
         return tuple(items)
 
     return check
@@ -44,27 +46,34 @@ def _ports(value: Any) -> tuple[tuple[int, int], ...]:
     if not items:
         raise ValueError("expected a port, a list of ports or a range 'a-b', got an empty list")
     out: list[tuple[int, int]] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
-        if isinstance(item, int):
-            lo = hi = item
-        elif isinstance(item, str) and item.count("-") == 1:
-            a, b = item.split("-")
-            if not (a.strip().isdigit() and b.strip().isdigit()):
-                raise ValueError(f"expected a port range 'a-b' of two numbers, got {item!r}")
-            lo, hi = int(a), int(b)
-            if lo > hi:
-                raise ValueError(f"port range {item!r} is empty: {lo} is above {hi}")
-        elif isinstance(item, str) and item.isdigit():
-            lo = hi = int(item)
-        else:
-            raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
-        for port in (lo, hi):
-            if not 0 <= port <= 65535:
-                raise ValueError(f"port {port} is out of range 0-65535")
-        out.append((lo, hi))
+    for i, item in enumerate(items):
+        try:
+            out.append(_port_item(item))
+        except ValueError as exc:
+            raise ValueError(f"@{i} {exc}" if isinstance(value, list) else str(exc)) from None
     return tuple(out)
+
+
+def _port_item(item: Any) -> tuple[int, int]:
+    if isinstance(item, bool):
+        raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
+    if isinstance(item, int):
+        lo = hi = item
+    elif isinstance(item, str) and item.count("-") == 1:
+        a, b = item.split("-")
+        if not (a.strip().isdigit() and b.strip().isdigit()):
+            raise ValueError(f"expected a port range 'a-b' of two numbers, got {item!r}")
+        lo, hi = int(a), int(b)
+        if lo > hi:
+            raise ValueError(f"port range {item!r} is empty: {lo} is above {hi}")
+    elif isinstance(item, str) and item.isdigit():
+        lo = hi = int(item)
+    else:
+        raise ValueError(f"expected a port number or a range 'a-b', got {item!r}")
+    for port in (lo, hi):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range 0-65535")
+    return (lo, hi)
 
 
 _STR_LIST_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},

@@ -9,6 +9,7 @@ exactly the half-applied policy we promise never to produce.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,42 +58,131 @@ class Positions:
         return Diagnostic(self.source, message, line=line, column=col)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+
+MAX_NODES = 100_000
+"""Nodes a document may expand to through aliases: an alias bomb must fail fast, not hang."""
+
+
 def render_path(path: Path) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(str(part)):
             out += ("." if out else "") + str(part)
+        else:  # a key with spaces, quotes or newlines stays on one readable line
+            out += f"[{str(part)!r}]"
     return out
 
 
 def load_yaml(text: str, source: str) -> tuple[Any, Positions]:
-    """Parse one YAML document; raise InputError with file:line:col on any syntax problem."""
+    """Parse one YAML document; raise InputError with file:line:col on any problem."""
     positions = Positions(source)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, positions
-        _walk(node, (), positions)
-        data = loader.construct_document(node)
+        _Walker(positions).walk(node, ())
+        try:
+            data = loader.construct_document(node)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # e.g. `!!int x`: PyYAML's constructors raise plain errors
+            raise _locate_bad_scalar(loader, node, exc) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
+        ctx_mark = exc.context_mark
+        if exc.problem and exc.context and ctx_mark is not None and mark is not None \
+                and ctx_mark.line != mark.line:
+            # "while parsing a flow sequence" started elsewhere: say where, it is the real cause
+            problem += f" ({exc.context} started at line {ctx_mark.line + 1}, " \
+                       f"column {ctx_mark.column + 1})"
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
         raise InputError([Diagnostic(source, f"invalid YAML: {problem}", line, col)]) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        what = f"character {exc.character!r}" if isinstance(exc.character, str) else "byte"
+        raise InputError([Diagnostic(source, f"invalid YAML: {what} is not allowed here "
+                                             f"({exc.reason})", line, col)]) from None
     except yaml.YAMLError as exc:
-        raise InputError([Diagnostic(source, f"invalid YAML: {exc}")]) from None
+        message = " ".join(str(exc).split())
+        raise InputError([Diagnostic(source, f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise InputError([Diagnostic(source, "invalid YAML: the document nests too deeply")]) \
+            from None
     finally:
         loader.dispose()
     return data, positions
 
 
-def _walk(node: yaml.Node, path: Path, positions: Positions) -> None:
-    positions.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+
+
+def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.MarkedYAMLError:
+    """The slow path, only on failure: find the scalar PyYAML could not construct."""
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            loader.constructed_objects = {}
+            loader.recursive_objects = {}
+            try:
+                loader.construct_object(node, deep=True)
+            except Exception as inner:
+                return yaml.MarkedYAMLError(
+                    problem=f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: "
+                            f"{' '.join(str(inner).split()) or type(inner).__name__}",
+                    problem_mark=node.start_mark)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return yaml.MarkedYAMLError(problem=f"invalid value: {exc}", problem_mark=root.start_mark)
+
+
+class _Walker:
+    """Records positions and checks keys; refuses recursive aliases and alias bombs."""
+
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+        self.count = 0
+        self.ancestors: set[int] = set()
+
+    def walk(self, node: yaml.Node, path: Path) -> None:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise yaml.MarkedYAMLError(
+                problem=f"the document expands to more than {MAX_NODES} nodes (aliases?)",
+                problem_mark=node.start_mark)
+        if id(node) in self.ancestors:
+            raise yaml.MarkedYAMLError(problem="recursive alias: a node contains itself",
+                                       problem_mark=node.start_mark)
+        positions = self.positions
+        positions.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.ScalarNode):
+            return
+        self.ancestors.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                self._mapping(node, path)
+            elif isinstance(node, yaml.SequenceNode):
+                for i, item in enumerate(node.value):
+                    self.walk(item, (*path, i))
+        finally:
+            self.ancestors.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> None:
         seen: dict[Hashable, yaml.Node] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -107,8 +197,6 @@ def _walk(node: yaml.Node, path: Path, positions: Positions) -> None:
                 )
             seen[key] = key_node
             child = (*path, str(key))
-            positions.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _walk(value_node, child, positions)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, (*path, i), positions)
+            self.positions.keys[child] = (key_node.start_mark.line + 1,
+                                          key_node.start_mark.column + 1)
+            self.walk(value_node, child)

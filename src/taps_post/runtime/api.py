@@ -106,6 +106,15 @@ async def initiate(
 async def _establish(remote: Remote, local: Local | None, ctx: PolicyContext,
                      framer: FramerSpec, association: Association, env: EnvSpec, *,
                      kind: str, first: OutMessage | None = None) -> Carrier:
+    if remote.addresses is None and env is not None:
+        # A snapshot that knows the name answers for it: a dry-run environment must not
+        # depend on the machine's resolver.
+        snapshot = env if isinstance(env, Environment) else load_environment(env)
+        known = snapshot.dns.get(remote.host.lower())
+        if known:
+            from dataclasses import replace
+
+            remote = replace(remote, addresses=tuple(known))
     resolved = await remote.resolve()
     request = resolved.request(app=ctx.app_name, kind=kind)
     decision = decide(request, ctx, _environment(env, resolved, association))
@@ -219,8 +228,9 @@ class Listener:
         out: dict[str, int] = {}
         for e in self._endpoints:
             out[e.stack] = e.port
-            if e.stack.endswith("mptcp"):
-                out.setdefault(e.stack.replace("mptcp", "tcp"), e.port)
+            fallback = {"mptcp": "tcp", "tls-mptcp": "tls"}.get(e.stack)
+            if fallback is not None:
+                out.setdefault(fallback, e.port)
         return out
 
     @property
@@ -255,11 +265,16 @@ class Listener:
             yield item
 
     async def close(self) -> None:
+        """Stop accepting; carriers accepted but never taken are closed too."""
         if self._closed:
             return
         self._closed = True
         for endpoint in self._endpoints:
             await endpoint.aclose()
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                item.abort()
         self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Listener:

@@ -122,8 +122,9 @@ class Carrier:
         if not transient.is_open:
             raise ConnectionClosedError(
                 "the carrier is dormant or closed; `await carrier.activate()` re-establishes it")
+        queued_at = transient.loop.time()
         await transient.wait_writable()
-        transient.submit(message, on_sent, on_acked, on_expired)
+        transient.submit(message, on_sent, on_acked, on_expired, queued_at=queued_at)
 
     # ---- receiving ------------------------------------------------------------------------
 

@@ -109,8 +109,12 @@ class LineFramer:
         return LineFramer(self.delimiter, self.max_size, self._strip)
 
     def encode(self, message: bytes) -> bytes:
-        if self.delimiter in message:
+        # `message + delimiter[:-1]` also catches a tail that overlaps the delimiter ("a=" with
+        # "=="), which would otherwise move the boundary.
+        if self.delimiter in message + self.delimiter[:-1]:
             raise ValueError("message contains the delimiter; it would arrive as two messages")
+        if self._strip and message.endswith(self._strip):
+            raise ValueError(f"message ends with {self._strip!r}, which the receiver strips")
         if len(message) > self.max_size:
             raise ValueError(f"message of {len(message)} bytes is over message.maxSize "
                              f"({self.max_size})")
@@ -153,6 +157,11 @@ class LineFramer:
         if self._buf:
             rest = bytes(self._buf)
             self._buf.clear()
+            if self._strip and rest.endswith(self._strip):
+                rest = rest[: -len(self._strip)]
+            if len(rest) > self.max_size:
+                raise DeframingError(f"final line of {len(rest)} bytes is over "
+                                     f"message.maxSize ({self.max_size})")
             return [rest]
         return []
 
@@ -170,7 +179,10 @@ class RawFramer:
         return bytes(message)
 
     def feed(self, data: bytes) -> list[bytes]:
-        return [bytes(data)] if data else []
+        size = self.max_size
+        if len(data) <= size:
+            return [bytes(data)] if data else []
+        return [bytes(data[i : i + size]) for i in range(0, len(data), size)]
 
     def buffered(self) -> bytes:
         return b""

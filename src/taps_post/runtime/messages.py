@@ -84,8 +84,11 @@ class Pending:
     on_acked: Callback = None
     on_expired: Callback = None
 
+    arrival: int = 0
+    """Order of queueing on this carrier: the FIFO tie-break within one niceness."""
+
     def sort_key(self) -> tuple[int, int]:
-        return (self.message.niceness, self.message.seq)
+        return (self.message.niceness, self.arrival)
 
 
 class SendQueue:
@@ -96,6 +99,8 @@ class SendQueue:
         self._queued: dict[int, Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
         self.queued_bytes = 0
+        self._arrivals = itertools.count()
+        self._cascade_due = False
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -106,8 +111,11 @@ class SendQueue:
             raise ValueError(f"{msg!r} is already {msg.state}; a message is sent once")
         msg.state = "queued"
         self._queued[msg.seq] = pending
+        pending.arrival = next(self._arrivals)
         heapq.heappush(self._heap, (pending.sort_key(), pending))
         self.queued_bytes += len(msg.data)
+        if any(a.state == "expired" for a in msg.antecedents):
+            self._cascade_due = True
         if pending.deadline is not None:
             heapq.heappush(self._deadlines, (pending.deadline, msg.seq))
 
@@ -119,6 +127,9 @@ class SendQueue:
     def expire(self, now: float) -> list[Pending]:
         """Remove and return every message whose lifetime has passed, and their dependents."""
         out: list[Pending] = []
+        if self._cascade_due:
+            self._cascade_due = False
+            out.extend(self._cascade())
         while self._deadlines and self._deadlines[0][0] <= now:
             _, seq = heapq.heappop(self._deadlines)
             p = self._queued.get(seq)

@@ -80,7 +80,7 @@ class Transient:
         self.session_sink: Callable[[Any], None] | None = None
         # receive side
         self._inbox: collections.deque[InMessage] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._callback: Callable[[InMessage], Any] | None = None
         self._eof = False
         self._error: BaseException | None = None
@@ -196,9 +196,12 @@ class Transient:
         self._wake()
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        # Every receiver waiting wakes and re-checks: concurrent receive() calls each get a
+        # message or keep waiting, none is forgotten.
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def set_callback(self, callback: Callable[[InMessage], Any] | None) -> None:
         self._callback = callback
@@ -214,11 +217,13 @@ class Transient:
                     from self._error
             if self._eof:
                 raise ConnectionClosedError(f"the peer closed the {self.stack} carrier")
-            self._waiter = self.loop.create_future()
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._waiters.append(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         msg = self._inbox.popleft()
         if self._reading_paused and len(self._inbox) < _RECV_LOW and self.transport is not None:
             self._reading_paused = False
@@ -228,14 +233,18 @@ class Transient:
     # ---- send side ------------------------------------------------------------------------
 
     def submit(self, message: OutMessage, on_sent: Any = None, on_acked: Any = None,
-               on_expired: Any = None) -> None:
+               on_expired: Any = None, *, queued_at: float | None = None) -> None:
+        """Queue a message; its lifetime counts from `queued_at` (when send_msg() was called,
+        before any backpressure wait), else from now."""
         if self._error is not None or (self.transport is not None and
                                        self.transport.is_closing()) or self.closed.done():
             raise ConnectionClosedError(f"cannot send: the {self.stack} carrier is closed")
-        if len(message.data) > self.max_size:
+        limit = min(self.max_size, self.framer.max_size)
+        if len(message.data) > limit:
             raise MessageTooLargeError(f"message of {len(message.data)} bytes is over "
-                                       f"message.maxSize ({self.max_size})")
-        deadline = None if message.lifetime is None else self.loop.time() + message.lifetime
+                                       f"message.maxSize ({limit})")
+        start = self.loop.time() if queued_at is None else queued_at
+        deadline = None if message.lifetime is None else start + message.lifetime
         self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
         self._schedule_pump()
 

@@ -160,8 +160,8 @@ class UdpListening(asyncio.DatagramProtocol):
         self.peers: dict[tuple[str, int], DatagramTransient] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # (Python 3.11's selector datagram transport does not subclass DatagramTransport.)
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         peer = (addr[0], addr[1])
