@@ -205,7 +205,10 @@ def _listen_stacks(decision: Decision, secure_ok: bool) -> list[str]:
         order = [s for s in order if "mptcp" not in s]
     chosen = [s for s in order if s in allowed and (secure_ok or s not in ("tls", "tls-mptcp"))]
     out = chosen[:1]
-    if "udp" in allowed:
+    # UDP port: QUIC when we have a certificate for it, else plain UDP.
+    if secure_ok and "quic" in allowed:
+        out.append("quic")
+    elif "udp" in allowed:
         out.append("udp")
     return out
 

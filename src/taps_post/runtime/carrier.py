@@ -175,8 +175,14 @@ class Carrier:
         return reader, asyncio.StreamWriter(t.transport, protocol, reader, loop)
 
     async def fork(self) -> Carrier:
-        """A new carrier to the same Remote on the same Association (TCP: a new connection;
-        the peer's Listener receives it)."""
+        """A new carrier to the same Remote on the same Association. QUIC: a new stream on the
+        same connection, which the peer's `accept()` callback receives; TCP, TLS and UDP: a
+        new connection, which the peer's Listener receives."""
+        session = getattr(self._transient, "session", None)
+        if session is not None:
+            if not session.is_open:
+                raise ConnectionClosedError("the QUIC connection of this carrier is closed")
+            return self._sibling(session.new_stream())
         if self._opener is None:
             raise RuntimeError("this carrier was accepted by a Listener; fork from the "
                                "initiating side")
@@ -187,6 +193,14 @@ class Carrier:
         """Receive carriers the peer forks onto this connection. On TCP, TLS and UDP forks are
         new connections and arrive at the Listener instead; QUIC delivers them here."""
         self._accept = callback
+        session = getattr(self._transient, "session", None)
+        if session is not None:
+            session.accept_callback = lambda t: callback(self._sibling(t))
+
+    def _sibling(self, transient: Transient) -> Carrier:
+        return Carrier(transient, decision=self._decision, association=self._association,
+                       candidate=self._candidate, remote=self._remote, local=self._local,
+                       policy=self._policy, framer=self._framer, opener=self._opener)
 
     async def activate(self) -> None:
         """Re-establish a dormant carrier: a new race, ranked with the Association's history."""

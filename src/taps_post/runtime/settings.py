@@ -27,6 +27,7 @@ class Settings:
     session_cache: bool
     alpn: tuple[str, ...]
     zero_rtt: bool
+    per_msg_reliability: bool = False
 
     @classmethod
     def from_decision(cls, d: Decision) -> Settings:
@@ -40,6 +41,7 @@ class Settings:
             session_cache=bool(d.value("security.sessionCache")),
             alpn=tuple(alpn) if alpn else (),
             zero_rtt=d.value("zeroRttMsg") not in (Pref.PROHIBIT, Pref.AVOID),
+            per_msg_reliability=d.value("perMsgReliability") in (Pref.REQUIRE, Pref.PREFER),
         )
 
 

@@ -1,11 +1,12 @@
 """Protocol stacks behind one small interface (`base.Stack`); the registry is the only list.
 
-QUIC joins in its own module with one more line here.
+Each stack is one module and one line here.
 """
 
 from __future__ import annotations
 
 from .base import AttemptSpec, ListenSpec, Stack
+from .quic import QuicStack
 from .tcp import StreamStack
 from .udp import UdpStack
 
@@ -16,6 +17,7 @@ REGISTRY: dict[str, Stack] = {
     "tls": StreamStack("tls", secure=True, mptcp=False),
     "mptcp": StreamStack("mptcp", secure=False, mptcp=True),
     "tls-mptcp": StreamStack("tls-mptcp", secure=True, mptcp=True),
+    "quic": QuicStack(),
     "udp": UdpStack(),
 }
 

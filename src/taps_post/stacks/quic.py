@@ -1,0 +1,503 @@
+"""QUIC on aioquic: one Carrier per bidirectional stream, 0-RTT, DATAGRAM frames.
+
+Rule 1: aioquic's sans-I/O `QuicConnection` does the protocol; `QuicSession` (aioquic's own
+`QuicConnectionProtocol` pump) only routes its events to per-stream Transients. We do not
+reimplement QUIC or TLS.
+Rule 2: the wire format on a bidirectional stream is the Post-to-Post default, a 4-byte
+big-endian length prefix per message, so any QUIC peer can speak to a Carrier (docs/quic.md).
+Two additions never appear unless used: messages sent unreliably or immediately go as DATAGRAM
+frames (RFC 9221) when both sides negotiated them; a message with a lifetime under
+`perMsgReliability` rides its own unidirectional stream (8-byte owning stream id, then one
+framed message) so that expiring it resets that stream, not the carrier's.
+Rule 3: `on_sent` and `on_acked` read aioquic's own stream bookkeeping: the next offset to
+send and the start of the not-yet-acknowledged buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
+
+from ..runtime.messages import Pending
+from ..runtime.transient import Transient
+from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+
+__all__ = ["QuicSession", "QuicStack", "QuicStreamTransient"]
+
+_DATAGRAM_FRAME_SIZE = 65536
+_DATAGRAM_MAX_PAYLOAD = 1100
+"""Largest message we put in one DATAGRAM frame (it must fit one packet)."""
+_IDLE_CLOSE = 0.5
+"""Seconds a connection lingers after its last carrier closed (a fork may follow)."""
+_RESET_EXPIRED = 0x1  # application error code for a stream abandoned because of lifetime
+
+
+def _pems(certs: Any) -> bytes:
+    return "".join(c.cert_pem for c in certs).encode("ascii")
+
+
+def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
+    s = spec.settings
+    config = QuicConfiguration(is_client=True, alpn_protocols=list(s.alpn) or None,
+                               server_name=spec.host, max_datagram_frame_size=_DATAGRAM_FRAME_SIZE,
+                               idle_timeout=max(5.0, s.conn_timeout))
+    if s.verify_peer:
+        config.verify_mode = ssl.CERT_REQUIRED
+        if spec.pinned:
+            config.cadata = _pems(spec.pinned)
+        else:
+            config.load_verify_locations(cafile=ssl.get_default_verify_paths().cafile)
+    else:
+        config.verify_mode = ssl.CERT_NONE
+    for cert in spec.identity:
+        if cert.key_pem:
+            _load_identity(config, cert)
+            break
+    return config
+
+
+def _load_identity(config: QuicConfiguration, cert: Any) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    config.certificate = x509.load_pem_x509_certificate(cert.cert_pem.encode())
+    config.private_key = serialization.load_pem_private_key(cert.key_pem.encode(), None)
+
+
+class QuicStreamTransient(Transient):
+    """One bidirectional stream of a QuicSession: the Transient behind one Carrier."""
+
+    def __init__(self, session: QuicSession, stream_id: int, *, framer: Any,
+                 max_size: int, interface: str | None) -> None:
+        super().__init__(stack="quic", framer=framer, max_size=max_size, interface=interface)
+        self.session = session
+        self.stream_id = stream_id
+        self.transport = _StreamView(self)
+        self.local_address = session.local_address
+        self.remote_address = session.remote_address
+        self._offset = 0
+        self._uni: dict[int, tuple[Pending, int]] = {}
+        """Unidirectional streams carrying one expiring message each: stream id -> end."""
+        self._fin_sent = False
+
+    @property
+    def quic(self) -> QuicConnection:
+        return self.session._quic
+
+    # ---- sending ---------------------------------------------------------------------
+
+    def _write(self, ready: list[Pending]) -> None:
+        quic = self.quic
+        datagrams_ok = self.session.datagrams_negotiated
+        per_message = self.session.per_msg_reliability
+        for p in ready:
+            msg = p.message
+            if datagrams_ok and (not msg.reliable or msg.immediate) \
+                    and len(msg.data) <= _DATAGRAM_MAX_PAYLOAD:
+                quic.send_datagram_frame(msg.data)
+                self.session.after_transmit(functools.partial(self._fire, p.on_sent, p.message))
+                continue
+            frame = self.framer.encode(msg.data)
+            if per_message and msg.lifetime is not None and p.deadline is not None:
+                uni = quic.get_next_available_stream_id(is_unidirectional=True)
+                payload = struct.pack("!Q", self.stream_id) + frame
+                quic.send_stream_data(uni, payload, end_stream=True)
+                self._uni[uni] = (p, len(payload))
+                self.session.watch_deadline(p.deadline, functools.partial(self._expire_uni, uni))
+                continue
+            quic.send_stream_data(self.stream_id, frame)
+            self._offset += len(frame)
+            self._track(self._offset, p)
+        self.sent_any = True
+        self.session.transmit_soon()
+
+    def _expire_uni(self, uni: int) -> None:
+        entry = self._uni.get(uni)
+        if entry is None:
+            return
+        p, end = entry
+        stream = self.quic._streams.get(uni)
+        if stream is not None and stream.sender.next_offset >= end:
+            return  # fully sent in time: its fate is decided by the progress check
+        del self._uni[uni]
+        with contextlib.suppress(Exception):
+            self.quic.reset_stream(uni, _RESET_EXPIRED)
+        self._fire(p.on_expired, p.message)
+        self.session.transmit_soon()
+
+    def _check_progress(self) -> None:
+        self._progress_handle = None
+        stream = self.quic._streams.get(self.stream_id)
+        sent = stream.sender.next_offset if stream is not None else 0
+        acked = stream.sender._buffer_start if stream is not None else 0
+        while self._unsent and self._unsent[0][0] <= sent:
+            end, p = self._unsent.popleft()
+            self._fire(p.on_sent, p.message)
+            if p.on_acked is not None:
+                self._unacked.append((end, p))
+        while self._unacked and self._unacked[0][0] <= acked:
+            _end, p = self._unacked.popleft()
+            self._fire(p.on_acked, p.message)
+        for uni, (p, end) in list(self._uni.items()):
+            s = self.quic._streams.get(uni)
+            if s is None or s.sender.next_offset >= end:
+                del self._uni[uni]
+                self._fire(p.on_sent, p.message)
+
+    def _track(self, end: int, p: Pending) -> None:
+        if p.on_sent is not None or p.on_acked is not None:
+            self._unsent.append((end, p))
+
+    async def aclose(self) -> None:
+        while len(self._queue) and self.is_open:
+            before = self._queue.queued_bytes
+            self._schedule_pump()
+            await self._wait_drained()
+            if self._queue.queued_bytes == before:
+                for p in self._queue.drain_all():
+                    self._fire(p.on_expired, p.message)
+                break
+        if not self._fin_sent and self.session.is_open:
+            self._fin_sent = True
+            with contextlib.suppress(Exception):
+                self.quic.send_stream_data(self.stream_id, b"", end_stream=True)
+            self.session.transmit_soon()
+        self.session.stream_closed(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def abort(self) -> None:
+        if self.session.is_open and not self._fin_sent:
+            self._fin_sent = True
+            with contextlib.suppress(Exception):
+                self.quic.reset_stream(self.stream_id, 0)
+            self.session.transmit_soon()
+        self.session.stream_closed(self)
+        self._lost(None)
+
+    # ---- receiving -------------------------------------------------------------------
+
+    def on_data(self, data: bytes, end: bool, early: bool) -> None:
+        from ..runtime.framing import DeframingError
+
+        self.early = early
+        try:
+            messages = self.framer.feed(data)
+        except DeframingError as exc:
+            self.fail(exc)
+            return
+        self._deliver(messages)
+        if end:
+            self._eof = True
+            self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self.abort()
+
+
+class _StreamView:
+    """What Transient's generic code sees as `transport` for a QUIC stream."""
+
+    def __init__(self, owner: QuicStreamTransient) -> None:
+        self._owner = owner
+        self._closing: asyncio.Future[None] | None = None
+
+    def is_closing(self) -> bool:
+        return self._owner._fin_sent or not self._owner.session.is_open
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        session = self._owner.session
+        return {"peername": session.remote_address, "sockname": session.local_address,
+                "stream_id": self._owner.stream_id}.get(name, default)
+
+    def pause_reading(self) -> None:
+        return None  # QUIC flow control pushes back on the peer
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._closing = asyncio.ensure_future(self._owner.aclose())
+
+    def abort(self) -> None:
+        self._owner.abort()
+
+
+class QuicSession(QuicConnectionProtocol):
+    """One QUIC connection; bidirectional streams map to QuicStreamTransients."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
+                 framer: Callable[[], Any] | None = None, max_size: int = 16 << 20,
+                 interface: str | None = None,
+                 on_stream: Callable[[QuicStreamTransient], None] | None = None,
+                 per_msg_reliability: bool = False, allow_early: bool = True) -> None:
+        super().__init__(quic, stream_handler)
+        self.framer = framer
+        self.max_size = max_size
+        self.interface = interface
+        self.on_stream = on_stream
+        self.per_msg_reliability = per_msg_reliability
+        self.streams: dict[int, QuicStreamTransient] = {}
+        self.primary: QuicStreamTransient | None = None
+        self.handshake_done = False
+        self.early_data_accepted = False
+        self.session_resumed = False
+        self.is_open = True
+        self.local_address: tuple[str, int] | None = None
+        self.remote_address: tuple[str, int] | None = None
+        self._after: list[Callable[[], None]] = []
+        self._uni_in: dict[int, bytearray] = {}
+        self._idle: asyncio.TimerHandle | None = None
+        self._open_streams: set[int] = set()
+        self.accept_callback: Callable[[QuicStreamTransient], Any] | None = None
+        """Where streams the peer opens go once a carrier of this connection called accept()."""
+        if not allow_early:
+            # The server's policy avoids or prohibits zeroRttMsg: issue tickets that do not
+            # allow early data, so clients resume with a 1-RTT handshake.
+            initialize = quic._initialize
+
+            def no_early(peer_cid: bytes) -> None:
+                initialize(peer_cid)
+                quic.tls._max_early_data = None
+
+            quic._initialize = no_early  # type: ignore[method-assign]
+
+    @property
+    def datagrams_negotiated(self) -> bool:
+        return self._quic._remote_max_datagram_frame_size is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        local = transport.get_extra_info("sockname")
+        self.local_address = (local[0], local[1]) if local else None
+
+    def new_stream(self) -> QuicStreamTransient:
+        stream_id = self._quic.get_next_available_stream_id()
+        return self._attach(stream_id)
+
+    def _attach(self, stream_id: int) -> QuicStreamTransient:
+        assert self.framer is not None
+        t = QuicStreamTransient(self, stream_id, framer=self.framer(), max_size=self.max_size,
+                                interface=self.interface)
+        t.remote_address = self.remote_address
+        self.streams[stream_id] = t
+        self._open_streams.add(stream_id)
+        if self.primary is None:
+            self.primary = t
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        return t
+
+    def stream_closed(self, t: QuicStreamTransient) -> None:
+        self._open_streams.discard(t.stream_id)
+        if not self._open_streams and self.is_open and self._idle is None:
+            self._idle = self._loop.call_later(_IDLE_CLOSE, self._close_idle)
+
+    def _close_idle(self) -> None:
+        self._idle = None
+        if not self._open_streams and self.is_open:
+            self.close()
+
+    def transmit_soon(self) -> None:
+        self._transmit_soon()
+
+    def after_transmit(self, callback: Callable[[], None]) -> None:
+        self._after.append(callback)
+
+    def watch_deadline(self, when: float, callback: Callable[[], None]) -> None:
+        self._loop.call_at(when, callback)
+
+    def transmit(self) -> None:
+        super().transmit()
+        after, self._after = self._after, []
+        for cb in after:
+            cb()
+        for t in list(self.streams.values()):
+            if t._unsent or t._unacked or t._uni:
+                t._check_progress()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            self.handshake_done = True
+            self.early_data_accepted = event.early_data_accepted
+            self.session_resumed = event.session_resumed
+        elif isinstance(event, events.StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, events.DatagramFrameReceived):
+            target = self.primary
+            if target is not None:
+                target._deliver([event.data], self.remote_address)
+        elif isinstance(event, events.StreamReset):
+            self._uni_in.pop(event.stream_id, None)
+            t = self.streams.get(event.stream_id)
+            if t is not None:
+                t._eof = True
+                t._wake()
+        elif isinstance(event, events.ConnectionTerminated):
+            self.is_open = False
+            reason = ConnectionError(f"QUIC connection closed: {event.reason_phrase or 'closed'}"
+                                     f" (error {event.error_code})")
+            for t in list(self.streams.values()):
+                t._lost(None if event.error_code == 0 else reason)
+
+    def _stream_data(self, event: events.StreamDataReceived) -> None:
+        sid = event.stream_id
+        early = not self.handshake_done
+        if sid & 0x2:  # unidirectional: one expiring message for the carrier it names
+            buf = self._uni_in.setdefault(sid, bytearray())
+            buf += event.data
+            if event.end_stream:
+                data = bytes(self._uni_in.pop(sid))
+                if len(data) >= 8:
+                    (owner,) = struct.unpack("!Q", data[:8])
+                    t = self.streams.get(owner) or self.primary
+                    if t is not None:
+                        t.on_data(data[8:], False, early)
+            return
+        t = self.streams.get(sid)
+        if t is None:
+            t = self._attach(sid)
+            if self.on_stream is not None:
+                self.on_stream(t)
+            elif self.accept_callback is not None:
+                self.accept_callback(t)
+        t.on_data(event.data, event.end_stream, early)
+
+
+class QuicStack:
+    name = "quic"
+    ip_protocol = "udp"
+
+    async def connect(self, spec: AttemptSpec) -> QuicStreamTransient:
+        loop = asyncio.get_running_loop()
+        c = spec.candidate
+        config = client_configuration(spec)
+        ticket: SessionTicket | None = (spec.association.take_ticket("quic")
+                                        if spec.settings.session_cache else None)
+        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host:
+            config.session_ticket = ticket
+        association = spec.association
+
+        def keep(t: SessionTicket) -> None:
+            if spec.settings.session_cache:
+                association.add_ticket("quic", t)
+
+        quic = QuicConnection(configuration=config, session_ticket_handler=keep)
+        sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
+        session: QuicSession | None = None
+        try:
+            sock.setblocking(False)
+            bind_to_device(sock, c.interface)
+            sock.bind((c.local_address, 0))
+            started = loop.time()
+            per_msg = spec.settings.per_msg_reliability
+            _, proto = await loop.create_datagram_endpoint(
+                lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
+                                    interface=c.interface, per_msg_reliability=per_msg),
+                sock=sock)
+            session = proto
+            assert session is not None
+            session.remote_address = (c.remote_address, c.remote_port)
+            session.connect((c.remote_address, c.remote_port), transmit=False)
+            transient = session.new_stream()
+            early = spec.early
+            if early is not None and early.idempotent and config.session_ticket is not None \
+                    and spec.settings.zero_rtt:
+                transient.submit(early)  # rides in 0-RTT packets with the ClientHello
+                transient._pump()
+                transient.early_sent = True
+            session.transmit()
+            await session.wait_connected()
+            transient.rtt_ms = (loop.time() - started) * 1000.0
+            transient.established_ms = transient.rtt_ms
+            transient.session_reused = session.session_resumed
+            transient.early_in_syn = transient.early_sent and session.early_data_accepted
+            if transient.early_sent and not session.early_data_accepted:
+                # The server refused 0-RTT: aioquic retransmits the stream data in 1-RTT.
+                transient.early_in_syn = False
+            return transient
+        except BaseException:
+            if session is not None:
+                session.is_open = False
+                with contextlib.suppress(Exception):
+                    session.close()
+                if session._transport is not None:
+                    session._transport.close()
+            sock.close()
+            raise
+
+    async def listen(self, spec: ListenSpec) -> QuicListening:
+        loop = asyncio.get_running_loop()
+        config = QuicConfiguration(is_client=False, alpn_protocols=list(spec.settings.alpn)
+                                   or None, max_datagram_frame_size=_DATAGRAM_FRAME_SIZE)
+        for cert in spec.identity:
+            if cert.key_pem:
+                _load_identity(config, cert)
+                break
+        else:
+            raise ValueError("a QUIC listener needs a Local certificate with its private key")
+        tickets: dict[bytes, SessionTicket] = {}
+        settings = spec.settings
+
+        def on_stream(t: QuicStreamTransient) -> None:
+            session = t.session
+            if session.primary is t or session.accept_callback is None:
+                spec.on_transient(t)
+            else:
+                session.accept_callback(t)
+
+        def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
+            return QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
+                               interface=spec.interface, on_stream=on_stream,
+                               per_msg_reliability=settings.per_msg_reliability,
+                               allow_early=settings.zero_rtt)
+
+        sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sock.family == socket.AF_INET6 and spec.address == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            bind_to_device(sock, spec.interface)
+            sock.bind((spec.address, spec.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: QuicServer(configuration=config, create_protocol=create,
+                                   session_ticket_fetcher=lambda t: tickets.pop(t, None),
+                                   session_ticket_handler=lambda t: tickets.__setitem__(
+                                       t.ticket, t)),
+                sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return QuicListening(transport, sock.getsockname()[1])
+
+
+class QuicListening:
+    stack = "quic"
+
+    def __init__(self, transport: asyncio.BaseTransport, port: int) -> None:
+        self._transport = transport
+        self.port = port
+
+    async def aclose(self) -> None:
+        self._transport.close()
+
