@@ -40,12 +40,38 @@ async def _exchange(carrier: tp.Carrier) -> list[str]:
     return [*lines, f"callbacks: {', '.join(events)}"]
 
 
+async def _quic(port: int, cert: tp.certs.Certificate, policy: tp.PolicyContext) -> None:
+    """QUIC on the same port number: a fork onto a second stream, then 0-RTT on resumption."""
+    store = tp.AssociationStore()
+    remote = tp.Remote.parse(f"quic://127.0.0.1:{port}", certificates=[cert])
+    for attempt in (1, 2):
+        first = tp.OutMessage(b"GET /status", idempotent=True)
+        t0 = time.perf_counter()
+        carrier = await tp.initiate(remote, policy=policy, store=store, send=first)
+        ready_ms = (time.perf_counter() - t0) * 1000
+        reply = bytes(await carrier.receive())
+        reply_ms = (time.perf_counter() - t0) * 1000
+        t = carrier.transients[0]
+        _say(f"QUIC connection {attempt}: ready in {ready_ms:.1f} ms, first reply after "
+             f"{reply_ms:.1f} ms")
+        print(f"  session resumed: {t.session_reused}, first message in 0-RTT: "
+              f"{t.early_in_syn}")
+        print(f"  received: {reply!r}")
+        child = await carrier.fork()
+        await child.send(b"on a forked stream")
+        print(f"  fork (stream {getattr(child.transients[0], 'stream_id', '?')}): "
+              f"{bytes(await child.receive())!r}")
+        await child.close()
+        await carrier.close()
+
+
 async def main() -> int:
     cert = tp.certs.self_signed(["localhost", "127.0.0.1", "::1"])
     server_policy = tp.PolicyContext(system=[], app_name="demo-server")
 
     async def handler(msg: tp.InMessage, reply: tp.Reply) -> None:
-        await reply.send(b"ack " + bytes(msg))
+        early = b" (arrived as 0-RTT)" if msg.early else b""
+        await reply.send(b"ack " + bytes(msg) + early)
 
     # IPv4 only, so the client's first (IPv6) candidate is refused and the race moves on.
     responder = await tp.respond(tp.Local(address="127.0.0.1", port=0, certificates=[cert]),
@@ -86,6 +112,8 @@ async def main() -> int:
         _say("association after two connections")
         for e in assoc.history:
             print(f"  {e.stack} via {e.interface} to {e.address}: {e.outcome}, rtt {e.rtt_ms} ms")
+        if "quic" in responder.ports:
+            await _quic(responder.ports["quic"], cert, policy)
     finally:
         await responder.close()
     return 0

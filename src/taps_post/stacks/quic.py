@@ -267,6 +267,8 @@ class QuicSession(QuicConnectionProtocol):
         self._uni_in: dict[int, bytearray] = {}
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
+        self.owns_transport = False
+        """A client session owns its UDP socket; a server's sessions share the listener's."""
         self.accept_callback: Callable[[QuicStreamTransient], Any] | None = None
         """Where streams the peer opens go once a carrier of this connection called accept()."""
         if not allow_early:
@@ -327,6 +329,10 @@ class QuicSession(QuicConnectionProtocol):
         self._loop.call_at(when, callback)
 
     def transmit(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._stop_timer()
+            return
         super().transmit()
         after, self._after = self._after, []
         for cb in after:
@@ -334,6 +340,39 @@ class QuicSession(QuicConnectionProtocol):
         for t in list(self.streams.values()):
             if t._unsent or t._unacked or t._uni:
                 t._check_progress()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+
+    def _handle_timer(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            self._timer = None
+            return
+        super()._handle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        self._transport = None
+        if self.is_open:
+            self.is_open = False
+            for t in list(self.streams.values()):
+                t._lost(exc)
+
+    def shutdown(self) -> None:
+        """Close the connection now (CONNECTION_CLOSE to the peer) and stop all timers."""
+        if self.is_open:
+            with contextlib.suppress(Exception):
+                self.close()
+        self.is_open = False
+        self._stop_timer()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.owns_transport and self._transport is not None:
+            self._transport.close()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
@@ -358,6 +397,9 @@ class QuicSession(QuicConnectionProtocol):
                                      f" (error {event.error_code})")
             for t in list(self.streams.values()):
                 t._lost(None if event.error_code == 0 else reason)
+            if self.owns_transport and self._transport is not None:
+                # A client's socket is its own: release it with the connection.
+                self._loop.call_soon(self._transport.close)
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
@@ -416,6 +458,7 @@ class QuicStack:
                 sock=sock)
             session = proto
             assert session is not None
+            session.owns_transport = True
             session.remote_address = (c.remote_address, c.remote_port)
             session.connect((c.remote_address, c.remote_port), transmit=False)
             transient = session.new_stream()
@@ -437,11 +480,7 @@ class QuicStack:
             return transient
         except BaseException:
             if session is not None:
-                session.is_open = False
-                with contextlib.suppress(Exception):
-                    session.close()
-                if session._transport is not None:
-                    session._transport.close()
+                session.shutdown()
             sock.close()
             raise
 
@@ -479,7 +518,7 @@ class QuicStack:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             bind_to_device(sock, spec.interface)
             sock.bind((spec.address, spec.port))
-            transport, _ = await loop.create_datagram_endpoint(
+            transport, server = await loop.create_datagram_endpoint(
                 lambda: QuicServer(configuration=config, create_protocol=create,
                                    session_ticket_fetcher=lambda t: tickets.pop(t, None),
                                    session_ticket_handler=lambda t: tickets.__setitem__(
@@ -488,16 +527,23 @@ class QuicStack:
         except BaseException:
             sock.close()
             raise
-        return QuicListening(transport, sock.getsockname()[1])
+        return QuicListening(transport, server, sock.getsockname()[1])
 
 
 class QuicListening:
     stack = "quic"
 
-    def __init__(self, transport: asyncio.BaseTransport, port: int) -> None:
+    def __init__(self, transport: asyncio.BaseTransport, server: Any, port: int) -> None:
         self._transport = transport
+        self._server = server
         self.port = port
 
     async def aclose(self) -> None:
+        """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""
+        sessions = {id(p): p for p in self._server._protocols.values()}
+        for session in sessions.values():
+            if isinstance(session, QuicSession):
+                session.shutdown()
+        await asyncio.sleep(0)  # let the CONNECTION_CLOSE datagrams go out
         self._transport.close()
 
