@@ -329,11 +329,25 @@ class QuicSession(QuicConnectionProtocol):
         self._loop.call_at(when, callback)
 
     def transmit(self) -> None:
+        # aioquic's pump, except that a client's socket is connected (so the kernel reports
+        # ICMP errors to it) and must be given no address.
+        self._transmit_task = None
         transport = self._transport
         if transport is None or transport.is_closing():
             self._stop_timer()
             return
-        super().transmit()
+        for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+            if self.owns_transport:
+                transport.sendto(data)
+            else:
+                transport.sendto(data, addr)
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
         after, self._after = self._after, []
         for cb in after:
             cb()
@@ -352,6 +366,14 @@ class QuicSession(QuicConnectionProtocol):
             self._timer = None
             return
         super()._handle_timer()
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors: fatal during the handshake (port unreachable means nobody serves QUIC
+        there, so the race should move on now, not at connTimeout), soft afterwards."""
+        waiter = self._connected_waiter
+        if not self.handshake_done and waiter is not None and not waiter.done():
+            self._connected_waiter = None
+            waiter.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -450,6 +472,7 @@ class QuicStack:
             sock.setblocking(False)
             bind_to_device(sock, c.interface)
             sock.bind((c.local_address, 0))
+            sock.connect((c.remote_address, c.remote_port))
             started = loop.time()
             per_msg = spec.settings.per_msg_reliability
             _, proto = await loop.create_datagram_endpoint(
