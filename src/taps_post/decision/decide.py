@@ -47,6 +47,20 @@ class _Node:
     prefer: int = 0
     avoid: int = 0
 
+    def apply(self, pref: Pref, has: bool) -> str | None:
+        """One preference on this node: the exclusion outcome of a hard filter, or None
+        after counting a soft hit (RFC 9623: prohibit and require filter, prefer and avoid
+        only rank)."""
+        if has and pref is Pref.PROHIBIT:
+            return "prohibited"
+        if not has and pref is Pref.REQUIRE:
+            return "required_missing"
+        if has and pref is Pref.PREFER:
+            self.prefer += 1
+        elif has and pref is Pref.AVOID:
+            self.avoid += 1
+        return None
+
 
 def decide(request: Request, policy: PolicyContext, env: Environment) -> Decision:
     matched_rules = policy.matching(request)
@@ -184,22 +198,13 @@ def _judge_path(iface: Interface, effective: dict[str, Effective],
     node = _Node()
     for key in _path_keys(effective):
         eff = effective[key]
-        pref: Pref = eff.value
         has = _applies(key, iface)
-        if pref is Pref.PROHIBIT and has:
-            excluded.append(Exclusion.by(eff.statement, outcome="prohibited",
-                                         interface=iface.name,
-                                         detail=f"{iface.name} ({iface.type}) matches {key}"))
+        outcome = node.apply(eff.value, has)
+        if outcome is not None:
+            verb = "matches" if has else "is not"
+            excluded.append(Exclusion.by(eff.statement, outcome=outcome, interface=iface.name,
+                                         detail=f"{iface.name} ({iface.type}) {verb} {key}"))
             return None
-        if pref is Pref.REQUIRE and not has:
-            excluded.append(Exclusion.by(eff.statement, outcome="required_missing",
-                                         interface=iface.name,
-                                         detail=f"{iface.name} ({iface.type}) is not {key}"))
-            return None
-        if has and pref is Pref.PREFER:
-            node.prefer += 1
-        elif has and pref is Pref.AVOID:
-            node.avoid += 1
     max_cost = effective["maxCost"]
     if max_cost.value is not None and iface.cost > max_cost.value:
         excluded.append(Exclusion.by(max_cost.statement, outcome="over_cost",
@@ -228,20 +233,13 @@ def _judge_stack(stack: str, request: Request, effective: dict[str, Effective],
     keys = [*_PROTOCOL_PREFS, *(k for k in effective if k.startswith("stack."))]
     for key in keys:
         eff = effective[key]
-        pref: Pref = eff.value
         has = (key[6:] == stack) if key.startswith("stack.") else key in features
-        if pref is Pref.PROHIBIT and has:
-            excluded.append(Exclusion.by(eff.statement, outcome="prohibited", stack=stack,
-                                         detail=f"{stack} offers {key}"))
+        outcome = node.apply(eff.value, has)
+        if outcome is not None:
+            verb = "offers" if has else "lacks"
+            excluded.append(Exclusion.by(eff.statement, outcome=outcome, stack=stack,
+                                         detail=f"{stack} {verb} {key}"))
             return None
-        if pref is Pref.REQUIRE and not has:
-            excluded.append(Exclusion.by(eff.statement, outcome="required_missing", stack=stack,
-                                         detail=f"{stack} lacks {key}"))
-            return None
-        if has and pref is Pref.PREFER:
-            node.prefer += 1
-        elif has and pref is Pref.AVOID:
-            node.avoid += 1
     return node
 
 

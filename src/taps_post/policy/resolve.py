@@ -101,10 +101,11 @@ def show_value(value: Any) -> str:
 def _rank(spec: PropertySpec, s: Statement) -> tuple[Any, ...]:
     # Smallest wins: higher priority, higher specificity, stricter value, then names.
     strict = spec.strictness(s.value)
-    # The last keys only separate statements that agree on everything a person can see
-    # (same document name, rule id and value): enforced first, then a stable text order.
-    return (-s.priority, -s.specificity, (-strict[0], _neg(strict[1])), s.file, s.rule or "",
-            not s.enforce, repr(s.value), s.source or "")
+    # Between equal values an enforced statement is the stricter one: otherwise a file name
+    # could decide whether the layer's floor exists at all. Names, then a stable text order,
+    # only separate statements that agree on everything else.
+    return (-s.priority, -s.specificity, (-strict[0], _neg(strict[1])), not s.enforce, s.file,
+            s.rule or "", repr(s.value), s.source or "")
 
 
 def _neg(x: Any) -> Any:

@@ -81,5 +81,21 @@ def bind_to_device(sock: socket.socket, interface: str | None) -> None:
         return
 
 
+def bind_server(sock: socket.socket, address: str, port: int, interface: str | None) -> None:
+    """The one way every listening socket is bound: non-blocking, address reuse, dual-stack
+    on `::`, pinned to its interface when we may, then bound. A multicast `address` binds
+    the wildcard of its family (the group is joined separately)."""
+    import ipaddress
+
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sock.family == socket.AF_INET6 and address == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    bind_to_device(sock, interface)
+    if ipaddress.ip_address(address).is_multicast:
+        address = "::" if ":" in address else "0.0.0.0"
+    sock.bind((address, port))
+
+
 def family_of(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -33,7 +33,7 @@ from aioquic.tls import SessionTicket
 
 from ..runtime.messages import Pending
 from ..runtime.transient import Transient
-from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
 
 __all__ = ["QuicSession", "QuicStack", "QuicStreamTransient"]
 
@@ -535,12 +535,7 @@ class QuicStack:
 
         sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if sock.family == socket.AF_INET6 and spec.address == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            bind_to_device(sock, spec.interface)
-            sock.bind((spec.address, spec.port))
+            bind_server(sock, spec.address, spec.port, spec.interface)
             transport, server = await loop.create_datagram_endpoint(
                 lambda: QuicServer(configuration=config, create_protocol=create,
                                    session_ticket_fetcher=lambda t: tickets.pop(t, None),

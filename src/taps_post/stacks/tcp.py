@@ -21,7 +21,7 @@ from typing import Any
 
 from ..runtime.settings import client_tls_context, server_tls_context, verify_pins
 from ..runtime.transient import StreamTransient
-from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
 
 __all__ = ["StreamStack"]
 
@@ -191,11 +191,7 @@ class StreamStack:
         loop = asyncio.get_running_loop()
         sock = self._socket(spec.address, fallback=True)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if sock.family == socket.AF_INET6 and spec.address == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            bind_to_device(sock, spec.interface)
-            sock.bind((spec.address, spec.port))
+            bind_server(sock, spec.address, spec.port, spec.interface)
             if spec.settings.zero_rtt and not self.secure:
                 # Accept data in SYNs (TCP Fast Open) where the namespace's sysctl allows.
                 with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from ..runtime.transient import DatagramTransient
-from .base import AttemptSpec, ListenSpec, bind_to_device, family_of
+from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
 
 __all__ = ["UdpStack"]
 
@@ -50,13 +50,7 @@ class UdpStack:
         group = _multicast(addr)
         sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if sock.family == socket.AF_INET6 and addr == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            bind_to_device(sock, spec.interface)
-            sock.bind((addr if group is None else ("::" if ":" in addr else "0.0.0.0"),
-                       spec.port))
+            bind_server(sock, addr, spec.port, spec.interface)
             if group is not None:
                 _join(sock, group, spec.interface)
             listening = UdpListening(spec, sock.getsockname()[1])
@@ -74,13 +68,7 @@ async def bind_sink(local: Any, settings: Any) -> DatagramTransient:
     group = _multicast(addr)
     sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
     try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if sock.family == socket.AF_INET6 and addr == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        bind_to_device(sock, local.interface)
-        sock.bind((addr if group is None else ("::" if ":" in addr else "0.0.0.0"),
-                   local.port))
+        bind_server(sock, addr, local.port, local.interface)
         if group is not None:
             _join(sock, group, local.interface)
         from ..runtime.framing import RawFramer
