@@ -26,6 +26,12 @@ a real path: SYN (d) + SYN-ACK (d) + data (d). What differs from a real path is 
 client's own connect() returns at once; anything the client waits for downstream of the
 server is timed faithfully. Server to client bytes are delayed by d. EOF follows the bytes
 (it rides the same delay line). Every relay socket has TCP_NODELAY.
+
+Timing: epoll waits in whole milliseconds, rounded up, so a plain asyncio timer fires up to
+~1 ms late on each hop (a 50 ms round trip measured ~51.2 ms). The relay therefore wakes 1.5 ms
+early and sleeps the rest off with time.sleep (blocking, fine in its own process; --coarse
+turns it off, and the in-process mode of bench/quic.py does not use it). What is left is the
+relay's own forwarding cost, about 0.2 ms per round trip; bench/quic.py measures and prints it.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 HOST = "127.0.0.1"
+_EARLY = 0.0015
+"""Seconds before an item's due time at which its timer wakes the relay (see DelayLine)."""
 
 __all__ = ["DelayLine", "Relay"]
 
@@ -50,8 +60,10 @@ __all__ = ["DelayLine", "Relay"]
 class DelayLine:
     """A FIFO that calls `emit(item)` for each item at its due time, in order, one timer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Callable[[Any], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Callable[[Any], None],
+                 precise: bool = True) -> None:
         self._loop = loop
+        self._early = _EARLY if precise else 0.0
         self._emit = emit
         self._items: collections.deque[tuple[float, Any]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -68,14 +80,24 @@ class DelayLine:
             self._arm()
 
     def _arm(self) -> None:
-        self._timer = self._loop.call_at(self._items[0][0], self._fire)
+        # epoll waits in whole milliseconds, rounded up, so an asyncio timer fires up to ~1 ms
+        # late. Wake up to _EARLY before the due time and sleep the rest off precisely (the
+        # relay runs in its own process; blocking it for under a millisecond is harmless).
+        self._timer = self._loop.call_at(self._items[0][0] - self._early, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        # asyncio runs a timer up to one clock resolution early; emit everything due by then.
-        now = self._loop.time() + self._loop._clock_resolution  # type: ignore[attr-defined]
         items = self._items
-        while items and items[0][0] <= now and not self.closed:
+        # Without precise timing, asyncio's own tolerance applies: a timer may run up to one
+        # clock resolution early, so everything due by then goes.
+        slack = self._early or self._loop._clock_resolution  # type: ignore[attr-defined]
+        while items and not self.closed:
+            due = items[0][0]
+            wait = due - time.monotonic()  # the loop's clock (asyncio uses time.monotonic)
+            if wait > slack:
+                break  # not yet: re-arm
+            if wait > 0 and self._early:
+                time.sleep(wait)
             self._emit(items.popleft()[1])
         if items and not self.closed:
             self._arm()
@@ -104,8 +126,8 @@ class _UdpUpstream(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        self.up = DelayLine(loop, self._send_up)
-        self.down = DelayLine(loop, self._send_down)
+        self.up = DelayLine(loop, self._send_up, self.front.precise)
+        self.down = DelayLine(loop, self._send_down, self.front.precise)
 
     def _send_up(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -134,10 +156,11 @@ class _UdpUpstream(asyncio.DatagramProtocol):
 class _UdpFront(asyncio.DatagramProtocol):
     """The relay's listening UDP socket; one _UdpUpstream per client address."""
 
-    def __init__(self, target: tuple[str, int], delay: float) -> None:
+    def __init__(self, target: tuple[str, int], delay: float, precise: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.delay = delay
+        self.precise = precise
         self.transport: asyncio.DatagramTransport | None = None
         self.flows: dict[tuple[str, int], _UdpUpstream] = {}
         self._pending: dict[tuple[str, int], list[tuple[float, bytes]]] = {}
@@ -232,8 +255,8 @@ class _TcpFlow:
         d = relay.delay
         # Client bytes count as sent no earlier than the emulated SYN-ACK's arrival (+2d).
         self.not_before = self.accepted + (2 * d if relay.emulate_syn else 0.0)
-        self.up = DelayLine(self.loop, self._to_server)
-        self.down = DelayLine(self.loop, client.write)
+        self.up = DelayLine(self.loop, self._to_server, relay.precise)
+        self.down = DelayLine(self.loop, client.write, relay.precise)
         self._up_early: list[Any] = []
         self._lost: set[str] = set()
         self.closed = False
@@ -309,10 +332,12 @@ class _TcpClientSide(_TcpSide):
 
 
 class _TcpFront:
-    def __init__(self, target: tuple[str, int], delay: float, emulate_syn: bool) -> None:
+    def __init__(self, target: tuple[str, int], delay: float, emulate_syn: bool,
+                 precise: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.delay = delay
+        self.precise = precise
         self.emulate_syn = emulate_syn
         self.flows: list[_TcpFlow] = []
         self.server: asyncio.Server | None = None
@@ -343,19 +368,23 @@ class Relay:
 
     @classmethod
     async def start(cls, *, one_way_ms: float, udp: Sequence[int] = (),
-                    tcp: Sequence[int] = (), emulate_syn: bool = True) -> Relay:
+                    tcp: Sequence[int] = (), emulate_syn: bool = True,
+                    precise: bool = True) -> Relay:
+        """Start forwarders. `precise` sleeps off the last ~1.5 ms before each due time
+        (blocking): right for a relay process, wrong for a relay sharing the measured loop."""
         loop = asyncio.get_running_loop()
         relay = cls(one_way_ms / 1000.0)
         for port in udp:
-            transport, front = await loop.create_datagram_endpoint(
-                lambda p=port: _UdpFront((HOST, p), relay.delay), local_addr=(HOST, 0))
-            relay._fronts.append(front)
+            udp_front = _UdpFront((HOST, port), relay.delay, precise)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda f=udp_front: f, local_addr=(HOST, 0))  # type: ignore[misc]
+            relay._fronts.append(udp_front)
             relay.udp[port] = transport.get_extra_info("sockname")[1]
         for port in tcp:
-            front = _TcpFront((HOST, port), relay.delay, emulate_syn)
-            front.server = await loop.create_server(front.protocol, HOST, 0)
-            relay._fronts.append(front)
-            relay.tcp[port] = front.server.sockets[0].getsockname()[1]
+            tcp_front = _TcpFront((HOST, port), relay.delay, emulate_syn, precise)
+            tcp_front.server = await loop.create_server(tcp_front.protocol, HOST, 0)
+            relay._fronts.append(tcp_front)
+            relay.tcp[port] = tcp_front.server.sockets[0].getsockname()[1]
         return relay
 
     def close(self) -> None:
@@ -366,23 +395,30 @@ class Relay:
 
 async def _main(args: argparse.Namespace) -> None:
     relay = await Relay.start(one_way_ms=args.one_way_ms, udp=args.udp, tcp=args.tcp,
-                              emulate_syn=not args.no_syn_emulation)
+                              emulate_syn=not args.no_syn_emulation,
+                              precise=not args.coarse)
     print(json.dumps({"udp": {str(k): v for k, v in relay.udp.items()},
                       "tcp": {str(k): v for k, v in relay.tcp.items()},
                       "one_way_ms": args.one_way_ms, "pid": os.getpid()}), flush=True)
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    stop: asyncio.Future[None] = loop.create_future()
 
-    def stdin_closed() -> None:
-        if not sys.stdin.buffer.read1(4096) and not stop.done():  # EOF: the parent is gone
+    def finish() -> None:
+        if not stop.done():
             stop.set_result(None)
 
-    loop.add_reader(sys.stdin.fileno(), stdin_closed)
+    def watch_stdin() -> None:  # a thread: stdin may be a file, which epoll refuses
+        with contextlib.suppress(OSError, ValueError):
+            while os.read(sys.stdin.fileno(), 65536):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(finish)  # EOF: the parent is gone
+
+    loop.add_signal_handler(signal.SIGTERM, finish)
+    threading.Thread(target=watch_stdin, name="relay-stdin", daemon=True).start()
     try:
         await stop
     finally:
-        loop.remove_reader(sys.stdin.fileno())
         relay.close()
 
 
@@ -396,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a 127.0.0.1 TCP target port to relay (repeatable)")
     ap.add_argument("--no-syn-emulation", action="store_true",
                     help="TCP: do not emulate the handshake's round trip (see the docstring)")
+    ap.add_argument("--coarse", action="store_true",
+                    help="plain asyncio timers (up to ~1 ms late per hop) instead of sleeping "
+                         "off the last 1.5 ms before each due time")
     args = ap.parse_args(argv)
     if not args.udp and not args.tcp:
         ap.error("give at least one --udp or --tcp target port")

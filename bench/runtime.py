@@ -48,15 +48,17 @@ import cProfile
 import datetime
 import gc
 import io
+import json
 import os
 import platform
 import pstats
 import ssl
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -385,7 +387,7 @@ async def bench_stream(args: argparse.Namespace, ctx: tp.PolicyContext, key: str
         n, size, drain_every = args.big_messages, BIG, 1
         row = Row("big", "1 MiB messages, throughput", "MB/s", True, 0.9)
     client, server, listener = await _our_pair(ctx)
-    cr, cw, (sr, sw), raw_server = await _raw_pair()
+    _cr, cw, (sr, sw), raw_server = await _raw_pair()
     warm = max(1, n // 20)
     try:
         await _ours_stream(client, server, warm, size)
@@ -496,22 +498,22 @@ async def bench_rtt(args: argparse.Namespace, ctx: tp.PolicyContext) -> Row:
 # ---- profiling -----------------------------------------------------------------------------
 
 
-async def profile(args: argparse.Namespace, ctx: tp.PolicyContext, which: list[str],
+async def profile(args: argparse.Namespace, ctx: tp.PolicyContext, which: Sequence[str],
                   top: int) -> str:
     out = io.StringIO()
     for key in which:
         prof = cProfile.Profile()
         if key == "connect":
-            server = await asyncio.start_server(_sink, HOST, 0)
-            target = f"tcp://{HOST}:{server.sockets[0].getsockname()[1]}"
+            sink = await asyncio.start_server(_sink, HOST, 0)
+            target = f"tcp://{HOST}:{sink.sockets[0].getsockname()[1]}"
             n = args.connects * 2
             prof.enable()
             for _ in range(n):
                 c = await tp.initiate(target, policy=ctx)
                 await c.close()
             prof.disable()
-            server.close()
-            await server.wait_closed()
+            sink.close()
+            await sink.wait_closed()
             what = f"{n} x initiate() + close()"
         elif key in ("small", "rtt"):
             client, server, listener = await _our_pair(ctx)
@@ -545,27 +547,18 @@ async def profile(args: argparse.Namespace, ctx: tp.PolicyContext, which: list[s
 ALL = ("connect", "tls", "small", "big", "rtt")
 
 
-async def run(args: argparse.Namespace) -> int:
-    ctx = tp.PolicyContext(system=[], app_name="bench")
+def _figures(args: argparse.Namespace) -> list[str]:
     only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else list(ALL)
     unknown = set(only) - set(ALL)
     if unknown:
         raise SystemExit(f"--only: unknown figure(s) {sorted(unknown)}; choose from {ALL}")
-    loop = asyncio.get_running_loop()
-    selector = type(getattr(loop, "_selector", None)).__name__
-    print(f"  loopback {HOST}, {type(loop).__name__} ({selector}), GC on, "
-          f"{args.rounds} rounds")
-    server = await asyncio.start_server(_sink, HOST, 0)
-    probe = await tp.initiate(f"tcp://{HOST}:{server.sockets[0].getsockname()[1]}", policy=ctx)
-    d = probe.explanation
-    assert probe.candidate is not None
-    print(f"  decision for tcp://{HOST}:PORT: outcome {d.outcome}, {len(d.candidates)} "
-          f"candidate(s), winner {probe.stack} on {probe.candidate.interface}")
-    await probe.close()
-    server.close()
-    await server.wait_closed()
+    return only
+
+
+async def measure(args: argparse.Namespace, only: list[str]) -> list[Row]:
+    """Measure `only` in this process (the figures' rows, printed as they come)."""
+    ctx = tp.PolicyContext(system=[], app_name="bench")
     rows: list[Row] = []
-    started = clock()
     for key in only:
         if key == "connect":
             new = await bench_connect(args, ctx)
@@ -575,9 +568,64 @@ async def run(args: argparse.Namespace) -> int:
             new = [await bench_stream(args, ctx, key)]
         else:
             new = [await bench_rtt(args, ctx)]
-        for row in new:
-            row.print()
+        if not args.child:
+            for row in new:
+                row.print()
         rows += new
+    return rows
+
+
+def isolated(args: argparse.Namespace, key: str) -> list[Row]:
+    """One figure group in a fresh interpreter: the allocator and GC state one figure leaves
+    behind (glibc's mmap threshold moves with what was freed) must not tilt the next one."""
+    argv = [sys.executable, __file__, "--child", "--only", key]
+    for name in ("rounds", "connects", "tls_connects", "messages", "big_messages", "rtts",
+                 "drain_every"):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    marker = [ln for ln in done.stdout.splitlines() if ln.startswith(_CHILD_MARK)]
+    if done.returncode != 0 or not marker:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise RuntimeError(f"the child measuring {key!r} failed (exit {done.returncode})")
+    rows = [Row(**r) for r in json.loads(marker[-1][len(_CHILD_MARK):])]
+    for row in rows:
+        row.print()
+    return rows
+
+
+_CHILD_MARK = "ROWS-JSON "
+
+
+async def probe(ctx: tp.PolicyContext) -> None:
+    loop = asyncio.get_running_loop()
+    selector = type(getattr(loop, "_selector", None)).__name__
+    server = await asyncio.start_server(_sink, HOST, 0)
+    c = await tp.initiate(f"tcp://{HOST}:{server.sockets[0].getsockname()[1]}", policy=ctx)
+    d = c.explanation
+    assert d is not None and c.candidate is not None
+    print(f"  loopback {HOST}, {type(loop).__name__} ({selector}), GC on; decision for "
+          f"tcp://{HOST}:PORT: {d.outcome}, {len(d.candidates)} candidate(s), winner "
+          f"{c.stack} on {c.candidate.interface}")
+    await c.close()
+    server.close()
+    await server.wait_closed()
+
+
+def run(args: argparse.Namespace) -> int:
+    only = _figures(args)
+    if args.child:
+        rows = asyncio.run(measure(args, only))
+        print(_CHILD_MARK + json.dumps([asdict(r) for r in rows]))
+        return 0
+    asyncio.run(probe(tp.PolicyContext(system=[], app_name="bench")))
+    how = ("each figure group in the same process" if args.in_process
+           else "each figure group in a fresh child interpreter")
+    print(f"  {args.rounds} rounds; {how}")
+    started = clock()
+    if args.in_process:
+        rows = asyncio.run(measure(args, only))
+    else:
+        rows = [row for key in only for row in isolated(args, key)]
     print(f"\n(measured in {clock() - started:.0f} s; load average now {_loadavg()})")
     print("\nsummary (markdown; each cell: median (p10–p90) over rounds; ratio = ours/raw "
           "medians (per-round paired p10–p90)):\n")
@@ -587,7 +635,8 @@ async def run(args: argparse.Namespace) -> int:
         print(row.markdown())
     if args.profile:
         which = [k for k in ("connect", "small", "rtt") if k in only] or ["small", "rtt"]
-        print("\n" + await profile(args, ctx, which, args.top))
+        ctx = tp.PolicyContext(system=[], app_name="bench")
+        print("\n" + asyncio.run(profile(args, ctx, which, args.top)))
     return 0
 
 
@@ -618,17 +667,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile our side of connect, small and rtt")
     ap.add_argument("--top", type=int, default=25, help="profile rows to print (default 25)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure every figure in this process (default: one child per group)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.connects, args.tls_connects = 2, 30, 10
         args.messages, args.big_messages, args.rtts = 20_000, 16, 300
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
+    if args.child:
+        return run(args)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"taps_post runtime benchmark, {now}; python {platform.python_version()} "
           f"({platform.python_implementation()}) on {platform.system()} "
           f"{platform.release()}, {os.cpu_count()} CPUs, load average {_loadavg()}")
-    return asyncio.run(run(args))
+    return run(args)
 
 
 if __name__ == "__main__":

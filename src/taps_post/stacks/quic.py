@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import socket
 import ssl
@@ -91,6 +92,7 @@ class QuicStreamTransient(Transient):
         self._offset = 0
         self._uni: dict[int, tuple[Pending, int]] = {}
         """Unidirectional streams carrying one expiring message each: stream id -> end."""
+        self._uni_unacked: dict[int, tuple[Pending, int]] = {}
         self._fin_sent = False
 
     @property
@@ -156,6 +158,14 @@ class QuicStreamTransient(Transient):
             if s is None or s.sender.next_offset >= end:
                 del self._uni[uni]
                 self._fire(p.on_sent, p.message)
+                if p.on_acked is not None:
+                    self._uni_unacked[uni] = (p, end)
+        for uni, (p, end) in list(self._uni_unacked.items()):
+            s = self.quic._streams.get(uni)
+            # aioquic drops a send-only stream once all of it (FIN included) was acknowledged
+            if s is None or s.sender._buffer_start >= end:
+                del self._uni_unacked[uni]
+                self._fire(p.on_acked, p.message)
 
     def _track(self, end: int, p: Pending) -> None:
         if p.on_sent is not None or p.on_acked is not None:
@@ -267,6 +277,9 @@ class QuicSession(QuicConnectionProtocol):
         self._uni_in: dict[int, bytearray] = {}
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
+        self._next_bidi = 0
+        self._datagrams: list[bytes] = []
+        """DATAGRAM frames that arrived before any carrier of this connection existed."""
         self.owns_transport = False
         """A client session owns its UDP socket; a server's sessions share the listener's."""
         self.accept_callback: Callable[[QuicStreamTransient], Any] | None = None
@@ -292,7 +305,10 @@ class QuicSession(QuicConnectionProtocol):
         self.local_address = (local[0], local[1]) if local else None
 
     def new_stream(self) -> QuicStreamTransient:
-        stream_id = self._quic.get_next_available_stream_id()
+        # aioquic only advances its next stream id once data was sent on the stream, so two
+        # forks in a row would share one: keep our own high-water mark.
+        stream_id = max(self._quic.get_next_available_stream_id(), self._next_bidi)
+        self._next_bidi = stream_id + 4
         return self._attach(stream_id)
 
     def _attach(self, stream_id: int) -> QuicStreamTransient:
@@ -304,10 +320,21 @@ class QuicSession(QuicConnectionProtocol):
         self._open_streams.add(stream_id)
         if self.primary is None:
             self.primary = t
+        if self._datagrams:
+            pending, self._datagrams = self._datagrams, []
+            t._deliver(pending, self.remote_address)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         return t
+
+    def _datagram_target(self) -> QuicStreamTransient | None:
+        """The first carrier of the connection while it is open, else the oldest open one."""
+        if self.primary is not None and self.primary.stream_id in self._open_streams:
+            return self.primary
+        for sid in sorted(self._open_streams):
+            return self.streams[sid]
+        return None
 
     def stream_closed(self, t: QuicStreamTransient) -> None:
         self._open_streams.discard(t.stream_id)
@@ -352,7 +379,7 @@ class QuicSession(QuicConnectionProtocol):
         for cb in after:
             cb()
         for t in list(self.streams.values()):
-            if t._unsent or t._unacked or t._uni:
+            if t._unsent or t._unacked or t._uni or t._uni_unacked:
                 t._check_progress()
 
     def _stop_timer(self) -> None:
@@ -393,6 +420,8 @@ class QuicSession(QuicConnectionProtocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        for t in list(self.streams.values()):
+            t._lost(None)
         if self.owns_transport and self._transport is not None:
             self._transport.close()
 
@@ -404,8 +433,10 @@ class QuicSession(QuicConnectionProtocol):
         elif isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, events.DatagramFrameReceived):
-            target = self.primary
-            if target is not None:
+            target = self._datagram_target()
+            if target is None:
+                self._datagrams.append(event.data)  # DATAGRAMs may overtake the first stream
+            else:
                 target._deliver([event.data], self.remote_address)
         elif isinstance(event, events.StreamReset):
             self._uni_in.pop(event.stream_id, None)
@@ -483,12 +514,17 @@ class QuicStack:
             assert session is not None
             session.owns_transport = True
             session.remote_address = (c.remote_address, c.remote_port)
-            session.connect((c.remote_address, c.remote_port), transmit=False)
+            # aioquic matches network paths on the exact tuple the socket reports: a 4-tuple
+            # for IPv6.
+            peer: Any = ((c.remote_address, c.remote_port, 0, 0) if ":" in c.remote_address
+                         else (c.remote_address, c.remote_port))
+            session.connect(peer, transmit=False)
             transient = session.new_stream()
             early = spec.early
             if early is not None and early.idempotent and config.session_ticket is not None \
                     and spec.settings.zero_rtt:
-                transient.submit(early)  # rides in 0-RTT packets with the ClientHello
+                # A copy: the caller's message must stay unsent if another attempt wins.
+                transient.submit(dataclasses.replace(early))  # 0-RTT, with the ClientHello
                 transient._pump()
                 transient.early_sent = True
             session.transmit()
