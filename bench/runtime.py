@@ -31,6 +31,10 @@ order flipped from round to round. Figures (wall time, time.perf_counter, GC on)
 - rtt: one 64-byte message in flight, echoed back: round-trip time. Ours: carrier on both
   sides (tp.listen); raw: streams on both sides with the same framing. Target: ratio <= 1.2.
 
+Each figure group (connect, tls, small, big, rtt) runs in a fresh child interpreter, so the
+allocator and GC state one figure leaves cannot tilt the next (the 1 MiB figure moves with
+glibc's dynamic mmap threshold); --in-process turns that off.
+
 Per round each side yields one figure (connect and rtt: the median of that round's samples;
 small and big: the round's rate). Printed: p10 / median / p90 over the rounds for ours and
 raw, the ratio of the two medians (the verdict uses it), and the range of the per-round

@@ -404,8 +404,10 @@ def test_enforced_statements_are_never_loosened(scn: dict[str, Any], data: st.Da
 
 def _rank(key: str, s: dict[str, Any], info: dict[tuple[str, str], dict[str, Any]]) -> tuple:
     r = info[(s["layer"], s["rule"])]
-    return (-r["priority"], -r["specificity"], -strictness(key, s["value"]), r["name"],
-            s["rule"])
+    # docs/conflict-resolution.md step 1: between equal values an enforced statement wins,
+    # before document name and rule id.
+    return (-r["priority"], -r["specificity"], -strictness(key, s["value"]), not r["enforce"],
+            r["name"], s["rule"])
 
 
 @SETTINGS

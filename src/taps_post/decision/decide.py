@@ -27,7 +27,7 @@ from ..policy.registry import (
     STACKS,
     Pref,
 )
-from ..policy.resolve import Effective, resolve
+from ..policy.resolve import Effective
 from .decision import Candidate, Decision, Exclusion, RankKey
 from .environment import Address, CacheEntry, Environment, Interface
 from .request import Request
@@ -64,8 +64,7 @@ class _Node:
 
 def decide(request: Request, policy: PolicyContext, env: Environment) -> Decision:
     matched_rules = policy.matching(request)
-    statements = [s for _f, r in matched_rules for s in r.statements]
-    effective, conflicts = resolve(statements, request.kind)
+    effective, conflicts, memo = policy.resolved(matched_rules, request.kind)
     matched = frozenset((f.source, r.id) for f, r in matched_rules)
     warnings = [str(w) for w in policy.warnings]
 
@@ -100,8 +99,15 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
 
     paths = [(iface, node) for iface in interfaces
              if (node := _judge_path(iface, effective, excluded)) is not None]
-    stacks = [(stack, node) for stack in STACKS
-              if (node := _judge_stack(stack, request, effective, excluded)) is not None]
+    judged = memo.get(request.scheme)
+    if judged is None:  # depends on the resolution and the scheme only: once per pair
+        stack_excluded: list[Exclusion] = []
+        judged = memo[request.scheme] = (
+            tuple((stack, node) for stack in STACKS
+                  if (node := _judge_stack(stack, request, effective, stack_excluded))
+                  is not None), tuple(stack_excluded))
+    stacks, stack_exclusions = judged
+    excluded.extend(stack_exclusions)
 
     temp_pref: Pref = effective["useTemporaryLocalAddress"].value
     temp_statement = effective["useTemporaryLocalAddress"].statement

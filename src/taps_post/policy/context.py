@@ -45,6 +45,7 @@ class PolicyContext:
         self.app_name = app_name
         self.files: tuple[PolicyFile, ...] = (
             layers["system"] + layers["app"] + layers["carrier"])
+        self._resolved: dict[tuple[Any, ...], Any] = {}
 
     def with_carrier(self, carrier: PolicySpec) -> PolicyContext:
         """A copy with one more carrier layer (per-call policy), the others shared."""
@@ -52,7 +53,24 @@ class PolicyContext:
         clone = object.__new__(PolicyContext)
         clone.app_name = self.app_name
         clone.files = self.files + extra
+        clone._resolved = {}
         return clone
+
+    def resolved(self, matched: list[tuple[PolicyFile, LoadedRule]], kind: str) -> Any:
+        """resolve() of the matched rules' statements, memoised: it depends only on which
+        of *this* context's rules matched (they live as long as the context) and the kind.
+        Returns the shared (effective, conflicts, memo) triple; callers must not mutate
+        `effective`; `memo` holds derived per-resolution results (decide's stack verdicts)."""
+        key = (kind, *(id(r) for _f, r in matched))
+        hit = self._resolved.get(key)
+        if hit is None:
+            from .resolve import resolve
+
+            effective, conflicts = resolve([s for _f, r in matched for s in r.statements], kind)
+            if len(self._resolved) >= 256:
+                self._resolved.clear()
+            hit = self._resolved[key] = (effective, tuple(conflicts), {})
+        return hit
 
     @property
     def warnings(self) -> list[Diagnostic]:

@@ -115,14 +115,20 @@ async def _establish(remote: Remote, local: Local | None, ctx: PolicyContext,
             from dataclasses import replace
 
             remote = replace(remote, addresses=tuple(known))
-    resolved = await remote.resolve()
-    request = resolved.request(app=ctx.app_name, kind=kind)
-    decision = decide(request, ctx, _environment(env, resolved, association))
-    if decision.outcome != "ok":
-        why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
-               else "every candidate was excluded")
-        raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
-    settings = Settings.from_decision(decision)
+    resolved = remote if remote.is_resolved else await remote.resolve()
+    plan = _plan(resolved, ctx, association, env, kind)
+    if plan is None:
+        request = resolved.request(app=ctx.app_name, kind=kind)
+        decision = decide(request, ctx, _environment(env, resolved, association))
+        if decision.outcome != "ok":
+            why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
+                   else "every candidate was excluded")
+            raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
+        settings = Settings.from_decision(decision)
+        if env is None:
+            _remember_plan(resolved, ctx, association, kind, decision, settings)
+    else:
+        decision, settings = plan
     association.session_cache = settings.session_cache
     factory = _framer_factory(framer, settings.max_size)
     candidates = _local_filter(decision.candidates, local)
@@ -166,6 +172,33 @@ async def _establish(remote: Remote, local: Local | None, ctx: PolicyContext,
         else:
             await carrier.send_msg(first)
     return carrier
+
+
+_PLAN_LIMIT = 64
+
+
+def _plan(resolved: Remote, ctx: PolicyContext, association: Association, env: EnvSpec,
+          kind: str) -> tuple[Decision, Settings] | None:
+    """The Decision decide() gave for exactly these inputs, if none changed since: the same
+    context (its files are immutable), target and addresses, the same live interface
+    snapshot (the very tuple object) and the same Association history entries."""
+    if env is not None:
+        return None
+    hit = association.plans.get((ctx, kind, resolved.target, resolved.addresses))
+    if hit is None:
+        return None
+    interfaces, history, decision, settings = hit
+    if interfaces is not live.cached_interfaces() or history != tuple(association.history):
+        return None
+    return decision, settings
+
+
+def _remember_plan(resolved: Remote, ctx: PolicyContext, association: Association, kind: str,
+                   decision: Decision, settings: Settings) -> None:
+    if len(association.plans) >= _PLAN_LIMIT:
+        association.plans.clear()
+    association.plans[(ctx, kind, resolved.target, resolved.addresses)] = (
+        live.cached_interfaces(), tuple(association.history), decision, settings)
 
 
 def _local_filter(candidates: tuple[Candidate, ...], local: Local | None) -> list[Candidate]:

@@ -36,14 +36,22 @@ class Association:
     session_cache: bool = True
     tls_contexts: dict[Any, Any] = field(default_factory=dict, repr=False)
     """SSLContexts by settings: a TLS session resumes only on the context that created it."""
+    plans: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """Decisions by (context, kind, target, addresses); valid while the history and the live
+    interfaces are unchanged (runtime.api._plan)."""
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
                interface: str | None = None, address: str | None = None) -> None:
         """Remember how an attempt went; the newest entry for (stack, interface, address)
         replaces older ones."""
-        entry = CacheEntry(self.remote, stack, outcome,
-                           round(rtt_ms, 3) if rtt_ms is not None else None,
-                           bool(self.tickets.get(stack)), interface, address)
+        rtt = round(rtt_ms, 3) if rtt_ms is not None else None
+        ticket = bool(self.tickets.get(stack))
+        for old in self.history:
+            if (old.stack, old.interface, old.address) == (stack, interface, address):
+                if (old.outcome, old.ticket) == (outcome, ticket) and _near(old.rtt_ms, rtt):
+                    return  # nothing a ranking would notice: keep the entry (and the plan)
+                break
+        entry = CacheEntry(self.remote, stack, outcome, rtt, ticket, interface, address)
         self.history = [e for e in self.history
                         if (e.stack, e.interface, e.address) != (stack, interface, address)
                         ][-_HISTORY_LIMIT:]
@@ -119,6 +127,13 @@ class AssociationStore:
         except (OSError, ValueError, TypeError):
             # A damaged cache only costs us history; never refuse to connect because of it.
             return
+
+
+def _near(old: float | None, new: float | None) -> bool:
+    """An RTT sample within 25 % (or 0.05 ms) of the stored one ranks the same."""
+    if old is None or new is None:
+        return old is new
+    return abs(new - old) <= max(0.25 * old, 0.05)
 
 
 def _entry(e: CacheEntry) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from ..errors import Attempt, ConnectionClosedError
 from .association import Association
 from .framing import Framer
 from .messages import InMessage, OutMessage
-from .transient import Transient
+from .transient import _SEND_HIGH, Transient
 
 if TYPE_CHECKING:
     from ..policy.context import PolicyContext
@@ -112,6 +112,12 @@ class Carrier:
 
     async def send(self, data: bytes) -> None:
         """Queue `data` as one message with default properties (waits under backpressure)."""
+        t = self._transient
+        if (t.accepts_plain and isinstance(data, bytes) and not self._streamed
+                and t._queue.queued_bytes <= _SEND_HIGH):
+            # The common case: no OutMessage, no coroutine below this one.
+            t.submit_data(data if type(data) is bytes else bytes(data))
+            return
         await self.send_msg(OutMessage(data))
 
     async def send_msg(self, message: OutMessage, *, on_sent: MessageCallback | None = None,
@@ -130,6 +136,12 @@ class Carrier:
 
     async def receive(self) -> InMessage:
         """The next message; ConnectionClosedError once the peer closed and all were read."""
+        t = self._transient
+        inbox = t._inbox
+        if inbox and not self._streamed:
+            if t._reading_paused:
+                return t.pop_message()
+            return inbox.popleft()
         return await self._check_messages().receive()
 
     def __aiter__(self) -> AsyncIterator[InMessage]:

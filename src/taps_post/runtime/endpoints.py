@@ -9,6 +9,7 @@ blocking call on the loop thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -18,6 +19,13 @@ from ..certs import Certificate
 from ..decision.request import Request, parse_target
 
 __all__ = ["Local", "Remote"]
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(target: str) -> Request:
+    """parse_target() is pure and Request is frozen: a process opening many carriers to
+    the same target parses it once."""
+    return parse_target(target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +58,10 @@ class Remote:
 
     @classmethod
     def parse(cls, target: str, *, certificates: Sequence[Certificate] = ()) -> Remote:
-        req = parse_target(target)
-        return cls(req.host, req.port, req.scheme, None, tuple(certificates))
+        req = _parse(target)
+        # An IP literal is its own resolution: resolve() then has nothing left to do.
+        return cls(req.host, req.port, req.scheme, (req.host,) if req.is_ip_literal else None,
+                   tuple(certificates))
 
     @classmethod
     def ip(cls, address: str, port: int, *, scheme: str = "hostport",

@@ -10,7 +10,9 @@ refused before we buffer it.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["DeframingError", "Framer", "LengthPrefixFramer", "LineFramer", "RawFramer"]
 
@@ -44,6 +46,9 @@ class Framer(Protocol):
         ...
 
 
+_LENGTH = struct.Struct(">I")
+
+
 class LengthPrefixFramer:
     """4-byte big-endian length, then the payload: the Post-to-Post default."""
 
@@ -61,22 +66,41 @@ class LengthPrefixFramer:
         return len(message).to_bytes(4, "big") + message
 
     def feed(self, data: bytes) -> list[bytes]:
+        return self.feed_with(data, bytes)
+
+    def feed_with(self, data: bytes, make: Callable[[memoryview], Any]) -> list[Any]:
+        """feed(), with each message built by `make(view)` straight from the received bytes
+        (one copy). Without a partial message buffered, `data` is parsed in place."""
         buf = self._buf
-        buf += data
-        out: list[bytes] = []
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data
+        end = len(src)
+        out: list[Any] = []
         pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            size = int.from_bytes(buf[pos : pos + 4], "big")
-            if size > self.max_size:
-                raise DeframingError(f"peer announced a {size}-byte message, over "
-                                     f"message.maxSize ({self.max_size})")
-            if end - pos - 4 < size:
-                break
-            out.append(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
-        if pos:
-            del buf[:pos]
+        if end >= 4:
+            append = out.append
+            unpack_from = _LENGTH.unpack_from
+            max_size = self.max_size
+            with memoryview(src) as mv:
+                while end - pos >= 4:
+                    (size,) = unpack_from(src, pos)
+                    if size > max_size:
+                        raise DeframingError(f"peer announced a {size}-byte message, over "
+                                             f"message.maxSize ({max_size})")
+                    if end - pos - 4 < size:
+                        break
+                    pos += 4
+                    append(make(mv[pos : pos + size]))
+                    pos += size
+                if src is data and pos < end:
+                    buf += mv[pos:]
+            if src is buf and pos:
+                del buf[:pos]  # keeps the buffer's capacity
+        elif src is data:
+            buf += data
         return out
 
     def buffered(self) -> bytes:

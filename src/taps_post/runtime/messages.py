@@ -8,6 +8,7 @@ Rule 2: a message leaves the queue exactly once: sent, or expired. Never both, n
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -57,17 +58,21 @@ class OutMessage:
 class InMessage(bytes):
     """A received message: the bytes themselves, plus where and how they arrived."""
 
-    carrier: Any
-    remote: tuple[str, int] | None
-    early: bool
+    carrier: Any = None
+    remote: tuple[str, int] | None = None
+    early: bool = False
     """Arrived as 0-RTT data (before the handshake completed)."""
 
-    def __new__(cls, data: bytes, *, carrier: Any = None, remote: tuple[str, int] | None = None,
+    def __new__(cls, data: Any, *, carrier: Any = None, remote: tuple[str, int] | None = None,
                 early: bool = False) -> InMessage:
+        # Class attributes hold the defaults: a stream message sets one attribute, not three.
         self = super().__new__(cls, data)
-        self.carrier = carrier
-        self.remote = remote
-        self.early = early
+        if carrier is not None:
+            self.carrier = carrier
+        if remote is not None:
+            self.remote = remote
+        if early:
+            self.early = early
         return self
 
 
@@ -101,9 +106,17 @@ class SendQueue:
         self.queued_bytes = 0
         self._arrivals = itertools.count()
         self._cascade_due = False
+        self._plain: collections.deque[tuple[int, bytes]] = collections.deque()
+        """(arrival, data) queued by push_data(): niceness 0, no lifetime, no antecedents,
+        no callbacks. FIFO, merged with the heap by (niceness, arrival) in pop_ready()."""
 
     def __len__(self) -> int:
-        return len(self._queued)
+        return len(self._queued) + len(self._plain)
+
+    def push_data(self, data: bytes) -> None:
+        """Queue bytes with default properties (no OutMessage, no Pending, no heap entry)."""
+        self._plain.append((next(self._arrivals), data))
+        self.queued_bytes += len(data)
 
     def push(self, pending: Pending) -> None:
         msg = pending.message
@@ -141,11 +154,23 @@ class SendQueue:
 
     def pop_ready(self, now: float,
                   limit: int | None = None) -> tuple[list[Pending], list[Pending]]:
-        """(messages to send now in order, messages that expired); both leave the queue."""
+        """(messages to send now in order, messages that expired); both leave the queue.
+        Ready items are Pending, or bytes for messages queued by push_data()."""
         expired = self.expire(now)
-        ready: list[Pending] = []
+        plain = self._plain
+        if plain and not self._heap and (limit is None or limit >= len(plain)):
+            fast = [d for _s, d in plain]
+            plain.clear()
+            self.queued_bytes -= sum(map(len, fast))
+            return fast, expired  # type: ignore[return-value]
+        ready: list[Any] = []
         held: list[tuple[tuple[int, int], Pending]] = []
-        while self._heap and (limit is None or len(ready) < limit):
+        while (self._heap or plain) and (limit is None or len(ready) < limit):
+            if plain and (not self._heap or (0, plain[0][0]) < self._heap[0][0]):
+                _s, d = plain.popleft()
+                self.queued_bytes -= len(d)
+                ready.append(d)
+                continue
             key, p = heapq.heappop(self._heap)
             if p.message.seq not in self._queued:
                 continue
@@ -166,6 +191,8 @@ class SendQueue:
         out = list(self._queued.values())
         for p in out:
             self._remove(p, expired=True)
+        self.queued_bytes -= sum(len(d) for _s, d in self._plain)
+        self._plain.clear()
         self._heap.clear()
         self._deadlines.clear()
         return out

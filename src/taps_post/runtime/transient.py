@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import functools
 import socket
 import struct
 import termios
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConnectionClosedError, MessageTooLargeError
-from .framing import DeframingError, Framer
+from .framing import _LENGTH, DeframingError, Framer, LengthPrefixFramer
 from .messages import InMessage, OutMessage, Pending, SendQueue
 
 __all__ = ["DatagramTransient", "StreamTransient", "Transient"]
@@ -37,6 +38,9 @@ _SEND_HIGH = 1 << 20
 _SEND_LOW = 1 << 18
 _TRANSPORT_HIGH = 1 << 18
 """asyncio's own buffer limit: small, so ordering decisions stay in our queue, not in a FIFO."""
+_OWN_WRITE = 1 << 16
+"""Frames this large get their own transport.write(): joining them would copy them again."""
+_new_message = functools.partial(bytes.__new__, InMessage)
 
 
 def _outq(sock: Any) -> int | None:
@@ -50,6 +54,9 @@ def _outq(sock: Any) -> int | None:
 
 class Transient:
     """State shared by stream and datagram transients: queue, pump, inbox, callbacks."""
+
+    accepts_plain = False
+    """True when _write() takes bytes items (SendQueue.push_data) as well as Pending."""
 
     stack: str
     interface: str | None
@@ -78,6 +85,8 @@ class Transient:
         self.early_in_syn = False
         """...and rode in the SYN: the peer acknowledged our TCP Fast Open data."""
         self.session_sink: Callable[[Any], None] | None = None
+        self.used_session: Any = None
+        """The TLS session this connection resumed with, never to be stored again."""
         # receive side
         self._inbox: collections.deque[InMessage] = collections.deque()
         self._waiters: list[asyncio.Future[None]] = []
@@ -89,6 +98,9 @@ class Transient:
         # send side
         self._queue = SendQueue()
         self._pump_handle: asyncio.Handle | None = None
+        self._direct = True
+        """May the next submit write at once (no pump pending, first write since the event
+        loop last called us)? Re-armed by the loop's callbacks: data received, pump, resume."""
         self._expiry_handle: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -99,6 +111,7 @@ class Transient:
         self._progress_delay = 0.001
         self.sent_any = False
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._close_waiters: list[asyncio.Future[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -119,6 +132,10 @@ class Transient:
             self._drained.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
+        for w in self._close_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._close_waiters.clear()
 
     def _cancel_timers(self) -> None:
         for h in (self._pump_handle, self._expiry_handle, self._progress_handle):
@@ -153,23 +170,34 @@ class Transient:
                     break
             if not self.transport.is_closing():
                 self.transport.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(self.closed), 5.0)
-            except TimeoutError:
-                self.transport.abort()
-                await self.closed
+            if not self.closed.done():
+                waiter = self.loop.create_future()  # private: cancelling the caller cancels
+                self._close_waiters.append(waiter)  # it, never `self.closed`
+                timer = self.loop.call_later(5.0, self.transport.abort)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+        if self.session_sink is not None:
+            self._capture_session()  # tickets read during the close (see above)
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
     def _capture_session(self) -> None:
-        # TLS 1.3 tickets arrive after the handshake, so look once data has flowed.
+        # TLS 1.3 tickets arrive after the handshake, so look once data has flowed. On a
+        # resumed connection the session starts out as the ticket just used: wait for a new
+        # one, since a ticket must serve one connection only.
         obj = self.transport.get_extra_info("ssl_object") if self.transport else None
         session = getattr(obj, "session", None)
-        if session is not None and session.has_ticket and self.session_sink is not None:
-            self.session_sink(session)
-            self.session_sink = None
+        if session is None or not session.has_ticket or self.session_sink is None:
+            return
+        if self.used_session is not None and session.id == self.used_session.id \
+                and session.time == self.used_session.time:
+            return
+        self.session_sink(session)
+        self.session_sink = None
 
     # ---- receive side ---------------------------------------------------------------------
 
@@ -188,8 +216,15 @@ class Transient:
             self._wake()
             return
         inbox = self._inbox
-        for m in messages:
-            inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
+        if remote is None and not early:
+            new = bytes.__new__  # InMessage(m, carrier=...) without the Python-level __new__
+            for m in messages:
+                msg = m if type(m) is InMessage else new(InMessage, m)
+                msg.carrier = carrier
+                inbox.append(msg)
+        else:
+            for m in messages:
+                inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
         if len(inbox) > _RECV_HIGH and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -224,6 +259,10 @@ class Transient:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+        return self.pop_message()
+
+    def pop_message(self) -> InMessage:
+        """The next inbox message (the caller checked there is one)."""
         msg = self._inbox.popleft()
         if self._reading_paused and len(self._inbox) < _RECV_LOW and self.transport is not None:
             self._reading_paused = False
@@ -243,10 +282,60 @@ class Transient:
         if len(message.data) > limit:
             raise MessageTooLargeError(f"message of {len(message.data)} bytes is over "
                                        f"message.maxSize ({limit})")
+        self._check_encodable(message.data)
         start = self.loop.time() if queued_at is None else queued_at
         deadline = None if message.lifetime is None else start + message.lifetime
         self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
-        self._schedule_pump()
+        if (message.niceness == 0 and not message.antecedents and on_sent is None
+                and on_acked is None and on_expired is None):
+            self._kick()  # nothing queued later can overtake (0, seq): writing now keeps order
+        else:
+            self._schedule_pump()  # callbacks run from the loop, never inside send_msg()
+
+    def submit_data(self, data: bytes) -> None:
+        """`send(data)` with default properties: no OutMessage, no Pending, no heap entry."""
+        t = self.transport
+        if t is None or self._error is not None or self.closed.done() or t.is_closing():
+            raise ConnectionClosedError(
+                "the carrier is dormant or closed; `await carrier.activate()` re-establishes it")
+        n = len(data)
+        if n > self.max_size or n > self.framer.max_size:
+            limit = min(self.max_size, self.framer.max_size)
+            raise MessageTooLargeError(f"message of {n} bytes is over message.maxSize ({limit})")
+        self._check_encodable(data)
+        q = self._queue
+        if self._direct and self._pump_handle is None and not self._writing_paused \
+                and not q.queued_bytes and not len(q) and type(self) is StreamTransient:
+            self._direct = False  # idle link: frame and write, no queue round trip
+            self._emit(self.framer.encode(data))
+            self.sent_any = True
+            return
+        q._plain.append((next(q._arrivals), data))  # SendQueue.push_data, inlined
+        q.queued_bytes += n
+        if self._pump_handle is None:
+            self._kick()
+
+    def _check_encodable(self, data: bytes) -> None:
+        """A framer that cannot carry a message (a line framer and a message containing its
+        delimiter) must refuse it to the sender, not lose it later inside the pump."""
+        if type(self.framer) is not LengthPrefixFramer and isinstance(self, StreamTransient):
+            self.framer.encode(data)
+
+    def _kick(self) -> None:
+        """Write now if the link is idle and this is the first write since the loop last ran
+        one of our callbacks (request/response: no extra loop iteration per message);
+        otherwise let the pump batch everything queued in this tick into one write."""
+        if self._pump_handle is not None or self.transport is None:
+            return
+        if self._direct and not self._writing_paused:
+            self._direct = False
+            self._pump()
+        else:
+            self._pump_handle = self.loop.call_soon(self._pump_soon)
+
+    def _pump_soon(self) -> None:
+        self._direct = True
+        self._pump()
 
     async def wait_writable(self) -> None:
         """Backpressure: return when the queue is below its high-water mark (or when what is
@@ -350,6 +439,7 @@ class Transient:
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._direct = True
         self._schedule_pump()
         if self._unsent and self._progress_handle is None:
             self._check_progress()
@@ -358,19 +448,22 @@ class Transient:
 class StreamTransient(Transient, asyncio.Protocol):
     """TCP, TLS and MPTCP: messages framed onto one byte stream."""
 
+    accepts_plain = True
+
     def __init__(self, *, stack: str, framer: Framer, max_size: int,
                  interface: str | None = None, secure: bool = False) -> None:
         super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
         self.secure = secure
         self.raw_socket: Any = None
         self.stream_protocol: asyncio.StreamReaderProtocol | None = None
+        self.nodelay_set = False
         self.on_connection: Callable[[StreamTransient], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
         self.raw_socket = sock
-        if sock is not None:
+        if sock is not None and not self.nodelay_set:
             # asyncio sets this only on sockets it created itself (DESIGN section 8).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -386,8 +479,11 @@ class StreamTransient(Transient, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session_sink is not None:
             self._capture_session()
+        self._direct = True
+        framer = self.framer
         try:
-            messages = self.framer.feed(data)
+            messages: Any = (framer.feed_with(data, _new_message)
+                             if type(framer) is LengthPrefixFramer else framer.feed(data))
         except DeframingError as exc:
             self.fail(MessageTooLargeError(str(exc)) if "maxSize" in str(exc) else exc)
             return
@@ -408,21 +504,31 @@ class StreamTransient(Transient, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(exc)
 
-    def _write(self, ready: list[Pending]) -> None:
+    def _write(self, ready: list[Any]) -> None:
         encode = self.framer.encode
+        # Length prefix: plain messages were size-checked at submit; the prefix and the payload
+        # go into the join as two items (no per-message concatenation).
+        pack = _LENGTH.pack if type(self.framer) is LengthPrefixFramer else None
         batch: list[bytes] = []
         offset = self._written
         for p in ready:
-            frame = encode(p.message.data)
-            if p.message.immediate:
+            plain = type(p) is bytes
+            if plain and pack is not None and len(p) < _OWN_WRITE:
+                batch.append(pack(len(p)))
+                batch.append(p)
+                offset += 4 + len(p)
+                continue
+            frame = encode(p if plain else p.message.data)
+            if len(frame) >= _OWN_WRITE or (not plain and p.message.immediate):
                 if batch:
-                    self._emit(b"".join(batch))
+                    self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
                     batch = []
                 self._emit(frame)
             else:
                 batch.append(frame)
             offset += len(frame)
-            self._track(offset, p)
+            if not plain:
+                self._track(offset, p)
         if batch:
             self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
         self.sent_any = True
@@ -447,6 +553,8 @@ class StreamTransient(Transient, asyncio.Protocol):
 class DatagramTransient(Transient, asyncio.DatagramProtocol):
     """UDP: one message per datagram; no ordering, no acknowledgement."""
 
+    accepts_plain = True
+
     def __init__(self, *, stack: str, framer: Framer, max_size: int,
                  interface: str | None = None, peer: tuple[str, int] | None = None) -> None:
         super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
@@ -462,6 +570,7 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
         self._schedule_pump()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._direct = True
         if self.on_datagram is not None and self.on_datagram(data, addr):
             return
         if len(data) > self.max_size:
@@ -475,12 +584,15 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(exc)
 
-    def _write(self, ready: list[Pending]) -> None:
+    def _write(self, ready: list[Any]) -> None:
         sendto = self.transport.sendto
         for p in ready:
+            plain = type(p) is bytes
+            data = p if plain else p.message.data
             if self.peer is not None and self.transport.get_extra_info("peername") is None:
-                sendto(p.message.data, self.peer)
+                sendto(data, self.peer)
             else:
-                sendto(p.message.data)
-            self._fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
+                sendto(data)
+            if not plain:
+                self._fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
         self.sent_any = True

@@ -26,8 +26,13 @@ from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_o
 __all__ = ["StreamStack"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
 _TCPI_OPT_SYN_DATA = 32
 """tcp_info.tcpi_options bit: the peer acknowledged the data in our SYN (Fast Open worked)."""
+
+
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
 
 
 def fastopen_enabled() -> bool:
@@ -139,7 +144,10 @@ class StreamStack:
         sock = self._socket(c.remote_address)
         transport: Any = None
         try:
-            bind_to_device(sock, c.interface)
+            if not _is_loopback(c.local_address):  # loopback routes only via lo anyway
+                bind_to_device(sock, c.interface)
+            with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((c.local_address, 0))
             started = loop.time()
             addr = (c.remote_address, c.remote_port)
@@ -160,6 +168,7 @@ class StreamStack:
             transient = StreamTransient(stack=self.name, framer=framer,
                                         max_size=spec.settings.max_size, interface=c.interface,
                                         secure=self.secure)
+            transient.nodelay_set = True  # _socket() did it; connection_made need not
             if spec.early is not None and early is None:
                 transient.early_sent = True
                 transient.early_in_syn = bool(in_syn) and syn_data_acked(sock)
@@ -168,6 +177,7 @@ class StreamStack:
                 ticket = (spec.association.take_ticket(self.name)
                           if spec.settings.session_cache else None)
                 tls = _ResumingContext(self._client_context(spec), ticket)
+                transient.used_session = ticket
             transport, _ = await loop.create_connection(
                 lambda: transient, sock=sock, ssl=tls,
                 server_hostname=spec.host if self.secure else None,
