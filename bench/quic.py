@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    PYTHONPATH=src .venv/bin/python bench/quic.py              # 7 rounds, about 2 minutes
-    PYTHONPATH=src .venv/bin/python bench/quic.py --quick      # smoke run, about 20 s
+    PYTHONPATH=src .venv/bin/python bench/quic.py              # 7 rounds, about 80 s
+    PYTHONPATH=src .venv/bin/python bench/quic.py --quick      # smoke run, about 15 s
     PYTHONPATH=src .venv/bin/python bench/quic.py --profile    # + cProfile of both sides
     PYTHONPATH=src .venv/bin/python bench/quic.py --only wan --rounds 5
 

@@ -55,6 +55,8 @@ class LengthPrefixFramer:
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
         self._buf = bytearray()
+        self._need = 0
+        """Buffered bytes needed before anything can complete (header, or header + body)."""
 
     def fresh(self) -> LengthPrefixFramer:
         return LengthPrefixFramer(self.max_size)
@@ -74,12 +76,15 @@ class LengthPrefixFramer:
         buf = self._buf
         if buf:
             buf += data
+            if len(buf) < self._need:  # inside a known message: nothing can complete yet
+                return []
             src: bytes | bytearray = buf
         else:
             src = data
         end = len(src)
         out: list[Any] = []
         pos = 0
+        need = 4
         if end >= 4:
             append = out.append
             unpack_from = _LENGTH.unpack_from
@@ -91,6 +96,7 @@ class LengthPrefixFramer:
                         raise DeframingError(f"peer announced a {size}-byte message, over "
                                              f"message.maxSize ({max_size})")
                     if end - pos - 4 < size:
+                        need = 4 + size
                         break
                     pos += 4
                     append(make(mv[pos : pos + size]))
@@ -101,12 +107,14 @@ class LengthPrefixFramer:
                 del buf[:pos]  # keeps the buffer's capacity
         elif src is data:
             buf += data
+        self._need = need
         return out
 
     def buffered(self) -> bytes:
         """Bytes received but not yet a message (handed over by `as_stream()`)."""
         out = bytes(self._buf)
         self._buf.clear()
+        self._need = 0
         return out
 
     def eof(self) -> list[bytes]:

@@ -128,6 +128,10 @@ async def race(
     return tuple(records[x.rank] for x in candidates)
 
 
+class _ConnTimeout(Exception):
+    """Our connTimeout fired (an attempt's own TimeoutError is just a failed attempt)."""
+
+
 async def _race_one(
     c: Candidate,
     attempt: Callable[[Candidate], Awaitable[Transient]],
@@ -153,11 +157,11 @@ async def _race_one(
             transient = await attempt(c)
         except asyncio.CancelledError:
             if fired and task.uncancel() == 0:
-                raise TimeoutError from None
+                raise _ConnTimeout from None
             raise
         finally:
             timer.cancel()
-    except TimeoutError:
+    except _ConnTimeout:
         elapsed = (loop.time() - started) * 1000.0
         if on_outcome is not None:
             on_outcome(c, None, elapsed)

@@ -32,6 +32,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
+from ..runtime.framing import DeframingError
 from ..runtime.messages import Pending
 from ..runtime.transient import Transient
 from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
@@ -118,6 +119,7 @@ class QuicStreamTransient(Transient):
                 payload = struct.pack("!Q", self.stream_id) + frame
                 quic.send_stream_data(uni, payload, end_stream=True)
                 self._uni[uni] = (p, len(payload))
+                self.session.tracking = True
                 self.session.watch_deadline(p.deadline, functools.partial(self._expire_uni, uni))
                 continue
             quic.send_stream_data(self.stream_id, frame)
@@ -170,6 +172,7 @@ class QuicStreamTransient(Transient):
     def _track(self, end: int, p: Pending) -> None:
         if p.on_sent is not None or p.on_acked is not None:
             self._unsent.append((end, p))
+            self.session.tracking = True
 
     async def aclose(self) -> None:
         while len(self._queue) and self.is_open:
@@ -201,8 +204,6 @@ class QuicStreamTransient(Transient):
     # ---- receiving -------------------------------------------------------------------
 
     def on_data(self, data: bytes, end: bool, early: bool) -> None:
-        from ..runtime.framing import DeframingError
-
         self.early = early
         try:
             messages = self.framer.feed(data)
@@ -274,6 +275,8 @@ class QuicSession(QuicConnectionProtocol):
         self.local_address: tuple[str, int] | None = None
         self.remote_address: tuple[str, int] | None = None
         self._after: list[Callable[[], None]] = []
+        self.tracking = False
+        """A stream has on_sent/on_acked bookkeeping pending: transmit() must check it."""
         self._uni_in: dict[int, bytearray] = {}
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
@@ -375,12 +378,19 @@ class QuicSession(QuicConnectionProtocol):
         if self._timer is None and timer_at is not None:
             self._timer = self._loop.call_at(timer_at, self._handle_timer)
         self._timer_at = timer_at
-        after, self._after = self._after, []
-        for cb in after:
-            cb()
-        for t in list(self.streams.values()):
-            if t._unsent or t._unacked or t._uni or t._uni_unacked:
-                t._check_progress()
+        after = self._after
+        if after:
+            self._after = []
+            for cb in after:
+                cb()
+        if self.tracking:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
+            pending = False
+            for t in list(self.streams.values()):
+                if t._unsent or t._unacked or t._uni or t._uni_unacked:
+                    t._check_progress()
+                    pending = pending or bool(t._unsent or t._unacked or t._uni
+                                              or t._uni_unacked)
+            self.tracking = pending
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
