@@ -38,6 +38,8 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/decide.py
 	$(PY) bench/cli_startup.py
+	$(PY) bench/runtime.py
+	$(PY) bench/quic.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
