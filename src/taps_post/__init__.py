@@ -86,7 +86,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'taps_post' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # loaded once: later lookups are plain module attributes
+    return value
 
 
 def __dir__() -> list[str]:

@@ -6,6 +6,7 @@ or snapshot) supplies its addresses.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -37,15 +38,21 @@ class Request:
 
     @property
     def is_ip_literal(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return _is_ip(self.host)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "app": self.app, "kind": self.kind, "host": self.host,
                 "port": self.port, "scheme": self.scheme}
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip(host: str) -> bool:
+    """Parsing an address costs microseconds; a process asks about the same hosts again."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _fail(target: str, message: str) -> InputError:

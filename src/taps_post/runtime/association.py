@@ -130,10 +130,11 @@ class AssociationStore:
 
 
 def _near(old: float | None, new: float | None) -> bool:
-    """An RTT sample within 25 % (or 0.05 ms) of the stored one ranks the same."""
+    """An RTT sample within 25 % (or 0.5 ms: below that it is scheduling noise) of the stored
+    one ranks the same."""
     if old is None or new is None:
         return old is new
-    return abs(new - old) <= max(0.25 * old, 0.05)
+    return abs(new - old) <= max(0.25 * old, 0.5)
 
 
 def _entry(e: CacheEntry) -> dict[str, Any]:
