@@ -11,7 +11,7 @@ from typing import Any
 
 from ..decision.environment import Interface
 from ..errors import Diagnostic, InputError
-from .load import LoadedRule, PolicyFile, PolicySpec, Statement, discover_system_sources, load_layer
+from .load import LoadedRule, PolicyFile, PolicySpec, discover_system_sources, load_layer
 from .match import Subject, glob_regex
 
 __all__ = ["PolicyContext"]
@@ -78,10 +78,6 @@ class PolicyContext:
 
     def matching(self, subject: Subject) -> list[tuple[PolicyFile, LoadedRule]]:
         return [(f, r) for f in self.files for r in f.rules if r.matcher.matches(subject)]
-
-    def statements(self, subject: Subject) -> list[Statement]:
-        return [s for f in self.files for r in f.rules if r.matcher.matches(subject)
-                for s in r.statements]
 
     def apply_interface_facts(self, interfaces: tuple[Interface, ...]) -> tuple[Interface, ...]:
         """System-layer `interfaces:` facts override discovered ones.

@@ -58,12 +58,20 @@ def _framer_factory(framer: FramerSpec, max_size: int) -> Callable[[], Framer]:
     return framer
 
 
-def _environment(env: EnvSpec, remote: Remote, association: Association) -> Environment:
+def _snapshot(env: EnvSpec) -> Environment | None:
+    """The caller's environment snapshot as an Environment (None: the live machine)."""
+    if env is None or isinstance(env, Environment):
+        return env
+    return load_environment(env)
+
+
+def _environment(snapshot: Environment | None, remote: Remote,
+                 association: Association) -> Environment:
     history = tuple(association.history)
-    if env is None:
+    if snapshot is None:
         return live.live_environment(remote.host, remote.port, history,
                                      addresses=remote.addresses)
-    base = env if isinstance(env, Environment) else load_environment(env)
+    base = snapshot
     from dataclasses import replace
 
     base = replace(base, cache=tuple(base.cache) + history)
@@ -106,10 +114,10 @@ async def initiate(
 async def _establish(remote: Remote, local: Local | None, ctx: PolicyContext,
                      framer: FramerSpec, association: Association, env: EnvSpec, *,
                      kind: str, first: OutMessage | None = None) -> Carrier:
-    if remote.addresses is None and env is not None:
+    snapshot = _snapshot(env)
+    if remote.addresses is None and snapshot is not None:
         # A snapshot that knows the name answers for it: a dry-run environment must not
         # depend on the machine's resolver.
-        snapshot = env if isinstance(env, Environment) else load_environment(env)
         known = snapshot.dns.get(remote.host.lower())
         if known:
             from dataclasses import replace
@@ -119,7 +127,7 @@ async def _establish(remote: Remote, local: Local | None, ctx: PolicyContext,
     plan = _plan(resolved, ctx, association, env, kind)
     if plan is None:
         request = resolved.request(app=ctx.app_name, kind=kind)
-        decision = decide(request, ctx, _environment(env, resolved, association))
+        decision = decide(request, ctx, _environment(snapshot, resolved, association))
         if decision.outcome != "ok":
             why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
                    else "every candidate was excluded")
@@ -219,9 +227,7 @@ def _listen_decision(local: Local, ctx: PolicyContext, kind: str,
     from ..decision.request import parse_target
 
     request = parse_target(target, app=ctx.app_name, kind=kind)
-    environment = (live.live_environment() if env is None else
-                   env if isinstance(env, Environment) else load_environment(env))
-    decision = decide(request, ctx, environment)
+    decision = decide(request, ctx, _snapshot(env) or live.live_environment())
     if decision.outcome == "policy_prohibited":
         raise PolicyError(f"policy_prohibited for {kind} on {target}", decision)
     return decision, Settings.from_decision(decision)

@@ -137,11 +137,8 @@ class Carrier:
     async def receive(self) -> InMessage:
         """The next message; ConnectionClosedError once the peer closed and all were read."""
         t = self._transient
-        inbox = t._inbox
-        if inbox and not self._streamed:
-            if t._reading_paused:
-                return t.pop_message()
-            return inbox.popleft()
+        if t._inbox and not self._streamed:
+            return t.pop_message()  # no coroutine hop when a message is waiting
         return await self._check_messages().receive()
 
     def __aiter__(self) -> AsyncIterator[InMessage]:

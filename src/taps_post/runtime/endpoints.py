@@ -103,7 +103,6 @@ class Remote:
             infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError, OSError):
             return replace(self, addresses=())
-        seen: dict[str, None] = {}
-        for _f, _t, _p, _c, sockaddr in infos:
-            seen.setdefault(str(sockaddr[0]).split("%")[0], None)
-        return replace(self, addresses=tuple(seen))
+        from ..system.live import addresses_of
+
+        return replace(self, addresses=addresses_of(infos))

@@ -158,16 +158,7 @@ class Transient:
         if self.session_sink is not None:
             self._capture_session()
         if not self.closed.done():
-            while len(self._queue) and self.is_open:
-                before = self._queue.queued_bytes
-                self._schedule_pump()
-                await self._wait_drained()
-                if self._queue.queued_bytes == before and not self._writing_paused:
-                    # Nothing could go: what is left waits for antecedents that will never
-                    # be sent here. Report it rather than hold the close forever.
-                    for p in self._queue.drain_all():
-                        self._fire(p.on_expired, p.message)
-                    break
+            await self._flush()
             if not self.transport.is_closing():
                 self.transport.close()
             if not self.closed.done():
@@ -180,6 +171,19 @@ class Transient:
                     timer.cancel()
         if self.session_sink is not None:
             self._capture_session()  # tickets read during the close (see above)
+
+    async def _flush(self) -> None:
+        """Let the pump send everything queued before a close."""
+        while len(self._queue) and self.is_open:
+            before = self._queue.queued_bytes
+            self._schedule_pump()
+            await self._wait_drained()
+            if self._queue.queued_bytes == before and not self._writing_paused:
+                # Nothing could go: what is left waits for antecedents that will never be
+                # sent here. Report it rather than hold the close forever.
+                for p in self._queue.drain_all():
+                    self._fire(p.on_expired, p.message)
+                break
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -275,14 +279,7 @@ class Transient:
                on_expired: Any = None, *, queued_at: float | None = None) -> None:
         """Queue a message; its lifetime counts from `queued_at` (when send_msg() was called,
         before any backpressure wait), else from now."""
-        if self._error is not None or (self.transport is not None and
-                                       self.transport.is_closing()) or self.closed.done():
-            raise ConnectionClosedError(f"cannot send: the {self.stack} carrier is closed")
-        limit = min(self.max_size, self.framer.max_size)
-        if len(message.data) > limit:
-            raise MessageTooLargeError(f"message of {len(message.data)} bytes is over "
-                                       f"message.maxSize ({limit})")
-        self._check_encodable(message.data)
+        self._admit(message.data)
         start = self.loop.time() if queued_at is None else queued_at
         deadline = None if message.lifetime is None else start + message.lifetime
         self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
@@ -294,15 +291,8 @@ class Transient:
 
     def submit_data(self, data: bytes) -> None:
         """`send(data)` with default properties: no OutMessage, no Pending, no heap entry."""
-        t = self.transport
-        if t is None or self._error is not None or self.closed.done() or t.is_closing():
-            raise ConnectionClosedError(
-                "the carrier is dormant or closed; `await carrier.activate()` re-establishes it")
+        self._admit(data)
         n = len(data)
-        if n > self.max_size or n > self.framer.max_size:
-            limit = min(self.max_size, self.framer.max_size)
-            raise MessageTooLargeError(f"message of {n} bytes is over message.maxSize ({limit})")
-        self._check_encodable(data)
         q = self._queue
         if self._direct and self._pump_handle is None and not self._writing_paused \
                 and not q.queued_bytes and not len(q) and type(self) is StreamTransient:
@@ -315,9 +305,18 @@ class Transient:
         if self._pump_handle is None:
             self._kick()
 
-    def _check_encodable(self, data: bytes) -> None:
-        """A framer that cannot carry a message (a line framer and a message containing its
-        delimiter) must refuse it to the sender, not lose it later inside the pump."""
+    def _admit(self, data: bytes) -> None:
+        """What every send path checks before queueing: open, within message.maxSize, and
+        carriable by the framer (a line framer refuses a message containing its delimiter to
+        the sender, rather than losing it later inside the pump)."""
+        t = self.transport
+        if t is None or self._error is not None or self.closed.done() or t.is_closing():
+            raise ConnectionClosedError(f"cannot send: the {self.stack} carrier is closed; "
+                                        "`await carrier.activate()` re-establishes it")
+        limit = min(self.max_size, self.framer.max_size)
+        if len(data) > limit:
+            raise MessageTooLargeError(f"message of {len(data)} bytes is over "
+                                       f"message.maxSize ({limit})")
         if type(self.framer) is not LengthPrefixFramer and isinstance(self, StreamTransient):
             self.framer.encode(data)
 

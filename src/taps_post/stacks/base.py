@@ -97,5 +97,20 @@ def bind_server(sock: socket.socket, address: str, port: int, interface: str | N
     sock.bind((address, port))
 
 
+def connected_datagram_socket(c: Candidate) -> socket.socket:
+    """A UDP socket on the candidate's path: pinned to its interface, bound to its local
+    address and connected to its remote one (so the kernel reports ICMP errors to it)."""
+    sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        bind_to_device(sock, c.interface)
+        sock.bind((c.local_address, 0))
+        sock.connect((c.remote_address, c.remote_port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def family_of(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET

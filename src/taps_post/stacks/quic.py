@@ -35,7 +35,7 @@ from aioquic.tls import SessionTicket
 from ..runtime.framing import DeframingError
 from ..runtime.messages import Pending
 from ..runtime.transient import Transient
-from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
+from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
 
 __all__ = ["QuicSession", "QuicStack", "QuicStreamTransient"]
 
@@ -175,14 +175,7 @@ class QuicStreamTransient(Transient):
             self.session.tracking = True
 
     async def aclose(self) -> None:
-        while len(self._queue) and self.is_open:
-            before = self._queue.queued_bytes
-            self._schedule_pump()
-            await self._wait_drained()
-            if self._queue.queued_bytes == before:
-                for p in self._queue.drain_all():
-                    self._fire(p.on_expired, p.message)
-                break
+        await self._flush()
         if not self._fin_sent and self.session.is_open:
             self._fin_sent = True
             with contextlib.suppress(Exception):
@@ -507,13 +500,9 @@ class QuicStack:
                 association.add_ticket("quic", t)
 
         quic = QuicConnection(configuration=config, session_ticket_handler=keep)
-        sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
+        sock = connected_datagram_socket(c)
         session: QuicSession | None = None
         try:
-            sock.setblocking(False)
-            bind_to_device(sock, c.interface)
-            sock.bind((c.local_address, 0))
-            sock.connect((c.remote_address, c.remote_port))
             started = loop.time()
             per_msg = spec.settings.per_msg_reliability
             _, proto = await loop.create_datagram_endpoint(

@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from ..runtime.transient import DatagramTransient
-from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
+from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
 
 __all__ = ["UdpStack"]
 
@@ -27,12 +27,8 @@ class UdpStack:
     async def connect(self, spec: AttemptSpec) -> DatagramTransient:
         loop = asyncio.get_running_loop()
         c = spec.candidate
-        sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
+        sock = connected_datagram_socket(c)
         try:
-            sock.setblocking(False)
-            bind_to_device(sock, c.interface)
-            sock.bind((c.local_address, 0))
-            sock.connect((c.remote_address, c.remote_port))
             started = loop.time()
             transient = DatagramTransient(stack="udp", framer=spec.framer(),
                                           max_size=spec.settings.max_size,
@@ -46,13 +42,8 @@ class UdpStack:
 
     async def listen(self, spec: ListenSpec) -> UdpListening:
         loop = asyncio.get_running_loop()
-        addr = spec.address
-        group = _multicast(addr)
-        sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+        sock = _server_socket(spec.address, spec.port, spec.interface)
         try:
-            bind_server(sock, addr, spec.port, spec.interface)
-            if group is not None:
-                _join(sock, group, spec.interface)
             listening = UdpListening(spec, sock.getsockname()[1])
             await loop.create_datagram_endpoint(lambda: listening, sock=sock)
         except BaseException:
@@ -64,13 +55,8 @@ class UdpStack:
 async def bind_sink(local: Any, settings: Any) -> DatagramTransient:
     """An unconnected, bound UDP socket whose one Transient receives from every peer."""
     loop = asyncio.get_running_loop()
-    addr = local.address or "::"
-    group = _multicast(addr)
-    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    sock = _server_socket(local.address or "::", local.port, local.interface)
     try:
-        bind_server(sock, addr, local.port, local.interface)
-        if group is not None:
-            _join(sock, group, local.interface)
         from ..runtime.framing import RawFramer
 
         transient = DatagramTransient(stack="udp", framer=RawFramer(settings.max_size),
@@ -80,6 +66,20 @@ async def bind_sink(local: Any, settings: Any) -> DatagramTransient:
         sock.close()
         raise
     return transient
+
+
+def _server_socket(address: str, port: int, interface: str | None) -> socket.socket:
+    """A bound UDP socket for listeners and sinks; a multicast `address` joins its group."""
+    sock = socket.socket(family_of(address), socket.SOCK_DGRAM)
+    try:
+        bind_server(sock, address, port, interface)
+        group = _multicast(address)
+        if group is not None:
+            _join(sock, group, interface)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _multicast(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

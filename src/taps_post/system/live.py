@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from ..decision.environment import CacheEntry, Environment, Interface
 from .interfaces import discover_interfaces
 
-__all__ = ["cached_interfaces", "invalidate", "live_environment", "resolve_name"]
+__all__ = ["addresses_of", "cached_interfaces", "invalidate", "live_environment",
+           "resolve_name"]
 
 _TTL = 2.0
 _cache: tuple[float, tuple[Interface, ...]] | None = None
@@ -40,6 +43,12 @@ def resolve_name(host: str, port: int) -> tuple[str, ...]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError):
         return ()
+    return addresses_of(infos)
+
+
+def addresses_of(infos: Sequence[tuple[Any, ...]]) -> tuple[str, ...]:
+    """getaddrinfo() answers as addresses: resolver order kept, duplicates and zones dropped.
+    Shared by this blocking lookup and Remote.resolve() on the event loop."""
     seen: dict[str, None] = {}
     for _family, _type, _proto, _canon, sockaddr in infos:
         seen.setdefault(str(sockaddr[0]).split("%")[0], None)
