@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _gen
+from _report import loadavg, run_main
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CLI cold start; python {sys.version.split()[0]} ({sys.executable}), "
           f"{os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{loadavg()}")
     failed_check = False
     global PYCACHE_PREFIX
     with tempfile.TemporaryDirectory(prefix="taps-cli-bench-") as tmp:
@@ -351,13 +352,4 @@ def report_modules(mods: list[str]) -> bool:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SystemExit:
-        raise
-    except Exception as exc:  # an internal error: say so and fail
-        import traceback
-
-        traceback.print_exc()
-        print(f"internal error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _gen
 import taps_post
+from _report import loadavg, run_main
 from taps_post import PolicyContext, load_environment, parse_target
 from taps_post.decision.decide import decide
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()} | {args.rules})
 
     print(f"taps_post.explain() benchmark; python {sys.version.split()[0]} on {sys.platform}, "
-          f"{os.cpu_count()} CPUs, load average {_loadavg()}")
+          f"{os.cpu_count()} CPUs, load average {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="taps-bench-") as tmp:
         workloads = {n: _gen.write_workload(os.path.join(tmp, f"r{n}"), n, args.seed)
                      for n in sizes}
@@ -269,21 +270,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "n/a"
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SystemExit:
-        raise
-    except Exception as exc:  # an internal error: say so and fail
-        import traceback
-
-        traceback.print_exc()
-        print(f"internal error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

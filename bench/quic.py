@@ -61,12 +61,9 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import datetime
 import gc
 import io
 import json
-import os
-import platform
 import pstats
 import ssl
 import statistics
@@ -74,7 +71,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +82,10 @@ from aioquic.tls import SessionTicket
 
 import taps_post as tp
 from taps_post.errors import ConnectionClosedError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report
+from _report import banner, loadavg, order, pct, run_main
 
 HOST = "127.0.0.1"
 SRC = str(Path(tp.__file__).resolve().parent)
@@ -102,97 +103,11 @@ TLS_ONLY = {"version": 1, "layer": "app", "rules": [{"id": "t", "set": {"stack.t
                                                                         "require"}}]}
 
 
-# ---- figures -------------------------------------------------------------------------------
+class Row(_report.Row):
+    """QUIC rows also have absolute targets (in RTT), so ratio bounds say "ratio"."""
 
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
-
-
-@dataclass
-class Row:
-    """One figure: per-round values for ours and raw. The target is on ours/raw (ratio rows)
-    or, when `expected` is set, on ours alone: median <= expected + TOLERANCE_RTT."""
-
-    key: str
-    title: str
-    unit: str
-    higher_is_better: bool
-    target: float | None
-    expected: float | None = None
-    ours: list[float] = field(default_factory=list)
-    raw: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        return statistics.median(self.ours) / statistics.median(self.raw)
-
-    @property
-    def paired(self) -> list[float]:
-        return [o / r for o, r in zip(self.ours, self.raw, strict=True)]
-
-    @property
-    def bound(self) -> str:
-        if self.expected is not None:
-            return f"ours ~{self.expected:g} RTT (<= {self.expected + TOLERANCE_RTT:g})"
-        if self.target is None:
-            return "none"
-        return f"ratio {'>=' if self.higher_is_better else '<='} {self.target:g}"
-
-    @property
-    def verdict(self) -> str:
-        if self.expected is not None:
-            ok = statistics.median(self.ours) <= self.expected + TOLERANCE_RTT
-        elif self.target is None:
-            return "(info)"
-        else:
-            ok = (self.ratio >= self.target if self.higher_is_better
-                  else self.ratio <= self.target)
-        return "MEETS" if ok else "MISSES"
-
-    def fmt(self, xs: list[float]) -> str:
-        return f"median {_num(statistics.median(xs)):>10}  p10 {_num(pct(xs, 10)):>10}  " \
-               f"p90 {_num(pct(xs, 90)):>10}"
-
-    def print(self) -> None:
-        better = "higher" if self.higher_is_better else "lower"
-        print(f"\n[{self.key}] {self.title}  ({self.unit}, {better} is better, "
-              f"{len(self.ours)} rounds)")
-        print(f"  ours  {self.fmt(self.ours)}")
-        print(f"  raw   {self.fmt(self.raw)}")
-        pr = self.paired
-        straddle = ""
-        if self.expected is None and self.target is not None \
-                and min(pr) <= self.target <= max(pr):
-            straddle = "; the per-round ratios straddle the target"
-        print(f"  ratio ours/raw {self.ratio:.2f}  (per-round {pct(pr, 10):.2f}..{pct(pr, 90):.2f}"
-              f"{straddle})   target {self.bound} -> {self.verdict}")
-        for n in self.notes:
-            print(f"  note: {n}")
-
-    def markdown(self) -> str:
-        o, r = self.ours, self.raw
-        return (f"| {self.title} | {self.unit} | {_num(statistics.median(o))} "
-                f"({_num(pct(o, 10))}–{_num(pct(o, 90))}) | {_num(statistics.median(r))} "
-                f"({_num(pct(r, 10))}–{_num(pct(r, 90))}) | {self.ratio:.2f} "
-                f"({pct(self.paired, 10):.2f}–{pct(self.paired, 90):.2f}) | {self.bound} | "
-                f"{self.verdict} |")
-
-
-def _num(x: float) -> str:
-    if x >= 10_000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
-
-
-def _order(rnd: int) -> tuple[str, str]:
-    return ("ours", "raw") if rnd % 2 == 0 else ("raw", "ours")
+    ratio_label = "ratio "
+    tolerance = TOLERANCE_RTT
 
 
 # ---- shared setup --------------------------------------------------------------------------
@@ -373,7 +288,7 @@ async def bench_bulk(args: argparse.Namespace, s: Setup) -> list[Row]:
         await ours(warm)
         await raw(warm)
         for rnd in range(args.rounds):
-            for side in _order(rnd):
+            for side in order(rnd):
                 gc.collect()
                 t = await (ours(n) if side == "ours" else raw(n))
                 (row.ours if side == "ours" else row.raw).append(n * MIB / t / 1e6)
@@ -467,7 +382,7 @@ async def _handshake_row(args: argparse.Namespace, s: Setup, *, resumed: bool) -
             gc.collect()
             samples: dict[str, list[float]] = {"ours": [], "raw": []}
             for i in range(n):
-                for side in _order(rnd + i):
+                for side in order(rnd + i):
                     await settle()
                     samples[side].append(await (ours() if side == "ours" else raw()))
             row.ours.append(statistics.median(samples["ours"]) * 1e6)
@@ -762,7 +677,7 @@ async def bench_wan(args: argparse.Namespace, s: Setup) -> list[Row]:
                 gc.collect()
                 samples: dict[str, list[WanSample]] = {"ours": [], "raw": []}
                 for i in range(args.wan_samples):
-                    for side in _order(rnd + i):
+                    for side in order(rnd + i):
                         samples[side].append(await (ours_fn() if side == "ours" else raw_fn()))
                 for side, dest in (("ours", row.ours), ("raw", row.raw)):
                     dest.append(statistics.median(x.first for x in samples[side]) / RTT_MS)
@@ -859,7 +774,7 @@ async def run(args: argparse.Namespace) -> int:
             for row in new:
                 row.print()
         rows += new
-    print(f"\n(measured in {clock() - started:.0f} s; load average now {_loadavg()})")
+    print(f"\n(measured in {clock() - started:.0f} s; load average now {loadavg()})")
     print("\nsummary (markdown; each cell: median (p10–p90) over rounds; ratio = ours/raw "
           "medians (per-round paired p10–p90)):\n")
     print("| figure | unit | ours | raw aioquic / asyncio | ratio | target | verdict |")
@@ -869,13 +784,6 @@ async def run(args: argparse.Namespace) -> int:
     if args._profiles:
         _print_profiles(args._profiles, args.top)
     return 0
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -900,21 +808,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.bulk_mib, args.connects, args.wan_samples = 2, 8, 15, 2
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
-    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"taps_post QUIC benchmark, {now}; python {platform.python_version()} "
-          f"({platform.python_implementation()}) on {platform.system()} "
-          f"{platform.release()}, {os.cpu_count()} CPUs, load average {_loadavg()}")
+    print(banner("QUIC benchmark"))
     return asyncio.run(run(args))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SystemExit:
-        raise
-    except Exception as exc:  # an internal error: say so and fail
-        import traceback
-
-        traceback.print_exc()
-        print(f"internal error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

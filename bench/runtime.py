@@ -49,12 +49,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import datetime
 import gc
 import io
 import json
-import os
-import platform
 import pstats
 import ssl
 import statistics
@@ -62,97 +59,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import taps_post as tp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Row, banner, loadavg, run_main
+from taps_post.stacks.tcp import _ResumingContext as ResumingContext
+
+# ResumingContext: the raw side needs the same adapter we use (asyncio's open_connection has
+# no `session=`); it only forwards wrap_bio(), so it adds none of our runtime to the baseline.
 
 HOST = "127.0.0.1"
 SRC = str(Path(tp.__file__).resolve().parent)
 SMALL = 64
 BIG = 1 << 20
 clock = time.perf_counter
-
-
-# ---- figures -------------------------------------------------------------------------------
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
-
-
-@dataclass
-class Row:
-    """One figure: per-round values for ours and raw, and the target on ours/raw."""
-
-    key: str
-    title: str
-    unit: str
-    higher_is_better: bool
-    target: float | None
-    ours: list[float] = field(default_factory=list)
-    raw: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        return statistics.median(self.ours) / statistics.median(self.raw)
-
-    @property
-    def paired(self) -> list[float]:
-        return [o / r for o, r in zip(self.ours, self.raw, strict=True)]
-
-    @property
-    def bound(self) -> str:
-        if self.target is None:
-            return "none"
-        return f"{'>=' if self.higher_is_better else '<='} {self.target:g}"
-
-    @property
-    def verdict(self) -> str:
-        if self.target is None:
-            return "(info)"
-        ok = self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
-        return "MEETS" if ok else "MISSES"
-
-    def fmt(self, xs: list[float]) -> str:
-        return f"median {_num(statistics.median(xs)):>10}  p10 {_num(pct(xs, 10)):>10}  " \
-               f"p90 {_num(pct(xs, 90)):>10}"
-
-    def print(self) -> None:
-        better = "higher" if self.higher_is_better else "lower"
-        print(f"\n[{self.key}] {self.title}  ({self.unit}, {better} is better, "
-              f"{len(self.ours)} rounds)")
-        print(f"  ours  {self.fmt(self.ours)}")
-        print(f"  raw   {self.fmt(self.raw)}")
-        pr = self.paired
-        straddle = ""
-        if self.target is not None and min(pr) <= self.target <= max(pr):
-            straddle = "; the per-round ratios straddle the target"
-        print(f"  ratio ours/raw {self.ratio:.2f}  (per-round {pct(pr, 10):.2f}..{pct(pr, 90):.2f}"
-              f"{straddle})   target {self.bound} -> {self.verdict}")
-        for n in self.notes:
-            print(f"  note: {n}")
-
-    def markdown(self) -> str:
-        o, r = self.ours, self.raw
-        return (f"| {self.title} | {self.unit} | {_num(statistics.median(o))} "
-                f"({_num(pct(o, 10))}–{_num(pct(o, 90))}) | {_num(statistics.median(r))} "
-                f"({_num(pct(r, 10))}–{_num(pct(r, 90))}) | {self.ratio:.2f} "
-                f"({pct(self.paired, 10):.2f}–{pct(self.paired, 90):.2f}) | {self.bound} | "
-                f"{self.verdict} |")
-
-
-def _num(x: float) -> str:
-    if x >= 10_000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
 
 
 # ---- servers and helpers -------------------------------------------------------------------
@@ -167,22 +91,6 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
     finally:
         writer.close()
-
-
-class _SessionContext:
-    """Raw asyncio has no `session=` for open_connection, but it only calls wrap_bio()."""
-
-    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
-        self._context = context
-        self._session = session
-
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
-                 server_side: bool = False, server_hostname: str | None = None) -> ssl.SSLObject:
-        return self._context.wrap_bio(incoming, outgoing, server_side=server_side,
-                                      server_hostname=server_hostname, session=self._session)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
 
 
 async def _raw_pair() -> tuple[Any, Any, Any, asyncio.Server]:
@@ -297,7 +205,7 @@ async def bench_tls(args: argparse.Namespace, ctx: tp.PolicyContext) -> list[Row
 
         async def raw() -> tuple[float, float, bool]:
             t0 = clock()
-            tls: Any = _SessionContext(client_ctx, raw_session[0]) if resume else client_ctx
+            tls: Any = ResumingContext(client_ctx, raw_session[0]) if resume else client_ctx
             _r, w = await asyncio.open_connection(HOST, port, ssl=tls)
             t1 = clock()
             obj = w.get_extra_info("ssl_object")
@@ -630,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
         rows = asyncio.run(measure(args, only))
     else:
         rows = [row for key in only for row in isolated(args, key)]
-    print(f"\n(measured in {clock() - started:.0f} s; load average now {_loadavg()})")
+    print(f"\n(measured in {clock() - started:.0f} s; load average now {loadavg()})")
     print("\nsummary (markdown; each cell: median (p10–p90) over rounds; ratio = ours/raw "
           "medians (per-round paired p10–p90)):\n")
     print("| figure | unit | ours | raw asyncio | ratio | target | verdict |")
@@ -642,13 +550,6 @@ def run(args: argparse.Namespace) -> int:
         ctx = tp.PolicyContext(system=[], app_name="bench")
         print("\n" + asyncio.run(profile(args, ctx, which, args.top)))
     return 0
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -682,21 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--rounds must be at least 1")
     if args.child:
         return run(args)
-    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"taps_post runtime benchmark, {now}; python {platform.python_version()} "
-          f"({platform.python_implementation()}) on {platform.system()} "
-          f"{platform.release()}, {os.cpu_count()} CPUs, load average {_loadavg()}")
+    print(banner("runtime benchmark"))
     return run(args)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SystemExit:
-        raise
-    except Exception as exc:  # an internal error: say so and fail
-        import traceback
-
-        traceback.print_exc()
-        print(f"internal error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
