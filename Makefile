@@ -4,38 +4,43 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas docs bench clean
+.PHONY: demo test install lint typecheck schemas docs bench clean
 
+# The package is installed, not linked: tests import what `pip install` built (run with -P,
+# so the working tree never shadows it), and `install` rebuilds it from the tree each run.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade pip hatchling
+	$(PY) -m pip install -q '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+install: $(STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+
+demo: install
 	$(VENV)/bin/taps-post policy validate policies/examples
 	$(VENV)/bin/taps-post policy explain https://video.example \
 		--system policies/examples/system-corp-laptop.yaml \
 		--app policies/examples/app-video.yaml --app-name video-player \
 		--env policies/examples/env-laptop.yaml
-	$(PY) -m taps_post.demo
+	$(PY) -P -m taps_post.demo
 
-test: $(STAMP) lint typecheck
-	$(PY) -m pytest -q
+test: install lint typecheck
+	$(PY) -P -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check taps_post tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Regenerate the checked-in JSON Schemas and the generated docs tables.
-schemas: $(STAMP)
+schemas: install
 	for s in policy env explain; do \
 		$(VENV)/bin/taps-post policy schema $$s > schemas/$$s.schema.json; done
 	$(PY) -m taps_post.docgen --run-examples
 
-bench: $(STAMP)
+bench: install
 	$(PY) bench/decide.py
 	$(PY) bench/cli_startup.py
 	$(PY) bench/runtime.py

@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    PYTHONPATH=src .venv/bin/python bench/cli_startup.py            # 15 runs per command
-    PYTHONPATH=src .venv/bin/python bench/cli_startup.py --runs 5   # quicker
-    PYTHONPATH=src .venv/bin/python bench/cli_startup.py --strict   # exit 1 if asyncio,
+    .venv/bin/python -P bench/cli_startup.py            # 15 runs per command
+    .venv/bin/python -P bench/cli_startup.py --runs 5   # quicker
+    .venv/bin/python -P bench/cli_startup.py --strict   # exit 1 if asyncio,
                                                                     # aioquic or ssl get imported
 
 Each figure is the wall time of a fresh interpreter doing the whole job (start, import,
@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gen
 from _report import loadavg, run_main
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parent.parent
+"""The checkout root, where the `taps_post` package sits."""
 
 MUST_NOT_IMPORT = ("asyncio", "aioquic", "ssl")
 # Modules worth knowing about when they show up in a short-lived CLI process.
@@ -105,9 +106,9 @@ PYCACHE_PREFIX: str | None = None
 
 
 def child_env(*, from_source: bool = False) -> dict[str, str]:
-    """The children's environment: src/ on PYTHONPATH, and bytecode handled like an install.
+    """The children's environment: the checkout on PYTHONPATH, and bytecode handled like an install.
 
-    An installed wheel has its .pyc files compiled by pip. Run from src/ with
+    An installed wheel has its .pyc files compiled by pip. Run from the checkout with
     PYTHONDONTWRITEBYTECODE=1 (as on this workplace), every start would compile taps_post
     from source, so by default the children write and reuse bytecode under a temporary
     PYTHONPYCACHEPREFIX instead. `from_source=True` keeps PYTHONDONTWRITEBYTECODE=1 and no
@@ -138,7 +139,7 @@ def pick_cli(use: str) -> tuple[str, list[str]]:
     entry = shutil.which("taps-post")
     if use == "module" or (use == "auto" and have_module):
         if not have_module:
-            raise SystemExit("taps_post.cli is not importable (src/taps_post/cli.py missing?)")
+            raise SystemExit("taps_post.cli is not importable (taps_post/cli.py missing?)")
         return "module", [sys.executable, "-m", "taps_post.cli"]
     if use == "entry-point" or (use == "auto" and entry):
         if not entry:
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         how, prefix = pick_cli(args.use)
         if how == "api":
             layers = ["system", "app", "carrier", "app-name"]
-            print("\nNOTE: taps_post.cli is not available yet (no src/taps_post/cli.py and no "
+            print("\nNOTE: taps_post.cli is not available yet (no taps_post/cli.py and no "
                   "taps-post on PATH);\n      timing the API path `python -c \"import taps_post;"
                   " taps_post.explain(...)\"` instead.")
             explain_argv = api_argv(w, layers)

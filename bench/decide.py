@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    PYTHONPATH=src .venv/bin/python bench/decide.py            # full run (about a minute)
-    PYTHONPATH=src .venv/bin/python bench/decide.py --quick    # smoke run
-    PYTHONPATH=src .venv/bin/python bench/decide.py --profile  # + cProfile of the warm path
+    .venv/bin/python -P bench/decide.py            # full run (about a minute)
+    .venv/bin/python -P bench/decide.py --quick    # smoke run
+    .venv/bin/python -P bench/decide.py --profile  # + cProfile of the warm path
 
 Workload (bench/_gen.py): system, app and carrier policy files holding 1,000 rules in all,
 written as YAML to a temporary directory and passed by path, and an environment snapshot file

@@ -2,10 +2,10 @@
 
 Run from the repository root:
 
-    PYTHONPATH=src .venv/bin/python bench/quic.py              # 7 rounds, about 80 s
-    PYTHONPATH=src .venv/bin/python bench/quic.py --quick      # smoke run, about 15 s
-    PYTHONPATH=src .venv/bin/python bench/quic.py --profile    # + cProfile of both sides
-    PYTHONPATH=src .venv/bin/python bench/quic.py --only wan --rounds 5
+    .venv/bin/python -P bench/quic.py              # 7 rounds, about 80 s
+    .venv/bin/python -P bench/quic.py --quick      # smoke run, about 15 s
+    .venv/bin/python -P bench/quic.py --profile    # + cProfile of both sides
+    .venv/bin/python -P bench/quic.py --only wan --rounds 5
 
 Every figure has a raw aioquic twin (aioquic's own `connect()` / `serve()` API, asyncio
 streams on one bidirectional stream), measured in the same run and the same event loop, with

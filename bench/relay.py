@@ -8,7 +8,7 @@ and a packet or chunk goes out at max(its due time, the previous one's), in arri
 Run it as a process (bench/quic.py does that by default, so the relay has its own core and
 its timers do not compete with the client's and server's crypto in one event loop):
 
-    PYTHONPATH=src .venv/bin/python bench/relay.py --one-way-ms 25 --udp 4433 --tcp 8443
+    .venv/bin/python -P bench/relay.py --one-way-ms 25 --udp 4433 --tcp 8443
 
 It prints one JSON line, {"udp": {"4433": 51234}, "tcp": {"8443": 51235}, "pid": ...}, mapping
 each target port to the relay port that forwards to it, and runs until its stdin closes (so it

@@ -2,10 +2,10 @@
 
 Run from the repository root:
 
-    PYTHONPATH=src .venv/bin/python bench/runtime.py              # 7 rounds, about 1-2 minutes
-    PYTHONPATH=src .venv/bin/python bench/runtime.py --quick      # smoke run, a few seconds
-    PYTHONPATH=src .venv/bin/python bench/runtime.py --profile    # + cProfile of our side
-    PYTHONPATH=src .venv/bin/python bench/runtime.py --only rtt,small --profile
+    .venv/bin/python -P bench/runtime.py              # 7 rounds, about 1-2 minutes
+    .venv/bin/python -P bench/runtime.py --quick      # smoke run, a few seconds
+    .venv/bin/python -P bench/runtime.py --profile    # + cProfile of our side
+    .venv/bin/python -P bench/runtime.py --only rtt,small --profile
 
 Every figure has a raw asyncio twin, measured in the same run, on 127.0.0.1, in the same
 event loop (the default asyncio loop), with ours and raw interleaved in every round and the

@@ -9,17 +9,27 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
+
+
+def installed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A subprocess environment that imports the *installed* taps_post: no PYTHONPATH, and the
+    interpreter is started with -P (see PYTHON), so neither the working tree nor the current
+    directory can shadow the package under test."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+PYTHON = (sys.executable, "-P")
+"""How tests start Python: -P keeps the current directory off sys.path."""
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m taps_post.cli ARGS` as a user would, with our sources first on the path."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
-    if env:
-        full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "taps_post.cli", *args], capture_output=True,
+    """Run `python -m taps_post.cli ARGS` as a user would, against the installed package."""
+    full_env = installed_env(env)
+    return subprocess.run([*PYTHON, "-m", "taps_post.cli", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=60, check=False)
 
 

@@ -44,7 +44,6 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
 
 A1_V4, A1_V6, B1_V4, B1_V6 = "198.18.1.1", "fd00:1::1", "198.18.1.2", "fd00:1::2"
 A2_V4, A2_V6, B2_V4, B2_V6 = "198.18.2.1", "fd00:2::1", "198.18.2.2", "fd00:2::2"
@@ -60,10 +59,9 @@ _counter = itertools.count(1)
 
 
 def python_env() -> dict[str, str]:
-    """The environment a namespace subprocess gets: our sources first on PYTHONPATH."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    """The environment a namespace subprocess gets: the installed package, unbuffered output
+    (no PYTHONPATH: a child must import what `pip install` put in the venv)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -285,7 +283,7 @@ class Topology:
     def run_python(self, ns: str, code: str, *args: str, timeout: float = 20.0) -> Any:
         """Run `code` with the venv's python inside `ns`; return its stdout parsed as JSON
         (the last non-empty line), or raise with its stderr."""
-        argv = ["ip", "netns", "exec", ns, sys.executable, self._script(code), *args]
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-P", self._script(code), *args]
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                  env=python_env(), check=False)
@@ -301,7 +299,7 @@ class Topology:
 
     def spawn(self, ns: str, code: str, *args: str) -> NsProcess:
         """Start `code` inside `ns` (killed at teardown at the latest)."""
-        proc = NsProcess(["ip", "netns", "exec", ns, sys.executable, self._script(code), *args],
+        proc = NsProcess(["ip", "netns", "exec", ns, sys.executable, "-P", self._script(code), *args],
                          label=f"python in {ns}")
         self._procs.append(proc)
         return proc

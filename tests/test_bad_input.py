@@ -22,20 +22,19 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import taps_post
+from helpers import PYTHON, installed_env
 from strategies import KEYS, environments, junk, policy_doc
 from taps_post import InputError
 from taps_post.policy.load import load_document, load_layer
 from taps_post.policy.yamlpos import load_yaml
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = ("system", "app", "carrier")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    env = installed_env()
     env.pop("TAPS_POST_SYSTEM_POLICY", None)
-    return subprocess.run([sys.executable, "-m", "taps_post.cli", *args], capture_output=True,
+    return subprocess.run([*PYTHON, "-m", "taps_post.cli", *args], capture_output=True,
                           text=True, env=env, timeout=60, check=False)
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from helpers import installed_env
 from taps_post.policy.registry import INTERFACE_TYPES
 from taps_post.system import interfaces
 from taps_post.system.interfaces import RULES, classify, discover_interfaces, parse_if_inet6
 
-SRC = str(Path(interfaces.__file__).resolve().parents[2])
 
 
 # --- classify: the table, row by row -------------------------------------------------------
@@ -174,7 +174,7 @@ def test_discovery_without_sysfs_or_proc(
 def test_import_stays_light() -> None:
     code = "import sys, taps_post.system.interfaces; print('asyncio' in sys.modules)"
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC},
+        [sys.executable, "-P", "-c", code], env=installed_env(),
         capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == "False"
@@ -238,8 +238,8 @@ def netns() -> Iterator[Namespace]:
         _ip("-n", name, "route", "add", "default", "via", "198.18.5.254", "dev", "wwan0")
         _ip("-n", name, "-6", "route", "add", "default", "via", "fd00:5::fe", "dev", "wwan0")
         out = subprocess.run(
-            ["ip", "netns", "exec", name, sys.executable, "-c", DISCOVER],
-            env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, check=True,
+            ["ip", "netns", "exec", name, sys.executable, "-P", "-c", DISCOVER],
+            env=installed_env(), capture_output=True, text=True, check=True,
         )
         found = {i["name"]: i for i in json.loads(out.stdout)}
         yield Namespace(name, wg0_kind, found)

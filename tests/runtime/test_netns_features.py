@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -52,8 +51,8 @@ def netns() -> Iterator[str]:
 
 
 def run_in(ns: str, code: str) -> dict[str, object]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-P", "-c",
                            textwrap.dedent(code)], capture_output=True, text=True, env=env,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -96,7 +96,7 @@ def bundled_path(*parts: str) -> FsPath:
     packaged = here.joinpath("_bundled", *parts)
     if packaged.exists():
         return packaged
-    return here.parent.parent.joinpath(*parts)
+    return here.parent.joinpath(*parts)
 
 
 def discover_system_sources() -> list[str]:

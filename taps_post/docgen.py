@@ -277,12 +277,14 @@ def block_names(text: str) -> list[str]:
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _HEADING = re.compile(r"^#{2,3} ", re.MULTILINE)
 _FILE_LINE = re.compile(r"\A# file: ([A-Za-z0-9_.-]+\.(?:ya?ml|py))\n")
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path.cwd()
+"""The checkout being documented: docgen is a maintainer's tool, run from the repository root
+(`make schemas`); the package itself may be the installed copy."""
 
 
 def _shim(bindir: Path) -> None:
     """`taps-post` and `python` on PATH that run this checkout with this interpreter."""
-    for name, args in (("taps-post", ' -m taps_post.cli "$@"'), ("python", ' "$@"')):
+    for name, args in (("taps-post", ' -P -m taps_post.cli "$@"'), ("python", ' -P "$@"')):
         script = bindir / name
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}"{args}\n', encoding="utf-8")
         script.chmod(0o755)
@@ -325,9 +327,7 @@ def run_examples(text: str, source: str = "<text>") -> str:
         _shim(bindir)
         env = dict(os.environ)
         env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
-        src = str(_ROOT / "src")
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                   else "")
+        env.pop("PYTHONPATH", None)  # the examples run the installed package, as a user would
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("TAPS_POST_SYSTEM_POLICY", None)
         env["COLUMNS"] = "100"
