@@ -299,7 +299,8 @@ class Topology:
 
     def spawn(self, ns: str, code: str, *args: str) -> NsProcess:
         """Start `code` inside `ns` (killed at teardown at the latest)."""
-        proc = NsProcess(["ip", "netns", "exec", ns, sys.executable, "-P", self._script(code), *args],
+        proc = NsProcess(["ip", "netns", "exec", ns, sys.executable, "-P", self._script(code),
+                          *args],
                          label=f"python in {ns}")
         self._procs.append(proc)
         return proc

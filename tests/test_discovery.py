@@ -23,8 +23,6 @@ from taps_post.policy.registry import INTERFACE_TYPES
 from taps_post.system import interfaces
 from taps_post.system.interfaces import RULES, classify, discover_interfaces, parse_if_inet6
 
-
-
 # --- classify: the table, row by row -------------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from helpers import PYTHON, installed_env
 
 import taps_post
+from helpers import PYTHON, installed_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
