@@ -67,7 +67,7 @@ import taps_post as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Row, banner, loadavg, run_main
-from taps_post.stacks.tcp import _ResumingContext as ResumingContext
+from taps_post.stacks.tcp import ResumingContext
 
 # ResumingContext: the raw side needs the same adapter we use (asyncio's open_connection has
 # no `session=`); it only forwards wrap_bio(), so it adds none of our runtime to the baseline.

@@ -3,7 +3,8 @@
 Applications say what they need, administrators say what the machine allows, and a
 policy-driven, explainable decision core picks interface, address and protocol stack.
 This module stays light on purpose (no asyncio, no aioquic): `taps-post policy explain`
-imports it and must start fast.
+imports it and must start fast. The runtime's names load on first use (`_LAZY`); the layers
+behind them are described in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -14,32 +15,81 @@ from .decision.decide import decide
 from .decision.decision import Candidate, Decision, Exclusion, RankKey
 from .decision.envfile import load_environment
 from .decision.environment import Address, CacheEntry, Environment, Interface
-from .decision.explain import explain
 from .decision.request import Request, parse_target
-from .errors import Diagnostic, InputError, PolicyError, TapsError
+from .decision.explain import explain  # TEMP until dryrun lands
+from .errors import (
+    ArgumentError,
+    Attempt,
+    ConnectionClosedError,
+    DeframingError,
+    Diagnostic,
+    EstablishmentError,
+    FailureKind,
+    FrameTooLargeError,
+    InputError,
+    MessageTooLargeError,
+    PolicyError,
+    RemoteProtocolError,
+    TapsError,
+    UsageError,
+)
 from .policy.context import PolicyContext
 from .policy.registry import Pref
 
 __all__ = [
     "Address",
+    "ArgumentError",
+    "Association",
+    "AssociationStore",
+    "Attempt",
     "CacheEntry",
     "Candidate",
+    "Carrier",
+    "ConnectionClosedError",
     "Decision",
+    "DeframingError",
     "Diagnostic",
     "Environment",
+    "EstablishmentError",
     "Exclusion",
+    "FailureKind",
+    "FrameTooLargeError",
+    "Framer",
+    "InMessage",
     "InputError",
     "Interface",
+    "LengthPrefixFramer",
+    "LineFramer",
+    "Listener",
+    "Local",
+    "MessageTooLargeError",
+    "OutMessage",
     "PolicyContext",
     "PolicyError",
     "Pref",
     "RankKey",
+    "RawFramer",
+    "Remote",
+    "RemoteProtocolError",
+    "Reply",
     "Request",
+    "Responder",
+    "Sink",
+    "Source",
     "TapsError",
+    "Transient",
+    "UsageError",
+    "certs",
     "decide",
     "explain",
+    "initiate",
+    "listen",
     "load_environment",
+    "new_sink",
+    "new_source",
     "parse_target",
+    "respond",
+    "stacks",
 ]
 
 __version__ = "0.1.0"
@@ -50,32 +100,27 @@ _LAZY = {
     "Association": "taps_post.runtime.association",
     "AssociationStore": "taps_post.runtime.association",
     "Carrier": "taps_post.runtime.carrier",
-    "InMessage": "taps_post.runtime.messages",
-    "OutMessage": "taps_post.runtime.messages",
-    "Framer": "taps_post.runtime.framing",
-    "LengthPrefixFramer": "taps_post.runtime.framing",
-    "LineFramer": "taps_post.runtime.framing",
-    "RawFramer": "taps_post.runtime.framing",
-    "DeframingError": "taps_post.runtime.framing",
+    "InMessage": "taps_post.core.messages",
+    "OutMessage": "taps_post.core.messages",
+    "Framer": "taps_post.core.framing",
+    "LengthPrefixFramer": "taps_post.core.framing",
+    "LineFramer": "taps_post.core.framing",
+    "RawFramer": "taps_post.core.framing",
     "Local": "taps_post.runtime.endpoints",
     "Remote": "taps_post.runtime.endpoints",
-    "Transient": "taps_post.runtime.transient",
-    "Listener": "taps_post.runtime.api",
-    "Responder": "taps_post.runtime.api",
-    "Reply": "taps_post.runtime.api",
-    "Source": "taps_post.runtime.api",
-    "Sink": "taps_post.runtime.api",
-    "initiate": "taps_post.runtime.api",
-    "listen": "taps_post.runtime.api",
-    "respond": "taps_post.runtime.api",
-    "new_source": "taps_post.runtime.api",
-    "new_sink": "taps_post.runtime.api",
-    "EstablishmentError": "taps_post.errors",
-    "ConnectionClosedError": "taps_post.errors",
-    "MessageTooLargeError": "taps_post.errors",
-    "Attempt": "taps_post.errors",
+    "Transient": "taps_post.stacks.transient",
+    "Listener": "taps_post.runtime.listener",
+    "Responder": "taps_post.runtime.responder",
+    "Reply": "taps_post.runtime.responder",
+    "Source": "taps_post.runtime.datagram",
+    "Sink": "taps_post.runtime.datagram",
+    "initiate": "taps_post.runtime.establish",
+    "listen": "taps_post.runtime.listener",
+    "respond": "taps_post.runtime.responder",
+    "new_source": "taps_post.runtime.datagram",
+    "new_sink": "taps_post.runtime.datagram",
 }
-_MODULES = {"certs": "taps_post.certs"}
+_MODULES = {"certs": "taps_post.certs", "stacks": "taps_post.stacks"}
 
 
 def __getattr__(name: str) -> Any:
@@ -92,63 +137,31 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, *_LAZY, *_MODULES])
+    return sorted(__all__)
 
 
 if TYPE_CHECKING:
     from . import certs as certs
-    from .errors import (
-        Attempt as Attempt,
-    )
-    from .errors import (
-        ConnectionClosedError as ConnectionClosedError,
-    )
-    from .errors import (
-        EstablishmentError as EstablishmentError,
-    )
-    from .errors import (
-        MessageTooLargeError as MessageTooLargeError,
-    )
-    from .runtime.api import (
-        Listener as Listener,
-    )
-    from .runtime.api import (
-        Reply as Reply,
-    )
-    from .runtime.api import (
-        Responder as Responder,
-    )
-    from .runtime.api import (
-        Sink as Sink,
-    )
-    from .runtime.api import (
-        Source as Source,
-    )
-    from .runtime.api import (
-        initiate as initiate,
-    )
-    from .runtime.api import (
-        listen as listen,
-    )
-    from .runtime.api import (
-        new_sink as new_sink,
-    )
-    from .runtime.api import (
-        new_source as new_source,
-    )
-    from .runtime.api import (
-        respond as respond,
-    )
+    from . import stacks as stacks
+    from .core.framing import Framer as Framer
+    from .core.framing import LengthPrefixFramer as LengthPrefixFramer
+    from .core.framing import LineFramer as LineFramer
+    from .core.framing import RawFramer as RawFramer
+    from .core.messages import InMessage as InMessage
+    from .core.messages import OutMessage as OutMessage
     from .runtime.association import Association as Association
     from .runtime.association import AssociationStore as AssociationStore
     from .runtime.carrier import Carrier as Carrier
+    from .runtime.datagram import Sink as Sink
+    from .runtime.datagram import Source as Source
+    from .runtime.datagram import new_sink as new_sink
+    from .runtime.datagram import new_source as new_source
     from .runtime.endpoints import Local as Local
     from .runtime.endpoints import Remote as Remote
-    from .runtime.framing import DeframingError as DeframingError
-    from .runtime.framing import Framer as Framer
-    from .runtime.framing import LengthPrefixFramer as LengthPrefixFramer
-    from .runtime.framing import LineFramer as LineFramer
-    from .runtime.framing import RawFramer as RawFramer
-    from .runtime.messages import InMessage as InMessage
-    from .runtime.messages import OutMessage as OutMessage
-    from .runtime.transient import Transient as Transient
+    from .runtime.establish import initiate as initiate
+    from .runtime.listener import Listener as Listener
+    from .runtime.listener import listen as listen
+    from .runtime.responder import Reply as Reply
+    from .runtime.responder import Responder as Responder
+    from .runtime.responder import respond as respond
+    from .stacks.transient import Transient as Transient

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ArgumentError
+
 __all__ = ["Certificate", "fingerprint_of_der", "self_signed"]
 
 
@@ -33,7 +35,7 @@ class Certificate:
     def load_into(self, context: ssl.SSLContext) -> None:
         """Use this certificate and key as our identity in `context`."""
         if self.key_pem is None:
-            raise ValueError("this Certificate has no private key; it can only be pinned")
+            raise ArgumentError("this Certificate has no private key; it can only be pinned")
         # ssl.SSLContext.load_cert_chain only reads files: write a private temporary pair.
         with tempfile.TemporaryDirectory(prefix="taps-post-cert-") as tmp:
             cert_path = os.path.join(tmp, "cert.pem")
@@ -68,7 +70,7 @@ def self_signed(names: list[str] | tuple[str, ...], *, days: int = 30) -> Certif
     from cryptography.x509.oid import NameOID
 
     if not names:
-        raise ValueError("self_signed() needs at least one DNS name or IP address")
+        raise ArgumentError("self_signed() needs at least one DNS name or IP address")
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[Any] = []
     for name in names:

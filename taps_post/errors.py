@@ -1,61 +1,58 @@
-"""Errors, split by whose fault they are (h11's local/remote split, for policies).
+"""Every error taps_post raises on purpose, split by who is at fault (h11's local/remote split).
 
-`InputError`: a policy, environment file or target the user wrote is malformed; it carries
-one `Diagnostic` per problem, each rendered as `file:line:col: message`.
-`PolicyError`: the inputs are valid but the policy forbids the request (`no_candidates`,
-`policy_prohibited`); it carries the Decision that says why.
+| class                 | whose fault            | carries                                   |
+|-----------------------|------------------------|-------------------------------------------|
+| InputError            | the user's input       | `diagnostics`, each `file:line:col: ...`  |
+| UsageError            | the calling code       | a message saying what to do instead       |
+| PolicyError           | the policy in force    | the `decision` that says why              |
+| EstablishmentError    | the network            | `attempts`, each with `kind` and `error`  |
+| RemoteProtocolError   | the peer               | what the peer sent that cannot be framed  |
+| ConnectionClosedError | nobody (state)         | `__cause__`: why the carrier closed       |
+
+Rule 1: misuse errors keep the built-in class they always had as a second base (UsageError is
+a RuntimeError, ArgumentError a ValueError and TypeError), so `except RuntimeError` code
+written against earlier releases still catches them.
+Rule 2: an Attempt keeps the exception object and a machine-readable `kind`: callers branch on
+`kind`, never on message text.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from .diagnostics import Diagnostic, InputError, TapsError
 
 if TYPE_CHECKING:
     from .decision.decision import Decision
 
 __all__ = [
+    "ArgumentError",
     "Attempt",
     "ConnectionClosedError",
+    "DeframingError",
     "Diagnostic",
     "EstablishmentError",
+    "FailureKind",
+    "FrameTooLargeError",
     "InputError",
     "MessageTooLargeError",
     "PolicyError",
+    "RemoteProtocolError",
     "TapsError",
+    "UsageError",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Diagnostic:
-    """One problem in one input, located as precisely as the input allows."""
-
-    source: str
-    message: str
-    line: int | None = None
-    column: int | None = None
-    path: str | None = None
-    """Where in a document without positions (a Python dict): `rules[0].set.secure`."""
-
-    def __str__(self) -> str:
-        if self.line is not None:
-            return f"{self.source}:{self.line}:{self.column or 1}: {self.message}"
-        if self.path:
-            return f"{self.source}: {self.path}: {self.message}"
-        return f"{self.source}: {self.message}"
+class UsageError(TapsError, RuntimeError):
+    """The application called the API in a way it does not allow (receive on a Source,
+    as_stream() after the first message, fork on an accepted TCP carrier, ...)."""
 
 
-class TapsError(Exception):
-    """Base of every error taps_post raises on purpose."""
-
-
-class InputError(TapsError, ValueError):
-    """A policy file, environment snapshot or target is malformed; nothing was applied."""
-
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
-        self.diagnostics = tuple(diagnostics)
-        super().__init__("\n".join(str(d) for d in self.diagnostics))
+class ArgumentError(UsageError, ValueError, TypeError):
+    """An argument is out of range or of the wrong type (niceness < 0, data not bytes)."""
 
 
 class PolicyError(TapsError):
@@ -64,6 +61,79 @@ class PolicyError(TapsError):
     def __init__(self, message: str, decision: Decision) -> None:
         super().__init__(message)
         self.decision = decision
+
+
+class RemoteProtocolError(TapsError):
+    """The peer sent something this carrier cannot turn into messages (the peer's fault)."""
+
+
+class MessageTooLargeError(TapsError, ValueError):
+    """A message is over `message.maxSize`, on send or on receive."""
+
+
+class DeframingError(RemoteProtocolError, ValueError):
+    """The bytes on a stream are not a valid sequence of frames (malformed, cut short)."""
+
+
+class FrameTooLargeError(DeframingError, MessageTooLargeError):
+    """The peer announced or sent a message over `message.maxSize`: refused before buffering."""
+
+
+class ConnectionClosedError(TapsError, ConnectionError):
+    """The carrier is closed (by us, by the peer, or by a failure); see `__cause__`."""
+
+
+class FailureKind(enum.StrEnum):
+    """Why an attempt failed, for code that must branch on it (and for explain's output)."""
+
+    REFUSED = "refused"
+    """The peer's host answered that nobody listens there (RST, ICMP port unreachable)."""
+    TIMEOUT = "timeout"
+    """No answer in time (the attempt's own timeout or the race's connTimeout)."""
+    UNREACHABLE = "unreachable"
+    """No route, network or host unreachable, address not available on this host."""
+    TLS_VERIFY = "tls_verify"
+    """The peer's certificate failed verification or matched no pin."""
+    TLS_HANDSHAKE = "tls_handshake"
+    """The TLS or QUIC handshake failed for another reason (versions, ALPN, alerts)."""
+    RESET = "reset"
+    """The connection was reset or closed by the peer during establishment."""
+    UNSUPPORTED = "unsupported"
+    """This machine or build cannot run the stack (no MPTCP in the kernel, no module)."""
+    PROTOCOL = "protocol"
+    """The peer spoke something we cannot understand during establishment."""
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One racing attempt, as `carrier.attempts` and EstablishmentError report it."""
+
+    rank: int
+    interface: str
+    stack: str
+    remote: str
+    outcome: str
+    """won, failed, cancelled (a sibling won), or not_started."""
+    error: str = ""
+    elapsed_ms: float | None = None
+    kind: FailureKind | None = None
+    """Set when `outcome == "failed"`: why, as data."""
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    """The exception the attempt ended with (None unless it failed with one)."""
+
+    def __str__(self) -> str:
+        took = f" after {self.elapsed_ms:.0f} ms" if self.elapsed_ms is not None else ""
+        kind = f" [{self.kind}]" if self.kind is not None else ""
+        why = f": {self.error}" if self.error else ""
+        where = f"#{self.rank} {self.interface} {self.stack} {self.remote}"
+        return f"{where}: {self.outcome}{kind}{took}{why}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rank": self.rank, "interface": self.interface, "stack": self.stack,
+                "remote": self.remote, "outcome": self.outcome,
+                "kind": None if self.kind is None else str(self.kind), "error": self.error,
+                "elapsed_ms": self.elapsed_ms}
 
 
 class EstablishmentError(TapsError):
@@ -75,31 +145,3 @@ class EstablishmentError(TapsError):
         super().__init__("\n".join(lines))
         self.decision = decision
         self.attempts = tuple(attempts)
-
-
-class ConnectionClosedError(TapsError, ConnectionError):
-    """The carrier is closed (by us, by the peer, or by a failure); see `__cause__`."""
-
-
-class MessageTooLargeError(TapsError, ValueError):
-    """A message is over `message.maxSize`, on send or on receive."""
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One racing attempt, for the EstablishmentError report."""
-
-    rank: int
-    interface: str
-    stack: str
-    remote: str
-    outcome: str
-    """won, failed, cancelled (a sibling won), or not_started."""
-    error: str = ""
-    elapsed_ms: float | None = None
-
-    def __str__(self) -> str:
-        took = f" after {self.elapsed_ms:.0f} ms" if self.elapsed_ms is not None else ""
-        why = f": {self.error}" if self.error else ""
-        where = f"#{self.rank} {self.interface} {self.stack} {self.remote}"
-        return f"{where}: {self.outcome}{took}{why}"

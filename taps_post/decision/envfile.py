@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..errors import InputError
+from ..diagnostics import InputError
 from ..policy.load import _pydantic_diagnostics
 from ..policy.yamlpos import Positions, load_yaml
 from .environment import Address, CacheEntry, Environment, Interface
@@ -98,7 +98,7 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        from ..errors import Diagnostic
+        from ..diagnostics import Diagnostic
 
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
     data, pos = load_yaml(text, path)

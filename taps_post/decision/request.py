@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import Diagnostic, InputError
+from ..diagnostics import Diagnostic, InputError
 from ..policy.registry import DEFAULT_PORTS, KINDS, SCHEMES
 
 __all__ = ["Request", "parse_target"]

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..decision.environment import Interface
-from ..errors import Diagnostic, InputError
+from ..diagnostics import Diagnostic, InputError
 from .load import LoadedRule, PolicyFile, PolicySpec, discover_system_sources, load_layer
 from .match import Subject, glob_regex
 

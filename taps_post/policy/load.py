@@ -4,19 +4,25 @@ Rule 1: a document is either loaded whole or rejected whole with every problem l
 `file:line:col: message`; nothing half-checked ever reaches the resolver.
 Rule 2: every Statement knows its layer, rule, file and line, because every decision must be
 explainable down to the line that caused it.
+Rule 3: everything loaded is immutable (tuples, frozen dataclasses, read-only mappings), so a
+loaded document can be cached and shared by every PolicyContext and Decision that uses it.
+Rule 4: a file is parsed again whenever its identity on disk changes (path, inode, size,
+mtime); a document's `digest` names its content, so equal inputs give equal fingerprints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import Diagnostic, InputError
+from ..diagnostics import Diagnostic, InputError
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
 from .registry import PROFILES, REGISTRY, lookup, nearest
@@ -32,6 +38,7 @@ __all__ = [
     "discover_system_sources",
     "load_document",
     "load_layer",
+    "pydantic_diagnostics",
 ]
 
 LAYERS: tuple[str, ...] = ("defaults", "system", "app", "carrier")
@@ -67,6 +74,9 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class LoadedRule:
+    """One checked rule, compiled: its matcher runs on every request, so nothing is left to
+    parse at decision time."""
+
     id: str
     description: str | None
     matcher: Matcher
@@ -74,7 +84,8 @@ class LoadedRule:
     priority: int
     statements: tuple[Statement, ...]
     source: str
-    when: dict[str, Any]
+    when: Mapping[str, Any]
+    """The rule's `when` as data (read-only, lists as tuples), for the lint in validate.py."""
     column: int | None = None
 
 
@@ -88,6 +99,9 @@ class PolicyFile:
     rules: tuple[LoadedRule, ...]
     interfaces: tuple[tuple[InterfaceFact, str], ...] = ()
     warnings: tuple[Diagnostic, ...] = field(default=())
+    digest: str = ""
+    """A hash of the document's content (file text, or the dict's canonical form): equal
+    content, equal digest. PolicyContext.fingerprint is built from it."""
 
 
 def bundled_path(*parts: str) -> FsPath:
@@ -100,7 +114,8 @@ def bundled_path(*parts: str) -> FsPath:
 
 
 def discover_system_sources() -> list[str]:
-    """DESIGN section 6: $TAPS_POST_SYSTEM_POLICY, else /etc/taps-post/policy.d, else bundled."""
+    """$TAPS_POST_SYSTEM_POLICY, else /etc/taps-post/policy.d, else the bundled default
+    (docs/policy-language.md, "Layers and where they come from")."""
     env = os.environ.get("TAPS_POST_SYSTEM_POLICY")
     if env:
         return [env]
@@ -114,7 +129,11 @@ def _policy_files(directory: FsPath) -> list[FsPath]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-_CACHE: dict[tuple[str, str, int, int], PolicyFile] = {}
+_FILES: dict[tuple[str, str, int, int, int, int], PolicyFile] = {}
+"""(path, layer, st_dev, st_ino, st_size, st_mtime_ns) -> the loaded file."""
+_DOCS: dict[tuple[str, str, str], PolicyFile] = {}
+"""(layer, source, content digest) -> a document given as Python data."""
+_CACHE_LIMIT = 256
 
 
 def load_layer(spec: PolicySpec, layer: str) -> tuple[PolicyFile, ...]:
@@ -124,7 +143,7 @@ def load_layer(spec: PolicySpec, layer: str) -> tuple[PolicyFile, ...]:
     for item in _expand(spec, layer):
         try:
             if isinstance(item, Mapping):
-                docs.append(load_document(item, layer=layer, source=f"<{layer}>"))
+                docs.append(_load_mapping(item, layer))
             else:
                 docs.append(_load_file(item, layer))
         except InputError as exc:
@@ -161,43 +180,92 @@ def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
     )
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _load_file(path: str, layer: str) -> PolicyFile:
     try:
-        st = os.stat(path)
-        key = (path, layer, st.st_mtime_ns, st.st_size)
-        cached = _CACHE.get(key)
+        before = _identity(os.stat(path))
+        key = (path, layer, *before)
+        cached = _FILES.get(key)
         if cached is not None:
             return cached
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
+        after = _identity(os.stat(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError([Diagnostic(path, f"cannot read policy: {exc}")]) from None
     data, positions = load_yaml(text, path)
     stem = FsPath(path).stem
-    loaded = _build(data, positions, layer, path, stem)
-    if len(_CACHE) > 256:
-        _CACHE.clear()
-    _CACHE[key] = loaded
+    digest = _digest(text)
+    loaded = _build(data, positions, layer, path, stem, digest)
+    if after == before:  # not rewritten while we read it: this text is what the key names
+        if len(_FILES) >= _CACHE_LIMIT:
+            _FILES.clear()
+        _FILES[key] = loaded
+    return loaded
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    """A text that is equal for equal documents (mapping order aside) and tells apart what
+    validation tells apart (1, True and "1"; a list and a tuple)."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(sorted(f"{_canonical(k)}:{_canonical(v)}"
+                                     for k, v in value.items())) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_canonical(v) for v in value) + ")"
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _load_mapping(data: Mapping[str, Any], layer: str) -> PolicyFile:
+    source = f"<{layer}>"
+    digest = _digest(_canonical(data))
+    key = (layer, source, digest)
+    cached = _DOCS.get(key)
+    if cached is not None:
+        return cached
+    loaded = load_document(data, layer=layer, source=source, digest=digest)
+    if len(_DOCS) >= _CACHE_LIMIT:
+        _DOCS.clear()
+    _DOCS[key] = loaded
     return loaded
 
 
 def load_document(
-    data: Mapping[str, Any], *, layer: str, source: str, positions: Positions | None = None
+    data: Mapping[str, Any], *, layer: str, source: str, positions: Positions | None = None,
+    digest: str | None = None,
 ) -> PolicyFile:
     """Check and compile one document given as Python data."""
     name = data.get("name") if isinstance(data, Mapping) else None
     return _build(dict(data), positions or Positions(source), layer, source,
-                  name if isinstance(name, str) else source)
+                  name if isinstance(name, str) else source,
+                  digest if digest is not None else _digest(_canonical(data)))
 
 
-def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str) -> PolicyFile:
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str,
+           digest: str) -> PolicyFile:
     if not isinstance(data, dict):
         got = "an empty document" if data is None else type(data).__name__
         raise InputError([pos.diagnostic((), f"expected a policy document (a mapping), got {got}")])
     try:
         doc = PolicyDocument.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_pydantic_diagnostics(exc, pos)) from None
+        raise InputError(pydantic_diagnostics(exc, pos)) from None
 
     problems: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
@@ -249,12 +317,12 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
             priority=rule.priority,
             statements=tuple(statements),
             source=_src(pos, where),
-            when=rule.when.model_dump(exclude_none=True),
+            when=_freeze(rule.when.model_dump(exclude_none=True)),
             column=pos.locate(where)[1],
         ))
     if problems:
         raise InputError(problems)
-    return PolicyFile(layer, source, name, tuple(rules), tuple(facts), tuple(warnings))
+    return PolicyFile(layer, source, name, tuple(rules), tuple(facts), tuple(warnings), digest)
 
 
 def _is_list(data: Any, where: Path, fieldname: str) -> bool:
@@ -352,7 +420,9 @@ _FRIENDLY = {
 }
 
 
-def _pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnostic]:
+def pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnostic]:
+    """A pydantic error as located, friendly diagnostics; shared with the environment
+    snapshot loader so both formats report problems the same way."""
     out: list[Diagnostic] = []
     seen: set[tuple[Any, ...]] = set()
     for err in exc.errors(include_url=False):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import Diagnostic, InputError
+from ..diagnostics import Diagnostic, InputError
 from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
 from .registry import REGISTRY, key_family
 from .resolve import _rank, judge, show_value

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import Diagnostic, InputError
+from ..diagnostics import Diagnostic, InputError
 
 __all__ = ["Path", "Positions", "load_yaml", "render_path"]
 

@@ -1,38 +1,48 @@
 """Carrier: the message-oriented connection an application holds.
 
 Rule 1: a Carrier is a thin facade over its current Transient plus what outlives one: the
-Decision that chose it, the Association, the policy and the Remote. `activate()` swaps in a
-new Transient; nothing else in the Carrier depends on which one it is.
-Rule 2: `as_stream()` is a one-way door: allowed before the first message only, on a reliable
-ordered stack only, and afterwards the message API refuses with a clear error.
+Decision that chose it, the Association, the policy and the Remote. It uses only the public
+Transient interface (docs/architecture.md, "The Transient interface"); `activate()` swaps in a
+new Transient and nothing else in the Carrier depends on which one it is.
+Rule 2: `as_stream()` is a one-way door: allowed before the first message only, on a
+stream-capable stack only (the stack catalogue says which), and afterwards the message API
+refuses with a clear error.
+Rule 3: how to open another Transient (fork, activate) is the `opener` given by whoever
+established the carrier; an accepted carrier has none and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import stacks
+from ..core.messages import InMessage, OutMessage
 from ..decision.decision import Candidate, Decision
-from ..errors import Attempt, ConnectionClosedError
+from ..errors import Attempt, ConnectionClosedError, UsageError
+from ..stacks.transient import Transient
 from .association import Association
-from .framing import Framer
-from .messages import InMessage, OutMessage
-from .transient import _SEND_HIGH, Transient
+from .trace import Tracer
 
 if TYPE_CHECKING:
+    from ..core.framing import Framer
     from ..policy.context import PolicyContext
     from .endpoints import Local, Remote
 
-__all__ = ["Carrier"]
+__all__ = ["Carrier", "Opener"]
 
 MessageCallback = Callable[[OutMessage], Any]
-
-_STREAM_CAPABLE = frozenset({"tcp", "tls", "mptcp", "tls-mptcp"})
+Opener = Callable[["Carrier"], Awaitable["Carrier"]]
 
 
 class Carrier:
-    """A message-oriented connection chosen by policy; see DESIGN section 8 for the API."""
+    """A message-oriented connection chosen by policy (docs/runtime.md has the API tour).
+
+    `send`/`send_msg`/`receive` carry whole messages with their properties; `explanation`
+    is the Decision that chose it, `attempts` how the race went; `fork()` opens a sibling to
+    the same Remote and `activate()` re-establishes a dormant carrier.
+    """
 
     def __init__(
         self,
@@ -45,11 +55,12 @@ class Carrier:
         local: Local | None = None,
         policy: PolicyContext | None = None,
         framer: Callable[[], Framer] | None = None,
-        opener: Callable[[Carrier], Any] | None = None,
+        opener: Opener | None = None,
         attempts: tuple[Attempt, ...] = (),
+        tracer: Tracer | None = None,
     ) -> None:
         self._transient = transient
-        transient.carrier = self
+        transient.bind(self)
         self._decision = decision
         self._association = association
         self._candidate = candidate
@@ -58,10 +69,10 @@ class Carrier:
         self._policy = policy
         self._framer = framer
         self._opener = opener
+        self._tracer = tracer
         self.attempts = attempts
         """How each racing attempt of the establishment went (won, failed, cancelled)."""
         self._streamed = False
-        self._accept: Callable[[Carrier], Any] | None = None
         self._closing = False
 
     # ---- what chose it --------------------------------------------------------------------
@@ -101,30 +112,28 @@ class Carrier:
 
     def __repr__(self) -> str:
         state = "active" if self.is_active else ("stream" if self._streamed else "dormant")
-        return (f"<Carrier {self.stack} {self.local_address} -> {self.remote_address} {state}>")
+        return f"<{type(self).__name__} {self.stack} {self.local_address} -> " \
+               f"{self.remote_address} {state}>"
 
     # ---- sending --------------------------------------------------------------------------
 
-    def _check_messages(self) -> Transient:
+    def _messages(self) -> Transient:
         if self._streamed:
-            raise RuntimeError("this carrier became a stream (as_stream()); use its writer")
+            raise UsageError("this carrier became a stream (as_stream()); use its writer")
         return self._transient
 
     async def send(self, data: bytes) -> None:
         """Queue `data` as one message with default properties (waits under backpressure)."""
-        t = self._transient
-        if (t.accepts_plain and isinstance(data, bytes) and not self._streamed
-                and t._queue.queued_bytes <= _SEND_HIGH):
-            # The common case: no OutMessage, no coroutine below this one.
-            t.submit_data(data if type(data) is bytes else bytes(data))
-            return
+        if (type(data) is bytes and not self._streamed
+                and self._transient.try_send_plain(data)):
+            return  # the common case: no OutMessage, no coroutine below this one
         await self.send_msg(OutMessage(data))
 
     async def send_msg(self, message: OutMessage, *, on_sent: MessageCallback | None = None,
                        on_acked: MessageCallback | None = None,
                        on_expired: MessageCallback | None = None) -> None:
         """Queue a message; callbacks report what became of it (exactly one of sent/expired)."""
-        transient = self._check_messages()
+        transient = self._messages()
         if not transient.is_open:
             raise ConnectionClosedError(
                 "the carrier is dormant or closed; `await carrier.activate()` re-establishes it")
@@ -136,80 +145,76 @@ class Carrier:
 
     async def receive(self) -> InMessage:
         """The next message; ConnectionClosedError once the peer closed and all were read."""
-        t = self._transient
-        if t._inbox and not self._streamed:
-            return t.pop_message()  # no coroutine hop when a message is waiting
-        return await self._check_messages().receive()
+        if not self._streamed:
+            msg = self._transient.try_receive()  # no coroutine hop when a message waits
+            if msg is not None:
+                return msg
+        return await self._messages().receive()
 
     def __aiter__(self) -> AsyncIterator[InMessage]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[InMessage]:
-        transient = self._check_messages()
+        transient = self._messages()
         while True:
             try:
                 msg = await transient.receive()
             except ConnectionClosedError:
-                if transient._error is not None and not self._closing:
+                if transient.failure is not None and not self._closing:
                     raise
                 return
             yield msg
 
     def ready(self, callback: Callable[[InMessage], Any]) -> None:
         """Draft style: `callback(msg)` for every message until it returns False."""
-        self._check_messages().set_callback(callback)
+        self._messages().set_callback(callback)
 
     # ---- morphing, forking ----------------------------------------------------------------
 
     async def as_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Turn this carrier into an asyncio reader/writer pair (irreversible)."""
-        t = self._check_messages()
-        if t.stack not in _STREAM_CAPABLE:
-            raise RuntimeError(f"as_stream() needs a reliable ordered stack, not {t.stack}")
-        if t.sent_any or t.received_any or len(t._queue):
-            raise RuntimeError("as_stream() is only allowed before the first message")
+        t = self._messages()
+        if not _stream_capable(t.stack):
+            raise UsageError(f"as_stream() needs a reliable ordered stack, not {t.stack}")
+        if not t.untouched:
+            raise UsageError("as_stream() is only allowed before the first message")
         if not t.is_open:
             raise ConnectionClosedError("the carrier is closed")
+        transport, leftover, eof = t.detach_stream()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        leftover = t.framer.buffered()
-        t.transport.set_protocol(protocol)
-        protocol.connection_made(t.transport)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
         if leftover:
             reader.feed_data(leftover)
-        if t._eof:
+        if eof:
             reader.feed_eof()
         self._streamed = True
-        return reader, asyncio.StreamWriter(t.transport, protocol, reader, loop)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def fork(self) -> Carrier:
         """A new carrier to the same Remote on the same Association. QUIC: a new stream on the
         same connection, which the peer's `accept()` callback receives; TCP, TLS and UDP: a
         new connection, which the peer's Listener receives."""
-        session = getattr(self._transient, "session", None)
-        if session is not None:
-            if not session.is_open:
-                raise ConnectionClosedError("the QUIC connection of this carrier is closed")
-            return self._sibling(session.new_stream())
+        sibling = self._transient.open_sibling()
+        if sibling is not None:
+            return self._sibling(sibling)
         if self._opener is None:
-            raise RuntimeError("this carrier was accepted by a Listener; fork from the "
-                               "initiating side")
-        child: Carrier = await self._opener(self)
-        return child
+            raise UsageError("this carrier was accepted by a Listener; fork from the "
+                             "initiating side")
+        return await self._opener(self)
 
     def accept(self, callback: Callable[[Carrier], Any]) -> None:
         """Receive carriers the peer forks onto this connection. On TCP, TLS and UDP forks are
         new connections and arrive at the Listener instead; QUIC delivers them here."""
-        self._accept = callback
-        session = getattr(self._transient, "session", None)
-        if session is not None:
-            session.accept_callback = lambda t: callback(self._sibling(t))
+        self._transient.accept_siblings(lambda t: callback(self._sibling(t)))
 
     def _sibling(self, transient: Transient) -> Carrier:
         return Carrier(transient, decision=self._decision, association=self._association,
                        candidate=self._candidate, remote=self._remote, local=self._local,
-                       policy=self._policy, framer=self._framer, opener=self._opener)
+                       policy=self._policy, framer=self._framer, opener=self._opener,
+                       tracer=self._tracer)
 
     async def activate(self) -> None:
         """Re-establish a dormant carrier: a new race, ranked with the Association's history."""
@@ -218,9 +223,13 @@ class Carrier:
         if self._opener is None:
             raise ConnectionClosedError("an accepted carrier cannot be re-activated; the "
                                         "peer must initiate again")
-        fresh: Carrier = await self._opener(self)
+        fresh = await self._opener(self)
+        self._adopt(fresh)
+
+    def _adopt(self, fresh: Carrier) -> None:
+        """Take over the Transient and the establishment record of a freshly raced carrier."""
         self._transient = fresh._transient
-        self._transient.carrier = self
+        self._transient.bind(self)
         self._decision = fresh._decision
         self._candidate = fresh._candidate
         self.attempts = fresh.attempts
@@ -233,15 +242,31 @@ class Carrier:
         self._closing = True
         if self._streamed:
             self._transient.transport.close()
+            self._emit_closed()
             return
         await self._transient.aclose()
+        self._emit_closed()
 
     def abort(self) -> None:
         self._closing = True
         self._transient.abort()
+        self._emit_closed()
+
+    def _emit_closed(self) -> None:
+        if self._tracer is not None:
+            failure = self._transient.failure
+            self._tracer.emit("carrier.closed", stack=self.stack, remote=self.remote_address,
+                              error="" if failure is None else str(failure))
 
     async def __aenter__(self) -> Carrier:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _stream_capable(stack: str) -> bool:
+    try:
+        return bool(stacks.info(stack).stream_capable)
+    except KeyError:
+        return False

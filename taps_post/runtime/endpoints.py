@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from ..certs import Certificate
 from ..decision.request import Request, parse_target
+from ..errors import ArgumentError
 
 __all__ = ["Local", "Remote"]
 
@@ -39,7 +40,7 @@ class Local:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is out of range 0-65535")
+            raise ArgumentError(f"port {self.port} is out of range 0-65535")
         if self.address is not None:
             ipaddress.ip_address(self.address)
 

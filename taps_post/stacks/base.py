@@ -1,8 +1,12 @@
-"""The one small interface every protocol stack implements.
+"""The one small interface every protocol stack implements (the plug-in contract).
 
-Rule 1: a stack knows how to open a Transient for one Candidate and how to listen on a Local;
-it knows nothing about racing, policy or carriers. Adding a stack is one module plus one line
-in `taps_post.stacks.REGISTRY`.
+Rule 1: a stack knows how to open a Transient for one Candidate and how to listen on an
+address; it knows nothing about racing, policy or carriers. Adding a stack is a StackInfo (the
+facts the decision core ranks by) plus an object with `connect` and `listen`, given to
+`taps_post.stacks.register()` (docs/architecture.md, "Adding a stack").
+Rule 2: what a stack may keep between connections to one remote (tickets, TLS contexts) it
+reaches through `SessionState`, which the runtime's Association implements; stacks never see
+the Association itself.
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..certs import Certificate
+from ..core.framing import Framer
+from ..core.settings import Settings
 from ..decision.decision import Candidate
-from ..runtime.association import Association
-from ..runtime.framing import Framer
-from ..runtime.settings import Settings
-from ..runtime.transient import Transient
+from .transient import Transient
 
-__all__ = ["AttemptSpec", "ListenSpec", "Listening", "Stack", "bind_to_device"]
+__all__ = ["AttemptSpec", "ListenSpec", "Listening", "SessionState", "Stack", "bind_server",
+           "bind_to_device", "connected_datagram_socket", "family_of"]
+
+
+class SessionState(Protocol):
+    """Per-remote state a stack may use: resumption tickets (each handed out once) and
+    cached TLS contexts (a TLS session resumes only on the context that created it)."""
+
+    tls_contexts: dict[Any, Any]
+
+    def take_ticket(self, stack: str) -> Any | None: ...
+
+    def add_ticket(self, stack: str, ticket: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +46,7 @@ class AttemptSpec:
     host: str
     """The name the target used (TLS SNI and certificate checks), or the IP literal."""
     settings: Settings
-    association: Association
+    association: SessionState
     framer: Callable[[], Framer]
     pinned: Sequence[Certificate] = ()
     identity: Sequence[Certificate] = ()

@@ -32,10 +32,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
-from ..runtime.framing import DeframingError
-from ..runtime.messages import Pending
-from ..runtime.transient import Transient
+from ..core.messages import Pending
+from ..errors import ConnectionClosedError, DeframingError
 from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from .transient import Transient
 
 __all__ = ["QuicSession", "QuicStack", "QuicStreamTransient"]
 
@@ -100,6 +100,17 @@ class QuicStreamTransient(Transient):
     def quic(self) -> QuicConnection:
         return self.session._quic
 
+    # ---- the Transient interface ---------------------------------------------------------
+
+    def open_sibling(self) -> QuicStreamTransient:
+        if not self.session.is_open:
+            raise ConnectionClosedError("the QUIC connection of this carrier is closed")
+        return self.session.new_stream()
+
+    def accept_siblings(self, callback: Callable[[Transient], Any]) -> bool:
+        self.session.accept_callback = callback
+        return True
+
     # ---- sending ---------------------------------------------------------------------
 
     def _write(self, ready: list[Pending]) -> None:
@@ -147,14 +158,7 @@ class QuicStreamTransient(Transient):
         stream = self.quic._streams.get(self.stream_id)
         sent = stream.sender.next_offset if stream is not None else 0
         acked = stream.sender._buffer_start if stream is not None else 0
-        while self._unsent and self._unsent[0][0] <= sent:
-            end, p = self._unsent.popleft()
-            self._fire(p.on_sent, p.message)
-            if p.on_acked is not None:
-                self._unacked.append((end, p))
-        while self._unacked and self._unacked[0][0] <= acked:
-            _end, p = self._unacked.popleft()
-            self._fire(p.on_acked, p.message)
+        self._fire_events(self._ledger.advance(sent, acked))
         for uni, (p, end) in list(self._uni.items()):
             s = self.quic._streams.get(uni)
             if s is None or s.sender.next_offset >= end:
@@ -170,9 +174,12 @@ class QuicStreamTransient(Transient):
                 self._fire(p.on_acked, p.message)
 
     def _track(self, end: int, p: Pending) -> None:
-        if p.on_sent is not None or p.on_acked is not None:
-            self._unsent.append((end, p))
+        if self._ledger.track(end, p):
             self.session.tracking = True
+
+    def tracking_pending(self) -> bool:
+        """Messages wait for on_sent/on_acked on this stream or its expiring side streams."""
+        return bool(self._ledger or self._uni or self._uni_unacked)
 
     async def aclose(self) -> None:
         await self._flush()
@@ -379,10 +386,9 @@ class QuicSession(QuicConnectionProtocol):
         if self.tracking:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
             pending = False
             for t in list(self.streams.values()):
-                if t._unsent or t._unacked or t._uni or t._uni_unacked:
+                if t.tracking_pending():
                     t._check_progress()
-                    pending = pending or bool(t._unsent or t._unacked or t._uni
-                                              or t._uni_unacked)
+                    pending = pending or t.tracking_pending()
             self.tracking = pending
 
     def _stop_timer(self) -> None:

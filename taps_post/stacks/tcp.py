@@ -2,7 +2,7 @@
 
 Rule 1: we create every socket ourselves (to bind the candidate's interface and address, and
 for IPPROTO_MPTCP), so TCP_NODELAY is set here explicitly; asyncio only does it for sockets it
-creates (DESIGN section 8: otherwise Nagle plus delayed ACKs add ~40 ms per small exchange).
+creates (otherwise Nagle plus delayed ACKs add ~40 ms per small exchange; docs/runtime.md).
 Rule 2: a TLS attempt is ready only after its handshake and, when certificates are pinned,
 after the peer's certificate matched a pin. A racing TLS attempt is not a winner before that.
 Rule 3: TLS sessions are resumed through a per-association SSLContext (sessions only resume
@@ -13,17 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import functools
 import os
 import socket
 import ssl
+import struct
+import termios
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.settings import client_tls_context, server_tls_context, verify_pins
-from ..runtime.transient import StreamTransient
+from ..core.framing import LENGTH, Framer, LengthPrefixFramer
+from ..core.messages import InMessage
+from ..errors import DeframingError
 from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
+from .tls import client_tls_context, server_tls_context, verify_pins
+from .transient import Transient
 
-__all__ = ["StreamStack"]
+__all__ = ["ResumingContext", "StreamStack", "StreamTransient", "outq"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
@@ -78,7 +86,179 @@ async def _fastopen_connect(sock: socket.socket, addr: tuple[str, int], data: by
     return sent
 
 
-class _ResumingContext:
+_TRANSPORT_HIGH = 1 << 18
+"""asyncio's own buffer limit: small, so ordering decisions stay in our queue, not in a FIFO."""
+_OWN_WRITE = 1 << 16
+"""Frames this large get their own transport.write(): joining them would copy them again."""
+_new_message = functools.partial(bytes.__new__, InMessage)
+
+
+def outq(sock: Any) -> int | None:
+    """Bytes the kernel still holds for this socket (unsent + unacknowledged)."""
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(struct.unpack("i", buf)[0])
+
+
+class StreamTransient(Transient, asyncio.Protocol):
+    """TCP, TLS and MPTCP: messages framed onto one byte stream."""
+
+    accepts_plain = True
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None, secure: bool = False) -> None:
+        super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
+        self.secure = secure
+        self.raw_socket: Any = None
+        self.nodelay_set = False
+        self.on_connection: Callable[[StreamTransient], None] | None = None
+        self._length_prefixed = type(framer) is LengthPrefixFramer
+        self._feed_with = framer.feed_with if isinstance(framer, LengthPrefixFramer) else None
+        """One-copy deframing straight into InMessage objects, for the default framer."""
+        self._written = 0
+        self.session_sink: Callable[[Any], None] | None = None
+        self.used_session: Any = None
+        """The TLS session this connection resumed with, never to be stored again."""
+
+    # ---- the Transient interface ------------------------------------------------------------
+
+    def detach_stream(self) -> tuple[Any, bytes, bool]:
+        return self.transport, self.framer.buffered(), self._eof
+
+    def submit_data(self, data: bytes) -> None:
+        if self._direct and self._pump_handle is None and not self._writing_paused \
+                and not self._queue.queued_bytes and not len(self._queue):
+            self._admit(data)
+            self._direct = False  # idle link: frame and write, no queue round trip
+            self._emit(self.framer.encode(data))
+            self.sent_any = True
+            return
+        super().submit_data(data)
+
+    # ---- TLS tickets ---------------------------------------------------------------------
+
+    def _before_close(self) -> None:
+        if self.session_sink is not None:
+            self._capture_session()
+
+    def _capture_session(self) -> None:
+        # TLS 1.3 tickets arrive after the handshake, so look once data has flowed. On a
+        # resumed connection the session starts out as the ticket just used: wait for a new
+        # one, since a ticket must serve one connection only.
+        obj = self.transport.get_extra_info("ssl_object") if self.transport else None
+        session = getattr(obj, "session", None)
+        if session is None or not session.has_ticket or self.session_sink is None:
+            return
+        if self.used_session is not None and session.id == self.used_session.id \
+                and session.time == self.used_session.time:
+            return
+        self.session_sink(session)
+        self.session_sink = None
+
+    # ---- asyncio Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.raw_socket = sock
+        if sock is not None and not self.nodelay_set:
+            # asyncio sets this only on sockets it created itself (see the module rules).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.remote_address = (peer[0], peer[1]) if peer else None
+        self.local_address = (local[0], local[1]) if local else None
+        if self.on_connection is not None:
+            self.on_connection(self)
+        self._schedule_pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session_sink is not None:
+            self._capture_session()
+        self._direct = True
+        feed_with = self._feed_with
+        try:
+            messages: Any = (feed_with(data, _new_message) if feed_with is not None
+                             else self.framer.feed(data))
+        except DeframingError as exc:  # FrameTooLargeError is a MessageTooLargeError too
+            self.fail(exc)
+            return
+        self._deliver(messages)
+
+    def eof_received(self) -> bool | None:
+        try:
+            self._deliver(self.framer.eof())
+        except DeframingError as exc:
+            self._error = exc
+        self._eof = True
+        self._wake()
+        # A half-close ends the peer's messages, not ours: keep the transport open so replies
+        # still go out (a line client that shuts down its side after the last line expects
+        # its answers). TLS cannot half-close; asyncio closes it whatever we return.
+        return not self.secure
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def _write(self, ready: list[Any]) -> None:
+        encode = self.framer.encode
+        # Length prefix: plain messages were size-checked at submit; the prefix and the payload
+        # go into the join as two items (no per-message concatenation).
+        pack = LENGTH.pack if self._length_prefixed else None
+        batch: list[bytes] = []
+        offset = self._written
+        for p in ready:
+            plain = type(p) is bytes
+            if plain and pack is not None and len(p) < _OWN_WRITE:
+                batch.append(pack(len(p)))
+                batch.append(p)
+                offset += 4 + len(p)
+                continue
+            frame = encode(p if plain else p.message.data)
+            if len(frame) >= _OWN_WRITE or (not plain and p.message.immediate):
+                if batch:
+                    self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
+                    batch = []
+                self._emit(frame)
+            else:
+                batch.append(frame)
+            offset += len(frame)
+            if not plain:
+                self._track(offset, p)
+        if batch:
+            self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
+        self.sent_any = True
+        if self._ledger and self._progress_handle is None:
+            self._check_progress()
+
+    def _emit(self, data: bytes) -> None:
+        self.transport.write(data)
+        self._written += len(data)
+
+    def _offsets(self) -> tuple[int, int | None] | None:
+        transport = self.transport
+        if transport is None:
+            return None
+        buffered = transport.get_write_buffer_size()
+        accepted = self._written - buffered
+        if not self._ledger.wants_acks:
+            return accepted, None
+        held = outq(self.raw_socket)
+        if held is None:
+            return accepted, None
+        if self.secure:
+            # Ciphertext offsets differ from ours: only "everything handed over is acked" is
+            # certain, when neither asyncio nor the kernel hold any byte of ours.
+            return accepted, (accepted if held == 0 and buffered == 0 else None)
+        return accepted, accepted - held
+
+
+
+class ResumingContext:
     """Duck-typed SSLContext that offers one session: asyncio's create_connection has no
     `session=` argument, but it only ever calls `wrap_bio()` on the context it is given."""
 
@@ -176,7 +356,7 @@ class StreamStack:
             if self.secure:
                 ticket = (spec.association.take_ticket(self.name)
                           if spec.settings.session_cache else None)
-                tls = _ResumingContext(self._client_context(spec), ticket)
+                tls = ResumingContext(self._client_context(spec), ticket)
                 transient.used_session = ticket
             transport, _ = await loop.create_connection(
                 lambda: transient, sock=sock, ssl=tls,

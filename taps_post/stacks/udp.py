@@ -12,12 +12,63 @@ import asyncio
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
-from ..runtime.transient import DatagramTransient
+from ..core.framing import Framer, RawFramer
+from ..core.settings import Settings
 from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from .transient import Transient
 
-__all__ = ["UdpStack"]
+__all__ = ["DatagramTransient", "UdpStack", "bind_sink"]
+
+
+class DatagramTransient(Transient, asyncio.DatagramProtocol):
+    """UDP: one message per datagram; no ordering, no acknowledgement."""
+
+    accepts_plain = True
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None, peer: tuple[str, int] | None = None) -> None:
+        super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
+        self.peer = peer
+        self.on_datagram: Callable[[bytes, tuple[str, int]], bool] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername") or self.peer
+        self.local_address = (local[0], local[1]) if local else None
+        self.remote_address = (peer[0], peer[1]) if peer else None
+        self._schedule_pump()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._direct = True
+        if self.on_datagram is not None and self.on_datagram(data, addr):
+            return
+        if len(data) > self.max_size:
+            return  # an oversize datagram is dropped, as the network would
+        self._deliver([data], (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors on UDP are soft (softErrorNotify); they do not close the carrier.
+        self.soft_error = exc
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def _write(self, ready: list[Any]) -> None:
+        sendto = self.transport.sendto
+        for p in ready:
+            plain = type(p) is bytes
+            data = p if plain else p.message.data
+            if self.peer is not None and self.transport.get_extra_info("peername") is None:
+                sendto(data, self.peer)
+            else:
+                sendto(data)
+            if not plain:
+                self._fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
+        self.sent_any = True
 
 
 class UdpStack:
@@ -52,15 +103,14 @@ class UdpStack:
         return listening
 
 
-async def bind_sink(local: Any, settings: Any) -> DatagramTransient:
+async def bind_sink(address: str, port: int, interface: str | None,
+                    settings: Settings) -> DatagramTransient:
     """An unconnected, bound UDP socket whose one Transient receives from every peer."""
     loop = asyncio.get_running_loop()
-    sock = _server_socket(local.address or "::", local.port, local.interface)
+    sock = _server_socket(address, port, interface)
     try:
-        from ..runtime.framing import RawFramer
-
         transient = DatagramTransient(stack="udp", framer=RawFramer(settings.max_size),
-                                      max_size=settings.max_size, interface=local.interface)
+                                      max_size=settings.max_size, interface=interface)
         await loop.create_datagram_endpoint(lambda: transient, sock=sock)
     except BaseException:
         sock.close()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import taps_post as tp
-from taps_post.runtime.transient import _outq
+from taps_post.stacks.tcp import outq as _outq
 
 LO4 = "127.0.0.1"
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taps_post.runtime.framing import (
+from taps_post.core.framing import (
     DeframingError,
     Framer,
     LengthPrefixFramer,

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taps_post.runtime.messages import InMessage, OutMessage, Pending, SendQueue
+from taps_post.core.messages import InMessage, OutMessage, Pending
+from taps_post.core.outbox import SendQueue
 
 
 def pend(msg: OutMessage, deadline: float | None = None) -> Pending:

@@ -1,48 +1,26 @@
-"""Runtime settings: the effective properties of a Decision, as the runtime needs them.
+"""TLS contexts for the TLS stacks (over TCP and MPTCP), built from Settings.
 
-Rule 1: the runtime reads properties only through this object, so every knob the runtime
-honours is visible in one place and comes from the same Decision that `explain` prints.
+Rule 1: a client context trusts the system CAs, or exactly the pinned certificates when a
+Remote pins some; pinning is then checked again by fingerprint (`verify_pins`), so a pin means
+"this certificate", not "anything this CA signed".
+Rule 2: a pin mismatch raises PinMismatchError, an ssl.SSLCertVerificationError, so racing
+classifies it as tls_verify without reading the text.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..certs import Certificate, fingerprint_of_der
-from ..decision.decision import Decision
-from ..policy.registry import Pref
+from ..core.settings import Settings
+from ..errors import ArgumentError
 
-__all__ = ["Settings", "client_tls_context", "server_tls_context", "verify_pins"]
+__all__ = ["PinMismatchError", "client_tls_context", "server_tls_context", "verify_pins"]
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    conn_timeout: float
-    attempt_delay: float
-    max_size: int
-    min_tls: str
-    verify_peer: bool
-    session_cache: bool
-    alpn: tuple[str, ...]
-    zero_rtt: bool
-    per_msg_reliability: bool = False
-
-    @classmethod
-    def from_decision(cls, d: Decision) -> Settings:
-        alpn = d.value("security.alpn")
-        return cls(
-            conn_timeout=d.value("connTimeout") / 1000.0,
-            attempt_delay=d.value("racing.attemptDelay") / 1000.0,
-            max_size=int(d.value("message.maxSize")),
-            min_tls=str(d.value("security.minTlsVersion")),
-            verify_peer=bool(d.value("security.verifyPeer")),
-            session_cache=bool(d.value("security.sessionCache")),
-            alpn=tuple(alpn) if alpn else (),
-            zero_rtt=d.value("zeroRttMsg") not in (Pref.PROHIBIT, Pref.AVOID),
-            per_msg_reliability=d.value("perMsgReliability") in (Pref.REQUIRE, Pref.PREFER),
-        )
+class PinMismatchError(ssl.SSLCertVerificationError):
+    """The peer's certificate is valid but is not one of the pinned ones."""
 
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -82,7 +60,7 @@ def server_tls_context(settings: Settings, identity: Sequence[Certificate],
             cert.load_into(ctx)
             break
     else:
-        raise ValueError("a TLS listener needs a Local certificate with its private key")
+        raise ArgumentError("a TLS listener needs a Local certificate with its private key")
     if client_cas:
         for cert in client_cas:
             ctx.load_verify_locations(cadata=cert.cert_pem)
@@ -98,7 +76,7 @@ def verify_pins(ssl_object: ssl.SSLObject | None, pinned: Sequence[Certificate])
         return
     der = ssl_object.getpeercert(binary_form=True)
     if der is None:
-        raise ssl.SSLError("the peer presented no certificate, but certificates are pinned")
+        raise PinMismatchError("the peer presented no certificate, but certificates are pinned")
     got = fingerprint_of_der(der)
     if got not in {c.fingerprint for c in pinned}:
-        raise ssl.SSLError(f"the peer's certificate {got} is not one of the pinned ones")
+        raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")

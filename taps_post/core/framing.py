@@ -5,7 +5,10 @@ delivered (any split, any size) and returns the complete messages it now holds. 
 block, never guess, and never see a socket, so a property test can throw arbitrary byte
 streams at them.
 Rule 2: a framer enforces `max_size` on receive itself: a peer announcing a 4 GiB message is
-refused before we buffer it.
+refused before we buffer it (FrameTooLargeError, a RemoteProtocolError and a
+MessageTooLargeError, so callers branch on the type, never on the text).
+Rule 3: `encodes_anything` says whether `encode()` can refuse a message within max_size; the
+transport checks a message at send time only for framers that can (line framing).
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DeframingError", "Framer", "LengthPrefixFramer", "LineFramer", "RawFramer"]
+from ..errors import ArgumentError, DeframingError, FrameTooLargeError, MessageTooLargeError
 
-
-class DeframingError(ValueError):
-    """The peer sent bytes this framer cannot turn into messages (too large, malformed)."""
+__all__ = ["LENGTH", "DeframingError", "Framer", "LengthPrefixFramer", "LineFramer",
+           "RawFramer"]
 
 
 @runtime_checkable
@@ -26,6 +28,8 @@ class Framer(Protocol):
     """Encodes outgoing messages and incrementally decodes incoming bytes."""
 
     max_size: int
+    encodes_anything: bool
+    """True when encode() accepts every message within max_size (no send-time check needed)."""
 
     def fresh(self) -> Framer:
         """A framer with the same configuration and no state, for a new connection."""
@@ -46,11 +50,14 @@ class Framer(Protocol):
         ...
 
 
-_LENGTH = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
+"""The Post-to-Post length prefix: 4 bytes, big-endian."""
 
 
 class LengthPrefixFramer:
     """4-byte big-endian length, then the payload: the Post-to-Post default."""
+
+    encodes_anything = True
 
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
@@ -63,8 +70,8 @@ class LengthPrefixFramer:
 
     def encode(self, message: bytes) -> bytes:
         if len(message) > self.max_size:
-            raise ValueError(f"message of {len(message)} bytes is over message.maxSize "
-                             f"({self.max_size})")
+            raise MessageTooLargeError(f"message of {len(message)} bytes is over "
+                                       f"message.maxSize ({self.max_size})")
         return len(message).to_bytes(4, "big") + message
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -87,13 +94,14 @@ class LengthPrefixFramer:
         need = 4
         if end >= 4:
             append = out.append
-            unpack_from = _LENGTH.unpack_from
+            unpack_from = LENGTH.unpack_from
             max_size = self.max_size
             with memoryview(src) as mv:
                 while end - pos >= 4:
                     (size,) = unpack_from(src, pos)
                     if size > max_size:
-                        raise DeframingError(f"peer announced a {size}-byte message, over "
+                        raise FrameTooLargeError(f"peer announced a {size}-byte message, "
+                                                 f"over "
                                              f"message.maxSize ({max_size})")
                     if end - pos - 4 < size:
                         need = 4 + size
@@ -127,10 +135,12 @@ class LengthPrefixFramer:
 class LineFramer:
     """Messages end with a delimiter (default LF); for line protocols and tools like socat."""
 
+    encodes_anything = False
+
     def __init__(self, delimiter: bytes = b"\n", max_size: int = 16 * 1024 * 1024,
                  strip: bytes = b"\r") -> None:
         if not delimiter:
-            raise ValueError("the delimiter must not be empty")
+            raise ArgumentError("the delimiter must not be empty")
         self.delimiter = delimiter
         self.max_size = max_size
         self._strip = strip
@@ -144,12 +154,12 @@ class LineFramer:
         # `message + delimiter[:-1]` also catches a tail that overlaps the delimiter ("a=" with
         # "=="), which would otherwise move the boundary.
         if self.delimiter in message + self.delimiter[:-1]:
-            raise ValueError("message contains the delimiter; it would arrive as two messages")
+            raise ArgumentError("message contains the delimiter; it would arrive as two messages")
         if self._strip and message.endswith(self._strip):
-            raise ValueError(f"message ends with {self._strip!r}, which the receiver strips")
+            raise ArgumentError(f"message ends with {self._strip!r}, which the receiver strips")
         if len(message) > self.max_size:
-            raise ValueError(f"message of {len(message)} bytes is over message.maxSize "
-                             f"({self.max_size})")
+            raise MessageTooLargeError(f"message of {len(message)} bytes is over "
+                                       f"message.maxSize ({self.max_size})")
         return message + self.delimiter
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -167,7 +177,7 @@ class LineFramer:
             if self._strip and msg.endswith(self._strip):
                 msg = msg[: -len(self._strip)]
             if len(msg) > self.max_size:
-                raise DeframingError(f"line of {len(msg)} bytes is over message.maxSize "
+                raise FrameTooLargeError(f"line of {len(msg)} bytes is over message.maxSize "
                                      f"({self.max_size})")
             out.append(msg)
             start = idx + len(d)
@@ -176,7 +186,8 @@ class LineFramer:
             del buf[:start]
         self._scan = len(buf)
         if len(buf) > self.max_size + len(d):
-            raise DeframingError(f"no delimiter within message.maxSize ({self.max_size}) bytes")
+            raise FrameTooLargeError(f"no delimiter within message.maxSize ({self.max_size}) "
+                                     "bytes")
         return out
 
     def buffered(self) -> bytes:
@@ -192,7 +203,7 @@ class LineFramer:
             if self._strip and rest.endswith(self._strip):
                 rest = rest[: -len(self._strip)]
             if len(rest) > self.max_size:
-                raise DeframingError(f"final line of {len(rest)} bytes is over "
+                raise FrameTooLargeError(f"final line of {len(rest)} bytes is over "
                                      f"message.maxSize ({self.max_size})")
             return [rest]
         return []
@@ -200,6 +211,8 @@ class LineFramer:
 
 class RawFramer:
     """No framing: every chunk the network delivers is a message (stream semantics)."""
+
+    encodes_anything = True
 
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size

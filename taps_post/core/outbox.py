@@ -1,9 +1,13 @@
-"""Messages and the send queue that orders them (niceness, lifetime, antecedents).
+"""The outbox: the send queue that orders messages, and the byte-offset ledger behind it.
 
-Rule 1: the queue is sans-I/O and clock-free: every call takes `now`, and `pop_ready(now)`
-returns what to send and what expired. The carrier's pump does the writing and fires the
-callbacks, so the ordering rules are testable without sockets and without sleeping.
+Rule 1: sans-I/O and clock-free: every call takes `now`, and `pop_ready(now)` returns what to
+send and what expired. A stack's pump does the writing and fires the callbacks, so the
+ordering rules are testable without sockets and without sleeping.
 Rule 2: a message leaves the queue exactly once: sent, or expired. Never both, never neither.
+Rule 3: the `Ledger` turns byte offsets into events. A stack records where each tracked
+message ends in its byte stream (`track`), then reports how far the kernel (or aioquic) has
+taken and acknowledged the stream (`advance`); it gets back `Sent`/`Acked` events in order,
+each exactly once, and `fail()` ends whatever was still in flight as `Expired`.
 """
 
 from __future__ import annotations
@@ -11,90 +15,14 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["InMessage", "OutMessage", "SendQueue"]
+from ..errors import ArgumentError
+from .events import Acked, Expired, Sent
+from .messages import OutMessage, Pending
 
-_seq = itertools.count()
-
-
-@dataclass(eq=False, slots=True)
-class OutMessage:
-    """A message to send, with the Post Sockets message properties."""
-
-    data: bytes
-    niceness: int = 0
-    """0 is sent first; larger values yield to smaller ones (draft-trammell-taps-post-sockets)."""
-    lifetime: float | None = None
-    """Seconds from `send_msg()`; a message not sent by then is dropped and `on_expired` fires."""
-    antecedents: Sequence[OutMessage] = ()
-    """Messages that must be sent before this one."""
-    idempotent: bool = False
-    """Safe to replay: may ride in 0-RTT (TCP Fast Open, QUIC early data)."""
-    immediate: bool = False
-    """Send at once in its own packet where the stack allows (own write with TCP_NODELAY)."""
-    reliable: bool = True
-    seq: int = field(default_factory=lambda: next(_seq))
-    state: str = field(default="new", init=False, repr=False)
-    """new, queued, sent or expired; a message is sent at most once, on one carrier."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"OutMessage data must be bytes, not {type(self.data).__name__}")
-        if self.niceness < 0:
-            raise ValueError("niceness must be >= 0 (0 is the most urgent)")
-        if self.lifetime is not None and self.lifetime < 0:
-            raise ValueError("lifetime must be >= 0 seconds")
-        self.data = bytes(self.data)
-
-    def __repr__(self) -> str:
-        return (f"<OutMessage #{self.seq} {len(self.data)} bytes niceness={self.niceness}"
-                f"{' idempotent' if self.idempotent else ''}"
-                f"{' immediate' if self.immediate else ''}>")
-
-
-class InMessage(bytes):
-    """A received message: the bytes themselves, plus where and how they arrived."""
-
-    carrier: Any = None
-    remote: tuple[str, int] | None = None
-    early: bool = False
-    """Arrived as 0-RTT data (before the handshake completed)."""
-
-    def __new__(cls, data: Any, *, carrier: Any = None, remote: tuple[str, int] | None = None,
-                early: bool = False) -> InMessage:
-        # Class attributes hold the defaults: a stream message sets one attribute, not three.
-        self = super().__new__(cls, data)
-        if carrier is not None:
-            self.carrier = carrier
-        if remote is not None:
-            self.remote = remote
-        if early:
-            self.early = early
-        return self
-
-
-Callback = Callable[[OutMessage], Any] | None
-
-
-@dataclass(eq=False, slots=True)
-class Pending:
-    """A queued message with its deadline and callbacks."""
-
-    message: OutMessage
-    deadline: float | None
-    on_sent: Callback = None
-    on_acked: Callback = None
-    on_expired: Callback = None
-
-    arrival: int = 0
-    """Order of queueing on this carrier: the FIFO tie-break within one niceness."""
-
-    def sort_key(self) -> tuple[int, int]:
-        return (self.message.niceness, self.arrival)
-
+__all__ = ["Ledger", "Pending", "SendQueue"]
 
 class SendQueue:
     """Orders messages by niceness then arrival; holds a message until its antecedents left."""
@@ -121,7 +49,7 @@ class SendQueue:
     def push(self, pending: Pending) -> None:
         msg = pending.message
         if msg.state != "new":
-            raise ValueError(f"{msg!r} is already {msg.state}; a message is sent once")
+            raise ArgumentError(f"{msg!r} is already {msg.state}; a message is sent once")
         msg.state = "queued"
         self._queued[msg.seq] = pending
         pending.arrival = next(self._arrivals)
@@ -216,3 +144,60 @@ class SendQueue:
                 if any(a.state == "expired" for a in p.message.antecedents):
                     yield self._remove(p, expired=True)
                     changed = True
+
+
+class Ledger:
+    """Tracked messages by the stream offset of their last byte, until sent and acknowledged.
+
+    Only messages with an `on_sent` or `on_acked` callback are tracked, so the bulk path of
+    plain `send()` never touches it.
+    """
+
+    __slots__ = ("_acks_wanted", "_unacked", "_unsent")
+
+    def __init__(self) -> None:
+        self._unsent: collections.deque[tuple[int, Pending]] = collections.deque()
+        self._unacked: collections.deque[tuple[int, Pending]] = collections.deque()
+        self._acks_wanted = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._unsent or self._unacked)
+
+    @property
+    def wants_acks(self) -> bool:
+        """Some tracked message waits for `on_acked`: only then is the (costly) acknowledged
+        offset worth asking the kernel for."""
+        return self._acks_wanted > 0
+
+    def track(self, end: int, p: Pending) -> bool:
+        """Remember `p` as ending at stream offset `end`; False when it has no callback."""
+        if p.on_sent is None and p.on_acked is None:
+            return False
+        self._unsent.append((end, p))
+        if p.on_acked is not None:
+            self._acks_wanted += 1
+        return True
+
+    def advance(self, sent: int, acked: int | None) -> list[Sent | Acked]:
+        """Events for every tracked message now wholly taken (offset <= `sent`) and wholly
+        acknowledged (offset <= `acked`; None when the stack cannot tell yet)."""
+        out: list[Sent | Acked] = []
+        unsent, unacked = self._unsent, self._unacked
+        while unsent and unsent[0][0] <= sent:
+            end, p = unsent.popleft()
+            out.append(Sent(p))
+            if p.on_acked is not None:
+                unacked.append((end, p))
+        while unacked and acked is not None and unacked[0][0] <= acked:
+            out.append(Acked(unacked.popleft()[1]))
+            self._acks_wanted -= 1
+        return out
+
+    def fail(self) -> list[Expired]:
+        """The transport died: messages handed over but not known sent end as expired;
+        messages known sent but not acknowledged get nothing more."""
+        out = [Expired(p) for _end, p in self._unsent]
+        self._unsent.clear()
+        self._unacked.clear()
+        self._acks_wanted = 0
+        return out

@@ -1,0 +1,42 @@
+"""Settings: the effective properties of a Decision, as the stacks and the runtime need them.
+
+Rule 1: the stacks and the runtime read properties only through this object, so every knob
+they honour is visible in one place and comes from the same Decision that `explain` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..decision.decision import Decision
+from ..policy.registry import Pref
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    conn_timeout: float
+    attempt_delay: float
+    max_size: int
+    min_tls: str
+    verify_peer: bool
+    session_cache: bool
+    alpn: tuple[str, ...]
+    zero_rtt: bool
+    per_msg_reliability: bool = False
+
+    @classmethod
+    def from_decision(cls, d: Decision) -> Settings:
+        alpn = d.value("security.alpn")
+        return cls(
+            conn_timeout=d.value("connTimeout") / 1000.0,
+            attempt_delay=d.value("racing.attemptDelay") / 1000.0,
+            max_size=int(d.value("message.maxSize")),
+            min_tls=str(d.value("security.minTlsVersion")),
+            verify_peer=bool(d.value("security.verifyPeer")),
+            session_cache=bool(d.value("security.sessionCache")),
+            alpn=tuple(alpn) if alpn else (),
+            zero_rtt=d.value("zeroRttMsg") not in (Pref.PROHIBIT, Pref.AVOID),
+            per_msg_reliability=d.value("perMsgReliability") in (Pref.REQUIRE, Pref.PREFER),
+        )

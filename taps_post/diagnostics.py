@@ -1,0 +1,47 @@
+"""The bottom of the package: the error base and located diagnostics every layer reports with.
+
+Rule 1: this module imports nothing of taps_post, so every layer (policy, decision, transport
+core, stacks, runtime) can raise `InputError` without an import circle. The full catalogue of
+errors, split by who is at fault, is `taps_post.errors` (docs/architecture.md, "Errors").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Diagnostic", "InputError", "TapsError"]
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem in one input, located as precisely as the input allows."""
+
+    source: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+    path: str | None = None
+    """Where in a document without positions (a Python dict): `rules[0].set.secure`."""
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"{self.source}:{self.line}:{self.column or 1}: {self.message}"
+        if self.path:
+            return f"{self.source}: {self.path}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+
+class TapsError(Exception):
+    """Base of every error taps_post raises on purpose."""
+
+
+class InputError(TapsError, ValueError):
+    """A policy file, environment snapshot or target is malformed; nothing was applied.
+
+    The user's fault: it carries one `Diagnostic` per problem, each `file:line:col: message`.
+    """
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))

@@ -1,0 +1,229 @@
+"""Establishment: from a Remote to a ready Carrier (decide, then race, then wrap).
+
+Rule 1: `initiate()` runs the same `decide()` the explain tool runs, on the live Environment
+plus the Association's history, then races the plan; a dry run and a real connection cannot
+disagree about the choice.
+Rule 2: a plan is reused only for exactly the same inputs: equal policy (by the context's
+fingerprint, so a fresh `PolicyContext` built from the same files hits too), kind, target and
+addresses, the very same live interface snapshot and the same Association history.
+Rule 3: every attempt's outcome is written to the Association's history, so the next
+decision ranks by what the network taught us; a failed race drops the interface cache.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from .. import stacks
+from ..core.framing import Framer, LengthPrefixFramer
+from ..core.messages import OutMessage
+from ..core.settings import Settings
+from ..decision.decide import decide
+from ..decision.decision import Candidate, Decision
+from ..decision.envfile import load_environment
+from ..decision.environment import Environment
+from ..errors import EstablishmentError, PolicyError
+from ..policy.context import PolicyContext
+from ..stacks.base import AttemptSpec
+from ..stacks.transient import Transient
+from ..system import live
+from .association import Association, AssociationStore, default_store
+from .carrier import Carrier
+from .endpoints import Local, Remote
+from .racing import race
+from .trace import TraceCallback, Tracer
+
+__all__ = ["EnvSpec", "FramerSpec", "establish", "framer_factory", "initiate", "policy_for",
+           "snapshot"]
+
+FramerSpec = Framer | Callable[[], Framer] | None
+EnvSpec = Environment | str | Mapping[str, Any] | None
+
+
+def framer_factory(framer: FramerSpec, max_size: int) -> Callable[[], Framer]:
+    """Framers keep per-connection state, so each Transient gets a fresh one, and the
+    decision's message.maxSize caps whatever the framer was configured with."""
+    if framer is None:
+        return lambda: LengthPrefixFramer(max_size)
+    if isinstance(framer, Framer):
+        template = framer
+
+        def fresh() -> Framer:
+            clone = template.fresh()
+            clone.max_size = min(clone.max_size, max_size)
+            return clone
+
+        return fresh
+    return framer
+
+
+def snapshot(env: EnvSpec) -> Environment | None:
+    """The caller's environment snapshot as an Environment (None: the live machine)."""
+    if env is None or isinstance(env, Environment):
+        return env
+    return load_environment(env)
+
+
+def policy_for(policy: PolicyContext | None, app_name: str | None) -> PolicyContext:
+    return policy if policy is not None else PolicyContext(app_name=app_name)
+
+
+def _environment(base: Environment | None, remote: Remote,
+                 association: Association) -> Environment:
+    history = tuple(association.history)
+    if base is None:
+        return live.live_environment(remote.host, remote.port, history,
+                                     addresses=remote.addresses)
+    env = replace(base, cache=tuple(base.cache) + history)
+    if remote.addresses is not None and remote.host not in env.dns:
+        env = env.with_dns(remote.host, remote.addresses)
+    return env
+
+
+async def initiate(
+    target: str | Remote,
+    *,
+    local: Local | None = None,
+    policy: PolicyContext | None = None,
+    framer: FramerSpec = None,
+    app_name: str | None = None,
+    store: AssociationStore | None = None,
+    env: EnvSpec = None,
+    send: OutMessage | bytes | None = None,
+    trace: TraceCallback | None = None,
+) -> Carrier:
+    """Decide, race and return the winning Carrier (losers closed, every task awaited).
+
+    `send` is the first message (RFC 9622 InitiateWithSend): when it is idempotent it rides in
+    the first flight where the stack can (TCP Fast Open, QUIC 0-RTT); otherwise it is sent
+    right after establishment. Either way it is sent exactly once on the winning carrier.
+    `trace(name, info)` receives the establishment's events (docs/architecture.md,
+    "Observability"); the `taps_post` loggers receive them too.
+    """
+    remote = target if isinstance(target, Remote) else Remote.parse(target)
+    ctx = policy_for(policy, app_name)
+    association = (store or default_store).get(remote.hostport)
+    first = OutMessage(send) if isinstance(send, (bytes, bytearray)) else send
+    return await establish(remote, local, ctx, framer, association, env, kind="initiate",
+                           first=first, tracer=Tracer(trace))
+
+
+async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
+                    framer: FramerSpec, association: Association, env: EnvSpec, *,
+                    kind: str, first: OutMessage | None = None, tracer: Tracer,
+                    carrier_class: type[Carrier] = Carrier) -> Carrier:
+    """One establishment: the shared path of initiate(), new_source(), fork() and
+    activate(). `carrier_class` is what the winner is wrapped in (Carrier or Source)."""
+    base = snapshot(env)
+    if remote.addresses is None and base is not None:
+        # A snapshot that knows the name answers for it: a dry-run environment must not
+        # depend on the machine's resolver.
+        known = base.dns.get(remote.host.lower())
+        if known:
+            remote = replace(remote, addresses=tuple(known))
+    resolved = remote if remote.is_resolved else await remote.resolve()
+    plan = None if env is not None else _plan(resolved, ctx, association, kind)
+    if plan is None:
+        request = resolved.request(app=ctx.app_name, kind=kind)
+        decision = decide(request, ctx, _environment(base, resolved, association))
+        if decision.outcome != "ok":
+            why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
+                   else "every candidate was excluded")
+            raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
+        settings = Settings.from_decision(decision)
+        if env is None:
+            _remember_plan(resolved, ctx, association, kind, decision, settings)
+    else:
+        decision, settings = plan
+    if tracer.active:
+        tracer.emit("decision.complete", outcome=decision.outcome,
+                    candidates=len(decision.candidates), from_cache=plan is not None,
+                    stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
+    association.session_cache = settings.session_cache
+    factory = framer_factory(framer, settings.max_size)
+    candidates = _local_filter(decision.candidates, local)
+    if not candidates:
+        raise PolicyError(f"no candidate uses the requested local endpoint {local}", decision)
+
+    async def attempt(c: Candidate) -> Transient:
+        impl = stacks.get(c.stack)
+        if impl is None:
+            raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
+        return await impl.connect(AttemptSpec(
+            candidate=c, host=resolved.host, settings=settings, association=association,
+            framer=factory, pinned=tuple(resolved.certificates),
+            identity=tuple(local.certificates) if local else (), early=first))
+
+    def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
+        if t is None:
+            association.record(c.stack, "failure", interface=c.interface,
+                               address=c.remote_address)
+        else:
+            association.record(c.stack, "success", interface=c.interface,
+                               address=c.remote_address,
+                               rtt_ms=t.rtt_ms if t.rtt_ms is not None else elapsed_ms)
+
+    result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
+                        timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer)
+    if isinstance(result, tuple):
+        live.invalidate()
+        raise EstablishmentError(f"could not reach {remote.target}: every attempt failed",
+                                 decision, result)
+
+    async def reopen(parent: Carrier) -> Carrier:
+        return await establish(remote, local, ctx, framer, association, env, kind=kind,
+                               tracer=tracer)
+
+    transient = result.transient
+    carrier = carrier_class(transient, decision=decision, association=association,
+                            candidate=result.candidate, remote=resolved, local=local,
+                            policy=ctx, framer=factory, opener=reopen,
+                            attempts=result.attempts, tracer=tracer)
+    if tracer.active:
+        tracer.emit("carrier.active", stack=transient.stack, interface=transient.interface,
+                    local=transient.local_address, remote=transient.remote_address,
+                    rtt_ms=transient.rtt_ms, session_reused=transient.session_reused)
+    if first is not None:
+        if transient.early_sent:
+            first.state = "sent"
+        else:
+            await carrier.send_msg(first)
+    return carrier
+
+
+_PLAN_LIMIT = 64
+
+
+def _plan_key(resolved: Remote, ctx: PolicyContext, kind: str) -> tuple[Any, ...]:
+    return (getattr(ctx, "fingerprint", ctx), kind, resolved.target, resolved.addresses)  # TEMP
+
+
+def _plan(resolved: Remote, ctx: PolicyContext, association: Association,
+          kind: str) -> tuple[Decision, Settings] | None:
+    """The Decision decide() gave for exactly these inputs, if none changed since (Rule 2)."""
+    hit = association.plans.get(_plan_key(resolved, ctx, kind))
+    if hit is None:
+        return None
+    interfaces, history, decision, settings = hit
+    if interfaces is not live.cached_interfaces() or history != tuple(association.history):
+        return None
+    return decision, settings
+
+
+def _remember_plan(resolved: Remote, ctx: PolicyContext, association: Association, kind: str,
+                   decision: Decision, settings: Settings) -> None:
+    if len(association.plans) >= _PLAN_LIMIT:
+        association.plans.clear()
+    association.plans[_plan_key(resolved, ctx, kind)] = (
+        live.cached_interfaces(), tuple(association.history), decision, settings)
+
+
+def _local_filter(candidates: tuple[Candidate, ...], local: Local | None) -> list[Candidate]:
+    if local is None:
+        return list(candidates)
+    return [c for c in candidates
+            if (local.interface is None or c.interface == local.interface)
+            and (local.address is None or c.local_address == local.address)]

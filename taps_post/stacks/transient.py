@@ -1,0 +1,447 @@
+"""Transient: one protocol stack instance over one path, the asyncio half of the transport core.
+
+Rule 1: a Transient owns exactly one transport and everything that must stay consistent with
+it: the outbox (SendQueue + Ledger) and its pump, the inbox, and the timers. The Carrier
+above it uses only the public interface defined here (docs/architecture.md, "The Transient
+interface"), so a carrier can move to a new Transient (activate) without any message being
+lost or duplicated, and a new stack only subclasses this.
+Rule 2: writes are batched: the pump drains every ready message into one write, except
+`immediate` messages, which get their own (and so their own segment on stream stacks, which
+set TCP_NODELAY).
+Rule 3: `on_sent` fires when the kernel has taken the message's last byte, `on_acked` when the
+peer acknowledged it, both read from the stack's own offsets (`_offsets()`), never guessed; the
+core's Ledger turns offsets into events exactly once.
+Rule 4: a subclass provides `_write(ready)` and may override `_offsets()`, `submit_data()`
+(a direct-write fast path), `detach_stream()`, `open_sibling()` and `accept_siblings()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..core.events import Acked, Expired, Sent
+from ..core.framing import Framer
+from ..core.inbox import Inbox
+from ..core.messages import InMessage, OutMessage, Pending
+from ..core.outbox import Ledger, SendQueue
+from ..errors import ConnectionClosedError, MessageTooLargeError, UsageError
+
+__all__ = ["SEND_HIGH", "SEND_LOW", "Transient"]
+
+SEND_HIGH = 1 << 20
+"""Queued bytes above which `send()` waits (backpressure)."""
+SEND_LOW = 1 << 18
+"""...and the level under which a waiting sender is released."""
+
+
+class Transient:
+    """The part every stack shares: outbox and pump, inbox and receivers, close and abort."""
+
+    accepts_plain = False
+    """True when _write() takes bytes items (SendQueue.push_data) as well as Pending."""
+
+    stack: str
+    interface: str | None
+    local_address: tuple[str, int] | None
+    remote_address: tuple[str, int] | None
+    established_ms: float | None
+
+    def __init__(self, *, stack: str, framer: Framer, max_size: int,
+                 interface: str | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stack = stack
+        self.framer = framer
+        self.max_size = max_size
+        self.interface = interface
+        self.local_address = None
+        self.remote_address = None
+        self.established_ms = None
+        self.transport: Any = None
+        self.owner: Any = None
+        """The Carrier this Transient serves (set by `bind`); received messages name it."""
+        self.early = False
+        """Messages received now arrive as 0-RTT data (before the handshake completed)."""
+        self.rtt_ms: float | None = None
+        """Connect time of the transport handshake (TCP SYN to SYN-ACK), as measured."""
+        self.session_reused = False
+        self.early_sent = False
+        """The first message (initiate(send=...)) was written during establishment."""
+        self.early_in_syn = False
+        """...and rode in the first flight: the peer acknowledged our 0-RTT data."""
+        self.soft_error: BaseException | None = None
+        """The last soft error (ICMP) reported on a connectionless socket."""
+        # receive side
+        self._inbox = Inbox()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._callback: Callable[[InMessage], Any] | None = None
+        self._eof = False
+        self._error: BaseException | None = None
+        self.received_any = False
+        # send side
+        self._queue = SendQueue()
+        self._ledger = Ledger()
+        self._check_frame = None if framer.encodes_anything else framer.encode
+        self._pump_handle: asyncio.Handle | None = None
+        self._direct = True
+        """May the next submit write at once (no pump pending, first write since the event
+        loop last called us)? Re-armed by the loop's callbacks: data received, pump, resume."""
+        self._expiry_handle: asyncio.TimerHandle | None = None
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._progress_handle: asyncio.TimerHandle | None = None
+        self._progress_delay = 0.001
+        self.sent_any = False
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._close_waiters: list[asyncio.Future[None]] = []
+
+    # ---- the interface the Carrier uses ----------------------------------------------------
+
+    def bind(self, owner: Any) -> None:
+        """Attach the Carrier that serves this Transient (messages name it as their carrier)."""
+        self.owner = owner
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.closed.done() and self._error is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the Transient died, when it died of an error (None after a clean close)."""
+        return self._error
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer will send no more messages (they may still wait in the inbox)."""
+        return self._eof
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing was sent, received or queued yet (as_stream() is still allowed)."""
+        return not (self.sent_any or self.received_any or len(self._queue))
+
+    def open_sibling(self) -> Transient | None:
+        """A new Transient on the same connection (a new QUIC stream), or None where the stack
+        has one connection per Transient (fork then opens a new connection)."""
+        return None
+
+    def accept_siblings(self, callback: Callable[[Transient], Any]) -> bool:
+        """Deliver Transients the peer opens on this connection to `callback`; False where
+        the stack cannot (peers open new connections, which arrive at a Listener)."""
+        return False
+
+    def detach_stream(self) -> tuple[Any, bytes, bool]:
+        """Hand the byte stream over (as_stream()): (transport, bytes received but not yet a
+        message, peer at EOF). Only stream stacks can."""
+        raise UsageError(f"as_stream() needs a reliable ordered stack, not {self.stack}")
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._eof = True
+        for p in self._queue.drain_all():
+            self._fire(p.on_expired, p.message)
+        self._fire_events(self._ledger.fail())
+        self._cancel_timers()
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for w in self._close_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._close_waiters.clear()
+
+    def _cancel_timers(self) -> None:
+        for h in (self._pump_handle, self._expiry_handle, self._progress_handle):
+            if h is not None:
+                h.cancel()
+        self._pump_handle = self._expiry_handle = self._progress_handle = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Abort because of a protocol error (deframing, oversize): the peer is cut off."""
+        if self._error is None:
+            self._error = exc
+        if self.transport is not None:
+            self.transport.abort()
+        self._lost(exc)
+
+    def _before_close(self) -> None:
+        """Hook: last chance to read state the close will destroy (TLS tickets)."""
+
+    async def aclose(self) -> None:
+        """Graceful close: queued messages go out first, then the transport closes."""
+        if self.transport is None:
+            return
+        self._before_close()
+        if not self.closed.done():
+            await self._flush()
+            if not self.transport.is_closing():
+                self.transport.close()
+            if not self.closed.done():
+                waiter = self.loop.create_future()  # private: cancelling the caller cancels
+                self._close_waiters.append(waiter)  # it, never `self.closed`
+                timer = self.loop.call_later(5.0, self.transport.abort)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+        self._before_close()  # tickets read during the close
+
+    async def _flush(self) -> None:
+        """Let the pump send everything queued before a close."""
+        while len(self._queue) and self.is_open:
+            before = self._queue.queued_bytes
+            self._schedule_pump()
+            await self._wait_drained()
+            if self._queue.queued_bytes == before and not self._writing_paused:
+                # Nothing could go: what is left waits for antecedents that will never be
+                # sent here. Report it rather than hold the close forever.
+                for p in self._queue.drain_all():
+                    self._fire(p.on_expired, p.message)
+                break
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- receive side ---------------------------------------------------------------------
+
+    def _deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
+        if not messages:
+            return
+        self.received_any = True
+        carrier, early = self.owner, self.early
+        inbox = self._inbox
+        if self._callback is not None:
+            for m in messages:
+                msg = InMessage(m, carrier=carrier, remote=remote, early=early)
+                if self._callback is None:
+                    inbox.append(msg)
+                elif self._callback(msg) is False:
+                    self._callback = None
+            self._wake()
+            return
+        if remote is None and not early:
+            new = bytes.__new__  # InMessage(m, carrier=...) without the Python-level __new__
+            for m in messages:
+                msg = m if type(m) is InMessage else new(InMessage, m)
+                msg.carrier = carrier
+                inbox.append(msg)
+        else:
+            for m in messages:
+                inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
+        if inbox.over_high() and self.transport is not None:
+            inbox.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        # Every receiver waiting wakes and re-checks: concurrent receive() calls each get a
+        # message or keep waiting, none is forgotten.
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def set_callback(self, callback: Callable[[InMessage], Any] | None) -> None:
+        self._callback = callback
+        while callback is not None and self._inbox:
+            if callback(self._inbox.popleft()) is False:
+                self._callback = None
+                break
+
+    async def receive(self) -> InMessage:
+        while not self._inbox:
+            if self._error is not None:
+                raise ConnectionClosedError(f"{self.stack} carrier failed: {self._error}") \
+                    from self._error
+            if self._eof:
+                raise ConnectionClosedError(f"the peer closed the {self.stack} carrier")
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self.pop_message()
+
+    def try_receive(self) -> InMessage | None:
+        """The next message if one is waiting (no coroutine, no await), else None."""
+        return self.pop_message() if self._inbox else None
+
+    def pop_message(self) -> InMessage:
+        """The next inbox message (the caller checked there is one)."""
+        inbox = self._inbox
+        msg = inbox.popleft()
+        if inbox.paused and len(inbox) < inbox.low and self.transport is not None:
+            inbox.paused = False
+            self.transport.resume_reading()
+        return msg
+
+    # ---- send side ------------------------------------------------------------------------
+
+    def submit(self, message: OutMessage, on_sent: Any = None, on_acked: Any = None,
+               on_expired: Any = None, *, queued_at: float | None = None) -> None:
+        """Queue a message; its lifetime counts from `queued_at` (when send_msg() was called,
+        before any backpressure wait), else from now."""
+        self._admit(message.data)
+        start = self.loop.time() if queued_at is None else queued_at
+        deadline = None if message.lifetime is None else start + message.lifetime
+        self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
+        if (message.niceness == 0 and not message.antecedents and on_sent is None
+                and on_acked is None and on_expired is None):
+            self._kick()  # nothing queued later can overtake (0, seq): writing now keeps order
+        else:
+            self._schedule_pump()  # callbacks run from the loop, never inside send_msg()
+
+    def try_send_plain(self, data: bytes) -> bool:
+        """`send(data)` with default properties, when no backpressure wait is due: True when
+        taken (no OutMessage, no coroutine), False when the caller must take the slow path."""
+        if not self.accepts_plain or self._queue.queued_bytes > SEND_HIGH:
+            return False
+        self.submit_data(data)
+        return True
+
+    def submit_data(self, data: bytes) -> None:
+        """Queue bytes with default properties: no OutMessage, no Pending, no heap entry."""
+        self._admit(data)
+        self._queue.push_data(data)
+        if self._pump_handle is None:
+            self._kick()
+
+    def _admit(self, data: bytes) -> None:
+        """What every send path checks before queueing: open, within message.maxSize, and
+        carriable by the framer (a line framer refuses a message containing its delimiter to
+        the sender, rather than losing it later inside the pump)."""
+        t = self.transport
+        if t is None or self._error is not None or self.closed.done() or t.is_closing():
+            raise ConnectionClosedError(f"cannot send: the {self.stack} carrier is closed; "
+                                        "`await carrier.activate()` re-establishes it")
+        limit = min(self.max_size, self.framer.max_size)
+        if len(data) > limit:
+            raise MessageTooLargeError(f"message of {len(data)} bytes is over "
+                                       f"message.maxSize ({limit})")
+        if self._check_frame is not None:
+            self._check_frame(data)
+
+    def _kick(self) -> None:
+        """Write now if the link is idle and this is the first write since the loop last ran
+        one of our callbacks (request/response: no extra loop iteration per message);
+        otherwise let the pump batch everything queued in this tick into one write."""
+        if self._pump_handle is not None or self.transport is None:
+            return
+        if self._direct and not self._writing_paused:
+            self._direct = False
+            self._pump()
+        else:
+            self._pump_handle = self.loop.call_soon(self._pump_soon)
+
+    def _pump_soon(self) -> None:
+        self._direct = True
+        self._pump()
+
+    async def wait_writable(self) -> None:
+        """Backpressure: return when the queue is below its high-water mark (or when what is
+        queued is all held by antecedents, which only the caller can release)."""
+        while self._queue.queued_bytes > SEND_HIGH and self.is_open:
+            before = self._queue.queued_bytes
+            await self._wait_drained()
+            if self._queue.queued_bytes == before and not self._writing_paused:
+                return
+
+    async def _wait_drained(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = self.loop.create_future()
+        await self._drained
+
+    def _schedule_pump(self) -> None:
+        if self._pump_handle is None and self.transport is not None:
+            self._pump_handle = self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_handle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        stuck = False
+        if self._writing_paused:
+            for p in self._queue.expire(now):
+                self._fire(p.on_expired, p.message)
+        else:
+            ready, expired = self._queue.pop_ready(now)
+            for p in expired:
+                self._fire(p.on_expired, p.message)
+            if ready:
+                self._write(ready)
+            stuck = not ready and len(self._queue) > 0
+        if (self._queue.queued_bytes <= SEND_LOW or stuck) and self._drained is not None \
+                and not self._drained.done():
+            self._drained.set_result(None)
+        deadline = self._queue.next_deadline()
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+            self._expiry_handle = None
+        if deadline is not None:
+            self._expiry_handle = self.loop.call_at(deadline, self._schedule_pump)
+
+    def _write(self, ready: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _track(self, end: int, p: Pending) -> None:
+        self._ledger.track(end, p)
+
+    def _offsets(self) -> tuple[int, int | None] | None:
+        """(bytes the stack has taken, bytes the peer acknowledged or None), or None when the
+        transport is gone. Stream stacks override this with the kernel's view."""
+        return None
+
+    def _check_progress(self) -> None:
+        self._progress_handle = None
+        offsets = self._offsets()
+        if offsets is None:
+            return
+        events = self._ledger.advance(*offsets)
+        self._fire_events(events)
+        if self._ledger:
+            self._progress_delay = 0.0005 if events else min(self._progress_delay * 2, 0.05)
+            self._progress_handle = self.loop.call_later(self._progress_delay,
+                                                         self._check_progress)
+
+    def _fire_events(self, events: list[Sent] | list[Acked] | list[Expired]
+                     | list[Sent | Acked]) -> None:
+        for ev in events:
+            p = ev.pending
+            cb = (p.on_sent if type(ev) is Sent else
+                  p.on_acked if type(ev) is Acked else p.on_expired)
+            self._fire(cb, p.message)
+
+    def _fire(self, callback: Any, message: OutMessage) -> None:
+        if callback is None:
+            return
+        try:
+            callback(message)
+        except Exception as exc:  # a user callback must not kill the transport
+            self.loop.call_exception_handler({"message": "taps_post message callback failed",
+                                              "exception": exc})
+
+    # ---- flow control from asyncio --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._direct = True
+        self._schedule_pump()
+        if self._ledger and self._progress_handle is None:
+            self._check_progress()

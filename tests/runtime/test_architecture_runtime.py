@@ -1,0 +1,134 @@
+"""The runtime half of the redesign: stacks as plug-ins, the plan cache, typed errors.
+
+Each test here failed on the runtime before the redesign: a stack could not be added without
+editing seven files, `initiate()` without a shared PolicyContext never reused its plan, and
+misuse raised bare RuntimeError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+import taps_post as tp
+from taps_post import stacks
+from taps_post.stacks.tcp import StreamStack
+
+
+@pytest.fixture
+def tcp_alt() -> Iterator[str]:
+    """A stack registered from test code alone: TCP's facts and code under a new name."""
+    facts = dataclasses.replace(stacks.info("tcp"), name="tcp-alt", order=99)
+    stacks.register(facts, StreamStack("tcp-alt", secure=False, mptcp=False))
+    try:
+        yield "tcp-alt"
+    finally:
+        stacks.unregister("tcp-alt")
+
+
+def test_info_is_frozen_data_and_get_returns_the_implementation() -> None:
+    info = stacks.info("tls")
+    assert info.name == "tls" and info.secure and info.stream_capable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.name = "x"  # type: ignore[misc]
+    impl = stacks.get("tls")
+    assert impl is not None and impl.name == "tls"
+    assert stacks.get("no-such-stack") is None
+
+
+def test_register_refuses_facts_and_code_under_different_names() -> None:
+    facts = dataclasses.replace(stacks.info("tcp"), name="tcp-b")
+    with pytest.raises(ValueError, match="named"):
+        stacks.register(facts, StreamStack("tcp-c", secure=False, mptcp=False))
+
+
+def test_a_registered_stack_validates_explains_and_connects(run, store, tcp_alt) -> None:
+    require = {"version": 1, "layer": "app", "rules": [{"id": "alt",
+                                                          "set": {"stack.tcp-alt": "require"}}]}
+    policy = tp.PolicyContext(system=[], app=require, app_name="t")
+
+    async def main() -> None:
+        async with await tp.listen(tp.Local(address="127.0.0.1"),
+                                   policy=tp.PolicyContext(system=[])) as listener:
+            target = f"127.0.0.1:{listener.ports['tcp']}"
+            dry = tp.explain(target, policy=policy)
+            assert dry.outcome == "ok"
+            assert {c.stack for c in dry.candidates} == {"tcp-alt"}
+            async with await tp.initiate(target, policy=policy, store=store) as carrier:
+                assert carrier.stack == "tcp-alt"
+                assert carrier.explanation is not None
+                assert carrier.explanation.candidates[0].stack == "tcp-alt"
+                await carrier.send(b"through the plug-in")
+                async for server in listener:
+                    assert await server.receive() == b"through the plug-in"
+                    await server.close()
+                    break
+
+    run(main())
+
+
+def test_repeat_initiates_with_equal_policy_inputs_reuse_the_plan(run, store) -> None:
+    app = {"version": 1, "layer": "app", "rules": [{"id": "x", "set": {"stack.tcp": "require"}}]}
+
+    async def main() -> None:
+        async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
+                                    policy=tp.PolicyContext(system=[])) as responder:
+            target = f"127.0.0.1:{responder.ports['tcp']}"
+            decisions = []
+            for _ in range(3):  # a new, equal PolicyContext each time
+                ctx = tp.PolicyContext(system=[], app=app, app_name="same")
+                async with await tp.initiate(target, policy=ctx, store=store) as carrier:
+                    decisions.append(carrier.explanation)
+            assert decisions[0] is decisions[1] is decisions[2]
+            other = tp.PolicyContext(system=[], app=app, app_name="other")
+            async with await tp.initiate(target, policy=other, store=store) as carrier:
+                assert carrier.explanation is not decisions[0]
+
+    run(main())
+
+
+def test_repeat_initiates_without_a_policy_reuse_the_plan(run, store, monkeypatch,
+                                                          tmp_path) -> None:
+    monkeypatch.setenv("TAPS_POST_SYSTEM_POLICY", str(tmp_path))  # an empty system layer
+
+    async def main() -> None:
+        async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
+                                    policy=tp.PolicyContext(system=[])) as responder:
+            target = f"tcp://127.0.0.1:{responder.ports['tcp']}"
+            first = await tp.initiate(target, app_name="a", store=store)
+            second = await tp.initiate(target, app_name="a", store=store)
+            try:
+                assert first.explanation is second.explanation
+            finally:
+                await first.close()
+                await second.close()
+
+    run(main())
+
+
+def test_misuse_is_a_usage_error_that_old_code_still_catches(run, store, tcp_policy) -> None:
+    async def main() -> None:
+        async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
+                                    policy=tp.PolicyContext(system=[])) as responder:
+            target = f"127.0.0.1:{responder.ports['tcp']}"
+            async with await tp.initiate(target, policy=tcp_policy, store=store) as carrier:
+                await carrier.send(b"x")
+                with pytest.raises(tp.UsageError, match="before the first message") as info:
+                    await carrier.as_stream()
+                assert isinstance(info.value, RuntimeError)
+                assert isinstance(info.value, tp.TapsError)
+        with pytest.raises(tp.ArgumentError) as bad:
+            tp.OutMessage(b"x", niceness=-1)
+        assert isinstance(bad.value, ValueError)
+
+    run(main())
+
+
+def test_a_peer_announcing_an_oversize_message_is_a_typed_remote_fault() -> None:
+    framer = tp.LengthPrefixFramer(max_size=10)
+    with pytest.raises(tp.FrameTooLargeError) as info:
+        framer.feed((1000).to_bytes(4, "big"))
+    assert isinstance(info.value, tp.RemoteProtocolError)
+    assert isinstance(info.value, tp.MessageTooLargeError)
