@@ -2,29 +2,137 @@
 
 Rule 1: every attempt is a task owned by `race()`; whatever happens (a winner, every attempt
 failing, the connTimeout, the caller cancelling us), every other task is cancelled and
-awaited, and any Transient a late attempt produced is aborted. No socket or task outlives it.
+awaited, and any transient a late attempt produced is aborted. No socket or task outlives it.
 Rule 2: candidate n starts `attemptDelay` after candidate n-1, or at once when an attempt fails
 before that; earlier attempts keep running (staggered, not sequential).
+Rule 3: every attempt is recorded as won, failed, cancelled or not_started. A failed record
+keeps the exception object and its `FailureKind` (`classify()`), never only its text; when
+the connTimeout ends the race, each attempt still running failed with kind `timeout`.
+Rule 4: `on_outcome` is called exactly once for each attempt recorded won or failed (the
+Association's history), never for a cancelled or unstarted one.
+Rule 5: racing knows a transient only as something it can `abort()` (`Abortable`): what a
+stack returns is the caller's business, and racing depends on no concrete transient class.
+Rule 6: one candidate runs in the caller's task (`_race_one`): no task, no asyncio.wait, one
+TimerHandle for the connTimeout; same records, callbacks and trace events as a full race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from ..decision.decision import Candidate
-from ..errors import Attempt
-from .transient import Transient
+from ..errors import Attempt, FailureKind, RemoteProtocolError
+from .trace import Tracer
 
-__all__ = ["RaceResult", "race"]
+__all__ = ["Abortable", "RaceResult", "classify", "race"]
+
+
+class Abortable(Protocol):
+    """All racing needs of an attempt's result: a way to drop it when it did not win."""
+
+    def abort(self) -> None: ...
+
+
+T = TypeVar("T", bound=Abortable)
 
 
 @dataclass(frozen=True, slots=True)
-class RaceResult:
-    transient: Transient
+class RaceResult(Generic[T]):
+    transient: T
     candidate: Candidate
     attempts: tuple[Attempt, ...]
+
+
+_ERRNO_KINDS: dict[int, FailureKind] = {
+    errno.ECONNREFUSED: FailureKind.REFUSED,
+    errno.ETIMEDOUT: FailureKind.TIMEOUT,
+    errno.ENETUNREACH: FailureKind.UNREACHABLE,
+    errno.EHOSTUNREACH: FailureKind.UNREACHABLE,
+    errno.EADDRNOTAVAIL: FailureKind.UNREACHABLE,
+    errno.ENETDOWN: FailureKind.UNREACHABLE,
+    errno.EHOSTDOWN: FailureKind.UNREACHABLE,
+    errno.ECONNRESET: FailureKind.RESET,
+    errno.ECONNABORTED: FailureKind.RESET,
+    errno.EPIPE: FailureKind.RESET,
+    errno.EPROTONOSUPPORT: FailureKind.UNSUPPORTED,
+    errno.EAFNOSUPPORT: FailureKind.UNSUPPORTED,
+    errno.ENOPROTOOPT: FailureKind.UNSUPPORTED,
+    errno.ESOCKTNOSUPPORT: FailureKind.UNSUPPORTED,
+    errno.EPFNOSUPPORT: FailureKind.UNSUPPORTED,
+    errno.EOPNOTSUPP: FailureKind.UNSUPPORTED,
+}
+
+_QUIC_CRYPTO_ERROR = 0x100
+"""QUIC carries a TLS alert as CRYPTO_ERROR + alert (RFC 9001 section 4.8)."""
+_CERTIFICATE_ALERTS = frozenset({42, 43, 44, 45, 46, 48})
+"""bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
+certificate_unknown, unknown_ca (RFC 8446 section 6.2)."""
+_QUIC_KINDS: dict[int, FailureKind] = {
+    0x0: FailureKind.RESET,  # NO_ERROR: the peer closed before the handshake completed
+    0x2: FailureKind.REFUSED,  # CONNECTION_REFUSED
+    0xC: FailureKind.RESET,  # APPLICATION_ERROR
+    0x10: FailureKind.UNREACHABLE,  # NO_VIABLE_PATH
+    **{code: FailureKind.PROTOCOL for code in (*range(0x3, 0xC), 0xD, 0xE, 0xF, 0x11)},
+}
+
+
+def _quic_kind(code: int) -> FailureKind:
+    if _QUIC_CRYPTO_ERROR <= code <= 0x1FF:
+        alert = code - _QUIC_CRYPTO_ERROR
+        return (FailureKind.TLS_VERIFY if alert in _CERTIFICATE_ALERTS
+                else FailureKind.TLS_HANDSHAKE)
+    return _QUIC_KINDS.get(code, FailureKind.OTHER)
+
+
+def _kind_of(exc: BaseException) -> FailureKind:
+    # ssl first: SSLError is an OSError whose errno is an SSL_ERROR_* number, not an errno.
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return FailureKind.TLS_VERIFY
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return FailureKind.RESET
+    if isinstance(exc, ssl.SSLError):
+        return FailureKind.TLS_HANDSHAKE
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return FailureKind.REFUSED
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return FailureKind.RESET
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno in _ERRNO_KINDS:
+        return _ERRNO_KINDS[exc.errno]
+    if isinstance(exc, (asyncio.IncompleteReadError, EOFError)):
+        return FailureKind.RESET
+    if isinstance(exc, RemoteProtocolError):
+        return FailureKind.PROTOCOL
+    code = getattr(exc, "error_code", None)
+    if type(code) is int and isinstance(getattr(exc, "reason_phrase", None), str):
+        return _quic_kind(code)
+    return FailureKind.OTHER
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """Why an attempt failed, from the exception's type and errno, never from its text.
+
+    A QUIC close is any exception with an int `error_code` and a str `reason_phrase` (the
+    shape of aioquic's ConnectionTerminated event and QuicConnectionError): its transport
+    error code decides, TLS alerts inside CRYPTO_ERROR included. A pin mismatch is a
+    tls_verify failure when the stack raises it as an ssl.SSLCertVerificationError subclass.
+    When the exception itself says nothing, an explicit cause (`raise X from Y`) is asked.
+    """
+    current: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; a cycle must not hang us
+        if current is None:
+            break
+        kind = _kind_of(current)
+        if kind is not FailureKind.OTHER:
+            return kind
+        current = current.__cause__
+    return FailureKind.OTHER
 
 
 def _remote(c: Candidate) -> str:
@@ -37,52 +145,84 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
 
 
+def _record(c: Candidate, outcome: str, error: str, elapsed_ms: float | None,
+            exc: BaseException | None = None) -> Attempt:
+    return Attempt(c.rank, c.interface, c.stack, _remote(c), outcome, error, elapsed_ms,
+                   None if exc is None else classify(exc), exc)
+
+
+def _conn_timeout(timeout: float) -> TimeoutError:
+    return TimeoutError(f"connTimeout ({timeout * 1000:.0f} ms) passed")
+
+
+def _emit(tracer: Tracer, event: str, c: Candidate, **info: object) -> None:
+    tracer.emit(event, rank=c.rank, interface=c.interface, stack=c.stack, remote=_remote(c),
+                **info)
+
+
+def _emit_record(tracer: Tracer, a: Attempt) -> None:
+    """attempt.won / attempt.failed / attempt.cancelled for a settled record."""
+    where = {"rank": a.rank, "interface": a.interface, "stack": a.stack, "remote": a.remote,
+             "elapsed_ms": a.elapsed_ms}
+    if a.outcome == "failed":
+        tracer.emit("attempt.failed", **where, kind=a.kind, error=a.error)
+    elif a.outcome == "won":
+        tracer.emit("attempt.won", **where)
+    else:
+        tracer.emit("attempt.cancelled", **where, reason=a.error)
+
+
+_SIBLING = "a sibling won or the race ended"
+_LATE = "ready after another attempt won"
+
+
 async def race(
     candidates: Sequence[Candidate],
-    attempt: Callable[[Candidate], Awaitable[Transient]],
+    attempt: Callable[[Candidate], Awaitable[T]],
     *,
     attempt_delay: float,
     timeout: float,
-    on_outcome: Callable[[Candidate, Transient | None, float], None] | None = None,
-) -> RaceResult | tuple[Attempt, ...]:
+    on_outcome: Callable[[Candidate, T | None, float], None] | None = None,
+    tracer: Tracer | None = None,
+) -> RaceResult[T] | tuple[Attempt, ...]:
     """The first candidate to become ready, or the record of every attempt when none did."""
     loop = asyncio.get_running_loop()
+    tr = tracer if tracer is not None and tracer.active else None
+    if tr is not None:
+        tr.emit("race.started", candidates=len(candidates),
+                attempt_delay_ms=attempt_delay * 1000.0, timeout_ms=timeout * 1000.0)
     if len(candidates) == 1:
-        return await _race_one(candidates[0], attempt, timeout, on_outcome, loop)
-    records: dict[int, Attempt] = {
-        c.rank: Attempt(c.rank, c.interface, c.stack, _remote(c), "not_started")
-        for c in candidates}
-    running: dict[asyncio.Task[Transient], tuple[Candidate, float]] = {}
+        return await _race_one(candidates[0], attempt, timeout, on_outcome, loop, tr)
+    begun = loop.time()
+    records: dict[int, Attempt] = {c.rank: _record(c, "not_started", "", None)
+                                   for c in candidates}
+    running: dict[asyncio.Task[T], tuple[Candidate, float]] = {}
     queue = list(candidates)
-    winner: tuple[Transient, Candidate] | None = None
-    next_start = loop.time()
+    winner: tuple[T, Candidate] | None = None
+    next_start = begun
+    finish = "cancelled"  # unless the loop below ends by itself or by the connTimeout
 
-    def settle(task: asyncio.Task[Transient], c: Candidate, started: float) -> None:
+    def settle(task: asyncio.Task[T], c: Candidate, started: float) -> None:
         nonlocal winner, next_start
         elapsed = (loop.time() - started) * 1000.0
         if task.cancelled():
-            records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "cancelled",
-                                      "a sibling won or the race ended", elapsed)
-            return
-        exc = task.exception()
-        if exc is not None:
-            records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "failed",
-                                      _describe(exc), elapsed)
+            records[c.rank] = _record(c, "cancelled", _SIBLING, elapsed)
+        elif (exc := task.exception()) is not None:
+            records[c.rank] = _record(c, "failed", _describe(exc), elapsed, exc)
             next_start = loop.time()  # a failure starts the next attempt at once
             if on_outcome is not None:
                 on_outcome(c, None, elapsed)
-            return
-        transient = task.result()
-        if winner is None:
+        elif winner is None:
+            transient = task.result()
             winner = (transient, c)
-            records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "won", "",
-                                      elapsed)
+            records[c.rank] = _record(c, "won", "", elapsed)
             if on_outcome is not None:
                 on_outcome(c, transient, elapsed)
         else:
-            transient.abort()
-            records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "cancelled",
-                                      "ready after another attempt won", elapsed)
+            task.result().abort()
+            records[c.rank] = _record(c, "cancelled", _LATE, elapsed)
+        if tr is not None:
+            _emit_record(tr, records[c.rank])
 
     try:
         async with asyncio.timeout(timeout):
@@ -93,6 +233,8 @@ async def race(
                     task = asyncio.ensure_future(attempt(c))
                     running[task] = (c, now)
                     next_start = now + attempt_delay
+                    if tr is not None:
+                        _emit(tr, "attempt.started", c, at_ms=(now - begun) * 1000.0)
                     continue
                 if not running:
                     if not queue:
@@ -102,14 +244,21 @@ async def race(
                 wait_for = max(0.0, next_start - now) if queue else None
                 done, _ = await asyncio.wait(running, timeout=wait_for,
                                              return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                # Simultaneous finishers settle in rank order: the better candidate wins.
+                for task in sorted(done, key=lambda t: running[t][0].rank):
                     c, started = running.pop(task)
                     settle(task, c, started)
+        finish = "failed" if winner is None else "won"
     except TimeoutError:
+        finish = "timeout"
         for c, started in running.values():
-            records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "failed",
-                                      f"connTimeout ({timeout * 1000:.0f} ms) passed",
-                                      (loop.time() - started) * 1000.0)
+            elapsed = (loop.time() - started) * 1000.0
+            exc = _conn_timeout(timeout)
+            records[c.rank] = _record(c, "failed", str(exc), elapsed, exc)
+            if on_outcome is not None:
+                on_outcome(c, None, elapsed)
+            if tr is not None:
+                _emit_record(tr, records[c.rank])
     finally:
         for task in running:
             task.cancel()
@@ -119,9 +268,13 @@ async def race(
             if not task.cancelled() and task.exception() is None:
                 task.result().abort()  # finished while being cancelled: not a winner
             if records[c.rank].outcome == "not_started":
-                records[c.rank] = Attempt(c.rank, c.interface, c.stack, _remote(c), "cancelled",
-                                          "a sibling won or the race ended",
+                records[c.rank] = _record(c, "cancelled", _SIBLING,
                                           (loop.time() - started) * 1000.0)
+                if tr is not None:
+                    _emit_record(tr, records[c.rank])
+        if tr is not None:
+            tr.emit("race.finished", outcome=finish, elapsed_ms=(loop.time() - begun) * 1000.0,
+                    winner=None if winner is None else winner[1].rank)
     if winner is not None:
         transient, c = winner
         return RaceResult(transient, c, tuple(records[x.rank] for x in candidates))
@@ -134,16 +287,18 @@ class _ConnTimeout(Exception):
 
 async def _race_one(
     c: Candidate,
-    attempt: Callable[[Candidate], Awaitable[Transient]],
+    attempt: Callable[[Candidate], Awaitable[T]],
     timeout: float,
-    on_outcome: Callable[[Candidate, Transient | None, float], None] | None,
+    on_outcome: Callable[[Candidate, T | None, float], None] | None,
     loop: asyncio.AbstractEventLoop,
-) -> RaceResult | tuple[Attempt, ...]:
+    tr: Tracer | None,
+) -> RaceResult[T] | tuple[Attempt, ...]:
     """One candidate: run the attempt in the caller's task (no task hop, no asyncio.wait),
-    with the same records, outcome callback and connTimeout as a full race."""
+    with the same records, outcome callback, trace events and connTimeout as a full race."""
     started = loop.time()
     task = asyncio.current_task()
     assert task is not None
+    cancelling = task.cancelling()
     fired = False
 
     def expire() -> None:  # asyncio.timeout() costs ~4 us per use; this is one TimerHandle
@@ -151,30 +306,52 @@ async def _race_one(
         fired = True
         task.cancel()
 
+    if tr is not None:
+        _emit(tr, "attempt.started", c, at_ms=0.0)
     timer = loop.call_at(started + timeout, expire)
+    failure: BaseException
     try:
         try:
             transient = await attempt(c)
         except asyncio.CancelledError:
-            if fired and task.uncancel() == 0:
+            if fired and task.uncancel() == cancelling:
                 raise _ConnTimeout from None
             raise
         finally:
             timer.cancel()
+        if fired:  # the attempt swallowed our cancellation and finished anyway: too late
+            task.uncancel()
+            transient.abort()
+            raise _ConnTimeout
+        if task.cancelling() > cancelling:  # the caller is cancelling us: not a winner
+            transient.abort()
+            raise asyncio.CancelledError
     except _ConnTimeout:
-        elapsed = (loop.time() - started) * 1000.0
-        if on_outcome is not None:
-            on_outcome(c, None, elapsed)
-        return (Attempt(c.rank, c.interface, c.stack, _remote(c), "failed",
-                        f"connTimeout ({timeout * 1000:.0f} ms) passed", elapsed),)
+        failure = _conn_timeout(timeout)
+        error, finish = str(failure), "timeout"
+    except asyncio.CancelledError:
+        if tr is not None:
+            elapsed = (loop.time() - started) * 1000.0
+            _emit_record(tr, _record(c, "cancelled", _SIBLING, elapsed))
+            tr.emit("race.finished", outcome="cancelled", elapsed_ms=elapsed, winner=None)
+        raise
     except Exception as exc:
+        failure = exc
+        error, finish = _describe(exc), "failed"
+    else:
         elapsed = (loop.time() - started) * 1000.0
         if on_outcome is not None:
-            on_outcome(c, None, elapsed)
-        return (Attempt(c.rank, c.interface, c.stack, _remote(c), "failed", _describe(exc),
-                        elapsed),)
+            on_outcome(c, transient, elapsed)
+        won = _record(c, "won", "", elapsed)
+        if tr is not None:
+            _emit_record(tr, won)
+            tr.emit("race.finished", outcome="won", elapsed_ms=elapsed, winner=c.rank)
+        return RaceResult(transient, c, (won,))
     elapsed = (loop.time() - started) * 1000.0
     if on_outcome is not None:
-        on_outcome(c, transient, elapsed)
-    return RaceResult(transient, c, (Attempt(c.rank, c.interface, c.stack, _remote(c), "won",
-                                             "", elapsed),))
+        on_outcome(c, None, elapsed)
+    failed = _record(c, "failed", error, elapsed, failure)
+    if tr is not None:
+        _emit_record(tr, failed)
+        tr.emit("race.finished", outcome=finish, elapsed_ms=elapsed, winner=None)
+    return (failed,)
