@@ -124,8 +124,8 @@ class Carrier:
 
     async def send(self, data: bytes) -> None:
         """Queue `data` as one message with default properties (waits under backpressure)."""
-        if (type(data) is bytes and not self._streamed
-                and self._transient.try_send_plain(data)):
+        if (isinstance(data, bytes) and not self._streamed and self._transient.try_send_plain(
+                data if type(data) is bytes else bytes(data))):
             return  # the common case: no OutMessage, no coroutine below this one
         await self.send_msg(OutMessage(data))
 

@@ -20,9 +20,9 @@ from ..stacks.udp import DatagramTransient, bind_sink
 from .association import default_store
 from .carrier import Carrier
 from .endpoints import Local, Remote
-from .establish import EnvSpec, establish, policy_for
+from .establish import EnvSpec, establish, policy_for, tracer_for
 from .listener import listen_decision
-from .trace import TraceCallback, Tracer
+from .trace import TraceCallback
 
 __all__ = ["Sink", "Source", "new_sink", "new_source"]
 
@@ -47,7 +47,7 @@ async def new_source(local: Local | None, remote: Remote | str, *,
         remote = replace(remote, scheme="udp")
     ctx = policy_for(policy, app_name).with_carrier(_DATAGRAM)
     carrier = await establish(remote, local, ctx, None, default_store.get(remote.hostport),
-                              env, kind="source", tracer=Tracer(trace), carrier_class=Source)
+                              env, kind="source", tracer=tracer_for(trace), carrier_class=Source)
     assert isinstance(carrier, Source)
     return carrier
 

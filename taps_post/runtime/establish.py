@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from logging import DEBUG
 from typing import Any
 
 from .. import stacks
@@ -34,10 +35,10 @@ from .association import Association, AssociationStore, default_store
 from .carrier import Carrier
 from .endpoints import Local, Remote
 from .racing import race
-from .trace import TraceCallback, Tracer
+from .trace import LOGGERS, TraceCallback, Tracer
 
 __all__ = ["EnvSpec", "FramerSpec", "establish", "framer_factory", "initiate", "policy_for",
-           "snapshot"]
+           "snapshot", "tracer_for"]
 
 FramerSpec = Framer | Callable[[], Framer] | None
 EnvSpec = Environment | str | Mapping[str, Any] | None
@@ -69,6 +70,19 @@ def snapshot(env: EnvSpec) -> Environment | None:
 
 def policy_for(policy: PolicyContext | None, app_name: str | None) -> PolicyContext:
     return policy if policy is not None else PolicyContext(app_name=app_name)
+
+
+def tracer_for(trace: TraceCallback | None) -> Tracer | None:
+    """A Tracer when anyone listens (a callback, or a `taps_post` logger at DEBUG), else
+    None: the silent common case costs four cached level checks per establishment."""
+    if trace is None and not (_DECISION(DEBUG) or _RACE(DEBUG) or _CARRIER(DEBUG)
+                              or _LISTENER(DEBUG)):
+        return None
+    return Tracer(trace)
+
+
+_DECISION, _RACE, _CARRIER, _LISTENER = (LOGGERS[a].isEnabledFor
+                                         for a in ("decision", "race", "carrier", "listener"))
 
 
 def _environment(base: Environment | None, remote: Remote,
@@ -108,12 +122,12 @@ async def initiate(
     association = (store or default_store).get(remote.hostport)
     first = OutMessage(send) if isinstance(send, (bytes, bytearray)) else send
     return await establish(remote, local, ctx, framer, association, env, kind="initiate",
-                           first=first, tracer=Tracer(trace))
+                           first=first, tracer=tracer_for(trace))
 
 
 async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
                     framer: FramerSpec, association: Association, env: EnvSpec, *,
-                    kind: str, first: OutMessage | None = None, tracer: Tracer,
+                    kind: str, first: OutMessage | None = None, tracer: Tracer | None,
                     carrier_class: type[Carrier] = Carrier) -> Carrier:
     """One establishment: the shared path of initiate(), new_source(), fork() and
     activate(). `carrier_class` is what the winner is wrapped in (Carrier or Source)."""
@@ -138,7 +152,7 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
             _remember_plan(resolved, ctx, association, kind, decision, settings)
     else:
         decision, settings = plan
-    if tracer.active:
+    if tracer is not None:
         tracer.emit("decision.complete", outcome=decision.outcome,
                     candidates=len(decision.candidates), from_cache=plan is not None,
                     stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
@@ -182,7 +196,7 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
                             candidate=result.candidate, remote=resolved, local=local,
                             policy=ctx, framer=factory, opener=reopen,
                             attempts=result.attempts, tracer=tracer)
-    if tracer.active:
+    if tracer is not None:
         tracer.emit("carrier.active", stack=transient.stack, interface=transient.interface,
                     local=transient.local_address, remote=transient.remote_address,
                     rtt_ms=transient.rtt_ms, session_reused=transient.session_reused)

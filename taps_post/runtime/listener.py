@@ -29,7 +29,7 @@ from ..stacks.transient import Transient
 from ..system import live
 from .carrier import Carrier
 from .endpoints import Local
-from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot
+from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot, tracer_for
 from .trace import TraceCallback, Tracer
 
 __all__ = ["Listener", "listen", "listen_decision"]
@@ -71,7 +71,7 @@ class Listener:
                  tracer: Tracer | None = None) -> None:
         self.explanation = decision
         self.settings = settings
-        self._tracer = tracer or Tracer()
+        self._tracer = tracer
         self._endpoints: list[Listening] = []
         self._queue: asyncio.Queue[Carrier | None] = asyncio.Queue()
         self._callback: Callable[[Carrier], Any] | None = None
@@ -98,7 +98,7 @@ class Listener:
         """Where the endpoints hand each accepted Transient (a ListenSpec callback)."""
         carrier = Carrier(transient, decision=self.explanation, association=None,
                           tracer=self._tracer)
-        if self._tracer.active:
+        if self._tracer is not None:
             self._tracer.emit("listener.accepted", stack=transient.stack,
                               interface=transient.interface, local=transient.local_address,
                               remote=transient.remote_address)
@@ -142,7 +142,7 @@ class Listener:
                         tuple(local.certificates), self.on_transient))
                     self._endpoints.append(endpoint)
                     port = endpoint.port
-                    if self._tracer.active:
+                    if self._tracer is not None:
                         self._tracer.emit("listener.ready", stack=name,
                                           interface=local.interface, local=(address, port))
                 return
@@ -160,7 +160,7 @@ class Listener:
         self._closed = True
         for endpoint in self._endpoints:
             await endpoint.aclose()
-            if self._tracer.active:
+            if self._tracer is not None:
                 self._tracer.emit("listener.closed", stack=endpoint.stack,
                                   local=("", endpoint.port))
         while not self._queue.empty():
@@ -189,6 +189,6 @@ async def listen(local: Local, *, policy: PolicyContext | None = None, framer: F
     chosen = listen_stacks(decision, secure_ok=any(c.key_pem for c in local.certificates))
     if not chosen:
         raise PolicyError("the policy allows no stack this listener can serve", decision)
-    listener = Listener(decision, settings, Tracer(trace))
+    listener = Listener(decision, settings, tracer_for(trace))
     await listener.bind(local, chosen, framer_factory(framer, settings.max_size))
     return listener

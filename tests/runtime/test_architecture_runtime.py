@@ -132,3 +132,49 @@ def test_a_peer_announcing_an_oversize_message_is_a_typed_remote_fault() -> None
         framer.feed((1000).to_bytes(4, "big"))
     assert isinstance(info.value, tp.RemoteProtocolError)
     assert isinstance(info.value, tp.MessageTooLargeError)
+
+
+def test_trace_and_logging_name_every_step_of_an_establishment(run, store, tcp_policy,
+                                                                 caplog) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def main() -> None:
+        async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
+                                    policy=tp.PolicyContext(system=[])) as responder:
+            target = f"127.0.0.1:{responder.ports['tcp']}"
+            carrier = await tp.initiate(target, policy=tcp_policy, store=store,
+                                        trace=lambda name, info: events.append((name, info)))
+            await carrier.close()
+
+    with caplog.at_level("DEBUG", logger="taps_post"):
+        run(main())
+    names = [n for n, _ in events]
+    assert names[0] == "decision.complete"
+    assert "attempt.started" in names and "attempt.won" in names
+    assert names.index("attempt.won") < names.index("carrier.active") < names.index(
+        "carrier.closed")
+    won = dict(events)["attempt.won"]
+    assert won["stack"] == "tcp" and won["interface"] == "lo"
+    logged = [r for r in caplog.records if r.name.startswith("taps_post.")]
+    assert {"taps_post.decision", "taps_post.race", "taps_post.carrier"} <= {
+        r.name for r in logged}
+    assert all(isinstance(getattr(r, "taps", None), dict) for r in logged)
+
+
+def test_a_refused_attempt_keeps_its_exception_and_kind(run, store, tcp_policy,
+                                                        closed_port) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def main() -> None:
+        with pytest.raises(tp.EstablishmentError) as info:
+            await tp.initiate(f"127.0.0.1:{closed_port}", policy=tcp_policy, store=store,
+                              trace=lambda name, data: events.append((name, data)))
+        (attempt,) = info.value.attempts
+        assert attempt.outcome == "failed"
+        assert attempt.kind is tp.FailureKind.REFUSED
+        assert isinstance(attempt.exception, ConnectionRefusedError)
+        assert "[refused]" in str(info.value)
+
+    run(main())
+    failed = [d for n, d in events if n == "attempt.failed"]
+    assert failed and failed[0]["kind"] == "refused"
