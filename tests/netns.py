@@ -236,6 +236,8 @@ class Topology:
                 return
             if time.monotonic() > deadline:
                 raise _Unavailable(f"veth links never came up: {', '.join(down)}")
+            # Pacing between checks of the kernel's link state, not a guessed wait: the
+            # loop returns as soon as every link is UP.
             time.sleep(0.02)
 
     def teardown(self) -> None:

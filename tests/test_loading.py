@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +88,11 @@ def test_dict_errors_name_the_path() -> None:
 def test_edited_file_is_reloaded(tmp_path: Path) -> None:
     f = write(tmp_path / "sys.yaml", policy("system", {"id": "r", "set": {"maxCost": 1}}))
     assert tp.explain("tcp://127.0.0.1:1", system=str(f), env=ENV).value("maxCost") == 1
-    time.sleep(0.01)
+    before = os.stat(f)
     write(f, policy("system", {"id": "r", "set": {"maxCost": 22}}))
+    # An editor's save lands on a later mtime; set one explicitly rather than sleep until the
+    # file system's (coarse, often jiffy-grained) clock has moved on.
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
     assert tp.explain("tcp://127.0.0.1:1", system=str(f), env=ENV).value("maxCost") == 22
 
 

@@ -3,6 +3,10 @@
 Every policy here is built explicitly with `system=[]`, so the machine's own system policy
 (`/etc/taps-post/policy.d`, `$TAPS_POST_SYSTEM_POLICY`) can never leak into a test.
 No pytest-asyncio: a test calls `run(coro)`, which bounds the whole coroutine in time.
+No test sleeps to synchronise: it awaits the event itself (a future its callback sets,
+`receive()`, the object's own completion) or `await until(condition)`, which checks the
+condition once per event-loop iteration. A sleep that remains is the behaviour under test
+(a lifetime running out, an observation window) and says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import taps_post as tp  # noqa: E402
 
 Run = Callable[..., Any]
 MakePolicy = Callable[..., Any]
+Until = Callable[..., Coroutine[Any, Any, None]]
 
 
 def _run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
@@ -52,10 +57,31 @@ def _make_policy(set_: dict[str, Any] | None = None, *, use: list[str] | None = 
     return tp.PolicyContext(system=[], app=app, carrier=carrier_doc, app_name=app_name)
 
 
+async def _until(condition: Callable[[], object], timeout: float = 2.0,
+                 what: str | Callable[[], str] | None = None) -> None:
+    """Return as soon as `condition()` is true. It is checked once per event-loop iteration
+    (`sleep(0)` in between lets every ready callback run), so this waits for the condition,
+    never for a guessed duration; the timeout only bounds a failure. `what` (or a function
+    giving it, evaluated at the timeout) says what was missing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"not true within {timeout} s: {detail or condition}")
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 def run() -> Run:
     """`run(coro, timeout=10.0)`: asyncio.run with the whole coroutine bounded in time."""
     return _run
+
+
+@pytest.fixture
+def until() -> Until:
+    """`await until(lambda: condition, timeout=2.0, what="...")`: wait for a condition."""
+    return _until
 
 
 @pytest.fixture

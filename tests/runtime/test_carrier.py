@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import ssl
+import struct
+import termios
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -102,11 +105,12 @@ def test_async_for_until_the_peer_closes(run, tcp_policy, store) -> None:
     run(main())
 
 
-def test_ready_callback_is_called_until_it_returns_false(run, tcp_policy, store) -> None:
+def test_ready_callback_is_called_until_it_returns_false(run, until, tcp_policy,
+                                                         store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
             await client.send(b"early")  # arrives before ready() is registered
-            await asyncio.sleep(0.05)
+            await until(lambda: server.transients[0].received_any, what="b'early' arrived")
             seen: list[bytes] = []
             third = asyncio.get_running_loop().create_future()
 
@@ -264,6 +268,9 @@ def test_on_acked_waits_for_the_peers_tcp(run, tcp_policy, store) -> None:
             await client.send_msg(tp.OutMessage(b"x" * (1 << 20)),
                                   on_sent=sent.set_result, on_acked=acked.set_result)
             await asyncio.wait_for(asyncio.shield(sent), 2.0)
+            # An observation window, not a synchronisation: the claim is that on_acked does
+            # NOT fire, so there is no event to wait for. 0.2 s is several rounds of the ack
+            # poller (it backs off to at most 50 ms) with the peer's window still shut.
             await asyncio.sleep(0.2)
             assert not acked.done(), "acked while the peer's TCP still had no room for it"
             assert (_outq(csock) or 0) > 0
@@ -275,10 +282,11 @@ def test_on_acked_waits_for_the_peers_tcp(run, tcp_policy, store) -> None:
     run(main())
 
 
-def test_immediate_messages_and_tcp_nodelay(run, tcp_policy, store) -> None:
+def test_immediate_messages_and_tcp_nodelay(run, until, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
-            for carrier in (client, server):  # DESIGN 8: set on our own and accepted sockets
+            # Set on our own and on accepted sockets (stacks/tcp.py Rule 1, docs/runtime.md).
+            for carrier in (client, server):
                 sock = carrier.transients[0].raw_socket
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             sent: list[bytes] = []
@@ -287,7 +295,7 @@ def test_immediate_messages_and_tcp_nodelay(run, tcp_policy, store) -> None:
             await asyncio.gather(*(client.send_msg(m, on_sent=lambda m: sent.append(m.data))
                                    for m in msgs))
             assert await drain(server, 3) == [b"batch1", b"urgent", b"batch2"]
-            await asyncio.sleep(0.05)
+            await until(lambda: len(sent) >= 3, what=lambda: f"on_sent for all 3: {sent}")
             assert sorted(sent) == [b"batch1", b"batch2", b"urgent"]
             # Small request/response exchanges do not pay Nagle + delayed-ACK (~40 ms).
             t0 = time.monotonic()
@@ -297,6 +305,7 @@ def test_immediate_messages_and_tcp_nodelay(run, tcp_policy, store) -> None:
                 await server.send_msg(tp.OutMessage(b"pong", immediate=True))
                 await client.receive()
             assert (time.monotonic() - t0) / 20 < 0.02
+            assert sorted(sent) == [b"batch1", b"batch2", b"urgent"]  # still once each
 
     run(main())
 
@@ -314,7 +323,7 @@ def test_oversize_send_raises_and_the_carrier_keeps_working(run, make_policy, st
     run(main())
 
 
-def test_oversize_send_against_the_framer_limit(run, tcp_policy, store) -> None:
+def test_oversize_send_against_the_framer_limit(run, until, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store,
                         framer=tp.LengthPrefixFramer(max_size=100)) as (client, _server):
@@ -325,8 +334,7 @@ def test_oversize_send_against_the_framer_limit(run, tcp_policy, store) -> None:
                                       on_expired=lambda m: outcome.append("expired"))
             except tp.MessageTooLargeError:
                 return
-            await asyncio.sleep(0.1)
-            assert outcome, "the message vanished: neither sent nor expired"
+            await until(lambda: outcome, what="the message vanished: neither sent nor expired")
             raise AssertionError(f"no MessageTooLargeError; outcome {outcome}")
 
     run(main())
@@ -460,14 +468,16 @@ def test_send_waits_over_the_high_water_mark(run, tcp_policy, store) -> None:
     run(main(), timeout=20)
 
 
-def test_receiver_bounds_its_inbox(run, tcp_policy, store) -> None:
+def test_receiver_bounds_its_inbox(run, until, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
             n = 30000
             for i in range(n):
                 await client.send(i.to_bytes(4, "big"))
-            await asyncio.sleep(0.3)
             st = server.transients[0]
+            # Nobody reads, so once the inbox is over its high-water mark reading stays paused.
+            await until(lambda: not st.transport.is_reading(), timeout=5.0,
+                        what="the receiver kept reading into its inbox")
             assert not st.transport.is_reading(), "the receiver kept reading into its inbox"
             assert len(st._inbox) < n
             for i in range(n):
@@ -491,6 +501,8 @@ def test_lifetime_counts_from_send_msg_even_under_backpressure(run, tcp_policy, 
             waiting = asyncio.ensure_future(client.send_msg(
                 short, on_sent=lambda m: outcome.append("sent"),
                 on_expired=lambda m: outcome.append("expired")))
+            # The behaviour under test: time passes beyond the 0.1 s lifetime while send_msg()
+            # is still held by backpressure (expiry is only decided once it is queued).
             await asyncio.sleep(0.4)  # well past its lifetime, still blocked
             server.transients[0].transport.resume_reading()
             await waiting
@@ -502,12 +514,20 @@ def test_lifetime_counts_from_send_msg_even_under_backpressure(run, tcp_policy, 
     run(main(), timeout=20)
 
 
-def test_concurrent_receivers_all_get_a_message(run, tcp_policy, store) -> None:
+def test_concurrent_receivers_all_get_a_message(run, until, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
-            r1 = asyncio.ensure_future(client.receive())
-            r2 = asyncio.ensure_future(client.receive())
-            await asyncio.sleep(0.05)
+            started: list[None] = []
+
+            async def receiver() -> tp.InMessage:
+                started.append(None)
+                # With the inbox empty, receive() runs straight to its first await: once both
+                # tasks have started, both are waiting.
+                return await client.receive()
+
+            r1 = asyncio.ensure_future(receiver())
+            r2 = asyncio.ensure_future(receiver())
+            await until(lambda: len(started) == 2, what="both receivers waiting")
             await server.send(b"1")
             await server.send(b"2")
             done, pending = await asyncio.wait([r1, r2], timeout=1.0)
@@ -565,12 +585,17 @@ def test_as_stream_before_the_first_message(run, tcp_policy, store) -> None:
     run(main())
 
 
-def test_as_stream_keeps_bytes_already_received(run, tcp_policy, store) -> None:
+def test_as_stream_keeps_bytes_already_received(run, until, tcp_policy, store) -> None:
     async def main() -> None:
         async with pair(tcp_policy, store) as (client, server):
             # A partial frame (not yet a message) is handed to the stream reader.
             server.transients[0].transport.write(b"\x00\x00\x00\x10part")
-            await asyncio.sleep(0.05)
+            # Wait until the client's transport has read it into its deframer: the server's
+            # kernel holds nothing unacknowledged (so it reached the client's kernel) and the
+            # client's kernel holds nothing unread (so asyncio read it).
+            ssock, csock = server.transients[0].raw_socket, client.transients[0].raw_socket
+            await until(lambda: _outq(ssock) == 0 and _inq(csock) == 0,
+                        what="the partial frame reached the client's transport")
             reader, writer = await client.as_stream()
             assert await reader.readexactly(8) == b"\x00\x00\x00\x10part"
             writer.close()
@@ -917,7 +942,21 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_race_with_a_failing_first_candidate_leaks_nothing(run, tcp_policy) -> None:
+def _inq(sock: socket.socket) -> int:
+    """Bytes the kernel has received for this socket that nobody has read yet."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", buf)[0])
+
+
+async def settled(until: Any, base_fds: int, base_tasks: int) -> None:
+    """Until every socket and task the test made is gone again (closing finishes in loop
+    callbacks after close() returns); a leak never settles and fails with the counts."""
+    await until(lambda: _fds() == base_fds and len(asyncio.all_tasks()) == base_tasks,
+                what=lambda: f"fds {_fds()} (before: {base_fds}), "
+                             f"tasks {len(asyncio.all_tasks())} (before: {base_tasks})")
+
+
+def test_race_with_a_failing_first_candidate_leaks_nothing(run, until, tcp_policy) -> None:
     env = {"interfaces": [{"name": "lo", "type": "loopback", "addresses": ["127.0.0.1", "::1"]}],
            "dns": {"dual.invalid": ["::1", "127.0.0.1"]}}
 
@@ -943,14 +982,14 @@ def test_race_with_a_failing_first_candidate_leaks_nothing(run, tcp_policy) -> N
             assert again.explanation.candidates[0].remote_address == "127.0.0.1"
             await again.close()
             await server.close()
-        await asyncio.sleep(0.05)
+        await settled(until, base_fds, base_tasks)
         assert _fds() == base_fds
         assert len(asyncio.all_tasks()) == base_tasks
 
     run(main())
 
 
-def test_cancelled_initiate_leaks_nothing(run, tcp_policy, store) -> None:
+def test_cancelled_initiate_leaks_nothing(run, until, tcp_policy, store) -> None:
     """Cancel the caller mid-race (the listener never completes TLS): no socket, no task."""
     async def main() -> None:
         base_fds = _fds()
@@ -963,7 +1002,7 @@ def test_cancelled_initiate_leaks_nothing(run, tcp_policy, store) -> None:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await tp.initiate(f"tls://{LO4}:{port}", policy=policy, store=store)
-        await asyncio.sleep(0.05)
+        await settled(until, base_fds, base_tasks)
         assert _fds() == base_fds
         assert len(asyncio.all_tasks()) == base_tasks
 

@@ -77,6 +77,8 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, *, udp: bool = False,
             with contextlib.suppress(OSError), \
                     socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
+        # Pacing between checks of another process's state, not a guessed wait: the loop
+        # ends as soon as the port is open (and this thread has no event loop to yield to).
         time.sleep(0.02)
     raise AssertionError(f"{proc.args} did not open port {port} within {timeout} s")
 

@@ -184,12 +184,16 @@ def test_async_for_yields_each_carrier(run, tcp_policy, store) -> None:
 def test_async_for_ends_when_the_listener_closes(run, tcp_policy) -> None:
     async def main() -> None:
         listener = await tp.listen(tp.Local(address=LO4, port=0), policy=tcp_policy)
+        started = asyncio.Event()
 
         async def consume() -> list[tp.Carrier]:
+            started.set()
+            # Nothing queued: the loop runs straight to its first await and waits there, so
+            # once `started` is seen the consumer is blocked inside `async for`.
             return [c async for c in listener]
 
         task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.05)
+        await started.wait()
         await listener.close()
         assert await task == []
 
@@ -471,13 +475,15 @@ def test_closing_everything_releases_the_ports(run, tcp_policy, make_policy, sto
         assert can_bind(port, proto), (port, proto)
 
 
-def test_closing_a_udp_listener_releases_its_port(run, udp_policy) -> None:
+def test_closing_a_udp_listener_releases_its_port(run, until, udp_policy) -> None:
     async def main() -> int:
         listener = await tp.listen(tp.Local(address=LO4, port=0), policy=udp_policy)
         assert "udp" in listener.ports
         port = listener.port
         await listener.close()
-        await asyncio.sleep(0.01)
+        # asyncio closes a datagram socket in a loop callback after close() returns; wait for
+        # that (a socket that is never closed keeps the port and fails here).
+        await until(lambda: can_bind(port, "udp"), what=f"UDP port {port} released")
         return port
 
     assert can_bind(run(main()), "tcp", "udp")
