@@ -127,7 +127,7 @@ async def initiate(cmd):
         carrier = await tp.initiate(remote, local=local, policy=policy(cmd), store=STORE)
     except tp.EstablishmentError as exc:
         return {"ok": False, "elapsed_ms": (time.monotonic() - started) * 1000,
-                "error": str(exc), "attempts": [dataclasses.asdict(a) for a in exc.attempts],
+                "error": str(exc), "attempts": [a.to_dict() for a in exc.attempts],
                 "candidates": exc.decision.to_dict()["candidates"]}
     out = {"ok": True, "elapsed_ms": (time.monotonic() - started) * 1000,
            "winner": carrier.candidate.to_dict(), "local": carrier.local_address,
