@@ -16,7 +16,7 @@ from .decision.decision import Candidate, Decision, Exclusion, RankKey
 from .decision.envfile import load_environment
 from .decision.environment import Address, CacheEntry, Environment, Interface
 from .decision.request import Request, parse_target
-from .decision.explain import explain  # TEMP until dryrun lands
+from .dryrun import explain
 from .errors import (
     ArgumentError,
     Attempt,

@@ -212,7 +212,7 @@ _PLAN_LIMIT = 64
 
 
 def _plan_key(resolved: Remote, ctx: PolicyContext, kind: str) -> tuple[Any, ...]:
-    return (getattr(ctx, "fingerprint", ctx), kind, resolved.target, resolved.addresses)  # TEMP
+    return (ctx.fingerprint, kind, resolved.target, resolved.addresses)
 
 
 def _plan(resolved: Remote, ctx: PolicyContext, association: Association,

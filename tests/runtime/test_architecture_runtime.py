@@ -77,11 +77,13 @@ def test_repeat_initiates_with_equal_policy_inputs_reuse_the_plan(run, store) ->
                                     policy=tp.PolicyContext(system=[])) as responder:
             target = f"127.0.0.1:{responder.ports['tcp']}"
             decisions = []
-            for _ in range(3):  # a new, equal PolicyContext each time
+            for _ in range(4):  # a new, equal PolicyContext each time
                 ctx = tp.PolicyContext(system=[], app=app, app_name="same")
                 async with await tp.initiate(target, policy=ctx, store=store) as carrier:
                     decisions.append(carrier.explanation)
-            assert decisions[0] is decisions[1] is decisions[2]
+            # The first connection taught the Association a success, which is an input of the
+            # decision; from then on nothing changes and the plan is reused.
+            assert decisions[1] is decisions[2] is decisions[3]
             other = tp.PolicyContext(system=[], app=app, app_name="other")
             async with await tp.initiate(target, policy=other, store=store) as carrier:
                 assert carrier.explanation is not decisions[0]
@@ -97,13 +99,14 @@ def test_repeat_initiates_without_a_policy_reuse_the_plan(run, store, monkeypatc
         async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
                                     policy=tp.PolicyContext(system=[])) as responder:
             target = f"tcp://127.0.0.1:{responder.ports['tcp']}"
+            warm = await tp.initiate(target, app_name="a", store=store)  # history: a success
             first = await tp.initiate(target, app_name="a", store=store)
             second = await tp.initiate(target, app_name="a", store=store)
             try:
                 assert first.explanation is second.explanation
             finally:
-                await first.close()
-                await second.close()
+                for carrier in (warm, first, second):
+                    await carrier.close()
 
     run(main())
 
