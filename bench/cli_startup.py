@@ -21,8 +21,9 @@ Which explain command is timed (`--use`, default `auto`):
   PATH, else `api`. The `api` command is timed in every case, for comparison.
 
 It also checks that importing taps_post and calling explain() with an environment file leaves
-asyncio, aioquic and ssl out of sys.modules (DESIGN: explain must start fast), lists the heavy
-modules that are imported, and prints the top 10 imports by cumulative time (`-X importtime`).
+asyncio, aioquic and ssl out of sys.modules (docs/architecture.md, Layers: "The package root
+stays light", so `policy explain` starts fast), lists the heavy modules that are imported, and
+prints the top 10 imports by cumulative time (`-X importtime`).
 """
 
 from __future__ import annotations

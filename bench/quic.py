@@ -42,7 +42,7 @@ up to 64 KiB, idle timeout 30 s). Wall time, time.perf_counter, GC on. Figures:
       handshake over TCP). About 3 RTT: SYN/SYN-ACK, TLS, request/response. Raw:
       `asyncio.open_connection(ssl=...)` to an `asyncio.start_server(ssl=...)` echo.
   Each also times a second request/response on the same connection (1 RTT expected): an
-  extra ~40 ms there or anywhere (Nagle + delayed ACK, DESIGN section 8) is flagged.
+  extra ~40 ms there or anywhere (Nagle + delayed ACK, docs/runtime.md, Messages) is flagged.
   Target for ours: median <= nominal + 0.25 RTT (about 2, 1 and 3 RTT). The raw twin and the
   ratio are for information. Before the rows the relay itself is calibrated: UDP ping
   (1 RTT) and a plain TCP connect + request/response (2 RTT), with raw sockets.
@@ -706,7 +706,7 @@ async def bench_wan(args: argparse.Namespace, s: Setup) -> list[Row]:
                 if 30.0 <= excess <= 50.0:
                     row.notes.append(f"WARNING: ours {label} is {excess:.0f} ms over "
                                      f"{want / RTT_MS:g} RTT: the ~40 ms of Nagle plus delayed "
-                                     "ACK (DESIGN section 8)?")
+                                     "ACK (docs/runtime.md, Messages)?")
             rows.append(row)
             row.print()
         return rows
