@@ -113,7 +113,7 @@ class QuicStreamTransient(Transient):
 
     # ---- sending ---------------------------------------------------------------------
 
-    def _write(self, ready: list[Pending]) -> None:
+    def write_ready(self, ready: list[Pending]) -> None:
         quic = self.quic
         datagrams_ok = self.session.datagrams_negotiated
         per_message = self.session.per_msg_reliability
@@ -122,7 +122,7 @@ class QuicStreamTransient(Transient):
             if datagrams_ok and (not msg.reliable or msg.immediate) \
                     and len(msg.data) <= _DATAGRAM_MAX_PAYLOAD:
                 quic.send_datagram_frame(msg.data)
-                self.session.after_transmit(functools.partial(self._fire, p.on_sent, p.message))
+                self.session.after_transmit(functools.partial(self.fire, p.on_sent, p.message))
                 continue
             frame = self.framer.encode(msg.data)
             if per_message and msg.lifetime is not None and p.deadline is not None:
@@ -135,7 +135,7 @@ class QuicStreamTransient(Transient):
                 continue
             quic.send_stream_data(self.stream_id, frame)
             self._offset += len(frame)
-            self._track(self._offset, p)
+            self.track(self._offset, p)
         self.sent_any = True
         self.session.transmit_soon()
 
@@ -150,20 +150,20 @@ class QuicStreamTransient(Transient):
         del self._uni[uni]
         with contextlib.suppress(Exception):
             self.quic.reset_stream(uni, _RESET_EXPIRED)
-        self._fire(p.on_expired, p.message)
+        self.fire(p.on_expired, p.message)
         self.session.transmit_soon()
 
-    def _check_progress(self) -> None:
+    def check_progress(self) -> None:
         self._progress_handle = None
         stream = self.quic._streams.get(self.stream_id)
         sent = stream.sender.next_offset if stream is not None else 0
         acked = stream.sender._buffer_start if stream is not None else 0
-        self._fire_events(self._ledger.advance(sent, acked))
+        self.fire_events(self._ledger.advance(sent, acked))
         for uni, (p, end) in list(self._uni.items()):
             s = self.quic._streams.get(uni)
             if s is None or s.sender.next_offset >= end:
                 del self._uni[uni]
-                self._fire(p.on_sent, p.message)
+                self.fire(p.on_sent, p.message)
                 if p.on_acked is not None:
                     self._uni_unacked[uni] = (p, end)
         for uni, (p, end) in list(self._uni_unacked.items()):
@@ -171,9 +171,9 @@ class QuicStreamTransient(Transient):
             # aioquic drops a send-only stream once all of it (FIN included) was acknowledged
             if s is None or s.sender._buffer_start >= end:
                 del self._uni_unacked[uni]
-                self._fire(p.on_acked, p.message)
+                self.fire(p.on_acked, p.message)
 
-    def _track(self, end: int, p: Pending) -> None:
+    def track(self, end: int, p: Pending) -> None:
         if self._ledger.track(end, p):
             self.session.tracking = True
 
@@ -199,7 +199,7 @@ class QuicStreamTransient(Transient):
                 self.quic.reset_stream(self.stream_id, 0)
             self.session.transmit_soon()
         self.session.stream_closed(self)
-        self._lost(None)
+        self.terminate(None)
 
     # ---- receiving -------------------------------------------------------------------
 
@@ -210,10 +210,10 @@ class QuicStreamTransient(Transient):
         except DeframingError as exc:
             self.fail(exc)
             return
-        self._deliver(messages)
+        self.deliver(messages)
         if end:
             self._eof = True
-            self._wake()
+            self.wake()
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -325,7 +325,7 @@ class QuicSession(QuicConnectionProtocol):
             self.primary = t
         if self._datagrams:
             pending, self._datagrams = self._datagrams, []
-            t._deliver(pending, self.remote_address)
+            t.deliver(pending, self.remote_address)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -387,7 +387,7 @@ class QuicSession(QuicConnectionProtocol):
             pending = False
             for t in list(self.streams.values()):
                 if t.tracking_pending():
-                    t._check_progress()
+                    t.check_progress()
                     pending = pending or t.tracking_pending()
             self.tracking = pending
 
@@ -417,7 +417,7 @@ class QuicSession(QuicConnectionProtocol):
         if self.is_open:
             self.is_open = False
             for t in list(self.streams.values()):
-                t._lost(exc)
+                t.terminate(exc)
 
     def shutdown(self) -> None:
         """Close the connection now (CONNECTION_CLOSE to the peer) and stop all timers."""
@@ -430,7 +430,7 @@ class QuicSession(QuicConnectionProtocol):
             self._idle.cancel()
             self._idle = None
         for t in list(self.streams.values()):
-            t._lost(None)
+            t.terminate(None)
         if self.owns_transport and self._transport is not None:
             self._transport.close()
 
@@ -446,19 +446,18 @@ class QuicSession(QuicConnectionProtocol):
             if target is None:
                 self._datagrams.append(event.data)  # DATAGRAMs may overtake the first stream
             else:
-                target._deliver([event.data], self.remote_address)
+                target.deliver([event.data], self.remote_address)
         elif isinstance(event, events.StreamReset):
             self._uni_in.pop(event.stream_id, None)
             t = self.streams.get(event.stream_id)
             if t is not None:
-                t._eof = True
-                t._wake()
+                t.end_of_messages()
         elif isinstance(event, events.ConnectionTerminated):
             self.is_open = False
             reason = ConnectionError(f"QUIC connection closed: {event.reason_phrase or 'closed'}"
                                      f" (error {event.error_code})")
             for t in list(self.streams.values()):
-                t._lost(None if event.error_code == 0 else reason)
+                t.terminate(None if event.error_code == 0 else reason)
             if self.owns_transport and self._transport is not None:
                 # A client's socket is its own: release it with the connection.
                 self._loop.call_soon(self._transport.close)
@@ -530,7 +529,7 @@ class QuicStack:
                     and spec.settings.zero_rtt:
                 # A copy: the caller's message must stay unsent if another attempt wins.
                 transient.submit(dataclasses.replace(early))  # 0-RTT, with the ClientHello
-                transient._pump()
+                transient.pump()
                 transient.early_sent = True
             session.transmit()
             await session.wait_connected()

@@ -139,7 +139,7 @@ class StreamTransient(Transient, asyncio.Protocol):
 
     # ---- TLS tickets ---------------------------------------------------------------------
 
-    def _before_close(self) -> None:
+    def before_close(self) -> None:
         if self.session_sink is not None:
             self._capture_session()
 
@@ -187,24 +187,24 @@ class StreamTransient(Transient, asyncio.Protocol):
         except DeframingError as exc:  # FrameTooLargeError is a MessageTooLargeError too
             self.fail(exc)
             return
-        self._deliver(messages)
+        self.deliver(messages)
 
     def eof_received(self) -> bool | None:
         try:
-            self._deliver(self.framer.eof())
+            self.deliver(self.framer.eof())
         except DeframingError as exc:
             self._error = exc
         self._eof = True
-        self._wake()
+        self.wake()
         # A half-close ends the peer's messages, not ours: keep the transport open so replies
         # still go out (a line client that shuts down its side after the last line expects
         # its answers). TLS cannot half-close; asyncio closes it whatever we return.
         return not self.secure
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
+        self.terminate(exc)
 
-    def _write(self, ready: list[Any]) -> None:
+    def write_ready(self, ready: list[Any]) -> None:
         encode = self.framer.encode
         # Length prefix: plain messages were size-checked at submit; the prefix and the payload
         # go into the join as two items (no per-message concatenation).
@@ -228,18 +228,18 @@ class StreamTransient(Transient, asyncio.Protocol):
                 batch.append(frame)
             offset += len(frame)
             if not plain:
-                self._track(offset, p)
+                self.track(offset, p)
         if batch:
             self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
         self.sent_any = True
         if self._ledger and self._progress_handle is None:
-            self._check_progress()
+            self.check_progress()
 
     def _emit(self, data: bytes) -> None:
         self.transport.write(data)
         self._written += len(data)
 
-    def _offsets(self) -> tuple[int, int | None] | None:
+    def offsets(self) -> tuple[int, int | None] | None:
         transport = self.transport
         if transport is None:
             return None

@@ -9,9 +9,9 @@ Rule 2: writes are batched: the pump drains every ready message into one write, 
 `immediate` messages, which get their own (and so their own segment on stream stacks, which
 set TCP_NODELAY).
 Rule 3: `on_sent` fires when the kernel has taken the message's last byte, `on_acked` when the
-peer acknowledged it, both read from the stack's own offsets (`_offsets()`), never guessed; the
+peer acknowledged it, both read from the stack's own offsets (`offsets()`), never guessed; the
 core's Ledger turns offsets into events exactly once.
-Rule 4: a subclass provides `_write(ready)` and may override `_offsets()`, `submit_data()`
+Rule 4: a subclass provides `write_ready(ready)` and may override `offsets()`, `submit_data()`
 (a direct-write fast path), `detach_stream()`, `open_sibling()` and `accept_siblings()`.
 """
 
@@ -40,7 +40,7 @@ class Transient:
     """The part every stack shares: outbox and pump, inbox and receivers, close and abort."""
 
     accepts_plain = False
-    """True when _write() takes bytes items (SendQueue.push_data) as well as Pending."""
+    """True when write_ready() takes bytes items (SendQueue.push_data) as well as Pending."""
 
     stack: str
     interface: str | None
@@ -142,15 +142,15 @@ class Transient:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def terminate(self, exc: BaseException | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc
         self._eof = True
         for p in self._queue.drain_all():
-            self._fire(p.on_expired, p.message)
-        self._fire_events(self._ledger.fail())
+            self.fire(p.on_expired, p.message)
+        self.fire_events(self._ledger.fail())
         self._cancel_timers()
-        self._wake()
+        self.wake()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if not self.closed.done():
@@ -172,16 +172,16 @@ class Transient:
             self._error = exc
         if self.transport is not None:
             self.transport.abort()
-        self._lost(exc)
+        self.terminate(exc)
 
-    def _before_close(self) -> None:
+    def before_close(self) -> None:
         """Hook: last chance to read state the close will destroy (TLS tickets)."""
 
     async def aclose(self) -> None:
         """Graceful close: queued messages go out first, then the transport closes."""
         if self.transport is None:
             return
-        self._before_close()
+        self.before_close()
         if not self.closed.done():
             await self._flush()
             if not self.transport.is_closing():
@@ -194,7 +194,7 @@ class Transient:
                     await waiter
                 finally:
                     timer.cancel()
-        self._before_close()  # tickets read during the close
+        self.before_close()  # tickets read during the close
 
     async def _flush(self) -> None:
         """Let the pump send everything queued before a close."""
@@ -206,7 +206,7 @@ class Transient:
                 # Nothing could go: what is left waits for antecedents that will never be
                 # sent here. Report it rather than hold the close forever.
                 for p in self._queue.drain_all():
-                    self._fire(p.on_expired, p.message)
+                    self.fire(p.on_expired, p.message)
                 break
 
     def abort(self) -> None:
@@ -215,7 +215,7 @@ class Transient:
 
     # ---- receive side ---------------------------------------------------------------------
 
-    def _deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
+    def deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
         if not messages:
             return
         self.received_any = True
@@ -228,7 +228,7 @@ class Transient:
                     inbox.append(msg)
                 elif self._callback(msg) is False:
                     self._callback = None
-            self._wake()
+            self.wake()
             return
         if remote is None and not early:
             new = bytes.__new__  # InMessage(m, carrier=...) without the Python-level __new__
@@ -242,9 +242,14 @@ class Transient:
         if inbox.over_high() and self.transport is not None:
             inbox.paused = True
             self.transport.pause_reading()
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
+    def end_of_messages(self) -> None:
+        """The peer will send no more (a FIN, a stream reset): receivers wake and see EOF."""
+        self._eof = True
+        self.wake()
+
+    def wake(self) -> None:
         # Every receiver waiting wakes and re-checks: concurrent receive() calls each get a
         # message or keep waiting, none is forgotten.
         waiters, self._waiters = self._waiters, []
@@ -342,13 +347,13 @@ class Transient:
             return
         if self._direct and not self._writing_paused:
             self._direct = False
-            self._pump()
+            self.pump()
         else:
             self._pump_handle = self.loop.call_soon(self._pump_soon)
 
     def _pump_soon(self) -> None:
         self._direct = True
-        self._pump()
+        self.pump()
 
     async def wait_writable(self) -> None:
         """Backpressure: return when the queue is below its high-water mark (or when what is
@@ -366,9 +371,9 @@ class Transient:
 
     def _schedule_pump(self) -> None:
         if self._pump_handle is None and self.transport is not None:
-            self._pump_handle = self.loop.call_soon(self._pump)
+            self._pump_handle = self.loop.call_soon(self.pump)
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         self._pump_handle = None
         if self.transport is None or self.transport.is_closing():
             return
@@ -376,13 +381,13 @@ class Transient:
         stuck = False
         if self._writing_paused:
             for p in self._queue.expire(now):
-                self._fire(p.on_expired, p.message)
+                self.fire(p.on_expired, p.message)
         else:
             ready, expired = self._queue.pop_ready(now)
             for p in expired:
-                self._fire(p.on_expired, p.message)
+                self.fire(p.on_expired, p.message)
             if ready:
-                self._write(ready)
+                self.write_ready(ready)
             stuck = not ready and len(self._queue) > 0
         if (self._queue.queued_bytes <= SEND_LOW or stuck) and self._drained is not None \
                 and not self._drained.done():
@@ -394,38 +399,38 @@ class Transient:
         if deadline is not None:
             self._expiry_handle = self.loop.call_at(deadline, self._schedule_pump)
 
-    def _write(self, ready: list[Any]) -> None:
+    def write_ready(self, ready: list[Any]) -> None:
         raise NotImplementedError
 
-    def _track(self, end: int, p: Pending) -> None:
+    def track(self, end: int, p: Pending) -> None:
         self._ledger.track(end, p)
 
-    def _offsets(self) -> tuple[int, int | None] | None:
+    def offsets(self) -> tuple[int, int | None] | None:
         """(bytes the stack has taken, bytes the peer acknowledged or None), or None when the
         transport is gone. Stream stacks override this with the kernel's view."""
         return None
 
-    def _check_progress(self) -> None:
+    def check_progress(self) -> None:
         self._progress_handle = None
-        offsets = self._offsets()
+        offsets = self.offsets()
         if offsets is None:
             return
         events = self._ledger.advance(*offsets)
-        self._fire_events(events)
+        self.fire_events(events)
         if self._ledger:
             self._progress_delay = 0.0005 if events else min(self._progress_delay * 2, 0.05)
             self._progress_handle = self.loop.call_later(self._progress_delay,
-                                                         self._check_progress)
+                                                         self.check_progress)
 
-    def _fire_events(self, events: list[Sent] | list[Acked] | list[Expired]
+    def fire_events(self, events: list[Sent] | list[Acked] | list[Expired]
                      | list[Sent | Acked]) -> None:
         for ev in events:
             p = ev.pending
             cb = (p.on_sent if type(ev) is Sent else
                   p.on_acked if type(ev) is Acked else p.on_expired)
-            self._fire(cb, p.message)
+            self.fire(cb, p.message)
 
-    def _fire(self, callback: Any, message: OutMessage) -> None:
+    def fire(self, callback: Any, message: OutMessage) -> None:
         if callback is None:
             return
         try:
@@ -444,4 +449,4 @@ class Transient:
         self._direct = True
         self._schedule_pump()
         if self._ledger and self._progress_handle is None:
-            self._check_progress()
+            self.check_progress()

@@ -48,16 +48,16 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
             return
         if len(data) > self.max_size:
             return  # an oversize datagram is dropped, as the network would
-        self._deliver([data], (addr[0], addr[1]))
+        self.deliver([data], (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on UDP are soft (softErrorNotify); they do not close the carrier.
         self.soft_error = exc
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
+        self.terminate(exc)
 
-    def _write(self, ready: list[Any]) -> None:
+    def write_ready(self, ready: list[Any]) -> None:
         sendto = self.transport.sendto
         for p in ready:
             plain = type(p) is bytes
@@ -67,7 +67,7 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
             else:
                 sendto(data)
             if not plain:
-                self._fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
+                self.fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
         self.sent_any = True
 
 
