@@ -11,6 +11,8 @@ frames (RFC 9221) when both sides negotiated them; a message with a lifetime und
 framed message) so that expiring it resets that stream, not the carrier's.
 Rule 3: `on_sent` and `on_acked` read aioquic's own stream bookkeeping: the next offset to
 send and the start of the not-yet-acknowledged buffer.
+Rule 4: no private aioquic name is used here: where aioquic has no public route, the access is
+a function of `quic_compat`, tested against real aioquic connections.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
@@ -35,6 +37,7 @@ from aioquic.tls import SessionTicket
 from ..core.messages import Pending
 from ..errors import ConnectionClosedError, DeframingError
 from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from .quic_compat import peer_max_datagram_frame_size, refuse_early_data, stream_send_offsets
 from .transient import Transient
 
 __all__ = ["QuicSession", "QuicStack", "QuicStreamTransient"]
@@ -98,7 +101,7 @@ class QuicStreamTransient(Transient):
 
     @property
     def quic(self) -> QuicConnection:
-        return self.session._quic
+        return self.session.connection
 
     # ---- the Transient interface ---------------------------------------------------------
 
@@ -144,8 +147,8 @@ class QuicStreamTransient(Transient):
         if entry is None:
             return
         p, end = entry
-        stream = self.quic._streams.get(uni)
-        if stream is not None and stream.sender.next_offset >= end:
+        offsets = stream_send_offsets(self.quic, uni)
+        if offsets is None or offsets[0] >= end:
             return  # fully sent in time: its fate is decided by the progress check
         del self._uni[uni]
         with contextlib.suppress(Exception):
@@ -155,21 +158,20 @@ class QuicStreamTransient(Transient):
 
     def check_progress(self) -> None:
         self._progress_handle = None
-        stream = self.quic._streams.get(self.stream_id)
-        sent = stream.sender.next_offset if stream is not None else 0
-        acked = stream.sender._buffer_start if stream is not None else 0
+        # aioquic forgets a stream once its data and FIN were all acknowledged.
+        offsets = stream_send_offsets(self.quic, self.stream_id)
+        sent, acked = offsets if offsets is not None else (self._offset, self._offset)
         self.fire_events(self._ledger.advance(sent, acked))
         for uni, (p, end) in list(self._uni.items()):
-            s = self.quic._streams.get(uni)
-            if s is None or s.sender.next_offset >= end:
+            offsets = stream_send_offsets(self.quic, uni)
+            if offsets is None or offsets[0] >= end:
                 del self._uni[uni]
                 self.fire(p.on_sent, p.message)
                 if p.on_acked is not None:
                     self._uni_unacked[uni] = (p, end)
         for uni, (p, end) in list(self._uni_unacked.items()):
-            s = self.quic._streams.get(uni)
-            # aioquic drops a send-only stream once all of it (FIN included) was acknowledged
-            if s is None or s.sender._buffer_start >= end:
+            offsets = stream_send_offsets(self.quic, uni)
+            if offsets is None or offsets[1] >= end:
                 del self._uni_unacked[uni]
                 self.fire(p.on_acked, p.message)
 
@@ -226,7 +228,7 @@ class _StreamView:
 
     def __init__(self, owner: QuicStreamTransient) -> None:
         self._owner = owner
-        self._closing: asyncio.Future[None] | None = None
+        self._close_requested = False
 
     def is_closing(self) -> bool:
         return self._owner._fin_sent or not self._owner.session.is_open
@@ -246,25 +248,74 @@ class _StreamView:
         return None
 
     def close(self) -> None:
-        self._closing = asyncio.ensure_future(self._owner.aclose())
+        # A graceful close flushes the queue first, so it cannot finish here: the session
+        # runs it and owns the task (shutdown() cancels it).
+        if not self._close_requested:
+            self._close_requested = True
+            self._owner.session.close_stream_soon(self._owner)
 
     def abort(self) -> None:
         self._owner.abort()
 
 
+class _Outbound(asyncio.DatagramTransport):
+    """The transport aioquic's own `transmit()` writes a session's datagrams to.
+
+    A client's socket is connected (so the kernel reports ICMP errors to it): it is given no
+    address, whatever aioquic passes. Once the socket is closing, datagrams are dropped instead
+    of reaching a closed socket, so aioquic's timer may run a closed connection's closing
+    period out on its own (aioquic then reports ConnectionTerminated and forgets it)."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        super().__init__()
+        self._inner = cast(asyncio.DatagramTransport, transport)
+        self._connected = transport.get_extra_info("peername") is not None
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        inner = self._inner
+        if inner.is_closing():
+            return
+        if self._connected:
+            inner.sendto(data)
+        else:
+            inner.sendto(data, addr)
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+
 class QuicSession(QuicConnectionProtocol):
-    """One QUIC connection; bidirectional streams map to QuicStreamTransients."""
+    """One QUIC connection; bidirectional streams map to QuicStreamTransients.
+
+    aioquic's own protocol pumps the connection (`transmit()`, its timer, `datagram_received`);
+    this subclass routes events and adds what must follow each transmit: callbacks queued
+    with `after_transmit` and the on_sent / on_acked progress check."""
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
                  framer: Callable[[], Any] | None = None, max_size: int = 16 << 20,
                  interface: str | None = None,
                  on_stream: Callable[[QuicStreamTransient], None] | None = None,
-                 per_msg_reliability: bool = False, allow_early: bool = True) -> None:
+                 per_msg_reliability: bool = False, allow_early: bool = True,
+                 on_terminated: Callable[[QuicSession], None] | None = None) -> None:
         super().__init__(quic, stream_handler)
+        self.connection = quic
+        """The sans-I/O aioquic connection this protocol pumps (we made it, so we keep it)."""
+        self.loop = asyncio.get_running_loop()
         self.framer = framer
         self.max_size = max_size
         self.interface = interface
         self.on_stream = on_stream
+        self.on_terminated = on_terminated
+        """Told once aioquic reports the connection terminated (a listener forgets it)."""
         self.per_msg_reliability = per_msg_reliability
         self.streams: dict[int, QuicStreamTransient] = {}
         self.primary: QuicStreamTransient | None = None
@@ -287,30 +338,53 @@ class QuicSession(QuicConnectionProtocol):
         """A client session owns its UDP socket; a server's sessions share the listener's."""
         self.accept_callback: Callable[[QuicStreamTransient], Any] | None = None
         """Where streams the peer opens go once a carrier of this connection called accept()."""
-        if not allow_early:
-            # The server's policy avoids or prohibits zeroRttMsg: issue tickets that do not
-            # allow early data, so clients resume with a 1-RTT handshake.
-            initialize = quic._initialize
-
-            def no_early(peer_cid: bytes) -> None:
-                initialize(peer_cid)
-                quic.tls._max_early_data = None
-
-            quic._initialize = no_early  # type: ignore[method-assign]
+        self._out: _Outbound | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._handshake: asyncio.Future[None] | None = None
+        """Exists while connect() waits for the handshake (see wait_connected)."""
+        self._refuse_early = not allow_early
+        """The server's policy avoids or prohibits zeroRttMsg: the tickets it issues must not
+        allow early data, so clients resume with a 1-RTT handshake."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Graceful stream closes started by a synchronous transport.close()."""
 
     @property
     def datagrams_negotiated(self) -> bool:
-        return self._quic._remote_max_datagram_frame_size is not None
+        return peer_max_datagram_frame_size(self.connection) is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        self._out = _Outbound(transport)
+        super().connection_made(self._out)
         local = transport.get_extra_info("sockname")
         self.local_address = (local[0], local[1]) if local else None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        # The first datagram a server receives creates the TLS context; the ticket is only
+        # issued once the client's Finished arrives, always in a later datagram.
+        if self._refuse_early and refuse_early_data(self.connection):
+            self._refuse_early = False
+
+    async def wait_connected(self) -> None:
+        """Wait for the handshake. Unlike aioquic's, this one fails at once on an ICMP error
+        (error_received) and says why the connection terminated."""
+        if self.handshake_done:
+            return
+        if not self.is_open:
+            raise ConnectionError("QUIC connection closed before its handshake completed")
+        if self._handshake is None or self._handshake.done():
+            self._handshake = self.loop.create_future()
+        await self._handshake
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        waiter = self._handshake
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
     def new_stream(self) -> QuicStreamTransient:
         # aioquic only advances its next stream id once data was sent on the stream, so two
         # forks in a row would share one: keep our own high-water mark.
-        stream_id = max(self._quic.get_next_available_stream_id(), self._next_bidi)
+        stream_id = max(self.connection.get_next_available_stream_id(), self._next_bidi)
         self._next_bidi = stream_id + 4
         return self._attach(stream_id)
 
@@ -342,7 +416,19 @@ class QuicSession(QuicConnectionProtocol):
     def stream_closed(self, t: QuicStreamTransient) -> None:
         self._open_streams.discard(t.stream_id)
         if not self._open_streams and self.is_open and self._idle is None:
-            self._idle = self._loop.call_later(_IDLE_CLOSE, self._close_idle)
+            self._idle = self.loop.call_later(_IDLE_CLOSE, self._close_idle)
+
+    def close_stream_soon(self, t: QuicStreamTransient) -> None:
+        """Close one stream gracefully in a task the session owns: shutdown() cancels it, and
+        an error it ends with fails that stream instead of going unreported."""
+        task = self.loop.create_task(t.aclose())
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._close_done, t))
+
+    def _close_done(self, t: QuicStreamTransient, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            t.fail(exc)
 
     def _close_idle(self) -> None:
         self._idle = None
@@ -350,34 +436,25 @@ class QuicSession(QuicConnectionProtocol):
             self.close()
 
     def transmit_soon(self) -> None:
-        self._transmit_soon()
+        if self._transmit_handle is None:
+            self._transmit_handle = self.loop.call_soon(self.transmit)
 
     def after_transmit(self, callback: Callable[[], None]) -> None:
         self._after.append(callback)
 
     def watch_deadline(self, when: float, callback: Callable[[], None]) -> None:
-        self._loop.call_at(when, callback)
+        self.loop.call_at(when, callback)
 
     def transmit(self) -> None:
-        # aioquic's pump, except that a client's socket is connected (so the kernel reports
-        # ICMP errors to it) and must be given no address.
-        self._transmit_task = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self._stop_timer()
+        """aioquic's transmit (datagrams out, timer re-armed), then what waits for it: the
+        callbacks of DATAGRAM frames just sent and the on_sent / on_acked progress check."""
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        super().transmit()
+        out = self._out
+        if out is None or out.is_closing():
             return
-        for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
-            if self.owns_transport:
-                transport.sendto(data)
-            else:
-                transport.sendto(data, addr)
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        self._timer_at = timer_at
         after = self._after
         if after:
             self._after = []
@@ -391,54 +468,47 @@ class QuicSession(QuicConnectionProtocol):
                     pending = pending or t.tracking_pending()
             self.tracking = pending
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
-
-    def _handle_timer(self) -> None:
-        if self._transport is None or self._transport.is_closing():
-            self._timer = None
-            return
-        super()._handle_timer()
-
     def error_received(self, exc: Exception) -> None:
         """ICMP errors: fatal during the handshake (port unreachable means nobody serves QUIC
         there, so the race should move on now, not at connTimeout), soft afterwards."""
-        waiter = self._connected_waiter
-        if not self.handshake_done and waiter is not None and not waiter.done():
-            self._connected_waiter = None
-            waiter.set_exception(exc)
+        if not self.handshake_done:
+            self._handshake_failed(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timer()
-        self._transport = None
         if self.is_open:
             self.is_open = False
             for t in list(self.streams.values()):
                 t.terminate(exc)
 
     def shutdown(self) -> None:
-        """Close the connection now (CONNECTION_CLOSE to the peer) and stop all timers."""
+        """Close the connection now (CONNECTION_CLOSE to the peer) and end what it runs: the
+        idle timer and stream closes in progress (`settle()` waits for them)."""
         if self.is_open:
             with contextlib.suppress(Exception):
                 self.close()
         self.is_open = False
-        self._stop_timer()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        for task in self._tasks:
+            task.cancel()
         for t in list(self.streams.values()):
             t.terminate(None)
-        if self.owns_transport and self._transport is not None:
-            self._transport.close()
+        if self.owns_transport and self._out is not None:
+            self._out.close()
+
+    async def settle(self) -> None:
+        """Wait until the stream closes shutdown() cancelled have ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
             self.handshake_done = True
             self.early_data_accepted = event.early_data_accepted
             self.session_resumed = event.session_resumed
+            if self._handshake is not None and not self._handshake.done():
+                self._handshake.set_result(None)
         elif isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, events.DatagramFrameReceived):
@@ -456,11 +526,14 @@ class QuicSession(QuicConnectionProtocol):
             self.is_open = False
             reason = ConnectionError(f"QUIC connection closed: {event.reason_phrase or 'closed'}"
                                      f" (error {event.error_code})")
+            self._handshake_failed(reason)
             for t in list(self.streams.values()):
                 t.terminate(None if event.error_code == 0 else reason)
-            if self.owns_transport and self._transport is not None:
+            if self.owns_transport and self._out is not None:
                 # A client's socket is its own: release it with the connection.
-                self._loop.call_soon(self._transport.close)
+                self.loop.call_soon(self._out.close)
+            if self.on_terminated is not None:
+                self.on_terminated(self)
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
@@ -559,6 +632,9 @@ class QuicStack:
             raise ValueError("a QUIC listener needs a Local certificate with its private key")
         tickets: dict[bytes, SessionTicket] = {}
         settings = spec.settings
+        # Every connection not yet terminated: aioquic's server creates each through
+        # `create`, so the listener need not read the server's own table.
+        sessions: set[QuicSession] = set()
 
         def on_stream(t: QuicStreamTransient) -> None:
             session = t.session
@@ -568,15 +644,18 @@ class QuicStack:
                 session.accept_callback(t)
 
         def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
-            return QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
-                               interface=spec.interface, on_stream=on_stream,
-                               per_msg_reliability=settings.per_msg_reliability,
-                               allow_early=settings.zero_rtt)
+            session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
+                                  interface=spec.interface, on_stream=on_stream,
+                                  per_msg_reliability=settings.per_msg_reliability,
+                                  allow_early=settings.zero_rtt,
+                                  on_terminated=sessions.discard)
+            sessions.add(session)
+            return session
 
         sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
         try:
             bind_server(sock, spec.address, spec.port, spec.interface)
-            transport, server = await loop.create_datagram_endpoint(
+            transport, _ = await loop.create_datagram_endpoint(
                 lambda: QuicServer(configuration=config, create_protocol=create,
                                    session_ticket_fetcher=lambda t: tickets.pop(t, None),
                                    session_ticket_handler=lambda t: tickets.__setitem__(
@@ -585,23 +664,25 @@ class QuicStack:
         except BaseException:
             sock.close()
             raise
-        return QuicListening(transport, server, sock.getsockname()[1])
+        return QuicListening(transport, sessions, sock.getsockname()[1])
 
 
 class QuicListening:
     stack = "quic"
 
-    def __init__(self, transport: asyncio.BaseTransport, server: Any, port: int) -> None:
+    def __init__(self, transport: asyncio.BaseTransport, sessions: set[QuicSession],
+                 port: int) -> None:
         self._transport = transport
-        self._server = server
+        self._sessions = sessions
         self.port = port
 
     async def aclose(self) -> None:
         """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""
-        sessions = {id(p): p for p in self._server._protocols.values()}
-        for session in sessions.values():
-            if isinstance(session, QuicSession):
-                session.shutdown()
+        closing = list(self._sessions)
+        for session in closing:
+            session.shutdown()
         await asyncio.sleep(0)  # let the CONNECTION_CLOSE datagrams go out
         self._transport.close()
+        for session in closing:
+            await session.settle()
 

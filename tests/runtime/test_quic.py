@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
+from taps_post.stacks.quic_compat import stream_send_offsets
 
 LOCAL = "127.0.0.1"
 
@@ -802,15 +803,15 @@ def test_idempotent_first_message_survives_a_losing_0rtt_attempt(run: Any, cert:
 
 
 class DelayRelay(asyncio.DatagramProtocol):
-    """A UDP relay on loopback that delays every datagram by `delay` seconds each way (one
-    client at a time, the latest one to send): a path with RTT = 2 x delay."""
+    """A UDP relay on loopback that delays every datagram by `delay` seconds each way: a path
+    with RTT = 2 x delay. Each client address gets its own upstream socket, so the datagrams
+    of an earlier connection still closing never steer the replies meant for a newer one."""
 
     def __init__(self, upstream: tuple[str, int], delay: float) -> None:
         self.upstream = upstream
         self.delay = delay
         self.front: asyncio.DatagramTransport | None = None
-        self.back: asyncio.DatagramTransport | None = None
-        self.client: tuple[str, int] | None = None
+        self.backs: dict[tuple[str, int], socket.socket] = {}
         self.loop = asyncio.get_running_loop()
         self.timers: set[asyncio.TimerHandle] = set()
 
@@ -818,13 +819,28 @@ class DelayRelay(asyncio.DatagramProtocol):
         self.front = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.client = addr
-        assert self.back is not None
-        self.later(self.back.sendto, data)
+        back = self.backs.get(addr)
+        if back is None:
+            back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            back.setblocking(False)
+            back.connect(self.upstream)
+            self.backs[addr] = back
+            self.loop.add_reader(back.fileno(), self.from_server, back, addr)
+        self.later(self.to_server, back, data)
 
-    def from_server(self, data: bytes) -> None:
-        if self.client is not None and self.front is not None:
-            self.later(self.front.sendto, data, self.client)
+    @staticmethod
+    def to_server(back: socket.socket, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            back.send(data)
+
+    def from_server(self, back: socket.socket, client: tuple[str, int]) -> None:
+        while True:
+            try:
+                data = back.recv(65536)
+            except OSError:  # BlockingIOError included: nothing more to read now
+                return
+            if self.front is not None:
+                self.later(self.front.sendto, data, client)
 
     def later(self, fn: Callable[..., Any], *args: Any) -> None:
         handle = self.loop.call_later(self.delay, fn, *args)
@@ -832,14 +848,6 @@ class DelayRelay(asyncio.DatagramProtocol):
 
     async def start(self) -> int:
         await self.loop.create_datagram_endpoint(lambda: self, local_addr=(LOCAL, 0))
-        relay = self
-
-        class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                relay.from_server(data)
-
-        self.back, _ = await self.loop.create_datagram_endpoint(
-            Back, remote_addr=self.upstream)
         assert self.front is not None
         port: int = self.front.get_extra_info("sockname")[1]
         return port
@@ -847,9 +855,11 @@ class DelayRelay(asyncio.DatagramProtocol):
     def close(self) -> None:
         for h in self.timers:
             h.cancel()
-        for t in (self.front, self.back):
-            if t is not None:
-                t.close()
+        for back in self.backs.values():
+            self.loop.remove_reader(back.fileno())
+            back.close()
+        if self.front is not None:
+            self.front.close()
 
 
 def test_0rtt_saves_a_round_trip_through_a_delaying_relay(run: Any, cert: Any) -> None:
@@ -977,15 +987,15 @@ def test_on_acked_follows_on_sent_once_the_peer_acknowledged_everything(
             c = await tp.initiate(server.remote(cert), policy=policy(),
                                   store=tp.AssociationStore())
             try:
-                quic = session_of(c)._quic
+                quic = session_of(c).connection
                 sid = stream_id(c)
                 seen: list[tuple[str, int, int]] = []
 
                 def note(kind: str) -> Callable[[tp.OutMessage], None]:
                     def callback(m: tp.OutMessage) -> None:
-                        sender = quic._streams[sid].sender
-                        offset = sender.next_offset if kind == "sent" else sender._buffer_start
-                        seen.append((kind, len(m.data), offset))
+                        offsets = stream_send_offsets(quic, sid)
+                        assert offsets is not None, "the carrier's stream is still open"
+                        seen.append((kind, len(m.data), offsets[0 if kind == "sent" else 1]))
                     return callback
 
                 ends = {10: 4 + 10, 2_000_000: 4 + 10 + 4 + 2_000_000}

@@ -1,0 +1,80 @@
+"""Every private aioquic detail the QUIC stack relies on, one small function each.
+
+Rule 1: no other module of taps_post reads or writes a private (underscore) aioquic name.
+Where aioquic offers no public route, the access lives here, in one function whose comment
+names the private detail, says why no public route exists, and which aioquic releases it was
+checked against (`CHECKED`). tests/runtime/test_quic_compat.py drives each function against
+real aioquic connections, so an upgrade that moves a detail fails a test naming the function.
+Rule 2: these functions only read or set connection state; they never drive a connection (no
+datagram is sent, no timer armed), so callers keep the one place where that happens.
+Rule 3: everything else the stack needs from aioquic is public: the sans-I/O `QuicConnection`
+methods, `QuicConnectionProtocol.transmit()` / `connect()` / `close()`, events, and the
+server's `create_protocol`, `session_ticket_fetcher` and `session_ticket_handler` hooks.
+"""
+
+from __future__ import annotations
+
+from aioquic.quic.connection import QuicConnection
+
+__all__ = ["CHECKED", "peer_max_datagram_frame_size", "refuse_early_data",
+           "stream_send_offsets"]
+
+CHECKED = ("1.6.0", "1.7.2")
+"""The aioquic releases every function here was read against and tested with: the lowest one
+`refuse_early_data` works with and the newest one released. pyproject.toml's bound on aioquic
+stays inside them."""
+
+
+def stream_send_offsets(quic: QuicConnection, stream_id: int) -> tuple[int, int] | None:
+    """How far aioquic has sent one stream, and how far the peer acknowledged it, as stream
+    offsets `(sent, acknowledged)`; None when aioquic holds no such stream, either because
+    nothing was ever written to it or because it was discarded once all of its data and its
+    FIN (or its reset) were acknowledged. `on_sent` and `on_acked` compare these offsets with
+    the end of each message in the stream."""
+    # Private: QuicConnection._streams (aioquic has no public lookup of a stream's state)
+    # and QuicStreamSender._buffer_start (the start of the not-yet-acknowledged buffer, so
+    # the contiguously acknowledged prefix: aioquic reports acknowledgements of stream data
+    # through no event or callback). `next_offset` is a public property of the sender: the
+    # first offset not yet handed to a packet (it moves back while lost data awaits its
+    # retransmission). Checked against aioquic 1.2.0, 1.5.0, 1.6.0 and 1.7.2.
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return None
+    sender = stream.sender
+    return sender.next_offset, sender._buffer_start
+
+
+def peer_max_datagram_frame_size(quic: QuicConnection) -> int | None:
+    """The peer's `max_datagram_frame_size` transport parameter: None until its transport
+    parameters arrived, or when the peer does not accept DATAGRAM frames (RFC 9221)."""
+    # Private: QuicConnection._remote_max_datagram_frame_size. aioquic publishes no view of
+    # the peer's transport parameters and no event when they arrive, and
+    # send_datagram_frame() queues a frame whether or not the peer accepts DATAGRAM frames
+    # (a peer that does not closes the connection with PROTOCOL_VIOLATION), so we must ask
+    # before sending. Checked against aioquic 1.2.0, 1.5.0, 1.6.0 and 1.7.2.
+    size: int | None = quic._remote_max_datagram_frame_size
+    return size
+
+
+def refuse_early_data(quic: QuicConnection) -> bool:
+    """Make a server connection issue session tickets that allow no early data, so clients
+    resuming with them use a 1-RTT handshake (the listener's policy avoids or prohibits
+    0-RTT). Returns False while the connection's TLS context does not exist yet (no Initial
+    packet processed): call it again after the next datagram. Call it before the client's
+    Finished arrives, which is when the ticket is issued; the first datagram received is
+    always early enough, because the client cannot send Finished before our reply."""
+    # Public but undocumented: QuicConnection.tls, created by the private _initialize() on
+    # the first Initial packet a server receives. Private: tls.Context._max_early_data, the
+    # `max_early_data_size` written into every NewSessionTicket. aioquic sets it to
+    # MAX_EARLY_DATA for every server with no configuration option
+    # (QuicConfiguration has none), and the server-side ticket fetcher cannot refuse 0-RTT
+    # alone: the TLS context accepts early data whenever the ClientHello offers it and the
+    # ticket resumes, and returning no ticket would refuse resumption too.
+    # Checked against aioquic 1.6.0 and 1.7.2. Before 1.6.0 the server issued its ticket in
+    # its first flight, while processing the ClientHello, so setting this after the first
+    # datagram is too late there; only replacing the private _initialize() would do.
+    context = getattr(quic, "tls", None)
+    if context is None:
+        return False
+    context._max_early_data = None
+    return True
