@@ -62,7 +62,7 @@ def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
     if s.verify_peer:
         config.verify_mode = ssl.CERT_REQUIRED
         if spec.pinned:
-            config.cadata = _pems(spec.pinned)
+            config.load_verify_locations(cadata=_pems(spec.pinned))
         else:
             config.load_verify_locations(cafile=ssl.get_default_verify_paths().cafile)
     else:
