@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .decision.explain import explain
+    from .dryrun import explain
 
     system: Any = [] if args.no_system else args.system
     decision = explain(args.target, system=system, app=args.app, carrier=args.carrier,
@@ -136,9 +136,10 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .decision.envfile import load_environment
     from .policy.validate import validate_paths
 
-    report = validate_paths(args.paths)
+    report = validate_paths(args.paths, load_snapshot=load_environment)
     for diag in report.errors:
         print(diag, file=sys.stderr)
     for warning in report.warnings:
@@ -155,12 +156,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _interfaces(args: argparse.Namespace) -> int:
     from .decision.environment import Environment
+    from .decision.facts import apply_interface_facts
     from .policy.context import PolicyContext
     from .system.interfaces import discover_interfaces
 
     found = tuple(discover_interfaces())
     if args.system:
-        found = PolicyContext(system=args.system).apply_interface_facts(found)
+        found = apply_interface_facts(PolicyContext(system=args.system).interface_facts, found)
     env = Environment(found)
     if args.format == "json":
         print(json.dumps(env.to_dict()["interfaces"], indent=2))

@@ -1,8 +1,9 @@
 """Regenerate the tables in docs/*.md from the code they describe.
 
-Rule 1: the property table comes from `REGISTRY`, the stack table from `STACK_FEATURES` and
-`MULTIPATH_CAPABLE`, the conflict table from `resolve.PREF_TABLE`: the docs are rendered from
-the same data the engine runs on, so they cannot drift from it (`--check` in the tests).
+Rule 1: the property table comes from `REGISTRY`, the stack table from the stack catalogue
+(`policy.catalog`, read when the table is rendered), the conflict table from
+`resolve.PREF_TABLE`: the docs are rendered from the same data the engine runs on, so they
+cannot drift from it (`--check` in the tests).
 Rule 2: only the text between `<!-- BEGIN GENERATED: NAME -->` and `<!-- END GENERATED: NAME -->`
 is ever touched; everything else in a document is the author's. With `--run-examples`, the
 output lines of ```console blocks are touched too (rewritten from a real run of their commands),
@@ -24,16 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .policy.registry import (
-    INTERFACE_TYPES,
-    MULTIPATH_CAPABLE,
-    REGISTRY,
-    SCHEMES,
-    STACK_FEATURES,
-    STACKS,
-    Pref,
-    PropertySpec,
-)
+from .policy import catalog
+from .policy.registry import INTERFACE_TYPES, REGISTRY, Pref, PropertySpec
 from .policy.resolve import PREF_TABLE
 
 __all__ = [
@@ -82,8 +75,8 @@ def _key_text(spec: PropertySpec) -> str:
         return _code(spec.name)
     if spec.name == "interface":
         return _code("interface.TYPE") + " or " + _code("interface.GLOB")
-    if spec.choices:
-        return " ".join(_code(f"{spec.name}.{c}") for c in spec.choices)
+    if spec.options():
+        return " ".join(_code(f"{spec.name}.{c}") for c in spec.options())
     return _code(f"{spec.name}.NAME")
 
 
@@ -98,7 +91,7 @@ def _type_text(spec: PropertySpec) -> str:
             return f"integer{unit}, >= {spec.minimum}"
         return f"integer{unit}"
     if spec.kind == "enum":
-        return " | ".join(spec.choices)
+        return " | ".join(spec.options())
     if spec.kind == "bool":
         return "true | false"
     if spec.kind == "tls_version":
@@ -131,7 +124,7 @@ def _order_text(spec: PropertySpec) -> str:
 
 
 def _doc_text(spec: PropertySpec) -> str:
-    doc = spec.doc
+    doc = spec.description()
     if spec.name == "interface":
         doc = ("An interface type (" + ", ".join(INTERFACE_TYPES) + ") or, for any other "
                "word, an interface-name glob")
@@ -174,27 +167,28 @@ def _feature_columns() -> list[tuple[str, ...]]:
     """The fixed column groups, plus any protocol feature the registry grows later."""
     shown = {k for group in _STACK_COLUMNS for k in group}
     always = _always_features()
-    extra = sorted({f for feats in STACK_FEATURES.values() for f in feats} - shown - always)
+    extra = sorted({f for i in catalog.infos() for f in i.features} - shown - always)
     return [*_STACK_COLUMNS, *((f,) for f in extra)]
 
 
 def _always_features() -> set[str]:
-    return set.intersection(*(set(f) for f in STACK_FEATURES.values()))
+    return set.intersection(*(set(i.features) for i in catalog.infos()))
 
 
 def render_stack_table() -> str:
-    """What each stack offers, in the registry's tie-break order."""
+    """What each stack offers, in the catalogue's tie-break order."""
     columns = _feature_columns()
     header = [", ".join(group) for group in columns] + ["multipath-capable", "schemes"]
     rows = []
-    for stack in STACKS:
-        feats = STACK_FEATURES[stack]
-        cells = [_code(stack)]
+    table = catalog.schemes()
+    for info in catalog.infos():
+        feats = info.features
+        cells = [_code(info.name)]
         for group in columns:
             have = [k in feats for k in group]
             cells.append("yes" if all(have) else "no" if not any(have) else "partly")
-        cells.append("yes" if stack in MULTIPATH_CAPABLE else "no")
-        schemes = [s for s, allowed in SCHEMES.items() if stack in allowed]
+        cells.append("yes" if info.multipath_capable else "no")
+        schemes = [s for s, allowed in table.items() if info.name in allowed]
         cells.append(", ".join(f"{s}://" for s in schemes) + (", " if schemes else "")
                      + "host:port")
         rows.append(cells)

@@ -3,18 +3,21 @@
 Rule 1: schemas are generated from the pydantic models and the property registry, never
 written by hand, and `schemas/*.schema.json` in the repository are checked against this
 module by a test, so editors' completion and the engine agree.
+Rule 2: stack names and schemes are read from the stack catalogue each time a schema is
+generated, so a stack registered after import is in the next schema.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from .decision.envfile import EnvDocument
-from .policy.model import PolicyDocument
-from .policy.registry import REGISTRY, STACKS, PropertySpec
+from .policy import catalog
+from .policy.model import PolicyDocument, enum_schema, scheme_names
+from .policy.registry import REGISTRY, PropertySpec
 
 __all__ = ["SCHEMA_NAMES", "schema", "schema_text"]
 
@@ -23,7 +26,7 @@ _ID = "https://taps-post.invalid/schemas/{}.schema.json"
 
 
 def _value_schema(spec: PropertySpec) -> dict[str, Any]:
-    desc = spec.doc + (f" ({spec.unit})" if spec.unit else "")
+    desc = spec.description() + (f" ({spec.unit})" if spec.unit else "")
     if spec.kind == "preference":
         out: dict[str, Any] = {"enum": ["require", "prefer", "no_preference", "avoid",
                                         "prohibit"]}
@@ -36,7 +39,7 @@ def _value_schema(spec: PropertySpec) -> dict[str, Any]:
     elif spec.kind == "bool":
         out = {"type": "boolean"}
     elif spec.kind == "enum":
-        out = {"enum": list(spec.choices)}
+        out = {"enum": list(spec.options())}
     elif spec.kind == "tls_version":
         out = {"anyOf": [{"enum": ["1.2", "1.3"]}, {"enum": [1.2, 1.3]}]}
     else:
@@ -52,11 +55,12 @@ def _set_schema() -> dict[str, Any]:
         value = _value_schema(spec)
         if spec.map_key:
             inner: dict[str, Any] = {"type": "object", "additionalProperties": value,
-                                     "description": spec.doc}
-            if spec.choices:
-                inner["propertyNames"] = {"enum": list(spec.choices)}
+                                     "description": spec.description()}
+            choices = spec.options()
+            if choices:
+                inner["propertyNames"] = {"enum": list(choices)}
             props[name] = inner
-            leaf = "(" + "|".join(spec.choices) + ")" if spec.choices else ".+"
+            leaf = "(" + "|".join(choices) + ")" if choices else ".+"
             patterns[rf"^{name}\.{leaf}$"] = value
             continue
         props[name] = value
@@ -67,17 +71,17 @@ def _set_schema() -> dict[str, Any]:
             group["properties"][tail] = value
     return {"type": "object", "properties": dict(sorted(props.items())),
             "patternProperties": patterns, "additionalProperties": False,
-            "description": "Property statements, nested or dotted (DESIGN section 3)"}
+            "description": "Property statements, nested or dotted (docs/policy-language.md)"}
 
 
 def _policy() -> dict[str, Any]:
     out = PolicyDocument.model_json_schema(by_alias=True)
     out["$defs"]["Rule"]["properties"]["set"] = _set_schema()
-    assert set(STACKS) == set(REGISTRY["stack"].choices)
     return out
 
 
-# Models of DESIGN section 6, used only to generate the explain schema.
+# Models of the explain JSON output (docs/explain.md, "JSON output"), used only to generate
+# its schema.
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,7 +95,7 @@ class _RequestOut(_Strict):
     kind: Literal["initiate", "listen", "source", "sink", "respond"]
     host: str
     port: int
-    scheme: Literal["https", "tls", "tcp", "udp", "quic", "hostport"]
+    scheme: Annotated[str, enum_schema(scheme_names)]
 
 
 class _RuleOut(_Strict):
@@ -148,7 +152,7 @@ class _CandidateOut(_Strict):
     rank: int
     interface: str
     local_address: str
-    stack: Literal["tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp"]
+    stack: Annotated[str, enum_schema(catalog.names)]
     remote_address: str
     remote_port: int
     family: Literal["ipv4", "ipv6"]
@@ -170,7 +174,7 @@ class _ExcludedOut(_Strict):
 
 
 class ExplainOutput(_Strict):
-    """The output of `taps-post policy explain --format json` (DESIGN section 6)."""
+    """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
     model_config = ConfigDict(extra="forbid", title="taps_post explain output")
     version: Literal[1]

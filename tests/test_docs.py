@@ -69,14 +69,15 @@ def test_generated_blocks_are_fresh(doc: Path) -> None:
 
 
 def test_generated_tables_follow_the_code() -> None:
-    from taps_post.policy.registry import REGISTRY, STACKS
+    from taps_post.policy import catalog
+    from taps_post.policy.registry import REGISTRY
     from taps_post.policy.resolve import PREF_TABLE
 
     props = docgen.render_properties_table()
     for name in REGISTRY:
         assert f"`{name}" in props, name
     stacks = docgen.render_stack_table()
-    assert all(f"| `{s}` |" in stacks for s in STACKS)
+    assert all(f"| `{s}` |" in stacks for s in catalog.names())
     table = docgen.render_conflict_table()
     assert table.count("**conflict**") == sum(v == "conflict" for v in PREF_TABLE.values())
     # The generator is idempotent and leaves everything outside the markers alone.

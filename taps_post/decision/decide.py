@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..policy import catalog
+from ..policy.catalog import StackInfo
 from ..policy.context import PolicyContext
 from ..policy.match import glob_regex
-from ..policy.registry import (
-    INTERFACE_TYPES,
-    MULTIPATH_CAPABLE,
-    REGISTRY,
-    SCHEMES,
-    STACK_FEATURES,
-    STACK_ORDER,
-    STACKS,
-    Pref,
-)
+from ..policy.registry import INTERFACE_TYPES, REGISTRY, Pref
 from ..policy.resolve import Effective
 from .decision import Candidate, Decision, Exclusion, RankKey
 from .environment import Address, CacheEntry, Environment, Interface
+from .facts import apply_interface_facts
 from .request import Request
 
 __all__ = ["decide"]
@@ -38,6 +32,8 @@ _PROTOCOL_PREFS = tuple(
     name for name, spec in REGISTRY.items()
     if spec.kind == "preference" and spec.level == "protocol" and not spec.map_key
 )
+
+Effectives = Mapping[str, Effective]
 
 
 @dataclass(slots=True)
@@ -63,16 +59,24 @@ class _Node:
 
 
 def decide(request: Request, policy: PolicyContext, env: Environment) -> Decision:
-    matched_rules = policy.matching(request)
-    effective, conflicts, memo = policy.resolved(matched_rules, request.kind)
-    matched = frozenset((f.source, r.id) for f, r in matched_rules)
+    """Rank every (interface, stack, remote address) the policy allows for `request`.
+
+    One pure function of its three inputs, so a dry run on a snapshot and the runtime on the
+    live machine cannot disagree, and the Decision can say why for every branch it prunes:
+    the candidates the race will try, in order, and every exclusion with the rule and file
+    line behind it (docs/explain.md). Conflicting enforced statements stop it before any
+    candidate is built (`policy_prohibited`).
+    """
+    resolution = policy.resolve_for(request)
+    effective, conflicts, memo = resolution.effective, resolution.conflicts, resolution.memo
+    matched = frozenset((f.source, r.id) for f, r in resolution.matched)
     warnings = [str(w) for w in policy.warnings]
 
-    interfaces = policy.apply_interface_facts(env.interfaces)
+    interfaces = apply_interface_facts(policy.interface_facts, env.interfaces)
 
     def finish(candidates: Sequence[Candidate], excluded: Sequence[Exclusion],
                outcome: str) -> Decision:
-        return Decision(request, policy.files, matched, effective, tuple(conflicts),
+        return Decision(request, policy.files, matched, effective, conflicts,
                         tuple(candidates), tuple(excluded), outcome, tuple(warnings),
                         interfaces)
 
@@ -99,12 +103,16 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
 
     paths = [(iface, node) for iface in interfaces
              if (node := _judge_path(iface, effective, excluded)) is not None]
-    judged = memo.get(request.scheme)
-    if judged is None:  # depends on the resolution and the scheme only: once per pair
+    # Stack verdicts depend only on the resolution, the scheme and the stack catalogue: once
+    # per triple (the catalogue version keeps a verdict about an older stack set from serving).
+    judged_key = ("stacks", request.scheme, catalog.version())
+    judged = memo.get(judged_key)
+    if judged is None:
         stack_excluded: list[Exclusion] = []
-        judged = memo[request.scheme] = (
-            tuple((stack, node) for stack in STACKS
-                  if (node := _judge_stack(stack, request, effective, stack_excluded))
+        allowed = catalog.schemes().get(request.scheme)
+        judged = memo[judged_key] = (
+            tuple((info.name, info.order, node) for info in catalog.infos()
+                  if (node := _judge_stack(info, allowed, request, effective, stack_excluded))
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
     excluded.extend(stack_exclusions)
@@ -129,10 +137,10 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                     detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'} "
                            f"{family} address on {iface.name}"))
                 continue
-            for stack, snode in stacks:
+            for stack, stack_order, snode in stacks:
                 hist, rtt = _history(history, stack, iface.name, addr)
                 key = RankKey(-pnode.prefer, pnode.avoid, -snode.prefer, snode.avoid, hist, rtt,
-                              iface.cost, iface.name, STACK_ORDER[stack], order)
+                              iface.cost, iface.name, stack_order, order)
                 scored.append((key, iface, local.address, stack, addr, family))
 
     scored.sort(key=lambda t: t[0])
@@ -145,7 +153,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     return finish(candidates, excluded, "ok" if candidates else "no_candidates")
 
 
-def _interleave(answers: Sequence[str], effective: dict[str, Effective]) -> list[tuple[str, str]]:
+def _interleave(answers: Sequence[str], effective: Effectives) -> list[tuple[str, str]]:
     v6 = [a for a in answers if ":" in a]
     v4 = [a for a in answers if ":" not in a]
 
@@ -162,7 +170,7 @@ def _interleave(answers: Sequence[str], effective: dict[str, Effective]) -> list
     return [(a, "ipv6" if ":" in a else "ipv4") for a in out]
 
 
-def _family_filter(effective: dict[str, Effective], family: str, addr: str,
+def _family_filter(effective: Effectives, family: str, addr: str,
                    port: int) -> Exclusion | None:
     for fam in ("ipv4", "ipv6"):
         eff = effective.get(f"addressFamily.{fam}")
@@ -190,12 +198,12 @@ def _applies(key: str, iface: Interface) -> bool:
     return False
 
 
-def _path_keys(effective: dict[str, Effective]) -> list[str]:
+def _path_keys(effective: Effectives) -> list[str]:
     return [k for k in effective
             if k == "metered" or k.startswith("interface.") or k.startswith("pvd.")]
 
 
-def _judge_path(iface: Interface, effective: dict[str, Effective],
+def _judge_path(iface: Interface, effective: Effectives,
                 excluded: list[Exclusion]) -> _Node | None:
     if not iface.up:
         excluded.append(Exclusion(iface.name, None, None, None, "unreachable",
@@ -220,22 +228,22 @@ def _judge_path(iface: Interface, effective: dict[str, Effective],
     return node
 
 
-def _judge_stack(stack: str, request: Request, effective: dict[str, Effective],
-                 excluded: list[Exclusion]) -> _Node | None:
-    allowed = SCHEMES.get(request.scheme)
+def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Request,
+                 effective: Effectives, excluded: list[Exclusion]) -> _Node | None:
+    stack = info.name
     if allowed is not None and stack not in allowed:
         excluded.append(Exclusion(None, stack, None, None, "scheme",
                                   detail=f"{request.scheme}:// allows {', '.join(allowed)}"))
         return None
     node = _Node()
     multipath = effective["multipath"]
-    if stack in MULTIPATH_CAPABLE:
+    if info.multipath_capable:
         if multipath.value == "disabled":
             excluded.append(Exclusion.by(multipath.statement, outcome="prohibited", stack=stack,
                                          detail=f"{stack} is multipath and multipath is disabled"))
             return None
         node.prefer += 1
-    features = STACK_FEATURES[stack]
+    features = info.features
     keys = [*_PROTOCOL_PREFS, *(k for k in effective if k.startswith("stack."))]
     for key in keys:
         eff = effective[key]

@@ -1,12 +1,17 @@
 """The Decision: what `decide()` returns and what `policy explain` prints.
 
 Rule 1: a Decision is plain frozen data; every renderer (JSON, text, DOT) reads the same
-object, and `to_dict()` is exactly the JSON of DESIGN section 6.
+object, and `to_dict()` is exactly the JSON output documented in docs/explain.md.
+Rule 2: frozen all the way down (tuples, read-only mappings, frozen dataclasses): a Decision
+is cached by the runtime and handed to applications, so nobody may change one that another
+holder is reading, and no two Decisions share anything that could change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ..policy.load import PolicyFile, Statement
@@ -19,7 +24,7 @@ __all__ = ["Candidate", "Decision", "Exclusion", "RankKey"]
 
 
 class RankKey(NamedTuple):
-    """The lexicographic ranking key of DESIGN section 5 step 4; smaller ranks first.
+    """The lexicographic ranking key (docs/explain.md, "The ranking key"); smaller ranks first.
 
     A NamedTuple, not a dataclass: hundreds of these are sorted per decision, and tuple
     comparison runs in C.
@@ -55,7 +60,8 @@ class RankKey(NamedTuple):
 
 
 class Candidate(NamedTuple):
-    """One leaf of the tree: a path, a stack, a remote endpoint, and when to start it."""
+    """One leaf of the tree: a path, a stack, a remote endpoint, and when to start it (a
+    NamedTuple, like RankKey: hundreds are built per decision)."""
 
     rank: int
     interface: str
@@ -83,7 +89,8 @@ class Candidate(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Exclusion:
-    """A pruned branch. A None field means the branch covers every value of it."""
+    """A pruned branch, reported once where it was pruned instead of once per leaf below it.
+    A None field means the branch covers every value of it."""
 
     interface: str | None
     stack: str | None
@@ -135,13 +142,15 @@ def _statement_dict(s: Statement) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The full, explainable result of one `decide()` call."""
+    """The full, explainable result of one `decide()` call: the runtime races its candidates,
+    and `explain` prints it, so what was tried and why are one object."""
 
     request: Request
     files: tuple[PolicyFile, ...]
     matched: frozenset[tuple[str, str]]
     """(file source, rule id) of every rule whose `when` matched."""
-    properties: dict[str, Effective]
+    properties: Mapping[str, Effective]
+    """Every resolved key; read-only (a MappingProxyType over this Decision's own copy)."""
     conflicts: tuple[Conflict, ...]
     candidates: tuple[Candidate, ...]
     excluded: tuple[Exclusion, ...]
@@ -149,6 +158,15 @@ class Decision:
     warnings: tuple[str, ...]
     interfaces: tuple[Interface, ...] = ()
     """The interfaces decided over (system facts applied), for renderers; not in to_dict()."""
+
+    def __post_init__(self) -> None:
+        # A copy, so no other Decision (nor the resolver's memo) shares this mapping; and the
+        # sequences as tuples, whatever the caller passed.
+        setattr_ = object.__setattr__
+        setattr_(self, "properties", MappingProxyType(dict(self.properties)))
+        setattr_(self, "matched", frozenset(self.matched))
+        for name in ("files", "conflicts", "candidates", "excluded", "warnings", "interfaces"):
+            setattr_(self, name, tuple(getattr(self, name)))
 
     @property
     def ok(self) -> bool:

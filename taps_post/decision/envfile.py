@@ -1,7 +1,9 @@
-"""Environment snapshots (DESIGN section 7): the file format and its loader.
+"""Environment snapshots: the file format and its loader (docs/explain.md, "Running it").
 
 Rule 1: a snapshot is checked as strictly as a policy file, with the same `file:line:col`
 errors, because a dry run on a wrong snapshot explains a machine that does not exist.
+Rule 2: stack names are checked against the stack catalogue when a snapshot is loaded, so a
+snapshot may hold history for a stack registered after import.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,23 +23,32 @@ from pydantic import (
     field_validator,
 )
 
-from ..diagnostics import InputError
-from ..policy.load import _pydantic_diagnostics
+from ..diagnostics import Diagnostic, InputError
+from ..policy import catalog
+from ..policy.load import pydantic_diagnostics
+from ..policy.model import enum_schema, one_of
+from ..policy.registry import INTERFACE_TYPES
 from ..policy.yamlpos import Positions, load_yaml
 from .environment import Address, CacheEntry, Environment, Interface
 
 __all__ = ["EnvDocument", "load_environment"]
 
 IfType = Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"]
+assert set(IfType.__args__) == set(INTERFACE_TYPES)  # type: ignore[attr-defined]
+StackName = Annotated[str, one_of(catalog.names), enum_schema(catalog.names)]
 
 
 class AddressEntry(BaseModel):
+    """A local address; a plain string is shorthand for a stable (non-temporary) one."""
+
     model_config = ConfigDict(extra="forbid")
     address: str
     temporary: StrictBool = False
 
 
 class InterfaceEntry(BaseModel):
+    """An interface as discovery would report it, so a dry run sees a machine as it is."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., min_length=1)
     type: IfType = "other"
@@ -59,9 +70,11 @@ class InterfaceEntry(BaseModel):
 
 
 class CacheItem(BaseModel):
+    """How an earlier attempt went; candidates are ranked by it, as with a live Association."""
+
     model_config = ConfigDict(extra="forbid")
     remote: str = Field(..., description='"host:port"')
-    stack: Literal["tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp"]
+    stack: StackName
     outcome: Literal["success", "failure"]
     rtt_ms: float | None = Field(None, ge=0)
     ticket: StrictBool = False
@@ -78,28 +91,27 @@ class EnvDocument(BaseModel):
     cache: list[CacheItem] = Field(default_factory=list)
 
 
-_CACHE: dict[tuple[str, int, int], Environment] = {}
+_CACHE: dict[tuple[str, int, int, int, int, int], Environment] = {}
 
 
 def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Environment:
     """Load a snapshot from a YAML/JSON file or a dict; InputError on any problem.
 
-    Files are cached by (path, mtime, size), like policy files: repeated dry runs against one
-    snapshot should cost the decision, not the YAML parser.
+    Files are cached by (path, inode, size, mtime), like policy files: repeated dry runs
+    against one snapshot should cost the decision, not the YAML parser. The catalogue version
+    is part of the key, since it decides which stack names a snapshot may use.
     """
     if isinstance(spec, Mapping):
         return _build(dict(spec), Positions("<env>"))
     path = os.fspath(spec)
     try:
         st = os.stat(path)
-        key = (path, st.st_mtime_ns, st.st_size)
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, catalog.version())
         if key in _CACHE:
             return _CACHE[key]
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        from ..diagnostics import Diagnostic
-
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
     data, pos = load_yaml(text, path)
     env = _build(data, pos)
@@ -117,7 +129,7 @@ def _build(data: Any, pos: Positions) -> Environment:
     try:
         doc = EnvDocument.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_pydantic_diagnostics(exc, pos)) from None
+        raise InputError(pydantic_diagnostics(exc, pos)) from None
     problems = []
     interfaces: list[Interface] = []
     for i, entry in enumerate(doc.interfaces):

@@ -23,7 +23,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """One local address of an interface."""
+    """One local address of an interface; `temporary` is kept because
+    `useTemporaryLocalAddress` chooses between the addresses of one interface."""
 
     address: str
     """The IP address as text, without a zone index."""
@@ -41,7 +42,8 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Interface:
-    """A network interface as the decision core sees it."""
+    """A network interface as the decision core sees it: plain values, so a snapshot file and
+    live discovery produce the same thing and decide() cannot tell them apart."""
 
     name: str
     type: str
@@ -61,7 +63,8 @@ class Interface:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """Path history: how an earlier attempt to `remote` over `stack` went."""
+    """Path history: how an earlier attempt to `remote` over `stack` went. Ranking by what
+    worked before is how decisions improve without probing the network."""
 
     remote: str
     """"host:port" as the target named it ("[v6]:port" for IPv6 literals)."""
@@ -77,7 +80,8 @@ class CacheEntry:
 
 @dataclass(frozen=True, slots=True)
 class Environment:
-    """Interfaces, DNS answers and the Association cache a decision is made against."""
+    """Interfaces, DNS answers and the Association cache a decision is made against: passed
+    in, never looked up, which is what keeps decide() pure and a dry run reproducible."""
 
     interfaces: tuple[Interface, ...] = ()
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

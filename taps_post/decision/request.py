@@ -2,6 +2,8 @@
 
 Rule 1: parsing a target never touches DNS; a name stays a name until the Environment (live
 or snapshot) supplies its addresses.
+Rule 2: the schemes a target may use are the stack catalogue's, read at parse time, so a
+scheme a plug-in stack brings is accepted as soon as the stack is registered.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..diagnostics import Diagnostic, InputError
-from ..policy.registry import DEFAULT_PORTS, KINDS, SCHEMES
+from ..policy import catalog
+from ..policy.registry import DEFAULT_PORTS, KINDS
 
 __all__ = ["Request", "parse_target"]
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A request as the policy engine matches it."""
+    """A request as the policy engine matches it: parsed once, so rules match on fields
+    instead of re-parsing the target per rule."""
 
     target: str
     scheme: str
@@ -68,9 +72,10 @@ def parse_target(target: str, *, app: str | None = None, kind: str = "initiate")
         raise _fail(target, "empty target")
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
-        if scheme not in SCHEMES:
+        schemes = catalog.schemes()
+        if scheme not in schemes:
             raise _fail(target, f"unknown scheme {scheme!r}; expected one of "
-                                f"{', '.join(SCHEMES)}, or host:port")
+                                f"{', '.join(schemes)}, or host:port")
         try:
             parts = urlsplit(text)
             host = parts.hostname

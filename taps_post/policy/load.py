@@ -7,13 +7,15 @@ explainable down to the line that caused it.
 Rule 3: everything loaded is immutable (tuples, frozen dataclasses, read-only mappings), so a
 loaded document can be cached and shared by every PolicyContext and Decision that uses it.
 Rule 4: a file is parsed again whenever its identity on disk changes (path, inode, size,
-mtime); a document's `digest` names its content, so equal inputs give equal fingerprints.
+mtime) or the stack catalogue does (it decides which `stack.NAME` keys exist); a document's
+`digest` names its content, so equal inputs give equal fingerprints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -23,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..diagnostics import Diagnostic, InputError
+from . import catalog
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
 from .registry import PROFILES, REGISTRY, lookup, nearest
@@ -49,7 +52,8 @@ PolicySpec = str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any] | None
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """One `key: value` a rule (or the built-in defaults) states."""
+    """One `key: value` a rule (or the built-in defaults) states, carrying its provenance
+    (layer, rule, file:line) so that every effective value can cite where it came from."""
 
     key: str
     value: Any
@@ -91,7 +95,8 @@ class LoadedRule:
 
 @dataclass(frozen=True, slots=True)
 class PolicyFile:
-    """One loaded policy document."""
+    """One loaded policy document, kept whole (rules, facts, warnings, matched or not) so
+    explain can list every layer and rule, not only the ones that won."""
 
     layer: str
     source: str
@@ -129,10 +134,11 @@ def _policy_files(directory: FsPath) -> list[FsPath]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-_FILES: dict[tuple[str, str, int, int, int, int], PolicyFile] = {}
-"""(path, layer, st_dev, st_ino, st_size, st_mtime_ns) -> the loaded file."""
-_DOCS: dict[tuple[str, str, str], PolicyFile] = {}
-"""(layer, source, content digest) -> a document given as Python data."""
+_FILES: dict[tuple[str, str, int, int, int, int, int], PolicyFile] = {}
+"""(path, layer, st_dev, st_ino, st_size, st_mtime_ns, catalogue version) -> the loaded file.
+The catalogue version is there because whether `stack.NAME` is valid depends on it."""
+_DOCS: dict[tuple[str, str, str, int], PolicyFile] = {}
+"""(layer, source, content digest, catalogue version) -> a document given as Python data."""
 _CACHE_LIMIT = 256
 
 
@@ -161,14 +167,16 @@ def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
         return
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        path = FsPath(text)
-        if path.is_dir():
-            for p in _policy_files(path):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(text).st_mode)
+        except (OSError, ValueError):
+            raise InputError([Diagnostic(text, f"no such {layer} policy file or directory")]
+                             ) from None
+        if is_dir:
+            for p in _policy_files(FsPath(text)):
                 yield os.path.join(text, p.name)
-        elif path.exists():
-            yield text
         else:
-            raise InputError([Diagnostic(text, f"no such {layer} policy file or directory")])
+            yield text
         return
     if isinstance(spec, Sequence):
         for item in spec:
@@ -187,7 +195,7 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 def _load_file(path: str, layer: str) -> PolicyFile:
     try:
         before = _identity(os.stat(path))
-        key = (path, layer, *before)
+        key = (path, layer, *before, catalog.version())
         cached = _FILES.get(key)
         if cached is not None:
             return cached
@@ -227,7 +235,7 @@ def _canonical(value: Any) -> str:
 def _load_mapping(data: Mapping[str, Any], layer: str) -> PolicyFile:
     source = f"<{layer}>"
     digest = _digest(_canonical(data))
-    key = (layer, source, digest)
+    key = (layer, source, digest, catalog.version())
     cached = _DOCS.get(key)
     if cached is not None:
         return cached

@@ -20,7 +20,8 @@ __all__ = ["Matcher", "Subject", "check_glob", "compile_when", "glob_regex"]
 
 
 class Subject(Protocol):
-    """What a rule can be matched against (a Request satisfies it)."""
+    """What a rule can be matched against (a Request satisfies it): a Protocol, so the
+    policy layer matches requests without importing the decision layer."""
 
     @property
     def app(self) -> str | None: ...
@@ -62,7 +63,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
-    """A compiled `When`. Empty tuples mean "any"."""
+    """A compiled `When`, built at load time so that matching parses nothing per request.
+    Empty tuples mean "any"."""
 
     apps: tuple[re.Pattern[str], ...]
     host_globs: tuple[re.Pattern[str], ...]

@@ -5,36 +5,103 @@ well formed, does the layer match how the file was loaded) is checked in `load.p
 the positions to point at.
 Rule 2: every field that accepts "one or a list" is normalised to a tuple here, so the matcher
 never branches on shape.
+Rule 3: a choice that can grow after import (schemes and stack names, from the stack catalogue)
+is never frozen into a `Literal`: it is checked, and written into the JSON Schema, from the
+catalogue at the moment of use (`one_of`, `JsonSchemaFrom`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StrictBool,
+    StrictInt,
+)
 from pydantic.functional_serializers import PlainSerializer
-from pydantic.json_schema import WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
+from pydantic_core import PydanticCustomError, core_schema
 
-from .registry import INTERFACE_TYPES, KINDS, PROFILES, SCHEMES
+from . import catalog
+from .registry import INTERFACE_TYPES, KINDS, PROFILES, nearest
 
-__all__ = ["InterfaceFact", "InterfaceMatch", "PolicyDocument", "Rule", "When"]
+__all__ = [
+    "InterfaceFact",
+    "InterfaceMatch",
+    "JsonSchemaFrom",
+    "PolicyDocument",
+    "Rule",
+    "When",
+    "enum_schema",
+    "one_of",
+    "scheme_names",
+]
 
 
-def _str_list(what: str, choices: tuple[str, ...] | None = None) -> Any:
+@dataclass(frozen=True, slots=True)
+class JsonSchemaFrom:
+    """Like pydantic's `WithJsonSchema`, but the schema is built when a schema is generated:
+    pydantic builds a model's validators once, at import, and a stack registered later must
+    still appear in a freshly generated schema."""
+
+    build: Callable[[], JsonSchemaValue]
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return self.build()
+
+
+def _quoted_or(choices: Sequence[str]) -> str:
+    """`'a', 'b' or 'c'`, pydantic's own wording for a Literal, so messages stay the same."""
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def one_of(source: Callable[[], Sequence[str]]) -> BeforeValidator:
+    """A validator accepting only what `source()` returns at validation time, failing with
+    the error a `Literal` of the same choices gives (same type, same message)."""
+
+    def check(value: Any) -> Any:
+        choices = tuple(source())
+        if not isinstance(value, str) or value not in choices:
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": _quoted_or(choices)})
+        return value
+
+    return BeforeValidator(check)
+
+
+def enum_schema(source: Callable[[], Sequence[str]]) -> JsonSchemaFrom:
+    """The JSON Schema a `Literal` of `source()` would have, read when it is generated."""
+    return JsonSchemaFrom(lambda: {"enum": list(source()), "type": "string"})
+
+
+def scheme_names() -> tuple[str, ...]:
+    """Every scheme a `when:` may name: the catalogue's, then `hostport` (the bare form)."""
+    return (*catalog.schemes(), "hostport")
+
+
+def _str_list(what: str, choices: Callable[[], Sequence[str]] | None = None) -> Any:
     def check(value: Any) -> tuple[str, ...]:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise ValueError(f"expected {what} or a non-empty list of them, got {value!r}")
         at = "@{} " if isinstance(value, list) else ""  # `@N `: load.py points at item N
+        allowed = None if choices is None else tuple(choices())
         for i, item in enumerate(items):
             if not isinstance(item, str) or not item:
                 raise ValueError(f"{at.format(i)}expected {what}, got {item!r}")
-            if choices is not None and item not in choices:
-                from .registry import nearest
-
-                hint = nearest(item, choices)
+            if allowed is not None and item not in allowed:
+                hint = nearest(item, allowed)
                 extra = f" (did you mean {hint!r}?)" if hint else ""
-                raise ValueError(f"{at.format(i)}expected one of {', '.join(choices)}, "
+                raise ValueError(f"{at.format(i)}expected one of {', '.join(allowed)}, "
                                  f"got {item!r}{extra}")
         return tuple(items)
 
@@ -96,12 +163,12 @@ StrList = Annotated[
 ]
 SchemeList = Annotated[
     tuple[str, ...] | None,
-    BeforeValidator(_str_list("a scheme", (*SCHEMES, "hostport"))),
-    WithJsonSchema(_enum_list_schema((*SCHEMES, "hostport"))),
+    BeforeValidator(_str_list("a scheme", scheme_names)),
+    JsonSchemaFrom(lambda: _enum_list_schema(scheme_names())),
 ]
 KindList = Annotated[
     tuple[str, ...] | None,
-    BeforeValidator(_str_list("a kind", KINDS)),
+    BeforeValidator(_str_list("a kind", lambda: KINDS)),
     WithJsonSchema(_enum_list_schema(KINDS)),
 ]
 PortList = Annotated[
@@ -150,6 +217,8 @@ class Rule(BaseModel):
 
 
 class InterfaceMatch(BaseModel):
+    """Which interfaces a fact is about: every field given must match."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, description="Interface-name glob")
@@ -164,7 +233,9 @@ assert set(InterfaceMatch.model_fields["type"].annotation.__args__[0].__args__) 
 class InterfaceFact(BaseModel):
     """Facts an administrator states about interfaces discovery cannot classify."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: loaded facts end up inside every Decision (via its files), and a Decision is
+    # immutable data.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     match: InterfaceMatch
     type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None

@@ -4,32 +4,36 @@ Rule 1: everything the engine knows about a property key lives in this file as d
 resolver, the candidate filters, the docs table and the JSON Schema are all derived from it,
 so adding a key is one entry here.
 Rule 2: nothing here looks at a request, a file or the network.
+Rule 3: what each stack offers is not here but in the stack catalogue (`catalog.py`); the
+`stack.NAME` key reads its names from there when it is checked, so a stack registered after
+import validates like a built-in one.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import catalog
+
 __all__ = [
+    "DEFAULT_PORTS",
     "INTERFACE_TYPES",
     "KINDS",
-    "MULTIPATH_CAPABLE",
     "PROFILES",
     "REGISTRY",
-    "SCHEMES",
-    "SECURE_STACKS",
-    "STACKS",
-    "STACK_FEATURES",
-    "STACK_ORDER",
     "Level",
     "Pref",
     "PropertySpec",
+    "fixed_keys",
     "key_family",
+    "known_keys",
     "lookup",
+    "nearest",
+    "protocol_features",
 ]
 
 
@@ -44,7 +48,7 @@ class Pref(enum.Enum):
 
     @property
     def strength(self) -> int:
-        # DESIGN section 4: prohibit > require > avoid > prefer > no_preference.
+        # prohibit > require > avoid > prefer > no_preference (docs/conflict-resolution.md).
         return _PREF_STRENGTH[self]
 
     @property
@@ -69,40 +73,17 @@ Kind = Literal["preference", "int", "enum", "bool", "tls_version", "string_list"
 # How "stricter" is judged for a non-preference value under an enforced floor.
 Direction = Literal["smaller", "larger", "true", "false", "none"]
 
-STACKS: tuple[str, ...] = ("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp")
-STACK_ORDER: dict[str, int] = {name: i for i, name in enumerate(STACKS)}
 INTERFACE_TYPES: tuple[str, ...] = ("loopback", "ethernet", "wifi", "cellular", "vpn", "other")
 KINDS: tuple[str, ...] = ("initiate", "listen", "source", "sink", "respond")
-SCHEMES: dict[str, tuple[str, ...]] = {
-    "https": ("tls", "quic", "tls-mptcp"),
-    "tls": ("tls", "tls-mptcp"),
-    "tcp": ("tcp", "mptcp"),
-    "udp": ("udp",),
-    "quic": ("quic",),
-}
 DEFAULT_PORTS: dict[str, int] = {"https": 443, "quic": 443}
-
-_ALWAYS = frozenset({"fullChecksumSend", "fullChecksumRecv", "softErrorNotify",
-                     "activeReadBeforeSend"})
-_RELIABLE = frozenset({"reliability", "preserveOrder", "congestionControl", "keepAlive"})
-
-# DESIGN section 3, "what each stack offers"; keys are protocol-level preference names.
-STACK_FEATURES: dict[str, frozenset[str]] = {
-    "tcp": _ALWAYS | _RELIABLE | {"zeroRttMsg"},
-    "tls": _ALWAYS | _RELIABLE | {"secure"},
-    "quic": _ALWAYS | _RELIABLE | {"preserveMsgBoundaries", "perMsgReliability",
-                                   "multistreaming", "zeroRttMsg", "secure"},
-    "mptcp": _ALWAYS | _RELIABLE,
-    "tls-mptcp": _ALWAYS | _RELIABLE | {"secure"},
-    "udp": _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"},
-}
-MULTIPATH_CAPABLE: frozenset[str] = frozenset({"mptcp", "tls-mptcp"})
-SECURE_STACKS: frozenset[str] = frozenset(s for s, f in STACK_FEATURES.items() if "secure" in f)
 
 
 @dataclass(frozen=True, slots=True)
 class PropertySpec:
-    """One registry entry. `name` is the key, or the map prefix (`interface`) for map keys."""
+    """One registry entry. `name` is the key, or the map prefix (`interface`) for map keys.
+
+    Parsing, strictness, the JSON Schema and the docs table all read this one object, so a
+    key is described once and they cannot disagree."""
 
     name: str
     kind: Kind
@@ -116,6 +97,18 @@ class PropertySpec:
     map_key: bool = False
     listen_default: Any = None
     unit: str = ""
+    choices_from: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
+    """Where the choices come from when they can change after import (the stack names)."""
+
+    def options(self) -> tuple[str, ...]:
+        """The allowed values, or a map key's allowed leaves, as of now."""
+        return self.choices_from() if self.choices_from is not None else self.choices
+
+    def description(self) -> str:
+        """`doc`, followed by the current choices when they come from elsewhere."""
+        if self.choices_from is None:
+            return self.doc
+        return f"{self.doc}: {', '.join(self.choices_from())}"
 
     def default_for(self, kind: str) -> Any:
         if self.listen_default is not None and kind == "listen":
@@ -145,8 +138,9 @@ class PropertySpec:
                 raise ValueError(f"expected true or false, got {value!r}")
             return value
         if self.kind == "enum":
-            if value not in self.choices:
-                raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+            choices = self.options()
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
             return value
         if self.kind == "tls_version":
             text = str(value) if isinstance(value, (int, float, str)) else None
@@ -169,7 +163,7 @@ class PropertySpec:
         return ""
 
     def strictness(self, value: Any) -> tuple[int, Any]:
-        """A sort key: larger means stricter (DESIGN section 4, rule 1)."""
+        """A sort key: larger means stricter (docs/conflict-resolution.md, step 1)."""
         if self.kind == "preference":
             return (value.strength, 0)
         if value is None:
@@ -220,9 +214,8 @@ _SPECS: list[PropertySpec] = [
     _pref("multistreaming", "protocol", Pref.PREFER,
           "Several carriers share one connection without head-of-line blocking"),
     _pref("secure", "protocol", Pref.NO_PREFERENCE, "The stack encrypts and authenticates"),
-    _pref("stack", "protocol", Pref.NO_PREFERENCE,
-          "A named protocol stack: " + ", ".join(STACKS), map_key=True,
-          choices=STACKS),
+    _pref("stack", "protocol", Pref.NO_PREFERENCE, "A named protocol stack", map_key=True,
+          choices_from=catalog.names),
     _pref("interface", "path", Pref.NO_PREFERENCE,
           "An interface type (" + ", ".join(INTERFACE_TYPES) + ") or an interface-name glob",
           map_key=True),
@@ -269,8 +262,10 @@ def lookup(key: str) -> tuple[PropertySpec, str | None]:
     prefix, dot, leaf = key.partition(".")
     spec = REGISTRY.get(prefix)
     if spec is not None and spec.map_key and dot and leaf:
-        if spec.choices and leaf not in spec.choices:
-            raise KeyError(key, f"{prefix}.{_nearest(leaf, spec.choices) or spec.choices[0]}")
+        choices = spec.options()
+        if (choices or spec.choices_from is not None) and leaf not in choices:
+            hint = _nearest(leaf, choices) or (choices[0] if choices else None)
+            raise KeyError(key, f"{prefix}.{hint}" if hint else None)
         if not _LEAF_RE.match(leaf):
             raise KeyError(key, None)
         return spec, leaf
@@ -283,10 +278,12 @@ def key_family(key: str) -> str:
 
 
 def known_keys() -> list[str]:
+    """Every key a policy may set, map keys with their known leaves (for did-you-mean)."""
     out: list[str] = []
     for spec in _SPECS:
         if spec.map_key:
-            leaves = spec.choices or (INTERFACE_TYPES if spec.name == "interface" else ("NAME",))
+            leaves = spec.options() or (INTERFACE_TYPES if spec.name == "interface"
+                                        else ("NAME",))
             out.extend(f"{spec.name}.{leaf}" for leaf in leaves)
         else:
             out.append(spec.name)
@@ -296,6 +293,13 @@ def known_keys() -> list[str]:
 def fixed_keys() -> list[str]:
     """Keys that always have an effective value (map keys appear only when stated)."""
     return [s.name for s in _SPECS if not s.map_key]
+
+
+def protocol_features() -> frozenset[str]:
+    """The names a `StackInfo.features` set may hold: the protocol-level preference keys
+    (a feature outside this set is never asked about, so it would be a silent typo)."""
+    return frozenset(s.name for s in _SPECS
+                     if s.kind == "preference" and s.level == "protocol" and not s.map_key)
 
 
 def _nearest(word: str, choices: Any) -> str | None:

@@ -1,4 +1,7 @@
-"""Conflict resolution between policy layers (DESIGN section 4), with provenance for every key.
+"""Conflict resolution between policy layers, with provenance for every key.
+
+The algorithm, with worked examples, is docs/conflict-resolution.md.
+
 
 Rule 1: the outcome for a key depends only on the set of statements, never on file or rule
 order: within a layer the winner is the maximum of a total order, and the fold over layers
@@ -21,8 +24,11 @@ __all__ = [
     "Conflict",
     "Effective",
     "Verdict",
+    "default_statement",
     "judge",
     "resolve",
+    "show_value",
+    "statement_rank",
 ]
 
 Verdict = Literal["accepted", "denied", "conflict"]
@@ -30,7 +36,7 @@ Outcome = Literal["overridden", "shadowed", "denied", "conflict"]
 
 _R, _P, _N, _A, _X = Pref.REQUIRE, Pref.PREFER, Pref.NO_PREFERENCE, Pref.AVOID, Pref.PROHIBIT
 
-# (enforced floor, lower-layer statement) -> verdict. DESIGN section 4, step 2.
+# (enforced floor, lower-layer statement) -> verdict: docs/conflict-resolution.md, step 2.
 PREF_TABLE: dict[tuple[Pref, Pref], Verdict] = {}
 for _f in Pref:
     for _s in Pref:
@@ -54,7 +60,8 @@ def judge(spec: PropertySpec, floor: Any, value: Any) -> Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Effective:
-    """The effective value of one key and how every statement about it fared."""
+    """The effective value of one key and how every statement about it fared: the losers
+    are kept so explain can say why each one lost."""
 
     key: str
     statement: Statement
@@ -71,7 +78,8 @@ class Effective:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """Two enforced-versus-lower hard statements that cannot both hold."""
+    """Two enforced-versus-lower hard statements that cannot both hold; reported, never
+    settled silently, since either choice would break a rule someone enforced."""
 
     key: str
     floor: Statement
@@ -98,7 +106,9 @@ def show_value(value: Any) -> str:
     return _show(value)
 
 
-def _rank(spec: PropertySpec, s: Statement) -> tuple[Any, ...]:
+def statement_rank(spec: PropertySpec, s: Statement) -> tuple[Any, ...]:
+    """The order of statements within one layer; the smallest wins (docs/conflict-resolution.md,
+    step 1). Public because the dead-rule lint must rank exactly as the resolver does."""
     # Smallest wins: higher priority, higher specificity, stricter value, then names.
     strict = spec.strictness(s.value)
     # Between equal values an enforced statement is the stricter one: otherwise a file name
@@ -113,6 +123,8 @@ def _neg(x: Any) -> Any:
 
 
 def default_statement(key: str, kind: str) -> Statement:
+    """The built-in default of `key` for a carrier kind, as the statement every fold starts
+    from (so a default has provenance like any rule)."""
     spec = REGISTRY[key_family(key)]
     return Statement(key, spec.default_for(kind), "defaults", None, None, "")
 
@@ -151,7 +163,7 @@ def _fold(
         group = layers.get(layer)
         if not group:
             continue
-        ordered = sorted(group, key=lambda s: _rank(spec, s))
+        ordered = sorted(group, key=lambda s: statement_rank(spec, s))
         best = ordered[0]
         others.extend((loser, "shadowed") for loser in ordered[1:])
         verdict: Verdict = "accepted" if floor is None else judge(spec, floor.value, best.value)

@@ -4,6 +4,8 @@ Rule 1: errors (the file cannot be applied) and warnings (it applies, but probab
 author meant) are separate lists; only errors change the exit status.
 Rule 2: the lint reasons about `when` conservatively: "covers" must be certain before a rule is
 called dead, "overlaps" may be assumed when it cannot be ruled out.
+Rule 3: environment snapshots are recognised here but checked by the loader the caller passes
+in: snapshots belong to the decision layer, which the policy layer never imports.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..diagnostics import Diagnostic, InputError
 from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
 from .registry import REGISTRY, key_family
-from .resolve import _rank, judge, show_value
+from .resolve import judge, show_value, statement_rank
 from .yamlpos import load_yaml
 
 __all__ = ["Report", "validate_paths"]
@@ -28,6 +30,9 @@ _WILD = set("*?[")
 
 @dataclass(slots=True)
 class Report:
+    """What `policy validate` found: the loaded files, and problems split by severity so the
+    exit status can depend on errors alone."""
+
     files: list[PolicyFile] = field(default_factory=list)
     errors: list[Diagnostic] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -50,7 +55,12 @@ def _declared_layer(path: str) -> str:
     return layer if layer in ("system", "app", "carrier") else "app"
 
 
-def validate_paths(paths: Sequence[str]) -> Report:
+def validate_paths(paths: Sequence[str], *,
+                   load_snapshot: Callable[[str], object]) -> Report:
+    """Load every file (directories: their *.yaml), then lint the policy files together.
+
+    `load_snapshot(path)` checks a file that is an environment snapshot, raising InputError
+    (the CLI passes `taps_post.decision.envfile.load_environment`)."""
     report = Report()
     for spec in paths:
         targets = ([os.path.join(spec, n) for n in sorted(os.listdir(spec))
@@ -59,9 +69,7 @@ def validate_paths(paths: Sequence[str]) -> Report:
             layer = _declared_layer(path)
             try:
                 if layer == "env":
-                    from ..decision.envfile import load_environment
-
-                    load_environment(path)
+                    load_snapshot(path)
                     report.snapshots.append(path)
                 else:
                     report.files.extend(load_layer(path, layer))
@@ -112,7 +120,7 @@ def _always_beaten(rule: LoadedRule, s: Statement,
     for _f, other, t in rivals:
         if other is rule or not _covers(other.when, rule.when):
             continue
-        if t.layer == s.layer and _rank(spec, t) < _rank(spec, s) and (
+        if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
             t.priority > s.priority or t.specificity >= s.specificity
         ):
             return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
@@ -164,7 +172,7 @@ def _ports_cover(outer: Sequence[Sequence[int]], inner: Sequence[Sequence[int]])
     return all(any(o[0] <= i[0] and i[1] <= o[1] for o in outer) for i in inner)
 
 
-def _covers(outer: dict[str, Any], inner: dict[str, Any]) -> bool:
+def _covers(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
     """True only when every request `inner` matches is surely matched by `outer`."""
     for key, values in outer.items():
         if key not in inner:
@@ -202,7 +210,7 @@ def _one_overlaps(a: str, b: str, fold: bool) -> bool:
     return True
 
 
-def _overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     for key in set(a) & set(b):
         if key == "port":
             if not any(x[0] <= y[1] and y[0] <= x[1] for x in a[key] for y in b[key]):

@@ -30,7 +30,8 @@ except AttributeError:  # pragma: no cover
 
 @dataclass(slots=True)
 class Positions:
-    """Line/column (1-based) of each value and each mapping key, by path."""
+    """Line/column (1-based) of each value and each mapping key, by path: kept beside the
+    data because validation errors name paths, and people need `file:line:col`."""
 
     source: str
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)

@@ -2,6 +2,9 @@
 
 Rule 1: it does exactly what the runtime does before racing (parse, load, gather the
 environment, decide) and nothing else, so the dry run and the real connection agree.
+Rule 2: it sits above the decision core because it may read the live machine; it imports
+`taps_post.system` only when no snapshot is given, so a dry run on a snapshot stays as light
+as the decision core (no psutil, no sockets).
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..policy.context import PolicyContext
-from ..policy.load import PolicySpec
-from .decide import decide
-from .decision import Decision
-from .envfile import load_environment
-from .request import parse_target
+from .decision.decide import decide
+from .decision.decision import Decision
+from .decision.envfile import load_environment
+from .decision.request import parse_target
+from .policy.context import PolicyContext
+from .policy.load import PolicySpec
 
 __all__ = ["explain"]
 
@@ -43,7 +46,7 @@ def explain(
                            kind=kind)
     ctx = policy or PolicyContext(system=system, app=app, carrier=carrier, app_name=app_name)
     if env is None:
-        from ..system.live import live_environment
+        from .system.live import live_environment
 
         environment = live_environment(None if request.is_ip_literal else request.host,
                                        request.port)
