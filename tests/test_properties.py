@@ -1,8 +1,9 @@
-"""Hypothesis properties of the decision core (DESIGN sections 3, 4 and 6).
+"""Hypothesis properties of the decision core (docs/policy-language.md,
+docs/conflict-resolution.md and docs/explain.md).
 
 Every property drives the public `taps_post.explain()` with inline dict documents and a dict
 environment (never the machine: `system=` is always a list). The oracles below are written
-from the DESIGN text, not from the engine: defaults, strictness order, the section 4 table,
+from the documentation, not from the engine: defaults, strictness order, the conflict table,
 profiles, stack features and `when` matching are restated here, so a change to the engine's
 tables that contradicts the contract shows up as a failing property.
 """
@@ -34,7 +35,7 @@ SETTINGS = settings(
 LAYERS = ("system", "app", "carrier")
 
 
-# --- the oracle: DESIGN section 3 and 4, restated ------------------------------------------
+# --- the oracle: the policy language and conflict resolution docs, restated ----------------
 
 DEFAULTS: dict[str, Any] = {
     "reliability": "require", "preserveOrder": "require", "congestionControl": "require",
@@ -108,7 +109,7 @@ def normalise(key: str, value: Any) -> Any:
 
 
 def strictness(key: str, value: Any) -> int:
-    """Larger is stricter (DESIGN section 4 rule 1); 0 for keys without an order."""
+    """Larger is stricter (docs/conflict-resolution.md, step 1); 0 for keys without an order."""
     if key not in NON_PREFERENCE:
         return PREF_STRENGTH[value]
     direction = DIRECTION.get(key)
@@ -124,7 +125,8 @@ def strictness(key: str, value: Any) -> int:
 
 
 def verdict(key: str, floor: Any, value: Any) -> str:
-    """DESIGN section 4 step 2: what happens to a lower layer's `value` under `floor`."""
+    """docs/conflict-resolution.md step 2: what happens to a lower layer's `value` under
+    `floor`."""
     if value == floor:
         return "accepted"
     if key in NON_PREFERENCE:
@@ -151,7 +153,7 @@ def _items(value: Any) -> list[Any]:
 
 
 def when_matches(when: dict[str, Any], req: dict[str, Any]) -> bool:
-    """DESIGN section 3 `when`: every field given must match; a list means any of."""
+    """docs/policy-language.md `when`: every field given must match; a list means any of."""
     if "kind" in when and req["kind"] not in _items(when["kind"]):
         return False
     if "scheme" in when and req["scheme"] not in _items(when["scheme"]):

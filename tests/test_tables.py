@@ -1,4 +1,5 @@
-"""Table-driven tests for the decision core (DESIGN sections 3 to 7).
+"""Table-driven tests for the decision core (docs/policy-language.md,
+docs/conflict-resolution.md, docs/explain.md).
 
 Every file `tests/tables/*.yaml` is one scenario; the test id is the file's stem. A scenario
 is written so that a network administrator can read it: what is asked, which policies are in
@@ -14,7 +15,7 @@ Scenario file format::
         - {version: 1, layer: system, name: corp, rules: [...]}
       app: [...]
       carrier: [...]
-    env:                                 # the DESIGN section 7 snapshot, inline
+    env:                                 # an environment snapshot, inline
       interfaces: [...]                  # an address may be {address: "2001:db8::99",
       dns: {...}                         #                    temporary: true}
       cache: [...]
@@ -42,20 +43,20 @@ Matching rules: "a subset of fields" means every field written must equal the ou
 and unwritten fields are ignored; a nested mapping (a candidate's `key: {cost: 1}`) is matched
 the same way, a list must be equal. In `others`, each listed item must match some entry of the
 key's `others` list in the explain output. A candidate written as a mapping is matched against
-the candidate at that position (fields of DESIGN section 6: interface, local_address, stack,
+the candidate at that position (fields of the explain JSON: interface, local_address, stack,
 remote_address, remote_port, family, start_ms, key). Numbers written where the output holds
 text (`security.minTlsVersion: 1.3`) compare as their text; true is never 1. Map keys
 (`interface.*`, `pvd.*`, `stack.*`, `addressFamily.*`) appear in `properties` only when a
 matching rule states them.
 
 Every scenario with several documents in a layer, or several rules in a document, is also run
-with each of those lists reversed: DESIGN section 4 says the result never depends on file
+with each of those lists reversed: conflict resolution says the result never depends on file
 order or rule order.
 
 The runner calls `taps_post.explain(target, system=..., app=..., carrier=..., app_name=...,
 kind=..., env=...)` with every layer given as a list (an absent layer is `[]`, never `None`,
 which would load this machine's system policy) and `env` as a dict (never the live machine),
-then checks `decision.to_dict()`, the JSON of DESIGN section 6.
+then checks `decision.to_dict()`, the JSON of docs/explain.md.
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ def _reorderable() -> list[Any]:
 
 @pytest.mark.parametrize("path", _reorderable())
 def test_scenario_independent_of_file_and_rule_order(path: Path) -> None:
-    """DESIGN section 4: the result never depends on file order or rule order."""
+    """docs/conflict-resolution.md: the result never depends on file order or rule order."""
     scenario = load_scenario(path)
     reordered = _reversed_policies(scenario.get("policies") or {})
     assert _essence(run(scenario, reordered)) == _essence(run(scenario))
