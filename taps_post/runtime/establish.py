@@ -4,8 +4,9 @@ Rule 1: `initiate()` runs the same `decide()` the explain tool runs, on the live
 plus the Association's history, then races the plan; a dry run and a real connection cannot
 disagree about the choice.
 Rule 2: a plan is reused only for exactly the same inputs: equal policy (by the context's
-fingerprint, so a fresh `PolicyContext` built from the same files hits too), kind, target and
-addresses, the very same live interface snapshot and the same Association history.
+fingerprint, so a fresh `PolicyContext` built from the same files hits too), the same stack
+catalogue (a registered stack changes every plan), kind, target and addresses, the very same
+live interface snapshot and the same Association history.
 Rule 3: every attempt's outcome is written to the Association's history, so the next
 decision ranks by what the network taught us; a failed race drops the interface cache.
 """
@@ -27,6 +28,7 @@ from ..decision.decision import Candidate, Decision
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
 from ..errors import EstablishmentError, PolicyError
+from ..policy import catalog
 from ..policy.context import PolicyContext
 from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
@@ -212,7 +214,7 @@ _PLAN_LIMIT = 64
 
 
 def _plan_key(resolved: Remote, ctx: PolicyContext, kind: str) -> tuple[Any, ...]:
-    return (ctx.fingerprint, kind, resolved.target, resolved.addresses)
+    return (ctx.fingerprint, catalog.version(), kind, resolved.target, resolved.addresses)
 
 
 def _plan(resolved: Remote, ctx: PolicyContext, association: Association,

@@ -22,6 +22,7 @@ import threading
 from ..errors import ArgumentError
 from ..policy import catalog
 from ..policy.catalog import StackInfo
+from ..policy.registry import protocol_features
 from .base import AttemptSpec, Listening, ListenSpec, SessionState, Stack
 
 __all__ = ["AttemptSpec", "ListenSpec", "Listening", "SessionState", "Stack", "StackInfo",
@@ -45,6 +46,10 @@ def register(info: StackInfo, stack: Stack) -> None:
     """Add (or replace) a stack: its facts go to the policy catalogue, its code here."""
     if stack.name != info.name:
         raise ArgumentError(f"the implementation is named {stack.name!r}, the facts {info.name!r}")
+    unknown = sorted(info.features - protocol_features())
+    if unknown:
+        raise ArgumentError(f"stack {info.name}: unknown features {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(protocol_features()))}")
     with _lock:
         catalog.register_info(info)
         _impls[info.name] = stack

@@ -181,3 +181,35 @@ def test_a_refused_attempt_keeps_its_exception_and_kind(run, store, tcp_policy,
     run(main())
     failed = [d for n, d in events if n == "attempt.failed"]
     assert failed and failed[0]["kind"] == "refused"
+
+
+def test_register_refuses_a_misspelt_feature() -> None:
+    facts = dataclasses.replace(stacks.info("tcp"), name="tcp-typo",
+                                features=stacks.info("tcp").features | {"zeroRtt"})
+    with pytest.raises(tp.ArgumentError, match="unknown features zeroRtt"):
+        stacks.register(facts, StreamStack("tcp-typo", secure=False, mptcp=False))
+    with pytest.raises(KeyError):
+        stacks.info("tcp-typo")
+
+
+def test_registering_a_stack_invalidates_cached_plans(run, store, tcp_alt) -> None:
+    app = {"version": 1, "layer": "app", "rules": [{"id": "x", "set": {"stack.tcp": "avoid"}}]}
+
+    async def main() -> None:
+        async with await tp.respond(tp.Local(address="127.0.0.1"), lambda m, r: None,
+                                    policy=tp.PolicyContext(system=[])) as responder:
+            target = f"127.0.0.1:{responder.ports['tcp']}"
+            ctx = tp.PolicyContext(system=[], app=app, app_name="inv")
+            for _ in range(2):
+                async with await tp.initiate(target, policy=ctx, store=store) as carrier:
+                    before = carrier.explanation
+            facts = dataclasses.replace(stacks.info("tcp"), name="tcp-beta", order=98)
+            stacks.register(facts, StreamStack("tcp-beta", secure=False, mptcp=False))
+            try:
+                async with await tp.initiate(target, policy=ctx, store=store) as carrier:
+                    assert carrier.explanation is not before
+                    assert "tcp-beta" in {c.stack for c in carrier.explanation.candidates}
+            finally:
+                stacks.unregister("tcp-beta")
+
+    run(main())
