@@ -31,7 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
-from taps_post.stacks.quic_compat import stream_send_offsets
+from taps_post.stacks.quic import QuicClosedError
+from taps_post.stacks.quic.compat import stream_send_offsets
 
 LOCAL = "127.0.0.1"
 
@@ -1303,13 +1304,44 @@ def test_our_carrier_talks_to_an_aioquic_server(run: Any, cert: Any) -> None:
     run(main(), 10)
 
 
-def test_pinned_certificate_mismatch_fails_establishment(run: Any, cert: Any) -> None:
+@pytest.mark.parametrize("trust", ["another pinned certificate", "the system's CAs"])
+def test_an_untrusted_server_certificate_fails_as_tls_verify(run: Any, cert: Any,
+                                                             trust: str) -> None:
+    """The client's own certificate check fails: aioquic closes with CRYPTO_ERROR plus the
+    bad_certificate alert, QuicStack.connect raises it as QuicClosedError, and racing
+    classifies the attempt as tls_verify (not a reset or a timeout)."""
+
     async def main() -> None:
         other = tp.certs.self_signed(["localhost", "127.0.0.1"])
         async with serving(cert, handler=echo) as server:
-            pol = policy(connTimeout=2000)
+            remote = (server.remote(other) if trust.startswith("another")
+                      else tp.Remote.parse(f"quic://{LOCAL}:{server.port}"))
             with pytest.raises(tp.EstablishmentError) as info:
-                await tp.initiate(server.remote(other), policy=pol, store=tp.AssociationStore())
-            assert [a.outcome for a in info.value.attempts] == ["failed"]
+                await tp.initiate(remote, policy=policy(connTimeout=2000),
+                                  store=tp.AssociationStore())
+            [attempt] = info.value.attempts
+            assert (attempt.outcome, attempt.kind) == ("failed", tp.FailureKind.TLS_VERIFY)
+            exc = attempt.exception
+            assert isinstance(exc, QuicClosedError) and isinstance(exc, ConnectionError)
+            assert exc.error_code == 0x100 + 42, exc  # CRYPTO_ERROR + bad_certificate
+            assert exc.reason_phrase
+            assert attempt.elapsed_ms is not None and attempt.elapsed_ms < 2000
+
+    run(main(), 10)
+
+
+def test_a_closed_udp_port_fails_as_refused_or_timeout(run: Any) -> None:
+    """Nothing listens: the kernel's ICMP port unreachable fails the attempt at once
+    (refused); where ICMP is filtered, connTimeout does (timeout). No QUIC close either way."""
+
+    async def main() -> None:
+        remote = tp.Remote.parse(f"quic://{LOCAL}:{free_udp_port()}")
+        with pytest.raises(tp.EstablishmentError) as info:
+            await tp.initiate(remote, policy=policy(connTimeout=1000),
+                              store=tp.AssociationStore())
+        [attempt] = info.value.attempts
+        assert attempt.outcome == "failed"
+        assert attempt.kind in (tp.FailureKind.REFUSED, tp.FailureKind.TIMEOUT), attempt
+        assert not isinstance(attempt.exception, QuicClosedError)
 
     run(main(), 10)

@@ -1,8 +1,10 @@
-"""taps_post.stacks.quic_compat against real aioquic connections: one test per private detail.
+"""taps_post.stacks.quic.compat against real aioquic connections: one test per detail.
 
-Each compat function reaches one private aioquic name; the tests here drive it against genuine
-aioquic objects, so an aioquic upgrade that renames or changes that detail fails the test
-named after the function, not some distant QUIC test. Most tests run a client and a server
+Each compat function reaches one private aioquic name or one QuicConfiguration field aioquic
+marks internal; the tests here drive it against genuine aioquic objects, so an aioquic upgrade
+that renames or changes that detail fails the test named after the function, not some
+distant QUIC test. One more test checks that no other module of the QUIC package sets those
+internal fields. Most tests run a client and a server
 `QuicConnection` in memory with aioquic's own sans-I/O API (`datagrams_to_send`,
 `receive_datagram`, `handle_timer`, time passed in): no sockets, no event loop. The last group
 pins the public aioquic behaviours `QuicSession` builds on instead of copying aioquic's code:
@@ -12,12 +14,13 @@ must not collide with ours.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import re
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,9 +34,12 @@ from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
 from taps_post.stacks import quic as quic_stack
-from taps_post.stacks.quic_compat import (
+from taps_post.stacks.quic.compat import (
+    offer_datagram_frames,
     peer_max_datagram_frame_size,
     refuse_early_data,
+    set_identity,
+    set_peer_verification,
     stream_send_offsets,
 )
 
@@ -106,20 +112,33 @@ class Pair:
 
 
 def _server_config(cert: tp.certs.Certificate, datagrams: bool) -> QuicConfiguration:
-    config = QuicConfiguration(is_client=False,
-                               max_datagram_frame_size=FRAME_SIZE if datagrams else None)
-    config.certificate = x509.load_pem_x509_certificate(cert.cert_pem.encode())
+    config = QuicConfiguration(is_client=False)
+    if datagrams:
+        offer_datagram_frames(config, FRAME_SIZE)
     assert cert.key_pem is not None
-    config.private_key = serialization.load_pem_private_key(cert.key_pem.encode(), None)
+    set_identity(config, x509.load_pem_x509_certificate(cert.cert_pem.encode()),
+                 serialization.load_pem_private_key(cert.key_pem.encode(), None))
+    return config
+
+
+def _client_config(*, trust: tp.certs.Certificate | None = None,
+                   datagrams: int = FRAME_SIZE) -> QuicConfiguration:
+    """What config.client_configuration builds: verifying against `trust` only, or (None)
+    not verifying at all."""
+    config = QuicConfiguration(is_client=True, server_name="localhost")
+    offer_datagram_frames(config, datagrams)
+    set_peer_verification(config, trust is not None)
+    if trust is not None:
+        config.load_verify_locations(cadata=trust.cert_pem.encode())
     return config
 
 
 def make_pair(cert: tp.certs.Certificate, *, server_datagrams: bool = True,
               ticket: SessionTicket | None = None,
-              server_tickets: dict[bytes, SessionTicket] | None = None) -> Pair:
-    client_config = QuicConfiguration(is_client=True, server_name="localhost",
-                                      max_datagram_frame_size=FRAME_SIZE)
-    client_config.verify_mode = ssl.CERT_NONE
+              server_tickets: dict[bytes, SessionTicket] | None = None,
+              client_config: QuicConfiguration | None = None) -> Pair:
+    if client_config is None:
+        client_config = _client_config()
     client_config.session_ticket = ticket
     tickets: list[SessionTicket] = []
     store = server_tickets if server_tickets is not None else {}
@@ -131,6 +150,73 @@ def make_pair(cert: tp.certs.Certificate, *, server_datagrams: bool = True,
         session_ticket_fetcher=lambda t: store.pop(t, None),
         session_ticket_handler=lambda t: store.__setitem__(t.ticket, t))
     return Pair(client, server, client_tickets=tickets)
+
+
+# ---- set_identity, set_peer_verification, offer_datagram_frames ------------------------------
+
+CRYPTO_ERROR = 0x100
+BAD_CERTIFICATE = 42
+
+
+def test_set_identity_serves_a_certificate_a_verifying_client_accepts(cert: Any) -> None:
+    pair = make_pair(cert, client_config=_client_config(trust=cert))
+    pair.handshake()
+
+
+def test_set_peer_verification_required_refuses_an_untrusted_certificate(cert: Any) -> None:
+    """The close taps_post.runtime.racing.classify() reads as tls_verify: CRYPTO_ERROR plus
+    the bad_certificate alert (RFC 9001 section 4.8), reported by the client itself."""
+    other = tp.certs.self_signed(["localhost"])
+    pair = make_pair(cert, client_config=_client_config(trust=other))
+    pair.settle(3.0)  # the client's closing period (3 PTO) ends with ConnectionTerminated
+    assert not any(isinstance(e, events.HandshakeCompleted) for e in pair.client_events)
+    closed = [e for e in pair.client_events if isinstance(e, events.ConnectionTerminated)]
+    assert [e.error_code for e in closed] == [CRYPTO_ERROR + BAD_CERTIFICATE]
+
+
+def test_set_peer_verification_not_required_accepts_any_certificate(cert: Any) -> None:
+    config = _client_config(trust=tp.certs.self_signed(["localhost"]))
+    set_peer_verification(config, False)
+    pair = make_pair(cert, client_config=config)
+    pair.handshake()
+
+
+def test_offer_datagram_frames_advertises_max_datagram_frame_size(cert: Any) -> None:
+    pair = make_pair(cert, client_config=_client_config(datagrams=1234))
+    pair.handshake()
+    assert peer_max_datagram_frame_size(pair.server) == 1234
+
+
+def _internal_configuration_fields() -> set[str]:
+    """The QuicConfiguration fields aioquic lists under its "internal purposes" comment."""
+    source = inspect.getsource(QuicConfiguration)
+    marker = "# For internal purposes, not guaranteed to be stable."
+    assert marker in source, "aioquic no longer marks internal fields: re-read configuration.py"
+    internal = source.split(marker, 1)[1].split("\n    def ", 1)[0]
+    return set(re.findall(r"^    (\w+):", internal, re.MULTILINE))
+
+
+def test_internal_configuration_fields_are_set_only_in_compat() -> None:
+    """Assigning one (`config.verify_mode = ...`) or passing one to the constructor
+    (`QuicConfiguration(max_datagram_frame_size=...)`) anywhere in the QUIC package but
+    compat.py breaks the package's rule; the public routes (load_verify_locations) are fine."""
+    internal = _internal_configuration_fields()
+    assert {"certificate", "private_key", "verify_mode", "max_datagram_frame_size"} <= internal
+    package = Path(quic_stack.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                    and node.attr in internal):
+                found.append(f"{path.name}:{node.lineno} sets .{node.attr}")
+            elif (isinstance(node, ast.Call)
+                  and ast.unparse(node.func).endswith("QuicConfiguration")):
+                found += [f"{path.name}:{node.lineno} passes {k.arg}=" for k in node.keywords
+                          if k.arg in internal]
+    assert len(list(package.glob("*.py"))) > 3, "the package source was not found"
+    assert not found, "\n".join(found)
 
 
 # ---- stream_send_offsets ------------------------------------------------------------------
@@ -254,9 +340,7 @@ class _RecordingTransport(asyncio.DatagramTransport):
 
 
 def _client_connection() -> QuicConnection:
-    config = QuicConfiguration(is_client=True, server_name="localhost")
-    config.verify_mode = ssl.CERT_NONE
-    return QuicConnection(configuration=config)
+    return QuicConnection(configuration=_client_config())
 
 
 def test_aioquic_transmit_writes_to_the_transport_given_to_connection_made(run: Any) -> None:

@@ -1,28 +1,74 @@
-"""Every private aioquic detail the QUIC stack relies on, one small function each.
+"""Every aioquic detail the QUIC stack relies on that aioquic does not promise, one function each.
 
-Rule 1: no other module of taps_post reads or writes a private (underscore) aioquic name.
+Rule 1: no other module of taps_post reads or writes a private (underscore) aioquic name, nor a
+`QuicConfiguration` field aioquic marks "for internal purposes, not guaranteed to be stable".
 Where aioquic offers no public route, the access lives here, in one function whose comment
-names the private detail, says why no public route exists, and which aioquic releases it was
-checked against (`CHECKED`). tests/runtime/test_quic_compat.py drives each function against
-real aioquic connections, so an upgrade that moves a detail fails a test naming the function.
-Rule 2: these functions only read or set connection state; they never drive a connection (no
-datagram is sent, no timer armed), so callers keep the one place where that happens.
-Rule 3: everything else the stack needs from aioquic is public: the sans-I/O `QuicConnection`
+names the detail, says why no public route exists, and which aioquic releases it was checked
+against (`CHECKED`). tests/runtime/test_quic_compat.py drives each function against real
+aioquic connections, so an upgrade that moves a detail fails a test naming the function.
+Rule 2: these functions only read or set connection or configuration state; they never drive
+a connection (no datagram is sent, no timer armed), so callers keep the one place where that
+happens.
+Rule 3: everything else the stack needs from aioquic is public: the documented
+`QuicConfiguration` fields and `load_verify_locations()`, the sans-I/O `QuicConnection`
 methods, `QuicConnectionProtocol.transmit()` / `connect()` / `close()`, events, and the
 server's `create_protocol`, `session_ticket_fetcher` and `session_ticket_handler` hooks.
 """
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-__all__ = ["CHECKED", "peer_max_datagram_frame_size", "refuse_early_data",
+__all__ = ["CHECKED", "offer_datagram_frames", "peer_max_datagram_frame_size",
+           "refuse_early_data", "set_identity", "set_peer_verification",
            "stream_send_offsets"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
 `refuse_early_data` works with and the newest one released. pyproject.toml's bound on aioquic
 stays inside them."""
+
+
+# ---- configuration fields aioquic marks internal ------------------------------------------
+
+
+def set_identity(config: QuicConfiguration, certificate: Any, private_key: Any) -> None:
+    """Present `certificate` (a cryptography x509 certificate) signed by `private_key`: what a
+    listener needs, and a client offering a certificate. Both come from PEM held in memory
+    (a taps_post Certificate), never from a file."""
+    # Internal: QuicConfiguration.certificate and .private_key. The public route,
+    # load_cert_chain(), only reads files (certfile, keyfile paths), and our certificates
+    # live in memory: writing the private key to disk to read it back is worse than this.
+    # Checked against aioquic 1.6.0 and 1.7.2.
+    config.certificate = certificate
+    config.private_key = private_key
+
+
+def set_peer_verification(config: QuicConfiguration, required: bool) -> None:
+    """Verify the peer's certificate chain (CERT_REQUIRED), or accept any certificate
+    (CERT_NONE, the policy's `verifyPeer: false`)."""
+    # Internal: QuicConfiguration.verify_mode. aioquic offers no public switch: its client
+    # verifies unless this field says CERT_NONE, and its default (None) is resolved inside
+    # tls.Context. Set explicitly both ways, so a change of that default cannot turn
+    # verification off. Checked against aioquic 1.6.0 and 1.7.2.
+    config.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_NONE
+
+
+def offer_datagram_frames(config: QuicConfiguration, max_frame_size: int) -> None:
+    """Advertise the `max_datagram_frame_size` transport parameter (RFC 9221): the peer may
+    send DATAGRAM frames up to `max_frame_size` bytes, and knows we accept them."""
+    # Internal: QuicConfiguration.max_datagram_frame_size, the only way aioquic negotiates
+    # DATAGRAM frames (aioquic's own example servers pass it to the constructor the same
+    # way).
+    # Checked against aioquic 1.6.0 and 1.7.2.
+    config.max_datagram_frame_size = max_frame_size
+
+
+# ---- connection state aioquic keeps private -----------------------------------------------
 
 
 def stream_send_offsets(quic: QuicConnection, stream_id: int) -> tuple[int, int] | None:

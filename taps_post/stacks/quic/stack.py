@@ -1,0 +1,150 @@
+"""The QUIC stack's plug-in face: `connect` one Candidate, `listen` on an address.
+
+Rule 1: `QuicStack` is what `taps_post.stacks.get("quic")` returns (loaded lazily, so
+importing taps_post does not import aioquic): it builds a configuration (`config`), one
+`QuicSession` per connection and its first stream, and hands the stream's Transient up.
+Rule 2: connect() returns only once the handshake completed; a connection aioquic closed
+first raises `QuicClosedError` (QUIC error code and reason), an ICMP error the OSError
+itself, so racing classifies either. Whatever it made is closed before it raises.
+Rule 3: session tickets come from and go to `SessionState` (the Association), only while the
+policy allows the session cache; 0-RTT carries a copy of the first message, only when it is
+idempotent, a ticket resumes, and the policy allows it.
+Rule 4: a listener is aioquic's own `QuicServer` whose `create_protocol` makes our sessions;
+the listener keeps its own set of them, never the server's table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from typing import Any
+
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
+
+from ..base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from .config import client_configuration, server_configuration
+from .session import QuicSession
+from .stream import QuicStreamTransient
+
+__all__ = ["QuicListening", "QuicStack"]
+
+
+class QuicStack:
+    """The built-in `quic` stack (StackInfo in taps_post.policy.catalog)."""
+
+    name = "quic"
+    ip_protocol = "udp"
+
+    async def connect(self, spec: AttemptSpec) -> QuicStreamTransient:
+        loop = asyncio.get_running_loop()
+        c = spec.candidate
+        config = client_configuration(spec)
+        ticket: SessionTicket | None = (spec.association.take_ticket("quic")
+                                        if spec.settings.session_cache else None)
+        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host:
+            config.session_ticket = ticket
+        association = spec.association
+
+        def keep(t: SessionTicket) -> None:
+            if spec.settings.session_cache:
+                association.add_ticket("quic", t)
+
+        quic = QuicConnection(configuration=config, session_ticket_handler=keep)
+        sock = connected_datagram_socket(c)
+        session: QuicSession | None = None
+        try:
+            started = loop.time()
+            per_msg = spec.settings.per_msg_reliability
+            _, proto = await loop.create_datagram_endpoint(
+                lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
+                                    interface=c.interface, per_msg_reliability=per_msg),
+                sock=sock)
+            session = proto
+            assert session is not None
+            session.owns_transport = True
+            session.remote_address = (c.remote_address, c.remote_port)
+            # aioquic matches network paths on the exact tuple the socket reports: a 4-tuple
+            # for IPv6.
+            peer: Any = ((c.remote_address, c.remote_port, 0, 0) if ":" in c.remote_address
+                         else (c.remote_address, c.remote_port))
+            session.connect(peer, transmit=False)
+            transient = session.new_stream()
+            early = spec.early
+            if early is not None and early.idempotent and config.session_ticket is not None \
+                    and spec.settings.zero_rtt:
+                # A copy: the caller's message must stay unsent if another attempt wins.
+                transient.submit(dataclasses.replace(early))  # 0-RTT, with the ClientHello
+                transient.pump()
+                transient.early_sent = True
+            session.transmit()
+            await session.wait_connected()
+            transient.rtt_ms = (loop.time() - started) * 1000.0
+            transient.established_ms = transient.rtt_ms
+            transient.session_reused = session.session_resumed
+            transient.early_in_syn = transient.early_sent and session.early_data_accepted
+            if transient.early_sent and not session.early_data_accepted:
+                # The server refused 0-RTT: aioquic retransmits the stream data in 1-RTT.
+                transient.early_in_syn = False
+            return transient
+        except BaseException:
+            if session is not None:
+                session.shutdown()
+            sock.close()
+            raise
+
+    async def listen(self, spec: ListenSpec) -> QuicListening:
+        loop = asyncio.get_running_loop()
+        config = server_configuration(spec)
+        tickets: dict[bytes, SessionTicket] = {}
+        settings = spec.settings
+        # Every connection not yet terminated: aioquic's server creates each through
+        # `create`, so the listener need not read the server's own table.
+        sessions: set[QuicSession] = set()
+
+        def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
+            session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
+                                  interface=spec.interface, on_stream=spec.on_transient,
+                                  per_msg_reliability=settings.per_msg_reliability,
+                                  allow_early=settings.zero_rtt,
+                                  on_terminated=sessions.discard)
+            sessions.add(session)
+            return session
+
+        sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
+        try:
+            bind_server(sock, spec.address, spec.port, spec.interface)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: QuicServer(configuration=config, create_protocol=create,
+                                   session_ticket_fetcher=lambda t: tickets.pop(t, None),
+                                   session_ticket_handler=lambda t: tickets.__setitem__(
+                                       t.ticket, t)),
+                sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return QuicListening(transport, sessions, sock.getsockname()[1])
+
+
+class QuicListening:
+    """A listening QUIC socket and the connections it accepted."""
+
+    stack = "quic"
+
+    def __init__(self, transport: asyncio.BaseTransport, sessions: set[QuicSession],
+                 port: int) -> None:
+        self._transport = transport
+        self._sessions = sessions
+        self.port = port
+
+    async def aclose(self) -> None:
+        """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""
+        closing = list(self._sessions)
+        for session in closing:
+            session.shutdown()
+        await asyncio.sleep(0)  # let the CONNECTION_CLOSE datagrams go out
+        self._transport.close()
+        for session in closing:
+            await session.settle()
