@@ -73,10 +73,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aioquic.asyncio.client import connect as aq_connect
-from aioquic.asyncio.server import serve as aq_serve
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
@@ -135,7 +137,7 @@ class Setup:
         config = QuicConfiguration(is_client=True, max_datagram_frame_size=65536,
                                    idle_timeout=30.0, server_name=HOST)
         config.verify_mode = ssl.CERT_REQUIRED
-        config.cadata = self.pin.cert_pem.encode("ascii")
+        config.load_verify_locations(cadata=self.pin.cert_pem.encode("ascii"))
         config.session_ticket = ticket
         return config
 
@@ -143,8 +145,25 @@ class Setup:
         return tp.Remote.parse(f"{scheme}://{HOST}:{port}", certificates=[self.pin])
 
 
+class RawClient(QuicConnectionProtocol):
+    """aioquic's own client protocol, keeping its HandshakeCompleted event: the public record
+    of whether the session resumed and the server accepted 0-RTT data."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake: events.HandshakeCompleted | None = None
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            self.handshake = event
+        super().quic_event_received(event)
+
+
 class RawQuicServer:
-    """aioquic's serve() with the framing our carriers speak; optional tickets and echo."""
+    """aioquic's serve() with the framing our carriers speak; optional tickets and echo.
+
+    Built the way serve() builds it (a QuicServer on a datagram endpoint), so the port comes
+    from our own transport rather than from the server's."""
 
     def __init__(self, setup: Setup, *, tickets: bool, mode: str) -> None:
         self.setup = setup
@@ -163,9 +182,11 @@ class RawQuicServer:
         if self.tickets_on:
             kw = {"session_ticket_fetcher": lambda t: self._tickets.pop(t, None),
                   "session_ticket_handler": lambda t: self._tickets.__setitem__(t.ticket, t)}
-        self.server = await aq_serve(HOST, 0, configuration=self.setup.server_config(),
-                                     stream_handler=self._on_stream, **kw)
-        self.port = self.server._transport.get_extra_info("sockname")[1]
+        config = self.setup.server_config()
+        transport, self.server = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: QuicServer(configuration=config, stream_handler=self._on_stream, **kw),
+            local_addr=(HOST, 0))
+        self.port = transport.get_extra_info("sockname")[1]
         return self
 
     def expect(self, nbytes: int) -> None:
@@ -350,11 +371,11 @@ async def _handshake_row(args: argparse.Namespace, s: Setup, *, resumed: bool) -
         ticket, raw_ticket[0] = (raw_ticket[0], None) if resumed else (None, None)
         t0 = clock()
         cm = aq_connect(HOST, raw_server.port, configuration=s.client_config(ticket),
-                        wait_connected=True,
+                        create_protocol=RawClient, wait_connected=True,
                         session_ticket_handler=lambda t: raw_ticket.__setitem__(0, t))
-        proto = await cm.__aenter__()
+        proto = cast(RawClient, await cm.__aenter__())
         t1 = clock()
-        counts["raw"] += bool(proto._quic.tls.session_resumed)
+        counts["raw"] += bool(proto.handshake is not None and proto.handshake.session_resumed)
         closer.later(cm.__aexit__(None, None, None))
         return t1 - t0
 
@@ -624,9 +645,10 @@ async def bench_wan(args: argparse.Namespace, s: Setup) -> list[Row]:
             ticket, raw_ticket[0] = (raw_ticket[0], None) if zero_rtt else (None, None)
             t0 = clock()
             cm = aq_connect(HOST, relay.udp[raw_quic.port],
-                            configuration=s.client_config(ticket), wait_connected=not zero_rtt,
+                            configuration=s.client_config(ticket), create_protocol=RawClient,
+                            wait_connected=not zero_rtt,
                             session_ticket_handler=lambda t: raw_ticket.__setitem__(0, t))
-            proto = await cm.__aenter__()
+            proto = cast(RawClient, await cm.__aenter__())
             t1 = clock()
             reader, writer = await proto.create_stream()
             writer.write(_frame(REQUEST))
@@ -637,7 +659,10 @@ async def bench_wan(args: argparse.Namespace, s: Setup) -> list[Row]:
             t3 = clock()
             if reply != b"re:" + REQUEST or reply2 != reply:
                 raise RuntimeError(f"raw quic: wrong reply {reply!r}")
-            zero = bool(proto._quic.tls.session_resumed and proto._quic.tls.early_data_accepted)
+            # The reply came in 1-RTT packets, which the client can only read once it has
+            # processed the server's Finished: HandshakeCompleted has been recorded.
+            done = proto.handshake
+            zero = bool(done is not None and done.session_resumed and done.early_data_accepted)
             closer.later(cm.__aexit__(None, None, None))
             return WanSample((t2 - t0) * 1e3, (t1 - t0) * 1e3, (t3 - t2) * 1e3, zero)
 
