@@ -38,7 +38,7 @@ class Association:
     """SSLContexts by settings: a TLS session resumes only on the context that created it."""
     plans: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Decisions by (context, kind, target, addresses); valid while the history and the live
-    interfaces are unchanged (runtime.api._plan)."""
+    interfaces are unchanged (runtime.establish, Rule 2)."""
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
                interface: str | None = None, address: str | None = None) -> None:

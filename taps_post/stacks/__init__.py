@@ -26,7 +26,7 @@ from ..policy.registry import protocol_features
 from .base import AttemptSpec, Listening, ListenSpec, SessionState, Stack
 
 __all__ = ["AttemptSpec", "ListenSpec", "Listening", "SessionState", "Stack", "StackInfo",
-           "get", "info", "names", "register"]
+           "get", "info", "names", "register", "unregister"]
 
 _BUILTIN: dict[str, tuple[str, str, dict[str, bool]]] = {
     "tcp": ("taps_post.stacks.tcp", "StreamStack", {"secure": False, "mptcp": False}),
