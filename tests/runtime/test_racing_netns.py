@@ -11,7 +11,8 @@ nftables rule in B black-holes it. With `racing.attemptDelay: 100` the decision 
     #3 veth-a2 tcp [fd00:1::2]   start 200 ms    (cross)
     #4 veth-a2 tcp 198.18.2.2    start 300 ms    (direct)
 
-(interface name before endpoint order, endpoints interleaved IPv6 first; docs/explain.md, "The ranking key").
+(interface name before endpoint order, endpoints interleaved IPv6 first; docs/explain.md,
+"The ranking key").
 """
 
 from __future__ import annotations
