@@ -273,8 +273,8 @@ def test_udp_black_hole_tls_wins_after_attempt_delay_and_history_remembers(
     """QUIC's Initials vanish: TLS (#2) starts at attemptDelay and wins right after. The
     Association records TLS's success; the QUIC attempt was cancelled, not failed, so it
     leaves no entry. The ranking key (docs/explain.md) ranks protocol prefer hits
-    (quic: multistreaming) before history, so the next decision still puts QUIC first and waits attemptDelay
-    again: history breaks ties only among candidates with the same hits."""
+    (quic: multistreaming) before history, so the next decision still puts QUIC first and
+    waits attemptDelay again: history breaks ties only among candidates with the same hits."""
     fresh.drop_udp()
     first = fresh.initiate()
     assert first["ok"], first
