@@ -2,6 +2,9 @@
 
 Rule 1: a Certificate is PEM text plus its SHA-256 fingerprint; pinning compares
 fingerprints, so a pinned peer is accepted whatever CA (if any) signed it.
+Rule 2: a private key never leaves the object by accident. `repr()` and `str()` show the
+fingerprint and whether a key is held, never PEM text, so a Certificate can be logged, put in
+an exception message or printed inside a Local without disclosing the key.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import ipaddress
 import os
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ArgumentError
@@ -24,13 +27,28 @@ __all__ = ["Certificate", "fingerprint_of_der", "self_signed"]
 class Certificate:
     """A certificate (and, for our own identities, its private key) in PEM form."""
 
-    cert_pem: str
-    key_pem: str | None = None
+    cert_pem: str = field(repr=False)
+    key_pem: str | None = field(default=None, repr=False)
+    _fingerprint: str = field(default="", init=False, repr=False, compare=False)
+    """The fingerprint once computed: every TLS connect compares pins by fingerprint, so the
+    PEM is decoded once, not once per connect."""
 
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the DER certificate, hex with colons (as `openssl x509 -fingerprint`)."""
-        return fingerprint_of_der(ssl.PEM_cert_to_DER_cert(self.cert_pem))
+        if not self._fingerprint:
+            fp = fingerprint_of_der(ssl.PEM_cert_to_DER_cert(self.cert_pem))
+            object.__setattr__(self, "_fingerprint", fp)  # frozen: a cache, not a change
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        try:
+            shown = f"sha256:{self.fingerprint}"
+        except ValueError:  # not a PEM certificate: say so, still without its text
+            shown = "(not a PEM certificate)"
+        return f"<Certificate {shown}{' with key' if self.key_pem is not None else ''}>"
+
+    __str__ = __repr__
 
     def load_into(self, context: ssl.SSLContext) -> None:
         """Use this certificate and key as our identity in `context`."""

@@ -7,22 +7,69 @@ Rule 2: tickets are used by one racing attempt only (RFC 9623 section 5.3): `tak
 hands a ticket out once.
 Rule 3: the optional on-disk cache holds path history only (stdlib TLS sessions cannot be
 serialised), is written atomically, and is created with mode 0600.
+Rule 4: the cache is a hint, never an authority, and never a reason to refuse a connection. A
+file is read only when it is a regular file (not through a symlink), owned by this user and
+writable by nobody else; every entry is checked (types, bounds, known stacks, a count cap)
+before it can reach decide(). What fails is skipped with one warning per file on the
+`taps_post.store` logger, and the store starts from what was left.
+Rule 5: no secret in a repr. A ticket is held as a `Ticket`, whose repr names its stack only,
+and an Association's repr counts its tickets; the ticket's bytes leave only through
+`take_ticket()`, to the one attempt that resumes with it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import math
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from ..decision.environment import CacheEntry
+from ..policy import catalog
 
-__all__ = ["Association", "AssociationStore", "default_store"]
+__all__ = ["Association", "AssociationStore", "Ticket", "default_store"]
 
 _HISTORY_LIMIT = 64
+"""Entries kept per remote, in memory and when loaded."""
+_REMOTES_LIMIT = 4096
+"""Remotes loaded from a cache file; a bigger file is a damaged (or hostile) one."""
+_FILE_LIMIT = 8 << 20
+"""Bytes read from a cache file: 4096 remotes of 64 entries fit well below it."""
+_TEXT_LIMIT = 255
+"""Longest remote, interface or address string accepted from a file."""
+
+_log = logging.getLogger("taps_post.store")
+
+
+class Ticket:
+    """A resumption ticket (an ssl.SSLSession, a QUIC SessionTicket) held for one attempt.
+
+    It exists so that nothing that prints an Association, its `tickets` or a list of them can
+    print ticket bytes or resumption secrets: aioquic's SessionTicket is a dataclass whose
+    repr shows both."""
+
+    __slots__ = ("_value", "stack")
+
+    def __init__(self, stack: str, value: Any) -> None:
+        self.stack = stack
+        self._value = value
+
+    @property
+    def value(self) -> Any:
+        """The ticket itself, for the stack that resumes with it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<Ticket {self.stack}>"
+
+    __str__ = __repr__
 
 
 @dataclass
@@ -31,8 +78,8 @@ class Association:
 
     remote: str
     history: list[CacheEntry] = field(default_factory=list)
-    tickets: dict[str, list[Any]] = field(default_factory=dict)
-    """Per stack: resumable sessions (ssl.SSLSession, QUIC session tickets)."""
+    tickets: dict[str, list[Ticket]] = field(default_factory=dict)
+    """Per stack: resumable sessions (ssl.SSLSession, QUIC session tickets), newest last."""
     session_cache: bool = True
     tls_contexts: dict[Any, Any] = field(default_factory=dict, repr=False)
     """SSLContexts by settings: a TLS session resumes only on the context that created it."""
@@ -60,12 +107,12 @@ class Association:
     def add_ticket(self, stack: str, ticket: Any) -> None:
         if self.session_cache and ticket is not None:
             bucket = self.tickets.setdefault(stack, [])
-            bucket.append(ticket)
+            bucket.append(Ticket(stack, ticket))
             del bucket[:-4]
 
     def take_ticket(self, stack: str) -> Any | None:
         bucket = self.tickets.get(stack)
-        return bucket.pop() if bucket else None
+        return bucket.pop().value if bucket else None
 
     def has_ticket(self, stack: str) -> bool:
         return bool(self.tickets.get(stack))
@@ -76,13 +123,16 @@ class Association:
 
 
 class AssociationStore:
-    """Associations by remote; optionally backed by a JSON file of path history."""
+    """Associations by remote; optionally backed by a JSON file of path history.
+
+    Constructing a store never raises because of its file (Rule 4): a missing, untrusted or
+    damaged file gives a store with what could be trusted of it, possibly nothing."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._by_remote: dict[str, Association] = {}
         self.path = os.fspath(path) if path is not None else None
-        if self.path and os.path.exists(self.path):
+        if self.path:
             self._load()
 
     def get(self, remote: str) -> Association:
@@ -96,6 +146,10 @@ class AssociationStore:
     def clear(self) -> None:
         with self._lock:
             self._by_remote.clear()
+
+    def __repr__(self) -> str:
+        where = f" {self.path}" if self.path else ""
+        return f"<AssociationStore{where} associations={len(self._by_remote)}>"
 
     def save(self) -> None:
         """Write path history atomically with mode 0600 (it reveals where we connect)."""
@@ -119,14 +173,165 @@ class AssociationStore:
     def _load(self) -> None:
         assert self.path is not None
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            for remote, entries in data.get("associations", {}).items():
-                assoc = self.get(remote)
-                assoc.history = [CacheEntry(**e) for e in entries]
-        except (OSError, ValueError, TypeError):
-            # A damaged cache only costs us history; never refuse to connect because of it.
+            data = _read_trusted(self.path)
+            if data is None:
+                return
+            history, skipped, first = _validated(data)
+        except _Untrusted as exc:
+            _log.warning("ignoring the association cache %s: %s", self.path, exc)
             return
+        except Exception as exc:  # Rule 4: a damaged cache never stops a connection
+            _log.warning("ignoring the association cache %s: %s: %s", self.path,
+                         type(exc).__name__, exc)
+            return
+        for remote, entries in history.items():
+            self.get(remote).history = entries
+        if skipped:
+            _log.warning("association cache %s: skipped %d bad entr%s (first: %s)", self.path,
+                         skipped, "y" if skipped == 1 else "ies", first)
+
+
+class _Untrusted(Exception):
+    """The cache file as a whole cannot be used (its message says why)."""
+
+
+def _read_trusted(path: str) -> Any:
+    """The parsed JSON of `path`, None when there is no file, _Untrusted when it may not be
+    trusted: a symlink (O_NOFOLLOW), not a regular file (O_NONBLOCK: a FIFO must not hang
+    us), owned by someone else, writable by group or others, too big, or not JSON. The
+    checks are made on the opened descriptor, so the file judged is the file read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Untrusted("it is a symbolic link") from None
+        raise _Untrusted(f"cannot open it: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Untrusted("it is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise _Untrusted(f"it is owned by uid {st.st_uid}, not by this user "
+                             f"(uid {os.geteuid()})")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise _Untrusted(f"it is writable by group or others "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        if st.st_size > _FILE_LIMIT:
+            raise _Untrusted(f"it is larger than {_FILE_LIMIT} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _FILE_LIMIT and (chunk := os.read(fd, _FILE_LIMIT + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(raw) > _FILE_LIMIT:
+        raise _Untrusted(f"it is larger than {_FILE_LIMIT} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise _Untrusted(f"it is not valid JSON ({exc})") from None
+
+
+def _validated(data: Any) -> tuple[dict[str, list[CacheEntry]], int, str]:
+    """The entries of a cache document that may reach decide(), by remote, how many were
+    skipped and where and why the first was. A wrong top-level shape is _Untrusted: nothing
+    in it counts."""
+    if not isinstance(data, dict):
+        raise _Untrusted(f"the top level is {_kind(data)}, not an object")
+    if data.get("version") != 1 or type(data.get("version")) is not int:
+        raise _Untrusted(f"version is {data.get('version')!r}, expected 1")
+    table = data.get("associations")
+    if not isinstance(table, dict):
+        raise _Untrusted(f"associations is {_kind(table)}, not an object")
+    history: dict[str, list[CacheEntry]] = {}
+    skipped = 0
+    first = ""
+
+    def skip(count: int, why: str) -> None:
+        nonlocal skipped, first
+        skipped += count
+        first = first or why
+
+    known = frozenset(catalog.names())
+    for remote, entries in table.items():
+        where = f"associations[{remote!r:.80}]"
+        count = len(entries) if isinstance(entries, list) else 1
+        if not _text(remote) or not remote:
+            skip(count, f"{where}: not a host:port")
+        elif not isinstance(entries, list):
+            skip(count, f"{where}: {_kind(entries)}, not a list of entries")
+        elif remote.lower() not in history and len(history) >= _REMOTES_LIMIT:
+            skip(count, f"{where}: over the limit of {_REMOTES_LIMIT} remotes")
+        else:
+            key = remote.lower()
+            good = history.setdefault(key, [])
+            for i, raw in enumerate(entries):
+                entry = _entry_of(key, raw, known)
+                if isinstance(entry, str):
+                    skip(1, f"{where}[{i}]: {entry}")
+                else:
+                    good.append(entry)
+            if len(good) > _HISTORY_LIMIT:
+                skip(len(good) - _HISTORY_LIMIT, f"{where}: over the limit of "
+                     f"{_HISTORY_LIMIT} entries per remote (the oldest are dropped)")
+                del good[:-_HISTORY_LIMIT]
+            if not good:
+                del history[key]
+    return history, skipped, first
+
+
+_FIELDS = frozenset(("remote", "stack", "outcome", "rtt_ms", "ticket", "interface", "address"))
+
+
+def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
+    """A checked CacheEntry, or why `raw` is not one."""
+    if not isinstance(raw, dict):
+        return f"{_kind(raw)}, not an object"
+    unknown = sorted(str(k)[:40] for k in raw if k not in _FIELDS)
+    if unknown:
+        return f"unknown field {unknown[0]!r}"
+    owner = raw.get("remote", remote)
+    if not _text(owner) or owner.lower() != remote:
+        return "its remote is not the association's"
+    stack = raw.get("stack")
+    if not _text(stack) or stack not in known:
+        return f"stack {stack!r:.40} is not a known stack"
+    outcome = raw.get("outcome")
+    if outcome not in ("success", "failure"):
+        return f"outcome {outcome!r:.40} is not success or failure"
+    rtt = raw.get("rtt_ms")
+    if rtt is not None and (type(rtt) not in (int, float) or not math.isfinite(rtt)
+                            or rtt < 0):
+        return f"rtt_ms {rtt!r:.40} is not a finite number >= 0"
+    ticket = raw.get("ticket", False)
+    if type(ticket) is not bool:
+        return f"ticket {ticket!r:.40} is not true or false"
+    interface = raw.get("interface")
+    if interface is not None and (not _text(interface) or not interface):
+        return f"interface {interface!r:.40} is not an interface name"
+    address = raw.get("address")
+    if address is not None:
+        if not _text(address):
+            return f"address {address!r:.40} is not an IP address"
+        try:
+            ip_address(address)
+        except ValueError:
+            return f"address {address!r:.40} is not an IP address"
+    return CacheEntry(remote, stack, outcome, None if rtt is None else float(rtt), ticket,
+                      interface, address)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= _TEXT_LIMIT
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 def _near(old: float | None, new: float | None) -> bool:

@@ -4,6 +4,9 @@ Rule 1: a Remote resolves in passes until complete (URL -> name + port -> addres
 pass is a new frozen value, so a Remote can be logged, compared and reused at any stage.
 Rule 2: name resolution here is the event loop's resolver (`loop.getaddrinfo`), never a
 blocking call on the loop thread.
+Rule 3: an endpoint's repr and `describe()` name its certificates by fingerprint only, never
+their PEM text or key, so a Local holding our private key can be logged or named in an
+exception message (docs/architecture.md, "Errors and certificates").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ..certs import Certificate
 from ..decision.request import Request, parse_target
 from ..errors import ArgumentError
 
-__all__ = ["Local", "Remote"]
+__all__ = ["Local", "Remote", "has_identity"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,6 +47,18 @@ class Local:
         if self.address is not None:
             ipaddress.ip_address(self.address)
 
+    def describe(self) -> str:
+        """What the Local selects, for messages: interface, address and port (a Local's
+        certificates never decide which candidate it matches)."""
+        parts = [f"interface {self.interface}" if self.interface is not None else "",
+                 f"address {self.address}" if self.address is not None else "",
+                 f"port {self.port}" if self.port else ""]
+        return ", ".join(p for p in parts if p) or "any local address"
+
+    def __repr__(self) -> str:
+        return (f"Local(interface={self.interface!r}, address={self.address!r}, "
+                f"port={self.port}, certificates={_certs(self.certificates)})")
+
 
 @dataclass(frozen=True, slots=True)
 class Remote:
@@ -56,6 +71,10 @@ class Remote:
     """None until resolved; IP-literal hosts resolve to themselves."""
     certificates: Sequence[Certificate] = field(default=())
     """Pinned peer certificates: the peer must present one of these."""
+
+    def __repr__(self) -> str:
+        return (f"Remote(host={self.host!r}, port={self.port}, scheme={self.scheme!r}, "
+                f"addresses={self.addresses!r}, certificates={_certs(self.certificates)})")
 
     @classmethod
     def parse(cls, target: str, *, certificates: Sequence[Certificate] = ()) -> Remote:
@@ -107,3 +126,15 @@ class Remote:
         from ..system.live import addresses_of
 
         return replace(self, addresses=addresses_of(infos))
+
+
+def has_identity(local: Local | None) -> bool:
+    """Whether `local` carries a client identity (a certificate with its private key)."""
+    return local is not None and any(c.key_pem is not None for c in local.certificates)
+
+
+def _certs(certificates: Sequence[Certificate]) -> str:
+    # repr() of each element, not of the sequence: a caller's list may hold anything, and
+    # only a Certificate's own repr is known to leave its key out.
+    return "[" + ", ".join(repr(c) if isinstance(c, Certificate) else
+                           f"<{type(c).__name__}>" for c in certificates) + "]"

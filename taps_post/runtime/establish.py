@@ -9,6 +9,15 @@ catalogue (a registered stack changes every plan), kind, target and addresses, t
 live interface snapshot and the same Association history.
 Rule 3: every attempt's outcome is written to the Association's history, so the next
 decision ranks by what the network taught us; a failed race drops the interface cache.
+Rule 4: no downgrade (RFC 9623 section 12). A pinned certificate on the Remote, or a client
+identity (a certificate with its key) on the Local, can only be honoured by a secure stack, so
+it adds an enforced carrier-layer rule `secure: require` (the explanation names it as the
+reason insecure stacks were excluded, and the plan cache keys on it through the context's
+fingerprint). Whatever the other layers say, no insecure candidate is then raced: one that a
+higher layer let through is excluded from the Decision by the same rule, and a policy that
+leaves only insecure stacks is a PolicyError, never a plaintext connection.
+Rule 5: messages name endpoints by target and Local.describe(), never by a repr holding
+certificates.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from ..core.framing import Framer, LengthPrefixFramer
 from ..core.messages import OutMessage
 from ..core.settings import Settings
 from ..decision.decide import decide
-from ..decision.decision import Candidate, Decision
+from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
 from ..errors import EstablishmentError, PolicyError
@@ -35,12 +44,12 @@ from ..stacks.transient import Transient
 from ..system import live
 from .association import Association, AssociationStore, default_store
 from .carrier import Carrier
-from .endpoints import Local, Remote
+from .endpoints import Local, Remote, has_identity
 from .racing import race
 from .trace import LOGGERS, TraceCallback, Tracer
 
 __all__ = ["EnvSpec", "FramerSpec", "establish", "framer_factory", "initiate", "policy_for",
-           "snapshot", "tracer_for"]
+           "secured", "snapshot", "tracer_for"]
 
 FramerSpec = Framer | Callable[[], Framer] | None
 EnvSpec = Environment | str | Mapping[str, Any] | None
@@ -72,6 +81,71 @@ def snapshot(env: EnvSpec) -> Environment | None:
 
 def policy_for(policy: PolicyContext | None, app_name: str | None) -> PolicyContext:
     return policy if policy is not None else PolicyContext(app_name=app_name)
+
+
+def _no_downgrade(rule: str) -> dict[str, Any]:
+    return {"version": 1, "layer": "carrier", "name": "no-downgrade",
+            "rules": [{"id": rule, "enforce": True, "set": {"secure": "require"}}]}
+
+
+_NO_DOWNGRADE: Mapping[str, Mapping[str, Any]] = {
+    "pinned-certificate": _no_downgrade("pinned-certificate"),
+    "client-certificate": _no_downgrade("client-certificate"),
+}
+"""The carrier layers Rule 4 adds, by rule id: a Remote with pinned certificates, a Local
+with a client identity (the pin wins when both are present). Private, so nobody can edit
+the documents `secured()` loads."""
+
+_SECURED: dict[tuple[Any, ...], PolicyContext] = {}
+_SECURED_LIMIT = 64
+
+
+def secured(ctx: PolicyContext, remote: Remote,
+            local: Local | None) -> tuple[PolicyContext, str | None]:
+    """The context to decide with, and the no-downgrade rule it added (None: none needed).
+
+    The copy is kept by the context's fingerprint, so a connect with a pin costs a dict
+    lookup, not a layer load (equal fingerprints are equal inputs: the copy is the same)."""
+    if remote.certificates:
+        rule = "pinned-certificate"
+    elif has_identity(local):
+        rule = "client-certificate"
+    else:
+        return ctx, None
+    key = (ctx.fingerprint, rule)
+    found = _SECURED.get(key)
+    if found is None:
+        found = ctx.with_carrier(_NO_DOWNGRADE[rule])
+        if len(_SECURED) >= _SECURED_LIMIT:
+            _SECURED.clear()
+        _SECURED[key] = found
+    return found, rule
+
+
+def _secure_only(decision: Decision, rule: str, source: str) -> Decision:
+    """The Decision without insecure candidates (Rule 4): each insecure stack a layer above
+    the carrier let through is reported as excluded by `rule`, and the survivors are ranked
+    and scheduled again as decide() would have."""
+    keep = [c for c in decision.candidates if _is_secure(c.stack)]
+    if len(keep) == len(decision.candidates):
+        return decision
+    delay = int(decision.value("racing.attemptDelay"))
+    dropped = dict.fromkeys(c.stack for c in decision.candidates if not _is_secure(c.stack))
+    return replace(
+        decision,
+        candidates=tuple(c._replace(rank=i + 1, start_ms=i * delay) for i, c in enumerate(keep)),
+        excluded=decision.excluded + tuple(
+            Exclusion(None, s, None, None, "required_missing", "secure", rule, source,
+                      "carrier", f"{s} lacks secure; a {rule.replace('-', ' ')} can only be "
+                      f"honoured by a secure stack") for s in dropped),
+        outcome="ok" if keep else "no_candidates")
+
+
+def _is_secure(stack: str) -> bool:
+    try:
+        return catalog.info(stack).secure
+    except KeyError:  # unregistered since the decision: not known to be secure
+        return False
 
 
 def tracer_for(trace: TraceCallback | None) -> Tracer | None:
@@ -141,17 +215,20 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
         if known:
             remote = replace(remote, addresses=tuple(known))
     resolved = remote if remote.is_resolved else await remote.resolve()
-    plan = None if env is not None else _plan(resolved, ctx, association, kind)
+    deciding, secure_rule = secured(ctx, remote, local)
+    plan = None if env is not None else _plan(resolved, deciding, association, kind)
     if plan is None:
         request = resolved.request(app=ctx.app_name, kind=kind)
-        decision = decide(request, ctx, _environment(base, resolved, association))
+        decision = decide(request, deciding, _environment(base, resolved, association))
+        if secure_rule is not None and decision.outcome == "ok":
+            decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
         if decision.outcome != "ok":
             why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
                    else "every candidate was excluded")
             raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
         settings = Settings.from_decision(decision)
         if env is None:
-            _remember_plan(resolved, ctx, association, kind, decision, settings)
+            _remember_plan(resolved, deciding, association, kind, decision, settings)
     else:
         decision, settings = plan
     if tracer is not None:
@@ -162,7 +239,8 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
     factory = framer_factory(framer, settings.max_size)
     candidates = _local_filter(decision.candidates, local)
     if not candidates:
-        raise PolicyError(f"no candidate uses the requested local endpoint {local}", decision)
+        raise PolicyError("no candidate uses the requested local endpoint "
+                          f"({local.describe() if local else 'any'})", decision)
 
     async def attempt(c: Candidate) -> Transient:
         impl = stacks.get(c.stack)
@@ -196,7 +274,7 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
     transient = result.transient
     carrier = carrier_class(transient, decision=decision, association=association,
                             candidate=result.candidate, remote=resolved, local=local,
-                            policy=ctx, framer=factory, opener=reopen,
+                            policy=deciding, framer=factory, opener=reopen,
                             attempts=result.attempts, tracer=tracer)
     if tracer is not None:
         tracer.emit("carrier.active", stack=transient.stack, interface=transient.interface,
