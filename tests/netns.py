@@ -57,6 +57,28 @@ PATHS: dict[int, dict[str, str]] = {
 
 _counter = itertools.count(1)
 
+NOBODY = 65534
+"""The unprivileged user and group a namespace script can become (`drop_privileges`)."""
+
+DROP_PRIVILEGES = r'''
+def drop_privileges(uid=65534, gid=65534):
+    """Become `uid`/`gid` with no supplementary group and no capability left: the calls
+    `setpriv --reuid --regid --clear-groups` makes, made from inside, because the venv's
+    interpreter may live where that user cannot read (a pyenv under /root). Import what
+    you need first: afterwards, files only root may read stay closed."""
+    import os
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    with open("/proc/self/status") as fh:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+    if int(status["CapEff"], 16) or int(status["CapPrm"], 16) or os.geteuid() != uid:
+        raise SystemExit(f"still privileged: {status['CapEff']} uid {os.geteuid()}")
+    return {"uid": os.geteuid(), "gid": os.getegid(), "cap_eff": status["CapEff"]}
+'''
+"""Python source defining `drop_privileges()`, to paste into a namespace script (`exec` it or
+prepend it): run as root, import, then drop, and the kernel judges the rest as `nobody`."""
+
 
 def python_env() -> dict[str, str]:
     """The environment a namespace subprocess gets: the installed package, unbuffered output
@@ -179,6 +201,8 @@ class Topology:
         self.cross_routes = cross_routes
         self._made: list[str] = []
         self._procs: list[NsProcess] = []
+        self._egress: dict[str, list[str]] = {}
+        """Per namespace, the interfaces count_egress() counts, in counter order."""
         self._tmp = tempfile.TemporaryDirectory(prefix=f"{tag}-")
         self.tmp = Path(self._tmp.name)
 
@@ -343,6 +367,34 @@ class Topology:
 
     def clear_blackholes(self, ns: str) -> None:
         self.exec(ns, "nft", "delete", "table", "inet", "bh", check=False)
+
+    # ---- egress counters ------------------------------------------------------------------
+
+    def count_egress(self, ns: str, interfaces: Sequence[str], *, ports: Sequence[int]) -> None:
+        """nftables counters in `ns`, one per interface, of the TCP and UDP packets to
+        `ports` that leave by it. They count in postrouting, after the kernel chose the
+        interface, so they see where a flow really went, whatever the socket asked for."""
+        dports = ", ".join(str(p) for p in ports)
+        lines = ["table inet egress {"]
+        lines += [f"  counter c{n} {{ }}" for n in range(len(interfaces))]
+        lines += ["  chain post {", "    type filter hook postrouting priority 0; policy accept;"]
+        lines += [f'    oifname "{name}" meta l4proto {{ tcp, udp }} th dport {{ {dports} }} '
+                  f'counter name "c{n}"' for n, name in enumerate(interfaces)]
+        lines += ["  }", "}"]
+        self.exec(ns, "nft", "delete", "table", "inet", "egress", check=False)
+        self.nft(ns, "\n".join(lines) + "\n")
+        self._egress[ns] = list(interfaces)
+
+    def egress_packets(self, ns: str) -> dict[str, int]:
+        """Packets counted per interface since count_egress() or reset_egress()."""
+        listed = json.loads(self.exec(ns, "nft", "-j", "list", "counters", "table", "inet",
+                                      "egress").stdout)
+        by_name = {item["counter"]["name"]: item["counter"]["packets"]
+                   for item in listed["nftables"] if "counter" in item}
+        return {name: by_name[f"c{n}"] for n, name in enumerate(self._egress[ns])}
+
+    def reset_egress(self, ns: str) -> None:
+        self.exec(ns, "nft", "reset", "counters", "table", "inet", "egress")
 
 
 class _Unavailable(Exception):

@@ -4,14 +4,20 @@ Rule 1: both add the `unreliable-datagram` profile as a carrier-layer policy, so
 and app layers still decide (a system that prohibits udp gets a PolicyError, not a socket).
 Rule 2: a Source is a Carrier whose receive() is refused; a Sink is not a Carrier at all
 (it has no Remote), only an inbox on a local port or multicast group.
+Rule 3: a Sink serves only interfaces no rule excludes, as a Listener does
+(`listener.serving_interfaces`): with such a rule in force it is one socket per allowed
+interface, each pinned to it, and one inbox that merges them in arrival order.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import errno
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..core.inbox import Inbox
 from ..core.messages import InMessage
 from ..decision.decision import Decision
 from ..errors import ConnectionClosedError, PolicyError, UsageError
@@ -21,7 +27,7 @@ from .association import default_store
 from .carrier import Carrier
 from .endpoints import Local, Remote
 from .establish import EnvSpec, establish, policy_for, tracer_for
-from .listener import listen_decision
+from .listener import listen_decision, serving_interfaces
 from .trace import TraceCallback
 
 __all__ = ["Sink", "Source", "new_sink", "new_source"]
@@ -55,18 +61,71 @@ async def new_source(local: Local | None, remote: Remote | str, *,
 class Sink:
     """Receives datagrams from anyone on a local port (or a multicast group)."""
 
-    def __init__(self, transient: DatagramTransient, decision: Decision) -> None:
-        self._transient = transient
+    def __init__(self, transients: DatagramTransient | Sequence[DatagramTransient],
+                 decision: Decision) -> None:
+        self._transients = ((transients,) if isinstance(transients, DatagramTransient)
+                            else tuple(transients))
+        self._transient = self._transients[0]
         self.explanation = decision
-        transient.bind(self)
+        self._inbox = Inbox()
+        """Only with several sockets (Rule 3): what they received, merged."""
+        self._waiters: list[asyncio.Future[None]] = []
+        self._callback: Callable[[InMessage], Any] | None = None
+        self._closed = False
+        for t in self._transients:
+            t.bind(self)
+            if len(self._transients) > 1:
+                t.set_callback(self._arrived)
 
     @property
     def port(self) -> int:
         assert self._transient.local_address is not None
         return self._transient.local_address[1]
 
+    @property
+    def interfaces(self) -> tuple[str | None, ...]:
+        """The interfaces the Sink's sockets are pinned to (None: not pinned)."""
+        return tuple(t.interface for t in self._transients)
+
+    def _arrived(self, message: InMessage) -> None:
+        if self._callback is not None:
+            if self._callback(message) is False:
+                self._callback = None
+            return
+        self._inbox.append(message)
+        if self._inbox.over_high():
+            self._inbox.paused = True
+            for t in self._transients:
+                if t.transport is not None:
+                    t.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
     async def receive(self) -> InMessage:
-        return await self._transient.receive()
+        if len(self._transients) == 1:
+            return await self._transient.receive()
+        while not self._inbox:
+            if self._closed:
+                raise ConnectionClosedError("the sink is closed")
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        message = self._inbox.popleft()
+        if self._inbox.under_low():
+            self._inbox.paused = False
+            for t in self._transients:
+                if t.transport is not None:
+                    t.transport.resume_reading()
+        return message
 
     def __aiter__(self) -> AsyncIterator[InMessage]:
         return self._iterate()
@@ -74,15 +133,24 @@ class Sink:
     async def _iterate(self) -> AsyncIterator[InMessage]:
         while True:
             try:
-                yield await self._transient.receive()
+                yield await self.receive()
             except ConnectionClosedError:
                 return
 
     def ready(self, callback: Callable[[InMessage], Any]) -> None:
-        self._transient.set_callback(callback)
+        if len(self._transients) == 1:
+            self._transient.set_callback(callback)
+            return
+        self._callback = callback
+        while self._callback is not None and self._inbox:
+            if self._callback(self._inbox.popleft()) is False:
+                self._callback = None
 
     async def close(self) -> None:
-        await self._transient.aclose()
+        self._closed = True
+        for t in self._transients:
+            await t.aclose()
+        self._wake()
 
     async def __aenter__(self) -> Sink:
         return self
@@ -93,10 +161,32 @@ class Sink:
 
 async def new_sink(local: Local, *, policy: PolicyContext | None = None,
                    app_name: str | None = None, env: EnvSpec = None) -> Sink:
-    """A UDP Sink on `local`; a multicast `local.address` joins that group."""
+    """A UDP Sink on `local`; a multicast `local.address` joins that group. A Local on an
+    interface a rule excludes, or on its address, is a PolicyError naming the rule."""
     ctx = policy_for(policy, app_name).with_carrier(_DATAGRAM)
     decision, settings = listen_decision(local, ctx, "sink", env)
     if any(e.stack == "udp" and not e.interface for e in decision.excluded):
         raise PolicyError("the policy does not allow udp for this sink", decision)
-    transient = await bind_sink(local.address or "::", local.port, local.interface, settings)
-    return Sink(transient, decision)
+    interfaces = serving_interfaces(decision, local)
+    address = local.address or "::"
+    for tries in range(8):
+        transients: list[DatagramTransient] = []
+        port = local.port
+        try:
+            for interface in interfaces:
+                transient = await bind_sink(address, port, interface, settings)
+                transients.append(transient)
+                assert transient.local_address is not None
+                port = transient.local_address[1]
+        except OSError as exc:
+            for t in transients:
+                await t.aclose()
+            if exc.errno != errno.EADDRINUSE or local.port != 0 or tries == 7:
+                raise
+            continue
+        except BaseException:
+            for t in transients:
+                t.abort()
+            raise
+        return Sink(transients, decision)
+    raise AssertionError("unreachable: the last try raises")  # pragma: no cover

@@ -8,43 +8,107 @@ ones first unless multipath is disabled, then tie-break order. With the built-in
 is tls-mptcp, tls, mptcp, tcp on the TCP port and quic, udp on the UDP port.
 Rule 3: the Listener owns its endpoints and the carriers accepted but never taken: close()
 closes them all.
+Rule 4: what a rule excludes is never served, whatever address the socket binds. A Local on
+an interface a rule excludes, or on one of its addresses, is a PolicyError naming the rule.
+When a rule excludes any interface, a Listener without an interface of its own opens one
+endpoint per interface no rule excludes, each pinned to it (SO_BINDTODEVICE): a wildcard or
+an address bind alone would still take peers arriving on the excluded one (Linux accepts a
+packet for any of its addresses on any interface). A multicast group is served on the one
+interface the kernel would join it on, if no rule excludes that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Callable
+import ipaddress
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .. import stacks
 from ..core.settings import Settings
 from ..decision.decide import decide
-from ..decision.decision import Decision
+from ..decision.decision import Decision, Exclusion
 from ..decision.request import parse_target
 from ..errors import PolicyError
 from ..policy.context import PolicyContext
 from ..stacks.base import Listening, ListenSpec
 from ..stacks.transient import Transient
-from ..system import live
+from ..system import live, routes
 from .carrier import Carrier
 from .endpoints import Local
 from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot, tracer_for
 from .trace import TraceCallback, Tracer
 
-__all__ = ["Listener", "listen", "listen_decision"]
+__all__ = ["Listener", "barred_interfaces", "listen", "listen_decision",
+           "serving_interfaces"]
 
 
 def listen_decision(local: Local, ctx: PolicyContext, kind: str,
                     env: EnvSpec) -> tuple[Decision, Settings]:
-    """What the policy allows for serving on `local` (Listener, Responder, Sink)."""
+    """What the policy allows for serving on `local` (Listener, Responder, Sink); a Local
+    on an interface a rule excludes, or on its address, is refused here (Rule 4)."""
     host = local.address or "::"
     target = f"[{host}]:{local.port}" if ":" in host else f"{host}:{local.port}"
     request = parse_target(target, app=ctx.app_name, kind=kind)
     decision = decide(request, ctx, snapshot(env) or live.live_environment())
     if decision.outcome == "policy_prohibited":
         raise PolicyError(f"policy_prohibited for {kind} on {target}", decision)
+    barred = barred_interfaces(decision)
+    if local.interface is not None and local.interface in barred:
+        raise PolicyError(f"{kind} on interface {local.interface}: "
+                          f"{_because(barred[local.interface])}", decision)
+    for name in _owners(decision, local.address):
+        if name in barred:
+            raise PolicyError(f"{kind} on {local.address}, an address of interface {name}: "
+                              f"{_because(barred[name])}", decision)
     return decision, Settings.from_decision(decision)
+
+
+def barred_interfaces(decision: Decision) -> Mapping[str, Exclusion]:
+    """Interfaces a rule excluded, each with the exclusion that names the rule. Exclusions
+    no rule made (an interface that cannot reach the listening address, such as loopback
+    for `::`) say nothing about who may connect, so they do not count."""
+    return {e.interface: e for e in decision.excluded
+            if e.interface is not None and e.stack is None and e.remote_address is None
+            and e.rule is not None}
+
+
+def serving_interfaces(decision: Decision, local: Local) -> tuple[str | None, ...]:
+    """The interfaces to pin one endpoint each to (None: one endpoint, not pinned), Rule 4."""
+    if local.interface is not None:
+        return (local.interface,)
+    barred = barred_interfaces(decision)
+    if not barred:
+        return (None,)
+    if local.address is not None and ipaddress.ip_address(local.address).is_multicast:
+        joined = routes.egress_interface(local.address)
+        if joined is None:
+            raise PolicyError(f"a rule excludes an interface and the interface that would "
+                              f"join {local.address} is unknown: name one", decision)
+        if joined in barred:
+            raise PolicyError(f"{decision.request.kind} on {local.address}, joined on "
+                              f"interface {joined}: {_because(barred[joined])}", decision)
+        return (joined,)
+    allowed = tuple(i.name for i in decision.interfaces if i.name not in barred)
+    if not allowed:
+        raise PolicyError("rules exclude every interface of this machine", decision)
+    return allowed
+
+
+def _owners(decision: Decision, address: str | None) -> list[str]:
+    """The interfaces that hold `address` (none for a wildcard or a group)."""
+    if address is None:
+        return []
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if ip.is_unspecified or ip.is_multicast:
+        return []
+    return [i.name for i in decision.interfaces if any(a.ip == ip for a in i.addresses)]
+
+
+def _because(e: Exclusion) -> str:
+    where = f"{e.layer} layer, {e.source}" if e.source else f"{e.layer} layer"
+    return f"{e.outcome} by rule {e.rule} ({where}): {e.property}"
 
 
 def listen_stacks(decision: Decision, secure_ok: bool) -> list[str]:
@@ -127,9 +191,10 @@ class Listener:
                 return
             yield item
 
-    async def bind(self, local: Local, chosen: list[str], factory: Any) -> None:
-        """Open an endpoint per chosen stack on one port number (retrying a random port that
-        one IP protocol had free and the other not)."""
+    async def bind(self, local: Local, chosen: list[str], factory: Any,
+                   interfaces: tuple[str | None, ...] = (None,)) -> None:
+        """Open an endpoint per chosen stack and interface (Rule 4) on one port number
+        (retrying a random port that one endpoint had free and another not)."""
         address = local.address or "::"
         for tries in range(8):
             port = local.port
@@ -137,14 +202,15 @@ class Listener:
                 for name in chosen:
                     impl = stacks.get(name)
                     assert impl is not None  # listen_stacks() only picks available stacks
-                    endpoint = await impl.listen(ListenSpec(
-                        address, port, local.interface, self.settings, factory,
-                        tuple(local.certificates), self.on_transient))
-                    self._endpoints.append(endpoint)
-                    port = endpoint.port
-                    if self._tracer is not None:
-                        self._tracer.emit("listener.ready", stack=name,
-                                          interface=local.interface, local=(address, port))
+                    for interface in interfaces:
+                        endpoint = await impl.listen(ListenSpec(
+                            address, port, interface, self.settings, factory,
+                            tuple(local.certificates), self.on_transient))
+                        self._endpoints.append(endpoint)
+                        port = endpoint.port
+                        if self._tracer is not None:
+                            self._tracer.emit("listener.ready", stack=name,
+                                              interface=interface, local=(address, port))
                 return
             except OSError as exc:
                 for endpoint in self._endpoints:
@@ -189,6 +255,7 @@ async def listen(local: Local, *, policy: PolicyContext | None = None, framer: F
     chosen = listen_stacks(decision, secure_ok=any(c.key_pem for c in local.certificates))
     if not chosen:
         raise PolicyError("the policy allows no stack this listener can serve", decision)
+    interfaces = serving_interfaces(decision, local)
     listener = Listener(decision, settings, tracer_for(trace))
-    await listener.bind(local, chosen, framer_factory(framer, settings.max_size))
+    await listener.bind(local, chosen, framer_factory(framer, settings.max_size), interfaces)
     return listener

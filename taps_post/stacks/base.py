@@ -7,11 +7,16 @@ facts the decision core ranks by) plus an object with `connect` and `listen`, gi
 Rule 2: what a stack may keep between connections to one remote (tickets, TLS contexts) it
 reaches through `SessionState`, which the runtime's Association implements; stacks never see
 the Association itself.
+Rule 3: a socket on a candidate's interface sends only through that interface, whoever runs
+the process: `bind_to_device()` pins it (SO_BINDTODEVICE, allowed for every user since Linux
+5.7); where the kernel refuses, the route must prove the packets leave by that interface, or
+the attempt fails with `InterfaceNotEnforcedError` before anything is sent. An interface the
+policy excluded stays excluded only if no socket can route around the exclusion.
 """
 
 from __future__ import annotations
 
-import os
+import errno
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,10 +26,12 @@ from ..certs import Certificate
 from ..core.framing import Framer
 from ..core.settings import Settings
 from ..decision.decision import Candidate
+from ..system import routes
 from .transient import Transient
 
-__all__ = ["AttemptSpec", "ListenSpec", "Listening", "SessionState", "Stack", "bind_server",
-           "bind_to_device", "connected_datagram_socket", "family_of"]
+__all__ = ["AttemptSpec", "InterfaceNotEnforcedError", "ListenSpec", "Listening",
+           "SessionState", "Stack", "bind_server", "bind_to_device",
+           "connected_datagram_socket", "family_of"]
 
 
 class SessionState(Protocol):
@@ -85,40 +92,79 @@ class Stack(Protocol):
     async def listen(self, spec: ListenSpec) -> Listening: ...
 
 
-def bind_to_device(sock: socket.socket, interface: str | None) -> None:
-    """SO_BINDTODEVICE when we may (root): the kernel then routes only through `interface`."""
-    if interface is None or os.geteuid() != 0 or not hasattr(socket, "SO_BINDTODEVICE"):
+class InterfaceNotEnforcedError(PermissionError):
+    """A socket could not be held to its candidate's interface: the kernel refused to pin it
+    and the route would send its packets elsewhere (or could not be read). An OSError with
+    errno EPERM, so the race records it like any refusal of the operating system, and
+    nothing has been sent."""
+
+    def __init__(self, interface: str, why: str, *, egress: str | None = None) -> None:
+        super().__init__(errno.EPERM, f"cannot hold the socket to interface {interface}: {why}")
+        self.interface = interface
+        self.egress = egress
+        """The interface the route would have used (None: unknown, or a listening socket)."""
+
+
+_REFUSALS = frozenset({errno.EPERM, errno.EACCES, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+"""What a kernel that will not pin a socket answers (others, ENODEV: the interface is gone)."""
+
+
+def bind_to_device(sock: socket.socket, interface: str | None, *, remote: str | None = None,
+                   local: str | None = None) -> None:
+    """Hold `sock` to `interface` (Rule 3), for every user: SO_BINDTODEVICE, so the kernel
+    routes only through it. Where the kernel refuses, a connecting socket is let go only
+    when the route from `local` to `remote` leaves by `interface` anyway; without a
+    `remote` (a listening socket, or a caller that did not say) there is nothing to
+    check, and it fails. A vanished interface fails too (ENODEV): nothing may be sent
+    "through" an interface that is gone.
+    """
+    if interface is None:
         return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
-    except OSError:
-        # The interface vanished or is in another namespace: the address bind still holds.
-        return
+    option = getattr(socket, "SO_BINDTODEVICE", None)
+    refused: OSError | None = None
+    if option is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, interface.encode() + b"\0")
+            return
+        except OSError as exc:
+            if exc.errno not in _REFUSALS:
+                raise
+            refused = exc
+    why = (f"the kernel refused SO_BINDTODEVICE ({refused.strerror})" if refused is not None
+           else "this system has no SO_BINDTODEVICE")
+    if remote is None:
+        raise InterfaceNotEnforcedError(interface, f"{why}, and there is no remote address "
+                                        "to check the route to") from refused
+    egress = routes.egress_interface(remote, local)
+    if egress != interface:
+        seen = f"leaves by {egress}" if egress else "could not be read"
+        raise InterfaceNotEnforcedError(
+            interface, f"{why}, and the route to {remote} {seen}", egress=egress) from refused
 
 
 def bind_server(sock: socket.socket, address: str, port: int, interface: str | None) -> None:
     """The one way every listening socket is bound: non-blocking, address reuse, dual-stack
-    on `::`, pinned to its interface when we may, then bound. A multicast `address` binds
-    the wildcard of its family (the group is joined separately)."""
+    on `::`, pinned to its interface (or failing, Rule 3), then bound. A multicast `address`
+    binds the wildcard of its family (the group is joined separately)."""
     import ipaddress
 
     sock.setblocking(False)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if sock.family == socket.AF_INET6 and address == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    bind_to_device(sock, interface)
+    bind_to_device(sock, interface)  # a listener on an interface serves only its peers
     if ipaddress.ip_address(address).is_multicast:
         address = "::" if ":" in address else "0.0.0.0"
     sock.bind((address, port))
 
 
 def connected_datagram_socket(c: Candidate) -> socket.socket:
-    """A UDP socket on the candidate's path: pinned to its interface, bound to its local
-    address and connected to its remote one (so the kernel reports ICMP errors to it)."""
+    """A UDP socket on the candidate's path: pinned to its interface (Rule 3), bound to its
+    local address and connected to its remote one (so the kernel reports ICMP errors to it)."""
     sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        bind_to_device(sock, c.interface)
+        bind_to_device(sock, c.interface, remote=c.remote_address, local=c.local_address)
         sock.bind((c.local_address, 0))
         sock.connect((c.remote_address, c.remote_port))
     except BaseException:
