@@ -100,6 +100,9 @@ class FailureKind(enum.StrEnum):
     """The connection was reset or closed by the peer during establishment."""
     UNSUPPORTED = "unsupported"
     """This machine or build cannot run the stack (no MPTCP in the kernel, no module)."""
+    POLICY = "policy"
+    """The attempt could not honour the policy on this machine (the kernel refused to hold
+    the socket to its interface and the route would leave by another one)."""
     PROTOCOL = "protocol"
     """The peer spoke something we cannot understand during establishment."""
     OTHER = "other"

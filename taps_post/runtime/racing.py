@@ -27,6 +27,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ..decision.decision import Candidate
 from ..errors import Attempt, FailureKind, RemoteProtocolError
+from ..stacks.base import InterfaceNotEnforcedError
 from .trace import Tracer
 
 __all__ = ["Abortable", "RaceResult", "classify", "race"]
@@ -56,6 +57,7 @@ _ERRNO_KINDS: dict[int, FailureKind] = {
     errno.EADDRNOTAVAIL: FailureKind.UNREACHABLE,
     errno.ENETDOWN: FailureKind.UNREACHABLE,
     errno.EHOSTDOWN: FailureKind.UNREACHABLE,
+    errno.ENODEV: FailureKind.UNREACHABLE,  # the interface went away
     errno.ECONNRESET: FailureKind.RESET,
     errno.ECONNABORTED: FailureKind.RESET,
     errno.EPIPE: FailureKind.RESET,
@@ -90,6 +92,9 @@ def _quic_kind(code: int) -> FailureKind:
 
 
 def _kind_of(exc: BaseException) -> FailureKind:
+    # By type before errno: connect() also says EPERM when a local firewall drops the packet.
+    if isinstance(exc, InterfaceNotEnforcedError):
+        return FailureKind.POLICY
     # ssl first: SSLError is an OSError whose errno is an SSL_ERROR_* number, not an errno.
     if isinstance(exc, ssl.SSLCertVerificationError):
         return FailureKind.TLS_VERIFY

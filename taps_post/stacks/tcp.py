@@ -325,7 +325,8 @@ class StreamStack:
         transport: Any = None
         try:
             if not _is_loopback(c.local_address):  # loopback routes only via lo anyway
-                bind_to_device(sock, c.interface)
+                bind_to_device(sock, c.interface, remote=c.remote_address,
+                               local=c.local_address)
             with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
                 sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((c.local_address, 0))

@@ -44,7 +44,7 @@ def egress_interface(remote_address: str, local_address: str | None = None) -> s
 
 def _lookup(remote_address: str, local_address: str | None) -> str | None:
     try:
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+        from pyroute2 import IPRoute
     except ImportError:
         return None
     query: dict[str, Any] = {"dst": remote_address.split("%")[0]}

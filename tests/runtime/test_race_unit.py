@@ -443,3 +443,11 @@ def test_classify_reads_no_text() -> None:
     """Rule: kinds come from types and errno; a message that reads like one changes nothing."""
     assert classify(RuntimeError("Connection refused")) is FailureKind.OTHER
     assert classify(OSError("timed out")) is FailureKind.OTHER
+
+
+def test_classify_an_unenforceable_interface_as_policy_not_as_a_firewall_eperm() -> None:
+    from taps_post.stacks.base import InterfaceNotEnforcedError
+
+    exc = InterfaceNotEnforcedError("a2", "the route leaves by a1", egress="a1")
+    assert classify(exc) is FailureKind.POLICY
+    assert classify(PermissionError(errno.EPERM, "firewall")) is not FailureKind.POLICY
