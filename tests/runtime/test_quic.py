@@ -1345,3 +1345,186 @@ def test_a_closed_udp_port_fails_as_refused_or_timeout(run: Any) -> None:
         assert not isinstance(attempt.exception, QuicClosedError)
 
     run(main(), 10)
+
+
+# ---- pins: by fingerprint, whatever verifyPeer says; tickets only from a pinned origin ---------
+
+
+def ca_and_leaf() -> tuple[tp.certs.Certificate, tp.certs.Certificate]:
+    """A CA certificate and a leaf for 127.0.0.1 it signed (with the leaf's key): pinning
+    the CA passes aioquic's chain check, but the CA is not the certificate presented."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "taps test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    import ipaddress
+
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOCAL)]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(LOCAL))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode()
+    return (tp.certs.Certificate(ca.public_bytes(pem).decode()),
+            tp.certs.Certificate(leaf.public_bytes(pem).decode(), key_pem))
+
+
+async def refused_by_pin(server: Server, remote: tp.Remote, pol: tp.PolicyContext,
+                         store: tp.AssociationStore) -> None:
+    """initiate() with an idempotent first message fails as tls_verify with the
+    PinMismatchError, and the server received no stream data at all (no carrier)."""
+    from taps_post.stacks.tls import PinMismatchError
+
+    with pytest.raises(tp.EstablishmentError) as info:
+        await tp.initiate(remote, policy=pol, store=store,
+                          send=tp.OutMessage(b"secret request", idempotent=True))
+    [attempt] = info.value.attempts
+    assert (attempt.outcome, attempt.kind) == ("failed", tp.FailureKind.TLS_VERIFY), attempt
+    assert isinstance(attempt.exception, PinMismatchError), attempt.exception
+    await asyncio.sleep(0.2)  # anything sent would have arrived by now
+    assert server.accepted == [], "application data reached the server"
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["verifyPeer-false", "verifyPeer-true"])
+def test_a_pinned_certificate_the_server_does_not_present_fails_as_tls_verify(
+        run: Any, cert: Any, verify: bool) -> None:
+    """The Remote pins A, the server presents B. verifyPeer false: aioquic checks nothing,
+    the fingerprint check refuses B. verifyPeer true with a pinned CA that signed B: the
+    chain passes, but a pin means this certificate, as over TLS."""
+
+    async def main() -> None:
+        ca, leaf = ca_and_leaf()
+        served = leaf if verify else cert
+        pinned = ca if verify else tp.certs.self_signed(["localhost", LOCAL])
+        async with serving(served, handler=echo) as server:
+            await refused_by_pin(server, server.remote(pinned),
+                                 policy(**{"security.verifyPeer": verify}),
+                                 tp.AssociationStore())
+
+    run(main(), 10)
+
+
+def test_wrong_quic_pin_is_refused_like_tls_on_a_dual_listener(run: Any, cert: Any) -> None:
+    """/tmp/taps/h8d_quicpin.py: one Listener serving QUIC and TLS, verifyPeer false, the
+    Remote pins another certificate: both schemes refuse it."""
+
+    async def main() -> None:
+        other = tp.certs.self_signed(["localhost", LOCAL])
+        listener = await tp.listen(tp.Local(address=LOCAL, port=0, certificates=[cert]),
+                                   policy=tp.PolicyContext(system=[], app_name="s"))
+        pol = tp.PolicyContext(system=[], app_name="c", app={
+            "version": 1, "layer": "app",
+            "rules": [{"id": "x", "set": {"security": {"verifyPeer": False}}}]})
+        try:
+            for scheme in ("quic", "tls"):
+                remote = tp.Remote.parse(f"{scheme}://{LOCAL}:{listener.ports[scheme]}",
+                                         certificates=[other])
+                with pytest.raises(tp.EstablishmentError) as info:
+                    await tp.initiate(remote, policy=pol, store=tp.AssociationStore())
+                assert [a.kind for a in info.value.attempts] == [tp.FailureKind.TLS_VERIFY]
+        finally:
+            await listener.close()
+
+    run(main(), 10)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["verifyPeer-false", "verifyPeer-true"])
+def test_a_ticket_from_a_server_with_another_certificate_is_not_resumed(
+        run: Any, cert: Any, verify: bool) -> None:
+    """A resumed handshake shows no certificate: a ticket the server B gave while it was not
+    pinned (verifyPeer false), or pinned as B, must not carry an idempotent first message in
+    0-RTT, nor resume, for a Remote that pins A (verifyPeer true: A is the CA that signed B,
+    so only the fingerprint check can refuse it)."""
+
+    async def main() -> None:
+        pol = policy(**{"security.verifyPeer": verify})
+        ca, leaf = ca_and_leaf()
+        served, pinned = (leaf, ca) if verify else (cert, tp.certs.self_signed([LOCAL]))
+        async with serving(served, handler=echo) as server:
+            store = tp.AssociationStore()
+            first = (tp.Remote.parse(f"quic://{LOCAL}:{server.port}",
+                                     certificates=[leaf, ca]) if verify  # B, and its chain
+                     else tp.Remote.parse(f"quic://{LOCAL}:{server.port}"))
+            reply, _ = await first_exchange(first, store, pol, b"hello", idempotent=True)
+            assert reply == b"echo:hello"
+            assert store.get(first.hostport).has_ticket("quic")
+            accepted = list(server.accepted)
+            server.accepted.clear()
+            try:
+                await refused_by_pin(server, server.remote(pinned), pol, store)
+            finally:
+                server.accepted += accepted
+
+    run(main(), 10)
+
+
+def test_a_ticket_made_without_verification_does_not_resume_a_verifying_connection(
+        run: Any, cert: Any) -> None:
+    """verifyPeer false, then true with the system's CAs (which do not know our
+    self-signed certificate): the second connection must verify, not resume."""
+
+    async def main() -> None:
+        async with serving(cert, handler=echo) as server:
+            store = tp.AssociationStore()
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{server.port}")
+            await first_exchange(remote, store, policy(**{"security.verifyPeer": False}),
+                                 b"hello", idempotent=True)
+            assert store.get(remote.hostport).has_ticket("quic")
+            with pytest.raises(tp.EstablishmentError) as info:
+                await tp.initiate(remote, policy=policy(), store=store)
+            assert [a.kind for a in info.value.attempts] == [tp.FailureKind.TLS_VERIFY]
+
+    run(main(), 10)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["verifyPeer-false", "verifyPeer-true"])
+def test_a_matching_pin_connects_and_its_tickets_resume_with_0rtt(
+        run: Any, cert: Any, verify: bool) -> None:
+    async def main() -> None:
+        pol = policy(**{"security.verifyPeer": verify})
+        async with serving(cert, handler=echo) as server:
+            store = tp.AssociationStore()
+            remote = server.remote(cert)
+            reply, t = await first_exchange(remote, store, pol, b"one", idempotent=True)
+            assert reply == b"echo:one" and not t.session_reused
+            reply, t = await first_exchange(remote, store, pol, b"two", idempotent=True)
+            assert reply == b"echo:two [early]"
+            assert (t.session_reused, t.early_sent, t.early_in_syn) == (True, True, True)
+
+    run(main(), 10)
+
+
+def test_trust_admits_only_tickets_whose_origin_proved_as_much() -> None:
+    """config.Trust.admits, the rule behind the tests above, case by case."""
+    from taps_post.stacks.quic.config import Origin, Trust
+
+    pinned = Trust(frozenset({"A"}), verify=False)
+    assert pinned.admits(Origin("A", False, False))
+    assert not pinned.admits(Origin("B", True, True)), "another certificate"
+    assert not pinned.admits(None), "a ticket nobody vouches for"
+    verifying = Trust(frozenset({"A"}), verify=True)
+    assert verifying.admits(Origin("A", True, False))
+    assert not verifying.admits(Origin("A", False, False)), "A, but never verified"
+    system = Trust(frozenset(), verify=True)
+    assert system.admits(Origin("B", True, True))
+    assert not system.admits(Origin("B", True, False)), "verified against pins, not the CAs"
+    assert not system.admits(Origin("B", False, False))
+    assert Trust(frozenset(), verify=False).admits(None)

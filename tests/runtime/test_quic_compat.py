@@ -18,6 +18,7 @@ import ast
 import asyncio
 import inspect
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ import taps_post as tp
 from taps_post.stacks import quic as quic_stack
 from taps_post.stacks.quic.compat import (
     offer_datagram_frames,
+    peer_certificate,
     peer_max_datagram_frame_size,
     refuse_early_data,
     set_identity,
@@ -319,6 +321,28 @@ def test_refuse_early_data_clients_resume_without_0rtt(cert: Any) -> None:
     assert not done.early_data_accepted
     received = [e for e in pair.server_events if isinstance(e, events.StreamDataReceived)]
     assert b"".join(e.data for e in received) == b"early?", "sent in 1-RTT instead"
+
+
+# ---- peer_certificate ------------------------------------------------------------------
+
+
+def test_peer_certificate_is_what_the_server_presented_and_none_on_resumption(
+        cert: Any) -> None:
+    """The pin check compares this with the pinned fingerprints; a resumed handshake shows
+    no certificate (so tickets carry their origin instead), nor does a client without one."""
+    store: dict[bytes, SessionTicket] = {}
+    pair = make_pair(cert, server_tickets=store)
+    assert peer_certificate(pair.client) is None, "nothing received yet"
+    pair.handshake()
+    pair.settle()
+    assert peer_certificate(pair.client) == ssl.PEM_cert_to_DER_cert(cert.cert_pem)
+    assert peer_certificate(pair.server) is None, "the client presented no certificate"
+    assert pair.client_tickets, "the server issued a session ticket"
+    resumed = make_pair(cert, ticket=pair.client_tickets[-1], server_tickets=store)
+    resumed.handshake()
+    done = next(e for e in resumed.client_events if isinstance(e, events.HandshakeCompleted))
+    assert done.session_resumed
+    assert peer_certificate(resumed.client) is None
 
 
 # ---- public aioquic behaviour QuicSession builds on -----------------------------------------

@@ -6,9 +6,10 @@ contract).
 Rule 2: modules, lowest first, each importing only those before it: `wire` (the bytes besides
 the framed stream: DATAGRAM frames, expiring-message streams), `compat` (every aioquic detail
 that is private or marked internal, and nothing else), `config` (QuicConfiguration from the
-policy's settings), `stream` (QuicStreamTransient, which sees its connection only as a
-`StreamHost`), `session` (QuicSession: aioquic's protocol pump, event routing,
-QuicClosedError), `stack` (QuicStack and QuicListening, the plug-in face).
+policy's settings; the pins and ticket origins a server must prove), `stream`
+(QuicStreamTransient, which sees its connection only as a `StreamHost`), `session`
+(QuicSession: aioquic's protocol pump, event routing, QuicClosedError), `stack` (QuicStack
+and QuicListening, the plug-in face).
 Rule 3: this `__init__` only re-exports; `taps_post.stacks` imports it lazily and takes
 `QuicStack` from it.
 """

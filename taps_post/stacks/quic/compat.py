@@ -22,10 +22,11 @@ from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["CHECKED", "offer_datagram_frames", "peer_max_datagram_frame_size",
-           "refuse_early_data", "set_identity", "set_peer_verification",
-           "stream_send_offsets"]
+__all__ = ["CHECKED", "offer_datagram_frames", "peer_certificate",
+           "peer_max_datagram_frame_size", "refuse_early_data", "set_identity",
+           "set_peer_verification", "stream_send_offsets"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
@@ -100,6 +101,25 @@ def peer_max_datagram_frame_size(quic: QuicConnection) -> int | None:
     # before sending. Checked against aioquic 1.2.0, 1.5.0, 1.6.0 and 1.7.2.
     size: int | None = quic._remote_max_datagram_frame_size
     return size
+
+
+def peer_certificate(quic: QuicConnection) -> bytes | None:
+    """The (DER) certificate the peer presented in this connection's handshake: None before
+    it arrived, and after a resumed handshake, where TLS 1.3 sends no certificate. A client
+    reads it once the handshake completed, to compare it with the pinned fingerprints."""
+    # Public but undocumented: QuicConnection.tls (None until the connection started).
+    # Private: tls.Context._peer_certificate, the cryptography x509.Certificate parsed from
+    # the peer's Certificate message (its signature over the handshake is checked before
+    # the handshake completes, with or without verification). aioquic has no accessor and
+    # its HandshakeCompleted event carries no certificate; the TLS context consults it only
+    # for its own chain check, against trust anchors, never by fingerprint.
+    # Checked against aioquic 1.6.0 and 1.7.2.
+    context = getattr(quic, "tls", None)
+    cert = getattr(context, "_peer_certificate", None)
+    if cert is None:
+        return None
+    der: bytes = cert.public_bytes(Encoding.DER)
+    return der
 
 
 def refuse_early_data(quic: QuicConnection) -> bool:

@@ -1,4 +1,5 @@
-"""aioquic configurations built from what the decision and the endpoints ask for.
+"""aioquic configurations built from what the decision and the endpoints ask for, and what a
+server must prove beyond them.
 
 Rule 1: one function per side, `client_configuration(AttemptSpec)` and
 `server_configuration(ListenSpec)`: the settings they read are the only ones that reach
@@ -7,21 +8,37 @@ Rule 2: verification is CERT_REQUIRED unless the policy says `verifyPeer: false`
 certificates (the Remote's) are the only trust anchors when given, else the system's CA file.
 Rule 3: public `QuicConfiguration` routes only (its documented fields, `load_verify_locations`);
 the fields aioquic marks internal are set through `compat`.
+Rule 4: a pin means "this certificate", as over TLS (taps_post.stacks.tls): `Trust.check`
+compares the server's certificate with the pinned fingerprints after every full handshake,
+whatever `verifyPeer` says, and raises PinMismatchError (racing: tls_verify). aioquic only
+uses pins as trust anchors, and not at all under `verifyPeer: false`.
+Rule 5: a resumed handshake shows no certificate (TLS 1.3 PSK), so a session ticket carries
+the `Origin` proven by the connection that received it (`QuicTicket`), and a connection
+resumes only with a ticket whose origin meets its own `Trust` (`Trust.admits`): with pins,
+the issuing server presented a pinned certificate; with verification, it was verified (against
+the system CAs when no pins are given). Any other ticket is not offered at all (a full
+handshake instead), so neither resumption nor 0-RTT data bypasses a pin or a verification
+the ticket's first connection did not make.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.tls import SessionTicket
 
-from ...certs import Certificate
+from ...certs import Certificate, fingerprint_of_der
 from ..base import AttemptSpec, ListenSpec
+from ..tls import PinMismatchError
 from .compat import offer_datagram_frames, set_identity, set_peer_verification
 from .wire import DATAGRAM_FRAME_SIZE
 
-__all__ = ["client_configuration", "server_configuration"]
+__all__ = ["Origin", "QuicTicket", "Trust", "client_configuration", "client_trust",
+           "server_configuration", "ticket_origin", "with_origin"]
 
 
 def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
@@ -61,3 +78,81 @@ def _load_identity(config: QuicConfiguration, identity: Sequence[Certificate]) -
                          serialization.load_pem_private_key(cert.key_pem.encode(), None))
             return True
     return False
+
+
+# ---- pins and the origin of session tickets -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Origin:
+    """What one connection proved about its server, and so about the tickets it received."""
+
+    fingerprint: str | None
+    """The certificate the server presented (and signed the handshake with, which aioquic
+    checks even without verification); None when it presented none."""
+    verified: bool
+    """aioquic verified the certificate's chain, dates and name."""
+    system_anchors: bool
+    """... against the system's CAs (not against pinned certificates)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trust:
+    """What a client connection requires of its server (see Rules 4 and 5)."""
+
+    pins: frozenset[str]
+    """Fingerprints of the pinned certificates; empty when the Remote pins none."""
+    verify: bool
+    """The policy's verifyPeer."""
+
+    @property
+    def system_anchors(self) -> bool:
+        return self.verify and not self.pins
+
+    def admits(self, origin: Origin | None) -> bool:
+        """May a ticket from a connection that proved `origin` resume this one?"""
+        if origin is None:  # a ticket nobody vouches for
+            return not self.pins and not self.verify
+        if self.pins and origin.fingerprint not in self.pins:
+            return False
+        if self.verify and not origin.verified:
+            return False
+        return not self.system_anchors or origin.system_anchors
+
+    def check(self, peer_der: bytes | None, resumed: bool, offered: Origin | None) -> Origin:
+        """What a completed handshake proved: the origin of the ticket it resumed with (only
+        tickets `admits()` accepts are offered, and resuming proves the server holds it), or
+        the certificate it presented. PinMismatchError when that is not a pinned one."""
+        if resumed:
+            return offered if offered is not None else Origin(None, False, False)
+        if peer_der is None:
+            if self.pins:
+                raise PinMismatchError(
+                    "the peer presented no certificate, but certificates are pinned")
+            return Origin(None, False, False)
+        got = fingerprint_of_der(peer_der)
+        if self.pins and got not in self.pins:
+            raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")
+        return Origin(got, self.verify, self.system_anchors)
+
+
+def client_trust(spec: AttemptSpec) -> Trust:
+    return Trust(frozenset(c.fingerprint for c in spec.pinned), spec.settings.verify_peer)
+
+
+@dataclasses.dataclass
+class QuicTicket(SessionTicket):
+    """aioquic's SessionTicket (what aioquic resumes with) plus the Origin it came from."""
+
+    origin: Origin | None = None
+
+
+def with_origin(ticket: SessionTicket, origin: Origin | None) -> QuicTicket:
+    fields = {f.name: getattr(ticket, f.name) for f in dataclasses.fields(ticket) if f.init}
+    fields["origin"] = origin
+    return QuicTicket(**fields)
+
+
+def ticket_origin(ticket: Any) -> Origin | None:
+    """The Origin a stored ticket carries; None for any other object (nobody vouches)."""
+    return ticket.origin if isinstance(ticket, QuicTicket) else None

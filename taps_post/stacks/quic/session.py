@@ -14,6 +14,10 @@ unless the close was a clean NO_ERROR. An ICMP error during the handshake fails 
 with the OSError itself (racing classifies both).
 Rule 4: no private aioquic name is used here: where aioquic has no public route, the access
 is a function of `compat`, tested against real aioquic connections.
+Rule 5: a client session with a `Trust` checks it when aioquic reports the handshake
+completed (`config.Trust.check`), before aioquic transmits again: on a pin mismatch the
+connection closes (CRYPTO_ERROR plus bad_certificate) with nothing of the application sent,
+the handshake waiter raises the PinMismatchError, and no later event is routed.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from typing import Any, cast
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
-from .compat import peer_max_datagram_frame_size, refuse_early_data
+from .compat import peer_certificate, peer_max_datagram_frame_size, refuse_early_data
+from .config import Origin, Trust
 from .stream import QuicStreamTransient
 from .wire import is_unidirectional, split_uni
 
@@ -36,6 +42,9 @@ __all__ = ["QuicClosedError", "QuicSession"]
 
 _IDLE_CLOSE = 0.5
 """Seconds a connection lingers after its last carrier closed (a fork may follow)."""
+_BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
+"""How a client closes on a pin mismatch: the TLS bad_certificate alert (RFC 9001 section
+4.8), as aioquic's own chain check does."""
 
 
 class QuicClosedError(ConnectionError):
@@ -108,7 +117,8 @@ class QuicSession(QuicConnectionProtocol):
                  interface: str | None = None,
                  on_stream: Callable[[QuicStreamTransient], None] | None = None,
                  per_msg_reliability: bool = False, allow_early: bool = True,
-                 on_terminated: Callable[[QuicSession], None] | None = None) -> None:
+                 on_terminated: Callable[[QuicSession], None] | None = None,
+                 trust: Trust | None = None, offered: Origin | None = None) -> None:
         super().__init__(quic, stream_handler)
         self.connection = quic
         """The sans-I/O aioquic connection this protocol pumps (we made it, so we keep it)."""
@@ -153,6 +163,14 @@ class QuicSession(QuicConnectionProtocol):
         allow early data, so clients resume with a 1-RTT handshake."""
         self._tasks: set[asyncio.Task[None]] = set()
         """Graceful stream closes started by a synchronous transport.close()."""
+        self.trust = trust
+        """What the server must prove (a client's); None for a listener's sessions."""
+        self.offered_origin = offered
+        """The Origin of the session ticket this client offered, if it offered one."""
+        self.origin: Origin | None = None
+        """What the completed handshake proved (Rule 5): the tickets it brings carry it."""
+        self.refusal: BaseException | None = None
+        """Why this client refused its server after the handshake (a pin mismatch)."""
 
     @property
     def datagrams_negotiated(self) -> bool:
@@ -183,6 +201,8 @@ class QuicSession(QuicConnectionProtocol):
         QuicClosedError with aioquic's error code)."""
         if self.handshake_done:
             return
+        if self.refusal is not None:
+            raise self.refusal
         if not self.is_open:
             if self.termination is not None:
                 raise QuicClosedError(self.termination.error_code,
@@ -322,7 +342,11 @@ class QuicSession(QuicConnectionProtocol):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if self.refusal is not None and not isinstance(event, events.ConnectionTerminated):
+            return  # a refused server's data goes nowhere
         if isinstance(event, events.HandshakeCompleted):
+            if self.trust is not None and not self._trusted(event):
+                return
             self.handshake_done = True
             self.early_data_accepted = event.early_data_accepted
             self.session_resumed = event.session_resumed
@@ -352,6 +376,21 @@ class QuicSession(QuicConnectionProtocol):
                 self.loop.call_soon(self._out.close)
             if self.on_terminated is not None:
                 self.on_terminated(self)
+
+    def _trusted(self, event: events.HandshakeCompleted) -> bool:
+        """Check the pins (Rule 5). Called while aioquic's events are processed, before its
+        next transmit, so a refused server receives the close and nothing else."""
+        assert self.trust is not None
+        try:
+            self.origin = self.trust.check(peer_certificate(self.connection),
+                                           event.session_resumed, self.offered_origin)
+        except Exception as exc:
+            self.refusal = exc
+            self.connection.close(error_code=_BAD_CERTIFICATE, frame_type=QuicFrameType.CRYPTO,
+                                  reason_phrase=str(exc))
+            self._handshake_failed(exc)
+            return False
+        return True
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id

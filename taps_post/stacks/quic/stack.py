@@ -9,7 +9,12 @@ itself, so racing classifies either. Whatever it made is closed before it raises
 Rule 3: session tickets come from and go to `SessionState` (the Association), only while the
 policy allows the session cache; 0-RTT carries a copy of the first message, only when it is
 idempotent, a ticket resumes, and the policy allows it.
-Rule 4: a listener is aioquic's own `QuicServer` whose `create_protocol` makes our sessions;
+Rule 4: pins are checked by fingerprint whatever `verifyPeer` says (config, Rule 4): connect()
+fails with PinMismatchError before anything of the application is sent. A ticket is offered
+(so resumption and 0-RTT happen) only when its Origin meets this attempt's Trust, and a
+ticket is kept only from a connection that passed its check, stamped with what it proved
+(config, Rule 5).
+Rule 5: a listener is aioquic's own `QuicServer` whose `create_protocol` makes our sessions;
 the listener keeps its own set of them, never the server's table.
 """
 
@@ -25,7 +30,14 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
 from ..base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
-from .config import client_configuration, server_configuration
+from .config import (
+    Origin,
+    client_configuration,
+    client_trust,
+    server_configuration,
+    ticket_origin,
+    with_origin,
+)
 from .session import QuicSession
 from .stream import QuicStreamTransient
 
@@ -42,15 +54,21 @@ class QuicStack:
         loop = asyncio.get_running_loop()
         c = spec.candidate
         config = client_configuration(spec)
+        trust = client_trust(spec)
         ticket: SessionTicket | None = (spec.association.take_ticket("quic")
                                         if spec.settings.session_cache else None)
-        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host:
+        offered: Origin | None = None
+        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host \
+                and trust.admits(ticket_origin(ticket)):
             config.session_ticket = ticket
+            offered = ticket_origin(ticket)
         association = spec.association
+        sessions: list[QuicSession] = []
 
         def keep(t: SessionTicket) -> None:
-            if spec.settings.session_cache:
-                association.add_ticket("quic", t)
+            # Only from a server that passed this attempt's check, with what it proved.
+            if spec.settings.session_cache and sessions and sessions[0].handshake_done:
+                association.add_ticket("quic", with_origin(t, sessions[0].origin))
 
         quic = QuicConnection(configuration=config, session_ticket_handler=keep)
         sock = connected_datagram_socket(c)
@@ -60,10 +78,12 @@ class QuicStack:
             per_msg = spec.settings.per_msg_reliability
             _, proto = await loop.create_datagram_endpoint(
                 lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
-                                    interface=c.interface, per_msg_reliability=per_msg),
+                                    interface=c.interface, per_msg_reliability=per_msg,
+                                    trust=trust, offered=offered),
                 sock=sock)
             session = proto
             assert session is not None
+            sessions.append(session)
             session.owns_transport = True
             session.remote_address = (c.remote_address, c.remote_port)
             # aioquic matches network paths on the exact tuple the socket reports: a 4-tuple
