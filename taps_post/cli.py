@@ -5,6 +5,8 @@ line per problem on stderr, never a traceback), 3 a valid request the policy can
 (`no_candidates`, `policy_prohibited`).
 Rule 2: explaining must start fast, so this module imports nothing from the asyncio runtime
 or aioquic, and imports heavy modules only inside the command that needs them.
+Rule 3: every file named on the command line is screened before anything reads it: a FIFO,
+a device or a dangling symlink is an exit-2 line naming it, never a hang or a skip.
 """
 
 from __future__ import annotations
@@ -83,12 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _dispatch(args)
-    except InputError as exc:
+    except InputError as exc:  # SystemPolicyError too: the system layer cannot be loaded
         for diag in exc.diagnostics:
             print(diag, file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file we were pointed at, refusing to be read: still input
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
 
@@ -107,9 +113,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _explain(args)
 
 
+def _screened(paths: Sequence[str]) -> list[str]:
+    """`paths` expanded to the files they name, or InputError for every one that must not be
+    opened (Rule 3)."""
+    from .policy.load import screen_paths
+
+    files, problems = screen_paths(paths)
+    if problems:
+        from .errors import InputError
+
+        raise InputError(problems)
+    return files
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .dryrun import explain
 
+    if args.env:
+        _screened([args.env])
     system: Any = [] if args.no_system else args.system
     decision = explain(args.target, system=system, app=args.app, carrier=args.carrier,
                        app_name=args.app_name, kind=args.kind, env=args.env)
@@ -137,9 +158,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from .decision.envfile import load_environment
+    from .policy.load import screen_paths
     from .policy.validate import validate_paths
 
-    report = validate_paths(args.paths, load_snapshot=load_environment)
+    files, problems = screen_paths(args.paths)
+    report = validate_paths(files, load_snapshot=load_environment)
+    report.errors[:0] = problems
     for diag in report.errors:
         print(diag, file=sys.stderr)
     for warning in report.warnings:

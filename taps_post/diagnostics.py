@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Diagnostic", "InputError", "TapsError"]
+__all__ = ["Diagnostic", "InputError", "SystemPolicyError", "TapsError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +45,12 @@ class InputError(TapsError, ValueError):
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
         self.diagnostics = tuple(diagnostics)
         super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class SystemPolicyError(InputError):
+    """The system layer (the administrator's policy) cannot be loaded: nothing may be decided.
+
+    An InputError like any other to the command line (exit 2, one line per problem), but the
+    runtime must not treat it as the application's mistake and carry on without the layer:
+    dropping what the administrator wrote would fail open. The runtime turns it into a
+    PolicyError (taps_post.errors sits above the policy layer, which cannot raise that)."""

@@ -9,6 +9,13 @@ loaded document can be cached and shared by every PolicyContext and Decision tha
 Rule 4: a file is parsed again whenever its identity on disk changes (path, inode, size,
 mtime) or the stack catalogue does (it decides which `stack.NAME` keys exist); a document's
 `digest` names its content, so equal inputs give equal fingerprints.
+Rule 5: fail closed. Every path named, and every *.yaml/*.yml entry of a directory named, is
+loaded or is an error (`file: what is wrong`): a dangling symlink, a FIFO, a device, an
+unreadable or oversized file is never skipped. Only regular files are opened (stat first,
+then O_NONBLOCK and fstat on the descriptor), and never more than MAX_FILE_BYTES is read.
+Rule 6: as root, a system policy file, and the directories that hold it, must be owned by
+root and writable by root alone (sshd's StrictModes); anything else is refused by name and
+mode. The bundled default is exempt: it ships with the code.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from types import MappingProxyType
@@ -32,16 +39,24 @@ from .registry import PROFILES, REGISTRY, lookup, nearest
 from .yamlpos import Path, Positions, load_yaml
 
 __all__ = [
+    "ETC_POLICY_DIR",
     "LAYERS",
+    "MAX_FILE_BYTES",
+    "SUFFIXES",
     "LoadedRule",
     "PolicyFile",
     "PolicySpec",
     "Statement",
     "bundled_path",
     "discover_system_sources",
+    "disk_state",
     "load_document",
     "load_layer",
+    "policy_entries",
     "pydantic_diagnostics",
+    "read_policy_text",
+    "screen_paths",
+    "source_paths",
 ]
 
 LAYERS: tuple[str, ...] = ("defaults", "system", "app", "carrier")
@@ -118,20 +133,78 @@ def bundled_path(*parts: str) -> FsPath:
     return here.parent.joinpath(*parts)
 
 
+ETC_POLICY_DIR = "/etc/taps-post/policy.d"
+"""Where the administrator's system policy lives when $TAPS_POST_SYSTEM_POLICY is unset."""
+
+SUFFIXES = (".yaml", ".yml")
+"""The entries of a policy directory that are policy: every one is loaded or an error."""
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""A policy file larger than this is refused before it is read (a policy is text people
+write; anything bigger is a mistake or an attack on the loader)."""
+
+_TRUST = "system policy must be owned by root and not group/other-writable"
+
+
 def discover_system_sources() -> list[str]:
     """$TAPS_POST_SYSTEM_POLICY, else /etc/taps-post/policy.d, else the bundled default
-    (docs/policy-language.md, "Layers and where they come from")."""
+    (docs/policy-language.md, "Layers and where they come from").
+
+    Fails closed: anything at ETC_POLICY_DIR that is not an empty directory (a dangling
+    symlink, an unreadable directory, a file) is the system layer, and loading it reports what
+    is wrong, rather than falling back to the bundled default the administrator replaced."""
     env = os.environ.get("TAPS_POST_SYSTEM_POLICY")
     if env:
         return [env]
-    etc = FsPath("/etc/taps-post/policy.d")
-    if etc.is_dir() and any(_policy_files(etc)):
-        return [str(etc)]
-    return [str(bundled_path("policies", "system", "default.yaml"))]
+    etc = ETC_POLICY_DIR
+    try:
+        st = os.stat(etc)
+    except FileNotFoundError:
+        if not os.path.lexists(etc):
+            return [str(bundled_path("policies", "system", "default.yaml"))]
+        return [etc]  # a dangling symlink: loading says so
+    except OSError:
+        return [etc]  # e.g. /etc/taps-post not searchable: loading says so
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError([Diagnostic(etc, f"not a directory ({_kind(st.st_mode)}); the system "
+                                          "policy directory holds *.yaml files")])
+    try:
+        names = _listing(etc, st)
+    except OSError:
+        return [etc]
+    return [etc] if names else [str(bundled_path("policies", "system", "default.yaml"))]
 
 
-def _policy_files(directory: FsPath) -> list[FsPath]:
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+def policy_entries(directory: str) -> list[str]:
+    """The names in `directory` that are policy files (*.yaml, *.yml), whatever kind of file
+    each is, in name order: a FIFO or a dangling symlink there is an error, never skipped."""
+    return sorted(n for n in os.listdir(directory) if os.path.splitext(n)[1] in SUFFIXES)
+
+
+_LISTINGS: dict[tuple[str, int, int, int, int], tuple[str, ...]] = {}
+
+
+def _listing(directory: str, st: os.stat_result) -> tuple[str, ...]:
+    """policy_entries(), reused while the directory's inode and mtime stay the same (adding,
+    removing or renaming an entry changes the mtime), so a live context's check per decision
+    costs a stat, not a listing."""
+    key = (directory, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    found = _LISTINGS.get(key)
+    if found is None:
+        found = tuple(policy_entries(directory))
+        if len(_LISTINGS) >= _CACHE_LIMIT:
+            _LISTINGS.clear()
+        _LISTINGS[key] = found
+    return found
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISLNK, "a symlink"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 _FILES: dict[tuple[str, str, int, int, int, int, int], PolicyFile] = {}
@@ -147,11 +220,14 @@ def load_layer(spec: PolicySpec, layer: str) -> tuple[PolicyFile, ...]:
     docs: list[PolicyFile] = []
     problems: list[Diagnostic] = []
     for item in _expand(spec, layer):
+        if isinstance(item, Diagnostic):
+            problems.append(item)
+            continue
         try:
             if isinstance(item, Mapping):
                 docs.append(_load_mapping(item, layer))
             else:
-                docs.append(_load_file(item, layer))
+                docs.append(_load_file(item[0], layer, item[1], item[2]))
         except InputError as exc:
             problems.extend(exc.diagnostics)
     if problems:
@@ -159,7 +235,12 @@ def load_layer(spec: PolicySpec, layer: str) -> tuple[PolicyFile, ...]:
     return tuple(docs)
 
 
-def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
+_Item = Mapping[str, Any] | tuple[str, str | None, os.stat_result | None] | Diagnostic
+"""A document given as data, a file (with the directory it was listed from, whose trust is
+checked already, and its stat when one was taken), or a problem found while expanding."""
+
+
+def _expand(spec: PolicySpec, layer: str) -> Iterable[_Item]:
     if spec is None:
         return
     if isinstance(spec, Mapping):
@@ -168,15 +249,27 @@ def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         try:
-            is_dir = stat.S_ISDIR(os.stat(text).st_mode)
-        except (OSError, ValueError):
-            raise InputError([Diagnostic(text, f"no such {layer} policy file or directory")]
-                             ) from None
-        if is_dir:
-            for p in _policy_files(FsPath(text)):
-                yield os.path.join(text, p.name)
-        else:
-            yield text
+            st = os.stat(text)
+        except (OSError, ValueError) as exc:
+            yield _missing(text, exc, f"no such {layer} policy file or directory")
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            yield (text, None, st)
+            return
+        listed_in = None
+        if layer == "system" and _strict():
+            listed_in = os.path.abspath(text)
+            if (why := _untrusted_dir(listed_in, listed=True)) is not None:
+                yield Diagnostic(text, f"refused: {why}; {_TRUST}")
+                return
+        try:
+            names = policy_entries(text)
+        except OSError as exc:
+            yield Diagnostic(text, f"cannot list the {layer} policy directory: "
+                                   f"{exc.strerror or exc}")
+            return
+        for name in names:
+            yield (os.path.join(text, name), listed_in, None)
         return
     if isinstance(spec, Sequence):
         for item in spec:
@@ -188,31 +281,312 @@ def _expand(spec: PolicySpec, layer: str) -> Iterable[str | Mapping[str, Any]]:
     )
 
 
+def _missing(path: str, exc: Exception, absent: str) -> Diagnostic:
+    """Why `path` cannot be stat'ed, saying so plainly for the common cases."""
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:  # pragma: no cover (replaced between the two calls)
+            target = "?"
+        return Diagnostic(path, f"dangling symlink to {target!r}: the file it names does "
+                                "not exist")
+    if isinstance(exc, (FileNotFoundError, ValueError)):
+        return Diagnostic(path, absent)
+    if isinstance(exc, OSError):
+        return Diagnostic(path, f"cannot read policy: {exc.strerror or exc}")
+    return Diagnostic(path, f"cannot read policy: {exc}")  # pragma: no cover
+
+
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _load_file(path: str, layer: str) -> PolicyFile:
+def _check_stat(path: str, st: os.stat_result, layer: str, listed_in: str | None
+                ) -> Diagnostic | None:
+    """Why the file `st` describes must not be read, if it must not: not a regular file (a
+    FIFO would block the reader, /dev/zero would never end), too large, or (root only, system
+    layer) writable by someone other than root."""
+    if not stat.S_ISREG(st.st_mode):
+        return Diagnostic(path, f"not a regular file ({_kind(st.st_mode)}); policy is read "
+                                "only from regular files")
+    if st.st_size > MAX_FILE_BYTES:
+        return Diagnostic(path, f"too large: {st.st_size} bytes; a policy file may hold at "
+                                f"most {MAX_FILE_BYTES} bytes (16 MiB)")
+    if layer == "system" and _strict():
+        why = _untrusted_file(path, st, listed_in)
+        if why is not None:
+            return Diagnostic(path, f"refused: {why}; {_TRUST}")
+    return None
+
+
+def _load_file(path: str, layer: str, listed_in: str | None = None,
+               st: os.stat_result | None = None) -> PolicyFile:
+    if st is None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError) as exc:
+            raise InputError([_missing(path, exc, f"no such {layer} policy file")]) from None
+    if (problem := _check_stat(path, st, layer, listed_in)) is not None:
+        raise InputError([problem])
+    before = _identity(st)
+    key = (path, layer, *before, catalog.version())
+    cached = _FILES.get(key)
+    if cached is not None:
+        return cached
+    raw, after = _read_regular(path, layer, listed_in, st)
     try:
-        before = _identity(os.stat(path))
-        key = (path, layer, *before, catalog.version())
-        cached = _FILES.get(key)
-        if cached is not None:
-            return cached
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        after = _identity(os.stat(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError([Diagnostic(path, f"cannot read policy: {exc}")]) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError([_not_utf8(path, raw, exc)]) from None
     data, positions = load_yaml(text, path)
     stem = FsPath(path).stem
     digest = _digest(text)
     loaded = _build(data, positions, layer, path, stem, digest)
-    if after == before:  # not rewritten while we read it: this text is what the key names
+    if _identity(after) == before:  # not replaced or rewritten while we read it
         if len(_FILES) >= _CACHE_LIMIT:
             _FILES.clear()
         _FILES[key] = loaded
     return loaded
+
+
+def _read_regular(path: str, layer: str, listed_in: str | None, checked: os.stat_result
+                  ) -> tuple[bytes, os.stat_result]:
+    """The bytes of `path`, read only if the descriptor opened is the file `checked`
+    describes, or another that passes the same checks (it may have been swapped since it was
+    stat'ed): O_NONBLOCK so that opening a FIFO put there meanwhile cannot block, and never
+    more than the limit read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InputError([_missing(path, exc, f"no such {layer} policy file")]) from None
+    try:
+        st = os.fstat(fd)
+        same = (st.st_dev, st.st_ino, st.st_mode, st.st_uid) == (
+            checked.st_dev, checked.st_ino, checked.st_mode, checked.st_uid)
+        if not same and (problem := _check_stat(path, st, layer, listed_in)) is not None:
+            raise InputError([problem])
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise InputError([Diagnostic(path, f"too large: it grew over {MAX_FILE_BYTES} "
+                                               "bytes (16 MiB) while being read")])
+        return b"".join(chunks), os.fstat(fd)
+    except OSError as exc:
+        raise InputError([Diagnostic(path, f"cannot read policy: {exc.strerror or exc}")]
+                         ) from None
+    finally:
+        os.close(fd)
+
+
+def screen_paths(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[Diagnostic]]:
+    """The files `paths` name (a directory: its *.yaml/*.yml entries, in name order), split
+    into those that may be opened and a Diagnostic for each that may not (missing, dangling,
+    not a regular file, too large), without opening any: for tools that read the files
+    themselves, so that a FIFO or /dev/zero among them is reported instead of read."""
+    files: list[str] = []
+    problems: list[Diagnostic] = []
+    for spec in paths:
+        text = os.fspath(spec)
+        try:
+            st = os.stat(text)
+        except (OSError, ValueError) as exc:
+            problems.append(_missing(text, exc, "no such file or directory"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                names = policy_entries(text)
+            except OSError as exc:
+                problems.append(Diagnostic(text, f"cannot list the directory: "
+                                                 f"{exc.strerror or exc}"))
+                continue
+            entries = [os.path.join(text, n) for n in names]
+        else:
+            entries = [text]
+        for path in entries:
+            try:
+                est = st if path == text else os.stat(path)
+            except (OSError, ValueError) as exc:
+                problems.append(_missing(path, exc, "no such file"))
+                continue
+            if (problem := _check_stat(path, est, "app", None)) is not None:
+                problems.append(problem)
+            else:
+                files.append(path)
+    return files, problems
+
+
+def read_policy_text(path: str | os.PathLike[str], *, layer: str = "app") -> str:
+    """The text of one file, with every check loading a policy file applies (a regular file,
+    at most MAX_FILE_BYTES, UTF-8; for the system layer as root, trusted), for the readers
+    outside this module: environment snapshots, validate's look at a file's `layer:`."""
+    text = os.fspath(path)
+    try:
+        st = os.stat(text)
+    except (OSError, ValueError) as exc:
+        raise InputError([_missing(text, exc, "no such file")]) from None
+    if (problem := _check_stat(text, st, layer, None)) is not None:
+        raise InputError([problem])
+    raw, _after = _read_regular(text, layer, None, st)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError([_not_utf8(text, raw, exc)]) from None
+
+
+def _not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> Diagnostic:
+    return Diagnostic(path, f"cannot read: not UTF-8 text (byte {raw[exc.start]:#04x} at "
+                            f"offset {exc.start})")
+
+
+# --- trusted files (as root, like sshd's StrictModes) ------------------------------------------
+
+
+def _strict() -> bool:
+    """Only root checks who may write the system policy: root is the user whose decisions a
+    file writable by someone else would hand to that someone."""
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
+
+
+_BUNDLED: list[str] = []
+
+
+def _is_bundled(full: str) -> bool:
+    """The bundled default ships with the code: whoever can write it can write the code."""
+    if not _BUNDLED:
+        _BUNDLED.append(str(bundled_path("policies")) + os.sep)
+    return full.startswith(_BUNDLED[0])
+
+
+def _writable_by_others(st: os.stat_result) -> str | None:
+    who = [name for bit, name in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others"))
+           if st.st_mode & bit]
+    if who:
+        return f"mode {stat.S_IMODE(st.st_mode):04o} is writable by {' and '.join(who)}"
+    return None
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _untrusted_dir(full: str, *, listed: bool, depth: int = 0) -> str | None:
+    """Why the directory `full` (an absolute path), or one above it, cannot be trusted. A
+    listed directory must be writable by root alone (whoever can add a file there writes
+    policy); any other, a root-owned sticky directory such as /tmp included, is fine when
+    nobody but root can write it or rename root's entries in it. A symlink on the way is
+    checked twice over: where it leads (resolved), and the directories holding the link
+    (lstat all the way: resolving every path would cost a call per component each load)."""
+    here, first = full, True
+    while True:
+        try:
+            st = os.lstat(here)
+        except OSError as exc:
+            return f"cannot check directory {here}: {exc.strerror or exc}"
+        if stat.S_ISLNK(st.st_mode):
+            if depth > 8:  # pragma: no cover (a symlink race)
+                return f"cannot check directory {here}: it keeps changing"
+            why = _untrusted_dir(os.path.realpath(here), listed=listed and first,
+                                 depth=depth + 1)
+            if why is not None:
+                return why
+        else:
+            strict = first and listed
+            what = "" if strict and depth == 0 else f"directory {here}: "
+            if st.st_uid != 0:
+                return f"{what}owned by {_owner(st.st_uid)}, not root"
+            why = _writable_by_others(st)
+            if why is not None and (strict or not st.st_mode & stat.S_ISVTX):
+                return f"{what}{why}"
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here, first = parent, False
+
+
+def _untrusted_file(path: str, st: os.stat_result, listed_in: str | None) -> str | None:
+    """Why the system policy file `path` cannot be trusted: the file itself, and the
+    directories holding it (a symlink is followed to where the text lives)."""
+    full = os.path.abspath(path)
+    if _is_bundled(full):
+        return None
+    if st.st_uid != 0:
+        return f"owned by {_owner(st.st_uid)}, not root"
+    why = _writable_by_others(st)
+    if why is not None:
+        return why
+    holders = [os.path.dirname(full)]
+    try:
+        if stat.S_ISLNK(os.lstat(full).st_mode):  # where the link is, and where the text is
+            holders.append(os.path.dirname(os.path.realpath(full)))
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror or exc}"
+    for holder in holders:
+        if holder != listed_in:  # a listed directory was checked once for all its entries
+            why = _untrusted_dir(holder, listed=False)
+            if why is not None:
+                return why
+    return None
+
+
+# --- live system layer: what a context checks per decision ----------------------------------
+
+
+def source_paths(spec: PolicySpec) -> list[str]:
+    """The paths (files and directories) a layer argument names; documents given as data
+    have no place on disk to watch."""
+    if spec is None or isinstance(spec, Mapping):
+        return []
+    if isinstance(spec, (str, os.PathLike)):
+        return [os.fspath(spec)]
+    if isinstance(spec, Sequence):
+        return [p for item in spec for p in source_paths(item)]
+    return []
+
+
+def disk_state(paths: Sequence[str]) -> tuple[Hashable, ...]:
+    """What `paths` look like on disk, cheaply: each file's and directory's (dev, inode,
+    size, mtime, ctime, mode, owner), and the same for every policy entry of a directory
+    (whose listing is reused while the directory's mtime stays). Equal states, same files:
+    a changed state means load again (docs/policy-language.md, "Editing the system policy")."""
+    return tuple(_path_state(p) for p in paths)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid)
+
+
+def _path_state(path: str) -> Hashable:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return (path, getattr(exc, "errno", None) or str(exc))
+    if not stat.S_ISDIR(st.st_mode):
+        return (path, _stamp(st))
+    try:
+        names = _listing(path, st)
+    except OSError as exc:
+        return (path, _stamp(st), exc.errno)
+    entries: list[Hashable] = []
+    for name in names:
+        try:
+            entries.append(_stamp(os.stat(os.path.join(path, name))))
+        except (OSError, ValueError) as exc:
+            entries.append((name, getattr(exc, "errno", None)))
+    return (path, _stamp(st), names, tuple(entries))
 
 
 def _digest(text: str) -> str:

@@ -62,7 +62,14 @@ class Positions:
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 MAX_NODES = 100_000
-"""Nodes a document may expand to through aliases: an alias bomb must fail fast, not hang."""
+"""Values a document may expand to through aliases and merge keys: an alias bomb must fail
+fast, not hang (counted while walking the composed nodes, before any Python data exists)."""
+
+MAX_EVENTS = 3 * MAX_NODES + 4
+"""YAML events (scalars, aliases, collection starts and ends) a document may hold. A value
+costs at most three (its key, its start, its end), so no document within MAX_NODES is
+refused by it. libyaml counts them in one C pass before anything is composed: a flat list of
+a million items is refused for the cost of reading it, not the 300 MB its nodes would take."""
 
 
 def render_path(path: Path) -> str:
@@ -82,6 +89,10 @@ def load_yaml(text: str, source: str) -> tuple[Any, Positions]:
     positions = Positions(source)
     loader = _Loader(text)
     try:
+        if (events := _count_events(text)) is not None and events > MAX_EVENTS:
+            raise InputError([Diagnostic(
+                source, f"invalid YAML: the document holds more than {MAX_EVENTS} YAML nodes "
+                        f"(a policy document may expand to at most {MAX_NODES} values)")])
         node = loader.get_single_node()
         if node is None:
             return None, positions
@@ -120,6 +131,28 @@ def load_yaml(text: str, source: str) -> tuple[Any, Positions]:
     return data, positions
 
 
+def _count_events(text: str) -> int | None:
+    """How many YAML events `text` holds, up to just over MAX_EVENTS; None when it is too
+    short to hold more than MAX_NODES (about one event per character at most), which spares
+    every ordinary policy file the extra pass."""
+    if len(text) <= MAX_NODES:
+        return None
+    counter = _Loader(text)
+    try:
+        raw_parse = getattr(counter, "raw_parse", None)
+        if raw_parse is not None:  # libyaml: events counted in C, none built as objects
+            return int(raw_parse())
+        count = 0  # pragma: no cover (the pure-Python parser, when libyaml is missing)
+        while counter.check_event():  # pragma: no cover
+            counter.get_event()  # type: ignore[no-untyped-call]
+            count += 1
+            if count > MAX_EVENTS:
+                break
+        return count  # pragma: no cover
+    finally:
+        counter.dispose()
+
+
 def _line_col(text: str, position: int) -> tuple[int, int]:
     before = text[:position]
     return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
@@ -153,7 +186,11 @@ def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.Mar
 
 
 class _Walker:
-    """Records positions and checks keys; refuses recursive aliases and alias bombs."""
+    """Records positions and checks keys; refuses recursive aliases and alias bombs.
+
+    Merge keys (`<<: *base`) are walked too, under the path `<<`, though nothing reports a
+    position there: what they bring in is data like any other, and an alias bomb hidden in a
+    merge would otherwise reach the constructor and pydantic uncounted."""
 
     def __init__(self, positions: Positions) -> None:
         self.positions = positions
@@ -187,6 +224,7 @@ class _Walker:
         seen: dict[Hashable, yaml.Node] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
+                self.walk(value_node, (*path, "<<"))
                 continue
             scalar = isinstance(key_node, yaml.ScalarNode)
             key: Hashable = key_node.value if scalar else id(key_node)
