@@ -30,6 +30,7 @@ from .errors import (
     MessageTooLargeError,
     PolicyError,
     RemoteProtocolError,
+    SystemPolicyError,
     TapsError,
     UsageError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Responder",
     "Sink",
     "Source",
+    "SystemPolicyError",
     "TapsError",
     "Transient",
     "UsageError",

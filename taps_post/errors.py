@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .diagnostics import Diagnostic, InputError, TapsError
+from .diagnostics import Diagnostic, InputError, SystemPolicyError, TapsError
 
 if TYPE_CHECKING:
     from .decision.decision import Decision
@@ -41,6 +41,7 @@ __all__ = [
     "MessageTooLargeError",
     "PolicyError",
     "RemoteProtocolError",
+    "SystemPolicyError",
     "TapsError",
     "UsageError",
 ]
@@ -56,9 +57,10 @@ class ArgumentError(UsageError, ValueError, TypeError):
 
 
 class PolicyError(TapsError):
-    """The policy in force leaves no way to serve the request."""
+    """The policy in force leaves no way to serve the request (`decision` says why), or the
+    system policy cannot be loaded at all (`decision` is None, `__cause__` says what)."""
 
-    def __init__(self, message: str, decision: Decision) -> None:
+    def __init__(self, message: str, decision: Decision | None) -> None:
         super().__init__(message)
         self.decision = decision
 

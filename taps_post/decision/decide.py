@@ -67,6 +67,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     line behind it (docs/explain.md). Conflicting enforced statements stop it before any
     candidate is built (`policy_prohibited`).
     """
+    policy = policy.current()  # one snapshot of a live system layer for the whole decision
     resolution = policy.resolve_for(request)
     effective, conflicts, memo = resolution.effective, resolution.conflicts, resolution.memo
     matched = frozenset((f.source, r.id) for f, r in resolution.matched)

@@ -25,7 +25,7 @@ from pydantic import (
 
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
-from ..policy.load import pydantic_diagnostics
+from ..policy.load import pydantic_diagnostics, read_policy_text
 from ..policy.model import enum_schema, one_of
 from ..policy.registry import INTERFACE_TYPES
 from ..policy.yamlpos import Positions, load_yaml
@@ -109,8 +109,7 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
         key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, catalog.version())
         if key in _CACHE:
             return _CACHE[key]
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_policy_text(path)  # a regular file, bounded: never a FIFO or /dev/zero
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
     data, pos = load_yaml(text, path)

@@ -36,6 +36,7 @@ from ..decision.decide import decide
 from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
+from ..diagnostics import SystemPolicyError
 from ..errors import EstablishmentError, PolicyError
 from ..policy import catalog
 from ..policy.context import PolicyContext
@@ -80,7 +81,15 @@ def snapshot(env: EnvSpec) -> Environment | None:
 
 
 def policy_for(policy: PolicyContext | None, app_name: str | None) -> PolicyContext:
-    return policy if policy is not None else PolicyContext(app_name=app_name)
+    """The caller's context, or the discovered system layer for `app_name`. A system layer
+    that cannot be loaded stops everything (fail closed): PolicyError, nothing decided."""
+    if policy is not None:
+        return policy
+    try:
+        return PolicyContext(app_name=app_name)
+    except SystemPolicyError as exc:
+        raise PolicyError(f"the system policy cannot be loaded; nothing is decided:\n{exc}",
+                          None) from exc
 
 
 def _no_downgrade(rule: str) -> dict[str, Any]:
@@ -215,7 +224,9 @@ async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
         if known:
             remote = replace(remote, addresses=tuple(known))
     resolved = remote if remote.is_resolved else await remote.resolve()
-    deciding, secure_rule = secured(ctx, remote, local)
+    # One snapshot of a live system layer for the whole decision: the plan cache key, the
+    # decision and the plan stored under it all agree on one policy.
+    deciding, secure_rule = secured(ctx.current(), remote, local)
     plan = None if env is not None else _plan(resolved, deciding, association, kind)
     if plan is None:
         request = resolved.request(app=ctx.app_name, kind=kind)
