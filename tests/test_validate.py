@@ -1,13 +1,31 @@
 """`taps-post policy validate`: errors stop everything, warnings point at policy that will not
-behave as its author meant (dead rules, contradicting enforced statements)."""
+behave as its author meant (dead rules, contradicting enforced statements).
+
+The lint is indexed so that big policies stay fast; its answer must stay the pairwise
+definition's, which `_oracle_lint` below spells out the slow way, rule against rule.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import policy, run_cli
+from strategies import KEYS, values_for, whens
+from taps_post.policy.load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
+from taps_post.policy.registry import REGISTRY, key_family
+from taps_post.policy.resolve import judge, show_value, statement_rank
+from taps_post.policy.validate import validate_paths
 
 
 def write(tmp_path: Path, name: str, doc: dict[str, object]) -> str:
@@ -94,3 +112,329 @@ def test_directory_is_validated_file_by_file(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [
         f"{tmp_path / '20-bad.yaml'}:5:11: unknown property 'meterd' (did you mean 'metered'?)"]
     assert proc.stdout.strip() == "1 error(s); nothing was applied"
+
+
+# --- the pairwise definition, rule against rule (quadratic on purpose) -----------------------
+
+_WILD = set("*?[")
+
+
+def _o_globs_cover(outer: Sequence[str], inner: Sequence[str], fold: bool) -> bool:
+    outs = [o.lower() if fold else o for o in outer]
+    for pattern in (p.lower() if fold else p for p in inner):
+        if pattern in outs or "*" in outs:
+            continue
+        if _WILD & set(pattern) or not any(fnmatch.fnmatchcase(pattern, o) for o in outs):
+            return False
+    return True
+
+
+def _o_covers(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
+    for key, values in outer.items():
+        if key not in inner:
+            return False
+        if key == "port":
+            if not all(any(o[0] <= i[0] and i[1] <= o[1] for o in values) for i in inner[key]):
+                return False
+        elif key in ("scheme", "kind"):
+            if not set(inner[key]) <= set(values):
+                return False
+        elif not _o_globs_cover(values, inner[key], fold=key == "host"):
+            return False
+    return True
+
+
+def _o_one_overlaps(a: str, b: str, fold: bool) -> bool:
+    if fold:
+        a, b = a.lower(), b.lower()
+    if "/" in a or "/" in b:
+        try:
+            na = ipaddress.ip_network(a, strict=False) if "/" in a else None
+            nb = ipaddress.ip_network(b, strict=False) if "/" in b else None
+        except ValueError:
+            return True
+        if na is not None and nb is not None:
+            return na.version == nb.version and na.overlaps(nb)
+        return True
+    wild_a, wild_b = bool(_WILD & set(a)), bool(_WILD & set(b))
+    if not wild_a and not wild_b:
+        return a == b
+    if not wild_a:
+        return fnmatch.fnmatchcase(a, b)
+    if not wild_b:
+        return fnmatch.fnmatchcase(b, a)
+    return True
+
+
+def _o_overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    for key in set(a) & set(b):
+        if key == "port":
+            if not any(x[0] <= y[1] and y[0] <= x[1] for x in a[key] for y in b[key]):
+                return False
+        elif key in ("scheme", "kind"):
+            if not set(a[key]) & set(b[key]):
+                return False
+        elif not any(_o_one_overlaps(x, y, key == "host") for x in a[key] for y in b[key]):
+            return False
+    return True
+
+
+def _o_at(rule: LoadedRule) -> str:
+    return f"{rule.source}:{rule.column}" if rule.column else rule.source
+
+
+def _o_beaten(rule: LoadedRule, s: Statement,
+              everyone: list[tuple[LoadedRule, Statement]]) -> str | None:
+    """The first statement in file order that beats `s` wherever `rule` matches."""
+    spec = REGISTRY[key_family(s.key)]
+    authority = {layer: i for i, layer in enumerate(LAYERS)}
+    for other, t in everyone:
+        if other is rule or not _o_covers(other.when, rule.when):
+            continue
+        if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
+                t.priority > s.priority or t.specificity >= s.specificity):
+            return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
+        if authority[t.layer] < authority[s.layer] and t.enforce:
+            verdict = judge(spec, t.value, s.value)
+            if verdict == "denied":
+                return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
+                        f"{t.layer} rule {other.id!r} ({other.source})")
+            if verdict == "conflict":
+                return (f"{s.key}: {show_value(s.value)} always conflicts with enforced "
+                        f"{show_value(t.value)} of {t.layer} rule {other.id!r} "
+                        f"({other.source}), so every request it matches fails with "
+                        "policy_prohibited")
+    return None
+
+
+def _oracle_lint(files: Sequence[PolicyFile]) -> list[str]:
+    """Dead rules, then contradictions, each compared with every other statement."""
+    by_key: dict[str, list[tuple[LoadedRule, Statement]]] = {}
+    for f in files:
+        for r in f.rules:
+            for s in r.statements:
+                by_key.setdefault(s.key, []).append((r, s))
+    out: list[str] = []
+    for f in files:
+        for rule in f.rules:
+            reasons = [_o_beaten(rule, s, by_key[s.key]) for s in rule.statements]
+            if rule.statements and None not in reasons:
+                out.append(f"{_o_at(rule)}: warning: rule {rule.id!r} can never win: "
+                           + "; ".join(r for r in reasons if r is not None))
+    enforced = [(f, r, s) for f in files for r in f.rules for s in r.statements if s.enforce]
+    for i, (fa, ra, a) in enumerate(enforced):
+        for fb, rb, b in enforced[i + 1:]:
+            if fa.source == fb.source or a.key != b.key or a.value == b.value:
+                continue
+            if REGISTRY[key_family(a.key)].kind == "preference" and not (
+                    a.value.is_hard and b.value.is_hard):
+                continue
+            if _o_overlaps(ra.when, rb.when):
+                out.append(f"{_o_at(rb)}: warning: enforced {a.key}: {show_value(b.value)} "
+                           f"(rule {rb.id!r}) contradicts enforced {show_value(a.value)} "
+                           f"(rule {ra.id!r}, {a.source}) where both match")
+    return out
+
+
+def _validate_docs(docs: Sequence[tuple[str, dict[str, Any]]], *,
+                   again: bool = False) -> tuple[list[str], list[str]]:
+    """(validate's lint warnings, the oracle's) for documents written as files; `again`
+    names the first file twice."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, (layer, doc) in enumerate(docs):
+            path = Path(tmp) / f"{i}-{layer}.yaml"
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            paths.append(str(path))
+        report = validate_paths([*paths, *paths[:again]], load_snapshot=lambda _path: None)
+    assert not report.errors, report.errors
+    own = sum(len(f.warnings) for f in report.files)
+    return report.warnings[own:], _oracle_lint(report.files)
+
+
+# Values that cover one another in every way the index looks things up: globs found by a
+# literal prefix (`mail*`, `api.*`), by a literal suffix (`*.example.com`, `[bm]ail`), by
+# neither (`*a*`), "*", case folding of hosts, CIDRs, nested and equal port ranges.
+_LINT_FIELDS: dict[str, tuple[Any, ...]] = {
+    "app": ("mail", "mail*", "m*", "*", "[bm]ail", "backup", "ma?l", "*ail", "*a*", "Mail"),
+    "host": ("api.example.com", "API.example.com", "*.example.com", "api.*", "*", "*.com",
+             "198.18.1.5", "198.18.0.0/15", "198.18.*", "a?i.example.com", "*example*",
+             "cdn.example.net"),
+    "port": (443, 80, "400-500", "443-443", "0-1023", "440-450", "1-65535", 8443),
+    "scheme": ("https", "tls", "hostport", "quic"),
+    "kind": ("initiate", "listen", "sink"),
+}
+
+
+@st.composite
+def _lint_whens(draw: st.DrawFn, only: str | None = None) -> dict[str, Any]:
+    """A `when` from `_LINT_FIELDS`: each field with probability 1/3, or just field `only`."""
+    when: dict[str, Any] = {}
+    for name, pool in _LINT_FIELDS.items():
+        if name == only or (only is None and draw(st.integers(0, 2)) == 0):
+            items = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True))
+            when[name] = items[0] if len(items) == 1 else items
+    return when
+
+
+@st.composite
+def _lint_docs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Up to four documents whose rules share a small pool of keys and of `when`s, often
+    enforced, so that rules cover, shadow, deny and contradict one another."""
+    pool = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True))
+    shared = draw(st.lists(_lint_whens(), min_size=1, max_size=4))
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for d in range(draw(st.integers(1, 4))):
+        layer = draw(st.sampled_from(("system", "app", "carrier")))
+        rules: list[dict[str, Any]] = []
+        for j in range(draw(st.integers(0, 6))):
+            rule: dict[str, Any] = {"id": f"r{j}"}
+            when = draw(st.one_of(st.sampled_from(shared), _lint_whens(), whens()))
+            if when:
+                rule["when"] = when
+            flags = draw(st.integers(0, 31))
+            if flags & 1:
+                rule["enforce"] = True
+            if flags & 2:
+                rule["priority"] = draw(st.sampled_from((-1, 1, 5)))
+            if flags & 28 == 28:
+                rule["use"] = [draw(st.sampled_from(("reliable-inorder-stream",
+                                                     "unreliable-datagram")))]
+            keys = draw(st.lists(st.sampled_from(pool), max_size=len(pool), unique=True))
+            rule["set"] = {k: draw(values_for(k)) for k in keys}
+            rules.append(rule)
+        docs.append((layer, policy(layer, *rules, name=f"doc{d}")))
+    return docs
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_lint_docs(), st.booleans())
+def test_lint_reports_exactly_what_the_pairwise_definition_does(
+        docs: list[tuple[str, dict[str, Any]]], again: bool) -> None:
+    got, expected = _validate_docs(docs, again=again)
+    assert got == expected
+
+
+@st.composite
+def _cover_docs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """One document of broad-looking rules at priority 5 and narrow-looking ones at 0, all
+    stating `secure`, in a random order: a narrow one is dead exactly where a broad one's
+    `when` covers its own, so this exercises the cover relation more than anything else.
+    Half the time every `when` has the same single field, so that nothing else decides."""
+    only = draw(st.one_of(st.none(), st.sampled_from(sorted(_LINT_FIELDS))))
+    n = draw(st.integers(1, 8))
+    m = draw(st.integers(1, 8))
+    rules = [{"id": f"broad{i}", "when": draw(_lint_whens(only)), "priority": 5,
+              "set": {"secure": "prefer"}} for i in range(n)]
+    rules += [{"id": f"narrow{i}", "when": draw(_lint_whens(only)), "set": {"secure": "avoid"}}
+              for i in range(m)]
+    order = draw(st.permutations(range(n + m)))
+    return [("app", policy("app", *(rules[i] for i in order)))]
+
+
+@st.composite
+def _contradiction_docs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Two or three documents of enforced `secure: require` and `secure: prohibit` rules: two
+    of them contradict exactly where their `when`s overlap."""
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for d in range(draw(st.integers(2, 3))):
+        layer = draw(st.sampled_from(("system", "app")))
+        rules = [{"id": f"r{i}", "when": draw(_lint_whens()), "enforce": True,
+                  "set": {"secure": draw(st.sampled_from(("require", "prohibit")))}}
+                 for i in range(draw(st.integers(1, 5)))]
+        docs.append((layer, policy(layer, *rules, name=f"doc{d}")))
+    return docs
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(_cover_docs(), _contradiction_docs()))
+def test_lint_finds_every_kind_of_cover_and_overlap(
+        docs: list[tuple[str, dict[str, Any]]]) -> None:
+    got, expected = _validate_docs(docs)
+    assert got == expected
+
+
+@pytest.mark.parametrize("field", sorted(_LINT_FIELDS))
+def test_lint_matches_the_definition_on_every_pair_of_field_values(field: str) -> None:
+    # One key per (outer, inner) pair of values, so that each pair is judged on its own: the
+    # narrow rule is dead exactly when the outer value covers the inner one, and the enforced
+    # pair contradicts exactly when the two overlap.
+    pool = list(_LINT_FIELDS[field])
+    values: list[Any] = [*pool, *([a, b] for a, b in zip(pool, pool[2:], strict=False))]
+    broad, narrow, require, prohibit = [], [], [], []
+    for i, inner in enumerate(values):
+        for j, outer in enumerate(values):
+            key = f"interface.p{i}x{j}"
+            broad.append({"id": f"broad-{i}-{j}", "when": {field: outer}, "priority": 5,
+                          "set": {key: "prefer"}})
+            narrow.append({"id": f"narrow-{i}-{j}", "when": {field: inner},
+                           "set": {key: "avoid"}})
+            require.append({"id": f"need-{i}-{j}", "when": {field: outer}, "enforce": True,
+                            "set": {key: "require"}})
+            prohibit.append({"id": f"deny-{i}-{j}", "when": {field: inner}, "enforce": True,
+                             "set": {key: "prohibit"}})
+    got, expected = _validate_docs([("app", policy("app", *broad, *narrow)),
+                                    ("system", policy("system", *require, name="a")),
+                                    ("system", policy("system", *prohibit, name="b"))])
+    assert got == expected
+    assert any("can never win" in w for w in got) and any("contradicts" in w for w in got)
+
+
+def test_lint_cites_the_first_beater_in_file_order(tmp_path: Path) -> None:
+    # Three rules beat 'narrow' (a broad higher-priority one, an enforced system one, and one
+    # with the same `when` and a higher priority); the warning names the first in file order.
+    sys_path = write(tmp_path, "sys.yaml", policy(
+        "system", {"id": "sys-no-quic", "enforce": True, "set": {"stack.quic": "prohibit"}}))
+    app_path = write(tmp_path, "app.yaml", policy(
+        "app",
+        {"id": "same-when", "when": {"host": "a.example", "port": 443}, "priority": 9,
+         "set": {"stack.quic": "avoid"}},
+        {"id": "narrow", "when": {"host": "A.EXAMPLE", "port": 443},
+         "set": {"stack.quic": "prefer"}},
+        {"id": "broad", "when": {"host": "*.example"}, "priority": 50,
+         "set": {"stack.quic": "no_preference"}}))
+    got, expected = _validate_docs([("system", yaml.safe_load(Path(sys_path).read_text())),
+                                    ("app", yaml.safe_load(Path(app_path).read_text()))])
+    assert got == expected
+    narrow = [w for w in got if "'narrow'" in w.split("can never win")[0]]
+    assert len(narrow) == 1 and "denied by enforced system rule 'sys-no-quic'" in narrow[0]
+
+
+def _per_host_policy(n: int) -> dict[str, Any]:
+    """A rule per host, as a per-site policy has, and one broad rule above them all: every
+    tenth rule says only what the broad rule outranks, so it is dead."""
+    rules: list[dict[str, Any]] = [{"id": "everyone", "priority": 10,
+                                    "set": {"secure": "prefer"}}]
+    for i in range(n):
+        body: dict[str, Any] = {"secure": "avoid"}
+        if i % 10:
+            body["stack.quic"] = ("avoid", "prefer")[i % 2]
+        rules.append({"id": f"site-{i}", "when": {"host": f"h{i}.example", "port": 443},
+                      "set": body})
+    return policy("app", *rules)
+
+
+def test_lint_costs_about_what_loading_does_on_a_thousand_rules(tmp_path: Path) -> None:
+    # The pairwise lint compared each rule with every other one: 1,000 per-host rules cost it
+    # 20 times their loading time. Measured against loading in the same process, so a busy
+    # machine slows both sides alike; the best of three attempts absorbs a stray pause.
+    path = write(tmp_path, "app.yaml", _per_host_policy(1000))
+    ratios = []
+    for attempt in range(3):
+        Path(path).write_text(Path(path).read_text() + f"# {attempt}\n")  # a cold load cache
+        start = time.perf_counter()
+        load_layer(path, "app")
+        loaded = time.perf_counter() - start
+        start = time.perf_counter()
+        report = validate_paths([path], load_snapshot=lambda _path: None)
+        validated = time.perf_counter() - start
+        dead = [w for w in report.warnings if "can never win" in w]
+        assert len(dead) == 100
+        assert dead[0].endswith("rule 'site-0' can never win: secure is always shadowed by "
+                                f"rule 'everyone' ({path}:4)")
+        ratios.append(validated / loaded)
+        if ratios[-1] < 5:
+            break
+    assert min(ratios) < 5, ratios
