@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/cli_startup.py
 	$(PY) bench/runtime.py
 	$(PY) bench/quic.py
+	$(PY) bench/validate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

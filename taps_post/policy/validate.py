@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..diagnostics import Diagnostic, InputError
-from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
+from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer, read_policy_text
 from .registry import REGISTRY, key_family
 from .resolve import Verdict, judge, show_value, statement_rank
 from .yamlpos import load_yaml
@@ -48,8 +48,7 @@ class Report:
 def _declared_layer(path: str) -> str:
     """The layer a file says it is, "env" for an environment snapshot, else "app"."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data, _ = load_yaml(fh.read(), path)
+        data, _ = load_yaml(read_policy_text(path), path)  # never a FIFO or /dev/zero
     except (OSError, UnicodeDecodeError, InputError):
         return "app"  # load_layer will report the real problem
     if not isinstance(data, dict):
