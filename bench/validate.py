@@ -23,8 +23,9 @@ Figures, per workload, wall time (time.perf_counter) over --runs runs, GC on:
 - floor: `load_layer()` of every file, cold the same way: loading without the lint (and
   without the layer sniff that makes validate read each file a second time). A bound that
   puts the figure in scale, not a competitor.
-- reference: the pairwise lint this replaced (kept below for comparison only, never
-  imported), on the files validate loaded; only up to --reference-max rules (default 1,000),
+- reference: the pairwise lint this replaced (`taps_post.policy.validate.pairwise_lint`,
+  the definition the indexed lint is held to; validate never calls it), on the files
+  validate loaded; only up to --reference-max rules (default 1,000),
   because it grows with the square of the rule count. Its output must be validate's, word for
   word, or the script fails.
 
@@ -36,14 +37,12 @@ whose warnings differ from the reference's.
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import ipaddress
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _gen
 from _report import banner, num, pct, run_main
-from taps_post.policy.load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
-from taps_post.policy.registry import REGISTRY, key_family
-from taps_post.policy.resolve import judge, show_value, statement_rank
-from taps_post.policy.validate import validate_paths
+from taps_post.policy.load import load_layer
+from taps_post.policy.validate import pairwise_lint, validate_paths
 
 WORKLOADS = ("mixed-1k", "per-host-1k", "mixed-10k", "per-host-10k", "dir-10k")
 
@@ -147,135 +144,6 @@ class Invalidator:
             os.utime(p, ns=(ns, ns))
 
 
-# --- the pairwise lint this replaced: a reference, for comparison only ------------------------
-
-_WILD = set("*?[")
-
-
-def _globs_cover(outer: Sequence[str], inner: Sequence[str], fold: bool) -> bool:
-    outs = [o.lower() if fold else o for o in outer]
-    for pattern in (p.lower() if fold else p for p in inner):
-        if pattern in outs or "*" in outs:
-            continue
-        if _WILD & set(pattern) or not any(fnmatch.fnmatchcase(pattern, o) for o in outs):
-            return False
-    return True
-
-
-def _covers(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
-    for key, values in outer.items():
-        if key not in inner:
-            return False
-        if key == "port":
-            if not all(any(o[0] <= i[0] and i[1] <= o[1] for o in values) for i in inner[key]):
-                return False
-        elif key in ("scheme", "kind"):
-            if not set(inner[key]) <= set(values):
-                return False
-        elif not _globs_cover(values, inner[key], fold=key == "host"):
-            return False
-    return True
-
-
-def _one_overlaps(a: str, b: str, fold: bool) -> bool:
-    if fold:
-        a, b = a.lower(), b.lower()
-    if "/" in a or "/" in b:
-        try:
-            na = ipaddress.ip_network(a, strict=False) if "/" in a else None
-            nb = ipaddress.ip_network(b, strict=False) if "/" in b else None
-        except ValueError:
-            return True
-        if na is not None and nb is not None:
-            return na.version == nb.version and na.overlaps(nb)
-        return True
-    wild_a, wild_b = bool(_WILD & set(a)), bool(_WILD & set(b))
-    if not wild_a and not wild_b:
-        return a == b
-    if not wild_a:
-        return fnmatch.fnmatchcase(a, b)
-    if not wild_b:
-        return fnmatch.fnmatchcase(b, a)
-    return True
-
-
-def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    for key in set(a) & set(b):
-        if key == "port":
-            if not any(x[0] <= y[1] and y[0] <= x[1] for x in a[key] for y in b[key]):
-                return False
-        elif key in ("scheme", "kind"):
-            if not set(a[key]) & set(b[key]):
-                return False
-        elif not any(_one_overlaps(x, y, key == "host") for x in a[key] for y in b[key]):
-            return False
-    return True
-
-
-def _at(rule: LoadedRule) -> str:
-    return f"{rule.source}:{rule.column}" if rule.column else rule.source
-
-
-def _beaten(rule: LoadedRule, s: Statement,
-            rivals: list[tuple[LoadedRule, Statement]]) -> str | None:
-    spec = REGISTRY[key_family(s.key)]
-    authority = {layer: i for i, layer in enumerate(LAYERS)}
-    for other, t in rivals:
-        if other is rule or not _covers(other.when, rule.when):
-            continue
-        if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
-                t.priority > s.priority or t.specificity >= s.specificity):
-            return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
-        if authority[t.layer] < authority[s.layer] and t.enforce:
-            verdict = judge(spec, t.value, s.value)
-            if verdict == "denied":
-                return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
-                        f"{t.layer} rule {other.id!r} ({other.source})")
-            if verdict == "conflict":
-                return (f"{s.key}: {show_value(s.value)} always conflicts with enforced "
-                        f"{show_value(t.value)} of {t.layer} rule {other.id!r} "
-                        f"({other.source}), so every request it matches fails with "
-                        "policy_prohibited")
-    return None
-
-
-def reference_lint(files: Sequence[PolicyFile]) -> list[str]:
-    """Dead rules, then contradicting enforced statements, each statement compared with
-    every other statement of its key, as `policy validate` did up to issue 7."""
-    by_key: dict[str, list[tuple[LoadedRule, Statement]]] = {}
-    for f in files:
-        for r in f.rules:
-            for s in r.statements:
-                by_key.setdefault(s.key, []).append((r, s))
-    out: list[str] = []
-    for f in files:
-        for rule in f.rules:
-            if not rule.statements:
-                continue
-            reasons: list[str] = []
-            for s in rule.statements:
-                beater = _beaten(rule, s, by_key[s.key])
-                if beater is None:
-                    break
-                reasons.append(beater)
-            else:
-                out.append(f"{_at(rule)}: warning: rule {rule.id!r} can never win: "
-                           + "; ".join(reasons))
-    enforced = [(f, r, s) for f in files for r in f.rules for s in r.statements if s.enforce]
-    for i, (fa, ra, a) in enumerate(enforced):
-        for fb, rb, b in enforced[i + 1:]:
-            if fa.source == fb.source or a.key != b.key or a.value == b.value:
-                continue
-            if REGISTRY[key_family(a.key)].kind == "preference" and not (
-                    a.value.is_hard and b.value.is_hard):
-                continue
-            if _overlaps(ra.when, rb.when):
-                out.append(f"{_at(rb)}: warning: enforced {a.key}: {show_value(b.value)} "
-                           f"(rule {rb.id!r}) contradicts enforced {show_value(a.value)} "
-                           f"(rule {ra.id!r}, {a.source}) where both match")
-    return out
-
-
 # --- measuring -------------------------------------------------------------------------------
 
 def timed(fn: Callable[[], object], runs: int, before_each: Callable[[], None],
@@ -331,7 +199,7 @@ def run_workload(w: Workload, runs: int, reference_max: int, budget_s: float) ->
         ref_out: list[str] = []
 
         def reference() -> None:
-            ref_out[:] = reference_lint(report.files)
+            ref_out[:] = pairwise_lint(report.files)
 
         r = timed(reference, runs, lambda: None, budget_s)
         if ref_out != lint:

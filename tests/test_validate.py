@@ -2,16 +2,15 @@
 behave as its author meant (dead rules, contradicting enforced statements).
 
 The lint is indexed so that big policies stay fast; its answer must stay the pairwise
-definition's, which `_oracle_lint` below spells out the slow way, rule against rule.
+definition's, which `taps_post.policy.validate.pairwise_lint` spells out the slow way,
+rule against rule.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,8 @@ from hypothesis import strategies as st
 
 from helpers import policy, run_cli
 from strategies import KEYS, values_for, whens
-from taps_post.policy.load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer
-from taps_post.policy.registry import REGISTRY, key_family
-from taps_post.policy.resolve import judge, show_value, statement_rank
-from taps_post.policy.validate import validate_paths
+from taps_post.policy.load import load_layer
+from taps_post.policy.validate import pairwise_lint, validate_paths
 
 
 def write(tmp_path: Path, name: str, doc: dict[str, object]) -> str:
@@ -114,127 +111,7 @@ def test_directory_is_validated_file_by_file(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "1 error(s); nothing was applied"
 
 
-# --- the pairwise definition, rule against rule (quadratic on purpose) -----------------------
-
-_WILD = set("*?[")
-
-
-def _o_globs_cover(outer: Sequence[str], inner: Sequence[str], fold: bool) -> bool:
-    outs = [o.lower() if fold else o for o in outer]
-    for pattern in (p.lower() if fold else p for p in inner):
-        if pattern in outs or "*" in outs:
-            continue
-        if _WILD & set(pattern) or not any(fnmatch.fnmatchcase(pattern, o) for o in outs):
-            return False
-    return True
-
-
-def _o_covers(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
-    for key, values in outer.items():
-        if key not in inner:
-            return False
-        if key == "port":
-            if not all(any(o[0] <= i[0] and i[1] <= o[1] for o in values) for i in inner[key]):
-                return False
-        elif key in ("scheme", "kind"):
-            if not set(inner[key]) <= set(values):
-                return False
-        elif not _o_globs_cover(values, inner[key], fold=key == "host"):
-            return False
-    return True
-
-
-def _o_one_overlaps(a: str, b: str, fold: bool) -> bool:
-    if fold:
-        a, b = a.lower(), b.lower()
-    if "/" in a or "/" in b:
-        try:
-            na = ipaddress.ip_network(a, strict=False) if "/" in a else None
-            nb = ipaddress.ip_network(b, strict=False) if "/" in b else None
-        except ValueError:
-            return True
-        if na is not None and nb is not None:
-            return na.version == nb.version and na.overlaps(nb)
-        return True
-    wild_a, wild_b = bool(_WILD & set(a)), bool(_WILD & set(b))
-    if not wild_a and not wild_b:
-        return a == b
-    if not wild_a:
-        return fnmatch.fnmatchcase(a, b)
-    if not wild_b:
-        return fnmatch.fnmatchcase(b, a)
-    return True
-
-
-def _o_overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    for key in set(a) & set(b):
-        if key == "port":
-            if not any(x[0] <= y[1] and y[0] <= x[1] for x in a[key] for y in b[key]):
-                return False
-        elif key in ("scheme", "kind"):
-            if not set(a[key]) & set(b[key]):
-                return False
-        elif not any(_o_one_overlaps(x, y, key == "host") for x in a[key] for y in b[key]):
-            return False
-    return True
-
-
-def _o_at(rule: LoadedRule) -> str:
-    return f"{rule.source}:{rule.column}" if rule.column else rule.source
-
-
-def _o_beaten(rule: LoadedRule, s: Statement,
-              everyone: list[tuple[LoadedRule, Statement]]) -> str | None:
-    """The first statement in file order that beats `s` wherever `rule` matches."""
-    spec = REGISTRY[key_family(s.key)]
-    authority = {layer: i for i, layer in enumerate(LAYERS)}
-    for other, t in everyone:
-        if other is rule or not _o_covers(other.when, rule.when):
-            continue
-        if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
-                t.priority > s.priority or t.specificity >= s.specificity):
-            return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
-        if authority[t.layer] < authority[s.layer] and t.enforce:
-            verdict = judge(spec, t.value, s.value)
-            if verdict == "denied":
-                return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
-                        f"{t.layer} rule {other.id!r} ({other.source})")
-            if verdict == "conflict":
-                return (f"{s.key}: {show_value(s.value)} always conflicts with enforced "
-                        f"{show_value(t.value)} of {t.layer} rule {other.id!r} "
-                        f"({other.source}), so every request it matches fails with "
-                        "policy_prohibited")
-    return None
-
-
-def _oracle_lint(files: Sequence[PolicyFile]) -> list[str]:
-    """Dead rules, then contradictions, each compared with every other statement."""
-    by_key: dict[str, list[tuple[LoadedRule, Statement]]] = {}
-    for f in files:
-        for r in f.rules:
-            for s in r.statements:
-                by_key.setdefault(s.key, []).append((r, s))
-    out: list[str] = []
-    for f in files:
-        for rule in f.rules:
-            reasons = [_o_beaten(rule, s, by_key[s.key]) for s in rule.statements]
-            if rule.statements and None not in reasons:
-                out.append(f"{_o_at(rule)}: warning: rule {rule.id!r} can never win: "
-                           + "; ".join(r for r in reasons if r is not None))
-    enforced = [(f, r, s) for f in files for r in f.rules for s in r.statements if s.enforce]
-    for i, (fa, ra, a) in enumerate(enforced):
-        for fb, rb, b in enforced[i + 1:]:
-            if fa.source == fb.source or a.key != b.key or a.value == b.value:
-                continue
-            if REGISTRY[key_family(a.key)].kind == "preference" and not (
-                    a.value.is_hard and b.value.is_hard):
-                continue
-            if _o_overlaps(ra.when, rb.when):
-                out.append(f"{_o_at(rb)}: warning: enforced {a.key}: {show_value(b.value)} "
-                           f"(rule {rb.id!r}) contradicts enforced {show_value(a.value)} "
-                           f"(rule {ra.id!r}, {a.source}) where both match")
-    return out
-
+# --- the indexed lint against the pairwise definition (validate.pairwise_lint) -------------
 
 def _validate_docs(docs: Sequence[tuple[str, dict[str, Any]]], *,
                    again: bool = False) -> tuple[list[str], list[str]]:
@@ -249,7 +126,7 @@ def _validate_docs(docs: Sequence[tuple[str, dict[str, Any]]], *,
         report = validate_paths([*paths, *paths[:again]], load_snapshot=lambda _path: None)
     assert not report.errors, report.errors
     own = sum(len(f.warnings) for f in report.files)
-    return report.warnings[own:], _oracle_lint(report.files)
+    return report.warnings[own:], pairwise_lint(report.files)
 
 
 # Values that cover one another in every way the index looks things up: globs found by a

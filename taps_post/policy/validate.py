@@ -642,3 +642,67 @@ def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         elif not any(_one_overlaps(x, y, key == "host") for x in a[key] for y in b[key]):
             return False
     return True
+
+
+# --- the pairwise definition -----------------------------------------------------------
+
+def _pairwise_beater(rule: LoadedRule, s: Statement,
+            rivals: list[tuple[LoadedRule, Statement]]) -> str | None:
+    spec = REGISTRY[key_family(s.key)]
+    authority = {layer: i for i, layer in enumerate(LAYERS)}
+    for other, t in rivals:
+        if other is rule or not _covers(other.when, rule.when):
+            continue
+        if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
+                t.priority > s.priority or t.specificity >= s.specificity):
+            return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
+        if authority[t.layer] < authority[s.layer] and t.enforce:
+            verdict = judge(spec, t.value, s.value)
+            if verdict == "denied":
+                return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
+                        f"{t.layer} rule {other.id!r} ({other.source})")
+            if verdict == "conflict":
+                return (f"{s.key}: {show_value(s.value)} always conflicts with enforced "
+                        f"{show_value(t.value)} of {t.layer} rule {other.id!r} "
+                        f"({other.source}), so every request it matches fails with "
+                        "policy_prohibited")
+    return None
+
+
+def pairwise_lint(files: Sequence[PolicyFile]) -> list[str]:
+    """The lint's definition (Rule 4), executable: dead rules, then contradicting enforced
+    statements, each statement compared with every other statement of its key. Quadratic,
+    so `validate_paths` never calls it; the tests hold the indexed lint to it word for word,
+    and bench/validate.py measures it as the baseline the index replaced."""
+    by_key: dict[str, list[tuple[LoadedRule, Statement]]] = {}
+    for f in files:
+        for r in f.rules:
+            for s in r.statements:
+                by_key.setdefault(s.key, []).append((r, s))
+    out: list[str] = []
+    for f in files:
+        for rule in f.rules:
+            if not rule.statements:
+                continue
+            reasons: list[str] = []
+            for s in rule.statements:
+                beater = _pairwise_beater(rule, s, by_key[s.key])
+                if beater is None:
+                    break
+                reasons.append(beater)
+            else:
+                out.append(f"{_at(rule)}: warning: rule {rule.id!r} can never win: "
+                           + "; ".join(reasons))
+    enforced = [(f, r, s) for f in files for r in f.rules for s in r.statements if s.enforce]
+    for i, (fa, ra, a) in enumerate(enforced):
+        for fb, rb, b in enforced[i + 1:]:
+            if fa.source == fb.source or a.key != b.key or a.value == b.value:
+                continue
+            if REGISTRY[key_family(a.key)].kind == "preference" and not (
+                    a.value.is_hard and b.value.is_hard):
+                continue
+            if _overlaps(ra.when, rb.when):
+                out.append(f"{_at(rb)}: warning: enforced {a.key}: {show_value(b.value)} "
+                           f"(rule {rb.id!r}) contradicts enforced {show_value(a.value)} "
+                           f"(rule {ra.id!r}, {a.source}) where both match")
+    return out
