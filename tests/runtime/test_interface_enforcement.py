@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,9 +313,28 @@ class Scene:
     def packets(self, user: str, target: str, **cmd: Any) -> tuple[dict[str, Any],
                                                                     dict[str, int]]:
         """Run one connection from a zeroed counter; what happened and what left where."""
-        self.topo.reset_egress(self.topo.a)
+        self.quiet()
         out = self.initiate(user, target, **cmd)
         return out, self.topo.egress_packets(self.topo.a)
+
+
+    def quiet(self, settle: float = 0.7, timeout: float = 5.0) -> None:
+        """Zero the counters once nothing of an earlier connection still leaves: a QUIC
+        connection lingers 0.5 s after its last carrier, then sends CONNECTION_CLOSE, which
+        would otherwise count against the next case. Waits for `settle` seconds without a
+        packet (checked every 50 ms), at most `timeout`."""
+        a = self.topo.a
+        self.topo.reset_egress(a)
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # spaces the checks of another namespace's counters
+            if any(self.topo.egress_packets(a).values()):
+                self.topo.reset_egress(a)
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle:
+                return
+        raise AssertionError(f"packets kept leaving host A for {timeout} s before the case")
 
 
 @pytest.fixture(scope="module")
