@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from .messages import Pending
 
-__all__ = ["Acked", "Expired", "MessageEvent", "Sent"]
+__all__ = ["Acked", "CarrierEvent", "Closed", "Dormant", "Expired", "Failed", "MessageEvent",
+           "PathChange", "Ready", "Sent", "SoftError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,4 +36,66 @@ class Expired:
     pending: Pending
 
 
-MessageEvent = Sent | Acked | Expired
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """RFC 9622 SendError: the stack refused the message (EMSGSIZE on a datagram), or the
+    connection ended before the peer acknowledged it. The message may or may not have
+    reached the peer; it will not be sent again by this Transient."""
+
+    pending: Pending
+    error: BaseException | None = None
+
+
+MessageEvent = Sent | Acked | Expired | Failed
+
+
+# ---- carrier events (RFC 9622 section 8.3 / 10; the draft's Ready, Dormant, Closed) --------
+# What a Carrier reports about itself, through `carrier.events()` and `carrier.on_event()`.
+# Paths are `taps_post.Path` objects; typed `object` here because the core sits below the
+# runtime that defines them.
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The carrier became active on a Transient (first activation or re-activation)."""
+
+    stack: str
+    local_address: tuple[str, int] | None
+    remote_address: tuple[str, int] | None
+    interface: str | None
+    path: object = None
+    reactivated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Dormant:
+    """The carrier's Transient ended and the carrier can be activated again (by the next
+    send, or `activate()`); `error` says why it ended (None: the peer closed cleanly)."""
+
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The carrier is closed for good: by the application, or by the peer or an error on a
+    carrier that cannot re-activate (`error` None: a clean close)."""
+
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SoftError:
+    """RFC 9622 SoftError: an ICMP error (unreachable, too big) arrived; the carrier lives."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class PathChange:
+    """The carrier moved to another path (re-activation on a new path, multipath changes)."""
+
+    old: object
+    new: object
+
+
+CarrierEvent = Ready | Dormant | Closed | SoftError | PathChange

@@ -89,6 +89,8 @@ class Pending:
     on_sent: Callback = None
     on_acked: Callback = None
     on_expired: Callback = None
+    on_send_error: Callback = None
+    """RFC 9622 SendError: refused by the stack, or unacknowledged when the connection ended."""
 
     arrival: int = 0
     """Order of queueing on this carrier: the FIFO tie-break within one niceness."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..decision.decision import Decision
-from ..policy.registry import Pref
+from ..policy.registry import DSCP, Pref
 
 __all__ = ["Settings"]
 
@@ -25,6 +25,20 @@ class Settings:
     alpn: tuple[str, ...]
     zero_rtt: bool
     per_msg_reliability: bool = False
+    client_auth: str = "none"
+    """security.clientAuth: none, request or require (listeners)."""
+    reactivate: bool = True
+    max_handlers: int = 16
+    fork_parallel: bool = False
+    dscp: tuple[int, ...] = ()
+    """DSCP code point by niceness (the last for all larger); empty: unmarked."""
+
+    def dscp_for(self, niceness: int) -> int | None:
+        """The code point for a message of `niceness`, None when marking is off."""
+        table = self.dscp
+        if not table:
+            return None
+        return table[min(niceness, len(table) - 1)]
 
     @classmethod
     def from_decision(cls, d: Decision) -> Settings:
@@ -39,4 +53,9 @@ class Settings:
             alpn=tuple(alpn) if alpn else (),
             zero_rtt=d.value("zeroRttMsg") not in (Pref.PROHIBIT, Pref.AVOID),
             per_msg_reliability=d.value("perMsgReliability") in (Pref.REQUIRE, Pref.PREFER),
+            client_auth=str(d.value("security.clientAuth")),
+            reactivate=bool(d.value("carrier.reactivate")),
+            max_handlers=int(d.value("carrier.maxHandlers")),
+            fork_parallel=bool(d.value("carrier.forkParallel")),
+            dscp=tuple(DSCP[n] for n in (d.value("message.dscp") or ())),
         )

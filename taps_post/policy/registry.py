@@ -21,6 +21,7 @@ from . import catalog
 
 __all__ = [
     "DEFAULT_PORTS",
+    "DSCP",
     "INTERFACE_TYPES",
     "KINDS",
     "PROFILES",
@@ -152,6 +153,10 @@ class PropertySpec:
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+            choices = self.options()
+            bad = [v for v in value if choices and v not in choices]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not one of {', '.join(choices)}")
             return tuple(value)
         raise AssertionError(self.kind)  # pragma: no cover
 
@@ -171,6 +176,8 @@ class PropertySpec:
         if self.direction == "smaller":
             return (0, -value)
         if self.direction == "larger":
+            if self.kind == "enum":  # choices are listed weakest first
+                return (0, self.options().index(value))
             return (0, _tls_rank(value) if self.kind == "tls_version" else value)
         if self.direction == "true":
             return (0, int(bool(value)))
@@ -194,6 +201,14 @@ def _tls_rank(value: str) -> int:
 def _pref(name: str, level: Level, default: Pref, doc: str, **kw: Any) -> PropertySpec:
     return PropertySpec(name, "preference", level, default, doc=doc, **kw)
 
+
+DSCP: dict[str, int] = {
+    "DF": 0, "LE": 1, "CS1": 8, "AF11": 10, "AF12": 12, "AF13": 14, "CS2": 16, "AF21": 18,
+    "AF22": 20, "AF23": 22, "CS3": 24, "AF31": 26, "AF32": 28, "AF33": 30, "CS4": 32,
+    "AF41": 34, "AF42": 36, "AF43": 38, "CS5": 40, "VA": 44, "EF": 46, "CS6": 48, "CS7": 56,
+}
+"""DSCP code points by name (RFC 2474, 2597, 3246, 5865, 8622), for `message.dscp`."""
+DSCP_NAMES = tuple(DSCP)
 
 _SPECS: list[PropertySpec] = [
     _pref("reliability", "protocol", Pref.REQUIRE, "Data is delivered reliably"),
@@ -247,6 +262,22 @@ _SPECS: list[PropertySpec] = [
                  doc="Keep session tickets for resumption and 0-RTT"),
     PropertySpec("security.alpn", "string_list", "runtime", None,
                  doc="ALPN protocol identifiers offered"),
+    PropertySpec("security.clientAuth", "enum", "runtime", "none",
+                 choices=("none", "request", "require"), direction="larger",
+                 doc="What a listener asks of its clients: no certificate, one if they have "
+                     "it, or one that verifies against the Local's trusted CAs or pins"),
+    PropertySpec("carrier.reactivate", "bool", "runtime", True, direction="false",
+                 doc="A carrier whose connection ended becomes dormant and the next send "
+                     "re-establishes it (initiated carriers only)"),
+    PropertySpec("carrier.maxHandlers", "int", "runtime", 16, direction="smaller",
+                 minimum=1, maximum=4096,
+                 doc="async handlers run at once per carrier; above it reading pauses"),
+    PropertySpec("carrier.forkParallel", "bool", "runtime", False, direction="false",
+                 doc="fork() to a peer that is not taps_post opens a plain parallel "
+                     "connection instead of failing"),
+    PropertySpec("message.dscp", "string_list", "runtime", None, choices=DSCP_NAMES,
+                 doc="DSCP code point per niceness (index = niceness, the last entry for "
+                     "all larger); unset: packets are not marked"),
 ]
 
 REGISTRY: dict[str, PropertySpec] = {s.name: s for s in _SPECS}

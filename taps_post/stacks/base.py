@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..certs import Certificate
+from ..core.early import EarlyAttempt
 from ..core.framing import Framer
 from ..core.settings import Settings
 from ..decision.decision import Candidate
@@ -57,8 +58,13 @@ class AttemptSpec:
     framer: Callable[[], Framer]
     pinned: Sequence[Certificate] = ()
     identity: Sequence[Certificate] = ()
-    early: Any = None
-    """An idempotent OutMessage to send in the first flight where the stack can."""
+    early: EarlyAttempt | None = None
+    """This attempt's view of the carrier's early flight (core/early.py): a stack that can
+    carry data in its first flight takes copies of the idempotent messages from it (QUIC
+    0-RTT: all of them; TCP Fast Open: the first) and records the handle on the Transient
+    it returns (`transient.early_attempt`), so the Carrier can settle the race's events."""
+    local_port: int = 0
+    """The Local's port (0: any): the socket binds it."""
 
 
 @dataclass(frozen=True, slots=True)
