@@ -36,11 +36,13 @@ __all__ = [
     "Diagnostic",
     "EstablishmentError",
     "FailureKind",
+    "ForkRefusedError",
     "FrameTooLargeError",
     "InputError",
     "MessageTooLargeError",
     "PolicyError",
     "RemoteProtocolError",
+    "ResolutionError",
     "SystemPolicyError",
     "TapsError",
     "UsageError",
@@ -150,3 +152,21 @@ class EstablishmentError(TapsError):
         super().__init__("\n".join(lines))
         self.decision = decision
         self.attempts = tuple(attempts)
+
+
+class ResolutionError(EstablishmentError):
+    """A Remote's name has no address (the resolver answered nothing, or failed): the network's
+    fault, named in the message; `name` is the name that did not resolve."""
+
+    def __init__(self, name: str, why: str = "no address") -> None:
+        super().__init__(f"cannot resolve {name!r}: {why}", None)
+        self.name = name
+
+
+class ForkRefusedError(EstablishmentError):
+    """fork() on a stream stack needs a peer that understands fork requests (another
+    taps_post endpoint); this one did not answer as one. Policy `carrier.forkParallel: true`
+    opens a plain parallel connection instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
