@@ -9,6 +9,13 @@ refused before we buffer it (FrameTooLargeError, a RemoteProtocolError and a
 MessageTooLargeError, so callers branch on the type, never on the text).
 Rule 3: `encodes_anything` says whether `encode()` can refuse a message within max_size; the
 transport checks a message at send time only for framers that can (line framing).
+Rule 4: control frames (the fork protocol, runtime/fork.py) exist only on the length-prefix
+framer: 4 bytes 0xFFFFFFFF, a big-endian u16 length, then at most 1024 bytes of payload. That
+prefix is never a message length (message.maxSize is capped below it), so no legal stream
+changes meaning. feed()/feed_with() return them in order among the messages as `Control`
+items and set `control_seen`, which the Transient checks once per batch to route them away
+from the inbox; the check for the marker sits inside the oversize branch, so ordinary
+messages pay nothing for it. Other framers cannot carry them: `encode_control` raises.
 """
 
 from __future__ import annotations
@@ -17,10 +24,40 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ArgumentError, DeframingError, FrameTooLargeError, MessageTooLargeError
+from ..errors import (
+    ArgumentError,
+    DeframingError,
+    FrameTooLargeError,
+    MessageTooLargeError,
+    UsageError,
+)
 
-__all__ = ["LENGTH", "DeframingError", "Framer", "LengthPrefixFramer", "LineFramer",
-           "RawFramer"]
+__all__ = ["CONTROL_MARK", "CONTROL_MAX", "LENGTH", "Control", "DeframingError", "Framer",
+           "LengthPrefixFramer", "LineFramer", "RawFramer"]
+
+CONTROL_MARK = 0xFFFFFFFF
+"""The length prefix that announces a control frame instead of a message."""
+CONTROL_MAX = 1024
+"""Largest control payload (bytes): control frames are small protocol words, not data."""
+_CONTROL_HEAD = b"\xff\xff\xff\xff"
+_U16 = struct.Struct(">H")
+
+
+class Control(bytes):
+    """A control frame's payload, as feed() returns it among the messages; never a message.
+
+    A bytes subclass so the framer builds it as cheaply as a message; the Transient tells
+    the two apart by type (`type(item) is Control`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Control({bytes(self)!r})"
+
+
+def _no_control(payload: bytes) -> bytes:
+    raise UsageError("fork requests need the length-prefix framer (message.framing "
+                     "lengthPrefix); this carrier's framing cannot carry control frames")
 
 
 @runtime_checkable
@@ -49,6 +86,14 @@ class Framer(Protocol):
         """The peer closed; return a final message if the framing allows one, else raise."""
         ...
 
+    control_seen: bool = False
+    """True once feed() returned a Control item (the Transient then routes them). A framer
+    of your own that subclasses Framer inherits False and the refusing encode_control()."""
+
+    def encode_control(self, payload: bytes) -> bytes:
+        """The bytes of one control frame, or UsageError where the framing has none."""
+        return _no_control(payload)
+
 
 LENGTH = struct.Struct(">I")
 """The Post-to-Post length prefix: 4 bytes, big-endian."""
@@ -58,9 +103,12 @@ class LengthPrefixFramer:
     """4-byte big-endian length, then the payload: the Post-to-Post default."""
 
     encodes_anything = True
+    control_seen = False
 
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
+        self._limit = min(max_size, CONTROL_MARK - 1)
+        """max_size as the receive check uses it: never reaches the control marker."""
         self._buf = bytearray()
         self._need = 0
         """Buffered bytes needed before anything can complete (header, or header + body)."""
@@ -73,6 +121,13 @@ class LengthPrefixFramer:
             raise MessageTooLargeError(f"message of {len(message)} bytes is over "
                                        f"message.maxSize ({self.max_size})")
         return len(message).to_bytes(4, "big") + message
+
+    def encode_control(self, payload: bytes) -> bytes:
+        """One control frame: 0xFFFFFFFF, u16 length, payload (at most CONTROL_MAX bytes)."""
+        if len(payload) > CONTROL_MAX:
+            raise ArgumentError(f"control payload of {len(payload)} bytes is over "
+                                f"{CONTROL_MAX}")
+        return _CONTROL_HEAD + _U16.pack(len(payload)) + bytes(payload)
 
     def feed(self, data: bytes) -> list[bytes]:
         return self.feed_with(data, bytes)
@@ -95,14 +150,29 @@ class LengthPrefixFramer:
         if end >= 4:
             append = out.append
             unpack_from = LENGTH.unpack_from
-            max_size = self.max_size
+            max_size = self._limit
             with memoryview(src) as mv:
                 while end - pos >= 4:
                     (size,) = unpack_from(src, pos)
                     if size > max_size:
-                        raise FrameTooLargeError(f"peer announced a {size}-byte message, "
-                                                 f"over "
-                                             f"message.maxSize ({max_size})")
+                        if size != CONTROL_MARK:
+                            raise FrameTooLargeError(f"peer announced a {size}-byte message,"
+                                                     f" over message.maxSize "
+                                                     f"({self.max_size})")
+                        if end - pos < 6:
+                            need = 6
+                            break
+                        (clen,) = _U16.unpack_from(src, pos + 4)
+                        if clen > CONTROL_MAX:
+                            raise DeframingError(f"peer announced a {clen}-byte control "
+                                                 f"frame, over {CONTROL_MAX}")
+                        if end - pos - 6 < clen:
+                            need = 6 + clen
+                            break
+                        append(Control(mv[pos + 6 : pos + 6 + clen]))
+                        pos += 6 + clen
+                        self.control_seen = True
+                        continue
                     if end - pos - 4 < size:
                         need = 4 + size
                         break
@@ -136,6 +206,8 @@ class LineFramer:
     """Messages end with a delimiter (default LF); for line protocols and tools like socat."""
 
     encodes_anything = False
+    control_seen = False
+    encode_control = staticmethod(_no_control)
 
     def __init__(self, delimiter: bytes = b"\n", max_size: int = 16 * 1024 * 1024,
                  strip: bytes = b"\r") -> None:
@@ -213,6 +285,8 @@ class RawFramer:
     """No framing: every chunk the network delivers is a message (stream semantics)."""
 
     encodes_anything = True
+    control_seen = False
+    encode_control = staticmethod(_no_control)
 
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size

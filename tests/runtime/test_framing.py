@@ -182,9 +182,10 @@ def test_length_prefix_refuses_at_the_header_before_buffering() -> None:
     f = LengthPrefixFramer(100)
     with pytest.raises(DeframingError, match="maxSize"):
         f.feed(big[:4])  # the header alone is enough to refuse
-    # A 4 GiB announcement is refused the same way.
+    # A 4 GiB announcement is refused the same way (0xFFFFFFFF itself announces a control
+    # frame, core/framing.py Rule 4, so the largest length is one less).
     with pytest.raises(DeframingError, match="maxSize"):
-        LengthPrefixFramer(100).feed(b"\xff\xff\xff\xff")
+        LengthPrefixFramer(100).feed(b"\xff\xff\xff\xfe")
 
 
 def test_length_prefix_exact_max_size_is_accepted() -> None:
