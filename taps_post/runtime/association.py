@@ -1,10 +1,10 @@
-"""Associations: long-lived state between a Local and a Remote.
+"""Associations: long-lived state between a Local and a Remote (draft 2.3).
 
 Rule 1: an Association remembers what the network taught us (which path and stack worked, how
 fast, which failed) and the cryptographic state that makes the next connection cheaper (TLS
 sessions). The decision core reads the history as `Environment.cache`; it never reads tickets.
 Rule 2: tickets are used by one racing attempt only (RFC 9623 section 5.3): `take_ticket()`
-hands a ticket out once.
+hands a ticket out once, the newest one the caller can use (`accept`), and leaves the others.
 Rule 3: the optional on-disk cache holds path history only (stdlib TLS sessions cannot be
 serialised), is written atomically, and is created with mode 0600.
 Rule 4: the cache is a hint, never an authority, and never a reason to refuse a connection. A
@@ -15,6 +15,13 @@ before it can reach decide(). What fails is skipped with one warning per file on
 Rule 5: no secret in a repr. A ticket is held as a `Ticket`, whose repr names its stack only,
 and an Association's repr counts its tickets; the ticket's bytes leave only through
 `take_ticket()`, to the one attempt that resumes with it.
+Rule 6: an Association is found by its `key` (`host:port`, lower case): the store, the history
+(`CacheEntry.remote`) and the cache file use the key; `remote` and `local` are the endpoints
+the application named, filled by the first carrier that asks for the key, and never decide
+which Association a carrier gets.
+Rule 7: an Association knows its carriers by weak reference only (`attach`/`detach`): it never
+keeps a carrier alive, and `paths` lists what the live ones use now, read from their open
+Transients, so a closed or collected carrier drops out without anyone telling it.
 """
 
 from __future__ import annotations
@@ -27,12 +34,16 @@ import os
 import stat
 import tempfile
 import threading
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, Protocol
 
 from ..decision.environment import CacheEntry
 from ..policy import catalog
+from .endpoints import Local, Remote
+from .path import Path
 
 __all__ = ["Association", "AssociationStore", "Ticket", "default_store"]
 
@@ -72,11 +83,29 @@ class Ticket:
     __str__ = __repr__
 
 
-@dataclass
-class Association:
-    """State shared by every carrier to one remote (`host:port`)."""
+class Attachable(Protocol):
+    """What an Association reads from a carrier: the Transients serving it now (runtime
+    Carrier has it; a Protocol so this module does not import the carrier's)."""
 
-    remote: str
+    @property
+    def transients(self) -> Sequence[Any]: ...
+
+
+@dataclass(eq=False)
+class Association:
+    """State shared by every carrier to one remote: the draft's Association (2.3) between
+    `local` and `remote`, its path history and tickets, and the `paths` in use now.
+
+    Identity is the object itself (two Associations are equal only if they are one), like
+    the carriers it serves: the store hands out one per key."""
+
+    key: str
+    """"host:port" the store, the history and the cache file know it by (lower case)."""
+    remote: Remote | None = None
+    """The Remote the application named (the first carrier's), None for one only loaded
+    from the cache file so far."""
+    local: Local | None = None
+    """The Local the first carrier named (None: any local endpoint)."""
     history: list[CacheEntry] = field(default_factory=list)
     tickets: dict[str, list[Ticket]] = field(default_factory=dict)
     """Per stack: resumable sessions (ssl.SSLSession, QUIC session tickets), newest last."""
@@ -86,6 +115,48 @@ class Association:
     plans: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Decisions by (context, kind, target, addresses); valid while the history and the live
     interfaces are unchanged (runtime.establish, Rule 2)."""
+    _carriers: list[weakref.ref[Attachable]] = field(default_factory=list, init=False,
+                                                     repr=False)
+    """Attached carriers, oldest first (Rule 7)."""
+
+    # ---- carriers and paths (draft 2.3, 2.7) -----------------------------------------------
+
+    def attach(self, carrier: Attachable) -> None:
+        """Bind `carrier` to this Association (again: it becomes the newest)."""
+        self.detach(carrier)
+        self._carriers.append(weakref.ref(carrier))
+
+    def detach(self, carrier: Attachable) -> None:
+        """Forget `carrier` (a carrier never attached is not an error: close is idempotent)."""
+        self._carriers = [r for r in self._carriers
+                          if (c := r()) is not None and c is not carrier]
+
+    @property
+    def carriers(self) -> list[Attachable]:
+        """The attached carriers still alive, newest first."""
+        alive = [c for r in reversed(self._carriers) if (c := r()) is not None]
+        if len(alive) != len(self._carriers):
+            self._carriers = [weakref.ref(c) for c in reversed(alive)]
+        return alive
+
+    @property
+    def paths(self) -> list[Path]:
+        """The distinct Paths the live carriers use now, newest carrier first: one per open
+        Transient (a dormant carrier has none). Their dynamic properties are read afresh on
+        each access (runtime.path, Rule 2)."""
+        seen: dict[Path, None] = {}
+        for carrier in self.carriers:
+            for transient in carrier.transients:
+                if not getattr(transient, "is_open", False):
+                    continue
+                path = getattr(transient, "path", None)
+                if not isinstance(path, Path):
+                    path = Path.of(transient)
+                    transient.path = path  # the runtime's attribute: made once, then shared
+                seen.setdefault(path, None)
+        return list(seen)
+
+    # ---- history and tickets ----------------------------------------------------------------
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
                interface: str | None = None, address: str | None = None) -> None:
@@ -98,7 +169,7 @@ class Association:
                 if (old.outcome, old.ticket) == (outcome, ticket) and _near(old.rtt_ms, rtt):
                     return  # nothing a ranking would notice: keep the entry (and the plan)
                 break
-        entry = CacheEntry(self.remote, stack, outcome, rtt, ticket, interface, address)
+        entry = CacheEntry(self.key, stack, outcome, rtt, ticket, interface, address)
         self.history = [e for e in self.history
                         if (e.stack, e.interface, e.address) != (stack, interface, address)
                         ][-_HISTORY_LIMIT:]
@@ -110,16 +181,29 @@ class Association:
             bucket.append(Ticket(stack, ticket))
             del bucket[:-4]
 
-    def take_ticket(self, stack: str) -> Any | None:
+    def take_ticket(self, stack: str,
+                    accept: Callable[[Any], bool] | None = None) -> Any | None:
+        """Pop and return the newest ticket of `stack` that `accept(ticket)` approves (every
+        one when `accept` is None), None when there is none; the others stay (Rule 2). A TLS
+        stack passes an `accept` that checks the session was made by the SSLContext it is
+        about to use: a session offered on another context fails the handshake."""
         bucket = self.tickets.get(stack)
-        return bucket.pop().value if bucket else None
+        if not bucket:
+            return None
+        for i in range(len(bucket) - 1, -1, -1):
+            value = bucket[i].value
+            if accept is None or accept(value):
+                del bucket[i]
+                return value
+        return None
 
     def has_ticket(self, stack: str) -> bool:
         return bool(self.tickets.get(stack))
 
     def __repr__(self) -> str:
         tickets = sum(len(v) for v in self.tickets.values())
-        return f"<Association {self.remote} history={len(self.history)} tickets={tickets}>"
+        return (f"<Association {self.key} history={len(self.history)} tickets={tickets} "
+                f"carriers={len(self.carriers)}>")
 
 
 class AssociationStore:
@@ -130,26 +214,36 @@ class AssociationStore:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._lock = threading.Lock()
-        self._by_remote: dict[str, Association] = {}
+        self._by_key: dict[str, Association] = {}
         self.path = os.fspath(path) if path is not None else None
         if self.path:
             self._load()
 
-    def get(self, remote: str) -> Association:
-        key = remote.lower()
+    def get(self, key: str, remote: Remote | None = None,
+            local: Local | None = None) -> Association:
+        """The Association for `key` (`host:port`, any case), made on first use. `remote`
+        and `local` fill the Association's endpoints when it has none yet (Rule 6): the
+        first carrier to a key names them, and an Association loaded from the cache file
+        gets them from the first carrier that uses it."""
+        key = key.lower()
         with self._lock:
-            assoc = self._by_remote.get(key)
+            assoc = self._by_key.get(key)
             if assoc is None:
-                assoc = self._by_remote[key] = Association(key)
+                assoc = self._by_key[key] = Association(key, remote, local)
+            else:
+                if assoc.remote is None and remote is not None:
+                    assoc.remote = remote
+                if assoc.local is None and local is not None:
+                    assoc.local = local
             return assoc
 
     def clear(self) -> None:
         with self._lock:
-            self._by_remote.clear()
+            self._by_key.clear()
 
     def __repr__(self) -> str:
         where = f" {self.path}" if self.path else ""
-        return f"<AssociationStore{where} associations={len(self._by_remote)}>"
+        return f"<AssociationStore{where} associations={len(self._by_key)}>"
 
     def save(self) -> None:
         """Write path history atomically with mode 0600 (it reveals where we connect)."""
@@ -157,7 +251,7 @@ class AssociationStore:
             return
         data = {"version": 1, "associations": {
             k: [_entry(e) for e in a.history]
-            for k, a in self._by_remote.items() if a.history}}
+            for k, a in self._by_key.items() if a.history}}
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(prefix=".taps-post-", dir=directory)
         try:

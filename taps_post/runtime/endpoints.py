@@ -1,12 +1,17 @@
-"""Local and Remote endpoints.
+"""Local and Remote endpoints (draft 2.4, 2.5, Appendix A).
 
-Rule 1: a Remote resolves in passes until complete (URL -> name + port -> addresses), and each
-pass is a new frozen value, so a Remote can be logged, compared and reused at any stage.
+Rule 1: a Remote resolves in passes until complete (URL -> name + port -> addresses -> one
+address), and each pass is a new frozen value, so a Remote can be logged, compared and reused
+at any stage. `lookup()` is the name pass (the same Remote with all its addresses);
+`resolve()` is the draft's Resolve(): the list of more specific Remotes, one per address, each
+`complete`. A resolved Remote keeps its name (TLS verifies the peer against it).
 Rule 2: name resolution here is the event loop's resolver (`loop.getaddrinfo`), never a
 blocking call on the loop thread.
-Rule 3: an endpoint's repr and `describe()` name its certificates by fingerprint only, never
-their PEM text or key, so a Local holding our private key can be logged or named in an
-exception message (docs/architecture.md, "Errors and certificates").
+Rule 3: a name that does not resolve is an error naming it (`ResolutionError`), never a Remote
+with no addresses: nothing downstream has to tell "resolved to nothing" from "not resolved".
+Rule 4: an endpoint's repr and `describe()` name its certificates (ours, pinned and trusted
+ones) by fingerprint only, never their PEM text or key, so a Local holding our private key can
+be logged or named in an exception message (docs/architecture.md, "Errors and certificates").
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from ..certs import Certificate
 from ..decision.request import Request, parse_target
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ResolutionError
 
 __all__ = ["Local", "Remote", "has_identity"]
 
@@ -34,18 +39,33 @@ def _parse(target: str) -> Request:
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """Where we are: an interface and/or address, a port, and our certificates."""
+    """Where we are: an interface and/or address, a port, our certificates, and the
+    certificates we trust our peers by (a Listener's client authentication)."""
 
     interface: str | None = None
     address: str | None = None
     port: int = 0
+    """The local port: a Listener's, or the source port an initiated carrier binds (0: any)."""
     certificates: Sequence[Certificate] = ()
+    """Our identity: end-entity certificates with their private keys."""
+    trusted: Sequence[Certificate] = ()
+    """CA certificates, or pinned client certificates, a Listener on this Local verifies
+    clients against when policy `security.clientAuth` is request or require (draft 2.5:
+    "certificates ... to identify this endpoint", and the peers it accepts)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ArgumentError(f"port {self.port} is out of range 0-65535")
         if self.address is not None:
             ipaddress.ip_address(self.address)
+        for name in ("certificates", "trusted"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not all(
+                    isinstance(c, Certificate) for c in value):
+                raise ArgumentError(f"Local.{name} must be a sequence of Certificate "
+                                    "(taps_post.certs)")
+            # A tuple: a caller's list may change later, and a frozen Local stays hashable.
+            object.__setattr__(self, name, tuple(value))
 
     def describe(self) -> str:
         """What the Local selects, for messages: interface, address and port (a Local's
@@ -57,7 +77,8 @@ class Local:
 
     def __repr__(self) -> str:
         return (f"Local(interface={self.interface!r}, address={self.address!r}, "
-                f"port={self.port}, certificates={_certs(self.certificates)})")
+                f"port={self.port}, certificates={_certs(self.certificates)}, "
+                f"trusted={_certs(self.trusted)})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +124,25 @@ class Remote:
 
     @property
     def is_resolved(self) -> bool:
-        return self.addresses is not None
+        """Whether the addresses are known (one or more): `lookup()` has nothing left to do."""
+        return bool(self.addresses)
+
+    @property
+    def complete(self) -> bool:
+        """The draft's Complete(): this Remote names one address and a port, so a stack can
+        open a Transient to it without resolving anything (`resolve()` returns [self])."""
+        return self.addresses is not None and len(self.addresses) == 1 and self.port != 0
 
     def request(self, *, app: str | None, kind: str) -> Request:
         return parse_target(self.target, app=app, kind=kind)
 
-    async def resolve(self) -> Remote:
-        """The next pass: a Remote whose addresses are known (possibly empty)."""
-        if self.addresses is not None:
+    async def lookup(self) -> Remote:
+        """The name pass: this Remote with all the addresses its name has, in the resolver's
+        order (itself when they are known; an IP literal is its own address).
+
+        Raises ResolutionError, naming the name, when the resolver fails or answers no
+        address (Rule 3)."""
+        if self.addresses:
             return self
         try:
             ipaddress.ip_address(self.host)
@@ -121,11 +153,21 @@ class Remote:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError, OSError):
-            return replace(self, addresses=())
+        except socket.gaierror as exc:
+            raise ResolutionError(self.host, exc.strerror or str(exc)) from exc
+        except (UnicodeError, OSError) as exc:
+            raise ResolutionError(self.host, f"{type(exc).__name__}: {exc}") from exc
         from ..system.live import addresses_of
 
-        return replace(self, addresses=addresses_of(infos))
+        addresses = addresses_of(infos)
+        if not addresses:
+            raise ResolutionError(self.host)
+        return replace(self, addresses=addresses)
+
+    async def resolve(self) -> Remote:
+        """Compatibility for the runtime while it moves to `lookup()`: the same as
+        lookup()."""
+        return await self.lookup()
 
 
 def has_identity(local: Local | None) -> bool:
