@@ -3,11 +3,17 @@
 Rule 1: sans-I/O and clock-free: every call takes `now`, and `pop_ready(now)` returns what to
 send and what expired. A stack's pump does the writing and fires the callbacks, so the
 ordering rules are testable without sockets and without sleeping.
-Rule 2: a message leaves the queue exactly once: sent, or expired. Never both, never neither.
+Rule 2: a message leaves the queue exactly once: sent, expired, or drained (the transport
+ended; the stack salvages or fails what was never written). Never two, never none.
 Rule 3: the `Ledger` turns byte offsets into events. A stack records where each tracked
 message ends in its byte stream (`track`), then reports how far the kernel (or aioquic) has
 taken and acknowledged the stream (`advance`); it gets back `Sent`/`Acked` events in order,
-each exactly once, and `fail()` ends whatever was still in flight as `Expired`.
+each exactly once, and `fail()` ends whatever was still unacknowledged as `Failed` (after
+`Sent` for what the kernel is known to have taken): every tracked message ends once.
+Rule 4: sending order is the draft's priority: niceness first, then the earlier deadline
+(no lifetime counts as +inf), then arrival ("priority increases as both niceness and lifetime
+decrease"). Plain bytes (push_data) are niceness 0 without lifetime, so they merge by the same
+key without a heap entry.
 """
 
 from __future__ import annotations
@@ -19,16 +25,29 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ArgumentError
-from .events import Acked, Expired, Sent
+from .events import Acked, Failed, Sent
 from .messages import OutMessage, Pending
 
-__all__ = ["Ledger", "Pending", "SendQueue"]
+__all__ = ["Key", "Ledger", "Pending", "SendQueue", "send_key"]
+
+_INF = float("inf")
+
+Key = tuple[int, float, int]
+"""(niceness, deadline or +inf, arrival): smaller goes first (Rule 4)."""
+
+
+def send_key(pending: Pending) -> Key:
+    """Where `pending` sorts in the send order (Rule 4)."""
+    d = pending.deadline
+    return (pending.message.niceness, _INF if d is None else d, pending.arrival)
+
 
 class SendQueue:
-    """Orders messages by niceness then arrival; holds a message until its antecedents left."""
+    """Orders messages by niceness, deadline, then arrival (Rule 4); holds a message until
+    its antecedents left."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[tuple[int, int], Pending]] = []
+        self._heap: list[tuple[Key, Pending]] = []
         self._queued: dict[int, Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
         self.queued_bytes = 0
@@ -36,7 +55,7 @@ class SendQueue:
         self._cascade_due = False
         self._plain: collections.deque[tuple[int, bytes]] = collections.deque()
         """(arrival, data) queued by push_data(): niceness 0, no lifetime, no antecedents,
-        no callbacks. FIFO, merged with the heap by (niceness, arrival) in pop_ready()."""
+        no callbacks. FIFO, merged with the heap by (0, +inf, arrival) in pop_ready()."""
 
     def __len__(self) -> int:
         return len(self._queued) + len(self._plain)
@@ -53,7 +72,7 @@ class SendQueue:
         msg.state = "queued"
         self._queued[msg.seq] = pending
         pending.arrival = next(self._arrivals)
-        heapq.heappush(self._heap, (pending.sort_key(), pending))
+        heapq.heappush(self._heap, (send_key(pending), pending))
         self.queued_bytes += len(msg.data)
         if any(a.state == "expired" for a in msg.antecedents):
             self._cascade_due = True
@@ -92,9 +111,9 @@ class SendQueue:
             self.queued_bytes -= sum(map(len, fast))
             return fast, expired  # type: ignore[return-value]
         ready: list[Any] = []
-        held: list[tuple[tuple[int, int], Pending]] = []
+        held: list[tuple[Key, Pending]] = []
         while (self._heap or plain) and (limit is None or len(ready) < limit):
-            if plain and (not self._heap or (0, plain[0][0]) < self._heap[0][0]):
+            if plain and (not self._heap or (0, _INF, plain[0][0]) < self._heap[0][0]):
                 _s, d = plain.popleft()
                 self.queued_bytes -= len(d)
                 ready.append(d)
@@ -114,11 +133,22 @@ class SendQueue:
             heapq.heappush(self._heap, item)
         return ready, expired
 
-    def drain_all(self) -> list[Pending]:
-        """Everything still queued (the carrier is closing); the caller reports them expired."""
-        out = list(self._queued.values())
+    def drain_all(self, *, plain: bool = False) -> list[Pending]:
+        """Everything still queued (the transport ended), in send order (Rule 4), each marked
+        expired; the caller salvages them or reports them. `plain`: bytes queued by
+        push_data() come back too, as new Pendings without callbacks, so a salvage can send
+        them on the next transport (otherwise they are dropped: nobody awaits their fate)."""
+        out = sorted(self._queued.values(), key=send_key)
         for p in out:
             self._remove(p, expired=True)
+        if plain and self._plain:
+            wrapped = []
+            for s, d in self._plain:
+                w = Pending(OutMessage(d), None)
+                w.arrival = s
+                w.message.state = "expired"
+                wrapped.append(w)
+            out = sorted(out + wrapped, key=send_key)
         self.queued_bytes -= sum(len(d) for _s, d in self._plain)
         self._plain.clear()
         self._heap.clear()
@@ -149,8 +179,10 @@ class SendQueue:
 class Ledger:
     """Tracked messages by the stream offset of their last byte, until sent and acknowledged.
 
-    Only messages with an `on_sent` or `on_acked` callback are tracked, so the bulk path of
-    plain `send()` never touches it.
+    Only messages with an `on_sent`, `on_acked` or `on_send_error` callback are tracked, so
+    the bulk path of plain `send()` never touches it. A message stays after `Sent` while it
+    has an `on_acked` or `on_send_error` to fire: its end is the acknowledgement, or `Failed`
+    when the transport dies first.
     """
 
     __slots__ = ("_acks_wanted", "_unacked", "_unsent")
@@ -165,16 +197,17 @@ class Ledger:
 
     @property
     def wants_acks(self) -> bool:
-        """Some tracked message waits for `on_acked`: only then is the (costly) acknowledged
+        """Some tracked message waits for its acknowledgement (`on_acked`, or `on_send_error`
+        which must not fire once the peer has it): only then is the (costly) acknowledged
         offset worth asking the kernel for."""
         return self._acks_wanted > 0
 
     def track(self, end: int, p: Pending) -> bool:
         """Remember `p` as ending at stream offset `end`; False when it has no callback."""
-        if p.on_sent is None and p.on_acked is None:
+        if p.on_sent is None and p.on_acked is None and p.on_send_error is None:
             return False
         self._unsent.append((end, p))
-        if p.on_acked is not None:
+        if p.on_acked is not None or p.on_send_error is not None:
             self._acks_wanted += 1
         return True
 
@@ -186,17 +219,25 @@ class Ledger:
         while unsent and unsent[0][0] <= sent:
             end, p = unsent.popleft()
             out.append(Sent(p))
-            if p.on_acked is not None:
+            if p.on_acked is not None or p.on_send_error is not None:
                 unacked.append((end, p))
         while unacked and acked is not None and unacked[0][0] <= acked:
             out.append(Acked(unacked.popleft()[1]))
             self._acks_wanted -= 1
         return out
 
-    def fail(self) -> list[Expired]:
-        """The transport died: messages handed over but not known sent end as expired;
-        messages known sent but not acknowledged get nothing more."""
-        out = [Expired(p) for _end, p in self._unsent]
+    def fail(self, error: BaseException | None = None,
+             sent: int | None = None) -> list[Sent | Failed]:
+        """The transport died: every tracked message not yet acknowledged ends as `Failed`
+        (RFC 9622 SendError), preceded by `Sent` when `sent` (the kernel's final taken
+        offset, None: unknown) shows it was wholly taken. Nothing is tracked afterwards."""
+        out: list[Sent | Failed] = []
+        for end, p in self._unsent:
+            if sent is not None and end <= sent:
+                out.append(Sent(p))
+            out.append(Failed(p, error))
+        for _end, p in self._unacked:
+            out.append(Failed(p, error))
         self._unsent.clear()
         self._unacked.clear()
         self._acks_wanted = 0

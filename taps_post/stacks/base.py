@@ -41,7 +41,11 @@ class SessionState(Protocol):
 
     tls_contexts: dict[Any, Any]
 
-    def take_ticket(self, stack: str) -> Any | None: ...
+    def take_ticket(self, stack: str,
+                    accept: Callable[[Any], bool] | None = None) -> Any | None:
+        """Pop the newest ticket of `stack` that `accept` takes (all, without it); tickets
+        it refuses stay for the attempts they fit (a TLS session of another SSLContext)."""
+        ...
 
     def add_ticket(self, stack: str, ticket: Any) -> None: ...
 
@@ -77,6 +81,9 @@ class ListenSpec:
     identity: Sequence[Certificate]
     on_transient: Callable[[Transient], None]
     multicast: bool = False
+    trusted: Sequence[Certificate] = ()
+    """Under settings.client_auth request/require: the CAs or pinned (self-signed) client
+    certificates a client certificate must verify against (and, for pins, match)."""
 
 
 class Listening(Protocol):
@@ -151,27 +158,33 @@ def bind_to_device(sock: socket.socket, interface: str | None, *, remote: str | 
 def bind_server(sock: socket.socket, address: str, port: int, interface: str | None) -> None:
     """The one way every listening socket is bound: non-blocking, address reuse, dual-stack
     on `::`, pinned to its interface (or failing, Rule 3), then bound. A multicast `address`
-    binds the wildcard of its family (the group is joined separately)."""
+    binds the group itself on Linux (the kernel then delivers only datagrams sent to the
+    group, not unicast to the port; the group is joined separately), the wildcard elsewhere.
+    """
     import ipaddress
+    import sys
 
     sock.setblocking(False)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if sock.family == socket.AF_INET6 and address == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     bind_to_device(sock, interface)  # a listener on an interface serves only its peers
-    if ipaddress.ip_address(address).is_multicast:
+    if ipaddress.ip_address(address).is_multicast and not sys.platform.startswith("linux"):
         address = "::" if ":" in address else "0.0.0.0"
     sock.bind((address, port))
 
 
-def connected_datagram_socket(c: Candidate) -> socket.socket:
+def connected_datagram_socket(c: Candidate, local_port: int = 0) -> socket.socket:
     """A UDP socket on the candidate's path: pinned to its interface (Rule 3), bound to its
-    local address and connected to its remote one (so the kernel reports ICMP errors to it)."""
+    local address (and `local_port`, the Local's port; 0: any) and connected to its remote
+    one (so the kernel reports ICMP errors to it)."""
     sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if local_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         bind_to_device(sock, c.interface, remote=c.remote_address, local=c.local_address)
-        sock.bind((c.local_address, 0))
+        sock.bind((c.local_address, local_port))
         sock.connect((c.remote_address, c.remote_port))
     except BaseException:
         sock.close()

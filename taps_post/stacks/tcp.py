@@ -6,7 +6,23 @@ creates (otherwise Nagle plus delayed ACKs add ~40 ms per small exchange; docs/r
 Rule 2: a TLS attempt is ready only after its handshake and, when certificates are pinned,
 after the peer's certificate matched a pin. A racing TLS attempt is not a winner before that.
 Rule 3: TLS sessions are resumed through a per-association SSLContext (sessions only resume
-on the context that made them) and each ticket goes to one attempt only.
+on the context that made them) and each ticket goes to one attempt only: a ticket is stored
+with the context that made it and only an attempt on that very context takes it (another
+ALPN or client certificate means another context, which must never see a foreign session).
+Rule 4: Fast Open carries the first idempotent message of the early flight in the SYN (a
+copy, `EarlyAttempt.take(limit=1)`), tracked in the Ledger from offset 0 like any written
+message, so its on_sent/on_acked come from the kernel's offsets. On the accepting side only
+what certainly arrived in the SYN is marked `InMessage.early`: TCP_INFO says the SYN carried
+data (TCPI_OPT_SYN_DATA), and while tcpi_data_segs_in is 1 tcpi_bytes_received is exactly
+that data (tcp_fastopen_add_skb sets both); with more data segments already in, nothing is.
+Rule 5: DSCP marks are per socket on TCP (IP_TOS / IPV6_TCLASS = code point << 2), set before
+a write batch to the code point of its most urgent niceness, only when it changes; without
+a `message.dscp` table no setsockopt is made at all.
+Rule 6: at the end of a connection, the messages written but not acknowledged fail (the
+Transient's Rule 5); what the kernel had taken is read from TCP_INFO (tcpi_bytes_acked plus
+the bytes still in the send queue), since asyncio drops its own buffer on an error.
+Rule 7: an accepted connection on an MPTCP listener reports `tcp`/`tls` when the peer fell
+back to plain TCP (getsockopt TCP_IS_MPTCP), never a multipath it does not have.
 """
 
 from __future__ import annotations
@@ -24,9 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.early import EarlyAttempt
 from ..core.framing import LENGTH, Framer, LengthPrefixFramer
-from ..core.messages import InMessage
+from ..core.messages import InMessage, Pending
+from ..core.path import PathStats
 from ..errors import DeframingError
+from ..system import tcpinfo
 from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
 from .tls import client_tls_context, server_tls_context, verify_pins
 from .transient import Transient
@@ -35,8 +54,29 @@ __all__ = ["ResumingContext", "StreamStack", "StreamTransient", "outq"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
-_TCPI_OPT_SYN_DATA = 32
-"""tcp_info.tcpi_options bit: the peer acknowledged the data in our SYN (Fast Open worked)."""
+_TCP_IS_MPTCP = 43
+"""getsockopt(SOL_TCP) on an MPTCP socket: 1 while MPTCP is in use, 0 after a fallback."""
+_FALLBACK = {"mptcp": "tcp", "tls-mptcp": "tls"}
+
+
+def is_mptcp(sock: Any) -> bool | None:
+    """Is MPTCP in use on this connection (Rule 7)? None when the kernel cannot say."""
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_IS_MPTCP))
+    except (OSError, AttributeError):
+        return None
+
+
+def set_dscp(sock: Any, code_point: int) -> None:
+    """Mark the socket's packets with `code_point` (Rule 5); IPv6 sockets get both options
+    (an IPv4-mapped peer is reached through IP_TOS)."""
+    tos = code_point << 2
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
 
 def _is_loopback(address: str) -> bool:
@@ -52,12 +92,17 @@ def fastopen_enabled() -> bool:
         return False
 
 
-def syn_data_acked(sock: socket.socket) -> bool:
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
-    except OSError:
-        return False
-    return bool(info[5] & _TCPI_OPT_SYN_DATA)
+def syn_data_acked(sock: Any) -> bool:
+    """Client: the server acknowledged the data of our SYN. Server: the SYN carried data."""
+    return tcpinfo.syn_data(tcpinfo.read(sock))
+
+
+def syn_bytes(sock: Any) -> int:
+    """How many bytes certainly arrived in the SYN of an accepted connection (Rule 4)."""
+    info = tcpinfo.read(sock)
+    if not tcpinfo.syn_data(info) or info is None or info.data_segs_in != 1:
+        return 0
+    return info.bytes_received or 0
 
 
 async def _fastopen_connect(sock: socket.socket, addr: tuple[str, int], data: bytes) -> int:
@@ -121,6 +166,13 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.session_sink: Callable[[Any], None] | None = None
         self.used_session: Any = None
         """The TLS session this connection resumed with, never to be stored again."""
+        self.fallback_stack: str | None = None
+        """Accepted on an MPTCP listener: the stack to report if MPTCP fell back (Rule 7)."""
+        self.accepted = False
+        self._early_left = 0
+        """Accepted: bytes of the stream that arrived in the SYN, not yet framed (Rule 4)."""
+        self._tos: int | None = None
+        """The DSCP code point set on the socket (None: never set)."""
 
     # ---- the Transient interface ------------------------------------------------------------
 
@@ -129,7 +181,7 @@ class StreamTransient(Transient, asyncio.Protocol):
 
     def submit_data(self, data: bytes) -> None:
         if self._direct and self._pump_handle is None and not self._writing_paused \
-                and not self._queue.queued_bytes and not len(self._queue):
+                and not self._queue.queued_bytes and not len(self._queue) and not self.dscp:
             self._admit(data)
             self._direct = False  # idle link: frame and write, no queue round trip
             self._emit(self.framer.encode(data))
@@ -168,6 +220,10 @@ class StreamTransient(Transient, asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)  # type: ignore[attr-defined]
+        if self.fallback_stack is not None and is_mptcp(sock) is False:
+            self.stack = self.fallback_stack
+        if self.accepted and not self.secure:
+            self._early_left = syn_bytes(sock)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.remote_address = (peer[0], peer[1]) if peer else None
@@ -175,11 +231,19 @@ class StreamTransient(Transient, asyncio.Protocol):
         if self.on_connection is not None:
             self.on_connection(self)
         self._schedule_pump()
+        if self._ledger and self._progress_handle is None:
+            self.check_progress()  # the Fast Open copy, written before the transport existed
 
     def data_received(self, data: bytes) -> None:
         if self.session_sink is not None:
             self._capture_session()
+        first = self.first_data
+        if not first.done():
+            first.set_result(None)
         self._direct = True
+        if self._early_left:
+            self._receive_early(data)
+            return
         feed_with = self._feed_with
         try:
             messages: Any = (feed_with(data, _new_message) if feed_with is not None
@@ -188,6 +252,21 @@ class StreamTransient(Transient, asyncio.Protocol):
             self.fail(exc)
             return
         self.deliver(messages)
+
+    def _receive_early(self, data: bytes) -> None:
+        """Rule 4: messages that end within the SYN's bytes are early, later ones are not."""
+        n = min(self._early_left, len(data))
+        self._early_left -= n
+        try:
+            self.early = True
+            self.deliver(self.framer.feed(data[:n]))
+            self.early = False
+            if n < len(data):
+                self._early_left = 0
+                self.deliver(self.framer.feed(data[n:]))
+        except DeframingError as exc:
+            self.early = False
+            self.fail(exc)
 
     def eof_received(self) -> bool | None:
         try:
@@ -205,6 +284,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.terminate(exc)
 
     def write_ready(self, ready: list[Any]) -> None:
+        if self.dscp:
+            self._mark(min(0 if type(p) is bytes else p.message.niceness for p in ready))
         encode = self.framer.encode
         # Length prefix: plain messages were size-checked at submit; the prefix and the payload
         # go into the join as two items (no per-message concatenation).
@@ -239,6 +320,44 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.transport.write(data)
         self._written += len(data)
 
+    def _mark(self, niceness: int) -> None:
+        """Rule 5: the socket's mark follows the batch's most urgent message."""
+        cp = self.dscp_for(niceness)
+        if cp is None or cp == self._tos or self.raw_socket is None:
+            return
+        try:
+            set_dscp(self.raw_socket, cp)
+        except OSError:
+            return
+        self._tos = cp
+
+    def preload(self, frame_length: int, pending: Pending) -> None:
+        """The first `frame_length` stream bytes were written before the transport existed
+        (Fast Open, Rule 4): count them, and track `pending` as ending there."""
+        self._written += frame_length
+        self.sent_any = True
+        self.track(self._written, pending)
+
+    def final_offsets(self, exc: BaseException | None) -> int | None:
+        if exc is None:
+            offsets = self.offsets()
+            return None if offsets is None else offsets[0]
+        if self.secure:
+            return None  # ciphertext offsets differ from ours
+        info = tcpinfo.read(self.raw_socket)
+        held = outq(self.raw_socket)
+        if info is None or info.bytes_acked is None or held is None:
+            return None
+        return info.bytes_acked + held
+
+    def write_control(self, frame: bytes) -> None:
+        self._emit(frame)
+        self.sent_any = True
+
+    def path_stats(self) -> PathStats:
+        """TCP_INFO and IP_MTU of the socket, read now (system/tcpinfo.py)."""
+        return tcpinfo.path_stats(self.raw_socket)
+
     def offsets(self) -> tuple[int, int | None] | None:
         transport = self.transport
         if transport is None:
@@ -256,6 +375,29 @@ class StreamTransient(Transient, asyncio.Protocol):
             return accepted, (accepted if held == 0 and buffered == 0 else None)
         return accepted, accepted - held
 
+
+
+@dataclass(frozen=True, slots=True)
+class TlsTicket:
+    """A TLS session and the SSLContext that made it: it resumes only there (Rule 3)."""
+
+    context: ssl.SSLContext
+    session: ssl.SSLSession
+
+
+def _keep_ticket(association: Any, stack: str, context: ssl.SSLContext,
+                 session: ssl.SSLSession) -> None:
+    association.add_ticket(stack, TlsTicket(context, session))
+
+
+def _take_ticket(association: Any, stack: str,
+                 context: ssl.SSLContext) -> ssl.SSLSession | None:
+    """The newest ticket made by `context` (Rule 3); tickets of other contexts stay."""
+    def mine(t: Any) -> bool:
+        return isinstance(t, TlsTicket) and t.context is context
+
+    ticket = association.take_ticket(stack, accept=mine)
+    return ticket.session if isinstance(ticket, TlsTicket) and mine(ticket) else None
 
 
 class ResumingContext:
@@ -327,22 +469,30 @@ class StreamStack:
             if not _is_loopback(c.local_address):  # loopback routes only via lo anyway
                 bind_to_device(sock, c.interface, remote=c.remote_address,
                                local=c.local_address)
-            with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
-                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((c.local_address, 0))
+            if spec.local_port:
+                # Racing attempts from one local port to different remotes all bind it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            else:
+                with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((c.local_address, spec.local_port))
+            if spec.settings.dscp:
+                set_dscp(sock, spec.settings.dscp[0])  # the SYN: niceness 0's mark
             started = loop.time()
             addr = (c.remote_address, c.remote_port)
             framer = spec.framer()
-            early = spec.early
-            in_syn = b""
-            if (early is not None and early.idempotent and not self.secure and not self.mptcp
-                    and spec.settings.zero_rtt and fastopen_enabled()):
-                frame = framer.encode(early.data)
-                sent = await _fastopen_connect(sock, addr, frame)
-                in_syn, rest = frame[:sent], frame[sent:]
-                if rest:
-                    sock.sendall(rest)  # tiny and the socket is connected: does not block
-                early = None
+            early = spec.early if isinstance(spec.early, EarlyAttempt) else None
+            copies = (early.take(limit=1)
+                      if early is not None and not self.secure and not self.mptcp
+                      and spec.settings.zero_rtt and fastopen_enabled() else [])
+            frame = b""
+            in_syn = 0
+            if copies:
+                copy, _relays = copies[0]
+                frame = framer.encode(copy.data)
+                in_syn = await _fastopen_connect(sock, addr, frame)
+                if in_syn < len(frame):
+                    sock.sendall(frame[in_syn:])  # tiny, the socket is connected: no block
             else:
                 await loop.sock_connect(sock, addr)
             connected = loop.time()
@@ -350,14 +500,20 @@ class StreamStack:
                                         max_size=spec.settings.max_size, interface=c.interface,
                                         secure=self.secure)
             transient.nodelay_set = True  # _socket() did it; connection_made need not
-            if spec.early is not None and early is None:
+            transient.dscp = spec.settings.dscp
+            if copies:
+                copy, relays = copies[0]
+                copy.state = "sent"
+                transient.preload(len(frame), Pending(copy, None, *relays))
+                transient.early_attempt = early
                 transient.early_sent = True
                 transient.early_in_syn = bool(in_syn) and syn_data_acked(sock)
             tls: Any = None
             if self.secure:
-                ticket = (spec.association.take_ticket(self.name)
+                ctx = self._client_context(spec)
+                ticket = (_take_ticket(spec.association, self.name, ctx)
                           if spec.settings.session_cache else None)
-                tls = ResumingContext(self._client_context(spec), ticket)
+                tls = ResumingContext(ctx, ticket)
                 transient.used_session = ticket
             transport, _ = await loop.create_connection(
                 lambda: transient, sock=sock, ssl=tls,
@@ -368,7 +524,8 @@ class StreamStack:
                 verify_pins(ssl_object, spec.pinned)
                 transient.session_reused = bool(ssl_object and ssl_object.session_reused)
                 if spec.settings.session_cache:
-                    transient.session_sink = lambda s: spec.association.add_ticket(self.name, s)
+                    transient.session_sink = functools.partial(
+                        _keep_ticket, spec.association, self.name, ctx)
             transient.rtt_ms = (connected - started) * 1000.0
             transient.established_ms = (loop.time() - started) * 1000.0
             return transient
@@ -388,13 +545,18 @@ class StreamStack:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
             sock.listen(128)
-            tls = server_tls_context(spec.settings, spec.identity) if self.secure else None
+            tls = (server_tls_context(spec.settings, spec.identity, spec.trusted)
+                   if self.secure else None)
+            fallback = _FALLBACK.get(self.name) if self.mptcp else None
 
             def factory() -> StreamTransient:
                 t = StreamTransient(stack=self.name, framer=spec.framer(),
                                     max_size=spec.settings.max_size, interface=spec.interface,
                                     secure=self.secure)
                 t.on_connection = spec.on_transient
+                t.fallback_stack = fallback
+                t.accepted = True
+                t.dscp = spec.settings.dscp
                 return t
 
             server = await loop.create_server(factory, sock=sock, ssl=tls)

@@ -5,6 +5,11 @@ Remote pins some; pinning is then checked again by fingerprint (`verify_pins`), 
 "this certificate", not "anything this CA signed".
 Rule 2: a pin mismatch raises PinMismatchError, an ssl.SSLCertVerificationError, so racing
 classifies it as tls_verify without reading the text.
+Rule 3: a listener under security.clientAuth asks for a client certificate (request:
+CERT_OPTIONAL, a client without one is still served; require: CERT_REQUIRED, it is refused
+in the handshake) and verifies a presented one against exactly the trusted certificates: CAs,
+or self-signed client certificates loaded as trust anchors, which verify only the very same
+certificate (a pin). A presented certificate that does not verify is refused in both modes.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ def client_tls_context(settings: Settings, pinned: Sequence[Certificate],
 
 
 def server_tls_context(settings: Settings, identity: Sequence[Certificate],
-                       client_cas: Sequence[Certificate] = ()) -> ssl.SSLContext:
+                       trusted: Sequence[Certificate] = ()) -> ssl.SSLContext:
+    """A server context with the Local's key; under clientAuth (Rule 3) it verifies client
+    certificates against `trusted` (the system CAs when none are given)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[settings.min_tls]
     for cert in identity:
@@ -61,10 +68,14 @@ def server_tls_context(settings: Settings, identity: Sequence[Certificate],
             break
     else:
         raise ArgumentError("a TLS listener needs a Local certificate with its private key")
-    if client_cas:
-        for cert in client_cas:
-            ctx.load_verify_locations(cadata=cert.cert_pem)
-        ctx.verify_mode = ssl.CERT_REQUIRED
+    mode = settings.client_auth
+    if mode in ("request", "require"):
+        if trusted:
+            for cert in trusted:
+                ctx.load_verify_locations(cadata=cert.cert_pem)
+        else:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = ssl.CERT_REQUIRED if mode == "require" else ssl.CERT_OPTIONAL
     if settings.alpn:
         ctx.set_alpn_protocols(list(settings.alpn))
     return ctx

@@ -11,8 +11,19 @@ set TCP_NODELAY).
 Rule 3: `on_sent` fires when the kernel has taken the message's last byte, `on_acked` when the
 peer acknowledged it, both read from the stack's own offsets (`offsets()`), never guessed; the
 core's Ledger turns offsets into events exactly once.
-Rule 4: a subclass provides `write_ready(ready)` and may override `offsets()`, `submit_data()`
-(a direct-write fast path), `detach_stream()`, `open_sibling()` and `accept_siblings()`.
+Rule 4: a subclass provides `write_ready(ready)` and may override `offsets()`,
+`final_offsets()`, `submit_data()` (a direct-write fast path), `write_control()`,
+`path_stats()`, `detach_stream()`, `open_sibling()` and `accept_siblings()`.
+Rule 5: every message ends exactly once (RFC 9622): `on_acked` where the stack acknowledges
+(TCP, TLS, QUIC streams), `on_expired` when its lifetime or an antecedent ran out before it
+was sent, or `on_send_error` when the stack refused it or the transport ended first. At the
+end of a transport, messages still queued (never written) go to `salvage` first (the Carrier
+re-sends them on its next Transient) and get `on_send_error` only if it declines; messages
+written but not acknowledged get `on_send_error`, after `on_sent` if the kernel took them.
+Datagram stacks (UDP, QUIC DATAGRAM frames) have no acknowledgement: their end is `on_sent`,
+or `on_send_error` when the kernel refuses the datagram.
+Rule 6: control frames (the fork protocol, core/framing.py) never reach the inbox: `deliver`
+checks `framer.control_seen` once per batch and hands `Control` items to `on_control`.
 """
 
 from __future__ import annotations
@@ -21,11 +32,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..core.events import Acked, Expired, Sent
-from ..core.framing import Framer
+from ..core.early import EarlyAttempt
+from ..core.events import Acked, Expired, Failed, Sent
+from ..core.framing import Control, Framer
 from ..core.inbox import Inbox
 from ..core.messages import InMessage, OutMessage, Pending
 from ..core.outbox import Ledger, SendQueue
+from ..core.path import PathStats
 from ..errors import ConnectionClosedError, MessageTooLargeError, UsageError
 
 __all__ = ["SEND_HIGH", "SEND_LOW", "Transient"]
@@ -72,6 +85,23 @@ class Transient:
         """...and rode in the first flight: the peer acknowledged our 0-RTT data."""
         self.soft_error: BaseException | None = None
         """The last soft error (ICMP) reported on a connectionless socket."""
+        self.on_soft_error: Callable[[BaseException], None] | None = None
+        """Called with each soft error (ICMP on connected UDP, QUIC after its handshake)."""
+        self.early_attempt: EarlyAttempt | None = None
+        """The early flight's attempt handle when this Transient carried copies early (TCP
+        Fast Open, QUIC 0-RTT): the Carrier settles the race's events with it."""
+        self.salvage: Callable[[list[Pending]], bool] | None = None
+        """Rule 5: called with the never-written messages when the transport ends; True
+        means the owner took them (they are sent again elsewhere, not reported here)."""
+        self.path: Any = None
+        """The `taps_post.Path` the runtime made for this Transient."""
+        self.on_control: Callable[[bytes], None] | None = None
+        """Rule 6: receives the payload of each control frame from the peer."""
+        self.first_data: asyncio.Future[None] = self.loop.create_future()
+        """Resolved when the first byte arrives or the transport ends (a Listener holds new
+        stream connections until then to see a fork HELLO first)."""
+        self.dscp: tuple[int, ...] = ()
+        """Settings.dscp: DSCP code point by niceness (empty: packets are not marked)."""
         # receive side
         self._inbox = Inbox()
         self._waiters: list[asyncio.Future[None]] = []
@@ -142,13 +172,41 @@ class Transient:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    def path_stats(self) -> PathStats:
+        """What the stack measures about its path now (fields it cannot read are None)."""
+        return PathStats()
+
+    def dscp_for(self, niceness: int) -> int | None:
+        """The DSCP code point for `niceness` (Settings.dscp_for), None when unmarked."""
+        table = self.dscp
+        if not table:
+            return None
+        return table[min(niceness, len(table) - 1)]
+
+    def send_control(self, payload: bytes) -> None:
+        """Send one control frame (Rule 6) now, ahead of anything still queued."""
+        if not self.is_open:
+            raise ConnectionClosedError(f"cannot send a control frame: the {self.stack} "
+                                        "carrier is closed")
+        self.write_control(self.framer.encode_control(payload))
+
+    def write_control(self, frame: bytes) -> None:
+        """Write an encoded control frame; stacks that carry them override this."""
+        raise UsageError(f"the {self.stack} stack cannot carry control frames")
+
+    def data_arrived(self) -> None:
+        """The first byte arrived (or the transport ended): resolve `first_data`."""
+        if not self.first_data.done():
+            self.first_data.set_result(None)
+
     def terminate(self, exc: BaseException | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc
         self._eof = True
-        for p in self._queue.drain_all():
-            self.fire(p.on_expired, p.message)
-        self.fire_events(self._ledger.fail())
+        self.data_arrived()
+        if self._ledger:
+            self.fire_events(self._ledger.fail(exc, self.final_offsets(exc)))
+        self._end_queue(exc)
         self._cancel_timers()
         self.wake()
         if self._drained is not None and not self._drained.done():
@@ -159,6 +217,34 @@ class Transient:
             if not w.done():
                 w.set_result(None)
         self._close_waiters.clear()
+
+    def final_offsets(self, exc: BaseException | None) -> int | None:
+        """Bytes the kernel is known to have taken when the transport ended (None: unknown),
+        so `Sent` precedes `Failed` only for what certainly left (Rule 5)."""
+        return None
+
+    def _end_queue(self, exc: BaseException | None) -> None:
+        """Rule 5 for never-written messages: salvage, else on_send_error."""
+        salvage = self.salvage
+        pendings = self._queue.drain_all(plain=salvage is not None)
+        if not pendings:
+            return
+        if salvage is not None:
+            for p in pendings:
+                p.message.state = "new"
+            try:
+                taken = salvage(pendings)
+            except Exception as err:  # the owner's bug must not keep the transport alive
+                self.loop.call_exception_handler({"message": "taps_post salvage failed",
+                                                  "exception": err})
+                taken = False
+            if taken:
+                return
+            for p in pendings:
+                if p.message.state == "new":
+                    p.message.state = "expired"
+        for p in pendings:
+            self.fire(p.on_send_error, p.message)
 
     def _cancel_timers(self) -> None:
         for h in (self._pump_handle, self._expiry_handle, self._progress_handle):
@@ -184,6 +270,7 @@ class Transient:
         self.before_close()
         if not self.closed.done():
             await self._flush()
+            await self._settle()
             if not self.transport.is_closing():
                 self.transport.close()
             if not self.closed.done():
@@ -209,6 +296,18 @@ class Transient:
                     self.fire(p.on_expired, p.message)
                 break
 
+    async def _settle(self, timeout: float = 2.0) -> None:
+        """Before a graceful close, give the peer time to acknowledge what it was sent, so a
+        message it did receive is not reported as a send error (Rule 5); bounded."""
+        end = self.loop.time() + timeout
+        while self._ledger and self.is_open and self.loop.time() < end:
+            offsets = self.offsets()
+            if offsets is not None:
+                self.fire_events(self._ledger.advance(*offsets))
+                if not self._ledger:
+                    break
+            await asyncio.sleep(0.002)
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -218,6 +317,10 @@ class Transient:
     def deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
         if not messages:
             return
+        if getattr(self.framer, "control_seen", False):
+            messages = self._route_control(messages)
+            if not messages:
+                return
         self.received_any = True
         carrier, early = self.owner, self.early
         inbox = self._inbox
@@ -243,6 +346,21 @@ class Transient:
             inbox.paused = True
             self.transport.pause_reading()
         self.wake()
+
+    def _route_control(self, items: list[bytes]) -> list[bytes]:
+        """Rule 6: control frames go to `on_control` (dropped without one), in order."""
+        out: list[bytes] = []
+        for m in items:
+            if type(m) is Control:
+                if self.on_control is not None:
+                    try:
+                        self.on_control(bytes(m))
+                    except Exception as exc:
+                        self.loop.call_exception_handler({
+                            "message": "taps_post control handler failed", "exception": exc})
+            else:
+                out.append(m)
+        return out
 
     def end_of_messages(self) -> None:
         """The peer will send no more (a FIN, a stream reset): receivers wake and see EOF."""
@@ -296,15 +414,17 @@ class Transient:
     # ---- send side ------------------------------------------------------------------------
 
     def submit(self, message: OutMessage, on_sent: Any = None, on_acked: Any = None,
-               on_expired: Any = None, *, queued_at: float | None = None) -> None:
+               on_expired: Any = None, on_send_error: Any = None, *,
+               queued_at: float | None = None) -> None:
         """Queue a message; its lifetime counts from `queued_at` (when send_msg() was called,
         before any backpressure wait), else from now."""
         self._admit(message.data)
         start = self.loop.time() if queued_at is None else queued_at
         deadline = None if message.lifetime is None else start + message.lifetime
-        self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired))
+        self._queue.push(Pending(message, deadline, on_sent, on_acked, on_expired,
+                                 on_send_error))
         if (message.niceness == 0 and not message.antecedents and on_sent is None
-                and on_acked is None and on_expired is None):
+                and on_acked is None and on_expired is None and on_send_error is None):
             self._kick()  # nothing queued later can overtake (0, seq): writing now keeps order
         else:
             self._schedule_pump()  # callbacks run from the loop, never inside send_msg()
@@ -422,12 +542,13 @@ class Transient:
             self._progress_handle = self.loop.call_later(self._progress_delay,
                                                          self.check_progress)
 
-    def fire_events(self, events: list[Sent] | list[Acked] | list[Expired]
-                     | list[Sent | Acked]) -> None:
+    def fire_events(self, events: list[Sent] | list[Acked] | list[Expired] | list[Failed]
+                    | list[Sent | Acked] | list[Sent | Failed]) -> None:
         for ev in events:
             p = ev.pending
-            cb = (p.on_sent if type(ev) is Sent else
-                  p.on_acked if type(ev) is Acked else p.on_expired)
+            t = type(ev)
+            cb = (p.on_sent if t is Sent else p.on_acked if t is Acked else
+                  p.on_send_error if t is Failed else p.on_expired)
             self.fire(cb, p.message)
 
     def fire(self, callback: Any, message: OutMessage) -> None:

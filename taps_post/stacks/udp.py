@@ -4,11 +4,24 @@ Rule 1: a UDP "connection" is ready as soon as its socket is bound and connected
 section 4.4: connectionless stacks are established once a path is selected).
 Rule 2: a listener keeps one socket and hands each new peer address its own Transient, whose
 transport is a thin view that sends to that peer through the shared socket.
+Rule 3: UDP has no acknowledgement: a datagram's end is `on_sent` (the kernel took it) or
+`on_send_error` (the kernel refused it: EMSGSIZE, ENOBUFS, ECONNREFUSED from an earlier
+ICMP error...). asyncio's sendto() would swallow the error into error_received(), so a
+message with callbacks (or a mark) is written with the socket's own send()/sendmsg() while
+the transport holds nothing; on EAGAIN it falls back to the transport, which buffers it.
+Plain sends without callbacks keep asyncio's path.
+Rule 4: DSCP marks are per datagram (a sendmsg IP_TOS / IPV6_TCLASS ancillary item carrying
+code point << 2), from the message's niceness; without a `message.dscp` table nothing is
+marked and no ancillary data is sent.
+Rule 5: a multicast Sink binds its group address (Linux) and turns IP_MULTICAST_ALL off, so
+it receives the group's datagrams only: not unicast to its port, not other groups joined by
+other sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -16,7 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.framing import Framer, RawFramer
+from ..core.messages import OutMessage, Pending
+from ..core.path import PathStats
 from ..core.settings import Settings
+from ..system import tcpinfo
 from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
 from .transient import Transient
 
@@ -32,7 +48,11 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
                  interface: str | None = None, peer: tuple[str, int] | None = None) -> None:
         super().__init__(stack=stack, framer=framer, max_size=max_size, interface=interface)
         self.peer = peer
+        self.last_send_error: OSError | None = None
+        """The last error the kernel answered a send with (Rule 3)."""
         self.on_datagram: Callable[[bytes, tuple[str, int]], bool] | None = None
+        self.raw_socket: socket.socket | None = None
+        """The real socket (asyncio only shows a TransportSocket, which cannot send)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -44,6 +64,9 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self._direct = True
+        first = self.first_data
+        if not first.done():
+            first.set_result(None)
         if self.on_datagram is not None and self.on_datagram(data, addr):
             return
         if len(data) > self.max_size:
@@ -53,22 +76,80 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on UDP are soft (softErrorNotify); they do not close the carrier.
         self.soft_error = exc
+        if self.on_soft_error is not None:
+            try:
+                self.on_soft_error(exc)
+            except Exception as err:  # the owner's handler must not kill the transport
+                self.loop.call_exception_handler({"message": "taps_post soft error "
+                                                  "handler failed", "exception": err})
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.terminate(exc)
 
     def write_ready(self, ready: list[Any]) -> None:
-        sendto = self.transport.sendto
+        transport = self.transport
+        sendto = transport.sendto
+        # A listener's per-peer view sends to its peer itself; the real socket needs the
+        # address (the listening socket is not connected).
+        to = self.peer if transport.get_extra_info("peername") is None else None
+        marking = bool(self.dscp)
         for p in ready:
             plain = type(p) is bytes
-            data = p if plain else p.message.data
-            if self.peer is not None and self.transport.get_extra_info("peername") is None:
-                sendto(data, self.peer)
-            else:
-                sendto(data)
-            if not plain:
-                self.fire(p.on_sent, p.message)  # sendto hands the datagram to the kernel
+            if plain and not marking:
+                if to is not None:
+                    sendto(p, to)
+                else:
+                    sendto(p)
+                continue
+            if plain:
+                p = Pending(OutMessage(p), None)
+            self._send_one(p, to)
         self.sent_any = True
+
+    def _write_through_transport(self, data: bytes, to: tuple[str, int] | None) -> None:
+        if to is not None:
+            self.transport.sendto(data, to)
+        else:
+            self.transport.sendto(data)
+
+    def _send_one(self, p: Pending, to: tuple[str, int] | None) -> None:
+        """Rule 3: write one datagram with the kernel's verdict (and Rule 4's mark)."""
+        data = p.message.data
+        sock = self.raw_socket
+        transport = self.transport
+        if sock is not None and not transport.get_write_buffer_size():
+            to = self.peer  # None: the socket is connected
+            cp = self.dscp_for(p.message.niceness)
+            try:
+                if cp is not None:
+                    level, option = ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS)
+                                     if sock.family == socket.AF_INET6
+                                     else (socket.IPPROTO_IP, socket.IP_TOS))
+                    anc = [(level, option, struct.pack("i", cp << 2))]
+                    if to is not None:
+                        sock.sendmsg([data], anc, 0, to)
+                    else:
+                        sock.sendmsg([data], anc)
+                elif to is not None:
+                    sock.sendto(data, to)
+                else:
+                    sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: asyncio queues it below
+            except OSError as exc:
+                self.last_send_error = exc
+                self.fire(p.on_send_error, p.message)
+                return
+            else:
+                self.fire(p.on_sent, p.message)
+                return
+        self._write_through_transport(data, to)
+        self.fire(p.on_sent, p.message)  # asyncio holds it; errors now come as soft errors
+
+    def path_stats(self) -> PathStats:
+        """UDP measures nothing but the path MTU a connected socket knows."""
+        return PathStats(mtu=tcpinfo.ip_mtu(self.raw_socket)
+                         if self.peer is None else None)
 
 
 class UdpStack:
@@ -78,12 +159,14 @@ class UdpStack:
     async def connect(self, spec: AttemptSpec) -> DatagramTransient:
         loop = asyncio.get_running_loop()
         c = spec.candidate
-        sock = connected_datagram_socket(c)
+        sock = connected_datagram_socket(c, local_port=spec.local_port)
         try:
             started = loop.time()
             transient = DatagramTransient(stack="udp", framer=spec.framer(),
                                           max_size=spec.settings.max_size,
                                           interface=c.interface)
+            transient.raw_socket = sock
+            transient.dscp = spec.settings.dscp
             await loop.create_datagram_endpoint(lambda: transient, sock=sock)
             transient.established_ms = (loop.time() - started) * 1000.0
             return transient
@@ -96,6 +179,7 @@ class UdpStack:
         sock = _server_socket(spec.address, spec.port, spec.interface)
         try:
             listening = UdpListening(spec, sock.getsockname()[1])
+            listening.sock = sock
             await loop.create_datagram_endpoint(lambda: listening, sock=sock)
         except BaseException:
             sock.close()
@@ -111,6 +195,7 @@ async def bind_sink(address: str, port: int, interface: str | None,
     try:
         transient = DatagramTransient(stack="udp", framer=RawFramer(settings.max_size),
                                       max_size=settings.max_size, interface=interface)
+        transient.raw_socket = sock
         await loop.create_datagram_endpoint(lambda: transient, sock=sock)
     except BaseException:
         sock.close()
@@ -137,13 +222,21 @@ def _multicast(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     return ip if ip.is_multicast else None
 
 
+_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+_IPV6_MULTICAST_ALL = 29
+
+
 def _join(sock: socket.socket, group: ipaddress.IPv4Address | ipaddress.IPv6Address,
           interface: str | None) -> None:
     index = socket.if_nametoindex(interface) if interface else 0
     if group.version == 4:
+        with contextlib.suppress(OSError):  # Rule 5 (Linux; elsewhere the default is off)
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
         mreq = struct.pack("4s4si", group.packed, b"\0\0\0\0", index)  # struct ip_mreqn
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
     else:
+        with contextlib.suppress(OSError):  # Linux >= 4.20
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
         mreq6 = group.packed + struct.pack("@I", index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq6)
 
@@ -196,6 +289,7 @@ class UdpListening(asyncio.DatagramProtocol):
         self.port = port
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[tuple[str, int], DatagramTransient] = {}
+        self.sock: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (Python 3.11's selector datagram transport does not subclass DatagramTransport.)
@@ -209,6 +303,8 @@ class UdpListening(asyncio.DatagramProtocol):
                                           max_size=self.spec.settings.max_size,
                                           interface=self.spec.interface, peer=peer)
             self.peers[peer] = transient
+            transient.raw_socket = self.sock
+            transient.dscp = self.spec.settings.dscp
             transient.connection_made(_PeerView(self, peer))  # type: ignore[arg-type]
             self.spec.on_transient(transient)
         transient.datagram_received(data, peer)

@@ -254,7 +254,8 @@ ops = st.lists(st.one_of(push_op, pop_op, advance_op), max_size=60)
 def _check_pop(model: dict[int, OutMessage], ready: list[Pending], expired: list[Pending],
                now: float, sent_order: list[OutMessage], deadlines: dict[int, float]) -> None:
     """Reference model of one pop: expired first, then greedily the smallest
-    (niceness, seq) among the messages whose antecedents have all been sent."""
+    (niceness, deadline or +inf, seq) among the messages whose antecedents have all been
+    sent (issue 9: lifetime orders sending within a niceness class)."""
     for p in expired:
         assert p.message.seq in model, "a message left the queue twice"
         del model[p.message.seq]
@@ -267,7 +268,8 @@ def _check_pop(model: dict[int, OutMessage], ready: list[Pending], expired: list
             "sent before an antecedent"
         eligible = [x for x in model.values()
                     if all(a.state == "sent" and a in sent_order for a in x.antecedents)]
-        best = min(eligible, key=lambda x: (x.niceness, x.seq))
+        best = min(eligible, key=lambda x: (x.niceness, deadlines.get(x.seq, float("inf")),
+                                            x.seq))
         assert m is best, f"sent {m!r} while {best!r} was ready and nicer"
         del model[m.seq]
         sent_order.append(m)
