@@ -15,33 +15,60 @@ endpoint per interface no rule excludes, each pinned to it (SO_BINDTODEVICE): a 
 an address bind alone would still take peers arriving on the excluded one (Linux accepts a
 packet for any of its addresses on any interface). A multicast group is served on the one
 interface the kernel would join it on, if no rule excludes that.
+Rule 5 (Appendix A, Accept): `accept(cb)` gives `cb` each new carrier until it returns False;
+then the Listener stops accepting: its listening endpoints close, so later connections are
+refused by the kernel (TCP RST, ICMP port unreachable), never queued, and connections the
+kernel had taken but the callback never saw are aborted. Carriers already queued stay for
+`async for`. An `async def` callback runs as a task the Listener owns (close() cancels and
+awaits it), at most carrier.maxHandlers at once; the others wait their turn in order.
+Rule 6 (fork requests, runtime/fork.py): every new connection of a TCP-based stack with the
+length-prefix framer is held from the application until its first byte arrives, or for a
+short hold: 2 x the handshake RTT the kernel measured (TCP_INFO) + 2 ms, at most 100 ms. A
+fork's HELLO is thus seen before the connection reaches anyone; a fork goes to its parent
+carrier's accept(), never to the Listener's queue. The cost: a server-first protocol (the
+server speaks before the client sends anything) waits that hold once per connection before
+its carrier is handed over; a client that speaks first pays nothing (its first byte ends the
+hold). Other framers and stacks are handed over at once.
+Rule 7: every accepted carrier has an Association, from the Listener's own in-memory store,
+keyed by the peer's address and port (each connection is its own peer until a fork proves
+otherwise: fork children share their parent's Association), with `remote` the peer's
+address and `local` the Listener's Local.
+Rule 8: the stack a carrier reports is the Transient's (the stack that actually carried it:
+an MPTCP listener's single-path client is `tcp`); neither the Listener nor its trace events
+relabel it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
+import functools
+import inspect
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .. import stacks
+from ..core.framing import Framer
 from ..core.settings import Settings
 from ..decision.decide import decide
 from ..decision.decision import Decision, Exclusion
 from ..decision.request import parse_target
-from ..errors import PolicyError
+from ..errors import ArgumentError, PolicyError, UsageError
 from ..policy.context import PolicyContext
 from ..stacks.base import Listening, ListenSpec
 from ..stacks.transient import Transient
 from ..system import live, routes
+from .association import Association, AssociationStore
 from .carrier import Carrier
-from .endpoints import Local
+from .endpoints import Local, Remote
 from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot, tracer_for
+from .fork import ForkServer, speaks_fork
 from .trace import TraceCallback, Tracer
 
-__all__ = ["Listener", "barred_interfaces", "listen", "listen_decision",
-           "serving_interfaces"]
+__all__ = ["HOLD_CAP", "Listener", "barred_interfaces", "check_client_auth", "hold_delay",
+           "listen", "listen_decision", "serving_interfaces"]
 
 
 def listen_decision(local: Local, ctx: PolicyContext, kind: str,
@@ -128,6 +155,27 @@ def listen_stacks(decision: Decision, secure_ok: bool) -> list[str]:
     return [best[p][1] for p in ("tcp", "udp") if p in best]
 
 
+HOLD_CAP = 0.1
+"""Longest hold of a new connection before its carrier is handed over (Rule 6), seconds."""
+HOLD_SLACK = 0.002
+"""Added to 2 x the handshake RTT: the HELLO leaves right behind the handshake's last packet."""
+_STORE_LIMIT = 4096
+"""Accepted peers the Listener's store names before it starts afresh (Associations stay
+with their carriers; only the lookup table is dropped, so it cannot grow without bound)."""
+
+
+def hold_delay(transient: Transient) -> float:
+    """Rule 6: 2 x the handshake RTT (TCP_INFO, as the kernel measured it on this very
+    connection) + 2 ms, at most HOLD_CAP; 2 ms where the RTT is unknown."""
+    rtt_ms = transient.path_stats().rtt_ms
+    return min(HOLD_CAP, 2.0 * (rtt_ms or 0.0) / 1000.0 + HOLD_SLACK)
+
+
+def _is_async(callback: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+        getattr(callback, "__call__", None))  # noqa: B004 - an object with async __call__
+
+
 class Listener:
     """Accepts carriers on every stack the policy allows, all on one port number."""
 
@@ -137,49 +185,164 @@ class Listener:
         self.settings = settings
         self._tracer = tracer
         self._endpoints: list[Listening] = []
+        self._bound: dict[str, int] = {}
         self._queue: asyncio.Queue[Carrier | None] = asyncio.Queue()
         self._callback: Callable[[Carrier], Any] | None = None
+        self._callback_async = False
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._backlog: collections.deque[Carrier] = collections.deque()
         self._closed = False
+        self._accepting = True
+        self._stopping: asyncio.Task[None] | None = None
+        self._local = Local()
+        self._framer: Callable[[], Framer] | None = None
+        self.store = AssociationStore()
+        """The Associations of accepted carriers, in memory, this Listener's own (Rule 7)."""
+        self._named = 0
+        self.forks = ForkServer(tracer)
+        """The server half of fork requests (runtime/fork.py) for this Listener's carriers."""
 
     @property
     def ports(self) -> dict[str, int]:
         """What is bound, by stack: {"tcp": 40123, "udp": 40123}. A multipath-capable socket
         also accepts its single-path clients, so it is listed under their names too."""
-        out: dict[str, int] = {}
-        for e in self._endpoints:
-            out[e.stack] = e.port
-        for e in self._endpoints:
-            fallback = {"mptcp": "tcp", "tls-mptcp": "tls"}.get(e.stack)
+        out = dict(self._bound)
+        for stack, port in self._bound.items():
+            fallback = {"mptcp": "tcp", "tls-mptcp": "tls"}.get(stack)
             if fallback is not None:
-                out.setdefault(fallback, e.port)
+                out.setdefault(fallback, port)
         return out
 
     @property
     def port(self) -> int:
         return next(iter(self.ports.values()))
 
+    @property
+    def accepting(self) -> bool:
+        """False once an accept callback returned False or the Listener closed (Rule 5)."""
+        return self._accepting and not self._closed
+
+    # ---- new connections --------------------------------------------------------------------
+
     def on_transient(self, transient: Transient) -> None:
         """Where the endpoints hand each accepted Transient (a ListenSpec callback)."""
-        carrier = Carrier(transient, decision=self.explanation, association=None,
-                          tracer=self._tracer)
+        if not self.accepting:
+            transient.abort()  # taken by the kernel before the endpoint closed: refused
+            return
+        if speaks_fork(transient):
+            self.forks.hold(transient, hold_delay(transient), self._admit)
+        else:
+            self._admit(transient)
+
+    def _admit(self, transient: Transient) -> None:
+        """A new connection that is not a fork: a carrier for the application."""
+        if not self.accepting:
+            transient.abort()
+            return
+        carrier = self._carrier_for(transient)
         if self._tracer is not None:
             self._tracer.emit("listener.accepted", stack=transient.stack,
                               interface=transient.interface, local=transient.local_address,
                               remote=transient.remote_address)
-        if self._callback is not None:
-            if self._callback(carrier) is False:
-                self._callback = None
-            return
-        self._queue.put_nowait(carrier)
+        self._offer(carrier)
+
+    def _carrier_for(self, transient: Transient) -> Carrier:
+        association = self._association_for(transient)
+        forks = speaks_fork(transient)
+        carrier = Carrier(transient, decision=self.explanation, association=association,
+                          remote=association.remote, local=self._local,
+                          settings=self.settings, framer=self._framer,
+                          forker=self.forks.fork if forks else None, tracer=self._tracer,
+                          accepted=True)
+        association.attach(carrier)
+        if forks:
+            transient.on_control = functools.partial(self.forks.on_parent_control,
+                                                     transient)
+        return carrier
+
+    def _association_for(self, transient: Transient) -> Association:
+        """Rule 7: the peer's Association (one per peer address and port)."""
+        addr = transient.remote_address
+        host, port = (addr[0], addr[1]) if addr else ("unknown", 0)
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        remote: Remote | None
+        try:
+            remote = Remote.ip(host, port)
+        except ValueError:
+            remote = None
+        if self._named >= _STORE_LIMIT:
+            self.store.clear()
+            self._named = 0
+        self._named += 1
+        return self.store.get(key, remote=remote, local=self._local)
+
+    # ---- handing carriers over (Rule 5) -------------------------------------------------------
+
+    def _offer(self, carrier: Carrier) -> None:
+        callback = self._callback
+        if callback is None:
+            self._queue.put_nowait(carrier)
+        elif self._callback_async:
+            if len(self._handlers) < self.settings.max_handlers:
+                self._spawn(callback(carrier))
+            else:
+                self._backlog.append(carrier)
+        else:
+            result = callback(carrier)
+            if inspect.isawaitable(result):
+                self._spawn(result)  # a plain function that returned a coroutine: awaited
+            elif result is False:
+                self.stop_accepting()
+
+    def _spawn(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(self._verdict(awaitable))
+        self._handlers.add(task)
+        task.add_done_callback(self._handler_done)
+
+    async def _verdict(self, awaitable: Any) -> None:
+        if await awaitable is False:
+            self.stop_accepting()
+
+    def _handler_done(self, task: asyncio.Task[Any]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            asyncio.get_running_loop().call_exception_handler({
+                "message": "taps_post Listener accept callback failed",
+                "exception": task.exception(), "task": task})
+        callback = self._callback
+        while (self._backlog and callback is not None and self.accepting
+               and len(self._handlers) < self.settings.max_handlers):
+            self._spawn(callback(self._backlog.popleft()))
 
     def accept(self, callback: Callable[[Carrier], Any]) -> None:
-        """Draft style: `callback(carrier)` for each new carrier until it returns False."""
+        """Draft style: `callback(carrier)` for each new carrier until it returns False, then
+        the Listener stops accepting (Rule 5). An `async def` callback is awaited as a task
+        the Listener owns, at most carrier.maxHandlers at once."""
+        if not self.accepting:
+            raise UsageError("this Listener stopped accepting (an accept callback returned "
+                             "False, or it was closed)")
         self._callback = callback
-        while not self._queue.empty():
+        self._callback_async = _is_async(callback)
+        while not self._queue.empty() and self._callback is callback:
             item = self._queue.get_nowait()
-            if item is not None and callback(item) is False:
-                self._callback = None
-                break
+            if item is not None:
+                self._offer(item)
+
+    def stop_accepting(self) -> None:
+        """Stop accepting new connections (what an accept callback returning False does):
+        the endpoints close, later connections are refused; queued carriers stay."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        self._callback = None
+        self.forks.accepting = False
+        while self._backlog:  # accepted, waiting for a handler slot: left for `async for`
+            self._queue.put_nowait(self._backlog.popleft())
+        self._queue.put_nowait(None)
+        if self._tracer is not None:
+            self._tracer.emit("listener.stopped", ports=self.ports)
+        if not self._closed:
+            self._stopping = asyncio.ensure_future(self._close_endpoints())
 
     def __aiter__(self) -> AsyncIterator[Carrier]:
         return self._iterate()
@@ -188,6 +351,7 @@ class Listener:
         while True:
             item = await self._queue.get()
             if item is None:
+                self._queue.put_nowait(None)  # every iterator ends, not just the first
                 return
             yield item
 
@@ -195,6 +359,8 @@ class Listener:
                    interfaces: tuple[str | None, ...] = (None,)) -> None:
         """Open an endpoint per chosen stack and interface (Rule 4) on one port number
         (retrying a random port that one endpoint had free and another not)."""
+        self._local = local
+        self._framer = factory
         address = local.address or "::"
         for tries in range(8):
             port = local.port
@@ -205,8 +371,10 @@ class Listener:
                     for interface in interfaces:
                         endpoint = await impl.listen(ListenSpec(
                             address, port, interface, self.settings, factory,
-                            tuple(local.certificates), self.on_transient))
+                            tuple(local.certificates), self.on_transient,
+                            trusted=tuple(local.trusted)))
                         self._endpoints.append(endpoint)
+                        self._bound[endpoint.stack] = endpoint.port
                         port = endpoint.port
                         if self._tracer is not None:
                             self._tracer.emit("listener.ready", stack=name,
@@ -216,19 +384,33 @@ class Listener:
                 for endpoint in self._endpoints:
                     await endpoint.aclose()
                 self._endpoints.clear()
+                self._bound.clear()
                 if exc.errno != errno.EADDRINUSE or local.port != 0 or tries == 7:
                     raise
 
-    async def close(self) -> None:
-        """Stop accepting; carriers accepted but never taken are closed too."""
-        if self._closed:
-            return
-        self._closed = True
-        for endpoint in self._endpoints:
+    async def _close_endpoints(self) -> None:
+        endpoints, self._endpoints = self._endpoints, []
+        for endpoint in endpoints:
             await endpoint.aclose()
             if self._tracer is not None:
                 self._tracer.emit("listener.closed", stack=endpoint.stack,
                                   local=("", endpoint.port))
+
+    async def close(self) -> None:
+        """Stop accepting; the endpoints, carriers accepted but never taken, held and
+        half-forked connections close; every accept-callback task is cancelled and awaited."""
+        if self._closed:
+            return
+        self.stop_accepting()
+        self._closed = True
+        if self._stopping is not None:
+            await asyncio.gather(self._stopping, return_exceptions=True)
+        await self._close_endpoints()
+        await self.forks.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
@@ -241,6 +423,22 @@ class Listener:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+def check_client_auth(settings: Settings, local: Local, secure_ok: bool) -> None:
+    """security.clientAuth request/require needs something to verify clients with: a TLS
+    listener (a Local certificate with its key) and the Local's `trusted` CAs or pinned
+    client certificates. Without them every client with a certificate would be refused (or,
+    under require, every client): an ArgumentError at listen(), not a silent lockout."""
+    mode = settings.client_auth
+    if mode == "none":
+        return
+    if not secure_ok:
+        raise ArgumentError(f"security.clientAuth {mode} needs a TLS listener: give the Local "
+                            "a certificate with its private key (Local(certificates=[...]))")
+    if not local.trusted:
+        raise ArgumentError(f"security.clientAuth {mode}: the Local trusts no CA and pins no "
+                            "client certificate (Local(trusted=[...])), so no client "
+                            "certificate could be verified")
+
 
 async def listen(local: Local, *, policy: PolicyContext | None = None, framer: FramerSpec = None,
                  app_name: str | None = None, env: EnvSpec = None,
@@ -252,7 +450,9 @@ async def listen(local: Local, *, policy: PolicyContext | None = None, framer: F
     """
     ctx = policy_for(policy, app_name)
     decision, settings = listen_decision(local, ctx, kind, env)
-    chosen = listen_stacks(decision, secure_ok=any(c.key_pem for c in local.certificates))
+    secure_ok = any(c.key_pem for c in local.certificates)
+    check_client_auth(settings, local, secure_ok)
+    chosen = listen_stacks(decision, secure_ok=secure_ok)
     if not chosen:
         raise PolicyError("the policy allows no stack this listener can serve", decision)
     interfaces = serving_interfaces(decision, local)

@@ -1,8 +1,18 @@
 """Responder: a Listener whose carriers are served by one handler, message by message.
 
-Rule 1: the Responder owns one task per accepted carrier; close() closes the Listener, then
-cancels and awaits every task, so no handler outlives it.
+Rule 1: the Responder owns one task per accepted carrier and one per running `async`
+handler; close() closes the Listener, then cancels and awaits every task, so no handler
+outlives it.
 Rule 2: a reply goes back on the carrier the request came on (`Reply.send`).
+Rule 3 (Appendix A, Respond): the handler is called until it returns False (a plain
+function's return value, or what an `async def` handler's coroutine returns): then the
+Responder stops serving. Its Listener closes (later connections are refused), carriers
+waiting for their next message close, and a carrier whose handlers are still running
+closes once they finished, so the replies they send still go out.
+Rule 4: per carrier, at most carrier.maxHandlers `async` handlers run at once (the draft's
+backpressure idea): at the limit the carrier's next message waits, and so does reading
+from it. Handlers that await may then reply in another order than the requests came;
+carrier.maxHandlers 1 serves each carrier strictly in order.
 """
 
 from __future__ import annotations
@@ -40,42 +50,126 @@ class Reply:
 Handler = Callable[[InMessage, Reply], Awaitable[Any] | Any]
 
 
+class _Serving:
+    """One carrier's serving loop: its task, its running handlers, whether it is idle."""
+
+    __slots__ = ("carrier", "handlers", "idle", "task")
+
+    def __init__(self, carrier: Carrier) -> None:
+        self.carrier = carrier
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.idle = True
+        """Waiting for the next message (nothing of ours would be cut short by cancelling)."""
+        self.task: asyncio.Task[None] | None = None
+
+
 class Responder:
     """A Listener whose carriers are served by one handler, message by message."""
 
     def __init__(self, listener: Listener, handler: Handler) -> None:
         self.listener = listener
         self.handler = handler
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: set[_Serving] = set()
+        self._stopped = False
+        self._closing: asyncio.Task[None] | None = None
+        self._stop_event = asyncio.Event()
         listener.accept(self._serve)
 
     @property
     def ports(self) -> dict[str, int]:
         return self.listener.ports
 
-    def _serve(self, carrier: Carrier) -> None:
-        task = asyncio.ensure_future(self._run(carrier))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    @property
+    def serving(self) -> bool:
+        """False once a handler returned False (Rule 3) or the Responder closed."""
+        return not self._stopped
 
-    async def _run(self, carrier: Carrier) -> None:
+    def _own(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            asyncio.get_running_loop().call_exception_handler({
+                "message": "taps_post Responder handler failed",
+                "exception": task.exception(), "task": task})
+
+    def _serve(self, carrier: Carrier) -> bool:
+        if self._stopped:
+            carrier.abort()
+            return False
+        serving = _Serving(carrier)
+        serving.task = asyncio.ensure_future(self._run(serving))
+        self._serving.add(serving)
+        self._own(serving.task)
+        return True
+
+    async def _run(self, serving: _Serving) -> None:
+        carrier = serving.carrier
+        limit = max(1, self.listener.settings.max_handlers)
+        handlers = serving.handlers
         try:
             async for msg in carrier:
+                serving.idle = False
                 result = self.handler(msg, Reply(carrier, msg))
                 if inspect.isawaitable(result):
-                    await result
+                    task = asyncio.ensure_future(self._verdict(result))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+                    self._own(task)
+                    while len(handlers) >= limit:  # Rule 4: the next message waits
+                        await asyncio.wait(set(handlers), return_when=asyncio.FIRST_COMPLETED)
+                elif result is False:
+                    self.stop()
+                if self._stopped:
+                    break
+                serving.idle = True
+            if handlers:  # their replies go out before the carrier closes
+                await asyncio.gather(*handlers, return_exceptions=True)
         except ConnectionClosedError:
             pass
         finally:
+            serving.idle = False
+            self._serving.discard(serving)
             # A connectionless peer's carrier ends with the Listener, not with its messages.
-            if "reliability" in stacks.info(carrier.stack).features:
+            if "reliability" in stacks.info(carrier.stack).features or self._stopped:
                 await carrier.close()
 
+    async def _verdict(self, awaitable: Awaitable[Any]) -> None:
+        if await awaitable is False:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving (what a handler returning False does, Rule 3)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_event.set()
+        self._closing = asyncio.ensure_future(self.listener.close())
+        for serving in list(self._serving):
+            if serving.idle and serving.task is not None:
+                serving.task.cancel()  # waiting for a message: nothing in flight
+
+    async def wait_closed(self) -> None:
+        """Return once serving stopped (a handler returned False, or close()) and every
+        carrier and handler task ended."""
+        await self._stop_event.wait()
+        if self._closing is not None:
+            await asyncio.gather(self._closing, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def close(self) -> None:
+        self._stopped = True
+        self._stop_event.set()
+        if self._closing is not None:
+            await asyncio.gather(self._closing, return_exceptions=True)
         await self.listener.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def __aenter__(self) -> Responder:
