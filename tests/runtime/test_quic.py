@@ -3,9 +3,10 @@
 Peers are either our own Listener (QUIC side, same port number as its TCP side) or servers and
 clients written with aioquic's own API (`aioquic.asyncio.serve` / `connect`), which speak the
 documented wire format: one bidirectional stream per Carrier carrying 4-byte big-endian
-length-prefixed messages, DATAGRAM frames (RFC 9221) for unreliable/immediate messages when both
-sides negotiated them, and one unidirectional stream (8-byte owning stream id + one framed
-message) per message with a lifetime under `perMsgReliability`.
+length-prefixed messages, DATAGRAM frames (RFC 9221, payload: the carrier's stream id as a QUIC
+varint, then the message) for unreliable messages when both sides negotiated them, and one
+unidirectional stream (8-byte owning stream id + one framed message) per message with a
+lifetime under `perMsgReliability`.
 
 Every test runs under `run(coro, timeout)` and closes what it opened in `finally`.
 Every behaviour here is documented in docs/quic.md.
@@ -1041,11 +1042,12 @@ def test_on_acked_fires_for_a_message_on_its_own_stream(run: Any, cert: Any) -> 
 # ---- DATAGRAM frames ----------------------------------------------------------------------------
 
 
-def test_unreliable_and_small_immediate_messages_go_as_datagram_frames(
+def test_only_unreliable_messages_go_as_datagram_frames_named_by_their_stream(
         run: Any, cert: Any) -> None:
-    """Seen from a raw aioquic server that negotiated DATAGRAM: the payload arrives bare in a
-    DATAGRAM frame (no length prefix); reliable and too-large immediate messages go on the
-    stream, framed."""
+    """Seen from a raw aioquic server that negotiated DATAGRAM: an unreliable message arrives
+    in a DATAGRAM frame whose payload is the carrier's stream id (QUIC varint, 0 here) then
+    the message, unframed; immediate messages, small or large, are reliable (issue 9: own
+    packet, not unreliable) and go on the stream, framed, as do plain ones."""
 
     async def main() -> None:
         async with aioquic_server(cert, datagrams=True) as (port, rec):
@@ -1060,19 +1062,23 @@ def test_unreliable_and_small_immediate_messages_go_as_datagram_frames(
                 await c.send_msg(tp.OutMessage(b"immediate", immediate=True))
                 await c.send_msg(tp.OutMessage(big_immediate, immediate=True))
                 await c.send(b"reliable")
-                await wait_until(lambda: len(rec.bidi_messages) >= 3, 2, "stream messages")
-                await wait_until(lambda: len(rec.datagrams) >= 2, 2, "datagrams")
-                assert sorted(rec.datagrams) == [b"immediate", b"unreliable"]
-                assert [m for _, m in rec.bidi_messages] == [b"open", big_immediate,
-                                                             b"reliable"]
+                await wait_until(lambda: len(rec.bidi_messages) >= 4, 2, "stream messages")
+                await wait_until(lambda: len(rec.datagrams) >= 1, 2, "datagrams")
+                assert rec.datagrams == [b"\x00unreliable"]
+                assert [m for _, m in rec.bidi_messages] == [b"open", b"immediate",
+                                                             big_immediate, b"reliable"]
             finally:
                 await closing(c)
 
     run(main(), 10)
 
 
-def test_without_peer_datagram_support_unreliable_messages_use_the_stream(
+def test_without_peer_datagram_support_unreliable_messages_end_with_send_error(
         run: Any, cert: Any) -> None:
+    """A peer that takes no DATAGRAM frames: an unreliable message ends with on_send_error
+    (issue 9: never a silent on_sent, and reliable=False never turns into stream data);
+    immediate messages are reliable and arrive."""
+
     async def main() -> None:
         async with aioquic_server(cert, datagrams=False) as (port, rec):
             remote = tp.Remote.parse(f"quic://{LOCAL}:{port}", certificates=[cert])
@@ -1081,10 +1087,14 @@ def test_without_peer_datagram_support_unreliable_messages_use_the_stream(
                 await c.send(b"open")
                 assert await asyncio.wait_for(c.receive(), 2) == b"echo:open"
                 assert not session_of(c).datagrams_negotiated
-                await c.send_msg(tp.OutMessage(b"unreliable", reliable=False))
+                ended: list[str] = []
+                await c.send_msg(tp.OutMessage(b"unreliable", reliable=False),
+                                 on_sent=lambda _m: ended.append("sent"),
+                                 on_send_error=lambda _m: ended.append("send_error"))
                 await c.send_msg(tp.OutMessage(b"immediate", immediate=True))
-                assert await asyncio.wait_for(c.receive(), 2) == b"echo:unreliable"
                 assert await asyncio.wait_for(c.receive(), 2) == b"echo:immediate"
+                await wait_until(lambda: bool(ended), 2, "the unreliable message's end")
+                assert ended == ["send_error"]
                 assert rec.datagrams == []
             finally:
                 await closing(c)
@@ -1094,9 +1104,10 @@ def test_without_peer_datagram_support_unreliable_messages_use_the_stream(
 
 def test_datagrams_arrive_while_a_big_stream_transfer_is_in_flight(
         run: Any, cert: Any) -> None:
-    """While 8 MB go out on the carrier's stream, numbered unreliable and immediate messages
-    sent every 20 ms arrive (as DATAGRAM frames they wait for no stream data). Datagrams may
-    be lost (a loaded machine drops UDP on loopback too), so most, not all, must arrive."""
+    """While 8 MB go out on the carrier's stream, numbered unreliable messages (some also
+    immediate) sent every 20 ms arrive (as DATAGRAM frames they wait for no stream data).
+    Datagrams may be lost (a loaded machine drops UDP on loopback too), so most, not all,
+    must arrive."""
     big = 8_000_000
 
     async def main() -> None:
@@ -1121,7 +1132,7 @@ def test_datagrams_arrive_while_a_big_stream_transfer_is_in_flight(
                     if time.perf_counter() - started > 10:
                         raise AssertionError("the 8 MB message never arrived")
                     label = b"d%d %s" % (n, b"unreliable" if n % 2 else b"immediate")
-                    msg = tp.OutMessage(label, reliable=not n % 2, immediate=not n % 2)
+                    msg = tp.OutMessage(label, reliable=False, immediate=not n % 2)
                     sent[label] = time.perf_counter()
                     await c.send_msg(msg)
                     n += 1
@@ -1159,10 +1170,9 @@ def test_datagram_right_after_initiate_is_not_lost(run: Any, cert: Any) -> None:
     run(main(), 10)
 
 
-def test_datagram_sent_on_a_fork_arrives_on_the_peers_first_carrier(
-        run: Any, cert: Any) -> None:
-    """DATAGRAM frames carry no stream id: docs/quic.md says they are delivered to the
-    connection's first carrier, whichever carrier sent them."""
+def test_datagram_sent_on_a_fork_arrives_on_the_peers_fork(run: Any, cert: Any) -> None:
+    """DATAGRAM frames name their carrier's stream (docs/quic.md): one sent on a fork reaches
+    the peer's carrier of that fork, not the connection's first carrier."""
 
     async def main() -> None:
         async with serving(cert) as server:
@@ -1177,9 +1187,9 @@ def test_datagram_sent_on_a_fork_arrives_on_the_peers_first_carrier(
                 peer = await server.next()
                 assert await asyncio.wait_for(peer.receive(), 2) == b"child"
                 await child.send_msg(tp.OutMessage(b"unreliable on the fork", reliable=False))
-                on_primary = await receive_or_none(primary, 1)
-                on_fork = await receive_or_none(peer, 0.1)
-                assert (on_primary, on_fork) == (b"unreliable on the fork", None)
+                on_fork = await receive_or_none(peer, 1)
+                on_primary = await receive_or_none(primary, 0.1)
+                assert (on_primary, on_fork) == (None, b"unreliable on the fork")
             finally:
                 await closing(c)
 

@@ -36,10 +36,14 @@ from cryptography.hazmat.primitives import serialization
 import taps_post as tp
 from taps_post.stacks import quic as quic_stack
 from taps_post.stacks.quic.compat import (
+    count_lost_packets,
     offer_datagram_frames,
     peer_certificate,
     peer_max_datagram_frame_size,
+    pending_datagram_frames,
+    recovery_state,
     refuse_early_data,
+    request_client_certificate,
     set_identity,
     set_peer_verification,
     stream_send_offsets,
@@ -361,6 +365,101 @@ class _RecordingTransport(asyncio.DatagramTransport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
+
+
+# ---- pending_datagram_frames, recovery_state, count_lost_packets -----------------------------
+
+
+def test_pending_datagram_frames_counts_frames_no_packet_carried_yet(cert: Any) -> None:
+    """Frames wait in aioquic until a transmit writes them, first in first out; one that
+    fits no packet stays at the head for good (why the stack never hands one over)."""
+    pair = make_pair(cert)
+    pair.handshake()
+    pair.client.send_datagram_frame(b"a" * 100)
+    pair.client.send_datagram_frame(b"b" * 100)
+    assert pending_datagram_frames(pair.client) == 2
+    pair.client_to_server()
+    assert pending_datagram_frames(pair.client) == 0
+    assert [e.data for e in pair.server_events
+            if isinstance(e, events.DatagramFrameReceived)] == [b"a" * 100, b"b" * 100]
+    pair.client.send_datagram_frame(b"c" * 2000)
+    pair.client.send_datagram_frame(b"d")
+    pair.client_to_server()
+    assert pending_datagram_frames(pair.client) == 2
+
+
+def test_recovery_state_reads_rtt_window_and_packet_counts(cert: Any) -> None:
+    pair = make_pair(cert)
+    before = recovery_state(pair.client)
+    assert (before.smoothed_rtt, before.rtt_variance, before.packets_lost) == (None, None, None)
+    assert before.packets_sent == 0 and before.congestion_window > 0
+    count_lost_packets(pair.client)
+    pair.handshake()
+    after = recovery_state(pair.client)
+    assert after.smoothed_rtt is not None and after.smoothed_rtt >= 0.0
+    assert after.rtt_variance is not None and after.rtt_variance >= 0.0
+    assert after.packets_sent > 0 and after.packets_lost == 0
+    assert after.congestion_window >= before.congestion_window // 2
+
+
+def test_count_lost_packets_counts_what_loss_detection_declares_lost(cert: Any) -> None:
+    """Stream data whose packets never reach the server: aioquic's probe timeout declares
+    them lost and sends the data again, which then arrives."""
+    pair = make_pair(cert)
+    count_lost_packets(pair.client)
+    count_lost_packets(pair.client)  # idempotent: one counter
+    pair.handshake()
+    pair.client.send_stream_data(0, b"x" * 5000)
+    sent = pair.client_to_server(limit=0)  # all dropped
+    assert sent > 0
+    pair.settle(3.0)
+    state = recovery_state(pair.client)
+    assert state.packets_lost is not None and state.packets_lost >= sent
+    got = b"".join(e.data for e in pair.server_events
+                   if isinstance(e, events.StreamDataReceived))
+    assert got == b"x" * 5000
+
+
+# ---- request_client_certificate --------------------------------------------------------------
+
+
+def _pair_requesting(cert: Any, client_identity: tp.certs.Certificate | None) -> Pair:
+    config = _client_config()
+    if client_identity is not None:
+        assert client_identity.key_pem is not None
+        set_identity(config,
+                     x509.load_pem_x509_certificate(client_identity.cert_pem.encode()),
+                     serialization.load_pem_private_key(client_identity.key_pem.encode(),
+                                                        None))
+    pair = make_pair(cert, client_config=config)
+    request_client_certificate(pair.server)
+    return pair
+
+
+def test_request_client_certificate_gets_the_clients_certificate(cert: Any) -> None:
+    client = tp.certs.self_signed(["client.example"])
+    pair = _pair_requesting(cert, client)
+    pair.handshake()
+    der = peer_certificate(pair.server)
+    assert der is not None
+    assert tp.certs.fingerprint_of_der(der) == client.fingerprint
+
+
+def test_request_client_certificate_a_client_without_one_still_completes(cert: Any) -> None:
+    pair = _pair_requesting(cert, None)
+    pair.handshake()
+    assert peer_certificate(pair.server) is None
+
+
+def test_without_request_client_certificate_the_server_sees_none(cert: Any) -> None:
+    client = tp.certs.self_signed(["client.example"])
+    config = _client_config()
+    assert client.key_pem is not None
+    set_identity(config, x509.load_pem_x509_certificate(client.cert_pem.encode()),
+                 serialization.load_pem_private_key(client.key_pem.encode(), None))
+    pair = make_pair(cert, client_config=config)
+    pair.handshake()
+    assert peer_certificate(pair.server) is None
 
 
 def _client_connection() -> QuicConnection:

@@ -18,15 +18,17 @@ server's `create_protocol`, `session_ticket_fetcher` and `session_ticket_handler
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["CHECKED", "offer_datagram_frames", "peer_certificate",
-           "peer_max_datagram_frame_size", "refuse_early_data", "set_identity",
-           "set_peer_verification", "stream_send_offsets"]
+__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "offer_datagram_frames",
+           "peer_certificate", "peer_max_datagram_frame_size", "pending_datagram_frames",
+           "recovery_state", "refuse_early_data", "request_client_certificate",
+           "set_identity", "set_peer_verification", "stream_send_offsets"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
@@ -144,3 +146,103 @@ def refuse_early_data(quic: QuicConnection) -> bool:
         return False
     context._max_early_data = None
     return True
+
+
+def pending_datagram_frames(quic: QuicConnection) -> int:
+    """How many DATAGRAM frames handed to `send_datagram_frame()` aioquic still holds, not
+    yet written into any packet. aioquic writes them first in, first out, so a caller that
+    counts what it handed over knows which frames have left: `on_sent` fires for those only,
+    and frames still held when the connection ends get `on_send_error`, not a silent
+    `on_sent`."""
+    # Private: QuicConnection._datagrams_pending, the deque send_datagram_frame() appends to
+    # and _write_application() pops from when a frame fits the packet being built (a full
+    # congestion window or pacing leaves frames there across transmits). aioquic reports no
+    # event when a frame is written. Checked against aioquic 1.7.2 (the one installed here;
+    # 1.6.0 not re-read).
+    return len(quic._datagrams_pending)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryState:
+    """aioquic's loss recovery and congestion control figures for one connection."""
+
+    smoothed_rtt: float | None
+    """Seconds (RFC 9002 smoothed_rtt); None before the first RTT sample."""
+    rtt_variance: float | None
+    congestion_window: int
+    """Bytes."""
+    packets_sent: int
+    """Packets sent so far (all packet number spaces)."""
+    packets_lost: int | None
+    """Packets declared lost so far; None unless `count_lost_packets()` was called first."""
+
+
+_LOST = "_taps_post_lost"
+"""The attribute under which count_lost_packets() keeps its counter on the recovery object."""
+
+
+def count_lost_packets(quic: QuicConnection) -> None:
+    """Start counting the packets aioquic declares lost on this connection (by its ACK-based
+    loss detection or a probe timeout), for `recovery_state().packets_lost`. Call once, right
+    after creating the connection."""
+    # Private: QuicConnection._loss (the QuicPacketRecovery, created once in __init__) and
+    # its _on_packets_lost(), through which every declared loss passes (loss detection,
+    # PTO, discarded spaces do not: they are not losses). aioquic keeps no loss counter and
+    # emits no event, only qlog records. The wrapper is set on the instance, calls the
+    # original with the same arguments and only counts. Checked against aioquic 1.7.2 (the
+    # one installed here; 1.6.0 not re-read).
+    recovery = quic._loss
+    if hasattr(recovery, _LOST):
+        return
+    original = recovery._on_packets_lost
+    setattr(recovery, _LOST, 0)
+
+    def counting(**kwargs: Any) -> None:
+        packets = list(kwargs.pop("packets"))
+        setattr(recovery, _LOST, getattr(recovery, _LOST) + len(packets))
+        original(packets=packets, **kwargs)
+
+    recovery._on_packets_lost = counting  # type: ignore[method-assign]
+
+
+def recovery_state(quic: QuicConnection) -> RecoveryState:
+    """The connection's RTT estimate, congestion window and packet counts, read now."""
+    # Private: QuicConnection._loss (QuicPacketRecovery) and its _rtt_initialized,
+    # _rtt_smoothed and _rtt_variance (RFC 9002 section 5.3 estimator state; aioquic
+    # exposes them only in qlog events), and QuicConnection._packet_number, the next packet
+    # number, which aioquic shares across its packet number spaces, so it counts the packets
+    # sent (reset only by a Retry or version negotiation, before any application data).
+    # congestion_window is a public property of QuicPacketRecovery.
+    # Checked against aioquic 1.7.2 (the one installed here; 1.6.0 not re-read).
+    recovery = quic._loss
+    measured = bool(recovery._rtt_initialized)
+    lost = getattr(recovery, _LOST, None)
+    return RecoveryState(
+        smoothed_rtt=float(recovery._rtt_smoothed) if measured else None,
+        rtt_variance=float(recovery._rtt_variance) if measured else None,
+        congestion_window=int(recovery.congestion_window),
+        packets_sent=int(quic._packet_number),
+        packets_lost=None if lost is None else int(lost))
+
+
+def request_client_certificate(quic: QuicConnection) -> None:
+    """Make a server connection send a CertificateRequest in its first flight, so the client
+    presents its certificate (and proves its key with CertificateVerify, which aioquic
+    checks). aioquic checks nothing else about a client certificate: the caller reads it with
+    `peer_certificate()` once the handshake completed and decides. A client with no
+    certificate answers with an empty Certificate message and the handshake completes.
+    Call right after creating the connection, before its first datagram arrives."""
+    # Private: tls.Context._request_client_certificate (commented "For test purposes only":
+    # aioquic has no configuration option for it) and QuicConnection._initialize(), which
+    # creates the TLS context when the first Initial packet arrives and processes the
+    # ClientHello in the same call, so the flag must be set the moment the context exists:
+    # the wrapper, set on the instance, runs the original and then sets it. Resumed
+    # handshakes (PSK) send no CertificateRequest at all (RFC 8446 section 4.3.2).
+    # Checked against aioquic 1.7.2 (the one installed here; 1.6.0 not re-read).
+    original = quic._initialize
+
+    def initialize(peer_cid: bytes) -> None:
+        original(peer_cid)
+        quic.tls._request_client_certificate = True
+
+    quic._initialize = initialize  # type: ignore[method-assign]

@@ -19,6 +19,17 @@ the issuing server presented a pinned certificate; with verification, it was ver
 the system CAs when no pins are given). Any other ticket is not offered at all (a full
 handshake instead), so neither resumption nor 0-RTT data bypasses a pin or a verification
 the ticket's first connection did not make.
+Rule 6: a listener under `security.clientAuth` request or require asks every client for its
+certificate (`compat.request_client_certificate`: aioquic checks the client's CertificateVerify
+signature, nothing else) and `ClientAuth.check` decides once the handshake completed, against
+the Local's `trusted` certificates: a pinned one by fingerprint, or one they signed (as CAs).
+`require` refuses a client without a certificate; both refuse one they do not trust. A
+resumed handshake carries no certificate (TLS 1.3 PSK), and aioquic's server, asked for one,
+expects a client Certificate on a resumed handshake too (and fails it): so such a listener
+issues no session tickets at all, and every connection is a full handshake (no resumption,
+no 0-RTT). TLS 1.3 lets the client finish its handshake before the server has seen its
+certificate: a refused client's connect() succeeds and its carrier fails at once with the
+close (QuicClosedError, CRYPTO_ERROR plus certificate_required or bad_certificate).
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.tls import SessionTicket
+from aioquic.quic.packet import QuicErrorCode
+from aioquic.tls import SessionTicket, verify_certificate
 
 from ...certs import Certificate, fingerprint_of_der
 from ..base import AttemptSpec, ListenSpec
@@ -37,7 +49,8 @@ from ..tls import PinMismatchError
 from .compat import offer_datagram_frames, set_identity, set_peer_verification
 from .wire import DATAGRAM_FRAME_SIZE
 
-__all__ = ["Origin", "QuicTicket", "Trust", "client_configuration", "client_trust",
+__all__ = ["CERTIFICATE_REQUIRED", "ClientAuth", "ClientAuthError", "Origin", "QuicTicket",
+           "Trust", "client_auth", "client_configuration", "client_trust",
            "server_configuration", "ticket_origin", "with_origin"]
 
 
@@ -156,3 +169,76 @@ def with_origin(ticket: SessionTicket, origin: Origin | None) -> QuicTicket:
 def ticket_origin(ticket: Any) -> Origin | None:
     """The Origin a stored ticket carries; None for any other object (nobody vouches)."""
     return ticket.origin if isinstance(ticket, QuicTicket) else None
+
+
+# ---- client certificates on a listener (Rule 6) ---------------------------------------------
+
+CERTIFICATE_REQUIRED = QuicErrorCode.CRYPTO_ERROR + 116
+"""How a listener closes on a client without a certificate under `require`: the TLS
+certificate_required alert (RFC 8446 section 6.2, RFC 9001 section 4.8)."""
+BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
+"""...and on a client certificate it does not trust: bad_certificate."""
+
+
+class ClientAuthError(PermissionError):
+    """A listener refused a client's certificate (or its lack of one) under clientAuth;
+    `error_code` is the QUIC CRYPTO_ERROR the connection is closed with."""
+
+    def __init__(self, message: str, error_code: int) -> None:
+        super().__init__(message)
+        self.error_code = int(error_code)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """What a listener requires of its clients' certificates (Rule 6)."""
+
+    required: bool
+    """`require`: a client without a certificate is refused (`request`: let in)."""
+    pins: frozenset[str]
+    """Fingerprints of the trusted certificates: each is accepted as itself."""
+    cadata: bytes | None
+    """The trusted certificates as PEM, used as CAs for a certificate they signed."""
+
+    def check(self, peer_der: bytes | None) -> str | None:
+        """The fingerprint of the client's accepted certificate (None: it presented none and
+        none is required); ClientAuthError when refused."""
+        if peer_der is None:
+            if self.required:
+                raise ClientAuthError("the client presented no certificate, and this "
+                                      "listener requires one (clientAuth: require)",
+                                      CERTIFICATE_REQUIRED)
+            return None
+        got = fingerprint_of_der(peer_der)
+        if got in self.pins:
+            return got
+        if self.cadata is not None:
+            from cryptography import x509
+
+            try:
+                verify_certificate(certificate=x509.load_der_x509_certificate(peer_der),
+                                   cadata=self.cadata)
+            except Exception as exc:
+                raise ClientAuthError(f"the client's certificate {got} is not trusted: {exc}",
+                                      BAD_CERTIFICATE) from exc
+            return got
+        raise ClientAuthError(f"the client's certificate {got} is not trusted",
+                              BAD_CERTIFICATE)
+
+
+def client_auth(spec: ListenSpec) -> ClientAuth | None:
+    """The listener's ClientAuth, or None under `clientAuth: none`. ValueError for a mode it
+    does not know, and for request/require with no trusted certificate (no client could
+    ever be accepted: a configuration mistake, said at listen time)."""
+    mode = spec.settings.client_auth
+    if mode == "none":
+        return None
+    if mode not in ("request", "require"):
+        raise ValueError(f"unknown security.clientAuth {mode!r} (none, request, require)")
+    trusted: Sequence[Certificate] = spec.trusted
+    if not trusted:
+        raise ValueError(f"security.clientAuth {mode} on a QUIC listener needs trusted "
+                         "certificates (Local.trusted: CAs or pinned client certificates)")
+    return ClientAuth(required=mode == "require",
+                      pins=frozenset(c.fingerprint for c in trusted),
+                      cadata="".join(c.cert_pem for c in trusted).encode("ascii"))

@@ -17,14 +17,30 @@ is a function of `compat`, tested against real aioquic connections.
 Rule 5: a client session with a `Trust` checks it when aioquic reports the handshake
 completed (`config.Trust.check`), before aioquic transmits again: on a pin mismatch the
 connection closes (CRYPTO_ERROR plus bad_certificate) with nothing of the application sent,
-the handshake waiter raises the PinMismatchError, and no later event is routed.
+the handshake waiter raises the PinMismatchError, and no later event is routed. A listener's
+session under clientAuth checks the client's certificate the same way (`config.ClientAuth`):
+a refused client's connection closes (certificate_required or bad_certificate) before any of
+its streams reaches the listener.
+Rule 6: DATAGRAM frames name their stream (wire, Rule 2) and reach only its carrier: one for
+a stream the peer may still open waits until it opens; one for a stream closed, refused or
+never ours is dropped and counted (`datagrams_dropped`). A frame's `on_sent` fires once aioquic
+wrote it into a packet (`compat.pending_datagram_frames`), its `on_send_error` when the
+connection ends first.
+Rule 7: DSCP (the policy's message.dscp, off by default: then no socket option is touched):
+before each transmit the socket's IP_TOS / IPV6_TCLASS is set, when it differs, to the code
+point of the most urgent niceness written since the previous transmit (`DscpMarker`): a
+setsockopt only on a change, which asyncio's datagram transport (sendto, no ancillary data)
+leaves as the one way in; packets with no new message (ACKs, retransmissions) keep the
+socket's last mark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -33,12 +49,22 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
-from .compat import peer_certificate, peer_max_datagram_frame_size, refuse_early_data
-from .config import Origin, Trust
+from ...core.messages import Pending
+from ...core.path import PathStats
+from .compat import (
+    count_lost_packets,
+    peer_certificate,
+    peer_max_datagram_frame_size,
+    pending_datagram_frames,
+    recovery_state,
+    refuse_early_data,
+    request_client_certificate,
+)
+from .config import ClientAuth, ClientAuthError, Origin, Trust
 from .stream import QuicStreamTransient
-from .wire import is_unidirectional, split_uni
+from .wire import REFUSED_STREAM, is_client_initiated, is_unidirectional, split_datagram, split_uni
 
-__all__ = ["QuicClosedError", "QuicSession"]
+__all__ = ["DscpMarker", "QuicClosedError", "QuicSession"]
 
 _IDLE_CLOSE = 0.5
 """Seconds a connection lingers after its last carrier closed (a fork may follow)."""
@@ -68,6 +94,28 @@ class QuicClosedError(ConnectionError):
     @classmethod
     def from_event(cls, event: events.ConnectionTerminated) -> QuicClosedError:
         return cls(event.error_code, event.reason_phrase or "", event.frame_type)
+
+
+class DscpMarker:
+    """The DSCP mark of one UDP socket (Rule 7), shared by every session that sends on it (a
+    listener's connections share its socket): setsockopt only when the mark changes."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._v6 = sock.family == socket.AF_INET6
+        self.current = 0
+
+    def set(self, code_point: int) -> None:
+        tos = code_point << 2  # DSCP is the top six bits of the TOS / traffic class octet
+        if tos == self.current:
+            return
+        self.current = tos
+        if self._v6:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+            with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
+                self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        else:
+            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
 
 class _Outbound(asyncio.DatagramTransport):
@@ -118,8 +166,13 @@ class QuicSession(QuicConnectionProtocol):
                  on_stream: Callable[[QuicStreamTransient], None] | None = None,
                  per_msg_reliability: bool = False, allow_early: bool = True,
                  on_terminated: Callable[[QuicSession], None] | None = None,
-                 trust: Trust | None = None, offered: Origin | None = None) -> None:
+                 trust: Trust | None = None, offered: Origin | None = None,
+                 dscp: tuple[int, ...] = (), marker: DscpMarker | None = None,
+                 client_auth: ClientAuth | None = None) -> None:
         super().__init__(quic, stream_handler)
+        count_lost_packets(quic)
+        if client_auth is not None:
+            request_client_certificate(quic)
         self.connection = quic
         """The sans-I/O aioquic connection this protocol pumps (we made it, so we keep it)."""
         self.loop = asyncio.get_running_loop()
@@ -139,15 +192,37 @@ class QuicSession(QuicConnectionProtocol):
         self.is_open = True
         self.local_address: tuple[str, int] | None = None
         self.remote_address: tuple[str, int] | None = None
-        self._after: list[Callable[[], None]] = []
         self.tracking = False
         """A stream has on_sent/on_acked bookkeeping pending: transmit() must check it."""
         self._uni_in: dict[int, bytearray] = {}
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
         self._next_bidi = 0
-        self._datagrams: list[bytes] = []
-        """DATAGRAM frames that arrived before any carrier of this connection existed."""
+        self._held_datagrams: dict[int, list[bytes]] = {}
+        """DATAGRAM frames for a stream the peer may still open, by stream id (Rule 6)."""
+        self.datagrams_dropped = 0
+        """DATAGRAM frames received for no carrier: a closed, refused or unknown stream, or
+        without a stream id prefix (Rule 6)."""
+        self._datagrams_out: collections.deque[tuple[QuicStreamTransient, Pending]] = \
+            collections.deque()
+        """DATAGRAM frames handed to aioquic, oldest first, until a packet carries them."""
+        self._refused: set[int] = set()
+        """Streams the peer opened after the accept callback said no (reset, stopped)."""
+        self.refusing_siblings = False
+        """The accept callback returned False: streams the peer opens are refused."""
+        self._acceptor: QuicStreamTransient | None = None
+        """The stream whose carrier called accept(): once it closed, the peer's new streams
+        go to the listener again (`on_stream`), not to a carrier that is gone."""
+        self._dscp = dscp
+        self._marker = marker
+        self._urgent: int | None = None
+        """The most urgent niceness written since the previous transmit (Rule 7)."""
+        self.client_auth = client_auth
+        """A listener's clientAuth check (config, Rule 6); None: none asked."""
+        self.client_verified = client_auth is None
+        """The client passed the clientAuth check (or none was asked)."""
+        self.client_fingerprint: str | None = None
+        """The accepted client certificate's fingerprint (None: none presented)."""
         self.owns_transport = False
         """A client session owns its UDP socket; a server's sessions share the listener's."""
         self.accept_callback: Callable[[QuicStreamTransient], Any] | None = None
@@ -176,13 +251,46 @@ class QuicSession(QuicConnectionProtocol):
     def datagrams_negotiated(self) -> bool:
         return peer_max_datagram_frame_size(self.connection) is not None
 
-    def accept_streams(self, callback: Callable[[QuicStreamTransient], Any]) -> None:
+    @property
+    def peer_max_datagram_frame(self) -> int | None:
+        return peer_max_datagram_frame_size(self.connection)
+
+    @property
+    def marking(self) -> bool:
+        return bool(self._dscp)
+
+    def mark(self, niceness: int) -> None:
+        if self._urgent is None or niceness < self._urgent:
+            self._urgent = niceness
+
+    def accept_streams(self, callback: Callable[[QuicStreamTransient], Any],
+                       owner: QuicStreamTransient | None = None) -> None:
         self.accept_callback = callback
+        self.refusing_siblings = False
+        self._acceptor = owner
+
+    def path_stats(self) -> PathStats:
+        """aioquic's recovery state now: smoothed RTT and its variation, lost / sent packets,
+        congestion window / smoothed RTT as the rate, the configured maximum UDP payload as
+        the MTU (aioquic does no path MTU discovery)."""
+        r = recovery_state(self.connection)
+        srtt = r.smoothed_rtt
+        loss = (r.packets_lost / r.packets_sent if r.packets_lost is not None
+                and r.packets_sent else None)
+        return PathStats(
+            rtt_ms=None if srtt is None else srtt * 1000.0,
+            rttvar_ms=None if r.rtt_variance is None else r.rtt_variance * 1000.0,
+            loss=loss,
+            rate_bps=None if not srtt else r.congestion_window * 8 / srtt,
+            mtu=self.connection.configuration.max_datagram_size,
+            sent=r.packets_sent)
 
     def progress_pending(self) -> None:
         self.tracking = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._dscp and self._marker is None:
+            self._marker = DscpMarker(transport.get_extra_info("socket"))
         self._out = _Outbound(transport)
         super().connection_made(self._out)
         local = transport.get_extra_info("sockname")
@@ -234,21 +342,51 @@ class QuicSession(QuicConnectionProtocol):
         self._open_streams.add(stream_id)
         if self.primary is None:
             self.primary = t
-        if self._datagrams:
-            pending, self._datagrams = self._datagrams, []
-            t.deliver(pending, self.remote_address)
+        held = self._held_datagrams.pop(stream_id, None)
+        if held:
+            t.deliver(held, self.remote_address)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         return t
 
-    def _datagram_target(self) -> QuicStreamTransient | None:
-        """The first carrier of the connection while it is open, else the oldest open one."""
-        if self.primary is not None and self.primary.stream_id in self._open_streams:
-            return self.primary
-        for sid in sorted(self._open_streams):
-            return self.streams[sid]
-        return None
+    def _datagram_received(self, payload: bytes) -> None:
+        """Rule 6: to the carrier on the stream the frame names, and no other."""
+        parts = split_datagram(payload)
+        if parts is None:
+            self.datagrams_dropped += 1
+            return
+        sid, data = parts
+        t = self.streams.get(sid)
+        if t is not None:
+            if sid in self._open_streams:
+                t.deliver([data], self.remote_address)
+            else:
+                self.datagrams_dropped += 1
+        elif (is_unidirectional(sid) or sid in self._refused or self.refusing_siblings
+              or is_client_initiated(sid) == self.connection.configuration.is_client):
+            self.datagrams_dropped += 1  # not a carrier, refused, or ours and never opened
+        else:
+            self._held_datagrams.setdefault(sid, []).append(data)  # may overtake the stream
+
+    def datagram_written(self, stream: QuicStreamTransient, pending: Pending) -> None:
+        self._datagrams_out.append((stream, pending))
+
+    def _datagrams_left(self) -> None:
+        """on_sent for the DATAGRAM frames aioquic wrote into packets (first in, first out)."""
+        out = self._datagrams_out
+        left = pending_datagram_frames(self.connection)
+        while len(out) > left:
+            t, p = out.popleft()
+            t.fire(p.on_sent, p.message)
+
+    def _datagrams_failed(self) -> None:
+        """The connection ended: frames aioquic never wrote get on_send_error."""
+        if self._datagrams_out:
+            self._datagrams_left()
+        out, self._datagrams_out = self._datagrams_out, collections.deque()
+        for t, p in out:
+            t.fire(p.on_send_error, p.message)
 
     def stream_closed(self, t: QuicStreamTransient) -> None:
         self._open_streams.discard(t.stream_id)
@@ -276,8 +414,21 @@ class QuicSession(QuicConnectionProtocol):
         if self._transmit_handle is None:
             self._transmit_handle = self.loop.call_soon(self.transmit)
 
-    def after_transmit(self, callback: Callable[[], None]) -> None:
-        self._after.append(callback)
+    def flush(self) -> None:
+        """Send what aioquic holds now (an immediate message: its own packets). Only the
+        datagrams go: the callbacks and progress checks wait for the transmit_soon() that
+        follows, so no callback runs inside the caller's send."""
+        self._apply_mark()
+        QuicConnectionProtocol.transmit(self)
+        self.transmit_soon()
+
+    def _apply_mark(self) -> None:
+        urgent = self._urgent
+        if urgent is not None and self._marker is not None:
+            self._urgent = None
+            table = self._dscp
+            with contextlib.suppress(OSError):
+                self._marker.set(table[min(urgent, len(table) - 1)])
 
     def watch_deadline(self, when: float, callback: Callable[[], None]) -> None:
         self.loop.call_at(when, callback)
@@ -288,15 +439,14 @@ class QuicSession(QuicConnectionProtocol):
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
+        if self._urgent is not None:
+            self._apply_mark()
         super().transmit()
         out = self._out
         if out is None or out.is_closing():
             return
-        after = self._after
-        if after:
-            self._after = []
-            for cb in after:
-                cb()
+        if self._datagrams_out:
+            self._datagrams_left()
         if self.tracking:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
             pending = False
             for t in list(self.streams.values()):
@@ -316,6 +466,7 @@ class QuicSession(QuicConnectionProtocol):
             "the QUIC connection's socket closed before its handshake completed"))
         if self.is_open:
             self.is_open = False
+            self._datagrams_failed()
             for t in list(self.streams.values()):
                 t.terminate(exc)
 
@@ -331,6 +482,7 @@ class QuicSession(QuicConnectionProtocol):
             self._idle = None
         for task in self._tasks:
             task.cancel()
+        self._datagrams_failed()
         for t in list(self.streams.values()):
             t.terminate(None)
         if self.owns_transport and self._out is not None:
@@ -347,6 +499,8 @@ class QuicSession(QuicConnectionProtocol):
         if isinstance(event, events.HandshakeCompleted):
             if self.trust is not None and not self._trusted(event):
                 return
+            if self.client_auth is not None and not self._client_trusted(event):
+                return
             self.handshake_done = True
             self.early_data_accepted = event.early_data_accepted
             self.session_resumed = event.session_resumed
@@ -355,11 +509,7 @@ class QuicSession(QuicConnectionProtocol):
         elif isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
         elif isinstance(event, events.DatagramFrameReceived):
-            target = self._datagram_target()
-            if target is None:
-                self._datagrams.append(event.data)  # DATAGRAMs may overtake the first stream
-            else:
-                target.deliver([event.data], self.remote_address)
+            self._datagram_received(event.data)
         elif isinstance(event, events.StreamReset):
             self._uni_in.pop(event.stream_id, None)
             t = self.streams.get(event.stream_id)
@@ -369,6 +519,7 @@ class QuicSession(QuicConnectionProtocol):
             self.is_open = False
             reason = self.termination = QuicClosedError.from_event(event)
             self._handshake_failed(reason)
+            self._datagrams_failed()
             for t in list(self.streams.values()):
                 t.terminate(None if event.error_code == 0 else reason)
             if self.owns_transport and self._out is not None:
@@ -392,6 +543,34 @@ class QuicSession(QuicConnectionProtocol):
             return False
         return True
 
+    def _client_trusted(self, event: events.HandshakeCompleted) -> bool:
+        """A listener's clientAuth check (config, Rule 6), before any stream is routed: a
+        refused client is closed with the TLS alert and nothing of it reaches the listener.
+        Such a listener issues no tickets, so no handshake resumes without a certificate."""
+        assert self.client_auth is not None
+        try:
+            self.client_fingerprint = self.client_auth.check(
+                peer_certificate(self.connection))
+        except ClientAuthError as exc:
+            self.refusal = exc
+            self.connection.close(error_code=exc.error_code, frame_type=QuicFrameType.CRYPTO,
+                                  reason_phrase=str(exc))
+            self.transmit_soon()
+            return False
+        self.client_verified = True
+        return True
+
+    def _refuse(self, sid: int) -> None:
+        """Refuse a stream the peer opened (accept callback said no): RESET_STREAM and
+        STOP_SENDING with REFUSED_STREAM; its data and datagrams are dropped."""
+        self._refused.add(sid)
+        self._held_datagrams.pop(sid, None)
+        with contextlib.suppress(Exception):
+            self.connection.stop_stream(sid, REFUSED_STREAM)
+        with contextlib.suppress(Exception):
+            self.connection.reset_stream(sid, REFUSED_STREAM)
+        self.transmit_soon()
+
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
         early = not self.handshake_done
@@ -404,15 +583,26 @@ class QuicSession(QuicConnectionProtocol):
                     owner, frame = parts
                     t = self.streams.get(owner) or self.primary
                     if t is not None:
-                        t.on_data(frame, False, early)
+                        t.on_side_message(frame, early)
             return
         t = self.streams.get(sid)
         if t is None:
+            if sid in self._refused:
+                return
+            acceptor = self._acceptor
+            accepting = self.accept_callback is not None and (
+                acceptor is None or acceptor.stream_id in self._open_streams)
+            if accepting and self.refusing_siblings:
+                self._refuse(sid)
+                return
             t = self._attach(sid)
             # A connection's first stream is a new carrier (for a listener); later ones go
-            # to the carrier that called accept(), else they are new carriers too.
-            if self.accept_callback is not None and t is not self.primary:
-                self.accept_callback(t)
+            # to the carrier that called accept() while it is open, else they are new
+            # carriers too. An accept callback that returns False takes this one and
+            # refuses every later one.
+            if accepting and self.accept_callback is not None and t is not self.primary:
+                if self.accept_callback(t) is False:
+                    self.refusing_siblings = True
             elif self.on_stream is not None:
                 self.on_stream(t)
         t.on_data(event.data, event.end_stream, early)

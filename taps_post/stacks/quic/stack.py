@@ -7,21 +7,27 @@ Rule 2: connect() returns only once the handshake completed; a connection aioqui
 first raises `QuicClosedError` (QUIC error code and reason), an ICMP error the OSError
 itself, so racing classifies either. Whatever it made is closed before it raises.
 Rule 3: session tickets come from and go to `SessionState` (the Association), only while the
-policy allows the session cache; 0-RTT carries a copy of the first message, only when it is
-idempotent, a ticket resumes, and the policy allows it.
+policy allows the session cache. 0-RTT (the draft's order, 3.1.2): when the offered ticket
+allows early data and the policy allows 0-RTT, the attempt writes copies of every idempotent
+message of the carrier's early flight (`spec.early.take()`) before its first packet, and of
+each one held while its handshake runs (`spec.early.watch`), all as 0-RTT data; it never
+writes a non-idempotent message before the handshake completed. A server that refuses the
+early data makes aioquic send the same stream bytes again in 1-RTT packets: the stream's
+offsets are unchanged, so each message is delivered and reported once.
 Rule 4: pins are checked by fingerprint whatever `verifyPeer` says (config, Rule 4): connect()
 fails with PinMismatchError before anything of the application is sent. A ticket is offered
 (so resumption and 0-RTT happen) only when its Origin meets this attempt's Trust, and a
 ticket is kept only from a connection that passed its check, stamped with what it proved
 (config, Rule 5).
 Rule 5: a listener is aioquic's own `QuicServer` whose `create_protocol` makes our sessions;
-the listener keeps its own set of them, never the server's table.
+the listener keeps its own set of them, never the server's table. Under clientAuth it issues
+no session tickets (config, Rule 6): every connection is a full handshake showing a
+certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 from typing import Any
 
@@ -29,16 +35,19 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
+from ...core.early import Relays
+from ...core.messages import OutMessage
 from ..base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
 from .config import (
     Origin,
+    client_auth,
     client_configuration,
     client_trust,
     server_configuration,
     ticket_origin,
     with_origin,
 )
-from .session import QuicSession
+from .session import DscpMarker, QuicSession
 from .stream import QuicStreamTransient
 
 __all__ = ["QuicListening", "QuicStack"]
@@ -71,15 +80,19 @@ class QuicStack:
                 association.add_ticket("quic", with_origin(t, sessions[0].origin))
 
         quic = QuicConnection(configuration=config, session_ticket_handler=keep)
-        sock = connected_datagram_socket(c)
+        sock = connected_datagram_socket(c, spec.local_port)
         session: QuicSession | None = None
+        early = spec.early
+        zero_rtt = (early is not None and spec.settings.zero_rtt and ticket is not None
+                    and config.session_ticket is ticket
+                    and ticket.max_early_data_size is not None)
         try:
             started = loop.time()
             per_msg = spec.settings.per_msg_reliability
             _, proto = await loop.create_datagram_endpoint(
                 lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
                                     interface=c.interface, per_msg_reliability=per_msg,
-                                    trust=trust, offered=offered),
+                                    trust=trust, offered=offered, dscp=spec.settings.dscp),
                 sock=sock)
             session = proto
             assert session is not None
@@ -92,22 +105,32 @@ class QuicStack:
                          else (c.remote_address, c.remote_port))
             session.connect(peer, transmit=False)
             transient = session.new_stream()
-            early = spec.early
-            if early is not None and early.idempotent and config.session_ticket is not None \
-                    and spec.settings.zero_rtt:
-                # A copy: the caller's message must stay unsent if another attempt wins.
-                transient.submit(dataclasses.replace(early))  # 0-RTT, with the ClientHello
-                transient.pump()
-                transient.early_sent = True
+            if zero_rtt:
+                assert early is not None
+                transient.early_attempt = early
+                self._write_early(transient, early.take())  # with the ClientHello
+                running = session
+
+                def held(copies: list[tuple[OutMessage, Relays]]) -> None:
+                    # Messages held while the handshake runs ride in 0-RTT too (Rule 3).
+                    if not session_done(running):
+                        self._write_early(transient, copies)
+                        running.transmit()
+
+                early.watch(held)
             session.transmit()
-            await session.wait_connected()
+            try:
+                await session.wait_connected()
+            finally:
+                if zero_rtt:
+                    assert early is not None
+                    early.watch(None)
             transient.rtt_ms = (loop.time() - started) * 1000.0
             transient.established_ms = transient.rtt_ms
             transient.session_reused = session.session_resumed
+            # early_in_syn: the server accepted the 0-RTT data; refused, aioquic sends the
+            # same stream bytes again in 1-RTT packets (the offsets do not change).
             transient.early_in_syn = transient.early_sent and session.early_data_accepted
-            if transient.early_sent and not session.early_data_accepted:
-                # The server refused 0-RTT: aioquic retransmits the stream data in 1-RTT.
-                transient.early_in_syn = False
             return transient
         except BaseException:
             if session is not None:
@@ -115,37 +138,59 @@ class QuicStack:
             sock.close()
             raise
 
+    @staticmethod
+    def _write_early(transient: QuicStreamTransient,
+                     copies: list[tuple[OutMessage, Relays]]) -> None:
+        """Write copies from the early flight into the stream now, before the next transmit
+        (0-RTT packets while the handshake runs). Their relays report to the originals once
+        the race is decided (core/early.py)."""
+        if not copies:
+            return
+        for copy, relays in copies:
+            transient.submit(copy, *relays)
+        transient.pump()
+        transient.early_sent = True
+
     async def listen(self, spec: ListenSpec) -> QuicListening:
         loop = asyncio.get_running_loop()
         config = server_configuration(spec)
+        auth = client_auth(spec)
         tickets: dict[bytes, SessionTicket] = {}
         settings = spec.settings
         # Every connection not yet terminated: aioquic's server creates each through
         # `create`, so the listener need not read the server's own table.
         sessions: set[QuicSession] = set()
+        sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
+        marker = DscpMarker(sock) if settings.dscp else None
 
         def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
             session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
                                   interface=spec.interface, on_stream=spec.on_transient,
                                   per_msg_reliability=settings.per_msg_reliability,
                                   allow_early=settings.zero_rtt,
-                                  on_terminated=sessions.discard)
+                                  on_terminated=sessions.discard, dscp=settings.dscp,
+                                  marker=marker, client_auth=auth)
             sessions.add(session)
             return session
 
-        sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
         try:
             bind_server(sock, spec.address, spec.port, spec.interface)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: QuicServer(configuration=config, create_protocol=create,
-                                   session_ticket_fetcher=lambda t: tickets.pop(t, None),
-                                   session_ticket_handler=lambda t: tickets.__setitem__(
-                                       t.ticket, t)),
+                lambda: QuicServer(
+                    configuration=config, create_protocol=create,
+                    session_ticket_fetcher=None if auth else lambda t: tickets.pop(t, None),
+                    session_ticket_handler=None if auth else lambda t: tickets.__setitem__(
+                        t.ticket, t)),
                 sock=sock)
         except BaseException:
             sock.close()
             raise
         return QuicListening(transport, sessions, sock.getsockname()[1])
+
+
+def session_done(session: QuicSession | None) -> bool:
+    """The handshake completed (or the session is gone): nothing more rides as 0-RTT."""
+    return session is None or session.handshake_done or not session.is_open
 
 
 class QuicListening:

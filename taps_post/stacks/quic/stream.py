@@ -27,10 +27,11 @@ from aioquic.quic.connection import QuicConnection
 
 from ...core.framing import Framer
 from ...core.messages import Pending
+from ...core.path import PathStats
 from ...errors import ConnectionClosedError, DeframingError
 from ..transient import Transient
 from .compat import stream_send_offsets
-from .wire import RESET_EXPIRED, as_datagram, uni_payload
+from .wire import RESET_EXPIRED, as_datagram, datagram_fits, datagram_payload, uni_payload
 
 __all__ = ["QuicStreamTransient", "StreamHost"]
 
@@ -47,13 +48,22 @@ class StreamHost(Protocol):
     def is_open(self) -> bool: ...
 
     @property
-    def datagrams_negotiated(self) -> bool:
-        """Both sides accept DATAGRAM frames (RFC 9221)."""
+    def handshake_done(self) -> bool: ...
+
+    @property
+    def peer_max_datagram_frame(self) -> int | None:
+        """The peer's max_datagram_frame_size (RFC 9221); None: it takes no DATAGRAM frames
+        (or its transport parameters are not known yet)."""
         ...
 
     @property
     def per_msg_reliability(self) -> bool:
         """Expiring messages ride their own unidirectional streams."""
+        ...
+
+    @property
+    def marking(self) -> bool:
+        """Messages are marked with DSCP code points (the policy's message.dscp table)."""
         ...
 
     @property
@@ -66,16 +76,28 @@ class StreamHost(Protocol):
         """A new bidirectional stream of this connection (fork)."""
         ...
 
-    def accept_streams(self, callback: Callable[[QuicStreamTransient], Any]) -> None:
-        """Streams the peer opens from now on go to `callback`."""
+    def accept_streams(self, callback: Callable[[QuicStreamTransient], Any],
+                       owner: QuicStreamTransient | None = None) -> None:
+        """Streams the peer opens from now on go to `callback` while `owner` is open; once
+        it returned False, they are refused."""
         ...
 
     def transmit_soon(self) -> None:
         """Send what the connection has queued, once this loop iteration is done."""
         ...
 
-    def after_transmit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` right after the next transmit (a DATAGRAM frame's on_sent)."""
+    def flush(self) -> None:
+        """Send what the connection has queued now, in packets of its own (immediate)."""
+        ...
+
+    def mark(self, niceness: int) -> None:
+        """A message of `niceness` was just written: the next packets carry its code point
+        unless a more urgent one was written too (only called while `marking`)."""
+        ...
+
+    def datagram_written(self, stream: QuicStreamTransient, pending: Pending) -> None:
+        """A DATAGRAM frame for `pending` was handed to aioquic: its on_sent fires once
+        aioquic wrote it into a packet, its on_send_error if the connection ends first."""
         ...
 
     def watch_deadline(self, when: float, callback: Callable[[], None]) -> None: ...
@@ -83,6 +105,8 @@ class StreamHost(Protocol):
     def progress_pending(self) -> None:
         """A stream waits for on_sent / on_acked: check progress after each transmit."""
         ...
+
+    def path_stats(self) -> PathStats: ...
 
     def stream_closed(self, stream: QuicStreamTransient) -> None: ...
 
@@ -107,6 +131,8 @@ class QuicStreamTransient(Transient):
         """Unidirectional streams carrying one expiring message each: stream id -> end."""
         self._uni_unacked: dict[int, tuple[Pending, int]] = {}
         self._fin_sent = False
+        self._early_left = 0
+        """Bytes received as 0-RTT data not yet part of a delivered message (on_data)."""
 
     @property
     def quic(self) -> QuicConnection:
@@ -125,36 +151,67 @@ class QuicStreamTransient(Transient):
         return self.session.new_stream()
 
     def accept_siblings(self, callback: Callable[[Transient], Any]) -> bool:
-        self.session.accept_streams(callback)
+        self.session.accept_streams(callback, self)
         return True
 
     # ---- sending ---------------------------------------------------------------------
 
+    def path_stats(self) -> PathStats:
+        """The connection's path as aioquic's recovery measured it (all of a connection's
+        streams share one path)."""
+        return self.session.path_stats()
+
     def write_ready(self, ready: list[Pending]) -> None:
         quic = self.quic
         session = self.session
-        datagrams_ok = session.datagrams_negotiated
         per_message = session.per_msg_reliability
+        marking = session.marking
+        wrote = False
         for p in ready:
             msg = p.message
-            if datagrams_ok and as_datagram(msg.reliable, msg.immediate, len(msg.data)):
-                quic.send_datagram_frame(msg.data)
-                session.after_transmit(functools.partial(self.fire, p.on_sent, p.message))
-                continue
-            frame = self.framer.encode(msg.data)
-            if per_message and msg.lifetime is not None and p.deadline is not None:
+            if msg.immediate and wrote:
+                session.flush()  # what was written before goes without it
+            if marking:
+                session.mark(msg.niceness)
+            if as_datagram(msg.reliable) and self._write_datagram(p):
+                pass
+            elif per_message and msg.lifetime is not None and p.deadline is not None:
+                frame = self.framer.encode(msg.data)
                 uni = quic.get_next_available_stream_id(is_unidirectional=True)
                 payload = uni_payload(self.stream_id, frame)
                 quic.send_stream_data(uni, payload, end_stream=True)
                 self._uni[uni] = (p, len(payload))
                 session.progress_pending()
                 session.watch_deadline(p.deadline, functools.partial(self._expire_uni, uni))
-                continue
-            quic.send_stream_data(self.stream_id, frame)
-            self._offset += len(frame)
-            self.track(self._offset, p)
+            else:
+                frame = self.framer.encode(msg.data)
+                quic.send_stream_data(self.stream_id, frame)
+                self._offset += len(frame)
+                self.track(self._offset, p)
+            wrote = True
+            if msg.immediate:  # own packet, now: nothing written after it joins its packet
+                session.flush()
+                wrote = False
         self.sent_any = True
         session.transmit_soon()
+
+    def _write_datagram(self, p: Pending) -> bool:
+        """Hand a `reliable=False` message to aioquic as a DATAGRAM frame prefixed with this
+        stream's id (wire, Rule 2), or end it with on_send_error when it cannot go as one
+        (the peer takes no DATAGRAM frames, or not this large). False only before the
+        handshake while the peer's support is unknown: the message then rides the stream
+        (0-RTT data), so early data is never lost to a guess."""
+        session = self.session
+        peer_max = session.peer_max_datagram_frame
+        if peer_max is None and not session.handshake_done:
+            return False
+        payload = datagram_payload(self.stream_id, p.message.data)
+        if not datagram_fits(len(payload), peer_max):
+            self.fire(p.on_send_error, p.message)
+            return True
+        self.quic.send_datagram_frame(payload)
+        session.datagram_written(self, p)
+        return True
 
     def _expire_uni(self, uni: int) -> None:
         entry = self._uni.get(uni)
@@ -197,6 +254,16 @@ class QuicStreamTransient(Transient):
         """Messages wait for on_sent/on_acked on this stream or its expiring side streams."""
         return bool(self._ledger or self._uni or self._uni_unacked)
 
+    def terminate(self, exc: BaseException | None) -> None:
+        # Messages on their own unidirectional streams were written but not acknowledged:
+        # they end with on_send_error, as the Ledger's do (every message ends once).
+        uni = list(self._uni.values()) + list(self._uni_unacked.values())
+        self._uni.clear()
+        self._uni_unacked.clear()
+        super().terminate(exc)
+        for p, _end in uni:
+            self.fire(p.on_send_error, p.message)
+
     async def aclose(self) -> None:
         await self._flush()
         if not self._fin_sent and self.session.is_open:
@@ -220,16 +287,54 @@ class QuicStreamTransient(Transient):
     # ---- receiving -------------------------------------------------------------------
 
     def on_data(self, data: bytes, end: bool, early: bool) -> None:
-        """Bytes of this stream from the peer (`early`: 0-RTT data); `end`: its FIN."""
-        self.early = early
+        """Bytes of this stream from the peer (`early`: they came before the handshake
+        completed, as 0-RTT data); `end`: its FIN.
+
+        A message is early when any of its bytes was: messages completed by an early chunk
+        are, and so are those completed later whose first bytes were early (`_early_left`
+        counts the early bytes not yet part of a delivered message; re-encoding a message
+        gives its size on the stream, only while such bytes remain)."""
         try:
             messages = self.framer.feed(data)
         except DeframingError as exc:
             self.fail(exc)
             return
+        if early:
+            self._early_left += len(data)
+        if self._early_left:
+            split = 0
+            for m in messages:
+                if self._early_left <= 0:
+                    break
+                self._early_left -= self._framed_size(m)
+                split += 1
+            self._early_left = max(self._early_left, 0)
+            self.early = True
+            self.deliver(messages[:split])
+            messages = messages[split:]
+        self.early = False
         self.deliver(messages)
         if end:
             self.end_of_messages()
+
+    def on_side_message(self, frame: bytes, early: bool) -> None:
+        """One framed message that came on its own unidirectional stream (an expiring one):
+        deframed apart from this stream's bytes, which may hold a partial message."""
+        framer = self.framer.fresh()
+        try:
+            messages = framer.feed(frame) + framer.eof()
+        except DeframingError as exc:
+            self.fail(exc)
+            return
+        self.early = early
+        self.deliver(messages)
+        self.early = False
+
+    def _framed_size(self, message: bytes) -> int:
+        # A control frame (fork protocol) is counted as a message of its payload: two bytes
+        # short, which at worst marks the message after it not early. Rare: 0-RTT bytes
+        # and a control frame at the same boundary.
+        return len(self.framer.encode(bytes(message)))
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:
