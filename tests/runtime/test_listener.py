@@ -201,6 +201,9 @@ def test_async_for_ends_when_the_listener_closes(run, tcp_policy) -> None:
 
 
 def test_accept_callback_until_it_returns_false(run, tcp_policy, store) -> None:
+    """Appendix A: the callback gets carriers until it returns False; then the Listener
+    stops accepting, so a later connection is refused, not queued (issue 9, item 7;
+    tests/runtime/test_callbacks_contract.py has the rest of the contract)."""
     async def main() -> None:
         async with listening(tp.Local(address=LO4, port=0), tcp_policy) as listener:
             got: list[tp.Carrier] = []
@@ -217,14 +220,16 @@ def test_accept_callback_until_it_returns_false(run, tcp_policy, store) -> None:
             target = f"{LO4}:{listener.port}"
             clients = [await tp.initiate(target, policy=tcp_policy, store=store)
                        for _ in range(2)]
+            for c in clients:
+                await c.send(b"hi")
             await second
-            clients.append(await tp.initiate(target, policy=tcp_policy, store=store))
-            third = await next_carrier(listener)  # not given to the callback any more
+            assert not listener.accepting
             try:
-                assert len(got) == 2 and third not in got
-                assert third.remote_address == clients[2].local_address
+                with pytest.raises(tp.EstablishmentError):
+                    await tp.initiate(target, policy=tcp_policy, store=store)
+                assert len(got) == 2
             finally:
-                for c in [*got, third, *clients]:
+                for c in [*got, *clients]:
                     await c.close()
 
     run(main())
