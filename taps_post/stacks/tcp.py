@@ -109,11 +109,25 @@ async def _fastopen_connect(sock: socket.socket, addr: tuple[str, int], data: by
     """Connect with `data` in the SYN (MSG_FASTOPEN). Without a cookie yet the kernel sends a
     plain SYN asking for one and takes no data (EINPROGRESS): the caller sends it afterwards.
     Returns how many bytes rode in the SYN; waits until the handshake completed."""
-    loop = asyncio.get_running_loop()
     try:
         sent = sock.sendto(data, socket.MSG_FASTOPEN, addr)
     except BlockingIOError:
         sent = 0
+    await _connected(sock, addr)
+    return sent
+
+
+async def _connect(sock: socket.socket, addr: tuple[str, int]) -> None:
+    """Non-blocking connect. Not loop.sock_connect(): asyncio resolves the address again
+    with the socket's protocol, and getaddrinfo refuses IPPROTO_MPTCP."""
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        sock.connect(addr)
+    await _connected(sock, addr)
+
+
+async def _connected(sock: socket.socket, addr: tuple[str, int]) -> None:
+    """Wait until a connect in progress completed; raise its error."""
+    loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
     def writable() -> None:
@@ -128,7 +142,6 @@ async def _fastopen_connect(sock: socket.socket, addr: tuple[str, int], data: by
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, f"Connect call failed {addr}: {os.strerror(err)}")
-    return sent
 
 
 _TRANSPORT_HIGH = 1 << 18
@@ -494,7 +507,7 @@ class StreamStack:
                 if in_syn < len(frame):
                     sock.sendall(frame[in_syn:])  # tiny, the socket is connected: no block
             else:
-                await loop.sock_connect(sock, addr)
+                await _connect(sock, addr)
             connected = loop.time()
             transient = StreamTransient(stack=self.name, framer=framer,
                                         max_size=spec.settings.max_size, interface=c.interface,
