@@ -25,11 +25,13 @@ from .errors import (
     Diagnostic,
     EstablishmentError,
     FailureKind,
+    ForkRefusedError,
     FrameTooLargeError,
     InputError,
     MessageTooLargeError,
     PolicyError,
     RemoteProtocolError,
+    ResolutionError,
     SystemPolicyError,
     TapsError,
     UsageError,
@@ -46,14 +48,18 @@ __all__ = [
     "CacheEntry",
     "Candidate",
     "Carrier",
+    "CarrierEvent",
+    "Closed",
     "ConnectionClosedError",
     "Decision",
     "DeframingError",
     "Diagnostic",
+    "Dormant",
     "Environment",
     "EstablishmentError",
     "Exclusion",
     "FailureKind",
+    "ForkRefusedError",
     "FrameTooLargeError",
     "Framer",
     "InMessage",
@@ -65,17 +71,22 @@ __all__ = [
     "Local",
     "MessageTooLargeError",
     "OutMessage",
+    "Path",
+    "PathChange",
     "PolicyContext",
     "PolicyError",
     "Pref",
     "RankKey",
     "RawFramer",
+    "Ready",
     "Remote",
     "RemoteProtocolError",
     "Reply",
     "Request",
+    "ResolutionError",
     "Responder",
     "Sink",
+    "SoftError",
     "Source",
     "SystemPolicyError",
     "TapsError",
@@ -102,6 +113,13 @@ _LAZY = {
     "Association": "taps_post.runtime.association",
     "AssociationStore": "taps_post.runtime.association",
     "Carrier": "taps_post.runtime.carrier",
+    "CarrierEvent": "taps_post.core.events",
+    "Closed": "taps_post.core.events",
+    "Dormant": "taps_post.core.events",
+    "PathChange": "taps_post.core.events",
+    "Ready": "taps_post.core.events",
+    "SoftError": "taps_post.core.events",
+    "Path": "taps_post.runtime.path",
     "InMessage": "taps_post.core.messages",
     "OutMessage": "taps_post.core.messages",
     "Framer": "taps_post.core.framing",
@@ -145,6 +163,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from . import certs as certs
     from . import stacks as stacks
+    from .core.events import CarrierEvent as CarrierEvent
+    from .core.events import Closed as Closed
+    from .core.events import Dormant as Dormant
+    from .core.events import PathChange as PathChange
+    from .core.events import Ready as Ready
+    from .core.events import SoftError as SoftError
     from .core.framing import Framer as Framer
     from .core.framing import LengthPrefixFramer as LengthPrefixFramer
     from .core.framing import LineFramer as LineFramer
@@ -163,6 +187,7 @@ if TYPE_CHECKING:
     from .runtime.establish import initiate as initiate
     from .runtime.listener import Listener as Listener
     from .runtime.listener import listen as listen
+    from .runtime.path import Path as Path
     from .runtime.responder import Reply as Reply
     from .runtime.responder import Responder as Responder
     from .runtime.responder import respond as respond

@@ -1,28 +1,58 @@
-"""Carrier: the message-oriented connection an application holds.
+"""Carrier: the message-oriented connection an application holds (draft 2.1, Appendix A).
 
 Rule 1: a Carrier is a thin facade over its current Transient plus what outlives one: the
 Decision that chose it, the Association, the policy and the Remote. It uses only the public
-Transient interface (docs/architecture.md, "The Transient interface"); `activate()` swaps in a
+Transient interface (docs/architecture.md, "The Transient interface"); activation swaps in a
 new Transient and nothing else in the Carrier depends on which one it is.
-Rule 2: `as_stream()` is a one-way door: allowed before the first message only, on a
+Rule 2: a Carrier is born dormant (`initiate()` returns at once, no socket yet) and becomes
+active on demand: `send`, `send_msg`, `receive`, `activate()`, `await carrier` and
+`async with`. One activation runs at a time and concurrent callers join it. What is sent
+while the carrier is not active is held in its `EarlyFlight` (core/early.py) in submission
+order, with lifetimes counted from `send_msg()`: each racing attempt gets an `EarlyAttempt`
+(0-RTT / TCP Fast Open copies of the idempotent ones), and once the race is decided the
+flight is settled on the winner and the rest is submitted to it, in order. Nothing held is
+lost silently: a message ends with the winner's callbacks, `on_expired` (its lifetime ran out
+while held) or `on_send_error` (the activation failed, or the carrier closed first).
+Rule 3: a Transient that dies without us closing it leaves the carrier dormant when it can be
+re-activated (it was initiated, so it has an `opener`, and policy `carrier.reactivate` allows
+it): what was queued but never written comes back into the flight (`transient.salvage`) and
+the next send re-races with the Association's history and tickets. Otherwise (an accepted
+carrier, or reactivate off) the carrier is closed. Either way an event says so.
+Rule 4: the fast paths stay one attribute check: `_fast` is the active message-mode Transient
+or None, and `send()`/`receive()` go to `try_send_plain`/`try_receive` through it.
+Rule 5: application callbacks keep the draft's contract: `ready`, `accept` and `on_event`
+callbacks are called until they return False; an `async def` one is awaited as a task the
+carrier owns (close() cancels and awaits them), at most `max_concurrent` at once for `ready`
+and `accept`, and at the bound the carrier stops taking messages (they wait in the
+Transient's inbox, whose high-water mark pauses reading: backpressure to the peer).
+Rule 6: `as_stream()` is a one-way door: allowed before the first message only, on a
 stream-capable stack only (the stack catalogue says which), and afterwards the message API
 refuses with a clear error.
-Rule 3: how to open another Transient (fork, activate) is the `opener` given by whoever
-established the carrier; an accepted carrier has none and says so.
+Rule 7: how to open another Transient (activate) is the `opener` given by whoever made the
+carrier, how to fork one is the `forker`; an accepted carrier has no opener and says so. This
+module imports neither establish nor fork (they import it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import inspect
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import stacks
-from ..core.messages import InMessage, OutMessage
+from ..core.early import EarlyAttempt, EarlyFlight, Held
+from ..core.events import CarrierEvent, Closed, Dormant, PathChange, Ready, SoftError
+from ..core.messages import InMessage, OutMessage, Pending
+from ..core.settings import Settings
 from ..decision.decision import Candidate, Decision
 from ..errors import Attempt, ConnectionClosedError, UsageError
 from ..stacks.transient import Transient
 from .association import Association
+from .path import Path
 from .trace import Tracer
 
 if TYPE_CHECKING:
@@ -30,23 +60,123 @@ if TYPE_CHECKING:
     from ..policy.context import PolicyContext
     from .endpoints import Local, Remote
 
-__all__ = ["Carrier", "Opener"]
+__all__ = ["Carrier", "Established", "Forker", "Opener"]
 
 MessageCallback = Callable[[OutMessage], Any]
-Opener = Callable[["Carrier"], Awaitable["Carrier"]]
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """What an opener returns: the winning Transient and the record of how it was chosen."""
+
+    transient: Transient
+    decision: Decision
+    candidate: Candidate
+    attempts: tuple[Attempt, ...]
+    settings: Settings
+    remote: Remote
+    """The Remote as resolved for this race (addresses known)."""
+    policy: PolicyContext
+    """The context the decision was taken with (a live system layer's snapshot)."""
+    framer: Callable[[], Framer]
+
+
+Opener = Callable[[Callable[[], EarlyAttempt | None]], Awaitable[Established]]
+"""Races a new Transient for a carrier; calls its argument once per racing attempt for that
+attempt's view of the early flight (AttemptSpec.early; None when nothing held can ride
+early)."""
+Forker = Callable[["Carrier"], Awaitable["Carrier"]]
+"""Opens a fork of a carrier on a stack with one connection per Transient (runtime/fork.py)."""
+
+_DEFAULT_HANDLERS = 16
+"""Concurrent async handlers when no decision says (policy carrier.maxHandlers)."""
+
+
+def _report(message: str, exc: BaseException) -> None:
+    """An application callback failed: the event loop's handler hears it, the carrier lives."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - callbacks run on the loop
+        return
+    loop.call_exception_handler({"message": message, "exception": exc})
+
+
+def _fire(callback: Any, message: OutMessage) -> None:
+    if callback is None:
+        return
+    try:
+        callback(message)
+    except Exception as exc:  # a user callback must not break the carrier
+        _report("taps_post message callback failed", exc)
+
+
+class _Handler:
+    """One application callback under the draft's contract (Rule 5): called per item until it
+    returns False; an awaitable result is awaited in a task the carrier owns, at most `limit`
+    at once. `offer()` answers False when the caller must stop offering: the callback said
+    False (`stopped`) or the bound is reached (`paused`, until a task finishes and `resume`
+    is called)."""
+
+    __slots__ = ("callback", "carrier", "limit", "paused", "resume", "running", "stopped")
+
+    def __init__(self, carrier: Carrier, callback: Callable[[Any], Any], limit: int,
+                 resume: Callable[[], None]) -> None:
+        if limit < 1:
+            raise UsageError("max_concurrent must be at least 1")
+        self.carrier = carrier
+        self.callback = callback
+        self.limit = limit
+        self.resume = resume
+        self.running = 0
+        self.stopped = False
+        self.paused = False
+
+    def offer(self, item: Any) -> bool:
+        if self.stopped:
+            return False
+        result = self.callback(item)
+        if inspect.isawaitable(result):
+            self.running += 1
+            self.carrier.spawn(self._finish(result))
+            if self.running >= self.limit:
+                self.paused = True
+                return False
+            return True
+        if result is False:
+            self.stopped = True
+            return False
+        return True
+
+    async def _finish(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            verdict = await awaitable
+        except Exception as exc:
+            _report("taps_post handler failed", exc)
+            verdict = None
+        finally:
+            self.running -= 1
+        if verdict is False:
+            self.stopped = True
+        elif self.paused:
+            self.paused = False
+        else:
+            return
+        self.resume()
 
 
 class Carrier:
     """A message-oriented connection chosen by policy (docs/runtime.md has the API tour).
 
-    `send`/`send_msg`/`receive` carry whole messages with their properties; `explanation`
-    is the Decision that chose it, `attempts` how the race went; `fork()` opens a sibling to
-    the same Remote and `activate()` re-establishes a dormant carrier.
+    Born dormant (Rule 2): `send`/`send_msg`/`receive` activate it, as do `activate()`,
+    `await carrier` and `async with carrier`. `explanation` is the Decision that chose it,
+    `attempts` how the race went, `association` the long-lived state it shares with every
+    carrier to the same Remote, `transients` and `paths` what serves it now, `events()` what
+    happens to it.
     """
 
     def __init__(
         self,
-        transient: Transient,
+        transient: Transient | None,
         *,
         decision: Decision | None,
         association: Association | None,
@@ -56,13 +186,13 @@ class Carrier:
         policy: PolicyContext | None = None,
         framer: Callable[[], Framer] | None = None,
         opener: Opener | None = None,
+        forker: Forker | None = None,
         attempts: tuple[Attempt, ...] = (),
         tracer: Tracer | None = None,
+        settings: Settings | None = None,
+        accepted: bool = False,
     ) -> None:
-        self._transient = transient
-        transient.bind(self)
         self._decision = decision
-        self._association = association
         self._candidate = candidate
         self._remote = remote
         self._local = local
@@ -70,110 +200,745 @@ class Carrier:
         self._framer = framer
         self._opener = opener
         self._tracer = tracer
+        self._settings = settings
+        self._accepted = accepted
+        self.forker = forker
+        """How fork() opens a new connection when the stack cannot open a sibling on this
+        one (runtime/fork.py); None: fork() needs a stack with siblings (QUIC)."""
+        self.on_transient: Callable[[Carrier], None] | None = None
+        """Called each time the carrier takes a new Transient, once it is bound (establish
+        sets runtime/fork.py's `watch` here, so a peer's fork requests are answered)."""
         self.attempts = attempts
-        """How each racing attempt of the establishment went (won, failed, cancelled)."""
+        """How each racing attempt of the last activation went (won, failed, cancelled)."""
+        self._transient: Transient | None = None
+        """The current Transient, or the last one while dormant after a loss (its inbox is
+        still read), None before the first activation."""
+        self._fast: Transient | None = None
+        """Rule 4: the active message-mode Transient, else None."""
+        self._state = "dormant"
+        """dormant (never active), active, lost (dormant after a loss), closed."""
         self._streamed = False
         self._closing = False
+        self._activations = 0
+        self._flight: EarlyFlight | None = None
+        self._live: list[EarlyAttempt] = []
+        """The attempts of the running activation (their copies are theirs to end)."""
+        self._refused: dict[int, BaseException] = {}
+        """Held messages the winner refused at settle time, by id(Held): send_msg raises."""
+        self._expiry: asyncio.TimerHandle | None = None
+        self._activating: asyncio.Future[None] | None = None
+        self._activator: asyncio.Task[Any] | None = None
+        self._owned: asyncio.Task[None] | None = None
+        self._stopping = False
+        """close()/abort() cancelled the activation (its CancelledError is ours)."""
+        self._joiners = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribers: list[asyncio.Queue[CarrierEvent]] = []
+        self._listeners: list[Callable[[CarrierEvent], Any]] = []
+        self._closed_event: Closed | None = None
+        self._reader: _Handler | None = None
+        self._acceptor: _Handler | None = None
+        self._forks: deque[Carrier] = deque()
+        self._path: Path | None = None
+        if association is None:
+            association = Association(_key_of(transient, remote), remote, local)
+        self._association = association
+        association.attach(self)
+        if transient is not None:
+            self._adopt(transient)
 
-    # ---- what chose it --------------------------------------------------------------------
+    # ---- what chose it, what serves it ----------------------------------------------------
 
     @property
     def explanation(self) -> Decision | None:
-        """The Decision that chose this carrier (what `taps-post policy explain` prints)."""
+        """The Decision that chose this carrier (what `taps-post policy explain` prints);
+        None before the first activation of an initiated carrier."""
         return self._decision
 
     @property
-    def association(self) -> Association | None:
+    def association(self) -> Association:
+        """The Association this carrier is bound to (draft 2.3): history, tickets, paths."""
         return self._association
 
     @property
     def transients(self) -> tuple[Transient, ...]:
-        return (self._transient,)
+        """The Transients serving this carrier (draft Transients()): the current one while
+        active; while dormant after a loss, the one that ended (not open: its inbox is
+        still read, its `path` says where it ran) until an activation replaces it; empty
+        before the first activation and once the carrier is closed."""
+        t = self._transient
+        return (t,) if t is not None and self._state in ("active", "lost") else ()
+
+    @property
+    def transient(self) -> Transient | None:
+        """The current Transient (the last one while dormant after a loss), or None."""
+        return self._transient
+
+    @property
+    def paths(self) -> list[Path]:
+        """The Path of each open Transient serving this carrier now (empty while dormant)."""
+        return [t.path for t in self.transients if isinstance(t.path, Path) and t.is_open]
 
     @property
     def candidate(self) -> Candidate | None:
         return self._candidate
 
     @property
+    def remote(self) -> Remote | None:
+        return self._remote
+
+    @property
+    def local(self) -> Local | None:
+        return self._local
+
+    @property
+    def policy(self) -> PolicyContext | None:
+        return self._policy
+
+    @property
+    def settings(self) -> Settings | None:
+        """The effective properties of the Decision (None before the first activation)."""
+        return self._settings
+
+    @property
+    def framer(self) -> Callable[[], Framer] | None:
+        """The framer factory each new Transient of this carrier gets one from."""
+        return self._framer
+
+    @property
+    def opener(self) -> Opener | None:
+        return self._opener
+
+    @property
+    def tracer(self) -> Tracer | None:
+        return self._tracer
+
+    @property
+    def accepted(self) -> bool:
+        """Made by a Listener (or for a sibling the peer opened): it cannot re-activate."""
+        return self._accepted
+
+    @property
     def stack(self) -> str:
-        return self._transient.stack
+        """The stack of the current (or last) Transient; "" before the first activation."""
+        t = self._transient
+        return t.stack if t is not None else ""
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
-        return self._transient.remote_address
+        t = self._transient
+        return t.remote_address if t is not None else None
 
     @property
     def local_address(self) -> tuple[str, int] | None:
-        return self._transient.local_address
+        t = self._transient
+        return t.local_address if t is not None else None
 
     @property
     def is_active(self) -> bool:
-        return self._transient.is_open and not self._streamed
+        """Backed by an open Transient now (draft IsActive())."""
+        t = self._fast
+        return t is not None and t.is_open
+
+    @property
+    def is_dormant(self) -> bool:
+        """Not active but can become so (initiated carriers before activation or after a
+        loss; not a closed or streamed one)."""
+        return not self.is_active and self._state != "closed" and not self._streamed \
+            and self._reactivatable()
 
     def __repr__(self) -> str:
-        state = "active" if self.is_active else ("stream" if self._streamed else "dormant")
-        return f"<{type(self).__name__} {self.stack} {self.local_address} -> " \
+        state = ("active" if self.is_active else "stream" if self._streamed else
+                 "closed" if self._state == "closed" else "dormant")
+        return f"<{type(self).__name__} {self.stack or '?'} {self.local_address} -> " \
                f"{self.remote_address} {state}>"
+
+    # ---- activation (Rule 2) --------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, Carrier]:
+        """`carrier = await tp.initiate(...)`: activate, then the carrier itself."""
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Carrier:
+        t = self._fast
+        if t is None or not t.is_open:
+            await self._activate()
+        return self
+
+    async def activate(self, on_active: Callable[[], Any] | None = None) -> None:
+        """Make the carrier active (draft Activate(isActive)): a no-op when it is, else a race
+        ranked with the Association's history (tickets make it cheaper). `on_active()` is
+        called once it is active (awaited when it returns an awaitable). Raises PolicyError or
+        EstablishmentError when it cannot be activated, UsageError on an accepted carrier
+        whose connection ended (only the peer can initiate again)."""
+        t = self._fast
+        if t is None or not t.is_open:
+            if self._accepted or self._opener is None:
+                raise UsageError("an accepted carrier cannot be activated: only the peer "
+                                 "that initiated it can establish a new connection")
+            await self._activate()
+        if on_active is not None:
+            result = on_active()
+            if inspect.isawaitable(result):
+                await result
+
+    def _reactivatable(self) -> bool:
+        if self._opener is None or self._accepted:
+            return False
+        settings = self._settings
+        return settings is None or settings.reactivate
+
+    def _check_activatable(self) -> None:
+        if self._streamed:
+            raise UsageError("this carrier became a stream (as_stream()); use its writer")
+        if self._state == "closed" or self._closing:
+            raise ConnectionClosedError(self._closed_text())
+        if self._opener is None or self._accepted:
+            raise UsageError("an accepted carrier cannot be activated again: only the peer "
+                             "that initiated it can establish a new one")
+        if self._state == "lost" and not self._reactivatable():
+            raise ConnectionClosedError(self._closed_text())
+
+    def _closed_text(self) -> str:
+        t = self._transient
+        failure = t.failure if t is not None else None
+        if self._closing or failure is None:
+            return "the carrier is closed"
+        return f"the carrier is closed: {t.stack if t else ''} failed: {failure}"
+
+    async def _activate(self) -> Transient:
+        """Active now (the Transient), or raise why not (Rule 2)."""
+        t = self._fast
+        if t is not None:
+            if t.is_open:
+                return t
+            self._lost(t)  # died; its closed callback has not run yet
+        self._check_activatable()
+        fut = self._activating
+        if fut is None:
+            return await self._lead()
+        self._joiners += 1
+        try:
+            await asyncio.shield(fut)
+        finally:
+            self._joiners -= 1
+        t = self._fast
+        if t is None:
+            raise ConnectionClosedError(self._closed_text())
+        return t
+
+    async def _lead(self) -> Transient:
+        """Run the activation in the caller's task (no task hop on the common path), so
+        that `await tp.initiate(...)` costs what connecting costs. Others join through the
+        future. If the caller is cancelled while others wait, a task the carrier owns takes
+        over for them; close()/abort() cancel it either way."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._activating = fut
+        task = asyncio.current_task()
+        self._activator = task
+        cancelling = task.cancelling() if task is not None else 0
+        try:
+            t = await self._establish()
+        except asyncio.CancelledError:
+            self._activator = None
+            if self._stopping and task is not None and task.uncancel() <= cancelling:
+                exc = ConnectionClosedError("the carrier was closed while it was activating")
+                self._end_activation(fut, exc)
+                raise exc from None
+            if self._joiners and not self._closing:
+                self._owned = asyncio.ensure_future(self._owned_activation(fut))
+            else:
+                self._activating = None
+                fut.cancel()
+            raise
+        except BaseException as exc:
+            self._activator = None
+            self._end_activation(fut, exc)
+            raise
+        self._activator = None
+        self._end_activation(fut, None)
+        return t
+
+    async def _owned_activation(self, fut: asyncio.Future[None]) -> None:
+        try:
+            await self._establish()
+        except asyncio.CancelledError:
+            self._end_activation(fut, ConnectionClosedError(
+                "the carrier was closed while it was activating"))
+        except Exception as exc:
+            self._end_activation(fut, exc)
+        else:
+            self._end_activation(fut, None)
+        finally:
+            self._owned = None
+
+    def _end_activation(self, fut: asyncio.Future[None], exc: BaseException | None) -> None:
+        if self._activating is fut:
+            self._activating = None
+        self._stopping = False
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: the callers that joined raise it themselves
+
+    async def _establish(self) -> Transient:
+        """One activation: race (each attempt offered the flight), adopt the winner, settle
+        the flight on it and submit the rest in order (draft 3.1.2)."""
+        opener = self._opener
+        assert opener is not None
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = EarlyFlight()
+        live: list[EarlyAttempt] = []
+        self._live = live
+        self._arm_expiry()  # held before the loop ran, or salvaged
+
+        def early() -> EarlyAttempt | None:
+            # Only a flight holding an idempotent message has anything to ride early: an
+            # attempt without one connects as if nothing were held (no Fast Open probe),
+            # and what is held later goes once the winner's handshake is done.
+            if not any(h.message.idempotent for h in flight.held):
+                return None
+            a = flight.attempt()
+            live.append(a)
+            return a
+
+        try:
+            est = await opener(early)
+        except asyncio.CancelledError:
+            self._live = []
+            if self._closing:
+                self._drop_held()
+            else:
+                self._refresh_flight()  # the next activation offers them again
+            raise
+        except BaseException as exc:
+            self._live = []
+            self._fail_held(exc)
+            raise
+        self._live = []
+        t = est.transient
+        if self._closing:
+            t.abort()
+            self._drop_held()
+            raise ConnectionClosedError("the carrier was closed while it was activating")
+        self._decision = est.decision
+        self._candidate = est.candidate
+        self._remote = est.remote
+        self._policy = est.policy
+        self._framer = est.framer
+        self._settings = est.settings
+        self.attempts = est.attempts
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._flight = None
+        winner = t.early_attempt if t.early_attempt in live else None
+        rest = flight.settle(winner)
+        old = self._transient
+        unread: list[InMessage] = []
+        while old is not None and (msg := old.try_receive()) is not None:
+            unread.append(msg)  # delivered by the lost Transient, not read yet: first
+        self._adopt(t)
+        if unread:
+            t.deliver(unread)  # type: ignore[arg-type]
+        refused = self._refused
+        for h in rest:
+            try:
+                t.submit(h.message, h.on_sent, h.on_acked, h.on_expired, h.on_send_error,
+                         queued_at=h.queued_at)
+            except Exception as exc:  # refused by this Transient (too large, closed)
+                h.message.state = "expired"
+                _fire(h.on_send_error, h.message)
+                refused[id(h)] = exc
+        return t
+
+    def _adopt(self, t: Transient) -> None:
+        """Take `t` as the current Transient: bind it, watch it, give it its Path."""
+        old = self._path
+        t.bind(self)
+        t.salvage = self._salvage
+        t.on_soft_error = self._soft_error
+        t.closed.add_done_callback(self._transient_closed)
+        decision = self._decision
+        info = None
+        if decision is not None and t.interface is not None:
+            info = next((i for i in decision.interfaces if i.name == t.interface), None)
+        path = t.path = Path(t, info)
+        self._path = path
+        self._transient = t
+        self._state = "active"
+        self._activations += 1
+        self._fast = None if self._streamed else t
+        reader = self._reader
+        if reader is not None and not reader.stopped and not reader.paused:
+            t.set_callback(reader.offer)
+        if self._acceptor is not None:
+            t.accept_siblings(self._sibling_arrived)
+        if self.on_transient is not None:
+            self.on_transient(self)
+        tracer = self._tracer
+        if tracer is not None:
+            tracer.emit("carrier.active", stack=t.stack, interface=t.interface,
+                        local=t.local_address, remote=t.remote_address, rtt_ms=t.rtt_ms,
+                        session_reused=t.session_reused)
+        if self._subscribers or self._listeners:
+            self._emit(Ready(t.stack, t.local_address, t.remote_address, t.interface, path,
+                             self._activations > 1))
+            if old is not None and old != path:
+                self._emit(PathChange(old, path))
+
+    # ---- loss (Rule 3) --------------------------------------------------------------------
+
+    def _transient_closed(self, fut: asyncio.Future[None]) -> None:
+        t = self._transient
+        if t is not None and t.closed is fut:
+            self._lost(t)
+
+    def _lost(self, t: Transient) -> None:
+        """`t` ended. Dormant when we can re-activate, else closed (Rule 3)."""
+        if self._transient is not t or self._state != "active":
+            return
+        self._fast = None
+        if self._closing or self._streamed:
+            return
+        error = t.failure
+        if self._reactivatable():
+            self._state = "lost"
+            self._arm_expiry()
+            self._emit(Dormant(error))
+        else:
+            self._finish(error)
+
+    def _salvage(self, pendings: list[Pending]) -> bool:
+        """transient.salvage: messages queued but never written come back into the flight,
+        in their order, with their deadlines, to go on the next Transient."""
+        if self._closing or not self._reactivatable():
+            return False
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = EarlyFlight()
+        now = _now()
+        for p in pendings:
+            m = p.message
+            queued_at = (p.deadline - m.lifetime if p.deadline is not None
+                         and m.lifetime is not None else now)
+            if m.state != "new":
+                m.state = "new"
+            flight.hold(Held(m, p.on_sent, p.on_acked, p.on_expired, p.on_send_error,
+                             queued_at))
+        return True
+
+    def _soft_error(self, exc: BaseException) -> None:
+        self._emit(SoftError(exc))
+
+    # ---- held messages --------------------------------------------------------------------
+
+    def hold(self, message: OutMessage, *, on_sent: MessageCallback | None = None,
+             on_acked: MessageCallback | None = None,
+             on_expired: MessageCallback | None = None,
+             on_send_error: MessageCallback | None = None) -> None:
+        """Queue `message` for this carrier's next activation without starting it (what
+        `initiate(send=...)` does); on an active carrier it is submitted at once. Its
+        lifetime counts from now."""
+        t = self._fast
+        if t is not None and t.is_open:
+            t.submit(message, on_sent, on_acked, on_expired, on_send_error)
+            return
+        self._check_activatable()
+        self._hold(Held(message, on_sent, on_acked, on_expired, on_send_error, _now()))
+
+    def _hold(self, held: Held) -> None:
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = EarlyFlight()
+        flight.hold(held)
+        if held.message.lifetime is not None:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """A timer for the earliest deadline among held messages no attempt carries."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        flight = self._flight
+        if flight is None or not flight.held:
+            return
+        taken = self._taken()
+        deadlines = [d for h in flight.held
+                     if (d := h.deadline) is not None and id(h.message) not in taken]
+        if not deadlines:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # held before the loop runs: armed again when activation starts
+        self._expiry = loop.call_at(min(deadlines), self._expire_held)
+
+    def _taken(self) -> set[int]:
+        return {id(h.message) for a in self._live for h in a.taken}
+
+    def _expire_held(self) -> None:
+        self._expiry = None
+        flight = self._flight
+        if flight is None:
+            return
+        now = asyncio.get_running_loop().time()
+        taken = self._taken()
+        if taken:
+            everything = flight.held
+            flight.held = [h for h in everything if id(h.message) not in taken]
+            gone = flight.expire(now)
+            left = {id(h.message) for h in flight.held} | taken
+            flight.held = [h for h in everything if id(h.message) in left]
+        else:
+            gone = flight.expire(now)
+        for h in gone:
+            _fire(h.on_expired, h.message)
+        self._arm_expiry()
+
+    def _fail_held(self, exc: BaseException) -> None:
+        """The activation failed: messages whose lifetime passed expire, the others get
+        on_send_error (and their send_msg raises `exc`)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        flight = self._flight
+        self._flight = None
+        if flight is None:
+            return
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # pragma: no cover
+            now = time.monotonic()
+        for h in flight.expire(now):
+            _fire(h.on_expired, h.message)
+        for h in flight.drain():
+            _fire(h.on_send_error, h.message)
+
+    def _drop_held(self) -> None:
+        self._fail_held(ConnectionClosedError("the carrier is closed"))
+
+    def _refresh_flight(self) -> None:
+        """A fresh flight holding the same messages (the old one's attempts are gone)."""
+        old = self._flight
+        if old is None:
+            return
+        fresh = EarlyFlight()
+        fresh.held = old.held
+        old.held = []
+        old.drain()
+        self._flight = fresh
+        self._arm_expiry()
 
     # ---- sending --------------------------------------------------------------------------
 
-    def _messages(self) -> Transient:
-        if self._streamed:
-            raise UsageError("this carrier became a stream (as_stream()); use its writer")
-        return self._transient
-
     async def send(self, data: bytes) -> None:
-        """Queue `data` as one message with default properties (waits under backpressure)."""
-        if (isinstance(data, bytes) and not self._streamed and self._transient.try_send_plain(
-                data if type(data) is bytes else bytes(data))):
-            return  # the common case: no OutMessage, no coroutine below this one
+        """Send `data` as one message with default properties (waits under backpressure;
+        activates a dormant carrier first)."""
+        t = self._fast
+        if t is not None and isinstance(data, bytes):
+            try:
+                if t.try_send_plain(data if type(data) is bytes else bytes(data)):
+                    return  # the common case: no OutMessage, no coroutine below this one
+            except ConnectionClosedError:
+                if self._closing or not self._reactivatable():
+                    raise
+                self._lost(t)
         await self.send_msg(OutMessage(data))
 
     async def send_msg(self, message: OutMessage, *, on_sent: MessageCallback | None = None,
                        on_acked: MessageCallback | None = None,
-                       on_expired: MessageCallback | None = None) -> None:
-        """Queue a message; callbacks report what became of it (exactly one of sent/expired)."""
-        transient = self._messages()
-        if not transient.is_open:
-            raise ConnectionClosedError(
-                "the carrier is dormant or closed; `await carrier.activate()` re-establishes it")
-        queued_at = transient.loop.time()
-        await transient.wait_writable()
-        transient.submit(message, on_sent, on_acked, on_expired, queued_at=queued_at)
+                       on_expired: MessageCallback | None = None,
+                       on_send_error: MessageCallback | None = None) -> None:
+        """Send a message; its callbacks report what became of it, each message ending
+        exactly once with on_acked (acknowledging stacks; on_sent before it when the kernel
+        took it), on_sent (datagram stacks), on_expired or on_send_error. On a carrier that
+        is not active the message is held and the carrier activated (the draft's SendMsg):
+        this returns once it is, and raises the establishment error if it cannot be."""
+        t = self._fast
+        if t is not None and t.is_open:
+            queued_at = t.loop.time()
+            await t.wait_writable()
+            try:
+                t.submit(message, on_sent, on_acked, on_expired, on_send_error,
+                         queued_at=queued_at)
+                return
+            except ConnectionClosedError:
+                if self._closing or not self._reactivatable():
+                    raise
+                self._lost(t)
+        self._check_activatable()
+        held = Held(message, on_sent, on_acked, on_expired, on_send_error,
+                    asyncio.get_running_loop().time())
+        self._hold(held)
+        t = await self._activate()
+        refused = self._refused.pop(id(held), None)
+        if refused is not None:
+            raise refused
+        await t.wait_writable()
 
     # ---- receiving ------------------------------------------------------------------------
 
     async def receive(self) -> InMessage:
-        """The next message; ConnectionClosedError once the peer closed and all were read."""
-        if not self._streamed:
-            msg = self._transient.try_receive()  # no coroutine hop when a message waits
+        """The next message (activates a dormant carrier first); ConnectionClosedError once
+        the peer closed and all were read, or, dormant after a loss, once what the old
+        Transient delivered is read."""
+        t = self._fast
+        if t is not None:
+            msg = t.try_receive()  # no coroutine hop when a message waits
             if msg is not None:
                 return msg
-        return await self._messages().receive()
+            try:
+                return await t.receive()
+            except ConnectionClosedError as exc:
+                if not t.is_open and not self._closing and self._reactivatable():
+                    raise ConnectionClosedError(self._dormant_text(t)) from exc
+                raise
+        return await self._receive_slow()
+
+    async def _receive_slow(self) -> InMessage:
+        if self._streamed:
+            raise UsageError("this carrier became a stream (as_stream()); use its reader")
+        t = self._transient
+        if t is not None and self._state in ("lost", "closed", "active"):
+            msg = t.try_receive()
+            if msg is not None:
+                return msg
+            if self._state == "active":  # died, the closed callback has not run yet
+                self._lost(t)
+            if self._state == "lost":
+                raise ConnectionClosedError(self._dormant_text(t))
+            if self._state == "closed" or self._closing:
+                try:
+                    return await t.receive()  # the Transient's own words (peer closed, ...)
+                except ConnectionClosedError as exc:
+                    raise ConnectionClosedError(self._closed_text()) from exc
+        t = await self._activate()
+        return await self.receive()
+
+    def _dormant_text(self, t: Transient) -> str:
+        why = f"{t.stack} failed: {t.failure}" if t.failure is not None else \
+            f"the peer closed the {t.stack} connection"
+        return (f"the carrier is dormant ({why}); send() or activate() re-establishes it")
 
     def __aiter__(self) -> AsyncIterator[InMessage]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[InMessage]:
-        transient = self._messages()
         while True:
             try:
-                msg = await transient.receive()
+                msg = await self.receive()
             except ConnectionClosedError:
-                if transient.failure is not None and not self._closing:
+                t = self._transient
+                if t is not None and t.failure is not None and not self._closing:
                     raise
                 return
             yield msg
 
-    def ready(self, callback: Callable[[InMessage], Any]) -> None:
-        """Draft style: `callback(msg)` for every message until it returns False."""
-        self._messages().set_callback(callback)
+    def ready(self, callback: Callable[[InMessage], Any], *,
+              max_concurrent: int | None = None) -> None:
+        """Draft Ready(): `callback(msg)` for every message until it returns False (then
+        messages wait for receive() again). An `async def` callback is awaited as a task the
+        carrier owns, at most `max_concurrent` at once (default: policy
+        carrier.maxHandlers); at the bound the carrier stops taking messages until one
+        finishes (backpressure). Does not activate the carrier; it follows re-activations."""
+        if self._streamed:
+            raise UsageError("this carrier became a stream (as_stream()); use its reader")
+        limit = max_concurrent if max_concurrent is not None else self._max_handlers()
+        handler = _Handler(self, callback, limit, self._resume_reader)
+        self._reader = handler
+        t = self._transient
+        if t is not None:
+            t.set_callback(handler.offer)
+
+    def _max_handlers(self) -> int:
+        s = self._settings
+        return s.max_handlers if s is not None else _DEFAULT_HANDLERS
+
+    def _resume_reader(self) -> None:
+        handler, t = self._reader, self._transient
+        if handler is None or t is None:
+            return
+        t.set_callback(None if handler.stopped else handler.offer)
+
+    # ---- events (Rule 5) ------------------------------------------------------------------
+
+    def events(self) -> AsyncIterator[CarrierEvent]:
+        """`async for event in carrier.events()`: Ready, Dormant, SoftError, PathChange and,
+        last, Closed (the iteration ends after it). Each call is a new subscriber that sees
+        every event from the call on."""
+        queue: asyncio.Queue[CarrierEvent] = asyncio.Queue()
+        if self._closed_event is not None:
+            queue.put_nowait(self._closed_event)
+        else:
+            self._subscribers.append(queue)
+        return self._event_stream(queue)
+
+    async def _event_stream(self, queue: asyncio.Queue[CarrierEvent]
+                            ) -> AsyncIterator[CarrierEvent]:
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if type(event) is Closed:
+                    return
+        finally:
+            if queue in self._subscribers:
+                self._subscribers.remove(queue)
+
+    def on_event(self, callback: Callable[[CarrierEvent], Any]) -> None:
+        """`callback(event)` for every carrier event until it returns False (an async one is
+        awaited as a task the carrier owns; its False stops later calls)."""
+        self._listeners.append(callback)
+
+    def _emit(self, event: CarrierEvent) -> None:
+        for q in self._subscribers:
+            q.put_nowait(event)
+        for cb in list(self._listeners):
+            try:
+                result = cb(event)
+            except Exception as exc:
+                _report("taps_post event callback failed", exc)
+                continue
+            if inspect.isawaitable(result):
+                self.spawn(self._event_verdict(cb, result), cancel_on_close=False)
+            elif result is False and cb in self._listeners:
+                self._listeners.remove(cb)
+
+    async def _event_verdict(self, cb: Callable[[CarrierEvent], Any],
+                             result: Awaitable[Any]) -> None:
+        try:
+            verdict = await result
+        except Exception as exc:
+            _report("taps_post event callback failed", exc)
+            return
+        if verdict is False and cb in self._listeners:
+            self._listeners.remove(cb)
+
+    def spawn(self, coro: Awaitable[Any], *, cancel_on_close: bool = True) -> asyncio.Task[Any]:
+        """Run `coro` as a task this carrier owns (close() cancels and awaits it)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        if cancel_on_close:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            _KEEP.add(task)
+            task.add_done_callback(_KEEP.discard)
+        return task
 
     # ---- morphing, forking ----------------------------------------------------------------
 
     async def as_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Turn this carrier into an asyncio reader/writer pair (irreversible)."""
-        t = self._messages()
+        """Turn this carrier into an asyncio reader/writer pair (irreversible; activates a
+        dormant carrier first)."""
+        if self._streamed:
+            raise UsageError("this carrier became a stream (as_stream()); use its writer")
+        t = await self._activate()
         if not _stream_capable(t.stack):
             raise UsageError(f"as_stream() needs a reliable ordered stack, not {t.stack}")
         if not t.untouched:
@@ -191,78 +956,220 @@ class Carrier:
         if eof:
             reader.feed_eof()
         self._streamed = True
+        self._fast = None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def fork(self) -> Carrier:
-        """A new carrier to the same Remote on the same Association. QUIC: a new stream on the
-        same connection, which the peer's `accept()` callback receives; TCP, TLS and UDP: a
-        new connection, which the peer's Listener receives."""
-        sibling = self._transient.open_sibling()
+        """A new carrier on the same Association (draft 2.1: a fork request at the peer).
+        QUIC: a new stream on the same connection, which the peer's `accept()` receives;
+        stream stacks: what the carrier's forker does (runtime/fork.py: a new connection the
+        peer's parent carrier accepts). Activates a dormant carrier first."""
+        t = self._fast
+        if t is None or not t.is_open:
+            t = await self._activate()
+        sibling = t.open_sibling()
         if sibling is not None:
-            return self._sibling(sibling)
-        if self._opener is None:
-            raise UsageError("this carrier was accepted by a Listener; fork from the "
-                             "initiating side")
-        return await self._opener(self)
+            return self.sibling(sibling)
+        if self.forker is None:
+            raise UsageError(f"fork() is not available on this {t.stack} carrier: its stack "
+                             "has no siblings and nobody gave it a forker")
+        return await self.forker(self)
 
-    def accept(self, callback: Callable[[Carrier], Any]) -> None:
-        """Receive carriers the peer forks onto this connection. On TCP, TLS and UDP forks are
-        new connections and arrive at the Listener instead; QUIC delivers them here."""
-        self._transient.accept_siblings(lambda t: callback(self._sibling(t)))
+    def sibling(self, transient: Transient | None = None, *,
+                accepted: bool | None = None) -> Carrier:
+        """A new carrier sharing this one's decision, Association, endpoints, policy,
+        framer, settings, opener and forker, on `transient` (None: a dormant carrier that
+        activates with this one's opener, i.e. a plain parallel connection)."""
+        child = type(self)(
+            None, decision=self._decision, association=self._association,
+            candidate=self._candidate, remote=self._remote, local=self._local,
+            policy=self._policy, framer=self._framer, opener=self._opener,
+            forker=self.forker, tracer=self._tracer, settings=self._settings,
+            accepted=self._accepted if accepted is None else accepted)
+        child.on_transient = self.on_transient
+        if transient is not None:
+            child.adopt(transient)
+        return child
 
-    def _sibling(self, transient: Transient) -> Carrier:
-        return Carrier(transient, decision=self._decision, association=self._association,
-                       candidate=self._candidate, remote=self._remote, local=self._local,
-                       policy=self._policy, framer=self._framer, opener=self._opener,
-                       tracer=self._tracer)
+    def adopt(self, transient: Transient) -> None:
+        """Serve this (not yet active) carrier with `transient`, an open Transient made for
+        it elsewhere (a fork's new connection): bind it and make the carrier active."""
+        if self._state == "active" and self.is_active:
+            raise UsageError("this carrier is active already")
+        self._adopt(transient)
 
-    async def activate(self) -> None:
-        """Re-establish a dormant carrier: a new race, ranked with the Association's history."""
-        if self.is_active:
+    def accept(self, callback: Callable[[Carrier], Any], *,
+               max_concurrent: int | None = None) -> None:
+        """Draft Accept(): `callback(child)` for each carrier the peer forks from this one,
+        until it returns False (later forks are then refused). QUIC delivers its new streams
+        here; on stream stacks runtime/fork.py delivers announced forks (`deliver_fork`).
+        Async callbacks are awaited as owned tasks, at most `max_concurrent` at once; forks
+        arriving at the bound wait in order."""
+        limit = max_concurrent if max_concurrent is not None else self._max_handlers()
+        self._acceptor = _Handler(self, callback, limit, self._resume_acceptor)
+        t = self._transient
+        if t is not None and self._state == "active":
+            t.accept_siblings(self._sibling_arrived)
+        self._resume_acceptor()
+
+    def _sibling_arrived(self, transient: Transient) -> bool:
+        child = self.sibling(transient, accepted=True)
+        if self.deliver_fork(child):
+            return True
+        child.abort()
+        return False
+
+    def deliver_fork(self, child: Carrier) -> bool:
+        """Hand `child`, a fork the peer opened, to the accept() callback (or hold it until
+        accept() is called). False when this carrier refuses forks: its accept callback
+        returned False earlier, or it is closed."""
+        if self._state == "closed" or self._closing:
+            return False
+        handler = self._acceptor
+        if handler is None or handler.paused or self._forks:
+            if handler is not None and handler.stopped:
+                return False
+            self._forks.append(child)
+            return True
+        if handler.stopped:
+            return False
+        handler.offer(child)
+        return not handler.stopped
+
+    def _resume_acceptor(self) -> None:
+        handler = self._acceptor
+        if handler is None:
             return
-        if self._opener is None:
-            raise ConnectionClosedError("an accepted carrier cannot be re-activated; the "
-                                        "peer must initiate again")
-        fresh = await self._opener(self)
-        self._adopt(fresh)
-
-    def _adopt(self, fresh: Carrier) -> None:
-        """Take over the Transient and the establishment record of a freshly raced carrier."""
-        self._transient = fresh._transient
-        self._transient.bind(self)
-        self._decision = fresh._decision
-        self._candidate = fresh._candidate
-        self.attempts = fresh.attempts
-        self._closing = False
+        while self._forks and not handler.paused and not handler.stopped:
+            handler.offer(self._forks.popleft())
+        if handler.stopped:
+            while self._forks:
+                self._forks.popleft().abort()
 
     # ---- closing --------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Send what is queued, then close gracefully."""
+        """Send what is queued, then close gracefully. Held messages (never activated) get
+        on_send_error; handler tasks are cancelled. The carrier cannot be used again."""
         self._closing = True
-        if self._streamed:
-            self._transient.transport.close()
-            self._emit_closed()
-            return
-        await self._transient.aclose()
-        self._emit_closed()
+        await self._stop_activation()
+        self._drop_held()
+        await self._cancel_tasks()
+        t = self._transient
+        if t is not None:
+            if self._streamed:
+                t.transport.close()
+            else:
+                await t.aclose()
+        self._fast = None
+        self._finish(t.failure if t is not None else None)
 
     def abort(self) -> None:
+        """Close at once: the connection is reset, nothing queued is sent."""
         self._closing = True
-        self._transient.abort()
-        self._emit_closed()
+        self._stop_activation_now()
+        self._drop_held()
+        current = asyncio.current_task() if _running() else None
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        t = self._transient
+        if t is not None:
+            t.abort()
+        self._fast = None
+        self._finish(t.failure if t is not None else None)
 
-    def _emit_closed(self) -> None:
+    def _stop_activation_now(self) -> bool:
+        """Cancel a running activation; True when there is one to wait for."""
+        if self._owned is not None:
+            self._owned.cancel()
+            return True
+        activator = self._activator
+        if activator is not None and not activator.done():
+            if _running() and activator is asyncio.current_task():
+                return False
+            self._stopping = True
+            activator.cancel()
+            return True
+        return False
+
+    async def _stop_activation(self) -> None:
+        fut = self._activating
+        if self._stop_activation_now() and fut is not None:
+            try:
+                await asyncio.shield(fut)
+            except (Exception, asyncio.CancelledError):
+                if not fut.done():  # we were cancelled ourselves
+                    raise
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Closed for good (by us, or a loss that cannot re-activate)."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._fast = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        while self._forks:
+            self._forks.popleft().abort()
+        self._association.detach(self)
         if self._tracer is not None:
-            failure = self._transient.failure
             self._tracer.emit("carrier.closed", stack=self.stack, remote=self.remote_address,
-                              error="" if failure is None else str(failure))
+                              error="" if error is None else str(error))
+        event = self._closed_event = Closed(None if self._closing else error)
+        if self._subscribers or self._listeners:
+            self._emit(event)
+        self._subscribers = []
+        self._listeners = []
 
     async def __aenter__(self) -> Carrier:
+        t = self._fast
+        if t is None or not t.is_open:
+            await self._activate()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+_KEEP: set[asyncio.Task[Any]] = set()
+"""Event-callback tasks that outlive their carrier's close (they were given Closed)."""
+
+
+def _running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _now() -> float:
+    """The loop's clock (time.monotonic() before a loop runs: the default loop's clock)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def _key_of(transient: Transient | None, remote: Remote | None) -> str:
+    """The Association key of an accepted carrier made without one: its peer's host:port."""
+    if remote is not None:
+        return remote.hostport
+    address = transient.remote_address if transient is not None else None
+    if not address:
+        return "unknown"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _stream_capable(stack: str) -> bool:

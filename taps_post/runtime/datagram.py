@@ -2,8 +2,10 @@
 
 Rule 1: both add the `unreliable-datagram` profile as a carrier-layer policy, so the system
 and app layers still decide (a system that prohibits udp gets a PolicyError, not a socket).
-Rule 2: a Source is a Carrier whose receive() is refused; a Sink is not a Carrier at all
-(it has no Remote), only an inbox on a local port or multicast group.
+Rule 2: a Source is a Carrier whose receive() is refused, born dormant like any initiated
+carrier (`new_source()` does no I/O); a Sink is not a Carrier at all (it has no Remote), only
+an inbox on a local port or multicast group. Neither forks nor accepts forks (draft 2.1.2,
+2.1.3): both refuse with UsageError.
 Rule 3: a Sink serves only interfaces no rule excludes, as a Listener does
 (`listener.serving_interfaces`): with such a rule in force it is one socket per allowed
 interface, each pinned to it, and one inbox that merges them in arrival order.
@@ -23,10 +25,10 @@ from ..decision.decision import Decision
 from ..errors import ConnectionClosedError, PolicyError, UsageError
 from ..policy.context import PolicyContext
 from ..stacks.udp import DatagramTransient, bind_sink
-from .association import default_store
+from .association import AssociationStore, default_store
 from .carrier import Carrier
 from .endpoints import Local, Remote
-from .establish import EnvSpec, establish, policy_for, tracer_for
+from .establish import EnvSpec, policy_for, prepare, tracer_for
 from .listener import listen_decision, serving_interfaces
 from .trace import TraceCallback
 
@@ -37,24 +39,41 @@ _DATAGRAM = {"version": 1, "layer": "carrier", "name": "source-sink",
 
 
 class Source(Carrier):
-    """A send-only carrier (UDP): `receive()` is refused."""
+    """A send-only carrier (UDP), born dormant like every initiated carrier: `receive()`,
+    `ready()`, `fork()` and `accept()` are refused (draft 2.1.2: Sources cannot be forked and
+    need not accept forks)."""
 
     async def receive(self) -> InMessage:
         raise UsageError("a Source only sends")
 
+    def ready(self, callback: Callable[[InMessage], Any], *,
+              max_concurrent: int | None = None) -> None:
+        raise UsageError("a Source only sends")
 
-async def new_source(local: Local | None, remote: Remote | str, *,
-                     policy: PolicyContext | None = None, app_name: str | None = None,
-                     env: EnvSpec = None, trace: TraceCallback | None = None) -> Source:
-    """A UDP Source: the carrier layer adds the unreliable-datagram profile."""
+    async def fork(self) -> Carrier:
+        raise UsageError("a Source cannot be forked (draft 2.1.2)")
+
+    def accept(self, callback: Callable[[Carrier], Any], *,
+               max_concurrent: int | None = None) -> None:
+        raise UsageError("a Source does not accept forks (draft 2.1.2)")
+
+
+def new_source(local: Local | None, remote: Remote | str, *,
+               policy: PolicyContext | None = None, app_name: str | None = None,
+               env: EnvSpec = None, trace: TraceCallback | None = None,
+               store: AssociationStore | None = None) -> Source:
+    """A UDP Source, dormant until its first send (or `await`, `activate()`): the carrier
+    layer adds the unreliable-datagram profile. `local.port` is the source port it binds."""
     if isinstance(remote, str):
         remote = Remote.parse(remote if "://" in remote else f"udp://{remote}")
     elif remote.scheme != "udp":
         remote = replace(remote, scheme="udp")
     ctx = policy_for(policy, app_name).with_carrier(_DATAGRAM)
-    carrier = await establish(remote, local, ctx, None, default_store.get(remote.hostport),
-                              env, kind="source", tracer=tracer_for(trace), carrier_class=Source)
+    association = (store or default_store).get(remote.hostport, remote=remote, local=local)
+    carrier = prepare(remote, local, ctx, None, association, env, kind="source",
+                      tracer=tracer_for(trace), carrier_class=Source)
     assert isinstance(carrier, Source)
+    carrier.forker = None
     return carrier
 
 
@@ -145,6 +164,12 @@ class Sink:
         while self._callback is not None and self._inbox:
             if self._callback(self._inbox.popleft()) is False:
                 self._callback = None
+
+    async def fork(self) -> Carrier:
+        raise UsageError("a Sink cannot be forked (draft 2.1.3)")
+
+    def accept(self, callback: Callable[[Carrier], Any]) -> None:
+        raise UsageError("a Sink does not accept forks (draft 2.1.3)")
 
     async def close(self) -> None:
         self._closed = True

@@ -1,8 +1,8 @@
-"""Establishment: from a Remote to a ready Carrier (decide, then race, then wrap).
+"""Establishment: from a Remote to a Carrier, and how that Carrier gets its Transients.
 
-Rule 1: `initiate()` runs the same `decide()` the explain tool runs, on the live Environment
-plus the Association's history, then races the plan; a dry run and a real connection cannot
-disagree about the choice.
+Rule 1: activating an initiated carrier runs the same `decide()` the explain tool runs, on
+the live Environment plus the Association's history, then races the plan; a dry run and a
+real connection cannot disagree about the choice.
 Rule 2: a plan is reused only for exactly the same inputs: equal policy (by the context's
 fingerprint, so a fresh `PolicyContext` built from the same files hits too), the same stack
 catalogue (a registered stack changes every plan), kind, target and addresses, the very same
@@ -18,6 +18,11 @@ higher layer let through is excluded from the Decision by the same rule, and a p
 leaves only insecure stacks is a PolicyError, never a plaintext connection.
 Rule 5: messages name endpoints by target and Local.describe(), never by a repr holding
 certificates.
+Rule 6: `initiate()` does no I/O: it checks what can be checked without any (the target's
+syntax, the system policy) and returns a dormant Carrier whose `opener` (`opener_for()`)
+resolves, decides and races each time the carrier activates, so a re-activation after a loss
+ranks with everything the Association learnt since. Each racing attempt gets its own
+`EarlyAttempt` (AttemptSpec.early) and the Local's port (AttemptSpec.local_port).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from logging import DEBUG
 from typing import Any
 
 from .. import stacks
+from ..core.early import EarlyAttempt
 from ..core.framing import Framer, LengthPrefixFramer
 from ..core.messages import OutMessage
 from ..core.settings import Settings
@@ -44,13 +50,14 @@ from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
 from ..system import live
 from .association import Association, AssociationStore, default_store
-from .carrier import Carrier
+from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .racing import race
 from .trace import LOGGERS, TraceCallback, Tracer
 
-__all__ = ["EnvSpec", "FramerSpec", "establish", "framer_factory", "initiate", "policy_for",
-           "secured", "snapshot", "tracer_for"]
+__all__ = ["EnvSpec", "FramerSpec", "establish", "fork_carrier", "framer_factory", "initiate",
+           "opener_for", "parallel_fork", "policy_for", "prepare", "secured", "snapshot",
+           "tracer_for"]
 
 FramerSpec = Framer | Callable[[], Framer] | None
 EnvSpec = Environment | str | Mapping[str, Any] | None
@@ -182,7 +189,7 @@ def _environment(base: Environment | None, remote: Remote,
     return env
 
 
-async def initiate(
+def initiate(
     target: str | Remote,
     *,
     local: Local | None = None,
@@ -194,109 +201,144 @@ async def initiate(
     send: OutMessage | bytes | None = None,
     trace: TraceCallback | None = None,
 ) -> Carrier:
-    """Decide, race and return the winning Carrier (losers closed, every task awaited).
+    """A Carrier to `target`, dormant (draft Initiate(): "the initiated Carrier is not yet
+    active"): nothing is resolved, decided or opened until it is activated by `send`,
+    `send_msg`, `receive`, `activate()`, `await carrier` or `async with` (Rule 6).
 
-    `send` is the first message (RFC 9622 InitiateWithSend): when it is idempotent it rides in
-    the first flight where the stack can (TCP Fast Open, QUIC 0-RTT); otherwise it is sent
-    right after establishment. Either way it is sent exactly once on the winning carrier.
-    `trace(name, info)` receives the establishment's events (docs/architecture.md,
+    What needs no I/O is checked here and raises at once: the target's syntax, a system
+    policy that cannot be loaded. PolicyError and EstablishmentError come from the
+    activation. `send` is the first message (RFC 9622 InitiateWithSend): it is held in the
+    carrier's early flight, so when it is idempotent it rides in the first flight where the
+    stack can (TCP Fast Open, QUIC 0-RTT); either way it is sent exactly once on the winning
+    Transient. `trace(name, info)` receives the establishment's events (docs/architecture.md,
     "Observability"); the `taps_post` loggers receive them too.
     """
     remote = target if isinstance(target, Remote) else Remote.parse(target)
     ctx = policy_for(policy, app_name)
-    association = (store or default_store).get(remote.hostport)
-    first = OutMessage(send) if isinstance(send, (bytes, bytearray)) else send
-    return await establish(remote, local, ctx, framer, association, env, kind="initiate",
-                           first=first, tracer=tracer_for(trace))
+    association = (store or default_store).get(remote.hostport, remote=remote, local=local)
+    carrier = prepare(remote, local, ctx, framer, association, env, kind="initiate",
+                      tracer=tracer_for(trace))
+    if send is not None:
+        carrier.hold(OutMessage(send) if isinstance(send, (bytes, bytearray, memoryview))
+                     else send)
+    return carrier
+
+
+def prepare(remote: Remote, local: Local | None, ctx: PolicyContext, framer: FramerSpec,
+            association: Association, env: EnvSpec, *, kind: str, tracer: Tracer | None,
+            carrier_class: type[Carrier] = Carrier) -> Carrier:
+    """A dormant `carrier_class` (Carrier or Source) whose activations run `opener_for()`
+    with these inputs: the shared path of initiate() and new_source()."""
+    carrier = carrier_class(None, decision=None, association=association, remote=remote,
+                            local=local, policy=ctx,
+                            opener=opener_for(remote, local, ctx, framer, association, env,
+                                              kind=kind, tracer=tracer),
+                            forker=fork_carrier, tracer=tracer)
+    return carrier
 
 
 async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
                     framer: FramerSpec, association: Association, env: EnvSpec, *,
-                    kind: str, first: OutMessage | None = None, tracer: Tracer | None,
+                    kind: str, tracer: Tracer | None,
                     carrier_class: type[Carrier] = Carrier) -> Carrier:
-    """One establishment: the shared path of initiate(), new_source(), fork() and
-    activate(). `carrier_class` is what the winner is wrapped in (Carrier or Source)."""
-    base = snapshot(env)
-    if remote.addresses is None and base is not None:
-        # A snapshot that knows the name answers for it: a dry-run environment must not
-        # depend on the machine's resolver.
-        known = base.dns.get(remote.host.lower())
-        if known:
-            remote = replace(remote, addresses=tuple(known))
-    resolved = remote if remote.is_resolved else await remote.resolve()
-    # One snapshot of a live system layer for the whole decision: the plan cache key, the
-    # decision and the plan stored under it all agree on one policy.
-    deciding, secure_rule = secured(ctx.current(), remote, local)
-    plan = None if env is not None else _plan(resolved, deciding, association, kind)
-    if plan is None:
-        request = resolved.request(app=ctx.app_name, kind=kind)
-        decision = decide(request, deciding, _environment(base, resolved, association))
-        if secure_rule is not None and decision.outcome == "ok":
-            decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
-        if decision.outcome != "ok":
-            why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
-                   else "every candidate was excluded")
-            raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
-        settings = Settings.from_decision(decision)
-        if env is None:
-            _remember_plan(resolved, deciding, association, kind, decision, settings)
-    else:
-        decision, settings = plan
-    if tracer is not None:
-        tracer.emit("decision.complete", outcome=decision.outcome,
-                    candidates=len(decision.candidates), from_cache=plan is not None,
-                    stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
-    association.session_cache = settings.session_cache
-    factory = framer_factory(framer, settings.max_size)
-    candidates = _local_filter(decision.candidates, local)
-    if not candidates:
-        raise PolicyError("no candidate uses the requested local endpoint "
-                          f"({local.describe() if local else 'any'})", decision)
-
-    async def attempt(c: Candidate) -> Transient:
-        impl = stacks.get(c.stack)
-        if impl is None:
-            raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
-        return await impl.connect(AttemptSpec(
-            candidate=c, host=resolved.host, settings=settings, association=association,
-            framer=factory, pinned=tuple(resolved.certificates),
-            identity=tuple(local.certificates) if local else (), early=first))
-
-    def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
-        if t is None:
-            association.record(c.stack, "failure", interface=c.interface,
-                               address=c.remote_address)
-        else:
-            association.record(c.stack, "success", interface=c.interface,
-                               address=c.remote_address,
-                               rtt_ms=t.rtt_ms if t.rtt_ms is not None else elapsed_ms)
-
-    result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
-                        timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer)
-    if isinstance(result, tuple):
-        live.invalidate()
-        raise EstablishmentError(f"could not reach {remote.target}: every attempt failed",
-                                 decision, result)
-
-    async def reopen(parent: Carrier) -> Carrier:
-        return await establish(remote, local, ctx, framer, association, env, kind=kind,
-                               tracer=tracer)
-
-    transient = result.transient
-    carrier = carrier_class(transient, decision=decision, association=association,
-                            candidate=result.candidate, remote=resolved, local=local,
-                            policy=deciding, framer=factory, opener=reopen,
-                            attempts=result.attempts, tracer=tracer)
-    if tracer is not None:
-        tracer.emit("carrier.active", stack=transient.stack, interface=transient.interface,
-                    local=transient.local_address, remote=transient.remote_address,
-                    rtt_ms=transient.rtt_ms, session_reused=transient.session_reused)
-    if first is not None:
-        if transient.early_sent:
-            first.state = "sent"
-        else:
-            await carrier.send_msg(first)
+    """prepare(), then activate: an active carrier (PolicyError, EstablishmentError)."""
+    carrier = prepare(remote, local, ctx, framer, association, env, kind=kind, tracer=tracer,
+                      carrier_class=carrier_class)
+    await carrier.activate()
     return carrier
+
+
+async def parallel_fork(parent: Carrier) -> Carrier:
+    """A plain parallel connection on the same Association (the peer's Listener receives
+    it as a new carrier): a dormant sibling, activated with the parent's opener."""
+    child = parent.sibling()
+    await child.activate()
+    return child
+
+
+async def fork_carrier(parent: Carrier) -> Carrier:
+    """The forker of initiated carriers whose stack has no siblings (QUIC forks are streams,
+    fork() asks the Transient first)."""
+    return await parallel_fork(parent)
+
+
+def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: FramerSpec,
+               association: Association, env: EnvSpec, *, kind: str,
+               tracer: Tracer | None) -> Opener:
+    """How a carrier with these inputs gets a Transient: decide (plan cache, Rule 2), then
+    race, each attempt offered its view of the carrier's early flight (AttemptSpec.early)
+    and the Local's port; every outcome goes into the Association's history (Rule 3)."""
+
+    async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established:
+        base = snapshot(env)
+        target = remote
+        if target.addresses is None and base is not None:
+            # A snapshot that knows the name answers for it: a dry-run environment must not
+            # depend on the machine's resolver.
+            known = base.dns.get(target.host.lower())
+            if known:
+                target = replace(target, addresses=tuple(known))
+        resolved = target if target.is_resolved else await target.lookup()
+        # One snapshot of a live system layer for the whole decision: the plan cache key,
+        # the decision and the plan stored under it all agree on one policy.
+        deciding, secure_rule = secured(ctx.current(), resolved, local)
+        plan = None if env is not None else _plan(resolved, deciding, association, kind)
+        if plan is None:
+            request = resolved.request(app=ctx.app_name, kind=kind)
+            decision = decide(request, deciding, _environment(base, resolved, association))
+            if secure_rule is not None and decision.outcome == "ok":
+                decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
+            if decision.outcome != "ok":
+                why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
+                       else "every candidate was excluded")
+                raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
+            settings = Settings.from_decision(decision)
+            if env is None:
+                _remember_plan(resolved, deciding, association, kind, decision, settings)
+        else:
+            decision, settings = plan
+        if tracer is not None:
+            tracer.emit("decision.complete", outcome=decision.outcome,
+                        candidates=len(decision.candidates), from_cache=plan is not None,
+                        stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
+        association.session_cache = settings.session_cache
+        factory = framer_factory(framer, settings.max_size)
+        candidates = _local_filter(decision.candidates, local)
+        if not candidates:
+            raise PolicyError("no candidate uses the requested local endpoint "
+                              f"({local.describe() if local else 'any'})", decision)
+        pinned = tuple(resolved.certificates)
+        identity = tuple(local.certificates) if local else ()
+        port = local.port if local else 0
+
+        async def attempt(c: Candidate) -> Transient:
+            impl = stacks.get(c.stack)
+            if impl is None:
+                raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
+            return await impl.connect(AttemptSpec(
+                candidate=c, host=resolved.host, settings=settings, association=association,
+                framer=factory, pinned=pinned, identity=identity, early=early(),
+                local_port=port))
+
+        def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
+            if t is None:
+                association.record(c.stack, "failure", interface=c.interface,
+                                   address=c.remote_address)
+            else:
+                association.record(c.stack, "success", interface=c.interface,
+                                   address=c.remote_address,
+                                   rtt_ms=t.rtt_ms if t.rtt_ms is not None else elapsed_ms)
+
+        result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
+                            timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer)
+        if isinstance(result, tuple):
+            live.invalidate()
+            raise EstablishmentError(f"could not reach {remote.target}: every attempt failed",
+                                     decision, result)
+        return Established(result.transient, decision, result.candidate, result.attempts,
+                           settings, resolved, deciding, factory)
+
+    return open_transient
 
 
 _PLAN_LIMIT = 64

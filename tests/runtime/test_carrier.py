@@ -645,15 +645,20 @@ def test_fork_gives_a_second_carrier_on_the_same_association(run, tcp_policy, st
     run(main())
 
 
-def test_close_then_activate_reestablishes(run, tcp_policy, store) -> None:
+def test_dormant_after_loss_then_activate_reestablishes(run, until, tcp_policy, store) -> None:
+    """Issue 9 changed this test (it was close-then-activate): a carrier closed by the
+    application is closed for good (Closed event, activate() refused); one whose connection
+    the peer ended is dormant, and activate() re-races it."""
     async def main() -> None:
         async with served(tcp_policy) as listener:
             client = await tp.initiate(f"{LO4}:{listener.port}", policy=tcp_policy, store=store)
             try:
                 first = await next_carrier(listener)
                 old_local = client.local_address
-                await client.close()
-                assert not client.is_active
+                first.transient.raw_socket.setsockopt(  # abort() then sends RST, not FIN
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                first.abort()
+                await until(lambda: not client.is_active, what="the client to see the reset")
                 await client.activate()
                 assert client.is_active and client.local_address != old_local
                 second = await next_carrier(listener)
@@ -663,10 +668,11 @@ def test_close_then_activate_reestablishes(run, tcp_policy, store) -> None:
                 assert await client.receive() == b"reply"
                 assert client.explanation is not None
                 await client.activate()  # already active: a no-op
-                await first.close()
                 await second.close()
             finally:
                 await client.close()
+            with pytest.raises(tp.ConnectionClosedError, match="closed"):
+                await client.activate()  # closed by us: for good
 
     run(main())
 
