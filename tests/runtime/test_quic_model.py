@@ -309,11 +309,13 @@ class DelayRelay(asyncio.DatagramProtocol):
         return port
 
     def close(self) -> None:
-        if self.back is not None:
-            self.loop.remove_reader(self.back.fileno())
-            self.back.close()
-        if self.front is not None:
-            self.front.close()
+        back, self.back = self.back, None
+        if back is not None:
+            self.loop.remove_reader(back.fileno())
+            back.close()
+        front, self.front = self.front, None
+        if front is not None:
+            front.close()
 
 
 def test_messages_held_while_the_handshake_runs_ride_0rtt_too(run: Any, cert: Any) -> None:
@@ -651,6 +653,34 @@ def test_datagrams_for_unknown_or_closed_streams_are_dropped_and_early_ones_wait
     run(main(), 10)
 
 
+def test_icmp_errors_after_the_handshake_reach_on_soft_error(run: Any, cert: Any) -> None:
+    """The path to the server goes away (the relay in between closes its port): the next
+    packets draw ICMP port unreachable, which the connected client socket reports; the
+    carrier's Transient hears it through on_soft_error and stays open (QUIC may recover)."""
+
+    async def main() -> None:
+        async with listening(cert) as srv:
+            relay = DelayRelay((LOCAL, srv.port), 0.0)
+            port = await relay.start()
+            t = await QuicStack().connect(attempt(port, cert, Tickets(), session_cache=False))
+            try:
+                soft: list[BaseException] = []
+                t.on_soft_error = soft.append
+                t.submit(OutMessage(b"before"))
+                await until(lambda: srv.received, 3, "the first message")
+                relay.close()
+                await asyncio.sleep(0.01)
+                t.submit(OutMessage(b"into the void"))
+                await until(lambda: soft, 3, "a soft error")
+                assert isinstance(soft[0], ConnectionRefusedError), soft
+                assert t.soft_error is soft[0] and t.is_open
+            finally:
+                t.abort()
+                relay.close()
+
+    run(main(), 10)
+
+
 # ---- path statistics (item 6) -------------------------------------------------------------
 
 
@@ -818,3 +848,120 @@ def test_client_auth_without_trusted_certificates_is_refused_at_listen(
                 pass
 
     run(main(), 5)
+
+
+# ---- DSCP marks on the wire (item 9), in network namespaces --------------------------------
+
+ROOT_ONLY = pytest.mark.skipif(
+    __import__("os").geteuid() != 0 or __import__("shutil").which("ip") is None,
+    reason="needs root and iproute2 to build network namespaces")
+
+NS_PRELUDE = '''
+import asyncio, json, sys
+import taps_post as tp
+from taps_post.core.framing import LengthPrefixFramer
+from taps_post.core.messages import OutMessage
+from taps_post.core.settings import Settings
+from taps_post.decision.decision import Candidate
+from taps_post.stacks.base import AttemptSpec, ListenSpec
+from taps_post.stacks.quic import QuicStack
+
+def settings(**kw):
+    base = dict(conn_timeout=5.0, attempt_delay=0.05, max_size=1 << 24, min_tls="1.3",
+                verify_peer=False, session_cache=False, alpn=(), zero_rtt=True)
+    base.update(kw)
+    return Settings(**base)
+'''
+
+NS_SERVER = NS_PRELUDE + '''
+async def main():
+    cert = tp.certs.self_signed(["server.test"])
+    got = []
+    ep = await QuicStack().listen(ListenSpec(
+        address="0.0.0.0", port=int(sys.argv[1]), interface=None, settings=settings(),
+        framer=LengthPrefixFramer, identity=(cert,),
+        on_transient=lambda t: t.set_callback(got.append)))
+    print(json.dumps({"port": ep.port}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+'''
+
+NS_CLIENT = NS_PRELUDE + '''
+async def main():
+    host, port, table = sys.argv[1], int(sys.argv[2]), tuple(json.loads(sys.argv[3]))
+    c = Candidate(0, "veth-a1", "198.18.1.1", "quic", host, port, "ipv4", 0, None)
+    spec = AttemptSpec(candidate=c, host=host, settings=settings(dscp=table),
+                       association=tp.AssociationStore().get("dscp"),
+                       framer=LengthPrefixFramer)
+    t = await QuicStack().connect(spec)
+    loop = asyncio.get_running_loop()
+    for niceness in (0, 2):  # one class after the other, each acknowledged
+        acked = [loop.create_future() for _ in range(3)]
+        for f in acked:
+            t.submit(OutMessage(b"x" * 20000, niceness=niceness),
+                     on_acked=lambda m, f=f: f.set_result(None))
+        await asyncio.gather(*acked)
+    for _ in range(3):  # niceness 1, unreliable: DATAGRAM frames, one transmit each
+        sent = loop.create_future()
+        t.submit(OutMessage(b"d" * 100, niceness=1, reliable=False),
+                 on_sent=lambda m, f=sent: f.set_result(None))
+        await sent
+    stats = t.path_stats()
+    t.abort()
+    await asyncio.sleep(0.1)
+    print(json.dumps({"sent": stats.sent}))
+
+asyncio.run(main())
+'''
+
+QUIC_MARKS = ("ef", "af41", "cs1", "cs0")
+
+
+@ROOT_ONLY
+def test_quic_packets_carry_the_dscp_of_the_most_urgent_message_since_the_last_transmit(
+        ) -> None:
+    """A system table EF / AF41 / CS1 for niceness 0 / 1 / 2: B's nftables counters see the
+    client's QUIC packets marked EF while niceness-0 messages go, CS1 while niceness-2 ones
+    go, AF41 for the niceness-1 DATAGRAM frames, and the handshake before any message
+    unmarked. Without a table every packet is unmarked (no socket option set)."""
+    sys_path = __import__("sys").path
+    here = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    if here not in sys_path:
+        sys_path.insert(0, here)
+    from netns import A1_V4, B1_V4, topology
+
+    port = 5311
+    with topology("tpqm") as topo:
+        server = topo.spawn(topo.b, NS_SERVER, str(port))
+        assert server.read_json(10) == {"port": port}
+
+        def count() -> None:
+            lines = ["table inet qmarks {"]
+            lines += [f"  counter udp_{m} {{ }}" for m in QUIC_MARKS]
+            lines += ["  chain in {", "    type filter hook input priority 0; policy accept;"]
+            lines += [f"    ip saddr {A1_V4} udp dport {port} ip dscp {m} counter name udp_{m}"
+                      for m in QUIC_MARKS]
+            lines += ["  }", "}"]
+            topo.exec(topo.b, "nft", "delete", "table", "inet", "qmarks", check=False)
+            topo.nft(topo.b, "\n".join(lines) + "\n")
+
+        def marks() -> dict[str, int]:
+            import json
+            listed = json.loads(topo.exec(topo.b, "nft", "-j", "list", "counters", "table",
+                                          "inet", "qmarks").stdout)
+            return {item["counter"]["name"][4:]: item["counter"]["packets"]
+                    for item in listed["nftables"] if "counter" in item}
+
+        count()
+        out = topo.run_python(topo.a, NS_CLIENT, B1_V4, str(port), "[46, 34, 8]")
+        got = marks()
+        assert got["ef"] >= 15 and got["cs1"] >= 15, got  # 60 kB each in ~1200-byte packets
+        assert got["af41"] >= 3, got
+        assert got["cs0"] >= 1, got  # the Initial, before any message was written
+        assert sum(got.values()) <= out["sent"] + 2, (got, out)
+
+        count()
+        topo.run_python(topo.a, NS_CLIENT, B1_V4, str(port), "[]")
+        plain = marks()
+        assert plain["cs0"] >= 30 and plain["ef"] == plain["af41"] == plain["cs1"] == 0, plain

@@ -460,6 +460,16 @@ class QuicSession(QuicConnectionProtocol):
         there, so the race should move on now, not at connTimeout), soft afterwards."""
         if not self.handshake_done:
             self._handshake_failed(exc)
+            return
+        for sid in sorted(self._open_streams):
+            t = self.streams[sid]
+            t.soft_error = exc
+            if t.on_soft_error is not None:
+                try:
+                    t.on_soft_error(exc)
+                except Exception as err:  # a user callback must not kill the connection
+                    self.loop.call_exception_handler({
+                        "message": "taps_post soft error callback failed", "exception": err})
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_failed(exc if exc is not None else ConnectionError(

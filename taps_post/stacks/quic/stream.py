@@ -254,6 +254,12 @@ class QuicStreamTransient(Transient):
         """Messages wait for on_sent/on_acked on this stream or its expiring side streams."""
         return bool(self._ledger or self._uni or self._uni_unacked)
 
+    def final_offsets(self, exc: BaseException | None) -> int | None:
+        """How far aioquic sent this stream when it ended: messages up to there get on_sent
+        before their on_send_error. A stream aioquic discarded was sent and acknowledged."""
+        offsets = stream_send_offsets(self.quic, self.stream_id)
+        return self._offset if offsets is None else offsets[0]
+
     def terminate(self, exc: BaseException | None) -> None:
         # Messages on their own unidirectional streams were written but not acknowledged:
         # they end with on_send_error, as the Ledger's do (every message ends once).
@@ -294,6 +300,7 @@ class QuicStreamTransient(Transient):
         are, and so are those completed later whose first bytes were early (`_early_left`
         counts the early bytes not yet part of a delivered message; re-encoding a message
         gives its size on the stream, only while such bytes remain)."""
+        self.data_arrived()
         try:
             messages = self.framer.feed(data)
         except DeframingError as exc:
