@@ -54,8 +54,9 @@ from ..stacks.transient import Transient
 from .association import Association
 from .carrier import Carrier
 
-__all__ = ["CHALLENGE", "FORK", "HELLO", "NONCE_SIZE", "NONCE_TTL", "OK", "REFUSE", "REQUEST",
-           "ForkServer", "answer_timeout", "fork_stream", "speaks_fork", "watch"]
+__all__ = ["CHALLENGE", "FORK", "HELLO", "MAX_ANSWERING", "MAX_PENDING", "NONCE_SIZE",
+           "NONCE_TTL", "OK", "REFUSE", "REQUEST", "ForkServer", "answer_timeout", "fork_stream",
+           "speaks_fork", "watch"]
 
 HELLO, CHALLENGE, FORK, REQUEST, REFUSE, OK = (b"HELLO", b"CHALLENGE", b"FORK", b"REQUEST",
                                                b"REFUSE", b"OK")
@@ -65,6 +66,8 @@ NONCE_TTL = 5.0
 MAX_PENDING = 256
 """Outstanding nonces per Listener: a peer opening HELLO connections without ever sending
 FORK gets REFUSE beyond this, so it cannot grow the table."""
+MAX_ANSWERING = 8
+"""Fork requests a client answers at once per carrier; more get REFUSE."""
 _MIN_WAIT = 0.2
 
 
@@ -165,8 +168,8 @@ class _Join:
 _joins: dict[bytes, _Join] = {}
 """Client forks waiting for OK, by the nonce sent in FORK (a REFUSE <nonce> on the parent
 ends them at once)."""
-_answering: set[asyncio.Task[None]] = set()
-"""Tasks answering a server's REQUEST (each ends within connTimeout + two answer waits)."""
+_answering: weakref.WeakKeyDictionary[Transient, int] = weakref.WeakKeyDictionary()
+"""REQUESTs being answered, per parent Transient (at most MAX_ANSWERING at once)."""
 _plain_peers: weakref.WeakSet[Association] = weakref.WeakSet()
 """Associations whose peer is known not to speak fork requests (carrier.forkParallel)."""
 
@@ -192,22 +195,32 @@ def _client_control(transient: Transient, payload: bytes) -> None:
         carrier = transient.owner
         if not isinstance(carrier, Carrier):
             return
-        task = asyncio.ensure_future(_answer_request(carrier, transient, nonce))
-        _answering.add(task)
-        task.add_done_callback(_answering.discard)
+        busy = _answering.get(transient, 0)
+        if busy >= MAX_ANSWERING:  # a server cannot make us open connections without bound
+            transient.send_control(_frame(REFUSE, nonce))
+            return
+        _answering[transient] = busy + 1
+        carrier.spawn(_answer_request(carrier, transient, nonce))
 
 
 async def _answer_request(parent: Carrier, transient: Transient, nonce: bytes) -> None:
     """The server asked for a fork: open it towards the server; our side goes to the
-    parent's accept()."""
+    parent's accept() (a task the parent owns: its close() cancels it)."""
     try:
-        child = await _fork(parent, request=nonce)
-    except Exception:
-        if transient.is_open:
-            transient.send_control(_frame(REFUSE, nonce))
-        return
-    if not parent.deliver_fork(child):
-        await child.close()
+        try:
+            child = await _fork(parent, request=nonce)
+        except Exception:
+            if transient.is_open:
+                transient.send_control(_frame(REFUSE, nonce))
+            return
+        if not parent.deliver_fork(child):
+            await child.close()
+    finally:
+        left = _answering.get(transient, 1) - 1
+        if left > 0:
+            _answering[transient] = left
+        else:
+            _answering.pop(transient, None)
 
 
 async def fork_stream(parent: Carrier) -> Carrier:
@@ -234,8 +247,12 @@ async def _connect(parent: Carrier) -> Transient:
                        association=association, framer=framer,
                        pinned=tuple(remote.certificates),
                        identity=tuple(local.certificates) if local is not None else ())
-    async with asyncio.timeout(settings.conn_timeout):
-        return await impl.connect(spec)
+    try:
+        async with asyncio.timeout(settings.conn_timeout):
+            return await impl.connect(spec)
+    except (OSError, TimeoutError) as exc:
+        raise ForkRefusedError(f"the fork's new connection to {_peer(parent)} failed: "
+                               f"{exc or type(exc).__name__}") from exc
 
 
 async def _fork(parent: Carrier, *, request: bytes | None) -> Carrier:

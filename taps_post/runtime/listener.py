@@ -340,7 +340,7 @@ class Listener:
             self._queue.put_nowait(self._backlog.popleft())
         self._queue.put_nowait(None)
         if self._tracer is not None:
-            self._tracer.emit("listener.stopped", ports=self.ports)
+            self._tracer.emit("listener.stopped", ports=tuple(sorted(self.ports.items())))
         if not self._closed:
             self._stopping = asyncio.ensure_future(self._close_endpoints())
 

@@ -13,6 +13,9 @@ Rule 4: per carrier, at most carrier.maxHandlers `async` handlers run at once (t
 backpressure idea): at the limit the carrier's next message waits, and so does reading
 from it. Handlers that await may then reply in another order than the requests came;
 carrier.maxHandlers 1 serves each carrier strictly in order.
+Rule 5: a carrier the peer forks from a served one (runtime/fork.py, QUIC streams) is served
+the same way: a Responder need not accept forks (draft 2.1.4), but a client that forks
+expects its requests on the child answered.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class Responder:
         serving.task = asyncio.ensure_future(self._run(serving))
         self._serving.add(serving)
         self._own(serving.task)
+        carrier.accept(self._serve)  # the peer's forks of it are served like it (Rule 5)
         return True
 
     async def _run(self, serving: _Serving) -> None:
