@@ -205,9 +205,6 @@ class Carrier:
         self.forker = forker
         """How fork() opens a new connection when the stack cannot open a sibling on this
         one (runtime/fork.py); None: fork() needs a stack with siblings (QUIC)."""
-        self.on_transient: Callable[[Carrier], None] | None = None
-        """Called each time the carrier takes a new Transient, once it is bound (establish
-        sets runtime/fork.py's `watch` here, so a peer's fork requests are answered)."""
         self.attempts = attempts
         """How each racing attempt of the last activation went (won, failed, cancelled)."""
         self._transient: Transient | None = None
@@ -263,11 +260,11 @@ class Carrier:
     @property
     def transients(self) -> tuple[Transient, ...]:
         """The Transients serving this carrier (draft Transients()): the current one while
-        active; while dormant after a loss, the one that ended (not open: its inbox is
-        still read, its `path` says where it ran) until an activation replaces it; empty
-        before the first activation and once the carrier is closed."""
+        active; once it ended (dormant after a loss, or closed), that last one, not open
+        (its inbox is still read, its `path` says where it ran), until an activation
+        replaces it; empty before the first activation. `paths` lists only open ones."""
         t = self._transient
-        return (t,) if t is not None and self._state in ("active", "lost") else ()
+        return (t,) if t is not None else ()
 
     @property
     def transient(self) -> Transient | None:
@@ -579,8 +576,6 @@ class Carrier:
             t.set_callback(reader.offer)
         if self._acceptor is not None:
             t.accept_siblings(self._sibling_arrived)
-        if self.on_transient is not None:
-            self.on_transient(self)
         tracer = self._tracer
         if tracer is not None:
             tracer.emit("carrier.active", stack=t.stack, interface=t.interface,
@@ -986,7 +981,6 @@ class Carrier:
             policy=self._policy, framer=self._framer, opener=self._opener,
             forker=self.forker, tracer=self._tracer, settings=self._settings,
             accepted=self._accepted if accepted is None else accepted)
-        child.on_transient = self.on_transient
         if transient is not None:
             child.adopt(transient)
         return child
@@ -1013,28 +1007,31 @@ class Carrier:
         self._resume_acceptor()
 
     def _sibling_arrived(self, transient: Transient) -> bool:
+        """transient.accept_siblings: a stream the peer opened. False (the stack refuses
+        every later one) once the accept callback said False."""
         child = self.sibling(transient, accepted=True)
-        if self.deliver_fork(child):
-            return True
-        child.abort()
-        return False
+        if not self.deliver_fork(child):
+            child.abort()
+            return False
+        handler = self._acceptor
+        return handler is None or not handler.stopped
 
     def deliver_fork(self, child: Carrier) -> bool:
         """Hand `child`, a fork the peer opened, to the accept() callback (or hold it until
-        accept() is called). False when this carrier refuses forks: its accept callback
-        returned False earlier, or it is closed."""
+        accept() is called, or while the callback is at its concurrency bound). True when
+        taken (also by a callback that returns False for it: it keeps that one and refuses
+        later forks); False when refused: the accept callback returned False earlier, or
+        this carrier is closed."""
         if self._state == "closed" or self._closing:
             return False
         handler = self._acceptor
+        if handler is not None and handler.stopped:
+            return False
         if handler is None or handler.paused or self._forks:
-            if handler is not None and handler.stopped:
-                return False
             self._forks.append(child)
             return True
-        if handler.stopped:
-            return False
         handler.offer(child)
-        return not handler.stopped
+        return True
 
     def _resume_acceptor(self) -> None:
         handler = self._acceptor

@@ -52,6 +52,7 @@ from ..system import live
 from .association import Association, AssociationStore, default_store
 from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
+from .fork import fork_stream, speaks_fork
 from .racing import race
 from .trace import LOGGERS, TraceCallback, Tracer
 
@@ -258,8 +259,24 @@ async def parallel_fork(parent: Carrier) -> Carrier:
 
 async def fork_carrier(parent: Carrier) -> Carrier:
     """The forker of initiated carriers whose stack has no siblings (QUIC forks are streams,
-    fork() asks the Transient first)."""
-    return await parallel_fork(parent)
+    fork() asks the Transient first): on TCP and TLS with the length-prefix framer, a fork
+    request the peer's parent carrier accepts (runtime/fork.py); on UDP, which has no
+    control frames, or with policy carrier.forkParallel on another framer, a plain parallel
+    connection; otherwise fork_stream's UsageError says why it cannot."""
+    t = parent.transient
+    if not speaks_fork(t):
+        settings = parent.settings
+        udp = t is not None and _ip_protocol(t.stack) == "udp"
+        if udp or (settings is not None and settings.fork_parallel):
+            return await parallel_fork(parent)
+    return await fork_stream(parent)
+
+
+def _ip_protocol(stack: str) -> str | None:
+    try:
+        return stacks.info(stack).ip_protocol
+    except KeyError:
+        return None
 
 
 def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: FramerSpec,

@@ -619,23 +619,28 @@ def test_as_stream_refused_after_a_message(run, tcp_policy, store) -> None:
 
 
 def test_fork_gives_a_second_carrier_on_the_same_association(run, tcp_policy, store) -> None:
+    """Issue 9 changed this test: a TCP fork is a fork request the peer's parent carrier
+    accepts (runtime/fork.py), not an unrelated connection at the Listener."""
     async def main() -> None:
         async with served(tcp_policy) as listener:
             client = await tp.initiate(f"{LO4}:{listener.port}", policy=tcp_policy, store=store)
+            await client.send(b"parent")       # the server's carrier is handed over at its
+            s1 = await next_carrier(listener)  # first byte (Listener Rule 6)
+            forks: asyncio.Queue[tp.Carrier] = asyncio.Queue()
+            with pytest.raises(tp.UsageError, match="has not shown"):
+                await s1.fork()  # an accepted carrier forks only once the peer spoke it
+            s1.accept(forks.put_nowait)   # (returns None: keeps accepting)
             child = await client.fork()
             try:
-                s1 = await next_carrier(listener)
-                s2 = await next_carrier(listener)
+                s2 = await asyncio.wait_for(forks.get(), 2)  # at the parent, not the Listener
                 assert child is not client and child.is_active
                 assert child.association is client.association is not None
+                assert s2.association is s1.association
                 assert child.local_address != client.local_address
-                peers = {s1.remote_address: s1, s2.remote_address: s2}
-                await client.send(b"parent")
+                assert s2.remote_address == child.local_address
+                assert await s1.receive() == b"parent"
                 await child.send(b"child")
-                assert await peers[client.local_address].receive() == b"parent"
-                assert await peers[child.local_address].receive() == b"child"
-                with pytest.raises(RuntimeError):
-                    await s1.fork()  # accepted carriers cannot fork
+                assert await s2.receive() == b"child"
                 await s1.close()
                 await s2.close()
             finally:
