@@ -169,8 +169,12 @@ def bind_server(sock: socket.socket, address: str, port: int, interface: str | N
     if sock.family == socket.AF_INET6 and address == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     bind_to_device(sock, interface)  # a listener on an interface serves only its peers
-    if ipaddress.ip_address(address).is_multicast and not sys.platform.startswith("linux"):
+    ip = ipaddress.ip_address(address)
+    if ip.is_multicast and not sys.platform.startswith("linux"):
         address = "::" if ":" in address else "0.0.0.0"
+    elif ip.is_multicast and ip.version == 6 and interface:  # scoped groups need the index
+        sock.bind((address, port, 0, socket.if_nametoindex(interface)))
+        return
     sock.bind((address, port))
 
 

@@ -19,8 +19,9 @@ Rule 5: DSCP marks are per socket on TCP (IP_TOS / IPV6_TCLASS = code point << 2
 a write batch to the code point of its most urgent niceness, only when it changes; without
 a `message.dscp` table no setsockopt is made at all.
 Rule 6: at the end of a connection, the messages written but not acknowledged fail (the
-Transient's Rule 5); what the kernel had taken is read from TCP_INFO (tcpi_bytes_acked plus
-the bytes still in the send queue), since asyncio drops its own buffer on an error.
+Transient's Rule 5); what the peer acknowledged and the kernel had taken are read from
+TCP_INFO (tcpi_bytes_acked, which counts the SYN as one, plus the bytes still in the send
+queue), since asyncio drops its own buffer on an error.
 Rule 7: an accepted connection on an MPTCP listener reports `tcp`/`tls` when the peer fell
 back to plain TCP (getsockopt TCP_IS_MPTCP), never a multipath it does not have.
 """
@@ -282,6 +283,7 @@ class StreamTransient(Transient, asyncio.Protocol):
             self.fail(exc)
 
     def eof_received(self) -> bool | None:
+        self.data_arrived()
         try:
             self.deliver(self.framer.eof())
         except DeframingError as exc:
@@ -355,13 +357,20 @@ class StreamTransient(Transient, asyncio.Protocol):
         if exc is None:
             offsets = self.offsets()
             return None if offsets is None else offsets[0]
+        acked = self.final_acked(exc)
+        held = outq(self.raw_socket)
+        return None if acked is None or held is None else acked + held
+
+    def final_acked(self, exc: BaseException | None) -> int | None:
+        if exc is None:
+            offsets = self.offsets()
+            return None if offsets is None else offsets[1]
         if self.secure:
             return None  # ciphertext offsets differ from ours
         info = tcpinfo.read(self.raw_socket)
-        held = outq(self.raw_socket)
-        if info is None or info.bytes_acked is None or held is None:
+        if info is None or info.bytes_acked is None:
             return None
-        return info.bytes_acked + held
+        return max(0, info.bytes_acked - 1)  # tcpi_bytes_acked counts the SYN
 
     def write_control(self, frame: bytes) -> None:
         self._emit(frame)

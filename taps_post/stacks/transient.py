@@ -205,7 +205,10 @@ class Transient:
         self._eof = True
         self.data_arrived()
         if self._ledger:
-            self.fire_events(self._ledger.fail(exc, self.final_offsets(exc)))
+            sent, acked = self.final_offsets(exc), self.final_acked(exc)
+            if sent is not None and acked is not None:
+                self.fire_events(self._ledger.advance(sent, acked))
+            self.fire_events(self._ledger.fail(exc, sent))
         self._end_queue(exc)
         self._cancel_timers()
         self.wake()
@@ -221,6 +224,11 @@ class Transient:
     def final_offsets(self, exc: BaseException | None) -> int | None:
         """Bytes the kernel is known to have taken when the transport ended (None: unknown),
         so `Sent` precedes `Failed` only for what certainly left (Rule 5)."""
+        return None
+
+    def final_acked(self, exc: BaseException | None) -> int | None:
+        """Bytes the peer is known to have acknowledged when the transport ended (None:
+        unknown): those messages end with on_acked, not on_send_error."""
         return None
 
     def _end_queue(self, exc: BaseException | None) -> None:
