@@ -187,6 +187,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         """Accepted: bytes of the stream that arrived in the SYN, not yet framed (Rule 4)."""
         self._tos: int | None = None
         """The DSCP code point set on the socket (None: never set)."""
+        self._preload_rest = b""
+        """The part of the Fast Open frame the SYN did not carry (preload)."""
 
     # ---- the Transient interface ------------------------------------------------------------
 
@@ -242,6 +244,9 @@ class StreamTransient(Transient, asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.remote_address = (peer[0], peer[1]) if peer else None
         self.local_address = (local[0], local[1]) if local else None
+        if self._preload_rest:
+            rest, self._preload_rest = self._preload_rest, b""
+            self._emit(rest)  # before anything else: it continues the stream's first frame
         if self.on_connection is not None:
             self.on_connection(self)
         self._schedule_pump()
@@ -346,12 +351,14 @@ class StreamTransient(Transient, asyncio.Protocol):
             return
         self._tos = cp
 
-    def preload(self, frame_length: int, pending: Pending) -> None:
-        """The first `frame_length` stream bytes were written before the transport existed
-        (Fast Open, Rule 4): count them, and track `pending` as ending there."""
-        self._written += frame_length
+    def preload(self, frame: bytes, in_syn: int, pending: Pending) -> None:
+        """`frame` opens the stream (Fast Open, Rule 4): its first `in_syn` bytes rode in the
+        SYN, the rest is written first thing when the transport exists; `pending` is tracked
+        as ending with it."""
+        self._written += in_syn
+        self._preload_rest = frame[in_syn:]
         self.sent_any = True
-        self.track(self._written, pending)
+        self.track(len(frame), pending)
 
     def final_offsets(self, exc: BaseException | None) -> int | None:
         if exc is None:
@@ -513,8 +520,6 @@ class StreamStack:
                 copy, _relays = copies[0]
                 frame = framer.encode(copy.data)
                 in_syn = await _fastopen_connect(sock, addr, frame)
-                if in_syn < len(frame):
-                    sock.sendall(frame[in_syn:])  # tiny, the socket is connected: no block
             else:
                 await _connect(sock, addr)
             connected = loop.time()
@@ -526,7 +531,7 @@ class StreamStack:
             if copies:
                 copy, relays = copies[0]
                 copy.state = "sent"
-                transient.preload(len(frame), Pending(copy, None, *relays))
+                transient.preload(frame, in_syn, Pending(copy, None, *relays))
                 transient.early_attempt = early
                 transient.early_sent = True
                 transient.early_in_syn = bool(in_syn) and syn_data_acked(sock)

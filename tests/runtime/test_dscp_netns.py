@@ -221,11 +221,13 @@ async def main():
     assoc = tp.AssociationStore().get("tfo")
     loop = asyncio.get_running_loop()
     runs = []
-    for i in range(2):
+    for i in range(3):
         flight = EarlyFlight()
         events = []
         done = loop.create_future()
-        hello = OutMessage(b"hello %d" % i, idempotent=True)
+        # The third is larger than a SYN can carry: the rest follows, and it is not early.
+        hello = OutMessage(b"hello %d" % i + (b"." * 300_000 if i == 2 else b""),
+                           idempotent=True)
         flight.hold(Held(hello, on_sent=lambda m: events.append("sent"),
                          on_acked=lambda m: (events.append("acked"), done.set_result(m)),
                          queued_at=loop.time()))
@@ -240,7 +242,7 @@ async def main():
         await done
         runs.append({"carried": t.early_attempt is attempt, "in_syn": t.early_in_syn,
                      "rest": [h.message.data.decode() for h in rest],
-                     "got": [[bytes(m).decode(), m.early] for m in got],
+                     "got": [[bytes(m)[:7].decode(), len(m), m.early] for m in got],
                      "events": events, "state": hello.state})
         await t.aclose()
         await server.aclose()
@@ -286,15 +288,19 @@ def run_in(ns: str, code: str, *args: str) -> object:
 
 
 def test_fast_open_carries_the_first_early_message_and_the_server_marks_it(netns: str) -> None:
-    first, second = run_in(netns, FAST_OPEN)  # type: ignore[misc]
+    first, second, third = run_in(netns, FAST_OPEN)  # type: ignore[misc]
     # First connection: no cookie yet, the copy goes right after the handshake.
     assert first == {"carried": True, "in_syn": False, "rest": ["second"],
-                     "got": [["hello 0", False], ["second", False]],
+                     "got": [["hello 0", 7, False], ["second", 6, False]],
                      "events": ["sent", "acked"], "state": "sent"}
     # With the cookie: the copy rides in the SYN; only it is early at the server.
     assert second == {"carried": True, "in_syn": True, "rest": ["second"],
-                      "got": [["hello 1", True], ["second", False]],
+                      "got": [["hello 1", 7, True], ["second", 6, False]],
                       "events": ["sent", "acked"], "state": "sent"}
+    # Larger than the SYN: its start rides there, the rest follows; not wholly early.
+    assert third == {"carried": True, "in_syn": True, "rest": ["second"],
+                     "got": [["hello 2", 300_007, False], ["second", 6, False]],
+                     "events": ["sent", "acked"], "state": "sent"}
 
 
 # ---- item 10: a multicast Sink hears only its group ----------------------------------------
