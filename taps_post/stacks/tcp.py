@@ -185,8 +185,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.accepted = False
         self._early_left = 0
         """Accepted: bytes of the stream that arrived in the SYN, not yet framed (Rule 4)."""
-        self._tos: int | None = None
-        """The DSCP code point set on the socket (None: never set)."""
+        self.dscp_mark: int | None = None
+        """The DSCP code point set on the socket now (None: never set)."""
         self._preload_rest = b""
         """The part of the Fast Open frame the SYN did not carry (preload)."""
 
@@ -343,13 +343,13 @@ class StreamTransient(Transient, asyncio.Protocol):
     def _mark(self, niceness: int) -> None:
         """Rule 5: the socket's mark follows the batch's most urgent message."""
         cp = self.dscp_for(niceness)
-        if cp is None or cp == self._tos or self.raw_socket is None:
+        if cp is None or cp == self.dscp_mark or self.raw_socket is None:
             return
         try:
             set_dscp(self.raw_socket, cp)
         except OSError:
             return
-        self._tos = cp
+        self.dscp_mark = cp
 
     def preload(self, frame: bytes, in_syn: int, pending: Pending) -> None:
         """`frame` opens the stream (Fast Open, Rule 4): its first `in_syn` bytes rode in the
@@ -528,6 +528,8 @@ class StreamStack:
                                         secure=self.secure)
             transient.nodelay_set = True  # _socket() did it; connection_made need not
             transient.dscp = spec.settings.dscp
+            if spec.settings.dscp:
+                transient.dscp_mark = spec.settings.dscp[0]  # set for the SYN above
             if copies:
                 copy, relays = copies[0]
                 copy.state = "sent"
