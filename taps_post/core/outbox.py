@@ -231,12 +231,10 @@ class Ledger:
         """The transport died: every tracked message not yet acknowledged ends as `Failed`
         (RFC 9622 SendError), preceded by `Sent` when `sent` (the kernel's final taken
         offset, None: unknown) shows it was wholly taken. Nothing is tracked afterwards."""
-        out: list[Sent | Failed] = []
-        for end, p in self._unsent:
+        out: list[Sent | Failed] = [Failed(p, error) for _end, p in self._unacked]
+        for end, p in self._unsent:  # later in the stream than every unacknowledged one
             if sent is not None and end <= sent:
                 out.append(Sent(p))
-            out.append(Failed(p, error))
-        for _end, p in self._unacked:
             out.append(Failed(p, error))
         self._unsent.clear()
         self._unacked.clear()

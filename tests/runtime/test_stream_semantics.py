@@ -22,9 +22,10 @@ import pytest
 
 import taps_post as tp
 from taps_post.certs import Certificate, fingerprint_of_der
+from taps_post.core.events import Failed
 from taps_post.core.framing import LengthPrefixFramer
 from taps_post.core.messages import OutMessage, Pending
-from taps_post.core.outbox import SendQueue
+from taps_post.core.outbox import Ledger, SendQueue
 from taps_post.core.settings import Settings
 from taps_post.decision.decision import Candidate, RankKey
 from taps_post.stacks.base import AttemptSpec, ListenSpec
@@ -148,6 +149,30 @@ def test_lifetime_orders_the_bytes_on_a_real_tcp_connection(run) -> None:
 
 
 # ---- item 4: every message ends exactly once ------------------------------------------------
+
+
+def test_the_ledger_ends_every_tracked_message_once() -> None:
+    """Sans-I/O: acknowledged messages end Acked; at the end, what the kernel took ends
+    Sent then Failed, what it never took ends Failed only; a message with nothing but
+    on_send_error is tracked too (it must not fail once the peer has it)."""
+    def cb(_m: OutMessage) -> None:
+        return None
+
+    ledger = Ledger()
+    a, b, c, d = (Pending(OutMessage(b"x" * 10), None, on_acked=cb) for _ in range(4))
+    only_error = Pending(OutMessage(b"e"), None, on_send_error=cb)
+    for end, p in ((10, a), (20, b), (30, c), (40, d), (41, only_error)):
+        assert ledger.track(end, p)
+    assert not ledger.track(50, Pending(OutMessage(b"plain"), None))
+    events = ledger.advance(20, 10)
+    assert [(type(e).__name__, e.pending) for e in events] == [
+        ("Sent", a), ("Sent", b), ("Acked", a)]
+    error = ConnectionResetError()
+    ended = ledger.fail(error, sent=30)
+    assert [(type(e).__name__, e.pending) for e in ended] == [
+        ("Failed", b), ("Sent", c), ("Failed", c), ("Failed", d), ("Failed", only_error)]
+    assert all(e.error is error for e in ended if isinstance(e, Failed))
+    assert not ledger and ledger.fail() == []
 
 
 @contextlib.asynccontextmanager
