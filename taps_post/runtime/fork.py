@@ -8,7 +8,7 @@ taps_post endpoints ever see it.
 
 Wire format: each payload is an ASCII verb, optionally followed by one space and a 16-byte
 nonce (`secrets.token_bytes`): HELLO, HELLO <nonce>, CHALLENGE <nonce>, FORK <nonce>,
-REQUEST <nonce>, REFUSE [<nonce>], OK.
+REQUEST <nonce>, REFUSE [<nonce>], OK, LATE.
 
 Client C forks its carrier P (to server S, accepted there as P'):
 1. C opens a connection N to P's candidate (same stack, interface, addresses, settings and
@@ -21,6 +21,8 @@ Client C forks its carrier P (to server S, accepted there as P'):
 4. S builds the child on P'.association, hands it to `P'.deliver_fork(child)` (P'.accept()
    gets it, never the Listener's queue) and answers OK on N; REFUSE when P' refuses forks.
 5. C's fork() returns the child on P's Association.
+A HELLO that arrives after the hold (the connection already went to the application) is
+answered LATE; C closes N and tries again on a new connection, at most RETRIES times.
 C waits for each answer max(0.2 s, 4 x P's measured RTT), at most connTimeout. No answer,
 an answer that is not the protocol (an echo of the HELLO, a message, a close): the peer is
 not taps_post, N is closed and fork() raises ForkRefusedError, unless carrier.forkParallel
@@ -54,12 +56,14 @@ from ..stacks.transient import Transient
 from .association import Association
 from .carrier import Carrier
 
-__all__ = ["CHALLENGE", "FORK", "HELLO", "MAX_ANSWERING", "MAX_PENDING", "NONCE_SIZE",
-           "NONCE_TTL", "OK", "REFUSE", "REQUEST", "ForkServer", "answer_timeout", "fork_stream",
-           "speaks_fork", "watch"]
+__all__ = ["CHALLENGE", "FORK", "HELLO", "LATE", "MAX_ANSWERING", "MAX_PENDING", "NONCE_SIZE",
+           "NONCE_TTL", "OK", "REFUSE", "REQUEST", "RETRIES", "ForkServer", "answer_timeout",
+           "fork_stream", "speaks_fork", "watch"]
 
-HELLO, CHALLENGE, FORK, REQUEST, REFUSE, OK = (b"HELLO", b"CHALLENGE", b"FORK", b"REQUEST",
-                                               b"REFUSE", b"OK")
+HELLO, CHALLENGE, FORK, REQUEST, REFUSE, OK, LATE = (
+    b"HELLO", b"CHALLENGE", b"FORK", b"REQUEST", b"REFUSE", b"OK", b"LATE")
+RETRIES = 2
+"""New connections a fork tries after a LATE (its HELLO came after the Listener's hold)."""
 NONCE_SIZE = 16
 NONCE_TTL = 5.0
 """Seconds a CHALLENGE or REQUEST nonce stays valid; after that the held connection closes."""
@@ -118,6 +122,10 @@ class _Refused(Exception):
     """A taps_post peer said REFUSE."""
 
 
+class _Late(Exception):
+    """A taps_post peer said LATE: our HELLO came after its hold; try a new connection."""
+
+
 class _Join:
     """One new connection N waiting for the peer's answers (control frames on N)."""
 
@@ -157,6 +165,8 @@ class _Join:
             got, nonce = _parse(answer)
             if got == REFUSE:
                 raise _Refused()
+            if got == LATE:
+                raise _Late()
             if got != verb or nonce == b"":
                 raise _NotTaps(f"it answered {answer[:24]!r}, not {verb.decode()}")
             return nonce
@@ -268,10 +278,42 @@ async def _fork(parent: Carrier, *, request: bytes | None) -> Carrier:
     parallel = request is None and settings is not None and settings.fork_parallel
     if parallel and parent.association in _plain_peers:
         return parent.sibling(await _connect(parent))
+    wait = answer_timeout(pt, settings)
+    for attempt in range(RETRIES + 1):
+        try:
+            n = await _join(parent, pt, request, wait)
+        except _Late:
+            if attempt < RETRIES:
+                continue
+            raise ForkRefusedError(f"the peer ({_peer(parent)}) held the fork connection "
+                                   f"shorter than it took us to announce it, {RETRIES + 1} "
+                                   "times") from None
+        except _Refused:
+            raise ForkRefusedError(f"the peer ({_peer(parent)}) refused the fork: its carrier "
+                                   "does not accept forks (its accept callback returned "
+                                   "False, or it is closed)") from None
+        except _NotTaps as exc:
+            if parallel:
+                if parent.association is not None:
+                    _plain_peers.add(parent.association)
+                return parent.sibling(await _connect(parent))
+            raise ForkRefusedError(
+                f"the peer ({_peer(parent)}) does not understand fork requests: {exc}; it is "
+                "not a taps_post endpoint. Policy carrier.forkParallel: true opens a plain "
+                "parallel connection instead") from None
+        child = parent.sibling(n)
+        watch(child)
+        return child
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def _join(parent: Carrier, pt: Transient, request: bytes | None,
+                wait: float) -> Transient:
+    """One new connection announced to the peer (module header, steps 1-4): the Transient
+    once the peer said OK; closed and _Late/_Refused/_NotTaps otherwise."""
     n = await _connect(parent)
     join = _Join(n)
     n.on_control = join.on_control
-    wait = answer_timeout(pt, settings)
     sent: bytes | None = None
     try:
         if request is None:
@@ -285,30 +327,13 @@ async def _fork(parent: Carrier, *, request: bytes | None) -> Carrier:
         else:
             n.send_control(_frame(HELLO, request))
         await join.expect(OK, wait)
-    except _Refused:
-        n.abort()
-        raise ForkRefusedError(f"the peer ({_peer(parent)}) refused the fork: its carrier "
-                               "does not accept forks (its accept callback returned False, "
-                               "or it is closed)") from None
-    except _NotTaps as exc:
-        n.abort()
-        if parallel:
-            if parent.association is not None:
-                _plain_peers.add(parent.association)
-            return parent.sibling(await _connect(parent))
-        raise ForkRefusedError(
-            f"the peer ({_peer(parent)}) does not understand fork requests: {exc}; it is not "
-            "a taps_post endpoint. Policy carrier.forkParallel: true opens a plain parallel "
-            "connection instead") from None
     except BaseException:
         n.abort()
         raise
     finally:
         if sent is not None:
             _joins.pop(sent, None)
-    child = parent.sibling(n)
-    watch(child)
-    return child
+    return n
 
 
 def _peer(carrier: Carrier) -> str:
@@ -422,8 +447,14 @@ class ForkServer:
 
     def on_parent_control(self, transient: Transient, payload: bytes) -> None:
         """Control frames on a carrier this Listener accepted: FORK (the peer forks that
-        carrier) and REFUSE (the peer will not answer our REQUEST)."""
+        carrier), REFUSE (the peer will not answer our REQUEST), and a HELLO that came after
+        the hold (LATE)."""
         verb, nonce = _parse(payload)
+        if verb == HELLO:
+            # A fork connection announced after the hold: it is the application's already.
+            # The client retries on a new connection.
+            transient.send_control(LATE)
+            return
         if not nonce:
             return
         parent = transient.owner

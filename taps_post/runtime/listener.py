@@ -23,12 +23,16 @@ kernel had taken but the callback never saw are aborted. Carriers already queued
 awaits it), at most carrier.maxHandlers at once; the others wait their turn in order.
 Rule 6 (fork requests, runtime/fork.py): every new connection of a TCP-based stack with the
 length-prefix framer is held from the application until its first byte arrives, or for a
-short hold: 2 x the handshake RTT the kernel measured (TCP_INFO) + 2 ms, at most 100 ms. A
+short hold: 2 x the handshake RTT the kernel measured (TCP_INFO) + 10 ms, at most 100 ms. A
 fork's HELLO is thus seen before the connection reaches anyone; a fork goes to its parent
 carrier's accept(), never to the Listener's queue. The cost: a server-first protocol (the
 server speaks before the client sends anything) waits that hold once per connection before
 its carrier is handed over; a client that speaks first pays nothing (its first byte ends the
-hold). Other framers and stacks are handed over at once.
+hold). Other framers and stacks are handed over at once. The 10 ms are the client's own
+delay between its handshake and the HELLO (its event loop's turns, more under load; 2 ms
+lost forks on a loaded test machine); a HELLO later than the hold gets LATE and the client
+retries on a new connection (runtime/fork.py), so a late one costs a spurious connection
+at the application, never a wrong fork.
 Rule 7: every accepted carrier has an Association, from the Listener's own in-memory store,
 keyed by the peer's address and port (each connection is its own peer until a fork proves
 otherwise: fork children share their parent's Association), with `remote` the peer's
@@ -157,8 +161,9 @@ def listen_stacks(decision: Decision, secure_ok: bool) -> list[str]:
 
 HOLD_CAP = 0.1
 """Longest hold of a new connection before its carrier is handed over (Rule 6), seconds."""
-HOLD_SLACK = 0.002
-"""Added to 2 x the handshake RTT: the HELLO leaves right behind the handshake's last packet."""
+HOLD_SLACK = 0.010
+"""Added to 2 x the handshake RTT: the client's delay between its handshake and its HELLO
+(Rule 6)."""
 _STORE_LIMIT = 4096
 """Accepted peers the Listener's store names before it starts afresh (Associations stay
 with their carriers; only the lookup table is dropped, so it cannot grow without bound)."""
@@ -166,7 +171,7 @@ with their carriers; only the lookup table is dropped, so it cannot grow without
 
 def hold_delay(transient: Transient) -> float:
     """Rule 6: 2 x the handshake RTT (TCP_INFO, as the kernel measured it on this very
-    connection) + 2 ms, at most HOLD_CAP; 2 ms where the RTT is unknown."""
+    connection) + HOLD_SLACK, at most HOLD_CAP; HOLD_SLACK alone where the RTT is unknown."""
     rtt_ms = transient.path_stats().rtt_ms
     return min(HOLD_CAP, 2.0 * (rtt_ms or 0.0) / 1000.0 + HOLD_SLACK)
 

@@ -30,7 +30,7 @@ from taps_post.core.framing import (
     RawFramer,
 )
 from taps_post.errors import ArgumentError, UsageError
-from taps_post.runtime.fork import CHALLENGE, FORK, HELLO, OK, REFUSE
+from taps_post.runtime.fork import CHALLENGE, FORK, HELLO, LATE, OK, REFUSE
 from taps_post.runtime.listener import HOLD_CAP, hold_delay
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -377,6 +377,21 @@ async def _read_control(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
+async def _hello(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A new connection that said HELLO, and the CHALLENGE nonce it got (a LATE answer, our
+    HELLO slower than the Listener's hold on a loaded machine, means: a new connection)."""
+    enc = LengthPrefixFramer()
+    for _ in range(3):
+        reader, writer = await _raw(port)
+        writer.write(enc.encode_control(HELLO))
+        verb, _, nonce = (await _read_control(reader)).partition(b" ")
+        if verb != LATE:
+            assert verb == CHALLENGE and len(nonce) == 16
+            return reader, writer, nonce
+        writer.close()
+    raise AssertionError("LATE three times")
+
+
 def test_nonces_are_single_use_and_bound_to_their_listener(run, tcp_policy) -> None:
     """Speak the protocol by hand: a CHALLENGE nonce works once, and only on a carrier the
     same Listener accepted."""
@@ -389,18 +404,13 @@ def test_nonces_are_single_use_and_bound_to_their_listener(run, tcp_policy) -> N
             pw.write(enc.encode(b"parent"))
             parent = await a.carriers.get()
             # a fork connection to Listener B: HELLO -> CHALLENGE
-            nr, nw = await _raw(b.listener.port)
-            nw.write(enc.encode_control(HELLO))
-            verb, _, nonce = (await _read_control(nr)).partition(b" ")
-            assert verb == CHALLENGE and len(nonce) == 16
+            _, nw, nonce = await _hello(b.listener.port)
             # B's nonce on A's carrier: refused, nothing delivered
             pw.write(enc.encode_control(FORK + b" " + nonce))
             assert await _read_control(pr) == REFUSE + b" " + nonce
             assert parent.transient is not None and b.carriers.empty() and a.forks.empty()
             # at A itself: HELLO, CHALLENGE, FORK on the parent -> OK, child at the parent
-            mr, mw = await _raw(a.listener.port)
-            mw.write(enc.encode_control(HELLO))
-            _, _, nonce = (await _read_control(mr)).partition(b" ")
+            mr, mw, nonce = await _hello(a.listener.port)
             pw.write(enc.encode_control(FORK + b" " + nonce))
             assert await _read_control(mr) == OK
             p, child = await asyncio.wait_for(a.forks.get(), 2)
@@ -412,6 +422,22 @@ def test_nonces_are_single_use_and_bound_to_their_listener(run, tcp_policy) -> N
             assert await _read_control(pr) == REFUSE + b" " + nonce
             for w in (pw, nw, mw):
                 w.close()
+
+    run(main())
+
+
+def test_a_hello_after_the_hold_is_answered_late(run, tcp_policy) -> None:
+    """The connection went to the application when the hold ended: a HELLO after that is
+    not a fork (the client retries on a new connection)."""
+    async def main() -> None:
+        async with served(tcp_policy) as srv:
+            reader, writer = await _raw(srv.listener.port)
+            carrier = await asyncio.wait_for(srv.carriers.get(), 1)  # the hold ran out
+            writer.write(LengthPrefixFramer().encode_control(HELLO))
+            assert await _read_control(reader) == LATE
+            assert carrier.transient is not None and carrier.transient.is_open
+            assert srv.forks.empty()
+            writer.close()
 
     run(main())
 
