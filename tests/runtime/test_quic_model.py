@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -677,6 +678,27 @@ def test_icmp_errors_after_the_handshake_reach_on_soft_error(run: Any, cert: Any
             finally:
                 t.abort()
                 relay.close()
+
+    run(main(), 10)
+
+
+def test_the_locals_port_is_the_client_sockets_source_port(run: Any, cert: Any) -> None:
+    """AttemptSpec.local_port (Local.port, issue 9 item 10): the client's UDP socket binds
+    it, so the listener's carrier sees the client at that port."""
+
+    async def main() -> None:
+        async with listening(cert) as srv:
+            port = free_udp_port()
+            spec = attempt(srv.port, cert, Tickets(), session_cache=False)
+            spec = dataclasses.replace(spec, local_port=port)
+            t = await QuicStack().connect(spec)
+            try:
+                assert t.local_address == (LOCAL, port)
+                t.submit(OutMessage(b"from a chosen port"))
+                s = await srv.next()
+                assert s.remote_address == (LOCAL, port)
+            finally:
+                t.abort()
 
     run(main(), 10)
 

@@ -297,6 +297,10 @@ class QuicSession(QuicConnectionProtocol):
         self.local_address = (local[0], local[1]) if local else None
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.remote_address is None and addr:
+            # A listener's connection: its peer is whoever sent the first datagram (the
+            # streams it carries take the address when they are attached).
+            self.remote_address = (addr[0], addr[1])
         super().datagram_received(data, addr)
         # The first datagram a server receives creates the TLS context; the ticket is only
         # issued once the client's Finished arrives, always in a later datagram.

@@ -31,7 +31,7 @@ from ...core.path import PathStats
 from ...errors import ConnectionClosedError, DeframingError
 from ..transient import Transient
 from .compat import stream_send_offsets
-from .wire import RESET_EXPIRED, as_datagram, datagram_fits, datagram_payload, uni_payload
+from .wire import RESET_EXPIRED, datagram_fits, datagram_payload, uni_payload
 
 __all__ = ["QuicStreamTransient", "StreamHost"]
 
@@ -173,7 +173,7 @@ class QuicStreamTransient(Transient):
                 session.flush()  # what was written before goes without it
             if marking:
                 session.mark(msg.niceness)
-            if as_datagram(msg.reliable) and self._write_datagram(p):
+            if not msg.reliable and self._write_datagram(p):  # wire.as_datagram, inlined
                 pass
             elif per_message and msg.lifetime is not None and p.deadline is not None:
                 frame = self.framer.encode(msg.data)
