@@ -481,3 +481,29 @@ def test_accepted_carriers_have_an_association(run, tcp_policy, store) -> None:
             await client.close()
 
     run(main())
+
+
+def test_accepted_carriers_report_the_stack_that_carried_them(run, make_policy, tcp_policy,
+                                                              store) -> None:
+    """Issue 9 item 11: a plain TCP client of the default MPTCP listener is `tcp` on the
+    server side, in the carrier and in the Listener's trace, not `mptcp`."""
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def main() -> None:
+        listener = await tp.listen(tp.Local(address=LO4), policy=make_policy(),
+                                   trace=lambda name, info: events.append((name, info)))
+        try:
+            if "mptcp" not in listener.ports:
+                pytest.skip("this kernel serves no MPTCP listener")
+            srv = Served(listener)
+            client = await tp.initiate(f"{LO4}:{listener.port}", policy=tcp_policy,
+                                       store=store)
+            await client.send(b"x")
+            server = await srv.carriers.get()
+            assert client.stack == "tcp" and server.stack == "tcp"
+            assert [i["stack"] for n, i in events if n == "listener.accepted"] == ["tcp"]
+            await client.close()
+        finally:
+            await listener.close()
+
+    run(main())
