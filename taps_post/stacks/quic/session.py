@@ -587,7 +587,9 @@ class QuicSession(QuicConnectionProtocol):
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
-        early = not self.handshake_done
+        # 0-RTT data is the client's: a server's bytes reach its client after the client's
+        # handshake completed (they follow the server's Finished), so only a server flags.
+        early = not self.handshake_done and not self.connection.configuration.is_client
         if is_unidirectional(sid):  # one expiring message for the carrier it names
             buf = self._uni_in.setdefault(sid, bytearray())
             buf += event.data
