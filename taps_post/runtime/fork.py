@@ -271,8 +271,11 @@ async def _fork(parent: Carrier, *, request: bytes | None) -> Carrier:
     pt = parent.transient
     settings = parent.settings
     if pt is None or not speaks_fork(pt):
-        raise UsageError("fork requests need a TCP or TLS carrier with the length-prefix "
-                         "framer")
+        what = f"{type(pt.framer).__name__} on {pt.stack}" if pt is not None else "no stack"
+        raise UsageError(f"fork() cannot announce itself to the peer ({what}): fork requests "
+                         "need a TCP or TLS carrier with the length-prefix framer. Policy "
+                         "carrier.forkParallel: true opens a plain parallel connection "
+                         "instead")
     if pt.on_control is None:
         watch(parent)
     parallel = request is None and settings is not None and settings.fork_parallel

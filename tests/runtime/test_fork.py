@@ -507,3 +507,32 @@ def test_accepted_carriers_report_the_stack_that_carried_them(run, make_policy, 
             await listener.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_line_framed_carrier_cannot_announce_a_fork(run, make_policy, store,
+                                                      parallel) -> None:
+    """Only the length-prefix framer has control frames: another framer's fork is a usage
+    error naming carrier.forkParallel, or with it a plain parallel connection."""
+    policy = _policy_for("tcp", make_policy,
+                         **({"carrier.forkParallel": True} if parallel else {}))
+
+    async def main() -> None:
+        async with raw_server("echo") as (port, seen):
+            client = await tp.initiate(f"{LO4}:{port}", policy=policy, store=store,
+                                       framer=tp.LineFramer())
+            await client.send(b"parent")
+            assert await client.receive() == b"parent"
+            if not parallel:
+                with pytest.raises(tp.UsageError, match="forkParallel"):
+                    await client.fork()
+                assert len(seen) == 1
+            else:
+                child = await client.fork()
+                await child.send(b"child")
+                assert await child.receive() == b"child"
+                assert len(seen) == 2 and bytes(seen[1]) == b"child\n"
+                await child.close()
+            await client.close()
+
+    run(main())
