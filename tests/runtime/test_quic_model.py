@@ -862,6 +862,56 @@ def test_client_auth_request_admits_a_client_without_certificate(
     run(main(), 10)
 
 
+def test_client_auth_through_the_runtime_on_quic(run: Any, cert: Any, client_cert: Any) -> None:
+    """tp.listen with security.clientAuth require and Local.trusted, QUIC only: a client
+    whose Local holds the trusted certificate is served; one without gets a carrier that
+    fails with the close (the listener never hears of it)."""
+
+    async def main() -> None:
+        def pol(**extra: Any) -> tp.PolicyContext:
+            rule = {"id": "q", "set": {"stack.quic": "require", **extra}}
+            return tp.PolicyContext(system=[], app={"version": 1, "layer": "app",
+                                                    "rules": [rule]}, app_name="qauth")
+
+        accepted: list[tp.Carrier] = []
+
+        async def echo(c: tp.Carrier) -> None:
+            async for m in c:
+                await c.send(b"echo:" + bytes(m))
+
+        tasks: list[asyncio.Task[None]] = []
+
+        def on_carrier(c: tp.Carrier) -> None:
+            accepted.append(c)
+            tasks.append(asyncio.ensure_future(echo(c)))
+
+        listener = await tp.listen(
+            tp.Local(address=LOCAL, port=0, certificates=[cert], trusted=[client_cert]),
+            policy=pol(**{"security.clientAuth": "require"}))
+        listener.accept(on_carrier)
+        try:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            ok = await tp.initiate(remote, local=tp.Local(certificates=[client_cert]),
+                                   policy=pol(), store=tp.AssociationStore())
+            await ok.send(b"hi")
+            assert await asyncio.wait_for(ok.receive(), 3) == b"echo:hi"
+            await ok.close()
+            anonymous = await tp.initiate(remote, policy=pol(), store=tp.AssociationStore())
+            with contextlib.suppress(tp.ConnectionClosedError):
+                await anonymous.send(b"let me in")
+            with pytest.raises(tp.ConnectionClosedError):
+                await asyncio.wait_for(anonymous.receive(), 3)
+            anonymous.abort()
+            assert len(accepted) == 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await listener.close()
+
+    run(main(), 15)
+
+
 def test_client_auth_without_trusted_certificates_is_refused_at_listen(
         run: Any, cert: Any) -> None:
     async def main() -> None:
