@@ -147,7 +147,11 @@ class QuicStack:
         if not copies:
             return
         for copy, relays in copies:
-            transient.submit(copy, *relays)
+            try:
+                transient.submit(copy, *relays)
+            except Exception:  # over maxSize, say: that copy ends here, the others go
+                if relays[3] is not None:
+                    relays[3](copy)
         transient.pump()
         transient.early_sent = True
 
