@@ -164,10 +164,16 @@ class Remote:
             raise ResolutionError(self.host)
         return replace(self, addresses=addresses)
 
-    async def resolve(self) -> Remote:
-        """Compatibility for the runtime while it moves to `lookup()`: the same as
-        lookup()."""
-        return await self.lookup()
+    async def resolve(self) -> list[Remote]:
+        """The draft's Resolve() (Appendix A): the more specific Remotes, one per address of
+        this one (looked up first when it has none), each `complete`, in the resolver's
+        order. Each keeps the name, scheme and pinned certificates: a stack verifies the
+        peer against the name whichever address it connects to. A complete Remote resolves
+        to itself. Raises ResolutionError when the name has no address (Rule 3)."""
+        if self.complete:
+            return [self]
+        found = await self.lookup()
+        return [replace(found, addresses=(address,)) for address in found.addresses or ()]
 
 
 def has_identity(local: Local | None) -> bool:
