@@ -147,12 +147,11 @@ class Association:
         seen: dict[Path, None] = {}
         for carrier in self.carriers:
             for transient in carrier.transients:
-                if not getattr(transient, "is_open", False):
+                if not transient.is_open:
                     continue
-                path = getattr(transient, "path", None)
-                if not isinstance(path, Path):
-                    path = Path.of(transient)
-                    transient.path = path  # the runtime's attribute: made once, then shared
+                path = transient.path
+                if not isinstance(path, Path):  # a Transient no Carrier adopted (yet)
+                    path = transient.path = Path.of(transient)
                 seen.setdefault(path, None)
         return list(seen)
 

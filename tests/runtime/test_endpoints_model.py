@@ -97,6 +97,30 @@ def test_association_paths_follow_the_carriers(run, until, tcp_policy, store) ->
     run(main())
 
 
+def test_an_accepted_carrier_has_an_association_with_its_path(run, tcp_policy,
+                                                              store) -> None:
+    """The server side too: the Association names the peer as a Remote, the Listener's
+    Local, and the accepted connection's Path (the client's mirror image)."""
+    async def main() -> None:
+        async with served(tcp_policy) as listener:
+            client = await tp.initiate(f"{LO4}:{listener.port}", policy=tcp_policy,
+                                       store=store)
+            server = await next_carrier(listener)
+            try:
+                assoc = server.association
+                assert assoc is not None and assoc is not client.association
+                assert isinstance(assoc.remote, tp.Remote) and isinstance(assoc.local, tp.Local)
+                assert (assoc.remote.host, assoc.remote.port) == client.local_address
+                [path] = assoc.paths
+                assert (path.local_address, path.remote_address) == (client.remote_address,
+                                                                     client.local_address)
+            finally:
+                server.abort()
+                await client.close()
+
+    run(main())
+
+
 def test_attach_holds_carriers_weakly_and_paths_skip_closed_ones(run, tcp_policy,
                                                                   store) -> None:
     """attach() keeps no carrier alive, re-attaching makes a carrier the newest, a closed
