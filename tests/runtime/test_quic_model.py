@@ -39,6 +39,7 @@ from taps_post.decision.decision import Candidate
 from taps_post.errors import ConnectionClosedError
 from taps_post.stacks.base import AttemptSpec, ListenSpec
 from taps_post.stacks.quic import QuicClosedError, QuicStack, QuicStreamTransient
+from taps_post.stacks.quic.compat import pending_datagram_frames
 from taps_post.stacks.quic.wire import REFUSED_STREAM, datagram_payload, split_datagram
 
 LOCAL = "127.0.0.1"
@@ -550,6 +551,34 @@ def test_datagram_frames_the_peer_cannot_take_end_with_on_send_error(
                 assert seen.stream_chunks == [] and seen.datagrams == []
             finally:
                 t.abort()
+
+    run(main(), 10)
+
+
+def test_a_datagram_frame_no_packet_carried_before_the_close_ends_with_on_send_error(
+        run: Any, cert: Any) -> None:
+    """A DATAGRAM frame handed to aioquic but not yet written when the connection closes
+    (shutdown runs between the pump and the transmit): on_send_error, not on_sent."""
+
+    async def main() -> None:
+        async with raw_server(cert) as (port, seen):
+            t = await QuicStack().connect(attempt(port, cert, Tickets(), session_cache=False))
+            session: Any = t.session
+            o = Outcome()
+            t.submit(OutMessage(b"late datagram", reliable=False), **o.callbacks())
+            loop = asyncio.get_running_loop()
+            held: list[int] = []
+
+            def close_now() -> None:  # after the pump, before its transmit_soon
+                held.append(pending_datagram_frames(session.connection))
+                session.shutdown()
+
+            loop.call_soon(close_now)
+            await until(lambda: o.events, 3, "an end")
+            await asyncio.sleep(0.05)
+            assert held == [1], "the frame was not in aioquic's hands when it closed"
+            assert o.events == ["on_send_error"]
+            assert seen.datagrams == []
 
     run(main(), 10)
 
