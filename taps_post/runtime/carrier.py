@@ -223,7 +223,10 @@ class Carrier:
         self._refused: dict[int, BaseException] = {}
         """Held messages the winner refused at settle time, by id(Held): send_msg raises."""
         self._expiry: asyncio.TimerHandle | None = None
-        self._activating: asyncio.Future[None] | None = None
+        self._activating = False
+        """An activation runs (in a caller's task, `_activator`, or in `_owned`)."""
+        self._activated: asyncio.Future[None] | None = None
+        """Made by the first caller that joins (or waits for) the running activation."""
         self._activator: asyncio.Task[Any] | None = None
         self._owned: asyncio.Task[None] | None = None
         self._stopping = False
@@ -354,12 +357,9 @@ class Carrier:
 
     def __await__(self) -> Generator[Any, None, Carrier]:
         """`carrier = await tp.initiate(...)`: activate, then the carrier itself."""
-        return self._awaited().__await__()
-
-    async def _awaited(self) -> Carrier:
         t = self._fast
         if t is None or not t.is_open:
-            await self._activate()
+            yield from self._activate().__await__()
         return self
 
     async def activate(self, on_active: Callable[[], Any] | None = None) -> None:
@@ -411,9 +411,44 @@ class Carrier:
                 return t
             self._lost(t)  # died; its closed callback has not run yet
         self._check_activatable()
-        fut = self._activating
+        if self._activating:
+            return await self._join()
+        # Lead: run the activation in the caller's task (no task hop on the common path), so
+        # `await tp.initiate(...)` costs what connecting costs; others join through a
+        # future made when the first of them comes. If the caller is cancelled while others
+        # wait, a task the carrier owns takes over for them; close()/abort() cancel the
+        # activation either way.
+        self._activating = True
+        task = self._activator = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        try:
+            t = await self._establish()
+        except asyncio.CancelledError:
+            self._activator = None
+            if self._stopping and task is not None and task.uncancel() <= cancelling:
+                exc = ConnectionClosedError("the carrier was closed while it was activating")
+                self._end_activation(exc)
+                raise exc from None
+            if self._joiners and not self._closing:
+                self._owned = asyncio.ensure_future(self._owned_activation())
+            else:
+                self._end_activation(None, cancelled=True)
+            raise
+        except BaseException as exc:
+            self._activator = None
+            self._end_activation(exc)
+            raise
+        self._activator = None
+        if self._activated is None:
+            self._activating = False
+        else:
+            self._end_activation(None)
+        return t
+
+    async def _join(self) -> Transient:
+        fut = self._activated
         if fut is None:
-            return await self._lead()
+            fut = self._activated = asyncio.get_running_loop().create_future()
         self._joiners += 1
         try:
             await asyncio.shield(fut)
@@ -424,59 +459,28 @@ class Carrier:
             raise ConnectionClosedError(self._closed_text())
         return t
 
-    async def _lead(self) -> Transient:
-        """Run the activation in the caller's task (no task hop on the common path), so
-        that `await tp.initiate(...)` costs what connecting costs. Others join through the
-        future. If the caller is cancelled while others wait, a task the carrier owns takes
-        over for them; close()/abort() cancel it either way."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._activating = fut
-        task = asyncio.current_task()
-        self._activator = task
-        cancelling = task.cancelling() if task is not None else 0
-        try:
-            t = await self._establish()
-        except asyncio.CancelledError:
-            self._activator = None
-            if self._stopping and task is not None and task.uncancel() <= cancelling:
-                exc = ConnectionClosedError("the carrier was closed while it was activating")
-                self._end_activation(fut, exc)
-                raise exc from None
-            if self._joiners and not self._closing:
-                self._owned = asyncio.ensure_future(self._owned_activation(fut))
-            else:
-                self._activating = None
-                fut.cancel()
-            raise
-        except BaseException as exc:
-            self._activator = None
-            self._end_activation(fut, exc)
-            raise
-        self._activator = None
-        self._end_activation(fut, None)
-        return t
-
-    async def _owned_activation(self, fut: asyncio.Future[None]) -> None:
+    async def _owned_activation(self) -> None:
         try:
             await self._establish()
         except asyncio.CancelledError:
-            self._end_activation(fut, ConnectionClosedError(
+            self._end_activation(ConnectionClosedError(
                 "the carrier was closed while it was activating"))
         except Exception as exc:
-            self._end_activation(fut, exc)
+            self._end_activation(exc)
         else:
-            self._end_activation(fut, None)
+            self._end_activation(None)
         finally:
             self._owned = None
 
-    def _end_activation(self, fut: asyncio.Future[None], exc: BaseException | None) -> None:
-        if self._activating is fut:
-            self._activating = None
+    def _end_activation(self, exc: BaseException | None, *, cancelled: bool = False) -> None:
+        self._activating = False
         self._stopping = False
-        if fut.done():
+        fut, self._activated = self._activated, None
+        if fut is None or fut.done():
             return
-        if exc is None:
+        if cancelled:
+            fut.cancel()
+        elif exc is None:
             fut.set_result(None)
         else:
             fut.set_exception(exc)
@@ -487,22 +491,24 @@ class Carrier:
         the flight on it and submit the rest in order (draft 3.1.2)."""
         opener = self._opener
         assert opener is not None
-        flight = self._flight
-        if flight is None:
-            flight = self._flight = EarlyFlight()
         live: list[EarlyAttempt] = []
         self._live = live
-        self._arm_expiry()  # held before the loop ran, or salvaged
+        if self._flight is not None:
+            self._arm_expiry()  # held before the loop ran, or salvaged
 
         def early() -> EarlyAttempt | None:
             # Only a flight holding an idempotent message has anything to ride early: an
             # attempt without one connects as if nothing were held (no Fast Open probe),
             # and what is held later goes once the winner's handshake is done.
-            if not any(h.message.idempotent for h in flight.held):
+            flight = self._flight
+            if flight is None:
                 return None
-            a = flight.attempt()
-            live.append(a)
-            return a
+            for h in flight.held:
+                if h.message.idempotent:
+                    a = flight.attempt()
+                    live.append(a)
+                    return a
+            return None
 
         try:
             est = await opener(early)
@@ -533,9 +539,12 @@ class Carrier:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        flight = self._flight
         self._flight = None
-        winner = t.early_attempt if t.early_attempt in live else None
-        rest = flight.settle(winner)
+        rest: list[Held] = []
+        if flight is not None:
+            winner = t.early_attempt if t.early_attempt in live else None
+            rest = flight.settle(winner)
         old = self._transient
         unread: list[InMessage] = []
         while old is not None and (msg := old.try_receive()) is not None:
@@ -564,7 +573,10 @@ class Carrier:
         decision = self._decision
         info = None
         if decision is not None and t.interface is not None:
-            info = next((i for i in decision.interfaces if i.name == t.interface), None)
+            for i in decision.interfaces:
+                if i.name == t.interface:
+                    info = i
+                    break
         path = t.path = Path(t, info)
         self._path = path
         self._transient = t
@@ -1049,11 +1061,15 @@ class Carrier:
         """Send what is queued, then close gracefully. Held messages (never activated) get
         on_send_error; handler tasks are cancelled. The carrier cannot be used again."""
         self._closing = True
-        await self._stop_activation()
-        self._drop_held()
-        await self._cancel_tasks()
+        if self._activating:
+            await self._stop_activation()
+        if self._flight is not None:
+            self._drop_held()
+        if self._tasks:
+            await self._cancel_tasks()
         t = self._transient
         if t is not None:
+            t.closed.remove_done_callback(self._transient_closed)  # we know it ends
             if self._streamed:
                 t.transport.close()
             else:
@@ -1091,8 +1107,10 @@ class Carrier:
         return False
 
     async def _stop_activation(self) -> None:
-        fut = self._activating
-        if self._stop_activation_now() and fut is not None:
+        fut = self._activated
+        if fut is None:
+            fut = self._activated = asyncio.get_running_loop().create_future()
+        if self._stop_activation_now():
             try:
                 await asyncio.shield(fut)
             except (Exception, asyncio.CancelledError):

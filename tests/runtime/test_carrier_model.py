@@ -366,6 +366,27 @@ def test_events_and_on_event_until_false(run, tcp_policy, store) -> None:
     run(main())
 
 
+def test_an_icmp_error_is_a_soft_error_event(run, until, make_policy) -> None:
+    """Datagrams to a UDP port nobody listens on: the kernel reports ICMP port unreachable
+    on the connected socket, the carrier reports SoftError and stays usable."""
+    async def main() -> None:
+        port = free_port(socket.SOCK_DGRAM)
+        source = tp.new_source(None, f"{LO4}:{port}", policy=make_policy())
+        seen: list[tp.CarrierEvent] = []
+        source.on_event(seen.append)
+        try:
+            await source.send(b"anyone?")
+            await until(lambda: any(type(e) is tp.SoftError for e in seen),
+                        what=lambda: f"a SoftError, got {seen}")
+            soft = next(e for e in seen if type(e) is tp.SoftError)
+            assert isinstance(soft.error, ConnectionRefusedError)
+            assert source.is_active
+        finally:
+            await source.close()
+
+    run(main())
+
+
 # ---- the callback contract (item 7) ----------------------------------------------------------
 
 
