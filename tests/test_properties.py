@@ -48,17 +48,23 @@ DEFAULTS: dict[str, Any] = {
     "racing.attemptDelay": 250, "racing.resolutionDelay": 50, "connTimeout": 30000,
     "message.maxSize": 16 * 1024 * 1024, "security.minTlsVersion": "1.2",
     "security.verifyPeer": True, "security.sessionCache": True, "security.alpn": None,
+    "security.clientAuth": "none", "carrier.reactivate": True, "carrier.maxHandlers": 16,
+    "carrier.forkParallel": False, "message.dscp": None,
 }
 LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive"}
 MAP_PREFIXES = ("stack.", "interface.", "pvd.", "addressFamily.")
 NON_PREFERENCE = {"maxCost", "multipath", "racing.attemptDelay", "racing.resolutionDelay",
                   "connTimeout", "message.maxSize", "security.minTlsVersion",
-                  "security.verifyPeer", "security.sessionCache", "security.alpn"}
+                  "security.verifyPeer", "security.sessionCache", "security.alpn",
+                  "security.clientAuth", "carrier.reactivate", "carrier.maxHandlers",
+                  "carrier.forkParallel", "message.dscp"}
 # "smaller is stricter", "higher is stricter", "true is stricter", "false is stricter";
 # every other non-preference key has no order (only an equal value passes a floor).
 DIRECTION = {"maxCost": "smaller", "message.maxSize": "smaller",
              "security.minTlsVersion": "larger", "security.verifyPeer": "true",
-             "security.sessionCache": "false"}
+             "security.sessionCache": "false", "security.clientAuth": "larger",
+             "carrier.reactivate": "false", "carrier.maxHandlers": "smaller",
+             "carrier.forkParallel": "false"}
 PREF_STRENGTH = {"prohibit": 4, "require": 3, "avoid": 2, "prefer": 1, "no_preference": 0}
 HARD, SOFT = {"require", "prohibit"}, {"prefer", "avoid"}
 PROFILES = {
@@ -103,7 +109,7 @@ def normalise(key: str, value: Any) -> Any:
     """A value as a policy author wrote it -> as explain JSON shows it."""
     if key == "security.minTlsVersion":
         return str(value)
-    if key == "security.alpn" and isinstance(value, str):
+    if key in ("security.alpn", "message.dscp") and isinstance(value, str):
         return [value]
     return value
 
@@ -116,7 +122,7 @@ def strictness(key: str, value: Any) -> int:
     if direction == "smaller":
         return -value
     if direction == "larger":
-        return {"1.2": 2, "1.3": 3}[value]
+        return {"1.2": 2, "1.3": 3, "none": 0, "request": 1, "require": 2}[value]
     if direction == "true":
         return int(value)
     if direction == "false":

@@ -47,7 +47,8 @@ class Held:
         return None if life is None else self.queued_at + life
 
 
-Relays = tuple[Callback, Callback, Callback, Callback]
+Relay = Callable[[OutMessage], None]
+Relays = tuple[Relay, Relay, Relay, Relay]
 """(on_sent, on_acked, on_expired, on_send_error) for one copy."""
 
 
@@ -61,7 +62,7 @@ class EarlyAttempt:
         self._flight = flight
         self.taken: list[Held] = []
         """The originals whose copies this attempt carries early, in sending order."""
-        self._held_events: list[tuple[Callback, OutMessage]] = []
+        self._held_events: list[tuple[Callable[[OutMessage], Any], OutMessage]] = []
         self._watcher: Callable[[list[tuple[OutMessage, Relays]]], None] | None = None
 
     def take(self, limit: int | None = None) -> list[tuple[OutMessage, Relays]]:
@@ -103,7 +104,7 @@ class EarlyAttempt:
     def _copies(self) -> list[OutMessage]:
         return self._flight.copies_of(self)
 
-    def _relay(self, callback: Callback, original: OutMessage, state: str | None) -> Callback:
+    def _relay(self, callback: Callback, original: OutMessage, state: str | None) -> Relay:
         def relay(_copy: OutMessage) -> None:
             winner = self._flight.winner
             if winner is None:
