@@ -72,6 +72,8 @@ EVENTS: Mapping[str, str] = {
     "listener.accepted": "stack, interface, local, remote",
     "listener.failed": "stack, remote, kind, error (a handshake that did not complete)",
     "listener.closed": "stack, local",
+    "listener.stopped": "ports (an accept callback returned False: no more connections)",
+    "listener.fork": "stack, remote (a fork request joined a carrier of this listener)",
 }
 """The events taps_post emits and their info keys (besides trace_id and t_ms). Other names in
 a known area are allowed; these are the ones callers may rely on."""
