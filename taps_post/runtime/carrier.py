@@ -36,6 +36,7 @@ module imports neither establish nor fork (they import it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections import deque
@@ -436,6 +437,8 @@ class Carrier:
             raise
         except BaseException as exc:
             self._activator = None
+            if self._stopping and task is not None and task.cancelling() > cancelling:
+                task.uncancel()  # our cancel was absorbed below: it must not hit the caller
             self._end_activation(exc)
             raise
         self._activator = None
@@ -567,7 +570,7 @@ class Carrier:
         """Take `t` as the current Transient: bind it, watch it, give it its Path."""
         old = self._path
         t.bind(self)
-        t.salvage = self._salvage
+        t.salvage = functools.partial(self._salvage, t)
         t.on_soft_error = self._soft_error
         t.closed.add_done_callback(self._transient_closed)
         decision = self._decision
@@ -621,23 +624,34 @@ class Carrier:
         else:
             self._finish(error)
 
-    def _salvage(self, pendings: list[Pending]) -> bool:
-        """transient.salvage: messages queued but never written come back into the flight,
-        in their order, with their deadlines, to go on the next Transient."""
+    def _salvage(self, t: Transient, pendings: list[Pending]) -> bool:
+        """t.salvage: messages `t` queued but never wrote come back into the flight, in
+        their order, with their deadlines, to go on the next Transient (straight onto the
+        current one when `t` was already replaced by an open one)."""
         if self._closing or not self._reactivatable():
             return False
+        now = _now()
+        current = self._fast
+        if t is not self._transient and current is not None and current.is_open:
+            for p in pendings:
+                m = p.message
+                m.state = "new"
+                try:
+                    current.submit(m, p.on_sent, p.on_acked, p.on_expired, p.on_send_error,
+                                   queued_at=_queued_at(p, now))
+                except Exception:  # refused there (too large, closed): its end is an error
+                    m.state = "expired"
+                    _fire(p.on_send_error, m)
+            return True
         flight = self._flight
         if flight is None:
             flight = self._flight = EarlyFlight()
-        now = _now()
         for p in pendings:
             m = p.message
-            queued_at = (p.deadline - m.lifetime if p.deadline is not None
-                         and m.lifetime is not None else now)
             if m.state != "new":
                 m.state = "new"
             flight.hold(Held(m, p.on_sent, p.on_acked, p.on_expired, p.on_send_error,
-                             queued_at))
+                             _queued_at(p, now)))
         return True
 
     def _soft_error(self, exc: BaseException) -> None:
@@ -1166,6 +1180,12 @@ def _running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _queued_at(p: Pending, now: float) -> float:
+    """When a salvaged message was sent (its deadline minus its lifetime), else now."""
+    life = p.message.lifetime
+    return p.deadline - life if p.deadline is not None and life is not None else now
 
 
 def _now() -> float:
