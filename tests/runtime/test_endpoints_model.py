@@ -287,6 +287,49 @@ def test_path_dynamic_properties_are_measured_after_traffic(run, tcp_policy, sto
     run(main())
 
 
+def test_a_quic_path_is_measured_from_the_recovery_state(run) -> None:
+    """On QUIC the same Path properties come from aioquic's loss recovery: known after a
+    few round trips, and the packet count grows with traffic."""
+    cert = tp.certs.self_signed(["localhost", LO4])
+    rule = {"id": "q", "set": {"stack.quic": "require"}}
+    quic = tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
+                            app_name="endpoints-quic")
+
+    async def main() -> None:
+        listener = await tp.listen(tp.Local(address=LO4, port=0, certificates=[cert]),
+                                   policy=quic)
+        try:
+            remote = tp.Remote.parse(f"quic://{LO4}:{listener.port}", certificates=[cert])
+            carrier = await tp.initiate(remote, policy=quic, store=tp.AssociationStore())
+            await carrier.send(b"q")  # a QUIC server's carrier is born with the first stream
+            server = await next_carrier(listener)
+            try:
+                assert bytes(await server.receive()) == b"q"
+                assert carrier.stack == "quic"
+                assoc = carrier.association
+                assert assoc is not None
+                [path] = assoc.paths
+                assert path.remote_address == (LO4, listener.port)
+                before = path.stats()
+                for i in range(10):
+                    await carrier.send(b"q%d" % i)
+                    assert bytes(await server.receive()) == b"q%d" % i
+                    await server.send(b"a%d" % i)
+                    assert bytes(await carrier.receive()) == b"a%d" % i
+                after = path.stats()
+                assert after.sent is not None and (before.sent or 0) < after.sent
+                assert path.rtt_ms is not None and path.rtt_ms > 0
+                assert path.loss is not None and 0.0 <= path.loss <= 1.0
+                assert path.mtu is not None
+            finally:
+                server.abort()
+                await carrier.close()
+        finally:
+            await listener.close()
+
+    run(main())
+
+
 # ---- Remote: complete, lookup, resolve ---------------------------------------------------
 
 
