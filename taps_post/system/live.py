@@ -48,7 +48,7 @@ def resolve_name(host: str, port: int) -> tuple[str, ...]:
 
 def addresses_of(infos: Sequence[tuple[Any, ...]]) -> tuple[str, ...]:
     """getaddrinfo() answers as addresses: resolver order kept, duplicates and zones dropped.
-    Shared by this blocking lookup and Remote.resolve() on the event loop."""
+    Shared by this blocking lookup and Remote.lookup() on the event loop."""
     seen: dict[str, None] = {}
     for _family, _type, _proto, _canon, sockaddr in infos:
         seen.setdefault(str(sockaddr[0]).split("%")[0], None)
