@@ -201,7 +201,9 @@ def test_path_stats_on_a_rate_limited_veth(topo: Topology) -> None:
     server = topo.spawn(topo.b, SINK_SERVER, str(port))
     assert server.read_json(5) == {"port": port}
     out = topo.run_python(topo.a, PATH_STATS, B1_V4, str(port), A1_V4, A1, timeout=30)
-    assert 0.5 * rate < out["rate_bps"] < 1.3 * rate, out
+    # The shaper is the bound (an unshaped veth delivers Gbit/s); the last delivery-rate sample
+    # of a transfer may be application-limited (its tail), so the floor is loose.
+    assert 0.2 * rate < out["rate_bps"] < 1.3 * rate, out
     assert 0.0 < out["rtt_ms"] < 500.0, out  # the link and tbf's queue (up to 400 ms)
     assert out["rttvar_ms"] >= 0 and 0.0 <= out["loss"] <= 1.0, out
     assert out["mtu"] == 1500 and out["sent"] > 1000, out
