@@ -25,11 +25,12 @@ from ..decision.decision import Decision
 from ..errors import ConnectionClosedError, PolicyError, UsageError
 from ..policy.context import PolicyContext
 from ..stacks.udp import DatagramTransient, bind_sink
-from .association import AssociationStore, default_store
+from .association import Association, AssociationStore, default_store
 from .carrier import Carrier
 from .endpoints import Local, Remote
 from .establish import EnvSpec, policy_for, prepare, tracer_for
 from .listener import listen_decision, serving_interfaces
+from .path import Path
 from .trace import TraceCallback
 
 __all__ = ["Sink", "Source", "new_sink", "new_source"]
@@ -81,11 +82,17 @@ class Sink:
     """Receives datagrams from anyone on a local port (or a multicast group)."""
 
     def __init__(self, transients: DatagramTransient | Sequence[DatagramTransient],
-                 decision: Decision) -> None:
+                 decision: Decision, local: Local | None = None) -> None:
         self._transients = ((transients,) if isinstance(transients, DatagramTransient)
                             else tuple(transients))
         self._transient = self._transients[0]
         self.explanation = decision
+        bound = self._transient.local_address
+        self.association = Association(
+            key=f"[{bound[0]}]:{bound[1]}" if bound and ":" in bound[0] else
+            f"{bound[0]}:{bound[1]}" if bound else "sink", local=local)
+        """The draft's Sink.Association(): a Local with no Remote (a Sink hears anyone); its
+        `paths` are those of the sockets it receives on."""
         self._inbox = Inbox()
         """Only with several sockets (Rule 3): what they received, merged."""
         self._waiters: list[asyncio.Future[None]] = []
@@ -93,8 +100,15 @@ class Sink:
         self._closed = False
         for t in self._transients:
             t.bind(self)
+            t.path = Path(t, None)
             if len(self._transients) > 1:
                 t.set_callback(self._arrived)
+        self.association.attach(self)
+
+    @property
+    def transients(self) -> tuple[DatagramTransient, ...]:
+        """The sockets this Sink receives on (one per interface it serves), while open."""
+        return tuple(t for t in self._transients if t.is_open)
 
     @property
     def port(self) -> int:
@@ -213,5 +227,5 @@ async def new_sink(local: Local, *, policy: PolicyContext | None = None,
             for t in transients:
                 t.abort()
             raise
-        return Sink(transients, decision)
+        return Sink(transients, decision, local)
     raise AssertionError("unreachable: the last try raises")  # pragma: no cover

@@ -432,3 +432,21 @@ def test_association_repr_names_no_certificate_text() -> None:
     for text in (repr(assoc), str(assoc), repr(store)):
         assert "BEGIN" not in text and "secret" not in text
     assert isinstance(assoc.remote, tp.Remote) and "BEGIN" not in repr(assoc.remote)
+
+
+def test_a_sink_has_an_association_with_its_local_and_paths(run) -> None:
+    """Draft Appendix A: Sink.Association(). A Sink has a Local and no Remote; its paths are
+    the sockets it receives on, and they leave when it closes."""
+
+    async def main() -> None:
+        local = tp.Local(address="127.0.0.1", port=0)
+        sink = await tp.new_sink(local)
+        try:
+            a = sink.association
+            assert a.local == local and a.remote is None
+            assert [p.local_address for p in a.paths] == [("127.0.0.1", sink.port)]
+        finally:
+            await sink.close()
+        assert sink.association.paths == []
+
+    run(main())
