@@ -24,7 +24,8 @@ Rule 5: application callbacks keep the draft's contract: `ready`, `accept` and `
 callbacks are called until they return False; an `async def` one is awaited as a task the
 carrier owns (close() cancels and awaits them), at most `max_concurrent` at once for `ready`
 and `accept`, and at the bound the carrier stops taking messages (they wait in the
-Transient's inbox, whose high-water mark pauses reading: backpressure to the peer).
+Transient's inbox, whose high-water mark pauses reading: backpressure to the peer). The
+contract for `ready` and `accept` is runtime/handlers.py's `Handlers`.
 Rule 6: `as_stream()` is a one-way door: allowed before the first message only, on a
 stream-capable stack only (the stack catalogue says which), and afterwards the message API
 refuses with a clear error.
@@ -53,6 +54,7 @@ from ..decision.decision import Candidate, Decision
 from ..errors import Attempt, ConnectionClosedError, UsageError
 from ..stacks.transient import Transient
 from .association import Association
+from .handlers import Handlers
 from .path import Path
 from .trace import Tracer
 
@@ -109,60 +111,6 @@ def _fire(callback: Any, message: OutMessage) -> None:
         callback(message)
     except Exception as exc:  # a user callback must not break the carrier
         _report("taps_post message callback failed", exc)
-
-
-class _Handler:
-    """One application callback under the draft's contract (Rule 5): called per item until it
-    returns False; an awaitable result is awaited in a task the carrier owns, at most `limit`
-    at once. `offer()` answers False when the caller must stop offering: the callback said
-    False (`stopped`) or the bound is reached (`paused`, until a task finishes and `resume`
-    is called)."""
-
-    __slots__ = ("callback", "carrier", "limit", "paused", "resume", "running", "stopped")
-
-    def __init__(self, carrier: Carrier, callback: Callable[[Any], Any], limit: int,
-                 resume: Callable[[], None]) -> None:
-        if limit < 1:
-            raise UsageError("max_concurrent must be at least 1")
-        self.carrier = carrier
-        self.callback = callback
-        self.limit = limit
-        self.resume = resume
-        self.running = 0
-        self.stopped = False
-        self.paused = False
-
-    def offer(self, item: Any) -> bool:
-        if self.stopped:
-            return False
-        result = self.callback(item)
-        if inspect.isawaitable(result):
-            self.running += 1
-            self.carrier.spawn(self._finish(result))
-            if self.running >= self.limit:
-                self.paused = True
-                return False
-            return True
-        if result is False:
-            self.stopped = True
-            return False
-        return True
-
-    async def _finish(self, awaitable: Awaitable[Any]) -> None:
-        try:
-            verdict = await awaitable
-        except Exception as exc:
-            _report("taps_post handler failed", exc)
-            verdict = None
-        finally:
-            self.running -= 1
-        if verdict is False:
-            self.stopped = True
-        elif self.paused:
-            self.paused = False
-        else:
-            return
-        self.resume()
 
 
 class Carrier:
@@ -237,8 +185,8 @@ class Carrier:
         self._subscribers: list[asyncio.Queue[CarrierEvent]] = []
         self._listeners: list[Callable[[CarrierEvent], Any]] = []
         self._closed_event: Closed | None = None
-        self._reader: _Handler | None = None
-        self._acceptor: _Handler | None = None
+        self._reader: Handlers | None = None
+        self._acceptor: Handlers | None = None
         self._forks: deque[Carrier] = deque()
         self._path: Path | None = None
         if association is None:
@@ -870,16 +818,23 @@ class Carrier:
         finishes (backpressure). Does not activate the carrier; it follows re-activations."""
         if self._streamed:
             raise UsageError("this carrier became a stream (as_stream()); use its reader")
-        limit = max_concurrent if max_concurrent is not None else self._max_handlers()
-        handler = _Handler(self, callback, limit, self._resume_reader)
+        handler = self._handlers(callback, max_concurrent, self._resume_reader)
         self._reader = handler
         t = self._transient
         if t is not None:
             t.set_callback(handler.offer)
 
-    def _max_handlers(self) -> int:
+    def _handlers(self, callback: Callable[[Any], Any], max_concurrent: int | None,
+                  resume: Callable[[], None]) -> Handlers:
+        """Rule 5: `callback` under the contract, its tasks this carrier's (close() ends
+        them), at most `max_concurrent` (default: policy carrier.maxHandlers) at once."""
         s = self._settings
-        return s.max_handlers if s is not None else _DEFAULT_HANDLERS
+        limit = max_concurrent if max_concurrent is not None else \
+            s.max_handlers if s is not None else _DEFAULT_HANDLERS
+        if limit < 1:
+            raise UsageError("max_concurrent must be at least 1")
+        return Handlers(callback, limit, message="taps_post handler failed", owner=self._tasks,
+                        resume=resume)
 
     def _resume_reader(self) -> None:
         handler, t = self._reader, self._transient
@@ -1025,8 +980,7 @@ class Carrier:
         here; on stream stacks runtime/fork.py delivers announced forks (`deliver_fork`).
         Async callbacks are awaited as owned tasks, at most `max_concurrent` at once; forks
         arriving at the bound wait in order."""
-        limit = max_concurrent if max_concurrent is not None else self._max_handlers()
-        self._acceptor = _Handler(self, callback, limit, self._resume_acceptor)
+        self._acceptor = self._handlers(callback, max_concurrent, self._resume_acceptor)
         t = self._transient
         if t is not None and self._state == "active":
             t.accept_siblings(self._sibling_arrived)

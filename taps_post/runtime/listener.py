@@ -20,7 +20,8 @@ then the Listener stops accepting: its listening endpoints close, so later conne
 refused by the kernel (TCP RST, ICMP port unreachable), never queued, and connections the
 kernel had taken but the callback never saw are aborted. Carriers already queued stay for
 `async for`. An `async def` callback runs as a task the Listener owns (close() cancels and
-awaits it), at most carrier.maxHandlers at once; the others wait their turn in order.
+awaits it), at most carrier.maxHandlers at once; the others wait their turn in order (the
+contract is runtime/handlers.py's `Handlers`).
 Rule 6 (fork requests, runtime/fork.py): every new connection of a TCP-based stack with the
 length-prefix framer is held from the application until its first byte arrives, or for a
 short hold: 2 x the handshake RTT the kernel measured (TCP_INFO) + 10 ms, at most 100 ms. A
@@ -69,6 +70,7 @@ from .carrier import Carrier
 from .endpoints import Local, Remote
 from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot, tracer_for
 from .fork import ForkServer, speaks_fork
+from .handlers import Handlers
 from .trace import TraceCallback, Tracer
 
 __all__ = ["HOLD_CAP", "Listener", "barred_interfaces", "check_client_auth", "hold_delay",
@@ -192,8 +194,8 @@ class Listener:
         self._endpoints: list[Listening] = []
         self._bound: dict[str, int] = {}
         self._queue: asyncio.Queue[Carrier | None] = asyncio.Queue()
-        self._callback: Callable[[Carrier], Any] | None = None
-        self._callback_async = False
+        self._callback: Handlers | None = None
+        """The accept callback under Rule 5 (None: carriers go to the queue)."""
         self._handlers: set[asyncio.Task[Any]] = set()
         self._backlog: collections.deque[Carrier] = collections.deque()
         self._closed = False
@@ -287,37 +289,17 @@ class Listener:
         callback = self._callback
         if callback is None:
             self._queue.put_nowait(carrier)
-        elif self._callback_async:
-            if len(self._handlers) < self.settings.max_handlers:
-                self._spawn(callback(carrier))
-            else:
-                self._backlog.append(carrier)
+        elif callback.paused:
+            self._backlog.append(carrier)
         else:
-            result = callback(carrier)
-            if inspect.isawaitable(result):
-                self._spawn(result)  # a plain function that returned a coroutine: awaited
-            elif result is False:
-                self.stop_accepting()
+            callback.offer(carrier)
 
-    def _spawn(self, awaitable: Any) -> None:
-        task = asyncio.ensure_future(self._verdict(awaitable))
-        self._handlers.add(task)
-        task.add_done_callback(self._handler_done)
-
-    async def _verdict(self, awaitable: Any) -> None:
-        if await awaitable is False:
-            self.stop_accepting()
-
-    def _handler_done(self, task: asyncio.Task[Any]) -> None:
-        self._handlers.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            asyncio.get_running_loop().call_exception_handler({
-                "message": "taps_post Listener accept callback failed",
-                "exception": task.exception(), "task": task})
+    def _resume(self) -> None:
+        """An accept task finished: carriers waiting for a slot get it, in order."""
         callback = self._callback
-        while (self._backlog and callback is not None and self.accepting
-               and len(self._handlers) < self.settings.max_handlers):
-            self._spawn(callback(self._backlog.popleft()))
+        while self._backlog and callback is not None and self.accepting \
+                and not callback.paused:
+            callback.offer(self._backlog.popleft())
 
     def accept(self, callback: Callable[[Carrier], Any]) -> None:
         """Draft style: `callback(carrier)` for each new carrier until it returns False, then
@@ -326,9 +308,12 @@ class Listener:
         if not self.accepting:
             raise UsageError("this Listener stopped accepting (an accept callback returned "
                              "False, or it was closed)")
-        self._callback = callback
-        self._callback_async = _is_async(callback)
-        while not self._queue.empty() and self._callback is callback:
+        # Only an `async def` callback is bounded: a plain one is called before we know.
+        handlers = self._callback = Handlers(
+            callback, self.settings.max_handlers if _is_async(callback) else None,
+            message="taps_post Listener accept callback failed", owner=self._handlers,
+            resume=self._resume, stop=self.stop_accepting)
+        while not self._queue.empty() and self._callback is handlers:
             item = self._queue.get_nowait()
             if item is not None:
                 self._offer(item)

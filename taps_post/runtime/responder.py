@@ -12,7 +12,8 @@ closes once they finished, so the replies they send still go out.
 Rule 4: per carrier, at most carrier.maxHandlers `async` handlers run at once (the draft's
 backpressure idea): at the limit the carrier's next message waits, and so does reading
 from it. Handlers that await may then reply in another order than the requests came;
-carrier.maxHandlers 1 serves each carrier strictly in order.
+carrier.maxHandlers 1 serves each carrier strictly in order. Rules 3 and 4 are the shared
+callback contract of runtime/handlers.py, one `Handlers` per carrier.
 Rule 5: a carrier the peer forks from a served one (runtime/fork.py, QUIC streams) is served
 the same way: a Responder need not accept forks (draft 2.1.4), but a client that forks
 expects its requests on the child answered.
@@ -21,7 +22,6 @@ expects its requests on the child answered.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..policy.context import PolicyContext
 from .carrier import Carrier
 from .endpoints import Local
 from .establish import EnvSpec, FramerSpec
+from .handlers import Handlers
 from .listener import Listener, listen
 from .trace import TraceCallback
 
@@ -58,9 +59,10 @@ class _Serving:
 
     __slots__ = ("carrier", "handlers", "idle", "task")
 
-    def __init__(self, carrier: Carrier) -> None:
+    def __init__(self, carrier: Carrier, handlers: Handlers) -> None:
         self.carrier = carrier
-        self.handlers: set[asyncio.Task[None]] = set()
+        self.handlers = handlers
+        """The handler on this carrier's messages, at most carrier.maxHandlers at once."""
         self.idle = True
         """Waiting for the next message (nothing of ours would be cut short by cancelling)."""
         self.task: asyncio.Task[None] | None = None
@@ -103,7 +105,10 @@ class Responder:
         if self._stopped:
             carrier.abort()
             return False
-        serving = _Serving(carrier)
+        serving = _Serving(carrier, Handlers(
+            lambda msg: self.handler(msg, Reply(carrier, msg)),
+            max(1, self.listener.settings.max_handlers),
+            message="taps_post Responder handler failed", owner=self._tasks, stop=self.stop))
         serving.task = asyncio.ensure_future(self._run(serving))
         self._serving.add(serving)
         self._own(serving.task)
@@ -112,26 +117,17 @@ class Responder:
 
     async def _run(self, serving: _Serving) -> None:
         carrier = serving.carrier
-        limit = max(1, self.listener.settings.max_handlers)
         handlers = serving.handlers
         try:
             async for msg in carrier:
                 serving.idle = False
-                result = self.handler(msg, Reply(carrier, msg))
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(self._verdict(result))
-                    handlers.add(task)
-                    task.add_done_callback(handlers.discard)
-                    self._own(task)
-                    while len(handlers) >= limit:  # Rule 4: the next message waits
-                        await asyncio.wait(set(handlers), return_when=asyncio.FIRST_COMPLETED)
-                elif result is False:
-                    self.stop()
+                handlers.offer(msg)
+                await handlers.wait()  # Rule 4: at the bound the next message waits
                 if self._stopped:
                     break
                 serving.idle = True
-            if handlers:  # their replies go out before the carrier closes
-                await asyncio.gather(*handlers, return_exceptions=True)
+            if handlers.tasks:  # their replies go out before the carrier closes
+                await asyncio.gather(*handlers.tasks, return_exceptions=True)
         except ConnectionClosedError:
             pass
         finally:
@@ -140,10 +136,6 @@ class Responder:
             # A connectionless peer's carrier ends with the Listener, not with its messages.
             if "reliability" in stacks.info(carrier.stack).features or self._stopped:
                 await carrier.close()
-
-    async def _verdict(self, awaitable: Awaitable[Any]) -> None:
-        if await awaitable is False:
-            self.stop()
 
     def stop(self) -> None:
         """Stop serving (what a handler returning False does, Rule 3)."""
