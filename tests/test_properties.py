@@ -334,6 +334,11 @@ def _essence(d: dict[str, Any]) -> tuple[Any, ...]:
 @SETTINGS
 @given(scn=scenarios(), data=st.data())
 def test_duplicating_a_rule_changes_nothing(scn: dict[str, Any], data: st.DataObject) -> None:
+    """A copy of a rule that sorts after its original changes nothing. (A copy named to sort
+    first may: between statements equal in priority, specificity and strictness, the
+    document name and then the rule id decide, alphabetically, by design (conflict
+    resolution, step 1), so a copy of a losing `security.alpn` value in `aaa-dup.yaml` wins
+    over its original's rivals. Hypothesis found that case; it is the rule, not a bug.)"""
     places = [(layer, i, j) for layer in LAYERS for i, doc in enumerate(scn[layer])
               for j in range(len(doc["rules"]))]
     if not places:
@@ -342,11 +347,11 @@ def test_duplicating_a_rule_changes_nothing(scn: dict[str, Any], data: st.DataOb
     dup = copy.deepcopy(scn)
     rule = copy.deepcopy(dup[layer][i]["rules"][j])
     if data.draw(st.booleans(), label="copy within the same file"):
-        rule["id"] = data.draw(st.sampled_from(("aaa-copy", "zzz-copy")), label="copy id")
+        rule["id"] = "zzz-copy"
         rules = dup[layer][i]["rules"]
         rules.insert(data.draw(st.integers(0, len(rules)), label="position"), rule)
     else:
-        name = data.draw(st.sampled_from(("aaa-dup", "zzz-dup")), label="second file name")
+        name = "zzz-dup"
         docs = dup[layer]
         docs.insert(data.draw(st.integers(0, len(docs)), label="position"),
                     {"version": 1, "layer": layer, "name": name, "rules": [rule]})
