@@ -3,12 +3,16 @@
 It starts a TLS Responder on this machine, initiates a carrier to it through the example
 policies (the same `decide()` that `taps-post policy explain` prints), races the candidates,
 exchanges messages with the Post Sockets message properties, and connects a second time to
-show the Association resuming the TLS session. Everything stays on loopback.
+show the Association resuming the TLS session. Then the carrier model: a carrier born
+dormant, active on the first send, dormant again when the server resets it, and active again
+on the next send, with its events and its measured Path. Everything stays on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import sys
 import time
 
@@ -65,6 +69,57 @@ async def _quic(port: int, cert: tp.certs.Certificate, policy: tp.PolicyContext)
         await carrier.close()
 
 
+async def _dormant() -> None:
+    """Draft 2.1: initiate() returns an inactive carrier; sending activates it; a lost
+    connection leaves it dormant, and the next send activates it again."""
+    server_policy = tp.PolicyContext(system=[], app_name="demo-server")
+    accepted: asyncio.Queue[tp.Carrier] = asyncio.Queue()
+
+    def accept(carrier: tp.Carrier) -> bool:
+        accepted.put_nowait(carrier)
+        return True
+
+    listener = await tp.listen(tp.Local(address="127.0.0.1", port=0), policy=server_policy)
+    listener.accept(accept)
+    carrier = tp.initiate(f"tcp://127.0.0.1:{listener.port}",
+                          policy=tp.PolicyContext(system=[], app_name="demo-client"))
+    events: list[str] = []
+    dormant = asyncio.Event()
+
+    def on_event(event: tp.CarrierEvent) -> None:
+        events.append(type(event).__name__)
+        if isinstance(event, tp.Dormant):
+            dormant.set()
+
+    carrier.on_event(on_event)
+    _say("a carrier born dormant")
+    print(f"  after initiate(): active {carrier.is_active}, transients {carrier.transients}")
+    try:
+        await carrier.send(b"first")                 # activates: decide, race, send
+        server = await accepted.get()
+        print(f"  after send(): active {carrier.is_active}, server got "
+              f"{bytes(await server.receive())!r}")
+        await server.send(b"pong")
+        await carrier.receive()
+        path = carrier.paths[0]
+        print(f"  path {path.interface} {path.local_address} -> {path.remote_address}: "
+              f"rtt {path.rtt_ms} ms, loss {path.loss}, mtu {path.mtu}")
+        sock = server.transients[0].transport.get_extra_info("socket")  # the server resets
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.abort()
+        await asyncio.wait_for(dormant.wait(), 5)
+        print(f"  after the reset: active {carrier.is_active}, dormant {carrier.is_dormant}")
+        await carrier.send(b"second")                # activates again: a new race
+        again = await accepted.get()
+        print(f"  after send(): active {carrier.is_active}, server got "
+              f"{bytes(await again.receive())!r} on a new connection")
+        print(f"  events: {', '.join(events)}")
+        await again.close()
+    finally:
+        await carrier.close()
+        await listener.close()
+
+
 async def main() -> int:
     cert = tp.certs.self_signed(["localhost", "127.0.0.1", "::1"])
     server_policy = tp.PolicyContext(system=[], app_name="demo-server")
@@ -114,6 +169,7 @@ async def main() -> int:
             print(f"  {e.stack} via {e.interface} to {e.address}: {e.outcome}, rtt {e.rtt_ms} ms")
         if "quic" in responder.ports:
             await _quic(responder.ports["quic"], cert, policy)
+        await _dormant()
     finally:
         await responder.close()
     return 0

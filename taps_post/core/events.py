@@ -92,7 +92,9 @@ class SoftError:
 
 @dataclass(frozen=True, slots=True)
 class PathChange:
-    """The carrier moved to another path (re-activation on a new path, multipath changes)."""
+    """The carrier moved to another path: a re-activation on another interface, local IP or
+    remote address (`Path.route`; a new local port alone is no new path), or multipath
+    changes."""
 
     old: object
     new: object

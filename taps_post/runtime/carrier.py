@@ -547,7 +547,7 @@ class Carrier:
         if self._subscribers or self._listeners:
             self._emit(Ready(t.stack, t.local_address, t.remote_address, t.interface, path,
                              self._activations > 1))
-            if old is not None and old != path:
+            if old is not None and old.route != path.route:  # a new port is no new path
                 self._emit(PathChange(old, path))
 
     # ---- loss (Rule 3) --------------------------------------------------------------------

@@ -76,6 +76,14 @@ class Path:
         return self._remote
 
     @property
+    def route(self) -> tuple[str | None, str | None, tuple[str, int] | None]:
+        """Where the path runs: the interface, the local IP and the remote address and port.
+        The local port is left out: a new connection over the same interface between the
+        same addresses is a new Path object (its own measurements) on the same route, so a
+        carrier re-activated there reports no PathChange."""
+        return (self._interface, self._local[0] if self._local else None, self._remote)
+
+    @property
     def pvd(self) -> str | None:
         """The provisioning domain (RFC 7556) of the local interface, when it has one."""
         return self._info.pvd if self._info is not None else None

@@ -285,7 +285,8 @@ def test_dormant_after_a_peer_reset_then_send_reactivates_exactly_once(run, unti
                 await asyncio.wait_for(second.receive(), 0.1)  # nothing twice
             await carrier.close()
             kinds = [type(e).__name__ async for e in events]
-            assert kinds == ["Ready", "Dormant", "Ready", "PathChange", "Closed"], kinds
+            # The same route again (only the local port is new): no PathChange.
+            assert kinds == ["Ready", "Dormant", "Ready", "Closed"], kinds
             await second.close()
 
     run(main())
@@ -569,5 +570,47 @@ def test_close_during_activation_ends_it_and_leaks_nothing(run, until, store) ->
                 silent.accept()[0].close()
         await until(lambda: _fds() == base_fds and len(asyncio.all_tasks()) == base_tasks,
                     what=lambda: f"fds {_fds()} vs {base_fds}")
+
+    run(main())
+
+
+def test_a_reactivation_on_another_address_reports_path_change(run, until, tcp_policy,
+                                                               store) -> None:
+    """PathChange(old, new) when the new Transient runs between other addresses: the server
+    on ::1 resets and goes away, the next send re-races and wins on 127.0.0.1."""
+    async def main() -> None:
+        v4 = await tp.listen(tp.Local(address=LO4, port=0), policy=tcp_policy)
+        try:
+            v6 = await tp.listen(tp.Local(address="::1", port=v4.port), policy=tcp_policy)
+        except OSError:
+            await v4.close()
+            pytest.skip("the v4 listener's port is taken on ::1")
+        remote = tp.Remote(host="localhost", port=v4.port, addresses=("::1", LO4))
+        carrier = tp.initiate(remote, policy=tcp_policy, store=store)
+        events = carrier.events()
+        try:
+            await carrier.send(b"one")
+            assert carrier.remote_address is not None and carrier.remote_address[0] == "::1"
+            server = await next_carrier(v6)
+            assert await server.receive() == b"one"
+            await v6.close()  # no more ::1: the next race falls back to 127.0.0.1
+            reset(server)
+            await until(lambda: carrier.is_dormant, what="the client to see the reset")
+            await carrier.send(b"two")
+            assert carrier.remote_address == (LO4, v4.port)
+            again = await next_carrier(v4)
+            assert await again.receive() == b"two"
+            await again.close()
+            await carrier.close()
+            seen = [e async for e in events]
+            assert [type(e).__name__ for e in seen] == ["Ready", "Dormant", "Ready",
+                                                        "PathChange", "Closed"], seen
+            change = seen[3]
+            assert isinstance(change, tp.PathChange)
+            assert change.old.remote_address[0] == "::1"
+            assert change.new.remote_address == (LO4, v4.port)
+        finally:
+            await carrier.close()
+            await v4.close()
 
     run(main())
