@@ -188,7 +188,6 @@ class Carrier:
         self._reader: Handlers | None = None
         self._acceptor: Handlers | None = None
         self._forks: deque[Carrier] = deque()
-        self._path: Path | None = None
         if association is None:
             association = Association(_key_of(transient, remote), remote, local)
         self._association = association
@@ -226,7 +225,7 @@ class Carrier:
     @property
     def paths(self) -> list[Path]:
         """The Path of each open Transient serving this carrier now (empty while dormant)."""
-        return [t.path for t in self.transients if isinstance(t.path, Path) and t.is_open]
+        return [t.path for t in self.transients if t.is_open]
 
     @property
     def candidate(self) -> Candidate | None:
@@ -516,20 +515,14 @@ class Carrier:
 
     def _adopt(self, t: Transient) -> None:
         """Take `t` as the current Transient: bind it, watch it, give it its Path."""
-        old = self._path
+        previous = self._transient
+        old = previous.path if previous is not None else None
         t.bind(self)
         t.salvage = functools.partial(self._salvage, t)
         t.on_soft_error = self._soft_error
         t.closed.add_done_callback(self._transient_closed)
         decision = self._decision
-        info = None
-        if decision is not None and t.interface is not None:
-            for i in decision.interfaces:
-                if i.name == t.interface:
-                    info = i
-                    break
-        path = t.path = Path(t, info)
-        self._path = path
+        path = t.path = Path.of(t, decision.interfaces if decision is not None else ())
         self._transient = t
         self._state = "active"
         self._activations += 1
