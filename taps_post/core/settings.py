@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from ..decision.decision import Decision
 from ..policy.registry import DSCP, Pref
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "dscp_for"]
+
+
+def dscp_for(table: tuple[int, ...], niceness: int) -> int | None:
+    """The code point of `table` (DSCP by niceness, the last for all larger) for a message of
+    `niceness`; None when the table is empty (marking is off)."""
+    if not table:
+        return None
+    return table[min(niceness, len(table) - 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +43,7 @@ class Settings:
 
     def dscp_for(self, niceness: int) -> int | None:
         """The code point for a message of `niceness`, None when marking is off."""
-        table = self.dscp
-        if not table:
-            return None
-        return table[min(niceness, len(table) - 1)]
+        return dscp_for(self.dscp, niceness)
 
     @classmethod
     def from_decision(cls, d: Decision) -> Settings:

@@ -16,6 +16,7 @@ policy excluded stays excluded only if no socket can route around the exclusion.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import Callable, Sequence
@@ -30,9 +31,9 @@ from ..decision.decision import Candidate
 from ..system import routes
 from .transient import Transient
 
-__all__ = ["AttemptSpec", "InterfaceNotEnforcedError", "ListenSpec", "Listening",
+__all__ = ["AttemptSpec", "DscpMarker", "InterfaceNotEnforcedError", "ListenSpec", "Listening",
            "SessionState", "Stack", "bind_server", "bind_to_device",
-           "connected_datagram_socket", "family_of"]
+           "connected_datagram_socket", "family_of", "tos_option"]
 
 
 class SessionState(Protocol):
@@ -198,3 +199,39 @@ def connected_datagram_socket(c: Candidate, local_port: int = 0) -> socket.socke
 
 def family_of(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def tos_option(family: int) -> tuple[int, int]:
+    """The (level, option) that carries the TOS / traffic class octet (DSCP is its top six
+    bits: code point << 2) on a socket of `family`: IPV6_TCLASS on IPv6, IP_TOS on IPv4."""
+    if family == socket.AF_INET6:
+        return socket.IPPROTO_IPV6, socket.IPV6_TCLASS
+    return socket.IPPROTO_IP, socket.IP_TOS
+
+
+class DscpMarker:
+    """The DSCP mark of one socket, set per socket (TCP; a QUIC UDP socket, shared by every
+    session that sends on it): setsockopt only when the mark changes. An IPv6 socket also
+    gets IP_TOS (an IPv4-mapped peer of a dual-stack socket is reached through it; where the
+    kernel refuses that, the IPv6 mark stands). A mark the kernel refused (OSError, raised to
+    the caller) is not recorded, so the next `set` of it tries again."""
+
+    __slots__ = ("_level", "_option", "_sock", "_v6", "current")
+
+    def __init__(self, sock: Any, current: int | None = 0) -> None:
+        self._sock = sock
+        self._v6 = sock.family == socket.AF_INET6
+        self._level, self._option = tos_option(sock.family)
+        self.current = current
+        """The code point the socket carries now (None: unknown, the next `set` writes)."""
+
+    def set(self, code_point: int) -> None:
+        if code_point == self.current:
+            return
+        tos = code_point << 2  # DSCP is the top six bits of the TOS / traffic class octet
+        sock = self._sock
+        sock.setsockopt(self._level, self._option, tos)
+        if self._v6:
+            with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        self.current = code_point

@@ -47,7 +47,7 @@ from ..core.messages import InMessage, Pending
 from ..core.path import PathStats
 from ..errors import DeframingError
 from ..system import tcpinfo
-from .base import AttemptSpec, ListenSpec, bind_server, bind_to_device, family_of
+from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
 from .tls import client_tls_context, server_tls_context, verify_pins
 from .transient import Transient
 
@@ -66,18 +66,6 @@ def is_mptcp(sock: Any) -> bool | None:
         return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_IS_MPTCP))
     except (OSError, AttributeError):
         return None
-
-
-def set_dscp(sock: Any, code_point: int) -> None:
-    """Mark the socket's packets with `code_point` (Rule 5); IPv6 sockets get both options
-    (an IPv4-mapped peer is reached through IP_TOS)."""
-    tos = code_point << 2
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
 
 def _is_loopback(address: str) -> bool:
@@ -185,8 +173,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.accepted = False
         self._early_left = 0
         """Accepted: bytes of the stream that arrived in the SYN, not yet framed (Rule 4)."""
-        self.dscp_mark: int | None = None
-        """The DSCP code point set on the socket now (None: never set)."""
+        self.dscp_marker: DscpMarker | None = None
+        """The socket's DSCP mark (Rule 5), made with the socket when `dscp` marks."""
         self._preload_rest = b""
         """The part of the Fast Open frame the SYN did not carry (preload)."""
 
@@ -236,6 +224,8 @@ class StreamTransient(Transient, asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)  # type: ignore[attr-defined]
+        if self.dscp and self.dscp_marker is None and sock is not None:
+            self.dscp_marker = DscpMarker(sock, current=None)  # accepted: never set yet
         if self.fallback_stack is not None and is_mptcp(sock) is False:
             self.stack = self.fallback_stack
         if self.accepted and not self.secure:
@@ -343,13 +333,11 @@ class StreamTransient(Transient, asyncio.Protocol):
     def _mark(self, niceness: int) -> None:
         """Rule 5: the socket's mark follows the batch's most urgent message."""
         cp = self.dscp_for(niceness)
-        if cp is None or cp == self.dscp_mark or self.raw_socket is None:
+        marker = self.dscp_marker
+        if cp is None or marker is None:
             return
-        try:
-            set_dscp(self.raw_socket, cp)
-        except OSError:
-            return
-        self.dscp_mark = cp
+        with contextlib.suppress(OSError):  # refused: the old mark stands, tried again later
+            marker.set(cp)
 
     def preload(self, frame: bytes, in_syn: int, pending: Pending) -> None:
         """`frame` opens the stream (Fast Open, Rule 4): its first `in_syn` bytes rode in the
@@ -505,8 +493,10 @@ class StreamStack:
                 with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
                     sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((c.local_address, spec.local_port))
+            marker: DscpMarker | None = None
             if spec.settings.dscp:
-                set_dscp(sock, spec.settings.dscp[0])  # the SYN: niceness 0's mark
+                marker = DscpMarker(sock, current=None)
+                marker.set(spec.settings.dscp[0])  # the SYN: niceness 0's mark
             started = loop.time()
             addr = (c.remote_address, c.remote_port)
             framer = spec.framer()
@@ -528,8 +518,7 @@ class StreamStack:
                                         secure=self.secure)
             transient.nodelay_set = True  # _socket() did it; connection_made need not
             transient.dscp = spec.settings.dscp
-            if spec.settings.dscp:
-                transient.dscp_mark = spec.settings.dscp[0]  # set for the SYN above
+            transient.dscp_marker = marker  # set for the SYN above
             if copies:
                 copy, relays = copies[0]
                 copy.state = "sent"

@@ -39,6 +39,7 @@ from ..core.inbox import Inbox
 from ..core.messages import InMessage, OutMessage, Pending
 from ..core.outbox import Ledger, SendQueue
 from ..core.path import PathStats
+from ..core.settings import dscp_for
 from ..errors import ConnectionClosedError, MessageTooLargeError, UsageError
 
 __all__ = ["SEND_HIGH", "SEND_LOW", "Transient"]
@@ -178,10 +179,19 @@ class Transient:
 
     def dscp_for(self, niceness: int) -> int | None:
         """The DSCP code point for `niceness` (Settings.dscp_for), None when unmarked."""
-        table = self.dscp
-        if not table:
-            return None
-        return table[min(niceness, len(table) - 1)]
+        return dscp_for(self.dscp, niceness)
+
+    def report_soft_error(self, exc: BaseException) -> None:
+        """A soft error (ICMP on a connectionless socket): recorded as `soft_error` and given
+        to `on_soft_error`; it does not end the Transient, and neither does a failing
+        handler (the loop's exception handler hears of it)."""
+        self.soft_error = exc
+        if self.on_soft_error is not None:
+            try:
+                self.on_soft_error(exc)
+            except Exception as err:  # the owner's handler must not kill the transport
+                self.loop.call_exception_handler({"message": "taps_post soft error "
+                                                  "handler failed", "exception": err})
 
     def send_control(self, payload: bytes) -> None:
         """Send one control frame (Rule 6) now, ahead of anything still queued."""

@@ -33,7 +33,14 @@ from ..core.messages import OutMessage, Pending
 from ..core.path import PathStats
 from ..core.settings import Settings
 from ..system import tcpinfo
-from .base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from .base import (
+    AttemptSpec,
+    ListenSpec,
+    bind_server,
+    connected_datagram_socket,
+    family_of,
+    tos_option,
+)
 from .transient import Transient
 
 __all__ = ["DatagramTransient", "UdpStack", "bind_sink"]
@@ -51,8 +58,20 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
         self.last_send_error: OSError | None = None
         """The last error the kernel answered a send with (Rule 3)."""
         self.on_datagram: Callable[[bytes, tuple[str, int]], bool] | None = None
-        self.raw_socket: socket.socket | None = None
+        self._raw_socket: socket.socket | None = None
+        self._tos: tuple[int, int] = (socket.IPPROTO_IP, socket.IP_TOS)
+        """The socket's (level, option) of a DSCP mark (Rule 4), read once per socket."""
+
+    @property
+    def raw_socket(self) -> socket.socket | None:
         """The real socket (asyncio only shows a TransportSocket, which cannot send)."""
+        return self._raw_socket
+
+    @raw_socket.setter
+    def raw_socket(self, sock: socket.socket | None) -> None:
+        self._raw_socket = sock
+        if sock is not None:
+            self._tos = tos_option(sock.family)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -75,13 +94,7 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on UDP are soft (softErrorNotify); they do not close the carrier.
-        self.soft_error = exc
-        if self.on_soft_error is not None:
-            try:
-                self.on_soft_error(exc)
-            except Exception as err:  # the owner's handler must not kill the transport
-                self.loop.call_exception_handler({"message": "taps_post soft error "
-                                                  "handler failed", "exception": err})
+        self.report_soft_error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.terminate(exc)
@@ -122,9 +135,7 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
             cp = self.dscp_for(p.message.niceness)
             try:
                 if cp is not None:
-                    level, option = ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS)
-                                     if sock.family == socket.AF_INET6
-                                     else (socket.IPPROTO_IP, socket.IP_TOS))
+                    level, option = self._tos
                     anc = [(level, option, struct.pack("i", cp << 2))]
                     if to is not None:
                         sock.sendmsg([data], anc, 0, to)
