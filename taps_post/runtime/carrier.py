@@ -54,6 +54,7 @@ from ..decision.decision import Candidate, Decision
 from ..errors import Attempt, ConnectionClosedError, UsageError
 from ..stacks.transient import Transient
 from .association import Association
+from .endpoints import hostport
 from .handlers import Handlers
 from .path import Path
 from .trace import Tracer
@@ -1150,8 +1151,7 @@ def _key_of(transient: Transient | None, remote: Remote | None) -> str:
     address = transient.remote_address if transient is not None else None
     if not address:
         return "unknown"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport((address[0], address[1]))
 
 
 def _stream_capable(stack: str) -> bool:

@@ -27,7 +27,7 @@ from ..policy.context import PolicyContext
 from ..stacks.udp import DatagramTransient, bind_sink
 from .association import Association, AssociationStore, default_store
 from .carrier import Carrier
-from .endpoints import Local, Remote
+from .endpoints import Local, Remote, hostport
 from .establish import EnvSpec, policy_for, prepare, tracer_for
 from .listener import listen_decision, serving_interfaces
 from .path import Path
@@ -89,8 +89,7 @@ class Sink:
         self.explanation = decision
         bound = self._transient.local_address
         self.association = Association(
-            key=f"[{bound[0]}]:{bound[1]}" if bound and ":" in bound[0] else
-            f"{bound[0]}:{bound[1]}" if bound else "sink", local=local)
+            key=hostport((bound[0], bound[1])) if bound else "sink", local=local)
         """The draft's Sink.Association(): a Local with no Remote (a Sink hears anyone); its
         `paths` are those of the sockets it receives on."""
         self._inbox = Inbox()

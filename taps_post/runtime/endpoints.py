@@ -27,7 +27,7 @@ from ..certs import Certificate
 from ..decision.request import Request, parse_target
 from ..errors import ArgumentError, ResolutionError
 
-__all__ = ["Local", "Remote", "has_identity"]
+__all__ = ["Local", "Remote", "has_identity", "hostport"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -112,15 +112,13 @@ class Remote:
 
     @property
     def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         if self.scheme == "hostport":
-            return f"{host}:{self.port}"
-        return f"{self.scheme}://{host}:{self.port}"
+            return self.hostport
+        return f"{self.scheme}://{self.hostport}"
 
     @property
     def hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return hostport((self.host, self.port))
 
     @property
     def is_resolved(self) -> bool:
@@ -186,3 +184,9 @@ def _certs(certificates: Sequence[Certificate]) -> str:
     # only a Certificate's own repr is known to leave its key out.
     return "[" + ", ".join(repr(c) if isinstance(c, Certificate) else
                            f"<{type(c).__name__}>" for c in certificates) + "]"
+
+
+def hostport(address: tuple[str, int]) -> str:
+    """`host:port` text of an address, an IPv6 host in brackets (`[::1]:443`)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

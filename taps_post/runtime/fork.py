@@ -55,6 +55,7 @@ from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
 from .association import Association
 from .carrier import Carrier
+from .endpoints import hostport
 
 __all__ = ["CHALLENGE", "FORK", "HELLO", "LATE", "MAX_ANSWERING", "MAX_PENDING", "NONCE_SIZE",
            "NONCE_TTL", "OK", "REFUSE", "REQUEST", "RETRIES", "ForkServer", "answer_timeout",
@@ -341,7 +342,7 @@ async def _join(parent: Carrier, pt: Transient, request: bytes | None,
 
 def _peer(carrier: Carrier) -> str:
     addr = carrier.remote_address
-    return f"{carrier.stack} {addr[0]}:{addr[1]}" if addr else carrier.stack
+    return f"{carrier.stack} {hostport((addr[0], addr[1]))}" if addr else carrier.stack
 
 
 # ---- server side (a Listener's accepted carriers) ----------------------------------------------

@@ -67,7 +67,7 @@ from ..stacks.transient import Transient
 from ..system import live, routes
 from .association import Association, AssociationStore
 from .carrier import Carrier
-from .endpoints import Local, Remote
+from .endpoints import Local, Remote, hostport
 from .establish import EnvSpec, FramerSpec, framer_factory, policy_for, snapshot, tracer_for
 from .fork import ForkServer, speaks_fork
 from .handlers import Handlers
@@ -82,7 +82,7 @@ def listen_decision(local: Local, ctx: PolicyContext, kind: str,
     """What the policy allows for serving on `local` (Listener, Responder, Sink); a Local
     on an interface a rule excludes, or on its address, is refused here (Rule 4)."""
     host = local.address or "::"
-    target = f"[{host}]:{local.port}" if ":" in host else f"{host}:{local.port}"
+    target = hostport((host, local.port))
     request = parse_target(target, app=ctx.app_name, kind=kind)
     decision = decide(request, ctx, snapshot(env) or live.live_environment())
     if decision.outcome == "policy_prohibited":
@@ -271,7 +271,7 @@ class Listener:
         """Rule 7: the peer's Association (one per peer address and port)."""
         addr = transient.remote_address
         host, port = (addr[0], addr[1]) if addr else ("unknown", 0)
-        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        key = hostport((host, port))
         remote: Remote | None
         try:
             remote = Remote.ip(host, port)

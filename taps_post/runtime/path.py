@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..core.path import PathStats
 from ..decision.environment import Interface
+from .endpoints import hostport
 
 __all__ = ["Path"]
 
@@ -177,5 +178,4 @@ def _address(address: Any) -> tuple[str, int] | None:
 def _show(address: tuple[str, int] | None) -> str:
     if address is None:
         return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(address)
