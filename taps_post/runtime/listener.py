@@ -261,7 +261,6 @@ class Listener:
                           settings=self.settings, framer=self._framer,
                           forker=self.forks.fork if forks else None, tracer=self._tracer,
                           accepted=True)
-        association.attach(carrier)
         if forks:
             transient.on_control = functools.partial(self.forks.on_parent_control,
                                                      transient)
