@@ -19,7 +19,7 @@ from ..policy import catalog
 from ..policy.catalog import StackInfo
 from ..policy.context import PolicyContext
 from ..policy.match import glob_regex
-from ..policy.registry import INTERFACE_TYPES, REGISTRY, Pref
+from ..policy.registry import INTERFACE_TYPES, Pref, protocol_preferences
 from ..policy.resolve import Effective
 from .decision import Candidate, Decision, Exclusion, RankKey
 from .environment import Address, CacheEntry, Environment, Interface
@@ -28,10 +28,7 @@ from .request import Request
 
 __all__ = ["decide"]
 
-_PROTOCOL_PREFS = tuple(
-    name for name, spec in REGISTRY.items()
-    if spec.kind == "preference" and spec.level == "protocol" and not spec.map_key
-)
+_PROTOCOL_PREFS = protocol_preferences()
 
 Effectives = Mapping[str, Effective]
 

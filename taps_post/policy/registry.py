@@ -35,6 +35,7 @@ __all__ = [
     "lookup",
     "nearest",
     "protocol_features",
+    "protocol_preferences",
 ]
 
 
@@ -326,11 +327,16 @@ def fixed_keys() -> list[str]:
     return [s.name for s in _SPECS if not s.map_key]
 
 
+def protocol_preferences() -> tuple[str, ...]:
+    """The protocol-level preference keys (map keys aside), in registry order."""
+    return tuple(s.name for s in _SPECS
+                 if s.kind == "preference" and s.level == "protocol" and not s.map_key)
+
+
 def protocol_features() -> frozenset[str]:
     """The names a `StackInfo.features` set may hold: the protocol-level preference keys
     (a feature outside this set is never asked about, so it would be a silent typo)."""
-    return frozenset(s.name for s in _SPECS
-                     if s.kind == "preference" and s.level == "protocol" and not s.map_key)
+    return frozenset(protocol_preferences())
 
 
 def _nearest(word: str, choices: Any) -> str | None:
