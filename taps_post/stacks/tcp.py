@@ -348,24 +348,20 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.sent_any = True
         self.track(len(frame), pending)
 
-    def final_offsets(self, exc: BaseException | None) -> int | None:
+    def end_offsets(self, exc: BaseException | None) -> tuple[int | None, int | None]:
+        """Rule 6, one read: after a clean end our own offsets; after an error (asyncio
+        dropped its buffer) TCP_INFO's acknowledged bytes plus what the kernel still holds."""
         if exc is None:
             offsets = self.offsets()
-            return None if offsets is None else offsets[0]
-        acked = self.final_acked(exc)
-        held = outq(self.raw_socket)
-        return None if acked is None or held is None else acked + held
-
-    def final_acked(self, exc: BaseException | None) -> int | None:
-        if exc is None:
-            offsets = self.offsets()
-            return None if offsets is None else offsets[1]
+            return (None, None) if offsets is None else offsets
         if self.secure:
-            return None  # ciphertext offsets differ from ours
+            return None, None  # ciphertext offsets differ from ours
         info = tcpinfo.read(self.raw_socket)
         if info is None or info.bytes_acked is None:
-            return None
-        return max(0, info.bytes_acked - 1)  # tcpi_bytes_acked counts the SYN
+            return None, None
+        acked = max(0, info.bytes_acked - 1)  # tcpi_bytes_acked counts the SYN
+        held = outq(self.raw_socket)
+        return (None if held is None else acked + held), acked
 
     def write_control(self, frame: bytes) -> None:
         self._emit(frame)

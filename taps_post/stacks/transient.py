@@ -12,8 +12,9 @@ Rule 3: `on_sent` fires when the kernel has taken the message's last byte, `on_a
 peer acknowledged it, both read from the stack's own offsets (`offsets()`), never guessed; the
 core's Ledger turns offsets into events exactly once.
 Rule 4: a subclass provides `write_ready(ready)` and may override `offsets()`,
-`final_offsets()`, `submit_data()` (a direct-write fast path), `write_control()`,
-`path_stats()`, `detach_stream()`, `open_sibling()` and `accept_siblings()`.
+`end_offsets()` (or `final_offsets()`), `submit_data()` (a direct-write fast path),
+`write_control()`, `path_stats()`, `detach_stream()`, `open_sibling()` and
+`accept_siblings()`.
 Rule 5: every message ends exactly once (RFC 9622): `on_acked` where the stack acknowledges
 (TCP, TLS, QUIC streams), `on_expired` when its lifetime or an antecedent ran out before it
 was sent, or `on_send_error` when the stack refused it or the transport ended first. At the
@@ -215,7 +216,7 @@ class Transient:
         self._eof = True
         self.data_arrived()
         if self._ledger:
-            sent, acked = self.final_offsets(exc), self.final_acked(exc)
+            sent, acked = self.end_offsets(exc)
             if sent is not None and acked is not None:
                 self.fire_events(self._ledger.advance(sent, acked))
             self.fire_events(self._ledger.fail(exc, sent))
@@ -230,6 +231,14 @@ class Transient:
             if not w.done():
                 w.set_result(None)
         self._close_waiters.clear()
+
+    def end_offsets(self, exc: BaseException | None) -> tuple[int | None, int | None]:
+        """(sent, acked) when the transport ended, read once: the bytes the kernel is known
+        to have taken (so `Sent` precedes `Failed` only for what certainly left, Rule 5) and
+        the bytes the peer is known to have acknowledged (those messages end with on_acked,
+        not on_send_error); None where unknown. By default `final_offsets` and
+        `final_acked`, for stacks that override those instead."""
+        return self.final_offsets(exc), self.final_acked(exc)
 
     def final_offsets(self, exc: BaseException | None) -> int | None:
         """Bytes the kernel is known to have taken when the transport ended (None: unknown),
