@@ -136,19 +136,18 @@ class SendQueue:
     def drain_all(self, *, plain: bool = False) -> list[Pending]:
         """Everything still queued (the transport ended), in send order (Rule 4), each marked
         expired; the caller salvages them or reports them. `plain`: bytes queued by
-        push_data() come back too, as new Pendings without callbacks, so a salvage can send
-        them on the next transport (otherwise they are dropped: nobody awaits their fate)."""
-        out = sorted(self._queued.values(), key=send_key)
-        for p in out:
+        push_data() come back too, as new Pendings without callbacks (state new: only a
+        salvage asks for them, and it resets every state to new anyway), so it can send them
+        on the next transport (otherwise they are dropped: nobody awaits their fate)."""
+        left = list(self._queued.values())
+        for p in left:
             self._remove(p, expired=True)
-        if plain and self._plain:
-            wrapped = []
+        if plain:
             for s, d in self._plain:
                 w = Pending(OutMessage(d), None)
                 w.arrival = s
-                w.message.state = "expired"
-                wrapped.append(w)
-            out = sorted(out + wrapped, key=send_key)
+                left.append(w)
+        out = sorted(left, key=send_key)
         self.queued_bytes -= sum(len(d) for _s, d in self._plain)
         self._plain.clear()
         self._heap.clear()
