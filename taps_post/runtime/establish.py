@@ -56,7 +56,7 @@ from .fork import fork_stream, speaks_fork
 from .racing import race
 from .trace import LOGGERS, TraceCallback, Tracer
 
-__all__ = ["EnvSpec", "FramerSpec", "establish", "fork_carrier", "framer_factory", "initiate",
+__all__ = ["EnvSpec", "FramerSpec", "fork_carrier", "framer_factory", "initiate",
            "opener_for", "parallel_fork", "policy_for", "prepare", "secured", "snapshot",
            "tracer_for"]
 
@@ -235,17 +235,6 @@ def prepare(remote: Remote, local: Local | None, ctx: PolicyContext, framer: Fra
                             opener=opener_for(remote, local, ctx, framer, association, env,
                                               kind=kind, tracer=tracer),
                             forker=fork_carrier, tracer=tracer)
-    return carrier
-
-
-async def establish(remote: Remote, local: Local | None, ctx: PolicyContext,
-                    framer: FramerSpec, association: Association, env: EnvSpec, *,
-                    kind: str, tracer: Tracer | None,
-                    carrier_class: type[Carrier] = Carrier) -> Carrier:
-    """prepare(), then activate: an active carrier (PolicyError, EstablishmentError)."""
-    carrier = prepare(remote, local, ctx, framer, association, env, kind=kind, tracer=tracer,
-                      carrier_class=carrier_class)
-    await carrier.activate()
     return carrier
 
 
