@@ -950,22 +950,12 @@ class Carrier:
         """A new carrier sharing this one's decision, Association, endpoints, policy,
         framer, settings, opener and forker, on `transient` (None: a dormant carrier that
         activates with this one's opener, i.e. a plain parallel connection)."""
-        child = type(self)(
-            None, decision=self._decision, association=self._association,
+        return type(self)(
+            transient, decision=self._decision, association=self._association,
             candidate=self._candidate, remote=self._remote, local=self._local,
             policy=self._policy, framer=self._framer, opener=self._opener,
             forker=self.forker, tracer=self._tracer, settings=self._settings,
             accepted=self._accepted if accepted is None else accepted)
-        if transient is not None:
-            child.adopt(transient)
-        return child
-
-    def adopt(self, transient: Transient) -> None:
-        """Serve this (not yet active) carrier with `transient`, an open Transient made for
-        it elsewhere (a fork's new connection): bind it and make the carrier active."""
-        if self._state == "active" and self.is_active:
-            raise UsageError("this carrier is active already")
-        self._adopt(transient)
 
     def accept(self, callback: Callable[[Carrier], Any], *,
                max_concurrent: int | None = None) -> None:
