@@ -132,7 +132,6 @@ class _Join:
 
     def __init__(self, transient: Transient) -> None:
         self.transient = transient
-        self.loop = asyncio.get_running_loop()
         self.answers: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
 
     def on_control(self, payload: bytes) -> None:
@@ -246,8 +245,7 @@ async def _connect(parent: Carrier) -> Transient:
     candidate, settings, remote, framer = (parent.candidate, parent.settings, parent.remote,
                                            parent.framer)
     association = parent.association
-    if candidate is None or settings is None or remote is None or framer is None \
-            or association is None:
+    if candidate is None or settings is None or remote is None or framer is None:
         raise UsageError("fork() needs a carrier this side initiated (its candidate, "
                          "settings and Remote)")
     impl = stacks.get(candidate.stack)
@@ -298,8 +296,7 @@ async def _fork(parent: Carrier, *, request: bytes | None) -> Carrier:
                                    "False, or it is closed)") from None
         except _NotTaps as exc:
             if parallel:
-                if parent.association is not None:
-                    _plain_peers.add(parent.association)
+                _plain_peers.add(parent.association)
                 return parent.sibling(await _connect(parent))
             raise ForkRefusedError(
                 f"the peer ({_peer(parent)}) does not understand fork requests: {exc}; it is "
@@ -468,8 +465,7 @@ class ForkServer:
                 transient.send_control(_frame(REFUSE, nonce))
                 return
             c.timer.cancel()
-            if parent.association is not None:
-                self.proven.add(parent.association)
+            self.proven.add(parent.association)
             child = parent.sibling(c.transient)
             c.transient.on_control = functools.partial(self.on_parent_control, c.transient)
             if parent.deliver_fork(child):
