@@ -74,7 +74,6 @@ def new_source(local: Local | None, remote: Remote | str, *,
     carrier = prepare(remote, local, ctx, None, association, env, kind="source",
                       tracer=tracer_for(trace), carrier_class=Source)
     assert isinstance(carrier, Source)
-    carrier.forker = None
     return carrier
 
 
