@@ -94,6 +94,3 @@ class Pending:
 
     arrival: int = 0
     """Order of queueing on this carrier: the FIFO tie-break within one niceness."""
-
-    def sort_key(self) -> tuple[int, int]:
-        return (self.message.niceness, self.arrival)
