@@ -49,7 +49,6 @@ import asyncio
 import collections
 import errno
 import functools
-import inspect
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -178,11 +177,6 @@ def hold_delay(transient: Transient) -> float:
     return min(HOLD_CAP, 2.0 * (rtt_ms or 0.0) / 1000.0 + HOLD_SLACK)
 
 
-def _is_async(callback: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
-        getattr(callback, "__call__", None))  # noqa: B004 - an object with async __call__
-
-
 class Listener:
     """Accepts carriers on every stack the policy allows, all on one port number."""
 
@@ -307,9 +301,8 @@ class Listener:
         if not self.accepting:
             raise UsageError("this Listener stopped accepting (an accept callback returned "
                              "False, or it was closed)")
-        # Only an `async def` callback is bounded: a plain one is called before we know.
         handlers = self._callback = Handlers(
-            callback, self.settings.max_handlers if _is_async(callback) else None,
+            callback, self.settings.max_handlers,
             message="taps_post Listener accept callback failed", owner=self._handlers,
             resume=self._resume, stop=self.stop_accepting)
         while not self._queue.empty() and self._callback is handlers:
