@@ -93,6 +93,8 @@ Forker = Callable[["Carrier"], Awaitable["Carrier"]]
 """Opens a fork of a carrier on a stack with one connection per Transient (runtime/fork.py)."""
 
 _DEFAULT_HANDLERS = 16
+_CLOSED = "the carrier is closed"
+_CLOSED_ACTIVATING = "the carrier was closed while it was activating"
 """Concurrent async handlers when no decision says (policy carrier.maxHandlers)."""
 
 
@@ -319,7 +321,7 @@ class Carrier:
         whose connection ended (only the peer can initiate again)."""
         t = self._fast
         if t is None or not t.is_open:
-            if self._accepted or self._opener is None:
+            if not self._initiates():
                 raise UsageError("an accepted carrier cannot be activated: only the peer "
                                  "that initiated it can establish a new connection")
             await self._activate()
@@ -328,8 +330,12 @@ class Carrier:
             if inspect.isawaitable(result):
                 await result
 
+    def _initiates(self) -> bool:
+        """This side can open a new connection: an initiated carrier, with its opener."""
+        return self._opener is not None and not self._accepted
+
     def _reactivatable(self) -> bool:
-        if self._opener is None or self._accepted:
+        if not self._initiates():
             return False
         settings = self._settings
         return settings is None or settings.reactivate
@@ -339,7 +345,7 @@ class Carrier:
             raise UsageError("this carrier became a stream (as_stream()); use its writer")
         if self._state == "closed" or self._closing:
             raise ConnectionClosedError(self._closed_text())
-        if self._opener is None or self._accepted:
+        if not self._initiates():
             raise UsageError("an accepted carrier cannot be activated again: only the peer "
                              "that initiated it can establish a new one")
         if self._state == "lost" and not self._reactivatable():
@@ -349,8 +355,8 @@ class Carrier:
         t = self._transient
         failure = t.failure if t is not None else None
         if self._closing or failure is None:
-            return "the carrier is closed"
-        return f"the carrier is closed: {t.stack if t else ''} failed: {failure}"
+            return _CLOSED
+        return f"{_CLOSED}: {t.stack if t else ''} failed: {failure}"
 
     async def _activate(self) -> Transient:
         """Active now (the Transient), or raise why not (Rule 2)."""
@@ -375,7 +381,7 @@ class Carrier:
         except asyncio.CancelledError:
             self._activator = None
             if self._stopping and task is not None and task.uncancel() <= cancelling:
-                exc = ConnectionClosedError("the carrier was closed while it was activating")
+                exc = ConnectionClosedError(_CLOSED_ACTIVATING)
                 self._end_activation(exc)
                 raise exc from None
             if self._joiners and not self._closing:
@@ -414,8 +420,7 @@ class Carrier:
         try:
             await self._establish()
         except asyncio.CancelledError:
-            self._end_activation(ConnectionClosedError(
-                "the carrier was closed while it was activating"))
+            self._end_activation(ConnectionClosedError(_CLOSED_ACTIVATING))
         except Exception as exc:
             self._end_activation(exc)
         else:
@@ -479,7 +484,7 @@ class Carrier:
         if self._closing:
             t.abort()
             self._drop_held()
-            raise ConnectionClosedError("the carrier was closed while it was activating")
+            raise ConnectionClosedError(_CLOSED_ACTIVATING)
         self._decision = est.decision
         self._candidate = est.candidate
         self._remote = est.remote
@@ -684,7 +689,7 @@ class Carrier:
             _fire(h.on_send_error, h.message)
 
     def _drop_held(self) -> None:
-        self._fail_held(ConnectionClosedError("the carrier is closed"))
+        self._fail_held(ConnectionClosedError(_CLOSED))
 
     def _refresh_flight(self) -> None:
         """A fresh flight holding the same messages (the old one's attempts are gone)."""
@@ -914,7 +919,7 @@ class Carrier:
         if not t.untouched:
             raise UsageError("as_stream() is only allowed before the first message")
         if not t.is_open:
-            raise ConnectionClosedError("the carrier is closed")
+            raise ConnectionClosedError(_CLOSED)
         transport, leftover, eof = t.detach_stream()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16, loop=loop)
