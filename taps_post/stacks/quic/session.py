@@ -192,8 +192,9 @@ class QuicSession(QuicConnectionProtocol):
         self.is_open = True
         self.local_address: tuple[str, int] | None = None
         self.remote_address: tuple[str, int] | None = None
-        self.tracking = False
-        """A stream has on_sent/on_acked bookkeeping pending: transmit() must check it."""
+        self._tracked: dict[QuicStreamTransient, None] = {}
+        """Streams with on_sent/on_acked bookkeeping pending, in the order they began to wait
+        (a dict as an ordered set): transmit() checks these, not every stream ever opened."""
         self._uni_in: dict[int, bytearray] = {}
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
@@ -285,8 +286,8 @@ class QuicSession(QuicConnectionProtocol):
             mtu=self.connection.configuration.max_datagram_size,
             sent=r.packets_sent)
 
-    def progress_pending(self) -> None:
-        self.tracking = True
+    def progress_pending(self, stream: QuicStreamTransient) -> None:
+        self._tracked[stream] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._dscp and self._marker is None:
@@ -451,13 +452,13 @@ class QuicSession(QuicConnectionProtocol):
             return
         if self._datagrams_out:
             self._datagrams_left()
-        if self.tracking:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
-            pending = False
-            for t in list(self.streams.values()):
+        tracked = self._tracked
+        if tracked:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
+            for t in list(tracked):
                 if t.tracking_pending():
                     t.check_progress()
-                    pending = pending or t.tracking_pending()
-            self.tracking = pending
+                if not t.tracking_pending():
+                    del tracked[t]
 
     def error_received(self, exc: Exception) -> None:
         """ICMP errors: fatal during the handshake (port unreachable means nobody serves QUIC

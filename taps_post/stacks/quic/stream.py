@@ -102,8 +102,9 @@ class StreamHost(Protocol):
 
     def watch_deadline(self, when: float, callback: Callable[[], None]) -> None: ...
 
-    def progress_pending(self) -> None:
-        """A stream waits for on_sent / on_acked: check progress after each transmit."""
+    def progress_pending(self, stream: QuicStreamTransient) -> None:
+        """`stream` waits for on_sent / on_acked: check its progress after each transmit
+        until its `tracking_pending()` is False."""
         ...
 
     def path_stats(self) -> PathStats: ...
@@ -181,7 +182,7 @@ class QuicStreamTransient(Transient):
                 payload = uni_payload(self.stream_id, frame)
                 quic.send_stream_data(uni, payload, end_stream=True)
                 self._uni[uni] = (p, len(payload))
-                session.progress_pending()
+                session.progress_pending(self)
                 session.watch_deadline(p.deadline, functools.partial(self._expire_uni, uni))
             else:
                 frame = self.framer.encode(msg.data)
@@ -248,7 +249,7 @@ class QuicStreamTransient(Transient):
 
     def track(self, end: int, p: Pending) -> None:
         if self._ledger.track(end, p):
-            self.session.progress_pending()
+            self.session.progress_pending(self)
 
     def tracking_pending(self) -> bool:
         """Messages wait for on_sent/on_acked on this stream or its expiring side streams."""
