@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.framing import Framer, RawFramer
-from ..core.messages import OutMessage, Pending
 from ..core.path import PathStats
 from ..core.settings import Settings
 from ..system import tcpinfo
@@ -100,39 +99,35 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
         self.terminate(exc)
 
     def write_ready(self, ready: list[Any]) -> None:
-        transport = self.transport
-        sendto = transport.sendto
-        # A listener's per-peer view sends to its peer itself; the real socket needs the
-        # address (the listening socket is not connected).
-        to = self.peer if transport.get_extra_info("peername") is None else None
-        marking = bool(self.dscp)
+        # The transport sends to the peer itself: a connected socket, or a listener's
+        # per-peer view (_PeerView), which addresses its peer.
+        sendto = self.transport.sendto
+        plain_cp = self.dscp_for(0)  # None: nothing is marked
         for p in ready:
-            plain = type(p) is bytes
-            if plain and not marking:
-                if to is not None:
-                    sendto(p, to)
-                else:
+            if type(p) is bytes:
+                if plain_cp is None:
                     sendto(p)
+                    continue
+                err = self._send_raw(p, plain_cp)
+                if err is not None:
+                    self.last_send_error = err
                 continue
-            if plain:
-                p = Pending(OutMessage(p), None)
-            self._send_one(p, to)
+            err = self._send_raw(p.message.data, self.dscp_for(p.message.niceness))
+            if err is not None:
+                self.last_send_error = err
+                self.fire(p.on_send_error, p.message)
+            else:
+                self.fire(p.on_sent, p.message)
         self.sent_any = True
 
-    def _write_through_transport(self, data: bytes, to: tuple[str, int] | None) -> None:
-        if to is not None:
-            self.transport.sendto(data, to)
-        else:
-            self.transport.sendto(data)
-
-    def _send_one(self, p: Pending, to: tuple[str, int] | None) -> None:
-        """Rule 3: write one datagram with the kernel's verdict (and Rule 4's mark)."""
-        data = p.message.data
+    def _send_raw(self, data: bytes, cp: int | None) -> OSError | None:
+        """Rule 3: write one datagram (marked with code point `cp`, Rule 4; None: unmarked)
+        and return the kernel's refusal, None when it took the datagram or asyncio holds it
+        (errors then come as soft errors). The caller fires the message's callbacks."""
         sock = self.raw_socket
         transport = self.transport
         if sock is not None and not transport.get_write_buffer_size():
             to = self.peer  # None: the socket is connected
-            cp = self.dscp_for(p.message.niceness)
             try:
                 if cp is not None:
                     level, option = self._tos
@@ -148,14 +143,11 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
             except (BlockingIOError, InterruptedError):
                 pass  # the kernel's buffer is full: asyncio queues it below
             except OSError as exc:
-                self.last_send_error = exc
-                self.fire(p.on_send_error, p.message)
-                return
+                return exc
             else:
-                self.fire(p.on_sent, p.message)
-                return
-        self._write_through_transport(data, to)
-        self.fire(p.on_sent, p.message)  # asyncio holds it; errors now come as soft errors
+                return None
+        transport.sendto(data)  # a _PeerView adds its peer's address
+        return None
 
     def path_stats(self) -> PathStats:
         """UDP measures nothing but the path MTU a connected socket knows."""
