@@ -231,25 +231,26 @@ class Listener:
             transient.abort()  # taken by the kernel before the endpoint closed: refused
             return
         if speaks_fork(transient):
-            self.forks.hold(transient, hold_delay(transient), self._admit)
+            self.forks.hold(transient, hold_delay(transient),
+                            functools.partial(self._admit, forks=True))
         else:
-            self._admit(transient)
+            self._admit(transient, forks=False)
 
-    def _admit(self, transient: Transient) -> None:
-        """A new connection that is not a fork: a carrier for the application."""
+    def _admit(self, transient: Transient, *, forks: bool) -> None:
+        """A new connection that is not a fork: a carrier for the application (`forks`:
+        it speaks fork requests, speaks_fork())."""
         if not self.accepting:
             transient.abort()
             return
-        carrier = self._carrier_for(transient)
+        carrier = self._carrier_for(transient, forks)
         if self._tracer is not None:
             self._tracer.emit("listener.accepted", stack=transient.stack,
                               interface=transient.interface, local=transient.local_address,
                               remote=transient.remote_address)
         self._offer(carrier)
 
-    def _carrier_for(self, transient: Transient) -> Carrier:
+    def _carrier_for(self, transient: Transient, forks: bool) -> Carrier:
         association = self._association_for(transient)
-        forks = speaks_fork(transient)
         carrier = Carrier(transient, decision=self.explanation, association=association,
                           remote=association.remote, local=self._local,
                           settings=self.settings, framer=self._framer,
