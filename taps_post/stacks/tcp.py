@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.early import EarlyAttempt
 from ..core.framing import LENGTH, Framer, LengthPrefixFramer
 from ..core.messages import InMessage, Pending
 from ..core.path import PathStats
@@ -409,8 +408,8 @@ def _take_ticket(association: Any, stack: str,
     def mine(t: Any) -> bool:
         return isinstance(t, TlsTicket) and t.context is context
 
-    ticket = association.take_ticket(stack, accept=mine)
-    return ticket.session if isinstance(ticket, TlsTicket) and mine(ticket) else None
+    ticket = association.take_ticket(stack, accept=mine)  # only a ticket mine() accepts
+    return None if ticket is None else ticket.session
 
 
 class ResumingContext:
@@ -496,14 +495,14 @@ class StreamStack:
             started = loop.time()
             addr = (c.remote_address, c.remote_port)
             framer = spec.framer()
-            early = spec.early if isinstance(spec.early, EarlyAttempt) else None
+            early = spec.early
             copies = (early.take(limit=1)
                       if early is not None and not self.secure and not self.mptcp
                       and spec.settings.zero_rtt and fastopen_enabled() else [])
             frame = b""
             in_syn = 0
             if copies:
-                copy, _relays = copies[0]
+                copy, relays = copies[0]
                 frame = framer.encode(copy.data)
                 in_syn = await _fastopen_connect(sock, addr, frame)
             else:
@@ -516,7 +515,6 @@ class StreamStack:
             transient.dscp = spec.settings.dscp
             transient.dscp_marker = marker  # set for the SYN above
             if copies:
-                copy, relays = copies[0]
                 copy.state = "sent"
                 transient.preload(frame, in_syn, Pending(copy, None, *relays))
                 transient.early_attempt = early
