@@ -342,7 +342,6 @@ class QuicSession(QuicConnectionProtocol):
         assert self.framer is not None
         t = QuicStreamTransient(self, stream_id, framer=self.framer(), max_size=self.max_size,
                                 interface=self.interface)
-        t.remote_address = self.remote_address
         self.streams[stream_id] = t
         self._open_streams.add(stream_id)
         if self.primary is None:

@@ -174,21 +174,20 @@ class QuicStreamTransient(Transient):
                 session.flush()  # what was written before goes without it
             if marking:
                 session.mark(msg.niceness)
-            if not msg.reliable and self._write_datagram(p):  # wire.as_datagram, inlined
-                pass
-            elif per_message and msg.lifetime is not None and p.deadline is not None:
+            if msg.reliable or not self._write_datagram(p):
                 frame = self.framer.encode(msg.data)
-                uni = quic.get_next_available_stream_id(is_unidirectional=True)
-                payload = uni_payload(self.stream_id, frame)
-                quic.send_stream_data(uni, payload, end_stream=True)
-                self._uni[uni] = (p, len(payload))
-                session.progress_pending(self)
-                session.watch_deadline(p.deadline, functools.partial(self._expire_uni, uni))
-            else:
-                frame = self.framer.encode(msg.data)
-                quic.send_stream_data(self.stream_id, frame)
-                self._offset += len(frame)
-                self.track(self._offset, p)
+                if per_message and msg.lifetime is not None and p.deadline is not None:
+                    uni = quic.get_next_available_stream_id(is_unidirectional=True)
+                    payload = uni_payload(self.stream_id, frame)
+                    quic.send_stream_data(uni, payload, end_stream=True)
+                    self._uni[uni] = (p, len(payload))
+                    session.progress_pending(self)
+                    session.watch_deadline(p.deadline,
+                                           functools.partial(self._expire_uni, uni))
+                else:
+                    quic.send_stream_data(self.stream_id, frame)
+                    self._offset += len(frame)
+                    self.track(self._offset, p)
             wrote = True
             if msg.immediate:  # own packet, now: nothing written after it joins its packet
                 session.flush()
