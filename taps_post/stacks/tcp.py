@@ -71,13 +71,29 @@ def _is_loopback(address: str) -> bool:
     return address.startswith("127.") or address == "::1"
 
 
-def fastopen_enabled() -> bool:
-    """net.ipv4.tcp_fastopen bit 0 allows Fast Open on client sockets (per namespace)."""
+def _fastopen_sysctl() -> int | None:
+    """net.ipv4.tcp_fastopen of this namespace; None when it cannot be read."""
     try:
         with open("/proc/sys/net/ipv4/tcp_fastopen", encoding="ascii") as fh:
-            return bool(int(fh.read().strip() or "0") & 1)
+            return int(fh.read().strip() or "0")
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def fastopen_enabled() -> bool:
+    """net.ipv4.tcp_fastopen bit 0 allows Fast Open on client sockets (per namespace)."""
+    return bool((_fastopen_sysctl() or 0) & 1)
+
+
+_TFO_SERVER = 0x2 | 0x400
+"""net.ipv4.tcp_fastopen: server Fast Open (0x2) on listeners without TCP_FASTOPEN (0x400)."""
+
+
+def fastopen_without_sockopt() -> bool:
+    """Can a listener that did not set TCP_FASTOPEN take data in SYNs all the same? Only
+    where the sysctl enables it for every listener; True when it cannot be read."""
+    value = _fastopen_sysctl()
+    return value is None or value & _TFO_SERVER == _TFO_SERVER
 
 
 def syn_data_acked(sock: Any) -> bool:
@@ -169,7 +185,9 @@ class StreamTransient(Transient, asyncio.Protocol):
         """The TLS session this connection resumed with, never to be stored again."""
         self.fallback_stack: str | None = None
         """Accepted on an MPTCP listener: the stack to report if MPTCP fell back (Rule 7)."""
-        self.accepted = False
+        self.syn_data_possible = False
+        """Accepted on a plain (not TLS) listener whose SYNs may carry data (TCP_FASTOPEN was
+        set, or the sysctl allows it without): only then is TCP_INFO read for it (Rule 4)."""
         self._early_left = 0
         """Accepted: bytes of the stream that arrived in the SYN, not yet framed (Rule 4)."""
         self.dscp_marker: DscpMarker | None = None
@@ -227,7 +245,7 @@ class StreamTransient(Transient, asyncio.Protocol):
             self.dscp_marker = DscpMarker(sock, current=None)  # accepted: never set yet
         if self.fallback_stack is not None and is_mptcp(sock) is False:
             self.stack = self.fallback_stack
-        if self.accepted and not self.secure:
+        if self.syn_data_possible:
             self._early_left = syn_bytes(sock)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -552,10 +570,14 @@ class StreamStack:
         sock = self._socket(spec.address, fallback=True)
         try:
             bind_server(sock, spec.address, spec.port, spec.interface)
+            syn_data = False
             if spec.settings.zero_rtt and not self.secure:
                 # Accept data in SYNs (TCP Fast Open) where the namespace's sysctl allows.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
+                    syn_data = True
+            if not syn_data and not self.secure:
+                syn_data = fastopen_without_sockopt()
             sock.listen(128)
             tls = (server_tls_context(spec.settings, spec.identity, spec.trusted)
                    if self.secure else None)
@@ -567,7 +589,7 @@ class StreamStack:
                                     secure=self.secure)
                 t.on_connection = spec.on_transient
                 t.fallback_stack = fallback
-                t.accepted = True
+                t.syn_data_possible = syn_data
                 t.dscp = spec.settings.dscp
                 return t
 
