@@ -29,7 +29,7 @@ _SIZE = 232
 """Bytes asked for: up to tcpi_snd_wnd (Linux 5.4); the kernel returns what it has."""
 
 # (name, offset, struct format) for the fields read, from include/uapi/linux/tcp.h.
-_FIELDS: tuple[tuple[str, int, str], ...] = (
+_LAYOUT: tuple[tuple[str, int, str], ...] = (
     ("state", 0, "B"),
     ("options", 5, "B"),
     ("pmtu", 60, "I"),
@@ -44,6 +44,10 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("data_segs_out", 156, "I"),
     ("delivery_rate", 160, "Q"),
 )
+_FIELDS: tuple[tuple[str, int, int, struct.Struct], ...] = tuple(
+    (name, offset, offset + struct.calcsize("=" + fmt), struct.Struct("=" + fmt))
+    for name, offset, fmt in _LAYOUT)
+"""(name, offset, end, compiled native-order unpacker) per field, built once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +73,10 @@ class TcpInfo:
 def parse(raw: bytes) -> TcpInfo:
     """The fields that `raw` (a getsockopt answer, possibly short) holds (Rule 1)."""
     values: dict[str, int] = {}
-    for name, offset, fmt in _FIELDS:
-        if offset + struct.calcsize(fmt) <= len(raw):
-            values[name] = struct.unpack_from("=" + fmt, raw, offset)[0]
+    size = len(raw)
+    for name, offset, end, field in _FIELDS:
+        if end <= size:
+            values[name] = field.unpack_from(raw, offset)[0]
     return TcpInfo(**values)
 
 
