@@ -197,7 +197,7 @@ class ClientAuth:
     """`require`: a client without a certificate is refused (`request`: let in)."""
     pins: frozenset[str]
     """Fingerprints of the trusted certificates: each is accepted as itself."""
-    cadata: bytes | None
+    cadata: bytes
     """The trusted certificates as PEM, used as CAs for a certificate they signed."""
 
     def check(self, peer_der: bytes | None) -> str | None:
@@ -212,18 +212,15 @@ class ClientAuth:
         got = fingerprint_of_der(peer_der)
         if got in self.pins:
             return got
-        if self.cadata is not None:
-            from cryptography import x509
+        from cryptography import x509
 
-            try:
-                verify_certificate(certificate=x509.load_der_x509_certificate(peer_der),
-                                   cadata=self.cadata)
-            except Exception as exc:
-                raise ClientAuthError(f"the client's certificate {got} is not trusted: {exc}",
-                                      BAD_CERTIFICATE) from exc
-            return got
-        raise ClientAuthError(f"the client's certificate {got} is not trusted",
-                              BAD_CERTIFICATE)
+        try:
+            verify_certificate(certificate=x509.load_der_x509_certificate(peer_der),
+                               cadata=self.cadata)
+        except Exception as exc:
+            raise ClientAuthError(f"the client's certificate {got} is not trusted: {exc}",
+                                  BAD_CERTIFICATE) from exc
+        return got
 
 
 def client_auth(spec: ListenSpec) -> ClientAuth | None:

@@ -250,7 +250,7 @@ class QuicSession(QuicConnectionProtocol):
 
     @property
     def datagrams_negotiated(self) -> bool:
-        return peer_max_datagram_frame_size(self.connection) is not None
+        return self.peer_max_datagram_frame is not None
 
     @property
     def peer_max_datagram_frame(self) -> int | None:
@@ -605,10 +605,11 @@ class QuicSession(QuicConnectionProtocol):
         if t is None:
             if sid in self._refused:
                 return
+            accept = self.accept_callback
             acceptor = self._acceptor
-            accepting = self.accept_callback is not None and (
-                acceptor is None or acceptor.stream_id in self._open_streams)
-            if accepting and self.refusing_siblings:
+            if acceptor is not None and acceptor.stream_id not in self._open_streams:
+                accept = None  # the carrier that called accept() closed: on_stream again
+            if accept is not None and self.refusing_siblings:
                 self._refuse(sid)
                 return
             t = self._attach(sid)
@@ -616,8 +617,8 @@ class QuicSession(QuicConnectionProtocol):
             # to the carrier that called accept() while it is open, else they are new
             # carriers too. An accept callback that returns False takes this one and
             # refuses every later one.
-            if accepting and self.accept_callback is not None and t is not self.primary:
-                if self.accept_callback(t) is False:
+            if accept is not None and t is not self.primary:
+                if accept(t) is False:
                     self.refusing_siblings = True
             elif self.on_stream is not None:
                 self.on_stream(t)

@@ -192,9 +192,9 @@ class QuicStack:
         return QuicListening(transport, sessions, sock.getsockname()[1])
 
 
-def session_done(session: QuicSession | None) -> bool:
-    """The handshake completed (or the session is gone): nothing more rides as 0-RTT."""
-    return session is None or session.handshake_done or not session.is_open
+def session_done(session: QuicSession) -> bool:
+    """The handshake completed (or the session closed): nothing more rides as 0-RTT."""
+    return session.handshake_done or not session.is_open
 
 
 class QuicListening:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 
 __all__ = ["DATAGRAM_FRAME_SIZE", "DATAGRAM_MAX_PAYLOAD", "REFUSED_STREAM", "RESET_EXPIRED",
-           "as_datagram", "datagram_fits", "datagram_frame_size", "datagram_payload",
+           "datagram_fits", "datagram_frame_size", "datagram_payload",
            "encode_varint", "is_client_initiated", "is_unidirectional", "split_datagram",
            "split_uni", "uni_payload"]
 
@@ -39,12 +39,6 @@ REFUSED_STREAM = 0x2
 opened after this connection's carriers stopped accepting siblings (accept callback False)."""
 
 _OWNER = struct.Struct("!Q")
-
-
-def as_datagram(reliable: bool) -> bool:
-    """A message that goes as a DATAGRAM frame (Rule 2): `reliable=False`, whatever its
-    `immediate`. Whether it can (negotiated, size) is `datagram_fits`'s question."""
-    return not reliable
 
 
 def encode_varint(value: int) -> bytes:
