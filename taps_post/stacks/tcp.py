@@ -202,9 +202,11 @@ class StreamTransient(Transient, asyncio.Protocol):
 
     def submit_data(self, data: bytes) -> None:
         if self._direct and self._pump_handle is None and not self._writing_paused \
-                and not self._queue.queued_bytes and not len(self._queue) and not self.dscp:
+                and not self._queue.queued_bytes and not len(self._queue):
             self._admit(data)
             self._direct = False  # idle link: frame and write, no queue round trip
+            if self.dscp:
+                self._mark(0)  # Rule 5: what write_ready would mark for plain bytes
             self._emit(self.framer.encode(data))
             self.sent_any = True
             return
