@@ -110,7 +110,7 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
         if key in _CACHE:
             return _CACHE[key]
         text = read_policy_text(path)  # a regular file, bounded: never a FIFO or /dev/zero
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # the stat (read_policy_text raises only InputError)
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
     data, pos = load_yaml(text, path)
     env = _build(data, pos)

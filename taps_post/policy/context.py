@@ -322,10 +322,6 @@ class PolicyContext:
                                        tuple(conflicts), {})
         return found
 
-    def matching(self, subject: Subject) -> list[tuple[PolicyFile, LoadedRule]]:
-        """The (file, rule) pairs whose `when` matches `subject`, in file and rule order."""
-        return [(f, r) for f, r in self._seen().shared.rules if r.matcher.matches(subject)]
-
     @property
     def warnings(self) -> tuple[Diagnostic, ...]:
         """Every loaded file's warnings (problems that do not stop the policy applying)."""
