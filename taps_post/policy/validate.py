@@ -122,7 +122,42 @@ _ABSENT = -1
 """The trie branch of rules whose `when` leaves a field out (they match any value of it)."""
 
 
-class _GlobField:
+class _Index:
+    """Which distinct lists of one field's values cover a given list: a list covers another
+    when every item of that one has a holder in it. `ids` numbers the lists, `holding` gives
+    the lists holding an item; a subclass says which lists cover one item (`_holders`)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+        self.holding: dict[Any, set[int]] = {}
+        self.cache: dict[Hashable, frozenset[int]] = {}
+
+    def add(self, value: Any) -> int:
+        vid = self.ids.setdefault(value, len(self.ids))
+        for item in value:
+            self.holding.setdefault(item, set()).add(vid)
+        return vid
+
+    def finish(self) -> None:
+        pass
+
+    def _holders(self, item: Any) -> set[int]:
+        raise NotImplementedError
+
+    def covering(self, value: Any) -> frozenset[int]:
+        hit = self.cache.get(value)
+        if hit is None:
+            found: set[int] | None = None
+            for item in value:
+                these = self._holders(item)
+                found = these if found is None else found & these
+                if not found:
+                    break
+            hit = self.cache[value] = _every(self.ids) if found is None else frozenset(found)
+        return hit
+
+
+class _GlobField(_Index):
     """An `app` or `host` field: which distinct pattern lists cover a given one, as
     `_globs_cover` decides, without trying every list.
 
@@ -131,14 +166,12 @@ class _GlobField:
     globs without either (`*x*`) are tried against every name."""
 
     def __init__(self, fold: bool) -> None:
+        super().__init__()
         self.fold = fold
-        self.ids: dict[tuple[str, ...], int] = {}
-        self.holding: dict[str, set[int]] = {}
         self.by_prefix: dict[str, list[str]] = {}
         self.by_suffix: dict[str, list[str]] = {}
         self.rest: list[str] = []
         self.matches: dict[str, list[str]] = {}
-        self.cache: dict[Hashable, frozenset[int]] = {}
 
     def _norm(self, pattern: str) -> str:
         return pattern.lower() if self.fold else pattern
@@ -182,21 +215,13 @@ class _GlobField:
             hit = self.matches[name] = [g for g in tried if fnmatch.fnmatchcase(name, g)]
         return hit
 
-    def covering(self, value: tuple[str, ...]) -> frozenset[int]:
-        hit = self.cache.get(value)
-        if hit is None:
-            star = self.holding.get("*", set())
-            found: set[int] | None = None
-            for pattern in map(self._norm, value):
-                these = star | self.holding.get(pattern, set())
-                if not _WILD & set(pattern):
-                    for glob in self._globs_matching(pattern):
-                        these |= self.holding[glob]
-                found = these if found is None else found & these
-                if not found:
-                    break
-            hit = self.cache[value] = _every(self.ids) if found is None else frozenset(found)
-        return hit
+    def _holders(self, item: str) -> set[int]:
+        pattern = self._norm(item)
+        these = self.holding.get("*", set()) | self.holding.get(pattern, set())
+        if not _WILD & set(pattern):
+            for glob in self._globs_matching(pattern):
+                these |= self.holding[glob]
+        return these
 
 
 def _every(ids: Mapping[Any, int]) -> frozenset[int]:
@@ -204,49 +229,17 @@ def _every(ids: Mapping[Any, int]) -> frozenset[int]:
     return frozenset(ids.values())
 
 
-class _SetField:
+class _SetField(_Index):
     """A `scheme` or `kind` field: a list covers another when it holds all of its items."""
 
-    def __init__(self) -> None:
-        self.ids: dict[tuple[str, ...], int] = {}
-        self.holding: dict[str, set[int]] = {}
-        self.cache: dict[Hashable, frozenset[int]] = {}
-
-    def add(self, value: tuple[str, ...]) -> int:
-        vid = self.ids.setdefault(value, len(self.ids))
-        for item in value:
-            self.holding.setdefault(item, set()).add(vid)
-        return vid
-
-    def finish(self) -> None:
-        pass
-
-    def covering(self, value: tuple[str, ...]) -> frozenset[int]:
-        hit = self.cache.get(value)
-        if hit is None:
-            found: set[int] | None = None
-            for item in set(value):
-                these = self.holding.get(item, set())
-                found = set(these) if found is None else found & these
-            hit = self.cache[value] = _every(self.ids) if found is None else frozenset(found)
-        return hit
+    def _holders(self, item: str) -> set[int]:
+        return self.holding.get(item, set())
 
 
-class _PortField:
+class _PortField(_Index):
     """A `port` field: a list covers another when each of its ranges lies in one of the
     list's. The ranges containing a range are read off a max-tree over the ranges sorted by
     start: cost follows the number found, not the number of ranges."""
-
-    def __init__(self) -> None:
-        self.ids: dict[tuple[tuple[int, int], ...], int] = {}
-        self.holding: dict[tuple[int, int], set[int]] = {}
-        self.cache: dict[Hashable, frozenset[int]] = {}
-
-    def add(self, value: tuple[tuple[int, int], ...]) -> int:
-        vid = self.ids.setdefault(value, len(self.ids))
-        for lo, hi in value:
-            self.holding.setdefault((lo, hi), set()).add(vid)
-        return vid
 
     def finish(self) -> None:
         self.ranges = sorted(self.holding)
@@ -274,19 +267,11 @@ class _PortField:
             stack.append((2 * node, left, mid))
             stack.append((2 * node + 1, mid, right))
 
-    def covering(self, value: tuple[tuple[int, int], ...]) -> frozenset[int]:
-        hit = self.cache.get(value)
-        if hit is None:
-            found: set[int] | None = None
-            for lo, hi in value:
-                these: set[int] = set()
-                for r in self._containing(lo, hi):
-                    these |= self.holding[r]
-                found = these if found is None else found & these
-                if not found:
-                    break
-            hit = self.cache[value] = _every(self.ids) if found is None else frozenset(found)
-        return hit
+    def _holders(self, item: tuple[int, int]) -> set[int]:
+        these: set[int] = set()
+        for r in self._containing(*item):
+            these |= self.holding[r]
+        return these
 
 
 _Field = _GlobField | _SetField | _PortField
@@ -649,14 +634,13 @@ def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def _pairwise_beater(rule: LoadedRule, s: Statement,
             rivals: list[tuple[LoadedRule, Statement]]) -> str | None:
     spec = REGISTRY[key_family(s.key)]
-    authority = {layer: i for i, layer in enumerate(LAYERS)}
     for other, t in rivals:
         if other is rule or not _covers(other.when, rule.when):
             continue
         if t.layer == s.layer and statement_rank(spec, t) < statement_rank(spec, s) and (
                 t.priority > s.priority or t.specificity >= s.specificity):
             return f"{s.key} is always shadowed by rule {other.id!r} ({other.source})"
-        if authority[t.layer] < authority[s.layer] and t.enforce:
+        if _AUTHORITY[t.layer] < _AUTHORITY[s.layer] and t.enforce:
             verdict = judge(spec, t.value, s.value)
             if verdict == "denied":
                 return (f"{s.key}: {show_value(s.value)} is always denied by enforced "
