@@ -67,21 +67,21 @@ class QuicStack:
         ticket: SessionTicket | None = (spec.association.take_ticket("quic")
                                         if spec.settings.session_cache else None)
         offered: Origin | None = None
-        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host \
-                and trust.admits(ticket_origin(ticket)):
-            config.session_ticket = ticket
-            offered = ticket_origin(ticket)
+        if ticket is not None and ticket.is_valid and ticket.server_name == spec.host:
+            origin = ticket_origin(ticket)
+            if trust.admits(origin):
+                config.session_ticket = ticket
+                offered = origin
         association = spec.association
-        sessions: list[QuicSession] = []
+        session: QuicSession | None = None
 
         def keep(t: SessionTicket) -> None:
             # Only from a server that passed this attempt's check, with what it proved.
-            if spec.settings.session_cache and sessions and sessions[0].handshake_done:
-                association.add_ticket("quic", with_origin(t, sessions[0].origin))
+            if spec.settings.session_cache and session is not None and session.handshake_done:
+                association.add_ticket("quic", with_origin(t, session.origin))
 
         quic = QuicConnection(configuration=config, session_ticket_handler=keep)
         sock = connected_datagram_socket(c, spec.local_port)
-        session: QuicSession | None = None
         early = spec.early
         zero_rtt = (early is not None and spec.settings.zero_rtt and ticket is not None
                     and config.session_ticket is ticket
@@ -96,7 +96,6 @@ class QuicStack:
                 sock=sock)
             session = proto
             assert session is not None
-            sessions.append(session)
             session.owns_transport = True
             session.remote_address = (c.remote_address, c.remote_port)
             # aioquic matches network paths on the exact tuple the socket reports: a 4-tuple
