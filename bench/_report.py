@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: percentiles, the ours-versus-raw figure, the banner.
+"""What the benchmark scripts share: percentiles, the ours-versus-raw figure, the banner,
+the parse-cache invalidator.
 
 Each script measures its own thing; how a figure is summarised, judged against its target
 and printed is the same everywhere, so it lives here once.
@@ -11,7 +12,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,6 +49,21 @@ def banner(what: str) -> str:
     return (f"taps_post {what}, {now}; python {platform.python_version()} "
             f"({platform.python_implementation()}) on {platform.system()} "
             f"{platform.release()}, {os.cpu_count()} CPUs, load average {loadavg()}")
+
+
+class Invalidator:
+    """Bumps the files' mtime so the next load (or explain()) misses the parse cache."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+        self.tick = 0
+
+    def __call__(self) -> None:
+        self.tick += 1
+        for p in self.paths:
+            st = os.stat(p)
+            ns = st.st_mtime_ns + 1_000_000 * self.tick
+            os.utime(p, ns=(ns, ns))
 
 
 def run_main(main: Callable[[], int]) -> None:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _gen
 import taps_post
-from _report import loadavg, run_main
+from _report import Invalidator, loadavg, run_main
 from taps_post import PolicyContext, load_environment, parse_target
 from taps_post.decision.decide import decide
 
@@ -98,21 +98,6 @@ def explain_call(w: _gen.Workload) -> Callable[[], taps_post.Decision]:
         return taps_post.explain(_gen.TARGET, system=w.system, app=w.app, carrier=w.carrier,
                                  app_name=_gen.APP_NAME, env=w.env)
     return call
-
-
-class Invalidator:
-    """Bumps the policy files' mtime so the next explain() misses the parse cache."""
-
-    def __init__(self, paths: tuple[str, ...]) -> None:
-        self.paths = paths
-        self.tick = 0
-
-    def __call__(self) -> None:
-        self.tick += 1
-        for p in self.paths:
-            st = os.stat(p)
-            ns = st.st_mtime_ns + 1_000_000 * self.tick
-            os.utime(p, ns=(ns, ns))
 
 
 def check_workload(w: _gen.Workload) -> taps_post.Decision:

@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _gen
-from _report import banner, num, pct, run_main
+from _report import Invalidator, banner, num, pct, run_main
 from taps_post.policy.load import load_layer
 from taps_post.policy.validate import pairwise_lint, validate_paths
 
@@ -127,21 +127,6 @@ def build(name: str, tmp: str, seed: int) -> Workload:
     if shape == "dir":
         return one_rule_per_file(where, rules, seed)
     raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
-
-
-class Invalidator:
-    """Bumps the files' mtime so the next load misses the parse cache."""
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = paths
-        self.tick = 0
-
-    def __call__(self) -> None:
-        self.tick += 1
-        for p in self.paths:
-            st = os.stat(p)
-            ns = st.st_mtime_ns + 1_000_000 * self.tick
-            os.utime(p, ns=(ns, ns))
 
 
 # --- measuring -------------------------------------------------------------------------------
