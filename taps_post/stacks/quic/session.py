@@ -28,7 +28,7 @@ wrote it into a packet (`compat.pending_datagram_frames`), its `on_send_error` w
 connection ends first.
 Rule 7: DSCP (the policy's message.dscp, off by default: then no socket option is touched):
 before each transmit the socket's IP_TOS / IPV6_TCLASS is set, when it differs, to the code
-point of the most urgent niceness written since the previous transmit (`DscpMarker`): a
+point of the most urgent niceness written since the previous transmit (`base.DscpMarker`): a
 setsockopt only on a change, which asyncio's datagram transport (sendto, no ancillary data)
 leaves as the one way in; packets with no new message (ACKs, retransmissions) keep the
 socket's last mark.
@@ -40,7 +40,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -51,6 +50,8 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ...core.messages import Pending
 from ...core.path import PathStats
+from ...core.settings import dscp_for
+from ..base import DscpMarker
 from .compat import (
     count_lost_packets,
     peer_certificate,
@@ -64,7 +65,7 @@ from .config import ClientAuth, ClientAuthError, Origin, Trust
 from .stream import QuicStreamTransient
 from .wire import REFUSED_STREAM, is_client_initiated, is_unidirectional, split_datagram, split_uni
 
-__all__ = ["DscpMarker", "QuicClosedError", "QuicSession"]
+__all__ = ["QuicClosedError", "QuicSession"]
 
 _IDLE_CLOSE = 0.5
 """Seconds a connection lingers after its last carrier closed (a fork may follow)."""
@@ -94,28 +95,6 @@ class QuicClosedError(ConnectionError):
     @classmethod
     def from_event(cls, event: events.ConnectionTerminated) -> QuicClosedError:
         return cls(event.error_code, event.reason_phrase or "", event.frame_type)
-
-
-class DscpMarker:
-    """The DSCP mark of one UDP socket (Rule 7), shared by every session that sends on it (a
-    listener's connections share its socket): setsockopt only when the mark changes."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._v6 = sock.family == socket.AF_INET6
-        self.current = 0
-
-    def set(self, code_point: int) -> None:
-        tos = code_point << 2  # DSCP is the top six bits of the TOS / traffic class octet
-        if tos == self.current:
-            return
-        self.current = tos
-        if self._v6:
-            self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-            with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
-                self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        else:
-            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
 
 class _Outbound(asyncio.DatagramTransport):
@@ -428,11 +407,16 @@ class QuicSession(QuicConnectionProtocol):
 
     def _apply_mark(self) -> None:
         urgent = self._urgent
-        if urgent is not None and self._marker is not None:
+        marker = self._marker
+        if urgent is not None and marker is not None:
             self._urgent = None
-            table = self._dscp
-            with contextlib.suppress(OSError):
-                self._marker.set(table[min(urgent, len(table) - 1)])
+            code_point = dscp_for(self._dscp, urgent)
+            if code_point is None:  # no table: mark() is never called then
+                return
+            try:
+                marker.set(code_point)
+            except OSError:
+                marker.current = code_point  # a refused mark is not tried again until it changes
 
     def watch_deadline(self, when: float, callback: Callable[[], None]) -> None:
         self.loop.call_at(when, callback)
@@ -466,14 +450,7 @@ class QuicSession(QuicConnectionProtocol):
             self._handshake_failed(exc)
             return
         for sid in sorted(self._open_streams):
-            t = self.streams[sid]
-            t.soft_error = exc
-            if t.on_soft_error is not None:
-                try:
-                    t.on_soft_error(exc)
-                except Exception as err:  # a user callback must not kill the connection
-                    self.loop.call_exception_handler({
-                        "message": "taps_post soft error callback failed", "exception": err})
+            self.streams[sid].report_soft_error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_failed(exc if exc is not None else ConnectionError(

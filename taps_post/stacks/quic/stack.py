@@ -37,7 +37,14 @@ from aioquic.tls import SessionTicket
 
 from ...core.early import Relays
 from ...core.messages import OutMessage
-from ..base import AttemptSpec, ListenSpec, bind_server, connected_datagram_socket, family_of
+from ..base import (
+    AttemptSpec,
+    DscpMarker,
+    ListenSpec,
+    bind_server,
+    connected_datagram_socket,
+    family_of,
+)
 from .config import (
     Origin,
     client_auth,
@@ -47,7 +54,7 @@ from .config import (
     ticket_origin,
     with_origin,
 )
-from .session import DscpMarker, QuicSession
+from .session import QuicSession
 from .stream import QuicStreamTransient
 
 __all__ = ["QuicListening", "QuicStack"]
