@@ -321,23 +321,13 @@ def _check_stat(path: str, st: os.stat_result, layer: str, listed_in: str | None
 
 def _load_file(path: str, layer: str, listed_in: str | None = None,
                st: os.stat_result | None = None) -> PolicyFile:
-    if st is None:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError) as exc:
-            raise InputError([_missing(path, exc, f"no such {layer} policy file")]) from None
-    if (problem := _check_stat(path, st, layer, listed_in)) is not None:
-        raise InputError([problem])
+    st = _checked_stat(path, layer, listed_in, st, f"no such {layer} policy file")
     before = _identity(st)
     key = (path, layer, *before, catalog.version())
     cached = _FILES.get(key)
     if cached is not None:
         return cached
-    raw, after = _read_regular(path, layer, listed_in, st)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError([_not_utf8(path, raw, exc)]) from None
+    text, after = _read_text(path, layer, listed_in, st)
     data, positions = load_yaml(text, path)
     stem = FsPath(path).stem
     digest = _digest(text)
@@ -347,6 +337,30 @@ def _load_file(path: str, layer: str, listed_in: str | None = None,
             _FILES.clear()
         _FILES[key] = loaded
     return loaded
+
+
+def _checked_stat(path: str, layer: str, listed_in: str | None, st: os.stat_result | None,
+                  absent: str) -> os.stat_result:
+    """`st` (`path` stat'ed when None, `absent` the message if it is not there), once it has
+    passed `_check_stat`."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError) as exc:
+            raise InputError([_missing(path, exc, absent)]) from None
+    if (problem := _check_stat(path, st, layer, listed_in)) is not None:
+        raise InputError([problem])
+    return st
+
+
+def _read_text(path: str, layer: str, listed_in: str | None, checked: os.stat_result
+               ) -> tuple[str, os.stat_result]:
+    """`_read_regular`, decoded as UTF-8."""
+    raw, after = _read_regular(path, layer, listed_in, checked)
+    try:
+        return raw.decode("utf-8"), after
+    except UnicodeDecodeError as exc:
+        raise InputError([_not_utf8(path, raw, exc)]) from None
 
 
 def _read_regular(path: str, layer: str, listed_in: str | None, checked: os.stat_result
@@ -427,17 +441,8 @@ def read_policy_text(path: str | os.PathLike[str], *, layer: str = "app") -> str
     at most MAX_FILE_BYTES, UTF-8; for the system layer as root, trusted), for the readers
     outside this module: environment snapshots, validate's look at a file's `layer:`."""
     text = os.fspath(path)
-    try:
-        st = os.stat(text)
-    except (OSError, ValueError) as exc:
-        raise InputError([_missing(text, exc, "no such file")]) from None
-    if (problem := _check_stat(text, st, layer, None)) is not None:
-        raise InputError([problem])
-    raw, _after = _read_regular(text, layer, None, st)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError([_not_utf8(text, raw, exc)]) from None
+    st = _checked_stat(text, layer, None, None, "no such file")
+    return _read_text(text, layer, None, st)[0]
 
 
 def _not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> Diagnostic:
