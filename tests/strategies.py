@@ -84,7 +84,7 @@ def values_for(key: str) -> st.SearchStrategy[Any]:
     if spec.kind == "int":
         lo = spec.minimum if spec.minimum is not None else 0
         hi = spec.maximum if spec.maximum is not None else lo + 100_000
-        pool = sorted({lo, lo + 1, min(hi, lo + 5), min(hi, 250), hi})
+        pool = sorted({lo, lo + 1, min(hi, lo + 5), min(hi, max(lo, 250)), hi})
         return st.one_of(st.sampled_from(pool), st.integers(lo, hi))
     if spec.kind == "bool":
         return st.booleans()

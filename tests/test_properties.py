@@ -50,21 +50,30 @@ DEFAULTS: dict[str, Any] = {
     "security.verifyPeer": True, "security.sessionCache": True, "security.alpn": None,
     "security.clientAuth": "none", "carrier.reactivate": True, "carrier.maxHandlers": 16,
     "carrier.forkParallel": False, "message.dscp": None,
+    "carrier.recvBudget": 4 * 1024 * 1024, "carrier.sendBudget": 1024 * 1024,
+    "carrier.idleTimeout": 0, "carrier.linger": 5000, "listener.handshakeTimeout": 10000,
+    "listener.maxHandshakes": 512, "listener.backlog": 0, "listener.retry": "auto",
 }
-LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive"}
+LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive",
+                   "carrier.idleTimeout": 30000}
 MAP_PREFIXES = ("stack.", "interface.", "pvd.", "addressFamily.")
 NON_PREFERENCE = {"maxCost", "multipath", "racing.attemptDelay", "racing.resolutionDelay",
                   "connTimeout", "message.maxSize", "security.minTlsVersion",
                   "security.verifyPeer", "security.sessionCache", "security.alpn",
                   "security.clientAuth", "carrier.reactivate", "carrier.maxHandlers",
-                  "carrier.forkParallel", "message.dscp"}
+                  "carrier.forkParallel", "message.dscp", "carrier.recvBudget",
+                  "carrier.sendBudget", "carrier.idleTimeout", "carrier.linger",
+                  "listener.handshakeTimeout", "listener.maxHandshakes", "listener.backlog",
+                  "listener.retry"}
 # "smaller is stricter", "higher is stricter", "true is stricter", "false is stricter";
 # every other non-preference key has no order (only an equal value passes a floor).
 DIRECTION = {"maxCost": "smaller", "message.maxSize": "smaller",
              "security.minTlsVersion": "larger", "security.verifyPeer": "true",
              "security.sessionCache": "false", "security.clientAuth": "larger",
              "carrier.reactivate": "false", "carrier.maxHandlers": "smaller",
-             "carrier.forkParallel": "false"}
+             "carrier.forkParallel": "false", "carrier.recvBudget": "smaller",
+             "carrier.sendBudget": "smaller", "listener.maxHandshakes": "smaller",
+             "listener.retry": "larger"}
 PREF_STRENGTH = {"prohibit": 4, "require": 3, "avoid": 2, "prefer": 1, "no_preference": 0}
 HARD, SOFT = {"require", "prohibit"}, {"prefer", "avoid"}
 PROFILES = {
@@ -122,6 +131,8 @@ def strictness(key: str, value: Any) -> int:
     if direction == "smaller":
         return -value
     if direction == "larger":
+        if key == "listener.retry":
+            return {"never": 0, "auto": 1, "always": 2}[value]
         return {"1.2": 2, "1.3": 3, "none": 0, "request": 1, "require": 2}[value]
     if direction == "true":
         return int(value)

@@ -40,6 +40,21 @@ class Settings:
     fork_parallel: bool = False
     dscp: tuple[int, ...] = ()
     """DSCP code point by niceness (the last for all larger); empty: unmarked."""
+    recv_budget: int = 4 * 1024 * 1024
+    """carrier.recvBudget: received bytes buffered before reading pauses."""
+    send_budget: int = 1024 * 1024
+    """carrier.sendBudget: queued bytes above which send() waits."""
+    idle_timeout: float = 0.0
+    """carrier.idleTimeout in seconds; 0: never."""
+    linger: float = 5.0
+    """carrier.linger in seconds: the bound on a graceful close."""
+    handshake_timeout: float = 10.0
+    """listener.handshakeTimeout in seconds."""
+    max_handshakes: int = 512
+    backlog: int = 0
+    """listener.backlog; 0: the system's somaxconn."""
+    retry: str = "auto"
+    """listener.retry: never, auto or always (QUIC address validation)."""
 
     def dscp_for(self, niceness: int) -> int | None:
         """The code point for a message of `niceness`, None when marking is off."""
@@ -63,4 +78,12 @@ class Settings:
             max_handlers=int(d.value("carrier.maxHandlers")),
             fork_parallel=bool(d.value("carrier.forkParallel")),
             dscp=tuple(DSCP[n] for n in (d.value("message.dscp") or ())),
+            recv_budget=int(d.value("carrier.recvBudget")),
+            send_budget=int(d.value("carrier.sendBudget")),
+            idle_timeout=d.value("carrier.idleTimeout") / 1000.0,
+            linger=d.value("carrier.linger") / 1000.0,
+            handshake_timeout=d.value("listener.handshakeTimeout") / 1000.0,
+            max_handshakes=int(d.value("listener.maxHandshakes")),
+            backlog=int(d.value("listener.backlog")),
+            retry=str(d.value("listener.retry")),
         )

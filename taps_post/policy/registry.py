@@ -276,6 +276,35 @@ _SPECS: list[PropertySpec] = [
     PropertySpec("carrier.forkParallel", "bool", "runtime", False, direction="false",
                  doc="fork() to a peer that is not taps_post opens a plain parallel "
                      "connection instead of failing"),
+    PropertySpec("carrier.recvBudget", "int", "runtime", 4 * 1024 * 1024,
+                 direction="smaller", minimum=4096, unit="bytes",
+                 doc="Received bytes buffered per carrier (messages not yet taken plus the "
+                     "one arriving); above it reading pauses. A single message up to "
+                     "message.maxSize may still complete when nothing else is buffered"),
+    PropertySpec("carrier.sendBudget", "int", "runtime", 1024 * 1024, direction="smaller",
+                 minimum=4096, unit="bytes",
+                 doc="Queued outgoing bytes per carrier above which send() waits"),
+    PropertySpec("carrier.idleTimeout", "int", "runtime", 0, minimum=0, unit="ms",
+                 listen_default=30000,
+                 doc="Close a carrier when no whole message went either way for this long "
+                     "(0: never); on by default for accepted carriers, so a peer trickling "
+                     "bytes of a message it never finishes is cut off"),
+    PropertySpec("carrier.linger", "int", "runtime", 5000, minimum=0, maximum=600000,
+                 unit="ms", doc="How long close() waits for queued messages to go out and "
+                                "be acknowledged before it aborts the connection"),
+    PropertySpec("listener.handshakeTimeout", "int", "runtime", 10000, minimum=1,
+                 unit="ms", doc="A connection to a Listener that has not finished its "
+                                "transport and TLS/QUIC handshake by then is dropped"),
+    PropertySpec("listener.maxHandshakes", "int", "runtime", 512, direction="smaller",
+                 minimum=1, doc="Handshakes a Listener runs at once; more wait in the "
+                                "kernel's backlog (TCP) or are dropped (QUIC)"),
+    PropertySpec("listener.backlog", "int", "runtime", 0, minimum=0, maximum=65535,
+                 doc="Listening backlog (0: the system's net.core.somaxconn)"),
+    PropertySpec("listener.retry", "enum", "runtime", "auto",
+                 choices=("never", "auto", "always"), direction="larger",
+                 doc="QUIC Retry (address validation) before a Listener keeps state for a "
+                     "new client: auto does it while half of listener.maxHandshakes are "
+                     "in progress"),
     PropertySpec("message.dscp", "string_list", "runtime", None, choices=DSCP_NAMES,
                  doc="DSCP code point per niceness (index = niceness, the last entry for "
                      "all larger); unset: packets are not marked"),
