@@ -41,6 +41,11 @@ address and `local` the Listener's Local.
 Rule 8: the stack a carrier reports is the Transient's (the stack that actually carried it:
 an MPTCP listener's single-path client is `tcp`); neither the Listener nor its trace events
 relabel it.
+Rule 9: a connection to the Listener that has not finished its handshake within
+listener.handshakeTimeout is dropped, at most listener.maxHandshakes run at once per
+endpoint (more wait in the kernel's backlog), and the backlog is listener.backlog or the
+system's somaxconn: the stacks do it with the Listener's Settings (stream stacks through
+stacks/accept.py); `handshakes` counts those in progress.
 """
 
 from __future__ import annotations
@@ -217,6 +222,14 @@ class Listener:
     @property
     def port(self) -> int:
         return next(iter(self.ports.values()))
+
+    @property
+    def handshakes(self) -> int:
+        """Connections accepted whose handshake (TLS, QUIC) is still in progress, over all
+        endpoints: at most listener.maxHandshakes per endpoint, each bounded by
+        listener.handshakeTimeout (Rule 9). Read-only; an endpoint that does not count its
+        handshakes counts 0."""
+        return sum(int(getattr(e, "handshakes", 0)) for e in self._endpoints)
 
     @property
     def accepting(self) -> bool:

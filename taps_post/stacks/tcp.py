@@ -46,6 +46,7 @@ from ..core.messages import InMessage, Pending
 from ..core.path import PathStats
 from ..errors import DeframingError
 from ..system import tcpinfo
+from .accept import Acceptor, backlog_for
 from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
 from .tls import client_tls_context, server_tls_context, verify_pins
 from .transient import Transient
@@ -451,13 +452,21 @@ class ResumingContext:
 
 @dataclass(slots=True)
 class _Server:
+    """A listening stream socket and its Acceptor (stacks/accept.py)."""
+
     stack: str
     port: int
-    server: asyncio.Server
+    acceptor: Acceptor
+
+    @property
+    def handshakes(self) -> int:
+        """Accepted connections whose TLS handshake is still in progress."""
+        return self.acceptor.handshakes
 
     async def aclose(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
+        """Close the listening socket and abort the handshakes in progress (connections
+        already handed over stay with their carriers)."""
+        await self.acceptor.aclose()
 
 
 class StreamStack:
@@ -568,7 +577,6 @@ class StreamStack:
             raise
 
     async def listen(self, spec: ListenSpec) -> _Server:
-        loop = asyncio.get_running_loop()
         sock = self._socket(spec.address, fallback=True)
         try:
             bind_server(sock, spec.address, spec.port, spec.interface)
@@ -580,7 +588,7 @@ class StreamStack:
                     syn_data = True
             if not syn_data and not self.secure:
                 syn_data = fastopen_without_sockopt()
-            sock.listen(128)
+            sock.listen(backlog_for(spec.settings.backlog))
             tls = (server_tls_context(spec.settings, spec.identity, spec.trusted)
                    if self.secure else None)
             fallback = _FALLBACK.get(self.name) if self.mptcp else None
@@ -595,8 +603,11 @@ class StreamStack:
                 t.dscp = spec.settings.dscp
                 return t
 
-            server = await loop.create_server(factory, sock=sock, ssl=tls)
+            acceptor = Acceptor(sock, factory, tls=tls,
+                                handshake_timeout=spec.settings.handshake_timeout,
+                                max_handshakes=spec.settings.max_handshakes)
+            acceptor.start()
         except BaseException:
             sock.close()
             raise
-        return _Server(self.name, sock.getsockname()[1], server)
+        return _Server(self.name, sock.getsockname()[1], acceptor)
