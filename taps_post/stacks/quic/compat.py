@@ -18,17 +18,22 @@ server's `create_protocol`, `session_ticket_fetcher` and `session_ticket_handler
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "offer_datagram_frames",
-           "peer_certificate", "peer_max_datagram_frame_size", "pending_datagram_frames",
-           "recovery_state", "refuse_early_data", "request_client_certificate",
-           "set_identity", "set_peer_verification", "stream_send_offsets"]
+__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "govern_credit",
+           "offer_datagram_frames", "peer_certificate", "peer_max_datagram_frame_size",
+           "pending_datagram_bytes", "pending_datagram_frames", "recovery_state",
+           "refuse_early_data", "request_client_certificate", "server_knows", "set_identity",
+           "set_peer_verification", "set_server_retry", "stream_receive_buffered",
+           "stream_send_offsets"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
@@ -246,3 +251,104 @@ def request_client_certificate(quic: QuicConnection) -> None:
         quic.tls._request_client_certificate = True
 
     quic._initialize = initialize  # type: ignore[method-assign]
+
+
+# ---- flow-control credit (docs/quic.md, "Memory limits") ------------------------------------
+
+StreamCredit = Callable[[int, int, int], int]
+"""(stream id, bytes aioquic delivered in order on it, current limit) -> the limit wanted."""
+ConnectionCredit = Callable[[int, int], int]
+"""(bytes received on all streams, current limit) -> the limit wanted."""
+
+
+def govern_credit(quic: QuicConnection, stream_credit: StreamCredit,
+                  connection_credit: ConnectionCredit) -> None:
+    """Let the caller decide the flow-control credit this connection grants its peer
+    (MAX_STREAM_DATA per stream, MAX_DATA for the connection) instead of aioquic's policy,
+    which doubles a limit whenever more than half of it was used, however much of it the
+    application left unread. Before each packet is built the callbacks are asked for the
+    limit wanted; a limit never shrinks (RFC 9000 section 4.1), so returning the current one
+    withholds credit. Call once, right after creating the connection."""
+    # Private: QuicConnection._write_stream_limits(builder, space, stream) and
+    # _write_connection_limits(builder, space), called while every packet is built. They
+    # raise QuicStream.max_stream_data_local (when receiver.highest_offset * 2 exceeds it)
+    # and the Limit _local_max_data.value (when .used * 2 exceeds it), then write a frame
+    # when the value differs from what was sent. The wrappers, set on the instance, set the
+    # value the caller wants, hide the field the doubling reads (highest_offset, used: read
+    # by nothing else in those two methods) for the length of the call, and let aioquic's
+    # own code write the frames. aioquic offers no public knob (QuicConfiguration.max_data
+    # and max_stream_data are only the initial limits). Checked against aioquic 1.6.0 and
+    # 1.7.2 (1.6.0's _write_connection_limits doubles MAX_STREAMS in the same loop; `used`
+    # is hidden only on _local_max_data, so the stream-count limits keep aioquic's policy).
+    write_stream = quic._write_stream_limits
+    write_connection = quic._write_connection_limits
+    max_data = quic._local_max_data
+
+    def stream_limits(builder: Any, space: Any, stream: Any) -> None:
+        current = stream.max_stream_data_local
+        if not current:  # our own unidirectional streams: nothing to receive
+            return
+        receiver = stream.receiver
+        wanted = stream_credit(stream.stream_id, receiver.starting_offset(), current)
+        if wanted > current:
+            stream.max_stream_data_local = wanted
+        highest = receiver.highest_offset
+        receiver.highest_offset = 0
+        try:
+            write_stream(builder=builder, space=space, stream=stream)
+        finally:
+            receiver.highest_offset = highest
+
+    def connection_limits(builder: Any, space: Any) -> None:
+        used = max_data.used
+        wanted = connection_credit(used, max_data.value)
+        if wanted > max_data.value:
+            max_data.value = wanted
+        max_data.used = 0
+        try:
+            write_connection(builder=builder, space=space)
+        finally:
+            max_data.used = used
+
+    quic._write_stream_limits = stream_limits  # type: ignore[method-assign]
+    quic._write_connection_limits = connection_limits  # type: ignore[method-assign]
+
+
+def stream_receive_buffered(quic: QuicConnection) -> int:
+    """Bytes aioquic holds received but not yet delivered (out of order, behind a gap), over
+    all streams of the connection: what a peer can pin in aioquic itself, bounded by the
+    credit granted (tests and the memory figures read it)."""
+    # Private: QuicConnection._streams and QuicStreamReceiver._buffer (the bytearray of data
+    # after the first gap). Checked against aioquic 1.6.0 and 1.7.2.
+    return sum(len(s.receiver._buffer) for s in quic._streams.values())
+
+
+def pending_datagram_bytes(quic: QuicConnection) -> int:
+    """Bytes of the DATAGRAM frames aioquic still holds, not yet written into a packet."""
+    # Private: QuicConnection._datagrams_pending (see pending_datagram_frames), a deque of
+    # the frames' payloads. Checked against aioquic 1.6.0 and 1.7.2.
+    return sum(len(d) for d in quic._datagrams_pending)
+
+
+# ---- the listener (aioquic's QuicServer) ----------------------------------------------------
+
+
+def server_knows(server: QuicServer, connection_id: bytes) -> bool:
+    """Does the server route datagrams with this destination connection id to a connection
+    already? (False: an Initial with it would create a new connection.)"""
+    # Private: QuicServer._protocols, its table of connection ids; aioquic has no lookup,
+    # and QuicServer.datagram_received decides "new connection" by exactly this test.
+    # Checked against aioquic 1.6.0 and 1.7.2.
+    return connection_id in server._protocols
+
+
+def set_server_retry(server: QuicServer, handler: QuicRetryTokenHandler | None) -> None:
+    """Make the server answer Initials without a token with a Retry (address validation,
+    RFC 9000 section 8.1.2) while `handler` is set, and validate the tokens that come back
+    with it; None: no Retry. The same handler must be kept across toggles, so that tokens it
+    issued still validate."""
+    # Private: QuicServer._retry, which its constructor sets from the `retry` flag once;
+    # aioquic offers no way to turn Retry on or off under load. datagram_received reads it
+    # for each new connection only. Checked against aioquic 1.6.0 and 1.7.2 (1.6.0's token
+    # handler takes positional arguments, called by QuicServer itself only).
+    server._retry = handler  # type: ignore[assignment]  # aioquic annotates it without None

@@ -30,6 +30,9 @@ issues no session tickets at all, and every connection is a full handshake (no r
 no 0-RTT). TLS 1.3 lets the client finish its handshake before the server has seen its
 certificate: a refused client's connect() succeeds and its carrier fails at once with the
 close (QuicClosedError, CRYPTO_ERROR plus certificate_required or bad_certificate).
+Rule 7: the initial flow-control limits come from carrier.recvBudget (`flow_windows`): a
+stream may receive one window before its first MAX_STREAM_DATA, the connection two; the
+session extends them only as its carriers consume (session, Rule 8).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .wire import DATAGRAM_FRAME_SIZE
 
 __all__ = ["CERTIFICATE_REQUIRED", "ClientAuth", "ClientAuthError", "Origin", "QuicTicket",
            "Trust", "client_auth", "client_configuration", "client_trust",
-           "server_configuration", "ticket_origin", "with_origin"]
+           "flow_windows", "server_configuration", "ticket_origin", "with_origin"]
 
 
 def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
@@ -59,6 +62,7 @@ def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
     config = QuicConfiguration(is_client=True, alpn_protocols=list(s.alpn) or None,
                                server_name=spec.host, idle_timeout=max(5.0, s.conn_timeout))
     offer_datagram_frames(config, DATAGRAM_FRAME_SIZE)
+    flow_windows(config, s.recv_budget)
     set_peer_verification(config, s.verify_peer)
     if s.verify_peer:
         if spec.pinned:
@@ -75,9 +79,18 @@ def server_configuration(spec: ListenSpec) -> QuicConfiguration:
     config = QuicConfiguration(is_client=False,
                                alpn_protocols=list(spec.settings.alpn) or None)
     offer_datagram_frames(config, DATAGRAM_FRAME_SIZE)
+    flow_windows(config, spec.settings.recv_budget)
     if not _load_identity(config, spec.identity):
         raise ValueError("a QUIC listener needs a Local certificate with its private key")
     return config
+
+
+def flow_windows(config: QuicConfiguration, recv_budget: int) -> None:
+    """Rule 7: initial MAX_STREAM_DATA of one window (carrier.recvBudget, at least 16 KiB),
+    initial MAX_DATA of two."""
+    window = max(int(recv_budget), 16 << 10)
+    config.max_stream_data = window
+    config.max_data = 2 * window
 
 
 def _load_identity(config: QuicConfiguration, identity: Sequence[Certificate]) -> bool:

@@ -32,6 +32,19 @@ point of the most urgent niceness written since the previous transmit (`base.Dsc
 setsockopt only on a change, which asyncio's datagram transport (sendto, no ancillary data)
 leaves as the one way in; packets with no new message (ACKs, retransmissions) keep the
 socket's last mark.
+Rule 8 (memory, docs/quic.md "Memory limits"): the session decides the flow-control credit
+aioquic grants (`compat.govern_credit`): a stream's limit is extended to what aioquic
+delivered in order plus the window (carrier.recvBudget) once less than half of the window
+is left, and not at all while its carrier paused reading (the Transient's receive budget,
+`_StreamView.pause_reading`); the connection's limit is what arrived on all streams plus two
+windows, so a peer that sends without end pins at most a window in aioquic and the
+carrier's budget plus a window in the carrier. A unidirectional stream (one expiring message)
+is stopped (STOP_SENDING, `TOO_LARGE`) once it holds more than message.maxSize plus its
+header, or once all of them together hold more than the window; DATAGRAM frames for a
+carrier that paused reading, and frames held for a stream not open yet beyond
+`_HELD_DATAGRAMS`, are dropped and counted. On the send side, bytes written into aioquic and
+not yet sent count against the sender's budget (`QuicStreamTransient.backlog_bytes`); the
+session releases blocked senders after each transmit (`notify_drained`).
 """
 
 from __future__ import annotations
@@ -54,6 +67,7 @@ from ...core.settings import dscp_for
 from ..base import DscpMarker
 from .compat import (
     count_lost_packets,
+    govern_credit,
     peer_certificate,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
@@ -63,12 +77,23 @@ from .compat import (
 )
 from .config import ClientAuth, ClientAuthError, Origin, Trust
 from .stream import QuicStreamTransient
-from .wire import REFUSED_STREAM, is_client_initiated, is_unidirectional, split_datagram, split_uni
+from .wire import (
+    REFUSED_STREAM,
+    TOO_LARGE,
+    UNI_OVERHEAD,
+    is_client_initiated,
+    is_unidirectional,
+    split_datagram,
+    split_uni,
+)
 
 __all__ = ["QuicClosedError", "QuicSession"]
 
 _IDLE_CLOSE = 0.5
 """Seconds a connection lingers after its last carrier closed (a fork may follow)."""
+_HELD_DATAGRAMS = 64
+"""DATAGRAM frames held per connection for streams the peer may still open (Rule 6); more
+are dropped (Rule 8)."""
 _BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
 """How a client closes on a pin mismatch: the TLS bad_certificate alert (RFC 9001 section
 4.8), as aioquic's own chain check does."""
@@ -109,10 +134,13 @@ class _Outbound(asyncio.DatagramTransport):
         super().__init__()
         self._inner = cast(asyncio.DatagramTransport, transport)
         self._connected = transport.get_extra_info("peername") is not None
+        self.silent = False
+        """Drop every datagram: a listener's connection whose handshake timed out is let
+        go without a reply to a source address nobody validated (docs/quic.md)."""
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         inner = self._inner
-        if inner.is_closing():
+        if self.silent or inner.is_closing():
             return
         if self._connected:
             inner.sendto(data)
@@ -147,9 +175,16 @@ class QuicSession(QuicConnectionProtocol):
                  on_terminated: Callable[[QuicSession], None] | None = None,
                  trust: Trust | None = None, offered: Origin | None = None,
                  dscp: tuple[int, ...] = (), marker: DscpMarker | None = None,
-                 client_auth: ClientAuth | None = None) -> None:
+                 client_auth: ClientAuth | None = None, recv_budget: int = 4 << 20,
+                 on_handshake: Callable[[QuicSession], None] | None = None) -> None:
         super().__init__(quic, stream_handler)
         count_lost_packets(quic)
+        self.window = max(int(recv_budget), 16 << 10)
+        """Flow-control credit beyond what was delivered, per stream (Rule 8)."""
+        govern_credit(quic, self._stream_credit, self._connection_credit)
+        self.on_handshake = on_handshake
+        """Told once the handshake completed and passed its checks (a listener counts the
+        handshakes in progress)."""
         if client_auth is not None:
             request_client_certificate(quic)
         self.connection = quic
@@ -175,6 +210,15 @@ class QuicSession(QuicConnectionProtocol):
         """Streams with on_sent/on_acked bookkeeping pending, in the order they began to wait
         (a dict as an ordered set): transmit() checks these, not every stream ever opened."""
         self._uni_in: dict[int, bytearray] = {}
+        self._uni_bytes = 0
+        """Bytes held in `_uni_in` over all unidirectional streams (Rule 8)."""
+        self._stopped: set[int] = set()
+        """Unidirectional streams stopped for their size: their later bytes are dropped."""
+        self.uni_stopped = 0
+        """Unidirectional streams stopped because they grew over their bound (Rule 8)."""
+        self._blocked: dict[QuicStreamTransient, int] = {}
+        """Streams whose senders wait for aioquic's send buffer to drain, with the backlog
+        last seen (Rule 8)."""
         self._idle: asyncio.TimerHandle | None = None
         self._open_streams: set[int] = set()
         self._next_bidi = 0
@@ -268,6 +312,32 @@ class QuicSession(QuicConnectionProtocol):
     def progress_pending(self, stream: QuicStreamTransient) -> None:
         self._tracked[stream] = None
 
+    def backlog_pending(self, stream: QuicStreamTransient) -> None:
+        if stream not in self._blocked:
+            self._blocked[stream] = stream.backlog_bytes()
+
+    # ---- flow-control credit (Rule 8) ------------------------------------------------------
+
+    def _stream_credit(self, stream_id: int, delivered: int, current: int) -> int:
+        if current - delivered > self.window // 2:
+            return current  # more than half a window left: no frame for so little
+        if stream_id in self._stopped or stream_id in self._refused:
+            return current
+        t = self.streams.get(stream_id)
+        if t is not None and t.credit_withheld:
+            return current  # withheld until the carrier reads (resume_reading)
+        return delivered + self.window
+
+    def _connection_credit(self, used: int, current: int) -> int:
+        window = 2 * self.window
+        if current - used > window // 2:
+            return current
+        return used + window
+
+    def credit_changed(self) -> None:
+        """A carrier resumed reading: its withheld credit goes out with the next packet."""
+        self.transmit_soon()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._dscp and self._marker is None:
             self._marker = DscpMarker(transport.get_extra_info("socket"))
@@ -342,13 +412,16 @@ class QuicSession(QuicConnectionProtocol):
         sid, data = parts
         t = self.streams.get(sid)
         if t is not None:
-            if sid in self._open_streams:
+            if sid in self._open_streams and not t.credit_withheld:
                 t.deliver([data], self.remote_address)
-            else:
+            else:  # closed, or its carrier is over its receive budget (Rule 8)
                 self.datagrams_dropped += 1
+                t.datagrams_dropped += 1
         elif (is_unidirectional(sid) or sid in self._refused or self.refusing_siblings
               or is_client_initiated(sid) == self.connection.configuration.is_client):
             self.datagrams_dropped += 1  # not a carrier, refused, or ours and never opened
+        elif sum(len(v) for v in self._held_datagrams.values()) >= _HELD_DATAGRAMS:
+            self.datagrams_dropped += 1  # Rule 8
         else:
             self._held_datagrams.setdefault(sid, []).append(data)  # may overtake the stream
 
@@ -361,6 +434,7 @@ class QuicSession(QuicConnectionProtocol):
         left = pending_datagram_frames(self.connection)
         while len(out) > left:
             t, p = out.popleft()
+            t.datagram_gone(p)
             t.fire(p.on_sent, p.message)
 
     def _datagrams_failed(self) -> None:
@@ -369,6 +443,7 @@ class QuicSession(QuicConnectionProtocol):
             self._datagrams_left()
         out, self._datagrams_out = self._datagrams_out, collections.deque()
         for t, p in out:
+            t.datagram_gone(p)
             t.fire(p.on_send_error, p.message)
 
     def stream_closed(self, t: QuicStreamTransient) -> None:
@@ -442,6 +517,16 @@ class QuicSession(QuicConnectionProtocol):
                     t.check_progress()
                 if not t.tracking_pending():
                     del tracked[t]
+        blocked = self._blocked
+        if blocked:  # senders waiting for aioquic's buffer (Rule 8)
+            for t in list(blocked):
+                left = t.backlog_bytes()
+                if left < blocked[t]:
+                    t.notify_drained()  # it releases its senders at its own low-water mark
+                    blocked[t] = left
+                if not t.is_open or left <= t.send_limit // 4:
+                    del blocked[t]
+                    t.notify_drained()
 
     def error_received(self, exc: Exception) -> None:
         """ICMP errors: fatal during the handshake (port unreachable means nobody serves QUIC
@@ -460,6 +545,14 @@ class QuicSession(QuicConnectionProtocol):
             self._datagrams_failed()
             for t in list(self.streams.values()):
                 t.terminate(exc)
+
+    def abandon(self) -> None:
+        """Let a connection go without a word to its peer: a listener's handshake that timed
+        out (its source address was never validated, so nothing more is sent to it); aioquic
+        forgets it once its closing period ran out."""
+        if self._out is not None:
+            self._out.silent = True
+        self.shutdown()
 
     def shutdown(self) -> None:
         """Close the connection now (CONNECTION_CLOSE to the peer) and end what it runs: the
@@ -493,6 +586,8 @@ class QuicSession(QuicConnectionProtocol):
             if self.client_auth is not None and not self._client_trusted(event):
                 return
             self.handshake_done = True
+            if self.on_handshake is not None:
+                self.on_handshake(self)
             self.early_data_accepted = event.early_data_accepted
             self.session_resumed = event.session_resumed
             if self._handshake is not None and not self._handshake.done():
@@ -502,7 +597,7 @@ class QuicSession(QuicConnectionProtocol):
         elif isinstance(event, events.DatagramFrameReceived):
             self._datagram_received(event.data)
         elif isinstance(event, events.StreamReset):
-            self._uni_in.pop(event.stream_id, None)
+            self._uni_dropped(event.stream_id)
             t = self.streams.get(event.stream_id)
             if t is not None:
                 t.end_of_messages()
@@ -562,16 +657,38 @@ class QuicSession(QuicConnectionProtocol):
             self.connection.reset_stream(sid, REFUSED_STREAM)
         self.transmit_soon()
 
+    def _uni_dropped(self, sid: int) -> None:
+        buf = self._uni_in.pop(sid, None)
+        if buf is not None:
+            self._uni_bytes -= len(buf)
+
+    def _stop_uni(self, sid: int) -> None:
+        """A unidirectional stream over its bound: STOP_SENDING, its bytes forgotten."""
+        self._uni_dropped(sid)
+        self._stopped.add(sid)
+        self.uni_stopped += 1
+        with contextlib.suppress(Exception):
+            self.connection.stop_stream(sid, TOO_LARGE)
+        self.transmit_soon()
+
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
         # 0-RTT data is the client's: a server's bytes reach its client after the client's
         # handshake completed (they follow the server's Finished), so only a server flags.
         early = not self.handshake_done and not self.connection.configuration.is_client
         if is_unidirectional(sid):  # one expiring message for the carrier it names
+            if sid in self._stopped:
+                return
             buf = self._uni_in.setdefault(sid, bytearray())
             buf += event.data
+            self._uni_bytes += len(event.data)
+            if (len(buf) > self.max_size + UNI_OVERHEAD
+                    or self._uni_bytes > max(self.window, self.max_size + UNI_OVERHEAD)):
+                self._stop_uni(sid)  # Rule 8
+                return
             if event.end_stream:
-                parts = split_uni(bytes(self._uni_in.pop(sid)))
+                self._uni_dropped(sid)
+                parts = split_uni(bytes(buf))
                 if parts is not None:
                     owner, frame = parts
                     t = self.streams.get(owner) or self.primary

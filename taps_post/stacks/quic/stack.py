@@ -23,16 +23,30 @@ Rule 5: a listener is aioquic's own `QuicServer` whose `create_protocol` makes o
 the listener keeps its own set of them, never the server's table. Under clientAuth it issues
 no session tickets (config, Rule 6): every connection is a full handshake showing a
 certificate.
+Rule 6 (a listener under abuse, docs/quic.md "Memory limits"): the server's ticket store is an
+LRU of `TICKETS` entries (each used once); an Initial that would open a connection beyond
+listener.maxHandshakes handshakes in progress is dropped before aioquic sees it (no state,
+no reply); listener.retry `always`, or `auto` while at least half of maxHandshakes are in
+progress, answers new Initials with a Retry (address validation: no connection state until
+the client proves its address, and no reply beyond the Retry); a connection whose handshake
+did not complete within listener.handshakeTimeout is closed without a word to its unvalidated
+source (its datagrams are dropped). The socket is attached through
+`stacks.dgram.open_datagram_endpoint`, like every listening UDP socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 from typing import Any
 
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.tls import SessionTicket
 
 from ...core.early import Relays
@@ -45,6 +59,8 @@ from ..base import (
     connected_datagram_socket,
     family_of,
 )
+from ..dgram import open_datagram_endpoint
+from .compat import server_knows, set_server_retry
 from .config import (
     Origin,
     client_auth,
@@ -57,7 +73,10 @@ from .config import (
 from .session import QuicSession
 from .stream import QuicStreamTransient
 
-__all__ = ["QuicListening", "QuicStack"]
+__all__ = ["TICKETS", "QuicListening", "QuicStack"]
+
+TICKETS = 4096
+"""Session tickets a listener keeps for resumption, least recently issued dropped first."""
 
 
 class QuicStack:
@@ -99,7 +118,8 @@ class QuicStack:
             _, proto = await loop.create_datagram_endpoint(
                 lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
                                     interface=c.interface, per_msg_reliability=per_msg,
-                                    trust=trust, offered=offered, dscp=spec.settings.dscp),
+                                    trust=trust, offered=offered, dscp=spec.settings.dscp,
+                                    recv_budget=spec.settings.recv_budget),
                 sock=sock)
             session = proto
             assert session is not None
@@ -165,42 +185,127 @@ class QuicStack:
         loop = asyncio.get_running_loop()
         config = server_configuration(spec)
         auth = client_auth(spec)
-        tickets: dict[bytes, SessionTicket] = {}
+        tickets = _Tickets()
         settings = spec.settings
         # Every connection not yet terminated: aioquic's server creates each through
         # `create`, so the listener need not read the server's own table.
         sessions: set[QuicSession] = set()
+        handshaking: dict[QuicSession, asyncio.TimerHandle] = {}
+        """Connections whose handshake is in progress, each with its timeout (Rule 6)."""
         sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
         marker = DscpMarker(sock) if settings.dscp else None
+
+        def settled(session: QuicSession) -> None:
+            timer = handshaking.pop(session, None)
+            if timer is not None:
+                timer.cancel()
+
+        def terminated(session: QuicSession) -> None:
+            sessions.discard(session)
+            settled(session)
+
+        def timed_out(session: QuicSession) -> None:
+            handshaking.pop(session, None)
+            if not session.handshake_done and session.is_open:
+                session.abandon()
 
         def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
             session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
                                   interface=spec.interface, on_stream=spec.on_transient,
                                   per_msg_reliability=settings.per_msg_reliability,
                                   allow_early=settings.zero_rtt,
-                                  on_terminated=sessions.discard, dscp=settings.dscp,
-                                  marker=marker, client_auth=auth)
+                                  on_terminated=terminated, dscp=settings.dscp,
+                                  marker=marker, client_auth=auth,
+                                  recv_budget=settings.recv_budget, on_handshake=settled)
             sessions.add(session)
+            handshaking[session] = loop.call_later(settings.handshake_timeout, timed_out,
+                                                   session)
             return session
 
         try:
             bind_server(sock, spec.address, spec.port, spec.interface)
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: QuicServer(
+            transport, server = await open_datagram_endpoint(
+                lambda: _Server(
                     configuration=config, create_protocol=create,
-                    session_ticket_fetcher=None if auth else lambda t: tickets.pop(t, None),
-                    session_ticket_handler=None if auth else lambda t: tickets.__setitem__(
-                        t.ticket, t)),
-                sock=sock)
+                    session_ticket_fetcher=None if auth else tickets.take,
+                    session_ticket_handler=None if auth else tickets.add,
+                    retry_mode=settings.retry, max_handshakes=settings.max_handshakes,
+                    handshaking=handshaking),
+                sock)
         except BaseException:
             sock.close()
             raise
-        return QuicListening(transport, sessions, sock.getsockname()[1])
+        return QuicListening(transport, sessions, sock.getsockname()[1], server, tickets)
 
 
 def session_done(session: QuicSession) -> bool:
     """The handshake completed (or the session closed): nothing more rides as 0-RTT."""
     return session.handshake_done or not session.is_open
+
+
+class _Tickets:
+    """The listener's session tickets (Rule 6): at most TICKETS, least recent dropped first,
+    each handed out once."""
+
+    def __init__(self, limit: int = TICKETS) -> None:
+        self.limit = limit
+        self._store: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def add(self, ticket: SessionTicket) -> None:
+        store = self._store
+        store[ticket.ticket] = ticket
+        store.move_to_end(ticket.ticket)
+        while len(store) > self.limit:
+            store.popitem(last=False)
+
+    def take(self, label: bytes) -> SessionTicket | None:
+        return self._store.pop(label, None)
+
+
+class _Server(QuicServer):
+    """aioquic's QuicServer with Rule 6's admission in front of it: new Initials beyond
+    max_handshakes are dropped, and Retry is switched on per Initial (`set_server_retry`)."""
+
+    def __init__(self, *, configuration: QuicConfiguration, retry_mode: str,
+                 max_handshakes: int, handshaking: dict[QuicSession, Any],
+                 **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        if retry_mode not in ("never", "auto", "always"):
+            raise ValueError(f"unknown listener.retry {retry_mode!r} (never, auto, always)")
+        self.cid_length = configuration.connection_id_length
+        self.retry_mode = retry_mode
+        self.max_handshakes = max(int(max_handshakes), 1)
+        self.handshaking = handshaking
+        self.refused_initials = 0
+        """New Initials dropped because max_handshakes handshakes were in progress."""
+        self.retries = 0
+        """New Initials answered with a Retry (no connection state kept)."""
+        self._tokens = QuicRetryTokenHandler() if retry_mode != "never" else None
+        set_server_retry(self, None)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if isinstance(data, bytes) and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=self.cid_length)
+            except ValueError:
+                return  # not QUIC: aioquic would drop it too
+            if (header.packet_type == QuicPacketType.INITIAL
+                    and not server_knows(self, header.destination_cid)):
+                in_progress = len(self.handshaking)
+                if in_progress >= self.max_handshakes:
+                    self.refused_initials += 1
+                    return
+                tokens = self._tokens
+                if tokens is not None:
+                    retry = (self.retry_mode == "always" or bool(header.token)
+                             or 2 * in_progress >= self.max_handshakes)
+                    set_server_retry(self, tokens if retry else None)
+                    if retry and not header.token:
+                        self.retries += 1
+        super().datagram_received(data, addr)
 
 
 class QuicListening:
@@ -209,10 +314,19 @@ class QuicListening:
     stack = "quic"
 
     def __init__(self, transport: asyncio.BaseTransport, sessions: set[QuicSession],
-                 port: int) -> None:
+                 port: int, server: _Server | None = None,
+                 tickets: _Tickets | None = None) -> None:
         self._transport = transport
         self._sessions = sessions
         self.port = port
+        self.server = server
+        """aioquic's server (its counters: refused_initials, retries, handshaking)."""
+        self.tickets = tickets
+
+    @property
+    def sessions(self) -> int:
+        """Connections this listener holds now (handshaking or established)."""
+        return len(self._sessions)
 
     async def aclose(self) -> None:
         """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""

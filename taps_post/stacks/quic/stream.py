@@ -14,10 +14,17 @@ Rule 4: the Transient plug-in contract (docs/architecture.md, "The Transient int
 all the base class sees: `write_ready`, `check_progress`, `track`, `aclose`, `abort`, `fail`;
 the base's shared state (`_ledger`, `_progress_handle`, `_flush`, `_eof`, `_error`) is read
 here and in no other class of this package: the session calls public methods only.
+Rule 5 (memory, docs/quic.md "Memory limits"): what a sender has written into aioquic and
+aioquic has not sent yet (stream bytes, DATAGRAM frames, expiring messages' side streams)
+counts against carrier.sendBudget (`backlog_bytes`), so send() waits while a peer withholds
+credit; the view's pause_reading / resume_reading (the Transient's receive budget) withhold
+and return flow-control credit (the session decides it); a graceful close is bounded by
+carrier.linger, then the stream is reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import Callable
@@ -107,6 +114,16 @@ class StreamHost(Protocol):
         until its `tracking_pending()` is False."""
         ...
 
+    def backlog_pending(self, stream: QuicStreamTransient) -> None:
+        """`stream`'s backlog is over its send budget: after each transmit, call its
+        `notify_drained()` whenever `backlog_bytes()` shrank, until it is under a quarter of
+        `send_limit`."""
+        ...
+
+    def credit_changed(self) -> None:
+        """A stream resumed reading: send the flow-control credit it withheld."""
+        ...
+
     def path_stats(self) -> PathStats: ...
 
     def stream_closed(self, stream: QuicStreamTransient) -> None: ...
@@ -134,6 +151,15 @@ class QuicStreamTransient(Transient):
         self._fin_sent = False
         self._early_left = 0
         """Bytes received as 0-RTT data not yet part of a delivered message (on_data)."""
+        self._big_last = 0
+        """Bytes of the last message written to the stream (backlog_bytes)."""
+        self.credit_withheld = False
+        """The carrier is over its receive budget: no flow-control credit is extended, and
+        DATAGRAM frames for it are dropped (Rule 5)."""
+        self.datagrams_dropped = 0
+        """DATAGRAM frames for this carrier dropped while it was over its receive budget."""
+        self._datagram_bytes = 0
+        """Bytes of our DATAGRAM frames aioquic holds, not yet written into a packet."""
 
     @property
     def quic(self) -> QuicConnection:
@@ -156,6 +182,44 @@ class QuicStreamTransient(Transient):
         return True
 
     # ---- sending ---------------------------------------------------------------------
+
+    @property
+    def send_limit(self) -> int:
+        """carrier.sendBudget (the Transient's `send_budget`)."""
+        return int(getattr(self, "send_budget", 1 << 20))
+
+    def backlog_bytes(self) -> int:
+        """Queued bytes plus what aioquic holds of ours not yet sent (Rule 5): the stream's
+        bytes past aioquic's next send offset, expiring messages not yet sent on their side
+        streams, DATAGRAM frames not yet in a packet. A last message larger than the budget
+        is left out, so the bound is the budget plus that message and the one after it."""
+        total = self.queued_bytes + self._datagram_bytes
+        if self._offset:
+            offsets = stream_send_offsets(self.quic, self.stream_id)
+            if offsets is not None:
+                unsent = self._offset - offsets[0]
+                if self._big_last > self.send_limit:
+                    # One message larger than the whole budget is not held against the
+                    # next send while it goes: DATAGRAM frames keep flowing beside it.
+                    unsent = max(unsent - self._big_last, 0)
+                total += unsent
+        for uni, (_p, end) in self._uni.items():
+            offsets = stream_send_offsets(self.quic, uni)
+            if offsets is not None:
+                total += max(end - offsets[0], 0)
+        return total
+
+    def notify_drained(self) -> None:
+        """The backlog shrank: release senders waiting on it (the Transient's, contract 3)."""
+        base = getattr(super(), "notify_drained", None)
+        if base is not None:
+            base()
+        elif self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def datagram_gone(self, p: Pending) -> None:
+        """aioquic wrote (or the connection dropped) one of our DATAGRAM frames."""
+        self._datagram_bytes -= len(p.message.data)
 
     def path_stats(self) -> PathStats:
         """The connection's path as aioquic's recovery measured it (all of a connection's
@@ -187,6 +251,7 @@ class QuicStreamTransient(Transient):
                 else:
                     quic.send_stream_data(self.stream_id, frame)
                     self._offset += len(frame)
+                    self._big_last = len(frame)
                     self.track(self._offset, p)
             wrote = True
             if msg.immediate:  # own packet, now: nothing written after it joins its packet
@@ -194,6 +259,8 @@ class QuicStreamTransient(Transient):
                 wrote = False
         self.sent_any = True
         session.transmit_soon()
+        if self.backlog_bytes() > self.send_limit:
+            session.backlog_pending(self)
 
     def _write_datagram(self, p: Pending) -> bool:
         """Hand a `reliable=False` message to aioquic as a DATAGRAM frame prefixed with this
@@ -210,6 +277,7 @@ class QuicStreamTransient(Transient):
             self.fire(p.on_send_error, p.message)
             return True
         self.quic.send_datagram_frame(payload)
+        self._datagram_bytes += len(p.message.data)
         session.datagram_written(self, p)
         return True
 
@@ -271,7 +339,13 @@ class QuicStreamTransient(Transient):
             self.fire(p.on_send_error, p.message)
 
     async def aclose(self) -> None:
-        await self._flush()
+        linger = float(getattr(self, "linger", 5.0))
+        try:
+            async with asyncio.timeout(linger):  # contract 4: bounded, then reset
+                await self._flush()
+        except TimeoutError:
+            self.abort()
+            return
         if not self._fin_sent and self.session.is_open:
             self._fin_sent = True
             with contextlib.suppress(Exception):
@@ -368,10 +442,14 @@ class _StreamView:
                 "stream_id": self._owner.stream_id}.get(name, default)
 
     def pause_reading(self) -> None:
-        return None  # QUIC flow control pushes back on the peer
+        """Over the receive budget: withhold flow-control credit (the peer stops sending once
+        the credit it has runs out)."""
+        self._owner.credit_withheld = True
 
     def resume_reading(self) -> None:
-        return None
+        if self._owner.credit_withheld:
+            self._owner.credit_withheld = False
+            self._owner.session.credit_changed()
 
     def close(self) -> None:
         # A graceful close flushes the queue first, so it cannot finish here: the session

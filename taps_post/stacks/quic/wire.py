@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 
 __all__ = ["DATAGRAM_FRAME_SIZE", "DATAGRAM_MAX_PAYLOAD", "REFUSED_STREAM", "RESET_EXPIRED",
+           "TOO_LARGE", "UNI_OVERHEAD",
            "datagram_fits", "datagram_frame_size", "datagram_payload",
            "encode_varint", "is_client_initiated", "is_unidirectional", "split_datagram",
            "split_uni", "uni_payload"]
@@ -37,6 +38,13 @@ RESET_EXPIRED = 0x1
 REFUSED_STREAM = 0x2
 """Application error code of the RESET_STREAM and STOP_SENDING that refuse a stream the peer
 opened after this connection's carriers stopped accepting siblings (accept callback False)."""
+
+TOO_LARGE = 0x3
+"""Application error code of the STOP_SENDING that ends a unidirectional stream grown over
+message.maxSize (docs/quic.md, "Memory limits")."""
+UNI_OVERHEAD = 64
+"""Bytes a unidirectional stream may hold beyond message.maxSize: its 8-byte owner and the
+framing of its one message, with room to spare."""
 
 _OWNER = struct.Struct("!Q")
 
