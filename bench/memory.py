@@ -452,9 +452,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.role is not None:
         if args.ssl_read_buffer:
-            import asyncio.sslproto
+            from asyncio import sslproto
 
-            asyncio.sslproto.SSLProtocol.max_size = args.ssl_read_buffer
+            sslproto.SSLProtocol.max_size = args.ssl_read_buffer
         if args.role == "server" and args.tracemalloc:
             tracemalloc.start(1)
         asyncio.run(server(args) if args.role == "server" else client(args))
