@@ -23,15 +23,15 @@ Rule 5: a listener is aioquic's own `QuicServer` whose `create_protocol` makes o
 the listener keeps its own set of them, never the server's table. Under clientAuth it issues
 no session tickets (config, Rule 6): every connection is a full handshake showing a
 certificate.
-Rule 6 (a listener under abuse, docs/quic.md "Memory limits"): the server's ticket store is an
-LRU of `TICKETS` entries (each used once); an Initial that would open a connection beyond
-listener.maxHandshakes handshakes in progress is dropped before aioquic sees it (no state,
-no reply); listener.retry `always`, or `auto` while at least half of maxHandshakes are in
-progress, answers new Initials with a Retry (address validation: no connection state until
-the client proves its address, and no reply beyond the Retry); a connection whose handshake
-did not complete within listener.handshakeTimeout is closed without a word to its unvalidated
-source (its datagrams are dropped). The socket is attached through
-`stacks.dgram.open_datagram_endpoint`, like every listening UDP socket.
+Rule 6 (a listener under abuse, docs/quic.md "Memory limits"): the server's ticket store is
+an LRU of `TICKETS_PER_HANDSHAKE` x listener.maxHandshakes entries (each used once); an
+Initial that would open a connection beyond listener.maxHandshakes handshakes in progress is
+dropped before aioquic sees it (no state, no reply); listener.retry `always`, or `auto` while
+at least half of maxHandshakes are in progress, answers new Initials with a Retry (address
+validation: no connection state until the client proves its address, and no reply beyond
+the Retry); a connection whose handshake did not complete within listener.handshakeTimeout
+is closed without a word to its unvalidated source (its datagrams are dropped). The socket
+is attached through `stacks.dgram.open_datagram_endpoint`, like every listening UDP socket.
 """
 
 from __future__ import annotations
@@ -73,10 +73,11 @@ from .config import (
 from .session import QuicSession
 from .stream import QuicStreamTransient
 
-__all__ = ["TICKETS", "QuicListening", "QuicStack"]
+__all__ = ["TICKETS_PER_HANDSHAKE", "QuicListening", "QuicStack"]
 
-TICKETS = 4096
-"""Session tickets a listener keeps for resumption, least recently issued dropped first."""
+TICKETS_PER_HANDSHAKE = 8
+"""Session tickets a listener keeps per listener.maxHandshakes (4,096 by default), least
+recently issued dropped first: the resumption cache scales with the handshake capacity."""
 
 
 class QuicStack:
@@ -185,7 +186,7 @@ class QuicStack:
         loop = asyncio.get_running_loop()
         config = server_configuration(spec)
         auth = client_auth(spec)
-        tickets = _Tickets()
+        tickets = _Tickets(TICKETS_PER_HANDSHAKE * max(spec.settings.max_handshakes, 1))
         settings = spec.settings
         # Every connection not yet terminated: aioquic's server creates each through
         # `create`, so the listener need not read the server's own table.
@@ -244,10 +245,10 @@ def session_done(session: QuicSession) -> bool:
 
 
 class _Tickets:
-    """The listener's session tickets (Rule 6): at most TICKETS, least recent dropped first,
+    """The listener's session tickets (Rule 6): at most `limit`, least recent dropped first,
     each handed out once."""
 
-    def __init__(self, limit: int = TICKETS) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._store: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
 
@@ -327,6 +328,11 @@ class QuicListening:
     def sessions(self) -> int:
         """Connections this listener holds now (handshaking or established)."""
         return len(self._sessions)
+
+    @property
+    def handshakes(self) -> int:
+        """Connections whose handshake is in progress (Listener.handshakes sums these)."""
+        return 0 if self.server is None else len(self.server.handshaking)
 
     async def aclose(self) -> None:
         """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""

@@ -259,7 +259,7 @@ class QuicStreamTransient(Transient):
                 wrote = False
         self.sent_any = True
         session.transmit_soon()
-        if self.backlog_bytes() > self.send_limit:
+        if self.backlog_bytes() > self.send_limit // 4:  # a sender may wait (or will)
             session.backlog_pending(self)
 
     def _write_datagram(self, p: Pending) -> bool:

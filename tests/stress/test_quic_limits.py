@@ -1,0 +1,366 @@
+"""QUIC memory limits (docs/quic.md, "Memory limits"): real sockets, aioquic's own client as
+the hostile peer where the peer must break our protocol's manners, our Listener as the server.
+
+Each test is one failure the issue measured on issue10-base, and fails there:
+- an unread carrier took everything its peer sent (457 MB): now credit stops at the carrier's
+  receive budget plus one window;
+- send() never waited on QUIC (99 MiB in aioquic's buffer): now it waits at the send budget;
+- a unidirectional stream without FIN buffered 300 MiB against a 1 MiB maxSize: now it is
+  stopped (STOP_SENDING, TOO_LARGE);
+- DATAGRAM frames for a carrier that does not read were all held: now they are dropped over
+  the budget and counted;
+- unreliable sends were queued in aioquic without bound: now they wait too;
+- the listener kept every session ticket: now an LRU bounded by maxHandshakes.
+
+Waiting is on conditions (`until`); where the condition is "the peer stopped making progress",
+progress is sampled every 50 ms and the test waits until it stalled for STALL seconds or
+reached its end (that stall is the behaviour under test, not a guess at timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aioquic.asyncio import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from sizing import sized
+
+import taps_post as tp
+from taps_post.stacks.quic.compat import (
+    pending_datagram_bytes,
+    pending_datagram_frames,
+    stream_receive_buffered,
+    stream_send_offsets,
+)
+
+LOCAL = "127.0.0.1"
+MiB = 1 << 20
+STALL = 1.0
+"""Seconds without progress after which a peer counts as held back."""
+GOAL = 16 * MiB
+"""The issue's bound: what a peer that sends without end may cost one carrier by default."""
+
+
+@pytest.fixture(scope="module")
+def cert() -> tp.certs.Certificate:
+    return tp.certs.self_signed(["localhost", "127.0.0.1"])
+
+
+def policy(**values: Any) -> tp.PolicyContext:
+    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
+    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
+                            app_name="quic-limits")
+
+
+def frame(data: bytes) -> bytes:
+    return struct.pack("!I", len(data)) + data
+
+
+class Capture(QuicConnectionProtocol):
+    """aioquic's client protocol, keeping its connection and the events tests look for."""
+
+    def __init__(self, quic: QuicConnection, *args: Any, **kwargs: Any) -> None:
+        super().__init__(quic, *args, **kwargs)
+        self.connection = quic
+        self.stops: list[tuple[int, int]] = []
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StopSendingReceived):
+            self.stops.append((event.stream_id, event.error_code))
+        super().quic_event_received(event)
+
+
+def client_config(cert: tp.certs.Certificate, datagrams: bool = False) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=True,
+                               max_datagram_frame_size=65536 if datagrams else None)
+    config.load_verify_locations(cadata=cert.cert_pem.encode())
+    return config
+
+
+@contextlib.asynccontextmanager
+async def listening(cert: tp.certs.Certificate, pol: tp.PolicyContext,
+                    on_carrier: Callable[[tp.Carrier], Any]) -> AsyncIterator[tp.Listener]:
+    listener = await tp.listen(tp.Local(address=LOCAL, port=0, certificates=[cert]),
+                               policy=pol)
+    listener.accept(on_carrier)
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(cert: tp.certs.Certificate, pol: tp.PolicyContext,
+                   on_carrier: Callable[[tp.Carrier], Any], datagrams: bool = False,
+                   ) -> AsyncIterator[tuple[tp.Listener, Capture]]:
+    """Our Listener and aioquic's own client connected to it."""
+    async with contextlib.AsyncExitStack() as stack:
+        listener = await stack.enter_async_context(listening(cert, pol, on_carrier))
+        client = await stack.enter_async_context(connect(
+            LOCAL, listener.ports["quic"], configuration=client_config(cert, datagrams),
+            create_protocol=Capture))
+        assert isinstance(client, Capture)
+        yield listener, client
+
+
+async def until_stalled(progress: Callable[[], int], end: int, timeout: float) -> int:
+    """Sample `progress()` until it reaches `end` or did not move for STALL seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = progress(), loop.time()
+    while last < end:
+        await asyncio.sleep(0.05)
+        now_value = progress()
+        if now_value != last:
+            last, since = now_value, loop.time()
+        elif loop.time() - since >= STALL:
+            break
+        if loop.time() > deadline:
+            raise AssertionError(f"neither done nor stalled within {timeout} s ({last})")
+    return last
+
+
+def sent_offset(quic: QuicConnection, sid: int, written: int) -> int:
+    offsets = stream_send_offsets(quic, sid)
+    return written if offsets is None else offsets[0]
+
+
+def acked_offset(quic: QuicConnection, sid: int, written: int) -> int:
+    offsets = stream_send_offsets(quic, sid)
+    return written if offsets is None else offsets[1]
+
+
+def drain(carrier: tp.Carrier) -> tuple[int, int]:
+    """(messages, bytes) waiting in an accepted carrier, taken without awaiting."""
+    t = carrier.transient
+    assert t is not None
+    count = size = 0
+    while (msg := t.try_receive()) is not None:
+        count += 1
+        size += len(msg)
+    return count, size
+
+
+# ---- receive side ---------------------------------------------------------------------------
+
+
+def test_an_unread_carrier_stops_granting_credit(run: Any, until: Any, cert: Any) -> None:
+    """aioquic's client writes 32 MiB (more under make stress) of 64 KiB messages to a
+    carrier that never reads: the client gets stuck once our credit runs out, under 16 MiB
+    (our counters plus aioquic's out-of-order buffer agree), and everything arrives once the
+    carrier reads. On issue10-base the whole of it was taken."""
+    total = sized(32, 128) * MiB
+
+    async def main() -> None:
+        accepted: list[tp.Carrier] = []
+        async with raw_peer(cert, policy(), accepted.append) as (_, client):
+            quic = client.connection
+            sid = quic.get_next_available_stream_id()
+            chunk = frame(b"x" * (64 * 1024 - 4))
+            count = total // len(chunk)
+            for _ in range(count):
+                quic.send_stream_data(sid, chunk)
+            client.transmit()
+            written = count * len(chunk)
+            taken = await until_stalled(lambda: acked_offset(quic, sid, written), written,
+                                        30)
+            print(f"unread carrier: peer got {taken / MiB:.1f} MiB of {total / MiB:.0f}")
+            assert taken < GOAL, f"{taken / MiB:.1f} MiB taken by a carrier that reads none"
+            await until(lambda: bool(accepted), 2, "the carrier")
+            carrier = accepted[0]
+            t = carrier.transient
+            assert t is not None
+            session = t.session  # type: ignore[attr-defined]
+            held = getattr(t, "buffered_bytes", 0) + stream_receive_buffered(
+                session.connection)
+            assert held < GOAL, held
+            got = 0
+            while got < count:  # reading returns the credit: nothing is lost
+                await asyncio.wait_for(carrier.receive(), 10)
+                got += 1
+            await until(lambda: acked_offset(quic, sid, written) >= written, 10,
+                        "the rest acknowledged")
+
+    run(main(), 60)
+
+
+def test_a_unidirectional_stream_without_fin_is_stopped(run: Any, until: Any,
+                                                         cert: Any) -> None:
+    """A peer writes 32 MiB on one unidirectional stream with no FIN against a 1 MiB
+    maxSize: the listener sends STOP_SENDING (TOO_LARGE) once it holds more than maxSize,
+    and the peer never gets far beyond it. On issue10-base it buffered all of it."""
+    total = 32 * MiB
+
+    async def main() -> None:
+        async with raw_peer(cert, policy(**{"message.maxSize": MiB}), lambda c: None) \
+                as (_, client):
+            quic = client.connection
+            uni = quic.get_next_available_stream_id(is_unidirectional=True)
+            quic.send_stream_data(uni, struct.pack("!Q", 0) + struct.pack("!I", total)
+                                  + b"u" * total)
+            client.transmit()
+            written = total + 12
+
+            def moved() -> int:
+                return written if client.stops else acked_offset(quic, uni, written)
+
+            await until_stalled(moved, written, 30)
+            assert client.stops == [(uni, 0x3)], client.stops
+            offsets = stream_send_offsets(quic, uni)
+            taken = 0 if offsets is None else offsets[1]
+            assert taken < 6 * MiB, taken
+
+    run(main(), 60)
+
+
+def test_datagrams_for_an_unread_carrier_are_dropped_over_the_budget(
+        run: Any, until: Any, cert: Any) -> None:
+    """aioquic's client sends 30,000 DATAGRAM frames of 1,000 bytes (more under make stress)
+    to a carrier that never reads: it holds at most its receive budget (1 MiB here) plus one
+    window of stream data; the rest are dropped and counted. On issue10-base all of them
+    that reached the listener were held."""
+    frames = sized(30_000, 100_000)
+    budget = MiB
+
+    async def main() -> None:
+        accepted: list[tp.Carrier] = []
+        async with raw_peer(cert, policy(**{"carrier.recvBudget": budget}), accepted.append,
+                        datagrams=True) as (_, client):
+            quic = client.connection
+            sid = quic.get_next_available_stream_id()
+            quic.send_stream_data(sid, frame(b"hello"))
+            client.transmit()
+            await until(lambda: bool(accepted), 5, "the carrier")
+            payload = b"\x00" + b"z" * 1000  # stream 0's carrier (wire.py: varint id)
+            for i in range(frames):
+                quic.send_datagram_frame(payload)
+                if i % 50 == 49:  # aioquic's congestion window paces them
+                    client.transmit()
+                    await until(lambda: pending_datagram_frames(quic) < 100, 10,
+                                "aioquic sending the frames")
+            client.transmit()
+            await until(lambda: pending_datagram_frames(quic) == 0, 10, "the last frames")
+            quic.send_stream_data(sid, frame(b"marker"))
+            client.transmit()
+            written = len(frame(b"hello")) + len(frame(b"marker"))
+            await until(lambda: acked_offset(quic, sid, written) >= written, 30,
+                        "the marker after the frames")
+            carrier = accepted[0]
+            t = carrier.transient
+            assert t is not None
+            count, size = drain(carrier)
+            dropped = t.session.datagrams_dropped  # type: ignore[attr-defined]
+            print(f"{frames} frames: {count} messages ({size} bytes) held, "
+                  f"{dropped} dropped")
+            assert size <= 2 * budget + 64 * 1024, size
+            assert dropped > 0
+
+    run(main(), 60)
+
+
+def test_the_listener_keeps_a_bounded_ticket_store(run: Any, cert: Any) -> None:
+    """Every connection gets a session ticket; the listener keeps at most 8 per
+    listener.maxHandshakes (4 here: 32), least recent dropped, each usable once. On
+    issue10-base it kept one per connection forever."""
+    connections = 48
+
+    async def main() -> None:
+        pol = policy(**{"listener.maxHandshakes": 4})
+        async with listening(cert, pol, lambda c: None) as listener:
+            endpoint = next(e for e in listener._endpoints if e.stack == "quic")
+            received: list[Any] = []
+            for _ in range(connections):  # a client with a ticket handler is issued one
+                async with connect(LOCAL, listener.ports["quic"],
+                                   configuration=client_config(cert),
+                                   session_ticket_handler=received.append) as client:
+                    await client.ping()
+            assert len(received) == connections
+            assert len(endpoint.tickets) == 32, len(endpoint.tickets)
+
+    run(main(), 60)
+
+
+# ---- send side ------------------------------------------------------------------------------
+
+
+def test_send_waits_while_the_peer_withholds_credit(run: Any, cert: Any) -> None:
+    """Our carrier sends 64 MiB of 256 KiB messages to a carrier that never reads: send()
+    blocks once the peer's credit ran out, with at most the send budget plus one message
+    waiting in aioquic; when the peer reads, everything arrives. On issue10-base send()
+    never waited and all 64 MiB sat in aioquic's buffer."""
+    size = 256 * 1024
+    count = sized(256, 1024)
+
+    async def main() -> None:
+        accepted: list[tp.Carrier] = []
+        async with listening(cert, policy(), accepted.append) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(), store=tp.AssociationStore())
+            try:
+                t = c.transient
+                assert t is not None
+                quic = t.session.connection  # type: ignore[attr-defined]
+                sid = t.stream_id  # type: ignore[attr-defined]
+                done = 0
+                worst = 0
+
+                async def sender() -> None:
+                    nonlocal done, worst
+                    for _ in range(count):
+                        await c.send(b"s" * size)
+                        done += 1
+                        unsent = done * (size + 4) - sent_offset(quic, sid, 0)
+                        worst = max(worst, unsent)
+
+                task = asyncio.ensure_future(sender())
+                await until_stalled(lambda: done, count, 30)
+                print(f"send blocked after {done} of {count} messages; at most "
+                      f"{worst / MiB:.2f} MiB waited in aioquic")
+                assert not task.done(), "send() never waited"
+                assert worst <= MiB + 2 * (size + 4), worst
+                carrier = accepted[0]
+                got = 0
+                while got < count:
+                    await asyncio.wait_for(carrier.receive(), 10)
+                    got += 1
+                await asyncio.wait_for(task, 10)
+            finally:
+                c.abort()
+
+    run(main(), 60)
+
+
+def test_unreliable_sends_wait_for_aioquic_to_take_them(run: Any, cert: Any) -> None:
+    """20,000 unreliable 1,000-byte messages sent as fast as send_msg() returns: DATAGRAM
+    frames aioquic has not put in a packet yet count against the send budget, so at most
+    the budget (plus one frame) waits there. On issue10-base all of them were queued."""
+    count = sized(20_000, 100_000)
+
+    async def main() -> None:
+        async with listening(cert, policy(), lambda c: None) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(), store=tp.AssociationStore())
+            try:
+                t = c.transient
+                assert t is not None
+                quic = t.session.connection  # type: ignore[attr-defined]
+                worst = 0
+                for _ in range(count):
+                    await c.send_msg(tp.OutMessage(b"d" * 1000, reliable=False))
+                    worst = max(worst, pending_datagram_bytes(quic))
+                print(f"{count} unreliable sends: at most {worst} bytes waited in aioquic")
+                assert worst <= MiB + 2 * 1100, worst
+            finally:
+                c.abort()
+
+    run(main(), 60)
