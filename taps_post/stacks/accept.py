@@ -21,8 +21,10 @@ is not read at all: the kernel's backlog holds the next connections (their SYNs 
 nothing is lost) until a handshake ends, completed, failed or timed out.
 Rule 5: resource exhaustion on accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops reading the
 listening socket for a back-off, BACKOFF_FIRST doubling to BACKOFF_MAX, reset by the next
-accept() that succeeds; one warning when such an episode starts and one line when it ends,
-never one per failure. Out of file descriptors (EMFILE, ENFILE), the Acceptor sheds instead
+accept() that succeeds. One warning when such an episode starts, one line when it ended (an
+accept() succeeded EPISODE_QUIET after the last failure), never one per failure: a server
+hovering at its limit fails and succeeds in turn, and that is one episode. Out of file
+descriptors (EMFILE, ENFILE), the Acceptor sheds instead
 of stalling: it gives up a reserve descriptor it holds for this, accepts one waiting
 connection with it, resets that connection at once and retakes the reserve, up to BATCH
 times per back-off step. A client that cannot be served then fails at once instead of
@@ -45,7 +47,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "BATCH", "Acceptor", "backlog_for", "somaxconn"]
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "BATCH", "EPISODE_QUIET", "Acceptor", "backlog_for",
+           "somaxconn"]
 
 _log = logging.getLogger("taps_post.listener")
 
@@ -56,6 +59,8 @@ BACKOFF_FIRST = 0.010
 """First pause of accept() after a resource error, seconds (Rule 5)."""
 BACKOFF_MAX = 1.0
 """Longest pause of accept() while resources stay exhausted, seconds (Rule 5)."""
+EPISODE_QUIET = 10.0
+"""Seconds without a resource error after which an episode counts as over (Rule 5)."""
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -109,7 +114,9 @@ class Acceptor:
         self._reading = False
         self._closed = False
         self._backoff = 0.0
-        """The current pause after a resource error (0: no episode going on, Rule 5)."""
+        """The current pause after a resource error (0: the last accept() succeeded)."""
+        self._episode = False
+        self._last_failure = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._reserve = _open_reserve()
         self.shed = 0
@@ -151,7 +158,7 @@ class Acceptor:
                     continue
                 self._exhausted(exc)
                 return
-            if self._backoff:
+            if self._backoff or self._episode:
                 self._recovered()
             self._begin(conn)
         self._want_reading()
@@ -159,14 +166,14 @@ class Acceptor:
     # ---- resource exhaustion (Rule 5) ----------------------------------------------------
 
     def _exhausted(self, exc: OSError) -> None:
-        if not self._backoff:
+        self._last_failure = self._loop.time()
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2) if self._backoff else BACKOFF_FIRST
+        if not self._episode:
+            self._episode = True
             self.episodes += 1
-            self._backoff = BACKOFF_FIRST
             _log.warning("listener on port %s: accept() failed (%s); pausing accept, "
                          "connections that cannot be served are reset until it recovers",
                          self._port(), exc.strerror or exc)
-        else:
-            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
         if exc.errno in _OUT_OF_FDS:
             self._shed_waiting()
         self._retry = self._loop.call_later(self._backoff, self._resume)
@@ -181,24 +188,26 @@ class Acceptor:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                break  # none waiting, or still no descriptor (another thread took it)
-            finally:
                 self._reserve = _open_reserve()
+                break  # none waiting, or still no descriptor (another thread took it)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             conn.close()
             self.shed += 1
+            self._reserve = _open_reserve()  # the descriptor conn just gave back
 
     def _resume(self) -> None:
         self._retry = None
         self._want_reading()
 
     def _recovered(self) -> None:
-        _log.info("listener on port %s: accepting again (%d connections reset while "
-                  "resources were exhausted, so far)", self._port(), self.shed)
         self._backoff = 0.0
         if self._reserve is None:
             self._reserve = _open_reserve()
+        if self._episode and self._loop.time() - self._last_failure >= EPISODE_QUIET:
+            self._episode = False
+            _log.info("listener on port %s: accepting again (%d connections reset while "
+                      "resources were exhausted, so far)", self._port(), self.shed)
 
     def _port(self) -> Any:
         with contextlib.suppress(OSError):
