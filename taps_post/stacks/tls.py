@@ -10,18 +10,31 @@ CERT_OPTIONAL, a client without one is still served; require: CERT_REQUIRED, it 
 in the handshake) and verifies a presented one against exactly the trusted certificates: CAs,
 or self-signed client certificates loaded as trust anchors, which verify only the very same
 certificate (a pin). A presented certificate that does not verify is refused in both modes.
+Rule 4: a TLS connection reads the socket through a TLS_READ_BUFFER (64 KiB) buffer, not
+asyncio's 256 KiB one (`open_tls`). asyncio's SSLProtocol allocates and zeroes its read
+buffer for every connection before the handshake: 256 KiB of the ~300 KiB an idle TLS
+connection costs (bench/memory.py), and, freed by the thousand, the blocks glibc keeps in its
+arenas after the connections closed (docs/reliability.md). A TLS record is at most 16 KiB, so
+64 KiB still takes four records per read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
-from collections.abc import Sequence
+from asyncio import sslproto
+from collections.abc import Callable, Sequence
 
 from ..certs import Certificate, fingerprint_of_der
 from ..core.settings import Settings
 from ..errors import ArgumentError
 
-__all__ = ["PinMismatchError", "client_tls_context", "server_tls_context", "verify_pins"]
+__all__ = ["TLS_READ_BUFFER", "LeanSSLProtocol", "PinMismatchError", "client_tls_context",
+           "open_tls", "server_tls_context", "verify_pins"]
+
+TLS_READ_BUFFER = 64 * 1024
+"""Bytes a TLS connection reads from its socket at once (asyncio's own: 256 KiB; Rule 4)."""
 
 
 class PinMismatchError(ssl.SSLCertVerificationError):
@@ -91,3 +104,45 @@ def verify_pins(ssl_object: ssl.SSLObject | None, pinned: Sequence[Certificate])
     got = fingerprint_of_der(der)
     if got not in {c.fingerprint for c in pinned}:
         raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")
+
+
+class LeanSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS-over-a-transport protocol with a TLS_READ_BUFFER read buffer (Rule 4);
+    everything else, handshake and shutdown timeouts included, is asyncio's."""
+
+    max_size = TLS_READ_BUFFER
+
+    def app_transport(self) -> asyncio.Transport:
+        """The transport the application protocol was given (once the handshake is done)."""
+        transport = self._app_transport
+        if transport is None:
+            raise RuntimeError("the TLS handshake has not completed")
+        return transport
+
+
+async def open_tls(protocol_factory: Callable[[], asyncio.BaseProtocol], sock: socket.socket,
+                   context: ssl.SSLContext, *, server_side: bool,
+                   server_hostname: str | None = None,
+                   handshake_timeout: float | None = None,
+                   ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """TLS over a connected (client) or accepted (server) socket, as
+    `loop.create_connection(sock=, ssl=)` / `loop.connect_accepted_socket(ssl=)` do, with a
+    LeanSSLProtocol (Rule 4). Returns once the handshake is done; on failure or
+    cancellation the transport is aborted (the socket then closed) and the error raised."""
+    loop = asyncio.get_running_loop()
+    protocol = protocol_factory()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = LeanSSLProtocol(loop, protocol, context, waiter, server_side=server_side,
+                          server_hostname=server_hostname,
+                          ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
+    # (typeshed says int; asyncio takes any number of seconds, as create_connection does)
+    if server_side:
+        raw, _ = await loop.connect_accepted_socket(lambda: tls, sock)
+    else:
+        raw, _ = await loop.create_connection(lambda: tls, sock=sock)
+    try:
+        await waiter
+    except BaseException:
+        raw.abort()
+        raise
+    return tls.app_transport(), protocol
