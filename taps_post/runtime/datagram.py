@@ -9,6 +9,10 @@ an inbox on a local port or multicast group. Neither forks nor accepts forks (dr
 Rule 3: a Sink serves only interfaces no rule excludes, as a Listener does
 (`listener.serving_interfaces`): with such a rule in force it is one socket per allowed
 interface, each pinned to it, and one inbox that merges them in arrival order.
+Rule 4: a Sink's sockets take the receive and send budgets of the listen Decision
+(carrier.recvBudget: reading pauses when its inbox holds that many bytes) but never its idle
+timeout: a Sink is the listening socket itself, there is no peer to wait for. A wildcard Sink
+is attached through stacks/dgram.py like every listening UDP socket.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from ..core.inbox import Inbox
 from ..core.messages import InMessage
+from ..core.settings import Settings
 from ..decision.decision import Decision
 from ..errors import ConnectionClosedError, PolicyError, UsageError
 from ..policy.context import PolicyContext
@@ -81,7 +86,8 @@ class Sink:
     """Receives datagrams from anyone on a local port (or a multicast group)."""
 
     def __init__(self, transients: DatagramTransient | Sequence[DatagramTransient],
-                 decision: Decision, local: Local | None = None) -> None:
+                 decision: Decision, local: Local | None = None,
+                 settings: Settings | None = None) -> None:
         self._transients = ((transients,) if isinstance(transients, DatagramTransient)
                             else tuple(transients))
         self._transient = self._transients[0]
@@ -98,6 +104,8 @@ class Sink:
         self._closed = False
         for t in self._transients:
             t.bind(self)
+            if settings is not None:  # Rule 4: the budgets, never an idle timeout
+                t.apply_settings(replace(settings, idle_timeout=0.0))
             t.path = Path(t, None)
             if len(self._transients) > 1:
                 t.set_callback(self._arrived)
@@ -225,5 +233,5 @@ async def new_sink(local: Local, *, policy: PolicyContext | None = None,
             for t in transients:
                 t.abort()
             raise
-        return Sink(transients, decision, local)
+        return Sink(transients, decision, local, settings)
     raise AssertionError("unreachable: the last try raises")  # pragma: no cover

@@ -12,6 +12,8 @@ the process: `bind_to_device()` pins it (SO_BINDTODEVICE, allowed for every user
 5.7); where the kernel refuses, the route must prove the packets leave by that interface, or
 the attempt fails with `InterfaceNotEnforcedError` before anything is sent. An interface the
 policy excluded stays excluded only if no socket can route around the exclusion.
+Rule 4: no UDP socket sets SO_REUSEADDR (another user could bind its port and receive its
+datagrams); port sharing on UDP is SO_REUSEPORT, which Linux grants to the same user only.
 """
 
 from __future__ import annotations
@@ -157,21 +159,35 @@ def bind_to_device(sock: socket.socket, interface: str | None, *, remote: str | 
 
 
 def bind_server(sock: socket.socket, address: str, port: int, interface: str | None) -> None:
-    """The one way every listening socket is bound: non-blocking, address reuse, dual-stack
-    on `::`, pinned to its interface (or failing, Rule 3), then bound. A multicast `address`
-    binds the group itself on Linux (the kernel then delivers only datagrams sent to the
-    group, not unicast to the port; the group is joined separately), the wildcard elsewhere.
+    """The one way every listening socket is bound: non-blocking, dual-stack on `::`, pinned
+    to its interface (or failing, Rule 3), then bound. Rule 4 for sharing the port: a TCP
+    socket sets SO_REUSEADDR (so a restarted server binds past its TIME_WAIT connections);
+    a UDP socket sets nothing (SO_REUSEADDR on UDP would let any user's socket bind the
+    same port and take its datagrams), except a multicast group's, which sets SO_REUSEPORT
+    so several Sinks of one user share the group port (Linux lets only the same effective
+    uid share it so). A multicast `address` binds the group itself on Linux (the kernel
+    then delivers only datagrams sent to the group, not unicast to the port; the group is
+    joined separately), the wildcard elsewhere. Bound to its group, a Sink also sets
+    SO_REUSEADDR: multicast is delivered to every socket that matches, so a socket sharing
+    the port takes nothing from it, and a wildcard one of the port's unicast traffic
+    (another program) may coexist.
     """
     import ipaddress
     import sys
 
     sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ip = ipaddress.ip_address(address)
+    linux = sys.platform.startswith("linux")
+    if sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    elif ip.is_multicast:
+        sock.setsockopt(socket.SOL_SOCKET, _REUSEPORT, 1)
+        if linux:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if sock.family == socket.AF_INET6 and address == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     bind_to_device(sock, interface)  # a listener on an interface serves only its peers
-    ip = ipaddress.ip_address(address)
-    if ip.is_multicast and not sys.platform.startswith("linux"):
+    if ip.is_multicast and not linux:
         address = "::" if ":" in address else "0.0.0.0"
     elif ip.is_multicast and ip.version == 6 and interface:  # scoped groups need the index
         sock.bind((address, port, 0, socket.if_nametoindex(interface)))
@@ -179,15 +195,22 @@ def bind_server(sock: socket.socket, address: str, port: int, interface: str | N
     sock.bind((address, port))
 
 
+_REUSEPORT = getattr(socket, "SO_REUSEPORT", socket.SO_REUSEADDR)
+"""Same-user port sharing (Rule 4); where the system has none, the older option."""
+
+
 def connected_datagram_socket(c: Candidate, local_port: int = 0) -> socket.socket:
     """A UDP socket on the candidate's path: pinned to its interface (Rule 3), bound to its
     local address (and `local_port`, the Local's port; 0: any) and connected to its remote
-    one (so the kernel reports ICMP errors to it)."""
+    one (so the kernel reports ICMP errors to it). A chosen port is shared only with the
+    same user's sockets (SO_REUSEPORT, Rule 4: a carrier's next attempt may bind it while
+    the last one's socket is still closing); a connected socket takes only its peer's
+    datagrams, so sharing steals nothing."""
     sock = socket.socket(family_of(c.remote_address), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         if local_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, _REUSEPORT, 1)
         bind_to_device(sock, c.interface, remote=c.remote_address, local=c.local_address)
         sock.bind((c.local_address, local_port))
         sock.connect((c.remote_address, c.remote_port))

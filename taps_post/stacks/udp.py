@@ -16,6 +16,11 @@ marked and no ancillary data is sent.
 Rule 5: a multicast Sink binds its group address (Linux) and turns IP_MULTICAST_ALL off, so
 it receives the group's datagrams only: not unicast to its port, not other groups joined by
 other sockets.
+Rule 6: a listener's per-peer state lives exactly as long as the peer's Transient (which
+ends when idle for carrier.idleTimeout, set by the Carrier from the listen Decision), and
+Rule 7: the per-peer table is bounded (MAX_PEERS); a new peer beyond it is not answered.
+Listening sockets and Sinks are attached through stacks/dgram.py, so a wildcard one answers
+each peer from the address the peer wrote to.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ..core.framing import Framer, RawFramer
@@ -40,9 +46,10 @@ from .base import (
     family_of,
     tos_option,
 )
+from .dgram import PktinfoTransport, open_datagram_endpoint
 from .transient import Transient
 
-__all__ = ["DatagramTransient", "UdpStack", "bind_sink"]
+__all__ = ["MAX_PEERS", "DatagramTransient", "UdpListening", "UdpStack", "bind_sink"]
 
 
 class DatagramTransient(Transient, asyncio.DatagramProtocol):
@@ -122,22 +129,21 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
 
     def _send_raw(self, data: bytes, cp: int | None) -> OSError | None:
         """Rule 3: write one datagram (marked with code point `cp`, Rule 4; None: unmarked)
-        and return the kernel's refusal, None when it took the datagram or asyncio holds it
-        (errors then come as soft errors). The caller fires the message's callbacks."""
-        sock = self.raw_socket
+        and return the kernel's refusal, None when it took the datagram or the transport
+        holds it (errors then come as soft errors). The caller fires the message's
+        callbacks. A listener's peer writes through its _PeerView (Rule 6)."""
+        ancillary: list[tuple[int, int, bytes]] = []
+        if cp is not None:
+            level, option = self._tos
+            ancillary.append((level, option, struct.pack("i", cp << 2)))
         transport = self.transport
+        if isinstance(transport, _PeerView):
+            return transport.send_now(data, ancillary)
+        sock = self.raw_socket
         if sock is not None and not transport.get_write_buffer_size():
-            to = self.peer  # None: the socket is connected
-            try:
-                if cp is not None:
-                    level, option = self._tos
-                    anc = [(level, option, struct.pack("i", cp << 2))]
-                    if to is not None:
-                        sock.sendmsg([data], anc, 0, to)
-                    else:
-                        sock.sendmsg([data], anc)
-                elif to is not None:
-                    sock.sendto(data, to)
+            try:  # a connected socket: no address
+                if ancillary:
+                    sock.sendmsg([data], ancillary)
                 else:
                     sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -146,7 +152,7 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
                 return exc
             else:
                 return None
-        transport.sendto(data)  # a _PeerView adds its peer's address
+        transport.sendto(data)
         return None
 
     def path_stats(self) -> PathStats:
@@ -178,12 +184,11 @@ class UdpStack:
             raise
 
     async def listen(self, spec: ListenSpec) -> UdpListening:
-        loop = asyncio.get_running_loop()
         sock = _server_socket(spec.address, spec.port, spec.interface)
         try:
             listening = UdpListening(spec, sock.getsockname()[1])
             listening.sock = sock
-            await loop.create_datagram_endpoint(lambda: listening, sock=sock)
+            await open_datagram_endpoint(lambda: listening, sock)
         except BaseException:
             sock.close()
             raise
@@ -193,13 +198,12 @@ class UdpStack:
 async def bind_sink(address: str, port: int, interface: str | None,
                     settings: Settings) -> DatagramTransient:
     """An unconnected, bound UDP socket whose one Transient receives from every peer."""
-    loop = asyncio.get_running_loop()
     sock = _server_socket(address, port, interface)
     try:
         transient = DatagramTransient(stack="udp", framer=RawFramer(settings.max_size),
                                       max_size=settings.max_size, interface=interface)
         transient.raw_socket = sock
-        await loop.create_datagram_endpoint(lambda: transient, sock=sock)
+        await open_datagram_endpoint(lambda: transient, sock)
     except BaseException:
         sock.close()
         raise
@@ -245,7 +249,8 @@ def _join(sock: socket.socket, group: ipaddress.IPv4Address | ipaddress.IPv6Addr
 
 
 class _PeerView:
-    """The transport a per-peer Transient sees: sends go to its peer via the shared socket."""
+    """The transport a per-peer Transient sees: sends go to its peer via the shared socket
+    (from the address the peer wrote to, on a wildcard socket: stacks/dgram.py)."""
 
     def __init__(self, parent: UdpListening, peer: tuple[str, int]) -> None:
         self._parent = parent
@@ -253,8 +258,35 @@ class _PeerView:
         self._closing = False
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._closing:
+            return
         assert self._parent.transport is not None
         self._parent.transport.sendto(data, addr or self._peer)
+
+    def send_now(self, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> OSError | None:
+        """Rule 3 for a listener's peer: the kernel's refusal, or None (taken or queued)."""
+        if self._closing:
+            return None
+        endpoint: Any = self._parent.transport
+        assert endpoint is not None
+        peer = self._peer
+        if isinstance(endpoint, PktinfoTransport):
+            return endpoint.send_now(data, peer, ancillary)
+        sock = self._parent.sock
+        if sock is not None and not endpoint.get_write_buffer_size():
+            try:
+                if ancillary:
+                    sock.sendmsg([data], ancillary, 0, peer)
+                else:
+                    sock.sendto(data, peer)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: asyncio queues it below
+            except OSError as exc:
+                return exc
+            else:
+                return None
+        endpoint.sendto(data, peer)
+        return None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -268,7 +300,7 @@ class _PeerView:
     def close(self) -> None:
         if not self._closing:
             self._closing = True
-            transient = self._parent.peers.pop(self._peer, None)
+            transient = self._parent.forget(self._peer)
             if transient is not None:
                 asyncio.get_running_loop().call_soon(transient.connection_lost, None)
 
@@ -284,7 +316,17 @@ class _PeerView:
         return 0
 
 
+MAX_PEERS = 32768
+"""Per-peer Transients one UDP listener holds at once (Rule 7); datagrams from further new
+peers are dropped (counted in `UdpListening.refused`) until some expire or close."""
+
+
 class UdpListening(asyncio.DatagramProtocol):
+    """Rule 2's demultiplexer. Rule 6: a peer's entry lives exactly as long as its Transient:
+    removed when its view closes (close, abort, the idle timeout: all close the transport)
+    and, whatever ends the Transient, when its `closed` resolves; a later datagram from that
+    peer is a new peer. Rule 7: the table is bounded (`max_peers`)."""
+
     stack = "udp"
 
     def __init__(self, spec: ListenSpec, port: int) -> None:
@@ -293,6 +335,9 @@ class UdpListening(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[tuple[str, int], DatagramTransient] = {}
         self.sock: socket.socket | None = None
+        self.max_peers = MAX_PEERS
+        self.refused = 0
+        """Datagrams dropped because the table was full (Rule 7)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (Python 3.11's selector datagram transport does not subclass DatagramTransport.)
@@ -301,24 +346,45 @@ class UdpListening(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         peer = (addr[0], addr[1])
         transient = self.peers.get(peer)
+        if transient is not None and transient.closed.done():
+            del self.peers[peer]  # ended this turn; its `_ended` has not run yet
+            transient = None
         if transient is None:
-            transient = DatagramTransient(stack="udp", framer=self.spec.framer(),
-                                          max_size=self.spec.settings.max_size,
-                                          interface=self.spec.interface, peer=peer)
+            if len(self.peers) >= self.max_peers:
+                self.refused += 1
+                return
+            spec = self.spec
+            settings = spec.settings
+            transient = DatagramTransient(stack="udp", framer=spec.framer(),
+                                          max_size=settings.max_size,
+                                          interface=spec.interface, peer=peer)
             self.peers[peer] = transient
+            transient.closed.add_done_callback(partial(self._ended, peer, transient))
             transient.raw_socket = self.sock
-            transient.dscp = self.spec.settings.dscp
+            transient.dscp = settings.dscp
             transient.connection_made(_PeerView(self, peer))  # type: ignore[arg-type]
-            self.spec.on_transient(transient)
+            spec.on_transient(transient)
+            if self.peers.get(peer) is not transient:
+                return  # refused by the listener (its view closed): nothing to deliver
         transient.datagram_received(data, peer)
+
+    def forget(self, peer: tuple[str, int]) -> DatagramTransient | None:
+        """Remove `peer`'s entry (its view closed); its Transient, if it had one."""
+        return self.peers.pop(peer, None)
+
+    def _ended(self, peer: tuple[str, int], transient: DatagramTransient,
+               _done: object = None) -> None:
+        if self.peers.get(peer) is transient:
+            del self.peers[peer]
 
     def error_received(self, exc: Exception) -> None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for transient in list(self.peers.values()):
-            transient.connection_lost(exc)
+        peers = list(self.peers.values())
         self.peers.clear()
+        for transient in peers:
+            transient.connection_lost(exc)
 
     async def aclose(self) -> None:
         if self.transport is not None:
