@@ -8,6 +8,7 @@
 | EstablishmentError    | the network            | `attempts`, each with `kind` and `error`  |
 | RemoteProtocolError   | the peer               | what the peer sent that cannot be framed  |
 | ConnectionClosedError | nobody (state)         | `__cause__`: why the carrier closed       |
+| IdleTimeoutError      | the peer (silent)      | `timeout`: carrier.idleTimeout in seconds |
 
 Rule 1: misuse errors keep the built-in class they always had as a second base (UsageError is
 a RuntimeError, ArgumentError a ValueError and TypeError), so `except RuntimeError` code
@@ -38,6 +39,7 @@ __all__ = [
     "FailureKind",
     "ForkRefusedError",
     "FrameTooLargeError",
+    "IdleTimeoutError",
     "InputError",
     "MessageTooLargeError",
     "PolicyError",
@@ -85,6 +87,16 @@ class FrameTooLargeError(DeframingError, MessageTooLargeError):
 
 class ConnectionClosedError(TapsError, ConnectionError):
     """The carrier is closed (by us, by the peer, or by a failure); see `__cause__`."""
+
+
+class IdleTimeoutError(ConnectionClosedError):
+    """The carrier was closed because no whole message went either way (received, sent or
+    acknowledged) for `carrier.idleTimeout`: a peer that trickles bytes of a message it never
+    finishes, or that went silent, is cut off. `timeout` is the bound in seconds."""
+
+    def __init__(self, message: str, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class FailureKind(enum.StrEnum):

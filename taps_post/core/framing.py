@@ -16,6 +16,10 @@ changes meaning. feed()/feed_with() return them in order among the messages as `
 items and set `control_seen`, which the Transient checks once per batch to route them away
 from the inbox; the check for the marker sits inside the oversize branch, so ordinary
 messages pay nothing for it. Other framers cannot carry them: `encode_control` raises.
+Rule 5: a framer never preallocates what a peer announces: a partial message is accumulated
+as its bytes arrive, and `pending_size` says how many are held, so the receive budget
+(carrier.recvBudget) counts a message still arriving; `discard()` drops them (the transport
+ended: nothing can complete any more, and the memory goes back at once).
 """
 
 from __future__ import annotations
@@ -62,7 +66,11 @@ def _no_control(payload: bytes) -> bytes:
 
 @runtime_checkable
 class Framer(Protocol):
-    """Encodes outgoing messages and incrementally decodes incoming bytes."""
+    """Encodes outgoing messages and incrementally decodes incoming bytes.
+
+    Optional (Rule 5, read with getattr so framers written before them still satisfy the
+    protocol): `pending_size` (int, bytes of a partial message held; 0 when absent) and
+    `discard()` (drop them)."""
 
     max_size: int
     encodes_anything: bool
@@ -191,9 +199,17 @@ class LengthPrefixFramer:
     def buffered(self) -> bytes:
         """Bytes received but not yet a message (handed over by `as_stream()`)."""
         out = bytes(self._buf)
-        self._buf.clear()
-        self._need = 0
+        self.discard()
         return out
+
+    @property
+    def pending_size(self) -> int:
+        """Rule 5: bytes of the partial message (and of a header) held."""
+        return len(self._buf)
+
+    def discard(self) -> None:
+        self._buf = bytearray()  # a new one: the old capacity goes back at once
+        self._need = 0
 
     def eof(self) -> list[bytes]:
         if self._buf:
@@ -264,9 +280,17 @@ class LineFramer:
 
     def buffered(self) -> bytes:
         out = bytes(self._buf)
-        self._buf.clear()
-        self._scan = 0
+        self.discard()
         return out
+
+    @property
+    def pending_size(self) -> int:
+        """Rule 5: bytes of the line not yet ended by its delimiter."""
+        return len(self._buf)
+
+    def discard(self) -> None:
+        self._buf = bytearray()
+        self._scan = 0
 
     def eof(self) -> list[bytes]:
         if self._buf:
@@ -305,6 +329,12 @@ class RawFramer:
 
     def buffered(self) -> bytes:
         return b""
+
+    pending_size = 0
+    """Rule 5: every chunk is a message at once; nothing is ever held."""
+
+    def discard(self) -> None:
+        return None
 
     def eof(self) -> list[bytes]:
         return []

@@ -24,7 +24,7 @@ Rule 5: application callbacks keep the draft's contract: `ready`, `accept` and `
 callbacks are called until they return False; an `async def` one is awaited as a task the
 carrier owns (close() cancels and awaits them), at most `max_concurrent` at once for `ready`
 and `accept`, and at the bound the carrier stops taking messages (they wait in the
-Transient's inbox, whose high-water mark pauses reading: backpressure to the peer). The
+Transient's inbox, whose receive budget pauses reading: backpressure to the peer). The
 contract for `ready` and `accept` is runtime/handlers.py's `Handlers`.
 Rule 6: `as_stream()` is a one-way door: allowed before the first message only, on a
 stream-capable stack only (the stack catalogue says which), and afterwards the message API
@@ -32,6 +32,10 @@ refuses with a clear error.
 Rule 7: how to open another Transient (activate) is the `opener` given by whoever made the
 carrier, how to fork one is the `forker`; an accepted carrier has no opener and says so. This
 module imports neither establish nor fork (they import it).
+Rule 8: every Transient the carrier takes (initiated, accepted, a fork's) gets the carrier's
+Settings through `apply_settings`: byte budgets, linger and idle timeout (an accepted
+carrier's come from the listen Decision, so idle timeout is on there by default). close() is
+bounded by carrier.linger and a cancelled close() still leaves the carrier closed.
 """
 
 from __future__ import annotations
@@ -524,6 +528,8 @@ class Carrier:
         previous = self._transient
         old = previous.path if previous is not None else None
         t.bind(self)
+        if self._settings is not None:
+            t.apply_settings(self._settings)  # budgets, linger, idle timeout (Rule 8)
         t.salvage = functools.partial(self._salvage, t)
         t.on_soft_error = self._soft_error
         t.closed.add_done_callback(self._transient_closed)
@@ -1015,22 +1021,28 @@ class Carrier:
     # ---- closing --------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Send what is queued, then close gracefully. Held messages (never activated) get
-        on_send_error; handler tasks are cancelled. The carrier cannot be used again."""
+        """Send what is queued, then close gracefully, within policy carrier.linger (then
+        the connection is aborted, Rule 8). Held messages (never activated) get
+        on_send_error; handler tasks are cancelled. The carrier cannot be used again, and
+        it is closed even when close() itself is cancelled (that aborts it)."""
         self._closing = True
-        if self._activating:
-            await self._stop_activation()
-        if self._flight is not None:
-            self._drop_held()
-        if self._tasks:
-            await self._cancel_tasks()
-        t = self._transient
-        if t is not None:
-            t.closed.remove_done_callback(self._transient_closed)  # we know it ends
-            if self._streamed:
-                t.transport.close()
-            else:
-                await t.aclose()
+        try:
+            if self._activating:
+                await self._stop_activation()
+            if self._flight is not None:
+                self._drop_held()
+            if self._tasks:
+                await self._cancel_tasks()
+            t = self._transient
+            if t is not None:
+                t.closed.remove_done_callback(self._transient_closed)  # we know it ends
+                if self._streamed:
+                    t.transport.close()
+                else:
+                    await t.aclose()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
         self._fast = None
         self._finish(t.failure if t is not None else None)
 

@@ -24,6 +24,8 @@ TCP_INFO (tcpi_bytes_acked, which counts the SYN as one, plus the bytes still in
 queue), since asyncio drops its own buffer on an error.
 Rule 7: an accepted connection on an MPTCP listener reports `tcp`/`tls` when the peer fell
 back to plain TCP (getsockopt TCP_IS_MPTCP), never a multipath it does not have.
+Rule 8: a connection we cut off (`fail`: a protocol error, the idle timeout, a close past its
+linger) is reset (SO_LINGER 0), so no kernel keeps buffering for a peer we gave up on.
 """
 
 from __future__ import annotations
@@ -195,6 +197,9 @@ class StreamTransient(Transient, asyncio.Protocol):
         """The socket's DSCP mark (Rule 5), made with the socket when `dscp` marks."""
         self._preload_rest = b""
         """The part of the Fast Open frame the SYN did not carry (preload)."""
+        self._aborted = False
+        """We aborted the transport: asyncio dropped what it buffered, so the end's offsets
+        come from TCP_INFO (Rule 6), as after an error."""
 
     # ---- the Transient interface ------------------------------------------------------------
 
@@ -210,8 +215,24 @@ class StreamTransient(Transient, asyncio.Protocol):
                 self._mark(0)  # Rule 5: what write_ready would mark for plain bytes
             self._emit(self.framer.encode(data))
             self.sent_any = True
+            if self._idle_handle is not None:
+                self._active_at = self.loop.time()  # the Transient's Rule 9: a message went
             return
         super().submit_data(data)
+
+    def abort(self) -> None:
+        self._aborted = True  # asyncio drops its buffer: our own offsets are wrong now
+        super().abort()
+
+    def fail(self, exc: BaseException) -> None:
+        """Cut off (a protocol error, the idle timeout, a close past its linger): reset the
+        connection (SO_LINGER 0), so neither side's kernel keeps buffers for it."""
+        self._aborted = True
+        sock = self.raw_socket
+        if sock is not None and self.transport is not None and not self.closed.done():
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        super().fail(exc)
 
     # ---- TLS tickets ---------------------------------------------------------------------
 
@@ -369,9 +390,10 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.track(len(frame), pending)
 
     def end_offsets(self, exc: BaseException | None) -> tuple[int | None, int | None]:
-        """Rule 6, one read: after a clean end our own offsets; after an error (asyncio
-        dropped its buffer) TCP_INFO's acknowledged bytes plus what the kernel still holds."""
-        if exc is None:
+        """Rule 6, one read: after a clean end our own offsets; after an error or our abort
+        (asyncio dropped its buffer) TCP_INFO's acknowledged bytes plus what the kernel still
+        holds."""
+        if exc is None and not self._aborted:
             offsets = self.offsets()
             return (None, None) if offsets is None else offsets
         if self.secure:

@@ -25,6 +25,22 @@ Datagram stacks (UDP, QUIC DATAGRAM frames) have no acknowledgement: their end i
 or `on_send_error` when the kernel refuses the datagram.
 Rule 6: control frames (the fork protocol, core/framing.py) never reach the inbox: `deliver`
 checks `framer.control_seen` once per batch and hands `Control` items to `on_control`.
+Rule 7: budgets are bytes (`apply_settings`: carrier.recvBudget, carrier.sendBudget). Reading
+pauses (`transport.pause_reading()`) when the inbox's bytes plus the framer's partial message
+(`pending_size`) exceed `recv_budget` while the inbox holds a message, and resumes once the
+application took it under a quarter of the budget or emptied the inbox: one message up to
+message.maxSize always completes when nothing else is buffered, so pausing never deadlocks.
+More than `Inbox.high` (4,096) messages held pause reading too, whatever their size.
+A stack whose transport cannot pause (a datagram socket) drops what would go over instead
+and counts it in `dropped`. `send()` waits while `backlog_bytes()` is over `send_budget`
+and is released under a quarter of it; a stack with a buffer of its own (QUIC) overrides
+`backlog_bytes()` and calls `notify_drained()` when it shrank.
+Rule 8: `aclose()` is bounded by `linger` in total (flush, settle, close handshake), then
+aborts; cancelling it aborts too. Either way every message ends once by then (Rule 5).
+Rule 9: with `idle_timeout` set, the Transient ends with IdleTimeoutError after that long
+without a whole message received, written or acknowledged: one timestamp per batch, and one
+timer that re-arms for the remainder. Messages the application has not taken yet keep it
+alive (the wait is ours, not the peer's).
 """
 
 from __future__ import annotations
@@ -36,19 +52,23 @@ from typing import Any
 from ..core.early import EarlyAttempt
 from ..core.events import Acked, Expired, Failed, Sent
 from ..core.framing import Control, Framer
-from ..core.inbox import Inbox
+from ..core.inbox import RECV_BUDGET, Inbox
 from ..core.messages import InMessage, OutMessage, Pending
 from ..core.outbox import Ledger, SendQueue
 from ..core.path import PathStats
-from ..core.settings import dscp_for
-from ..errors import ConnectionClosedError, MessageTooLargeError, UsageError
+from ..core.settings import Settings, dscp_for
+from ..errors import ConnectionClosedError, IdleTimeoutError, MessageTooLargeError, UsageError
 
-__all__ = ["SEND_HIGH", "SEND_LOW", "Transient"]
+__all__ = ["LINGER", "SEND_BUDGET", "SEND_HIGH", "SEND_LOW", "Transient"]
 
-SEND_HIGH = 1 << 20
-"""Queued bytes above which `send()` waits (backpressure)."""
-SEND_LOW = 1 << 18
-"""...and the level under which a waiting sender is released."""
+SEND_BUDGET = 1 << 20
+"""carrier.sendBudget's default: queued bytes above which `send()` waits (Rule 7)."""
+SEND_HIGH = SEND_BUDGET
+"""The default send budget under its older name."""
+SEND_LOW = SEND_BUDGET // 4
+"""...and the level under which a waiting sender is released (a quarter of the budget)."""
+LINGER = 5.0
+"""carrier.linger's default (seconds): the bound on a graceful close (Rule 8)."""
 
 
 class Transient:
@@ -104,6 +124,18 @@ class Transient:
         stream connections until then to see a fork HELLO first)."""
         self.dscp: tuple[int, ...] = ()
         """Settings.dscp: DSCP code point by niceness (empty: packets are not marked)."""
+        # budgets and timers (Rules 7-9; apply_settings sets them from the Decision)
+        self.recv_budget = RECV_BUDGET
+        self.send_budget = SEND_BUDGET
+        self.linger = LINGER
+        self.idle_timeout = 0.0
+        self.dropped = 0
+        """Datagrams dropped because the receive budget was full (Rule 7)."""
+        self._drops = isinstance(self, asyncio.DatagramProtocol)
+        """Rule 7: reading cannot pause here (a datagram socket): drop instead."""
+        self._active_at = 0.0
+        """loop.time() of the last whole message either way (only kept while idle is on)."""
+        self._idle_handle: asyncio.TimerHandle | None = None
         # receive side
         self._inbox = Inbox()
         self._waiters: list[asyncio.Future[None]] = []
@@ -134,6 +166,35 @@ class Transient:
         """Attach the Carrier that serves this Transient (messages name it as their carrier)."""
         self.owner = owner
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Take the budgets, linger and idle timeout of `settings` (Rules 7-9) and (re)arm
+        the idle timer; the Carrier calls it whenever it binds this Transient."""
+        self.recv_budget = settings.recv_budget
+        self.send_budget = settings.send_budget
+        self.linger = settings.linger
+        self.idle_timeout = settings.idle_timeout
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if self.idle_timeout > 0 and not self.closed.done():
+            self._active_at = self.loop.time()
+            self._idle_handle = self.loop.call_later(self.idle_timeout, self._idle_check)
+        self._check_budget()
+
+    def _idle_check(self) -> None:
+        """Rule 9: the idle timer fired; re-arm for what is left, or end the Transient."""
+        self._idle_handle = None
+        if self.closed.done() or self.transport is None:
+            return
+        left = self._active_at + self.idle_timeout - self.loop.time()
+        if left <= 0 and self._inbox:
+            left = self.idle_timeout  # the application has not taken what arrived
+        if left > 0:
+            self._idle_handle = self.loop.call_later(left, self._idle_check)
+            return
+        self.fail(IdleTimeoutError(f"no message either way for carrier.idleTimeout "
+                                   f"({self.idle_timeout:g} s): closed", self.idle_timeout))
+
     @property
     def is_open(self) -> bool:
         return self.transport is not None and not self.closed.done() and self._error is None
@@ -151,6 +212,17 @@ class Transient:
     @property
     def queued_bytes(self) -> int:
         return self._queue.queued_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes held (Rule 7): messages not taken yet plus the partial message the
+        framer holds; what carrier.recvBudget bounds."""
+        return self._inbox.size + getattr(self.framer, "pending_size", 0)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused because the receive budget is full (Rule 7)."""
+        return self._inbox.paused
 
     @property
     def untouched(self) -> bool:
@@ -215,6 +287,10 @@ class Transient:
             self._error = exc
         self._eof = True
         self.data_arrived()
+        discard = getattr(self.framer, "discard", None)
+        held: int = getattr(self.framer, "pending_size", 0)
+        if discard is not None and held:
+            discard()  # Rule 7: a message that can no longer complete holds no memory
         if self._ledger:
             sent, acked = self.end_offsets(exc)
             if sent is not None and acked is not None:
@@ -253,6 +329,8 @@ class Transient:
     def _end_queue(self, exc: BaseException | None) -> None:
         """Rule 5 for never-written messages: salvage, else on_send_error."""
         salvage = self.salvage
+        for p in self._queue.expire(self.loop.time()):
+            self.fire(p.on_expired, p.message)  # its lifetime ran out first: expired
         pendings = self._queue.drain_all(plain=salvage is not None)
         if not pendings:
             return
@@ -274,10 +352,12 @@ class Transient:
             self.fire(p.on_send_error, p.message)
 
     def _cancel_timers(self) -> None:
-        for h in (self._pump_handle, self._expiry_handle, self._progress_handle):
+        for h in (self._pump_handle, self._expiry_handle, self._progress_handle,
+                  self._idle_handle):
             if h is not None:
                 h.cancel()
         self._pump_handle = self._expiry_handle = self._progress_handle = None
+        self._idle_handle = None
 
     def fail(self, exc: BaseException) -> None:
         """Abort because of a protocol error (deframing, oversize): the peer is cut off."""
@@ -291,24 +371,48 @@ class Transient:
         """Hook: last chance to read state the close will destroy (TLS tickets)."""
 
     async def aclose(self) -> None:
-        """Graceful close: queued messages go out first, then the transport closes."""
+        """Graceful close: queued messages go out first, then the transport closes; all of
+        it bounded by `linger`, then an abort (Rule 8). Cancelled, it aborts at once and
+        re-raises: the Transient is closed either way, every message ended (Rule 5)."""
         if self.transport is None:
             return
         self.before_close()
         if not self.closed.done():
-            await self._flush()
-            await self._settle()
-            if not self.transport.is_closing():
-                self.transport.close()
-            if not self.closed.done():
-                waiter = self.loop.create_future()  # private: cancelling the caller cancels
-                self._close_waiters.append(waiter)  # it, never `self.closed`
-                timer = self.loop.call_later(5.0, self.transport.abort)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
+            try:
+                async with asyncio.timeout(self.linger):
+                    await self._graceful_close()
+            except TimeoutError:
+                self._give_up(f"close() took longer than carrier.linger ({self.linger:g} s)")
+            except asyncio.CancelledError:
+                self._give_up("close() was cancelled")
+                raise
         self.before_close()  # tickets read during the close
+
+    async def _graceful_close(self) -> None:
+        await self._flush()
+        await self._settle()
+        if not self.transport.is_closing():
+            self.transport.close()
+        if not self.closed.done():
+            waiter = self.loop.create_future()  # private: cancelling the caller cancels
+            self._close_waiters.append(waiter)  # it, never `self.closed`
+            await waiter
+
+    def _give_up(self, why: str) -> None:
+        """Rule 8: the graceful close cannot finish: abort. With nothing owed to anyone the
+        abort is no error (asyncio was only waiting for its own close to run); otherwise
+        what was not acknowledged ends with on_send_error (after on_sent where the kernel
+        took it), what was never written too, each once (Rule 5)."""
+        if self.closed.done() or self.transport is None:
+            return
+        owed = bool(self._ledger or len(self._queue)
+                    or self.transport.get_write_buffer_size())
+        if owed:
+            self.fail(ConnectionClosedError(f"{why}: aborted with messages not "
+                                            "acknowledged"))
+        else:
+            self.abort()
+            self.terminate(None)
 
     async def _flush(self) -> None:
         """Let the pump send everything queued before a close."""
@@ -323,11 +427,11 @@ class Transient:
                     self.fire(p.on_expired, p.message)
                 break
 
-    async def _settle(self, timeout: float = 2.0) -> None:
+    async def _settle(self) -> None:
         """Before a graceful close, give the peer time to acknowledge what it was sent, so a
-        message it did receive is not reported as a send error (Rule 5); bounded."""
-        end = self.loop.time() + timeout
-        while self._ledger and self.is_open and self.loop.time() < end:
+        message it did receive is not reported as a send error (Rule 5); bounded by the
+        close's linger (Rule 8)."""
+        while self._ledger and self.is_open:
             offsets = self.offsets()
             if offsets is not None:
                 self.fire_events(self._ledger.advance(*offsets))
@@ -342,23 +446,21 @@ class Transient:
     # ---- receive side ---------------------------------------------------------------------
 
     def deliver(self, messages: list[bytes], remote: tuple[str, int] | None = None) -> None:
+        inbox = self._inbox
         if not messages:
+            if inbox and not inbox.paused:
+                self._check_budget()  # Rule 7: a partial message grows behind a full inbox
             return
         if getattr(self.framer, "control_seen", False):
             messages = self._route_control(messages)
             if not messages:
                 return
         self.received_any = True
+        if self._idle_handle is not None:
+            self._active_at = self.loop.time()  # Rule 9: one timestamp per batch
         carrier, early = self.owner, self.early
-        inbox = self._inbox
-        if self._callback is not None:
-            for m in messages:
-                msg = InMessage(m, carrier=carrier, remote=remote, early=early)
-                if self._callback is None:
-                    inbox.append(msg)
-                elif self._callback(msg) is False:
-                    self._callback = None
-            self.wake()
+        if self._callback is not None or self._drops:
+            self._deliver_each(messages, remote)
             return
         if remote is None and not early:
             new = bytes.__new__  # InMessage(m, carrier=...) without the Python-level __new__
@@ -369,10 +471,54 @@ class Transient:
         else:
             for m in messages:
                 inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
-        if inbox.over_high() and self.transport is not None:
+        inbox.size += sum(map(len, messages))
+        if not inbox.paused and (len(inbox) > inbox.high or inbox.size
+                                 + getattr(self.framer, "pending_size", 0) > self.recv_budget):
+            self._check_budget()
+        self.wake()
+
+    def _deliver_each(self, messages: list[bytes], remote: tuple[str, int] | None) -> None:
+        """deliver() with a callback taking messages, or on a stack that drops what would go
+        over the receive budget instead of pausing (Rule 7)."""
+        carrier, early, inbox = self.owner, self.early, self._inbox
+        for m in messages:
+            msg = InMessage(m, carrier=carrier, remote=remote, early=early)
+            if self._callback is not None:
+                if self._callback(msg) is False:
+                    self._callback = None
+                continue
+            if self._drops and inbox and (inbox.size + len(msg) > self.recv_budget
+                                          or len(inbox) > inbox.high):
+                self.dropped += 1
+                continue
+            inbox.append(msg)
+            inbox.size += len(msg)
+        if not self._drops:
+            self._check_budget()
+        self.wake()
+
+    def _check_budget(self) -> None:
+        """Rule 7: pause reading when what is held is over the receive budget and the inbox
+        holds a message (a lone message may complete up to message.maxSize), or when the
+        inbox holds more than `Inbox.high` messages (empty ones cost memory too)."""
+        inbox = self._inbox
+        if inbox.paused or not inbox or self._drops or self.transport is None:
+            return
+        if len(inbox) > inbox.high or \
+                inbox.size + getattr(self.framer, "pending_size", 0) > self.recv_budget:
             inbox.paused = True
             self.transport.pause_reading()
-        self.wake()
+
+    def _maybe_resume(self) -> None:
+        """Rule 7: resume once the inbox is empty, or what is held fell under a quarter of
+        the budget and the messages under `Inbox.low`."""
+        inbox = self._inbox
+        if inbox.paused and self.transport is not None and (
+                not inbox or (len(inbox) < inbox.low and inbox.size
+                              + getattr(self.framer, "pending_size", 0)
+                              < Inbox.low_for(self.recv_budget))):
+            inbox.paused = False
+            self.transport.resume_reading()
 
     def _route_control(self, items: list[bytes]) -> list[bytes]:
         """Rule 6: control frames go to `on_control` (dropped without one), in order."""
@@ -404,10 +550,12 @@ class Transient:
 
     def set_callback(self, callback: Callable[[InMessage], Any] | None) -> None:
         self._callback = callback
-        while callback is not None and self._inbox:
-            if callback(self._inbox.popleft()) is False:
+        inbox = self._inbox
+        while callback is not None and inbox:
+            if callback(inbox.take()) is False:
                 self._callback = None
                 break
+        self._maybe_resume()
 
     async def receive(self) -> InMessage:
         while not self._inbox:
@@ -433,9 +581,9 @@ class Transient:
         """The next inbox message (the caller checked there is one)."""
         inbox = self._inbox
         msg = inbox.popleft()
-        if inbox.paused and len(inbox) < inbox.low and self.transport is not None:
-            inbox.paused = False
-            self.transport.resume_reading()
+        inbox.size -= len(msg)
+        if inbox.paused:
+            self._maybe_resume()
         return msg
 
     # ---- send side ------------------------------------------------------------------------
@@ -459,7 +607,7 @@ class Transient:
     def try_send_plain(self, data: bytes) -> bool:
         """`send(data)` with default properties, when no backpressure wait is due: True when
         taken (no OutMessage, no coroutine), False when the caller must take the slow path."""
-        if not self.accepts_plain or self._queue.queued_bytes > SEND_HIGH:
+        if not self.accepts_plain or self.backlog_bytes() > self.send_budget:
             return False
         self.submit_data(data)
         return True
@@ -503,18 +651,33 @@ class Transient:
         self.pump()
 
     async def wait_writable(self) -> None:
-        """Backpressure: return when the queue is below its high-water mark (or when what is
-        queued is all held by antecedents, which only the caller can release)."""
-        while self._queue.queued_bytes > SEND_HIGH and self.is_open:
-            before = self._queue.queued_bytes
+        """Backpressure (Rule 7): return when the backlog is within the send budget (or
+        when what is queued is all held by antecedents, which only the caller can
+        release)."""
+        while self.backlog_bytes() > self.send_budget and self.is_open:
+            before = self.backlog_bytes()
             await self._wait_drained()
-            if self._queue.queued_bytes == before and not self._writing_paused:
+            if self.backlog_bytes() == before and not self._writing_paused:
                 return
 
+    def backlog_bytes(self) -> int:
+        """Bytes sent by the application and not yet taken by the stack (Rule 7): our queue
+        by default; a stack with its own send buffer adds what that holds unsent."""
+        return self._queue.queued_bytes
+
+    def notify_drained(self) -> None:
+        """The stack's own buffer shrank (Rule 7): release waiting senders once the backlog
+        is under a quarter of the send budget."""
+        d = self._drained
+        if d is not None and not d.done() and self.backlog_bytes() <= self.send_budget // 4:
+            d.set_result(None)
+
     async def _wait_drained(self) -> None:
+        # Shared by every waiting sender and close(): shielded, so one waiter cancelled (a
+        # close past its linger, a caller's timeout) cancels only itself, never the others.
         if self._drained is None or self._drained.done():
             self._drained = self.loop.create_future()
-        await self._drained
+        await asyncio.shield(self._drained)
 
     def _schedule_pump(self) -> None:
         if self._pump_handle is None and self.transport is not None:
@@ -535,10 +698,13 @@ class Transient:
                 self.fire(p.on_expired, p.message)
             if ready:
                 self.write_ready(ready)
+                if self._idle_handle is not None:
+                    self._active_at = now  # Rule 9
             stuck = not ready and len(self._queue) > 0
-        if (self._queue.queued_bytes <= SEND_LOW or stuck) and self._drained is not None \
-                and not self._drained.done():
-            self._drained.set_result(None)
+        d = self._drained
+        if d is not None and not d.done() and (
+                stuck or self.backlog_bytes() <= self.send_budget // 4):
+            d.set_result(None)
         deadline = self._queue.next_deadline()
         if self._expiry_handle is not None:
             self._expiry_handle.cancel()
@@ -563,7 +729,10 @@ class Transient:
         if offsets is None:
             return
         events = self._ledger.advance(*offsets)
-        self.fire_events(events)
+        if events:
+            if self._idle_handle is not None:
+                self._active_at = self.loop.time()  # Rule 9: sent or acknowledged
+            self.fire_events(events)
         if self._ledger:
             self._progress_delay = 0.0005 if events else min(self._progress_delay * 2, 0.05)
             self._progress_handle = self.loop.call_later(self._progress_delay,
