@@ -22,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "govern_credit",
+__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "forget_connection", "govern_credit",
            "offer_datagram_frames", "peer_certificate", "peer_max_datagram_frame_size",
            "pending_datagram_bytes", "pending_datagram_frames", "recovery_state",
            "refuse_early_data", "request_client_certificate", "server_knows", "set_identity",
@@ -340,6 +341,23 @@ def server_knows(server: QuicServer, connection_id: bytes) -> bool:
     # and QuicServer.datagram_received decides "new connection" by exactly this test.
     # Checked against aioquic 1.6.0 and 1.7.2.
     return connection_id in server._protocols
+
+
+def forget_connection(server: QuicServer, protocol: QuicConnectionProtocol) -> None:
+    """Make the server forget one connection now: its connection ids no longer route to it
+    and its timer is cancelled, so no datagram is ever sent for it again and nothing keeps
+    it alive (a listener's handshake that timed out)."""
+    # Private: QuicServer._connection_terminated(protocol), which removes every connection id
+    # of `protocol` from the server's table (aioquic calls it on ConnectionTerminated), and
+    # QuicConnectionProtocol._timer, the loop timer driving the connection's retransmissions
+    # and its closing period. aioquic has no public way to drop a connection without the
+    # closing period (RFC 9000 section 10.2: which is for a peer that may still send, here
+    # an address nobody validated). Checked against aioquic 1.6.0 and 1.7.2.
+    server._connection_terminated(protocol)
+    timer = protocol._timer
+    if timer is not None:
+        timer.cancel()
+        protocol._timer = None
 
 
 def set_server_retry(server: QuicServer, handler: QuicRetryTokenHandler | None) -> None:

@@ -548,8 +548,8 @@ class QuicSession(QuicConnectionProtocol):
 
     def abandon(self) -> None:
         """Let a connection go without a word to its peer: a listener's handshake that timed
-        out (its source address was never validated, so nothing more is sent to it); aioquic
-        forgets it once its closing period ran out."""
+        out (its source address was never validated, so nothing more is sent to it). The
+        listener then makes aioquic's server forget it (`compat.forget_connection`)."""
         if self._out is not None:
             self._out.silent = True
         self.shutdown()

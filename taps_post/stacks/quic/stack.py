@@ -30,8 +30,9 @@ dropped before aioquic sees it (no state, no reply); listener.retry `always`, or
 at least half of maxHandshakes are in progress, answers new Initials with a Retry (address
 validation: no connection state until the client proves its address, and no reply beyond
 the Retry); a connection whose handshake did not complete within listener.handshakeTimeout
-is closed without a word to its unvalidated source (its datagrams are dropped). The socket
-is attached through `stacks.dgram.open_datagram_endpoint`, like every listening UDP socket.
+is dropped at once, without a word to its unvalidated source (`compat.forget_connection`:
+no closing period). The socket is attached through `stacks.dgram.open_datagram_endpoint`,
+like every listening UDP socket.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from ..base import (
     family_of,
 )
 from ..dgram import open_datagram_endpoint
-from .compat import server_knows, set_server_retry
+from .compat import forget_connection, server_knows, set_server_retry
 from .config import (
     Origin,
     client_auth,
@@ -193,6 +194,7 @@ class QuicStack:
         sessions: set[QuicSession] = set()
         handshaking: dict[QuicSession, asyncio.TimerHandle] = {}
         """Connections whose handshake is in progress, each with its timeout (Rule 6)."""
+        server_ref: list[_Server] = []
         sock = socket.socket(family_of(spec.address), socket.SOCK_DGRAM)
         marker = DscpMarker(sock) if settings.dscp else None
 
@@ -209,6 +211,9 @@ class QuicStack:
             handshaking.pop(session, None)
             if not session.handshake_done and session.is_open:
                 session.abandon()
+                sessions.discard(session)
+                if server_ref:
+                    forget_connection(server_ref[0], session)
 
         def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
             session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
@@ -236,6 +241,7 @@ class QuicStack:
         except BaseException:
             sock.close()
             raise
+        server_ref.append(server)
         return QuicListening(transport, sessions, sock.getsockname()[1], server, tickets)
 
 

@@ -1,0 +1,307 @@
+"""A QUIC Listener under floods (docs/quic.md, "A listener under load"): real sockets only.
+
+The hostile side sends from plain UDP sockets: real client Initials built with aioquic's own
+`QuicConnection(configuration=client config).connect(addr, now)` + `datagrams_to_send()`
+(each a fresh connection, as a spoofing attacker would send them from many source ports),
+random datagrams, truncated Initials and Initials whose payload is garbage. What the
+listener sends back to those sockets is counted by packet type. A real client (our own
+`tp.initiate`) must still be served meanwhile.
+
+On issue10-base: every Initial created a connection (1,903 of 3,000 there), kept for the 60 s
+idle timeout, no Retry, up to 3x of what the flood sent was sent back, and a connection that
+never completed its handshake kept being retransmitted to its (spoofable) source.
+
+The flood is sent at a fixed rate (FLOOD_RATE Initials a second, in bursts of BURST): a rate
+is the load under test, not a synchronisation; every wait is on a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from sizing import sized
+
+import taps_post as tp
+
+LOCAL = "127.0.0.1"
+BURST = 10
+FLOOD_RATE = 1000
+"""Initials per second the flood sends."""
+
+
+@pytest.fixture(scope="module")
+def cert() -> tp.certs.Certificate:
+    return tp.certs.self_signed(["localhost", "127.0.0.1"])
+
+
+def policy(**values: Any) -> tp.PolicyContext:
+    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
+    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
+                            app_name="quic-floods")
+
+
+def initials(port: int, count: int) -> list[bytes]:
+    """`count` real client Initials to 127.0.0.1:port, each from a new aioquic connection."""
+    config = QuicConfiguration(is_client=True, server_name="localhost")
+    config.verify_mode = ssl.CERT_NONE
+    out = []
+    for _ in range(count):
+        quic = QuicConnection(configuration=config)
+        now = time.monotonic()
+        quic.connect((LOCAL, port), now=now)
+        out.extend(d for d, _ in quic.datagrams_to_send(now=now))
+    return out
+
+
+def packet_type(datagram: bytes) -> str:
+    """RFC 9000 section 17.2: the long header's type bits (QUIC v1)."""
+    if not datagram or not datagram[0] & 0x80:
+        return "short"
+    return ("initial", "0rtt", "handshake", "retry")[(datagram[0] & 0x30) >> 4]
+
+
+@dataclass
+class Flood(asyncio.DatagramProtocol):
+    """Raw UDP sockets on many source ports, counting what comes back."""
+
+    sent: int = 0
+    received: int = 0
+    replies: dict[str, int] = field(default_factory=dict)
+    transports: list[asyncio.DatagramTransport] = field(default_factory=list)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += len(data)
+        kind = packet_type(data)
+        self.replies[kind] = self.replies.get(kind, 0) + 1
+
+    async def open(self, ports: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ports):
+            transport, _ = await loop.create_datagram_endpoint(lambda: self,
+                                                               local_addr=(LOCAL, 0))
+            self.transports.append(transport)
+
+    async def send(self, datagrams: list[bytes], port: int) -> None:
+        """Round-robin over the source ports at FLOOD_RATE a second."""
+        for i, d in enumerate(datagrams):
+            self.transports[i % len(self.transports)].sendto(d, (LOCAL, port))
+            self.sent += len(d)
+            if i % BURST == BURST - 1:
+                await asyncio.sleep(BURST / FLOOD_RATE)
+
+    def close(self) -> None:
+        for t in self.transports:
+            t.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(cert: tp.certs.Certificate, pol: tp.PolicyContext,
+                  ports: int) -> AsyncIterator[tuple[tp.Listener, Any, Flood]]:
+    """Our Listener echoing on every carrier, its QUIC endpoint, and a Flood."""
+
+    async def echo(carrier: tp.Carrier) -> None:
+        with contextlib.suppress(Exception):
+            async for msg in carrier:
+                await carrier.send(bytes(msg))
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_carrier(carrier: tp.Carrier) -> None:
+        task = asyncio.ensure_future(echo(carrier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    listener = await tp.listen(tp.Local(address=LOCAL, port=0, certificates=[cert]),
+                               policy=pol)
+    listener.accept(on_carrier)
+    endpoint = next(e for e in listener._endpoints if e.stack == "quic")
+    flood = Flood()
+    try:
+        await flood.open(ports)
+        yield listener, endpoint, flood
+    finally:
+        flood.close()
+        await listener.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sessions(endpoint: Any) -> int:
+    """Connections the QUIC endpoint holds (its own set, on issue10-base too)."""
+    return len(endpoint._sessions)
+
+
+async def real_client(cert: tp.certs.Certificate, listener: tp.Listener,
+                      messages: int = 20) -> None:
+    """Our client connects (through a Retry when one comes) and gets every echo back."""
+    remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}", certificates=[cert])
+    c = await tp.initiate(remote, policy=policy(connTimeout=5000),
+                          store=tp.AssociationStore())
+    try:
+        for i in range(messages):
+            await c.send(b"m%d" % i)
+            assert bytes(await asyncio.wait_for(c.receive(), 5)) == b"m%d" % i
+    finally:
+        c.abort()
+
+
+async def peak_sessions(endpoint: Any, work: Any) -> int:
+    """Run `work` while sampling how many connections the endpoint holds at most."""
+    return (await peaks(endpoint, work))[0]
+
+
+async def peaks(endpoint: Any, work: Any) -> tuple[int, int]:
+    """Run `work` while sampling the most connections the endpoint held, and the most of
+    them with their handshake in progress (abandoned ones wait out aioquic's closing
+    period: held, but no longer handshaking)."""
+    peak = peak_handshakes = 0
+    task = asyncio.ensure_future(work)
+    while True:
+        peak = max(peak, sessions(endpoint))
+        peak_handshakes = max(peak_handshakes, endpoint.handshakes)
+        if task.done():
+            break
+        await asyncio.sleep(0.005)
+    await task
+    return peak, peak_handshakes
+
+
+# ---- Initial floods ---------------------------------------------------------------------------
+
+
+def test_an_initial_flood_under_auto_retry_is_bounded(run: Any, until: Any,
+                                                      cert: Any) -> None:
+    """1,000 real Initials (more under make stress) from 200 source ports, default limits
+    but maxHandshakes 100 and a 1 s handshake timeout: connections stop being created at
+    half of maxHandshakes (Retry from then on), the listener sends back at most 3x what the
+    flood sent, a real client is served during the flood, and every flood connection is gone
+    after the handshake timeout (dropped at once, with no closing period), so no more than
+    half of maxHandshakes connections are ever held."""
+    count = sized(1000, 5000)
+
+    async def main() -> None:
+        pol = policy(**{"listener.maxHandshakes": 100, "listener.handshakeTimeout": 1000})
+        async with serving(cert, pol, 200) as (listener, endpoint, flood):
+            datagrams = initials(listener.ports["quic"], count)
+            client = asyncio.ensure_future(real_client(cert, listener))
+            peak, handshaking = await peaks(endpoint,
+                                            flood.send(datagrams, listener.ports["quic"]))
+            await asyncio.wait_for(client, 20)
+            ratio = flood.received / flood.sent
+            print(f"{count} Initials ({flood.sent} B): peak {peak} connections "
+                  f"({handshaking} handshaking), replies {flood.replies}, {flood.received} B "
+                  f"back ({ratio:.2f}x)")
+            assert handshaking <= 50 + 1, handshaking  # the real client's is one
+            assert peak <= 50 + 1, peak
+            assert flood.replies.get("retry", 0) >= count // 2, flood.replies
+            assert ratio <= 3.0, ratio
+            await until(lambda: sessions(endpoint) == 0, 15, lambda: (
+                f"{sessions(endpoint)} connections still held after the handshake timeout"))
+            after = flood.received
+            fresh = initials(listener.ports["quic"], 1)  # the listener still answers
+            await flood.send(fresh, listener.ports["quic"])
+            await until(lambda: flood.received > after, 5, "an answer to a new Initial")
+
+    run(main(), 60)
+
+
+def test_retry_always_keeps_no_state_for_a_flood(run: Any, until: Any, cert: Any) -> None:
+    """listener.retry always: 500 Initials create no connection at all, every reply is a
+    Retry packet, smaller than the Initial it answers; a real client still connects."""
+    count = sized(500, 5000)
+
+    async def main() -> None:
+        async with serving(cert, policy(**{"listener.retry": "always"}), 100) \
+                as (listener, endpoint, flood):
+            datagrams = initials(listener.ports["quic"], count)
+            peak = await peak_sessions(endpoint, flood.send(datagrams, listener.ports["quic"]))
+            await until(lambda: sum(flood.replies.values()) >= count * 9 // 10, 5,
+                        lambda: f"Retry packets for the flood: {flood.replies}")
+            print(f"retry always, {count} Initials: peak {peak} connections, replies "
+                  f"{flood.replies}, {flood.received} B back for {flood.sent} B")
+            assert peak == 0, peak
+            assert set(flood.replies) == {"retry"}, flood.replies
+            assert flood.received <= flood.sent, (flood.received, flood.sent)
+            await real_client(cert, listener)
+
+    run(main(), 60)
+
+
+def test_max_handshakes_drops_new_initials_without_state(run: Any, until: Any,
+                                                         cert: Any) -> None:
+    """listener.retry never, maxHandshakes 40: of 400 Initials at most 40 open a connection
+    and only those are answered; the rest are dropped before any state exists. After the
+    handshake timeout (1 s) those 40 are dropped without a close packet, and nothing more is
+    sent to their sources."""
+    count = sized(400, 4000)
+
+    async def main() -> None:
+        pol = policy(**{"listener.retry": "never", "listener.maxHandshakes": 40,
+                        "listener.handshakeTimeout": 1000})
+        async with serving(cert, pol, 100) as (listener, endpoint, flood):
+            datagrams = initials(listener.ports["quic"], count)
+            peak = await peak_sessions(endpoint, flood.send(datagrams, listener.ports["quic"]))
+            print(f"maxHandshakes 40, {count} Initials: peak {peak}, replies {flood.replies}")
+            assert peak <= 40, peak
+            assert "retry" not in flood.replies
+            await until(lambda: listener.handshakes == 0, 5, "the handshake timeout")
+            after = flood.received
+            await until(lambda: sessions(endpoint) == 0, 15, "the abandoned connections gone")
+            assert flood.received == after, "the listener kept sending to unvalidated sources"
+
+    run(main(), 60)
+
+
+# ---- garbage ----------------------------------------------------------------------------------
+
+
+def test_garbage_at_a_quic_listener_leaves_it_serving(run: Any, until: Any, cert: Any) -> None:
+    """3,000 datagrams (more under make stress) from 50 source ports: random bytes of random
+    sizes, real Initials cut short, and Initials whose header is real but whose payload is
+    random (padded to 1,200 bytes, so aioquic would start a connection for each): a real
+    client is served meanwhile, the listener holds at most maxHandshakes connections, and
+    they are gone after the handshake timeout (1 s here)."""
+    count = sized(3000, 30_000)
+
+    async def main() -> None:
+        rnd = random.Random(10)
+        pol = policy(**{"listener.handshakeTimeout": 1000})
+        async with serving(cert, pol, 50) as (listener, endpoint, flood):
+            port = listener.ports["quic"]
+            real = initials(port, 200)
+            garbage: list[bytes] = []
+            for i in range(count):
+                kind = i % 3
+                if kind == 0:
+                    garbage.append(os.urandom(rnd.randrange(1, 1500)))
+                elif kind == 1:
+                    d = real[i % len(real)]
+                    garbage.append(d[:rnd.randrange(1, len(d))])
+                else:
+                    d = real[i % len(real)]
+                    head = 1 + 4 + 1 + d[5] + 1  # flags, version, dcid length + dcid, scid len
+                    head += d[head - 1] + 1  # scid, token length (0)
+                    garbage.append(d[:head] + os.urandom(1200 - head))
+            client = asyncio.ensure_future(real_client(cert, listener, 50))
+            peak = await peak_sessions(endpoint, flood.send(garbage, port))
+            await asyncio.wait_for(client, 20)
+            print(f"{count} garbage datagrams: peak {peak} connections, replies "
+                  f"{flood.replies}, {flood.received} B back for {flood.sent} B")
+            assert peak <= 512 + 1, peak
+            await until(lambda: sessions(endpoint) == 0, 15, lambda: (
+                f"{sessions(endpoint)} connections still held after the handshake timeout"))
+            await real_client(cert, listener, 5)
+
+    run(main(), 60)
