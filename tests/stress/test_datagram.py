@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +319,84 @@ def test_udp_listener_bounds_its_per_peer_table(run, until, make_policy) -> None
             await listener.close()
 
     run(main(), timeout=30)
+
+
+SLOW_LINK = r"""
+import asyncio, json, socket
+from taps_post.stacks.dgram import PktinfoTransport, open_datagram_endpoint
+
+class Proto(asyncio.DatagramProtocol):
+    paused = resumed = 0
+    def pause_writing(self): Proto.paused += 1
+    def resume_writing(self): Proto.resumed += 1
+
+async def main():
+    loop = asyncio.get_running_loop()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+    rx.bind(("198.18.9.2", 0))
+    rx.setblocking(False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("0.0.0.0", 0))
+    transport, _ = await open_datagram_endpoint(Proto, sock)
+    assert isinstance(transport, PktinfoTransport)
+    transport.max_buffer = 256 * 1024
+    n, size, peak = 3000, 1000, 0
+    for i in range(n):
+        transport.sendto(i.to_bytes(4, "big") * (size // 4), rx.getsockname())
+        peak = max(peak, transport.get_write_buffer_size())
+    got = set()
+    while len(got) < n - transport.dropped:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(rx, 2048), 5)
+        except TimeoutError:
+            break
+        got.add(int.from_bytes(data[:4], "big"))
+    print(json.dumps({"dropped": transport.dropped, "received": len(got), "n": n,
+                      "peak": peak, "left": transport.get_write_buffer_size(),
+                      "paused": Proto.paused, "resumed": Proto.resumed,
+                      "in_order_prefix": sorted(got)[:3]}))
+    transport.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"), reason="needs root and tc")
+def test_a_full_send_buffer_queues_up_to_its_bound_then_drops() -> None:
+    """Rule 4 of stacks/dgram.py on a 8 Mbit/s link (tbf): the kernel's send buffer fills
+    (EAGAIN), the transport queues up to max_buffer bytes, drops and counts the rest, pauses
+    and resumes its protocol's writing, and every datagram it kept arrives."""
+    name = f"tpdgq-{os.getpid()}"
+    sh = partial(subprocess.run, check=True, capture_output=True, timeout=30)
+    sh(["ip", "netns", "add", name])
+    try:
+        for cmd in (["link", "set", "lo", "up"],
+                    ["link", "add", "q0", "type", "veth", "peer", "name", "q1"],
+                    ["addr", "add", "198.18.9.1/24", "dev", "q0"],
+                    ["addr", "add", "198.18.9.2/24", "dev", "q1"],
+                    ["link", "set", "q0", "up"], ["link", "set", "q1", "up"]):
+            sh(["ip", "-n", name, *cmd])
+        # Both addresses are this namespace's own, so the datagrams pass through lo: the
+        # slow qdisc sits there (the veth only holds the addresses).
+        sh(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+            "rate", "8mbit", "burst", "16kb", "limit", "4mb"])
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-P", "-c",
+                               SLOW_LINK], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
+                       check=False)
+    assert out["dropped"] > 0, out  # the link is slower than the loop: the bound was hit
+    assert out["peak"] <= 256 * 1024, out
+    assert out["received"] == out["n"] - out["dropped"], out
+    assert out["left"] == 0 and out["paused"] >= 1 and out["resumed"] >= 1, out
+    print(f"\n{out['n']} x 1000 B at 8 Mbit/s: {out['dropped']} dropped at the bound, "
+          f"queue peak {out['peak']} B, {out['received']} received")
 
 
 # ---- no SO_REUSEADDR on UDP: another user cannot share the port ---------------------------
