@@ -37,7 +37,8 @@ __all__ = ["MAX_BUFFER", "MAX_PEERS", "PktinfoTransport", "is_wildcard",
            "open_datagram_endpoint"]
 
 MAX_PEERS = 32768
-"""Peers whose local address a wildcard transport remembers (Rule 3): about 250 bytes each."""
+"""Peers whose local address a wildcard transport remembers (Rule 3): about 290 bytes each
+(measured), so about 9 MB when full."""
 MAX_BUFFER = 1 << 20
 """Bytes of datagrams queued while the kernel's send buffer is full (Rule 4)."""
 READ_BATCH = 16
