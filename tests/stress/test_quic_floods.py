@@ -143,6 +143,12 @@ def sessions(endpoint: Any) -> int:
     return len(endpoint._sessions)
 
 
+def handshakes(endpoint: Any) -> int:
+    """Connections whose handshake is in progress (issue10-base did not count them: every
+    connection it held is counted then)."""
+    return int(getattr(endpoint, "handshakes", sessions(endpoint)))
+
+
 async def real_client(cert: tp.certs.Certificate, listener: tp.Listener,
                       messages: int = 20) -> None:
     """Our client connects (through a Retry when one comes) and gets every echo back."""
@@ -170,7 +176,7 @@ async def peaks(endpoint: Any, work: Any) -> tuple[int, int]:
     task = asyncio.ensure_future(work)
     while True:
         peak = max(peak, sessions(endpoint))
-        peak_handshakes = max(peak_handshakes, endpoint.handshakes)
+        peak_handshakes = max(peak_handshakes, handshakes(endpoint))
         if task.done():
             break
         await asyncio.sleep(0.005)
@@ -256,7 +262,7 @@ def test_max_handshakes_drops_new_initials_without_state(run: Any, until: Any,
             print(f"maxHandshakes 40, {count} Initials: peak {peak}, replies {flood.replies}")
             assert peak <= 40, peak
             assert "retry" not in flood.replies
-            await until(lambda: listener.handshakes == 0, 5, "the handshake timeout")
+            await until(lambda: handshakes(endpoint) == 0, 5, "the handshake timeout")
             after = flood.received
             await until(lambda: sessions(endpoint) == 0, 15, "the abandoned connections gone")
             assert flood.received == after, "the listener kept sending to unvalidated sources"
