@@ -250,7 +250,8 @@ def test_tls_slowloris_is_cut_off_at_the_handshake_timeout(run, until, make_poli
     """The issue: pending TLS handshakes lived for asyncio's 60 s. 1,000 connections that send
     nothing, or part of a ClientHello, are all closed once listener.handshakeTimeout ran out
     (in waves: at most listener.maxHandshakes at once, the rest wait in the kernel's
-    backlog), none before it; a legitimate TLS client arriving among them is served."""
+    backlog), none before it; a legitimate TLS client arriving after them is served once
+    the waves queued ahead of it ran out (one, at 1,000)."""
     n = sized(1000, 4000)
     timeout = 1.0
     policy = make_policy(carrier={"listener.handshakeTimeout": int(timeout * 1000)})
@@ -278,7 +279,9 @@ def test_tls_slowloris_is_cut_off_at_the_handshake_timeout(run, until, make_poli
     assert len(lifetimes) == n
     assert min(lifetimes) >= timeout * 0.9, min(lifetimes)  # the timeout, nothing earlier
     assert peak <= 512
-    assert served < 2 * timeout + 2, served  # queued behind one wave at most
+    # The accept queue is FIFO: the client waits for the waves queued ahead of it to time out.
+    ahead = math.ceil(max(0, n - 512) / 512)
+    assert served < ahead * timeout + 2, served
 
 
 def test_at_most_max_handshakes_at_once_and_close_leaves_nothing(run, until, make_policy,
@@ -390,14 +393,14 @@ def _shed(port: int) -> float | None:
     """A client arriving while the server is out of descriptors: seconds until its
     connection is reset or closed (shed), None if it was still waiting after 3 s."""
     started = time.monotonic()
-    with socket.create_connection((LO4, port), timeout=3) as sock:
-        try:
+    try:
+        with socket.create_connection((LO4, port), timeout=3) as sock:
             sock.sendall(FRAME)
             sock.recv(4096)
-        except TimeoutError:
-            return None
-        except OSError:
-            pass  # reset: shed
+    except TimeoutError:
+        return None  # waiting in a backlog that does not drain, or its SYN dropped
+    except OSError:
+        pass  # reset: shed
     return time.monotonic() - started
 
 
