@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -286,6 +288,85 @@ def test_the_listener_keeps_a_bounded_ticket_store(run: Any, cert: Any) -> None:
             assert len(endpoint.tickets) == 32, len(endpoint.tickets)
 
     run(main(), 60)
+
+
+CHILD = r"""
+import asyncio, gc, sys
+import psutil
+import taps_post as tp
+
+async def main():
+    cert = tp.certs.self_signed(["localhost", "127.0.0.1"])
+    rule = {"id": "q", "set": {"stack.quic": "require"}}
+    pol = tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
+                           app_name="rss")
+    accepted = []
+    listener = await tp.listen(tp.Local(address="127.0.0.1", port=0, certificates=[cert]),
+                               policy=pol)
+    listener.accept(accepted.append)  # never read
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(listener.ports["quic"], flush=True)
+    while line := await reader.readline():
+        gc.collect()
+        print(psutil.Process().memory_info().rss, flush=True)
+    await listener.close()
+
+asyncio.run(main())
+"""
+
+
+def test_an_unread_carrier_costs_a_child_process_little_memory(run: Any) -> None:
+    """The receiving side in its own process: our Listener, whose carrier never reads, and
+    aioquic's client pushing 96 MiB (more under make stress) at it. The child's RSS grows by
+    less than 32 MiB (the 16 MiB goal with a 2x margin for the allocator); on issue10-base it
+    grew by about what was sent."""
+    total = sized(96, 512) * MiB
+
+    async def main() -> None:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-c", CHILD, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+
+        async def rss() -> int:
+            stdin.write(b"rss\n")
+            return int(await asyncio.wait_for(stdout.readline(), 10))
+
+        try:
+            port = int(await asyncio.wait_for(stdout.readline(), 20))
+            config = QuicConfiguration(is_client=True, server_name="localhost")
+            config.verify_mode = ssl.CERT_NONE
+            async with connect(LOCAL, port, configuration=config,
+                               create_protocol=Capture) as client:
+                assert isinstance(client, Capture)
+                before = await rss()
+                quic = client.connection
+                sid = quic.get_next_available_stream_id()
+                chunk = frame(b"r" * (256 * 1024 - 4))
+                count = total // len(chunk)
+                for _ in range(count):
+                    quic.send_stream_data(sid, chunk)
+                client.transmit()
+                written = count * len(chunk)
+                taken = await until_stalled(lambda: acked_offset(quic, sid, written), written,
+                                            60)
+                after = await rss()
+            grew = after - before
+            print(f"child RSS {before / MiB:.1f} -> {after / MiB:.1f} MiB (+{grew / MiB:.1f}) "
+                  f"with {taken / MiB:.1f} MiB taken of {total / MiB:.0f}")
+            assert grew < 2 * GOAL, f"+{grew / MiB:.1f} MiB"
+        finally:
+            stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.wait(), 5)
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+    run(main(), 90)
 
 
 # ---- send side ------------------------------------------------------------------------------

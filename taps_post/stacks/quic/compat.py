@@ -5,7 +5,10 @@ Rule 1: no other module of taps_post reads or writes a private (underscore) aioq
 Where aioquic offers no public route, the access lives here, in one function whose comment
 names the detail, says why no public route exists, and which aioquic releases it was checked
 against (`CHECKED`). tests/runtime/test_quic_compat.py drives each function against real
-aioquic connections, so an upgrade that moves a detail fails a test naming the function.
+aioquic connections, so an upgrade that moves a detail fails a test naming the function; the
+memory-limit ones (`govern_credit`, `stream_receive_buffered`, `pending_datagram_bytes`,
+`server_knows`, `set_server_retry`, `forget_connection`) are driven by
+tests/stress/test_quic_limits.py and tests/stress/test_quic_floods.py.
 Rule 2: these functions only read or set connection or configuration state; they never drive
 a connection (no datagram is sent, no timer armed), so callers keep the one place where that
 happens.
