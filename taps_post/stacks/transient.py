@@ -69,6 +69,8 @@ SEND_LOW = SEND_BUDGET // 4
 """...and the level under which a waiting sender is released (a quarter of the budget)."""
 LINGER = 5.0
 """carrier.linger's default (seconds): the bound on a graceful close (Rule 8)."""
+_CHUNK = 256 * 1024
+"""The most one read delivers on asyncio's stream transports (plain and TLS)."""
 
 
 class Transient:
@@ -76,6 +78,9 @@ class Transient:
 
     accepts_plain = False
     """True when write_ready() takes bytes items (SendQueue.push_data) as well as Pending."""
+    drops_when_full = False
+    """Rule 7: the transport cannot pause reading, so what would go over the receive budget
+    is dropped (and counted in `dropped`); a datagram protocol is taken to be such a stack."""
 
     stack: str
     interface: str | None
@@ -131,11 +136,16 @@ class Transient:
         self.idle_timeout = 0.0
         self.dropped = 0
         """Datagrams dropped because the receive budget was full (Rule 7)."""
-        self._drops = isinstance(self, asyncio.DatagramProtocol)
+        self._drops = self.drops_when_full or isinstance(self, asyncio.DatagramProtocol)
         """Rule 7: reading cannot pause here (a datagram socket): drop instead."""
         self._active_at = 0.0
         """loop.time() of the last whole message either way (only kept while idle is on)."""
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._recv_near = RECV_BUDGET - _CHUNK
+        """Inbox bytes above which deliver() checks the budget exactly (Rule 7)."""
+        self._plain_fast = (self.accepts_plain
+                            and type(self).backlog_bytes is Transient.backlog_bytes)
+        """try_send_plain may read the queue's bytes itself (backlog_bytes not overridden)."""
         # receive side
         self._inbox = Inbox()
         self._waiters: list[asyncio.Future[None]] = []
@@ -170,6 +180,7 @@ class Transient:
         """Take the budgets, linger and idle timeout of `settings` (Rules 7-9) and (re)arm
         the idle timer; the Carrier calls it whenever it binds this Transient."""
         self.recv_budget = settings.recv_budget
+        self._recv_near = max(0, settings.recv_budget - _CHUNK)
         self.send_budget = settings.send_budget
         self.linger = settings.linger
         self.idle_timeout = settings.idle_timeout
@@ -471,9 +482,10 @@ class Transient:
         else:
             for m in messages:
                 inbox.append(InMessage(m, carrier=carrier, remote=remote, early=early))
-        inbox.size += sum(map(len, messages))
-        if not inbox.paused and (len(inbox) > inbox.high or inbox.size
-                                 + getattr(self.framer, "pending_size", 0) > self.recv_budget):
+        inbox.size += len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
+        # The partial message left after a batch that completed one lies within the chunk
+        # just read, so it needs looking at only near the budget (exactly: _check_budget).
+        if not inbox.paused and (len(inbox) > inbox.high or inbox.size > self._recv_near):
             self._check_budget()
         self.wake()
 
@@ -607,7 +619,10 @@ class Transient:
     def try_send_plain(self, data: bytes) -> bool:
         """`send(data)` with default properties, when no backpressure wait is due: True when
         taken (no OutMessage, no coroutine), False when the caller must take the slow path."""
-        if not self.accepts_plain or self.backlog_bytes() > self.send_budget:
+        if self._plain_fast:
+            if self._queue.queued_bytes > self.send_budget:
+                return False
+        elif not self.accepts_plain or self.backlog_bytes() > self.send_budget:
             return False
         self.submit_data(data)
         return True

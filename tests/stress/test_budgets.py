@@ -73,6 +73,26 @@ async def next_carrier(listener: tp.Listener) -> tp.Carrier:
         return await anext(it)
 
 
+# ---- framers accumulate, never preallocate ---------------------------------------------------
+
+
+def test_framers_count_what_arrived_of_a_message_not_what_was_announced() -> None:
+    """A peer announcing a 16 MiB message costs what it sent so far: `pending_size` is the
+    bytes held, and `discard()` gives them back."""
+    from taps_post.core.framing import LengthPrefixFramer, LineFramer, RawFramer
+
+    f = LengthPrefixFramer(16 * MiB)
+    assert f.feed((16 * MiB).to_bytes(4, "big") + b"x" * 10) == []
+    assert f.pending_size == 14
+    f.feed(b"y" * 1000)
+    assert f.pending_size == 1014
+    f.discard()
+    assert f.pending_size == 0 and f.feed(b"\x00\x00\x00\x01z") == [b"z"]
+    line = LineFramer(b"\n", 100)
+    assert line.feed(b"abc\nde") == [b"abc"] and line.pending_size == 2
+    assert RawFramer(100).pending_size == 0
+
+
 # ---- a client that does not read (child process) --------------------------------------------
 
 CLIENT = r'''
