@@ -204,6 +204,9 @@ class StreamTransient(Transient, asyncio.Protocol):
     # ---- the Transient interface ------------------------------------------------------------
 
     def detach_stream(self) -> tuple[Any, bytes, bool]:
+        if self._idle_handle is not None:  # the stream is the application's now: no timer
+            self._idle_handle.cancel()     # of ours may cut it off
+            self._idle_handle = None
         return self.transport, self.framer.buffered(), self._eof
 
     def submit_data(self, data: bytes) -> None:

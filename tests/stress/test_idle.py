@@ -203,3 +203,29 @@ def test_accepted_carriers_default_to_30_s_initiated_ones_to_never(run) -> None:
             await client.close()
 
     run(main(), timeout=15)
+
+
+def test_a_stream_made_with_as_stream_is_not_cut_by_the_idle_timeout(run) -> None:
+    """An accepted carrier turned into a stream (as_stream()) is the application's byte
+    stream: the carrier's idle timer stops, a quiet stream stays open."""
+
+    async def main() -> None:
+        listener = await tp.listen(tp.Local(address=LO4, port=0),
+                                   policy=tcp_policy(**{"carrier.idleTimeout": 200}))
+        try:
+            client = await tp.initiate(f"tcp://{LO4}:{listener.port}", policy=tcp_policy(),
+                                       store=tp.AssociationStore())
+            await client.activate()
+            async with contextlib.aclosing(aiter(listener)) as it:  # type: ignore[type-var]
+                server = await anext(it)
+            reader, writer = await server.as_stream()
+            await asyncio.sleep(0.5)  # window: longer than the idle timeout
+            _creader, cwriter = await client.as_stream()
+            cwriter.write(b"still there\n")
+            assert await asyncio.wait_for(reader.readline(), 2) == b"still there\n"
+            writer.close()
+            cwriter.close()
+        finally:
+            await listener.close()
+
+    run(main(), timeout=15)
