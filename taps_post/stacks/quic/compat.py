@@ -278,8 +278,9 @@ def govern_credit(quic: QuicConnection, stream_credit: StreamCredit,
     # raise QuicStream.max_stream_data_local (when receiver.highest_offset * 2 exceeds it)
     # and the Limit _local_max_data.value (when .used * 2 exceeds it), then write a frame
     # when the value differs from what was sent. The wrappers, set on the instance, set the
-    # value the caller wants, hide the field the doubling reads (highest_offset, used: read
-    # by nothing else in those two methods) for the length of the call, and let aioquic's
+    # value the caller wants (not asked once the receiver is_finished: FIN or reset came),
+    # hide the field the doubling reads (highest_offset, used: read by nothing else in
+    # those two methods) for the length of the call, and let aioquic's
     # own code write the frames. aioquic offers no public knob (QuicConfiguration.max_data
     # and max_stream_data are only the initial limits). Checked against aioquic 1.6.0 and
     # 1.7.2 (1.6.0's _write_connection_limits doubles MAX_STREAMS in the same loop; `used`
@@ -293,9 +294,10 @@ def govern_credit(quic: QuicConnection, stream_credit: StreamCredit,
         if not current:  # our own unidirectional streams: nothing to receive
             return
         receiver = stream.receiver
-        wanted = stream_credit(stream.stream_id, receiver.starting_offset(), current)
-        if wanted > current:
-            stream.max_stream_data_local = wanted
+        if not receiver.is_finished:  # FIN or reset received: no credit to give any more
+            wanted = stream_credit(stream.stream_id, receiver.starting_offset(), current)
+            if wanted > current:
+                stream.max_stream_data_local = wanted
         highest = receiver.highest_offset
         receiver.highest_offset = 0
         try:

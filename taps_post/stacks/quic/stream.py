@@ -186,7 +186,7 @@ class QuicStreamTransient(Transient):
     @property
     def send_limit(self) -> int:
         """carrier.sendBudget (the Transient's `send_budget`)."""
-        return int(getattr(self, "send_budget", 1 << 20))
+        return self.send_budget
 
     def backlog_bytes(self) -> int:
         """Queued bytes plus what aioquic holds of ours not yet sent (Rule 5): the stream's
@@ -208,14 +208,6 @@ class QuicStreamTransient(Transient):
             if offsets is not None:
                 total += max(end - offsets[0], 0)
         return total
-
-    def notify_drained(self) -> None:
-        """The backlog shrank: release senders waiting on it (the Transient's, contract 3)."""
-        base = getattr(super(), "notify_drained", None)
-        if base is not None:
-            base()
-        elif self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     def datagram_gone(self, p: Pending) -> None:
         """aioquic wrote (or the connection dropped) one of our DATAGRAM frames."""
@@ -339,9 +331,8 @@ class QuicStreamTransient(Transient):
             self.fire(p.on_send_error, p.message)
 
     async def aclose(self) -> None:
-        linger = float(getattr(self, "linger", 5.0))
         try:
-            async with asyncio.timeout(linger):  # contract 4: bounded, then reset
+            async with asyncio.timeout(self.linger):  # contract 4: bounded, then reset
                 await self._flush()
         except TimeoutError:
             self.abort()
