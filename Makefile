@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck schemas docs bench clean
+.PHONY: demo test install lint typecheck schemas docs bench clean fuzz stress
 
 # The package is installed, not linked: tests import what `pip install` built (run with -P,
 # so the working tree never shadows it), and `install` rebuilds it from the tree each run.
@@ -27,6 +27,31 @@ demo: install
 
 test: install lint typecheck
 	$(PY) -P -m pytest -q
+
+# The fuzz targets of tests/fuzz run bounded under `make test` (profile taps-ci); here with
+# TAPS_FUZZ=1, FUZZ_FACTOR times the examples (minutes), then atheris' coverage-guided runs
+# of the same contracts for FUZZ_SECONDS each when atheris installs (hypothesis-only if not).
+FUZZ_FACTOR  ?= 100
+FUZZ_SECONDS ?= 60
+FUZZ_ART     := .hypothesis/atheris
+fuzz: install
+	TAPS_FUZZ=1 TAPS_FUZZ_FACTOR=$(FUZZ_FACTOR) $(PY) -P -m pytest -q tests/fuzz \
+		--hypothesis-show-statistics
+	@if $(PY) -m pip install -q atheris >/dev/null 2>&1; then \
+		mkdir -p $(FUZZ_ART) && for t in framing policy env target; do \
+			echo "atheris: $$t, $(FUZZ_SECONDS) s"; \
+			$(PY) -P tests/fuzz/atheris_targets.py $$t -max_total_time=$(FUZZ_SECONDS) \
+				-artifact_prefix=$(FUZZ_ART)/$$t- -print_final_stats=1 2>&1 \
+				| grep -E '^(Done|stat::number_of_executed_units|==|SUMMARY)|Error' \
+				|| true; \
+			if ls $(FUZZ_ART)/$$t-* >/dev/null 2>&1; then \
+				echo "atheris: $$t crashed; inputs in $(FUZZ_ART)/"; exit 1; fi; \
+		done; \
+	else echo "atheris did not install: hypothesis targets only"; fi
+
+# The fault and load suite at its large size (tests/stress/sizing.py reads TAPS_STRESS).
+stress: install
+	TAPS_STRESS=1 $(PY) -P -m pytest -q tests/stress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check taps_post tests bench

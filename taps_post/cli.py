@@ -7,15 +7,22 @@ Rule 2: explaining must start fast, so this module imports nothing from the asyn
 or aioquic, and imports heavy modules only inside the command that needs them.
 Rule 3: every file named on the command line is screened before anything reads it: a FIFO,
 a device or a dangling symlink is an exit-2 line naming it, never a hang or a skip.
+Rule 4: the target is checked here before anything is decided (`_checked_target`): its syntax,
+and that its host is an IP address or a DNS name, so `a..b` or a name holding an escape
+sequence is an exit-2 line, never an explanation that prints it raw. Whatever argv held
+(a file name that is not UTF-8) is printed escaped, never a UnicodeEncodeError.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from .diagnostics import Diagnostic
 
 EXIT_OK, EXIT_INPUT, EXIT_POLICY = 0, 2, 3
 
@@ -83,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import InputError
 
+    _escape_unencodable(sys.stdout)
     try:
         return _dispatch(args)
     except InputError as exc:  # SystemPolicyError too: the system layer cannot be loaded
@@ -97,6 +105,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def _escape_unencodable(stream: Any) -> None:
+    """Rule 4: a character the stream cannot encode (argv's undecodable bytes arrive as lone
+    surrogates) is written as a backslash escape, as Python already does on stderr."""
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        with contextlib.suppress(ValueError, OSError):  # a stream that refuses: as it was
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _checked_target(target: str) -> None:
+    """Rule 4: InputError (exit 2) for a target that cannot be parsed or names no host."""
+    from .decision.environment import host_name_problem, shown
+    from .decision.request import parse_target
+    from .errors import InputError
+
+    try:
+        request = parse_target(target)
+    except InputError:
+        raise
+    except ValueError as exc:  # e.g. a port of Unicode digits int() cannot read
+        problem = f"{shown(target, 80)}: not a target ({exc})"
+        raise InputError([Diagnostic("target", problem)]) from None
+    if (why := host_name_problem(request.host)) is not None:
+        raise InputError([Diagnostic("target", f"{shown(target, 80)}: {why}")])
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -129,6 +162,7 @@ def _screened(paths: Sequence[str]) -> list[str]:
 def _explain(args: argparse.Namespace) -> int:
     from .dryrun import explain
 
+    _checked_target(args.target)
     if args.env:
         _screened([args.env])
     system: Any = [] if args.no_system else args.system

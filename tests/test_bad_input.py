@@ -195,6 +195,32 @@ ENV_CASES = [
                  id="bad-cost"),
     pytest.param("interface:\n  - name: eth0\n", 1, 1, "did you mean 'interfaces'?",
                  id="misspelt-top-level"),
+    # issue 10: values no machine could hold were accepted, names were printed raw
+    pytest.param("interfaces:\n  - name: eth0\n    mtu: 1000000000000000000000000000000\n",
+                 3, 10, "mtu 100000000000... is out of range", id="mtu-1e30"),
+    pytest.param("interfaces:\n  - name: eth0\n    mtu: 67\n", 3, 10,
+                 "an interface's MTU is from 68 to 65536", id="mtu-below-ipv4-minimum"),
+    pytest.param('interfaces:\n  - {name: eth0, mtu: 1000, addresses: ["fd00::1"]}\n', 2, 23,
+                 "mtu 1000 is below 1280", id="mtu-below-ipv6-minimum"),
+    pytest.param('interfaces:\n  - name: "eth\\n0"\n', 2, 11,
+                 "interface name 'eth\\n0' holds '\\n'", id="interface-name-newline"),
+    pytest.param('interfaces:\n  - name: "eth\\0"\n', 2, 11,
+                 "interface name 'eth\\x00' holds '\\x00'", id="interface-name-nul"),
+    pytest.param("interfaces:\n  - name: abcdefghijklmnop\n", 2, 11,
+                 "is 16 bytes; Linux allows at most 15", id="interface-name-too-long"),
+    pytest.param("interfaces:\n  - name: a/b\n", 2, 11, "holds '/'", id="interface-name-slash"),
+    pytest.param("interfaces:\n  - name: eth0\n    gateways: [nope]\n", 3, 16,
+                 "gateway 'nope' is not an IP address", id="bad-gateway"),
+    pytest.param('cache:\n  - {remote: "example.com:70000", stack: tcp, outcome: success}\n',
+                 2, 14, "port '70000' is not a number from 0 to 65535", id="cache-port-70000"),
+    pytest.param('cache:\n  - {remote: "a..b:443", stack: tcp, outcome: success}\n', 2, 14,
+                 "'a..b' has an empty label", id="cache-remote-empty-label"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: success, rtt_ms: .nan}\n',
+                 2, 59, "rtt_ms nan is not a time", id="cache-rtt-nan"),
+    pytest.param('dns:\n  256.256.256.256: ["198.18.1.1"]\n', 2, 3,
+                 "'256.256.256.256' is not a valid IPv4 address", id="dns-name-bad-ipv4"),
+    pytest.param('dns:\n  "a\\nb": null\n', 2, 11, "dns['a\\nb']: expected a list",
+                 id="dns-key-newline-stays-on-one-line"),
 ]
 
 
@@ -215,6 +241,39 @@ def test_bad_env_file(tmp_path: Path, text: str, line: int, col: int, message: s
     with pytest.raises(InputError) as info:
         taps_post.explain("https://example.com", system=[], env=str(env))
     assert [str(d) for d in info.value.diagnostics] == [only]
+
+
+def _load_interfaces(directory: Path, count: int) -> float:
+    """Seconds to load a fresh snapshot file of `count` interfaces (best of two)."""
+    import time
+
+    best = float("inf")
+    for attempt in range(2):
+        path = directory / f"env-{count}-{attempt}.yaml"  # a new file: never a cache hit
+        path.write_text("interfaces:\n" + "".join(f"  - {{name: e{i}}}\n"
+                                                  for i in range(count)))
+        start = time.perf_counter()
+        env = taps_post.load_environment(str(path))
+        best = min(best, time.perf_counter() - start)
+        assert len(env.interfaces) == count
+    return best
+
+
+def test_many_interfaces_load_in_linear_time(tmp_path: Path) -> None:
+    """Issue 10: 49,000 interfaces (the most MAX_NODES lets a file hold) took 10 s, the
+    duplicate-name check being quadratic. Now a set: 7x the interfaces, about 7x the time
+    (quadratic would be 49x), and well under the 3 s bound on this machine."""
+    small = _load_interfaces(tmp_path, 7_000)
+    large = _load_interfaces(tmp_path, 49_000)
+    assert large < 3.0, f"49,000 interfaces took {large:.2f} s"
+    assert large < 20 * max(small, 0.01), f"7,000: {small:.3f} s, 49,000: {large:.3f} s"
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("interfaces:\n" + "".join(f"  - {{name: e{i % 40_000}}}\n"
+                                            for i in range(49_000)))
+    with pytest.raises(InputError) as info:
+        taps_post.load_environment(str(dup))
+    assert len(info.value.diagnostics) == 9_000
+    assert str(info.value.diagnostics[0]) == f"{dup}:40002:12: duplicate interface name 'e0'"
 
 
 @pytest.mark.parametrize(("target", "message"), [
@@ -327,6 +386,15 @@ def test_control_character(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("version: 1\nlayer: system\nname: a\x07b\n")
     _assert_one_clean_line(run_cli("policy", "validate", str(path)), path)
+
+
+def test_lone_surrogate_is_located() -> None:
+    """Found by atheris (issue 10): text holding a lone surrogate (a str decoded with
+    surrogateescape) raised UnicodeEncodeError from libyaml instead of an InputError."""
+    with pytest.raises(InputError) as info:
+        load_yaml("version: 1\nname: a\udcffb\n", "text.yaml")
+    assert str(info.value) == ("text.yaml:2:8: invalid YAML: character '\\udcff' is not "
+                               "allowed here (a lone surrogate is not Unicode text)")
 
 
 def test_dict_key_with_a_newline_stays_on_one_line() -> None:

@@ -4,11 +4,16 @@ Rule 1: an Environment is data. The runtime fills it from the live machine
 (`taps_post.system.interfaces`), a dry run reads it from a snapshot file; `decide()` cannot tell
 them apart, which is why a dry run and a real connection never disagree.
 Rule 2: this module does no I/O except `load_environment()` reading a snapshot the user named.
+Rule 3: what a name may be is decided here, once, for every place that takes one from a user
+(`host_name_problem`, `interface_name_problem`): a snapshot, a Remote and a Local all refuse
+the same names with the same words, and a name that reaches a message or a terminal is
+printable and short.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +23,94 @@ __all__ = [
     "CacheEntry",
     "Environment",
     "Interface",
+    "host_name_problem",
+    "interface_name_problem",
+    "shown",
 ]
+
+IFNAMSIZ = 16
+"""Linux's interface name buffer, NUL included: a name is at most 15 bytes."""
+MAX_HOST_NAME = 253
+"""RFC 1035 section 2.3.4: 255 octets on the wire, 253 characters as text."""
+MAX_LABEL = 63
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
+_NUMERIC = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
+"""A last label that inet_aton(3) (and the WHATWG URL parser) reads as a number: a name
+ending in one is an IPv4 address in disguise (`127.1`, `0x7f000001`) or an invalid one."""
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """`text` for a message: repr() (so a newline or NUL is visible, never printed raw), cut
+    to about `limit` characters with its length said, so a 10 KB name makes a short line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a DNS host name, or None when it is one.
+
+    A name is ASCII letters, digits, `-` and `_` in dot-separated labels of 1-63
+    characters (no leading or trailing `-`), 253 characters at most, one trailing dot allowed
+    (RFC 1035, RFC 1123 section 2.1). Its last label is not all digits (nor 0x hex): such a
+    "name" is an IPv4 address to the resolver, so `256.256.256.256` and `1.2.3` are refused
+    instead of resolved as something else. Non-ASCII names are refused: the stdlib's IDNA
+    2003 codec maps some names (`faß.de`) differently from IDNA 2008, so converting them
+    silently could reach another host; the caller gives the A-label (`xn--...`) form."""
+    if not isinstance(host, str):
+        return f"a host name must be a string, not {type(host).__name__}"
+    if not host:
+        return "empty host name"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if ":" in host:
+        return f"{shown(host)} is not an IPv6 address"
+    if not host.isascii():
+        return (f"{shown(host)} is not ASCII; give an internationalised name in its IDNA "
+                "A-label form (xn--...)")
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > MAX_HOST_NAME:
+        return f"host name of {len(name)} characters is over {MAX_HOST_NAME}: {shown(host)}"
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            return f"{shown(host)} has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL:
+            return (f"{shown(host)} has a label of {len(label)} characters; a label holds "
+                    f"at most {MAX_LABEL}")
+        if not _LABEL.fullmatch(label):
+            return (f"{shown(host)} is not a host name: label {shown(label)} may hold only "
+                    "letters, digits, '-' and '_', and not start or end with '-'")
+    if _NUMERIC.fullmatch(labels[-1]):
+        return (f"{shown(host)} is not a valid IPv4 address, and a host name's last label "
+                "is not a number")
+    return None
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a network interface's name, or None: what Linux's
+    dev_valid_name() refuses (empty, `.` or `..`, over 15 bytes, `/`, `:` or whitespace), and
+    any other character that is not printable (NUL, escape sequences), since the name is
+    printed by `taps-post interfaces` and in explanations."""
+    if not isinstance(name, str):
+        return f"an interface name must be a string, not {type(name).__name__}"
+    if not name:
+        return "empty interface name"
+    if name in (".", ".."):
+        return f"{name!r} is not an interface name"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size >= IFNAMSIZ:
+        return (f"interface name {shown(name)} is {size} bytes; Linux allows at most "
+                f"{IFNAMSIZ - 1}")
+    for ch in name:
+        if ch in "/:" or ch.isspace() or not ch.isprintable():
+            return (f"interface name {shown(name)} holds {ch!r}; a name may not hold '/', "
+                    "':', whitespace or control characters")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from . import catalog
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
 from .registry import PROFILES, REGISTRY, lookup, nearest
-from .yamlpos import Path, Positions, load_yaml
+from .yamlpos import Path, Positions, load_yaml, render_path
 
 __all__ = [
     "ETC_POLICY_DIR",
@@ -732,8 +732,6 @@ def _check_cidr(text: str) -> str | None:
 def _src(pos: Positions, path: Path) -> str:
     line, _ = pos.locate(path)
     if line is None:
-        from .yamlpos import render_path
-
         return f"{pos.source}:{render_path(path)}" if path else pos.source
     return f"{pos.source}:{line}"
 
@@ -840,7 +838,9 @@ def pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnosti
                 else:
                     message = f"{message[0].lower()}{message[1:]}"
             if pos.values or pos.keys:
-                field = ".".join(str(p) for p in loc if isinstance(p, str)) or "document"
+                # render_path: a key with a newline or an unprintable character is shown
+                # repr'd, so the diagnostic stays one printable line
+                field = render_path(tuple(p for p in loc if isinstance(p, str))) or "document"
                 message = f"{field}: {message}"
             diag = pos.diagnostic(loc, message)
         ident = (diag.line, diag.column, diag.path, diag.message)

@@ -12,6 +12,11 @@ with no addresses: nothing downstream has to tell "resolved to nothing" from "no
 Rule 4: an endpoint's repr and `describe()` name its certificates (ours, pinned and trusted
 ones) by fingerprint only, never their PEM text or key, so a Local holding our private key can
 be logged or named in an exception message (docs/architecture.md, "Errors and certificates").
+Rule 5: an endpoint is checked when it is made, however it is made (`parse`, `ip`, the
+constructor, `replace`): a host is an IP address or a DNS name (`host_name_problem`: no empty
+or over-long labels, no `256.256.256.256`), a port is 0-65535, an interface name is one Linux
+could have; anything else is an ArgumentError naming the value (repr'd and cut short), raised
+before a resolver or a socket sees it.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ..certs import Certificate
+from ..decision.environment import host_name_problem, interface_name_problem, shown
 from ..decision.request import Request, parse_target
-from ..errors import ArgumentError, ResolutionError
+from ..errors import ArgumentError, Diagnostic, InputError, ResolutionError
 
 __all__ = ["Local", "Remote", "has_identity", "hostport"]
 
@@ -33,8 +39,15 @@ __all__ = ["Local", "Remote", "has_identity", "hostport"]
 @functools.lru_cache(maxsize=256)
 def _parse(target: str) -> Request:
     """parse_target() is pure and Request is frozen: a process opening many carriers to
-    the same target parses it once."""
-    return parse_target(target)
+    the same target parses it once. Any ValueError it lets through (a port of Unicode digits
+    int() cannot read, `host:¹`) is the target's fault too: an InputError naming it."""
+    try:
+        return parse_target(target)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError([Diagnostic("target", f"{shown(target, 80)}: not a target "
+                                               f"({exc})")]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +67,11 @@ class Local:
     "certificates ... to identify this endpoint", and the peers it accepts)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ArgumentError(f"port {self.port} is out of range 0-65535")
+        _check_port("Local", self.port)
         if self.address is not None:
-            ipaddress.ip_address(self.address)
+            _check_address("Local.address", self.address)
+        if self.interface is not None and (why := interface_name_problem(self.interface)):
+            raise ArgumentError(f"Local.interface: {why}")
         for name in ("certificates", "trusted"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not all(
@@ -93,6 +107,19 @@ class Remote:
     certificates: Sequence[Certificate] = field(default=())
     """Pinned peer certificates: the peer must present one of these."""
 
+    def __post_init__(self) -> None:
+        if (why := host_name_problem(self.host)) is not None:
+            raise ArgumentError(f"Remote host: {why}")
+        _check_port("Remote", self.port)
+        if self.addresses is not None:
+            if isinstance(self.addresses, (str, bytes)):
+                raise ArgumentError("Remote.addresses must be a sequence of IP addresses, "
+                                    "not a string")
+            addresses = tuple(self.addresses)
+            for address in addresses:
+                _check_address("Remote.addresses", address)
+            object.__setattr__(self, "addresses", addresses)
+
     def __repr__(self) -> str:
         return (f"Remote(host={self.host!r}, port={self.port}, scheme={self.scheme!r}, "
                 f"addresses={self.addresses!r}, certificates={_certs(self.certificates)})")
@@ -107,7 +134,7 @@ class Remote:
     @classmethod
     def ip(cls, address: str, port: int, *, scheme: str = "hostport",
            certificates: Sequence[Certificate] = ()) -> Remote:
-        ipaddress.ip_address(address)
+        _check_address("Remote.ip", address)
         return cls(address, port, scheme, (address,), tuple(certificates))
 
     @property
@@ -172,6 +199,22 @@ class Remote:
             return [self]
         found = await self.lookup()
         return [replace(found, addresses=(address,)) for address in found.addresses or ()]
+
+
+def _check_port(what: str, port: object) -> None:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ArgumentError(f"{what} port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ArgumentError(f"{what} port {port} is out of range 0-65535")
+
+
+def _check_address(what: str, address: object) -> None:
+    if not isinstance(address, str):
+        raise ArgumentError(f"{what}: an IP address is a string, not {type(address).__name__}")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ArgumentError(f"{what}: {shown(address)} is not an IP address") from None
 
 
 def has_identity(local: Local | None) -> bool:

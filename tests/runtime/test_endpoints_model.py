@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -450,3 +451,66 @@ def test_a_sink_has_an_association_with_its_local_and_paths(run) -> None:
         assert sink.association.paths == []
 
     run(main())
+
+
+# ---- checked when made (issue 10: `a..b`, a 10 KB name, 256.256.256.256 passed) -----------
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("https://a..b", "'a..b' has an empty label"),
+    ("https://.example.com", "has an empty label"),
+    ("https://" + "a" * 10_000 + ".com", "host name of 10004 characters is over 253"),
+    ("https://" + "a" * 64 + ".com", "has a label of 64 characters"),
+    ("https://256.256.256.256", "'256.256.256.256' is not a valid IPv4 address"),
+    ("127.1:80", "'127.1' is not a valid IPv4 address"),
+    ("tcp://0x7f000001:80", "'0x7f000001' is not a valid IPv4 address"),
+    ("https://bücher.de", "is not ASCII; give an internationalised name in its IDNA A-label"),
+    ("https://-a.example", "label '-a' may hold only letters"),
+    ("https://a%0a.example", "label 'a%0a' may hold only letters"),
+])
+def test_remote_refuses_what_is_not_a_host_name(target: str, message: str) -> None:
+    with pytest.raises(tp.ArgumentError) as caught:
+        tp.Remote.parse(target)
+    text = str(caught.value)
+    assert message in text and len(text) < 200, text
+    assert text.isprintable()
+
+
+@pytest.mark.parametrize("target", [
+    "https://example.com", "https://Example.COM.", "https://xn--bcher-kva.de",
+    "https://a_b.example", "tcp://198.18.0.1:9", "[fd00::1]:443", "https://localhost",
+    "https://" + ".".join(["a" * 63] * 3 + ["a" * 61]),  # 253 characters, labels of 63
+    "https://123.example",  # a digit first is fine (RFC 1123); only the last label matters
+])
+def test_remote_takes_every_host_name(target: str) -> None:
+    remote = tp.Remote.parse(target)
+    assert tp.Remote(remote.host, remote.port) == tp.Remote(remote.host, remote.port)
+
+
+def test_a_target_that_crashed_the_parser_is_an_input_error() -> None:
+    """Found by the fuzz (issue 10): '¹' passes str.isdigit() but not int(); a plain
+    ValueError escaped Remote.parse."""
+    with pytest.raises(tp.InputError, match=re.escape("':¹': not a target")):
+        tp.Remote.parse(":¹")
+
+
+def test_remote_and_local_refuse_bad_values_however_made() -> None:
+    cases = [
+        (lambda: tp.Remote("a..b", 443), "empty label"),
+        (lambda: tp.Remote("example.com", 70000), "Remote port 70000 is out of range"),
+        (lambda: tp.Remote("example.com", "443"), "port must be an int, not str"),  # type: ignore[arg-type]
+        (lambda: tp.Remote("example.com", 443, addresses=("nope",)), "'nope' is not an IP"),
+        (lambda: tp.Remote("example.com", 443, addresses="198.18.0.1"),  # type: ignore[arg-type]
+         "must be a sequence of IP addresses, not a string"),
+        (lambda: tp.Remote.ip("999.1.1.1", 1), "'999.1.1.1' is not an IP address"),
+        (lambda: tp.Local(interface="eth0\n"), "interface name 'eth0\\n' holds '\\n'"),
+        (lambda: tp.Local(interface="x" * 16), "is 16 bytes; Linux allows at most 15"),
+        (lambda: tp.Local(address="nope"), "Local.address: 'nope' is not an IP address"),
+        (lambda: tp.Local(port=-1), "Local port -1 is out of range"),
+    ]
+    for make, message in cases:
+        with pytest.raises(tp.ArgumentError, match=re.escape(message)):
+            make()
+    ok = tp.Remote("example.com", 443, addresses=["198.18.0.1"])  # type: ignore[arg-type]
+    assert ok.addresses == ("198.18.0.1",)  # a list is kept as a tuple: hashable, frozen
+    hash(ok)
