@@ -35,6 +35,8 @@ from sizing import sized
 import taps_post as tp
 
 LOCAL = "127.0.0.1"
+TIMEOUT = sized(90, 300)
+"""Seconds one test may take (the whole coroutine, `run`)."""
 BURST = 10
 FLOOD_RATE = 1000
 """Initials per second the flood sends."""
@@ -220,7 +222,7 @@ def test_an_initial_flood_under_auto_retry_is_bounded(run: Any, until: Any,
             await flood.send(fresh, listener.ports["quic"])
             await until(lambda: flood.received > after, 5, "an answer to a new Initial")
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_retry_always_keeps_no_state_for_a_flood(run: Any, until: Any, cert: Any) -> None:
@@ -242,7 +244,7 @@ def test_retry_always_keeps_no_state_for_a_flood(run: Any, until: Any, cert: Any
             assert flood.received <= flood.sent, (flood.received, flood.sent)
             await real_client(cert, listener)
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_max_handshakes_drops_new_initials_without_state(run: Any, until: Any,
@@ -267,7 +269,7 @@ def test_max_handshakes_drops_new_initials_without_state(run: Any, until: Any,
             await until(lambda: sessions(endpoint) == 0, 15, "the abandoned connections gone")
             assert flood.received == after, "the listener kept sending to unvalidated sources"
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 # ---- garbage ----------------------------------------------------------------------------------
@@ -310,4 +312,4 @@ def test_garbage_at_a_quic_listener_leaves_it_serving(run: Any, until: Any, cert
                 f"{sessions(endpoint)} connections still held after the handshake timeout"))
             await real_client(cert, listener, 5)
 
-    run(main(), 60)
+    run(main(), TIMEOUT)

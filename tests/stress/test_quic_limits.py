@@ -44,6 +44,8 @@ from taps_post.stacks.quic.compat import (
 )
 
 LOCAL = "127.0.0.1"
+TIMEOUT = sized(90, 300)
+"""Seconds one test may take (the whole coroutine, `run`)."""
 MiB = 1 << 20
 STALL = 1.0
 """Seconds without progress after which a peer counts as held back."""
@@ -195,7 +197,7 @@ def test_an_unread_carrier_stops_granting_credit(run: Any, until: Any, cert: Any
             await until(lambda: acked_offset(quic, sid, written) >= written, 10,
                         "the rest acknowledged")
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_a_unidirectional_stream_without_fin_is_stopped(run: Any, until: Any,
@@ -225,7 +227,7 @@ def test_a_unidirectional_stream_without_fin_is_stopped(run: Any, until: Any,
                   f"of {total / MiB:.0f}")
             assert taken < 6 * MiB, taken
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_datagrams_for_an_unread_carrier_are_dropped_over_the_budget(
@@ -270,7 +272,7 @@ def test_datagrams_for_an_unread_carrier_are_dropped_over_the_budget(
             assert size <= 2 * budget + 64 * 1024, size
             assert dropped > 0
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_the_listener_keeps_a_bounded_ticket_store(run: Any, cert: Any) -> None:
@@ -292,7 +294,7 @@ def test_the_listener_keeps_a_bounded_ticket_store(run: Any, cert: Any) -> None:
             assert len(received) == connections
             assert len(endpoint.tickets) == 32, len(endpoint.tickets)
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 CHILD = r"""
@@ -371,7 +373,7 @@ def test_an_unread_carrier_costs_a_child_process_little_memory(run: Any) -> None
                 child.kill()
                 await child.wait()
 
-    run(main(), 90)
+    run(main(), TIMEOUT)
 
 
 # ---- send side ------------------------------------------------------------------------------
@@ -422,7 +424,7 @@ def test_send_waits_while_the_peer_withholds_credit(run: Any, cert: Any) -> None
             finally:
                 c.abort()
 
-    run(main(), 60)
+    run(main(), TIMEOUT)
 
 
 def test_unreliable_sends_wait_for_aioquic_to_take_them(run: Any, cert: Any) -> None:
@@ -449,4 +451,4 @@ def test_unreliable_sends_wait_for_aioquic_to_take_them(run: Any, cert: Any) -> 
             finally:
                 c.abort()
 
-    run(main(), 60)
+    run(main(), TIMEOUT)

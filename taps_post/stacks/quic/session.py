@@ -598,6 +598,7 @@ class QuicSession(QuicConnectionProtocol):
             self._datagram_received(event.data)
         elif isinstance(event, events.StreamReset):
             self._uni_dropped(event.stream_id)
+            self._stopped.discard(event.stream_id)  # no more bytes can come on it
             t = self.streams.get(event.stream_id)
             if t is not None:
                 t.end_of_messages()
