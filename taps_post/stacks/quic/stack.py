@@ -277,7 +277,7 @@ class _Server(QuicServer):
     max_handshakes are dropped, and Retry is switched on per Initial (`set_server_retry`)."""
 
     def __init__(self, *, configuration: QuicConfiguration, retry_mode: str,
-                 max_handshakes: int, handshaking: dict[QuicSession, Any],
+                 max_handshakes: int, handshaking: dict[QuicSession, asyncio.TimerHandle],
                  **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
         if retry_mode not in ("never", "auto", "always"):
@@ -343,6 +343,10 @@ class QuicListening:
     async def aclose(self) -> None:
         """Close every connection (the peers get CONNECTION_CLOSE), then the socket."""
         closing = list(self._sessions)
+        if self.server is not None:  # no handshake timer outlives the listener
+            for timer in self.server.handshaking.values():
+                timer.cancel()
+            self.server.handshaking.clear()
         for session in closing:
             session.shutdown()
         await asyncio.sleep(0)  # let the CONNECTION_CLOSE datagrams go out
