@@ -6,7 +6,8 @@
 
 The parent starts two children, `--role server` and `--role client`, and only relays: the
 server prints its port, the client opens N carriers to it *at once* (one `tp.initiate` and a
-first send each, all started before any has finished), every carrier sends `--messages` (3)
+first send each, all started before any has finished; `--handshakes K` lets only K handshakes
+be in flight, the carriers still all open together), every carrier sends `--messages` (3)
 numbered messages and the server's carrier answers each with a numbered reply, so every
 (carrier, n) is checked exactly once on both sides: nothing lost, nothing duplicated. Then the
 client closes every carrier, the server sees each end, closes its Listener, and both children
@@ -170,10 +171,13 @@ async def client(args: argparse.Namespace, port: int, pem: str) -> None:
     errors: list[str] = []
     carriers: list[Any] = []
 
+    gate = asyncio.Semaphore(args.handshakes) if args.handshakes else contextlib.nullcontext()
+
     async def one(i: int) -> None:
-        c = await tp.initiate(remote, policy=ctx, store=store)
-        carriers.append(c)
         try:
+            async with gate:  # handshakes in flight, when bounded; carriers stay open
+                c = await tp.initiate(remote, policy=ctx, store=store)
+            carriers.append(c)
             for n in range(args.messages):
                 await c.send(f"{i}:{n}".encode())
             for _ in range(args.messages):
@@ -207,7 +211,7 @@ async def client(args: argparse.Namespace, port: int, pem: str) -> None:
 def child(args: argparse.Namespace, role: str, *extra: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "--role", role,
            "--stack", args.stack, "-n", str(args.n), "--messages", str(args.messages),
-           "--settle", str(args.settle), *extra]
+           "--settle", str(args.settle), "--handshakes", str(args.handshakes), *extra]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -248,6 +252,8 @@ def main() -> int:
     ap.add_argument("--stack", choices=sorted(ONLY), default="tcp")
     ap.add_argument("-n", type=int, default=10_000, help="concurrent carriers (10,000)")
     ap.add_argument("--messages", type=int, default=3, help="numbered messages each way (3)")
+    ap.add_argument("--handshakes", type=int, default=0,
+                    help="bound on the client's handshakes in flight (0: all N at once)")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="seconds to wait for fds and tasks to go after close (10)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per child (300 s)")

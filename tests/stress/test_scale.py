@@ -25,11 +25,16 @@ import pytest
 from sizing import sized
 
 SCALE = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
+HANDSHAKES = 256
+"""TLS and QUIC clients keep at most this many handshakes in flight (the carriers all stay
+open together): on 2 CPUs a burst of 5,000 TLS handshakes at once takes longer than the
+Listener's handshakeTimeout (10 s) for the last few percent, which the Listener then resets,
+as it should (docs/reliability.md)."""
 
 
-def scale(stack: str, n: int, timeout: float = 240) -> dict[str, Any]:
+def scale(stack: str, n: int, timeout: float = 240, handshakes: int = 0) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-P", str(SCALE), "--json", "--stack", stack,
-                           "-n", str(n), "--settle", "30"],
+                           "-n", str(n), "--settle", "30", "--handshakes", str(handshakes)],
                           capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"bench/scale.py printed no verdict (exit {proc.returncode}): " \
@@ -46,7 +51,8 @@ def check(report: dict[str, Any], n: int) -> None:
         assert (side["lost"], side["extra"], side["dups"]) == (0, 0, 0), summary
         assert (side["fds_left"], side["tasks_left"]) == (0, 0), summary
     assert s["accepted"] == n and not s["timed_out"], summary
-    assert c["peak_fds"] >= n, summary  # they were open at once, not one after another
+    if report["stack"] != "quic":  # a socket per stream carrier (QUIC clients may share)
+        assert c["peak_fds"] >= n, summary  # they were open at once, not one after another
     assert report["ok"], summary
 
 
@@ -65,13 +71,13 @@ def test_10000_tcp_carriers_through_one_listener() -> None:
 def test_tls_carriers_through_one_listener() -> None:
     n = sized(500, 5_000)
     _need_fds(n)
-    check(scale("tls", n), n)
+    check(scale("tls", n, handshakes=HANDSHAKES), n)
 
 
 def test_quic_carriers_through_one_listener() -> None:
     n = sized(200, 1_000)
     _need_fds(n)
-    check(scale("quic", n), n)
+    check(scale("quic", n, handshakes=HANDSHAKES), n)
 
 
 TLS_MEMORY = r"""
