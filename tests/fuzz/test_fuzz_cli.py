@@ -96,7 +96,7 @@ def test_cli_input_errors_exit_2(scratch: str) -> None:
     """Regression cases the fuzz found (issue 10): each is one line on stderr, exit 2."""
     env = os.path.join(scratch, "env.yaml")
     for argv, message in [
-        (["policy", "explain", ":¹", "--no-system", "--env", env], "not a target"),
+        (["policy", "explain", ":¹", "--no-system", "--env", env], "':¹': "),
         (["policy", "explain", "https://a..b", "--no-system", "--env", env], "empty label"),
         (["policy", "explain", "https://256.256.256.256", "--no-system", "--env", env],
          "'256.256.256.256' is not a valid IPv4 address"),
