@@ -452,3 +452,50 @@ def test_unreliable_sends_wait_for_aioquic_to_take_them(run: Any, cert: Any) -> 
                 c.abort()
 
     run(main(), TIMEOUT)
+
+
+def test_close_against_a_withholding_peer_is_bounded_by_linger(run: Any, cert: Any) -> None:
+    """Our carrier (carrier.linger 1 s) fills what a carrier that never reads will take,
+    then closes: close() returns within the linger time (plus scheduling slack), and by
+    then every message has ended exactly once: on_acked for what the peer acknowledged,
+    on_send_error for the rest. On issue10-base close() returned at once and the messages
+    still in aioquic's buffer had not ended (they failed later, when the idle connection
+    closed)."""
+    size = 256 * 1024
+
+    async def main() -> None:
+        async with listening(cert, policy(), lambda c: None) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(**{"carrier.linger": 1000}),
+                                  store=tp.AssociationStore())
+            ends: dict[int, list[str]] = {}
+            sent = 0
+
+            def ended(n: int, how: str) -> Callable[[tp.OutMessage], None]:
+                return lambda m: ends.setdefault(n, []).append(how)
+
+            async def sender() -> None:
+                nonlocal sent
+                for n in range(256):
+                    await c.send_msg(tp.OutMessage(b"c" * size), on_acked=ended(n, "acked"),
+                                     on_send_error=ended(n, "error"))
+                    sent += 1
+
+            task = asyncio.ensure_future(sender())
+            await until_stalled(lambda: sent, 256, 30)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(c.close(), 5)
+            took = loop.time() - started
+            kinds = [how for hows in ends.values() for how in hows]
+            print(f"close after {sent} messages took {took:.2f} s; ends: "
+                  f"{kinds.count('acked')} acked, {kinds.count('error')} send errors")
+            assert took < 1.0 + 0.5, took
+            assert len(ends) == sent, (len(ends), sent)
+            assert all(len(hows) == 1 for hows in ends.values()), ends
+            assert kinds.count("error") > 0
+
+    run(main(), TIMEOUT)

@@ -18,8 +18,8 @@ Rule 5 (memory, docs/quic.md "Memory limits"): what a sender has written into ai
 aioquic has not sent yet (stream bytes, DATAGRAM frames, expiring messages' side streams)
 counts against carrier.sendBudget (`backlog_bytes`), so send() waits while a peer withholds
 credit; the view's pause_reading / resume_reading (the Transient's receive budget) withhold
-and return flow-control credit (the session decides it); a graceful close is bounded by
-carrier.linger, then the stream is reset.
+and return flow-control credit (the session decides it); a graceful close (flush, FIN, the
+peer's acknowledgements) is bounded by carrier.linger, then the stream is abandoned.
 """
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ class QuicStreamTransient(Transient):
         self._fin_sent = False
         self._early_left = 0
         """Bytes received as 0-RTT data not yet part of a delivered message (on_data)."""
+        self._settled: asyncio.Future[None] | None = None
+        """Resolved when tracking settles or the stream ends (aclose waits on it)."""
         self._big_last = 0
         """Bytes of the last message written to the stream (backlog_bytes)."""
         self.credit_withheld = False
@@ -305,6 +307,14 @@ class QuicStreamTransient(Transient):
             if offsets is None or offsets[1] >= end:
                 del self._uni_unacked[uni]
                 self.fire(p.on_acked, p.message)
+        self._settle_waiter()
+
+    def _settle_waiter(self) -> None:
+        settled = self._settled
+        if settled is not None and not settled.done() and (
+                not self.tracking_pending() or self.closed.done()
+                or not self.session.is_open):
+            settled.set_result(None)
 
     def track(self, end: int, p: Pending) -> None:
         if self._ledger.track(end, p):
@@ -329,22 +339,37 @@ class QuicStreamTransient(Transient):
         super().terminate(exc)
         for p, _end in uni:
             self.fire(p.on_send_error, p.message)
+        self._settle_waiter()
 
     async def aclose(self) -> None:
+        """Graceful close, bounded by `linger` in total (contract 4): what is queued goes
+        into aioquic, the FIN follows it, and the close waits for the peer to acknowledge
+        the messages whose on_sent / on_acked are awaited; past the linger time the stream
+        is abandoned (reset if no FIN went yet) and those messages end with on_send_error
+        (after on_sent where aioquic sent them), each once."""
         try:
-            async with asyncio.timeout(self.linger):  # contract 4: bounded, then reset
+            async with asyncio.timeout(self.linger):
                 await self._flush()
+                if not self._fin_sent and self.session.is_open:
+                    self._fin_sent = True
+                    with contextlib.suppress(Exception):
+                        self.quic.send_stream_data(self.stream_id, b"", end_stream=True)
+                    self.session.transmit_soon()
+                await self._acknowledged()
         except TimeoutError:
             self.abort()
             return
-        if not self._fin_sent and self.session.is_open:
-            self._fin_sent = True
-            with contextlib.suppress(Exception):
-                self.quic.send_stream_data(self.stream_id, b"", end_stream=True)
-            self.session.transmit_soon()
         self.session.stream_closed(self)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    async def _acknowledged(self) -> None:
+        """Wait until no message of this stream waits for on_sent / on_acked any more (the
+        session's progress checks after each transmit settle them), or the stream ended."""
+        while self.tracking_pending() and self.session.is_open and not self.closed.done():
+            if self._settled is None or self._settled.done():
+                self._settled = self.loop.create_future()
+            await self._settled
 
     def abort(self) -> None:
         if self.session.is_open and not self._fin_sent:
