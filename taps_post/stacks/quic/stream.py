@@ -345,7 +345,7 @@ class QuicStreamTransient(Transient):
         """Graceful close, bounded by `linger` in total (contract 4): what is queued goes
         into aioquic, the FIN follows it, and the close waits for the peer to acknowledge
         the messages whose on_sent / on_acked are awaited; past the linger time the stream
-        is abandoned (reset if no FIN went yet) and those messages end with on_send_error
+        is reset (after its FIN too) and those messages end with on_send_error
         (after on_sent where aioquic sent them), each once."""
         try:
             async with asyncio.timeout(self.linger):
@@ -357,6 +357,10 @@ class QuicStreamTransient(Transient):
                     self.session.transmit_soon()
                 await self._acknowledged()
         except TimeoutError:
+            # Past the FIN too: RESET_STREAM (allowed until all is acknowledged, RFC 9000
+            # section 3.1), so nothing reported as a send error still reaches the peer.
+            if self.session.is_open and self.tracking_pending():
+                self._fin_sent = False
             self.abort()
             return
         self.session.stream_closed(self)
