@@ -1,4 +1,5 @@
-"""TLS contexts for the TLS stacks (over TCP and MPTCP), built from Settings.
+"""TLS for the TLS stacks (over TCP and MPTCP): contexts built from Settings, and the
+lean TLS transport every TLS connection is opened with (`open_tls`).
 
 Rule 1: a client context trusts the system CAs, or exactly the pinned certificates when a
 Remote pins some; pinning is then checked again by fingerprint (`verify_pins`), so a pin means
