@@ -137,12 +137,12 @@ async def server(args: argparse.Namespace) -> None:
     stop = asyncio.ensure_future(reader.readline())  # the parent says stop (or dies)
     waiter = asyncio.ensure_future(all_ended.wait())
     await asyncio.wait({stop, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    timed_out = not waiter.done()
     for f in (stop, waiter):
         f.cancel()
     await asyncio.gather(stop, waiter, return_exceptions=True)
-    if tasks:
+    if tasks:  # the client is done; its last closes may still be on their way here
         await asyncio.wait(set(tasks), timeout=args.settle)
+    timed_out = ended[0] < args.n
     await listener.close()
     fds, left_tasks = await leftovers(before_fds, args.settle)
     want = {f"{i}:{n}" for i in range(args.n) for n in range(args.messages)}
