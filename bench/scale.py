@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
-ONLY = {"tcp": {"stack.tcp": "require"}, "tls": {"stack.tls": "require"},
-        "quic": {"stack.quic": "require"}}
+HOLD = {"carrier.idleTimeout": 300_000}
+"""Accepted carriers default to a 30 s idle timeout; a carrier done with its exchange early
+must stay open until all N are, or they would not be N at once."""
+ONLY = {"tcp": {"stack.tcp": "require", **HOLD}, "tls": {"stack.tls": "require", **HOLD},
+        "quic": {"stack.quic": "require", **HOLD}}
 
 
 def raise_nofile() -> int:
@@ -58,9 +61,7 @@ def peak_rss_mb() -> float:
 
 
 def policy(tp: Any, stack: str) -> Any:
-    only = ONLY[stack]
-    app = None if only is None else {"version": 1, "layer": "app",
-                                       "rules": [{"id": "only", "set": only}]}
+    app = {"version": 1, "layer": "app", "rules": [{"id": "only", "set": ONLY[stack]}]}
     return tp.PolicyContext(system=[], app=app, app_name="scale")
 
 
