@@ -76,6 +76,9 @@ POLICY_CASES = [
                  id="enforce-yes"),
     pytest.param("version: 1\nlayer: system\ninterfaces:\n  - match: {name: \"wwan*\"}\n"
                  "    cost: -1\n", 5, 11, "greater than or equal to 0", id="cost-negative"),
+    pytest.param("version: 1\nlayer: system\ninterfaces:\n  - match: {name: \"wwan\\n*\"}\n"
+                 "    metered: true\n", 4, 19, "interface name glob 'wwan\\n*' can match no "
+                 "interface", id="interface-glob-newline"),
     pytest.param("version: 1\nlayer: system\nrulez: []\n", 3, 1, "did you mean 'rules'?",
                  id="rulez"),
     pytest.param(rule("    enforced: true\n"), 5, 5, "did you mean 'enforce'?", id="enforced"),

@@ -670,7 +670,8 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
             continue
         if fact.match.name is None and fact.match.type is None:
             problems.append(pos.diagnostic((*where, "match"), "match needs a name or a type"))
-        if fact.match.name and (why := check_glob(fact.match.name)):
+        if fact.match.name and (why := check_glob(fact.match.name) or
+                                _never_an_interface(fact.match.name)):
             problems.append(pos.diagnostic((*where, "match", "name"), why))
         facts.append((fact, _src(pos, where)))
 
@@ -710,6 +711,17 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
     if problems:
         raise InputError(problems)
     return PolicyFile(layer, source, name, tuple(rules), tuple(facts), tuple(warnings), digest)
+
+
+def _never_an_interface(glob: str) -> str | None:
+    """Why an interface name glob can match no interface, or None: it holds what no Linux
+    interface name holds (`/`, `:`, whitespace, control characters; see
+    decision.environment.interface_name_problem), so it is a mistake, not a fact."""
+    for ch in glob:
+        if ch in "/:" or ch.isspace() or not ch.isprintable():
+            return (f"interface name glob {glob!r} can match no interface: a name may not "
+                    f"hold {ch!r} ('/', ':', whitespace and control characters are refused)")
+    return None
 
 
 def _is_list(data: Any, where: Path, fieldname: str) -> bool:
