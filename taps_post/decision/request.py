@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.registry import DEFAULT_PORTS, KINDS
+from .environment import host_name_problem
 
 __all__ = ["Request", "parse_target"]
 
@@ -100,15 +101,12 @@ def parse_target(target: str, *, app: str | None = None, kind: str = "initiate")
                 raise _fail(target, "expected scheme://host[:port] or host:port "
                                     "(IPv6 literals in brackets)")
             host, port_text = text.split(":")
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
             raise _fail(target, f"port {port_text!r} is not a number from 0 to 65535")
         port = int(port_text)
         if not host:
             raise _fail(target, "no host")
     host = host.lower()
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise _fail(target, f"{host!r} is not an IPv6 address") from None
+    if (why := host_name_problem(host)) is not None:
+        raise _fail(target, why)
     return Request(target=target, scheme=scheme, host=host, port=port, app=app, kind=kind)

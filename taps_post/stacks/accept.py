@@ -47,6 +47,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from .tls import open_tls
+
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "BATCH", "EPISODE_QUIET", "Acceptor", "backlog_for",
            "somaxconn"]
 
@@ -227,9 +229,9 @@ class Acceptor:
             if self._tls is None:
                 await self._loop.connect_accepted_socket(self._factory, conn)
             else:
-                await self._loop.connect_accepted_socket(
-                    self._factory, conn, ssl=self._tls,
-                    ssl_handshake_timeout=self._timeout)
+                # 64 KiB read buffer, heap trims (stacks/tls.py Rules 4, 5)
+                await open_tls(self._factory, conn, self._tls, server_side=True,
+                               handshake_timeout=self._timeout)
         except (OSError, ssl.SSLError, TimeoutError):
             conn.close()  # failed or timed out: asyncio aborted the transport already
         except BaseException:

@@ -50,7 +50,7 @@ from ..errors import DeframingError
 from ..system import tcpinfo
 from .accept import Acceptor, backlog_for
 from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
-from .tls import client_tls_context, server_tls_context, verify_pins
+from .tls import client_tls_context, open_tls, server_tls_context, verify_pins
 from .transient import Transient
 
 __all__ = ["ResumingContext", "StreamStack", "StreamTransient", "outq"]
@@ -581,10 +581,12 @@ class StreamStack:
                           if spec.settings.session_cache else None)
                 tls = ResumingContext(ctx, ticket)
                 transient.used_session = ticket
-            transport, _ = await loop.create_connection(
-                lambda: transient, sock=sock, ssl=tls,
-                server_hostname=spec.host if self.secure else None,
-                ssl_handshake_timeout=spec.settings.conn_timeout if self.secure else None)
+            if self.secure:  # 64 KiB read buffer, heap trims (stacks/tls.py Rules 4, 5)
+                transport, _ = await open_tls(lambda: transient, sock, tls, server_side=False,
+                                              server_hostname=spec.host,
+                                              handshake_timeout=spec.settings.conn_timeout)
+            else:
+                transport, _ = await loop.create_connection(lambda: transient, sock=sock)
             if self.secure:
                 ssl_object = transport.get_extra_info("ssl_object")
                 verify_pins(ssl_object, spec.pinned)

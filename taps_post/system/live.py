@@ -3,8 +3,10 @@
 Rule 1: this is where the I/O the decision core refuses to do happens (interface discovery,
 name resolution), so that `decide()` itself stays pure.
 Rule 2: discovery is cached for a short time: a process opening many carriers should not walk
-sysfs for each one, and interfaces rarely change within a second. `invalidate()` drops the
-cache (a failed race calls it, since a vanished interface is a likely cause).
+sysfs for each one, and interfaces rarely change within a second. A refresh that finds the
+same interfaces keeps the same snapshot object, so the runtime's plan cache (keyed on its
+identity) survives it. `invalidate()` drops the cache (a failed race calls it, since a
+vanished interface is a likely cause).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def cached_interfaces() -> tuple[Interface, ...]:
     global _cache
     now = time.monotonic()
     if _cache is None or now - _cache[0] > _TTL:
-        _cache = (now, tuple(discover_interfaces()))
+        fresh = tuple(discover_interfaces())
+        if _cache is not None and fresh == _cache[1]:
+            fresh = _cache[1]  # unchanged: the same object, so plans keyed on it stay valid
+        _cache = (now, fresh)
     return _cache[1]
 
 

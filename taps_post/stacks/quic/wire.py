@@ -52,6 +52,8 @@ _OWNER = struct.Struct("!Q")
 def encode_varint(value: int) -> bytes:
     """RFC 9000 section 16: 1, 2, 4 or 8 bytes, the two top bits of the first saying which."""
     if value < 0x40:
+        if value < 0:
+            raise ValueError(f"{value} is negative: QUIC variable-length integers are unsigned")
         return bytes((value,))
     if value < 0x4000:
         return (value | 0x4000).to_bytes(2, "big")
@@ -108,6 +110,8 @@ def is_unidirectional(stream_id: int) -> bool:
 def uni_payload(owner: int, frame: bytes) -> bytes:
     """The whole content of an expiring message's unidirectional stream: the bidirectional
     stream id of the carrier it belongs to, then the framed message."""
+    if not 0 <= owner < 1 << 64:
+        raise ValueError(f"stream id {owner} is not a QUIC stream id (0 to 2**64 - 1)")
     return _OWNER.pack(owner) + frame
 
 
