@@ -16,9 +16,22 @@ owns, bounded by `listener.handshakeTimeout` (asyncio's ssl_handshake_timeout); 
 cancels those tasks, which aborts their connections. Plain TCP's handshake is the kernel's,
 done before accept(), so such a task ends at once; a plain-TCP peer that then trickles bytes
 is the idle timeout's (carrier.idleTimeout, on by default for accepted carriers).
-Rule 4: at most `listener.maxHandshakes` set-ups at once. At the bound the listening socket
-is not read at all: the kernel's backlog holds the next connections (their SYNs were answered,
-nothing is lost) until a handshake ends, completed, failed or timed out.
+Rule 4: at most `listener.maxHandshakes` set-ups at once; a full table under pressure sheds
+the stalest. While the table is full and no set-up is older than the eviction age (EVICT_AGE,
+at most a quarter of handshakeTimeout), the listening socket is not read: the kernel's backlog
+holds the next connections (their SYNs were answered, nothing is lost), so a burst of
+legitimate clients, whose handshakes take a few round trips, is never thrashed. Once the
+oldest set-up reached that age, each connection waiting in the backlog (the listening socket
+is readable) aborts the oldest set-up past the age and takes its place, one for one, oldest
+first (`evicted` counts them). Why: stopping at the bound alone makes a legitimate client wait
+behind every slowloris queued ahead of it, one handshakeTimeout per maxHandshakes of them
+(4,000 silent connections at the defaults: about a minute); now the table turns over every
+eviction age. And for TLS, a connection accepted from the backlog while the table is full that
+has been open the eviction age without sending a byte (the kernel's TCP_INFO: no data since it
+was established, none unread) is itself the stalest of all: a TLS client speaks first, its
+ClientHello in its first round trip. It is reset at once (`evicted` counts it too) instead of
+taking a table slot, so a backlog full of silent connections drains in one pass instead of one
+eviction age per maxHandshakes of them.
 Rule 5: resource exhaustion on accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops reading the
 listening socket for a back-off, BACKOFF_FIRST doubling to BACKOFF_MAX, reset by the next
 accept() that succeeds. One warning when such an episode starts, one line when it ended (an
@@ -40,7 +53,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
+import select
 import socket
 import ssl
 import struct
@@ -49,8 +64,8 @@ from typing import Any
 
 from .tls import open_tls
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "BATCH", "EPISODE_QUIET", "Acceptor", "backlog_for",
-           "somaxconn"]
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "BATCH", "EPISODE_QUIET", "EVICT_AGE", "Acceptor",
+           "backlog_for", "evict_age", "somaxconn"]
 
 _log = logging.getLogger("taps_post.listener")
 
@@ -63,6 +78,9 @@ BACKOFF_MAX = 1.0
 """Longest pause of accept() while resources stay exhausted, seconds (Rule 5)."""
 EPISODE_QUIET = 10.0
 """Seconds without a resource error after which an episode counts as over (Rule 5)."""
+EVICT_AGE = 1.0
+"""Seconds a set-up runs before a connection waiting behind a full table may evict it, at
+most (Rule 4): legitimate TLS handshakes complete in a few round trips, well under this."""
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -90,6 +108,43 @@ def backlog_for(setting: int) -> int:
     return setting if setting > 0 else somaxconn()
 
 
+def evict_age(handshake_timeout: float) -> float:
+    """The eviction age for a handshake timeout (Rule 4): EVICT_AGE, or a quarter of the
+    timeout when that is shorter, so eviction always comes well before the timeout would."""
+    if not handshake_timeout or handshake_timeout <= 0:
+        return EVICT_AGE
+    return min(EVICT_AGE, handshake_timeout / 4)
+
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_LAST_DATA_RECV = 52
+"""Offset of tcpi_last_data_recv (u32, ms) in Linux's struct tcp_info: since the last data
+received, or since the connection was established when none was (icsk_ack.lrcvtime)."""
+
+
+def _silent_for(conn: socket.socket) -> float:
+    """Seconds an accepted connection has been open without sending a byte (Rule 4): 0 when
+    it sent something (unread bytes are waiting) or the kernel cannot tell, infinite when
+    the peer closed or reset it already."""
+    try:
+        if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            return 0.0
+        return math.inf  # end of stream: the client gave up waiting
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return math.inf  # reset while it waited
+    if _TCP_INFO is None:
+        return 0.0
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV + 4)
+    except OSError:
+        return 0.0
+    if len(info) < _LAST_DATA_RECV + 4:
+        return 0.0
+    return int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0]) / 1000
+
+
 def _open_reserve() -> int | None:
     """A descriptor held only to be given up when the process runs out of them (Rule 5)."""
     try:
@@ -112,7 +167,15 @@ class Acceptor:
         self._tls = tls
         self._timeout = handshake_timeout
         self._max = max(1, max_handshakes)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._age = evict_age(handshake_timeout)
+        self._tasks: dict[asyncio.Task[None], float] = {}
+        """Set-ups in progress and when each began (loop time), oldest first (Rule 4)."""
+        self._evicting: set[asyncio.Task[None]] = set()
+        """Set-ups evicted (cancelled) that have not ended yet: no longer counted (Rule 4)."""
+        self._aging: asyncio.TimerHandle | None = None
+        """While the table is full and connections wait: when the oldest reaches the age."""
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
         self._reading = False
         self._closed = False
         self._backoff = 0.0
@@ -125,6 +188,9 @@ class Acceptor:
         """Connections reset at once because descriptors ran out (Rule 5), in all."""
         self.episodes = 0
         """Resource-exhaustion episodes so far (Rule 5)."""
+        self.evicted = 0
+        """Connections shed for waiting ones while the table was full (Rule 4), in all: set-ups
+        aborted past the eviction age, and silent TLS connections reset at accept."""
 
     @property
     def handshakes(self) -> int:
@@ -137,9 +203,11 @@ class Acceptor:
     # ---- the listening socket --------------------------------------------------------------
 
     def _want_reading(self) -> None:
-        """Read the listening socket exactly while there is room for a handshake and no
-        back-off is running (Rules 4 and 5)."""
-        want = not self._closed and self._retry is None and len(self._tasks) < self._max
+        """Read the listening socket unless closed, backing off (Rule 5) or waiting for the
+        oldest of a full table to reach the eviction age while connections wait (Rule 4).
+        A full table with an empty backlog keeps reading: the socket is not readable then,
+        so it costs nothing, and the first connection to arrive is seen at once."""
+        want = not self._closed and self._retry is None and self._aging is None
         if want and not self._reading:
             self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
@@ -149,7 +217,10 @@ class Acceptor:
 
     def _on_readable(self) -> None:
         for _ in range(BATCH):
-            if self._closed or len(self._tasks) >= self._max:
+            if self._closed:
+                break
+            full = len(self._tasks) >= self._max
+            if full and not self._may_evict():
                 break
             try:
                 conn, _ = self._sock.accept()
@@ -162,8 +233,43 @@ class Acceptor:
                 return
             if self._backoff or self._episode:
                 self._recovered()
+            if full:
+                if self._tls is not None and _silent_for(conn) >= self._age:
+                    self._reset(conn)  # the stalest of all: never spoke (Rule 4)
+                    self.evicted += 1
+                    continue
+                self._evict_oldest()
             self._begin(conn)
         self._want_reading()
+
+    # ---- a full table (Rule 4) -----------------------------------------------------------
+
+    def _may_evict(self) -> bool:
+        """With the table full: whether a connection waits and a set-up is old enough to give
+        it its place. When one waits but none is, stop reading until the oldest is."""
+        try:
+            if not self._poll.poll(0):
+                return False  # nothing waiting (this turn's connections all taken)
+        except OSError:
+            return False
+        began = next(iter(self._tasks.values()))
+        wait = began + self._age - self._loop.time()
+        if wait <= 0:
+            return True
+        if self._aging is None:
+            self._aging = self._loop.call_later(wait, self._aged)
+        return False
+
+    def _aged(self) -> None:
+        self._aging = None
+        self._want_reading()
+
+    def _evict_oldest(self) -> None:
+        task = next(iter(self._tasks))
+        del self._tasks[task]
+        self._evicting.add(task)
+        if task.cancel():  # aborts its transport, closes its socket (_set_up)
+            self.evicted += 1  # (not if it just ended by itself: its place is free anyway)
 
     # ---- resource exhaustion (Rule 5) ----------------------------------------------------
 
@@ -192,11 +298,16 @@ class Acceptor:
             except OSError:
                 self._reserve = _open_reserve()
                 break  # none waiting, or still no descriptor (another thread took it)
-            with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            conn.close()
+            self._reset(conn)
             self.shed += 1
             self._reserve = _open_reserve()  # the descriptor conn just gave back
+
+    @staticmethod
+    def _reset(conn: socket.socket) -> None:
+        """Close with RST, so the client fails at once (Rules 4 and 5)."""
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        conn.close()
 
     def _resume(self) -> None:
         self._retry = None
@@ -221,7 +332,7 @@ class Acceptor:
     def _begin(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         task = self._loop.create_task(self._set_up(conn))
-        self._tasks.add(task)
+        self._tasks[task] = self._loop.time()
         task.add_done_callback(self._ended)
 
     async def _set_up(self, conn: socket.socket) -> None:
@@ -239,7 +350,11 @@ class Acceptor:
             raise
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
+        self._evicting.discard(task)
+        if self._aging is not None and len(self._tasks) < self._max:
+            self._aging.cancel()  # room again: no need to wait for the age
+            self._aging = None
         if not task.cancelled() and task.exception() is not None:
             _log.error("listener on port %s: setting up a connection failed",
                        self._port(), exc_info=task.exception())
@@ -256,9 +371,13 @@ class Acceptor:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._aging is not None:
+            self._aging.cancel()
+            self._aging = None
         self._want_reading()
+        self._poll.unregister(self._fd)
         self._sock.close()
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._evicting]
         for task in tasks:
             task.cancel()
         if tasks:
