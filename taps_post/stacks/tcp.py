@@ -26,12 +26,16 @@ Rule 7: an accepted connection on an MPTCP listener reports `tcp`/`tls` when the
 back to plain TCP (getsockopt TCP_IS_MPTCP), never a multipath it does not have.
 Rule 8: a connection we cut off (`fail`: a protocol error, the idle timeout, a close past its
 linger) is reset (SO_LINGER 0), so no kernel keeps buffering for a peer we gave up on.
+Rule 9: after the peer's EOF (kept open for our replies, plain TCP only) whatever we write is
+watched until the peer acknowledged it: a reset, which nothing reads any more, is seen in
+TCP_INFO (state CLOSE) and ends the Transient (the Transient's Rule 10).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -57,6 +61,8 @@ __all__ = ["ResumingContext", "StreamStack", "StreamTransient", "outq"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
+_TCP_CLOSE = 7
+"""tcpi_state of a connection that ended (include/net/tcp_states.h TCP_CLOSE)."""
 _TCP_IS_MPTCP = 43
 """getsockopt(SOL_TCP) on an MPTCP socket: 1 while MPTCP is in use, 0 after a fallback."""
 _FALLBACK = {"mptcp": "tcp", "tls-mptcp": "tls"}
@@ -220,6 +226,8 @@ class StreamTransient(Transient, asyncio.Protocol):
             self.sent_any = True
             if self._idle_handle is not None:
                 self._active_at = self.loop.time()  # the Transient's Rule 9: a message went
+            if self._eof and self._progress_handle is None:
+                self.check_progress()  # Rule 9: written after the peer's EOF, watch it
             return
         super().submit_data(data)
 
@@ -367,8 +375,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         if batch:
             self._emit(b"".join(batch) if len(batch) > 1 else batch[0])
         self.sent_any = True
-        if self._ledger and self._progress_handle is None:
-            self.check_progress()
+        if (self._ledger or self._eof) and self._progress_handle is None:
+            self.check_progress()  # with EOF seen, also to watch for a reset (Rule 9)
 
     def _emit(self, data: bytes) -> None:
         self.transport.write(data)
@@ -407,6 +415,21 @@ class StreamTransient(Transient, asyncio.Protocol):
         acked = max(0, info.bytes_acked - 1)  # tcpi_bytes_acked counts the SYN
         held = outq(self.raw_socket)
         return (None if held is None else acked + held), acked
+
+    def watch_after_eof(self) -> bool:
+        """Rule 9: after the peer's EOF asyncio reads the socket no more, so a reset (the
+        peer's process died: its kernel answers our data with RST) is read from TCP_INFO:
+        state CLOSE ends the Transient with ConnectionResetError. True while the kernel
+        still holds bytes the peer has not acknowledged (keep watching)."""
+        sock = self.raw_socket
+        if self.secure or sock is None or self.transport is None or self.closed.done():
+            return False  # TLS cannot half-close: asyncio closed it at EOF
+        info = tcpinfo.read(sock)
+        if info is not None and info.state == _TCP_CLOSE:
+            self.fail(ConnectionResetError(errno.ECONNRESET, "the peer reset the connection "
+                                           "after closing its side (it is gone)"))
+            return False
+        return bool(outq(sock))
 
     def write_control(self, frame: bytes) -> None:
         self._emit(frame)

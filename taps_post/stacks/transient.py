@@ -13,8 +13,8 @@ peer acknowledged it, both read from the stack's own offsets (`offsets()`), neve
 core's Ledger turns offsets into events exactly once.
 Rule 4: a subclass provides `write_ready(ready)` and may override `offsets()`,
 `end_offsets()` (or `final_offsets()`), `submit_data()` (a direct-write fast path),
-`write_control()`, `path_stats()`, `detach_stream()`, `open_sibling()` and
-`accept_siblings()`.
+`write_control()`, `path_stats()`, `detach_stream()`, `open_sibling()`,
+`accept_siblings()` and `watch_after_eof()`.
 Rule 5: every message ends exactly once (RFC 9622): `on_acked` where the stack acknowledges
 (TCP, TLS, QUIC streams), `on_expired` when its lifetime or an antecedent ran out before it
 was sent, or `on_send_error` when the stack refused it or the transport ended first. At the
@@ -41,6 +41,11 @@ Rule 9: with `idle_timeout` set, the Transient ends with IdleTimeoutError after 
 without a whole message received, written or acknowledged: one timestamp per batch, and one
 timer that re-arms for the remainder. Messages the application has not taken yet keep it
 alive (the wait is ours, not the peer's).
+Rule 10: after the peer's EOF a stream stays open for our replies (half-close), but nothing
+reads the socket any more, so a reset (a peer process that died answers our data with RST)
+would go unseen until close(). While anything written after EOF is unacknowledged,
+`check_progress` asks the stack (`watch_after_eof`) and the stack ends the Transient with
+the reset at once: the messages end with on_send_error, the Carrier goes dormant.
 """
 
 from __future__ import annotations
@@ -748,10 +753,16 @@ class Transient:
             if self._idle_handle is not None:
                 self._active_at = self.loop.time()  # Rule 9: sent or acknowledged
             self.fire_events(events)
-        if self._ledger:
+        if (self._eof and self.watch_after_eof()) or self._ledger:
             self._progress_delay = 0.0005 if events else min(self._progress_delay * 2, 0.05)
             self._progress_handle = self.loop.call_later(self._progress_delay,
                                                          self.check_progress)
+
+    def watch_after_eof(self) -> bool:
+        """Rule 10: the peer sent EOF and we wrote since: did the connection end under us
+        (then end the Transient here and return False)? True while what we wrote is not
+        acknowledged yet, so `check_progress` keeps polling without messages to track."""
+        return False
 
     def fire_events(self, events: list[Sent] | list[Acked] | list[Expired] | list[Failed]
                     | list[Sent | Acked] | list[Sent | Failed]) -> None:
