@@ -27,11 +27,13 @@ first (`evicted` counts them). Why: stopping at the bound alone makes a legitima
 behind every slowloris queued ahead of it, one handshakeTimeout per maxHandshakes of them
 (4,000 silent connections at the defaults: about a minute); now the table turns over every
 eviction age. And for TLS, a connection accepted from the backlog while the table is full that
-has been open the eviction age without sending a byte (the kernel's TCP_INFO: no data since it
-was established, none unread) is itself the stalest of all: a TLS client speaks first, its
-ClientHello in its first round trip. It is reset at once (`evicted` counts it too) instead of
-taking a table slot, so a backlog full of silent connections drains in one pass instead of one
-eviction age per maxHandshakes of them.
+has stalled for the eviction age before its first TLS record was whole (the kernel's TCP_INFO:
+no data for that long, since it was established or since the part of a record it sent, which
+MSG_PEEK shows unread) is itself the stalest of all: a TLS client speaks first, its whole
+ClientHello in its first round trip, and a lost segment is resent well within the age. It is
+reset at once (`evicted` counts it too) instead of taking a table slot, so a backlog full of
+such slowloris drains in one pass instead of one eviction age per maxHandshakes of them.
+Connections whose hello is whole wait their turn in the table, however long they queued.
 Rule 5: resource exhaustion on accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops reading the
 listening socket for a back-off, BACKOFF_FIRST doubling to BACKOFF_MAX, reset by the next
 accept() that succeeds. One warning when such an episode starts, one line when it ended (an
@@ -122,14 +124,22 @@ _LAST_DATA_RECV = 52
 received, or since the connection was established when none was (icsk_ack.lrcvtime)."""
 
 
-def _silent_for(conn: socket.socket) -> float:
-    """Seconds an accepted connection has been open without sending a byte (Rule 4): 0 when
-    it sent something (unread bytes are waiting) or the kernel cannot tell, infinite when
+_RECORD = 5 + 16384 + 2048
+"""Bytes peeked at an accepted TLS connection (Rule 4): a TLS record header and the largest
+record a peer may send (TLSPlaintext, 2^14, plus expansion)."""
+
+
+def _stalled_for(conn: socket.socket) -> float:
+    """Seconds an accepted TLS connection has been stalled (Rule 4): open without sending a
+    byte, or without a byte more after part of its first TLS record. 0 when its first record
+    is whole (a ClientHello waiting to be answered) or the kernel cannot tell; infinite when
     the peer closed or reset it already."""
     try:
-        if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-            return 0.0
-        return math.inf  # end of stream: the client gave up waiting
+        head = conn.recv(_RECORD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if not head:
+            return math.inf  # end of stream: the client gave up waiting
+        if len(head) >= 5 and len(head) >= 5 + int.from_bytes(head[3:5], "big"):
+            return 0.0  # it spoke: a whole record waits for us
     except (BlockingIOError, InterruptedError):
         pass
     except OSError:
@@ -190,7 +200,7 @@ class Acceptor:
         """Resource-exhaustion episodes so far (Rule 5)."""
         self.evicted = 0
         """Connections shed for waiting ones while the table was full (Rule 4), in all: set-ups
-        aborted past the eviction age, and silent TLS connections reset at accept."""
+        aborted past the eviction age, and stalled TLS connections reset at accept."""
 
     @property
     def handshakes(self) -> int:
@@ -234,8 +244,8 @@ class Acceptor:
             if self._backoff or self._episode:
                 self._recovered()
             if full:
-                if self._tls is not None and _silent_for(conn) >= self._age:
-                    self._reset(conn)  # the stalest of all: never spoke (Rule 4)
+                if self._tls is not None and _stalled_for(conn) >= self._age:
+                    self._reset(conn)  # the stalest of all: stalled before its hello
                     self.evicted += 1
                     continue
                 self._evict_oldest()

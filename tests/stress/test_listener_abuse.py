@@ -19,6 +19,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -39,6 +40,16 @@ FRAME = (5).to_bytes(4, "big") + b"hello"
 PARTIAL_HELLO = bytes.fromhex("16030100f4010000f00303") + b"\x00" * 16
 """The first bytes of a TLS ClientHello (record header announcing 244 bytes, then part of the
 handshake header and random): a handshake that never completes."""
+
+
+def client_hello() -> bytes:
+    """A whole TLS ClientHello, as a real client sends it first: a client that then stalls
+    looks legitimate until its handshake is overdue."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=LO4)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 def somaxconn() -> int:
@@ -302,11 +313,11 @@ def test_tls_slowloris_is_cut_off_at_the_handshake_timeout(run, until, make_poli
 def test_at_most_max_handshakes_at_once_and_close_leaves_nothing(run, until, make_policy,
                                                                  cert) -> None:
     """listener.maxHandshakes 50 against 200 TLS connections that never finish a handshake
-    (half silent, half a partial ClientHello): while the 50 taken are younger than the
-    eviction age (1 s at a 30 s handshakeTimeout), they run and the other 150 wait in the
-    kernel's accept queue (ss Recv-Q), not taken. Past the age the full table sheds the
-    stalest for the waiting ones (accept.py Rule 4): a silent one is reset as it is accepted,
-    one with a partial ClientHello aborts the oldest handshake past the age and takes its
+    (half silent, half a whole ClientHello and then nothing): while the 50 taken are younger
+    than the eviction age (1 s at a 30 s handshakeTimeout), they run and the other 150 wait
+    in the kernel's accept queue (ss Recv-Q), not taken. Past the age the full table sheds
+    the stalest for the waiting ones (accept.py Rule 4): a silent one is reset as it is
+    accepted, one whose hello waits aborts the oldest handshake past the age and takes its
     place; the queue drains, 50 still run, 150 were shed, none before the age. close() then
     closes the listening socket and aborts the handshakes in progress: every client sees its
     connection closed, and no descriptor and no task is left."""
@@ -323,9 +334,10 @@ def test_at_most_max_handshakes_at_once_and_close_leaves_nothing(run, until, mak
         watcher = Watcher()
         loop = asyncio.get_running_loop()
         try:
+            hello = client_hello()
             began = loop.time()
             for i in range(n):
-                await watcher.connect(lst.port, PARTIAL_HELLO if i % 2 else b"")
+                await watcher.connect(lst.port, hello if i % 2 else b"")
             port = lst.port
             # All of this within the age of the first handshakes taken (well under it here).
             await until(lambda: listen_queue(port)[0] == n - bound, timeout=age * 0.8,
