@@ -17,23 +17,27 @@ cancels those tasks, which aborts their connections. Plain TCP's handshake is th
 done before accept(), so such a task ends at once; a plain-TCP peer that then trickles bytes
 is the idle timeout's (carrier.idleTimeout, on by default for accepted carriers).
 Rule 4: at most `listener.maxHandshakes` set-ups at once; a full table under pressure sheds
-the stalest. While the table is full and no set-up is older than the eviction age (EVICT_AGE,
-at most a quarter of handshakeTimeout), the listening socket is not read: the kernel's backlog
-holds the next connections (their SYNs were answered, nothing is lost), so a burst of
-legitimate clients, whose handshakes take a few round trips, is never thrashed. Once the
-oldest set-up reached that age, each connection waiting in the backlog (the listening socket
-is readable) aborts the oldest set-up past the age and takes its place, one for one, oldest
-first (`evicted` counts them). Why: stopping at the bound alone makes a legitimate client wait
-behind every slowloris queued ahead of it, one handshakeTimeout per maxHandshakes of them
-(4,000 silent connections at the defaults: about a minute); now the table turns over every
-eviction age. And for TLS, a connection accepted from the backlog while the table is full that
-has stalled for the eviction age before its first TLS record was whole (the kernel's TCP_INFO:
-no data for that long, since it was established or since the part of a record it sent, which
-MSG_PEEK shows unread) is itself the stalest of all: a TLS client speaks first, its whole
+the stalest. While the table is full and no set-up is older than the eviction age (evict_age:
+EVICT_AGE, at most a quarter of handshakeTimeout), the listening socket is not read: the
+kernel's backlog holds the next connections (their SYNs were answered, nothing is lost), so a
+burst of legitimate clients, whose handshakes take a few round trips, is never thrashed. Past
+that age, each connection waiting in the backlog (the listening socket is readable: poll(2))
+aborts the oldest set-up past the age whose peer stalled, and takes its place, one for one
+(`evicted` counts them). Stalled: nothing of the peer waits unread (bytes waiting mean it is
+our turn, and a loop too busy to read them must not evict the client for it) and the kernel's
+TCP_INFO says the peer sent nothing for the age. Why: stopping at the bound alone made a
+legitimate client wait behind every slowloris queued ahead of it, one handshakeTimeout per
+maxHandshakes of them (1,000 silent TLS connections, maxHandshakes 100, 10 s: about 100 s);
+now the table turns over every eviction age. And for TLS, a connection accepted from the
+backlog while the table is full that has stalled for the age before its first TLS record was
+whole (no data for that long, since it was established or since the part of a record it sent,
+which MSG_PEEK shows unread) is itself the stalest of all: a TLS client speaks first, its whole
 ClientHello in its first round trip, and a lost segment is resent well within the age. It is
-reset at once (`evicted` counts it too) instead of taking a table slot, so a backlog full of
-such slowloris drains in one pass instead of one eviction age per maxHandshakes of them.
-Connections whose hello is whole wait their turn in the table, however long they queued.
+reset at once (`evicted` and `stalled` count it) instead of taking a table slot, so a backlog
+full of such slowloris drains in one pass instead of one eviction age per maxHandshakes of
+them. A connection whose hello is whole waits its turn in the table, however long it queued.
+When the oldest past the age are all busy (BATCH of them looked at), reading stops for
+RECHECK x the age, or until a set-up ends.
 Rule 5: resource exhaustion on accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops reading the
 listening socket for a back-off, BACKOFF_FIRST doubling to BACKOFF_MAX, reset by the next
 accept() that succeeds. One warning when such an episode starts, one line when it ended (an
@@ -83,6 +87,9 @@ EPISODE_QUIET = 10.0
 EVICT_AGE = 1.0
 """Seconds a set-up runs before a connection waiting behind a full table may evict it, at
 most (Rule 4): legitimate TLS handshakes complete in a few round trips, well under this."""
+RECHECK = 0.25
+"""With the table full of set-ups past the eviction age that are all busy (their peers not
+stalled), look again after this fraction of the age (Rule 4)."""
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -129,6 +136,36 @@ _RECORD = 5 + 16384 + 2048
 record a peer may send (TLSPlaintext, 2^14, plus expansion)."""
 
 
+def _quiet_for(conn: socket.socket) -> float | None:
+    """Seconds since the peer last sent data, or since the connection was established when it
+    sent none (Rule 4); None where the kernel cannot tell."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV + 4)
+    except OSError:
+        return None
+    if len(info) < _LAST_DATA_RECV + 4:
+        return None
+    return int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0]) / 1000
+
+
+def _peer_stalled(conn: socket.socket, age: float) -> bool:
+    """Whether a set-up in progress waits on its peer, quiet for `age` (Rule 4): no bytes of
+    it wait unread (else it is our turn: a loop too busy to read them must not evict a
+    client for it) and it sent nothing for that long. Where the kernel cannot tell: True
+    (the set-up is past the age, as the caller checked)."""
+    try:
+        # bytes waiting: our turn, not stalled; end of stream: the client gave up
+        return not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return True  # reset, or closed already
+    quiet = _quiet_for(conn)
+    return quiet is None or quiet >= age
+
+
 def _stalled_for(conn: socket.socket) -> float:
     """Seconds an accepted TLS connection has been stalled (Rule 4): open without sending a
     byte, or without a byte more after part of its first TLS record. 0 when its first record
@@ -144,15 +181,8 @@ def _stalled_for(conn: socket.socket) -> float:
         pass
     except OSError:
         return math.inf  # reset while it waited
-    if _TCP_INFO is None:
-        return 0.0
-    try:
-        info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV + 4)
-    except OSError:
-        return 0.0
-    if len(info) < _LAST_DATA_RECV + 4:
-        return 0.0
-    return int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0]) / 1000
+    quiet = _quiet_for(conn)
+    return 0.0 if quiet is None else quiet
 
 
 def _open_reserve() -> int | None:
@@ -178,8 +208,8 @@ class Acceptor:
         self._timeout = handshake_timeout
         self._max = max(1, max_handshakes)
         self._age = evict_age(handshake_timeout)
-        self._tasks: dict[asyncio.Task[None], float] = {}
-        """Set-ups in progress and when each began (loop time), oldest first (Rule 4)."""
+        self._tasks: dict[asyncio.Task[None], tuple[float, socket.socket]] = {}
+        """Set-ups in progress, when each began (loop time) and its socket, oldest first."""
         self._evicting: set[asyncio.Task[None]] = set()
         """Set-ups evicted (cancelled) that have not ended yet: no longer counted (Rule 4)."""
         self._aging: asyncio.TimerHandle | None = None
@@ -201,6 +231,8 @@ class Acceptor:
         self.evicted = 0
         """Connections shed for waiting ones while the table was full (Rule 4), in all: set-ups
         aborted past the eviction age, and stalled TLS connections reset at accept."""
+        self.stalled = 0
+        """Of those, the stalled TLS connections reset as they were accepted (Rule 4)."""
 
     @property
     def handshakes(self) -> int:
@@ -229,9 +261,11 @@ class Acceptor:
         for _ in range(BATCH):
             if self._closed:
                 break
-            full = len(self._tasks) >= self._max
-            if full and not self._may_evict():
-                break
+            victim = None
+            if len(self._tasks) >= self._max:
+                victim = self._victim()
+                if victim is None:
+                    break
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -243,39 +277,47 @@ class Acceptor:
                 return
             if self._backoff or self._episode:
                 self._recovered()
-            if full:
+            if victim is not None:
                 if self._tls is not None and _stalled_for(conn) >= self._age:
                     self._reset(conn)  # the stalest of all: stalled before its hello
                     self.evicted += 1
+                    self.stalled += 1
                     continue
-                self._evict_oldest()
+                self._evict(victim)
             self._begin(conn)
         self._want_reading()
 
     # ---- a full table (Rule 4) -----------------------------------------------------------
 
-    def _may_evict(self) -> bool:
-        """With the table full: whether a connection waits and a set-up is old enough to give
-        it its place. When one waits but none is, stop reading until the oldest is."""
+    def _victim(self) -> asyncio.Task[None] | None:
+        """With the table full: the set-up a waiting connection takes the place of, the oldest
+        past the eviction age whose peer stalled. None when no connection waits, or none is
+        such: then reading stops until the oldest reaches the age, or RECHECK (Rule 4)."""
         try:
             if not self._poll.poll(0):
-                return False  # nothing waiting (this turn's connections all taken)
+                return None  # nothing waiting (this turn's connections all taken)
         except OSError:
-            return False
-        began = next(iter(self._tasks.values()))
-        wait = began + self._age - self._loop.time()
-        if wait <= 0:
-            return True
+            return None
+        now = self._loop.time()
+        wait = RECHECK * self._age
+        for scanned, (task, (began, conn)) in enumerate(self._tasks.items()):
+            if now - began < self._age:
+                if not scanned:
+                    wait = began + self._age - now
+                break  # the rest are younger still
+            if _peer_stalled(conn, self._age):
+                return task
+            if scanned + 1 >= BATCH:
+                break  # the oldest are all busy, not stalled: look again later
         if self._aging is None:
-            self._aging = self._loop.call_later(wait, self._aged)
-        return False
+            self._aging = self._loop.call_later(max(wait, 0.001), self._aged)
+        return None
 
     def _aged(self) -> None:
         self._aging = None
         self._want_reading()
 
-    def _evict_oldest(self) -> None:
-        task = next(iter(self._tasks))
+    def _evict(self, task: asyncio.Task[None]) -> None:
         del self._tasks[task]
         self._evicting.add(task)
         if task.cancel():  # aborts its transport, closes its socket (_set_up)
@@ -342,7 +384,7 @@ class Acceptor:
     def _begin(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         task = self._loop.create_task(self._set_up(conn))
-        self._tasks[task] = self._loop.time()
+        self._tasks[task] = (self._loop.time(), conn)
         task.add_done_callback(self._ended)
 
     async def _set_up(self, conn: socket.socket) -> None:
