@@ -134,18 +134,23 @@ class _Trimmer:
 
     def __init__(self) -> None:
         self.closed = 0
-        self.pending = False
+        self.pending: asyncio.AbstractEventLoop | None = None
+        """The loop a trim is scheduled on (None: none is)."""
         self.trims = 0
         self.trim = _malloc_trim()
 
     def connection_closed(self, loop: asyncio.AbstractEventLoop) -> None:
         self.closed += 1
-        if self.closed >= TRIM_EVERY and not self.pending and self.trim is not None:
-            self.pending = True
+        if self.closed < TRIM_EVERY or self.trim is None:
+            return
+        # A trim scheduled on a loop that has since closed (one asyncio.run() after another)
+        # never runs: schedule again on this one.
+        if self.pending is None or self.pending.is_closed():
+            self.pending = loop
             loop.call_later(TRIM_DELAY, self.run)
 
     def run(self) -> None:
-        self.pending = False
+        self.pending = None
         self.closed = 0
         # A closed carrier's objects form cycles (carrier, transient, handlers): they are
         # freed by the cyclic collector, not at close; trim what is actually free.
@@ -177,10 +182,13 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
         _TRIMMER.connection_closed(self._loop)
 
     def app_transport(self) -> asyncio.Transport:
-        """The transport the application protocol was given (once the handshake is done)."""
+        """The transport the application protocol was given (once the handshake is done).
+        The protocol may have closed it already inside its connection_made (a Listener that
+        stopped accepting aborts at once): that is a connection ended during set-up, an
+        OSError like every other way a set-up fails, so callers handle it as they do those."""
         transport = self._app_transport
         if transport is None:
-            raise RuntimeError("the TLS handshake has not completed")
+            raise ConnectionAbortedError("the TLS connection was closed during its set-up")
         return transport
 
 
@@ -207,6 +215,9 @@ async def open_tls(protocol_factory: Callable[[], asyncio.BaseProtocol], sock: s
     try:
         await waiter
     except BaseException:
-        raw.abort()
+        # Cancelled after the handshake completed (the protocol has its transport and may
+        # already serve a carrier): the connection is the protocol's now, not ours to abort.
+        if not (waiter.done() and not waiter.cancelled() and waiter.exception() is None):
+            raw.abort()
         raise
     return tls.app_transport(), protocol
