@@ -16,8 +16,8 @@ owns, bounded by `listener.handshakeTimeout` (asyncio's ssl_handshake_timeout); 
 cancels those tasks, which aborts their connections. Plain TCP's handshake is the kernel's,
 done before accept(), so such a task ends at once; a plain-TCP peer that then trickles bytes
 is the idle timeout's (carrier.idleTimeout, on by default for accepted carriers).
-Rule 4: at most `listener.maxHandshakes` set-ups at once; a full table under pressure sheds
-the stalest. While the table is full and no set-up is older than the eviction age (evict_age:
+Rule 4: at most `listener.maxHandshakes` set-ups at once; a full table under pressure sheds the
+stalest. While the table is full and no set-up is older than the eviction age (evict_age:
 EVICT_AGE, at most a quarter of handshakeTimeout), the listening socket is not read: the
 kernel's backlog holds the next connections (their SYNs were answered, nothing is lost), so a
 burst of legitimate clients, whose handshakes take a few round trips, is never thrashed. Past
@@ -25,19 +25,19 @@ that age, each connection waiting in the backlog (the listening socket is readab
 aborts the oldest set-up past the age whose peer stalled, and takes its place, one for one
 (`evicted` counts them). Stalled: nothing of the peer waits unread (bytes waiting mean it is
 our turn, and a loop too busy to read them must not evict the client for it) and the kernel's
-TCP_INFO says the peer sent nothing for the age. Why: stopping at the bound alone made a
-legitimate client wait behind every slowloris queued ahead of it, one handshakeTimeout per
-maxHandshakes of them (1,000 silent TLS connections, maxHandshakes 100, 10 s: about 100 s);
-now the table turns over every eviction age. And for TLS, a connection accepted from the
-backlog while the table is full that has stalled for the age before its first TLS record was
-whole (no data for that long, since it was established or since the part of a record it sent,
-which MSG_PEEK shows unread) is itself the stalest of all: a TLS client speaks first, its whole
-ClientHello in its first round trip, and a lost segment is resent well within the age. It is
-reset at once (`evicted` and `stalled` count it) instead of taking a table slot, so a backlog
-full of such slowloris drains in one pass instead of one eviction age per maxHandshakes of
-them. A connection whose hello is whole waits its turn in the table, however long it queued.
-When the oldest past the age are all busy (BATCH of them looked at), reading stops for
-RECHECK x the age, or until a set-up ends.
+TCP_INFO says no data went either way for the age (the peer had that long to answer us). Why:
+stopping at the bound alone made a legitimate client wait behind every slowloris queued ahead
+of it, one handshakeTimeout per maxHandshakes of them (1,000 silent TLS connections,
+maxHandshakes 100, 10 s: about 100 s); now the table turns over every eviction age. And for
+TLS, a connection accepted from the backlog while the table is full that has stalled for the
+age before its first TLS record was whole (no data for that long, since it was established or
+since the part of a record it sent, which MSG_PEEK shows unread) is itself the stalest of all:
+a TLS client speaks first, its whole ClientHello in its first round trip, and a lost segment is
+resent well within the age. It is reset at once (`evicted` and `stalled` count it) instead of
+taking a table slot, so a backlog full of such slowloris drains in one pass instead of one
+eviction age per maxHandshakes of them. A connection whose hello is whole waits its turn in the
+table, however long it queued. When the oldest past the age are all busy (BATCH of them looked
+at), reading stops for RECHECK x the age, or until a set-up ends.
 Rule 5: resource exhaustion on accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops reading the
 listening socket for a back-off, BACKOFF_FIRST doubling to BACKOFF_MAX, reset by the next
 accept() that succeeds. One warning when such an episode starts, one line when it ended (an
@@ -126,9 +126,12 @@ def evict_age(handshake_timeout: float) -> float:
 
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
+_LAST_DATA_SENT = 44
+"""Offset of tcpi_last_data_sent (u32, ms) in Linux's struct tcp_info: since we last sent
+data, or since the connection was established."""
 _LAST_DATA_RECV = 52
-"""Offset of tcpi_last_data_recv (u32, ms) in Linux's struct tcp_info: since the last data
-received, or since the connection was established when none was (icsk_ack.lrcvtime)."""
+"""Offset of tcpi_last_data_recv (u32, ms): since the last data received, or since the
+connection was established when none was (icsk_ack.lrcvtime)."""
 
 
 _RECORD = 5 + 16384 + 2048
@@ -136,9 +139,9 @@ _RECORD = 5 + 16384 + 2048
 record a peer may send (TLSPlaintext, 2^14, plus expansion)."""
 
 
-def _quiet_for(conn: socket.socket) -> float | None:
-    """Seconds since the peer last sent data, or since the connection was established when it
-    sent none (Rule 4); None where the kernel cannot tell."""
+def _quiet_for(conn: socket.socket, *, both_ways: bool) -> float | None:
+    """Seconds since the peer last sent data (`both_ways`: since data last went either way),
+    or since the connection was established (Rule 4); None where the kernel cannot tell."""
     if _TCP_INFO is None:
         return None
     try:
@@ -147,14 +150,19 @@ def _quiet_for(conn: socket.socket) -> float | None:
         return None
     if len(info) < _LAST_DATA_RECV + 4:
         return None
-    return int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0]) / 1000
+    quiet = int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0])
+    if both_ways:
+        quiet = min(quiet, int(struct.unpack_from("I", info, _LAST_DATA_SENT)[0]))
+    return quiet / 1000
 
 
 def _peer_stalled(conn: socket.socket, age: float) -> bool:
     """Whether a set-up in progress waits on its peer, quiet for `age` (Rule 4): no bytes of
     it wait unread (else it is our turn: a loop too busy to read them must not evict a
-    client for it) and it sent nothing for that long. Where the kernel cannot tell: True
-    (the set-up is past the age, as the caller checked)."""
+    client for it) and no data went either way for that long (what we sent last, the peer
+    has had the age to answer; bytes that sat unread while the loop was busy and were just
+    answered do not make it stalled). Where the kernel cannot tell: True (the set-up is past
+    the age, as the caller checked)."""
     try:
         # bytes waiting: our turn, not stalled; end of stream: the client gave up
         return not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -162,7 +170,7 @@ def _peer_stalled(conn: socket.socket, age: float) -> bool:
         pass
     except OSError:
         return True  # reset, or closed already
-    quiet = _quiet_for(conn)
+    quiet = _quiet_for(conn, both_ways=True)
     return quiet is None or quiet >= age
 
 
@@ -181,7 +189,7 @@ def _stalled_for(conn: socket.socket) -> float:
         pass
     except OSError:
         return math.inf  # reset while it waited
-    quiet = _quiet_for(conn)
+    quiet = _quiet_for(conn, both_ways=False)  # we sent nothing yet: not accepted until now
     return 0.0 if quiet is None else quiet
 
 

@@ -117,12 +117,13 @@ class Watcher:
     async def connect(self, port: int, send: bytes = b"") -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        began = self.loop.time()  # before connect: a lifetime is never shorter than it was
         await self.loop.sock_connect(sock, (LO4, port))
         if send:
             sock.send(send)
         fd = sock.fileno()
         self.socks[fd] = sock
-        self.opened[fd] = self.loop.time()
+        self.opened[fd] = began
         self.loop.add_reader(fd, self._readable, fd)
 
     def _readable(self, fd: int) -> None:
@@ -409,6 +410,57 @@ def test_a_full_handshake_table_sheds_the_stalest_for_a_legitimate_client(
     assert served < 3.0, served
     assert peak <= bound, peak
     assert shed >= n - bound, shed
+
+
+def test_a_busy_server_does_not_evict_a_client_it_has_not_answered(run, until, make_policy,
+                                                                  cert) -> None:
+    """Eviction is for peers that stalled, not for a server too busy to read them (accept.py
+    Rule 4). maxHandshakes 10 taken by raw TLS clients; 10 more wait in the backlog, each
+    with a whole ClientHello sent. The 10 taken then send their ClientHello while the
+    server's loop is blocked past the eviction age (a deliberate busy stretch: time.sleep in
+    the loop). When the loop runs again those hellos are read and answered, and the peers
+    get a whole eviction age to reply: none is evicted before that (on a rule of age alone,
+    or of the peer's silence alone, all 10 went at once). They never reply, so then the 10
+    waiting take their places."""
+    bound = 10
+    timeout = 4.0
+    age = evict_age(timeout)
+    policy = make_policy(carrier={"listener.maxHandshakes": bound,
+                                  "listener.handshakeTimeout": int(timeout * 1000)})
+
+    async def main() -> float:
+        lst = await tp.listen(tp.Local(address=LO4, port=0, certificates=[cert]),
+                              policy=policy)
+        taken, waiting = Watcher(), Watcher()
+        loop = asyncio.get_running_loop()
+        hello = client_hello()
+        try:
+            for _ in range(bound):
+                await taken.connect(lst.port)
+            await until(lambda: lst.handshakes == bound)
+            for _ in range(bound):
+                await waiting.connect(lst.port, hello)
+            await until(lambda: listen_queue(lst.port)[0] == bound)
+            for sock in taken.socks.values():
+                sock.send(hello)
+            time.sleep(age * 1.3)  # the server's loop busy past the age; the hellos unread
+            resumed = loop.time()
+            await until(lambda: evicted(lst) == bound, timeout=age * 2 + 1,
+                        what=lambda: f"{evicted(lst)} evicted, not {bound}")
+            took = loop.time() - resumed
+            await until(lambda: taken.open == 0,
+                        what=lambda: f"{taken.open} of the taken still open")
+            assert waiting.open == bound and lst.handshakes == bound
+            return took
+        finally:
+            taken.close()
+            waiting.close()
+            await lst.close()
+
+    took = run(main(), timeout=30)
+    print(f"busy server: the unanswered were evicted {took:.2f} s after the loop ran again "
+          f"(eviction age {age} s)")
+    assert took >= age * 0.9, took
 
 
 # ---- out of file descriptors -------------------------------------------------------------------
