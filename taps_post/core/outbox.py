@@ -14,6 +14,8 @@ Rule 4: sending order is the draft's priority: niceness first, then the earlier 
 (no lifetime counts as +inf), then arrival ("priority increases as both niceness and lifetime
 decrease"). Plain bytes (push_data) are niceness 0 without lifetime, so they merge by the same
 key without a heap entry.
+Rule 5: an idle carrier's outbox is small: `__slots__`, and the deques start as the shared
+empty `_NONE` (a deque costs 760 bytes empty), made on first use and kept from then on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .messages import OutMessage, Pending
 __all__ = ["Key", "Ledger", "Pending", "SendQueue", "send_key"]
 
 _INF = float("inf")
+_NONE: Any = ()
+"""Rule 5: the empty queue an outbox starts with (read-only; replaced on first use)."""
 
 Key = tuple[int, float, int]
 """(niceness, deadline or +inf, arrival): smaller goes first (Rule 4)."""
@@ -46,6 +50,9 @@ class SendQueue:
     """Orders messages by niceness, deadline, then arrival (Rule 4); holds a message until
     its antecedents left."""
 
+    __slots__ = ("_arrivals", "_cascade_due", "_deadlines", "_heap", "_plain", "_queued",
+                 "queued_bytes")
+
     def __init__(self) -> None:
         self._heap: list[tuple[Key, Pending]] = []
         self._queued: dict[int, Pending] = {}
@@ -53,7 +60,7 @@ class SendQueue:
         self.queued_bytes = 0
         self._arrivals = itertools.count()
         self._cascade_due = False
-        self._plain: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._plain: collections.deque[tuple[int, bytes]] = _NONE
         """(arrival, data) queued by push_data(): niceness 0, no lifetime, no antecedents,
         no callbacks. FIFO, merged with the heap by (0, +inf, arrival) in pop_ready()."""
 
@@ -62,7 +69,10 @@ class SendQueue:
 
     def push_data(self, data: bytes) -> None:
         """Queue bytes with default properties (no OutMessage, no Pending, no heap entry)."""
-        self._plain.append((next(self._arrivals), data))
+        try:
+            self._plain.append((next(self._arrivals), data))
+        except AttributeError:  # the first plain message (Rule 5)
+            self._plain = collections.deque([(next(self._arrivals), data)])
         self.queued_bytes += len(data)
 
     def push(self, pending: Pending) -> None:
@@ -148,8 +158,9 @@ class SendQueue:
                 w.arrival = s
                 left.append(w)
         out = sorted(left, key=send_key)
-        self.queued_bytes -= sum(len(d) for _s, d in self._plain)
-        self._plain.clear()
+        if self._plain:
+            self.queued_bytes -= sum(len(d) for _s, d in self._plain)
+            self._plain.clear()
         self._heap.clear()
         self._deadlines.clear()
         return out
@@ -187,8 +198,8 @@ class Ledger:
     __slots__ = ("_acks_wanted", "_unacked", "_unsent")
 
     def __init__(self) -> None:
-        self._unsent: collections.deque[tuple[int, Pending]] = collections.deque()
-        self._unacked: collections.deque[tuple[int, Pending]] = collections.deque()
+        self._unsent: collections.deque[tuple[int, Pending]] = _NONE
+        self._unacked: collections.deque[tuple[int, Pending]] = _NONE
         self._acks_wanted = 0
 
     def __bool__(self) -> bool:
@@ -205,7 +216,10 @@ class Ledger:
         """Remember `p` as ending at stream offset `end`; False when it has no callback."""
         if p.on_sent is None and p.on_acked is None and p.on_send_error is None:
             return False
-        self._unsent.append((end, p))
+        try:
+            self._unsent.append((end, p))
+        except AttributeError:  # the first tracked message (Rule 5)
+            self._unsent = collections.deque([(end, p)])
         if p.on_acked is not None or p.on_send_error is not None:
             self._acks_wanted += 1
         return True
@@ -219,6 +233,8 @@ class Ledger:
             end, p = unsent.popleft()
             out.append(Sent(p))
             if p.on_acked is not None or p.on_send_error is not None:
+                if unacked is _NONE:
+                    unacked = self._unacked = collections.deque()
                 unacked.append((end, p))
         while unacked and acked is not None and unacked[0][0] <= acked:
             out.append(Acked(unacked.popleft()[1]))
@@ -235,7 +251,9 @@ class Ledger:
             if sent is not None and end <= sent:
                 out.append(Sent(p))
             out.append(Failed(p, error))
-        self._unsent.clear()
-        self._unacked.clear()
+        if self._unsent:
+            self._unsent.clear()
+        if self._unacked:
+            self._unacked.clear()
         self._acks_wanted = 0
         return out

@@ -36,6 +36,9 @@ Rule 8: every Transient the carrier takes (initiated, accepted, a fork's) gets t
 Settings through `apply_settings`: byte budgets, linger and idle timeout (an accepted
 carrier's come from the listen Decision, so idle timeout is on there by default). close() is
 bounded by carrier.linger and a cancelled close() still leaves the carrier closed.
+Rule 9: an idle carrier is small (thousands are held at once): `__slots__`, and the
+collections most carriers never use (tasks, event subscribers and listeners, forks waiting
+for a handler, refused messages) start as the shared empty `_NONE` and are made on first use.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ Forker = Callable[["Carrier"], Awaitable["Carrier"]]
 """Opens a fork of a carrier on a stack with one connection per Transient (runtime/fork.py)."""
 
 _DEFAULT_HANDLERS = 16
+_NONE: Any = ()
+"""Rule 9: the empty collection a carrier starts with (read-only; replaced on first use)."""
 _CLOSED = "the carrier is closed"
 _CLOSED_ACTIVATING = "the carrier was closed while it was activating"
 """Concurrent async handlers when no decision says (policy carrier.maxHandlers)."""
@@ -129,6 +134,14 @@ class Carrier:
     carrier to the same Remote, `transients` and `paths` what serves it now, `events()` what
     happens to it.
     """
+
+    __slots__ = ("__weakref__", "_accepted", "_acceptor", "_activated", "_activating",
+                 "_activations", "_activator", "_association", "_candidate", "_closed_event",
+                 "_closing", "_decision", "_expiry", "_fast", "_flight", "_forks", "_framer",
+                 "_joiners", "_listeners", "_live", "_local", "_opener", "_owned", "_policy",
+                 "_reader", "_refused", "_remote", "_settings", "_state", "_stopping",
+                 "_streamed", "_subscribers", "_tasks", "_tracer", "_transient", "attempts",
+                 "forker")
 
     def __init__(
         self,
@@ -174,9 +187,9 @@ class Carrier:
         self._closing = False
         self._activations = 0
         self._flight: EarlyFlight | None = None
-        self._live: list[EarlyAttempt] = []
+        self._live: list[EarlyAttempt] = _NONE
         """The attempts of the running activation (their copies are theirs to end)."""
-        self._refused: dict[int, BaseException] = {}
+        self._refused: dict[int, BaseException] = _NONE
         """Held messages the winner refused at settle time, by id(Held): send_msg raises."""
         self._expiry: asyncio.TimerHandle | None = None
         self._activating = False
@@ -188,13 +201,13 @@ class Carrier:
         self._stopping = False
         """close()/abort() cancelled the activation (its CancelledError is ours)."""
         self._joiners = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._subscribers: list[asyncio.Queue[CarrierEvent]] = []
-        self._listeners: list[Callable[[CarrierEvent], Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = _NONE
+        self._subscribers: list[asyncio.Queue[CarrierEvent]] = _NONE
+        self._listeners: list[Callable[[CarrierEvent], Any]] = _NONE
         self._closed_event: Closed | None = None
         self._reader: Handlers | None = None
         self._acceptor: Handlers | None = None
-        self._forks: deque[Carrier] = deque()
+        self._forks: deque[Carrier] = _NONE
         if association is None:
             association = Association(_key_of(transient, remote), remote, local)
         self._association = association
@@ -473,17 +486,17 @@ class Carrier:
         try:
             est = await opener(early)
         except asyncio.CancelledError:
-            self._live = []
+            self._live = _NONE
             if self._closing:
                 self._drop_held()
             else:
                 self._refresh_flight()  # the next activation offers them again
             raise
         except BaseException as exc:
-            self._live = []
+            self._live = _NONE
             self._fail_held(exc)
             raise
-        self._live = []
+        self._live = _NONE
         t = est.transient
         if self._closing:
             t.abort()
@@ -512,7 +525,6 @@ class Carrier:
         self._adopt(t)
         if unread:
             t.deliver(unread)  # type: ignore[arg-type]
-        refused = self._refused
         for h in rest:
             try:
                 t.submit(h.message, h.on_sent, h.on_acked, h.on_expired, h.on_send_error,
@@ -520,7 +532,9 @@ class Carrier:
             except Exception as exc:  # refused by this Transient (too large, closed)
                 h.message.state = "expired"
                 _fire(h.on_send_error, h.message)
-                refused[id(h)] = exc
+                if self._refused is _NONE:
+                    self._refused = {}
+                self._refused[id(h)] = exc
         return t
 
     def _adopt(self, t: Transient) -> None:
@@ -751,7 +765,7 @@ class Carrier:
                     asyncio.get_running_loop().time())
         self._hold(held)
         t = await self._activate()
-        refused = self._refused.pop(id(held), None)
+        refused = self._refused.pop(id(held), None) if self._refused else None
         if refused is not None:
             raise refused
         await t.wait_writable()
@@ -838,6 +852,8 @@ class Carrier:
             s.max_handlers if s is not None else _DEFAULT_HANDLERS
         if limit < 1:
             raise UsageError("max_concurrent must be at least 1")
+        if self._tasks is _NONE:
+            self._tasks = set()
         return Handlers(callback, limit, message="taps_post handler failed", owner=self._tasks,
                         resume=resume)
 
@@ -857,6 +873,8 @@ class Carrier:
         if self._closed_event is not None:
             queue.put_nowait(self._closed_event)
         else:
+            if self._subscribers is _NONE:
+                self._subscribers = []
             self._subscribers.append(queue)
         return self._event_stream(queue)
 
@@ -875,6 +893,8 @@ class Carrier:
     def on_event(self, callback: Callable[[CarrierEvent], Any]) -> None:
         """`callback(event)` for every carrier event until it returns False (an async one is
         awaited as a task the carrier owns; its False stops later calls)."""
+        if self._listeners is _NONE:
+            self._listeners = []
         self._listeners.append(callback)
 
     def _emit(self, event: CarrierEvent) -> None:
@@ -905,6 +925,8 @@ class Carrier:
         """Run `coro` as a task this carrier owns (close() cancels and awaits it)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         if cancel_on_close:
+            if self._tasks is _NONE:
+                self._tasks = set()
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
@@ -1003,6 +1025,8 @@ class Carrier:
         if handler is not None and handler.stopped:
             return False
         if handler is None or handler.paused or self._forks:
+            if self._forks is _NONE:
+                self._forks = deque()
             self._forks.append(child)
             return True
         handler.offer(child)
@@ -1112,8 +1136,8 @@ class Carrier:
         event = self._closed_event = Closed(None if self._closing else error)
         if self._subscribers or self._listeners:
             self._emit(event)
-        self._subscribers = []
-        self._listeners = []
+        self._subscribers = _NONE
+        self._listeners = _NONE
 
     async def __aenter__(self) -> Carrier:
         t = self._fast

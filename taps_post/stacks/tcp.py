@@ -176,6 +176,10 @@ def outq(sock: Any) -> int | None:
 class StreamTransient(Transient, asyncio.Protocol):
     """TCP, TLS and MPTCP: messages framed onto one byte stream."""
 
+    __slots__ = ("_aborted", "_early_left", "_feed_with", "_length_prefixed", "_preload_rest",
+                 "_written", "dscp_marker", "fallback_stack", "nodelay_set", "on_connection",
+                 "raw_socket", "secure", "session_sink", "syn_data_possible", "used_session")
+
     accepts_plain = True
 
     def __init__(self, *, stack: str, framer: Framer, max_size: int,

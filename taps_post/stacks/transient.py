@@ -46,6 +46,9 @@ reads the socket any more, so a reset (a peer process that died answers our data
 would go unseen until close(). While anything written after EOF is unacknowledged,
 `check_progress` asks the stack (`watch_after_eof`) and the stack ends the Transient with
 the reset at once: the messages end with on_send_error, the Carrier goes dormant.
+Rule 11: an idle Transient is small (thousands are held at once): `__slots__` (a subclass
+that declares none gets a `__dict__` for its own attributes only), and the waiter lists start
+as the shared empty `_NONE`, made on first use (so do the outbox's queues, core/outbox.py).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ LINGER = 5.0
 """carrier.linger's default (seconds): the bound on a graceful close (Rule 8)."""
 _CHUNK = 256 * 1024
 """The most one read delivers on asyncio's stream transports (plain and TLS)."""
+_NONE: Any = ()
+"""Rule 11: the empty waiter list a Transient starts with (read-only; replaced on use)."""
 
 
 class Transient:
@@ -86,6 +91,17 @@ class Transient:
     drops_when_full = False
     """Rule 7: the transport cannot pause reading, so what would go over the receive budget
     is dropped (and counted in `dropped`); a datagram protocol is taken to be such a stack."""
+
+    __slots__ = ("__weakref__", "_active_at", "_callback", "_check_frame", "_close_waiters",
+                 "_direct", "_drained", "_drops", "_eof", "_error", "_expiry_handle",
+                 "_idle_handle", "_inbox", "_ledger", "_plain_fast", "_progress_delay",
+                 "_progress_handle", "_pump_handle", "_queue", "_recv_near", "_waiters",
+                 "_writing_paused", "closed", "dropped", "dscp", "early", "early_attempt",
+                 "early_in_syn", "early_sent", "established_ms", "first_data", "framer",
+                 "idle_timeout", "interface", "linger", "local_address", "loop", "max_size",
+                 "on_control", "on_soft_error", "owner", "path", "received_any",
+                 "recv_budget", "remote_address", "rtt_ms", "salvage", "send_budget",
+                 "sent_any", "session_reused", "soft_error", "stack", "transport")
 
     stack: str
     interface: str | None
@@ -153,7 +169,7 @@ class Transient:
         """try_send_plain may read the queue's bytes itself (backlog_bytes not overridden)."""
         # receive side
         self._inbox = Inbox()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] = _NONE
         self._callback: Callable[[InMessage], Any] | None = None
         self._eof = False
         self._error: BaseException | None = None
@@ -173,7 +189,7 @@ class Transient:
         self._progress_delay = 0.001
         self.sent_any = False
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self._close_waiters: list[asyncio.Future[None]] = []
+        self._close_waiters: list[asyncio.Future[None]] = _NONE
 
     # ---- the interface the Carrier uses ----------------------------------------------------
 
@@ -319,10 +335,10 @@ class Transient:
             self._drained.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
-        for w in self._close_waiters:
+        waiters, self._close_waiters = self._close_waiters, _NONE
+        for w in waiters:
             if not w.done():
                 w.set_result(None)
-        self._close_waiters.clear()
 
     def end_offsets(self, exc: BaseException | None) -> tuple[int | None, int | None]:
         """(sent, acked) when the transport ended, read once: the bytes the kernel is known
@@ -411,7 +427,9 @@ class Transient:
             self.transport.close()
         if not self.closed.done():
             waiter = self.loop.create_future()  # private: cancelling the caller cancels
-            self._close_waiters.append(waiter)  # it, never `self.closed`
+            if self._close_waiters is _NONE:    # it, never `self.closed`
+                self._close_waiters = []
+            self._close_waiters.append(waiter)
             await waiter
 
     def _give_up(self, why: str) -> None:
@@ -560,7 +578,10 @@ class Transient:
     def wake(self) -> None:
         # Every receiver waiting wakes and re-checks: concurrent receive() calls each get a
         # message or keep waiting, none is forgotten.
-        waiters, self._waiters = self._waiters, []
+        waiters = self._waiters
+        if not waiters:
+            return
+        self._waiters = _NONE
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -582,6 +603,8 @@ class Transient:
             if self._eof:
                 raise ConnectionClosedError(f"the peer closed the {self.stack} carrier")
             waiter: asyncio.Future[None] = self.loop.create_future()
+            if self._waiters is _NONE:
+                self._waiters = []
             self._waiters.append(waiter)
             try:
                 await waiter
