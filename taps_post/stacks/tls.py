@@ -214,10 +214,19 @@ async def open_tls(protocol_factory: Callable[[], asyncio.BaseProtocol], sock: s
         raw, _ = await loop.create_connection(lambda: tls, sock=sock)
     try:
         await waiter
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            # The cancel came after the handshake completed: the protocol has its transport
+            # and may serve a carrier already, so the connection is its own now. Too late to
+            # undo; the set-up is over and reports so (the canceller awaits it, and must not
+            # close a socket a live transport holds).
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return tls.app_transport(), protocol
+        raw.abort()
+        raise
     except BaseException:
-        # Cancelled after the handshake completed (the protocol has its transport and may
-        # already serve a carrier): the connection is the protocol's now, not ours to abort.
-        if not (waiter.done() and not waiter.cancelled() and waiter.exception() is None):
-            raw.abort()
+        raw.abort()
         raise
     return tls.app_transport(), protocol
