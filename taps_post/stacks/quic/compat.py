@@ -7,7 +7,8 @@ names the detail, says why no public route exists, and which aioquic releases it
 against (`CHECKED`). tests/runtime/test_quic_compat.py drives each function against real
 aioquic connections, so an upgrade that moves a detail fails a test naming the function; the
 memory-limit ones (`govern_credit`, `stream_receive_buffered`, `pending_datagram_bytes`,
-`server_knows`, `set_server_retry`, `forget_connection`) are driven by
+`server_knows`, `set_server_retry`, `forget_connection`, `path_validated`,
+`stop_timer`, `validate_paths`) are driven by
 tests/stress/test_quic_limits.py and tests/stress/test_quic_floods.py.
 Rule 2: these functions only read or set connection or configuration state; they never drive
 a connection (no datagram is sent, no timer armed), so callers keep the one place where that
@@ -33,11 +34,11 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "forget_connection", "govern_credit",
-           "offer_datagram_frames", "peer_certificate", "peer_max_datagram_frame_size",
-           "pending_datagram_bytes", "pending_datagram_frames", "recovery_state",
-           "refuse_early_data", "request_client_certificate", "server_knows", "set_identity",
-           "set_peer_verification", "set_server_retry", "stream_receive_buffered",
-           "stream_send_offsets"]
+           "offer_datagram_frames", "path_validated", "peer_certificate",
+           "peer_max_datagram_frame_size", "pending_datagram_bytes", "pending_datagram_frames",
+           "recovery_state", "refuse_early_data", "request_client_certificate", "server_knows",
+           "set_identity", "set_peer_verification", "set_server_retry", "stop_timer",
+           "stream_receive_buffered", "stream_send_offsets", "validate_paths"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
@@ -348,21 +349,59 @@ def server_knows(server: QuicServer, connection_id: bytes) -> bool:
     return connection_id in server._protocols
 
 
-def forget_connection(server: QuicServer, protocol: QuicConnectionProtocol) -> None:
+def validate_paths(quic: QuicConnection) -> bool:
+    """Count this server connection's peer address as validated (a Retry token it sent
+    back proved it, RFC 9000 section 8.1.2), lifting the 3x anti-amplification limit, so
+    the server's whole first flight goes out at once instead of an RTT at a time. Returns
+    False while the connection has no path yet (before its first datagram)."""
+    # Private: QuicConnection._network_paths and QuicNetworkPath.is_validated. aioquic's
+    # server validates Retry tokens but never marks the path (it counts only a Handshake
+    # packet), and offers no way to. Checked against aioquic 1.6.0 and 1.7.2.
+    paths = quic._network_paths
+    for path in paths:
+        path.is_validated = True
+    return bool(paths)
+
+
+def forget_connection(server: QuicServer, protocol: QuicConnectionProtocol) -> list[bytes]:
     """Make the server forget one connection now: its connection ids no longer route to it
     and its timer is cancelled, so no datagram is ever sent for it again and nothing keeps
-    it alive (a listener's handshake that timed out)."""
-    # Private: QuicServer._connection_terminated(protocol), which removes every connection id
-    # of `protocol` from the server's table (aioquic calls it on ConnectionTerminated), and
-    # QuicConnectionProtocol._timer, the loop timer driving the connection's retransmissions
-    # and its closing period. aioquic has no public way to drop a connection without the
-    # closing period (RFC 9000 section 10.2: which is for a peer that may still send, here
-    # an address nobody validated). Checked against aioquic 1.6.0 and 1.7.2.
+    it alive (a listener's handshake that timed out, its peer's address never validated).
+    Returns the connection ids it was known by: the caller drops what still comes to them,
+    or the peer's next datagram (an Initial carrying only an ACK) would open a new
+    connection aioquic refuses with "Packet contains no CRYPTO frame"."""
+    # Private: QuicServer._protocols (its table of connection ids) and
+    # _connection_terminated(protocol), which removes every connection id of `protocol`
+    # from it (aioquic calls it on ConnectionTerminated); the timer through stop_timer().
+    # aioquic has no public way to drop a connection without the closing period (RFC 9000
+    # section 10.2: which is for a peer that may still send, here an address nobody
+    # validated). Checked against aioquic 1.6.0 and 1.7.2.
+    cids = [cid for cid, proto in server._protocols.items() if proto is protocol]
     server._connection_terminated(protocol)
+    stop_timer(protocol)
+    return cids
+
+
+def stop_timer(protocol: QuicConnectionProtocol) -> None:
+    """Cancel the loop timer aioquic's protocol keeps for its connection (retransmissions,
+    idle timeout, closing period): nothing more is sent or reported for it. A client whose
+    closing period outlasts carrier.linger releases its socket this way."""
+    # Private: QuicConnectionProtocol._timer (and _timer_at), set by its _transmit(); no
+    # public way to stop a connection's timer. Checked against aioquic 1.6.0 and 1.7.2.
     timer = protocol._timer
     if timer is not None:
         timer.cancel()
         protocol._timer = None
+        protocol._timer_at = None
+
+
+def path_validated(quic: QuicConnection) -> bool:
+    """Has this server connection's peer proven its address: a Handshake packet came from
+    it (RFC 9000 section 8.1), so it holds our Initial keys' reply, not a spoofed source?"""
+    # Private: QuicConnection._network_paths and QuicNetworkPath.is_validated, set when a
+    # Handshake packet is received on the path (or by path validation). aioquic publishes
+    # no view of its paths. Checked against aioquic 1.6.0 and 1.7.2.
+    return any(path.is_validated for path in quic._network_paths)
 
 
 def set_server_retry(server: QuicServer, handler: QuicRetryTokenHandler | None) -> None:

@@ -45,6 +45,9 @@ carrier that paused reading, and frames held for a stream not open yet beyond
 `_HELD_DATAGRAMS`, are dropped and counted. On the send side, bytes written into aioquic and
 not yet sent count against the sender's budget (`QuicStreamTransient.backlog_bytes`); the
 session releases blocked senders after each transmit (`notify_drained`).
+Rule 9 (close): a client's connection that began closing releases its UDP socket within
+carrier.linger (`linger`), even while aioquic's closing period (3 PTO, seconds under load)
+runs on: the carrier is closed, so its socket must go too.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ from .compat import (
     recovery_state,
     refuse_early_data,
     request_client_certificate,
+    stop_timer,
+    validate_paths,
 )
 from .config import ClientAuth, ClientAuthError, Origin, Trust
 from .stream import QuicStreamTransient
@@ -176,8 +181,16 @@ class QuicSession(QuicConnectionProtocol):
                  trust: Trust | None = None, offered: Origin | None = None,
                  dscp: tuple[int, ...] = (), marker: DscpMarker | None = None,
                  client_auth: ClientAuth | None = None, recv_budget: int = 4 << 20,
-                 on_handshake: Callable[[QuicSession], None] | None = None) -> None:
+                 on_handshake: Callable[[QuicSession], None] | None = None,
+                 linger: float = 5.0) -> None:
         super().__init__(quic, stream_handler)
+        self.linger = linger
+        """carrier.linger: a client's socket is released at most this long after its
+        connection began closing, whatever aioquic's closing period (3 PTO) says."""
+        self._release: asyncio.TimerHandle | None = None
+        self._validated = False
+        self._unmarked_validation = False
+        """The peer proved its address but aioquic does not know it yet (validate_paths)."""
         count_lost_packets(quic)
         self.window = max(int(recv_budget), 16 << 10)
         """Flow-control credit beyond what was delivered, per stream (Rule 8)."""
@@ -334,6 +347,18 @@ class QuicSession(QuicConnectionProtocol):
             return current
         return used + window
 
+    @property
+    def address_validated(self) -> bool:
+        """A listener's connection whose peer proved its address by a Retry token (a
+        Handshake packet proves it too: `compat.path_validated`). Set, it lifts aioquic's
+        anti-amplification limit before the next transmit (RFC 9000 section 8.1.2)."""
+        return self._validated
+
+    @address_validated.setter
+    def address_validated(self, value: bool) -> None:
+        self._validated = value
+        self._unmarked_validation = value
+
     def credit_changed(self) -> None:
         """A carrier resumed reading: its withheld credit goes out with the next packet."""
         self.transmit_soon()
@@ -467,6 +492,19 @@ class QuicSession(QuicConnectionProtocol):
         self._idle = None
         if not self._open_streams and self.is_open:
             self.close()
+            self._bound_closing()
+
+    def _bound_closing(self) -> None:
+        """A client's connection began closing: its socket goes within `linger` (Rule 9),
+        even when aioquic's closing period (3 PTO, long under load) would keep it longer."""
+        if self.owns_transport and self._release is None and self._out is not None:
+            self._release = self.loop.call_later(self.linger, self._release_socket)
+
+    def _release_socket(self) -> None:
+        self._release = None
+        stop_timer(self)
+        if self._out is not None and not self._out.is_closing():
+            self._out.close()
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None:
@@ -504,6 +542,8 @@ class QuicSession(QuicConnectionProtocol):
             self._transmit_handle = None
         if self._urgent is not None:
             self._apply_mark()
+        if self._unmarked_validation and validate_paths(self.connection):
+            self._unmarked_validation = False
         super().transmit()
         out = self._out
         if out is None or out.is_closing():
@@ -554,12 +594,18 @@ class QuicSession(QuicConnectionProtocol):
             self._out.silent = True
         self.shutdown()
 
-    def shutdown(self) -> None:
-        """Close the connection now (CONNECTION_CLOSE to the peer) and end what it runs: the
-        idle timer and stream closes in progress (`settle()` waits for them)."""
+    def shutdown(self, error_code: int = QuicErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the connection now (CONNECTION_CLOSE to the peer, with `error_code`) and
+        end what it runs: the idle timer and stream closes in progress (`settle()` waits for
+        them)."""
         if self.is_open:
             with contextlib.suppress(Exception):
-                self.close()
+                # A transport close (frame_type given): an application close would reach a
+                # peer still handshaking as a bare APPLICATION_ERROR (RFC 9000 10.2.3).
+                self.connection.close(error_code=error_code, reason_phrase=reason,
+                                      frame_type=None if error_code == QuicErrorCode.NO_ERROR
+                                      else QuicFrameType.PADDING)
+                self.transmit()
         self.is_open = False
         if self._idle is not None:
             self._idle.cancel()
@@ -604,6 +650,9 @@ class QuicSession(QuicConnectionProtocol):
                 t.end_of_messages()
         elif isinstance(event, events.ConnectionTerminated):
             self.is_open = False
+            if self._release is not None:
+                self._release.cancel()
+                self._release = None
             reason = self.termination = QuicClosedError.from_event(event)
             self._handshake_failed(reason)
             self._datagrams_failed()

@@ -30,8 +30,16 @@ dropped before aioquic sees it (no state, no reply); listener.retry `always`, or
 at least half of maxHandshakes are in progress, answers new Initials with a Retry (address
 validation: no connection state until the client proves its address, and no reply beyond
 the Retry); a connection whose handshake did not complete within listener.handshakeTimeout
-is dropped at once, without a word to its unvalidated source (`compat.forget_connection`:
-no closing period). The socket is attached through `stacks.dgram.open_datagram_endpoint`,
+ends then: one whose peer proved its address (a Retry token, or a Handshake packet from it:
+the client may consider its handshake complete already) gets a CONNECTION_CLOSE
+(CONNECTION_REFUSED, "handshake timeout"), so its client learns at once; one whose address
+nobody validated is dropped without a word (`compat.forget_connection`: no closing period),
+and what still comes to its connection ids is dropped for `FORGOTTEN_FOR` seconds, or each
+retransmitted Initial (an ACK, no CRYPTO frame) would open a new connection aioquic refuses.
+A Retry token proves the address to aioquic too (`compat.validate_paths`): no
+anti-amplification limit holds its first flight back an RTT at a time. The listening socket
+asks for a `RECEIVE_BUFFER` receive buffer: a burst of Initials overflows the default one.
+The socket is attached through `stacks.dgram.open_datagram_endpoint`,
 like every listening UDP socket.
 """
 
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 from typing import Any
 
@@ -46,7 +55,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.tls import SessionTicket
 
@@ -61,7 +70,7 @@ from ..base import (
     family_of,
 )
 from ..dgram import open_datagram_endpoint
-from .compat import forget_connection, server_knows, set_server_retry
+from .compat import forget_connection, path_validated, server_knows, set_server_retry
 from .config import (
     Origin,
     client_auth,
@@ -74,7 +83,16 @@ from .config import (
 from .session import QuicSession
 from .stream import QuicStreamTransient
 
-__all__ = ["TICKETS_PER_HANDSHAKE", "QuicListening", "QuicStack"]
+__all__ = ["FORGOTTEN_FOR", "RECEIVE_BUFFER", "TICKETS_PER_HANDSHAKE", "QuicListening",
+           "QuicStack"]
+
+RECEIVE_BUFFER = 4 << 20
+"""SO_RCVBUF asked for a listening socket (bytes; the kernel caps it at net.core.rmem_max)."""
+
+FORGOTTEN_FOR = 60.0
+"""Seconds a listener drops datagrams to the connection ids of a handshake it forgot (as
+long as a client keeps retransmitting before its own timeouts end it), at most
+`TICKETS_PER_HANDSHAKE` x listener.maxHandshakes ids."""
 
 TICKETS_PER_HANDSHAKE = 8
 """Session tickets a listener keeps per listener.maxHandshakes (4,096 by default), least
@@ -121,7 +139,8 @@ class QuicStack:
                 lambda: QuicSession(quic, framer=spec.framer, max_size=spec.settings.max_size,
                                     interface=c.interface, per_msg_reliability=per_msg,
                                     trust=trust, offered=offered, dscp=spec.settings.dscp,
-                                    recv_budget=spec.settings.recv_budget),
+                                    recv_budget=spec.settings.recv_budget,
+                                    linger=spec.settings.linger),
                 sock=sock)
             session = proto
             assert session is not None
@@ -209,11 +228,18 @@ class QuicStack:
 
         def timed_out(session: QuicSession) -> None:
             handshaking.pop(session, None)
-            if not session.handshake_done and session.is_open:
-                session.abandon()
-                sessions.discard(session)
-                if server_ref:
-                    forget_connection(server_ref[0], session)
+            if session.handshake_done or not session.is_open:
+                return
+            if session.address_validated or path_validated(session.connection):
+                # The peer proved its address (Retry token, or a Handshake packet: it may
+                # consider its handshake complete already): tell it at once, and let
+                # aioquic's closing period answer its late packets (Rule 6).
+                session.shutdown(QuicErrorCode.CONNECTION_REFUSED, "handshake timeout")
+                return
+            session.abandon()
+            sessions.discard(session)
+            if server_ref:
+                server_ref[0].forget(session)
 
         def create(quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
             session = QuicSession(quic, framer=spec.framer, max_size=settings.max_size,
@@ -223,12 +249,18 @@ class QuicStack:
                                   on_terminated=terminated, dscp=settings.dscp,
                                   marker=marker, client_auth=auth,
                                   recv_budget=settings.recv_budget, on_handshake=settled)
+            if server_ref:
+                session.address_validated = server_ref[0].validating
             sessions.add(session)
             handshaking[session] = loop.call_later(settings.handshake_timeout, timed_out,
                                                    session)
             return session
 
         try:
+            # A burst of Initials (1,200 bytes or more each) overflows the default receive
+            # buffer (about 170 of them): ask for more, the kernel caps it at rmem_max.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             bind_server(sock, spec.address, spec.port, spec.interface)
             transport, server = await open_datagram_endpoint(
                 lambda: _Server(
@@ -292,8 +324,37 @@ class _Server(QuicServer):
         """New Initials answered with a Retry (no connection state kept)."""
         self._tokens = QuicRetryTokenHandler() if retry_mode != "never" else None
         set_server_retry(self, None)
+        self.validating = False
+        """The Initial being handled carries a Retry token (aioquic creates a connection for
+        it only once the token validated): the connection's peer proved its address."""
+        self._forgotten: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        """Connection ids of forgotten handshakes, with when they stop being dropped."""
+        self._forgotten_limit = TICKETS_PER_HANDSHAKE * self.max_handshakes
+
+    def forget(self, session: QuicSession) -> None:
+        """Forget a handshake that timed out without a word (Rule 6), and drop what its peer
+        still sends to it: its next Initial, an ACK without CRYPTO, would otherwise open a
+        new connection aioquic refuses ("Packet contains no CRYPTO frame"), again and again
+        while the client retransmits, each one counted as a handshake in progress."""
+        until = asyncio.get_running_loop().time() + FORGOTTEN_FOR
+        forgotten = self._forgotten
+        for cid in forget_connection(self, session):
+            forgotten[cid] = until
+            forgotten.move_to_end(cid)
+        while len(forgotten) > self._forgotten_limit:
+            forgotten.popitem(last=False)
+
+    def _was_forgotten(self, cid: bytes) -> bool:
+        until = self._forgotten.get(cid)
+        if until is None:
+            return False
+        if until > asyncio.get_running_loop().time():
+            return True
+        del self._forgotten[cid]
+        return False
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self.validating = False
         if isinstance(data, bytes) and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
             try:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=self.cid_length)
@@ -301,6 +362,8 @@ class _Server(QuicServer):
                 return  # not QUIC: aioquic would drop it too
             if (header.packet_type == QuicPacketType.INITIAL
                     and not server_knows(self, header.destination_cid)):
+                if self._forgotten and self._was_forgotten(header.destination_cid):
+                    return
                 in_progress = len(self.handshaking)
                 if in_progress >= self.max_handshakes:
                     self.refused_initials += 1
@@ -312,7 +375,9 @@ class _Server(QuicServer):
                     set_server_retry(self, tokens if retry else None)
                     if retry and not header.token:
                         self.retries += 1
+                    self.validating = retry and bool(header.token)
         super().datagram_received(data, addr)
+        self.validating = False
 
 
 class QuicListening:
