@@ -297,7 +297,8 @@ _SPECS: list[PropertySpec] = [
                                 "transport and TLS/QUIC handshake by then is dropped"),
     PropertySpec("listener.maxHandshakes", "int", "runtime", 512, direction="smaller",
                  minimum=1, doc="Handshakes a Listener runs at once; more wait in the "
-                                "kernel's backlog (TCP) or are dropped (QUIC)"),
+                                "kernel's backlog, shedding stalled ones (TCP), or are "
+                                "dropped (QUIC)"),
     PropertySpec("listener.backlog", "int", "runtime", 0, minimum=0, maximum=65535,
                  doc="Listening backlog (0: the system's net.core.somaxconn)"),
     PropertySpec("listener.retry", "enum", "runtime", "auto",

@@ -43,7 +43,8 @@ an MPTCP listener's single-path client is `tcp`); neither the Listener nor its t
 relabel it.
 Rule 9: a connection to the Listener that has not finished its handshake within
 listener.handshakeTimeout is dropped, at most listener.maxHandshakes run at once per
-endpoint (more wait in the kernel's backlog), and the backlog is listener.backlog or the
+endpoint (more wait in the kernel's backlog, and shed stalled handshakes once those are old
+enough: stacks/accept.py Rule 4), and the backlog is listener.backlog or the
 system's somaxconn: the stacks do it with the Listener's Settings (stream stacks through
 stacks/accept.py); `handshakes` counts those in progress.
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import socket
 import struct
 import sys
@@ -54,6 +55,16 @@ _ANC_SIZE = socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(_IN6_PKTINFO
 _RECV_SIZE = 65536
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
 _HIGH_WATER = 64 * 1024
+
+
+class _Dropped(OSError):
+    """What send_now returns for a datagram the full send queue dropped (Rule 4): a
+    message's caller ends it with a send error, never with on_sent; sendto() stays silent,
+    as the network would be."""
+
+
+def _dropped() -> OSError:
+    return _Dropped(errno.ENOBUFS, "datagram dropped: the send queue is full")
 _LOW_WATER = 16 * 1024
 
 Ancillary = tuple[int, int, bytes]
@@ -126,11 +137,13 @@ class PktinfoTransport(asyncio.DatagramTransport):
     def _connect(self, waiter: asyncio.Future[None] | None) -> None:
         if self._lost:
             return
-        self._protocol.connection_made(self)
-        if not self._closing and not self._paused:
-            self._loop.add_reader(self._fd, self._read_ready)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        try:
+            self._protocol.connection_made(self)
+            if not self._closing and not self._paused:
+                self._loop.add_reader(self._fd, self._read_ready)
+        finally:  # a failing connection_made is the loop's to report (as asyncio does);
+            if waiter is not None and not waiter.done():  # the opener is not left waiting
+                waiter.set_result(None)
 
     # ---- the asyncio transport interface ---------------------------------------------------
 
@@ -184,7 +197,7 @@ class PktinfoTransport(asyncio.DatagramTransport):
         if addr is None:
             raise ValueError("an unconnected datagram transport needs an address")
         err = self.send_now(data, addr)
-        if err is not None:
+        if err is not None and not isinstance(err, _Dropped):
             self._protocol.error_received(err)  # type: ignore[attr-defined]
 
     # ---- ours ------------------------------------------------------------------------------
@@ -213,12 +226,12 @@ class PktinfoTransport(asyncio.DatagramTransport):
         if self._lost:
             return None
         if self._buffer:
-            self._queue(bytes(data), addr, ancillary)
-            return None
+            return None if self._queue(bytes(data), addr, ancillary) else _dropped()
         try:
             self._write(data, addr, ancillary)
         except (BlockingIOError, InterruptedError):
-            self._queue(bytes(data), addr, ancillary)
+            if not self._queue(bytes(data), addr, ancillary):
+                return _dropped()
             if not self._writing:
                 self._writing = True
                 self._loop.add_writer(self._fd, self._write_ready)
@@ -252,15 +265,18 @@ class PktinfoTransport(asyncio.DatagramTransport):
             self._local.pop((addr[0], addr[1]), None)
             sock.sendmsg([data], ancillary, 0, addr)
 
-    def _queue(self, data: bytes, addr: Any, ancillary: Sequence[Ancillary]) -> None:
+    def _queue(self, data: bytes, addr: Any, ancillary: Sequence[Ancillary]) -> bool:
+        """Queue one datagram for when the socket is writable; False when it was dropped
+        because the queue is full (Rule 4)."""
         if self._buffer_size + len(data) > self.max_buffer:
             self.dropped += 1  # Rule 4: the network could have lost it just as well
-            return
+            return False
         self._buffer.append((data, addr, ancillary))
         self._buffer_size += len(data)
         if not self._protocol_paused and self._buffer_size > _HIGH_WATER:
             self._protocol_paused = True
             self._call_protocol("pause_writing")
+        return True
 
     def _write_ready(self) -> None:
         buffer = self._buffer
