@@ -49,6 +49,9 @@ the reset at once: the messages end with on_send_error, the Carrier goes dormant
 Rule 11: an idle Transient is small (thousands are held at once): `__slots__` (a subclass
 that declares none gets a `__dict__` for its own attributes only), and the waiter lists start
 as the shared empty `_NONE`, made on first use (so do the outbox's queues, core/outbox.py).
+The inbox (a deque: 760 bytes even when empty) is the shared, never-filled `_NO_INBOX`
+while nothing waits in it: `deliver` takes a spare one (or makes one) and `pop_message`
+hands an emptied one back to the spares (at most `_SPARES_MAX`, for the whole process).
 """
 
 from __future__ import annotations
@@ -81,6 +84,15 @@ _CHUNK = 256 * 1024
 """The most one read delivers on asyncio's stream transports (plain and TLS)."""
 _NONE: Any = ()
 """Rule 11: the empty waiter list a Transient starts with (read-only; replaced on use)."""
+_NO_INBOX = Inbox()
+"""Rule 11: the inbox of every Transient with nothing waiting (never appended to)."""
+_SPARES: list[Inbox] = []
+"""Rule 11: emptied inboxes, reused by the next Transient that receives."""
+_SPARES_MAX = 64
+
+
+def _spare_inbox() -> Inbox:
+    return _SPARES.pop() if _SPARES else Inbox()
 
 
 class Transient:
@@ -168,7 +180,7 @@ class Transient:
                             and type(self).backlog_bytes is Transient.backlog_bytes)
         """try_send_plain may read the queue's bytes itself (backlog_bytes not overridden)."""
         # receive side
-        self._inbox = Inbox()
+        self._inbox = _NO_INBOX
         self._waiters: list[asyncio.Future[None]] = _NONE
         self._callback: Callable[[InMessage], Any] | None = None
         self._eof = False
@@ -496,6 +508,8 @@ class Transient:
         if self._callback is not None or self._drops:
             self._deliver_each(messages, remote)
             return
+        if inbox is _NO_INBOX:
+            inbox = self._inbox = _spare_inbox()  # Rule 11
         if remote is None and not early:
             new = bytes.__new__  # InMessage(m, carrier=...) without the Python-level __new__
             for m in messages:
@@ -526,6 +540,8 @@ class Transient:
                                           or len(inbox) > inbox.high):
                 self.dropped += 1
                 continue
+            if inbox is _NO_INBOX:
+                inbox = self._inbox = _spare_inbox()  # Rule 11
             inbox.append(msg)
             inbox.size += len(msg)
         if not self._drops:
@@ -624,6 +640,11 @@ class Transient:
         inbox.size -= len(msg)
         if inbox.paused:
             self._maybe_resume()
+        if not inbox and not inbox.paused:  # Rule 11: nothing waits, hand it back
+            self._inbox = _NO_INBOX
+            if len(_SPARES) < _SPARES_MAX:
+                inbox.size = 0
+                _SPARES.append(inbox)
         return msg
 
     # ---- send side ------------------------------------------------------------------------
