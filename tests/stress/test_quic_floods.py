@@ -446,3 +446,66 @@ def test_a_handshake_timeout_after_the_client_completed_closes_it(run: Any, cert
                 relay_transport.close()
 
     run(main(), TIMEOUT)
+
+
+class _Peer(asyncio.DatagramProtocol):
+    """aioquic's sans-I/O client on a plain UDP socket, driven by hand: what the listener
+    sends is fed to it, what it would send back is kept until the test lets it go."""
+
+    def __init__(self, port: int) -> None:
+        config = QuicConfiguration(is_client=True, server_name="localhost")
+        config.verify_mode = ssl.CERT_NONE
+        self.quic = QuicConnection(configuration=config)
+        self.server = (LOCAL, port)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+        self.quic.receive_datagram(data, addr, now=time.monotonic())
+
+    def pending(self) -> list[bytes]:
+        return [d for d, _ in self.quic.datagrams_to_send(now=time.monotonic())]
+
+    def send(self, datagrams: list[bytes]) -> None:
+        assert self.transport is not None
+        for d in datagrams:
+            self.transport.sendto(d, self.server)
+
+
+def test_a_forgotten_handshake_stays_forgotten(run: Any, until: Any, cert: Any) -> None:
+    """retry never, handshakeTimeout 1 s: a client's Initial is answered, then it goes
+    silent past the timeout, so the listener forgets the connection without a word (its
+    address was never validated). The client's next datagrams (an Initial carrying only an
+    ACK, coalesced with its Handshake packet), sent to the connection id the server chose,
+    must open nothing: on 298ac7a each opened a new connection, which aioquic refused
+    ("Packet contains no CRYPTO frame") while counting it as a handshake in progress and
+    answering with a CONNECTION_CLOSE the client cannot read, again for every retransmit."""
+
+    async def main() -> None:
+        pol = policy(**{"listener.retry": "never", "listener.handshakeTimeout": 1000})
+        async with serving(cert, pol, 1) as (listener, endpoint, _):
+            loop = asyncio.get_running_loop()
+            transport, peer = await loop.create_datagram_endpoint(
+                lambda: _Peer(listener.ports["quic"]), local_addr=(LOCAL, 0))
+            try:
+                peer.quic.connect(peer.server, now=time.monotonic())
+                peer.send(peer.pending())
+                await until(lambda: peer.received > 0, 5, "the listener's first flight")
+                assert sessions(endpoint) == 1
+                await until(lambda: sessions(endpoint) == 0, 5, "the handshake timeout")
+                withheld = peer.pending()  # ACKs and the Finished, to a forgotten id
+                assert withheld and coalesced_types(withheld[0])[0] == "initial"
+                answered = peer.received
+                for _ in range(3):  # and its retransmits
+                    peer.send(withheld)
+                    created = await peak_sessions(endpoint, asyncio.sleep(0.3))
+                    assert created == 0, "a forgotten connection id opened a connection"
+                assert peer.received == answered, "the listener answered a forgotten id"
+            finally:
+                transport.close()
+
+    run(main(), TIMEOUT)
