@@ -14,8 +14,9 @@ Rule 4: sending order is the draft's priority: niceness first, then the earlier 
 (no lifetime counts as +inf), then arrival ("priority increases as both niceness and lifetime
 decrease"). Plain bytes (push_data) are niceness 0 without lifetime, so they merge by the same
 key without a heap entry.
-Rule 5: an idle carrier's outbox is small: `__slots__`, and the deques start as the shared
-empty `_NONE` (a deque costs 760 bytes empty), made on first use and kept from then on.
+Rule 5: an idle carrier's outbox is small: `__slots__`, and the deques and heaps start as
+the shared empty `_NONE` (a deque costs 760 bytes empty), the by-seq map as the read-only
+`_NO_MAP`, each made on first use and kept from then on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +37,8 @@ __all__ = ["Key", "Ledger", "Pending", "SendQueue", "send_key"]
 _INF = float("inf")
 _NONE: Any = ()
 """Rule 5: the empty queue an outbox starts with (read-only; replaced on first use)."""
+_NO_MAP: Any = types.MappingProxyType({})
+"""Rule 5: the empty by-seq map a SendQueue starts with (read-only; replaced on first use)."""
 
 Key = tuple[int, float, int]
 """(niceness, deadline or +inf, arrival): smaller goes first (Rule 4)."""
@@ -54,9 +58,9 @@ class SendQueue:
                  "queued_bytes")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[Key, Pending]] = []
-        self._queued: dict[int, Pending] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        self._heap: list[tuple[Key, Pending]] = _NONE
+        self._queued: dict[int, Pending] = _NO_MAP
+        self._deadlines: list[tuple[float, int]] = _NONE
         self.queued_bytes = 0
         self._arrivals = itertools.count()
         self._cascade_due = False
@@ -80,6 +84,9 @@ class SendQueue:
         if msg.state != "new":
             raise ArgumentError(f"{msg!r} is already {msg.state}; a message is sent once")
         msg.state = "queued"
+        if self._queued is _NO_MAP:  # the first message with properties (Rule 5)
+            self._queued = {}
+            self._heap = []
         self._queued[msg.seq] = pending
         pending.arrival = next(self._arrivals)
         heapq.heappush(self._heap, (send_key(pending), pending))
@@ -87,6 +94,8 @@ class SendQueue:
         if any(a.state == "expired" for a in msg.antecedents):
             self._cascade_due = True
         if pending.deadline is not None:
+            if self._deadlines is _NONE:
+                self._deadlines = []
             heapq.heappush(self._deadlines, (pending.deadline, msg.seq))
 
     def next_deadline(self) -> float | None:
@@ -161,8 +170,10 @@ class SendQueue:
         if self._plain:
             self.queued_bytes -= sum(len(d) for _s, d in self._plain)
             self._plain.clear()
-        self._heap.clear()
-        self._deadlines.clear()
+        if self._heap:
+            self._heap.clear()
+        if self._deadlines:
+            self._deadlines.clear()
         return out
 
     def _blocked(self, msg: OutMessage) -> bool:
