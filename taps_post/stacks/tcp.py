@@ -303,9 +303,8 @@ class StreamTransient(Transient, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session_sink is not None:
             self._capture_session()
-        first = self.first_data
-        if not first.done():
-            first.set_result(None)
+        if not self._data_seen:
+            self.data_arrived()
         self._direct = True
         if self._early_left:
             self._receive_early(data)

@@ -105,15 +105,15 @@ class Transient:
     is dropped (and counted in `dropped`); a datagram protocol is taken to be such a stack."""
 
     __slots__ = ("__weakref__", "_active_at", "_callback", "_check_frame", "_close_waiters",
-                 "_direct", "_drained", "_drops", "_eof", "_error", "_expiry_handle",
-                 "_idle_handle", "_inbox", "_ledger", "_plain_fast", "_progress_delay",
-                 "_progress_handle", "_pump_handle", "_queue", "_recv_near", "_waiters",
-                 "_writing_paused", "closed", "dropped", "dscp", "early", "early_attempt",
-                 "early_in_syn", "early_sent", "established_ms", "first_data", "framer",
+                 "_data_seen", "_direct", "_drained", "_drops", "_eof", "_error", "_expiry_handle",
+                 "_first_data", "_idle_handle", "_inbox", "_ledger", "_plain_fast",
+                 "_progress_delay", "_progress_handle", "_pump_handle", "_queue", "_recv_near",
+                 "_waiters", "_writing_paused", "closed", "dropped", "dscp", "early",
+                 "early_attempt", "early_in_syn", "early_sent", "established_ms", "framer",
                  "idle_timeout", "interface", "linger", "local_address", "loop", "max_size",
-                 "on_control", "on_soft_error", "owner", "path", "received_any",
-                 "recv_budget", "remote_address", "rtt_ms", "salvage", "send_budget",
-                 "sent_any", "session_reused", "soft_error", "stack", "transport")
+                 "on_control", "on_soft_error", "owner", "path", "received_any", "recv_budget",
+                 "remote_address", "rtt_ms", "salvage", "send_budget", "sent_any", "session_reused",
+                 "soft_error", "stack", "transport")
 
     stack: str
     interface: str | None
@@ -157,9 +157,10 @@ class Transient:
         """The `taps_post.Path` the runtime made for this Transient."""
         self.on_control: Callable[[bytes], None] | None = None
         """Rule 6: receives the payload of each control frame from the peer."""
-        self.first_data: asyncio.Future[None] = self.loop.create_future()
-        """Resolved when the first byte arrives or the transport ends (a Listener holds new
-        stream connections until then to see a fork HELLO first)."""
+        self._first_data: asyncio.Future[None] | None = None
+        """`first_data`, made when first asked for (Rule 11)."""
+        self._data_seen = False
+        """The first byte arrived or the transport ended (`first_data` is resolved)."""
         self.dscp: tuple[int, ...] = ()
         """Settings.dscp: DSCP code point by niceness (empty: packets are not marked)."""
         # budgets and timers (Rules 7-9; apply_settings sets them from the Decision)
@@ -321,10 +322,24 @@ class Transient:
         """Write an encoded control frame; stacks that carry them override this."""
         raise UsageError(f"the {self.stack} stack cannot carry control frames")
 
+    @property
+    def first_data(self) -> asyncio.Future[None]:
+        """Resolved when the first byte arrives or the transport ends (a Listener holds new
+        stream connections until then to see a fork HELLO first). Made on first access: most
+        Transients are never asked (Rule 11)."""
+        fut = self._first_data
+        if fut is None:
+            fut = self._first_data = self.loop.create_future()
+            if self._data_seen:
+                fut.set_result(None)
+        return fut
+
     def data_arrived(self) -> None:
         """The first byte arrived (or the transport ended): resolve `first_data`."""
-        if not self.first_data.done():
-            self.first_data.set_result(None)
+        self._data_seen = True
+        fut = self._first_data
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def terminate(self, exc: BaseException | None) -> None:
         if exc is not None and self._error is None:
