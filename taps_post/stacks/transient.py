@@ -92,7 +92,10 @@ _SPARES_MAX = 64
 
 
 def _spare_inbox() -> Inbox:
-    return _SPARES.pop() if _SPARES else Inbox()
+    try:
+        return _SPARES.pop()  # one call: event loops in other threads share the spares
+    except IndexError:
+        return Inbox()
 
 
 class Transient:
