@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.registry import DEFAULT_PORTS, KINDS
-from .environment import host_name_problem
 
 __all__ = ["Request", "parse_target"]
 
@@ -107,6 +106,9 @@ def parse_target(target: str, *, app: str | None = None, kind: str = "initiate")
         if not host:
             raise _fail(target, "no host")
     host = host.lower()
-    if (why := host_name_problem(host)) is not None:
-        raise _fail(target, why)
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise _fail(target, f"{host!r} is not an IPv6 address") from None
     return Request(target=target, scheme=scheme, host=host, port=port, app=app, kind=kind)

@@ -359,7 +359,8 @@ async def main():
             break
         if data[:4] != b"\xff\xff\xff\xff":
             got.add(int.from_bytes(data[:4], "big"))
-    print(json.dumps({"dropped": transport.dropped, "refused": refused, "received": len(got), "n": n,
+    print(json.dumps({"dropped": transport.dropped, "refused": refused,
+                      "received": len(got), "n": n,
                       "peak": peak, "left": transport.get_write_buffer_size(),
                       "paused": Proto.paused, "resumed": Proto.resumed,
                       "in_order_prefix": sorted(got)[:3]}))
