@@ -189,9 +189,9 @@ class QuicSession(QuicConnectionProtocol):
         connection began closing, whatever aioquic's closing period (3 PTO) says."""
         self._release: asyncio.TimerHandle | None = None
         self._validated = False
-        self.last_received = 0.0
-        """Loop time of the last datagram from the peer (a listener's handshake timeout
-        gives a live, validated peer one more period)."""
+        self.first_received = self.last_received = 0.0
+        """Loop times of the first and the last datagram from the peer (a listener's
+        handshake timeout gives a validated peer that kept talking one more period)."""
         self._unmarked_validation = False
         """The peer proved its address but aioquic does not know it yet (validate_paths)."""
         count_lost_packets(quic)
@@ -376,6 +376,8 @@ class QuicSession(QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.last_received = self.loop.time()
+        if not self.first_received:
+            self.first_received = self.last_received
         if self.remote_address is None and addr:
             # A listener's connection: its peer is whoever sent the first datagram (the
             # streams it carries take the address when they are attached).

@@ -31,9 +31,9 @@ at least half of maxHandshakes are in progress, answers new Initials with a Retr
 validation: no connection state until the client proves its address, and no reply beyond
 the Retry); a connection whose handshake did not complete within listener.handshakeTimeout
 ends then: one whose peer proved its address (a Retry token, or a Handshake packet from it:
-the client may consider its handshake complete already) and still talking (a datagram within
-the last half timeout: a busy host is slow, its peer not silent) gets one more timeout, then,
-or at once when silent, a CONNECTION_CLOSE
+the client may consider its handshake complete already) and talking (it sent more than the
+datagram that opened the connection: a busy host is slow, its peer not silent) gets one more
+timeout, then, or at once when silent, a CONNECTION_CLOSE
 (CONNECTION_REFUSED, "handshake timeout"), so its client learns at once; one whose address
 nobody validated is dropped without a word (`compat.forget_connection`: no closing period),
 and what still comes to its connection ids is dropped for `FORGOTTEN_FOR` seconds, or each
@@ -233,11 +233,10 @@ class QuicStack:
             if session.handshake_done or not session.is_open:
                 return
             if session.address_validated or path_validated(session.connection):
-                now = loop.time()
-                if not extended and now - session.last_received < settings.handshake_timeout / 2:
+                if not extended and session.last_received > session.first_received:
                     # A busy host (its own or the client's) is slow, not the peer silent: a
-                    # peer that proved its address and is still talking gets one more
-                    # timeout (so at most twice handshakeTimeout in all, Rule 6).
+                    # peer that proved its address and sent more than its first datagram
+                    # gets one more timeout (so at most twice handshakeTimeout, Rule 6).
                     handshaking[session] = loop.call_later(
                         settings.handshake_timeout, timed_out, session, True)
                     return
