@@ -90,13 +90,18 @@ class ConnectionClosedError(TapsError, ConnectionError):
 
 
 class IdleTimeoutError(ConnectionClosedError):
-    """The carrier was closed because no whole message went either way (received, sent or
-    acknowledged) for `carrier.idleTimeout`: a peer that trickles bytes of a message it never
-    finishes, or that went silent, is cut off. `timeout` is the bound in seconds."""
+    """The carrier was closed because no whole message went either way (taken by the
+    application, received, sent or acknowledged) and no byte of ours went out for
+    `carrier.idleTimeout`: a peer that trickles bytes of a message it never finishes, or that
+    went silent, is cut off. `timeout` is the bound in seconds (pickled with the error)."""
 
     def __init__(self, message: str, timeout: float) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[IdleTimeoutError], tuple[str, float]]:
+        # BaseException pickles as cls(*self.args): args holds the message only
+        return (type(self), (self.args[0] if self.args else "", self.timeout))
 
 
 class FailureKind(enum.StrEnum):

@@ -3,12 +3,13 @@
 Rule 1: sans-I/O: the inbox only counts; the stack adapter owns the socket and does the
 pausing. A deque subclass, so the per-message path (append, popleft) stays in C.
 Rule 2: the receive budget is in bytes (policy carrier.recvBudget): `size` is the payload
-bytes of the messages held, updated once per batch by whoever appends (`added(batch)`, one
-`sum(map(len, ...))`) and per message by `take()`. The Transient adds the partial message
-its framer holds and pauses reading above the budget (stacks/transient.py). Plain
-`append`/`popleft` do not count bytes: they are for holders that bound by message count
-only (`over_high()`/`under_low()`, e.g. a Sink merging several sockets). The count bound
-(`high`, `low`) holds beside the byte budget: a flood of empty messages costs memory too.
+bytes of the messages held. Whoever appends or pops counts: the Transient adds a batch's
+bytes once per batch beside its own appends (keeping the per-message path in C), `take()`
+pops and counts one message; the Transient adds the partial message its framer holds and
+pauses reading above the budget (stacks/transient.py). Holders that bound by message count
+only (a Sink merging several sockets) use plain `append`/`popleft` and
+`over_high()`/`under_low()`. The count bound (`high`, `low`) holds beside the byte budget: a
+flood of empty messages costs memory too.
 Rule 3: resuming waits until the level is under a quarter of the budget (`low_for`), so a
 reader that pauses does not flap on every message taken.
 """
@@ -41,14 +42,10 @@ class Inbox(collections.deque[InMessage]):
         self.low = low
         self.paused = False
         self.size = 0
-        """Payload bytes of the messages held (counted by `added`/`take`, Rule 2)."""
-
-    def added(self, batch: list[bytes]) -> None:
-        """`batch` was appended (one sum per batch, Rule 2)."""
-        self.size += sum(map(len, batch))
+        """Payload bytes of the messages held (counted by whoever appends, and `take`: Rule 2)."""
 
     def take(self) -> InMessage:
-        """The oldest message, uncounted (the caller checked there is one)."""
+        """The oldest message, its bytes taken off `size` (the caller checked there is one)."""
         msg = self.popleft()
         self.size -= len(msg)
         return msg

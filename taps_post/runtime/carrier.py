@@ -35,7 +35,8 @@ module imports neither establish nor fork (they import it).
 Rule 8: every Transient the carrier takes (initiated, accepted, a fork's) gets the carrier's
 Settings through `apply_settings`: byte budgets, linger and idle timeout (an accepted
 carrier's come from the listen Decision, so idle timeout is on there by default). close() is
-bounded by carrier.linger and a cancelled close() still leaves the carrier closed.
+bounded by carrier.linger (a carrier turned into a stream too: its writer is closed, then
+aborted) and a cancelled close() still leaves the carrier closed.
 Rule 9: an idle carrier is small (thousands are held at once): `__slots__`, and the
 collections most carriers never use (tasks, event subscribers and listeners, forks waiting
 for a handler, refused messages) start as the shared empty `_NONE` and are made on first use.
@@ -44,6 +45,7 @@ for a handler, refused messages) start as the shared empty `_NONE` and are made 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections import deque
@@ -196,7 +198,8 @@ class Carrier:
         """Rule 4: the active message-mode Transient, else None."""
         self._state = "dormant"
         """dormant (never active), active, lost (dormant after a loss), closed."""
-        self._streamed = False
+        self._streamed: asyncio.StreamWriter | None = None
+        """as_stream()'s writer (Rule 6): the carrier is a stream now; close() closes it."""
         self._closing = False
         self._activations = 0
         self._flight: EarlyFlight | None = None
@@ -971,9 +974,9 @@ class Carrier:
             reader.feed_data(leftover)
         if eof:
             reader.feed_eof()
-        self._streamed = True
         self._fast = None
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        self._streamed = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, self._streamed
 
     async def fork(self) -> Carrier:
         """A new carrier on the same Association (draft 2.1: a fork request at the peer).
@@ -1073,8 +1076,8 @@ class Carrier:
             t = self._transient
             if t is not None:
                 t.closed.remove_done_callback(self._transient_closed)  # we know it ends
-                if self._streamed:
-                    t.transport.close()
+                if self._streamed is not None:
+                    await _close_stream(self._streamed, t.linger)
                 else:
                     await t.aclose()
         except asyncio.CancelledError:
@@ -1164,6 +1167,32 @@ class Carrier:
 
 _KEEP: set[asyncio.Task[Any]] = set()
 """Event-callback tasks that outlive their carrier's close (they were given Closed)."""
+
+
+async def _close_stream(writer: asyncio.StreamWriter, linger: float) -> None:
+    """Rule 8 for a carrier that became a stream: close the writer (what is buffered goes
+    first), bounded by `linger`, then abort; a peer that never reads cannot hold the socket.
+    Nothing outlives the call (no timer left behind)."""
+    writer.close()
+    # A task of its own: a timeout cancelling a bare wait on the protocol's close future
+    # would cancel that future, and the abort's end could not be awaited any more.
+    closed = asyncio.ensure_future(writer.wait_closed())
+    closed.add_done_callback(_consume)
+    try:
+        async with asyncio.timeout(linger):
+            await asyncio.shield(closed)
+        return
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):  # the connection ended with an error: it is closed
+        return
+    with contextlib.suppress(ConnectionError, OSError):
+        await closed  # the abort's connection_lost runs at the next turn
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: an error ending the stream is the application's
 
 
 def _running() -> bool:

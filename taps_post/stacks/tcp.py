@@ -215,9 +215,7 @@ class StreamTransient(Transient, asyncio.Protocol):
     # ---- the Transient interface ------------------------------------------------------------
 
     def detach_stream(self) -> tuple[Any, bytes, bool]:
-        if self._idle_handle is not None:  # the stream is the application's now: no timer
-            self._idle_handle.cancel()     # of ours may cut it off
-            self._idle_handle = None
+        self.stop_idle()  # the stream is the application's now: no timer of ours may cut it
         return self.transport, self.framer.buffered(), self._eof
 
     def submit_data(self, data: bytes) -> None:
@@ -229,8 +227,8 @@ class StreamTransient(Transient, asyncio.Protocol):
                 self._mark(0)  # Rule 5: what write_ready would mark for plain bytes
             self._emit(self.framer.encode(data))
             self.sent_any = True
-            if self._idle_handle is not None:
-                self._active_at = self.loop.time()  # the Transient's Rule 9: a message went
+            if self.idle_timeout:
+                self.note_activity()  # the Transient's Rule 9: a message went
             if self._eof and self._progress_handle is None:
                 self.check_progress()  # Rule 9: written after the peer's EOF, watch it
             return
@@ -459,6 +457,15 @@ class StreamTransient(Transient, asyncio.Protocol):
             # certain, when neither asyncio nor the kernel hold any byte of ours.
             return accepted, (accepted if held == 0 and buffered == 0 else None)
         return accepted, accepted - held
+
+    def send_progress(self) -> tuple[int, int | None] | None:
+        # The Transient's Rule 9: the kernel may hold a whole large message at once (its
+        # send buffer grows to megabytes), so what moves while a slow reader reads is the
+        # kernel's queue (unsent + unacknowledged, in ciphertext bytes on TLS).
+        transport = self.transport
+        if transport is None:
+            return None
+        return self._written - transport.get_write_buffer_size(), outq(self.raw_socket)
 
 
 

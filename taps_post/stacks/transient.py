@@ -38,9 +38,14 @@ and is released under a quarter of it; a stack with a buffer of its own (QUIC) o
 Rule 8: `aclose()` is bounded by `linger` in total (flush, settle, close handshake), then
 aborts; cancelling it aborts too. Either way every message ends once by then (Rule 5).
 Rule 9: with `idle_timeout` set, the Transient ends with IdleTimeoutError after that long
-without a whole message received, written or acknowledged: one timestamp per batch, and one
-timer that re-arms for the remainder. Messages the application has not taken yet keep it
-alive (the wait is ours, not the peer's).
+without a message taken by the application, received, written or acknowledged: one timestamp
+per batch (and per message taken), and one timer that re-arms for the remainder. Messages the
+application has not taken yet keep it alive (the wait is ours, not the peer's), and so does
+our own send progress within one large message: before failing, the timer reads
+`send_progress()` (the stack's offsets) once and re-arms if the bytes the stack took or the
+peer acknowledged moved since its last look (a peer reading a big reply slowly but steadily
+is no idle peer). Bytes received of a message that never completes never count (a slowloris
+peer trickles them).
 Rule 10: after the peer's EOF a stream stays open for our replies (half-close), but nothing
 reads the socket any more, so a reset (a peer process that died answers our data with RST)
 would go unseen until close(). While anything written after EOF is unacknowledged,
@@ -81,7 +86,10 @@ SEND_LOW = SEND_BUDGET // 4
 LINGER = 5.0
 """carrier.linger's default (seconds): the bound on a graceful close (Rule 8)."""
 _CHUNK = 256 * 1024
-"""The most one read delivers on asyncio's stream transports (plain and TLS)."""
+"""One read's usual most: asyncio's plain stream transports read at most 256 KiB per call,
+so deliver() checks the budget exactly only within this of it (Rule 7). After a pause,
+SSLProtocol can hand over up to what its incoming buffer holds in one call: the budget may
+then be overshot by that read's excess, until the next read (which checks exactly)."""
 _NONE: Any = ()
 """Rule 11: the empty waiter list a Transient starts with (read-only; replaced on use)."""
 _NO_INBOX = Inbox()
@@ -109,9 +117,9 @@ class Transient:
 
     __slots__ = ("__weakref__", "_active_at", "_callback", "_check_frame", "_close_waiters",
                  "_data_seen", "_direct", "_drained", "_drops", "_eof", "_error", "_expiry_handle",
-                 "_first_data", "_idle_handle", "_inbox", "_ledger", "_plain_fast",
-                 "_progress_delay", "_progress_handle", "_pump_handle", "_queue", "_recv_near",
-                 "_waiters", "_writing_paused", "closed", "dropped", "dscp", "early",
+                 "_first_data", "_idle_handle", "_idle_offsets", "_inbox", "_ledger",
+                 "_plain_fast", "_progress_delay", "_progress_handle", "_pump_handle", "_queue",
+                 "_recv_near", "_waiters", "_writing_paused", "closed", "dropped", "dscp", "early",
                  "early_attempt", "early_in_syn", "early_sent", "established_ms", "framer",
                  "idle_timeout", "interface", "linger", "local_address", "loop", "max_size",
                  "on_control", "on_soft_error", "owner", "path", "received_any", "recv_budget",
@@ -178,6 +186,8 @@ class Transient:
         self._active_at = 0.0
         """loop.time() of the last whole message either way (only kept while idle is on)."""
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_offsets: tuple[int, int | None] | None = None
+        """`offsets()` at the idle timer's last look (Rule 9: our send progress)."""
         self._recv_near = RECV_BUDGET - _CHUNK
         """Inbox bytes above which deliver() checks the budget exactly (Rule 7)."""
         self._plain_fast = (self.accepts_plain
@@ -226,8 +236,21 @@ class Transient:
             self._idle_handle = None
         if self.idle_timeout > 0 and not self.closed.done():
             self._active_at = self.loop.time()
+            self._idle_offsets = self.send_progress()
             self._idle_handle = self.loop.call_later(self.idle_timeout, self._idle_check)
         self._check_budget()
+
+    def note_activity(self) -> None:
+        """Rule 9: a message went or came (for subclasses with a write path of their own):
+        the idle time starts again. Nothing when no idle timer runs."""
+        if self._idle_handle is not None:
+            self._active_at = self.loop.time()
+
+    def stop_idle(self) -> None:
+        """Rule 9: no idle timeout from here on (the transport became the application's)."""
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
 
     def _idle_check(self) -> None:
         """Rule 9: the idle timer fired; re-arm for what is left, or end the Transient."""
@@ -235,8 +258,18 @@ class Transient:
         if self.closed.done() or self.transport is None:
             return
         left = self._active_at + self.idle_timeout - self.loop.time()
-        if left <= 0 and self._inbox:
-            left = self.idle_timeout  # the application has not taken what arrived
+        if left <= 0:
+            if self._inbox:
+                left = self.idle_timeout  # the application has not taken what arrived
+            else:
+                # Our bytes moved (went out, or were acknowledged) since the last look
+                # that armed a full period: one large message is still going to a slow
+                # reader. One read per period, nothing per message; the window is at least
+                # one period (at most two after a message went just before going quiet).
+                progress = self.send_progress()
+                if progress is not None and progress != self._idle_offsets:
+                    self._idle_offsets = progress
+                    left = self.idle_timeout
         if left > 0:
             self._idle_handle = self.loop.call_later(left, self._idle_check)
             return
@@ -495,13 +528,16 @@ class Transient:
         """Before a graceful close, give the peer time to acknowledge what it was sent, so a
         message it did receive is not reported as a send error (Rule 5); bounded by the
         close's linger (Rule 8)."""
+        delay = 0.0005  # like check_progress: soon after progress, backing off to 50 ms
         while self._ledger and self.is_open:
             offsets = self.offsets()
             if offsets is not None:
-                self.fire_events(self._ledger.advance(*offsets))
+                events = self._ledger.advance(*offsets)
+                self.fire_events(events)
                 if not self._ledger:
                     break
-            await asyncio.sleep(0.002)
+                delay = 0.0005 if events else min(delay * 2, 0.05)
+            await asyncio.sleep(delay)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -623,6 +659,8 @@ class Transient:
     def set_callback(self, callback: Callable[[InMessage], Any] | None) -> None:
         self._callback = callback
         inbox = self._inbox
+        if callback is not None and inbox and self._idle_handle is not None:
+            self._active_at = self.loop.time()  # Rule 9: the application takes them now
         while callback is not None and inbox:
             if callback(inbox.take()) is False:
                 self._callback = None
@@ -656,6 +694,8 @@ class Transient:
         inbox = self._inbox
         msg = inbox.popleft()
         inbox.size -= len(msg)
+        if self._idle_handle is not None:
+            self._active_at = self.loop.time()  # Rule 9: idle counts from the message taken
         if inbox.paused:
             self._maybe_resume()
         if not inbox and not inbox.paused:  # Rule 11: nothing waits, hand it back
@@ -804,6 +844,12 @@ class Transient:
         """(bytes the stack has taken, bytes the peer acknowledged or None), or None when the
         transport is gone. Stream stacks override this with the kernel's view."""
         return None
+
+    def send_progress(self) -> tuple[int, int | None] | None:
+        """Rule 9: a value that changes while our bytes go out or are acknowledged (read
+        once per idle period; None without a transport). `offsets()` here; a stream stack
+        whose offsets skip the kernel's queue unless acknowledgements are wanted reads it."""
+        return self.offsets()
 
     def check_progress(self) -> None:
         self._progress_handle = None

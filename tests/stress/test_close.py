@@ -212,3 +212,79 @@ def test_cancelling_close_leaves_the_carrier_closed(run, stack, cert, tmp_path: 
                 await carrier.send(b"after")
 
     run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("stack", ["tcp", "tls"])
+def test_close_of_a_stream_made_with_as_stream_is_bounded_by_linger(
+        run, stack, cert, tmp_path: Path) -> None:
+    """A carrier turned into a stream (as_stream()) with 32 MiB written to a peer that never
+    reads: close() returns within linger + 1 s and the socket is closed by then (aborted),
+    not left open indefinitely buffering for the peer; nothing of ours stays scheduled."""
+    linger = 0.5
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with deaf_peer(stack, cert, tmp_path) as (url, _):
+            remote = tp.Remote.parse(url, certificates=[cert] if stack == "tls" else [])
+            carrier = tp.initiate(remote, policy=policy(stack, int(linger * 1000)),
+                                  store=tp.AssociationStore())
+            await carrier.activate()
+            _reader, writer = await carrier.as_stream()
+            sock = writer.transport.get_extra_info("socket")
+            writer.write(b"x" * (32 * MiB))
+            started = loop.time()
+            await asyncio.wait_for(carrier.close(), linger + 5)
+            took = loop.time() - started
+            assert took <= linger + 1.0, f"close() took {took:.2f} s"
+            await asyncio.sleep(0)  # the abort's connection_lost (call_soon) has run
+            assert sock.fileno() == -1, (
+                f"socket still open after close() (write buffer "
+                f"{writer.transport.get_write_buffer_size()} bytes)")
+            assert not [h for h in loop._scheduled  # type: ignore[attr-defined]
+                        if not h.cancelled() and "abort" in repr(h)], "an abort timer left"
+            print(f"{stack}: stream close() took {took:.2f} s (linger {linger} s)")
+
+    run(main(), timeout=30)
+
+
+def test_waiting_for_acknowledgements_at_close_backs_off(run) -> None:
+    """close() with 2 MiB written that a peer never reading cannot acknowledge: the close
+    waits (settles) for acknowledgements up to linger 1 s, then aborts. That wait reads the
+    kernel's offsets backing off to 50 ms (like the progress check), not every 2 ms: well
+    under 150 reads in the whole second (every 2 ms it was ~400)."""
+    from taps_post.stacks.tcp import StreamTransient
+
+    linger = 1.0
+    reads = 0
+    offsets = StreamTransient.offsets
+
+    def counted(self: StreamTransient) -> tuple[int, int | None] | None:
+        nonlocal reads
+        reads += 1
+        return offsets(self)
+
+    async def main() -> None:
+        nonlocal reads
+        async with deaf_peer("tcp", None, Path()) as (url, _):
+            carrier = tp.initiate(url, policy=policy("tcp", int(linger * 1000)),
+                                  store=tp.AssociationStore())
+            await carrier.activate()
+            ends = Ends()
+            for i in range(2):  # into the kernel's buffers, not asyncio's (it would
+                ends.attempted += 1  # pause writing, and close() would wait in its flush)
+                await carrier.send_msg(tp.OutMessage(b"x" * MiB), **ends.callbacks(i))
+            loop = asyncio.get_running_loop()
+            StreamTransient.offsets = counted  # type: ignore[method-assign]
+            try:
+                started = loop.time()
+                await carrier.close()
+                took = loop.time() - started
+            finally:
+                StreamTransient.offsets = offsets  # type: ignore[method-assign]
+            assert took <= linger + 1.0, f"close() took {took:.2f} s"
+            counts = ends.check()
+            assert counts.get("send_error", 0) >= 1, f"nothing was left to settle: {counts}"
+            assert reads < 150, f"{reads} offset reads in a {took:.2f} s close"
+            print(f"close() {took:.2f} s, {reads} offset reads, ends {counts}")
+
+    run(main(), timeout=20)

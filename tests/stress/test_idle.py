@@ -229,3 +229,110 @@ def test_a_stream_made_with_as_stream_is_not_cut_by_the_idle_timeout(run) -> Non
             await listener.close()
 
     run(main(), timeout=15)
+
+
+def test_a_large_reply_to_a_slow_steady_reader_is_not_cut_by_the_idle_timeout(run) -> None:
+    """A Listener with carrier.idleTimeout 1000 ms sends one 4 MiB reply to a raw client
+    that reads it steadily at about 1.3 MB/s (64 KiB every 50 ms, a 64 KiB receive buffer):
+    no whole message goes either way for ~3 s, but our bytes keep going out, so the
+    carrier is not idle; the client gets the whole reply and the carrier did not fail."""
+    size = sized(4, 8) * MiB
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = await tp.listen(tp.Local(address=LO4, port=0),
+                                   policy=tcp_policy(**{"carrier.idleTimeout": IDLE_MS}))
+        accepted: list[tp.Carrier] = []
+
+        async def serve() -> None:
+            async for c in listener:
+                accepted.append(c)
+                await c.receive()
+                await c.send(b"B" * size)
+
+        server = asyncio.create_task(serve())
+        s = socket.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.setblocking(False)
+            await loop.sock_connect(s, (LO4, listener.port))
+            await loop.sock_sendall(s, (3).to_bytes(4, "big") + b"req")
+            got = 0
+            started = loop.time()
+            while got < size + 4:
+                data = await asyncio.wait_for(loop.sock_recv(s, 65536), 5)
+                assert data, (f"the server ended the connection after {got} of {size + 4} "
+                              f"bytes ({loop.time() - started:.1f} s): "
+                              f"{idle_error(accepted[0])!r}")
+                got += len(data)
+                await asyncio.sleep(0.05)  # a slow but steady reader
+            took = loop.time() - started
+            assert took > 2 * IDLE_MS / 1000, f"the reader was not slow ({took:.1f} s)"
+            assert idle_error(accepted[0]) is None
+            print(f"{size} bytes read in {took:.1f} s with idleTimeout {IDLE_MS} ms: not cut")
+        finally:
+            server.cancel()
+            s.close()
+            await listener.close()
+
+    run(main(), timeout=40)
+
+
+def test_idle_time_counts_from_the_message_the_application_took(run) -> None:
+    """Three requests arrive at once at a Listener with carrier.idleTimeout 1000 ms whose
+    application takes 0.7 s per request and replies once after the last: the third is taken
+    at ~1.4 s, so the carrier is not idle before ~2.4 s, and the reply (at ~2.1 s) gets out.
+    (Counted from the messages' arrival it was cut at ~2.0 s, mid-work.)"""
+
+    async def main() -> None:
+        listener = await tp.listen(tp.Local(address=LO4, port=0),
+                                   policy=tcp_policy(**{"carrier.idleTimeout": IDLE_MS}))
+        accepted: list[tp.Carrier] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def work(c: tp.Carrier) -> None:
+            for _ in range(3):
+                await c.receive()
+                await asyncio.sleep(0.7)  # the application computes
+            await c.send(b"done")
+
+        async def serve() -> None:
+            async for c in listener:
+                accepted.append(c)
+                tasks.append(asyncio.create_task(work(c)))
+
+        server = asyncio.create_task(serve())
+        try:
+            client = await tp.initiate(f"tcp://{LO4}:{listener.port}", policy=tcp_policy(),
+                                       store=tp.AssociationStore())
+            for i in range(3):
+                await client.send(b"req%d" % i)
+            try:
+                reply = await asyncio.wait_for(client.receive(), 5)
+            except tp.ConnectionClosedError as exc:
+                raise AssertionError(f"cut while the application worked: "
+                                     f"{idle_error(accepted[0])!r}") from exc
+            assert reply == b"done"
+            assert idle_error(accepted[0]) is None
+            await client.close()
+        finally:
+            server.cancel()
+            for task in tasks:
+                task.cancel()
+            for c in accepted:
+                c.abort()
+            await listener.close()
+
+    run(main(), timeout=20)
+
+
+def test_idle_timeout_error_pickles_with_its_timeout() -> None:
+    """IdleTimeoutError crosses process boundaries (a worker pool reporting a carrier's end):
+    pickled and back, it keeps its message and `timeout`."""
+    import pickle
+
+    err = tp.IdleTimeoutError("no message either way for carrier.idleTimeout (1 s)", 1.0)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is tp.IdleTimeoutError
+    assert str(back) == str(err) and back.timeout == 1.0
+    assert isinstance(back, tp.ConnectionClosedError)
