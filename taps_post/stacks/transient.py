@@ -694,15 +694,18 @@ class Transient:
         inbox = self._inbox
         msg = inbox.popleft()
         inbox.size -= len(msg)
-        if self._idle_handle is not None:
-            self._active_at = self.loop.time()  # Rule 9: idle counts from the message taken
         if inbox.paused:
             self._maybe_resume()
-        if not inbox and not inbox.paused:  # Rule 11: nothing waits, hand it back
-            self._inbox = _NO_INBOX
-            if len(_SPARES) < _SPARES_MAX:
-                inbox.size = 0
-                _SPARES.append(inbox)
+        if not inbox:
+            if self._idle_handle is not None:
+                # Rule 9: idle counts from the last message taken (while more wait, the
+                # inbox keeps the carrier alive: one timestamp per emptied inbox)
+                self._active_at = self.loop.time()
+            if not inbox.paused:  # Rule 11: nothing waits, hand it back
+                self._inbox = _NO_INBOX
+                if len(_SPARES) < _SPARES_MAX:
+                    inbox.size = 0
+                    _SPARES.append(inbox)
         return msg
 
     # ---- send side ------------------------------------------------------------------------
