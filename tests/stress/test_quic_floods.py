@@ -576,3 +576,43 @@ def test_a_closed_client_releases_its_socket_within_linger(run: Any, until: Any,
                 relay_transport.close()
 
     run(main(), TIMEOUT)
+
+
+def test_a_token_that_does_not_validate_is_ignored_when_not_under_load(run: Any,
+                                                                       cert: Any) -> None:
+    """A real client Initial carrying an address-validation token the listener cannot
+    validate (a NEW_TOKEN from another server, a stale Retry token), sent to a listener under
+    auto Retry and no load: it is served as without a token (RFC 9000 section 8.1.3: SHOULD
+    NOT close), so the reply carries the server's Handshake packet. On issue10-base any token
+    forced Retry validation and the reply was a lone CONNECTION_CLOSE (INVALID_TOKEN)."""
+
+    async def main() -> None:
+        listener = await tp.listen(tp.Local(address=LOCAL, port=0, certificates=[cert]),
+                                   policy=policy(**{"listener.retry": "auto"}))
+        listener.accept(lambda c: None)
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Peer(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                replies.put_nowait(data)
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Peer, remote_addr=(LOCAL, listener.ports["quic"]))
+        try:
+            config = QuicConfiguration(is_client=True, server_name="localhost",
+                                       token=os.urandom(48))
+            config.verify_mode = ssl.CERT_NONE
+            quic = QuicConnection(configuration=config)
+            now = time.monotonic()
+            quic.connect((LOCAL, listener.ports["quic"]), now=now)
+            for datagram, _addr in quic.datagrams_to_send(now=now):
+                transport.sendto(datagram)
+            kinds = coalesced_types(await asyncio.wait_for(replies.get(), 10))
+            print(f"reply to an Initial with a foreign token: {kinds}")
+            assert "handshake" in kinds, kinds
+        finally:
+            transport.close()
+            await listener.close()
+
+    run(main(), 30)

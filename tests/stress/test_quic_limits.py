@@ -499,3 +499,243 @@ def test_close_against_a_withholding_peer_is_bounded_by_linger(run: Any, cert: A
             assert kinds.count("error") > 0
 
     run(main(), TIMEOUT)
+
+
+# ---- stopped streams: no message reported acknowledged that did not arrive ------------------
+
+
+def test_expiring_messages_over_the_uni_bound_all_arrive(run: Any, cert: Any) -> None:
+    """Two concurrent expiring messages of 700 KB to a listener with a 1 MiB maxSize and a
+    64 KiB receive budget: together they pass the bound for all unidirectional streams.
+    Both arrive, and each is acknowledged only because it did. On issue10-base the receiver
+    stopped one (STOP_SENDING, TOO_LARGE) and the sender still reported it acknowledged
+    (aioquic's discarded stream read as "all acknowledged")."""
+    size = 700_000
+
+    async def main() -> None:
+        got: list[int] = []
+
+        async def serve(c: tp.Carrier) -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    got.append(len(await c.receive()))
+
+        tasks: list[asyncio.Future[None]] = []
+        pol = policy(**{"message.maxSize": MiB, "carrier.recvBudget": 65536})
+        async with listening(cert, pol, lambda c: tasks.append(
+                asyncio.ensure_future(serve(c)))) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(perMsgReliability="require"),
+                                  store=tp.AssociationStore())
+            try:
+                await c.send(b"hello")
+                loop = asyncio.get_running_loop()
+                fates: list[asyncio.Future[str]] = [loop.create_future() for _ in range(2)]
+
+                def end(i: int, how: str) -> Callable[[Any], None]:
+                    return lambda _m: fates[i].done() or fates[i].set_result(how)
+
+                for i in range(2):
+                    await c.send_msg(tp.OutMessage(bytes([65 + i]) * size, lifetime=20.0),
+                                     on_acked=end(i, "acked"), on_expired=end(i, "expired"),
+                                     on_send_error=end(i, "send_error"))
+                result = await asyncio.wait_for(asyncio.gather(*fates), 30)
+                print(f"fates {result}; received {got}")
+                for how in result:
+                    assert how in ("acked", "send_error"), result
+                    if how == "acked":
+                        assert got.count(size) >= result.count("acked"), (result, got)
+                assert got.count(size) == 2, got  # nothing stopped for its sibling
+            finally:
+                c.abort()
+                for task in tasks:
+                    task.cancel()
+
+    run(main(), TIMEOUT)
+
+
+class Stopper(QuicConnectionProtocol):
+    """aioquic's server protocol that STOP_SENDINGs each stream at its first bytes."""
+
+    received = 0
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            Stopper.received += len(event.data)
+            if not getattr(self, "stopped", False):
+                self.stopped = True
+                self._quic.stop_stream(event.stream_id, 5)
+                self._quic.send_stream_data(event.stream_id, b"", end_stream=True)
+                self.transmit()
+
+
+def test_a_stream_the_peer_stopped_fails_its_messages(run: Any, cert: Any,
+                                                      tmp_path: Any) -> None:
+    """aioquic's own server STOP_SENDINGs our carrier's stream: the messages it did not take
+    end with on_send_error (none acknowledged, none left pending) and a later send fails or
+    ends with on_send_error, without an exception in the event loop. On issue10-base
+    send_stream_data raised inside the pump (into the loop's exception handler) and the
+    message never ended."""
+    from aioquic.asyncio import serve
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[Any] = []
+        loop.set_exception_handler(lambda _l, ctx: loop_errors.append(ctx))
+        (tmp_path / "c.pem").write_text(cert.cert_pem)
+        (tmp_path / "k.pem").write_text(cert.key_pem)
+        config = QuicConfiguration(is_client=False, max_datagram_frame_size=65536)
+        config.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+        server = await serve(LOCAL, 0, configuration=config, create_protocol=Stopper)
+        port = server._transport.get_extra_info("sockname")[1]
+        c = await tp.initiate(tp.Remote.parse(f"quic://{LOCAL}:{port}", certificates=[cert]),
+                              policy=policy(), store=tp.AssociationStore())
+        try:
+            fates: list[asyncio.Future[str]] = [loop.create_future() for _ in range(2)]
+
+            def end(i: int, how: str) -> Callable[[Any], None]:
+                return lambda _m: fates[i].done() or fates[i].set_result(how)
+
+            await c.send_msg(tp.OutMessage(b"a" * 100), on_acked=end(0, "acked"),
+                             on_send_error=end(0, "send_error"))
+            t = c.transient
+            assert t is not None
+            for _ in range(200):  # the STOP_SENDING reaches us within a round trip
+                if getattr(t, "send_stopped", None) is not None or fates[0].done():
+                    break
+                await asyncio.sleep(0.01)
+            try:
+                await c.send_msg(tp.OutMessage(b"b" * 100_000), on_acked=end(1, "acked"),
+                                 on_send_error=end(1, "send_error"))
+            except tp.errors.ConnectionClosedError:
+                fates[1].set_result("raised")
+            result = await asyncio.wait_for(asyncio.gather(*fates), 10)
+            print(f"fates {result}; server received {Stopper.received} bytes")
+            assert result[1] in ("send_error", "raised"), result
+            assert "acked" not in result[1:], result
+            assert not loop_errors, loop_errors
+        finally:
+            c.abort()
+            server.close()
+
+    run(main(), TIMEOUT)
+
+
+def test_closing_a_carrier_with_data_unread_releases_the_peers_sender(run: Any,
+                                                                      cert: Any) -> None:
+    """A server carrier with a 64 KiB receive budget stops reading, then closes while the
+    client still sends (a sibling stream keeps the connection up): the client's blocked
+    send() returns or fails, and every message on that stream ends. On issue10-base credit
+    stayed withheld and the client's send() waited forever."""
+
+    async def main() -> None:
+        carriers: list[tp.Carrier] = []
+
+        def on(c: tp.Carrier) -> None:
+            carriers.append(c)
+            c.accept(on)
+
+        pol = policy(**{"carrier.recvBudget": 65536})
+        async with listening(cert, pol, on) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(**{"carrier.sendBudget": 65536}),
+                                  store=tp.AssociationStore())
+            sib = await c.fork()
+            try:
+                await c.send(b"hello")
+                await sib.send(b"sibling")
+                for _ in range(500):
+                    if len(carriers) >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                t = c.transient
+                assert t is not None
+                ended = 0
+                written = 0
+
+                def done(_m: Any) -> None:
+                    nonlocal ended
+                    ended += 1
+
+                async def pump() -> None:
+                    nonlocal written
+                    with contextlib.suppress(tp.errors.ConnectionClosedError):
+                        while c.transient is t:
+                            await c.send_msg(tp.OutMessage(b"x" * 16000), on_acked=done,
+                                             on_send_error=done)
+                            written += 1
+
+                task = asyncio.ensure_future(pump())
+                await until_stalled(lambda: written, 10**6, 20)
+                assert not task.done()
+                await carriers[0].close()
+                await asyncio.wait_for(task, 10)  # released, not waiting forever
+                for _ in range(500):
+                    if ended >= written:
+                        break
+                    await asyncio.sleep(0.01)
+                print(f"{written} messages written, {ended} ended after the close")
+                assert ended == written
+            finally:
+                c.abort()
+                sib.abort()
+
+    run(main(), TIMEOUT)
+
+
+def test_a_long_lived_connection_forgets_its_ended_streams(run: Any, cert: Any) -> None:
+    """100 forks of one carrier, each sending a message and closing, on one connection: once
+    aioquic discarded their streams, neither side's session still holds them (on
+    issue10-base `QuicSession.streams` only grew: one Transient per stream ever opened)."""
+    count = sized(100, 2000)
+
+    async def main() -> None:
+        got = 0
+        accepted: list[tp.Carrier] = []
+        tasks: list[asyncio.Future[None]] = []
+
+        async def serve(c: tp.Carrier) -> None:
+            nonlocal got
+            with contextlib.suppress(Exception):
+                async for _m in c:
+                    got += 1
+                await c.close()  # the peer's FIN came: this side is done too
+
+        def on(c: tp.Carrier) -> None:
+            accepted.append(c)
+            c.accept(on)
+            tasks.append(asyncio.ensure_future(serve(c)))
+
+        async with listening(cert, policy(), on) as listener:
+            remote = tp.Remote.parse(f"quic://{LOCAL}:{listener.ports['quic']}",
+                                     certificates=[cert])
+            c = await tp.initiate(remote, policy=policy(), store=tp.AssociationStore())
+            try:
+                await c.send(b"first")
+                t = c.transient
+                assert t is not None
+                session = t.session  # type: ignore[attr-defined]
+                for _ in range(count):
+                    f = await c.fork()
+                    await f.send(b"x" * 100)
+                    await f.close()
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 20
+                while not accepted and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                server = accepted[0].transient.session  # type: ignore[union-attr]
+                while loop.time() < deadline and (
+                        got < count + 1 or len(session.streams) > 4
+                        or len(server.streams) > 4):
+                    await c.send(b"ping")  # a round trip: acknowledgements come back
+                    await asyncio.sleep(0.02)
+                print(f"{count} forks closed: client holds {len(session.streams)} streams, "
+                      f"server {len(server.streams)}")
+                assert len(session.streams) <= 4, len(session.streams)
+                assert len(server.streams) <= 4, len(server.streams)
+            finally:
+                c.abort()
+
+    run(main(), TIMEOUT)

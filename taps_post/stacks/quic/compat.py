@@ -414,3 +414,14 @@ def set_server_retry(server: QuicServer, handler: QuicRetryTokenHandler | None) 
     # for each new connection only. Checked against aioquic 1.6.0 and 1.7.2 (1.6.0's token
     # handler takes positional arguments, called by QuicServer itself only).
     server._retry = handler  # type: ignore[assignment]  # aioquic annotates it without None
+
+
+def stream_discarded(quic: QuicConnection, stream_id: int) -> bool:
+    """aioquic forgot this stream for good (both of its halves ended and were acknowledged):
+    no event will name it again, and a frame for it is ignored, so the session may forget it
+    too (its maps would otherwise only grow)."""
+    # Private: QuicConnection._stream_is_discarded(stream_id) (the stream-id watermarks
+    # aioquic keeps of discarded streams); no public lookup. Checked against aioquic 1.7.2;
+    # where it is missing, streams are never taken as discarded (kept, as before).
+    discarded = getattr(quic, "_stream_is_discarded", None)
+    return bool(discarded(stream_id)) if discarded is not None else False

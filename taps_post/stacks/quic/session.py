@@ -40,11 +40,18 @@ is left, and not at all while its carrier paused reading (the Transient's receiv
 windows, so a peer that sends without end pins at most a window in aioquic and the
 carrier's budget plus a window in the carrier. A unidirectional stream (one expiring message)
 is stopped (STOP_SENDING, `TOO_LARGE`) once it holds more than message.maxSize plus its
-header, or once all of them together hold more than the window; DATAGRAM frames for a
+header; once all of them together hold more than the window (at least one such message),
+only the oldest one in progress is given credit, so none is stopped for its siblings and the
+sender never hears of a loss it did not cause; DATAGRAM frames for a
 carrier that paused reading, and frames held for a stream not open yet beyond
 `_HELD_DATAGRAMS`, are dropped and counted. On the send side, bytes written into aioquic and
 not yet sent count against the sender's budget (`QuicStreamTransient.backlog_bytes`); the
 session releases blocked senders after each transmit (`notify_drained`).
+Rule 10 (STOP_SENDING from the peer): aioquic resets our half of the stream; the session
+routes the event to the stream it names (`stop_sending_side`) or to the carrier whose
+expiring message rode it (`side_stream_stopped`), so those messages end with on_send_error,
+never with on_acked (a stream aioquic discarded after its reset was acknowledged is not taken
+for one whose data was).
 Rule 9 (close): a client's connection that began closing releases its UDP socket within
 carrier.linger (`linger`), even while aioquic's closing period (3 PTO, seconds under load)
 runs on: the carrier is closed, so its socket must go too.
@@ -78,6 +85,7 @@ from .compat import (
     refuse_early_data,
     request_client_certificate,
     stop_timer,
+    stream_discarded,
     validate_paths,
 )
 from .config import ClientAuth, ClientAuthError, Origin, Trust
@@ -248,6 +256,9 @@ class QuicSession(QuicConnectionProtocol):
         """DATAGRAM frames handed to aioquic, oldest first, until a packet carries them."""
         self._refused: set[int] = set()
         """Streams the peer opened after the accept callback said no (reset, stopped)."""
+        self._ended: set[int] = set()
+        """Streams closed, refused or stopped that aioquic may still know: once it discarded
+        one, the session forgets it too (`_forget_ended`), so its maps do not only grow."""
         self.refusing_siblings = False
         """The accept callback returned False: streams the peer opens are refused."""
         self._acceptor: QuicStreamTransient | None = None
@@ -334,13 +345,26 @@ class QuicSession(QuicConnectionProtocol):
 
     # ---- flow-control credit (Rule 8) ------------------------------------------------------
 
+    @property
+    def _uni_bound(self) -> int:
+        """Bytes all unidirectional streams may hold before credit goes to the oldest only."""
+        return max(self.window, self.max_size + UNI_OVERHEAD)
+
     def _stream_credit(self, stream_id: int, delivered: int, current: int) -> int:
         if current - delivered > self.window // 2:
             return current  # more than half a window left: no frame for so little
         if stream_id in self._stopped or stream_id in self._refused:
             return current
+        if is_unidirectional(stream_id):
+            # Over the bound for all expiring messages together, credit goes only to the
+            # oldest one in progress: it completes (or is stopped for its own size) and
+            # frees its bytes, the others wait; nothing is stopped for its siblings (Rule 8).
+            if self._uni_bytes > self._uni_bound and self._uni_in and \
+                    stream_id != min(self._uni_in):
+                return current
+            return delivered + self.window
         t = self.streams.get(stream_id)
-        if t is not None and t.credit_withheld:
+        if t is not None and (t.credit_withheld or t.recv_stopped):
             return current  # withheld until the carrier reads (resume_reading)
         return delivered + self.window
 
@@ -449,7 +473,8 @@ class QuicSession(QuicConnectionProtocol):
                 self.datagrams_dropped += 1
                 t.datagrams_dropped += 1
         elif (is_unidirectional(sid) or sid in self._refused or self.refusing_siblings
-              or is_client_initiated(sid) == self.connection.configuration.is_client):
+              or is_client_initiated(sid) == self.connection.configuration.is_client
+              or stream_discarded(self.connection, sid)):
             self.datagrams_dropped += 1  # not a carrier, refused, or ours and never opened
         elif sum(len(v) for v in self._held_datagrams.values()) >= _HELD_DATAGRAMS:
             self.datagrams_dropped += 1  # Rule 8
@@ -479,6 +504,7 @@ class QuicSession(QuicConnectionProtocol):
 
     def stream_closed(self, t: QuicStreamTransient) -> None:
         self._open_streams.discard(t.stream_id)
+        self._ended.add(t.stream_id)
         if not self._open_streams and self.is_open and self._idle is None:
             self._idle = self.loop.call_later(_IDLE_CLOSE, self._close_idle)
 
@@ -556,6 +582,8 @@ class QuicSession(QuicConnectionProtocol):
             return
         if self._datagrams_out:
             self._datagrams_left()
+        if self._ended:
+            self._forget_ended()
         tracked = self._tracked
         if tracked:  # some carrier waits for on_sent / on_acked: read aioquic's offsets
             for t in list(tracked):
@@ -573,6 +601,24 @@ class QuicSession(QuicConnectionProtocol):
                 if not t.is_open or left <= t.send_limit // 4:
                     del blocked[t]
                     t.notify_drained()
+
+    def _forget_ended(self) -> None:
+        """Forget the ended streams aioquic discarded (no event names them again): a
+        long-lived connection's maps hold only streams in use (a closed carrier's Transient
+        is dropped once it has ended)."""
+        quic = self.connection
+        for sid in list(self._ended):
+            if not stream_discarded(quic, sid):
+                continue
+            t = self.streams.get(sid)
+            if t is not None and (not t.closed.done() or t.tracking_pending()
+                                  or sid in self._open_streams):
+                continue
+            self._ended.discard(sid)
+            self.streams.pop(sid, None)
+            self._stopped.discard(sid)
+            self._refused.discard(sid)
+            self._held_datagrams.pop(sid, None)
 
     def error_received(self, exc: Exception) -> None:
         """ICMP errors: fatal during the handshake (port unreachable means nobody serves QUIC
@@ -648,6 +694,8 @@ class QuicSession(QuicConnectionProtocol):
             self._stream_data(event)
         elif isinstance(event, events.DatagramFrameReceived):
             self._datagram_received(event.data)
+        elif isinstance(event, events.StopSendingReceived):
+            self._send_stopped(event.stream_id, event.error_code)
         elif isinstance(event, events.StreamReset):
             self._uni_dropped(event.stream_id)
             self._stopped.discard(event.stream_id)  # no more bytes can come on it
@@ -706,12 +754,27 @@ class QuicSession(QuicConnectionProtocol):
         """Refuse a stream the peer opened (accept callback said no): RESET_STREAM and
         STOP_SENDING with REFUSED_STREAM; its data and datagrams are dropped."""
         self._refused.add(sid)
+        self._ended.add(sid)
         self._held_datagrams.pop(sid, None)
         with contextlib.suppress(Exception):
             self.connection.stop_stream(sid, REFUSED_STREAM)
         with contextlib.suppress(Exception):
             self.connection.reset_stream(sid, REFUSED_STREAM)
         self.transmit_soon()
+
+    def _send_stopped(self, sid: int, code: int) -> None:
+        """The peer's STOP_SENDING (Rule 10): aioquic reset our half of that stream; what
+        was written on it and not acknowledged ends with on_send_error, never on_acked."""
+        exc = ConnectionResetError(f"the QUIC peer stopped reading stream {sid} "
+                                   f"(error {code:#x})")
+        if is_unidirectional(sid):
+            for owner in [*self._tracked, *self.streams.values()]:
+                if owner.side_stream_stopped(sid, exc):
+                    return
+            return
+        t = self.streams.get(sid)
+        if t is not None:
+            t.stop_sending_side(exc)
 
     def _uni_dropped(self, sid: int) -> None:
         buf = self._uni_in.pop(sid, None)
@@ -722,6 +785,7 @@ class QuicSession(QuicConnectionProtocol):
         """A unidirectional stream over its bound: STOP_SENDING, its bytes forgotten."""
         self._uni_dropped(sid)
         self._stopped.add(sid)
+        self._ended.add(sid)
         self.uni_stopped += 1
         with contextlib.suppress(Exception):
             self.connection.stop_stream(sid, TOO_LARGE)
@@ -738,12 +802,14 @@ class QuicSession(QuicConnectionProtocol):
             buf = self._uni_in.setdefault(sid, bytearray())
             buf += event.data
             self._uni_bytes += len(event.data)
-            if (len(buf) > self.max_size + UNI_OVERHEAD
-                    or self._uni_bytes > max(self.window, self.max_size + UNI_OVERHEAD)):
-                self._stop_uni(sid)  # Rule 8
+            if len(buf) > self.max_size + UNI_OVERHEAD:
+                self._stop_uni(sid)  # Rule 8: one message over message.maxSize
                 return
             if event.end_stream:
+                over = self._uni_bytes > self._uni_bound
                 self._uni_dropped(sid)
+                if over:
+                    self.credit_changed()  # credit withheld for the others goes out
                 parts = split_uni(bytes(buf))
                 if parts is not None:
                     owner, frame = parts

@@ -313,6 +313,18 @@ class _Tickets:
         return self._store.pop(label, None)
 
 
+def _token_valid(tokens: QuicRetryTokenHandler, addr: Any, destination_cid: bytes,
+                 token: bytes) -> bool:
+    """A token that aioquic's Retry check would accept (one of our own Retry tokens, for
+    this address and connection id, not expired)."""
+    try:
+        tokens.validate_token(address=addr, destination_cid=destination_cid, token=token,
+                              now=asyncio.get_running_loop().time())
+    except Exception:  # ValueError, or a token too short to parse
+        return False
+    return True
+
+
 class _Server(QuicServer):
     """aioquic's QuicServer with Rule 6's admission in front of it: new Initials beyond
     max_handshakes are dropped, and Retry is switched on per Initial (`set_server_retry`)."""
@@ -364,7 +376,10 @@ class _Server(QuicServer):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.validating = False
-        if isinstance(data, bytes) and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+        # Only a long header (first bit set) can be an Initial: a short-header datagram
+        # (the bulk of an established connection's traffic) is not parsed twice.
+        if (isinstance(data, bytes) and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
+                and data[0] & 0x80):
             try:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=self.cid_length)
             except ValueError:
@@ -379,8 +394,15 @@ class _Server(QuicServer):
                     return
                 tokens = self._tokens
                 if tokens is not None:
-                    retry = (self.retry_mode == "always" or bool(header.token)
+                    retry = (self.retry_mode == "always"
                              or 2 * in_progress >= self.max_handshakes)
+                    if header.token and not retry:
+                        # Not under load: only a Retry token of ours that validates goes
+                        # through validation (its client expects the Retry's transport
+                        # parameters); any other token (NEW_TOKEN, a stale Retry) is
+                        # ignored and the client served as without one (RFC 9000 8.1.3).
+                        retry = _token_valid(tokens, addr, header.destination_cid,
+                                             header.token)
                     set_server_retry(self, tokens if retry else None)
                     if retry and not header.token:
                         self.retries += 1

@@ -20,6 +20,15 @@ counts against carrier.sendBudget (`backlog_bytes`), so send() waits while a pee
 credit; the view's pause_reading / resume_reading (the Transient's receive budget) withhold
 and return flow-control credit (the session decides it); a graceful close (flush, FIN, the
 peer's acknowledgements) is bounded by carrier.linger, then the stream is abandoned.
+Rule 6 (a stopped send side): the peer's STOP_SENDING on this stream (aioquic resets our
+half) or a write aioquic refuses ends our half: nothing more is written, every message queued
+or awaiting on_sent / on_acked ends with on_send_error, waiting senders are released and
+their next send fails; STOP_SENDING on an expiring message's side stream ends that message
+with on_send_error. A stream aioquic no longer knows is taken as acknowledged only when no
+STOP_SENDING came for it (the session routes that event before any progress check).
+Rule 7 (closing with data unread): close and abort STOP_SENDING (error 0) a stream whose
+peer's half is still open, drop what arrives later and withhold no credit for it, so the
+peer's sender is told instead of waiting for credit forever.
 """
 
 from __future__ import annotations
@@ -148,6 +157,9 @@ class QuicStreamTransient(Transient):
         self._uni: dict[int, tuple[Pending, int]] = {}
         """Unidirectional streams carrying one expiring message each: stream id -> end."""
         self._uni_unacked: dict[int, tuple[Pending, int]] = {}
+        self._uni_bytes = 0
+        """Bytes of the expiring messages in `_uni` (not yet wholly sent): a running total,
+        so backlog_bytes() does not walk every pending message on each send."""
         self._fin_sent = False
         self._early_left = 0
         """Bytes received as 0-RTT data not yet part of a delivered message (on_data)."""
@@ -162,6 +174,12 @@ class QuicStreamTransient(Transient):
         """DATAGRAM frames for this carrier dropped while it was over its receive budget."""
         self._datagram_bytes = 0
         """Bytes of our DATAGRAM frames aioquic holds, not yet written into a packet."""
+        self.send_stopped: BaseException | None = None
+        """Why our half can carry nothing more: the peer's STOP_SENDING (aioquic then resets
+        it), or aioquic refused a write (Rule 6)."""
+        self.recv_stopped = False
+        """We stopped reading this stream (closed with data unread, Rule 7): later bytes
+        are dropped."""
 
     @property
     def quic(self) -> QuicConnection:
@@ -196,7 +214,7 @@ class QuicStreamTransient(Transient):
         streams, DATAGRAM frames not yet in a packet. A last message larger than the budget
         is left out, so the bound is the budget plus that message and the one after it."""
         total = self.queued_bytes + self._datagram_bytes
-        if self._offset:
+        if self._offset and self.send_stopped is None:
             offsets = stream_send_offsets(self.quic, self.stream_id)
             if offsets is not None:
                 unsent = self._offset - offsets[0]
@@ -205,11 +223,9 @@ class QuicStreamTransient(Transient):
                     # next send while it goes: DATAGRAM frames keep flowing beside it.
                     unsent = max(unsent - self._big_last, 0)
                 total += unsent
-        for uni, (_p, end) in self._uni.items():
-            offsets = stream_send_offsets(self.quic, uni)
-            if offsets is not None:
-                total += max(end - offsets[0], 0)
-        return total
+        # Expiring messages count whole until the progress check after a transmit saw them
+        # sent (a partly sent one is over-counted: the sender waits a little longer).
+        return total + self._uni_bytes
 
     def datagram_gone(self, p: Pending) -> None:
         """aioquic wrote (or the connection dropped) one of our DATAGRAM frames."""
@@ -226,7 +242,10 @@ class QuicStreamTransient(Transient):
         per_message = session.per_msg_reliability
         marking = session.marking
         wrote = False
-        for p in ready:
+        for i, p in enumerate(ready):
+            if self.send_stopped is not None:
+                self._fail_unwritten(ready[i:], self.send_stopped)
+                break
             msg = p.message
             if msg.immediate and wrote:
                 session.flush()  # what was written before goes without it
@@ -235,15 +254,25 @@ class QuicStreamTransient(Transient):
             if msg.reliable or not self._write_datagram(p):
                 frame = self.framer.encode(msg.data)
                 if per_message and msg.lifetime is not None and p.deadline is not None:
-                    uni = quic.get_next_available_stream_id(is_unidirectional=True)
                     payload = uni_payload(self.stream_id, frame)
-                    quic.send_stream_data(uni, payload, end_stream=True)
+                    try:
+                        uni = quic.get_next_available_stream_id(is_unidirectional=True)
+                        quic.send_stream_data(uni, payload, end_stream=True)
+                    except (ValueError, RuntimeError, AssertionError) as exc:
+                        self._fail_unwritten(ready[i:], exc)  # Rule 6
+                        break
                     self._uni[uni] = (p, len(payload))
+                    self._uni_bytes += len(payload)
                     session.progress_pending(self)
                     session.watch_deadline(p.deadline,
                                            functools.partial(self._expire_uni, uni))
                 else:
-                    quic.send_stream_data(self.stream_id, frame)
+                    try:
+                        quic.send_stream_data(self.stream_id, frame)
+                    except (ValueError, RuntimeError, AssertionError) as exc:
+                        self.stop_sending_side(exc)  # Rule 6: this half is over
+                        self._fail_unwritten(ready[i:], exc)
+                        break
                     self._offset += len(frame)
                     self._big_last = len(frame)
                     self.track(self._offset, p)
@@ -255,6 +284,45 @@ class QuicStreamTransient(Transient):
         session.transmit_soon()
         if self.backlog_bytes() > self.send_limit // 4:  # a sender may wait (or will)
             session.backlog_pending(self)
+
+    def _fail_unwritten(self, ready: list[Pending], exc: BaseException) -> None:
+        """Messages taken from the queue that aioquic refused, or that follow one it refused:
+        each ends with on_send_error (Rule 6), none is left hanging."""
+        for p in ready:
+            self.fire(p.on_send_error, p.message)
+
+    def stop_sending_side(self, exc: BaseException) -> None:
+        """Our half of the stream can carry nothing more (the peer's STOP_SENDING: aioquic
+        reset it; or aioquic refused a write): nothing is written any more (the view reports
+        closing), every message still queued or awaiting on_sent / on_acked on the stream
+        ends with on_send_error (after on_sent where aioquic sent it), and waiting senders
+        are released (their next send fails: the carrier is closed for sending) (Rule 6)."""
+        if self.send_stopped is not None:
+            return
+        self.send_stopped = exc
+        self._fin_sent = True
+        if self._ledger:
+            offsets = stream_send_offsets(self.quic, self.stream_id)
+            sent = offsets[0] if offsets is not None else None
+            self.fire_events(self._ledger.fail(exc, sent))
+        self._end_queue(exc)
+        self.notify_drained()
+        self._settle_waiter()
+
+    def side_stream_stopped(self, uni: int, exc: BaseException) -> bool:
+        """The peer stopped one of our expiring messages' side streams (its receive bound):
+        that message ends with on_send_error, never on_acked. False: not one of ours."""
+        entry = self._uni.pop(uni, None)
+        if entry is not None:
+            self._uni_bytes -= entry[1]
+        else:
+            entry = self._uni_unacked.pop(uni, None)
+        if entry is None:
+            return False
+        p, _end = entry
+        self.fire(p.on_send_error, p.message)
+        self._settle_waiter()
+        return True
 
     def _write_datagram(self, p: Pending) -> bool:
         """Hand a `reliable=False` message to aioquic as a DATAGRAM frame prefixed with this
@@ -284,6 +352,7 @@ class QuicStreamTransient(Transient):
         if offsets is None or offsets[0] >= end:
             return  # fully sent in time: its fate is decided by the progress check
         del self._uni[uni]
+        self._uni_bytes -= end
         with contextlib.suppress(Exception):
             self.quic.reset_stream(uni, RESET_EXPIRED)
         self.fire(p.on_expired, p.message)
@@ -299,6 +368,7 @@ class QuicStreamTransient(Transient):
             offsets = stream_send_offsets(self.quic, uni)
             if offsets is None or offsets[0] >= end:
                 del self._uni[uni]
+                self._uni_bytes -= end
                 self.fire(p.on_sent, p.message)
                 if p.on_acked is not None:
                     self._uni_unacked[uni] = (p, end)
@@ -335,6 +405,7 @@ class QuicStreamTransient(Transient):
         # they end with on_send_error, as the Ledger's do (every message ends once).
         uni = list(self._uni.values()) + list(self._uni_unacked.values())
         self._uni.clear()
+        self._uni_bytes = 0
         self._uni_unacked.clear()
         super().terminate(exc)
         for p, _end in uni:
@@ -355,6 +426,7 @@ class QuicStreamTransient(Transient):
                     with contextlib.suppress(Exception):
                         self.quic.send_stream_data(self.stream_id, b"", end_stream=True)
                     self.session.transmit_soon()
+                self.stop_receiving()
                 await self._acknowledged()
         except TimeoutError:
             # Past the FIN too: RESET_STREAM (allowed until all is acknowledged, RFC 9000
@@ -381,10 +453,25 @@ class QuicStreamTransient(Transient):
             with contextlib.suppress(Exception):
                 self.quic.reset_stream(self.stream_id, 0)
             self.session.transmit_soon()
+        self.stop_receiving()
         self.session.stream_closed(self)
         self.terminate(None)
 
     # ---- receiving -------------------------------------------------------------------
+
+    def stop_receiving(self) -> None:
+        """Closing with the peer's half still open (Rule 7): STOP_SENDING (error 0), so a
+        peer that waits for credit we withheld learns that nothing more is read (our own
+        stack fails its messages, Rule 6) instead of waiting forever; its later bytes are
+        dropped and no credit is withheld for them."""
+        if self.recv_stopped or self._eof:
+            return
+        self.recv_stopped = True
+        self.credit_withheld = False
+        if self.session.is_open:
+            with contextlib.suppress(Exception):
+                self.quic.stop_stream(self.stream_id, 0)
+            self.session.transmit_soon()
 
     def on_data(self, data: bytes, end: bool, early: bool) -> None:
         """Bytes of this stream from the peer (`early`: they came before the handshake
@@ -394,6 +481,8 @@ class QuicStreamTransient(Transient):
         are, and so are those completed later whose first bytes were early (`_early_left`
         counts the early bytes not yet part of a delivered message; re-encoding a message
         gives its size on the stream, only while such bytes remain)."""
+        if self.recv_stopped:
+            return  # we stopped reading (Rule 7)
         self.data_arrived()
         try:
             messages = self.framer.feed(data)
