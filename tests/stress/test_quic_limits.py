@@ -739,3 +739,35 @@ def test_a_long_lived_connection_forgets_its_ended_streams(run: Any, cert: Any) 
                 c.abort()
 
     run(main(), TIMEOUT)
+
+
+def test_many_unread_streams_share_the_connections_credit(run: Any, cert: Any) -> None:
+    """aioquic's client writes 4 MiB on each of 32 streams of one connection to carriers that
+    never read (carrier.recvBudget 256 KiB): the connection's credit follows consumption, so
+    the client gets about two windows in all (plus each stream's partial message), not a
+    budget per stream. On issue10-base MAX_DATA followed arrivals: 384 KiB per stream, 12 MiB
+    for 32 streams (24 MiB for 64) against the stated 512 KiB."""
+    budget = 256 * 1024
+    streams = 32
+    per = 4 * MiB
+
+    async def main() -> None:
+        accepted: list[tp.Carrier] = []
+        async with raw_peer(cert, policy(**{"carrier.recvBudget": budget}),
+                            accepted.append) as (_listener, client):
+            quic = client.connection
+            chunk = frame(b"x" * (16 * 1024 - 4))
+            sids = []
+            for _ in range(streams):
+                sid = quic.get_next_available_stream_id()
+                for _ in range(per // len(chunk)):
+                    quic.send_stream_data(sid, chunk)
+                sids.append(sid)
+            client.transmit()
+            total = await until_stalled(
+                lambda: sum(acked_offset(quic, sid, per) for sid in sids), streams * per, 30)
+            print(f"{streams} unread streams, recvBudget {budget // 1024} KiB: the peer got "
+                  f"{total / MiB:.2f} MiB acknowledged in all")
+            assert total <= 2 * budget + streams * len(chunk) + 2 * budget, total
+
+    run(main(), TIMEOUT)

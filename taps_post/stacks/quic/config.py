@@ -32,7 +32,9 @@ certificate: a refused client's connect() succeeds and its carrier fails at once
 close (QuicClosedError, CRYPTO_ERROR plus certificate_required or bad_certificate).
 Rule 7: the initial flow-control limits come from carrier.recvBudget (`flow_windows`): a
 stream may receive one window before its first MAX_STREAM_DATA, the connection two; the
-session extends them only as its carriers consume (session, Rule 8).
+session extends a stream's limit as aioquic delivers its bytes in order (not while its
+carrier is over its receive budget), and the connection's only as its carriers consume
+(session, Rule 8).
 """
 
 from __future__ import annotations

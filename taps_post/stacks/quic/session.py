@@ -36,14 +36,17 @@ Rule 8 (memory, docs/quic.md "Memory limits"): the session decides the flow-cont
 aioquic grants (`compat.govern_credit`): a stream's limit is extended to what aioquic
 delivered in order plus the window (carrier.recvBudget) once less than half of the window
 is left, and not at all while its carrier paused reading (the Transient's receive budget,
-`_StreamView.pause_reading`); the connection's limit is what arrived on all streams plus two
-windows, so a peer that sends without end pins at most a window in aioquic and the
-carrier's budget plus a window in the carrier. A unidirectional stream (one expiring message)
-is stopped (STOP_SENDING, `TOO_LARGE`) once it holds more than message.maxSize plus its
-header; once all of them together hold more than the window (at least one such message),
-only the oldest one in progress is given credit, so none is stopped for its siblings and the
-sender never hears of a loss it did not cause; DATAGRAM frames for a
-carrier that paused reading, and frames held for a stream not open yet beyond
+`_StreamView.pause_reading`); the connection's limit is what the carriers consumed
+(arrived on all streams minus what waits unread in their inboxes) plus two windows, so a
+peer that sends without end pins at most a window in aioquic and the carrier's budget plus
+a window in the carrier, and one connection with many unread streams pins about two windows
+in all plus each stream's partial message, not a budget per stream (a message still being
+assembled does not count: one message up to maxSize always completes). A unidirectional
+stream (one expiring message) is stopped (STOP_SENDING, `TOO_LARGE`) once it holds more
+than message.maxSize plus its header; once all of them together hold more than the window
+(at least one such message), only the oldest one in progress is given credit, so none is
+stopped for its siblings and the sender never hears of a loss it did not cause; DATAGRAM
+frames for a carrier that paused reading, and frames held for a stream not open yet beyond
 `_HELD_DATAGRAMS`, are dropped and counted. On the send side, bytes written into aioquic and
 not yet sent count against the sender's budget (`QuicStreamTransient.backlog_bytes`); the
 session releases blocked senders after each transmit (`notify_drained`).
@@ -244,6 +247,9 @@ class QuicSession(QuicConnectionProtocol):
         """Streams whose senders wait for aioquic's send buffer to drain, with the backlog
         last seen (Rule 8)."""
         self._idle: asyncio.TimerHandle | None = None
+        self.credit_short = False
+        """The connection's credit (MAX_DATA) is nearly used up and waits for carriers to
+        consume (Rule 8): a message taken calls `credit_changed`."""
         self._open_streams: set[int] = set()
         self._next_bidi = 0
         self._held_datagrams: dict[int, list[bytes]] = {}
@@ -369,10 +375,23 @@ class QuicSession(QuicConnectionProtocol):
         return delivered + self.window
 
     def _connection_credit(self, used: int, current: int) -> int:
+        """MAX_DATA follows consumption (Rule 8): what arrived on all streams minus what
+        still waits unread in carriers' inboxes, plus two windows; a message still being
+        assembled (in a framer, or an expiring message on its own stream, bounded apart)
+        does not count as unread (one message up to maxSize must complete however large).
+        When that leaves little credit, the next message a carrier takes sends what it
+        frees (`credit_short`)."""
         window = 2 * self.window
         if current - used > window // 2:
+            self.credit_short = False
             return current
-        return used + window
+        held = 0
+        for sid in self._open_streams:
+            t = self.streams[sid]
+            held += t.buffered_bytes - getattr(t.framer, "pending_size", 0)
+        wanted = max(current, used - held + window)
+        self.credit_short = wanted - used <= window // 2
+        return wanted
 
     @property
     def address_validated(self) -> bool:
@@ -387,7 +406,9 @@ class QuicSession(QuicConnectionProtocol):
         self._unmarked_validation = value
 
     def credit_changed(self) -> None:
-        """A carrier resumed reading: its withheld credit goes out with the next packet."""
+        """A carrier resumed reading (or took a message while the connection's credit was
+        short): the credit it frees goes out with the next packet."""
+        self.credit_short = False
         self.transmit_soon()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from aioquic.quic.connection import QuicConnection
 
 from ...core.framing import Framer
-from ...core.messages import Pending
+from ...core.messages import InMessage, Pending
 from ...core.path import PathStats
 from ...errors import ConnectionClosedError, DeframingError
 from ..transient import Transient
@@ -131,6 +131,12 @@ class StreamHost(Protocol):
 
     def credit_changed(self) -> None:
         """A stream resumed reading: send the flow-control credit it withheld."""
+        ...
+
+    @property
+    def credit_short(self) -> bool:
+        """The connection's credit waits for carriers to consume (a message taken frees
+        some: call `credit_changed`)."""
         ...
 
     def path_stats(self) -> PathStats: ...
@@ -506,6 +512,12 @@ class QuicStreamTransient(Transient):
         self.deliver(messages)
         if end:
             self.end_of_messages()
+
+    def pop_message(self) -> InMessage:
+        msg = super().pop_message()
+        if self.session.credit_short:  # the connection's credit follows consumption
+            self.session.credit_changed()
+        return msg
 
     def on_side_message(self, frame: bytes, early: bool) -> None:
         """One framed message that came on its own unidirectional stream (an expiring one):
