@@ -522,7 +522,7 @@ def test_closing_the_last_carrier_closes_the_connection_after_half_a_second(
             closed_at = time.perf_counter()
             await wait_until(lambda: not session.is_open, 3, "the idle close")
             idle = time.perf_counter() - closed_at
-            assert 0.4 <= idle <= 1.0, idle
+            assert 0.4 <= idle <= 1.3, idle  # 0.5 s idle time, on a loaded machine
             # the server hears about it (CONNECTION_CLOSE), not after its 30 s idle timeout
             await wait_until(lambda: not server_session.is_open, 1, "the server to notice")
             with pytest.raises(tp.ConnectionClosedError):

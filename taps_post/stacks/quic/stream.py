@@ -26,9 +26,11 @@ or awaiting on_sent / on_acked ends with on_send_error, waiting senders are rele
 their next send fails; STOP_SENDING on an expiring message's side stream ends that message
 with on_send_error. A stream aioquic no longer knows is taken as acknowledged only when no
 STOP_SENDING came for it (the session routes that event before any progress check).
-Rule 7 (closing with data unread): close and abort STOP_SENDING (error 0) a stream whose
-peer's half is still open, drop what arrives later and withhold no credit for it, so the
-peer's sender is told instead of waiting for credit forever.
+Rule 7 (closing with data unread): abort, and a close that leaves data unread or credit
+withheld, STOP_SENDING (error 0) a stream whose peer's half is still open, drop what arrives
+later and withhold no credit for it, so the peer's sender is told instead of waiting for
+credit forever. A close with nothing unread does so only when the peer sends after it, as
+TCP answers data after close() with a reset.
 """
 
 from __future__ import annotations
@@ -186,6 +188,8 @@ class QuicStreamTransient(Transient):
         self.recv_stopped = False
         """We stopped reading this stream (closed with data unread, Rule 7): later bytes
         are dropped."""
+        self.reads_closed = False
+        """We closed with nothing unread: the peer's next bytes stop its half (Rule 7)."""
 
     @property
     def quic(self) -> QuicConnection:
@@ -432,7 +436,12 @@ class QuicStreamTransient(Transient):
                     with contextlib.suppress(Exception):
                         self.quic.send_stream_data(self.stream_id, b"", end_stream=True)
                     self.session.transmit_soon()
-                self.stop_receiving()
+                # Like TCP's close: unread data (or credit we withheld) stops the peer's
+                # half now; otherwise only when it sends after our close (on_data).
+                if self.credit_withheld or self.buffered_bytes:
+                    self.stop_receiving()
+                else:
+                    self.reads_closed = True
                 await self._acknowledged()
         except TimeoutError:
             # Past the FIN too: RESET_STREAM (allowed until all is acknowledged, RFC 9000
@@ -489,6 +498,9 @@ class QuicStreamTransient(Transient):
         gives its size on the stream, only while such bytes remain)."""
         if self.recv_stopped:
             return  # we stopped reading (Rule 7)
+        if self.reads_closed:  # data after our close: nobody will read it (Rule 7)
+            self.stop_receiving()
+            return
         self.data_arrived()
         try:
             messages = self.framer.feed(data)
