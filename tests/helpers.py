@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
 
 def policy(layer: str, *rules: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"version": 1, "layer": layer, "rules": list(rules), **extra}
+
+
+def quic_policy(app_name: str, **values: Any) -> Any:
+    """A PolicyContext for QUIC only (`stack.quic: require`) plus `values`, without any
+    system layer: what every QUIC test connects and listens with."""
+    import taps_post as tp
+
+    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
+    return tp.PolicyContext(system=[], app=policy("app", rule), app_name=app_name)
+
+
+def frame(data: bytes) -> bytes:
+    """`data` as the length-prefix framer puts it on the wire (for raw peers)."""
+    return struct.pack("!I", len(data)) + data
 
 
 ENV: dict[str, Any] = {

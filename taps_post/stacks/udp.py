@@ -139,26 +139,42 @@ class DatagramTransient(Transient, asyncio.DatagramProtocol):
         transport = self.transport
         if isinstance(transport, _PeerView):
             return transport.send_now(data, ancillary)
-        sock = self.raw_socket
-        if sock is not None and not transport.get_write_buffer_size():
-            try:  # a connected socket: no address
-                if ancillary:
-                    sock.sendmsg([data], ancillary)
-                else:
-                    sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                pass  # the kernel's buffer is full: asyncio queues it below
-            except OSError as exc:
-                return exc
-            else:
-                return None
-        transport.sendto(data)
-        return None
+        return _send_or_queue(self.raw_socket, transport, data, ancillary, None)
 
     def path_stats(self) -> PathStats:
         """UDP measures nothing but the path MTU a connected socket knows."""
         return PathStats(mtu=tcpinfo.ip_mtu(self.raw_socket)
                          if self.peer is None else None)
+
+
+def _send_or_queue(sock: socket.socket | None, transport: Any, data: bytes,
+                   ancillary: list[tuple[int, int, bytes]],
+                   peer: tuple[str, int] | None) -> OSError | None:
+    """Rule 3's one write, for a connected socket (`peer` None) and a listener's peer alike:
+    straight to the kernel while asyncio's buffer is empty (so order holds), returning its
+    refusal; a full kernel buffer (EAGAIN) leaves the datagram to the transport's queue."""
+    if sock is not None and not transport.get_write_buffer_size():
+        try:
+            if peer is None:
+                if ancillary:
+                    sock.sendmsg([data], ancillary)
+                else:
+                    sock.send(data)
+            elif ancillary:
+                sock.sendmsg([data], ancillary, 0, peer)
+            else:
+                sock.sendto(data, peer)
+        except (BlockingIOError, InterruptedError):
+            pass  # the kernel's buffer is full: asyncio queues it below
+        except OSError as exc:
+            return exc
+        else:
+            return None
+    if peer is None:
+        transport.sendto(data)
+    else:
+        transport.sendto(data, peer)
+    return None
 
 
 class UdpStack:
@@ -272,21 +288,7 @@ class _PeerView:
         peer = self._peer
         if isinstance(endpoint, PktinfoTransport):
             return endpoint.send_now(data, peer, ancillary)
-        sock = self._parent.sock
-        if sock is not None and not endpoint.get_write_buffer_size():
-            try:
-                if ancillary:
-                    sock.sendmsg([data], ancillary, 0, peer)
-                else:
-                    sock.sendto(data, peer)
-            except (BlockingIOError, InterruptedError):
-                pass  # the kernel's buffer is full: asyncio queues it below
-            except OSError as exc:
-                return exc
-            else:
-                return None
-        endpoint.sendto(data, peer)
-        return None
+        return _send_or_queue(self._parent.sock, endpoint, data, ancillary, peer)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":

@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
+from helpers import frame, quic_policy
 from taps_post.stacks.quic import QuicClosedError
 from taps_post.stacks.quic.compat import stream_send_offsets
 
@@ -48,13 +49,7 @@ def cert() -> tp.certs.Certificate:
 
 def policy(**values: Any) -> tp.PolicyContext:
     """QUIC only (`stack.quic: require`) plus `values`, without any system layer."""
-    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
-    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
-                            app_name="quic-test")
-
-
-def frame(data: bytes) -> bytes:
-    return struct.pack("!I", len(data)) + data
+    return quic_policy("quic-test", **values)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -33,6 +33,7 @@ from aioquic.quic.connection import QuicConnection
 from sizing import sized
 
 import taps_post as tp
+from helpers import quic_policy
 
 LOCAL = "127.0.0.1"
 TIMEOUT = sized(90, 300)
@@ -48,9 +49,7 @@ def cert() -> tp.certs.Certificate:
 
 
 def policy(**values: Any) -> tp.PolicyContext:
-    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
-    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
-                            app_name="quic-floods")
+    return quic_policy("quic-floods", **values)
 
 
 def initials(port: int, count: int) -> list[bytes]:

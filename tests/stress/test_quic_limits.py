@@ -36,6 +36,7 @@ from aioquic.quic.connection import QuicConnection
 from sizing import sized
 
 import taps_post as tp
+from helpers import frame, quic_policy
 from taps_post.stacks.quic.compat import (
     pending_datagram_bytes,
     pending_datagram_frames,
@@ -59,13 +60,7 @@ def cert() -> tp.certs.Certificate:
 
 
 def policy(**values: Any) -> tp.PolicyContext:
-    rule = {"id": "q", "set": {"stack.quic": "require", **values}}
-    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
-                            app_name="quic-limits")
-
-
-def frame(data: bytes) -> bytes:
-    return struct.pack("!I", len(data)) + data
+    return quic_policy("quic-limits", **values)
 
 
 class Capture(QuicConnectionProtocol):
