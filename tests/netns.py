@@ -397,6 +397,57 @@ class Topology:
         self.exec(ns, "nft", "reset", "counters", "table", "inet", "egress")
 
 
+    # ---- links, rates and MPTCP (multipath tests) ----------------------------------------
+
+    def link(self, ns: str, dev: str, *, up: bool) -> None:
+        """Take an interface down or bring it back (`ip link set DEV down|up`); bringing it
+        up waits until it is operationally UP again."""
+        _run(["ip", "-n", ns, "link", "set", dev, "up" if up else "down"])
+        if up:
+            self._wait_carrier()
+
+    def address(self, ns: str, dev: str, address: str, *, present: bool) -> None:
+        """Add (`present=True`) or remove an address (/24 for IPv4, /64 for IPv6)."""
+        prefix = "64" if ":" in address else "24"
+        argv = ["ip", "-n", ns, *(["-6"] if ":" in address else []), "addr",
+                "add" if present else "del", f"{address}/{prefix}", "dev", dev]
+        if present and ":" in address:
+            argv.append("nodad")
+        _run(argv)
+
+    def rate_limit(self, ns: str, dev: str, rate: str = "20mbit", *, burst: str = "32kb",
+                   latency: str = "50ms") -> None:
+        """A token bucket (`tc qdisc ... tbf`) on `dev`'s egress in `ns`: netem is not
+        available here, tbf is."""
+        _run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+              "rate", rate, "burst", burst, "latency", latency])
+
+    def sysctl(self, ns: str, key: str, value: str | int) -> None:
+        """Set a per-namespace sysctl (e.g. net.mptcp.pm_type) inside `ns`."""
+        self.exec(ns, "sysctl", "-q", "-w", f"{key}={value}")
+
+    def mptcp(self, ns: str, *argv: str) -> str:
+        """`ip mptcp ARGV...` inside `ns` (endpoint add/flush, limits set); its output."""
+        return _run(["ip", "-n", ns, "mptcp", *argv]).stdout
+
+    def add_path(self, n: int = 3) -> dict[str, str]:
+        """A further veth pair `veth-aN`/`veth-bN` (198.18.N.0/24, fd00:N::/64), made after
+        the topology: for tests of interfaces that appear while a program runs. Returns its
+        names and addresses like `PATHS[n]`."""
+        p = {"a_if": f"veth-a{n}", "b_if": f"veth-b{n}", "a4": f"198.18.{n}.1",
+             "a6": f"fd00:{n}::1", "b4": f"198.18.{n}.2", "b6": f"fd00:{n}::2"}
+        _run(["ip", "-n", self.a, "link", "add", p["a_if"], "index", f"1{n}", "type", "veth",
+              "peer", "name", p["b_if"], "index", f"2{n}", "netns", self.b])
+        for ns, side in ((self.a, "a"), (self.b, "b")):
+            dev = p[f"{side}_if"]
+            _run(["ip", "-n", ns, "addr", "add", f"{p[side + '4']}/24", "dev", dev])
+            _run(["ip", "-n", ns, "-6", "addr", "add", f"{p[side + '6']}/64", "dev", dev,
+                  "nodad"])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        self._wait_carrier()
+        return p
+
+
 class _Unavailable(Exception):
     """The kernel or tools cannot build the topology: the test skips."""
 

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "softErrorNotify": "no_preference", "activeReadBeforeSend": "no_preference",
     "multistreaming": "prefer", "secure": "no_preference", "metered": "no_preference",
     "useTemporaryLocalAddress": "prefer", "maxCost": None, "multipath": "disabled",
+    "multipathPolicy": "handover",
     "racing.attemptDelay": 250, "racing.resolutionDelay": 50, "connTimeout": 30000,
     "message.maxSize": 16 * 1024 * 1024, "security.minTlsVersion": "1.2",
     "security.verifyPeer": True, "security.sessionCache": True, "security.alpn": None,
@@ -57,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
 LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive",
                    "carrier.idleTimeout": 30000}
 MAP_PREFIXES = ("stack.", "interface.", "pvd.", "addressFamily.")
-NON_PREFERENCE = {"maxCost", "multipath", "racing.attemptDelay", "racing.resolutionDelay",
+NON_PREFERENCE = {"maxCost", "multipath", "multipathPolicy", "racing.attemptDelay",
+                  "racing.resolutionDelay",
                   "connTimeout", "message.maxSize", "security.minTlsVersion",
                   "security.verifyPeer", "security.sessionCache", "security.alpn",
                   "security.clientAuth", "carrier.reactivate", "carrier.maxHandlers",

@@ -55,6 +55,11 @@ class Settings:
     """listener.backlog; 0: the system's somaxconn."""
     retry: str = "auto"
     """listener.retry: never, auto or always (QUIC address validation)."""
+    multipath_policy: str = "handover"
+    """multipathPolicy: handover, interactive or aggregate (docs/multipath.md)."""
+    subflows: tuple[tuple[str, str], ...] = ()
+    """(interface, role) for each interface that may carry an MPTCP subflow, best first;
+    role is "primary" or "backup" (Decision.subflows). Empty: multipath disabled."""
 
     def dscp_for(self, niceness: int) -> int | None:
         """The code point for a message of `niceness`, None when marking is off."""
@@ -86,4 +91,6 @@ class Settings:
             max_handshakes=int(d.value("listener.maxHandshakes")),
             backlog=int(d.value("listener.backlog")),
             retry=str(d.value("listener.retry")),
+            multipath_policy=str(d.value("multipathPolicy")),
+            subflows=tuple((s.interface, s.role) for s in d.subflows),
         )

@@ -20,7 +20,7 @@ from ..policy.resolve import Conflict, Effective
 from .environment import Interface
 from .request import Request
 
-__all__ = ["Candidate", "Decision", "Exclusion", "RankKey"]
+__all__ = ["Candidate", "Decision", "Exclusion", "RankKey", "SubflowPlan"]
 
 
 class RankKey(NamedTuple):
@@ -141,6 +141,19 @@ def _statement_dict(s: Statement) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class SubflowPlan:
+    """One interface an MPTCP connection may use for a subflow, as the policy allows it."""
+
+    interface: str
+    role: str
+    """"primary" or "backup"."""
+    reason: str = ""
+    """Why this role: the rule and file:line that made it backup, or the multipathPolicy."""
+    addresses: tuple[str, ...] = ()
+    """The interface's usable local addresses, in the order candidates use them."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The full, explainable result of one `decide()` call: the runtime races its candidates,
     and `explain` prints it, so what was tried and why are one object."""
@@ -158,6 +171,12 @@ class Decision:
     warnings: tuple[str, ...]
     interfaces: tuple[Interface, ...] = ()
     """The interfaces decided over (system facts applied), for renderers; not in to_dict()."""
+    subflows: tuple[SubflowPlan, ...] = ()
+    """Which interfaces may carry MPTCP subflows and in which role (docs/multipath.md);
+    empty when multipath is disabled. Prohibited interfaces are not here: they are in
+    `excluded`, and never carry a subflow."""
+    path_manager: str | None = None
+    """The MPTCP path manager in force where the decision was made (Environment)."""
 
     def __post_init__(self) -> None:
         # A copy, so no other Decision (nor the resolver's memo) shares this mapping; and the
@@ -165,7 +184,8 @@ class Decision:
         setattr_ = object.__setattr__
         setattr_(self, "properties", MappingProxyType(dict(self.properties)))
         setattr_(self, "matched", frozenset(self.matched))
-        for name in ("files", "conflicts", "candidates", "excluded", "warnings", "interfaces"):
+        for name in ("files", "conflicts", "candidates", "excluded", "warnings", "interfaces",
+                     "subflows"):
             setattr_(self, name, tuple(getattr(self, name)))
 
     @property

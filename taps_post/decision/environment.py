@@ -180,6 +180,9 @@ class Environment:
     cache: tuple[CacheEntry, ...] = ()
     source: str | None = None
     """Where this snapshot came from (a file path, "<dict>", or None for the live machine)."""
+    path_manager: str | None = None
+    """The MPTCP path manager in force: "kernel", "userspace", "disabled" (MPTCP off), or
+    None when unknown (a snapshot that does not say)."""
 
     def with_dns(self, name: str, addresses: Sequence[str]) -> Environment:
         dns = dict(self.dns)

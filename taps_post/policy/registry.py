@@ -247,6 +247,11 @@ _SPECS: list[PropertySpec] = [
     PropertySpec("multipath", "enum", "protocol", "disabled",
                  choices=("disabled", "passive", "active"), listen_default="passive",
                  doc="Multipath transport; anything but disabled favours multipath stacks"),
+    PropertySpec("multipathPolicy", "enum", "plan", "handover",
+                 choices=("handover", "interactive", "aggregate"),
+                 doc="RFC 9622 multipathPolicy: handover keeps one primary subflow and the "
+                     "other allowed paths as backup; interactive and aggregate put a primary "
+                     "subflow on every allowed path (avoided interfaces stay backup)"),
     PropertySpec("racing.attemptDelay", "int", "plan", 250, minimum=10, maximum=2000,
                  unit="ms", doc="Delay between staggered connection attempts"),
     PropertySpec("racing.resolutionDelay", "int", "plan", 50, minimum=10, maximum=2000,

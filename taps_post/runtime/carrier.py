@@ -64,7 +64,7 @@ from ..stacks.transient import Transient
 from .association import Association
 from .endpoints import hostport
 from .handlers import Handlers
-from .path import Path
+from .path import Path, paths_of
 from .trace import Tracer
 
 if TYPE_CHECKING:
@@ -260,8 +260,10 @@ class Carrier:
 
     @property
     def paths(self) -> list[Path]:
-        """The Path of each open Transient serving this carrier now (empty while dormant)."""
-        return [t.path for t in self.transients if t.is_open]
+        """The Paths serving this carrier now: one per open Transient, or one per subflow of
+        an MPTCP connection (empty while dormant)."""
+        interfaces = self._decision.interfaces if self._decision is not None else ()
+        return [p for t in self.transients if t.is_open for p in paths_of(t, interfaces)]
 
     @property
     def candidate(self) -> Candidate | None:

@@ -22,7 +22,7 @@ from ..core.path import PathStats
 from ..decision.environment import Interface
 from .endpoints import hostport
 
-__all__ = ["Path"]
+__all__ = ["Path", "paths_of"]
 
 
 class Measured(Protocol):
@@ -179,3 +179,9 @@ def _show(address: tuple[str, int] | None) -> str:
     if address is None:
         return "?"
     return hostport(address)
+
+
+def paths_of(transient: Any, interfaces: Sequence[Interface] | None = None) -> list[Path]:
+    """The Paths a Transient uses now: its own, or one per subflow of an MPTCP connection."""
+    path = transient.path
+    return [path] if path is not None else [Path.of(transient, interfaces)]

@@ -71,7 +71,7 @@ from ..core.framing import Control, Framer
 from ..core.inbox import RECV_BUDGET, Inbox
 from ..core.messages import InMessage, OutMessage, Pending
 from ..core.outbox import Ledger, SendQueue
-from ..core.path import PathStats
+from ..core.path import PathStats, Subflow
 from ..core.settings import Settings, dscp_for
 from ..errors import ConnectionClosedError, IdleTimeoutError, MessageTooLargeError, UsageError
 
@@ -330,6 +330,16 @@ class Transient:
     def path_stats(self) -> PathStats:
         """What the stack measures about its path now (fields it cannot read are None)."""
         return PathStats()
+
+    def subflows(self) -> tuple[Subflow, ...]:
+        """The subflows of a multipath connection as the kernel sees them now; () for a
+        single-path one (and for an MPTCP socket that fell back to TCP)."""
+        return ()
+
+    async def migrate(self, local_address: str, interface: str | None) -> bool:
+        """Move this connection to `local_address` on `interface` without a new handshake
+        (QUIC connection migration). False where the stack cannot (the carrier re-races)."""
+        return False
 
     def dscp_for(self, niceness: int) -> int | None:
         """The DSCP code point for `niceness` (Settings.dscp_for), None when unmarked."""
