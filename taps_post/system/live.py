@@ -7,6 +7,10 @@ sysfs for each one, and interfaces rarely change within a second. A refresh that
 same interfaces keeps the same snapshot object, so the runtime's plan cache (keyed on its
 identity) survives it. `invalidate()` drops the cache (a failed race calls it, since a
 vanished interface is a likely cause).
+Rule 3: `refresh()` discovers now, whatever the cache's age: the path monitor calls it when the
+kernel reports a change, so the next decision sees a new interface at once instead of after
+the TTL. It keeps the snapshot's identity when nothing changed (Rule 2), so a change that
+discovery cannot see (a link-local address, a flag) costs no plan.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from ..decision.environment import CacheEntry, Environment, Interface
 from .interfaces import discover_interfaces
 
-__all__ = ["addresses_of", "cached_interfaces", "invalidate", "live_environment",
+__all__ = ["addresses_of", "cached_interfaces", "invalidate", "live_environment", "refresh",
            "resolve_name"]
 
 _TTL = 2.0
@@ -27,14 +31,20 @@ _cache: tuple[float, tuple[Interface, ...]] | None = None
 
 
 def cached_interfaces() -> tuple[Interface, ...]:
-    global _cache
-    now = time.monotonic()
-    if _cache is None or now - _cache[0] > _TTL:
-        fresh = tuple(discover_interfaces())
-        if _cache is not None and fresh == _cache[1]:
-            fresh = _cache[1]  # unchanged: the same object, so plans keyed on it stay valid
-        _cache = (now, fresh)
+    if _cache is None or time.monotonic() - _cache[0] > _TTL:
+        return refresh()
     return _cache[1]
+
+
+def refresh() -> tuple[Interface, ...]:
+    """Discover the interfaces now and make that the cached snapshot (Rule 3); the previous
+    tuple itself when nothing changed."""
+    global _cache
+    fresh = tuple(discover_interfaces())
+    if _cache is not None and fresh == _cache[1]:
+        fresh = _cache[1]  # unchanged: the same object, so plans keyed on it stay valid
+    _cache = (time.monotonic(), fresh)
+    return fresh
 
 
 def invalidate() -> None:
