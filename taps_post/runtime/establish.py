@@ -331,9 +331,15 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                 association.record(c.stack, "failure", interface=c.interface,
                                    address=c.remote_address)
             else:
-                association.record(c.stack, "success", interface=c.interface,
-                                   address=c.remote_address,
+                # A connection reporting another stack than the one asked for fell back (MPTCP
+                # to plain TCP, stacks/tcp.py Rule 7): history says so (association Rule 8).
+                fell_back = t.stack != c.stack
+                association.record(c.stack, "fallback" if fell_back else "success",
+                                   interface=c.interface, address=c.remote_address,
                                    rtt_ms=t.rtt_ms if t.rtt_ms is not None else elapsed_ms)
+                if fell_back and tracer is not None:
+                    tracer.emit("attempt.fallback", rank=c.rank, interface=c.interface,
+                                stack=c.stack, now=t.stack, remote=c.remote_address)
 
         result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
                             timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer)
@@ -341,7 +347,12 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             live.invalidate()
             raise EstablishmentError(f"could not reach {remote.target}: every attempt failed",
                                      decision, result)
-        return Established(result.transient, decision, result.candidate, result.attempts,
+        attempts = result.attempts
+        if result.transient.stack != result.candidate.stack:  # fell back: the attempt says so
+            attempts = tuple(replace(a, error=f"won as {result.transient.stack}: the peer "
+                                     "fell back to plain TCP") if a.outcome == "won" else a
+                             for a in attempts)
+        return Established(result.transient, decision, result.candidate, attempts,
                            settings, resolved, deciding, factory)
 
     return open_transient
