@@ -9,6 +9,7 @@
 | RemoteProtocolError   | the peer               | what the peer sent that cannot be framed  |
 | ConnectionClosedError | nobody (state)         | `__cause__`: why the carrier closed       |
 | IdleTimeoutError      | the peer (silent)      | `timeout`: carrier.idleTimeout in seconds |
+| PathLostError         | the network (moved)    | `interface`, `address`: the path that went |
 
 Rule 1: misuse errors keep the built-in class they always had as a second base (UsageError is
 a RuntimeError, ArgumentError a ValueError and TypeError), so `except RuntimeError` code
@@ -42,6 +43,7 @@ __all__ = [
     "IdleTimeoutError",
     "InputError",
     "MessageTooLargeError",
+    "PathLostError",
     "PolicyError",
     "RemoteProtocolError",
     "ResolutionError",
@@ -102,6 +104,26 @@ class IdleTimeoutError(ConnectionClosedError):
     def __reduce__(self) -> tuple[type[IdleTimeoutError], tuple[str, float]]:
         # BaseException pickles as cls(*self.args): args holds the message only
         return (type(self), (self.args[0] if self.args else "", self.timeout))
+
+
+class PathLostError(ConnectionClosedError):
+    """The carrier's path went away under it (its interface went down or its local address
+    was removed, as the path monitor reported) and its connection could neither keep going
+    on another subflow nor migrate: the connection was ended on purpose instead of waiting
+    for TCP to time out. Messages the peer may or may not have received end with
+    on_send_error carrying this error; the carrier re-activates on another path when policy
+    carrier.reactivate allows. `interface` and `address` name what went (None: unknown);
+    both are pickled with the error."""
+
+    def __init__(self, message: str, interface: str | None = None,
+                 address: str | None = None) -> None:
+        super().__init__(message)
+        self.interface = interface
+        self.address = address
+
+    def __reduce__(self) -> tuple[type[PathLostError], tuple[str, str | None, str | None]]:
+        return (type(self), (self.args[0] if self.args else "", self.interface,
+                             self.address))
 
 
 class FailureKind(enum.StrEnum):

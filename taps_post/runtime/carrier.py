@@ -40,6 +40,15 @@ aborted) and a cancelled close() still leaves the carrier closed.
 Rule 9: an idle carrier is small (thousands are held at once): `__slots__`, and the
 collections most carriers never use (tasks, event subscribers and listeners, forks waiting
 for a handler, refused messages) start as the shared empty `_NONE` and are made on first use.
+Rule 10: an initiated carrier survives its path going away (runtime/mobility.py tells it,
+from the PathMonitor): an MPTCP connection with another live subflow keeps going
+(`PathChange`); otherwise the Transient is asked to `migrate()` to another local address
+its Decision allows (QUIC; `PathChange`); otherwise it is failed with `PathLostError` (what
+was in flight ends with on_send_error, what was queued is salvaged), the carrier goes
+dormant and re-activates by itself, as a send would (a re-race with history and tickets),
+or, with no usable path, waits dormant until the monitor reports one. That task is the
+carrier's (`_mover`, cancelled by close()); a re-activation it started that fails keeps the
+held messages (nobody waits on it: they stay for the next path) unless a caller joined it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ipaddress
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -59,8 +69,10 @@ from ..core.events import CarrierEvent, Closed, Dormant, PathChange, Ready, Soft
 from ..core.messages import InMessage, OutMessage, Pending
 from ..core.settings import Settings
 from ..decision.decision import Candidate, Decision
-from ..errors import Attempt, ConnectionClosedError, UsageError
+from ..decision.environment import Interface
+from ..errors import Attempt, ConnectionClosedError, PathLostError, UsageError
 from ..stacks.transient import Transient
+from . import mobility, multipath
 from .association import Association
 from .endpoints import hostport
 from .handlers import Handlers
@@ -151,12 +163,12 @@ class Carrier:
     """
 
     __slots__ = ("__weakref__", "_accepted", "_acceptor", "_activated", "_activating",
-                 "_activations", "_activator", "_association", "_candidate", "_closed_event",
-                 "_closing", "_decision", "_expiry", "_fast", "_flight", "_forks", "_framer",
-                 "_joiners", "_listeners", "_live", "_local", "_opener", "_owned", "_policy",
-                 "_reader", "_refused", "_remote", "_settings", "_state", "_stopping",
-                 "_streamed", "_subscribers", "_tasks", "_tracer", "_transient", "attempts",
-                 "forker")
+                 "_activations", "_activator", "_association", "_auto", "_candidate",
+                 "_closed_event", "_closing", "_controller", "_decision", "_expiry", "_fast",
+                 "_flight", "_forks", "_framer", "_joiners", "_listeners", "_live", "_local",
+                 "_mover", "_opener", "_owned", "_policy", "_reader", "_refused", "_remote",
+                 "_settings", "_state", "_stopping", "_streamed", "_subscribers", "_tasks",
+                 "_tracer", "_transient", "_watch", "attempts", "forker")
 
     def __init__(
         self,
@@ -224,6 +236,15 @@ class Carrier:
         self._reader: Handlers | None = None
         self._acceptor: Handlers | None = None
         self._forks: deque[Carrier] = _NONE
+        self._watch: mobility.Watch | None = None
+        """Rule 10: the index that tells this carrier when its path goes (None: unwatched)."""
+        self._mover: asyncio.Task[None] | None = None
+        """Rule 10: the task surviving a path loss (migrate, or re-activate), if one runs."""
+        self._auto = False
+        """Rule 10: the running activation was started by the carrier itself."""
+        self._controller: multipath.PathController | None = None
+        """The PathController applying Settings.subflows to the MPTCP Transient (None: none
+        runs: not MPTCP, or the kernel's path manager is in force)."""
         if association is None:
             association = Association(_key_of(transient, remote), remote, local)
         self._association = association
@@ -512,7 +533,10 @@ class Carrier:
             raise
         except BaseException as exc:
             self._live = _NONE
-            self._fail_held(exc)
+            if self._auto and not self._joiners and not self._closing:
+                self._refresh_flight()  # Rule 10: nobody waits on it; kept for the next path
+            else:
+                self._fail_held(exc)
             raise
         self._live = _NONE
         t = est.transient
@@ -586,6 +610,8 @@ class Carrier:
                              self._activations > 1))
             if old is not None and old.route != path.route:  # a new port is no new path
                 self._emit(PathChange(old, path))
+        if self._initiates():
+            self._watch_path(t)
 
     # ---- loss (Rule 3) --------------------------------------------------------------------
 
@@ -599,6 +625,7 @@ class Carrier:
         if self._transient is not t or self._state != "active":
             return
         self._fast = None
+        self._unwatch_path()
         if self._closing or self._streamed:
             return
         error = t.failure
@@ -606,6 +633,8 @@ class Carrier:
             self._state = "lost"
             self._arm_expiry()
             self._emit(Dormant(error))
+            if isinstance(error, PathLostError) and self._mover is None:
+                self._mover = self.spawn(self._come_back())
         else:
             self._finish(error)
 
@@ -641,6 +670,128 @@ class Carrier:
 
     def _soft_error(self, exc: BaseException) -> None:
         self._emit(SoftError(exc))
+
+    # ---- moving networks (Rule 10) --------------------------------------------------------
+
+    def _watch_path(self, t: Transient) -> None:
+        """Be told when `t`'s interface or local address goes (runtime/mobility.py); and
+        an MPTCP Transient gets its PathController (runtime/multipath.py)."""
+        multi = _multipath(t.stack)
+        if multi and self._controller is None and self._settings is not None:
+            self._controller = multipath.control(t, self._settings, self._interfaces(),
+                                                 self._emit)
+        found = mobility.watch(self, t.local_address, t.interface, multipath=multi)
+        if found is not self._watch and self._watch is not None:
+            self._watch.remove(self)
+        self._watch = found
+
+    def _unwatch_path(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.close()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.remove(self)
+
+    def _interfaces(self) -> tuple[Interface, ...]:
+        decision = self._decision
+        return tuple(decision.interfaces) if decision is not None else ()
+
+    def path_gone(self, interface: str | None, address: str | None,
+                  interfaces: tuple[Interface, ...]) -> None:
+        """runtime/mobility.py: `interface` went down or `address` was removed (Rule 10)."""
+        t = self._fast
+        if t is None or not t.is_open or self._closing or self._state != "active":
+            return
+        if self._controller is not None:
+            self._controller.changed(interfaces)
+        if not _touches(t, interface, address):
+            return
+        if self._mover is None:
+            self._mover = self.spawn(self._survive(t, interface, address, interfaces))
+
+    def path_usable(self, interfaces: tuple[Interface, ...]) -> None:
+        """runtime/mobility.py: an interface came up or an address was added (Rule 10)."""
+        if self._controller is not None:
+            self._controller.changed(interfaces)
+        if self._state != "lost" or self._closing or self._mover is not None:
+            return
+        self._mover = self.spawn(self._come_back(interfaces))
+
+    async def _survive(self, t: Transient, interface: str | None, address: str | None,
+                       interfaces: tuple[Interface, ...]) -> None:
+        """Rule 10 for an active carrier whose path went: keep going on another subflow,
+        migrate, or fail the Transient (the carrier then comes back by itself)."""
+        try:
+            old = t.path
+            alive = [s for s in t.subflows() if not _lost_subflow(s, interface, address)
+                     and _up(interfaces, s.interface)]
+            if alive:
+                paths = paths_of(t, interfaces)
+                new = next((p for p in paths if p.interface == alive[0].interface
+                            and p.local_address is not None
+                            and p.local_address[0] == alive[0].local_address[0]),
+                           paths[0] if paths else None)
+                self._emit(PathChange(old, new))
+                return
+            remote = t.remote_address
+            family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
+            for ip, name in mobility.usable_addresses(
+                    self._decision, t.stack, family, interfaces, avoid_interface=interface,
+                    avoid_address=address):
+                try:
+                    moved = await t.migrate(ip, name)
+                except (OSError, ConnectionError) as exc:
+                    _report("taps_post migrate failed", exc)
+                    moved = False
+                if not moved or not t.is_open:
+                    break  # the stack cannot (TCP), or not now: fail it below
+                new = t.path = Path.of(t, interfaces)
+                self._watch_path(t)
+                if old is None or old.route != new.route:
+                    self._emit(PathChange(old, new))
+                return
+            if t.is_open:
+                where = address or interface or "?"
+                t.fail(PathLostError(f"the path of this {t.stack} connection went away "
+                                     f"({where} is gone)", interface, address))
+        finally:
+            if self._mover is _current():
+                self._mover = None
+        if self._state == "active" and self._transient is t and not t.is_open:
+            self._lost(t)  # its closed callback has not run yet: dormant now, come back
+
+    async def _come_back(self, interfaces: tuple[Interface, ...] | None = None) -> None:
+        """Rule 10: re-activate a carrier whose path went, on another usable path, or wait
+        dormant for the monitor to report one (path_usable starts this again)."""
+        try:
+            if interfaces is None:
+                interfaces = mobility.current_interfaces()
+            remote = self._remote
+            families = None
+            if remote is not None and remote.addresses:
+                families = {"ipv6" if ":" in a else "ipv4" for a in remote.addresses}
+            loopback = remote is not None and bool(remote.addresses) and all(
+                _loopback(a) for a in remote.addresses or ())
+            if not mobility.has_usable_path(families, interfaces, loopback=loopback):
+                self._watch = mobility.wait_for_path(self, self._watch)
+                return
+            mobility.refresh_interfaces()
+            self._auto = True
+            try:
+                await self._activate()
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and self._closing:
+                    raise
+                if self._state == "lost" and not self._closing:
+                    self._watch = mobility.wait_for_path(self, self._watch)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                self._auto = False
+        finally:
+            if self._mover is _current():
+                self._mover = None
 
     # ---- held messages --------------------------------------------------------------------
 
@@ -1142,6 +1293,10 @@ class Carrier:
             return
         self._state = "closed"
         self._fast = None
+        self._unwatch_path()
+        mover, self._mover = self._mover, None
+        if mover is not None and mover is not _current():
+            mover.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -1195,6 +1350,46 @@ async def _close_stream(writer: asyncio.StreamWriter, linger: float) -> None:
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # retrieved: an error ending the stream is the application's
+
+
+def _current() -> asyncio.Task[Any] | None:
+    return asyncio.current_task() if _running() else None
+
+
+def _multipath(stack: str) -> bool:
+    try:
+        return bool(stacks.info(stack).multipath_capable)
+    except KeyError:
+        return False
+
+
+def _loopback(address: str) -> bool:
+    ip = mobility.canonical(address)
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
+
+
+def _lost_subflow(s: Any, interface: str | None, address: str | None) -> bool:
+    """Does the change (an address removed, else an interface gone) take subflow `s`?"""
+    if address is not None:
+        return mobility.canonical(s.local_address[0]) == address
+    return interface is not None and s.interface == interface
+
+
+def _touches(t: Transient, interface: str | None, address: str | None) -> bool:
+    local = t.local_address
+    if address is not None:
+        if local is not None and mobility.canonical(local[0]) == address:
+            return True
+    elif interface is not None and t.interface == interface:
+        return True
+    return any(_lost_subflow(s, interface, address) for s in t.subflows())
+
+
+def _up(interfaces: tuple[Interface, ...], name: str | None) -> bool:
+    """Is interface `name` up in `interfaces` (unknown name or no list: assumed so)?"""
+    if name is None or not interfaces:
+        return True
+    return any(i.name == name and i.up for i in interfaces)
 
 
 def _running() -> bool:

@@ -1,0 +1,237 @@
+"""Explicit path control for MPTCP: the policy's subflow plan applied to one connection.
+
+Rule 1: the plan is the Decision's (`Settings.subflows`: (interface, role) best first, made
+by decide() from the policy's interface rules and multipathPolicy); this module only applies
+it. An interface the plan does not list (prohibited, down, or without a usable address when
+the decision was taken) never gets a subflow from us, and one the kernel shows there anyway
+is destroyed; an interface whose role is "backup" carries only backup subflows (the flag is
+sent in MP_JOIN, or changed with MP_PRIO), and so does the initial subflow when its
+interface is a backup one.
+Rule 2: only the userspace path manager (`net.mptcp.pm_type=1` in this namespace) takes
+orders; under the in-kernel one the controller reports what the kernel does (PathChange as
+the subflow set changes) and changes nothing: the endpoints (`ip mptcp endpoint`) are the
+administrator's, and explain says which manager is in force.
+Rule 3: netlink calls are blocking but local and bounded (system/mptcp_pm.py, 2 s timeout);
+they run on the loop thread at activation and on monitor events, a handful per change. A
+refusal (a subflow the kernel will not open) is logged and tried again only on the next
+change, never in a loop.
+Rule 4: the controller owns one timer at most (re-reading the kernel's subflows a few times
+after a change, as joins complete within round trips), cancelled by `close()`; the carrier
+closes it when its Transient ends. It starts no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..core.events import CarrierEvent, PathChange
+from ..core.settings import Settings
+from ..decision.environment import Interface
+from ..stacks.transient import Transient
+from ..system.mptcp import path_manager
+from .path import Path, paths_of
+
+__all__ = ["CHECKS", "PathController", "control"]
+
+CHECKS = (0.05, 0.2, 0.5, 1.0, 2.0)
+"""Seconds after a change at which the kernel's subflows are read again (Rule 4)."""
+
+_log = logging.getLogger("taps_post.carrier")
+
+
+def control(t: Transient, settings: Settings, interfaces: Sequence[Interface],
+            emit: Callable[[CarrierEvent], None]) -> PathController | None:
+    """A PathController for MPTCP Transient `t` (None: multipath disabled by policy, no
+    plan, or the connection is not MPTCP after all)."""
+    if not settings.subflows or settings.multipath_policy == "disabled":
+        return None
+    if getattr(t, "mptcp_token", None) is None:
+        return None
+    manager = path_manager()
+    if manager == "disabled":
+        return None
+    controller = PathController(t, settings.subflows, tuple(interfaces), emit,
+                                userspace=manager == "userspace")
+    controller.changed(tuple(interfaces))
+    return controller
+
+
+class PathController:
+    """Applies a subflow plan to one MPTCP connection (Rules 1, 2), reports its changes."""
+
+    __slots__ = ("_check", "_checks", "_emit", "_interfaces", "_pm", "_seen", "_transient",
+                 "plan", "refused", "userspace")
+
+    def __init__(self, t: Transient, plan: tuple[tuple[str, str], ...],
+                 interfaces: tuple[Interface, ...], emit: Callable[[CarrierEvent], None], *,
+                 userspace: bool) -> None:
+        self._transient = t
+        self.plan = dict(plan)
+        """interface -> role ("primary" | "backup"), from Settings.subflows."""
+        self.userspace = userspace
+        self._interfaces = interfaces
+        self._emit = emit
+        self._pm: Any = None
+        self._seen = self._snapshot()
+        """The subflows last seen, by (interface, local ip, remote ip)."""
+        self._check: asyncio.TimerHandle | None = None
+        self._checks = 0
+        self.refused: dict[str, str] = {}
+        """interface -> why the kernel refused our subflow there at the last change."""
+
+    def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+        pm, self._pm = self._pm, None
+        if pm is not None:
+            pm.close()
+
+    # ---- applying the plan ----------------------------------------------------------------
+
+    def changed(self, interfaces: tuple[Interface, ...]) -> None:
+        """Apply the plan to the interfaces as they are now (at start and on every monitor
+        event), then re-read the kernel's subflows a few times (Rule 4)."""
+        if interfaces:
+            self._interfaces = interfaces
+        t = self._transient
+        if not t.is_open:
+            self.close()
+            return
+        if self.userspace:
+            self.refused = {}
+            try:
+                self._apply()
+            except OSError as exc:  # no genl family, no token any more: report only
+                _log.debug("mptcp path control unavailable: %s", exc)
+        self._checks = 0
+        self._schedule()
+
+    def _apply(self) -> None:
+        t = self._transient
+        token = getattr(t, "mptcp_token", None)
+        remote = t.remote_address
+        if token is None or remote is None:
+            return
+        remote = (str(remote[0]), int(remote[1]))
+        family = "ipv6" if ":" in remote[0] else "ipv4"
+        flows = t.subflows()
+        if self._pm is None:
+            from ..system.mptcp_pm import UserspacePM  # pyroute2: only when we steer
+
+            self._pm = UserspacePM()
+        pm = self._pm
+        carried: set[str] = set()
+        initial = t.local_address
+        for s in flows:
+            local = (str(s.local_address[0]), int(s.local_address[1]))
+            far = (str(s.remote_address[0]), int(s.remote_address[1]))
+            name = s.interface or self._name_of(local[0])
+            role = self.plan.get(name) if name is not None else None
+            if name is None:
+                continue  # not ours to judge: an address no interface holds now
+            if role is None or not self._up(name):
+                if initial is None or local != (str(initial[0]), int(initial[1])):
+                    self._call(pm.destroy_subflow, name, token, local, far)
+                continue
+            carried.add(name)
+            want = role == "backup"
+            if s.backup is not want:
+                self._call(pm.set_backup, name, token, local, far, want)
+        if initial is not None and t.interface is not None and t.interface not in carried \
+                and self.plan.get(t.interface) == "backup":
+            local = (str(initial[0]), int(initial[1]))
+            self._call(pm.set_backup, t.interface, token, local, remote, True)
+            carried.add(t.interface)
+        elif t.interface is not None:
+            carried.add(t.interface)
+        for name, role in self.plan.items():
+            if name in carried or not self._up(name):
+                continue
+            ip = self._address(name, family)
+            if ip is None:
+                continue
+            self._call(pm.create_subflow, name, token, (ip,), remote, _index(name),
+                       role == "backup")
+
+    def _call(self, fn: Callable[..., None], name: str | None, *args: Any) -> None:
+        try:
+            fn(*args)
+        except OSError as exc:
+            self.refused[name or "?"] = str(exc)
+            _log.debug("mptcp path control: %s refused: %s", fn.__name__, exc)
+
+    # ---- what the interfaces are ----------------------------------------------------------
+
+    def _up(self, name: str | None) -> bool:
+        if name is None:
+            return False
+        return any(i.name == name and i.up for i in self._interfaces) or not self._interfaces
+
+    def _address(self, name: str, family: str) -> str | None:
+        for i in self._interfaces:
+            if i.name != name:
+                continue
+            usable = [a for a in i.addresses_of(family)
+                      if not (family == "ipv6" and a.ip.is_link_local)]
+            usable.sort(key=lambda a: a.temporary)
+            return usable[0].address if usable else None
+        return None
+
+    def _name_of(self, ip: str) -> str | None:
+        want = ipaddress.ip_address(ip.split("%", 1)[0])
+        for i in self._interfaces:
+            if any(a.ip == want for a in i.addresses):
+                return i.name
+        return None
+
+    # ---- reporting (Rule 2) ---------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+        if self._checks >= len(CHECKS):
+            return
+        delay = CHECKS[self._checks] - (CHECKS[self._checks - 1] if self._checks else 0.0)
+        self._checks += 1
+        self._check = self._transient.loop.call_later(delay, self._look)
+
+    def _snapshot(self) -> dict[tuple[str | None, str, str], Path]:
+        now: dict[tuple[str | None, str, str], Path] = {}
+        for p in paths_of(self._transient, self._interfaces):
+            if p.local_address is not None and p.remote_address is not None:
+                now[(p.interface, p.local_address[0], p.remote_address[0])] = p
+        return now
+
+    def _look(self) -> None:
+        self._check = None
+        t = self._transient
+        if not t.is_open:
+            return
+        self.report()
+        self._schedule()
+
+    def report(self) -> None:
+        """Compare the kernel's subflows with those last seen: PathChange(None, new) for
+        each subflow that appeared, PathChange(old, None) for each that went."""
+        now = self._snapshot()
+        before, self._seen = self._seen, now
+        for key, p in now.items():
+            if key not in before:
+                self._emit(PathChange(None, p))
+        for key, p in before.items():
+            if key not in now:
+                self._emit(PathChange(p, None))
+
+
+def _index(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None

@@ -1,0 +1,297 @@
+"""Carriers that survive a path going away (runtime/mobility.py, carrier Rule 10), on the
+two-path topology of tests/netns.py.
+
+Host B runs a taps_post listener that records every numbered message it receives, with the
+time it arrived (CLOCK_MONOTONIC is one clock for every namespace). Host A runs a client
+that takes commands on stdin: a TCP carrier to `svc` (B's two IPv4 addresses; path 1 ranks
+first), numbered messages each ending with on_acked or on_send_error, the carrier's events.
+Then path 1 goes away under it (`ip link set veth-a1 down`, or its address removed): the
+carrier must notice through the path monitor (not a TCP timeout), fail the connection with
+PathLostError, re-activate by itself on path 2 (PathChange, Ready(reactivated=True)) and
+carry new messages; the server sees no message twice, every message acknowledged before the
+loss and every message sent after it exactly once. With one path only, the carrier goes
+dormant and comes back by itself when the link returns, with what was held kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from netns import A1, A1_V4, A2, A2_V4, B1_V4, B2_V4, NsProcess, Topology, topology
+
+PORT = 5001
+
+SERVER = r"""
+import asyncio, json, sys, time
+import taps_post as tp
+
+PORT = int(sys.argv[1])
+SEEN = {}
+PEERS = []
+
+async def serve(carrier):
+    PEERS.append(carrier.remote_address[0])
+    try:
+        async for msg in carrier:
+            SEEN.setdefault(int(bytes(msg)), []).append(time.monotonic())
+    except tp.ConnectionClosedError:
+        pass
+    finally:
+        await carrier.close()
+
+async def main():
+    policy = tp.PolicyContext(system=[], app_name="srv")
+    listener = await tp.listen(tp.Local(port=PORT), policy=policy)
+    tasks = set()
+
+    def accept(carrier):
+        task = asyncio.ensure_future(serve(carrier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    listener.accept(accept)
+    print(json.dumps({"ports": listener.ports}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        print(json.dumps({"seen": SEEN, "peers": PEERS}), flush=True)
+    await listener.close()
+
+asyncio.run(main())
+"""
+
+CLIENT = r"""
+import asyncio, json, sys, time
+import taps_post as tp
+
+EVENTS = []
+ENDS = {}
+SENT_AT = {}
+state = {"carrier": None, "stream": None}
+
+def on_event(event):
+    info = {"type": type(event).__name__, "t": time.monotonic()}
+    if isinstance(event, tp.Ready):
+        info.update(interface=event.interface, reactivated=event.reactivated)
+    elif isinstance(event, tp.PathChange):
+        info.update(old=getattr(event.old, "interface", None),
+                    new=getattr(event.new, "interface", None))
+    elif isinstance(event, (tp.Dormant, tp.Closed)):
+        info.update(error=type(event.error).__name__ if event.error else None)
+    EVENTS.append(info)
+
+def ended(n, how):
+    def cb(message):
+        ENDS.setdefault(n, []).append(how)
+    return cb
+
+async def send(carrier, n):
+    SENT_AT[n] = time.monotonic()
+    await carrier.send_msg(tp.OutMessage(b"%d" % n), on_acked=ended(n, "acked"),
+                           on_send_error=ended(n, "error"), on_expired=ended(n, "expired"))
+
+def report(carrier):
+    t = carrier.transient
+    return {"events": EVENTS, "ends": ENDS, "sent_at": SENT_AT,
+            "interface": t.interface if t else None, "active": carrier.is_active,
+            "dormant": carrier.is_dormant, "attempts": [str(a) for a in carrier.attempts]}
+
+async def stream(carrier, first, interval):
+    n = first
+    while True:
+        await send(carrier, n)
+        n += 1
+        await asyncio.sleep(interval)
+
+async def command(cmd):
+    op = cmd["op"]
+    carrier = state["carrier"]
+    if op == "start":
+        app = {"version": 1, "layer": "app", "rules": [
+            {"id": "t", "set": {"racing.attemptDelay": 100, "connTimeout": 3000}}]}
+        policy = tp.PolicyContext(system=[], app=app, app_name="t")
+        carrier = state["carrier"] = tp.initiate(f"tcp://svc:{cmd['port']}", policy=policy)
+        carrier.on_event(on_event)
+        await carrier.activate()
+        return report(carrier)
+    if op == "send":
+        for n in range(cmd["first"], cmd["last"]):
+            await send(carrier, n)
+        return report(carrier)
+    if op == "hold":
+        for n in range(cmd["first"], cmd["last"]):
+            SENT_AT[n] = time.monotonic()
+            carrier.hold(tp.OutMessage(b"%d" % n), on_acked=ended(n, "acked"),
+                         on_send_error=ended(n, "error"), on_expired=ended(n, "expired"))
+        return report(carrier)
+    if op == "stream":
+        state["stream"] = asyncio.ensure_future(stream(carrier, cmd["first"], cmd["interval"]))
+        return report(carrier)
+    if op == "stop":
+        task = state["stream"]
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return report(carrier)
+    if op == "report":
+        return report(carrier)
+    if op == "close":
+        await carrier.close()
+        return report(carrier)
+    raise ValueError(op)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        try:
+            out = await command(json.loads(line))
+        except Exception as exc:
+            out = {"unexpected": repr(exc)}
+        print(json.dumps(out), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Scene:
+    topo: Topology
+    server: NsProcess
+    client: NsProcess
+
+    def ask(self, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.client.request(cmd, timeout)
+        assert "unexpected" not in out, out["unexpected"]
+        return out
+
+    def seen(self) -> dict[int, list[float]]:
+        out = self.server.request({"op": "report"}, 5.0)
+        return {int(k): v for k, v in out["seen"].items()}
+
+    def wait_for(self, what: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll the client's report until `what(report)` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.ask(op="report")
+            if what(out):
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached within {timeout} s: {out}")
+            time.sleep(0.05)  # pacing between polls of the client's state, not a guess
+
+
+@pytest.fixture
+def scene() -> Iterator[Scene]:
+    with topology("tpm") as topo:
+        topo.hosts(topo.a, {"svc": [B1_V4, B2_V4]})
+        server = topo.spawn(topo.b, SERVER, str(PORT))
+        assert server.read_json(10)["ports"]
+        client = topo.spawn(topo.a, CLIENT)
+        yield Scene(topo, server, client)
+
+
+def kinds(report: dict[str, Any]) -> list[str]:
+    return [e["type"] for e in report["events"]]
+
+
+def reactivated(report: dict[str, Any]) -> bool:
+    return any(e["type"] == "Ready" and e["reactivated"] for e in report["events"])
+
+
+def check_once(scene: Scene, report: dict[str, Any], lost_at: float) -> dict[int, list[float]]:
+    """No message twice at the server; every acknowledged one there once; every message
+    sent after the loss acknowledged."""
+    seen = scene.seen()
+    assert all(len(times) == 1 for times in seen.values()), \
+        {n: t for n, t in seen.items() if len(t) > 1}
+    ends = {int(k): v for k, v in report["ends"].items()}
+    assert all(len(v) == 1 for v in ends.values()), ends  # each message ends once
+    for n, (how,) in ends.items():
+        if how == "acked":
+            assert n in seen, f"message {n} acknowledged but never received"
+        else:
+            assert how == "error", (n, how)
+    sent_at = {int(k): v for k, v in report["sent_at"].items()}
+    after = [n for n, t in sent_at.items() if t > lost_at]
+    assert after, "nothing was sent after the loss"
+    assert all(ends.get(n) == ["acked"] for n in after), \
+        {n: ends.get(n) for n in after if ends.get(n) != ["acked"]}
+    return seen
+
+
+def test_tcp_carrier_moves_to_the_other_path_when_its_link_goes_down(scene: Scene) -> None:
+    started = scene.ask(op="start", port=PORT)
+    assert started["interface"] == A1, started
+    scene.ask(op="send", first=0, last=50)
+    scene.wait_for(lambda r: len(r["ends"]) == 50)
+    scene.ask(op="stream", first=1000, interval=0.005)
+    time.sleep(0.2)
+    down_at = time.monotonic()
+    scene.topo.link(scene.topo.a, A1, up=False)
+    moved = scene.wait_for(reactivated, timeout=10)
+    time.sleep(0.3)  # new messages flow on path 2
+    report = scene.ask(op="stop")
+    report = scene.wait_for(lambda r: len(r["ends"]) == len(r["sent_at"]), timeout=10)
+    assert report["interface"] == A2 and report["active"], report
+    events = kinds(moved)
+    assert "Dormant" in events and "PathChange" in events, events
+    dormant = next(e for e in moved["events"] if e["type"] == "Dormant")
+    assert dormant["error"] == "PathLostError", dormant
+    change = next(e for e in moved["events"] if e["type"] == "PathChange")
+    assert (change["old"], change["new"]) == (A1, A2), change
+    seen = check_once(scene, report, dormant["t"])
+    assert all(n in seen for n in range(50))  # acknowledged before the loss: there, once
+    # The failover stall: the longest gap between arrivals at the server around the loss.
+    arrivals = sorted(t[0] for n, t in seen.items() if n >= 1000)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals) if b > down_at - 0.05]
+    stall = max(gaps)
+    print(f"\nTCP re-race failover stall: {stall * 1000:.0f} ms "
+          f"(link down -> next delivered message; PathLostError "
+          f"{(dormant['t'] - down_at) * 1000:.1f} ms after the link went down)")
+    assert stall < 3.0, stall
+
+
+def test_tcp_carrier_moves_when_its_local_address_is_removed(scene: Scene) -> None:
+    started = scene.ask(op="start", port=PORT)
+    assert started["interface"] == A1, started
+    scene.ask(op="send", first=0, last=20)
+    scene.wait_for(lambda r: len(r["ends"]) == 20)
+    scene.topo.address(scene.topo.a, A1, A1_V4, present=False)
+    moved = scene.wait_for(reactivated, timeout=10)
+    dormant = next(e for e in moved["events"] if e["type"] == "Dormant")
+    assert dormant["error"] == "PathLostError", moved["events"]
+    scene.ask(op="send", first=20, last=40)
+    report = scene.wait_for(lambda r: len(r["ends"]) == 40, timeout=10)
+    assert report["interface"] == A2, report
+    check_once(scene, report, dormant["t"])
+
+
+def test_tcp_carrier_with_one_path_waits_dormant_until_the_link_returns(scene: Scene) -> None:
+    scene.topo.address(scene.topo.a, A2, A2_V4, present=False)  # one IPv4 path only
+    started = scene.ask(op="start", port=PORT)
+    assert started["interface"] == A1, started
+    scene.ask(op="send", first=0, last=20)
+    scene.wait_for(lambda r: len(r["ends"]) == 20)
+    scene.topo.link(scene.topo.a, A1, up=False)
+    report = scene.wait_for(lambda r: "Dormant" in kinds(r), timeout=5)
+    lost_at = next(e for e in report["events"] if e["type"] == "Dormant")["t"]
+    time.sleep(0.5)
+    report = scene.ask(op="hold", first=20, last=30)  # kept while dormant
+    assert report["dormant"] and not report["active"] and not reactivated(report), report
+    scene.topo.link(scene.topo.a, A1, up=True)
+    report = scene.wait_for(reactivated, timeout=10)
+    report = scene.wait_for(lambda r: len(r["ends"]) == 30, timeout=10)
+    assert report["interface"] == A1 and report["active"], report
+    assert "PathChange" not in kinds(report)  # the same route again is no new path
+    check_once(scene, report, lost_at)
