@@ -21,7 +21,14 @@ the application named, filled by the first carrier that asks for the key, and ne
 which Association a carrier gets.
 Rule 7: an Association knows its carriers by weak reference only (`attach`/`detach`): it never
 keeps a carrier alive, and `paths` lists what the live ones use now, read from their open
-Transients, so a closed or collected carrier drops out without anyone telling it.
+Transients (one Path per subflow of an MPTCP connection, runtime/path.py Rule 4), so a closed
+or collected carrier drops out without anyone telling it.
+Rule 8: an attempt's outcome is one of `OUTCOMES`: "success", "failure", or "fallback", an
+MPTCP stack (`mptcp`, `tls-mptcp`) whose connection came up as plain TCP because the peer
+does not speak MPTCP. A fallback is remembered like a failure is (and, like the TCP Fast Open
+cookies the kernel caches, it saves the next connection a useless attempt): decide() ranks
+the plain stack first for that remote. It is recorded only for a multipath-capable stack;
+the cache file accepts it only there (Rule 4).
 """
 
 from __future__ import annotations
@@ -43,9 +50,12 @@ from typing import Any, Protocol
 from ..decision.environment import CacheEntry
 from ..policy import catalog
 from .endpoints import Local, Remote
-from .path import Path
+from .path import Path, paths_of
 
-__all__ = ["Association", "AssociationStore", "Ticket", "default_store"]
+__all__ = ["OUTCOMES", "Association", "AssociationStore", "Ticket", "default_store"]
+
+OUTCOMES = ("success", "failure", "fallback")
+"""What `Association.record` accepts and the cache file may hold (Rule 8)."""
 
 _HISTORY_LIMIT = 64
 """Entries kept per remote, in memory and when loaded."""
@@ -142,25 +152,30 @@ class Association:
     @property
     def paths(self) -> list[Path]:
         """The distinct Paths the live carriers use now, newest carrier first: one per open
-        Transient (a dormant carrier has none). Their dynamic properties are read afresh on
-        each access (runtime.path, Rule 2)."""
+        Transient, or one per subflow of an MPTCP connection (a dormant carrier has none).
+        Their dynamic properties are read afresh on each access (runtime.path, Rule 2)."""
         seen: dict[Path, None] = {}
         for carrier in self.carriers:
             for transient in carrier.transients:
                 if not transient.is_open:
                     continue
-                path = transient.path
-                if not isinstance(path, Path):  # a Transient no Carrier adopted (yet)
-                    path = transient.path = Path.of(transient)
-                seen.setdefault(path, None)
+                if not isinstance(transient.path, Path):  # a Transient no Carrier adopted
+                    transient.path = Path.of(transient)
+                for path in paths_of(transient):
+                    seen.setdefault(path, None)
         return list(seen)
 
     # ---- history and tickets ----------------------------------------------------------------
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
                interface: str | None = None, address: str | None = None) -> None:
-        """Remember how an attempt went; the newest entry for (stack, interface, address)
-        replaces older ones."""
+        """Remember how an attempt went (`outcome`: one of OUTCOMES, Rule 8); the newest
+        entry for (stack, interface, address) replaces older ones. A "fallback" for a stack
+        that cannot fall back (not multipath-capable) is recorded as the "success" it was."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if outcome == "fallback" and not _multipath(stack):
+            outcome = "success"
         rtt = round(rtt_ms, 3) if rtt_ms is not None else None
         ticket = bool(self.tickets.get(stack))
         for old in self.history:
@@ -395,8 +410,10 @@ def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
     if not _text(stack) or stack not in known:
         return f"stack {stack!r:.40} is not a known stack"
     outcome = raw.get("outcome")
-    if outcome not in ("success", "failure"):
-        return f"outcome {outcome!r:.40} is not success or failure"
+    if outcome not in OUTCOMES:
+        return f"outcome {outcome!r:.40} is not success, failure or fallback"
+    if outcome == "fallback" and not _multipath(stack):
+        return f"outcome 'fallback' for {stack}, which is not a multipath stack"
     rtt = raw.get("rtt_ms")
     if rtt is not None and (type(rtt) not in (int, float) or not math.isfinite(rtt)
                             or rtt < 0):
@@ -417,6 +434,14 @@ def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
             return f"address {address!r:.40} is not an IP address"
     return CacheEntry(remote, stack, outcome, None if rtt is None else float(rtt), ticket,
                       interface, address)
+
+
+def _multipath(stack: str) -> bool:
+    """The stack may fall back to a single path (Rule 8): multipath-capable in the catalogue."""
+    try:
+        return catalog.info(stack).multipath_capable
+    except KeyError:
+        return False
 
 
 def _text(value: Any) -> bool:

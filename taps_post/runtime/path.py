@@ -11,6 +11,12 @@ the stack cannot measure is None. `stats()` is one consistent snapshot of all of
 Rule 3: the static properties of the local side (`pvd`, `metered`, `cost`, the link `mtu`)
 come from the decision's Interface, the same value the decision ranked with, so a Path and
 an explanation never disagree about which interface is metered.
+Rule 4: an MPTCP connection is one Path per subflow (`paths_of`), each identified by the
+subflow's own addresses and interface as the kernel reports them (`Transient.subflows()`),
+and measured from that subflow alone, read afresh on each access (`SubflowView`): a subflow
+the kernel no longer lists measures nothing (every value None), never another subflow's.
+A connection that fell back to TCP, or whose subflows the kernel cannot list, is the
+Transient's own single Path.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..core.path import PathStats
+from ..core.path import PathStats, Subflow
 from ..decision.environment import Interface
 from .endpoints import hostport
 
-__all__ = ["Path", "paths_of"]
+__all__ = ["Measured", "Path", "SubflowView", "paths_of"]
 
 
 class Measured(Protocol):
@@ -33,6 +39,38 @@ class Measured(Protocol):
     remote_address: tuple[str, int] | None
 
     def path_stats(self) -> PathStats: ...
+
+
+class SubflowView:
+    """One subflow of an MPTCP Transient, as a `Measured` (Rule 4): its addresses and
+    interface fixed when made, its statistics read from the kernel on every call."""
+
+    __slots__ = ("interface", "local_address", "remote_address", "transient")
+
+    def __init__(self, transient: Any, subflow: Subflow, interface: str | None) -> None:
+        self.transient = transient
+        """The MPTCP connection's Transient (Path.transient names it)."""
+        self.interface = interface
+        self.local_address: tuple[str, int] | None = subflow.local_address
+        self.remote_address: tuple[str, int] | None = subflow.remote_address
+
+    def subflow(self) -> Subflow | None:
+        """This subflow as the kernel reports it now; None once the kernel lists it no more
+        (closed, or the connection ended)."""
+        flows: tuple[Subflow, ...] = self.transient.subflows()
+        for flow in flows:
+            if (_address(flow.local_address) == self.local_address
+                    and _address(flow.remote_address) == self.remote_address):
+                return flow
+        return None
+
+    def path_stats(self) -> PathStats:
+        flow = self.subflow()
+        return flow.stats if flow is not None else PathStats()
+
+    def __repr__(self) -> str:
+        return (f"<SubflowView {self.interface or '?'} {_show(self.local_address)} -> "
+                f"{_show(self.remote_address)}>")
 
 
 class Path:
@@ -100,8 +138,18 @@ class Path:
 
     @property
     def transient(self) -> Any:
-        """The Transient this Path was read from (for debugging, like carrier.transients)."""
-        return self._transient
+        """The Transient this Path was read from (for debugging, like carrier.transients);
+        for an MPTCP subflow, the connection's Transient."""
+        t = self._transient
+        return t.transient if isinstance(t, SubflowView) else t
+
+    @property
+    def subflow(self) -> Subflow | None:
+        """The MPTCP subflow this Path is, as the kernel reports it now (backup flag, bytes
+        sent and received, its stats); None when the Path is not a subflow or the kernel
+        lists it no more (Rule 4)."""
+        t = self._transient
+        return t.subflow() if isinstance(t, SubflowView) else None
 
     # ---- what the stack measures (read on every access) -----------------------------------
 
@@ -152,15 +200,25 @@ class Path:
     def to_dict(self) -> dict[str, Any]:
         """Plain values for explain output and traces: what the Path is and, measured now,
         what it is like (a value the stack cannot measure is None)."""
-        stats = self.stats()
+        flow = self.subflow if isinstance(self._transient, SubflowView) else None
+        stats = flow.stats if flow is not None else (
+            PathStats() if isinstance(self._transient, SubflowView) else self.stats())
         mtu = stats.mtu if stats.mtu is not None else (
             self._info.mtu if self._info is not None else None)
-        return {"interface": self._interface,
-                "local_address": list(self._local) if self._local is not None else None,
-                "remote_address": list(self._remote) if self._remote is not None else None,
-                "pvd": self.pvd, "metered": self.metered, "cost": self.cost, "mtu": mtu,
-                "rtt_ms": stats.rtt_ms, "rttvar_ms": stats.rttvar_ms, "loss": stats.loss,
-                "rate_bps": stats.rate_bps}
+        out: dict[str, Any] = {
+            "interface": self._interface,
+            "local_address": list(self._local) if self._local is not None else None,
+            "remote_address": list(self._remote) if self._remote is not None else None,
+            "pvd": self.pvd, "metered": self.metered, "cost": self.cost, "mtu": mtu,
+            "rtt_ms": stats.rtt_ms, "rttvar_ms": stats.rttvar_ms, "loss": stats.loss,
+            "rate_bps": stats.rate_bps}
+        if isinstance(self._transient, SubflowView):  # one kernel read for all of it
+            out["subflow"] = {"backup": flow.backup if flow is not None else None,
+                              "bytes_sent": flow.bytes_sent if flow is not None else None,
+                              "bytes_received": (flow.bytes_received if flow is not None
+                                                 else None),
+                              "listed": flow is not None}
+        return out
 
     def __repr__(self) -> str:
         return (f"<Path {self._interface or '?'} {_show(self._local)} -> "
@@ -182,6 +240,27 @@ def _show(address: tuple[str, int] | None) -> str:
 
 
 def paths_of(transient: Any, interfaces: Sequence[Interface] | None = None) -> list[Path]:
-    """The Paths a Transient uses now: its own, or one per subflow of an MPTCP connection."""
+    """The Paths a Transient uses now: one per subflow of an MPTCP connection, as the kernel
+    lists them now (Rule 4), else its own. `interfaces` (default: the live machine's, as the
+    last decision saw them) give each Path its Interface; a subflow whose interface the
+    kernel did not name is matched by its local address."""
+    flows = transient.subflows()
+    if flows:
+        if interfaces is None:
+            from ..system.live import cached_interfaces
+
+            interfaces = cached_interfaces()
+        return [_subflow_path(transient, flow, interfaces) for flow in flows]
     path = transient.path
     return [path] if path is not None else [Path.of(transient, interfaces)]
+
+
+def _subflow_path(transient: Any, flow: Subflow, interfaces: Sequence[Interface]) -> Path:
+    ip = flow.local_address[0]
+    found = (next((i for i in interfaces if i.name == flow.interface), None)
+             if flow.interface is not None else None)
+    if found is None:
+        found = next((i for i in interfaces if any(a.address == ip for a in i.addresses)), None)
+    name = flow.interface if flow.interface is not None else (
+        found.name if found is not None else None)
+    return Path(SubflowView(transient, flow, name), found)
