@@ -18,11 +18,17 @@ change, never in a loop.
 Rule 4: the controller owns one timer at most (re-reading the kernel's subflows a few times
 after a change, as joins complete within round trips), cancelled by `close()`; the carrier
 closes it when its Transient ends. It starts no task.
+Rule 5: the kernel opens a subflow only on a fully established connection (ENOTCONN before:
+the client's MP_CAPABLE is confirmed by the peer's first data ack, so a connection nothing
+was sent on yet is not), so a plan refused with ENOTCONN is applied again at each check and
+then once a second (`RETRY`, at most `RETRIES` times): one getsockopt and one genl request
+per second while the application has not sent anything yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
@@ -40,6 +46,9 @@ __all__ = ["CHECKS", "PathController", "control"]
 
 CHECKS = (0.05, 0.2, 0.5, 1.0, 2.0)
 """Seconds after a change at which the kernel's subflows are read again (Rule 4)."""
+RETRY = 1.0
+RETRIES = 120
+"""Rule 5: the interval and the bound of further tries while the kernel says ENOTCONN."""
 
 _log = logging.getLogger("taps_post.carrier")
 
@@ -64,8 +73,8 @@ def control(t: Transient, settings: Settings, interfaces: Sequence[Interface],
 class PathController:
     """Applies a subflow plan to one MPTCP connection (Rules 1, 2), reports its changes."""
 
-    __slots__ = ("_check", "_checks", "_emit", "_interfaces", "_pm", "_seen", "_transient",
-                 "plan", "refused", "userspace")
+    __slots__ = ("_asked", "_check", "_checks", "_emit", "_interfaces", "_pm", "_retries",
+                 "_seen", "_transient", "plan", "refused", "userspace", "waiting")
 
     def __init__(self, t: Transient, plan: tuple[tuple[str, str], ...],
                  interfaces: tuple[Interface, ...], emit: Callable[[CarrierEvent], None], *,
@@ -83,6 +92,11 @@ class PathController:
         self._checks = 0
         self.refused: dict[str, str] = {}
         """interface -> why the kernel refused our subflow there at the last change."""
+        self.waiting = False
+        """Rule 5: the kernel said ENOTCONN (not fully established yet): try again."""
+        self._retries = 0
+        self._asked: set[str] = set()
+        """Interfaces we opened a subflow from since the last change (not asked twice)."""
 
     def close(self) -> None:
         if self._check is not None:
@@ -103,14 +117,21 @@ class PathController:
         if not t.is_open:
             self.close()
             return
-        if self.userspace:
-            self.refused = {}
-            try:
-                self._apply()
-            except OSError as exc:  # no genl family, no token any more: report only
-                _log.debug("mptcp path control unavailable: %s", exc)
+        self._asked = set()
+        self._retries = 0
+        self._steer()
         self._checks = 0
         self._schedule()
+
+    def _steer(self) -> None:
+        if not self.userspace:
+            return
+        self.refused = {}
+        self.waiting = False
+        try:
+            self._apply()
+        except OSError as exc:  # no genl family, no token any more: report only
+            _log.debug("mptcp path control unavailable: %s", exc)
 
     def _apply(self) -> None:
         t = self._transient
@@ -156,15 +177,22 @@ class PathController:
             ip = self._address(name, family)
             if ip is None:
                 continue
-            self._call(pm.create_subflow, name, token, (ip,), remote, _index(name),
-                       role == "backup")
+            if name in self._asked:
+                continue  # opened since the last change; the kernel may not list it yet
+            if self._call(pm.create_subflow, name, token, (ip,), remote, _index(name),
+                          role == "backup"):
+                self._asked.add(name)
 
-    def _call(self, fn: Callable[..., None], name: str | None, *args: Any) -> None:
+    def _call(self, fn: Callable[..., None], name: str | None, *args: Any) -> bool:
         try:
             fn(*args)
         except OSError as exc:
             self.refused[name or "?"] = str(exc)
+            if exc.errno == errno.ENOTCONN:
+                self.waiting = True  # Rule 5
             _log.debug("mptcp path control: %s refused: %s", fn.__name__, exc)
+            return False
+        return True
 
     # ---- what the interfaces are ----------------------------------------------------------
 
@@ -196,10 +224,14 @@ class PathController:
         if self._check is not None:
             self._check.cancel()
             self._check = None
-        if self._checks >= len(CHECKS):
+        if self._checks < len(CHECKS):
+            delay = CHECKS[self._checks] - (CHECKS[self._checks - 1] if self._checks else 0.0)
+            self._checks += 1
+        elif self.waiting and self._retries < RETRIES:
+            delay = RETRY
+            self._retries += 1
+        else:
             return
-        delay = CHECKS[self._checks] - (CHECKS[self._checks - 1] if self._checks else 0.0)
-        self._checks += 1
         self._check = self._transient.loop.call_later(delay, self._look)
 
     def _snapshot(self) -> dict[tuple[str | None, str, str], Path]:
@@ -214,6 +246,8 @@ class PathController:
         t = self._transient
         if not t.is_open:
             return
+        if self.waiting:
+            self._steer()
         self.report()
         self._schedule()
 

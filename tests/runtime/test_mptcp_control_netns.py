@@ -1,0 +1,209 @@
+"""Explicit MPTCP path control (runtime/multipath.py) under the userspace path manager, on
+the two-path topology of tests/netns.py, checked against the kernel's own view.
+
+Host A sets `net.mptcp.pm_type=1`: the kernel opens no subflow by itself, only the
+library's PathController does (SUBFLOW_CREATE over genl "mptcp_pm"), from each interface of
+the Decision's subflow plan. Host B is a taps_post listener (MPTCP, in-kernel PM, which
+accepts joins up to its limits). The client's carrier goes to 198.18.1.2 on veth-a1; a
+subflow from veth-a2 (198.18.2.1) reaches it through the topology's cross route.
+
+- `interface.veth-a2: prohibit`: no subflow ever appears on veth-a2, neither in the
+  socket's MPTCP_FULL_INFO / subflow addresses nor in `ss` (any TCP socket from 198.18.2.1).
+- `interface.veth-a2: avoid` under aggregate: a subflow on veth-a2, with the backup flag.
+- both allowed under aggregate: two subflows, both primary (no backup flag).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from netns import A1, A2, A2_V4, B1_V4, NsProcess, Topology, topology
+
+PORT = 5002
+
+SERVER = r"""
+import asyncio, json, sys
+import taps_post as tp
+
+PORT = int(sys.argv[1])
+
+async def serve(carrier):
+    try:
+        async for msg in carrier:
+            await carrier.send(bytes(msg))
+    except tp.ConnectionClosedError:
+        pass
+    finally:
+        await carrier.close()
+
+async def main():
+    policy = tp.PolicyContext(system=[], app_name="srv")
+    listener = await tp.listen(tp.Local(port=PORT), policy=policy)
+    tasks = set()
+
+    def accept(carrier):
+        task = asyncio.ensure_future(serve(carrier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    listener.accept(accept)
+    print(json.dumps({"ports": listener.ports}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await listener.close()
+
+asyncio.run(main())
+"""
+
+CLIENT = r"""
+import asyncio, json, sys
+import taps_post as tp
+
+state = {}
+EVENTS = []
+
+def report(carrier):
+    t = carrier.transient
+    flows = t.subflows() if t is not None else ()
+    return {"stack": carrier.stack, "interface": t.interface if t else None,
+            "subflows": [{"interface": s.interface, "local": s.local_address[0],
+                          "remote": s.remote_address[0], "backup": s.backup}
+                         for s in flows],
+            "paths": [p.interface for p in carrier.paths],
+            "events": EVENTS,
+            "subflow_plan": [list(s) for s in carrier.settings.subflows],
+            "path_manager": carrier.explanation.path_manager}
+
+async def command(cmd):
+    if cmd["op"] == "start":
+        app = {"version": 1, "layer": "app", "rules": [{"id": "mp", "set": cmd["set"]}]}
+        policy = tp.PolicyContext(system=[], app=app, app_name="t")
+        carrier = state["carrier"] = tp.initiate(cmd["target"], policy=policy)
+        carrier.on_event(lambda e: EVENTS.append(
+            [type(e).__name__, getattr(getattr(e, "old", None), "interface", None),
+             getattr(getattr(e, "new", None), "interface", None)]))
+        await carrier.activate()
+        return report(carrier)
+    carrier = state["carrier"]
+    if cmd["op"] == "echo":
+        for n in range(cmd["count"]):
+            await carrier.send(b"x" * 1000)
+            await asyncio.wait_for(carrier.receive(), 5)
+        return report(carrier)
+    if cmd["op"] == "report":
+        return report(carrier)
+    raise ValueError(cmd["op"])
+
+async def main():
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        try:
+            out = await command(json.loads(line))
+        except Exception as exc:
+            out = {"unexpected": repr(exc)}
+        print(json.dumps(out), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Scene:
+    topo: Topology
+    client: NsProcess
+
+    def ask(self, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.client.request(cmd, timeout)
+        assert "unexpected" not in out, out["unexpected"]
+        return out
+
+    def start(self, rules: dict[str, Any]) -> dict[str, Any]:
+        return self.ask(op="start", target=f"tcp://{B1_V4}:{PORT}",
+                        set={"multipath": "active", **rules})
+
+    def kernel_sockets_from(self, address: str) -> list[str]:
+        """Every TCP socket of host A with local address `address`, as `ss` lists it."""
+        out = self.topo.exec(self.topo.a, "ss", "-tniH", "state", "all", "src",
+                             address).stdout
+        return [line for line in out.splitlines() if line.strip() and not line[0].isspace()]
+
+    def wait_subflows(self, n: int, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.ask(op="report")
+            if len(out["subflows"]) >= n:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{n} subflows not seen within {timeout} s: {out}")
+            time.sleep(0.05)  # pacing between reads of the kernel's subflows
+
+
+def _mptcp_unavailable(topo: Topology) -> str | None:
+    probe = topo.exec(topo.a, "sysctl", "-n", "net.mptcp.enabled", check=False)
+    if probe.returncode != 0 or probe.stdout.strip() != "1":
+        return "MPTCP is not enabled in this kernel"
+    return None
+
+
+@pytest.fixture
+def scene() -> Iterator[Scene]:
+    with topology("tpc") as topo:
+        reason = _mptcp_unavailable(topo)
+        if reason is not None:
+            pytest.skip(reason)
+        topo.sysctl(topo.a, "net.mptcp.pm_type", 1)
+        topo.mptcp(topo.b, "limits", "set", "subflows", "8", "add_addr_accepted", "8")
+        server = topo.spawn(topo.b, SERVER, str(PORT))
+        assert server.read_json(10)["ports"]
+        client = topo.spawn(topo.a, CLIENT)
+        yield Scene(topo, client)
+
+
+def test_a_prohibited_interface_never_carries_a_subflow(scene: Scene) -> None:
+    started = scene.start({"interface.veth-a2": "prohibit", "multipathPolicy": "aggregate"})
+    assert started["stack"] == "mptcp" and started["interface"] == A1, started
+    assert started["path_manager"] == "userspace", started
+    assert [name for name, _ in started["subflow_plan"]] == [A1], started
+    for _ in range(10):  # traffic for a while, the kernel's view read each time
+        out = scene.ask(op="echo", count=20)
+        assert out["subflows"], out  # MPTCP in use: the kernel lists the initial subflow
+        assert all(s["interface"] != A2 and s["local"] != A2_V4 for s in out["subflows"]), out
+        assert scene.kernel_sockets_from(A2_V4) == []
+        time.sleep(0.05)
+
+
+def test_an_avoided_interface_carries_only_a_backup_subflow(scene: Scene) -> None:
+    started = scene.start({"interface.veth-a2": "avoid", "multipathPolicy": "aggregate"})
+    assert started["stack"] == "mptcp" and started["interface"] == A1, started
+    assert dict(map(tuple, started["subflow_plan"])) == {A1: "primary", A2: "backup"}, started
+    scene.ask(op="echo", count=5)  # fully established (Rule 5 of runtime/multipath.py)
+    scene.wait_subflows(2)
+    scene.ask(op="echo", count=20)
+    out = scene.ask(op="report")
+    by_if = {s["interface"]: s for s in out["subflows"]}
+    assert set(by_if) == {A1, A2}, out
+    assert by_if[A2]["backup"] is True, out
+    assert by_if[A1]["backup"] is not True, out
+    assert scene.kernel_sockets_from(A2_V4), "ss lists no socket from veth-a2's address"
+    assert ["PathChange", None, A2] in out["events"], out["events"]
+
+
+def test_two_allowed_interfaces_under_aggregate_are_both_primary(scene: Scene) -> None:
+    started = scene.start({"multipathPolicy": "aggregate"})
+    assert started["stack"] == "mptcp", started
+    assert dict(map(tuple, started["subflow_plan"])) == {A1: "primary", A2: "primary"}, started
+    scene.ask(op="echo", count=5)
+    scene.wait_subflows(2)
+    out = scene.ask(op="echo", count=20)
+    by_if = {s["interface"]: s for s in out["subflows"]}
+    assert set(by_if) == {A1, A2}, out
+    assert all(s["backup"] is not True for s in by_if.values()), out
+    assert sorted(out["paths"]) == [A1, A2], out
