@@ -157,8 +157,12 @@ class PathController:
             if name is None:
                 continue  # not ours to judge: an address no interface holds now
             if role is None or not self._up(name):
-                if initial is None or local != (str(initial[0]), int(initial[1])):
-                    self._call(pm.destroy_subflow, name, token, local, far)
+                # (the initial subflow too, once its interface is down: the connection goes
+                # on over the others at once instead of after retransmission timeouts)
+                # REMOVE_ADDR first, over a subflow that still works: the peer stops
+                # sending on this one now, not after its retransmission timeout
+                self._call(pm.remove, name, token, self._local_id(pm, token, local[0], initial))
+                self._call(pm.destroy_subflow, name, token, local, far)
                 continue
             carried.add(name)
             want = role == "backup"
@@ -182,6 +186,19 @@ class PathController:
             if self._call(pm.create_subflow, name, token, (ip,), remote, _index(name),
                           role == "backup"):
                 self._asked.add(name)
+
+    def _local_id(self, pm: Any, token: int, ip: str,
+                  initial: tuple[str, int] | None) -> int:
+        """The address id the peer knows local address `ip` by (0: the initial one's)."""
+        if initial is not None and str(initial[0]) == ip:
+            return 0
+        try:
+            for entry in pm.local_addresses(token):
+                if entry.address is not None and entry.address == ip:
+                    return int(entry.id)
+        except OSError:
+            pass
+        return 0
 
     def _call(self, fn: Callable[..., None], name: str | None, *args: Any) -> bool:
         try:

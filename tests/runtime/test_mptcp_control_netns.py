@@ -11,6 +11,8 @@ subflow from veth-a2 (198.18.2.1) reaches it through the topology's cross route.
   socket's MPTCP_FULL_INFO / subflow addresses nor in `ss` (any TCP socket from 198.18.2.1).
 - `interface.veth-a2: avoid` under aggregate: a subflow on veth-a2, with the backup flag.
 - both allowed under aggregate: two subflows, both primary (no backup flag).
+- and then veth-a1 goes down: the carrier stays active on its veth-a2 subflow (PathChange,
+  no Dormant, no new connection) and echoes go on.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ asyncio.run(main())
 """
 
 CLIENT = r"""
-import asyncio, json, sys
+import asyncio, json, sys, time
 import taps_post as tp
 
 state = {}
@@ -100,6 +102,11 @@ async def command(cmd):
         return report(carrier)
     if cmd["op"] == "report":
         return report(carrier)
+    if cmd["op"] == "timed_echo":
+        started = time.monotonic()
+        await carrier.send(b"y" * 100)
+        await asyncio.wait_for(carrier.receive(), 10)
+        return {**report(carrier), "echo_ms": (time.monotonic() - started) * 1000}
     raise ValueError(cmd["op"])
 
 async def main():
@@ -207,3 +214,19 @@ def test_two_allowed_interfaces_under_aggregate_are_both_primary(scene: Scene) -
     assert set(by_if) == {A1, A2}, out
     assert all(s["backup"] is not True for s in by_if.values()), out
     assert sorted(out["paths"]) == [A1, A2], out
+
+
+def test_an_mptcp_carrier_keeps_going_on_its_other_subflow_when_a_link_goes_down(
+        scene: Scene) -> None:
+    scene.start({"multipathPolicy": "aggregate"})
+    scene.ask(op="echo", count=5)
+    scene.wait_subflows(2)
+    scene.topo.link(scene.topo.a, A1, up=False)
+    out = scene.ask(op="timed_echo", timeout=15)
+    assert out["stack"] == "mptcp", out
+    kinds = [e[0] for e in out["events"]]
+    assert "Dormant" not in kinds and kinds.count("Ready") == 1, out["events"]
+    assert ["PathChange", A1, A2] in out["events"], out["events"]
+    print(f"\nMPTCP: first echo after veth-a1 went down took {out['echo_ms']:.0f} ms")
+    out = scene.ask(op="echo", count=20)
+    assert A2 in {s["interface"] for s in out["subflows"]}, out
