@@ -36,9 +36,12 @@ from cryptography.hazmat.primitives import serialization
 import taps_post as tp
 from taps_post.stacks import quic as quic_stack
 from taps_post.stacks.quic.compat import (
+    active_path_validated,
     count_lost_packets,
+    handshake_confirmed,
     offer_datagram_frames,
     peer_certificate,
+    peer_connection_id,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
     recovery_state,
@@ -46,6 +49,7 @@ from taps_post.stacks.quic.compat import (
     request_client_certificate,
     set_identity,
     set_peer_verification,
+    spare_connection_ids,
     stream_send_offsets,
 )
 
@@ -69,10 +73,12 @@ class Pair:
     client_tickets: list[SessionTicket] = field(default_factory=list)
     client_events: list[events.QuicEvent] = field(default_factory=list)
     server_events: list[events.QuicEvent] = field(default_factory=list)
+    client_addr: tuple[str, int] = CLIENT_ADDR
+    """Where the server sees the client's datagrams come from (a migration changes it)."""
 
     def _deliver(self, src: QuicConnection, dst: QuicConnection, limit: int | None = None
                  ) -> int:
-        src_addr = CLIENT_ADDR if src is self.client else SERVER_ADDR
+        src_addr = self.client_addr if src is self.client else SERVER_ADDR
         sent = src.datagrams_to_send(now=self.now)
         for data, _addr in sent[:limit]:
             dst.receive_datagram(data, src_addr, now=self.now)
@@ -499,6 +505,65 @@ def test_quic_session_attributes_do_not_collide_with_aioquic_protocol_attributes
         assert ours & theirs == set()
 
     run(main(), 5)
+
+
+# ---- connection migration: handshake_confirmed, peer_connection_id, spare_connection_ids,
+# ---- active_path_validated ------------------------------------------------------------------
+
+
+def test_handshake_confirmed_only_once_the_client_has_handshake_done(cert: Any) -> None:
+    """HandshakeCompleted comes first; confirmation (HANDSHAKE_DONE) follows, and only then
+    may a client migrate (RFC 9000 section 9)."""
+    pair = make_pair(cert)
+    assert not handshake_confirmed(pair.client)
+    pair.exchange()
+    assert any(isinstance(e, events.HandshakeCompleted) for e in pair.client_events)
+    pair.settle()
+    assert handshake_confirmed(pair.client) and handshake_confirmed(pair.server)
+
+
+def test_peer_connection_id_changes_with_change_connection_id(cert: Any) -> None:
+    """The server issues spare connection ids once the handshake is done; the public
+    change_connection_id() takes one, so the id our packets carry changes."""
+    pair = make_pair(cert)
+    pair.handshake()
+    spare = spare_connection_ids(pair.client)
+    assert spare >= 1
+    before = peer_connection_id(pair.client)
+    assert isinstance(before, bytes) and before
+    pair.client.change_connection_id()
+    assert peer_connection_id(pair.client) != before
+    assert spare_connection_ids(pair.client) == spare - 1
+    pair.settle()  # the server retires the old id and issues a new one
+    assert spare_connection_ids(pair.client) == spare
+
+
+def test_spare_connection_ids_none_means_change_connection_id_keeps_the_id(cert: Any) -> None:
+    pair = make_pair(cert)
+    assert spare_connection_ids(pair.client) == 0  # nothing issued before the handshake
+    before = peer_connection_id(pair.client)
+    pair.client.change_connection_id()
+    assert peer_connection_id(pair.client) == before
+
+
+def test_active_path_validated_follows_the_servers_path_validation(cert: Any) -> None:
+    """A client that migrated (its datagrams come from a new address): aioquic's server
+    moves its active path there on a non-probing packet (a PING), unvalidated, and
+    validates it with PATH_CHALLENGE / PATH_RESPONSE."""
+    pair = make_pair(cert)
+    pair.handshake()
+    assert active_path_validated(pair.server)
+    pair.client_addr = ("192.0.2.9", 50001)
+    pair.client.change_connection_id()
+    pair.client.send_ping(1)
+    pair.client_to_server()
+    assert pair.server.get_peer_address() == pair.client_addr
+    assert not active_path_validated(pair.server)
+    pair.settle()
+    assert pair.server.get_peer_address() == pair.client_addr
+    assert active_path_validated(pair.server)
+    assert any(isinstance(e, events.PingAcknowledged) and e.uid == 1
+               for e in pair.client_events)
 
 
 @pytest.fixture(autouse=True)

@@ -33,12 +33,13 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["CHECKED", "RecoveryState", "count_lost_packets", "forget_connection", "govern_credit",
-           "offer_datagram_frames", "path_validated", "peer_certificate",
+__all__ = ["CHECKED", "RecoveryState", "active_path_validated", "count_lost_packets",
+           "forget_connection", "govern_credit", "handshake_confirmed",
+           "offer_datagram_frames", "path_validated", "peer_certificate", "peer_connection_id",
            "peer_max_datagram_frame_size", "pending_datagram_bytes", "pending_datagram_frames",
            "recovery_state", "refuse_early_data", "request_client_certificate", "server_knows",
-           "set_identity", "set_peer_verification", "set_server_retry", "stop_timer",
-           "stream_receive_buffered", "stream_send_offsets", "validate_paths"]
+           "set_identity", "set_peer_verification", "set_server_retry", "spare_connection_ids",
+           "stop_timer", "stream_receive_buffered", "stream_send_offsets", "validate_paths"]
 
 CHECKED = ("1.6.0", "1.7.2")
 """The aioquic releases every function here was read against and tested with: the lowest one
@@ -425,3 +426,45 @@ def stream_discarded(quic: QuicConnection, stream_id: int) -> bool:
     # where it is missing, streams are never taken as discarded (kept, as before).
     discarded = getattr(quic, "_stream_is_discarded", None)
     return bool(discarded(stream_id)) if discarded is not None else False
+
+
+# ---- connection migration (docs/quic.md, "Connection migration") ---------------------------
+
+
+def handshake_confirmed(quic: QuicConnection) -> bool:
+    """Is the handshake confirmed (a client received HANDSHAKE_DONE, RFC 9001 section
+    4.1.2)? RFC 9000 section 9 forbids migrating before that, and HandshakeCompleted comes
+    earlier (when our side of the handshake completed)."""
+    # Private: QuicConnection._handshake_confirmed, set by _confirm_handshake(); aioquic
+    # emits no event for it. Checked against aioquic 1.7.2 (the one installed here; 1.6.0
+    # not re-read).
+    return bool(quic._handshake_confirmed)
+
+
+def peer_connection_id(quic: QuicConnection) -> bytes:
+    """The connection id our packets carry now (the peer's, chosen by the peer): a
+    migration switches to another one (`change_connection_id()`), so that an observer of
+    both paths cannot link them (RFC 9000 section 9.5)."""
+    # Private: QuicConnection._peer_cid (a QuicConnectionId) and its public `cid`; aioquic
+    # has no accessor. Checked against aioquic 1.7.2 (1.6.0 not re-read).
+    cid: bytes = quic._peer_cid.cid
+    return cid
+
+
+def spare_connection_ids(quic: QuicConnection) -> int:
+    """How many unused connection ids the peer issued us (NEW_CONNECTION_ID): with none,
+    `change_connection_id()` does nothing and a migration keeps the current id."""
+    # Private: QuicConnection._peer_cid_available, the list change_connection_id() pops
+    # from. Checked against aioquic 1.7.2 (1.6.0 not re-read).
+    return len(quic._peer_cid_available)
+
+
+def active_path_validated(quic: QuicConnection) -> bool:
+    """Has the path this connection sends on now (`get_peer_address()`) been validated?
+    A server whose client migrated sends to the new address at once, within 3x what it
+    received from there (anti-amplification), until its PATH_CHALLENGE is answered."""
+    # Private: QuicConnection._network_paths (the active path first) and
+    # QuicNetworkPath.is_validated. aioquic publishes no view of its paths. Checked against
+    # aioquic 1.7.2 (1.6.0 not re-read).
+    paths = quic._network_paths
+    return bool(paths) and bool(paths[0].is_validated)

@@ -58,6 +58,19 @@ for one whose data was).
 Rule 9 (close): a client's connection that began closing releases its UDP socket within
 carrier.linger (`linger`), even while aioquic's closing period (3 PTO, seconds under load)
 runs on: the carrier is closed, so its socket must go too.
+Rule 11 (connection migration, RFC 9000 section 9; docs/quic.md "Connection migration"): only
+a client migrates (`migrate`), and only once the handshake is confirmed: a new UDP socket
+bound to the new local address (pinned to its interface like connect's, `bind_to_device`)
+and connected to the same remote becomes the one `_Outbound` sends through (aioquic keeps
+writing to that object, so no aioquic internals are touched), the old socket is closed with
+its protocol detached (its close must not end the connection), the connection switches to a
+fresh connection id of the peer (`change_connection_id`, so the two paths cannot be linked)
+and sends a PING, a non-probing packet on which the server moves to the new path and starts
+validating it (PATH_CHALLENGE / PATH_RESPONSE: aioquic's server does this itself). aioquic's
+client keys its paths by the remote address only, so its streams, offsets, congestion state
+and keys carry on untouched: no handshake. Every stream of the connection is told its new
+addresses (`path_moved`); a server's streams are told when aioquic moved its active path to
+a new peer address (`_peer_moved`, checked only for a datagram from a new source address).
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -77,10 +91,11 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from ...core.messages import Pending
 from ...core.path import PathStats
 from ...core.settings import dscp_for
-from ..base import DscpMarker
+from ..base import DscpMarker, bind_to_device, family_of
 from .compat import (
     count_lost_packets,
     govern_credit,
+    handshake_confirmed,
     peer_certificate,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
@@ -110,6 +125,9 @@ _IDLE_CLOSE = 0.5
 _HELD_DATAGRAMS = 64
 """DATAGRAM frames held per connection for streams the peer may still open (Rule 6); more
 are dropped (Rule 8)."""
+_CONFIRM_WAIT = 2.0
+"""Seconds a migration waits for the handshake's confirmation (HANDSHAKE_DONE) before it
+gives up (RFC 9000 section 9: no migration before it)."""
 _BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
 """How a client closes on a pin mismatch: the TLS bad_certificate alert (RFC 9001 section
 4.8), as aioquic's own chain check does."""
@@ -154,6 +172,13 @@ class _Outbound(asyncio.DatagramTransport):
         """Drop every datagram: a listener's connection whose handshake timed out is let
         go without a reply to a source address nobody validated (docs/quic.md)."""
 
+    def replace(self, transport: asyncio.BaseTransport) -> asyncio.DatagramTransport:
+        """Send through `transport` from now on (a client's migration, Rule 11); returns the
+        transport it replaced. aioquic keeps writing to this object, never to a socket."""
+        old, self._inner = self._inner, cast(asyncio.DatagramTransport, transport)
+        self._connected = transport.get_extra_info("peername") is not None
+        return old
+
     def sendto(self, data: Any, addr: Any = None) -> None:
         inner = self._inner
         if self.silent or inner.is_closing():
@@ -174,6 +199,41 @@ class _Outbound(asyncio.DatagramTransport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._inner.get_extra_info(name, default)
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """The protocol of a migrated client's socket (Rule 11): everything goes to the session,
+    whose own protocol object belonged to its first socket."""
+
+    def __init__(self, session: QuicSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.session.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.session.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.connection_lost(exc)
+
+
+def migration_socket(local_address: str, interface: str | None,
+                     remote: tuple[str, int]) -> socket.socket:
+    """A UDP socket for a migrating client (Rule 11), as `base.connected_datagram_socket`
+    makes one for a candidate: non-blocking, pinned to `interface`, bound to `local_address`
+    (any port) and connected to `remote`. Raises OSError when any step fails (the address is
+    not ours, the interface is gone)."""
+    sock = socket.socket(family_of(remote[0]), socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        bind_to_device(sock, interface, remote=remote[0], local=local_address)
+        sock.bind((local_address, 0))
+        sock.connect(remote)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class QuicSession(QuicConnectionProtocol):
@@ -303,6 +363,25 @@ class QuicSession(QuicConnectionProtocol):
         """What the completed handshake proved (Rule 5): the tickets it brings carry it."""
         self.refusal: BaseException | None = None
         """Why this client refused its server after the handshake (a pin mismatch)."""
+        self.handshakes = 0
+        """HandshakeCompleted events seen: 1 for the connection's life (a migration does
+        not handshake again; tests count it)."""
+        self.migrations = 0
+        """Times this client moved to a new local address (Rule 11); a server counts the
+        times aioquic moved it to a new peer address."""
+        self.migrated_at: float | None = None
+        """Loop time of the last migration."""
+        self.migration_acked_ms: float | None = None
+        """Milliseconds from the last migration until the peer acknowledged the PING sent
+        from the new path (None: not yet)."""
+        self._migration_ping: int | None = None
+        self._confirm_waiter: asyncio.Future[None] | None = None
+        """A migration waits for the handshake's confirmation (Rule 11)."""
+        self._migrating: asyncio.Lock | None = None
+        """Held while a migration makes its socket (made on first use, Rule 11)."""
+        self._source: Any = None
+        """A server's last datagram source: only a datagram from elsewhere is checked for a
+        peer that moved (Rule 11)."""
 
     @property
     def datagrams_negotiated(self) -> bool:
@@ -428,10 +507,119 @@ class QuicSession(QuicConnectionProtocol):
             # streams it carries take the address when they are attached).
             self.remote_address = (addr[0], addr[1])
         super().datagram_received(data, addr)
+        waiter = self._confirm_waiter
+        if waiter is not None and not waiter.done() and (
+                handshake_confirmed(self.connection) or not self.is_open):
+            waiter.set_result(None)
+        if not self.owns_transport and addr != self._source:
+            self._source = addr
+            self._peer_moved()
         # The first datagram a server receives creates the TLS context; the ticket is only
         # issued once the client's Finished arrives, always in a later datagram.
         if self._refuse_early and refuse_early_data(self.connection):
             self._refuse_early = False
+
+    # ---- connection migration (Rule 11) -----------------------------------------------------
+
+    async def migrate(self, local_address: str, interface: str | None) -> bool:
+        """Move this client's connection to `local_address` on `interface` (Rule 11): True
+        once it sends from there (the server validates the new path as the packets go),
+        False where it cannot (a server's connection, not confirmed yet or closed, an
+        address of the remote's other family, a socket that cannot be bound or connected).
+        Already on that address and interface: True, nothing done (the carriers of one
+        connection may each ask)."""
+        remote = self.remote_address
+        out = self._out
+        if (not self.owns_transport or not self.is_open or remote is None or out is None
+                or out.is_closing() or not self.handshake_done):
+            return False
+        if not handshake_confirmed(self.connection) and not await self._confirmation():
+            return False
+        try:
+            if family_of(local_address) != family_of(remote[0]):
+                return False
+        except ValueError:
+            return False
+        lock = self._migrating
+        if lock is None:
+            lock = self._migrating = asyncio.Lock()
+        async with lock:  # carriers of one connection asking at once: one move, in turn
+            return await self._move(local_address, interface, remote, out)
+
+    async def _move(self, local_address: str, interface: str | None,
+                    remote: tuple[str, int], out: _Outbound) -> bool:
+        current = self.local_address
+        if current is not None and current[0] == local_address and interface == self.interface:
+            return True
+        try:
+            sock = migration_socket(local_address, interface, remote)
+        except (OSError, ValueError):
+            return False
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                functools.partial(_Receiver, self), sock=sock)
+        except OSError:
+            sock.close()
+            return False
+        except BaseException:
+            sock.close()
+            raise
+        if not self.is_open or out.is_closing():  # it ended while the endpoint was made
+            transport.close()
+            return False
+        old = out.replace(transport)
+        old.set_protocol(asyncio.DatagramProtocol())  # its close must not end the connection
+        old.close()
+        if self._dscp:
+            previous = self._marker
+            self._marker = DscpMarker(transport.get_extra_info("socket"))
+            if previous is not None and previous.current:
+                with contextlib.suppress(OSError):
+                    self._marker.set(previous.current)
+        local = transport.get_extra_info("sockname")
+        self.local_address = (local[0], local[1])
+        self.interface = interface
+        quic = self.connection
+        quic.change_connection_id()  # no spare id from the peer: the current one stays
+        self.migrations += 1
+        self.migrated_at = self.loop.time()
+        self.migration_acked_ms = None
+        self._migration_ping = self.migrations
+        quic.send_ping(self.migrations)  # non-probing: the server moves to this path now
+        self.transmit()
+        for t in list(self.streams.values()):
+            t.path_moved(self.local_address, remote, interface)
+        return True
+
+    async def _confirmation(self) -> bool:
+        """Wait (at most `_CONFIRM_WAIT`) for the handshake's confirmation, which the
+        server's HANDSHAKE_DONE brings about an RTT after our side completed: a path that
+        goes away right after connect() is still migrated (Rule 11)."""
+        waiter = self._confirm_waiter
+        if waiter is None or waiter.done():
+            waiter = self._confirm_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), _CONFIRM_WAIT)
+        except TimeoutError:
+            return False
+        finally:
+            self._confirm_waiter = None
+        return self.is_open and handshake_confirmed(self.connection)
+
+    def _peer_moved(self) -> None:
+        """A server's connection: aioquic may have made a new peer address its active path
+        (Rule 11); if so, every stream takes it."""
+        peer = self.connection.get_peer_address()
+        if peer is None or self.remote_address is None:
+            return
+        moved = (peer[0], peer[1])
+        if moved == self.remote_address:
+            return
+        self.remote_address = moved
+        self.migrations += 1
+        self.migrated_at = self.loop.time()
+        for t in list(self.streams.values()):
+            t.path_moved(self.local_address, moved, t.interface)
 
     async def wait_connected(self) -> None:
         """Wait for the handshake. Unlike aioquic's, this one fails at once on an ICMP error
@@ -705,6 +893,7 @@ class QuicSession(QuicConnectionProtocol):
             if self.client_auth is not None and not self._client_trusted(event):
                 return
             self.handshake_done = True
+            self.handshakes += 1
             if self.on_handshake is not None:
                 self.on_handshake(self)
             self.early_data_accepted = event.early_data_accepted
@@ -715,6 +904,10 @@ class QuicSession(QuicConnectionProtocol):
             self._stream_data(event)
         elif isinstance(event, events.DatagramFrameReceived):
             self._datagram_received(event.data)
+        elif isinstance(event, events.PingAcknowledged):
+            if event.uid == self._migration_ping and self.migrated_at is not None:
+                self._migration_ping = None
+                self.migration_acked_ms = (self.loop.time() - self.migrated_at) * 1000.0
         elif isinstance(event, events.StopSendingReceived):
             self._send_stopped(event.stream_id, event.error_code)
         elif isinstance(event, events.StreamReset):

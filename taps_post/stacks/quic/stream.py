@@ -31,6 +31,10 @@ withheld, STOP_SENDING (error 0) a stream whose peer's half is still open, drop 
 later and withhold no credit for it, so the peer's sender is told instead of waiting for
 credit forever. A close with nothing unread does so only when the peer sends after it, as
 TCP answers data after close() with a reset.
+Rule 8 (migration, docs/quic.md "Connection migration"): a stream migrates by asking its
+host, which moves the whole connection; every stream of it then takes the new addresses
+(`path_moved`) and tells its `on_path_change` hook, so each carrier on the connection can
+report its PathChange, not only the one that asked.
 """
 
 from __future__ import annotations
@@ -149,6 +153,10 @@ class StreamHost(Protocol):
         """Run `stream.aclose()` in a task the host owns (and cancels on shutdown)."""
         ...
 
+    async def migrate(self, local_address: str, interface: str | None) -> bool:
+        """Move the connection to `local_address` on `interface` (a client's; Rule 8)."""
+        ...
+
 
 class QuicStreamTransient(Transient):
     """One bidirectional stream of a QUIC connection: the Transient behind one Carrier."""
@@ -190,6 +198,10 @@ class QuicStreamTransient(Transient):
         are dropped."""
         self.reads_closed = False
         """We closed with nothing unread: the peer's next bytes stop its half (Rule 7)."""
+        self.on_path_change: Callable[[QuicStreamTransient], None] | None = None
+        """Told after this stream's addresses changed (Rule 8): its connection migrated, on
+        this carrier's request or a sibling's, or (a server's) its peer moved. The runtime
+        compares the Path it knew with the new one (`Path.of(transient)`)."""
 
     @property
     def quic(self) -> QuicConnection:
@@ -210,6 +222,30 @@ class QuicStreamTransient(Transient):
     def accept_siblings(self, callback: Callable[[Transient], Any]) -> bool:
         self.session.accept_streams(callback, self)
         return True
+
+    async def migrate(self, local_address: str, interface: str | None) -> bool:
+        """QUIC connection migration (Rule 8): the whole connection moves, every stream on
+        it with it, without a handshake. False where it cannot (a server's stream, a closed
+        one, an address that cannot be used)."""
+        if not self.is_open:
+            return False
+        return await self.session.migrate(local_address, interface)
+
+    def path_moved(self, local: tuple[str, int] | None, remote: tuple[str, int] | None,
+                   interface: str | None) -> None:
+        """The connection now runs between `local` and `remote` (Rule 8): take them, and
+        tell `on_path_change`. A failing hook is reported to the loop, never raised into
+        the session."""
+        self.local_address = local
+        self.remote_address = remote
+        self.interface = interface
+        hook = self.on_path_change
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception as err:
+                self.loop.call_exception_handler({"message": "taps_post path change "
+                                                  "handler failed", "exception": err})
 
     # ---- sending ---------------------------------------------------------------------
 
