@@ -6,7 +6,8 @@ and applications (`events()`) subscribe; the monitor keeps the live interface sn
 
 Rule 1: nothing runs when nothing changes. With netlink, the monitor's whole cost is one
 rtnetlink socket registered with `loop.add_reader` while anyone subscribes: no task, no timer,
-no thread. The socket is closed again when the last subscriber leaves. Only where netlink is
+no thread. The socket leaves the loop with the last subscriber and is closed `LINGER` seconds
+later unless someone subscribes again (what it queued meanwhile is read then). Only where netlink is
 refused (or `TAPS_POST_MONITOR=poll`, or `PathMonitor(mode="polling")`) does a timer poll
 every `POLL_INTERVAL` seconds and diff snapshots (`system.netevents.diff`).
 Rule 2: the snapshot is refreshed before any subscriber hears of a change, and changes that
@@ -28,7 +29,6 @@ import asyncio
 import collections
 import logging
 import os
-import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,6 +43,9 @@ __all__ = ["MODE_ENV", "POLL_INTERVAL", "ChangeStream", "PathMonitor", "Subscrib
 
 POLL_INTERVAL = 2.0
 """Seconds between two snapshots in the polling fallback (the live cache's TTL)."""
+LINGER = 2.0
+"""Seconds the netlink socket stays open (out of the loop) after the last subscriber left, so
+carriers that come and go one at a time do not pay a socket and two dumps each."""
 MODE_ENV = "TAPS_POST_MONITOR"
 """Environment variable: "poll" (or "polling") forces the polling fallback; "netlink" or
 unset: netlink where the kernel allows it."""
@@ -90,6 +93,8 @@ class PathMonitor:
         self._subscribers: dict[int, Subscriber] = {}
         self._ids = 0
         self._source: RtnlSource | None = None
+        self._reading = False
+        self._linger: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._opener: threading.Thread | None = None
         self._started: asyncio.Future[str] | None = None
@@ -125,7 +130,7 @@ class PathMonitor:
 
     def fileno(self) -> int | None:
         """The netlink socket registered with the loop, None when there is none."""
-        return self._source.fileno() if self._source is not None else None
+        return self._source.fileno() if self._source is not None and self._reading else None
 
     @property
     def next_poll(self) -> float | None:
@@ -178,17 +183,27 @@ class PathMonitor:
     # ---- starting and stopping ------------------------------------------------------------
 
     def _start(self) -> None:
-        self._snapshot = live.refresh()
         if self._want == "polling":
+            self._snapshot = live.refresh()
             self._start_polling(None)
-        elif "pyroute2.netlink.rtnl.marshal" in sys.modules:
-            self._attach(*_open_source())  # cheap once pyroute2 is imported
-        else:
-            self._mode = "starting"
+            return
+        if self._source is not None:  # lingering since the last subscriber left (Rule 1)
+            self._cancel_linger()
+            self._snapshot = live.cached_interfaces()
+            self._listen(self._source)
+            return
+        self._mode = "starting"
+        if self._started is None:
             self._started = self._loop.create_future()
-            self._opener = threading.Thread(target=self._open_in_thread,
-                                            name="taps-post-monitor", daemon=True)
-            self._opener.start()
+        if self._opener is not None:
+            return  # still opening for an earlier subscriber: _attach takes it from there
+        self._snapshot = live.refresh()
+        if _opened_before:
+            self._attach(*_open_source(), caught_up=True)  # ~1 ms once pyroute2 is in
+            return
+        self._opener = threading.Thread(target=self._open_in_thread,
+                                        name="taps-post-monitor", daemon=True)
+        self._opener.start()
 
     def _open_in_thread(self) -> None:
         opened = _open_source()
@@ -198,20 +213,30 @@ class PathMonitor:
             if opened[0] is not None:
                 opened[0].close()
 
-    def _attach(self, source: RtnlSource | None, error: OSError | None) -> None:
+    def _attach(self, source: RtnlSource | None, error: OSError | None,
+                caught_up: bool = False) -> None:
         self._opener = None
-        if self._closed or not self._subscribers or self._mode not in ("starting", "stopped"):
-            if source is not None:
-                source.close()  # everyone left (or the monitor closed) while it opened
-            self._resolve_started()
-            return
-        if source is None:
-            self._start_polling(error)
-        else:
-            self._source = source
-            self._loop.add_reader(source.fileno(), self._on_readable)
-            self._mode = "netlink"
-            self._catch_up()
+        if source is not None and self._closed:
+            source.close()
+        elif source is not None and not self._subscribers:
+            self._source = source  # everyone left while it opened: linger like after a stop
+            self._linger = self._loop.call_later(LINGER, self._linger_over)
+        elif self._subscribers and self._mode == "starting":
+            if source is None:
+                self._start_polling(error)
+            else:
+                self._listen(source)
+                if not caught_up:
+                    self._catch_up()
+        elif source is not None:
+            source.close()
+        self._resolve_started()
+
+    def _listen(self, source: RtnlSource) -> None:
+        self._source = source
+        self._loop.add_reader(source.fileno(), self._on_readable)
+        self._reading = True
+        self._mode = "netlink"
         self._resolve_started()
 
     def _catch_up(self) -> None:
@@ -237,11 +262,28 @@ class PathMonitor:
             self._started.set_result(self._mode)
         self._started = None
 
-    def _stop(self) -> None:
-        if self._source is not None:
-            self._loop.remove_reader(self._source.fileno())
+    def _cancel_linger(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if self._source is not None and not self._reading:
             self._source.close()
             self._source = None
+
+    def _stop(self) -> None:
+        if self._source is not None:
+            if self._reading:
+                self._loop.remove_reader(self._source.fileno())
+                self._reading = False
+            if self._closed:
+                self._cancel_linger()
+                self._source.close()
+                self._source = None
+            elif self._linger is None:
+                self._linger = self._loop.call_later(LINGER, self._linger_over)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -309,11 +351,19 @@ class PathMonitor:
                                callback)
 
 
+_opened_before = False
+"""A source opened in this process: pyroute2 is imported, so opening again costs ~1 ms and
+needs no thread (Rule 4)."""
+
+
 def _open_source() -> tuple[RtnlSource | None, OSError | None]:
+    global _opened_before
     try:
-        return RtnlSource(), None
+        source = RtnlSource()
     except OSError as exc:
         return None, exc
+    _opened_before = True
+    return source, None
 
 
 class ChangeStream:

@@ -1,0 +1,284 @@
+"""The path monitor against the kernel, in network namespaces (issue 11, item 3).
+
+A program in host A runs `path_monitor()` and answers JSON commands; the test changes A's
+network with `ip` (a new veth pair made after start, a link down and up, an address removed)
+and asks the program what it saw and when. Arrival times are CLOCK_MONOTONIC stamps taken in
+the program's callback, compared with stamps the test takes just before it runs `ip`: the
+clock is system-wide, so the difference is the event's latency, `ip`'s own start-up included.
+
+What is checked: the changes arrive through netlink events (mode "netlink", no poll timer
+pending) within LATENCY seconds; the live snapshot and a fresh decision in that process
+include a new interface at once (long before the live cache's 2 s TTL would have run out);
+a real connection goes over the new interface right after it appeared; a raising subscriber
+is logged and the others still hear; unsubscribing takes the socket out of the loop; with
+TAPS_POST_MONITOR=poll the polling fallback sees the same changes.
+
+Root only; each test skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from netns import NsProcess, Topology, topology_fixture
+
+topo = topology_fixture(prefix="tpm")
+
+PORT = 5311
+LATENCY = 0.5
+"""Seconds from `ip` being started to the subscriber's callback (measured: a few ms)."""
+
+MONITOR = r"""
+import asyncio, json, logging, os, sys, time
+if len(sys.argv) > 1 and sys.argv[1] == "poll":
+    os.environ["TAPS_POST_MONITOR"] = "poll"
+import taps_post as tp
+from taps_post.runtime import monitor as monitor_module
+from taps_post.system import live
+
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("taps_post").addHandler(Keep())
+
+seen = []      # every change, in order, with its arrival stamp
+batches = []   # sizes of the deliveries
+
+def snapshot_of(interfaces):
+    return {i.name: {"up": i.up, "addresses": [a.address for a in i.addresses]}
+            for i in interfaces}
+
+def on_change(changes, interfaces):
+    at = time.monotonic()
+    batches.append(len(changes))
+    cached = live.cached_interfaces()
+    for c in changes:
+        seen.append({"at": at, "change": [c.kind, c.action, c.interface, c.address],
+                     "index": c.index, "cached_is_snapshot": cached is interfaces,
+                     "snapshot": snapshot_of(interfaces).get(c.interface)})
+
+def broken(changes, interfaces):
+    raise RuntimeError("subscriber bug")
+
+def find(want, cursor):
+    for n in range(cursor, len(seen)):
+        if seen[n]["change"] == want:
+            return n
+    return None
+
+async def command(cmd, state):
+    op = cmd["op"]
+    if op == "wait":
+        deadline = time.monotonic() + cmd.get("timeout", 3.0)
+        while (n := find(cmd["change"], state["cursor"])) is None:
+            if time.monotonic() > deadline:
+                return {"timeout": True, "seen": [s["change"] for s in seen]}
+            await asyncio.sleep(0.005)  # pacing of the check; the stamp is the callback's
+        state["cursor"] = n + 1
+        return seen[n]
+    if op == "touch":
+        live.cached_interfaces()
+        return {"at": time.monotonic()}
+    if op == "explain":
+        d = tp.explain(cmd["target"], system=[])
+        return {"at": time.monotonic(),
+                "interfaces": sorted({c["interface"] for c in d.to_dict()["candidates"]}),
+                "cached": sorted(i.name for i in live.cached_interfaces())}
+    if op == "connect":
+        local = tp.Local(interface=cmd["interface"])  # fails at decide() if it is unknown
+        carrier = await tp.initiate(cmd["target"], local=local, policy=tp.PolicyContext(
+            system=[], app_name="mon", app={"version": 1, "layer": "app", "rules": [
+                {"id": "t", "set": {"racing.attemptDelay": 20}}]}))
+        try:
+            await carrier.send(b"over the new path")
+            echo = bytes(await asyncio.wait_for(carrier.receive(), 5)).decode()
+            return {"interface": carrier.candidate.interface, "local": carrier.local_address,
+                    "echo": echo}
+        finally:
+            await carrier.close()
+    if op == "state":
+        mon = state["monitor"]
+        return {"mode": mon.mode, "next_poll": mon.next_poll, "fd": mon.fileno(),
+                "subscribers": mon.subscribers, "batches": batches, "records": records,
+                "interfaces": snapshot_of(mon.interfaces)}
+    if op == "unsubscribe":
+        mon = state["monitor"]
+        fd = mon.fileno()
+        for u in state["unsubscribe"]:
+            u()
+        loop = asyncio.get_running_loop()
+        return {"mode": mon.mode, "fd": mon.fileno(), "next_poll": mon.next_poll,
+                "reader_was_registered": fd is not None and loop.remove_reader(fd)}
+    return {"unknown": op}
+
+async def main():
+    loop = asyncio.get_running_loop()
+    mon = tp.path_monitor() if hasattr(tp, "path_monitor") else monitor_module.path_monitor()
+    assert mon is monitor_module.path_monitor()
+    state = {"monitor": mon, "cursor": 0}
+    state["unsubscribe"] = [mon.subscribe(broken), mon.subscribe(on_change)]
+    mode = await mon.started()
+    print(json.dumps({"mode": mode, "next_poll": mon.next_poll, "fd": mon.fileno(),
+                      "pid": os.getpid()}), flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        try:
+            out = await command(json.loads(line), state)
+        except Exception as exc:
+            out = {"unexpected": repr(exc)}
+        print(json.dumps(out), flush=True)
+    mon.close()
+
+asyncio.run(main())
+"""
+
+SERVER = r"""
+import asyncio, json, sys
+import taps_post as tp
+
+async def serve(carrier):
+    try:
+        async for msg in carrier:
+            await carrier.send(b"echo:" + bytes(msg))
+    finally:
+        await carrier.close()
+
+async def main():
+    listener = await tp.listen(tp.Local(port=int(sys.argv[1])),
+                               policy=tp.PolicyContext(system=[], app_name="srv"))
+    print(json.dumps({"ports": listener.ports}), flush=True)
+    tasks = set()
+    def accept(carrier):
+        task = asyncio.ensure_future(serve(carrier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    listener.accept(accept)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    await listener.close()
+
+asyncio.run(main())
+"""
+
+
+def ask(proc: NsProcess, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
+    out: dict[str, Any] = proc.request(cmd, timeout)
+    assert "unexpected" not in out, out["unexpected"]
+    return out
+
+
+def wait(proc: NsProcess, *change: str | None, timeout: float = 3.0) -> dict[str, Any]:
+    out = ask(proc, op="wait", change=list(change), timeout=timeout)
+    assert not out.get("timeout"), f"{list(change)} never arrived; saw {out['seen']}"
+    return out
+
+
+def start(t: Topology, *args: str) -> tuple[NsProcess, dict[str, Any]]:
+    proc = t.spawn(t.a, MONITOR, *args)
+    return proc, proc.read_json(15)
+
+
+def test_new_interface_is_discovered_and_usable_without_restart(topo: Topology) -> None:
+    server = topo.spawn(topo.b, SERVER, str(PORT))
+    assert server.read_json(15)["ports"]
+    mon, hello = start(topo)
+    assert hello["mode"] == "netlink", hello
+    assert hello["next_poll"] is None and isinstance(hello["fd"], int)
+    touched = ask(mon, op="touch")["at"]  # the live cache is fresh from here: TTL 2 s
+
+    before = time.monotonic()
+    p = topo.add_path(3)
+    made = time.monotonic()
+    added = wait(mon, "link", "added", p["a_if"], None)
+    assert added["at"] - before < LATENCY, added
+    assert added["index"] == 13  # add_path gives veth-a3 ifindex 13
+    address = wait(mon, "address", "added", p["a_if"], p["a4"])
+    assert address["at"] - before < (made - before) + LATENCY
+    up = wait(mon, "link", "up", p["a_if"], None)
+    assert up["at"] - before < (made - before) + LATENCY
+    assert up["snapshot"] == {"up": True, "addresses": [p["a4"], p["a6"]]}
+    assert up["cached_is_snapshot"], "the live cache is the snapshot subscribers get"
+
+    explained = ask(mon, op="explain", target=f"tcp://{p['b4']}:{PORT}")
+    assert p["a_if"] in explained["interfaces"], explained
+    assert p["a_if"] in explained["cached"]
+    assert explained["at"] - touched < 2.0, "decided within the cache's TTL: not by expiry"
+
+    # B answers ARP for all its addresses, so veth-a1 reaches 198.18.3.2 too: the carrier is
+    # asked for the new interface, which only a decision that knows it can give.
+    over = ask(mon, op="connect", target=f"tcp://{p['b4']}:{PORT}", interface=p["a_if"])
+    assert over["interface"] == p["a_if"] and over["local"][0] == p["a4"], over
+    assert over["echo"] == "echo:over the new path"
+
+    state = ask(mon, op="state")
+    assert state["mode"] == "netlink" and state["next_poll"] is None, state
+    assert any("subscriber bug" in r or "raised" in r for r in state["records"]), state
+    assert state["interfaces"][p["a_if"]]["up"] is True
+
+
+def test_link_down_up_and_address_removal_arrive_as_events(topo: Topology) -> None:
+    p = topo.add_path(3)
+    mon, hello = start(topo)
+    assert hello["mode"] == "netlink", hello
+
+    before = time.monotonic()
+    topo.link(topo.a, p["a_if"], up=False)
+    down = wait(mon, "link", "down", p["a_if"], None)
+    assert down["at"] - before < LATENCY, down
+    assert down["snapshot"]["up"] is False
+
+    before = time.monotonic()
+    topo.link(topo.a, p["a_if"], up=True)
+    back = wait(mon, "link", "up", p["a_if"], None)
+    assert back["at"] - before < LATENCY, back
+    assert back["snapshot"]["up"] is True
+
+    before = time.monotonic()
+    topo.address(topo.a, p["a_if"], p["a4"], present=False)
+    gone = wait(mon, "address", "removed", p["a_if"], p["a4"])
+    assert gone["at"] - before < LATENCY, gone
+    assert p["a4"] not in gone["snapshot"]["addresses"]
+
+    before = time.monotonic()
+    topo.address(topo.a, p["a_if"], "198.18.3.7", present=True)
+    again = wait(mon, "address", "added", p["a_if"], "198.18.3.7")
+    assert again["at"] - before < LATENCY, again
+
+    before = time.monotonic()
+    topo.exec(topo.a, "ip", "link", "del", p["a_if"])
+    removed = wait(mon, "link", "removed", p["a_if"], None)
+    assert removed["at"] - before < LATENCY, removed
+    assert removed["snapshot"] is None
+
+    state = ask(mon, op="state")
+    assert state["mode"] == "netlink" and state["next_poll"] is None, state
+    assert max(state["batches"]) > 1, "a burst (link down and its addresses) is one delivery"
+
+    out = ask(mon, op="unsubscribe")
+    assert out == {"mode": "stopped", "fd": None, "next_poll": None,
+                   "reader_was_registered": False}, out
+
+
+def test_polling_fallback_sees_the_same_changes(topo: Topology) -> None:
+    mon, hello = start(topo, "poll")
+    assert hello["mode"] == "polling" and hello["fd"] is None, hello
+    assert hello["next_poll"] is not None
+
+    before = time.monotonic()
+    p = topo.add_path(3)
+    added = wait(mon, "link", "added", p["a_if"], None, timeout=5)
+    up = wait(mon, "link", "up", p["a_if"], None, timeout=1)
+    wait(mon, "address", "added", p["a_if"], p["a4"], timeout=1)
+    assert added["at"] - before < 2.0 + LATENCY + 0.5, added  # one poll interval
+    assert added["index"] == 13 and up["snapshot"]["up"] is True
+
+    topo.link(topo.a, p["a_if"], up=False)
+    down = wait(mon, "link", "down", p["a_if"], None, timeout=5)
+    assert down["snapshot"]["up"] is False
+
+    out = ask(mon, op="unsubscribe")
+    assert out == {"mode": "stopped", "fd": None, "next_poll": None,
+                   "reader_was_registered": False}, out
