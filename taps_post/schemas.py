@@ -140,7 +140,7 @@ class _KeyOut(_Strict):
     path_avoid: int
     protocol_prefer: int
     protocol_avoid: int
-    history: Literal["success", "none", "failure"]
+    history: Literal["success", "none", "fallback", "failure"]
     rtt_ms: float | None
     cost: int
     interface: str
@@ -173,6 +173,24 @@ class _ExcludedOut(_Strict):
     detail: str
 
 
+class _SubflowOut(_Strict):
+    interface: str
+    role: Literal["primary", "backup"]
+    reason: str
+    addresses: list[str]
+    property: str | None
+    rule: str | None
+    source: str | None
+    layer: str | None
+
+
+class _MultipathOut(_Strict):
+    mode: Literal["disabled", "passive", "active"]
+    policy: Literal["handover", "interactive", "aggregate"]
+    path_manager: Literal["kernel", "userspace", "disabled"] | None
+    subflows: list[_SubflowOut]
+
+
 class ExplainOutput(_Strict):
     """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
@@ -184,6 +202,7 @@ class ExplainOutput(_Strict):
     conflicts: list[_ConflictOut]
     candidates: list[_CandidateOut]
     excluded: list[_ExcludedOut]
+    multipath: _MultipathOut
     outcome: Literal["ok", "no_candidates", "policy_prohibited"]
     warnings: list[str]
 

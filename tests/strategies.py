@@ -298,12 +298,18 @@ def environments(draw: st.DrawFn, hostport: str = "example.com:443") -> dict[str
             "stack": stacks[(flags >> 2) % len(stacks)],
             "outcome": ("success", "failure")[flags >> 5 & 1],
         }
+        if entry["stack"] in ("mptcp", "tls-mptcp") and draw(st.booleans()):
+            entry["outcome"] = "fallback"  # the peer answered MPTCP as plain TCP
         if _bits(flags, 6):
             entry["rtt_ms"] = (0, 5, 20.5, 100)[flags >> 7 & 3]
         if _bits(flags, 9):
             entry["interface"] = (*names, "nosuch0")[(flags >> 10) % (len(names) + 1)]
         cache.append(entry)
-    return {"interfaces": interfaces, "dns": dns, "cache": cache}
+    env: dict[str, Any] = {"interfaces": interfaces, "dns": dns, "cache": cache}
+    manager = draw(st.sampled_from((None, "kernel", "userspace", "disabled")))
+    if manager is not None:
+        env["mptcp"] = {"pathManager": manager}
+    return env
 
 
 @st.composite

@@ -193,7 +193,23 @@ ENV_CASES = [
     pytest.param("interfaces:\n  - name: eth0\n  - name: eth1\n  - name: eth0\n", 4, 11,
                  "duplicate interface name 'eth0'", id="duplicate-interface"),
     pytest.param('cache:\n  - {remote: "example.com:443", stack: quic, outcome: ok}\n', 2, 55,
-                 "'success' or 'failure', got 'ok'", id="bad-cache-outcome"),
+                 "'success', 'failure' or 'fallback', got 'ok'", id="bad-cache-outcome"),
+    # issue 11: the MPTCP section, and "fallback" only for a stack that can fall back
+    pytest.param("mptcp:\n  pathManager: netlink\n", 2, 16,
+                 "mptcp.pathManager: input should be 'kernel', 'userspace' or 'disabled', "
+                 "got 'netlink'", id="mptcp-bad-path-manager"),
+    pytest.param("mptcp: {pathManager: kernel, endpoints: []}\n", 1, 30,
+                 "unknown key 'endpoints'; expected one of: pathManager",
+                 id="mptcp-unknown-key"),
+    pytest.param("mptcp: kernel\n", 1, 8, "mptcp: expected a mapping", id="mptcp-not-mapping"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: fallback}\n', 2, 42,
+                 "outcome fallback is for a multipath stack (mptcp, tls-mptcp); tcp has "
+                 "nothing to fall back from", id="cache-fallback-single-path-stack"),
+    # an unknown key's suggestions are the snapshot's own fields, not a policy file's
+    pytest.param("interfaces:\n  - {name: eth0, adresses: []}\n", 2, 18,
+                 "unknown key 'adresses' (did you mean 'addresses'?); expected one of: "
+                 "addresses, cost, gateways, metered, mtu, name, pvd, type, up",
+                 id="interface-unknown-key-suggests-snapshot-fields"),
     pytest.param("interfaces:\n  - name: eth0\n    cost: lots\n", 3, 11, "expected an integer",
                  id="bad-cost"),
     pytest.param("interface:\n  - name: eth0\n", 1, 1, "did you mean 'interfaces'?",

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import taps_post
-from strategies import PREFS, flatten_set, scenarios, values_for
+from strategies import PREFS, environments, flatten_set, scenarios, values_for
 from taps_post.schemas import schema
 
 SETTINGS = settings(
@@ -277,6 +277,9 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
         "excluded": Counter(
             json.dumps({**e, "source": _norm_source(e["source"])}, sort_keys=True)
             for e in d["excluded"]),
+        "multipath": {**d["multipath"], "subflows": [
+            {**f, "source": _norm_source(f["source"]), "reason": _norm_source(f["reason"])}
+            for f in d["multipath"]["subflows"]]},
         "outcome": d["outcome"],
         "warnings": Counter(d["warnings"]),
     }
@@ -512,7 +515,7 @@ def test_resolution_follows_the_design_table(scn: dict[str, Any], data: st.DataO
 # --- candidates honour hard preferences and the plan -----------------------------------------
 
 def _rank_tuple(key: dict[str, Any]) -> tuple[Any, ...]:
-    history = ("success", "none", "failure").index(key["history"])
+    history = ("success", "none", "fallback", "failure").index(key["history"])
     rtt = key["rtt_ms"] if key["rtt_ms"] is not None else (float("inf") if history == 0 else 0)
     return (-key["path_prefer"], key["path_avoid"], -key["protocol_prefer"],
             key["protocol_avoid"], history, rtt, key["cost"], key["interface"],
@@ -656,3 +659,140 @@ def test_strategy_vocabulary_matches_the_registry() -> None:
 
     assert set(fixed_keys()) == set(DEFAULTS)
     assert set(PREFS) == set(PREF_STRENGTH)
+
+
+# --- MPTCP subflows (docs/multipath.md, docs/policy-language.md "Multipath") ------------------
+
+IFACE_WORDS = ("eth0", "eth1", "wlan0", "wwan0", "tun0", "en0", "eth*", "wwan?", "en[0-9]",
+               "cellular", "wifi", "ethernet", "vpn")
+MULTIPATH_STACKS = {"mptcp", "tls-mptcp"}
+
+
+@st.composite
+def multipath_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """Any scenario, plus a carrier document turning multipath on with a policy and a few
+    interface statements (usually avoid or prohibit), so subflows have work to do."""
+    scn = draw(scenarios(max_docs=2))
+    statements: dict[str, Any] = {
+        "multipath": draw(st.sampled_from(("active", "active", "passive", "disabled"))),
+        "multipathPolicy": draw(st.sampled_from(("handover", "interactive", "aggregate"))),
+    }
+    for word in draw(st.lists(st.sampled_from(IFACE_WORDS), max_size=3, unique=True)):
+        statements[f"interface.{word}"] = draw(st.sampled_from(
+            ("avoid", "avoid", "prohibit", "prefer", "require")))
+    if draw(st.booleans()):
+        statements["metered"] = draw(st.sampled_from(("avoid", "prohibit")))
+    scn["carrier"] = [*scn["carrier"], {"version": 1, "layer": "carrier", "name": "mp",
+                                        "rules": [{"id": "mp", "set": statements}]}]
+    return scn
+
+
+def _path_hits(key: str, iface: Any) -> bool:
+    """Does the path-level key `key` speak about `iface`? (docs/policy-language.md)"""
+    family, _, leaf = key.partition(".")
+    if key == "metered":
+        return bool(iface.metered)
+    if family == "pvd":
+        return bool(iface.pvd == leaf)
+    if family == "interface":
+        return (iface.type == leaf) if leaf in INTERFACE_TYPES else \
+            fnmatch.fnmatchcase(iface.name, leaf)
+    return False
+
+
+def _is_path_key(key: str) -> bool:
+    return key == "metered" or key.startswith(("interface.", "pvd."))
+
+
+@SETTINGS
+@given(scn=multipath_scenarios())
+def test_subflows_follow_the_interface_rules(scn: dict[str, Any]) -> None:
+    decision = explain(scn)
+    d = decision.to_dict()
+    mp = d["multipath"]
+    subflows = mp["subflows"]
+    props = {k: p["value"] for k, p in d["properties"].items()}
+    assert mp["mode"] == props["multipath"] and mp["policy"] == props["multipathPolicy"]
+    assert mp["path_manager"] == (scn["env"].get("mptcp") or {}).get("pathManager")
+    if props["multipath"] == "disabled" or d["outcome"] == "policy_prohibited":
+        assert subflows == []
+        return
+    event(f"{len(subflows)} subflows, {props['multipathPolicy']}")
+    names = [f["interface"] for f in subflows]
+    assert len(set(names)) == len(names)
+    by_name = {i.name: i for i in decision.interfaces}
+    barred = {e["interface"] for e in d["excluded"]
+              if e["interface"] and not e["stack"] and not e["remote_address"]}
+    avoided = {}
+    for name in names:
+        iface = by_name[name]
+        # Every subflow interface survived pruning: up, not barred, within maxCost, and no
+        # prohibit that speaks about it, no require that does not.
+        assert iface.up and name not in barred, name
+        if props["maxCost"] is not None:
+            assert iface.cost <= props["maxCost"]
+        for key, value in props.items():
+            if _is_path_key(key):
+                hit = _path_hits(key, iface)
+                assert not (value == "prohibit" and hit), (name, key)
+                assert not (value == "require" and not hit), (name, key)
+        avoided[name] = sorted(k for k, v in props.items()
+                               if _is_path_key(k) and v == "avoid" and _path_hits(k, iface))
+    for f in subflows:
+        own = {a.address for a in by_name[f["interface"]].addresses}
+        assert f["addresses"] and set(f["addresses"]) <= own, f
+    # Completeness and order: every interface a multipath candidate uses, in rank order.
+    firsts = list(dict.fromkeys(c["interface"] for c in d["candidates"]
+                                if c["stack"] in MULTIPATH_STACKS))
+    if d["request"]["host"] != "::":
+        assert names == firsts
+    else:
+        assert names[:len(firsts)] == firsts
+    if not subflows:
+        return
+    primaries = [f["interface"] for f in subflows if f["role"] == "primary"]
+    assert primaries, "a connection needs one path to send on"
+    best = next((n for n in names if not avoided[n]), names[0])
+    if props["multipathPolicy"] == "handover":
+        assert primaries == [best]
+    else:
+        assert set(primaries) == {n for n in names if not avoided[n]} | {best}
+    for f in subflows:
+        if avoided[f["interface"]] and f["interface"] != best:
+            assert f["role"] == "backup"
+            assert f["property"] in avoided[f["interface"]]
+            assert f["rule"] is not None and f["rule"] in f["reason"]
+            assert f["source"] is None or f["source"] in f["reason"]
+        elif f["role"] == "backup":
+            assert f["property"] == "multipathPolicy"
+            assert "multipathPolicy handover" in f["reason"]
+
+
+@SETTINGS
+@given(env=environments("example.com:80"), secure=st.booleans(),
+       scoped=st.sampled_from(("none", "interface", "address")))
+def test_a_fallback_ranks_the_plain_stack_first(env: dict[str, Any], secure: bool,
+                                                scoped: str) -> None:
+    """History "fallback" (the peer answered MPTCP as TCP) puts the plain counterpart first,
+    on every interface the entry covers, for every remote address it covers."""
+    plain, multi = ("tls", "tls-mptcp") if secure else ("tcp", "mptcp")
+    target = f"{'tls' if secure else 'tcp'}://example.com:80"
+    entry: dict[str, Any] = {"remote": "example.com:80", "stack": multi, "outcome": "fallback"}
+    up = [i for i in env["interfaces"] if i.get("up", True) and i["type"] != "loopback"]
+    answers = env["dns"].get("example.com") or []
+    if scoped == "interface" and up:
+        entry["interface"] = up[0]["name"]
+    if scoped == "address" and answers:
+        entry["address"] = answers[0]
+    env = {**env, "cache": [entry]}
+    carrier = [{"version": 1, "layer": "carrier",
+                "rules": [{"id": "mp", "set": {"multipath": "active"}}]}]
+    d = taps_post.explain(target, system=[], carrier=carrier, env=env).to_dict()
+    rank = {(c["interface"], c["stack"], c["remote_address"]): c for c in d["candidates"]}
+    for (iface, stack, addr), c in rank.items():
+        if stack != multi:
+            continue
+        covered = entry.get("interface", iface) == iface and entry.get("address", addr) == addr
+        other = rank[(iface, plain, addr)]
+        assert (c["key"]["history"] == "fallback") == covered
+        assert (c["rank"] > other["rank"]) == covered, (c, other)

@@ -36,6 +36,16 @@ Scenario file format::
                                          # exclusion (a subset of its fields)
       conflicts: [secure]                # optional; the exact set of conflicting keys
       warnings_contain: ["did not resolve"]   # optional; each must occur in some warning
+      multipath: {policy: handover, path_manager: userspace}
+                                         # optional; matched as a subset of the explain
+                                         # JSON's multipath object (mode, policy, path_manager)
+      subflows:                          # optional; the EXACT ordered list of MPTCP subflow
+        - eth0 primary                   # interfaces, each "interface role", or a mapping
+        - {interface: wlan0, role: backup, rule: avoid-wifi, addresses: ["192.0.2.20"]}
+                                         # matched as a subset (fields of the explain JSON:
+                                         # interface, role, reason, addresses, property,
+                                         # rule, source, layer); `reason_contains: TEXT`
+                                         # checks a part of the reason
     xfail: "why"                         # optional: a known implementation bug (strict xfail,
                                          # so the scenario fails loudly once the bug is fixed)
 
@@ -77,7 +87,7 @@ TOP_KEYS = {"description", "request", "policies", "env", "expect", "xfail"}
 REQUEST_KEYS = {"target", "app", "kind"}
 LAYER_KEYS = {"system", "app", "carrier"}
 EXPECT_KEYS = {"outcome", "properties", "candidates", "start_ms", "excluded", "conflicts",
-               "warnings_contain"}
+               "warnings_contain", "multipath", "subflows"}
 PROPERTY_KEYS = {"value", "layer", "rule", "enforced", "others"}
 OUTCOMES = {"ok", "no_candidates", "policy_prohibited"}
 
@@ -165,6 +175,21 @@ def _check_candidates(expected: list[Any], candidates: list[dict[str, Any]],
                         f"  got {json.dumps(actual_text)}\n    {detail}")
 
 
+def _subflow_matches(want: Any, got: dict[str, Any]) -> bool:
+    if isinstance(want, str):
+        return " ".join(want.split()) == f"{got['interface']} {got['role']}"
+    want = dict(want)
+    part = want.pop("reason_contains", None)
+    return _subset(want, got) and (part is None or part in got["reason"])
+
+
+def _check_subflows(expected: list[Any], subflows: list[dict[str, Any]],
+                    problems: list[str]) -> None:
+    if len(expected) != len(subflows) or not all(map(_subflow_matches, expected, subflows)):
+        problems.append(f"subflows differ:\n  expected {json.dumps(expected)}\n  got\n    "
+                        + "\n    ".join(json.dumps(f) for f in subflows))
+
+
 def check(scenario: dict[str, Any], result: dict[str, Any]) -> list[str]:
     """Every way `result` (Decision.to_dict()) differs from the scenario's `expect`."""
     expect = scenario["expect"]
@@ -186,6 +211,11 @@ def check(scenario: dict[str, Any], result: dict[str, Any]) -> list[str]:
         got_keys = sorted(c["key"] for c in result["conflicts"])
         if got_keys != sorted(expect["conflicts"] or []):
             problems.append(f"conflicts are {got_keys}, expected {expect['conflicts']}")
+    if "multipath" in expect and not _subset(expect["multipath"], result["multipath"]):
+        problems.append(f"multipath is {json.dumps(result['multipath'])}, "
+                        f"expected {json.dumps(expect['multipath'])}")
+    if "subflows" in expect:
+        _check_subflows(expect["subflows"] or [], result["multipath"]["subflows"], problems)
     for text in expect.get("warnings_contain") or ():
         if not any(text in w for w in result["warnings"]):
             problems.append(f"no warning contains {text!r}; warnings: {result['warnings']}")
@@ -267,6 +297,8 @@ def _essence(result: dict[str, Any]) -> dict[str, Any]:
         "conflicts": sorted(c["key"] for c in result["conflicts"]),
         "candidates": [strip(c) for c in result["candidates"]],
         "excluded": sorted(json.dumps(strip(e), sort_keys=True) for e in result["excluded"]),
+        "subflows": [{k: v for k, v in strip(f).items() if k != "reason"}
+                     for f in result["multipath"]["subflows"]],
     }
 
 

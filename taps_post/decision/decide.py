@@ -6,6 +6,13 @@ and file:line that pruned it. That keeps explain output proportional to the caus
 product of interfaces x stacks x addresses.
 Rule 2: ranking is one lexicographic key (`RankKey`), path before protocol, avoid only as a
 tie-break, so two runs on the same input always produce the same order.
+Rule 3: the MPTCP subflow plan (`Decision.subflows`) is derived from the same pruning and the
+same ranking as the candidates, never judged separately: an interface a rule excludes can
+never carry a subflow, because it has no candidate to derive one from, and the primary under
+`handover` is the interface the race tries first.
+Rule 4: a "fallback" in the history (the peer answered an MPTCP SYN as plain TCP) withdraws
+the multipath bonus from that stack for that remote and ranks its history after "no entry",
+so the plain counterpart goes first without costing the MPTCP attempt again.
 """
 
 from __future__ import annotations
@@ -13,15 +20,16 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..policy import catalog
 from ..policy.catalog import StackInfo
 from ..policy.context import PolicyContext
+from ..policy.load import Statement
 from ..policy.match import glob_regex
 from ..policy.registry import INTERFACE_TYPES, Pref, protocol_preferences
 from ..policy.resolve import Effective
-from .decision import Candidate, Decision, Exclusion, RankKey
+from .decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan
 from .environment import Address, CacheEntry, Environment, Interface
 from .facts import apply_interface_facts
 from .request import Request
@@ -39,6 +47,9 @@ class _Node:
 
     prefer: int = 0
     avoid: int = 0
+    avoided: list[tuple[str, Statement]] = field(default_factory=list)
+    """(key, statement) of each path-level avoid hit: an avoided interface carries MPTCP
+    subflows only as backup, and explain names the rule."""
 
     def apply(self, pref: Pref, has: bool) -> str | None:
         """One preference on this node: the exclusion outcome of a hard filter, or None
@@ -73,10 +84,10 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     interfaces = apply_interface_facts(policy.interface_facts, env.interfaces)
 
     def finish(candidates: Sequence[Candidate], excluded: Sequence[Exclusion],
-               outcome: str) -> Decision:
+               outcome: str, subflows: Sequence[SubflowPlan] = ()) -> Decision:
         return Decision(request, policy.files, matched, effective, conflicts,
                         tuple(candidates), tuple(excluded), outcome, tuple(warnings),
-                        interfaces)
+                        interfaces, tuple(subflows), env.path_manager)
 
     if conflicts:
         return finish((), (), "policy_prohibited")
@@ -109,10 +120,12 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         stack_excluded: list[Exclusion] = []
         allowed = catalog.schemes().get(request.scheme)
         judged = memo[judged_key] = (
-            tuple((info.name, info.order, node) for info in catalog.infos()
+            tuple((info.name, info.order, node, info.multipath_capable)
+                  for info in catalog.infos()
                   if (node := _judge_stack(info, allowed, request, effective, stack_excluded))
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
+    multipath_on = effective["multipath"].value != "disabled"
     excluded.extend(stack_exclusions)
 
     temp_pref: Pref = effective["useTemporaryLocalAddress"].value
@@ -135,9 +148,12 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                     detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'} "
                            f"{family} address on {iface.name}"))
                 continue
-            for stack, stack_order, snode in stacks:
+            for stack, stack_order, snode, multipath in stacks:
                 hist, rtt = _history(history, stack, iface.name, addr)
-                key = RankKey(-pnode.prefer, pnode.avoid, -snode.prefer, snode.avoid, hist, rtt,
+                prefer = snode.prefer
+                if hist == FALLBACK and multipath and multipath_on:
+                    prefer -= 1  # Rule 4: this peer answers as TCP; multipath gains nothing
+                key = RankKey(-pnode.prefer, pnode.avoid, -prefer, snode.avoid, hist, rtt,
                               iface.cost, iface.name, stack_order, order)
                 scored.append((key, iface, local.address, stack, addr, family))
 
@@ -148,7 +164,13 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                   (rank - 1) * delay, key)
         for rank, (key, iface, local, stack, addr, family) in enumerate(scored, start=1)
     ]
-    return finish(candidates, excluded, "ok" if candidates else "no_candidates")
+    subflows: list[SubflowPlan] = []
+    if multipath_on:
+        multipath_stacks = {name for name, _, _, mp in stacks if mp}
+        subflows = _subflows(candidates, multipath_stacks,
+                             {iface.name: node for iface, node in paths}, effective,
+                             _listen_extra(paths, endpoint_ok, temp_pref))
+    return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows)
 
 
 def _interleave(answers: Sequence[str], effective: Effectives) -> list[tuple[str, str]]:
@@ -212,6 +234,8 @@ def _judge_path(iface: Interface, effective: Effectives,
         eff = effective[key]
         has = _applies(key, iface)
         outcome = node.apply(eff.value, has)
+        if has and eff.value is Pref.AVOID:
+            node.avoided.append((key, eff.statement))
         if outcome is not None:
             verb = "matches" if has else "is not"
             excluded.append(Exclusion.by(eff.statement, outcome=outcome, interface=iface.name,
@@ -296,15 +320,101 @@ def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
     return index
 
 
+SUCCESS, NO_ENTRY, FALLBACK, FAILURE = 0, 1, 2, 3
+"""`RankKey.history` values, best first (RankKey.to_dict names them)."""
+
+
 def _history(index: _HistoryIndex, stack: str, interface: str,
              address: str) -> tuple[int, float]:
     """The most specific entry wins: interface and address, then either, then neither."""
     if not index:
-        return 1, 0.0
+        return NO_ENTRY, 0.0
     entry = (index.get((stack, interface, address)) or index.get((stack, interface, None))
              or index.get((stack, None, address)) or index.get((stack, None, None)))
     if entry is None:
-        return 1, 0.0
+        return NO_ENTRY, 0.0
     if entry.outcome == "success":
-        return 0, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf")
-    return 2, 0.0
+        return SUCCESS, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf")
+    if entry.outcome == "fallback":
+        return FALLBACK, 0.0
+    return FAILURE, 0.0
+
+
+def _listen_extra(paths: Sequence[tuple[Interface, _Node]],
+                  endpoints: Sequence[tuple[int, str, str]],
+                  temp: Pref) -> dict[str, list[str]]:
+    """IPv4 addresses a dual-stack listener on `::` may take subflows on: the tree has only
+    the IPv6 endpoint `::`, but the socket accepts IPv4 too (Linux's bindv6only=0 default)."""
+    if not any(addr == "::" for _, addr, _ in endpoints):
+        return {}
+    extra: dict[str, list[str]] = {}
+    for iface, _ in paths:
+        local = _local_address(iface, "0.0.0.0", "ipv4", temp)
+        if isinstance(local, Address):
+            extra[iface.name] = [local.address]
+    return extra
+
+
+def _subflows(candidates: Sequence[Candidate], multipath_stacks: set[str],
+              by_name: Mapping[str, _Node], effective: Effectives,
+              listen_extra: Mapping[str, list[str]]) -> list[SubflowPlan]:
+    """Which interfaces may carry MPTCP subflows, best first, and in which role (Rule 3).
+
+    An interface is listed when a multipath-capable candidate uses it (so it survived every
+    path-level filter and has a local address that reaches the remote), in the order of its
+    best such candidate. An avoided interface is a backup; under `handover` every interface
+    but the best one not avoided is too. When every listed interface is avoided, the best one
+    is still primary: a connection needs one path to send on.
+    """
+    if not multipath_stacks:
+        return []
+    addresses: dict[str, list[str]] = {}
+    for c in candidates:
+        if c.stack in multipath_stacks:
+            seen = addresses.setdefault(c.interface, [])
+            if c.local_address not in seen:
+                seen.append(c.local_address)
+    for name in sorted(listen_extra, key=lambda n: _path_order(n, by_name)):
+        seen = addresses.setdefault(name, [])
+        seen.extend(a for a in listen_extra[name] if a not in seen)
+    if not addresses:
+        return []
+    mp_policy = effective["multipathPolicy"]
+    policy: str = mp_policy.value
+    ranked = list(addresses)
+    primary = next((n for n in ranked if not by_name[n].avoided), ranked[0])
+    plans: list[SubflowPlan] = []
+    for name in ranked:
+        avoided = sorted(by_name[name].avoided, key=lambda hit: hit[0])
+        why = "; ".join(f"avoided by {key}: {_who(s)}" for key, s in avoided)
+        if name == primary:
+            role = "primary"
+            if avoided:
+                reason, s = f"the best path left (every path is avoided); {why}", avoided[0][1]
+            else:
+                reason = (f"multipathPolicy {policy}: the best path" if policy == "handover"
+                          else f"multipathPolicy {policy}: every allowed path carries data")
+                s = mp_policy.statement
+        elif avoided:
+            role, reason, s = "backup", why, avoided[0][1]
+        elif policy == "handover":
+            role, reason, s = "backup", f"multipathPolicy handover: standby for {primary}", \
+                mp_policy.statement
+        else:
+            role, reason = "primary", f"multipathPolicy {policy}: every allowed path carries data"
+            s = mp_policy.statement
+        plans.append(SubflowPlan(name, role, reason, tuple(addresses[name]), s.key, s.rule,
+                                 s.source, s.layer))
+    return plans
+
+
+def _path_order(name: str, nodes: Mapping[str, _Node]) -> tuple[int, int, str]:
+    node = nodes[name]
+    return -node.prefer, node.avoid, name
+
+
+def _who(s: Statement) -> str:
+    if s.rule is None:
+        return "built-in default"
+    via = f" via {s.via}" if s.via else ""
+    return f"{s.layer} rule {s.rule}{via} ({s.source})"

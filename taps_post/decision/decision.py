@@ -37,7 +37,8 @@ class RankKey(NamedTuple):
     """Negated count of protocol-level prefer hits."""
     protocol_avoid: int
     history: int
-    """0 success, 1 no entry, 2 failure."""
+    """0 success, 1 no entry, 2 fallback (an MPTCP stack the peer answered as plain TCP),
+    3 failure."""
     rtt_ms: float
     cost: int
     interface: str
@@ -50,7 +51,7 @@ class RankKey(NamedTuple):
             "path_avoid": self.path_avoid,
             "protocol_prefer": -self.protocol_prefer,
             "protocol_avoid": self.protocol_avoid,
-            "history": ("success", "none", "failure")[self.history],
+            "history": ("success", "none", "fallback", "failure")[self.history],
             "rtt_ms": self.rtt_ms if self.history == 0 and self.rtt_ms != float("inf") else None,
             "cost": self.cost,
             "interface": self.interface,
@@ -151,6 +152,25 @@ class SubflowPlan:
     """Why this role: the rule and file:line that made it backup, or the multipathPolicy."""
     addresses: tuple[str, ...] = ()
     """The interface's usable local addresses, in the order candidates use them."""
+    property: str | None = None
+    """The key whose statement decided the role: the avoided key (`interface.wwan0`,
+    `metered`, ...) for an avoided interface, else `multipathPolicy`."""
+    rule: str | None = None
+    source: str | None = None
+    """"file:line" of that statement; None for a built-in default."""
+    layer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "interface": self.interface,
+            "role": self.role,
+            "reason": self.reason,
+            "addresses": list(self.addresses),
+            "property": self.property,
+            "rule": self.rule,
+            "source": self.source,
+            "layer": self.layer,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +257,12 @@ class Decision:
             ],
             "candidates": [c.to_dict() for c in self.candidates],
             "excluded": [e.to_dict() for e in self.excluded],
+            "multipath": {
+                "mode": jsonable(self.value("multipath")),
+                "policy": jsonable(self.value("multipathPolicy")),
+                "path_manager": self.path_manager,
+                "subflows": [s.to_dict() for s in self.subflows],
+            },
             "outcome": self.outcome,
             "warnings": list(self.warnings),
         }

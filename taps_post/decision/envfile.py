@@ -159,7 +159,8 @@ class CacheItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     remote: str = Field(..., description='"host:port"')
     stack: StackName
-    outcome: Literal["success", "failure"]
+    outcome: Literal["success", "failure", "fallback"] = Field(
+        ..., description="fallback: an MPTCP stack whose peer answered as plain TCP")
     rtt_ms: float | None = Field(None, ge=0)
     ticket: StrictBool = False
     interface: str | None = None
@@ -191,6 +192,16 @@ class CacheItem(BaseModel):
         return _ip(value)
 
 
+class MptcpEntry(BaseModel):
+    """The namespace's MPTCP state, as `taps-post interfaces --format json` reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+    path_manager: Literal["kernel", "userspace", "disabled"] | None = Field(
+        None, alias="pathManager",
+        description="The MPTCP path manager in force: kernel (net.mptcp.pm_type=0), "
+                    "userspace (pm_type=1), or disabled (net.mptcp.enabled=0); absent: unknown")
+
+
 class EnvDocument(BaseModel):
     """An environment snapshot for dry runs and tests."""
 
@@ -198,6 +209,7 @@ class EnvDocument(BaseModel):
     interfaces: list[InterfaceEntry] = Field(default_factory=list)
     dns: dict[str, list[str]] = Field(default_factory=dict)
     cache: list[CacheItem] = Field(default_factory=list)
+    mptcp: MptcpEntry | None = None
 
 
 _CACHE: dict[tuple[str, int, int, int, int, int], Environment] = {}
@@ -237,7 +249,7 @@ def _build(data: Any, pos: Positions) -> Environment:
     try:
         doc = EnvDocument.model_validate(data)
     except ValidationError as exc:
-        raise InputError(pydantic_diagnostics(exc, pos)) from None
+        raise InputError(pydantic_diagnostics(exc, pos, EnvDocument)) from None
     problems = []
     interfaces: list[Interface] = []
     for i, entry in enumerate(doc.interfaces):
@@ -281,8 +293,16 @@ def _build(data: Any, pos: Positions) -> Environment:
         if first.setdefault(iface.name, i) != i:
             problems.append(pos.diagnostic(("interfaces", i, "name"),
                                            f"duplicate interface name {iface.name!r}"))
+    multipath = {info.name for info in catalog.infos() if info.multipath_capable}
+    for i, c in enumerate(doc.cache):
+        if c.outcome == "fallback" and c.stack not in multipath:
+            problems.append(pos.diagnostic(
+                ("cache", i, "outcome"),
+                f"outcome fallback is for a multipath stack ({', '.join(sorted(multipath))}); "
+                f"{c.stack} has nothing to fall back from"))
     if problems:
         raise InputError(problems)
     cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
                              c.interface, c.address) for c in doc.cache)
-    return Environment(tuple(interfaces), dns, cache, source=pos.source)
+    return Environment(tuple(interfaces), dns, cache, source=pos.source,
+                       path_manager=doc.mptcp.path_manager if doc.mptcp else None)

@@ -162,7 +162,8 @@ class CacheEntry:
     """"host:port" as the target named it ("[v6]:port" for IPv6 literals)."""
     stack: str
     outcome: str
-    """success or failure."""
+    """success, failure, or fallback: an MPTCP stack whose peer answered as plain TCP (the
+    connection worked, without multipath; decide() then ranks the plain stack first)."""
     rtt_ms: float | None = None
     ticket: bool = False
     interface: str | None = None
@@ -220,4 +221,6 @@ class Environment:
                 ) if v is not None}
                 for c in self.cache
             ],
+            **({"mptcp": {"pathManager": self.path_manager}}
+               if self.path_manager is not None else {}),
         }

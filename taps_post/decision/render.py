@@ -77,6 +77,7 @@ def render_text(decision: Decision) -> str:
 
     out.append("tree")
     out.extend(_tree(decision))
+    out.extend(_multipath(decision))
     if decision.warnings:
         out.append("warnings")
         out.extend(f"  - {w}" for w in decision.warnings)
@@ -136,8 +137,10 @@ def _tree(decision: Decision) -> list[str]:
             lines.append(f"    {stack}")
             for c in cands:
                 star = "*" if c is first else " "
+                note = ("  history: peer fell back to TCP"
+                        if c.key.to_dict()["history"] == "fallback" else "")
                 lines.append(f"     {star} #{c.rank:<3} {_addr(c.remote_address)}:{c.remote_port}"
-                             f" from {c.local_address}  start {c.start_ms} ms")
+                             f" from {c.local_address}  start {c.start_ms} ms{note}")
         for e in pair_excl.get(name, []):
             lines.append(f"    x {_addr(e.remote_address or '')}  {_why(e)}")
         if name not in by_path and name not in pair_excl:
@@ -149,6 +152,47 @@ def _tree(decision: Decision) -> list[str]:
     if not lines:
         lines.append("  (empty: no interfaces, or the decision stopped at a conflict)")
     return lines
+
+
+PATH_MANAGERS = {
+    "kernel": "roles are reported, not enforced: the in-kernel path manager opens subflows "
+              "as `ip mptcp endpoint` says",
+    "userspace": "roles are enforced: the library opens a subflow on each interface below, "
+                 "with its backup flag, and on no other",
+    "disabled": "MPTCP is off in this namespace (net.mptcp.enabled = 0): an MPTCP attempt "
+                "fails at once and the next candidate starts",
+    "unknown": "the snapshot does not say (`mptcp: {pathManager: ...}`)",
+}
+"""What each path manager means for the roles, as the Multipath block says it."""
+
+
+def _multipath(decision: Decision) -> list[str]:
+    """The Multipath block: policy, path manager, and each subflow interface with its role
+    and why (docs/explain.md, "The Multipath block"); nothing while multipath is disabled."""
+    mode = decision.properties.get("multipath")
+    if mode is None or mode.value == "disabled" or decision.outcome == "policy_prohibited":
+        return []
+    policy = decision.properties["multipathPolicy"]
+    manager = decision.path_manager or "unknown"
+    out = ["multipath",
+           f"  mode          {mode.value:<11} {_who(mode.statement)}",
+           f"  policy        {policy.value:<11} {_who(policy.statement)}",
+           f"  path manager  {manager:<11} {PATH_MANAGERS.get(manager, '')}".rstrip()]
+    if not decision.subflows:
+        out.append("  subflows      none: no multipath-capable candidate (see the tree)")
+    else:
+        out.append("  subflows")
+        width = max(len(s.interface) for s in decision.subflows)
+        for s in decision.subflows:
+            out.append(f"    {s.interface:<{width}}  {s.role:<7}  from "
+                       f"{', '.join(s.addresses)}  {s.reason}")
+    never = [e for e in decision.excluded
+             if e.interface and not e.stack and not e.remote_address]
+    if never:
+        out.append("  no subflow on")
+        width = max(len(e.interface or "") for e in never)
+        out.extend(f"    {e.interface:<{width}}  {_why(e)}" for e in never)
+    return out
 
 
 def _q(text: str) -> str:
@@ -177,9 +221,11 @@ def render_dot(decision: Decision) -> str:
 
     path_excl = {e.interface for e in decision.excluded
                  if e.interface and not e.stack and not e.remote_address}
+    roles = {s.interface: s.role for s in decision.subflows}
     for iface in decision.interfaces:
         if iface.name not in path_excl:
-            node(f"if:{iface.name}", f"{iface.name}\n{iface.type}")
+            role = f"\nsubflow {roles[iface.name]}" if iface.name in roles else ""
+            node(f"if:{iface.name}", f"{iface.name}\n{iface.type}{role}")
             edge("root", f"if:{iface.name}")
     first = decision.candidates[0] if decision.candidates else None
     for c in decision.candidates:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import typing
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..diagnostics import Diagnostic, InputError
 from . import catalog
@@ -817,9 +818,12 @@ _FRIENDLY = {
 }
 
 
-def pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnostic]:
+def pydantic_diagnostics(exc: ValidationError, pos: Positions,
+                         root: type[BaseModel] | None = None) -> list[Diagnostic]:
     """A pydantic error as located, friendly diagnostics; shared with the environment
-    snapshot loader so both formats report problems the same way."""
+    snapshot loader so both formats report problems the same way. `root` is the model the
+    document was validated against (a policy document when None): an unknown key's
+    suggestions are the fields of the model at its place."""
     out: list[Diagnostic] = []
     seen: set[tuple[Any, ...]] = set()
     for err in exc.errors(include_url=False):
@@ -827,9 +831,10 @@ def pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnosti
         kind = err["type"]
         name = str(loc[-1]) if loc else ""
         if kind == "extra_forbidden":
-            hint = nearest(name, _known_fields(loc[:-1]))
+            fields = _known_fields(loc[:-1], root)
+            hint = nearest(name, fields)
             extra = f" (did you mean {hint!r}?)" if hint else ""
-            known = ", ".join(sorted(_known_fields(loc[:-1])))
+            known = ", ".join(sorted(fields))
             message = f"unknown key {name!r}{extra}; expected one of: {known}"
             diag = pos.diagnostic(loc, message, key=True)
         elif kind == "missing":
@@ -862,22 +867,26 @@ def pydantic_diagnostics(exc: ValidationError, pos: Positions) -> list[Diagnosti
     return out
 
 
-def _known_fields(loc: Path) -> list[str]:
-    from pydantic import BaseModel
-
-    from .model import InterfaceMatch, Rule, When
-
-    model: type[BaseModel] = PolicyDocument
-    walk = [p for p in loc if isinstance(p, str)]
-    routes: dict[tuple[type[BaseModel], str], type[BaseModel]] = {
-        (PolicyDocument, "rules"): Rule,
-        (PolicyDocument, "interfaces"): InterfaceFact,
-        (Rule, "when"): When,
-        (InterfaceFact, "match"): InterfaceMatch,
-    }
-    for part in walk:
-        nxt = routes.get((model, part))
+def _known_fields(loc: Path, root: type[BaseModel] | None = None) -> list[str]:
+    """The keys the model at `loc` (string parts only: list indexes are skipped) accepts,
+    found by following field annotations down from `root`."""
+    model: type[BaseModel] = root or PolicyDocument
+    for part in (p for p in loc if isinstance(p, str)):
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        nxt = _model_in(field.annotation) if field is not None else None
         if nxt is None:
             break
         model = nxt
     return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: itself, or inside list[...], X | None,
+    dict[str, ...] or Annotated[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

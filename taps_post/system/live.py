@@ -23,8 +23,8 @@ from typing import Any
 from ..decision.environment import CacheEntry, Environment, Interface
 from .interfaces import discover_interfaces
 
-__all__ = ["addresses_of", "cached_interfaces", "invalidate", "live_environment",
-           "mptcp_path_manager", "refresh", "resolve_name"]
+__all__ = ["addresses_of", "cached_interfaces", "invalidate", "live_environment", "refresh",
+           "resolve_name"]
 
 _TTL = 2.0
 _cache: tuple[float, tuple[Interface, ...]] | None = None
@@ -74,32 +74,12 @@ def live_environment(host: str | None = None, port: int = 0,
                      cache: tuple[CacheEntry, ...] = (),
                      addresses: tuple[str, ...] | None = None) -> Environment:
     """This machine now. `addresses` skips the blocking resolver when the caller resolved."""
+    from .mptcp import path_manager  # here: ctypes and sockets only when a decision is made
+
     env = Environment(cached_interfaces(), {}, cache, source=None,
-                      path_manager=mptcp_path_manager())
+                      path_manager=path_manager())
     if host is not None:
         env = env.with_dns(host, addresses if addresses is not None
                            else resolve_name(host, port))
     return env
 
-
-def mptcp_path_manager() -> str | None:
-    """The MPTCP path manager in force in this process's network namespace: "disabled"
-    (net.mptcp.enabled is 0, or the kernel has no MPTCP), "userspace" (pm_type 1, or
-    path_manager "userspace" on newer kernels), else "kernel"; None when the sysctls cannot be
-    read. Read at each call (two small procfs reads): an administrator may switch it."""
-    base = "/proc/sys/net/mptcp/"
-    try:
-        with open(base + "enabled", encoding="ascii") as fh:
-            if fh.read().strip() == "0":
-                return "disabled"
-    except FileNotFoundError:
-        return "disabled"
-    except OSError:
-        return None
-    for name, userspace in (("path_manager", "userspace"), ("pm_type", "1")):
-        try:
-            with open(base + name, encoding="ascii") as fh:
-                return "userspace" if fh.read().strip() == userspace else "kernel"
-        except OSError:
-            continue
-    return "kernel"
