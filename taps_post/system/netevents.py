@@ -93,7 +93,9 @@ class RtnlSource:
     pyroute2 missing): the caller falls back to polling.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int = _RCVBUF) -> None:
+        """`rcvbuf`: the socket's receive buffer (SO_RCVBUF); a burst larger than it is
+        lost by the kernel and recovered by a resync (Rule 3)."""
         try:
             from pyroute2.netlink.rtnl.marshal import MarshalRtnl
         except ImportError as exc:
@@ -109,7 +111,7 @@ class RtnlSource:
         self._sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                    socket.NETLINK_ROUTE)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self._sock.bind((0, GROUPS))
             self._seed()
             self._sock.setblocking(False)
