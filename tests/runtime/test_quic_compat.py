@@ -42,6 +42,7 @@ from taps_post.stacks.quic.compat import (
     offer_datagram_frames,
     peer_certificate,
     peer_connection_id,
+    peer_disables_migration,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
     recovery_state,
@@ -564,6 +565,36 @@ def test_active_path_validated_follows_the_servers_path_validation(cert: Any) ->
     assert active_path_validated(pair.server)
     assert any(isinstance(e, events.PingAcknowledged) and e.uid == 1
                for e in pair.client_events)
+
+
+def test_peer_disables_migration_reads_the_servers_transport_parameter(cert: Any) -> None:
+    """aioquic's server has no option to send disable_active_migration, so this one adds it
+    to what it serializes (with aioquic's public transport parameter codec); our client
+    must then see it, and a server that does not send it (aioquic's default) reads False."""
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import (
+        pull_quic_transport_parameters,
+        push_quic_transport_parameters,
+    )
+
+    plain = make_pair(cert)
+    assert not peer_disables_migration(plain.client)  # nothing received yet
+    plain.handshake()
+    assert not peer_disables_migration(plain.client)
+
+    pair = make_pair(cert)
+    serialize = pair.server._serialize_transport_parameters
+
+    def with_flag() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=serialize()))
+        params.disable_active_migration = True
+        buf = Buffer(capacity=4096)
+        push_quic_transport_parameters(buf, params)
+        return bytes(buf.data)
+
+    pair.server._serialize_transport_parameters = with_flag  # type: ignore[method-assign]
+    pair.handshake()
+    assert peer_disables_migration(pair.client)
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 from aioquic.asyncio import serve
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -254,10 +256,13 @@ def test_migrate_returns_false_where_it_cannot(run: Any, cert: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def aioquic_echo(cert: tp.certs.Certificate) -> AsyncIterator[tuple[int, list[Any]]]:
+async def aioquic_echo(cert: tp.certs.Certificate, *, no_migration: bool = False
+                       ) -> AsyncIterator[tuple[int, list[Any]]]:
     """A server written with aioquic's API only: echoes length-prefixed messages (`echo:` +
     payload) on each bidirectional stream. Yields its port and every protocol it created
-    (one per connection: a second one would be a second handshake)."""
+    (one per connection: a second one would be a second handshake). `no_migration`: it
+    sends the disable_active_migration transport parameter (aioquic has no option for it,
+    so its serialization is wrapped, with aioquic's public codec)."""
     config = QuicConfiguration(is_client=False, max_datagram_frame_size=65536)
     config.certificate = x509.load_pem_x509_certificate(cert.cert_pem.encode())
     assert cert.key_pem is not None
@@ -270,6 +275,17 @@ async def aioquic_echo(cert: tp.certs.Certificate) -> AsyncIterator[tuple[int, l
             self.buffers: dict[int, bytearray] = {}
             self.sources: set[Any] = set()
             protocols.append(self)
+            if no_migration:
+                serialize = self._quic._serialize_transport_parameters
+
+                def with_flag() -> bytes:
+                    params = pull_quic_transport_parameters(Buffer(data=serialize()))
+                    params.disable_active_migration = True
+                    buf = Buffer(capacity=4096)
+                    push_quic_transport_parameters(buf, params)
+                    return bytes(buf.data)
+
+                self._quic._serialize_transport_parameters = with_flag
 
         def datagram_received(self, data: bytes | str, addr: Any) -> None:
             self.sources.add(addr)
@@ -323,3 +339,25 @@ def test_migrate_against_aioquics_own_server(run: Any, until: Any, cert: Any) ->
             await carrier.close()
 
     run(main(), 15)
+
+
+def test_no_migration_to_a_server_that_disables_it(run: Any, cert: Any) -> None:
+    """A server that sent disable_active_migration (RFC 9000 section 18.2) is never sent to
+    from another address: migrate() is False and the connection stays where it is."""
+
+    async def main() -> None:
+        async with aioquic_echo(cert, no_migration=True) as (port, protocols):
+            remote = tp.Remote.parse(f"quic://{SERVER}:{port}", certificates=[cert])
+            carrier = await tp.initiate(remote, local=tp.Local(address="127.0.0.1"),
+                                        policy=policy())
+            t = carrier.transient
+            await carrier.send(b"hello")
+            assert await echoes(carrier, 1) == [b"echo:hello"]
+            assert await t.migrate("127.0.0.2", "lo") is False
+            await carrier.send(b"still")
+            assert await echoes(carrier, 1) == [b"echo:still"]
+            assert t.local_address[0] == "127.0.0.1" and t.session.migrations == 0
+            assert {a[0] for a in protocols[0].sources} == {"127.0.0.1"}
+            await carrier.close()
+
+    run(main(), 10)

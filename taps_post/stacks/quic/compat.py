@@ -28,14 +28,18 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_transport_parameters
 from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.tls import ExtensionType
 from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = ["CHECKED", "RecoveryState", "active_path_validated", "count_lost_packets",
            "forget_connection", "govern_credit", "handshake_confirmed",
            "offer_datagram_frames", "path_validated", "peer_certificate", "peer_connection_id",
+           "peer_disables_migration",
            "peer_max_datagram_frame_size", "pending_datagram_bytes", "pending_datagram_frames",
            "recovery_state", "refuse_early_data", "request_client_certificate", "server_knows",
            "set_identity", "set_peer_verification", "set_server_retry", "spare_connection_ids",
@@ -468,3 +472,23 @@ def active_path_validated(quic: QuicConnection) -> bool:
     # aioquic 1.7.2 (1.6.0 not re-read).
     paths = quic._network_paths
     return bool(paths) and bool(paths[0].is_validated)
+
+
+def peer_disables_migration(quic: QuicConnection) -> bool:
+    """Did the peer send the `disable_active_migration` transport parameter (RFC 9000
+    section 18.2)? Then we must not send from another local address: a migration is
+    refused (the carrier re-races instead). False before the parameters arrived."""
+    # Public but undocumented: QuicConnection.tls and tls.Context.received_extensions (the
+    # peer's EncryptedExtensions on a client), parsed again with aioquic's public
+    # pull_quic_transport_parameters(). aioquic parses the parameter but ignores it, and
+    # keeps no copy of the peer's transport parameters. Checked against aioquic 1.7.2
+    # (1.6.0 not re-read).
+    context = getattr(quic, "tls", None)
+    for ext_type, data in getattr(context, "received_extensions", None) or ():
+        if ext_type == ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+            try:
+                params = pull_quic_transport_parameters(Buffer(data=data))
+            except ValueError:
+                return False
+            return bool(params.disable_active_migration)
+    return False

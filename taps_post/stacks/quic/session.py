@@ -59,7 +59,8 @@ Rule 9 (close): a client's connection that began closing releases its UDP socket
 carrier.linger (`linger`), even while aioquic's closing period (3 PTO, seconds under load)
 runs on: the carrier is closed, so its socket must go too.
 Rule 11 (connection migration, RFC 9000 section 9; docs/quic.md "Connection migration"): only
-a client migrates (`migrate`), and only once the handshake is confirmed: a new UDP socket
+a client migrates (`migrate`), only once the handshake is confirmed, and never to a server
+that sent `disable_active_migration` (aioquic ignores it: `compat`): a new UDP socket
 bound to the new local address (pinned to its interface like connect's, `bind_to_device`)
 and connected to the same remote becomes the one `_Outbound` sends through (aioquic keeps
 writing to that object, so no aioquic internals are touched), the old socket is closed with
@@ -97,6 +98,7 @@ from .compat import (
     govern_credit,
     handshake_confirmed,
     peer_certificate,
+    peer_disables_migration,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
     recovery_state,
@@ -535,6 +537,8 @@ class QuicSession(QuicConnectionProtocol):
             return False
         if not handshake_confirmed(self.connection) and not await self._confirmation():
             return False
+        if peer_disables_migration(self.connection):
+            return False  # RFC 9000 section 9: not from another address, not even a probe
         try:
             if family_of(local_address) != family_of(remote[0]):
                 return False
