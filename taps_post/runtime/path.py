@@ -21,14 +21,14 @@ Transient's own single Path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.path import PathStats, Subflow
 from ..decision.environment import Interface
 from .endpoints import hostport
 
-__all__ = ["Measured", "Path", "SubflowView", "paths_of"]
+__all__ = ["Measured", "MeasuresSubflows", "Path", "SubflowView", "paths_of"]
 
 
 class Measured(Protocol):
@@ -41,32 +41,56 @@ class Measured(Protocol):
     def path_stats(self) -> PathStats: ...
 
 
+class MeasuresSubflows(Protocol):
+    """A Transient that names its subflows' interfaces from given Interfaces and reads their
+    figures without the backup-flag lookups (stacks.tcp.StreamTransient): a subflow Path's
+    measured properties use `measure_subflows`, read on every access. Any other Transient
+    is asked `subflows()` alone."""
+
+    def subflows(self, interfaces: Sequence[Interface] = ()) -> tuple[Subflow, ...]: ...
+
+    def measure_subflows(self, interfaces: Sequence[Interface] = ()) -> tuple[Subflow, ...]:
+        ...
+
+
 class SubflowView:
     """One subflow of an MPTCP Transient, as a `Measured` (Rule 4): its addresses and
     interface fixed when made, its statistics read from the kernel on every call."""
 
-    __slots__ = ("interface", "local_address", "remote_address", "transient")
+    __slots__ = ("_measure", "interface", "interfaces", "local_address", "remote_address",
+                 "transient")
 
-    def __init__(self, transient: Any, subflow: Subflow, interface: str | None) -> None:
+    def __init__(self, transient: Any, subflow: Subflow, interface: str | None,
+                 interfaces: Sequence[Interface] = ()) -> None:
         self.transient = transient
         """The MPTCP connection's Transient (Path.transient names it)."""
         self.interface = interface
+        self.interfaces = interfaces
+        """The decision's interfaces: a measurement names subflows by them, not by asking
+        the system again."""
+        measure = getattr(transient, "measure_subflows", None)  # MeasuresSubflows, cheaply
+        self._measure: Callable[[Sequence[Interface]], tuple[Subflow, ...]] | None = measure
         self.local_address: tuple[str, int] | None = subflow.local_address
         self.remote_address: tuple[str, int] | None = subflow.remote_address
 
     def subflow(self) -> Subflow | None:
-        """This subflow as the kernel reports it now; None once the kernel lists it no more
-        (closed, or the connection ended)."""
-        flows: tuple[Subflow, ...] = self.transient.subflows()
+        """This subflow as the kernel reports it now, backup flag included; None once the
+        kernel lists it no more (closed, or the connection ended)."""
+        return self._find(self.transient.subflows(self.interfaces)
+                          if self._measure is not None else self.transient.subflows())
+
+    def path_stats(self) -> PathStats:
+        measure = self._measure
+        flow = self._find(measure(self.interfaces) if measure is not None
+                          else self.transient.subflows())
+        return flow.stats if flow is not None else PathStats()
+
+    def _find(self, flows: tuple[Subflow, ...]) -> Subflow | None:
         for flow in flows:
             if (_address(flow.local_address) == self.local_address
                     and _address(flow.remote_address) == self.remote_address):
                 return flow
         return None
-
-    def path_stats(self) -> PathStats:
-        flow = self.subflow()
-        return flow.stats if flow is not None else PathStats()
 
     def __repr__(self) -> str:
         return (f"<SubflowView {self.interface or '?'} {_show(self.local_address)} -> "
@@ -263,4 +287,4 @@ def _subflow_path(transient: Any, flow: Subflow, interfaces: Sequence[Interface]
         found = next((i for i in interfaces if any(a.address == ip for a in i.addresses)), None)
     name = flow.interface if flow.interface is not None else (
         found.name if found is not None else None)
-    return Path(SubflowView(transient, flow, name), found)
+    return Path(SubflowView(transient, flow, name, interfaces), found)

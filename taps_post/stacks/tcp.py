@@ -22,13 +22,25 @@ Rule 6: at the end of a connection, the messages written but not acknowledged fa
 Transient's Rule 5); what the peer acknowledged and the kernel had taken are read from
 TCP_INFO (tcpi_bytes_acked, which counts the SYN as one, plus the bytes still in the send
 queue), since asyncio drops its own buffer on an error.
-Rule 7: an accepted connection on an MPTCP listener reports `tcp`/`tls` when the peer fell
-back to plain TCP (getsockopt TCP_IS_MPTCP), never a multipath it does not have.
+Rule 7: an MPTCP connection that fell back to plain TCP reports `tcp`/`tls` and
+`mptcp_fallback = True`, never a multipath it does not have: the kernel's TCP_IS_MPTCP is read
+when the connection is made (accepted on an MPTCP listener, or connected by an `mptcp` /
+`tls-mptcp` attempt to a peer that answered without MP_CAPABLE) and again whenever the
+subflows are read (a fallback can also happen later, e.g. a middlebox dropping the option).
 Rule 8: a connection we cut off (`fail`: a protocol error, the idle timeout, a close past its
 linger) is reset (SO_LINGER 0), so no kernel keeps buffering for a peer we gave up on.
 Rule 9: after the peer's EOF (kept open for our replies, plain TCP only) whatever we write is
 watched until the peer acknowledged it: a reset, which nothing reads any more, is seen in
 TCP_INFO (state CLOSE) and ends the Transient (the Transient's Rule 10).
+Rule 10: a kernel or namespace that refuses IPPROTO_MPTCP (net.mptcp.enabled=0, no MPTCP
+built in: socket() fails with ENOPROTOOPT, EPROTONOSUPPORT or EINVAL) fails the attempt at
+once with that errno, which racing classifies as `unsupported`: no packet is sent, no timer
+runs, the race starts the next candidate (plain TCP) immediately. Only a listener, which
+must serve single-path clients anyway, opens a plain TCP socket instead.
+Rule 11: the subflows of an MPTCP connection are the kernel's view, read on every call
+(`system.mptcp.read_subflows`: MPTCP_FULL_INFO or MPTCP_TCPINFO + MPTCP_SUBFLOW_ADDRS), never
+remembered: subflows come and go while the connection lives. A connection that fell back has
+none (its one path is the Transient's own).
 """
 
 from __future__ import annotations
@@ -43,37 +55,47 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.framing import LENGTH, Framer, LengthPrefixFramer
 from ..core.messages import InMessage, Pending
-from ..core.path import PathStats
+from ..core.path import PathStats, Subflow
+from ..decision.environment import Interface
 from ..errors import DeframingError
-from ..system import tcpinfo
+from ..system import mptcp, tcpinfo
+from ..system.mptcp import is_mptcp
 from .accept import Acceptor, backlog_for
 from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
 from .tls import client_tls_context, open_tls, server_tls_context, verify_pins
 from .transient import Transient
 
-__all__ = ["ResumingContext", "StreamStack", "StreamTransient", "outq"]
+__all__ = ["FALLBACK", "MptcpRefusedError", "ResumingContext", "StreamStack", "StreamTransient",
+           "is_mptcp", "outq"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
 _TCP_CLOSE = 7
 """tcpi_state of a connection that ended (include/net/tcp_states.h TCP_CLOSE)."""
-_TCP_IS_MPTCP = 43
-"""getsockopt(SOL_TCP) on an MPTCP socket: 1 while MPTCP is in use, 0 after a fallback."""
-_FALLBACK = {"mptcp": "tcp", "tls-mptcp": "tls"}
+FALLBACK = {"mptcp": "tcp", "tls-mptcp": "tls"}
+"""The single-path stack an MPTCP stack's connection is after a fallback (Rule 7)."""
+_REFUSED = frozenset({errno.ENOPROTOOPT, errno.EPROTONOSUPPORT, errno.EINVAL})
+"""socket(IPPROTO_MPTCP) errors of a kernel or namespace without MPTCP (Rule 10)."""
 
 
-def is_mptcp(sock: Any) -> bool | None:
-    """Is MPTCP in use on this connection (Rule 7)? None when the kernel cannot say."""
+class MptcpRefusedError(OSError):
+    """This kernel or network namespace refuses MPTCP sockets (Rule 10): the errno is the
+    kernel's (ENOPROTOOPT when net.mptcp.enabled=0), so racing classifies it `unsupported`."""
+
+
+def _mptcp_enabled_sysctl() -> str:
+    """net.mptcp.enabled of this namespace as text, for an error message."""
     try:
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_IS_MPTCP))
-    except (OSError, AttributeError):
-        return None
+        with open("/proc/sys/net/mptcp/enabled", encoding="ascii") as fh:
+            return fh.read().strip() or "empty"
+    except OSError:
+        return "absent (no MPTCP in this kernel)"
 
 
 def _is_loopback(address: str) -> bool:
@@ -177,8 +199,9 @@ class StreamTransient(Transient, asyncio.Protocol):
     """TCP, TLS and MPTCP: messages framed onto one byte stream."""
 
     __slots__ = ("_aborted", "_early_left", "_feeds_messages", "_length_prefixed", "_preload_rest",
-                 "_written", "dscp_marker", "fallback_stack", "nodelay_set", "on_connection",
-                 "raw_socket", "secure", "session_sink", "syn_data_possible", "used_session")
+                 "_written", "dscp_marker", "fallback_stack", "mptcp_fallback", "nodelay_set",
+                 "on_connection", "raw_socket", "secure", "session_sink", "syn_data_possible",
+                 "used_session")
 
     accepts_plain = True
 
@@ -198,7 +221,11 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.used_session: Any = None
         """The TLS session this connection resumed with, never to be stored again."""
         self.fallback_stack: str | None = None
-        """Accepted on an MPTCP listener: the stack to report if MPTCP fell back (Rule 7)."""
+        """An MPTCP socket (connected or accepted): the stack to report if MPTCP fell back
+        (Rule 7); None on a plain TCP socket."""
+        self.mptcp_fallback = False
+        """MPTCP was asked for and the connection is plain TCP (Rule 7): the peer (or a
+        middlebox) did not speak MPTCP; `stack` then names the plain stack."""
         self.syn_data_possible = False
         """Accepted on a plain (not TLS) listener whose SYNs may carry data (TCP_FASTOPEN was
         set, or the sysctl allows it without): only then is TCP_INFO read for it (Rule 4)."""
@@ -248,6 +275,54 @@ class StreamTransient(Transient, asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         super().fail(exc)
 
+    # ---- MPTCP (Rules 7, 11) ---------------------------------------------------------------
+
+    def fell_back(self) -> None:
+        """The connection is plain TCP although MPTCP was asked for (Rule 7)."""
+        if self.fallback_stack is not None:
+            self.stack = self.fallback_stack
+        self.mptcp_fallback = True
+
+    def multipath_in_use(self) -> bool:
+        """MPTCP is in use on this connection now, as the kernel says (TCP_IS_MPTCP, read
+        now: a later fallback is noticed here too). False on plain TCP, after a fallback,
+        once closed, and when the kernel cannot say."""
+        if self.fallback_stack is None or self.mptcp_fallback:
+            return False
+        sock = self.raw_socket
+        if sock is None or self.transport is None or self.closed.done():
+            return False
+        using = is_mptcp(sock)
+        if using is False:
+            self.fell_back()
+        return bool(using)
+
+    def subflows(self, interfaces: Sequence[Interface] = ()) -> tuple[Subflow, ...]:
+        """The kernel's subflows of this MPTCP connection, read now (Rule 11): addresses,
+        interface (looked up in `interfaces`, else by the kernel's interface index), backup
+        flag, RTT and bytes of each; () on plain TCP and after a fallback."""
+        if not self.multipath_in_use():
+            return ()
+        return mptcp.read_subflows(self.raw_socket, interfaces)
+
+    def measure_subflows(self, interfaces: Sequence[Interface] = ()) -> tuple[Subflow, ...]:
+        """`subflows()` without the per-subflow sock_diag lookups (backup None, interface
+        from the local address in `interfaces`): addresses, RTT and bytes, for a Path that
+        reads its figures on every access (runtime/path.py Rule 4)."""
+        if not self.multipath_in_use():
+            return ()
+        return mptcp.read_subflows(self.raw_socket, interfaces, backup=False)
+
+    @property
+    def mptcp_token(self) -> int | None:
+        """The MPTCP connection token (MPTCP_INFO), which the userspace path manager names
+        the connection by; None on plain TCP, after a fallback, or when the kernel cannot
+        say."""
+        if not self.multipath_in_use():
+            return None
+        info = mptcp.read_info(self.raw_socket)
+        return None if info is None else info.token
+
     # ---- TLS tickets ---------------------------------------------------------------------
 
     def before_close(self) -> None:
@@ -282,7 +357,7 @@ class StreamTransient(Transient, asyncio.Protocol):
         if self.dscp and self.dscp_marker is None and sock is not None:
             self.dscp_marker = DscpMarker(sock, current=None)  # accepted: never set yet
         if self.fallback_stack is not None and is_mptcp(sock) is False:
-            self.stack = self.fallback_stack
+            self.fell_back()
         if self.syn_data_possible:
             self._early_left = syn_bytes(sock)
         peer = transport.get_extra_info("peername")
@@ -438,8 +513,16 @@ class StreamTransient(Transient, asyncio.Protocol):
         self.sent_any = True
 
     def path_stats(self) -> PathStats:
-        """TCP_INFO and IP_MTU of the socket, read now (system/tcpinfo.py)."""
-        return tcpinfo.path_stats(self.raw_socket)
+        """TCP_INFO and IP_MTU of the socket, read now (system/tcpinfo.py). On an MPTCP
+        socket the kernel answers TCP_INFO with its first subflow's; when it cannot (that
+        subflow is gone), the first subflow the kernel lists now speaks for the connection
+        (each subflow's own figures are in `subflows()` and the carrier's paths)."""
+        stats = tcpinfo.path_stats(self.raw_socket)
+        if stats.rtt_ms is None and self.multipath_in_use():
+            flows = self.subflows()
+            if flows:
+                return flows[0].stats
+        return stats
 
     def offsets(self) -> tuple[int, int | None] | None:
         transport = self.transport
@@ -542,9 +625,16 @@ class StreamStack:
         proto = IPPROTO_MPTCP if self.mptcp else 0
         try:
             sock = socket.socket(family_of(address), socket.SOCK_STREAM, proto)
-        except OSError:
-            if not (fallback and self.mptcp):
+        except OSError as exc:
+            if not self.mptcp:
                 raise
+            if not fallback:  # Rule 10: fail the attempt now, as `unsupported`
+                if exc.errno not in _REFUSED:
+                    raise
+                raise MptcpRefusedError(
+                    exc.errno, f"this kernel or network namespace refuses MPTCP sockets "
+                    f"({os.strerror(exc.errno)}; net.mptcp.enabled is "
+                    f"{_mptcp_enabled_sysctl()})") from exc
             # MPTCP disabled in this kernel or namespace: a listener still serves plain TCP.
             sock = socket.socket(family_of(address), socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -600,6 +690,8 @@ class StreamStack:
                                         max_size=spec.settings.max_size, interface=c.interface,
                                         secure=self.secure)
             transient.nodelay_set = True  # _socket() did it; connection_made need not
+            if self.mptcp:
+                transient.fallback_stack = FALLBACK[self.name]  # Rule 7, read when made
             transient.dscp = spec.settings.dscp
             transient.dscp_marker = marker  # set for the SYN above
             if copies:
@@ -652,7 +744,7 @@ class StreamStack:
             sock.listen(backlog_for(spec.settings.backlog))
             tls = (server_tls_context(spec.settings, spec.identity, spec.trusted)
                    if self.secure else None)
-            fallback = _FALLBACK.get(self.name) if self.mptcp else None
+            fallback = FALLBACK.get(self.name) if self.mptcp else None
 
             def factory() -> StreamTransient:
                 t = StreamTransient(stack=self.name, framer=spec.framer(),
