@@ -54,18 +54,22 @@ Subscriber = Callable[[Sequence[NetChange], tuple[Interface, ...]], None]
 """Called on the loop with the changes of one burst and the interfaces after them."""
 
 _log = logging.getLogger("taps_post.monitor")
-_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PathMonitor] = \
-    weakref.WeakKeyDictionary()
+_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                     weakref.ref[PathMonitor]] = weakref.WeakKeyDictionary()
+"""Loop -> its monitor, weak on both sides: a monitor holds its loop, so a strong value would
+keep every loop (and its socket) alive forever. Whoever subscribes holds the monitor (the
+unsubscribe function, the reader, the linger timer); a monitor nobody holds is not needed."""
 
 
 def path_monitor() -> PathMonitor:
     """The running event loop's PathMonitor, made on first use (nothing is opened until
     someone subscribes)."""
     loop = asyncio.get_running_loop()
-    monitor = _monitors.get(loop)
+    ref = _monitors.get(loop)
+    monitor = ref() if ref is not None else None
     if monitor is None or monitor.closed:
         monitor = PathMonitor(loop)
-        _monitors[loop] = monitor
+        _monitors[loop] = weakref.ref(monitor)
     return monitor
 
 
@@ -177,7 +181,8 @@ class PathMonitor:
         self._stop()
         for stream in list(self._streams):
             stream.close()
-        if _monitors.get(self._loop) is self:
+        ref = _monitors.get(self._loop)
+        if ref is not None and ref() is self:
             del _monitors[self._loop]
 
     # ---- starting and stopping ------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import weakref
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,9 @@ class RtnlSource:
         except BaseException:
             self._sock.close()
             raise
+        # A source dropped unclosed (its event loop ended while it lingered) closes its
+        # socket when collected, quietly, instead of leaking it to a ResourceWarning.
+        self._finalizer = weakref.finalize(self, self._sock.close)
 
     # ---- the public surface ---------------------------------------------------------------
 
@@ -149,7 +153,7 @@ class RtnlSource:
         return changes
 
     def close(self) -> None:
-        self._sock.close()
+        self._finalizer()
 
     def __enter__(self) -> RtnlSource:
         return self

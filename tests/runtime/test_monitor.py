@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
+import warnings
+import weakref
 from typing import Any
 
 import pytest
@@ -257,3 +260,22 @@ def test_netlink_refused_falls_back_to_polling(run: Any) -> None:
         m.close()
 
     run(main())
+
+
+def test_a_loop_that_ends_while_the_socket_lingers_leaks_nothing() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        m = mon.path_monitor()
+        unsubscribe = m.subscribe(lambda c, i: None)
+        assert await m.started() == "netlink"
+        unsubscribe()  # the socket lingers; the loop ends before LINGER runs out
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
+        [str(w.message) for w in caught]
+    assert loops[0]() is None, "the monitor registry keeps no loop alive"
