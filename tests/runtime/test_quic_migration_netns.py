@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import taps_post as tp
-from netns import A1, A1_V4, A2, A2_V4, B1_V4, topology
+from netns import A1, A1_V4, A1_V6, A2, A2_V4, A2_V6, B1_V4, B1_V6, topology
 
 PORT = 5443
 COUNT = 120
@@ -189,38 +189,44 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize(("peer", "delay"), [("ours", 0.0), ("aioquic", 0.0), ("ours", 0.05)])
-def test_quic_carrier_keeps_its_connection_when_its_address_goes_away(peer: str,
-                                                                      delay: float) -> None:
+@pytest.mark.parametrize(("peer", "delay", "family"), [
+    ("ours", 0.0, 4), ("aioquic", 0.0, 4), ("ours", 0.05, 4), ("ours", 0.0, 6)])
+def test_quic_carrier_keeps_its_connection_when_its_address_goes_away(
+        peer: str, delay: float, family: int) -> None:
     """`delay`: seconds between the address removal and migrate() (a monitor's latency),
     while the sender keeps writing: what it wrote meanwhile was lost on the gone path and
-    is sent again on the new one (aioquic's loss recovery), still once and in order."""
+    is sent again on the new one (aioquic's loss recovery), still once and in order.
+    `family` 6: the same over IPv6 (fd00:1::1 to fd00:2::1, server fd00:1::2)."""
+    old, new, server_address = ((A1_V4, A2_V4, B1_V4) if family == 4
+                                else (A1_V6, A2_V6, B1_V6))
+    target = f"quic://{server_address}:{PORT}" if family == 4 else \
+        f"quic://[{server_address}]:{PORT}"
     with topology("qm") as topo:
-        cert = tp.certs.self_signed(["svc", B1_V4])
+        cert = tp.certs.self_signed(["svc", B1_V4, B1_V6])
         assert cert.key_pem is not None
         cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
         cert_path.write_text(cert.cert_pem)
         key_path.write_text(cert.key_pem)
         with topo.spawn(topo.b, SERVER, peer, str(PORT), str(cert_path), str(key_path),
-                        B1_V4) as srv:
+                        server_address) as srv:
             assert srv.read_json(10) == {"ready": True}
-            with topo.spawn(topo.a, CLIENT, str(cert_path), f"quic://{B1_V4}:{PORT}",
-                            str(COUNT), str(REMOVE_AT), str(INTERVAL), A1, A2, A2_V4,
+            with topo.spawn(topo.a, CLIENT, str(cert_path), target,
+                            str(COUNT), str(REMOVE_AT), str(INTERVAL), A1, A2, new,
                             str(delay)) as cli:
                 assert cli.read_json(10) == {"remove": True}
-                topo.address(topo.a, A1, A1_V4, present=False)
+                topo.address(topo.a, A1, old, present=False)
                 cli.send({"removed": True})
                 out: dict[str, Any] = cli.read_json(30)
             server = srv.request({"report": True}, 5)
         expected = [f"m{i}" for i in range(COUNT)]
-        print(f"\nQUIC migration ({peer} server, migrate() {delay * 1000:.0f} ms after the "
-              f"removal): stall {out['stall_ms']:.1f} ms from address "
-              f"removal to the next echo, {out['stall_from_migrate_ms']:.1f} ms from "
-              f"migrate(); longest gap between echoes {out['max_gap_ms']:.1f} ms; migrate() "
-              f"took {out['migrate_ms']:.1f} ms; PING from the new path acked after "
-              f"{out['ping_acked_ms']} ms")
+        print(f"\nQUIC migration (IPv{family}, {peer} server, migrate() "
+              f"{delay * 1000:.0f} ms after the removal): stall {out['stall_ms']:.1f} ms "
+              f"from address removal to the next echo, {out['stall_from_migrate_ms']:.1f} ms "
+              f"from migrate(); longest gap between echoes {out['max_gap_ms']:.1f} ms; "
+              f"migrate() took {out['migrate_ms']:.1f} ms; PING from the new path acked "
+              f"after {out['ping_acked_ms']} ms")
         assert out["migrated"] is True
-        assert out["before"][0] == A1_V4 and out["after"][0] == A2_V4
+        assert out["before"][0] == old and out["after"][0] == new
         assert out["interface"] == A2
         assert out["same_session"] and out["stream_id_kept"]
         assert out["handshakes"] == 1 and out["migrations"] == 1
@@ -229,6 +235,6 @@ def test_quic_carrier_keeps_its_connection_when_its_address_goes_away(peer: str,
         assert server["carriers"] == 1 and server["handshakes"] == 1
         # A dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses.
         assert [server["remote"][0].removeprefix("::ffff:"), server["remote"][1]] == \
-            [A2_V4, out["after"][1]]
+            [new, out["after"][1]]
         assert server["validated"] is True
         assert out["stall_ms"] is not None and out["stall_ms"] < 2000 + delay * 1000
