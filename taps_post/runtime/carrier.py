@@ -588,6 +588,8 @@ class Carrier:
             t.apply_settings(self._settings)  # budgets, linger, idle timeout (Rule 8)
         t.salvage = _Salvage(self, t)
         t.on_soft_error = self._soft_error
+        if hasattr(t, "on_path_change"):  # a stack whose connection can move (QUIC)
+            t.on_path_change = self._path_moved
         t.closed.add_done_callback(self._transient_closed)
         decision = self._decision
         path = t.path = Path.of(t, decision.interfaces if decision is not None else ())
@@ -711,12 +713,82 @@ class Carrier:
             self._mover = self.spawn(self._survive(t, interface, address, interfaces))
 
     def path_usable(self, interfaces: tuple[Interface, ...]) -> None:
-        """runtime/mobility.py: an interface came up or an address was added (Rule 10)."""
+        """runtime/mobility.py: an interface came up or an address was added (Rule 10): a
+        dormant carrier that lost its path comes back; under multipathPolicy handover an
+        active one whose stack migrates (QUIC) moves to a better path its Decision ranks
+        above the current one (MPTCP: its PathController opens the plan's subflows; TCP
+        stays where it is: moving it would need a new connection while messages are in
+        flight, so the better path is taken at its next activation)."""
         if self._controller is not None:
             self._controller.changed(interfaces)
-        if self._state != "lost" or self._closing or self._mover is not None:
+        if self._closing or self._mover is not None:
             return
-        self._mover = self.spawn(self._come_back(interfaces))
+        if self._state == "lost":
+            self._mover = self.spawn(self._come_back(interfaces))
+            return
+        t = self._fast
+        settings = self._settings
+        if (t is None or not t.is_open or self._state != "active" or settings is None
+                or settings.multipath_policy != "handover"
+                or type(t).migrate is Transient.migrate):  # this stack cannot migrate
+            return
+        better = self._better_path(t, interfaces)
+        if better is not None:
+            self._mover = self.spawn(self._hand_over(t, better[0], better[1], interfaces))
+
+    def _better_path(self, t: Transient, interfaces: tuple[Interface, ...]
+                     ) -> tuple[str, str] | None:
+        """The best usable (local address, interface) of the Decision when it ranks above
+        `t`'s interface, else None."""
+        remote = t.remote_address
+        family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
+        usable = mobility.usable_addresses(self._decision, t.stack, family, interfaces)
+        if not usable or usable[0][1] == t.interface:
+            return None
+        decision = self._decision
+        order = [c.interface for c in decision.candidates] if decision is not None else []
+        best = order.index(usable[0][1])
+        current = order.index(t.interface) if t.interface in order else len(order)
+        return usable[0] if best < current else None
+
+    async def _hand_over(self, t: Transient, ip: str, name: str,
+                         interfaces: tuple[Interface, ...]) -> None:
+        try:
+            await self._migrate(t, ip, name, interfaces)
+        finally:
+            if self._mover is _current():
+                self._mover = None
+
+    async def _migrate(self, t: Transient, ip: str, name: str,
+                       interfaces: tuple[Interface, ...]) -> bool:
+        """Ask `t` to move to `ip` on `name` (QUIC connection migration); True when it did
+        (the PathChange is emitted by `_path_moved`)."""
+        try:
+            moved = await t.migrate(ip, name)
+        except (OSError, ConnectionError) as exc:
+            _report("taps_post migrate failed", exc)
+            return False
+        if not moved or not t.is_open:
+            return False
+        self._path_moved(t, interfaces)
+        return True
+
+    def _path_moved(self, t: Transient, interfaces: tuple[Interface, ...] | None = None
+                    ) -> None:
+        """`t` runs between other addresses now (it migrated, on our request or a
+        sibling's, or the peer moved): a new Path, the index follows, PathChange."""
+        if t is not self._transient or self._state != "active":
+            return
+        old = t.path
+        if interfaces is None:
+            interfaces = self._interfaces()
+        new = Path.of(t, interfaces or None)
+        if old is not None and old.route == new.route:
+            return
+        t.path = new
+        if self._initiates():
+            self._watch_path(t)
+        self._emit(PathChange(old, new))
 
     async def _survive(self, t: Transient, interface: str | None, address: str | None,
                        interfaces: tuple[Interface, ...]) -> None:
@@ -739,18 +811,9 @@ class Carrier:
             for ip, name in mobility.usable_addresses(
                     self._decision, t.stack, family, interfaces, avoid_interface=interface,
                     avoid_address=address):
-                try:
-                    moved = await t.migrate(ip, name)
-                except (OSError, ConnectionError) as exc:
-                    _report("taps_post migrate failed", exc)
-                    moved = False
-                if not moved or not t.is_open:
-                    break  # the stack cannot (TCP), or not now: fail it below
-                new = t.path = Path.of(t, interfaces)
-                self._watch_path(t)
-                if old is None or old.route != new.route:
-                    self._emit(PathChange(old, new))
-                return
+                if await self._migrate(t, ip, name, interfaces):
+                    return
+                break  # the stack cannot (TCP), or not now: fail it below
             if t.is_open:
                 where = address or interface or "?"
                 t.fail(PathLostError(f"the path of this {t.stack} connection went away "

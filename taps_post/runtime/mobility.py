@@ -10,9 +10,11 @@ and taken out when that Transient ends or the carrier closes. A change is one lo
 index; MPTCP carriers are also kept in one set that every removal visits (their subflows
 run on interfaces the initial one does not name).
 Rule 3: this module decides nothing about a carrier and starts no task: it finds the
-carriers a change touches and calls them (`Mobile.path_gone`, `Mobile.path_usable`); the
-carrier owns whatever follows (its close() cancels it). A raising carrier is reported to
-the loop's exception handler and the others are still told.
+carriers a change touches and calls them (`Mobile.path_gone` for the carriers on what went,
+`Mobile.path_usable` for every watched or waiting carrier when something came: one call
+each, and the carrier returns at once unless it has something to do); the carrier owns
+whatever follows (its close() cancels it). A raising carrier is reported to the loop's
+exception handler and the others are still told.
 Rule 4: where a carrier may move (`usable_addresses`) comes from its Decision: the
 candidates of its stack name the interfaces and local addresses policy allowed, ranked, and
 only those that are up now with that address still on them are offered (a prohibited
@@ -142,10 +144,8 @@ class Watch:
                 continue
             told.add(id(carrier))
             _tell(self.loop, carrier.path_gone, name, ip, self.interfaces)
-        if usable:
-            for carrier in list(self.waiting):
-                _tell(self.loop, carrier.path_usable, self.interfaces)
-            for carrier in list(self.multipath):
+        if usable:  # dormant ones come back, MPTCP ones re-plan, QUIC ones may hand over
+            for carrier in list(self.waiting) + [c for c in self.keys if c not in self.waiting]:
                 if id(carrier) not in told:
                     _tell(self.loop, carrier.path_usable, self.interfaces)
 
@@ -273,11 +273,10 @@ def current_interfaces(loop: asyncio.AbstractEventLoop | None = None
     found = _WATCHES.get(loop)
     if found is not None and found.interfaces is not None:
         return found.interfaces
-    refresh_interfaces()
-    return live.cached_interfaces()
+    return live.refresh()
 
 
 def refresh_interfaces() -> None:
     """Before a re-race after a change: the next decision discovers the interfaces afresh
     (an unchanged list keeps its identity, so plans decided on it stay valid)."""
-    live.invalidate()
+    live.refresh()
