@@ -152,3 +152,109 @@ def test_explain_live_machine_loopback() -> None:
     assert out["candidates"][0]["interface"] == "lo"
     assert out["candidates"][0]["local_address"] == "127.0.0.1"
     assert [c["stack"] for c in out["candidates"]] == ["tcp"]
+
+
+# --- the Multipath block (docs/explain.md, "The Multipath block") ---------------------------
+
+EXAMPLES = ROOT / "policies" / "examples"
+MULTIPATH = ["--no-system", "--app-name", "file-sync",
+             "--app", str(EXAMPLES / "app-multipath.yaml"),
+             "--env", str(EXAMPLES / "env-two-paths.yaml")]
+
+
+def _block(text: str) -> list[str]:
+    """The lines of the Multipath block, from its heading to the outcome line."""
+    lines = text.splitlines()
+    start = lines.index("multipath")
+    end = next(i for i, line in enumerate(lines) if line.startswith(("outcome", "warnings")))
+    return lines[start:end]
+
+
+def test_explain_multipath_block_gives_each_subflow_role_and_rule() -> None:
+    proc = run_cli("policy", "explain", "tls://files.example:8443", *MULTIPATH)
+    assert proc.returncode == 0, proc.stderr
+    block = _block(proc.stdout)
+    app = str(EXAMPLES / "app-multipath.yaml")
+    assert block[1].split()[:2] == ["mode", "active"]
+    assert block[2].split()[:2] == ["policy", "aggregate"] and f"{app}:17" in block[2]
+    assert block[3].split()[:3] == ["path", "manager", "userspace"]
+    assert "roles are enforced" in block[3]
+    rows = {line.split()[0]: line for line in block if line.startswith("    ")}
+    assert rows["eth0"].split()[1] == "primary"
+    assert "multipathPolicy aggregate" in rows["eth0"]
+    assert rows["wlan0"].split()[1] == "backup"
+    # an avoided interface is a backup, and the line names the rule and its file:line
+    assert f"avoided by interface.wifi: app rule wifi-standby ({app}:23)" in rows["wlan0"]
+    # the prohibited modem carries no subflow: listed under "no subflow on" only
+    assert block.index("  no subflow on") < block.index(rows["wwan0"])
+    assert "prohibited by interface.cellular" in rows["wwan0"]
+
+
+def test_explain_kernel_path_manager_says_roles_are_only_reported(tmp_path: Path) -> None:
+    env = yaml.safe_load((EXAMPLES / "env-two-paths.yaml").read_text())
+    env["mptcp"] = {"pathManager": "kernel"}
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(env))
+    proc = run_cli("policy", "explain", "tls://files.example:8443", *MULTIPATH[:-1], str(path))
+    assert proc.returncode == 0, proc.stderr
+    manager = next(line for line in _block(proc.stdout) if "path manager" in line)
+    assert "kernel" in manager and "roles are reported, not enforced" in manager
+    assert "ip mptcp endpoint" in manager
+
+
+def test_explain_multipath_block_for_a_listener() -> None:
+    """Listen decisions get the same plan: multipath defaults to passive for them."""
+    proc = run_cli("policy", "explain", "[::]:8443", "--kind", "listen", *MULTIPATH)
+    assert proc.returncode == 0, proc.stderr
+    block = _block(proc.stdout)
+    rows = {line.split()[0]: line.split() for line in block if line.startswith("    ")}
+    assert rows["eth0"][1] == "primary" and rows["wlan0"][1] == "backup"
+    assert "2001:db8:1::10," in rows["eth0"] and "192.0.2.10" in rows["eth0"]
+
+
+def test_explain_without_multipath_has_no_block(files: dict[str, str]) -> None:
+    proc = run_cli("policy", "explain", "https://example.com", "--system", files["system"],
+                   "--env", files["env"])
+    assert proc.returncode == 0, proc.stderr
+    assert "multipath" not in proc.stdout.splitlines()
+
+
+def test_explain_multipath_json_and_dot() -> None:
+    proc = run_cli("policy", "explain", "tls://files.example:8443", *MULTIPATH,
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    mp = json.loads(proc.stdout)["multipath"]
+    assert {k: mp[k] for k in ("mode", "policy", "path_manager")} == {
+        "mode": "active", "policy": "aggregate", "path_manager": "userspace"}
+    assert [(s["interface"], s["role"], s["rule"]) for s in mp["subflows"]] == [
+        ("eth0", "primary", "sync-over-mptcp"), ("wlan0", "backup", "wifi-standby")]
+    assert mp["subflows"][1]["source"].endswith("app-multipath.yaml:23")
+    assert mp["subflows"][0]["addresses"] == ["2001:db8:1::10", "192.0.2.10"]
+    dot = run_cli("policy", "explain", "tls://files.example:8443", *MULTIPATH, "--format", "dot")
+    assert dot.returncode == 0, dot.stderr
+    assert '"if:wlan0" [label="wlan0\\nwifi\\nsubflow backup"]' in dot.stdout
+
+
+def test_explain_live_machine_reports_its_path_manager() -> None:
+    """Without --env, the path manager is this network namespace's (net.mptcp sysctls)."""
+    from taps_post.system.mptcp import path_manager
+
+    proc = run_cli("policy", "explain", "tcp://127.0.0.1:9", "--no-system", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["multipath"]["path_manager"] == path_manager()
+
+
+def test_explain_says_when_the_peer_fell_back_to_tcp(tmp_path: Path) -> None:
+    env = yaml.safe_load((EXAMPLES / "env-two-paths.yaml").read_text())
+    env["cache"] = [{"remote": "files.example:8443", "stack": "tls-mptcp",
+                     "outcome": "fallback"}]
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(env))
+    proc = run_cli("policy", "explain", "tls://files.example:8443", *MULTIPATH[:-1], str(path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    stacks = [line.strip() for line in lines if line.strip() in ("tls", "tls-mptcp")]
+    assert stacks[:2] == ["tls", "tls-mptcp"], "the plain counterpart ranks first"
+    noted = [line for line in lines if "history: peer fell back to TCP" in line]
+    assert noted and all("from" in line for line in noted)
+    assert proc.stdout.splitlines()[-1].split()[-2] == "tls"
