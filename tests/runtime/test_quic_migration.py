@@ -170,6 +170,7 @@ def test_migrate_keeps_the_connection_its_streams_and_message_order(run: Any, un
             await until(lambda: active_path_validated(st.session.connection), 2,
                         "the server validated the new path")
             await until(lambda: session.migration_acked_ms is not None, 2, "PING acked")
+            await until(lambda: session.old_sockets == 0, 2, "the old socket closed")
             print(f"\nloopback migration: first echoes back {stall_ms:.1f} ms after migrate(), "
                   f"PING acked after {session.migration_acked_ms:.1f} ms")
             await fork.close()
@@ -200,6 +201,29 @@ def test_migrate_again_and_back(run: Any, cert: Any) -> None:
             await carrier.close()
 
     run(main(), 15)
+
+
+def test_a_large_reply_in_flight_during_the_move_arrives_whole(run: Any, until: Any,
+                                                               cert: Any) -> None:
+    """A 2 MB echo is on its way back when the client moves: what the server sent to the
+    old address before it moved is still taken from the old socket, the rest comes on the
+    new path; the message arrives whole, then the old socket closes."""
+
+    async def main() -> None:
+        async with echo_server(cert) as server:
+            carrier = await connect(cert, server.port)
+            t = carrier.transient
+            big = bytes(range(256)) * (8 << 10)  # 2 MiB
+            await carrier.send(big)
+            await until(lambda: t.session.connection.get_peer_address() is not None
+                        and bool(server.received.get(0)), 5, "the server has it")
+            assert await t.migrate("127.0.0.2", "lo") is True
+            reply = bytes(await asyncio.wait_for(carrier.receive(), 10))
+            assert reply == b"echo:" + big
+            await until(lambda: t.session.old_sockets == 0, 2, "the old socket closed")
+            await carrier.close()
+
+    run(main(), 20)
 
 
 def test_carriers_of_one_connection_asking_at_once_move_it_once(run: Any, cert: Any) -> None:

@@ -63,8 +63,10 @@ a client migrates (`migrate`), only once the handshake is confirmed, and never t
 that sent `disable_active_migration` (aioquic ignores it: `compat`): a new UDP socket
 bound to the new local address (pinned to its interface like connect's, `bind_to_device`)
 and connected to the same remote becomes the one `_Outbound` sends through (aioquic keeps
-writing to that object, so no aioquic internals are touched), the old socket is closed with
-its protocol detached (its close must not end the connection), the connection switches to a
+writing to that object, so no aioquic internals are touched), the old socket is closed once
+the server acknowledged the PING from the new path (what it sent before it moved still
+arrives there), at most `_DRAIN` later, under a protocol of its own (its close must not end
+the connection), the connection switches to a
 fresh connection id of the peer (`change_connection_id`, so the two paths cannot be linked)
 and sends a PING, a non-probing packet on which the server moves to the new path and starts
 validating it (PATH_CHALLENGE / PATH_RESPONSE: aioquic's server does this itself). aioquic's
@@ -130,6 +132,9 @@ are dropped (Rule 8)."""
 _CONFIRM_WAIT = 2.0
 """Seconds a migration waits for the handshake's confirmation (HANDSHAKE_DONE) before it
 gives up (RFC 9000 section 9: no migration before it)."""
+_DRAIN = 1.0
+"""Seconds at most a migrated client's old socket still receives: until the server
+acknowledged the PING from the new path (it has moved), or this long (Rule 11)."""
 _BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42
 """How a client closes on a pin mismatch: the TLS bad_certificate alert (RFC 9001 section
 4.8), as aioquic's own chain check does."""
@@ -201,6 +206,19 @@ class _Outbound(asyncio.DatagramTransport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._inner.get_extra_info(name, default)
+
+
+class _Draining(asyncio.DatagramProtocol):
+    """A migrated client's old socket, for a moment (Rule 11): what the server sent there
+    before it moved to the new path still arrives and goes to the session; its errors and
+    its close are nobody's business."""
+
+    def __init__(self, session: QuicSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.session.is_open:
+            self.session.datagram_received(data, addr)
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -379,6 +397,8 @@ class QuicSession(QuicConnectionProtocol):
         self._migration_ping: int | None = None
         self._confirm_waiter: asyncio.Future[None] | None = None
         """A migration waits for the handshake's confirmation (Rule 11)."""
+        self._retired: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}
+        """Old sockets of a migration still receiving, each with its closing timer."""
         self._migrating: asyncio.Lock | None = None
         """Held while a migration makes its socket (made on first use, Rule 11)."""
         self._source: Any = None
@@ -572,8 +592,11 @@ class QuicSession(QuicConnectionProtocol):
             transport.close()
             return False
         old = out.replace(transport)
-        old.set_protocol(asyncio.DatagramProtocol())  # its close must not end the connection
-        old.close()
+        self._retire_all()  # a previous move's old socket
+        # The old socket listens a moment longer (what the server sent before it moved),
+        # under a protocol whose close does not end the connection.
+        old.set_protocol(_Draining(self))
+        self._retired[old] = self.loop.call_later(_DRAIN, self._retire, old)
         if self._dscp:
             previous = self._marker
             self._marker = DscpMarker(transport.get_extra_info("socket"))
@@ -609,6 +632,22 @@ class QuicSession(QuicConnectionProtocol):
         finally:
             self._confirm_waiter = None
         return self.is_open and handshake_confirmed(self.connection)
+
+    @property
+    def old_sockets(self) -> int:
+        """Sockets of earlier paths still receiving after a migration (Rule 11): 0 once the
+        server acknowledged the PING from the new path, or `_DRAIN` after the move."""
+        return len(self._retired)
+
+    def _retire(self, transport: asyncio.BaseTransport) -> None:
+        timer = self._retired.pop(transport, None)
+        if timer is not None:
+            timer.cancel()
+        transport.close()
+
+    def _retire_all(self) -> None:
+        for transport in list(self._retired):
+            self._retire(transport)
 
     def _peer_moved(self) -> None:
         """A server's connection: aioquic may have made a new peer address its active path
@@ -748,6 +787,7 @@ class QuicSession(QuicConnectionProtocol):
     def _release_socket(self) -> None:
         self._release = None
         stop_timer(self)
+        self._retire_all()
         if self._out is not None and not self._out.is_closing():
             self._out.close()
 
@@ -843,6 +883,7 @@ class QuicSession(QuicConnectionProtocol):
             self.streams[sid].report_soft_error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._retire_all()
         self._handshake_failed(exc if exc is not None else ConnectionError(
             "the QUIC connection's socket closed before its handshake completed"))
         if self.is_open:
@@ -881,6 +922,7 @@ class QuicSession(QuicConnectionProtocol):
         for t in list(self.streams.values()):
             t.terminate(None)
         if self.owns_transport and self._out is not None:
+            self._retire_all()
             self._out.close()
 
     async def settle(self) -> None:
@@ -911,6 +953,8 @@ class QuicSession(QuicConnectionProtocol):
         elif isinstance(event, events.PingAcknowledged):
             if event.uid == self._migration_ping and self.migrated_at is not None:
                 self._migration_ping = None
+                if self._retired:  # the server answered on the new path: it has moved
+                    self.loop.call_soon(self._retire_all)
                 self.migration_acked_ms = (self.loop.time() - self.migrated_at) * 1000.0
         elif isinstance(event, events.StopSendingReceived):
             self._send_stopped(event.stream_id, event.error_code)
@@ -933,6 +977,7 @@ class QuicSession(QuicConnectionProtocol):
             if self.owns_transport and self._out is not None:
                 # A client's socket is its own: release it with the connection.
                 self.loop.call_soon(self._out.close)
+                self.loop.call_soon(self._retire_all)
             if self.on_terminated is not None:
                 self.on_terminated(self)
 
