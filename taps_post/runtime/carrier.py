@@ -742,7 +742,11 @@ class Carrier:
         `t`'s interface, else None."""
         remote = t.remote_address
         family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
-        usable = mobility.usable_addresses(self._decision, t.stack, family, interfaces)
+        local = self._local
+        usable = mobility.usable_addresses(
+            self._decision, t.stack, family, interfaces,
+            local_interface=local.interface if local is not None else None,
+            local_address=local.address if local is not None else None)
         if not usable or usable[0][1] == t.interface:
             return None
         decision = self._decision
@@ -808,9 +812,11 @@ class Carrier:
                 return
             remote = t.remote_address
             family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
+            local = self._local
             for ip, name in mobility.usable_addresses(
                     self._decision, t.stack, family, interfaces, avoid_interface=interface,
-                    avoid_address=address):
+                    avoid_address=address,
+                    local_address=local.address if local is not None else None):
                 if await self._migrate(t, ip, name, interfaces):
                     return
                 break  # the stack cannot (TCP), or not now: fail it below

@@ -17,8 +17,8 @@ whatever follows (its close() cancels it). A raising carrier is reported to the 
 exception handler and the others are still told.
 Rule 4: where a carrier may move (`usable_addresses`) comes from its Decision: the
 candidates of its stack name the interfaces and local addresses policy allowed, ranked, and
-only those that are up now with that address still on them are offered (a prohibited
-interface is never in the Decision, so it is never offered).
+only those that are up now with that address still on them, within the application's Local,
+are offered (a prohibited interface is never in the Decision, so it is never offered).
 Rule 5: `handle(changes, interfaces)` is the monitor's callback and also the whole unit of
 logic: any source of NetChange values (the monitor, a test) can drive it.
 """
@@ -229,15 +229,26 @@ def _usable(interfaces: Iterable[Interface], name: str, address: str) -> bool:
 
 def usable_addresses(decision: Decision | None, stack: str, family: str | None,
                      interfaces: tuple[Interface, ...], *, avoid_interface: str | None = None,
-                     avoid_address: str | None = None) -> list[tuple[str, str]]:
+                     avoid_address: str | None = None, local_interface: str | None = None,
+                     local_address: str | None = None) -> list[tuple[str, str]]:
     """(local address, interface) pairs a carrier of `stack` may move to now, best first
     (Rule 4): its Decision's candidates of that stack and address family, on interfaces up
-    in `interfaces` that still hold the address, not the interface or address that went."""
+    in `interfaces` that still hold the address, not the interface or address that went,
+    and within `local_interface` / `local_address` when given. The carrier passes its
+    Local's address (a carrier asked for on one address never moves off it) and, for a
+    handover to a better path, its Local's interface; when the path under a Local naming an
+    interface goes away, a QUIC carrier may migrate off it rather than be lost (the Local
+    chose where it started; docs/multipath.md)."""
     if decision is None:
         return []
+    pinned = canonical(local_address)
     found: dict[tuple[str, str], None] = {}
     for c in decision.candidates:
         if c.stack != stack or (family is not None and c.family != family):
+            continue
+        if local_interface is not None and c.interface != local_interface:
+            continue
+        if pinned is not None and canonical(c.local_address) != pinned:
             continue
         ip = canonical(c.local_address)
         if ip is None or c.interface == avoid_interface or ip == avoid_address:

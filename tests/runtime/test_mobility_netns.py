@@ -10,7 +10,8 @@ carrier must notice through the path monitor (not a TCP timeout), fail the conne
 PathLostError, re-activate by itself on path 2 (PathChange, Ready(reactivated=True)) and
 carry new messages; the server sees no message twice, every message acknowledged before the
 loss and every message sent after it exactly once. With one path only, the carrier goes
-dormant and comes back by itself when the link returns, with what was held kept.
+dormant and comes back by itself when the link returns, with what was held kept. A QUIC
+carrier migrates instead (same connection), and hands back over when its address returns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import taps_post as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -305,3 +308,101 @@ def test_tcp_carrier_with_one_path_waits_dormant_until_the_link_returns(scene: S
     assert report["interface"] == A1 and report["active"], report
     assert "PathChange" not in kinds(report)  # the same route again is no new path
     check_once(scene, report, lost_at)
+
+
+QUIC_SERVER = r"""
+import asyncio, json, sys
+import taps_post as tp
+
+PORT, CERT, KEY = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+async def main():
+    cert = tp.certs.Certificate.from_files(CERT, KEY)
+    policy = tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [
+        {"id": "q", "set": {"stack.quic": "require"}}]}, app_name="srv")
+    listener = await tp.listen(tp.Local(port=PORT, certificates=[cert]), policy=policy)
+    carriers = []
+
+    def accept(carrier):
+        carriers.append(carrier)
+        async def serve():
+            async for msg in carrier:
+                await carrier.send(b"echo:" + bytes(msg))
+        asyncio.ensure_future(serve())
+
+    listener.accept(accept)
+    print(json.dumps({"ready": True}), flush=True)
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        s = carriers[0].transient.session
+        print(json.dumps({"carriers": len(carriers), "handshakes": s.handshakes}), flush=True)
+
+asyncio.run(main())
+"""
+
+QUIC_CLIENT = r"""
+import asyncio, json, sys, time
+import taps_post as tp
+
+CERT, TARGET = sys.argv[1], sys.argv[2]
+EVENTS = []
+
+async def main():
+    loop = asyncio.get_running_loop()
+    policy = tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [
+        {"id": "q", "set": {"stack.quic": "require"}}]}, app_name="cli")
+    remote = tp.Remote.parse(TARGET, certificates=[tp.certs.Certificate.from_files(CERT)])
+    carrier = tp.initiate(remote, policy=policy)
+    carrier.on_event(lambda e: EVENTS.append(
+        [type(e).__name__, getattr(getattr(e, "old", None), "interface", None),
+         getattr(getattr(e, "new", None), "interface", None)]))
+    await carrier.activate()
+    first = carrier.transient
+    n = 0
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        echoes = []
+        for _ in range(5):
+            await carrier.send(b"m%d" % n)
+            echoes.append(bytes(await asyncio.wait_for(carrier.receive(), 10)).decode())
+            n += 1
+        t = carrier.transient
+        print(json.dumps({"events": EVENTS, "echoes": echoes, "interface": t.interface,
+                          "same": t is first, "local": list(t.local_address)}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_quic_carrier_migrates_by_itself_and_hands_back_over_when_the_address_returns(
+        ) -> None:
+    """No Dormant, no second handshake, the same Transient throughout: the path monitor's
+    address removal makes the carrier migrate to veth-a2, and under multipathPolicy
+    handover (the default) the address coming back moves it home to veth-a1."""
+    with topology("tpq") as topo:
+        cert = tp.certs.self_signed(["svc", B1_V4])
+        assert cert.key_pem is not None
+        cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
+        cert_path.write_text(cert.cert_pem)
+        key_path.write_text(cert.key_pem)
+        with topo.spawn(topo.b, QUIC_SERVER, str(PORT), str(cert_path), str(key_path)) as srv:
+            assert srv.read_json(10) == {"ready": True}
+            with topo.spawn(topo.a, QUIC_CLIENT, str(cert_path),
+                            f"quic://{B1_V4}:{PORT}") as cli:
+                out = cli.request({}, 10)
+                assert out["interface"] == A1 and out["local"][0] == A1_V4, out
+                topo.address(topo.a, A1, A1_V4, present=False)
+                out = cli.request({}, 10)  # the monitor told the carrier; it migrated
+                assert out["same"] and out["interface"] == A2, out
+                assert ["PathChange", A1, A2] in out["events"], out["events"]
+                topo.address(topo.a, A1, A1_V4, present=True)
+                deadline = time.monotonic() + 5
+                while ["PathChange", A2, A1] not in out["events"]:  # handover: back to path 1
+                    assert time.monotonic() < deadline, out
+                    out = cli.request({}, 10)
+                assert out["same"] and out["interface"] == A1, out
+                kinds_seen = [e[0] for e in out["events"]]
+                assert "Dormant" not in kinds_seen and kinds_seen.count("Ready") == 1
+                first = int(out["echoes"][0].removeprefix("echo:m"))
+                assert out["echoes"] == [f"echo:m{n}" for n in range(first, first + 5)]
+            server = srv.request({}, 5)
+        assert server == {"carriers": 1, "handshakes": 1}, server
