@@ -88,7 +88,8 @@ async def bench_idle(args: argparse.Namespace) -> list[Row]:
             raise RuntimeError(f"monitor left running: {m.mode}")
         m.close()
     netlink.notes.append(f"{args.seconds:g} s per side per round; the netlink socket lingers "
-                         "(out of the loop) between rounds")
+                         "(out of the loop) LINGER s after each ours side, so its close "
+                         "falls into the next side's period (µs)")
     polling.notes.append("one discovery every 2 s (psutil, sysfs): the cost events avoid")
     return [netlink, polling]
 
