@@ -48,6 +48,7 @@ logging.getLogger("taps_post").addHandler(Keep())
 
 seen = []      # every change, in order, with its arrival stamp
 batches = []   # sizes of the deliveries
+streamed = []  # what an events() stream yielded, in order
 
 def snapshot_of(interfaces):
     return {i.name: {"up": i.up, "addresses": [a.address for a in i.addresses]}
@@ -105,12 +106,15 @@ async def command(cmd, state):
         mon = state["monitor"]
         return {"mode": mon.mode, "next_poll": mon.next_poll, "fd": mon.fileno(),
                 "subscribers": mon.subscribers, "batches": batches, "records": records,
-                "interfaces": snapshot_of(mon.interfaces)}
+                "interfaces": snapshot_of(mon.interfaces), "streamed": streamed,
+                "seen": [s["change"] for s in seen]}
     if op == "unsubscribe":
         mon = state["monitor"]
         fd = mon.fileno()
         for u in state["unsubscribe"]:
             u()
+        state["stream"].close()
+        await state["consumer"]
         loop = asyncio.get_running_loop()
         return {"mode": mon.mode, "fd": mon.fileno(), "next_poll": mon.next_poll,
                 "reader_was_registered": fd is not None and loop.remove_reader(fd)}
@@ -122,6 +126,13 @@ async def main():
     assert mon is monitor_module.path_monitor()
     state = {"monitor": mon, "cursor": 0}
     state["unsubscribe"] = [mon.subscribe(broken), mon.subscribe(on_change)]
+    state["stream"] = stream = mon.events()
+
+    async def consume():
+        async for c in stream:
+            streamed.append([c.kind, c.action, c.interface, c.address])
+
+    state["consumer"] = asyncio.ensure_future(consume())
     mode = await mon.started()
     print(json.dumps({"mode": mode, "next_poll": mon.next_poll, "fd": mon.fileno(),
                       "pid": os.getpid()}), flush=True)
@@ -132,6 +143,7 @@ async def main():
             out = {"unexpected": repr(exc)}
         print(json.dumps(out), flush=True)
     mon.close()
+    await state["consumer"]
 
 asyncio.run(main())
 """
@@ -256,6 +268,7 @@ def test_link_down_up_and_address_removal_arrive_as_events(topo: Topology) -> No
     state = ask(mon, op="state")
     assert state["mode"] == "netlink" and state["next_poll"] is None, state
     assert max(state["batches"]) > 1, "a burst (link down and its addresses) is one delivery"
+    assert state["streamed"] == state["seen"], "events() yields what subscribers are given"
 
     out = ask(mon, op="unsubscribe")
     assert out == {"mode": "stopped", "fd": None, "next_poll": None,
