@@ -164,6 +164,18 @@ class PathMonitor:
             return await asyncio.shield(self._started)
         return self._mode
 
+    async def prepare(self) -> str:
+        """Pay netlink's one-time cost now (importing pyroute2: 0.1-0.3 s of CPU on a
+        thread, during which the loop shares the GIL) rather than at the first subscription,
+        which is often a carrier's first activation. Returns the mode it would run in."""
+        if self._want != "netlink" or _opened_before:
+            return self._want
+        unsubscribe = self.subscribe(lambda changes, interfaces: None)
+        try:
+            return await self.started()
+        finally:
+            unsubscribe()
+
     def events(self) -> ChangeStream:
         """An async iterator of `NetChange`, subscribed from this call on:
         `async with monitor.events() as changes: async for change in changes: ...`."""

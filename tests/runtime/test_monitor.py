@@ -279,3 +279,17 @@ def test_a_loop_that_ends_while_the_socket_lingers_leaks_nothing() -> None:
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
         [str(w.message) for w in caught]
     assert loops[0]() is None, "the monitor registry keeps no loop alive"
+
+
+def test_prepare_pays_the_netlink_cost_up_front(run: Any) -> None:
+    async def main() -> None:
+        m = mon.path_monitor()
+        assert await m.prepare() == "netlink"
+        assert m.mode == "stopped" and m.subscribers == 0
+        unsubscribe = m.subscribe(lambda c, i: None)
+        assert m.mode == "netlink", "no thread, no wait: listening at once"
+        unsubscribe()
+        polling = mon.PathMonitor(mode="polling")
+        assert await polling.prepare() == "polling" and polling.mode == "stopped"
+
+    run(main())
