@@ -341,8 +341,9 @@ def test_aggregate_doubles_one_path_and_both_subflows_are_listed(scene: Scene) -
     assert ratio >= 1.7, (f"aggregate {mptcp['mbit']:.1f} mbit/s vs one-path tcp "
                           f"{tcp['mbit']:.1f} mbit/s: ratio {ratio:.2f}")
     if listed["subflows"]:  # the library's own listing, once it has one (Rule 1)
-        interfaces = sorted(s[0] for s in listed["subflows"])
-        assert interfaces == [A1, A2], listed
+        assert sorted(s[0] for s in listed["subflows"]) == [A1, A2], listed
+        assert sorted(s[1] for s in listed["subflows"]) == [A1_V4, A2_V4], listed
+        assert sorted(p[0] for p in listed["paths"]) == [A1, A2], listed  # carrier.paths
 
 
 def _failover(scene: Scene, stack: str, how: str) -> None:
