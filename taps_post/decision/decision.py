@@ -192,9 +192,10 @@ class Decision:
     interfaces: tuple[Interface, ...] = ()
     """The interfaces decided over (system facts applied), for renderers; not in to_dict()."""
     subflows: tuple[SubflowPlan, ...] = ()
-    """Which interfaces may carry MPTCP subflows and in which role (docs/multipath.md);
-    empty when multipath is disabled. Prohibited interfaces are not here: they are in
-    `excluded`, and never carry a subflow."""
+    """Which interfaces may carry MPTCP subflows and in which role, best first
+    (docs/multipath.md): every interface a multipath-capable candidate uses. Empty when
+    multipath is disabled or no multipath-capable stack is a candidate. Prohibited
+    interfaces are not here: they are in `excluded`, and never carry a subflow."""
     path_manager: str | None = None
     """The MPTCP path manager in force where the decision was made (Environment)."""
 
