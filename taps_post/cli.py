@@ -241,6 +241,9 @@ def _interfaces(args: argparse.Namespace) -> int:
             print(f"{'':<12}   {a.address}{' (temporary)' if a.temporary else ''}")
         for g in i.gateways:
             print(f"{'':<12}   default via {g}")
+    from .system.mptcp import path_manager
+
+    print(f"{'(mptcp)':<12} path manager {path_manager()}")
     return EXIT_OK
 
 

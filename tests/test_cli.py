@@ -134,6 +134,15 @@ def test_interfaces_lists_loopback() -> None:
     assert found["lo"]["type"] == "loopback" and "127.0.0.1" in found["lo"]["addresses"]
 
 
+def test_interfaces_says_which_mptcp_path_manager_runs() -> None:
+    from taps_post.system.mptcp import path_manager
+
+    proc = run_cli("interfaces")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].split() == ["(mptcp)", "path", "manager",
+                                                    path_manager()]
+
+
 def test_interface_facts_from_system_policy_apply(tmp_path: Path) -> None:
     system = tmp_path / "facts.yaml"
     system.write_text(yaml.safe_dump(policy(
