@@ -41,6 +41,9 @@ Figures:
       also notes how many were lost.
     - quic migration: a QUIC carrier from veth-a1: its connection moves to 198.18.2.1
       (new UDP socket, new connection ID, path validation).
+    - mptcp userspace PM: the MPTCP carrier with `net.mptcp.pm_type=1` in A, so the
+      library's path control (runtime/multipath.py) opens the veth-a2 subflow (a backup one
+      under the default handover) and withdraws the veth-a1 one when its link goes.
   A kind whose piece has not landed prints "n/a: not landed"; one that never delivers after
   the link went down prints "n/a" with what happened.
 - path monitor idle cost: runs bench/monitor.py (the monitor's own benchmark: CPU per second
@@ -302,7 +305,14 @@ def landed() -> dict[str, bool]:
     """Which of the other issue-11 pieces this installed package has."""
     from taps_post.stacks.transient import Transient
 
-    have = {"tcp re-race": False, "quic migration": False}
+    have = {"tcp re-race": False, "quic migration": False, "mptcp userspace PM": False}
+    managers = Path("/proc/sys/net/mptcp/available_path_managers")
+    try:
+        import taps_post.runtime.multipath
+
+        have["mptcp userspace PM"] = managers.exists() and "userspace" in managers.read_text()
+    except ImportError:
+        pass
     try:
         import taps_post.runtime.mobility  # noqa: F401
 
@@ -418,11 +428,12 @@ class Bench:
         # veth-a1 is down: the next decision would not offer it. Wait the TTL out.
         time.sleep(LIVE_TTL)
 
-    def stall(self, kind: str, stack: str, target: str) -> dict[str, Any]:
-        """One sample: stream, take path 1 down, measure; path 1 restored afterwards."""
+    def stall(self, kind: str, stack: str, target: str, *, pin: bool = False) -> dict[str, Any]:
+        """One sample: stream, take path 1 down, measure; path 1 restored afterwards. `pin`:
+        the carrier is opened with Local(interface=veth-a1) (else veth-a1 is preferred)."""
         args, nn = self.args, self.netns
         cmd = {"op": "stream", "kind": kind, "stack": stack, "target": target, "port": PORT,
-               "interface": nn.A1 if stack == "mptcp" else None, "size": 1024,
+               "interface": nn.A1 if pin or kind == "raw" else None, "size": 1024,
                "interval": args.interval, "lead": 0.5, "duration": args.stall_seconds,
                "prefer": nn.A1, "debug": self.args.debug}
         self.client.send(cmd)
@@ -451,11 +462,12 @@ class Bench:
         nn = self.netns
         row = Row("stall-mptcp", "failover stall, MPTCP (kernel PM), link down -> next "
                   "message", "ms", False, None)
-        singles: dict[str, list[dict[str, Any]]] = {"tcp re-race": [], "quic migration": []}
+        singles: dict[str, list[dict[str, Any]]] = {"tcp re-race": [], "quic migration": [],
+                                                    "mptcp userspace PM": []}
         for rnd in range(self.args.rounds):
             sides = ("ours", "raw") if rnd % 2 == 0 else ("raw", "ours")
             for side in sides:
-                got = self.stall(side, "mptcp", nn.B1_V4)
+                got = self.stall(side, "mptcp", nn.B1_V4, pin=True)
                 if got["stall"] is None:
                     raise InternalError(f"MPTCP {side}: nothing delivered after the link "
                                         f"went down ({got})")
@@ -464,6 +476,18 @@ class Bench:
                 singles["tcp re-race"].append(self.stall("ours", "tcp", "svc"))
             if have["quic migration"] and "quic" in self.ports:
                 singles["quic migration"].append(self.stall("ours", "quic", nn.B1_V4))
+        if have["mptcp userspace PM"]:
+            # The library's path control (runtime/multipath.py): veth-a2 is a backup
+            # subflow under handover; on the link going down the controller withdraws the
+            # veth-a1 subflow. pm_type is per namespace; the decision reads it live (TTL).
+            self.topo.sysctl(self.topo.a, "net.mptcp.pm_type", 1)
+            time.sleep(LIVE_TTL)
+            try:
+                for _ in range(self.args.rounds):
+                    singles["mptcp userspace PM"].append(self.stall("ours", "mptcp", nn.B1_V4))
+            finally:
+                self.topo.sysctl(self.topo.a, "net.mptcp.pm_type", 0)
+                time.sleep(LIVE_TTL)
         row.notes.append("raw = an IPPROTO_MPTCP asyncio stream, same framing, same Listener")
         row.notes.append("samples (ms): ours " + ", ".join(num(x) for x in sorted(row.ours))
                          + "; raw " + ", ".join(num(x) for x in sorted(row.raw)))
