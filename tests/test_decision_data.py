@@ -144,3 +144,30 @@ def test_a_decision_built_by_hand_is_frozen_as_well(context: tp.PolicyContext) -
                        d.outcome, list(d.warnings), list(d.interfaces))  # type: ignore[arg-type]
     assert mutable_parts(made) == []
     assert made.to_dict() == d.to_dict()
+
+
+def test_a_multipath_decision_and_its_subflow_plan_are_frozen() -> None:
+    ctx = tp.PolicyContext(system=[], app=policy("app", {"id": "mp", "set": {
+        "multipath": "active", "interface.eth1": "avoid"}}))
+    env = {"interfaces": [{"name": "eth0", "type": "ethernet", "addresses": ["198.18.1.1"]},
+                          {"name": "eth1", "type": "ethernet", "addresses": ["198.18.2.1"]}],
+           "dns": {"example.com": ["198.18.1.2"]}, "mptcp": {"pathManager": "userspace"}}
+    d = tp.explain("tcp://example.com:80", policy=ctx, env=env)
+    assert [(s.interface, s.role) for s in d.subflows] == [("eth0", "primary"),
+                                                          ("eth1", "backup")]
+    assert d.path_manager == "userspace"
+    assert mutable_parts(d) == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.subflows[0].role = "backup"  # type: ignore[misc]
+
+
+def test_a_snapshot_round_trips_with_its_mptcp_section() -> None:
+    env = {"interfaces": [{"name": "eth0", "type": "ethernet", "addresses": ["198.18.1.1"]}],
+           "dns": {"example.com": ["198.18.1.2"]},
+           "cache": [{"remote": "example.com:80", "stack": "mptcp", "outcome": "fallback"}],
+           "mptcp": {"pathManager": "kernel"}}
+    loaded = tp.load_environment(env)
+    assert loaded.path_manager == "kernel" and loaded.cache[0].outcome == "fallback"
+    again = tp.load_environment(loaded.to_dict())
+    assert again.to_dict() == loaded.to_dict() and again.path_manager == "kernel"
+    assert "mptcp" not in tp.load_environment({}).to_dict()
