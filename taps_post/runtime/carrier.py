@@ -705,12 +705,22 @@ class Carrier:
         t = self._fast
         if t is None or not t.is_open or self._closing or self._state != "active":
             return
+        lost = self._lost_paths(t, interface, address)  # before the controller acts on it
         if self._controller is not None:
             self._controller.changed(interfaces)
-        if not _touches(t, interface, address):
-            return
-        if self._mover is None:
-            self._mover = self.spawn(self._survive(t, interface, address, interfaces))
+        if lost and self._mover is None:
+            self._mover = self.spawn(self._survive(t, interface, address, interfaces, lost[0]))
+
+    def _lost_paths(self, t: Transient, interface: str | None, address: str | None
+                    ) -> list[Path]:
+        """The Paths of `t` (its own, or its subflows') the change takes away."""
+        own = t.path
+        if own is not None and _lost_subflow(own, interface, address):
+            return [own]
+        if not _multipath(t.stack):
+            return []
+        return [p for p in paths_of(t, self._interfaces())
+                if p.local_address is not None and _lost_subflow(p, interface, address)]
 
     def path_usable(self, interfaces: tuple[Interface, ...]) -> None:
         """runtime/mobility.py: an interface came up or an address was added (Rule 10): a
@@ -795,11 +805,10 @@ class Carrier:
         self._emit(PathChange(old, new))
 
     async def _survive(self, t: Transient, interface: str | None, address: str | None,
-                       interfaces: tuple[Interface, ...]) -> None:
+                       interfaces: tuple[Interface, ...], gone: Path) -> None:
         """Rule 10 for an active carrier whose path went: keep going on another subflow,
         migrate, or fail the Transient (the carrier then comes back by itself)."""
         try:
-            old = t.path
             alive = [s for s in t.subflows() if not _lost_subflow(s, interface, address)
                      and _up(interfaces, s.interface)]
             if alive:
@@ -808,7 +817,7 @@ class Carrier:
                             and p.local_address is not None
                             and p.local_address[0] == alive[0].local_address[0]),
                            paths[0] if paths else None)
-                self._emit(PathChange(old, new))
+                self._emit(PathChange(gone, new))
                 return
             remote = t.remote_address
             family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
@@ -1438,20 +1447,12 @@ def _loopback(address: str) -> bool:
 
 
 def _lost_subflow(s: Any, interface: str | None, address: str | None) -> bool:
-    """Does the change (an address removed, else an interface gone) take subflow `s`?"""
+    """Does the change (an address removed, else an interface gone) take `s` (a Subflow
+    or a Path)?"""
     if address is not None:
-        return mobility.canonical(s.local_address[0]) == address
+        local = s.local_address
+        return local is not None and mobility.canonical(local[0]) == address
     return interface is not None and s.interface == interface
-
-
-def _touches(t: Transient, interface: str | None, address: str | None) -> bool:
-    local = t.local_address
-    if address is not None:
-        if local is not None and mobility.canonical(local[0]) == address:
-            return True
-    elif interface is not None and t.interface == interface:
-        return True
-    return any(_lost_subflow(s, interface, address) for s in t.subflows())
 
 
 def _up(interfaces: tuple[Interface, ...], name: str | None) -> bool:

@@ -26,7 +26,7 @@ logic: any source of NetChange values (the monitor, a test) can drive it.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import socket
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -51,13 +51,21 @@ class Mobile(Protocol):
 
 
 def canonical(address: str | None) -> str | None:
-    """An IP address as the index keys it (compressed, no zone), None when not an IP."""
+    """An IP address as the index keys it (inet_ntop's form: IPv6 compressed, no zone),
+    None when not an IP. inet_pton/inet_ntop, not ipaddress: a tenth of the cost, and this
+    runs once per activation of every carrier (Rule 2)."""
     if not address:
         return None
+    ip = address.split("%", 1)[0]
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).compressed
-    except ValueError:
+        return socket.inet_ntop(family, socket.inet_pton(family, ip))
+    except (OSError, ValueError):
         return None
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
 
 
 class Watch:
@@ -193,7 +201,7 @@ def watch(carrier: Mobile, local_address: tuple[str, int] | None, interface: str
     """Index `carrier` by its interface and local IP (Rule 2); None when there is nothing a
     change could take away (a loopback or unbound carrier)."""
     ip = canonical(local_address[0]) if local_address else None
-    if ip is None or ipaddress.ip_address(ip).is_loopback:
+    if ip is None or _loopback(ip):
         return None
     found = watch_of()
     found.add(carrier, interface, ip, multipath)
