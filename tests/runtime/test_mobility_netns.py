@@ -310,6 +310,31 @@ def test_tcp_carrier_with_one_path_waits_dormant_until_the_link_returns(scene: S
     check_once(scene, report, lost_at)
 
 
+
+def test_a_dormant_carrier_comes_back_on_an_interface_created_after_it_lost_its_path(
+        scene: Scene) -> None:
+    """No restart, no application call: the monitor reports the new veth-a3 and its
+    address, the carrier decides afresh on the new interface list and re-races onto it."""
+    topo = scene.topo
+    topo.address(topo.a, A2, A2_V4, present=False)  # one IPv4 path only
+    scene.ask(op="start", port=PORT)
+    scene.ask(op="send", first=0, last=10)
+    scene.wait_for(lambda r: len(r["ends"]) == 10)
+    topo.address(topo.a, A1, A1_V4, present=False)  # no IPv4 path left (links stay up)
+    report = scene.wait_for(lambda r: "Dormant" in kinds(r), timeout=5)
+    lost_at = next(e for e in report["events"] if e["type"] == "Dormant")["t"]
+    scene.ask(op="hold", first=10, last=20)
+    p = topo.add_path(3)
+    topo.exec(topo.a, "ip", "route", "add", "198.18.1.0/24", "via", p["b4"], "dev", p["a_if"],
+              "metric", "2000")
+    report = scene.wait_for(reactivated, timeout=10)
+    report = scene.wait_for(lambda r: len(r["ends"]) == 20, timeout=10)
+    assert report["interface"] == p["a_if"] and report["active"], report
+    change = next(e for e in report["events"] if e["type"] == "PathChange")
+    assert (change["old"], change["new"]) == (A1, p["a_if"]), change
+    check_once(scene, report, lost_at)
+
+
 QUIC_SERVER = r"""
 import asyncio, json, sys
 import taps_post as tp
