@@ -74,7 +74,8 @@ class PathController:
     """Applies a subflow plan to one MPTCP connection (Rules 1, 2), reports its changes."""
 
     __slots__ = ("_asked", "_check", "_checks", "_emit", "_interfaces", "_pm", "_retries",
-                 "_seen", "_transient", "plan", "refused", "userspace", "waiting")
+                 "_seen", "_transient", "_withdrawn", "plan", "refused", "userspace",
+                 "waiting")
 
     def __init__(self, t: Transient, plan: tuple[tuple[str, str], ...],
                  interfaces: tuple[Interface, ...], emit: Callable[[CarrierEvent], None], *,
@@ -87,7 +88,7 @@ class PathController:
         self._emit = emit
         self._pm: Any = None
         self._seen = self._snapshot()
-        """The subflows last seen, by (interface, local ip, remote ip)."""
+        """The subflows last seen (`_snapshot`)."""
         self._check: asyncio.TimerHandle | None = None
         self._checks = 0
         self.refused: dict[str, str] = {}
@@ -95,6 +96,9 @@ class PathController:
         self.waiting = False
         """Rule 5: the kernel said ENOTCONN (not fully established yet): try again."""
         self._retries = 0
+        self._withdrawn: set[tuple[tuple[str, int], tuple[str, int]]] = set()
+        """Subflows we withdrew (their interface went down): the kernel may go on listing
+        a dead one (the initial subflow), which carries nothing and is not asked again."""
         self._asked: set[str] = set()
         """Interfaces we opened a subflow from since the last change (not asked twice)."""
 
@@ -152,6 +156,8 @@ class PathController:
         for s in flows:
             local = (str(s.local_address[0]), int(s.local_address[1]))
             far = (str(s.remote_address[0]), int(s.remote_address[1]))
+            if (local, far) in self._withdrawn:
+                continue
             name = s.interface or self._name_of(local[0])
             role = self.plan.get(name) if name is not None else None
             if name is None:
@@ -163,17 +169,17 @@ class PathController:
                 # sending on this one now, not after its retransmission timeout
                 self._call(pm.remove, name, token, self._local_id(pm, token, local[0], initial))
                 self._call(pm.destroy_subflow, name, token, local, far)
+                self._withdrawn.add((local, far))
                 continue
             carried.add(name)
             want = role == "backup"
             if s.backup is not want:
                 self._call(pm.set_backup, name, token, local, far, want)
-        if initial is not None and t.interface is not None and t.interface not in carried \
-                and self.plan.get(t.interface) == "backup":
-            local = (str(initial[0]), int(initial[1]))
-            self._call(pm.set_backup, t.interface, token, local, remote, True)
-            carried.add(t.interface)
-        elif t.interface is not None:
+        first = (str(initial[0]), int(initial[1])) if initial is not None else None
+        if first is not None and (first, remote) not in self._withdrawn \
+                and t.interface is not None and self._up(t.interface):
+            if t.interface not in carried and self.plan.get(t.interface) == "backup":
+                self._call(pm.set_backup, t.interface, token, first, remote, True)
             carried.add(t.interface)
         for name, role in self.plan.items():
             if name in carried or not self._up(name):
@@ -251,11 +257,13 @@ class PathController:
             return
         self._check = self._transient.loop.call_later(delay, self._look)
 
-    def _snapshot(self) -> dict[tuple[str | None, str, str], Path]:
-        now: dict[tuple[str | None, str, str], Path] = {}
+    def _snapshot(self) -> dict[tuple[str | None, tuple[str, int], tuple[str, int]], Path]:
+        """The subflows now, by interface and both addresses with their ports (a new
+        subflow between the same IPs, after the link came back, is a new one)."""
+        now: dict[tuple[str | None, tuple[str, int], tuple[str, int]], Path] = {}
         for p in paths_of(self._transient, self._interfaces):
             if p.local_address is not None and p.remote_address is not None:
-                now[(p.interface, p.local_address[0], p.remote_address[0])] = p
+                now[(p.interface, p.local_address, p.remote_address)] = p
         return now
 
     def _look(self) -> None:

@@ -77,7 +77,8 @@ def report(carrier):
     flows = t.subflows() if t is not None else ()
     return {"stack": carrier.stack, "interface": t.interface if t else None,
             "subflows": [{"interface": s.interface, "local": s.local_address[0],
-                          "remote": s.remote_address[0], "backup": s.backup}
+                          "remote": s.remote_address[0], "backup": s.backup,
+                          "sent": s.bytes_sent}
                          for s in flows],
             "paths": [p.interface for p in carrier.paths],
             "events": EVENTS,
@@ -151,6 +152,14 @@ class Scene:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{n} subflows not seen within {timeout} s: {out}")
             time.sleep(0.05)  # pacing between reads of the kernel's subflows
+
+
+def sent_by_interface(out: dict[str, Any]) -> dict[str, int]:
+    """Bytes sent per interface, over every subflow the kernel lists there."""
+    sent: dict[str, int] = {}
+    for s in out["subflows"]:
+        sent[s["interface"]] = sent.get(s["interface"], 0) + (s["sent"] or 0)
+    return sent
 
 
 def _mptcp_unavailable(topo: Topology) -> str | None:
@@ -232,3 +241,31 @@ def test_an_mptcp_carrier_keeps_going_on_its_other_subflow_when_a_link_goes_down
     print(f"\nMPTCP: first echo after {down} went down took {out['echo_ms']:.0f} ms")
     out = scene.ask(op="echo", count=20)
     assert left in {s["interface"] for s in out["subflows"]}, out
+
+
+def test_under_handover_the_preferred_interface_gets_its_primary_subflow_back(
+        scene: Scene) -> None:
+    """handover: veth-a1 primary, veth-a2 backup. veth-a1 goes down: the backup subflow
+    carries on; veth-a1 comes back: a primary subflow from it carries the data again (the
+    better path; this kernel goes on listing the withdrawn initial subflow, which carries
+    nothing, beside the new one)."""
+    started = scene.start({"multipathPolicy": "handover"})
+    assert dict(map(tuple, started["subflow_plan"])) == {A1: "primary", A2: "backup"}, started
+    scene.ask(op="echo", count=5)
+    scene.wait_subflows(2)
+    scene.topo.link(scene.topo.a, A1, up=False)
+    out = scene.ask(op="timed_echo", timeout=15)
+    assert ["PathChange", A1, A2] in out["events"], out["events"]
+    scene.topo.link(scene.topo.a, A1, up=True)
+    deadline = time.monotonic() + 5
+    while True:
+        out = scene.ask(op="echo", count=2)
+        back = [s for s in out["subflows"] if s["interface"] == A1 and s["backup"] is False]
+        if back:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.05)  # pacing between reads of the kernel's subflows
+    assert any(s["interface"] == A2 and s["backup"] is True for s in out["subflows"]), out
+    before, after = sent_by_interface(out), sent_by_interface(scene.ask(op="echo", count=50))
+    assert after[A1] - before[A1] >= 50 * 1000, (before, after)  # the primary carries it
+    assert after[A2] - before[A2] < 10 * 1000, (before, after)  # the backup idles
