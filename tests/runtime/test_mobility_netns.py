@@ -302,8 +302,12 @@ def test_tcp_carrier_with_one_path_waits_dormant_until_the_link_returns(scene: S
     time.sleep(0.5)
     report = scene.ask(op="hold", first=20, last=30)  # kept while dormant
     assert report["dormant"] and not report["active"] and not reactivated(report), report
+    up_at = time.monotonic()
     scene.topo.link(scene.topo.a, A1, up=True)
     report = scene.wait_for(reactivated, timeout=10)
+    ready = next(e["t"] for e in report["events"] if e["type"] == "Ready" and e["reactivated"])
+    print(f"\nTCP dormant carrier: Ready {(ready - up_at) * 1000:.1f} ms after `ip link set up` "
+          "was started (the topology waits for carrier UP too)")
     report = scene.wait_for(lambda r: len(r["ends"]) == 30, timeout=10)
     assert report["interface"] == A1 and report["active"], report
     assert "PathChange" not in kinds(report)  # the same route again is no new path
