@@ -71,6 +71,8 @@ bench: install
 	$(PY) bench/runtime.py
 	$(PY) bench/quic.py
 	$(PY) bench/validate.py
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/multipath.py; \
+	else echo "bench/multipath.py needs root (network namespaces): skipped"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
