@@ -29,6 +29,10 @@ does not speak MPTCP. A fallback is remembered like a failure is (and, like the 
 cookies the kernel caches, it saves the next connection a useless attempt): decide() ranks
 the plain stack first for that remote. It is recorded only for a multipath-capable stack;
 the cache file accepts it only there (Rule 4).
+Rule 9: the RTT kept for a path is smoothed as TCP smooths its own (RFC 6298, alpha 1/8), and
+an entry is rewritten only when the smoothed value moved out of the band a ranking would
+notice (`_near`). A single slow handshake on a loaded machine must not re-rank the paths nor
+throw away every cached plan.
 """
 
 from __future__ import annotations
@@ -125,6 +129,10 @@ class Association:
     plans: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Decisions by (context, kind, target, addresses); valid while the history and the live
     interfaces are unchanged (runtime.establish, Rule 2)."""
+    _srtt: dict[tuple[str, str | None, str | None], float] = field(
+        default_factory=dict, init=False, repr=False)
+    """The smoothed RTT of each (stack, interface, address), kept apart from the history
+    entries, which change only when it leaves their band (Rule 9)."""
     _carriers: list[weakref.ref[Attachable]] = field(default_factory=list, init=False,
                                                      repr=False)
     """Attached carriers, oldest first (Rule 7)."""
@@ -176,10 +184,16 @@ class Association:
             raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
         if outcome == "fallback" and not _multipath(stack):
             outcome = "success"
-        rtt = round(rtt_ms, 3) if rtt_ms is not None else None
+        where = (stack, interface, address)
+        srtt = self._srtt.get(where)
+        if rtt_ms is None:
+            self._srtt.pop(where, None)
+        else:
+            srtt = self._srtt[where] = rtt_ms if srtt is None else _smoothed(srtt, rtt_ms)
+        rtt = round(srtt, 3) if rtt_ms is not None and srtt is not None else None
         ticket = bool(self.tickets.get(stack))
         for old in self.history:
-            if (old.stack, old.interface, old.address) == (stack, interface, address):
+            if (old.stack, old.interface, old.address) == where:
                 if (old.outcome, old.ticket) == (outcome, ticket) and _near(old.rtt_ms, rtt):
                     return  # nothing a ranking would notice: keep the entry (and the plan)
                 break
@@ -450,6 +464,12 @@ def _text(value: Any) -> bool:
 
 def _kind(value: Any) -> str:
     return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _smoothed(old: float, sample: float) -> float:
+    """RFC 6298's SRTT step (alpha 1/8): one slow handshake on a loaded machine moves the
+    stored RTT by an eighth of the difference, not all of it (Rule 9)."""
+    return old + (sample - old) / 8
 
 
 def _near(old: float | None, new: float | None) -> bool:

@@ -514,3 +514,22 @@ def test_remote_and_local_refuse_bad_values_however_made() -> None:
     ok = tp.Remote("example.com", 443, addresses=["198.18.0.1"])  # type: ignore[arg-type]
     assert ok.addresses == ("198.18.0.1",)  # a list is kept as a tuple: hashable, frozen
     hash(ok)
+
+
+def test_history_smooths_rtt_so_one_slow_sample_keeps_the_entry_and_the_plan() -> None:
+    # association Rule 9: RFC 6298's SRTT step. One 2.8 ms handshake after 0.5 ms ones is
+    # the loaded machine, not the path: the entry (and so every cached plan) stays.
+    assoc = tp.AssociationStore().get("smooth.example:443")
+    assoc.record("tcp", "success", rtt_ms=0.5, interface="eth0", address="192.0.2.1")
+    first = assoc.history[-1]
+    assoc.record("tcp", "success", rtt_ms=2.8, interface="eth0", address="192.0.2.1")
+    assert assoc.history[-1] is first
+    # A path that really became slower moves the stored value, an eighth at a time.
+    for _ in range(12):
+        assoc.record("tcp", "success", rtt_ms=20.0, interface="eth0", address="192.0.2.1")
+    moved = assoc.history[-1].rtt_ms
+    assert moved is not None and 10.0 < moved < 20.0
+    assert len(assoc.history) == 1
+    # A new outcome is recorded as it is, at once.
+    assoc.record("tcp", "failure", interface="eth0", address="192.0.2.1")
+    assert [(e.outcome, e.rtt_ms) for e in assoc.history] == [("failure", None)]
