@@ -7,8 +7,9 @@ the Decision's subflow plan. Host B is a taps_post listener (MPTCP, in-kernel PM
 accepts joins up to its limits). The client's carrier goes to 198.18.1.2 on veth-a1; a
 subflow from veth-a2 (198.18.2.1) reaches it through the topology's cross route.
 
-- `interface.veth-a2: prohibit`: no subflow ever appears on veth-a2, neither in the
-  socket's MPTCP_FULL_INFO / subflow addresses nor in `ss` (any TCP socket from 198.18.2.1).
+- `interface.veth-a2: prohibit`, with a third path veth-a3 added: veth-a3 gets a subflow,
+  and none ever appears on veth-a2, neither in the socket's MPTCP_FULL_INFO / subflow
+  addresses nor in `ss` (any TCP socket from 198.18.2.1).
 - `interface.veth-a2: avoid` under aggregate: a subflow on veth-a2, with the backup flag.
 - both allowed under aggregate: two subflows, both primary (no backup flag).
 - and then veth-a1 goes down: the carrier stays active on its veth-a2 subflow (PathChange,
@@ -184,15 +185,25 @@ def scene() -> Iterator[Scene]:
 
 
 def test_a_prohibited_interface_never_carries_a_subflow(scene: Scene) -> None:
+    """A third path, veth-a3 (198.18.3.1, reaching 198.18.1.2 over a route of its own), is
+    allowed: the controller must open a subflow there, so the test fails if it does
+    nothing, while the prohibited veth-a2 never gets one."""
+    topo = scene.topo
+    p3 = topo.add_path(3)
+    topo.exec(topo.a, "ip", "route", "add", "198.18.1.0/24", "via", p3["b4"], "dev",
+              p3["a_if"], "metric", "2000")
     started = scene.start({"interface.veth-a2": "prohibit", "multipathPolicy": "aggregate"})
     assert started["stack"] == "mptcp" and started["interface"] == A1, started
     assert started["path_manager"] == "userspace", started
-    assert [name for name, _ in started["subflow_plan"]] == [A1], started
+    assert [name for name, _ in started["subflow_plan"]] == [A1, p3["a_if"]], started
+    scene.ask(op="echo", count=5)  # fully established (Rule 5 of runtime/multipath.py)
+    scene.wait_subflows(2)
     for _ in range(10):  # traffic for a while, the kernel's view read each time
         out = scene.ask(op="echo", count=20)
-        assert out["subflows"], out  # MPTCP in use: the kernel lists the initial subflow
-        assert all(s["interface"] != A2 and s["local"] != A2_V4 for s in out["subflows"]), out
+        assert {s["interface"] for s in out["subflows"]} == {A1, p3["a_if"]}, out
+        assert all(s["local"] != A2_V4 for s in out["subflows"]), out
         assert scene.kernel_sockets_from(A2_V4) == []
+        assert scene.kernel_sockets_from(p3["a4"]), "ss lists no subflow from veth-a3"
         time.sleep(0.05)
 
 
