@@ -151,11 +151,11 @@ def test_a_tcp_carrier_told_its_path_went_fails_over_by_itself(run: Any, tcp_pol
             carrier = tp.initiate(f"{LO4}:{lis.ports['tcp']}", policy=tcp_policy, store=store)
             events: list[Any] = []
             carrier.on_event(events.append)
-            ends: dict[int, str] = {}
+            ends: list[tuple[int, str]] = []  # a message that ended twice shows twice
             for n in range(10):
                 await carrier.send_msg(tp.OutMessage(b"%d" % n),
-                                       on_acked=lambda m, n=n: ends.setdefault(n, "acked"),
-                                       on_send_error=lambda m, n=n: ends.setdefault(n, "error"))
+                                       on_acked=lambda m, n=n: ends.append((n, "acked")),
+                                       on_send_error=lambda m, n=n: ends.append((n, "error")))
             server = await asyncio.wait_for(anext(aiter(lis)), 2)
             got = [bytes(await server.receive()) for _ in range(10)]
             await until(lambda: len(ends) == 10)
@@ -170,13 +170,13 @@ def test_a_tcp_carrier_told_its_path_went_fails_over_by_itself(run: Any, tcp_pol
             assert carrier.is_active
             for n in range(10, 20):
                 await carrier.send_msg(tp.OutMessage(b"%d" % n),
-                                       on_acked=lambda m, n=n: ends.setdefault(n, "acked"),
-                                       on_send_error=lambda m, n=n: ends.setdefault(n, "error"))
+                                       on_acked=lambda m, n=n: ends.append((n, "acked")),
+                                       on_send_error=lambda m, n=n: ends.append((n, "error")))
             second = await asyncio.wait_for(anext(aiter(lis)), 2)
             got += [bytes(await second.receive()) for _ in range(10)]
             await until(lambda: len(ends) == 20)
             assert got == [b"%d" % n for n in range(20)]
-            assert set(ends.values()) == {"acked"}
+            assert sorted(ends) == [(n, "acked") for n in range(20)], ends  # once each
             await carrier.close()
             await server.close()
             await second.close()
