@@ -20,6 +20,12 @@ Usage:
             assert server.read_json(5) == {"port": 5001}
             out = topo.run_python(topo.a, CLIENT, "svc", timeout=10)  # last line, as JSON
 
+Scripts that take commands prepend COMMAND_LOOP (`command_loop(handle)`: a JSON line in,
+one out, `{"unexpected": ...}` when the handler raised) and are driven with
+`NsProcess.ask(cmd, timeout)`, which raises UnexpectedReply (an AssertionError, with the
+script's stderr) on such a reply; SERVE_CARRIERS gives a listener script `serve_carriers()`,
+and ECHO_LISTENER is a whole echo server (`echo:` + each message) on port `argv[1]`.
+
 Everything is torn down (processes killed, namespaces and their /etc/netns files deleted)
 even when a test fails. Without root or without `ip netns`, the fixture skips with the reason.
 """
@@ -78,6 +84,76 @@ def drop_privileges(uid=65534, gid=65534):
 '''
 """Python source defining `drop_privileges()`, to paste into a namespace script (`exec` it or
 prepend it): run as root, import, then drop, and the kernel judges the rest as `nobody`."""
+
+
+COMMAND_LOOP = r'''
+import asyncio, json, sys
+
+async def command_loop(handle):
+    """Answer JSON commands read from stdin, one a line, until EOF: each with the JSON
+    object `await handle(command)` returns, or {"unexpected": repr(exc)} when it raised
+    (NsProcess.ask() turns that into a failure naming it, with this process's stderr)."""
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        try:
+            out = await handle(json.loads(line))
+        except Exception as exc:
+            out = {"unexpected": repr(exc)}
+        print(json.dumps(out), flush=True)
+'''
+"""Python source defining `command_loop(handle)`, the stdin/stdout driver of a namespace
+script that takes commands: prepend it (`CLIENT = COMMAND_LOOP + r\"\"\"...\"\"\"`)."""
+
+SERVE_CARRIERS = r'''
+import asyncio
+
+_SERVING = set()
+
+def serve_carriers(listener, serve, *, streams=False):
+    """Run `serve(carrier)` as a task for every carrier `listener` accepts, and with
+    `streams` for every further stream a peer opens on one (QUIC); the tasks are kept
+    referenced until done (the loop holds only weak references)."""
+    def accept(carrier):
+        if streams:
+            carrier.accept(accept)
+        task = asyncio.ensure_future(serve(carrier))
+        _SERVING.add(task)
+        task.add_done_callback(_SERVING.discard)
+
+    listener.accept(accept)
+'''
+"""Python source defining `serve_carriers(listener, serve, streams=False)`; prepend it."""
+
+ECHO_LISTENER = SERVE_CARRIERS + r'''
+import asyncio, json, sys
+import taps_post as tp
+
+async def echo(carrier):
+    try:
+        async for msg in carrier:
+            await carrier.send(b"echo:" + bytes(msg))
+    except tp.ConnectionClosedError:
+        pass
+    finally:
+        await carrier.close()
+
+async def main():
+    listener = await tp.listen(tp.Local(port=int(sys.argv[1])),
+                               policy=tp.PolicyContext(system=[], app_name="srv"))
+    serve_carriers(listener, echo)
+    print(json.dumps({"ports": listener.ports}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    await listener.close()
+
+asyncio.run(main())
+'''
+"""A whole namespace script: a taps_post Listener (default policy) on port `argv[1]` that
+answers each message with `echo:` + the message; prints `{"ports": ...}` once it accepts,
+stops at stdin's EOF (NsProcess.close())."""
+
+
+class UnexpectedReply(AssertionError):
+    """A namespace script answered a command with {"unexpected": ...} (COMMAND_LOOP)."""
 
 
 def python_env() -> dict[str, str]:
@@ -169,6 +245,20 @@ class NsProcess:
         """Send one command line, return the JSON line it answers with."""
         self.send(obj)
         return self.read_json(timeout)
+
+    def answer(self, timeout: float) -> dict[str, Any]:
+        """The next JSON object line; UnexpectedReply (with the end of stderr) if it is a
+        COMMAND_LOOP error reply."""
+        out: dict[str, Any] = self.read_json(timeout)
+        if "unexpected" in out:
+            raise UnexpectedReply(f"{self.label}: {out['unexpected']}; "
+                                  f"stderr:\n{self.stderr[-4000:]}")
+        return out
+
+    def ask(self, obj: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """Send one command, return its answer; UnexpectedReply if the command raised."""
+        self.send(obj)
+        return self.answer(timeout)
 
     def close(self, timeout: float = 3.0) -> None:
         """Close stdin (the scripts here exit on EOF), then kill whatever is left."""

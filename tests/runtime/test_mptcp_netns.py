@@ -47,7 +47,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netns import A1, A1_V4, A2, A2_V4, B1, B1_V4, B2, B2_V4, NsProcess, Topology, topology
+from netns import (
+    A1,
+    A1_V4,
+    A2,
+    A2_V4,
+    B1,
+    B1_V4,
+    B2,
+    B2_V4,
+    COMMAND_LOOP,
+    SERVE_CARRIERS,
+    NsProcess,
+    Topology,
+    topology,
+)
 from stress.sizing import sized
 
 PORT = 5001
@@ -61,7 +75,7 @@ WARMUP = 16
 second subflow only once the connection is fully established (after the first data), and
 both subflows leave slow start, so the figure is the carrier's steady rate."""
 
-SERVER = r"""
+SERVER = SERVE_CARRIERS + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 
@@ -112,22 +126,15 @@ async def main():
     certs = [tp.certs.Certificate.from_files(CERT, KEY)] if CERT else []
     policy = tp.PolicyContext(system=[], app_name="srv")
     listener = await tp.listen(tp.Local(port=PORT, certificates=certs), policy=policy)
+    serve_carriers(listener, serve)
     say({"ports": listener.ports})
-    tasks = set()
-
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    listener.accept(accept)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     await listener.close()
 
 asyncio.run(main())
 """
 
-CLIENT = r"""
+CLIENT = COMMAND_LOOP + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 from taps_post.runtime import api  # import cost stays outside the timings
@@ -194,17 +201,7 @@ async def op_close(cmd):
 OPS = {"open": op_open, "bulk": op_bulk, "numbered": op_numbered, "paths": op_paths,
        "close": op_close}
 
-async def main():
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        cmd = json.loads(line)
-        try:
-            out = await OPS[cmd["op"]](cmd)
-        except Exception as exc:
-            out = {"unexpected": repr(exc)}
-        print(json.dumps(out), flush=True)
-
-asyncio.run(main())
+asyncio.run(command_loop(lambda cmd: OPS[cmd["op"]](cmd)))
 """
 
 
@@ -245,10 +242,7 @@ class Scene:
     client: NsProcess
 
     def ask(self, timeout: float = 30.0, **cmd: Any) -> dict[str, Any]:
-        out: dict[str, Any] = self.client.request(cmd, timeout)
-        assert "unexpected" not in out, f"{out['unexpected']}; client stderr:\n" \
-                                        f"{self.client.stderr}"
-        return out
+        return self.client.ask(cmd, timeout)
 
     def open(self, stack: str, interface: str = A1, target: str = B1_V4) -> dict[str, Any]:
         return self.ask(op="open", stack=stack, interface=interface, target=target, port=PORT)
@@ -370,9 +364,7 @@ def _failover(scene: Scene, stack: str, how: str) -> None:
         scene.topo.link(scene.topo.a, A1, up=False)
     else:
         scene.topo.address(scene.topo.a, A1, A1_V4, present=False)
-    out = scene.client.read_json(45)
-    assert "unexpected" not in out, f"{out['unexpected']}; client stderr:\n" \
-                                    f"{scene.client.stderr}"
+    out = scene.client.answer(45)
     report = out["report"]
     assert report["dups"] == 0 and report["gaps"] == 0, report
     assert report["messages"] == count and report["expect"] == count, report
