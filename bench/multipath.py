@@ -81,6 +81,7 @@ LIVE_TTL = 2.1
 """Seconds after path 1 comes back before the next sample (see restore_path1)."""
 
 SERVER = r"""
+# tests/netns.py SERVE_CARRIERS comes before this (Bench.__init__)
 import asyncio, json, struct, sys, time
 import taps_post as tp
 
@@ -121,17 +122,9 @@ async def main():
     policy = tp.PolicyContext(system=[], app_name="srv")
     listeners = [await tp.listen(tp.Local(port=PORT), policy=policy),
                  await tp.listen(tp.Local(port=PORT + 1, certificates=[cert]), policy=policy)]
-    say({"ports": {**listeners[0].ports, **listeners[1].ports}})
-    tasks = set()
-
-    def accept(carrier):
-        carrier.accept(accept)
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
     for listener in listeners:
-        listener.accept(accept)
+        serve_carriers(listener, serve, streams=True)
+    say({"ports": {**listeners[0].ports, **listeners[1].ports}})
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     for listener in listeners:
         await listener.close()
@@ -140,6 +133,7 @@ asyncio.run(main())
 """
 
 CLIENT = r"""
+# tests/netns.py COMMAND_LOOP comes before this (Bench.__init__)
 import asyncio, json, socket, struct, sys, time
 import taps_post as tp
 from taps_post.runtime import api  # import cost stays outside the timings
@@ -264,17 +258,7 @@ async def op_stream(cmd):
 
 OPS = {"bulk": op_bulk, "stream": op_stream}
 
-async def main():
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        cmd = json.loads(line)
-        try:
-            out = await OPS[cmd["op"]](cmd)
-        except Exception as exc:
-            out = {"unexpected": repr(exc)}
-        print(json.dumps(out), flush=True)
-
-asyncio.run(main())
+asyncio.run(command_loop(lambda cmd: OPS[cmd["op"]](cmd)))
 """
 
 
@@ -350,10 +334,11 @@ class Bench:
         assert cert.key_pem is not None
         (topo.tmp / "cert.pem").write_text(cert.cert_pem)
         (topo.tmp / "key.pem").write_text(cert.key_pem)
-        self.server = topo.spawn(topo.b, SERVER, str(PORT), str(topo.tmp / "cert.pem"),
-                                 str(topo.tmp / "key.pem"))
+        self.server = topo.spawn(topo.b, netns.SERVE_CARRIERS + SERVER, str(PORT),
+                                 str(topo.tmp / "cert.pem"), str(topo.tmp / "key.pem"))
         self.ports = self.server.read_json(15)["ports"]
-        self.client = topo.spawn(topo.a, CLIENT, str(topo.tmp / "cert.pem"))
+        self.client = topo.spawn(topo.a, netns.COMMAND_LOOP + CLIENT,
+                                 str(topo.tmp / "cert.pem"))
         self.table: list[str] = []
         """Markdown rows of figures with no raw twin (failover of TCP and QUIC)."""
 
@@ -368,11 +353,10 @@ class Bench:
                             self.netns.A2, "subflow")
 
     def ask(self, timeout: float, **cmd: Any) -> dict[str, Any]:
-        out: dict[str, Any] = self.client.request(cmd, timeout)
-        if "unexpected" in out:
-            raise InternalError(f"{cmd['op']} {cmd.get('stack')}: {out['unexpected']}; "
-                                f"client stderr:\n{self.client.stderr[-2000:]}")
-        return out
+        try:
+            return self.client.ask(cmd, timeout)
+        except self.netns.UnexpectedReply as exc:  # the client's command raised
+            raise InternalError(f"{cmd['op']} {cmd.get('stack')}: {exc}") from None
 
     # ---- throughput -----------------------------------------------------------------------
 
@@ -436,19 +420,15 @@ class Bench:
                "interface": nn.A1 if pin or kind == "raw" else None, "size": 1024,
                "interval": args.interval, "lead": 0.5, "duration": args.stall_seconds,
                "prefer": nn.A1, "debug": self.args.debug}
-        self.client.send(cmd)
-        first = self.client.read_json(20)
-        if "unexpected" in first:
-            raise InternalError(f"stream {kind} {stack}: {first['unexpected']}")
+        self.ask(20, **cmd)  # the first answer: streaming, past the lead
         t0 = time.monotonic()
         self.topo.link(self.topo.a, nn.A1, up=False)
         try:
-            out: dict[str, Any] = self.client.read_json(args.stall_seconds + 30)
+            out = self.client.answer(args.stall_seconds + 30)
+        except nn.UnexpectedReply as exc:
+            raise InternalError(f"stream {kind} {stack}: {exc}") from None
         finally:
             self.restore_path1()
-        if "unexpected" in out:
-            raise InternalError(f"stream {kind} {stack}: {out['unexpected']}; client "
-                                f"stderr:\n{self.client.stderr[-2000:]}")
         seqs = [a[0] for a in out["arrivals"]]
         if len(seqs) != len(set(seqs)):
             raise InternalError(f"stream {kind} {stack}: a message arrived twice")
