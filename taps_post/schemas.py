@@ -188,6 +188,7 @@ class _MultipathOut(_Strict):
     mode: Literal["disabled", "passive", "active"]
     policy: Literal["handover", "interactive", "aggregate"]
     path_manager: Literal["kernel", "userspace", "disabled"] | None
+    opens_subflows: bool
     subflows: list[_SubflowOut]
 
 

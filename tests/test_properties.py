@@ -682,9 +682,30 @@ def multipath_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             ("avoid", "avoid", "prohibit", "prefer", "require")))
     if draw(st.booleans()):
         statements["metered"] = draw(st.sampled_from(("avoid", "prohibit")))
+    for family in ("ipv4", "ipv6"):
+        if draw(st.integers(0, 3)) == 0:
+            statements[f"addressFamily.{family}"] = draw(st.sampled_from(PREFS))
+    if draw(st.integers(0, 3)) == 0:
+        # A dual-stack listener on "::": its plan adds IPv4 addresses the tree does not hold.
+        scn["target"], scn["kind"] = "tcp://[::]:9000", draw(st.sampled_from(("listen",
+                                                                                "respond")))
     scn["carrier"] = [*scn["carrier"], {"version": 1, "layer": "carrier", "name": "mp",
                                         "rules": [{"id": "mp", "set": statements}]}]
     return scn
+
+
+CONNECTING_KINDS = {"initiate", "source"}
+"""docs/policy-language.md: an end that opens its own connection; passive there opens no
+subflow (RFC 9622), so its plan is empty."""
+
+
+def _family_allowed(address: str, props: dict[str, Any]) -> bool:
+    """May a subflow use `address`, by addressFamily.* (prohibit its family, or require the
+    other one, bars it)?"""
+    family = "ipv6" if ":" in address else "ipv4"
+    other = "ipv4" if family == "ipv6" else "ipv6"
+    return (props.get(f"addressFamily.{family}") != "prohibit"
+            and props.get(f"addressFamily.{other}") != "require")
 
 
 def _path_hits(key: str, iface: Any) -> bool:
@@ -714,7 +735,10 @@ def test_subflows_follow_the_interface_rules(scn: dict[str, Any]) -> None:
     props = {k: p["value"] for k, p in d["properties"].items()}
     assert mp["mode"] == props["multipath"] and mp["policy"] == props["multipathPolicy"]
     assert mp["path_manager"] == (scn["env"].get("mptcp") or {}).get("pathManager")
-    if props["multipath"] == "disabled" or d["outcome"] == "policy_prohibited":
+    opens = props["multipath"] == "active" or (props["multipath"] == "passive"
+                                               and scn["kind"] not in CONNECTING_KINDS)
+    assert mp["opens_subflows"] is opens
+    if not opens or d["outcome"] == "policy_prohibited":
         assert subflows == []
         return
     event(f"{len(subflows)} subflows, {props['multipathPolicy']}")
@@ -741,6 +765,8 @@ def test_subflows_follow_the_interface_rules(scn: dict[str, Any]) -> None:
     for f in subflows:
         own = {a.address for a in by_name[f["interface"]].addresses}
         assert f["addresses"] and set(f["addresses"]) <= own, f
+        # Every address obeys addressFamily.*, also the IPv4 ones a "::" listener adds.
+        assert all(_family_allowed(a, props) for a in f["addresses"]), (f, props)
     # Completeness and order: every interface a multipath candidate uses, in rank order.
     firsts = list(dict.fromkeys(c["interface"] for c in d["candidates"]
                                 if c["stack"] in MULTIPATH_STACKS))

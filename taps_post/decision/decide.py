@@ -8,9 +8,18 @@ Rule 2: ranking is one lexicographic key (`RankKey`), path before protocol, avoi
 tie-break, so two runs on the same input always produce the same order.
 Rule 3: the MPTCP subflow plan (`Decision.subflows`) is derived from the same pruning and the
 same ranking as the candidates, never judged separately: an interface a rule excludes can
-never carry a subflow, because it has no candidate to derive one from, and the primary under
-`handover` is the interface the race tries first.
-Rule 4: a "fallback" in the history (the peer answered an MPTCP SYN as plain TCP) withdraws
+never carry a subflow, because it has no candidate to derive one from. The primary under
+`handover` is the best-ranked interface no path-level `avoid` matches, which is not always
+the interface the race tries first: a `prefer` outranks an `avoid` on the same interface for
+the race (path prefer hits sort before avoid hits), but an avoided interface only ever
+carries a backup subflow.
+Rule 4: `multipath: passive` on an end that opens its own connection (`initiate`, `source`)
+plans no subflow: RFC 9622 passive means "accept the peer's subflows, open none", so the
+plan is empty while the MPTCP stacks stay candidates. An accepting end (`listen`, `respond`,
+`sink`) keeps its plan: it says which interfaces may take the peer's subflows.
+Rule 5: the IPv4 addresses a dual-stack `::` listener adds to its plan obey `addressFamily.*`
+like every other address: a prohibited (or not required) family never appears in the plan.
+Rule 6: a "fallback" in the history (the peer answered an MPTCP SYN as plain TCP) withdraws
 the multipath bonus from that stack for that remote and ranks its history after "no entry",
 so the plain counterpart goes first without costing the MPTCP attempt again.
 """
@@ -29,7 +38,7 @@ from ..policy.load import Statement
 from ..policy.match import glob_regex
 from ..policy.registry import INTERFACE_TYPES, Pref, protocol_preferences
 from ..policy.resolve import Effective
-from .decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan
+from .decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan, opens_subflows
 from .environment import Address, CacheEntry, Environment, Interface
 from .facts import apply_interface_facts
 from .request import Request
@@ -125,7 +134,8 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                   if (node := _judge_stack(info, allowed, request, effective, stack_excluded))
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
-    multipath_on = effective["multipath"].value != "disabled"
+    multipath_mode = effective["multipath"].value
+    multipath_on = multipath_mode != "disabled"
     excluded.extend(stack_exclusions)
 
     temp_pref: Pref = effective["useTemporaryLocalAddress"].value
@@ -152,7 +162,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                 hist, rtt = _history(history, stack, iface.name, addr)
                 prefer = snode.prefer
                 if hist == FALLBACK and multipath and multipath_on:
-                    prefer -= 1  # Rule 4: this peer answers as TCP; multipath gains nothing
+                    prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
                 key = RankKey(-pnode.prefer, pnode.avoid, -prefer, snode.avoid, hist, rtt,
                               iface.cost, iface.name, stack_order, order)
                 scored.append((key, iface, local.address, stack, addr, family))
@@ -165,11 +175,12 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         for rank, (key, iface, local, stack, addr, family) in enumerate(scored, start=1)
     ]
     subflows: list[SubflowPlan] = []
-    if multipath_on:
+    if multipath_on and opens_subflows(multipath_mode, request.kind):
         multipath_stacks = {name for name, _, _, mp in stacks if mp}
         subflows = _subflows(candidates, multipath_stacks,
                              {iface.name: node for iface, node in paths}, effective,
-                             _listen_extra(paths, endpoint_ok, temp_pref))
+                             _listen_extra(paths, endpoint_ok, temp_pref, effective,
+                                           request.port))
     return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows)
 
 
@@ -342,10 +353,14 @@ def _history(index: _HistoryIndex, stack: str, interface: str,
 
 def _listen_extra(paths: Sequence[tuple[Interface, _Node]],
                   endpoints: Sequence[tuple[int, str, str]],
-                  temp: Pref) -> dict[str, list[str]]:
+                  temp: Pref, effective: Effectives, port: int) -> dict[str, list[str]]:
     """IPv4 addresses a dual-stack listener on `::` may take subflows on: the tree has only
-    the IPv6 endpoint `::`, but the socket accepts IPv4 too (Linux's bindv6only=0 default)."""
+    the IPv6 endpoint `::`, but the socket accepts IPv4 too (Linux's bindv6only=0 default).
+    None while `addressFamily.*` bars IPv4 (Rule 5): the plan must not list an address of a
+    family the policy prohibits, nor an interface that only has such addresses."""
     if not any(addr == "::" for _, addr, _ in endpoints):
+        return {}
+    if _family_filter(effective, "ipv4", "0.0.0.0", port) is not None:
         return {}
     extra: dict[str, list[str]] = {}
     for iface, _ in paths:
@@ -363,8 +378,10 @@ def _subflows(candidates: Sequence[Candidate], multipath_stacks: set[str],
     An interface is listed when a multipath-capable candidate uses it (so it survived every
     path-level filter and has a local address that reaches the remote), in the order of its
     best such candidate. An avoided interface is a backup; under `handover` every interface
-    but the best one not avoided is too. When every listed interface is avoided, the best one
-    is still primary: a connection needs one path to send on.
+    but the best one not avoided is too (so the primary may differ from the race's first
+    candidate, when a `prefer` lifts an avoided interface to the top: Rule 3). When every
+    listed interface is avoided, the best one is still primary: a connection needs one path
+    to send on.
     """
     if not multipath_stacks:
         return []
@@ -392,7 +409,8 @@ def _subflows(candidates: Sequence[Candidate], multipath_stacks: set[str],
             if avoided:
                 reason, s = f"the best path left (every path is avoided); {why}", avoided[0][1]
             else:
-                reason = (f"multipathPolicy {policy}: the best path" if policy == "handover"
+                reason = (f"multipathPolicy {policy}: the best path not avoided"
+                          if policy == "handover"
                           else f"multipathPolicy {policy}: every allowed path carries data")
                 s = mp_policy.statement
         elif avoided:

@@ -20,7 +20,21 @@ from ..policy.resolve import Conflict, Effective
 from .environment import Interface
 from .request import Request
 
-__all__ = ["Candidate", "Decision", "Exclusion", "RankKey", "SubflowPlan"]
+__all__ = ["CONNECTING_KINDS", "Candidate", "Decision", "Exclusion", "RankKey", "SubflowPlan",
+           "opens_subflows"]
+
+CONNECTING_KINDS = frozenset({"initiate", "source"})
+"""Request kinds whose end opens its own connection; the other kinds accept the peer's."""
+
+
+def opens_subflows(mode: str, kind: str) -> bool:
+    """Does an end of request kind `kind` under `multipath: mode` get a subflow plan?
+
+    `active`: yes. `passive` (RFC 9622: accept the peer's subflows, open none): only an
+    accepting end, whose plan says which interfaces may take the peer's subflows; a
+    connecting end opens none, so its plan is empty. `disabled`: never.
+    """
+    return mode == "active" or (mode == "passive" and kind not in CONNECTING_KINDS)
 
 
 class RankKey(NamedTuple):
@@ -194,7 +208,8 @@ class Decision:
     subflows: tuple[SubflowPlan, ...] = ()
     """Which interfaces may carry MPTCP subflows and in which role, best first
     (docs/multipath.md): every interface a multipath-capable candidate uses. Empty when
-    multipath is disabled or no multipath-capable stack is a candidate. Prohibited
+    multipath is disabled, when it is passive on a connecting end (`opens_subflows`), or
+    when no multipath-capable stack is a candidate. Prohibited
     interfaces are not here: they are in `excluded`, and never carry a subflow."""
     path_manager: str | None = None
     """The MPTCP path manager in force where the decision was made (Environment)."""
@@ -212,6 +227,12 @@ class Decision:
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+    @property
+    def opens_subflows(self) -> bool:
+        """Whether this end plans subflows at all: False while `multipath` is disabled, and
+        while it is passive on a connecting end (it accepts the peer's, opens none)."""
+        return opens_subflows(str(self.value("multipath")), self.request.kind)
 
     def value(self, key: str) -> Any:
         """The effective value of `key` (a Pref for preferences)."""
@@ -262,6 +283,7 @@ class Decision:
                 "mode": jsonable(self.value("multipath")),
                 "policy": jsonable(self.value("multipathPolicy")),
                 "path_manager": self.path_manager,
+                "opens_subflows": self.opens_subflows,
                 "subflows": [s.to_dict() for s in self.subflows],
             },
             "outcome": self.outcome,

@@ -178,7 +178,10 @@ def _multipath(decision: Decision) -> list[str]:
            f"  mode          {mode.value:<11} {_who(mode.statement)}",
            f"  policy        {policy.value:<11} {_who(policy.statement)}",
            f"  path manager  {manager:<11} {PATH_MANAGERS.get(manager, '')}".rstrip()]
-    if not decision.subflows:
+    if not decision.opens_subflows:
+        out.append("  subflows      none: passive: this end opens no subflow, it accepts the "
+                   "peer's")
+    elif not decision.subflows:
         out.append("  subflows      none: no multipath-capable candidate (see the tree)")
     else:
         out.append("  subflows")
