@@ -87,9 +87,9 @@ async def bench_idle(args: argparse.Namespace) -> list[Row]:
         if m.mode not in ("stopped",):
             raise RuntimeError(f"monitor left running: {m.mode}")
         m.close()
-    netlink.notes.append(f"{args.seconds:g} s per side per round; the netlink socket lingers "
-                         "(out of the loop) LINGER s after each ours side, so its close "
-                         "falls into the next side's period (µs)")
+    netlink.notes.append(f"{args.seconds:g} s per side per round; the process's netlink "
+                         "socket stays on the loop on the no-monitor side too (monitor "
+                         "Rule 1): silent, it costs nothing there either")
     polling.notes.append("one discovery every 2 s (psutil, sysfs): the cost events avoid")
     return [netlink, polling]
 

@@ -4,29 +4,50 @@
 and applications (`events()`) subscribe; the monitor keeps the live interface snapshot
 (`system.live`) current, so the plan cache and every new decision follow a change at once.
 
-Rule 1: nothing runs when nothing changes. With netlink, the monitor's whole cost is one
-rtnetlink socket registered with `loop.add_reader` while anyone subscribes: no task, no timer,
-no thread. The socket leaves the loop with the last subscriber and is closed `LINGER` seconds
-later unless someone subscribes again (what it queued meanwhile is read then). Only where netlink is
-refused (or `TAPS_POST_MONITOR=poll`, or `PathMonitor(mode="polling")`) does a timer poll
-every `POLL_INTERVAL` seconds and diff snapshots (`system.netevents.diff`).
+Rule 1: nothing runs when nothing changes, and nothing is paid twice. With netlink, the
+monitor's whole cost is one rtnetlink socket registered with `loop.add_reader`: no task, no
+timer, no thread. The process opens that socket once (importing pyroute2 and two dumps) and
+keeps it for its lifetime, still registered when the last subscriber has left: an idle fd costs
+nothing, every change goes on refreshing the live snapshot (so `live.cached_interfaces()` is
+never stale by more than a loop iteration), and the next subscriber (a carrier's next
+activation) pays no socket, no dump and no discovery. A monitor of another loop takes the
+socket over once this one's loop has ended or nobody subscribes here (what the kernel queued
+meanwhile is read then, and the changes in it are delivered); only a second loop running at
+the same time with subscribers on both opens a socket of its own, closed with its last
+subscriber. Only where netlink is refused (or `TAPS_POST_MONITOR=poll`, or
+`PathMonitor(mode="polling")`) does a timer poll every `POLL_INTERVAL` seconds and diff
+snapshots (`system.netevents.diff`).
 Rule 2: the snapshot is refreshed before any subscriber hears of a change, and changes that
 arrive within one loop iteration are delivered together, once (debounce): a subscriber that
 decides again from its callback decides on the new interfaces, and a burst (a link going down
-takes its addresses with it) is one call, not five.
+takes its addresses with it) is one call, not five. Changes queued when the last subscriber
+leaves are not dropped: one who subscribes before the flush (a carrier re-watching after a
+migration) is given them.
 Rule 3: a subscriber cannot break the monitor: a callback that raises is logged on the
-`taps_post.monitor` logger and the others are still called.
-Rule 4: structured. Everything the monitor starts it owns and stops in `close()`: the reader,
-the timer, and the one short-lived thread that opens the first netlink source (importing
-pyroute2 costs a fifth of a second, which a running loop should not stall for; changes in
-that window are caught by diffing the snapshot taken at subscribe time). `events()` streams
-run in their consumer's task, never in one of ours.
+`taps_post.monitor` logger and the others are still called. Neither can the source: whatever
+opening or reading it raises (not only OSError) makes the monitor poll, with the reason in
+`fallback_reason`, rather than hang in "starting" or fail the caller.
+Rule 4: structured, and the loop never waits. Everything the monitor starts it owns: the
+reader, the timer, and the one short-lived thread that opens the process's first netlink
+source (importing pyroute2 costs a fifth of a second, which a running loop should not stall
+for; changes in that window are caught by diffing the snapshot taken at subscribe time). The
+thread's last act is handing its source to the loop, where it is joined (it has nothing left
+to do, so the join returns at once); `close()` never joins it (an import cannot be interrupted):
+the source it opens after a close is kept for the process, or closed if it was a private one.
+`events()` streams run in their consumer's task, never in one of ours.
+Rule 5: `TAPS_POST_MONITOR=off` (or `PathMonitor(mode="off")`) watches nothing: subscribing
+opens no socket and imports nothing, no change is ever delivered, `mode` is "off". Carriers
+are then not watched: a carrier whose path goes away learns it from its own connection's
+errors (timeouts, resets), as without issue 11; no carrier migrates, re-races or adds a
+subflow because of a network change. For processes that must not hold a netlink socket or
+cannot afford pyroute2's import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import threading
@@ -43,12 +64,9 @@ __all__ = ["MODE_ENV", "POLL_INTERVAL", "ChangeStream", "PathMonitor", "Subscrib
 
 POLL_INTERVAL = 2.0
 """Seconds between two snapshots in the polling fallback (the live cache's TTL)."""
-LINGER = 2.0
-"""Seconds the netlink socket stays open (out of the loop) after the last subscriber left, so
-carriers that come and go one at a time do not pay a socket and two dumps each."""
 MODE_ENV = "TAPS_POST_MONITOR"
-"""Environment variable: "poll" (or "polling") forces the polling fallback; "netlink" or
-unset: netlink where the kernel allows it."""
+"""Environment variable: "poll" (or "polling") forces the polling fallback; "off" watches
+nothing (Rule 5); "netlink" or unset: netlink where the kernel allows it."""
 
 Subscriber = Callable[[Sequence[NetChange], tuple[Interface, ...]], None]
 """Called on the loop with the changes of one burst and the interfaces after them."""
@@ -57,8 +75,8 @@ _log = logging.getLogger("taps_post.monitor")
 _monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                      weakref.ref[PathMonitor]] = weakref.WeakKeyDictionary()
 """Loop -> its monitor, weak on both sides: a monitor holds its loop, so a strong value would
-keep every loop (and its socket) alive forever. Whoever subscribes holds the monitor (the
-unsubscribe function, the reader, the linger timer); a monitor nobody holds is not needed."""
+keep every loop alive forever. Whoever subscribes holds the monitor (the unsubscribe function,
+the loop's reader); a monitor nobody holds is not needed."""
 
 
 def path_monitor() -> PathMonitor:
@@ -77,16 +95,20 @@ def _wanted_mode(mode: str | None) -> str:
     chosen = (mode or os.environ.get(MODE_ENV) or "netlink").strip().lower()
     if chosen in ("poll", "polling"):
         return "polling"
+    if chosen in ("off", "none", "disabled"):
+        return "off"
     if chosen == "netlink":
         return "netlink"
-    raise ValueError(f"path monitor mode {chosen!r}: expected 'netlink' or 'polling'")
+    raise ValueError(f"path monitor mode {chosen!r}: expected 'netlink', 'polling' or 'off'")
 
 
 class PathMonitor:
     """Interface and address changes of this network namespace, for one event loop.
 
-    `mode` is "netlink" or "polling" while anyone subscribes, "stopped" otherwise; "starting"
-    only while the first netlink source opens (`await started()` waits that out).
+    `mode` is "netlink" or "polling" while anyone subscribes, "stopped" otherwise (the
+    netlink socket may still be registered, keeping the live snapshot current: Rule 1),
+    "off" when watching is switched off (Rule 5); "starting" only while the first netlink
+    source opens (`await started()` waits that out).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *,
@@ -97,19 +119,21 @@ class PathMonitor:
         self._subscribers: dict[int, Subscriber] = {}
         self._ids = 0
         self._source: RtnlSource | None = None
+        self._private = False
+        """Whether `_source` is this monitor's own (closed with its last subscriber) rather
+        than the process's (kept: Rule 1)."""
         self._reading = False
-        self._linger: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._opener: threading.Thread | None = None
         self._started: asyncio.Future[str] | None = None
         self._snapshot: tuple[Interface, ...] | None = None
         self._pending: list[NetChange] = []
         self._flush_handle: asyncio.Handle | None = None
-        self._mode = "stopped"
+        self._mode = "off" if self._want == "off" else "stopped"
         self._closed = False
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
         self.fallback_reason: str | None = None
-        """Why the monitor polls although netlink was wanted (the OSError), else None."""
+        """Why the monitor polls although netlink was wanted (the error), else None."""
 
     # ---- what callers see -----------------------------------------------------------------
 
@@ -123,8 +147,9 @@ class PathMonitor:
 
     @property
     def interfaces(self) -> tuple[Interface, ...]:
-        """The interfaces now: the monitor's snapshot while it runs, else the live cache."""
-        if self._snapshot is not None and self._mode != "stopped":
+        """The interfaces now: the polling snapshot while polling, else the live cache (which
+        the netlink source refreshes on every change)."""
+        if self._mode == "polling" and self._snapshot is not None:
             return self._snapshot
         return live.cached_interfaces()
 
@@ -185,12 +210,18 @@ class PathMonitor:
 
     def close(self) -> None:
         """Stop listening and end every `events()` stream; the monitor cannot be reused
-        (`path_monitor()` makes a new one)."""
+        (`path_monitor()` makes a new one). Never blocks (Rule 4): the process's netlink
+        socket stays open for the next monitor (Rule 1)."""
         if self._closed:
             return
         self._closed = True
         self._subscribers.clear()
         self._stop()
+        self._unlisten()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending.clear()
         for stream in list(self._streams):
             stream.close()
         ref = _monitors.get(self._loop)
@@ -200,77 +231,108 @@ class PathMonitor:
     # ---- starting and stopping ------------------------------------------------------------
 
     def _start(self) -> None:
+        if self._want == "off":
+            return  # Rule 5
         if self._want == "polling":
             self._snapshot = live.refresh()
             self._start_polling(None)
             return
-        if self._source is not None:  # lingering since the last subscriber left (Rule 1)
-            self._cancel_linger()
-            self._snapshot = live.cached_interfaces()
-            self._listen(self._source)
+        if self._source is not None:  # still registered since the last subscriber left
+            self._mode = "netlink"
             return
         self._mode = "starting"
         if self._started is None:
             self._started = self._loop.create_future()
         if self._opener is not None:
             return  # still opening for an earlier subscriber: _attach takes it from there
-        self._snapshot = live.refresh()
-        if _opened_before:
-            self._attach(*_open_source(), caught_up=True)  # ~1 ms once pyroute2 is in
+        shared = _claim(self)
+        if shared is not None:  # the process's source, free: read what it queued (Rule 1)
+            self._listen(shared, private=False)
+            self._on_readable()
+            return
+        self._snapshot = live.cached_interfaces()  # what the catch-up diff starts from
+        if _opened_before:  # pyroute2 is in: ~1 ms, no thread needed
+            self._attach(*_open_source(self), caught_up=True)
             return
         self._opener = threading.Thread(target=self._open_in_thread,
                                         name="taps-post-monitor", daemon=True)
         self._opener.start()
 
     def _open_in_thread(self) -> None:
-        opened = _open_source()
+        source, error, private = _open_source(self)
         try:
-            self._loop.call_soon_threadsafe(self._attach, *opened)
-        except RuntimeError:  # the loop closed meanwhile
-            if opened[0] is not None:
-                opened[0].close()
+            self._loop.call_soon_threadsafe(self._attach, source, error, private)
+        except RuntimeError:  # the loop closed meanwhile: the process keeps a shared source
+            if source is not None and private:
+                source.close()
 
-    def _attach(self, source: RtnlSource | None, error: OSError | None,
+    def _attach(self, source: RtnlSource | None, error: OSError | None, private: bool,
                 caught_up: bool = False) -> None:
-        self._opener = None
-        if source is not None and self._closed:
-            source.close()
-        elif source is not None and not self._subscribers:
-            self._source = source  # everyone left while it opened: linger like after a stop
-            self._linger = self._loop.call_later(LINGER, self._linger_over)
-        elif self._subscribers and self._mode == "starting":
-            if source is None:
+        opener, self._opener = self._opener, None
+        if opener is not None:
+            opener.join()  # its last act was handing this over: it has returned (Rule 4)
+        if source is None:
+            if self._subscribers and not self._closed:
                 self._start_polling(error)
             else:
-                self._listen(source)
-                if not caught_up:
-                    self._catch_up()
-        elif source is not None:
-            source.close()
+                self._mode = "off" if self._want == "off" else "stopped"
+        elif self._closed:
+            if private:
+                source.close()
+            else:
+                _release(self)
+        else:
+            before, self._snapshot = self._snapshot, None
+            self._listen(source, private)
+            if not caught_up:
+                self._catch_up(before)
+            if private and not self._subscribers:
+                self._unlisten()
         self._resolve_started()
 
-    def _listen(self, source: RtnlSource) -> None:
+    def _listen(self, source: RtnlSource, private: bool) -> None:
         self._source = source
+        self._private = private
         self._loop.add_reader(source.fileno(), self._on_readable)
         self._reading = True
-        self._mode = "netlink"
+        self._mode = "netlink" if self._subscribers else "stopped"
         self._resolve_started()
 
-    def _catch_up(self) -> None:
+    def _unlisten(self) -> None:
+        """Take the netlink socket off the loop: closed if it is ours, left open for the
+        next monitor if it is the process's (Rule 1)."""
+        source, self._source = self._source, None
+        if source is None:
+            return
+        if self._reading and not self._loop.is_closed():
+            self._loop.remove_reader(source.fileno())
+        self._reading = False
+        if self._private:
+            source.close()
+        else:
+            _release(self)
+
+    def _let_go(self) -> None:
+        """Another loop's monitor takes the process's socket over (Rule 1): stop reading it
+        here (only when nobody subscribes here, or this loop has ended)."""
+        if not self._private:
+            self._unlisten()
+
+    def _catch_up(self, before: tuple[Interface, ...] | None) -> None:
         """Changes between the subscribe-time snapshot and the source's seed: diff them."""
-        before = self._snapshot
         now = live.refresh()
         if before is not None and now is not before:
-            self._snapshot = now
             changes = diff(before, now, interface_indexes())
             if changes:
                 self._queue(changes)
 
-    def _start_polling(self, error: OSError | None) -> None:
+    def _start_polling(self, error: BaseException | None) -> None:
         if error is not None:
             self.fallback_reason = f"{type(error).__name__}: {error}"
             _log.info("path monitor: netlink refused (%s); polling every %g s",
                       self.fallback_reason, self.poll_interval)
+        if self._snapshot is None:
+            self._snapshot = live.refresh()
         self._mode = "polling"
         self._timer = self._loop.call_later(self.poll_interval, self._poll)
 
@@ -279,40 +341,18 @@ class PathMonitor:
             self._started.set_result(self._mode)
         self._started = None
 
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-
-    def _linger_over(self) -> None:
-        self._linger = None
-        if self._source is not None and not self._reading:
-            self._source.close()
-            self._source = None
-
     def _stop(self) -> None:
-        if self._source is not None:
-            if self._reading:
-                self._loop.remove_reader(self._source.fileno())
-                self._reading = False
-            if self._closed:
-                self._cancel_linger()
-                self._source.close()
-                self._source = None
-            elif self._linger is None:
-                self._linger = self._loop.call_later(LINGER, self._linger_over)
+        """The last subscriber left. The process's netlink socket stays on the loop (Rule 1);
+        a private one is closed; what is pending is flushed as planned (Rule 2)."""
+        if self._private:
+            self._unlisten()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._pending.clear()
-        self._mode = "stopped"
+            self._snapshot = None
+        if self._want != "off":
+            self._mode = "stopped"
         self._resolve_started()
-        opener = self._opener
-        if opener is not None and self._closed:
-            opener.join(1.0)  # what it opens is closed by _attach (or, loop gone, by itself)
 
     # ---- changes --------------------------------------------------------------------------
 
@@ -322,11 +362,16 @@ class PathMonitor:
             return
         try:
             changes = source.read()
-        except OSError as exc:  # the socket broke: poll from now on rather than go deaf
-            self._loop.remove_reader(source.fileno())
-            source.close()
+        except Exception as exc:  # broken: poll from now on rather than go deaf (Rule 3)
+            if not isinstance(exc, OSError):
+                _log.exception("path monitor: reading netlink failed")
+            if self._reading:
+                self._loop.remove_reader(source.fileno())
+            self._reading = False
             self._source = None
-            self._start_polling(exc)
+            _discard_source(source)
+            if self._subscribers:
+                self._start_polling(exc)
             return
         if changes:
             self._queue(changes)
@@ -355,8 +400,9 @@ class PathMonitor:
         changes, self._pending = self._pending, []
         if not changes:
             return
-        self._snapshot = live.refresh()
-        self._deliver(changes, self._snapshot)
+        interfaces = live.refresh()  # with nobody subscribed, only this (Rule 1)
+        if self._subscribers:
+            self._deliver(changes, interfaces)
 
     def _deliver(self, changes: Sequence[NetChange], interfaces: tuple[Interface, ...]) -> None:
         batch = tuple(changes)
@@ -371,16 +417,70 @@ class PathMonitor:
 _opened_before = False
 """A source opened in this process: pyroute2 is imported, so opening again costs ~1 ms and
 needs no thread (Rule 4)."""
+_lock = threading.Lock()
+"""Guards `_shared` and `_holder`: the opener thread sets them."""
+_shared: RtnlSource | None = None
+"""The process's netlink source, kept open once opened (Rule 1)."""
+_holder: weakref.ref[PathMonitor] | None = None
+"""The monitor whose loop reads `_shared` now (None: nobody; the socket queues)."""
 
 
-def _open_source() -> tuple[RtnlSource | None, OSError | None]:
-    global _opened_before
+def _claim(monitor: PathMonitor) -> RtnlSource | None:
+    """The process's source for `monitor`, taken from its holder when that one can let go
+    (Rule 1); None when there is none yet, or another running loop listens to it."""
+    global _holder
+    with _lock:
+        source = _shared
+        if source is None:
+            return None
+        holder = _holder() if _holder is not None else None
+        if holder is monitor:
+            return source
+        free = (holder is None or holder.closed or holder._loop.is_closed()
+                or (not holder._subscribers
+                    and (holder._loop is monitor._loop or not holder._loop.is_running())))
+        if not free:
+            return None
+        _holder = weakref.ref(monitor)
+    if holder is not None and not holder.closed and not holder._loop.is_closed():
+        holder._let_go()
+    return source
+
+
+def _release(monitor: PathMonitor) -> None:
+    global _holder
+    with _lock:
+        if _holder is not None and _holder() is monitor:
+            _holder = None
+
+
+def _discard_source(source: RtnlSource) -> None:
+    """A source that broke: closed, and no longer the process's."""
+    global _shared, _holder
+    with _lock:
+        if _shared is source:
+            _shared, _holder = None, None
+    source.close()
+
+
+def _open_source(monitor: PathMonitor) -> tuple[RtnlSource | None, OSError | None, bool]:
+    """A new source: (source, None, private) or (None, why, False). It becomes the process's
+    when there is none yet, held by `monitor`; else `monitor`'s own (private). Whatever the
+    opening raises is an OSError here (Rule 3)."""
+    global _opened_before, _shared, _holder
     try:
         source = RtnlSource()
     except OSError as exc:
-        return None, exc
+        return None, exc, False
+    except Exception as exc:  # a pyroute2 surprise must not leave the monitor "starting"
+        _log.exception("path monitor: opening netlink failed")
+        return None, OSError(errno.EIO, f"{type(exc).__name__}: {exc}"), False
     _opened_before = True
-    return source, None
+    with _lock:
+        if _shared is None:
+            _shared, _holder = source, weakref.ref(monitor)
+            return source, None, False
+    return source, None, True
 
 
 class ChangeStream:

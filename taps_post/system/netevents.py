@@ -21,6 +21,18 @@ psutil's `isup`, hence discovery's `Interface.up`, reads), IPv6 link-local addre
 out (discovery leaves them out too), and `diff()` orders its changes like the kernel does
 (link added, up, addresses; addresses removed, then the link), so a subscriber sees the same
 changes whether the monitor listens or polls.
+Rule 5: an address is reported when it can be used, not when it is configured. An IPv6
+address still in duplicate address detection (IFA_F_TENTATIVE) or that failed it
+(IFA_F_DADFAILED) cannot be bound (EADDRNOTAVAIL): it is left out of the state, reported
+"added" by the RTM_NEWADDR that clears the flag (DAD done, 1-2 s later by default) and
+"removed" if a known address turns tentative again. Discovery (psutil) and so the polling
+fallback cannot see these flags: there, an address shows up while still tentative.
+Rule 6: only the kernel is believed. Every datagram whose sender is not the kernel (nl_pid 0)
+is dropped unread: any process, even one with CAP_NET_ADMIN in its own user namespace only,
+may unicast to our port id, and a forged RTM_DELLINK would otherwise fail every carrier.
+Rule 7: one bad datagram costs nothing already read. A datagram that cannot be parsed or
+applied (whatever it raises) is replaced by a resync (Rule 3); the changes of the datagrams
+before it are kept and returned, and the exception never reaches the caller's loop.
 """
 
 from __future__ import annotations
@@ -45,6 +57,10 @@ GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 """The multicast groups a source joins: links, IPv4 and IPv6 addresses (no routes)."""
 
 IFF_RUNNING = 0x40
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+_UNUSABLE = IFA_F_TENTATIVE | IFA_F_DADFAILED
+"""ifa_flags that make an address unusable for now (Rule 5; include/uapi/linux/if_addr.h)."""
 _RCVBUF = 1 << 20
 """Socket receive buffer: room for a burst (a namespace torn down sends hundreds)."""
 _BUFFER = 1 << 18
@@ -137,7 +153,7 @@ class RtnlSource:
         changes: list[NetChange] = []
         for _ in range(_READS_PER_CALL):
             try:
-                n = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
+                n, sender = self._sock.recvfrom_into(self._buffer, 0, socket.MSG_TRUNC)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -145,12 +161,25 @@ class RtnlSource:
                     raise
                 changes.extend(self._resync())  # the kernel dropped events: ask again
                 continue
+            if not _from_kernel(sender):
+                continue  # Rule 6
             if n > len(self._buffer):  # truncated: part of what happened is unknown
                 changes.extend(self._resync())
                 continue
-            for msg in self._marshal.parse(bytes(self._buffer[:n])):
-                changes.extend(self._apply(msg))
+            try:
+                found: list[NetChange] = []
+                for msg in self._marshal.parse(bytes(self._buffer[:n])):
+                    found.extend(self._apply(msg))
+            except Exception:  # Rule 7: what this datagram said is unknown: ask again
+                changes.extend(self._resync())
+                continue
+            changes.extend(found)
         return changes
+
+    @property
+    def port(self) -> int:
+        """The socket's netlink port id (nl_pid): where a unicast to this source goes."""
+        return int(self._sock.getsockname()[0])
 
     def close(self) -> None:
         self._finalizer()
@@ -182,6 +211,8 @@ class RtnlSource:
                 return []
             known = self._addresses.setdefault(index, set())
             name = self._name_of(index, msg.get_attr("IFA_LABEL"))
+            if kind == rtnl.RTM_NEWADDR and _flags_of(msg) & _UNUSABLE:
+                kind = rtnl.RTM_DELADDR  # Rule 5: not usable (yet, or any more)
             if kind == rtnl.RTM_NEWADDR:
                 if address in known:
                     return []  # a lifetime or flag update of an address we know
@@ -258,7 +289,9 @@ class RtnlSource:
                 self._sock.send(msg.data)
                 done = False
                 while not done:
-                    n = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
+                    n, sender = self._sock.recvfrom_into(self._buffer, 0, socket.MSG_TRUNC)
+                    if not _from_kernel(sender):
+                        continue  # Rule 6
                     if n > len(self._buffer):
                         raise OSError(errno.EMSGSIZE, "rtnetlink dump message too large")
                     for reply in self._marshal.parse(bytes(self._buffer[:n])):
@@ -297,6 +330,20 @@ class RtnlSource:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
+
+
+def _from_kernel(sender: object) -> bool:
+    """Whether a netlink datagram's source address (nl_pid, nl_groups) is the kernel's."""
+    return isinstance(sender, tuple) and bool(sender) and sender[0] == 0
+
+
+def _flags_of(msg: Any) -> int:
+    """An ifaddrmsg's flags: the 32-bit IFA_FLAGS attribute when present (it supersedes the
+    8-bit ifa_flags field), else ifa_flags."""
+    extended = msg.get_attr("IFA_FLAGS")
+    if isinstance(extended, int):
+        return extended
+    return int(msg.get("flags") or 0)
 
 
 _State = Mapping[Hashable, tuple[str, int, bool, frozenset[str]]]

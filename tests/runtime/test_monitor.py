@@ -14,6 +14,10 @@ import asyncio
 import contextlib
 import gc
 import os
+import socket
+import subprocess
+import sys
+import time
 import warnings
 import weakref
 from typing import Any
@@ -120,11 +124,14 @@ def test_rtnl_source_is_seeded_and_never_blocks() -> None:
 # ---- the monitor on the event loop ------------------------------------------------------------
 
 
-def test_netlink_monitor_holds_a_reader_only_while_subscribed(run: Any) -> None:
+def test_netlink_monitor_keeps_the_process_socket_on_the_loop(run: Any) -> None:
+    """Rule 1: the process's rtnetlink socket, once open, stays registered with the loop
+    when the last subscriber leaves (the live snapshot stays current), the next subscriber
+    pays nothing, and a monitor closed hands it on to the next one."""
     async def main() -> None:
         loop = asyncio.get_running_loop()
         m = mon.path_monitor()
-        assert m is mon.path_monitor() and m.mode == "stopped" and m.fileno() is None
+        assert m is mon.path_monitor() and m.mode == "stopped"
         tasks = len(asyncio.all_tasks())
         calls: list[Any] = []
         unsubscribe = m.subscribe(lambda c, i: calls.append(c))
@@ -139,23 +146,97 @@ def test_netlink_monitor_holds_a_reader_only_while_subscribed(run: Any) -> None:
         assert m.fileno() == fd, "one subscriber left: still listening"
         unsubscribe()
         unsubscribe()  # twice is harmless
-        assert m.mode == "stopped" and m.fileno() is None and m.next_poll is None
-        assert not loop.remove_reader(fd), "the reader left the loop with the last subscriber"
+        assert m.mode == "stopped" and m.next_poll is None
+        assert m.fileno() == fd, "the socket stays on the loop with nobody subscribed"
+        assert len(asyncio.all_tasks()) == tasks and m.next_poll is None
         again = m.subscribe(lambda c, i: None)
-        assert m.mode == "netlink" and m.fileno() == fd, "the lingering socket, reused"
-        again()
-        await asyncio.sleep(mon.LINGER + 0.1)  # the linger running out is what is tested
-        assert m.fileno() is None
-        again = m.subscribe(lambda c, i: None)
-        assert m.mode == "netlink" and m.fileno() is not None  # a new socket, at once
+        assert m.mode == "netlink" and m.fileno() == fd, "the same socket, at once"
         again()
         m.close()
-        assert m.closed and mon.path_monitor() is not m
+        assert m.closed and m.fileno() is None and mon.path_monitor() is not m
+        assert not loop.remove_reader(fd), "close() took the reader off the loop"
         with pytest.raises(RuntimeError):
             m.subscribe(lambda c, i: None)
+        successor = mon.path_monitor()
+        again = successor.subscribe(lambda c, i: None)
+        assert successor.mode == "netlink" and successor.fileno() == fd, \
+            "the next monitor takes the process's socket over: no new socket, no dump"
+        again()
         assert calls == []
 
     run(main())
+
+
+def test_a_second_loop_takes_the_socket_over(run: Any) -> None:
+    """A loop that ended leaves the process's socket to the next loop's monitor."""
+    async def fd_of_a_subscribed_monitor() -> int | None:
+        m = mon.path_monitor()
+        unsubscribe = m.subscribe(lambda c, i: None)
+        await m.started()
+        fd = m.fileno()
+        unsubscribe()
+        return fd
+
+    first = run(fd_of_a_subscribed_monitor())
+    assert first is not None and run(fd_of_a_subscribed_monitor()) == first
+
+
+def test_two_monitors_on_one_loop_each_hear(run: Any) -> None:
+    """A second monitor subscribed while the first holds the process's socket opens its own
+    (closed with its last subscriber)."""
+    async def main() -> None:
+        first = mon.path_monitor()
+        u1 = first.subscribe(lambda c, i: None)
+        await first.started()
+        other = mon.PathMonitor(mode="netlink")
+        u2 = other.subscribe(lambda c, i: None)
+        assert await other.started() == "netlink"
+        assert other.fileno() not in (None, first.fileno())
+        u2()
+        assert other.fileno() is None, "a private socket leaves with its last subscriber"
+        other.close()
+        u1()
+
+    run(main())
+
+
+def test_off_switch_watches_nothing(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(mon.MODE_ENV, "off")
+
+    async def main() -> None:
+        m = mon.path_monitor()
+        assert m.mode == "off"
+        unsubscribe = m.subscribe(lambda c, i: None)
+        assert await m.started() == "off" and await m.prepare() == "off"
+        assert m.mode == "off" and m.fileno() is None and m.next_poll is None
+        unsubscribe()
+        assert m.mode == "off"
+        m.close()
+
+    run(main())
+
+
+OFF_IMPORTS_NOTHING = """
+import asyncio, os, sys
+os.environ["TAPS_POST_MONITOR"] = "off"
+from taps_post.runtime.monitor import path_monitor
+
+async def main():
+    m = path_monitor()
+    unsubscribe = m.subscribe(lambda c, i: None)
+    await asyncio.sleep(0.05)
+    unsubscribe()
+    return m.mode
+
+mode = asyncio.run(main())
+print(mode, "pyroute2" in sys.modules)
+"""
+
+
+def test_off_switch_imports_no_pyroute2() -> None:
+    out = subprocess.run([sys.executable, "-P", "-c", OFF_IMPORTS_NOTHING],
+                         capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.split() == ["off", "False"], out
 
 
 def test_each_loop_has_its_own_monitor(run: Any) -> None:
@@ -237,6 +318,11 @@ def test_netlink_refused_falls_back_to_polling(run: Any) -> None:
     import pyroute2.netlink.rtnl.marshal  # noqa: F401  (imported before descriptors run out)
 
     async def main() -> None:
+        # The process's socket is held by the loop's monitor (subscribed), so this second
+        # monitor has to open a socket of its own, which is what runs out of descriptors.
+        holder = mon.path_monitor()
+        held = holder.subscribe(lambda c, i: None)
+        await holder.started()
         m = mon.PathMonitor(mode="netlink", poll_interval=0.05)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         fillers: list[int] = []
@@ -258,6 +344,7 @@ def test_netlink_refused_falls_back_to_polling(run: Any) -> None:
         unsubscribe()
         assert m.next_poll is None
         m.close()
+        held()
 
     run(main())
 
@@ -293,3 +380,125 @@ def test_prepare_pays_the_netlink_cost_up_front(run: Any) -> None:
         assert await polling.prepare() == "polling" and polling.mode == "stopped"
 
     run(main())
+
+
+# ---- review fixes: failures that must not hang, block or mislead ------------------------------
+
+
+class Exploding(RtnlSource):
+    """A source whose opening raises what no OSError handler catches (a pyroute2 bug)."""
+
+    def __init__(self, rcvbuf: int = 0) -> None:
+        raise RuntimeError("pyroute2 surprise")
+
+
+def test_a_non_oserror_while_opening_falls_back_to_polling(
+        run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule 3: not stuck in "starting", and nothing escapes into subscribe() (a carrier's
+    activation that connected would fail)."""
+    async def main() -> None:
+        holder = mon.path_monitor()
+        held = holder.subscribe(lambda c, i: None)  # so the next monitor must open its own
+        await holder.started()
+        monkeypatch.setattr(mon, "RtnlSource", Exploding)
+        m = mon.PathMonitor(mode="netlink", poll_interval=0.05)
+        unsubscribe = m.subscribe(lambda c, i: None)
+        assert await asyncio.wait_for(m.started(), 2) == "polling"
+        assert m.fallback_reason is not None and "pyroute2 surprise" in m.fallback_reason
+        unsubscribe()
+        m.close()
+        held()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(main())
+
+
+OPENER = """
+import asyncio, json, sys, threading, time
+from taps_post.runtime import monitor as mon
+from taps_post.system import netevents
+
+class Exploding(netevents.RtnlSource):
+    def __init__(self, rcvbuf=0):
+        import pyroute2.netlink.rtnl.marshal  # the slow part, on the opener thread
+        raise RuntimeError("pyroute2 surprise")
+
+if sys.argv[1] == "explode":
+    mon.RtnlSource = Exploding
+
+def openers():
+    return [t for t in threading.enumerate() if t.name == "taps-post-monitor"]
+
+async def main():
+    m = mon.path_monitor()
+    unsubscribe = m.subscribe(lambda c, i: None)
+    thread = bool(openers())
+    if sys.argv[1] == "close":
+        t0 = time.perf_counter()
+        m.close()
+        closing = time.perf_counter() - t0
+        await asyncio.sleep(0)
+        for _ in range(200):  # the opener hands its socket over and is joined on the loop
+            if not openers():
+                break
+            await asyncio.sleep(0.01)
+        return {"thread": thread, "close_ms": closing * 1000, "left": len(openers()),
+                "pyroute2": "pyroute2" in sys.modules}
+    mode = await asyncio.wait_for(m.started(), 5)
+    return {"thread": thread, "mode": mode, "reason": m.fallback_reason,
+            "left": len(openers())}
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def opener(case: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-P", "-c", OPENER, case], capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = __import__("json").loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def test_an_opener_thread_that_raises_leaves_the_monitor_polling() -> None:
+    """A fresh process: the first source opens on a thread; what it raises is the polling
+    fallback's reason, not a dead thread and a monitor "starting" for ever."""
+    out = opener("explode")
+    assert out["thread"] and out["mode"] == "polling", out
+    assert "pyroute2 surprise" in out["reason"] and out["left"] == 0, out
+
+
+def test_close_while_the_opener_imports_does_not_block_the_loop() -> None:
+    """Rule 4: close() does not join the opener (importing pyroute2 takes 0.1-0.3 s); the
+    opener is joined on the loop once it has handed its socket over."""
+    out = opener("close")
+    assert out["thread"], out
+    assert out["close_ms"] < 20, out
+    assert out["left"] == 0 and out["pyroute2"], out
+
+
+def test_only_the_kernel_is_believed() -> None:
+    """Rule 6 of netevents: a forged RTM_DELLINK for lo, unicast by a user socket to the
+    source's port id, changes nothing. The same datagram does arrive (checked on a plain
+    socket of ours), so the source really had it to refuse."""
+    from pyroute2.netlink import NLM_F_REQUEST, rtnl
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg()
+    msg["header"]["type"] = rtnl.RTM_DELLINK
+    msg["header"]["flags"] = NLM_F_REQUEST
+    msg["index"] = socket.if_nametoindex("lo")
+    msg["attrs"] = [("IFLA_IFNAME", "lo")]
+    msg.encode()
+    with RtnlSource() as source, \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as forger, \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as probe:
+        forger.bind((0, 0))
+        probe.bind((0, 0))
+        probe.settimeout(1)
+        forger.sendto(msg.data, (probe.getsockname()[0], 0))
+        assert probe.recvfrom(65536)[1][0] == forger.getsockname()[0], "unicast arrives"
+        forger.sendto(msg.data, (source.port, 0))
+        time.sleep(0.05)
+        assert source.read() == []
