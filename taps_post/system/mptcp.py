@@ -29,7 +29,9 @@ Rule 7: netlink goes through `NetlinkChannel`, a plain blocking socket with a ti
 pyroute2's message classes and Marshal for the bytes (nothing hand-packed), not through
 pyroute2's sockets: pyroute2 0.9's synchronous sockets call `run_until_complete` and raise
 "This event loop is already running" when used from a coroutine or loop callback
-(measured), which is where the runtime reads subflows and drives the path manager.
+(measured), which is where the runtime reads subflows and drives the path manager. Calls
+from an event loop's thread use `LOOP_TIMEOUT` (0.25 s; sock_diag always does); only the
+kernel's answers are read (sender port id 0), so another process cannot forge one.
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..core.path import PathStats, Subflow
+from ..core.path import Subflow
 from ..decision.environment import Interface
 from . import tcpinfo
 
 __all__ = [
+    "ADDR_FLAG_BACKUP",
+    "ADDR_FLAG_FULLMESH",
+    "ADDR_FLAG_IMPLICIT",
+    "ADDR_FLAG_SIGNAL",
+    "ADDR_FLAG_SUBFLOW",
     "IPPROTO_MPTCP",
+    "LOOP_TIMEOUT",
     "MPTCP_FULL_INFO",
     "MPTCP_INFO",
     "MPTCP_SUBFLOW_ADDRS",
@@ -71,6 +79,7 @@ __all__ = [
     "pm_message_class",
     "read_info",
     "read_subflows",
+    "subflow_addresses",
 ]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
@@ -102,6 +111,13 @@ _SUBFLOW_DATA = struct.Struct("=4I")
 """struct mptcp_subflow_data (16 bytes, the header of MPTCP_TCPINFO / SUBFLOW_ADDRS)."""
 _FIRST_GUESS = 8
 """Subflows made room for at first; the kernel says how many there are, then we retry."""
+NETLINK_TIMEOUT = 2.0
+"""Seconds a netlink request may take before it fails with ETIMEDOUT (never seen: they are
+answered in microseconds; this only guards against a kernel that never answers)."""
+LOOP_TIMEOUT = 0.25
+"""The timeout for netlink calls made from an event loop's thread (the runtime's path
+controller, sock_diag reads on a Path access): the kernel answers a request before send()
+returns, so a longer wait only ever stalls every carrier of the loop."""
 
 # (name, offset, struct format) in struct mptcp_info (natural alignment).
 _INFO_LAYOUT: tuple[tuple[str, int, str], ...] = (
@@ -126,14 +142,9 @@ _INFO_LAYOUT: tuple[tuple[str, int, str], ...] = (
     ("bytes_acked", 72, "Q"),
     ("subflows_total", 80, "B"),
 )
-_INFO_FIELDS = tuple((name, offset, offset + struct.calcsize("=" + fmt), struct.Struct("=" + fmt))
-                     for name, offset, fmt in _INFO_LAYOUT)
-_NEEDS = {"retransmits": 56}
-"""Bytes a field needs beyond its own: mptcpi_retransmits (6.5) sits where 5.16-6.4 had the
-struct's tail padding (sizeof 48), so it is real only with bytes_retrans after it."""
-_TCPI_BYTES_SENT = struct.Struct("=Q")
-_TCPI_BYTES_SENT_AT = 200
-"""tcpi_bytes_sent (Linux 4.19+), not among the fields system.tcpinfo reads."""
+_INFO_FIELDS = tcpinfo.compile_layout(_INFO_LAYOUT, needs={"retransmits": 56})
+"""mptcpi_retransmits (6.5) sits where 5.16-6.4 had the struct's tail padding (sizeof 48), so
+it is real only with bytes_retrans after it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +188,16 @@ class Endpoint:
     port: int | None = None
 
 
-_FLAG_NAMES = ((1, "signal"), (2, "subflow"), (4, "backup"), (8, "fullmesh"), (16, "implicit"))
+ADDR_FLAG_SIGNAL = 1 << 0
+ADDR_FLAG_SUBFLOW = 1 << 1
+ADDR_FLAG_BACKUP = 1 << 2
+ADDR_FLAG_FULLMESH = 1 << 3
+ADDR_FLAG_IMPLICIT = 1 << 4
+"""MPTCP_PM_ADDR_FLAG_* (include/uapi/linux/mptcp.h): an endpoint's flags, and what the
+userspace path manager is given (system/mptcp_pm.py imports them from here)."""
+_FLAG_NAMES = ((ADDR_FLAG_SIGNAL, "signal"), (ADDR_FLAG_SUBFLOW, "subflow"),
+               (ADDR_FLAG_BACKUP, "backup"), (ADDR_FLAG_FULLMESH, "fullmesh"),
+               (ADDR_FLAG_IMPLICIT, "implicit"))
 
 
 def is_mptcp(sock: Any) -> bool | None:
@@ -191,10 +211,7 @@ def is_mptcp(sock: Any) -> bool | None:
 
 def parse_info(raw: bytes) -> MptcpInfo:
     """struct mptcp_info from `raw` (possibly short: Rule 3)."""
-    values: dict[str, int] = {}
-    for name, offset, end, field in _INFO_FIELDS:
-        if max(end, _NEEDS.get(name, 0)) <= len(raw):
-            values[name] = field.unpack_from(raw, offset)[0]
+    values = tcpinfo.unpack(_INFO_FIELDS, raw)
     total = values.pop("subflows_total", None)
     extra = values.pop("subflows", 0)
     for unused in ("add_addr_signal_max", "add_addr_accepted_max"):
@@ -240,18 +257,40 @@ def _getsockopt(fd: int, level: int, name: int, buf: Any) -> int:
     return int(length.value)
 
 
+_SOCKADDR_SIZE = 128
+"""Each address of struct mptcp_subflow_addrs: a union up to __kernel_sockaddr_storage."""
+
+
 def _sockaddr(raw: bytes, offset: int) -> tuple[str, int] | None:
+    """The sockaddr_in / sockaddr_in6 at `offset`, None when `raw` is too short for it (a
+    kernel that returned fewer bytes than asked: Rules 1, 3) or of another family."""
+    if offset < 0 or len(raw) < offset + 2:
+        return None
     family = struct.unpack_from("=H", raw, offset)[0]
-    if family == socket.AF_INET:
+    if family == socket.AF_INET and len(raw) >= offset + 8:
         port, = struct.unpack_from(">H", raw, offset + 2)
         return socket.inet_ntop(socket.AF_INET, raw[offset + 4:offset + 8]), port
-    if family == socket.AF_INET6:
+    if family == socket.AF_INET6 and len(raw) >= offset + 24:
         port, = struct.unpack_from(">H", raw, offset + 2)
         ip = ipaddress.IPv6Address(raw[offset + 8:offset + 24])
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped), port
         return str(ip), port
     return None
+
+
+def subflow_addresses(raw: bytes, offset: int = 0
+                      ) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(local, remote) of the struct mptcp_subflow_addrs at `offset` of `raw` (an element of
+    MPTCP_SUBFLOW_ADDRS, or inside MPTCP_FULL_INFO's mptcp_subflow_info); None when `raw`
+    is too short to hold both addresses or one is of neither IP family (never raises)."""
+    if offset < 0 or len(raw) < offset + 2 * _SOCKADDR_SIZE:
+        return None
+    local = _sockaddr(raw, offset)
+    remote = _sockaddr(raw, offset + _SOCKADDR_SIZE)
+    if local is None or remote is None:
+        return None
+    return local, remote
 
 
 _Raw = tuple[tuple[str, int], tuple[str, int], bytes]
@@ -275,12 +314,12 @@ def _full_info(fd: int) -> list[_Raw]:
         out: list[_Raw] = []
         sf_raw, tcpi_raw = sfinfo.raw, tcpi.raw
         for i in range(count):
-            base = i * sf_user
-            local = _sockaddr(sf_raw, base + 8) if sf_user >= 8 + 2 * 128 else None
-            remote = _sockaddr(sf_raw, base + 8 + 128) if sf_user >= 8 + 2 * 128 else None
-            if local is None or remote is None:
+            # mptcp_subflow_info: u32 id, pad, then the addresses (8-aligned)
+            element = sf_raw[i * sf_user:(i + 1) * sf_user]
+            pair = subflow_addresses(element, 8)
+            if pair is None:
                 continue
-            out.append((local, remote, tcpi_raw[i * tcpi_user:(i + 1) * tcpi_user]))
+            out.append((*pair, tcpi_raw[i * tcpi_user:(i + 1) * tcpi_user]))
         return out
     return []
 
@@ -307,25 +346,10 @@ def _legacy_info(fd: int) -> list[_Raw]:
     addrs = _subflow_array(fd, MPTCP_SUBFLOW_ADDRS, _ADDRS_SIZE)
     out: list[_Raw] = []
     for info, addr in zip(infos, addrs, strict=False):
-        local, remote = _sockaddr(addr, 0), _sockaddr(addr, 128)
-        if local is not None and remote is not None:
-            out.append((local, remote, info))
+        pair = subflow_addresses(addr)
+        if pair is not None:
+            out.append((*pair, info))
     return out
-
-
-def _stats(info: tcpinfo.TcpInfo) -> PathStats:
-    """PathStats of one subflow's tcp_info (the conversions of tcpinfo.path_stats)."""
-    loss: float | None = None
-    if info.segs_out and info.total_retrans is not None:
-        loss = min(1.0, info.total_retrans / info.segs_out)
-    elif info.segs_out == 0:
-        loss = 0.0
-    rate = info.delivery_rate
-    return PathStats(
-        rtt_ms=None if info.rtt_us is None else info.rtt_us / 1000.0,
-        rttvar_ms=None if info.rttvar_us is None else info.rttvar_us / 1000.0,
-        loss=loss, rate_bps=float(rate * 8) if rate else None, mtu=info.pmtu,
-        sent=info.segs_out)
 
 
 def _address_owners(interfaces: Iterable[Interface]) -> dict[str, str]:
@@ -371,10 +395,10 @@ def read_subflows(sock: Any, interfaces: Sequence[Interface] = (), *, backup: bo
         if legacy:
             raise OSError(errno.EOPNOTSUPP, "legacy read asked for")
         raws = _full_info(fd)
-    except OSError:
+    except (OSError, struct.error, ValueError):
         try:
             raws = _legacy_info(fd)
-        except OSError:
+        except (OSError, struct.error, ValueError):  # Rule 1: never raises
             return ()
     if not raws:
         return ()
@@ -394,8 +418,6 @@ def read_subflows(sock: Any, interfaces: Sequence[Interface] = (), *, backup: bo
     out: list[Subflow] = []
     for (local, remote, raw), guess in zip(raws, guesses, strict=True):
         info = tcpinfo.parse(raw)
-        sent = (_TCPI_BYTES_SENT.unpack_from(raw, _TCPI_BYTES_SENT_AT)[0]
-                if len(raw) >= _TCPI_BYTES_SENT_AT + 8 else None)
         flags, ifindex = diag.get((local, remote), (None, 0))
         name: str | None = None
         if ifindex:
@@ -408,7 +430,8 @@ def read_subflows(sock: Any, interfaces: Sequence[Interface] = (), *, backup: bo
         is_backup = (None if flags is None
                      else bool(flags & (SUBFLOW_FLAG_BKUP_LOC | SUBFLOW_FLAG_BKUP_REM)))
         out.append(Subflow(local_address=local, remote_address=remote, interface=name,
-                           backup=is_backup, stats=_stats(info), bytes_sent=sent,
+                           backup=is_backup, stats=tcpinfo.stats_of(info),
+                           bytes_sent=info.bytes_sent,
                            bytes_received=info.bytes_received))
     return tuple(out)
 
@@ -493,7 +516,7 @@ def _diag_subflows(subflows: Sequence[tuple[tuple[str, int], tuple[str, int], st
     (local, remote, name of the interface holding the local address) triples."""
     try:
         request_class, marshal_class = _diag_types()
-        channel = NetlinkChannel(NETLINK_SOCK_DIAG, marshal_class(), timeout=1.0)
+        channel = NetlinkChannel(NETLINK_SOCK_DIAG, marshal_class(), timeout=LOOP_TIMEOUT)
     except (ImportError, OSError):
         return {}
     out: dict[tuple[tuple[str, int], tuple[str, int]], tuple[int | None, int]] = {}
@@ -577,10 +600,11 @@ def path_manager() -> str:
     return "userspace" if _proc("pm_type") == "1" else "kernel"
 
 
-def kernel_endpoints() -> tuple[Endpoint, ...]:
-    """The in-kernel PM's endpoints (`ip mptcp endpoint show`); () on any failure."""
+def kernel_endpoints(timeout: float = NETLINK_TIMEOUT) -> tuple[Endpoint, ...]:
+    """The in-kernel PM's endpoints (`ip mptcp endpoint show`); () on any failure. From an
+    event loop pass `timeout=LOOP_TIMEOUT`."""
     try:
-        channel, family = open_pm()
+        channel, family = open_pm(timeout)
     except (ImportError, OSError):
         return ()
     try:
@@ -617,9 +641,6 @@ NETLINK_SOCK_DIAG = 4
 MPTCP_PM_NAME = "mptcp_pm"
 MPTCP_PM_VER = 1
 PM_CMD_GET_ADDR = 3
-NETLINK_TIMEOUT = 2.0
-"""Seconds a netlink request may take before it fails with ETIMEDOUT (never seen: they are
-answered in microseconds; this only guards against a kernel that never answers)."""
 _SOL_NETLINK = 270
 _NETLINK_EXT_ACK = 11
 _NETLINK_GET_STRICT_CHK = 12
@@ -628,7 +649,11 @@ _CTRL_CMD_GETFAMILY = 3
 
 
 class NetlinkChannel:
-    """One blocking netlink socket with a timeout; pyroute2 message classes in and out."""
+    """One blocking netlink socket with a timeout; pyroute2 message classes in and out.
+
+    Only the kernel's answers are read: a datagram whose sender port id is not 0 (another
+    process unicasting to this socket, which CAP_NET_ADMIN in a user namespace allows) is
+    dropped, so no one can forge a path manager's reply or a sock_diag answer."""
 
     def __init__(self, protocol: int, marshal: Any, *,
                  timeout: float = NETLINK_TIMEOUT) -> None:
@@ -660,9 +685,11 @@ class NetlinkChannel:
         out: list[Any] = []
         while True:
             try:
-                data = self.sock.recv(1 << 16)
+                data, sender = self.sock.recvfrom(1 << 16)
             except TimeoutError:
                 raise OSError(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
+            if sender[0] != 0:
+                continue  # not from the kernel (class docstring)
             for reply in self.marshal.parse(data):
                 header = reply["header"]
                 if header.get("sequence_number") != seq:

@@ -4,10 +4,11 @@ Rule 1: messages are pyroute2's: `PmMsg` is pyroute2's `mptcp_msg` extended with
 attributes the userspace path manager needs (TOKEN, LOC_ID, ADDR_REMOTE) and the commands
 are the uapi's (ANNOUNCE .. SUBFLOW_DESTROY, include/uapi/linux/mptcp_pm.h); pyroute2 encodes
 and decodes, nothing here packs netlink bytes by hand.
-Rule 2: calls block, on `system.mptcp.NetlinkChannel` (a plain netlink socket with a 2 s
-timeout; see that module's Rule 7 for why not pyroute2's sockets): requests are local and
-answered in about a millisecond (subflow_create measured 1.1 ms, it only sends the SYN), and
-the timeout guarantees no call hangs a carrier.
+Rule 2: calls block, on `system.mptcp.NetlinkChannel` (a plain netlink socket with a
+timeout, 2 s by default; see that module's Rule 7 for why not pyroute2's sockets): requests
+are local and answered in about a millisecond (subflow_create measured 1.1 ms, it only sends
+the SYN), and the timeout guarantees no call hangs a carrier. A caller on an event loop's
+thread passes `UserspacePM(timeout=LOOP_TIMEOUT)` (0.25 s): a wait there stalls the loop.
 Rule 3: a refusal is an `OSError` carrying the kernel's errno and its extended-ack text
 (EINVAL "invalid token", ESRCH "subflow not found", ...), so callers can tell "no such
 connection" from "not allowed" without parsing strings.
@@ -17,7 +18,9 @@ Rule 5: every call names the connection by its MPTCP token (`MptcpInfo.token`) a
 calling process's network namespace; a local address id is chosen per connection (the one
 already used for that address, else the lowest free one from 1: id 0 is the initial
 subflow's), because the kernel would otherwise give a new address id 0.
-Rule 6: no asyncio (system/ is below the runtime).
+Rule 6: no asyncio (system/ is below the runtime), and importing this module imports no
+pyroute2 (0.1-0.8 s, on the loop thread of whoever imports it): `PmMsg` is built on first
+use (`pm_message_class()`, module `__getattr__`), as system/mptcp.py's Rule 6 does.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .mptcp import (
+    ADDR_FLAG_BACKUP,
+    ADDR_FLAG_SIGNAL,
+    ADDR_FLAG_SUBFLOW,
+    LOOP_TIMEOUT,
     MPTCP_PM_NAME,
     MPTCP_PM_VER,
+    NETLINK_TIMEOUT,
     NLM_F_ACK,
     NLM_F_REQUEST,
     LocalAddress,
@@ -42,18 +50,13 @@ from .mptcp import (
 )
 
 __all__ = [
-    "ADDR_FLAG_BACKUP",
-    "ADDR_FLAG_FULLMESH",
-    "ADDR_FLAG_IMPLICIT",
-    "ADDR_FLAG_SIGNAL",
-    "ADDR_FLAG_SUBFLOW",
     "CMD_ANNOUNCE",
     "CMD_REMOVE",
     "CMD_SET_FLAGS",
     "CMD_SUBFLOW_CREATE",
     "CMD_SUBFLOW_DESTROY",
+    "LOOP_TIMEOUT",
     "LocalAddress",
-    "PmMsg",
     "UserspacePM",
     "available",
 ]
@@ -65,17 +68,17 @@ CMD_REMOVE = 9
 CMD_SUBFLOW_CREATE = 10
 CMD_SUBFLOW_DESTROY = 11
 
-ADDR_FLAG_SIGNAL = 1 << 0
-ADDR_FLAG_SUBFLOW = 1 << 1
-ADDR_FLAG_BACKUP = 1 << 2
-ADDR_FLAG_FULLMESH = 1 << 3
-ADDR_FLAG_IMPLICIT = 1 << 4
-
 _NLA_F_NESTED = 0x8000
 """The kernel validates this family strictly: a nested attribute must say it is nested."""
 
-PmMsg: Any = pm_message_class()
-"""pyroute2's mptcp_msg with TOKEN, LOC_ID and ADDR_REMOTE (Rule 1)."""
+
+
+def __getattr__(name: str) -> Any:
+    """`PmMsg`: pyroute2's mptcp_msg with TOKEN, LOC_ID and ADDR_REMOTE (Rule 1), built on
+    first use (Rule 6)."""
+    if name == "PmMsg":
+        return pm_message_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _addr_attr(ip: str, *, port: int | None = None, addr_id: int | None = None,
@@ -104,10 +107,12 @@ class UserspacePM:
     Every method acts on the connection named by its MPTCP token (`MptcpInfo.token`) in the
     calling process's network namespace; errors raise OSError with the kernel's errno."""
 
-    def __init__(self, *, timeout: float = 2.0) -> None:
+    def __init__(self, *, timeout: float = NETLINK_TIMEOUT) -> None:
         channel, family = open_pm(timeout)
         self._channel: NetlinkChannel = channel
         self.family = family
+        self.timeout = timeout
+        """Seconds each request may wait for the kernel (Rule 2)."""
 
     def __enter__(self) -> UserspacePM:
         return self
@@ -119,7 +124,7 @@ class UserspacePM:
         self._channel.close()
 
     def _request(self, cmd: int, attrs: Sequence[tuple[Any, ...]], what: str) -> None:
-        msg = PmMsg()
+        msg = pm_message_class()()
         msg["cmd"] = cmd
         msg["version"] = MPTCP_PM_VER
         msg["attrs"] = list(attrs)
@@ -199,8 +204,9 @@ class UserspacePM:
                       f"mptcp_pm remove id {addr_id}")
 
 
-def available() -> str | None:
-    """Why the userspace path manager cannot be driven here, or None when it can (Rule 4)."""
+def available(timeout: float = NETLINK_TIMEOUT) -> str | None:
+    """Why the userspace path manager cannot be driven here, or None when it can (Rule 4);
+    from an event loop pass `timeout=LOOP_TIMEOUT` (Rule 2)."""
     manager = path_manager()
     if manager == "disabled":
         return "MPTCP is disabled in this network namespace (net.mptcp.enabled=0 or absent)"
@@ -208,7 +214,7 @@ def available() -> str | None:
         return (f"the {manager} path manager is in force (set net.mptcp.pm_type=1 or "
                 "net.mptcp.path_manager=userspace for the userspace one)")
     try:
-        with UserspacePM():
+        with UserspacePM(timeout=timeout):
             pass
     except OSError as exc:
         return f"generic netlink family {MPTCP_PM_NAME} unavailable: {exc}"

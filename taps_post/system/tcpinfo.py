@@ -7,6 +7,10 @@ Rule 2: units are converted once, here: the kernel gives times in microseconds a
 `tcpi_delivery_rate` in bytes per second; PathStats holds milliseconds and bits per second.
 Rule 3: a socket whose getsockopt fails (closed, not TCP, not Linux) gives None, never raises:
 path statistics are read on every access of a Path property and must not break a carrier.
+Rule 4: one conversion to PathStats (`stats_of`) and one reader of kernel struct layouts
+(`compile_layout`, `unpack`) for every tcp_info there is: a TCP socket's own and each MPTCP
+subflow's (system/mptcp.py reads those through its getsockopts and uses these), so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 from ..core.path import PathStats
 
-__all__ = ["TCPI_OPT_SYN_DATA", "TcpInfo", "ip_mtu", "parse", "path_stats", "read", "syn_data"]
+__all__ = ["TCPI_OPT_SYN_DATA", "TcpInfo", "compile_layout", "ip_mtu", "parse", "path_stats",
+           "read", "stats_of", "syn_data", "unpack"]
 
 TCPI_OPT_SYN_DATA = 32
 """tcpi_options bit: a SYN carried data and it was acknowledged (client: the server took our
@@ -43,11 +48,31 @@ _LAYOUT: tuple[tuple[str, int, str], ...] = (
     ("data_segs_in", 152, "I"),
     ("data_segs_out", 156, "I"),
     ("delivery_rate", 160, "Q"),
+    ("bytes_sent", 200, "Q"),
 )
-_FIELDS: tuple[tuple[str, int, int, struct.Struct], ...] = tuple(
-    (name, offset, offset + struct.calcsize("=" + fmt), struct.Struct("=" + fmt))
-    for name, offset, fmt in _LAYOUT)
-"""(name, offset, end, compiled native-order unpacker) per field, built once."""
+
+Field = tuple[str, int, int, struct.Struct]
+"""(name, offset, end, compiled native-order unpacker) of one field of a kernel struct."""
+
+
+def compile_layout(layout: tuple[tuple[str, int, str], ...],
+                   needs: dict[str, int] | None = None) -> tuple[Field, ...]:
+    """The Fields of a (name, offset, struct format) layout, built once per struct. `needs`
+    gives a field more bytes it requires before it is believed (a field the kernel put where
+    an older struct had padding is real only when the struct reaches past it)."""
+    extra = needs or {}
+    return tuple((name, offset, max(offset + struct.calcsize("=" + fmt), extra.get(name, 0)),
+                  struct.Struct("=" + fmt)) for name, offset, fmt in layout)
+
+
+def unpack(fields: tuple[Field, ...], raw: bytes) -> dict[str, int]:
+    """The fields that `raw` (a getsockopt answer, possibly short) holds (Rule 1)."""
+    size = len(raw)
+    return {name: field.unpack_from(raw, offset)[0]
+            for name, offset, end, field in fields if end <= size}
+
+
+_FIELDS = compile_layout(_LAYOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +93,13 @@ class TcpInfo:
     data_segs_out: int | None = None
     delivery_rate: int | None = None
     """Bytes per second (the kernel's unit)."""
+    bytes_sent: int | None = None
+    """tcpi_bytes_sent (Linux 4.19+): payload bytes sent, retransmissions included."""
 
 
 def parse(raw: bytes) -> TcpInfo:
     """The fields that `raw` (a getsockopt answer, possibly short) holds (Rule 1)."""
-    values: dict[str, int] = {}
-    size = len(raw)
-    for name, offset, end, field in _FIELDS:
-        if end <= size:
-            values[name] = field.unpack_from(raw, offset)[0]
-    return TcpInfo(**values)
+    return TcpInfo(**unpack(_FIELDS, raw))
 
 
 def read(sock: Any) -> TcpInfo | None:
@@ -112,14 +134,19 @@ def ip_mtu(sock: Any) -> int | None:
 
 
 def path_stats(sock: Any) -> PathStats:
-    """PathStats of a TCP socket: TCP_INFO read fresh plus its IP MTU (Rule 2).
-
-    `loss` is tcpi_total_retrans / tcpi_segs_out (retransmitted over sent segments),
-    `rate_bps` is tcpi_delivery_rate * 8 (0 before anything was delivered: None)."""
+    """PathStats of a TCP socket: TCP_INFO read fresh plus its IP MTU (Rule 2)."""
     info = read(sock)
     mtu = ip_mtu(sock)
     if info is None:
         return PathStats(mtu=mtu)
+    return stats_of(info, mtu)
+
+
+def stats_of(info: TcpInfo, mtu: int | None = None) -> PathStats:
+    """PathStats of one tcp_info (Rules 2, 4): `mtu` when known (IP_MTU), else tcpi_pmtu.
+
+    `loss` is tcpi_total_retrans / tcpi_segs_out (retransmitted over sent segments),
+    `rate_bps` is tcpi_delivery_rate * 8 (0 before anything was delivered: None)."""
     loss: float | None = None
     if info.segs_out and info.total_retrans is not None:
         loss = min(1.0, info.total_retrans / info.segs_out)

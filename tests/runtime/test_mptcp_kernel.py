@@ -213,8 +213,9 @@ peer_cmd = lambda: (print(json.dumps({"ask": "peer"}), flush=True),
 def on_a2():
     return [f for f in flows(sock) if f["interface"] == sys.argv[3]]
 
-async def control():   # the runtime drives the PM from its event loop
-    with mptcp_pm.UserspacePM() as pm:
+async def control():   # the runtime drives the PM from its event loop: a short timeout
+    with mptcp_pm.UserspacePM(timeout=mptcp_pm.LOOP_TIMEOUT) as pm:
+        steps["timeout"] = pm.timeout
         t0 = time.perf_counter()
         pm.create_subflow(token, (sys.argv[2],), (sys.argv[4], 5001),
                           socket.if_nametoindex(sys.argv[3]))
@@ -262,6 +263,7 @@ def test_userspace_pm_create_backup_destroy(topo: Topology) -> None:
         out = client.read_json(15)
         client.close()
     assert out["pm"] == "userspace" and out["available"] is None
+    assert out["timeout"] == 0.25
     assert [f["interface"] for f in out["before"]] == [A1]
     created = out["created"]
     assert len(created) == 1 and created[0]["local"][0] == A2_V4
@@ -320,3 +322,122 @@ def test_parse_info_short_struct() -> None:
     assert not info.fallback
     assert parse_info(struct.pack("=6B2xI", 0, 0, 0, 0, 0, 0, 1)).fallback
     assert parse_info(b"").token is None
+
+
+def test_importing_the_path_manager_imports_no_pyroute2() -> None:
+    """system.mptcp_pm builds PmMsg on first use (review A10): the runtime imports it on its
+    event loop, and pyroute2 costs 0.1-0.8 s there. No root needed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from taps_post.system import mptcp_pm; "
+            "before = sorted(m for m in sys.modules if m.startswith('pyroute2')); "
+            "msg = mptcp_pm.PmMsg; "
+            "print(before, msg.__name__, 'pyroute2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["[]", "PmMsg", "True"]
+
+
+def test_subflow_addresses_of_short_or_odd_bytes() -> None:
+    """struct mptcp_subflow_addrs parsed only when the kernel gave both addresses whole
+    (review A17): short bytes give None, never struct.error out of read_subflows."""
+    import socket
+    import struct
+
+    from taps_post.system import mptcp
+
+    def sockaddr_in(ip: str, port: int) -> bytes:
+        raw = struct.pack("=H", socket.AF_INET) + struct.pack(">H", port)
+        return (raw + socket.inet_aton(ip)).ljust(128, b"\0")
+
+    def sockaddr_in6(ip: str, port: int) -> bytes:
+        raw = struct.pack("=H", socket.AF_INET6) + struct.pack(">HI", port, 0)
+        return (raw + socket.inet_pton(socket.AF_INET6, ip)).ljust(128, b"\0")
+
+    whole = sockaddr_in(A1_V4, 40000) + sockaddr_in(B1_V4, 5001)
+    assert mptcp.subflow_addresses(whole) == ((A1_V4, 40000), (B1_V4, 5001))
+    assert mptcp.subflow_addresses(b"\0" * 8 + whole, 8) == ((A1_V4, 40000), (B1_V4, 5001))
+    mapped = sockaddr_in6("::ffff:" + A2_V4, 1) + sockaddr_in6("fd00:2::2", 2)
+    assert mptcp.subflow_addresses(mapped) == ((A2_V4, 1), ("fd00:2::2", 2))
+    for short in (b"", whole[:2], whole[:130], whole[:255], b"\0" * 8 + whole[:200]):
+        assert mptcp.subflow_addresses(short) is None
+        assert mptcp.subflow_addresses(short, 8) is None
+    assert mptcp.subflow_addresses(b"\0" * 256) is None  # AF_UNSPEC: no address
+
+
+def test_tcp_info_of_a_subflow_is_read_as_a_sockets() -> None:
+    """One conversion of tcp_info to PathStats (tcpinfo.stats_of) for sockets and subflows,
+    and tcpi_bytes_sent in tcpinfo's own layout (review B10). No root needed."""
+    import struct
+
+    from taps_post.system import tcpinfo
+
+    raw = bytearray(208)
+    struct.pack_into("=I", raw, 60, 1400)             # pmtu
+    struct.pack_into("=II", raw, 68, 2500, 500)       # rtt, rttvar (us)
+    struct.pack_into("=I", raw, 100, 5)               # total_retrans
+    struct.pack_into("=I", raw, 136, 50)              # segs_out
+    struct.pack_into("=Q", raw, 160, 1000)            # delivery_rate (bytes/s)
+    struct.pack_into("=Q", raw, 200, 123456)          # bytes_sent
+    info = tcpinfo.parse(bytes(raw))
+    assert info.bytes_sent == 123456
+    assert tcpinfo.parse(bytes(raw[:200])).bytes_sent is None  # an older kernel
+    stats = tcpinfo.stats_of(info)
+    assert (stats.rtt_ms, stats.rttvar_ms, stats.loss, stats.rate_bps, stats.mtu,
+            stats.sent) == (2.5, 0.5, 0.1, 8000.0, 1400, 50)
+    assert tcpinfo.stats_of(info, mtu=1280).mtu == 1280
+
+
+def test_address_flags_are_defined_once() -> None:
+    """The MPTCP address flags live in system.mptcp (review B10); mptcp_pm uses those."""
+    from taps_post.system import mptcp, mptcp_pm
+
+    for name in ("SIGNAL", "SUBFLOW", "BACKUP"):
+        assert getattr(mptcp_pm, "ADDR_FLAG_" + name) is getattr(mptcp, "ADDR_FLAG_" + name)
+    assert (mptcp.ADDR_FLAG_SIGNAL, mptcp.ADDR_FLAG_BACKUP, mptcp.ADDR_FLAG_IMPLICIT) == (
+        1, 4, 16)
+
+
+def test_netlink_channel_reads_only_the_kernels_answers() -> None:
+    """A reply forged by another process (unicast to our port id with the sequence number
+    of our next request) is dropped: the kernel's answer is what request() returns (review
+    A17). Needs CAP_NET_ADMIN to unicast between netlink sockets; the host namespace."""
+    import errno
+    import os
+    import socket
+    import struct
+    from typing import Any, ClassVar
+
+    import pytest
+    from pyroute2.netlink import ctrlmsg
+    from pyroute2.netlink.marshal import Marshal
+
+    from taps_post.system import mptcp
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_NET_ADMIN) to send to another netlink socket")
+
+    class CtrlMarshal(Marshal):  # type: ignore[misc]
+        msg_map: ClassVar[dict[int, Any]] = {0x10: ctrlmsg}
+
+    channel = mptcp.NetlinkChannel(mptcp.NETLINK_GENERIC, CtrlMarshal(),
+                                   timeout=mptcp.LOOP_TIMEOUT)
+    forger = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, mptcp.NETLINK_GENERIC)
+    try:
+        forger.bind((0, 0))
+        port = channel.sock.getsockname()[0]
+        for seq in range(1, 4):  # a fresh channel numbers its requests from 1
+            # NLMSG_ERROR EPERM echoing a 16-byte request header
+            fake = struct.pack("=IHHII", 36, mptcp.NLMSG_ERROR, 0, seq, 0)
+            fake += struct.pack("=i", -errno.EPERM) + struct.pack("=IHHII", 16, 0x10, 0, seq, 0)
+            forger.sendto(fake, (port, 0))
+        msg = ctrlmsg()
+        msg["cmd"] = 3  # CTRL_CMD_GETFAMILY
+        msg["version"] = 1
+        msg["attrs"].append(["CTRL_ATTR_FAMILY_NAME", "nlctrl"])
+        (answer,) = channel.request(msg, 0x10, mptcp.NLM_F_REQUEST, "genl family nlctrl")
+        assert answer.get_attr("CTRL_ATTR_FAMILY_ID") == 0x10
+    finally:
+        forger.close()
+        channel.close()

@@ -385,3 +385,106 @@ def test_no_migration_to_a_server_that_disables_it(run: Any, cert: Any) -> None:
             await carrier.close()
 
     run(main(), 10)
+
+
+# ---- a peer that moves without migrate(): our server follows aioquic's path ---------------
+
+
+class Rebinder:
+    """A NAT between the client and the server, on loopback: the client sends to `port`,
+    and the server sees the datagrams come from the NAT's outside socket, which `rebind`
+    moves to another address (a NAT rebinding: the server's peer moves, the client does
+    nothing). The replies go back to the client from whichever outside socket got them."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self.client: Any = None
+        self.inside: asyncio.DatagramTransport | None = None
+        self.outside: list[asyncio.DatagramTransport] = []
+        self.active = 0
+        """The outside socket the client's datagrams leave from."""
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        nat = self
+
+        class Inside(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                nat.client = addr
+                nat.outside[nat.active].sendto(data)
+
+        self.inside, _ = await loop.create_datagram_endpoint(
+            Inside, local_addr=(SERVER, 0))
+        await self.bind("127.0.0.1")
+        return int(self.inside.get_extra_info("sockname")[1])
+
+    async def bind(self, address: str) -> tuple[str, int]:
+        """A new outside socket on `address` (not used yet: `use`)."""
+        loop = asyncio.get_running_loop()
+        nat = self
+
+        class Outside(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if nat.inside is not None and nat.client is not None:
+                    nat.inside.sendto(data, nat.client)
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Outside, local_addr=(address, 0), remote_addr=(SERVER, self.server_port))
+        self.outside.append(transport)
+        name = transport.get_extra_info("sockname")
+        return str(name[0]), int(name[1])
+
+    def use(self, index: int) -> None:
+        self.active = index
+
+    def close(self) -> None:
+        for transport in [self.inside, *self.outside]:
+            if transport is not None:
+                transport.close()
+
+
+def test_the_server_follows_a_peer_whose_first_datagram_from_elsewhere_moved_nothing(
+        run: Any, until: Any, cert: Any) -> None:
+    """The client's NAT rebinds, and the first datagram the server gets from the new
+    address is one aioquic does not move on (here one it cannot decrypt, as a probe or a
+    packet reordered behind a lower-numbered one would be): aioquic moves its active path on
+    the next, non-probing packet from that same address, and the server's carrier must see
+    that move too (review A14: it was only looked for when the source address changed)."""
+
+    async def main() -> None:
+        async with echo_server(cert) as server:
+            nat = Rebinder(server.port)
+            port = await nat.start()
+            try:
+                remote = tp.Remote.parse(f"quic://{SERVER}:{port}", certificates=[cert])
+                carrier = await tp.initiate(remote, local=tp.Local(address="127.0.0.1"),
+                                            policy=policy())
+                for m in numbered("r", 0, 5):
+                    await carrier.send(m)
+                assert await echoes(carrier, 5) == [b"echo:" + m for m in numbered("r", 0, 5)]
+                st = server.carriers[0].transient
+                first = nat.outside[0].get_extra_info("sockname")
+                assert st.remote_address == (first[0], first[1])
+                moved = await nat.bind("127.0.0.2")
+                # A short-header packet for this connection (the server's connection id, so
+                # the listener hands it to the connection) that does not decrypt: dropped.
+                cid = peer_connection_id(carrier.transient.session.connection)
+                # Then, in the same loop iteration (nothing of the client's can come from the
+                # old address in between), the rebinding: what it sends comes from `moved`.
+                nat.outside[1].sendto(bytes([0x41]) + cid + bytes(range(48)))
+                nat.use(1)
+                for m in numbered("r", 5, 15):
+                    await carrier.send(m)
+                assert await echoes(carrier, 10) == [b"echo:" + m for m in numbered("r", 5, 15)]
+                aioquic_peer = st.session.connection.get_peer_address()
+                assert (aioquic_peer[0], aioquic_peer[1]) == moved  # aioquic moved
+                assert st.remote_address == moved  # and so did our server's carrier
+                assert st.session.migrations == 1
+                assert server.received[0] == numbered("r", 0, 15) and len(server.carriers) == 1
+                await until(lambda: active_path_validated(st.session.connection), 2,
+                            "the server validated the new path")
+                await carrier.close()
+            finally:
+                nat.close()
+
+    run(main(), 15)

@@ -73,7 +73,9 @@ validating it (PATH_CHALLENGE / PATH_RESPONSE: aioquic's server does this itself
 client keys its paths by the remote address only, so its streams, offsets, congestion state
 and keys carry on untouched: no handshake. Every stream of the connection is told its new
 addresses (`path_moved`); a server's streams are told when aioquic moved its active path to
-a new peer address (`_peer_moved`, checked only for a datagram from a new source address).
+a new peer address (`_peer_moved`, checked for every datagram from an address other than
+the streams' remote one: aioquic moves on the first non-probing packet from there, which need
+not be the first datagram from there).
 """
 
 from __future__ import annotations
@@ -401,9 +403,6 @@ class QuicSession(QuicConnectionProtocol):
         """Old sockets of a migration still receiving, each with its closing timer."""
         self._migrating: asyncio.Lock | None = None
         """Held while a migration makes its socket (made on first use, Rule 11)."""
-        self._source: Any = None
-        """A server's last datagram source: only a datagram from elsewhere is checked for a
-        peer that moved (Rule 11)."""
 
     @property
     def datagrams_negotiated(self) -> bool:
@@ -533,8 +532,12 @@ class QuicSession(QuicConnectionProtocol):
         if waiter is not None and not waiter.done() and (
                 handshake_confirmed(self.connection) or not self.is_open):
             waiter.set_result(None)
-        if not self.owns_transport and addr != self._source:
-            self._source = addr
+        remote = self.remote_address
+        if (not self.owns_transport and addr and remote is not None
+                and (addr[0] != remote[0] or addr[1] != remote[1])):
+            # Whenever a datagram comes from elsewhere, not only when the source changes:
+            # aioquic promotes a path on a later non-probing packet (a peer probing first,
+            # packets reordered, a first datagram it drops), so each one is checked.
             self._peer_moved()
         # The first datagram a server receives creates the TLS context; the ticket is only
         # issued once the client's Finished arrives, always in a later datagram.
