@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .decision.decide import decide
-from .decision.decision import Candidate, Decision, Exclusion, RankKey
+from .decision.decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan
 from .decision.envfile import load_environment
 from .decision.environment import Address, CacheEntry, Environment, Interface
 from .decision.request import Request, parse_target
@@ -30,6 +30,7 @@ from .errors import (
     IdleTimeoutError,
     InputError,
     MessageTooLargeError,
+    MptcpRefusedError,
     PathLostError,
     PolicyError,
     RemoteProtocolError,
@@ -73,6 +74,7 @@ __all__ = [
     "Listener",
     "Local",
     "MessageTooLargeError",
+    "MptcpRefusedError",
     "NetChange",
     "OutMessage",
     "Path",
@@ -94,6 +96,8 @@ __all__ = [
     "Sink",
     "SoftError",
     "Source",
+    "Subflow",
+    "SubflowPlan",
     "SystemPolicyError",
     "TapsError",
     "Transient",
@@ -127,6 +131,7 @@ _LAZY = {
     "Ready": "taps_post.core.events",
     "SoftError": "taps_post.core.events",
     "Path": "taps_post.runtime.path",
+    "Subflow": "taps_post.core.path",
     "PathMonitor": "taps_post.runtime.monitor",
     "path_monitor": "taps_post.runtime.monitor",
     "NetChange": "taps_post.system.netevents",
@@ -185,6 +190,7 @@ if TYPE_CHECKING:
     from .core.framing import RawFramer as RawFramer
     from .core.messages import InMessage as InMessage
     from .core.messages import OutMessage as OutMessage
+    from .core.path import Subflow as Subflow
     from .runtime.association import Association as Association
     from .runtime.association import AssociationStore as AssociationStore
     from .runtime.carrier import Carrier as Carrier

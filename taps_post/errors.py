@@ -10,6 +10,7 @@
 | ConnectionClosedError | nobody (state)         | `__cause__`: why the carrier closed       |
 | IdleTimeoutError      | the peer (silent)      | `timeout`: carrier.idleTimeout in seconds |
 | PathLostError         | the network (moved)    | `interface`, `address`: the path that went |
+| MptcpRefusedError     | the host (no MPTCP)    | `errno`: the kernel's (an OSError)        |
 
 Rule 1: misuse errors keep the built-in class they always had as a second base (UsageError is
 a RuntimeError, ArgumentError a ValueError and TypeError), so `except RuntimeError` code
@@ -43,6 +44,7 @@ __all__ = [
     "IdleTimeoutError",
     "InputError",
     "MessageTooLargeError",
+    "MptcpRefusedError",
     "PathLostError",
     "PolicyError",
     "RemoteProtocolError",
@@ -124,6 +126,14 @@ class PathLostError(ConnectionClosedError):
     def __reduce__(self) -> tuple[type[PathLostError], tuple[str, str | None, str | None]]:
         return (type(self), (self.args[0] if self.args else "", self.interface,
                              self.address))
+
+
+class MptcpRefusedError(TapsError, OSError):
+    """This kernel or network namespace refuses MPTCP sockets (socket(IPPROTO_MPTCP) failed
+    with EPROTONOSUPPORT, ENOPROTOOPT or EINVAL; stacks/tcp.py raises it). It stays an
+    OSError carrying the kernel's errno (ENOPROTOOPT when net.mptcp.enabled=0), so racing
+    classifies the attempt `unsupported` like any socket refusal and `except OSError` code
+    still catches it; it pickles as OSError does (errno and message are its args)."""
 
 
 class FailureKind(enum.StrEnum):

@@ -55,6 +55,9 @@ class Settings:
     """listener.backlog; 0: the system's somaxconn."""
     retry: str = "auto"
     """listener.retry: never, auto or always (QUIC address validation)."""
+    multipath: str = "disabled"
+    """multipath: disabled, passive or active (RFC 9622). Only "active" makes an initiated
+    carrier open subflows of its own (runtime/multipath.py); "passive" accepts the peer's."""
     multipath_policy: str = "handover"
     """multipathPolicy: handover, interactive or aggregate (docs/multipath.md)."""
     subflows: tuple[tuple[str, str], ...] = ()
@@ -91,6 +94,7 @@ class Settings:
             max_handshakes=int(d.value("listener.maxHandshakes")),
             backlog=int(d.value("listener.backlog")),
             retry=str(d.value("listener.retry")),
+            multipath=str(d.value("multipath")),
             multipath_policy=str(d.value("multipathPolicy")),
             subflows=tuple((s.interface, s.role) for s in d.subflows),
         )

@@ -7,7 +7,7 @@ Rule 1: this module only gathers names; each responsibility has its own module:
 
 from __future__ import annotations
 
-from ..errors import PathLostError
+from ..errors import MptcpRefusedError, PathLostError
 from ..system.netevents import NetChange
 from .carrier import Carrier
 from .datagram import Sink, Source, new_sink, new_source
@@ -16,6 +16,6 @@ from .listener import Listener, listen
 from .monitor import PathMonitor, path_monitor
 from .responder import Reply, Responder, respond
 
-__all__ = ["Carrier", "Listener", "NetChange", "PathLostError", "PathMonitor", "Reply",
-           "Responder", "Sink", "Source", "initiate", "listen", "new_sink", "new_source",
-           "path_monitor", "respond"]
+__all__ = ["Carrier", "Listener", "MptcpRefusedError", "NetChange", "PathLostError",
+           "PathMonitor", "Reply", "Responder", "Sink", "Source", "initiate", "listen",
+           "new_sink", "new_source", "path_monitor", "respond"]

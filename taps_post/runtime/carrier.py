@@ -48,7 +48,16 @@ was in flight ends with on_send_error, what was queued is salvaged), the carrier
 dormant and re-activates by itself, as a send would (a re-race with history and tickets),
 or, with no usable path, waits dormant until the monitor reports one. That task is the
 carrier's (`_mover`, cancelled by close()); a re-activation it started that fails keeps the
-held messages (nobody waits on it: they stay for the next path) unless a caller joined it.
+held messages (nobody waits on it: they stay for the next path) unless a caller joined it,
+and when a path became usable while it ran it looks again before waiting (`_recheck`).
+Events: `PathChange(old, new)` when it keeps going elsewhere, `PathChange(old, None)` when the
+path is lost with nothing to carry on (then `Dormant(PathLostError)`, and `Ready` with
+`PathChange(old, new)` at re-activation). A carrier whose Local names an interface or an
+address is pinned there (runtime/mobility.py Rule 8): it neither migrates off that path when
+it goes nor hands over to a better one; `transient.migrate()` called by the application
+still moves it, so a pinned connection whose stack migrates (QUIC) is left open for the
+application to move (or for its idle timeout), while a pinned TCP one is failed as above
+and re-activates within its Local.
 """
 
 from __future__ import annotations
@@ -166,7 +175,8 @@ class Carrier:
                  "_activations", "_activator", "_association", "_auto", "_candidate",
                  "_closed_event", "_closing", "_controller", "_decision", "_expiry", "_fast",
                  "_flight", "_forks", "_framer", "_joiners", "_listeners", "_live", "_local",
-                 "_mover", "_opener", "_owned", "_policy", "_reader", "_refused", "_remote",
+                 "_mover", "_opener", "_owned", "_policy", "_reader", "_recheck", "_refused",
+                 "_remote",
                  "_settings", "_state", "_stopping", "_streamed", "_subscribers", "_tasks",
                  "_tracer", "_transient", "_watch", "attempts", "forker")
 
@@ -242,6 +252,9 @@ class Carrier:
         """Rule 10: the task surviving a path loss (migrate, or re-activate), if one runs."""
         self._auto = False
         """Rule 10: the running activation was started by the carrier itself."""
+        self._recheck = False
+        """Rule 10: a path became usable while `_mover` ran: `_come_back` looks again
+        before it waits (a wakeup that came mid-activation is not lost)."""
         self._controller: multipath.PathController | None = None
         """The PathController applying Settings.subflows to the MPTCP Transient (None: none
         runs: not MPTCP, or the kernel's path manager is in force)."""
@@ -695,6 +708,11 @@ class Carrier:
         if watch is not None:
             watch.remove(self)
 
+    def _pinned(self) -> bool:
+        """The Local names an interface or an address: no automatic move off it (Rule 10)."""
+        local = self._local
+        return local is not None and (local.interface is not None or local.address is not None)
+
     def _interfaces(self) -> tuple[Interface, ...]:
         decision = self._decision
         return tuple(decision.interfaces) if decision is not None else ()
@@ -706,8 +724,9 @@ class Carrier:
         if t is None or not t.is_open or self._closing or self._state != "active":
             return
         lost = self._lost_paths(t, interface, address)  # before the controller acts on it
-        if self._controller is not None:
-            self._controller.changed(interfaces)
+        controller = self._controller
+        if controller is not None and (lost or interface in controller.plan):
+            controller.changed(interfaces)  # (a change to nothing it plans costs nothing)
         if lost and self._mover is None:
             self._mover = self.spawn(self._survive(t, interface, address, interfaces, lost[0]))
 
@@ -719,7 +738,12 @@ class Carrier:
             return [own]
         if not _multipath(t.stack):
             return []
-        return [p for p in paths_of(t, self._interfaces())
+        interfaces = self._interfaces()
+        measure = getattr(t, "measure_subflows", None)  # no sock_diag per subflow
+        flows = measure(interfaces) if measure is not None else t.subflows()
+        if not any(_lost_subflow(f, interface, address) for f in flows):
+            return []  # the common case for a link elsewhere: no Paths built
+        return [p for p in paths_of(t, interfaces)
                 if p.local_address is not None and _lost_subflow(p, interface, address)]
 
     def path_usable(self, interfaces: tuple[Interface, ...]) -> None:
@@ -731,7 +755,10 @@ class Carrier:
         flight, so the better path is taken at its next activation)."""
         if self._controller is not None:
             self._controller.changed(interfaces)
-        if self._closing or self._mover is not None:
+        if self._closing:
+            return
+        if self._mover is not None:
+            self._recheck = True  # _come_back looks again if its activation fails
             return
         if self._state == "lost":
             self._mover = self.spawn(self._come_back(interfaces))
@@ -739,7 +766,7 @@ class Carrier:
         t = self._fast
         settings = self._settings
         if (t is None or not t.is_open or self._state != "active" or settings is None
-                or settings.multipath_policy != "handover"
+                or settings.multipath_policy != "handover" or self._pinned()
                 or type(t).migrate is Transient.migrate):  # this stack cannot migrate
             return
         better = self._better_path(t, interfaces)
@@ -752,11 +779,7 @@ class Carrier:
         `t`'s interface, else None."""
         remote = t.remote_address
         family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
-        local = self._local
-        usable = mobility.usable_addresses(
-            self._decision, t.stack, family, interfaces,
-            local_interface=local.interface if local is not None else None,
-            local_address=local.address if local is not None else None)
+        usable = mobility.usable_addresses(self._decision, t.stack, family, interfaces)
         if not usable or usable[0][1] == t.interface:
             return None
         decision = self._decision
@@ -819,17 +842,19 @@ class Carrier:
                            paths[0] if paths else None)
                 self._emit(PathChange(gone, new))
                 return
+            if self._pinned() and type(t).migrate is not Transient.migrate:
+                return  # pinned, and its stack migrates: the application's to move (QUIC)
             remote = t.remote_address
             family = ("ipv6" if ":" in remote[0] else "ipv4") if remote else None
-            local = self._local
-            for ip, name in mobility.usable_addresses(
-                    self._decision, t.stack, family, interfaces, avoid_interface=interface,
-                    avoid_address=address,
-                    local_address=local.address if local is not None else None):
+            usable = [] if self._pinned() else mobility.usable_addresses(
+                self._decision, t.stack, family, interfaces, avoid_interface=interface,
+                avoid_address=address)
+            for ip, name in usable:
                 if await self._migrate(t, ip, name, interfaces):
                     return
                 break  # the stack cannot (TCP), or not now: fail it below
             if t.is_open:
+                self._emit(PathChange(gone, None))  # before Dormant: nothing carries on
                 where = address or interface or "?"
                 t.fail(PathLostError(f"the path of this {t.stack} connection went away "
                                      f"({where} is gone)", interface, address))
@@ -841,32 +866,40 @@ class Carrier:
 
     async def _come_back(self, interfaces: tuple[Interface, ...] | None = None) -> None:
         """Rule 10: re-activate a carrier whose path went, on another usable path, or wait
-        dormant for the monitor to report one (path_usable starts this again)."""
+        dormant for the monitor to report one (path_usable starts this again; one that
+        came while this ran makes it look again, `_recheck`)."""
         try:
-            if interfaces is None:
-                interfaces = mobility.current_interfaces()
             remote = self._remote
             families = None
             if remote is not None and remote.addresses:
                 families = {"ipv6" if ":" in a else "ipv4" for a in remote.addresses}
             loopback = remote is not None and bool(remote.addresses) and all(
                 _loopback(a) for a in remote.addresses or ())
-            if not mobility.has_usable_path(families, interfaces, loopback=loopback):
-                self._watch = mobility.wait_for_path(self, self._watch)
-                return
-            mobility.refresh_interfaces()
-            self._auto = True
-            try:
-                await self._activate()
-            except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and self._closing:
-                    raise
-                if self._state == "lost" and not self._closing:
+            while True:
+                self._recheck = False
+                if interfaces is None:
+                    interfaces = mobility.current_interfaces()
+                if not mobility.has_usable_path(families, interfaces, loopback=loopback):
                     self._watch = mobility.wait_for_path(self, self._watch)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-            finally:
-                self._auto = False
+                    return
+                mobility.refresh_interfaces()
+                self._auto = True
+                try:
+                    await self._activate()
+                    return
+                except (Exception, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        if self._state == "lost" and not self._closing:
+                            self._watch = mobility.wait_for_path(self, self._watch)
+                        raise
+                    if self._state != "lost" or self._closing:
+                        return
+                    if not self._recheck:
+                        self._watch = mobility.wait_for_path(self, self._watch)
+                        return
+                    interfaces = None  # a path came while we tried: look again
+                finally:
+                    self._auto = False
         finally:
             if self._mover is _current():
                 self._mover = None

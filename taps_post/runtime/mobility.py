@@ -21,6 +21,22 @@ only those that are up now with that address still on them, within the applicati
 are offered (a prohibited interface is never in the Decision, so it is never offered).
 Rule 5: `handle(changes, interfaces)` is the monitor's callback and also the whole unit of
 logic: any source of NetChange values (the monitor, a test) can drive it.
+Rule 6: the subscription follows the monitor: a Watch keeps the PathMonitor it subscribed
+to, and when the application closed that one (`path_monitor()` then makes a new one) the
+next carrier watched or waiting subscribes the Watch to the new monitor; re-indexing a
+carrier (after a migration) never drops the subscription, so changes the monitor has queued
+for its next delivery are not lost. Unsubscribed, the Watch forgets the interfaces it was
+told: `current_interfaces()` then reads the monitor's (or the live) snapshot, never an old
+one.
+Rule 7: many carriers re-racing after one change discover the interfaces once: while the
+Watch is subscribed the monitor refreshed the live snapshot before it delivered the change,
+and otherwise `refresh_interfaces()` runs once per loop iteration (1,000 TCP carriers
+losing their path would otherwise stall the loop ~0.7 s in discovery).
+Rule 8: a carrier whose Local names an interface or an address is pinned there: it is never
+moved off it automatically (no migration when that path goes, no handover to a better one:
+a QUIC connection is left open for the application to move, a TCP one is failed and
+re-activates only within its Local, as a send would), while the application's own
+`transient.migrate()` still moves it (`usable_addresses` takes the Local).
 """
 
 from __future__ import annotations
@@ -71,8 +87,8 @@ def _loopback(ip: str) -> bool:
 class Watch:
     """The carriers of one event loop that a network change may touch (Rule 2)."""
 
-    __slots__ = ("__weakref__", "by_if", "by_ip", "interfaces", "keys", "loop", "multipath",
-                 "unsubscribe", "waiting")
+    __slots__ = ("__weakref__", "by_if", "by_ip", "interfaces", "keys", "loop", "monitor",
+                 "multipath", "refreshed", "unsubscribe", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -83,6 +99,10 @@ class Watch:
         self.waiting: set[Mobile] = set()
         """Dormant carriers that wait for a usable path (Mobile.path_usable)."""
         self.unsubscribe: Callable[[], None] | None = None
+        self.monitor: PathMonitor | None = None
+        """The monitor `unsubscribe` belongs to (Rule 6)."""
+        self.refreshed = False
+        """refresh_interfaces() ran in this loop iteration (Rule 7)."""
         self.interfaces: tuple[Interface, ...] | None = None
         """The interfaces the last change came with (None: no change seen yet)."""
 
@@ -91,7 +111,7 @@ class Watch:
 
     def add(self, carrier: Mobile, interface: str | None, address: str | None,
             multipath: bool) -> None:
-        self.remove(carrier)
+        self._drop(carrier)  # re-indexed, still subscribed (Rule 6)
         self.keys[carrier] = (interface, address)
         if interface is not None:
             self.by_if.setdefault(interface, set()).add(carrier)
@@ -102,6 +122,17 @@ class Watch:
         self._subscribe()
 
     def remove(self, carrier: Mobile) -> None:
+        self._drop(carrier)
+        if not self.keys and not self.waiting:
+            self._unsubscribe()
+
+    @property
+    def subscribed(self) -> bool:
+        """Subscribed to a monitor that still runs (its snapshot is current)."""
+        monitor = self.monitor
+        return self.unsubscribe is not None and monitor is not None and not monitor.closed
+
+    def _drop(self, carrier: Mobile) -> None:
         keys = self.keys.pop(carrier, None)
         if keys is not None:
             interface, address = keys
@@ -109,22 +140,25 @@ class Watch:
             _discard(self.by_ip, address, carrier)
             self.multipath.discard(carrier)
         self.waiting.discard(carrier)
-        if not self.keys and not self.waiting:
-            self._unsubscribe()
 
     def wait(self, carrier: Mobile) -> None:
         self.waiting.add(carrier)
         self._subscribe()
 
     def _subscribe(self) -> None:
-        if self.unsubscribe is not None:
+        if self.subscribed:
             return
+        if self.unsubscribe is not None:  # the application closed that monitor (Rule 6)
+            self._unsubscribe()
         monitor = _monitor()
         if monitor is not None:
             self.unsubscribe = monitor.subscribe(self.changed)
+            self.monitor = monitor
 
     def _unsubscribe(self) -> None:
         unsubscribe, self.unsubscribe = self.unsubscribe, None
+        self.monitor = None
+        self.interfaces = None  # Rule 6: not kept past the subscription
         if unsubscribe is not None:
             unsubscribe()
 
@@ -242,11 +276,9 @@ def usable_addresses(decision: Decision | None, stack: str, family: str | None,
     """(local address, interface) pairs a carrier of `stack` may move to now, best first
     (Rule 4): its Decision's candidates of that stack and address family, on interfaces up
     in `interfaces` that still hold the address, not the interface or address that went,
-    and within `local_interface` / `local_address` when given. The carrier passes its
-    Local's address (a carrier asked for on one address never moves off it) and, for a
-    handover to a better path, its Local's interface; when the path under a Local naming an
-    interface goes away, a QUIC carrier may migrate off it rather than be lost (the Local
-    chose where it started; docs/multipath.md)."""
+    and within `local_interface` / `local_address` when given. The carrier moves by itself
+    only when its Local names neither (Rule 8: a Local naming one pins it there); an
+    application's own migrate() may pass its Local to stay within it."""
     if decision is None:
         return []
     pinned = canonical(local_address)
@@ -286,16 +318,30 @@ def has_usable_path(remote_families: Iterable[str] | None,
 
 def current_interfaces(loop: asyncio.AbstractEventLoop | None = None
                        ) -> tuple[Interface, ...]:
-    """The interfaces as the last change reported them, else the live snapshot now."""
+    """The interfaces now: the monitor's snapshot while the Watch is subscribed (Rule 6),
+    else the live snapshot discovered now."""
     if loop is None:
         loop = asyncio.get_running_loop()
     found = _WATCHES.get(loop)
-    if found is not None and found.interfaces is not None:
-        return found.interfaces
+    if found is not None and found.subscribed and found.monitor is not None:
+        return found.interfaces if found.interfaces is not None else found.monitor.interfaces
     return live.refresh()
 
 
-def refresh_interfaces() -> None:
+def refresh_interfaces(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Before a re-race after a change: the next decision discovers the interfaces afresh
-    (an unchanged list keeps its identity, so plans decided on it stay valid)."""
+    (an unchanged list keeps its identity, so plans decided on it stay valid). Skipped while
+    the Watch is subscribed (the monitor refreshed before it told us), and at most once per
+    loop iteration otherwise (Rule 7)."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    found = watch_of(loop)
+    if found.subscribed or found.refreshed:
+        return
+    found.refreshed = True
+    loop.call_soon(_refreshed, found)
     live.refresh()
+
+
+def _refreshed(found: Watch) -> None:
+    found.refreshed = False

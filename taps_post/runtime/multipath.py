@@ -23,6 +23,16 @@ the client's MP_CAPABLE is confirmed by the peer's first data ack, so a connecti
 was sent on yet is not), so a plan refused with ENOTCONN is applied again at each check and
 then once a second (`RETRY`, at most `RETRIES` times): one getsockopt and one genl request
 per second while the application has not sent anything yet.
+Rule 6: a controller never breaks its carrier: whatever applying the plan or reading the
+kernel raises is logged (an OSError at debug level, anything else as a bug with its
+traceback) and the checks go on being scheduled, so neither the activation that adopted the
+connection nor the timer is taken down by it.
+Rule 7: RFC 9622 `multipath`: only "active" makes an initiated carrier open subflows of its
+own (or report the kernel's); "passive" accepts the peer's subflows and opens none, and
+"disabled" none at all, so `control()` makes no controller unless the mode is "active".
+Rule 8: watching a connection is cheap: the subflow set is compared by its addresses and
+ports as `measure_subflows()` reads them (one getsockopt, no sock_diag lookups per subflow);
+the Paths of the subflows are built only when that set changed.
 """
 
 from __future__ import annotations
@@ -52,21 +62,28 @@ RETRIES = 120
 
 _log = logging.getLogger("taps_post.carrier")
 
+_Key = tuple[tuple[str, int], tuple[str, int]]
+"""A subflow by its local and remote address with ports."""
+
 
 def control(t: Transient, settings: Settings, interfaces: Sequence[Interface],
             emit: Callable[[CarrierEvent], None]) -> PathController | None:
-    """A PathController for MPTCP Transient `t` (None: multipath disabled by policy, no
-    plan, or the connection is not MPTCP after all)."""
-    if not settings.subflows or settings.multipath_policy == "disabled":
+    """A PathController for MPTCP Transient `t` of an initiated carrier (None: multipath
+    not "active" (Rule 7), no plan, or the connection is not MPTCP after all)."""
+    if not settings.subflows or settings.multipath != "active":
         return None
     if getattr(t, "mptcp_token", None) is None:
         return None
     manager = path_manager()
     if manager == "disabled":
         return None
-    controller = PathController(t, settings.subflows, tuple(interfaces), emit,
-                                userspace=manager == "userspace")
-    controller.changed(tuple(interfaces))
+    try:
+        controller = PathController(t, settings.subflows, tuple(interfaces), emit,
+                                    userspace=manager == "userspace")
+        controller.changed(tuple(interfaces))
+    except Exception:  # Rule 6: the activation that connected stands
+        _log.exception("mptcp path control failed")
+        return None
     return controller
 
 
@@ -74,7 +91,7 @@ class PathController:
     """Applies a subflow plan to one MPTCP connection (Rules 1, 2), reports its changes."""
 
     __slots__ = ("_asked", "_check", "_checks", "_emit", "_interfaces", "_pm", "_retries",
-                 "_seen", "_transient", "_withdrawn", "plan", "refused", "userspace",
+                 "_seen", "_seen_keys", "_transient", "_withdrawn", "plan", "refused", "userspace",
                  "waiting")
 
     def __init__(self, t: Transient, plan: tuple[tuple[str, str], ...],
@@ -87,8 +104,11 @@ class PathController:
         self._interfaces = interfaces
         self._emit = emit
         self._pm: Any = None
+        self._seen_keys: frozenset[_Key] = frozenset()
+        self._seen: dict[_Key, Path] = {}
+        """The subflows last seen (`_snapshot`), and their keys (Rule 8)."""
+        self._seen_keys = self._keys()
         self._seen = self._snapshot()
-        """The subflows last seen (`_snapshot`)."""
         self._check: asyncio.TimerHandle | None = None
         self._checks = 0
         self.refused: dict[str, str] = {}
@@ -136,6 +156,8 @@ class PathController:
             self._apply()
         except OSError as exc:  # no genl family, no token any more: report only
             _log.debug("mptcp path control unavailable: %s", exc)
+        except Exception:  # Rule 6: a bug here must not fail the carrier
+            _log.exception("mptcp path control failed")
 
     def _apply(self) -> None:
         t = self._transient
@@ -167,7 +189,9 @@ class PathController:
                 # on over the others at once instead of after retransmission timeouts)
                 # REMOVE_ADDR first, over a subflow that still works: the peer stops
                 # sending on this one now, not after its retransmission timeout
-                self._call(pm.remove, name, token, self._local_id(pm, token, local[0], initial))
+                local_id = self._local_id(pm, token, local[0], initial)
+                if local_id is not None:  # unknown: never REMOVE_ADDR id 0 (the initial's)
+                    self._call(pm.remove, name, token, local_id)
                 self._call(pm.destroy_subflow, name, token, local, far)
                 self._withdrawn.add((local, far))
                 continue
@@ -194,8 +218,10 @@ class PathController:
                 self._asked.add(name)
 
     def _local_id(self, pm: Any, token: int, ip: str,
-                  initial: tuple[str, int] | None) -> int:
-        """The address id the peer knows local address `ip` by (0: the initial one's)."""
+                  initial: tuple[str, int] | None) -> int | None:
+        """The address id the peer knows local address `ip` by (0: the initial one's);
+        None when the kernel cannot say (GET_ADDR by token needs Linux 6.7): then only the
+        subflow is destroyed, as a REMOVE_ADDR of id 0 would close the initial subflow."""
         if initial is not None and str(initial[0]) == ip:
             return 0
         try:
@@ -204,7 +230,7 @@ class PathController:
                     return int(entry.id)
         except OSError:
             pass
-        return 0
+        return None
 
     def _call(self, fn: Callable[..., None], name: str | None, *args: Any) -> bool:
         try:
@@ -257,13 +283,21 @@ class PathController:
             return
         self._check = self._transient.loop.call_later(delay, self._look)
 
-    def _snapshot(self) -> dict[tuple[str | None, tuple[str, int], tuple[str, int]], Path]:
-        """The subflows now, by interface and both addresses with their ports (a new
-        subflow between the same IPs, after the link came back, is a new one)."""
-        now: dict[tuple[str | None, tuple[str, int], tuple[str, int]], Path] = {}
+    def _keys(self) -> frozenset[_Key]:
+        """The subflows now as (local, remote) with their ports (Rule 8; a new subflow
+        between the same IPs, after the link came back, is a new one)."""
+        t = self._transient
+        measure = getattr(t, "measure_subflows", None)
+        flows = measure(self._interfaces) if measure is not None else t.subflows()
+        return frozenset((_address(s.local_address), _address(s.remote_address))
+                         for s in flows)
+
+    def _snapshot(self) -> dict[_Key, Path]:
+        """The Paths of the subflows now, by their keys."""
+        now: dict[_Key, Path] = {}
         for p in paths_of(self._transient, self._interfaces):
             if p.local_address is not None and p.remote_address is not None:
-                now[(p.interface, p.local_address, p.remote_address)] = p
+                now[(_address(p.local_address), _address(p.remote_address))] = p
         return now
 
     def _look(self) -> None:
@@ -271,14 +305,22 @@ class PathController:
         t = self._transient
         if not t.is_open:
             return
-        if self.waiting:
-            self._steer()
-        self.report()
-        self._schedule()
+        try:
+            if self.waiting:
+                self._steer()
+            self.report()
+        except Exception:  # Rule 6: the checks go on
+            _log.exception("mptcp path control failed")
+        finally:
+            self._schedule()
 
     def report(self) -> None:
         """Compare the kernel's subflows with those last seen: PathChange(None, new) for
         each subflow that appeared, PathChange(old, None) for each that went."""
+        keys = self._keys()
+        if keys == self._seen_keys:
+            return  # Rule 8: nothing changed, no Paths built
+        self._seen_keys = keys
         now = self._snapshot()
         before, self._seen = self._seen, now
         for key, p in now.items():
@@ -287,6 +329,10 @@ class PathController:
         for key, p in before.items():
             if key not in now:
                 self._emit(PathChange(p, None))
+
+
+def _address(address: Any) -> tuple[str, int]:
+    return (str(address[0]), int(address[1]))
 
 
 def _index(name: str) -> int | None:

@@ -65,6 +65,8 @@ EVENTS: Mapping[str, str] = {
     "attempt.failed": "rank, interface, stack, remote, elapsed_ms, kind, error",
     "attempt.won": "rank, interface, stack, remote, elapsed_ms",
     "attempt.cancelled": "rank, interface, stack, remote, elapsed_ms, reason",
+    "attempt.fallback": "rank, interface, stack, now (the stack in use), remote: an MPTCP "
+                        "attempt won as plain TCP (the peer or a middlebox fell back)",
     "race.finished": "outcome (won, failed, timeout, cancelled), elapsed_ms, winner (rank)",
     "carrier.active": "stack, interface, local, remote, rtt_ms, session_reused",
     "carrier.closed": "stack, remote, error (empty on a clean close)",

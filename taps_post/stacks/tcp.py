@@ -63,7 +63,7 @@ from ..core.framing import LENGTH, Framer, LengthPrefixFramer
 from ..core.messages import InMessage, Pending
 from ..core.path import PathStats, Subflow
 from ..decision.environment import Interface
-from ..errors import DeframingError
+from ..errors import DeframingError, MptcpRefusedError
 from ..system import mptcp, tcpinfo
 from ..system.mptcp import is_mptcp
 from .accept import Acceptor, backlog_for
@@ -82,11 +82,6 @@ FALLBACK = {"mptcp": "tcp", "tls-mptcp": "tls"}
 """The single-path stack an MPTCP stack's connection is after a fallback (Rule 7)."""
 _REFUSED = frozenset({errno.ENOPROTOOPT, errno.EPROTONOSUPPORT, errno.EINVAL})
 """socket(IPPROTO_MPTCP) errors of a kernel or namespace without MPTCP (Rule 10)."""
-
-
-class MptcpRefusedError(OSError):
-    """This kernel or network namespace refuses MPTCP sockets (Rule 10): the errno is the
-    kernel's (ENOPROTOOPT when net.mptcp.enabled=0), so racing classifies it `unsupported`."""
 
 
 def _mptcp_enabled_sysctl() -> str:

@@ -68,6 +68,120 @@ def test_the_index_tells_the_carriers_on_what_went_and_everyone_when_something_c
     run(main())
 
 
+def test_re_watching_a_carrier_keeps_the_subscription(run: Any) -> None:
+    """Re-indexing a carrier (after a migration) must not unsubscribe and subscribe again:
+    the monitor would drop the changes it queued for its next delivery (Rule 6)."""
+
+    async def main() -> None:
+        a = Told()
+        w = mobility.watch(a, ("198.18.1.1", 1000), "eth1")
+        assert w is not None
+        unsubscribe = w.unsubscribe
+        assert unsubscribe is not None
+        assert mobility.watch(a, ("198.18.2.1", 1000), "eth2") is w
+        assert w.unsubscribe is unsubscribe and w.subscribed
+        mobility.handle([change("link", "down", "eth1")], ())
+        mobility.handle([change("link", "down", "eth2")], ())
+        assert a.gone == [("eth2", None)]  # only its new path
+        mobility.unwatch(a, w)
+        assert w.unsubscribe is None
+
+    run(main())
+
+
+def test_a_watch_follows_a_monitor_the_application_closed(run: Any) -> None:
+    async def main() -> None:
+        a, b = Told(), Told()
+        w = mobility.watch(a, ("198.18.1.1", 1000), "eth1")
+        assert w is not None
+        old = path_monitor()
+        assert old.subscribers == 1
+        old.close()
+        mobility.watch(b, ("198.18.1.2", 1001), "eth1")
+        new = path_monitor()
+        assert new is not old and new.subscribers == 1 and w.monitor is new
+        mobility.unwatch(a, w)
+        mobility.unwatch(b, w)
+        assert new.subscribers == 0
+
+    run(main())
+
+
+def test_an_unsubscribed_watch_forgets_the_interfaces_it_was_told(run: Any) -> None:
+    async def main() -> None:
+        a = Told()
+        told = (Interface("eth9", "ethernet", True, (Address("198.18.9.1"),)),)
+        w = mobility.watch(a, ("198.18.9.1", 1000), "eth9")
+        assert w is not None
+        mobility.handle([change("link", "up", "eth8")], told)
+        assert mobility.current_interfaces() == told
+        mobility.unwatch(a, w)
+        assert w.interfaces is None
+        assert mobility.current_interfaces() != told  # the live snapshot, not an old one
+
+    run(main())
+
+
+def test_many_carriers_re_racing_discover_the_interfaces_once(run: Any,
+                                                              monkeypatch: Any) -> None:
+    calls: list[int] = []
+    refresh = mobility.live.refresh
+
+    def counted() -> tuple[Interface, ...]:
+        calls.append(1)
+        return refresh()
+
+    monkeypatch.setattr(mobility.live, "refresh", counted)
+
+    async def main() -> None:
+        for _ in range(1000):  # one loop iteration, no subscription: once
+            mobility.refresh_interfaces()
+        assert len(calls) == 1
+        await asyncio.sleep(0)
+        mobility.refresh_interfaces()
+        assert len(calls) == 2  # the next iteration discovers again
+        a = Told()
+        w = mobility.watch(a, ("198.18.1.1", 1000), "eth1")
+        await asyncio.sleep(0)
+        before = len(calls)
+        mobility.refresh_interfaces()  # subscribed: the monitor keeps the snapshot current
+        assert len(calls) == before
+        mobility.unwatch(a, w)
+
+    run(main())
+
+
+def test_withdrawing_a_subflow_never_removes_address_id_0_unless_it_is_the_initial() -> None:
+    """Before Linux 6.7 the userspace PM cannot list a token's addresses: the id of the
+    address is unknown, and REMOVE_ADDR of id 0 would close the initial subflow."""
+    from taps_post.runtime.multipath import PathController
+
+    class Refusing:
+        def local_addresses(self, token: int) -> list[Any]:
+            raise OSError(95, "GET_ADDR by token not supported")
+
+    initial = ("198.18.1.1", 40000)
+    assert PathController._local_id(Any, Refusing(), 7, "198.18.2.1", initial) is None
+    assert PathController._local_id(Any, Refusing(), 7, "198.18.1.1", initial) == 0
+
+
+def test_mptcp_refused_error_is_public_an_os_error_and_pickles() -> None:
+    import errno as errnos
+
+    from taps_post.stacks import tcp
+
+    exc = tp.MptcpRefusedError(errnos.ENOPROTOOPT, "refused")
+    assert isinstance(exc, OSError) and isinstance(exc, tp.TapsError)
+    back = pickle.loads(pickle.dumps(exc))
+    assert (type(back), back.errno, back.strerror) == \
+        (tp.MptcpRefusedError, errnos.ENOPROTOOPT, "refused")
+    assert tcp.MptcpRefusedError is tp.MptcpRefusedError
+    assert {"MptcpRefusedError", "Subflow", "SubflowPlan"} <= set(tp.__all__)
+    from taps_post.core.path import Subflow
+    from taps_post.decision.decision import SubflowPlan
+    assert tp.Subflow is Subflow and tp.SubflowPlan is SubflowPlan
+
+
 def test_a_raising_carrier_does_not_keep_the_others_in_the_dark(run: Any) -> None:
     class Broken(Told):
         def path_gone(self, interface: str | None, address: str | None,
@@ -166,6 +280,10 @@ def test_a_tcp_carrier_told_its_path_went_fails_over_by_itself(run: Any, tcp_pol
                         timeout=5)
             dormant = next(e for e in events if type(e) is tp.Dormant)
             assert isinstance(dormant.error, tp.PathLostError)
+            kinds = [type(e) for e in events]
+            lost = kinds.index(tp.PathChange)  # PathChange(old, None) first, then Dormant
+            assert lost < kinds.index(tp.Dormant), events
+            assert events[lost].old is not None and events[lost].new is None, events[lost]
             assert t.failure is dormant.error and carrier.transient is not t
             assert carrier.is_active
             for n in range(10, 20):
@@ -180,5 +298,87 @@ def test_a_tcp_carrier_told_its_path_went_fails_over_by_itself(run: Any, tcp_pol
             await carrier.close()
             await server.close()
             await second.close()
+
+    run(main())
+
+
+def test_a_path_usable_while_a_re_activation_fails_is_not_lost(run: Any, tcp_policy: Any,
+                                                                store: Any, until: Any) -> None:
+    """The wakeup that comes while the carrier's own re-activation is running (and then
+    fails) makes it look again instead of waiting dormant for a change that never comes.
+    Here: the peer's port is closed when the carrier re-races, and is listening again when
+    `path_usable` is told, during that failed race (at its race.finished)."""
+    import socket
+
+    async def main() -> None:
+        srv = socket.create_server((LO4, 0))
+        port = srv.getsockname()[1]
+        carrier: Any = None
+        again: list[socket.socket] = []
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            if (name == "race.finished" and info.get("outcome") != "won" and not again
+                    and carrier is not None and not carrier.is_active):
+                again.append(socket.create_server((LO4, port)))  # listening again
+                carrier.path_usable(path_monitor().interfaces)  # mid-activation
+
+        carrier = tp.initiate(f"{LO4}:{port}", policy=tcp_policy, store=store, trace=trace)
+        events: list[Any] = []
+        carrier.on_event(events.append)
+        await carrier.activate()
+        conn, _ = srv.accept()
+        srv.close()  # nothing listens: the carrier's first re-race is refused
+        try:
+            carrier.path_gone(None, LO4, path_monitor().interfaces)
+            await until(lambda: any(type(e) is tp.Ready and e.reactivated for e in events),
+                        timeout=5, what="Ready(reactivated) after the missed wakeup")
+            assert again, "the first re-race did not fail"
+            assert carrier.is_active
+        finally:
+            await carrier.close()
+            conn.close()
+            for s in again:
+                s.close()
+
+    run(main())
+
+
+def test_a_path_controller_that_raises_goes_on_checking(run: Any) -> None:
+    """runtime/multipath.py Rule 6: a bug reading the kernel is logged, and the timer that
+    re-reads the subflows is scheduled again all the same."""
+    from types import SimpleNamespace
+
+    from taps_post.runtime.multipath import CHECKS, PathController
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        class Flaky:
+            is_open = True
+            path = SimpleNamespace(local_address=None, remote_address=None)
+            broken = False
+            reads = 0
+
+            def __init__(self) -> None:
+                self.loop = loop
+
+            def subflows(self, interfaces: Any = ()) -> tuple[Any, ...]:
+                return ()
+
+            def measure_subflows(self, interfaces: Any = ()) -> tuple[Any, ...]:
+                self.reads += 1
+                if self.broken:
+                    raise RuntimeError("bug")
+                return ()
+
+        t = Flaky()
+        flaky: Any = t
+        controller = PathController(flaky, (("eth0", "primary"),), (), lambda e: None,
+                                    userspace=False)
+        t.broken = True
+        controller.changed(())
+        await asyncio.sleep(CHECKS[2] + 0.1)  # three checks, each raising
+        assert t.reads >= 4
+        controller.close()
 
     run(main())

@@ -7,7 +7,8 @@ that takes commands on stdin: a TCP carrier to `svc` (B's two IPv4 addresses; pa
 first), numbered messages each ending with on_acked or on_send_error, the carrier's events.
 Then path 1 goes away under it (`ip link set veth-a1 down`, or its address removed): the
 carrier must notice through the path monitor (not a TCP timeout), fail the connection with
-PathLostError, re-activate by itself on path 2 (PathChange, Ready(reactivated=True)) and
+PathLostError (PathChange(path 1, None), then Dormant), re-activate by itself on path 2
+(Ready(reactivated=True), PathChange(path 1, path 2)) and
 carry new messages; the server sees no message twice, every message acknowledged before the
 loss and every message sent after it exactly once. With one path only, the carrier goes
 dormant and comes back by itself when the link returns, with what was held kept. A QUIC
@@ -257,8 +258,8 @@ def test_tcp_carrier_moves_to_the_other_path_when_its_link_goes_down(scene: Scen
     assert "Dormant" in events and "PathChange" in events, events
     dormant = next(e for e in moved["events"] if e["type"] == "Dormant")
     assert dormant["error"] == "PathLostError", dormant
-    change = next(e for e in moved["events"] if e["type"] == "PathChange")
-    assert (change["old"], change["new"]) == (A1, A2), change
+    assert path_changes(moved) == [(A1, None), (A1, A2)], moved["events"]
+    assert lost_before_dormant(moved), moved["events"]
     seen = check_once(scene, report, dormant["t"])
     assert all(n in seen for n in range(50))  # acknowledged before the loss: there, once
     # The failover stall: the longest gap between arrivals at the server around the loss.
@@ -275,6 +276,17 @@ def test_tcp_carrier_moves_to_the_other_path_when_its_link_goes_down(scene: Scen
     assert stall < 3.0, stall
 
 
+def path_changes(report: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    return [(e["old"], e["new"]) for e in report["events"] if e["type"] == "PathChange"]
+
+
+def lost_before_dormant(report: dict[str, Any]) -> bool:
+    """PathChange(old, None) came right before Dormant (the path went, nothing carries on)."""
+    types = [(e["type"], e.get("new")) for e in report["events"] if e["type"] != "NetChange"]
+    at = types.index(("Dormant", None)) if ("Dormant", None) in types else -1
+    return at > 0 and types[at - 1] == ("PathChange", None)
+
+
 def test_tcp_carrier_moves_when_its_local_address_is_removed(scene: Scene) -> None:
     started = scene.ask(op="start", port=PORT)
     assert started["interface"] == A1, started
@@ -284,6 +296,7 @@ def test_tcp_carrier_moves_when_its_local_address_is_removed(scene: Scene) -> No
     moved = scene.wait_for(reactivated, timeout=10)
     dormant = next(e for e in moved["events"] if e["type"] == "Dormant")
     assert dormant["error"] == "PathLostError", moved["events"]
+    assert lost_before_dormant(moved), moved["events"]
     scene.ask(op="send", first=20, last=40)
     report = scene.wait_for(lambda r: len(r["ends"]) == 40, timeout=10)
     assert report["interface"] == A2, report
@@ -310,7 +323,9 @@ def test_tcp_carrier_with_one_path_waits_dormant_until_the_link_returns(scene: S
           "was started (the topology waits for carrier UP too)")
     report = scene.wait_for(lambda r: len(r["ends"]) == 30, timeout=10)
     assert report["interface"] == A1 and report["active"], report
-    assert "PathChange" not in kinds(report)  # the same route again is no new path
+    # the path went (old, None); the same route again is no new path: no second one
+    assert path_changes(report) == [(A1, None)], report["events"]
+    assert lost_before_dormant(report), report["events"]
     check_once(scene, report, lost_at)
 
 
@@ -334,8 +349,7 @@ def test_a_dormant_carrier_comes_back_on_an_interface_created_after_it_lost_its_
     report = scene.wait_for(reactivated, timeout=10)
     report = scene.wait_for(lambda r: len(r["ends"]) == 20, timeout=10)
     assert report["interface"] == p["a_if"] and report["active"], report
-    change = next(e for e in report["events"] if e["type"] == "PathChange")
-    assert (change["old"], change["new"]) == (A1, p["a_if"]), change
+    assert path_changes(report) == [(A1, None), (A1, p["a_if"])], report["events"]
     check_once(scene, report, lost_at)
 
 

@@ -207,6 +207,21 @@ def test_a_prohibited_interface_never_carries_a_subflow(scene: Scene) -> None:
         time.sleep(0.05)
 
 
+def test_a_passive_carrier_opens_no_subflow_of_its_own(scene: Scene) -> None:
+    """multipath: passive (RFC 9622): an initiated MPTCP carrier accepts the peer's subflows
+    and opens none itself; under the userspace PM the kernel opens none either, so only
+    the initial subflow on veth-a1 exists, however long the connection runs."""
+    started = scene.start({"multipath": "passive", "multipathPolicy": "aggregate"})
+    assert started["stack"] == "mptcp" and started["interface"] == A1, started
+    scene.ask(op="echo", count=5)  # fully established: a controller could open joins now
+    deadline = time.monotonic() + 2.5  # past the controller's last check (CHECKS)
+    while time.monotonic() < deadline:
+        out = scene.ask(op="echo", count=5)
+        assert [s["interface"] for s in out["subflows"]] == [A1], out
+        assert scene.kernel_sockets_from(A2_V4) == []
+        time.sleep(0.1)
+
+
 def test_an_avoided_interface_carries_only_a_backup_subflow(scene: Scene) -> None:
     started = scene.start({"interface.veth-a2": "avoid", "multipathPolicy": "aggregate"})
     assert started["stack"] == "mptcp" and started["interface"] == A1, started

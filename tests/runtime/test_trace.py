@@ -396,3 +396,37 @@ def test_a_failing_trace_callback_does_not_change_the_race() -> None:
     finally:
         logging.getLogger("taps_post").propagate = True
     assert isinstance(result, RaceResult) and result.candidate.rank == 2
+
+
+def emitted_names() -> dict[str, str]:
+    """Every event name the package passes to an emit() as a literal: `x.emit("name", ...)`
+    and racing's `_emit(tracer, "name", ...)`, with where it is emitted."""
+    import ast
+    from pathlib import Path
+
+    import taps_post
+
+    found: dict[str, str] = {}
+    root = Path(taps_post.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func, args = node.func, node.args
+            if isinstance(func, ast.Attribute) and func.attr == "emit" and args:
+                arg = args[0]
+            elif isinstance(func, ast.Name) and func.id == "_emit" and len(args) > 1:
+                arg = args[1]
+            else:
+                continue
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found[arg.value] = f"{path.relative_to(root)}:{node.lineno}"
+    return found
+
+
+def test_every_event_the_package_emits_is_listed_in_events() -> None:
+    names = emitted_names()
+    assert {"attempt.started", "attempt.fallback", "carrier.active"} <= set(names)  # scan works
+    unlisted = {name: where for name, where in names.items() if name not in EVENTS}
+    assert not unlisted, f"emitted but missing from runtime/trace.py EVENTS: {unlisted}"
