@@ -198,9 +198,14 @@ ENV_CASES = [
     pytest.param("mptcp:\n  pathManager: netlink\n", 2, 16,
                  "mptcp.pathManager: input should be 'kernel', 'userspace' or 'disabled', "
                  "got 'netlink'", id="mptcp-bad-path-manager"),
-    pytest.param("mptcp: {pathManager: kernel, endpoints: []}\n", 1, 30,
-                 "unknown key 'endpoints'; expected one of: pathManager",
+    pytest.param("mptcp: {pathManager: kernel, scheduler: default}\n", 1, 30,
+                 "unknown key 'scheduler'; expected one of: endpoints, pathManager",
                  id="mptcp-unknown-key"),
+    pytest.param("mptcp: {endpoints: [{address: 198.18.1.300}]}\n", 1, 31,
+                 "'198.18.1.300' is not an IP address", id="mptcp-endpoint-bad-address"),
+    pytest.param("mptcp: {endpoints: [{address: 198.18.1.1, flags: [signal, mesh]}]}\n",
+                 1, 59, "flags: input should be 'signal', 'subflow', 'backup', 'fullmesh' or "
+                 "'implicit', got 'mesh'", id="mptcp-endpoint-bad-flag"),
     pytest.param("mptcp: kernel\n", 1, 8, "mptcp: expected a mapping", id="mptcp-not-mapping"),
     pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: fallback}\n', 2, 42,
                  "outcome fallback is for a multipath stack (mptcp, tls-mptcp); tcp has "

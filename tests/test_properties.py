@@ -822,3 +822,28 @@ def test_a_fallback_ranks_the_plain_stack_first(env: dict[str, Any], secure: boo
         other = rank[(iface, plain, addr)]
         assert (c["key"]["history"] == "fallback") == covered
         assert (c["rank"] > other["rank"]) == covered, (c, other)
+
+
+@SETTINGS
+@given(scn=multipath_scenarios())
+def test_kernel_endpoints_on_excluded_interfaces_warn(scn: dict[str, Any]) -> None:
+    """Under the in-kernel path manager, explain warns about exactly the endpoints that sit
+    on an interface the policy excludes (docs/explain.md, "The Multipath block")."""
+    # Bound to its interface with `dev` (addresses repeat across interfaces in these
+    # environments, so an address alone would not say which one it is on).
+    endpoints = [{"address": (i["addresses"][0] if isinstance(i["addresses"][0], str)
+                              else i["addresses"][0]["address"]), "id": n,
+                  "interface": i["name"]}
+                 for n, i in enumerate(scn["env"]["interfaces"]) if i.get("addresses")]
+    scn["env"] = {**scn["env"], "mptcp": {"pathManager": "kernel", "endpoints": endpoints}}
+    d = explain(scn).to_dict()
+    warned = {w.split(" is on ")[1].split(",")[0] for w in d["warnings"]
+              if w.startswith("kernel MPTCP endpoint")}
+    if not d["multipath"]["opens_subflows"] or d["outcome"] == "policy_prohibited":
+        assert warned == set()
+        return
+    barred = {e["interface"] for e in d["excluded"]
+              if e["interface"] and not e["stack"] and not e["remote_address"]}
+    holders = {i["name"] for i in scn["env"]["interfaces"] if i.get("addresses")}
+    event(f"{len(warned)} warned")
+    assert warned == barred & holders

@@ -22,6 +22,9 @@ like every other address: a prohibited (or not required) family never appears in
 Rule 6: a "fallback" in the history (the peer answered an MPTCP SYN as plain TCP) withdraws
 the multipath bonus from that stack for that remote and ranks its history after "no entry",
 so the plain counterpart goes first without costing the MPTCP attempt again.
+Rule 7: under the in-kernel path manager the kernel opens subflows from its own endpoints
+(`ip mptcp endpoint`), not from the plan; an endpoint on an interface the policy excludes is
+a warning, because the library cannot stop the kernel from using it.
 """
 
 from __future__ import annotations
@@ -181,7 +184,37 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                              {iface.name: node for iface, node in paths}, effective,
                              _listen_extra(paths, endpoint_ok, temp_pref, effective,
                                            request.port))
+        if env.path_manager == "kernel":
+            warnings.extend(_endpoint_warnings(env, interfaces, excluded))
     return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows)
+
+
+def _endpoint_warnings(env: Environment, interfaces: Sequence[Interface],
+                       excluded: Sequence[Exclusion]) -> list[str]:
+    """Rule 7: each kernel endpoint that sits on an interface the policy excludes."""
+    barred = {e.interface: e for e in excluded
+              if e.interface and not e.stack and not e.remote_address}
+    if not barred or not env.mptcp_endpoints:
+        return []
+    out: list[str] = []
+    for ep in env.mptcp_endpoints:
+        # Bound with `dev`: that interface; else every interface holding the address.
+        names = [ep.interface] if ep.interface else [
+            i.name for i in interfaces if any(a.address == ep.address for a in i.addresses)]
+        name = next((n for n in names if n in barred), None)
+        if name is None:
+            continue
+        e = barred[name]
+        why = e.outcome + (f" by {e.property}" if e.property else "") + (
+            f" ({e.layer} rule {e.rule}, {e.source})" if e.rule else "")
+        ident = f"id {ep.id} " if ep.id is not None else ""
+        flags = f" [{','.join(ep.flags)}]" if ep.flags else ""
+        out.append(f"kernel MPTCP endpoint {ident}{ep.address}{flags} is on {name}, which the "
+                   f"policy excludes ({why}): the in-kernel path manager may still use it for "
+                   f"subflows; delete it (ip mptcp endpoint delete "
+                   f"{f'id {ep.id}' if ep.id is not None else 'id N'}) or use the userspace "
+                   f"path manager")
+    return out
 
 
 def _interleave(answers: Sequence[str], effective: Effectives) -> list[tuple[str, str]]:

@@ -40,6 +40,7 @@ from .environment import (
     CacheEntry,
     Environment,
     Interface,
+    MptcpEndpoint,
     host_name_problem,
     interface_name_problem,
     shown,
@@ -192,6 +193,28 @@ class CacheItem(BaseModel):
         return _ip(value)
 
 
+class EndpointItem(BaseModel):
+    """One in-kernel path manager endpoint, as `ip mptcp endpoint show` lists it."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str = Field(..., description="The endpoint's local IP address")
+    interface: str | None = Field(
+        None, description="The dev it is bound to; absent: the interface holding address")
+    flags: list[Literal["signal", "subflow", "backup", "fullmesh", "implicit"]] = Field(
+        default_factory=list)
+    id: int | None = Field(None, ge=0, le=255)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _ip(value) or value
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, value: str | None) -> str | None:
+        return _interface_name(value)
+
+
 class MptcpEntry(BaseModel):
     """The namespace's MPTCP state, as `taps-post interfaces --format json` reports it."""
 
@@ -200,6 +223,10 @@ class MptcpEntry(BaseModel):
         None, alias="pathManager",
         description="The MPTCP path manager in force: kernel (net.mptcp.pm_type=0), "
                     "userspace (pm_type=1), or disabled (net.mptcp.enabled=0); absent: unknown")
+    endpoints: list[EndpointItem] = Field(
+        default_factory=list,
+        description="The in-kernel path manager's endpoints (ip mptcp endpoint show): explain "
+                    "warns about one on an interface the policy excludes")
 
 
 class EnvDocument(BaseModel):
@@ -304,5 +331,8 @@ def _build(data: Any, pos: Positions) -> Environment:
         raise InputError(problems)
     cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
                              c.interface, c.address) for c in doc.cache)
+    endpoints = tuple(MptcpEndpoint(e.address, e.interface, tuple(e.flags), e.id)
+                      for e in (doc.mptcp.endpoints if doc.mptcp else ()))
     return Environment(tuple(interfaces), dns, cache, source=pos.source,
-                       path_manager=doc.mptcp.path_manager if doc.mptcp else None)
+                       path_manager=doc.mptcp.path_manager if doc.mptcp else None,
+                       mptcp_endpoints=endpoints)

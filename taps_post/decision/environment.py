@@ -23,6 +23,7 @@ __all__ = [
     "CacheEntry",
     "Environment",
     "Interface",
+    "MptcpEndpoint",
     "host_name_problem",
     "interface_name_problem",
     "shown",
@@ -172,6 +173,20 @@ class CacheEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class MptcpEndpoint:
+    """One in-kernel MPTCP path manager endpoint (`ip mptcp endpoint show`): under the kernel
+    path manager the kernel opens subflows from these, whatever the policy says, so explain
+    warns about one on an interface the policy excludes."""
+
+    address: str
+    interface: str | None = None
+    """The `dev` it is bound to; None: the interface holding `address`."""
+    flags: tuple[str, ...] = ()
+    """Of "signal", "subflow", "backup", "fullmesh", "implicit"."""
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Environment:
     """Interfaces, DNS answers and the Association cache a decision is made against: passed
     in, never looked up, which is what keeps decide() pure and a dry run reproducible."""
@@ -184,6 +199,8 @@ class Environment:
     path_manager: str | None = None
     """The MPTCP path manager in force: "kernel", "userspace", "disabled" (MPTCP off), or
     None when unknown (a snapshot that does not say)."""
+    mptcp_endpoints: tuple[MptcpEndpoint, ...] = ()
+    """The in-kernel path manager's endpoints (`mptcp: {endpoints: [...]}` in a snapshot)."""
 
     def with_dns(self, name: str, addresses: Sequence[str]) -> Environment:
         dns = dict(self.dns)
@@ -221,6 +238,18 @@ class Environment:
                 ) if v is not None}
                 for c in self.cache
             ],
-            **({"mptcp": {"pathManager": self.path_manager}}
-               if self.path_manager is not None else {}),
+            **({"mptcp": self._mptcp_dict()}
+               if self.path_manager is not None or self.mptcp_endpoints else {}),
         }
+
+    def _mptcp_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.path_manager is not None:
+            out["pathManager"] = self.path_manager
+        if self.mptcp_endpoints:
+            out["endpoints"] = [
+                {k: v for k, v in (("address", e.address), ("interface", e.interface),
+                                   ("flags", list(e.flags)), ("id", e.id))
+                 if v is not None}
+                for e in self.mptcp_endpoints]
+        return out
