@@ -29,44 +29,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netns import A1, A2, A2_V4, B1_V4, NsProcess, Topology, topology
+from netns import A1, A2, A2_V4, B1_V4, COMMAND_LOOP, ECHO_LISTENER, NsProcess, Topology, topology
 
 PORT = 5002
 
-SERVER = r"""
-import asyncio, json, sys
-import taps_post as tp
+SERVER = ECHO_LISTENER
+"""An echo listener (in-kernel PM in B, which accepts joins up to its limits)."""
 
-PORT = int(sys.argv[1])
-
-async def serve(carrier):
-    try:
-        async for msg in carrier:
-            await carrier.send(bytes(msg))
-    except tp.ConnectionClosedError:
-        pass
-    finally:
-        await carrier.close()
-
-async def main():
-    policy = tp.PolicyContext(system=[], app_name="srv")
-    listener = await tp.listen(tp.Local(port=PORT), policy=policy)
-    tasks = set()
-
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    listener.accept(accept)
-    print(json.dumps({"ports": listener.ports}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await listener.close()
-
-asyncio.run(main())
-"""
-
-CLIENT = r"""
+CLIENT = COMMAND_LOOP + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 
@@ -111,16 +81,7 @@ async def command(cmd):
         return {**report(carrier), "echo_ms": (time.monotonic() - started) * 1000}
     raise ValueError(cmd["op"])
 
-async def main():
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        try:
-            out = await command(json.loads(line))
-        except Exception as exc:
-            out = {"unexpected": repr(exc)}
-        print(json.dumps(out), flush=True)
-
-asyncio.run(main())
+asyncio.run(command_loop(command))
 """
 
 
@@ -130,9 +91,7 @@ class Scene:
     client: NsProcess
 
     def ask(self, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
-        out: dict[str, Any] = self.client.request(cmd, timeout)
-        assert "unexpected" not in out, out["unexpected"]
-        return out
+        return self.client.ask(cmd, timeout)
 
     def start(self, rules: dict[str, Any]) -> dict[str, Any]:
         return self.ask(op="start", target=f"tcp://{B1_V4}:{PORT}",
