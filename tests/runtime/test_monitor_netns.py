@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from netns import NsProcess, Topology, topology_fixture
+from netns import COMMAND_LOOP, ECHO_LISTENER, NsProcess, Topology, topology_fixture
 
 topo = topology_fixture(prefix="tpm")
 
@@ -37,7 +37,7 @@ PORT = 5311
 LATENCY = 0.5
 """Seconds from `ip` having returned to the subscriber's callback (measured: a few ms)."""
 
-MONITOR = r"""
+MONITOR = COMMAND_LOOP + r"""
 import asyncio, json, logging, os, sys, time
 if len(sys.argv) > 1 and sys.argv[1] == "poll":
     os.environ["TAPS_POST_MONITOR"] = "poll"
@@ -126,7 +126,6 @@ async def command(cmd, state):
     return {"unknown": op}
 
 async def main():
-    loop = asyncio.get_running_loop()
     mon = tp.path_monitor() if hasattr(tp, "path_monitor") else monitor_module.path_monitor()
     assert mon is monitor_module.path_monitor()
     state = {"monitor": mon, "cursor": 0}
@@ -141,50 +140,18 @@ async def main():
     mode = await mon.started()
     print(json.dumps({"mode": mode, "next_poll": mon.next_poll, "fd": mon.fileno(),
                       "pid": os.getpid()}), flush=True)
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        try:
-            out = await command(json.loads(line), state)
-        except Exception as exc:
-            out = {"unexpected": repr(exc)}
-        print(json.dumps(out), flush=True)
+    await command_loop(lambda cmd: command(cmd, state))
     mon.close()
     await state["consumer"]
 
 asyncio.run(main())
 """
 
-SERVER = r"""
-import asyncio, json, sys
-import taps_post as tp
-
-async def serve(carrier):
-    try:
-        async for msg in carrier:
-            await carrier.send(b"echo:" + bytes(msg))
-    finally:
-        await carrier.close()
-
-async def main():
-    listener = await tp.listen(tp.Local(port=int(sys.argv[1])),
-                               policy=tp.PolicyContext(system=[], app_name="srv"))
-    print(json.dumps({"ports": listener.ports}), flush=True)
-    tasks = set()
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    listener.accept(accept)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-    await listener.close()
-
-asyncio.run(main())
-"""
+SERVER = ECHO_LISTENER
 
 
 def ask(proc: NsProcess, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
-    out: dict[str, Any] = proc.request(cmd, timeout)
-    assert "unexpected" not in out, out["unexpected"]
-    return out
+    return proc.ask(cmd, timeout)
 
 
 def wait(proc: NsProcess, *change: str | None, timeout: float = 3.0) -> dict[str, Any]:
