@@ -31,11 +31,23 @@ import taps_post as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netns import A1, A1_V4, A2, A2_V4, B1_V4, B2_V4, NsProcess, Topology, topology
+from netns import (
+    A1,
+    A1_V4,
+    A2,
+    A2_V4,
+    B1_V4,
+    B2_V4,
+    COMMAND_LOOP,
+    SERVE_CARRIERS,
+    NsProcess,
+    Topology,
+    topology,
+)
 
 PORT = 5001
 
-SERVER = r"""
+SERVER = SERVE_CARRIERS + COMMAND_LOOP + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 
@@ -53,27 +65,21 @@ async def serve(carrier):
     finally:
         await carrier.close()
 
+async def report(cmd):
+    return {"seen": SEEN, "peers": PEERS}
+
 async def main():
     policy = tp.PolicyContext(system=[], app_name="srv")
     listener = await tp.listen(tp.Local(port=PORT), policy=policy)
-    tasks = set()
-
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    listener.accept(accept)
+    serve_carriers(listener, serve)
     print(json.dumps({"ports": listener.ports}), flush=True)
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        print(json.dumps({"seen": SEEN, "peers": PEERS}), flush=True)
+    await command_loop(report)  # every command: what arrived so far
     await listener.close()
 
 asyncio.run(main())
 """
 
-CLIENT = r"""
+CLIENT = COMMAND_LOOP + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 
@@ -158,16 +164,7 @@ async def command(cmd):
         return report(carrier)
     raise ValueError(op)
 
-async def main():
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        try:
-            out = await command(json.loads(line))
-        except Exception as exc:
-            out = {"unexpected": repr(exc)}
-        print(json.dumps(out), flush=True)
-
-asyncio.run(main())
+asyncio.run(command_loop(command))
 """
 
 
@@ -178,12 +175,10 @@ class Scene:
     client: NsProcess
 
     def ask(self, timeout: float = 10.0, **cmd: Any) -> dict[str, Any]:
-        out: dict[str, Any] = self.client.request(cmd, timeout)
-        assert "unexpected" not in out, out["unexpected"]
-        return out
+        return self.client.ask(cmd, timeout)
 
     def seen(self) -> dict[int, list[float]]:
-        out = self.server.request({"op": "report"}, 5.0)
+        out = self.server.ask({"op": "report"}, 5.0)
         return {int(k): v for k, v in out["seen"].items()}
 
     def wait_for(self, what: Any, timeout: float = 10.0) -> dict[str, Any]:
@@ -383,7 +378,7 @@ async def main():
 asyncio.run(main())
 """
 
-QUIC_CLIENT = r"""
+QUIC_CLIENT = COMMAND_LOOP + r"""
 import asyncio, json, sys, time
 import taps_post as tp
 
