@@ -65,7 +65,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import ipaddress
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -874,7 +873,7 @@ class Carrier:
             if remote is not None and remote.addresses:
                 families = {"ipv6" if ":" in a else "ipv4" for a in remote.addresses}
             loopback = remote is not None and bool(remote.addresses) and all(
-                _loopback(a) for a in remote.addresses or ())
+                mobility.is_loopback(a) for a in remote.addresses or ())
             while True:
                 self._recheck = False
                 if interfaces is None:
@@ -1472,11 +1471,6 @@ def _multipath(stack: str) -> bool:
         return bool(stacks.info(stack).multipath_capable)
     except KeyError:
         return False
-
-
-def _loopback(address: str) -> bool:
-    ip = mobility.canonical(address)
-    return ip is not None and ipaddress.ip_address(ip).is_loopback
 
 
 def _lost_subflow(s: Any, interface: str | None, address: str | None) -> bool:

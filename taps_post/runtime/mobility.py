@@ -53,6 +53,7 @@ from ..system import live
 from .monitor import PathMonitor, path_monitor
 
 __all__ = ["Mobile", "Watch", "canonical", "current_interfaces", "handle", "has_usable_path",
+           "is_loopback",
            "refresh_interfaces", "unwatch", "usable_addresses", "wait_for_path", "watch",
            "watch_of"]
 
@@ -82,6 +83,13 @@ def canonical(address: str | None) -> str | None:
 
 def _loopback(ip: str) -> bool:
     return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
+
+
+def is_loopback(address: str | None) -> bool:
+    """A loopback address (127/8, ::1, or IPv4 loopback mapped into IPv6): nothing a change
+    of the network can take away, so a carrier there is not watched (Rule 1)."""
+    ip = canonical(address)
+    return ip is not None and _loopback(ip)
 
 
 class Watch:

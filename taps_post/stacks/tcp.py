@@ -86,11 +86,10 @@ _REFUSED = frozenset({errno.ENOPROTOOPT, errno.EPROTONOSUPPORT, errno.EINVAL})
 
 def _mptcp_enabled_sysctl() -> str:
     """net.mptcp.enabled of this namespace as text, for an error message."""
-    try:
-        with open("/proc/sys/net/mptcp/enabled", encoding="ascii") as fh:
-            return fh.read().strip() or "empty"
-    except OSError:
+    value = mptcp.sysctl("enabled")
+    if value is None:
         return "absent (no MPTCP in this kernel)"
+    return value or "empty"
 
 
 def _is_loopback(address: str) -> bool:
@@ -514,7 +513,7 @@ class StreamTransient(Transient, asyncio.Protocol):
         (each subflow's own figures are in `subflows()` and the carrier's paths)."""
         stats = tcpinfo.path_stats(self.raw_socket)
         if stats.rtt_ms is None and self.multipath_in_use():
-            flows = self.subflows()
+            flows = self.measure_subflows()  # the figures only: no backup-flag lookups
             if flows:
                 return flows[0].stats
         return stats

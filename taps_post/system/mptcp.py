@@ -80,6 +80,7 @@ __all__ = [
     "read_info",
     "read_subflows",
     "subflow_addresses",
+    "sysctl",
 ]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
@@ -581,7 +582,9 @@ def _diag_one(channel: Any, request_class: Any, local: tuple[str, int],
 
 # -- path manager and endpoints ------------------------------------------------------------
 
-def _proc(name: str) -> str | None:
+def sysctl(name: str) -> str | None:
+    """net.mptcp.NAME of the calling process's network namespace, as text; None when the
+    kernel has no such setting (no MPTCP built in, or an older kernel)."""
     try:
         with open(f"{_PROC}/{name}") as fh:
             return fh.read().strip()
@@ -592,12 +595,12 @@ def _proc(name: str) -> str | None:
 def path_manager() -> str:
     """"disabled" (net.mptcp.enabled 0 or absent), "userspace" (pm_type=1 or
     path_manager=userspace) or "kernel", read in the calling process's network namespace."""
-    if _proc("enabled") in (None, "0"):
+    if sysctl("enabled") in (None, "0"):
         return "disabled"
-    named = _proc("path_manager")
+    named = sysctl("path_manager")
     if named is not None:
         return "userspace" if named == "userspace" else "kernel"
-    return "userspace" if _proc("pm_type") == "1" else "kernel"
+    return "userspace" if sysctl("pm_type") == "1" else "kernel"
 
 
 def kernel_endpoints(timeout: float = NETLINK_TIMEOUT) -> tuple[Endpoint, ...]:
