@@ -62,3 +62,25 @@ ENV: dict[str, Any] = {
     "dns": {"example.com": ["2001:db8::5", "203.0.113.5"]},
     "cache": [],
 }
+
+
+def disable_active_migration(quic: Any) -> None:
+    """Make an aioquic server connection (`QuicConnection`) announce disable_active_migration
+    (RFC 9000 section 18.2), which aioquic has no option for: what it serializes as its
+    transport parameters is decoded, flagged and encoded again with aioquic's public codec."""
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import (
+        pull_quic_transport_parameters,
+        push_quic_transport_parameters,
+    )
+
+    serialize = quic._serialize_transport_parameters
+
+    def with_flag() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=serialize()))
+        params.disable_active_migration = True
+        buf = Buffer(capacity=4096)
+        push_quic_transport_parameters(buf, params)
+        return bytes(buf.data)
+
+    quic._serialize_transport_parameters = with_flag

@@ -310,19 +310,7 @@ class Topology:
             self.exec(ns, "sh", "-c", "for k in all default; do "
                       "echo 0 > /proc/sys/net/ipv6/conf/$k/accept_dad; done", check=False)
         for n, p in PATHS.items():
-            # Distinct ifindexes on the two ends (A: 1n, B: 2n): a veth whose ifindex equals
-            # its peer's is not an "urgent" linkwatch event, and its carrier shows up ~1 s late.
-            veth = _run(["ip", "-n", self.a, "link", "add", p["a_if"], "index", f"1{n}",
-                         "type", "veth", "peer", "name", p["b_if"], "index", f"2{n}",
-                         "netns", self.b], check=False)
-            if veth.returncode != 0:
-                raise _Unavailable(f"kernel cannot create veth pairs: {veth.stderr.strip()}")
-            for ns, side in ((self.a, "a"), (self.b, "b")):
-                dev = p[f"{side}_if"]
-                _run(["ip", "-n", ns, "addr", "add", f"{p[side + '4']}/24", "dev", dev])
-                _run(["ip", "-n", ns, "-6", "addr", "add", f"{p[side + '6']}/64", "dev", dev,
-                      "nodad"])
-                _run(["ip", "-n", ns, "link", "set", dev, "up"])
+            self._veth(n, p)
         for ns in (self.a, self.b):
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         self._wait_carrier()
@@ -335,6 +323,22 @@ class Topology:
                       ph["b4"], "dev", ph["a_if"], "metric", "1000"])
                 _run(["ip", "-n", self.a, "-6", "route", "add", f"fd00:{there}::/64", "via",
                       ph["b6"], "dev", ph["a_if"], "metric", "1000"])
+
+    def _veth(self, n: int, p: dict[str, str]) -> None:
+        """Path `n`: the veth pair named and addressed as `p` says, up on both ends."""
+        # Distinct ifindexes on the two ends (A: 1n, B: 2n): a veth whose ifindex equals its
+        # peer's is not an "urgent" linkwatch event, and its carrier shows up ~1 s late.
+        veth = _run(["ip", "-n", self.a, "link", "add", p["a_if"], "index", f"1{n}",
+                     "type", "veth", "peer", "name", p["b_if"], "index", f"2{n}",
+                     "netns", self.b], check=False)
+        if veth.returncode != 0:
+            raise _Unavailable(f"kernel cannot create veth pairs: {veth.stderr.strip()}")
+        for ns, side in ((self.a, "a"), (self.b, "b")):
+            dev = p[f"{side}_if"]
+            _run(["ip", "-n", ns, "addr", "add", f"{p[side + '4']}/24", "dev", dev])
+            _run(["ip", "-n", ns, "-6", "addr", "add", f"{p[side + '6']}/64", "dev", dev,
+                  "nodad"])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
 
     def _wait_carrier(self, timeout: float = 5.0) -> None:
         """Wait until every veth end is operationally UP: until then the device drops what
@@ -526,14 +530,7 @@ class Topology:
         names and addresses like `PATHS[n]`."""
         p = {"a_if": f"veth-a{n}", "b_if": f"veth-b{n}", "a4": f"198.18.{n}.1",
              "a6": f"fd00:{n}::1", "b4": f"198.18.{n}.2", "b6": f"fd00:{n}::2"}
-        _run(["ip", "-n", self.a, "link", "add", p["a_if"], "index", f"1{n}", "type", "veth",
-              "peer", "name", p["b_if"], "index", f"2{n}", "netns", self.b])
-        for ns, side in ((self.a, "a"), (self.b, "b")):
-            dev = p[f"{side}_if"]
-            _run(["ip", "-n", ns, "addr", "add", f"{p[side + '4']}/24", "dev", dev])
-            _run(["ip", "-n", ns, "-6", "addr", "add", f"{p[side + '6']}/64", "dev", dev,
-                  "nodad"])
-            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        self._veth(n, p)
         self._wait_carrier()
         return p
 

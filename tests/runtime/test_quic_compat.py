@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
+from helpers import disable_active_migration
 from taps_post.stacks import quic as quic_stack
 from taps_post.stacks.quic.compat import (
     active_path_validated,
@@ -571,28 +572,13 @@ def test_peer_disables_migration_reads_the_servers_transport_parameter(cert: Any
     """aioquic's server has no option to send disable_active_migration, so this one adds it
     to what it serializes (with aioquic's public transport parameter codec); our client
     must then see it, and a server that does not send it (aioquic's default) reads False."""
-    from aioquic.buffer import Buffer
-    from aioquic.quic.packet import (
-        pull_quic_transport_parameters,
-        push_quic_transport_parameters,
-    )
-
     plain = make_pair(cert)
     assert not peer_disables_migration(plain.client)  # nothing received yet
     plain.handshake()
     assert not peer_disables_migration(plain.client)
 
     pair = make_pair(cert)
-    serialize = pair.server._serialize_transport_parameters
-
-    def with_flag() -> bytes:
-        params = pull_quic_transport_parameters(Buffer(data=serialize()))
-        params.disable_active_migration = True
-        buf = Buffer(capacity=4096)
-        push_quic_transport_parameters(buf, params)
-        return bytes(buf.data)
-
-    pair.server._serialize_transport_parameters = with_flag  # type: ignore[method-assign]
+    disable_active_migration(pair.server)
     pair.handshake()
     assert peer_disables_migration(pair.client)
 

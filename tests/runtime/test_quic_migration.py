@@ -24,15 +24,13 @@ from typing import Any
 import pytest
 from aioquic.asyncio import serve
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
-from helpers import frame, quic_policy
+from helpers import disable_active_migration, frame, quic_policy
 from taps_post.runtime.path import Path
 from taps_post.stacks.quic.compat import active_path_validated, peer_connection_id
 
@@ -300,16 +298,7 @@ async def aioquic_echo(cert: tp.certs.Certificate, *, no_migration: bool = False
             self.sources: set[Any] = set()
             protocols.append(self)
             if no_migration:
-                serialize = self._quic._serialize_transport_parameters
-
-                def with_flag() -> bytes:
-                    params = pull_quic_transport_parameters(Buffer(data=serialize()))
-                    params.disable_active_migration = True
-                    buf = Buffer(capacity=4096)
-                    push_quic_transport_parameters(buf, params)
-                    return bytes(buf.data)
-
-                self._quic._serialize_transport_parameters = with_flag
+                disable_active_migration(self._quic)
 
         def datagram_received(self, data: bytes | str, addr: Any) -> None:
             self.sources.add(addr)
