@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .decision.envfile import EnvDocument
 from .policy import catalog
@@ -136,10 +136,12 @@ class _ConflictOut(_Strict):
 
 
 class _KeyOut(_Strict):
+    recent_failure: bool
     path_prefer: int
     path_avoid: int
     protocol_prefer: int
     protocol_avoid: int
+    service_priority: int
     history: Literal["success", "none", "fallback", "failure"]
     rtt_ms: float | None
     cost: int
@@ -157,6 +159,7 @@ class _CandidateOut(_Strict):
     remote_port: int
     family: Literal["ipv4", "ipv6"]
     start_ms: int
+    pass_: int = Field(alias="pass")
     key: _KeyOut
 
 
@@ -192,6 +195,47 @@ class _MultipathOut(_Strict):
     subflows: list[_SubflowOut]
 
 
+class _PassOut(_Strict):
+    number: int
+    at_ms: float
+    trigger: str
+    answers: list[str]
+
+
+class _ServiceOut(_Strict):
+    name: str
+    priority: int
+    target: str
+    port: int
+    alpn: list[str]
+    stacks: list[str]
+    ech: bool
+    alias_chain: list[str]
+    reason: str
+
+
+class _DelayOut(_Strict):
+    ms: int
+    source: Literal["policy", "history"]
+    reason: str
+
+
+class _DaneOut(_Strict):
+    mode: Literal["off", "opportunistic", "require"]
+    name: str | None
+    records: int
+    validated: bool
+    usable: int
+    reason: str
+
+
+class _ResolutionOut(_Strict):
+    passes: list[_PassOut]
+    services: list[_ServiceOut]
+    attempt_delay: _DelayOut | None
+    dane: _DaneOut | None
+
+
 class ExplainOutput(_Strict):
     """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
@@ -204,6 +248,7 @@ class ExplainOutput(_Strict):
     candidates: list[_CandidateOut]
     excluded: list[_ExcludedOut]
     multipath: _MultipathOut
+    resolution: _ResolutionOut
     outcome: Literal["ok", "no_candidates", "policy_prohibited"]
     warnings: list[str]
 

@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "useTemporaryLocalAddress": "prefer", "maxCost": None, "multipath": "disabled",
     "multipathPolicy": "handover",
     "racing.attemptDelay": 250, "racing.resolutionDelay": 50, "connTimeout": 30000,
+    "racing.minAttemptDelay": 100, "racing.maxAttemptDelay": 2000,
+    "racing.failureMemory": 600000, "dns.svcbSchemes": ["https", "quic"],
+    "security.ech": "prefer", "security.dane": "opportunistic",
     "message.maxSize": 16 * 1024 * 1024, "security.minTlsVersion": "1.2",
     "security.verifyPeer": True, "security.sessionCache": True, "security.alpn": None,
     "security.clientAuth": "none", "carrier.reactivate": True, "carrier.maxHandlers": 16,
@@ -59,7 +62,8 @@ LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive",
                    "carrier.idleTimeout": 30000}
 MAP_PREFIXES = ("stack.", "interface.", "pvd.", "addressFamily.")
 NON_PREFERENCE = {"maxCost", "multipath", "multipathPolicy", "racing.attemptDelay",
-                  "racing.resolutionDelay",
+                  "racing.resolutionDelay", "racing.minAttemptDelay", "racing.maxAttemptDelay",
+                  "racing.failureMemory", "dns.svcbSchemes", "security.ech", "security.dane",
                   "connTimeout", "message.maxSize", "security.minTlsVersion",
                   "security.verifyPeer", "security.sessionCache", "security.alpn",
                   "security.clientAuth", "carrier.reactivate", "carrier.maxHandlers",
@@ -75,7 +79,7 @@ DIRECTION = {"maxCost": "smaller", "message.maxSize": "smaller",
              "carrier.reactivate": "false", "carrier.maxHandlers": "smaller",
              "carrier.forkParallel": "false", "carrier.recvBudget": "smaller",
              "carrier.sendBudget": "smaller", "listener.maxHandshakes": "smaller",
-             "listener.retry": "larger"}
+             "listener.retry": "larger", "security.ech": "larger", "security.dane": "larger"}
 PREF_STRENGTH = {"prohibit": 4, "require": 3, "avoid": 2, "prefer": 1, "no_preference": 0}
 HARD, SOFT = {"require", "prohibit"}, {"prefer", "avoid"}
 PROFILES = {
@@ -120,7 +124,7 @@ def normalise(key: str, value: Any) -> Any:
     """A value as a policy author wrote it -> as explain JSON shows it."""
     if key == "security.minTlsVersion":
         return str(value)
-    if key in ("security.alpn", "message.dscp") and isinstance(value, str):
+    if key in ("security.alpn", "message.dscp", "dns.svcbSchemes") and isinstance(value, str):
         return [value]
     return value
 
@@ -135,6 +139,10 @@ def strictness(key: str, value: Any) -> int:
     if direction == "larger":
         if key == "listener.retry":
             return {"never": 0, "auto": 1, "always": 2}[value]
+        if key == "security.ech":
+            return {"prefer": 0, "require": 1}[value]
+        if key == "security.dane":
+            return {"off": 0, "opportunistic": 1, "require": 2}[value]
         return {"1.2": 2, "1.3": 3, "none": 0, "request": 1, "require": 2}[value]
     if direction == "true":
         return int(value)

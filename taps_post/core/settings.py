@@ -63,6 +63,8 @@ class Settings:
     subflows: tuple[tuple[str, str], ...] = ()
     """(interface, role) for each interface that may carry an MPTCP subflow, best first;
     role is "primary" or "backup" (Decision.subflows). Empty: multipath disabled."""
+    dane: str = "opportunistic"
+    """security.dane: off, opportunistic or require (stacks/dane.py checks the peer)."""
 
     def dscp_for(self, niceness: int) -> int | None:
         """The code point for a message of `niceness`, None when marking is off."""
@@ -73,7 +75,9 @@ class Settings:
         alpn = d.value("security.alpn")
         return cls(
             conn_timeout=d.value("connTimeout") / 1000.0,
-            attempt_delay=d.value("racing.attemptDelay") / 1000.0,
+            # The Decision's own delay: racing.attemptDelay, or what RTT history gave.
+            attempt_delay=(d.attempt_delay.ms if d.attempt_delay is not None
+                           else d.value("racing.attemptDelay")) / 1000.0,
             max_size=int(d.value("message.maxSize")),
             min_tls=str(d.value("security.minTlsVersion")),
             verify_peer=bool(d.value("security.verifyPeer")),
@@ -97,4 +101,5 @@ class Settings:
             multipath=str(d.value("multipath")),
             multipath_policy=str(d.value("multipathPolicy")),
             subflows=tuple((s.interface, s.role) for s in d.subflows),
+            dane=str(d.value("security.dane")),
         )

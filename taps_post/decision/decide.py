@@ -166,8 +166,8 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                 prefer = snode.prefer
                 if hist == FALLBACK and multipath and multipath_on:
                     prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
-                key = RankKey(-pnode.prefer, pnode.avoid, -prefer, snode.avoid, hist, rtt,
-                              iface.cost, iface.name, stack_order, order)
+                key = RankKey(0, -pnode.prefer, pnode.avoid, -prefer, snode.avoid, 0, hist,
+                              rtt, iface.cost, iface.name, stack_order, order)
                 scored.append((key, iface, local.address, stack, addr, family))
 
     scored.sort(key=lambda t: t[0])

@@ -20,7 +20,8 @@ from ..policy.resolve import Conflict, Effective
 from .environment import Interface
 from .request import Request
 
-__all__ = ["CONNECTING_KINDS", "Candidate", "Decision", "Exclusion", "RankKey", "SubflowPlan",
+__all__ = ["CONNECTING_KINDS", "AttemptDelay", "Candidate", "DaneStatus", "Decision",
+           "Exclusion", "RankKey", "ResolutionPass", "ServiceEndpoint", "SubflowPlan",
            "opens_subflows"]
 
 CONNECTING_KINDS = frozenset({"initiate", "source"})
@@ -44,12 +45,20 @@ class RankKey(NamedTuple):
     comparison runs in C.
     """
 
+    recent_failure: int
+    """1 when this (remote, stack, interface, address) failed within racing.failureMemory
+    and the policy does not require its stack or interface: it ranks after every candidate
+    without such a failure."""
     path_prefer: int
     """Negated count of path-level prefer hits (more hits rank first)."""
     path_avoid: int
     protocol_prefer: int
     """Negated count of protocol-level prefer hits."""
     protocol_avoid: int
+    service_priority: int
+    """The SvcPriority of the SVCB/HTTPS record the candidate's endpoint came from (lower
+    first); 65536 for an endpoint no record offered (the A/AAAA fallback), 0 when the
+    target has no such records at all."""
     history: int
     """0 success, 1 no entry, 2 fallback (an MPTCP stack the peer answered as plain TCP),
     3 failure."""
@@ -61,10 +70,12 @@ class RankKey(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "recent_failure": bool(self.recent_failure),
             "path_prefer": -self.path_prefer,
             "path_avoid": self.path_avoid,
             "protocol_prefer": -self.protocol_prefer,
             "protocol_avoid": self.protocol_avoid,
+            "service_priority": self.service_priority,
             "history": ("success", "none", "fallback", "failure")[self.history],
             "rtt_ms": self.rtt_ms if self.history == 0 and self.rtt_ms != float("inf") else None,
             "cost": self.cost,
@@ -87,6 +98,9 @@ class Candidate(NamedTuple):
     family: str
     start_ms: int
     key: RankKey
+    resolution_pass: int = 1
+    """The resolution pass that produced this candidate (`Decision.passes`): a later pass's
+    candidates join the race after every earlier one's."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +112,7 @@ class Candidate(NamedTuple):
             "remote_port": self.remote_port,
             "family": self.family,
             "start_ms": self.start_ms,
+            "pass": self.resolution_pass,
             "key": self.key.to_dict(),
         }
 
@@ -188,6 +203,84 @@ class SubflowPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolutionPass:
+    """One resolution pass (RFC 8305 section 3, HEv3): the answers known when it started,
+    and why it started then."""
+
+    number: int
+    at_ms: float
+    """When the pass starts, in ms since resolution started."""
+    trigger: str
+    """Why then: "AAAA answered", "resolutionDelay 50 ms after A", "A answered", ..."""
+    answers: tuple[str, ...] = ()
+    """The answers this pass added, one line each ("AAAA h 2 addresses, ttl 300")."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "at_ms": self.at_ms, "trigger": self.trigger,
+                "answers": list(self.answers)}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDelay:
+    """The delay between staggered attempts this Decision uses, and where it came from."""
+
+    ms: int
+    source: str
+    """"policy" (racing.attemptDelay) or "history" (measured handshakes, clamped)."""
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ms": self.ms, "source": self.source, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEndpoint:
+    """One service endpoint an SVCB/HTTPS record offered (RFC 9460), as the decision used it."""
+
+    name: str
+    """The owner name that was queried (`names.service_query`)."""
+    priority: int
+    target: str
+    """The name whose addresses the endpoint uses (the owner for ".")."""
+    port: int
+    alpn: tuple[str, ...]
+    stacks: tuple[str, ...]
+    """The stacks its ALPN values allow (after the policy's own filters)."""
+    ech: bool = False
+    alias_chain: tuple[str, ...] = ()
+    """The AliasMode names followed to reach it, in order (empty: none)."""
+    reason: str = ""
+    """Why it gave no candidate, when it gave none ("" when it did)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "priority": self.priority, "target": self.target,
+                "port": self.port, "alpn": list(self.alpn), "stacks": list(self.stacks),
+                "ech": self.ech, "alias_chain": list(self.alias_chain), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class DaneStatus:
+    """What DANE will do for this Decision's secure candidates (policy security.dane)."""
+
+    mode: str
+    """off, opportunistic or require."""
+    name: str | None
+    """The TLSA owner name the candidates' port and protocol give (the first candidate's)."""
+    records: int
+    """How many TLSA records the answer held."""
+    validated: bool
+    """DNSSEC-validated by a resolver the system trusts (names.TlsaSet, Rule 4)."""
+    usable: int
+    """How many of them are DANE-EE(3) or DANE-TA(2): the usages checked after the
+    handshake."""
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "name": self.name, "records": self.records,
+                "validated": self.validated, "usable": self.usable, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The full, explainable result of one `decide()` call: the runtime races its candidates,
     and `explain` prints it, so what was tried and why are one object."""
@@ -213,6 +306,15 @@ class Decision:
     interfaces are not here: they are in `excluded`, and never carry a subflow."""
     path_manager: str | None = None
     """The MPTCP path manager in force where the decision was made (Environment)."""
+    passes: tuple[ResolutionPass, ...] = ()
+    """The resolution passes that produced the candidates, in order (empty for an IP
+    literal: nothing was resolved)."""
+    attempt_delay: AttemptDelay | None = None
+    """The delay between attempts the candidates' start_ms follow (None: no candidate)."""
+    services: tuple[ServiceEndpoint, ...] = ()
+    """The SVCB/HTTPS service endpoints the target offered, by priority (empty: none)."""
+    dane: DaneStatus | None = None
+    """DANE's verdict for the secure candidates (None: no secure candidate)."""
 
     def __post_init__(self) -> None:
         # A copy, so no other Decision (nor the resolver's memo) shares this mapping; and the
@@ -221,7 +323,7 @@ class Decision:
         setattr_(self, "properties", MappingProxyType(dict(self.properties)))
         setattr_(self, "matched", frozenset(self.matched))
         for name in ("files", "conflicts", "candidates", "excluded", "warnings", "interfaces",
-                     "subflows"):
+                     "subflows", "passes", "services"):
             setattr_(self, name, tuple(getattr(self, name)))
 
     @property
@@ -285,6 +387,13 @@ class Decision:
                 "path_manager": self.path_manager,
                 "opens_subflows": self.opens_subflows,
                 "subflows": [s.to_dict() for s in self.subflows],
+            },
+            "resolution": {
+                "passes": [p.to_dict() for p in self.passes],
+                "services": [e.to_dict() for e in self.services],
+                "attempt_delay": (self.attempt_delay.to_dict()
+                                  if self.attempt_delay is not None else None),
+                "dane": self.dane.to_dict() if self.dane is not None else None,
             },
             "outcome": self.outcome,
             "warnings": list(self.warnings),

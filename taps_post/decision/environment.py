@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .names import Arrival, ServiceRecord, TlsaSet
+
 __all__ = [
     "Address",
     "CacheEntry",
@@ -170,6 +172,11 @@ class CacheEntry:
     interface: str | None = None
     address: str | None = None
     """The remote address the attempt went to, when the entry is that specific."""
+    at: float | None = None
+    """When the outcome was recorded, in seconds on the clock of `Environment.now` (wall
+    clock: the on-disk store keeps it across processes). A failure within
+    `racing.failureMemory` of `now` demotes its candidate (docs/explain.md, "The ranking
+    key"); None: no time known, which counts as recent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +208,17 @@ class Environment:
     None when unknown (a snapshot that does not say)."""
     mptcp_endpoints: tuple[MptcpEndpoint, ...] = ()
     """The in-kernel path manager's endpoints (`mptcp: {endpoints: [...]}` in a snapshot)."""
+    svcb: Mapping[str, tuple[ServiceRecord, ...]] = field(default_factory=dict)
+    """SVCB/HTTPS records by owner name (`names.service_query`). An empty tuple is a
+    negative answer (the name has none); a missing name was not asked or has not answered."""
+    tlsa: Mapping[str, TlsaSet] = field(default_factory=dict)
+    """TLSA record sets by `_port._proto.host` name (`names.tlsa_name`); missing: not asked
+    or not answered, a set with no records: a negative answer."""
+    arrivals: tuple[Arrival, ...] = ()
+    """When each answer arrived (resolution passes); empty: everything was known at once."""
+    now: float | None = None
+    """The time of the decision, on the clock of `CacheEntry.at` (None: every failure in
+    the cache counts as recent)."""
 
     def with_dns(self, name: str, addresses: Sequence[str]) -> Environment:
         dns = dict(self.dns)

@@ -255,7 +255,26 @@ _SPECS: list[PropertySpec] = [
     PropertySpec("racing.attemptDelay", "int", "plan", 250, minimum=10, maximum=2000,
                  unit="ms", doc="Delay between staggered connection attempts"),
     PropertySpec("racing.resolutionDelay", "int", "plan", 50, minimum=10, maximum=2000,
-                 unit="ms", doc="How long to wait for AAAA after A arrives (RFC 8305)"),
+                 unit="ms", doc="How long to wait for AAAA (and HTTPS) after A arrives before "
+                                "the first attempt starts (RFC 8305 section 3)"),
+    PropertySpec("racing.minAttemptDelay", "int", "plan", 100, minimum=10, maximum=2000,
+                 unit="ms", doc="Lower bound of the attempt delay derived from RTT history"),
+    PropertySpec("racing.maxAttemptDelay", "int", "plan", 2000, minimum=10, maximum=10000,
+                 unit="ms", doc="Upper bound of the attempt delay derived from RTT history"),
+    PropertySpec("racing.failureMemory", "int", "plan", 600000, minimum=0, maximum=86400000,
+                 unit="ms", doc="How long a failed (stack, interface, address) ranks after "
+                                "every candidate without a failure (0: not at all)"),
+    PropertySpec("dns.svcbSchemes", "string_list", "plan", ("https", "quic"),
+                 doc="URL schemes whose targets are looked up for SVCB/HTTPS records"),
+    PropertySpec("security.ech", "enum", "plan", "prefer", choices=("prefer", "require"),
+                 direction="larger",
+                 doc="Encrypted Client Hello: prefer connects without it when no stack can "
+                     "send it; require refuses every candidate that cannot"),
+    PropertySpec("security.dane", "enum", "plan", "opportunistic",
+                 choices=("off", "opportunistic", "require"), direction="larger",
+                 doc="DANE (RFC 6698/7671): off ignores TLSA; opportunistic checks the peer "
+                     "against DNSSEC-validated TLSA records when there are any; require "
+                     "refuses a peer without a validated, matching record"),
     PropertySpec("connTimeout", "int", "runtime", 30000, minimum=1, unit="ms",
                  doc="Bound on the whole race"),
     PropertySpec("message.maxSize", "int", "runtime", 16 * 1024 * 1024, direction="smaller",

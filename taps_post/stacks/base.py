@@ -30,6 +30,7 @@ from ..core.early import EarlyAttempt
 from ..core.framing import Framer
 from ..core.settings import Settings
 from ..decision.decision import Candidate
+from ..decision.names import TlsaSet
 from ..system import routes
 from .transient import Transient
 
@@ -72,6 +73,10 @@ class AttemptSpec:
     it returns (`transient.early_attempt`), so the Carrier can settle the race's events."""
     local_port: int = 0
     """The Local's port (0: any): the socket binds it."""
+    tlsa: TlsaSet | None = None
+    """The TLSA records of this candidate's `_port._proto.host` (None: not asked, or
+    security.dane off). A secure stack checks the peer's certificate against them after the
+    handshake as `settings.dane` says (stacks/dane.py); only a `validated` set counts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ def settings(**kw):
 def spec(remote, port, stack="tcp", local="127.0.0.1", s=None, interface="lo", **kw):
     s = s or settings()
     c = Candidate(0, interface, local, stack, remote, port, "ipv4", 0,
-                  RankKey(0, 0, 0, 0, 1, 0.0, 0, interface, 0, 0))
+                  RankKey(0, 0, 0, 0, 0, 0, 1, 0.0, 0, interface, 0, 0))
     assoc = kw.pop("assoc", None) or tp.AssociationStore().get(f"{remote}:{port}")
     return AttemptSpec(candidate=c, host=remote, settings=s, association=assoc,
                        framer=lambda: LengthPrefixFramer(s.max_size), **kw)

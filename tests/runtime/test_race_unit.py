@@ -27,7 +27,7 @@ TIMEOUT = 2.0
 
 
 def candidates(n: int) -> list[Candidate]:
-    key = RankKey(0, 0, 0, 0, 1, 0.0, 0, "eth0", 0, 0)
+    key = RankKey(0, 0, 0, 0, 0, 0, 1, 0.0, 0, "eth0", 0, 0)
     return [Candidate(r, "eth0", "192.0.2.100", "tcp", f"192.0.2.{r}", 443, "ipv4",
                       int((r - 1) * DELAY * 1000), key) for r in range(1, n + 1)]
 

@@ -49,7 +49,7 @@ def settings(**kw: Any) -> Settings:
 def candidate(port: int, stack: str = "tcp", remote: str = LO4,
               local: str = LO4) -> Candidate:
     return Candidate(0, "lo", local, stack, remote, port, "ipv4", 0,
-                     RankKey(0, 0, 0, 0, 1, 0.0, 0, "lo", 0, 0))
+                     RankKey(0, 0, 0, 0, 0, 0, 1, 0.0, 0, "lo", 0, 0))
 
 
 def spec(port: int, stack: str = "tcp", *, s: Settings | None = None, assoc: Any = None,
