@@ -168,7 +168,8 @@ class _ExcludedOut(_Strict):
     stack: str | None
     remote_address: str | None
     remote_port: int | None
-    outcome: Literal["unreachable", "scheme", "prohibited", "required_missing", "over_cost"]
+    outcome: Literal["unreachable", "scheme", "prohibited", "required_missing", "over_cost",
+                     "not_offered", "ech", "dane"]
     property: str | None
     rule: str | None
     source: str | None

@@ -127,7 +127,8 @@ class Exclusion:
     remote_address: str | None
     remote_port: int | None
     outcome: str
-    """unreachable, scheme, prohibited, required_missing, over_cost."""
+    """unreachable, scheme, prohibited, required_missing, over_cost, not_offered (no SVCB/HTTPS
+    record offers the stack), ech (security.ech require), dane (security.dane require)."""
     property: str | None = None
     rule: str | None = None
     source: str | None = None
