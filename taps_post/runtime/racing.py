@@ -14,16 +14,23 @@ Rule 5: racing knows a transient only as something it can `abort()` (`Abortable`
 stack returns is the caller's business, and racing depends on no concrete transient class.
 Rule 6: one candidate runs in the caller's task (`_race_one`): no task, no asyncio.wait, one
 TimerHandle for the connTimeout; same records, callbacks and trace events as a full race.
+Rule 7: late candidates join the running race (RFC 8305 section 3, HEv3 resolution passes):
+what `more` yields is appended after the pending candidates, and each starts attemptDelay
+after the previous start (at once when nothing is running, or everything running failed). The
+race is not lost while `more` may still yield: with no attempt left it waits for the next
+batch. The task pulling from `more` is owned like an attempt (Rule 1): cancelled, awaited, and
+the iterator closed, whatever ends the race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..decision.decision import Candidate
 from ..errors import Attempt, FailureKind, RemoteProtocolError
@@ -189,16 +196,21 @@ async def race(
     timeout: float,
     on_outcome: Callable[[Candidate, T | None, float], None] | None = None,
     tracer: Tracer | None = None,
+    more: AsyncIterator[Sequence[Candidate]] | None = None,
 ) -> RaceResult[T] | tuple[Attempt, ...]:
-    """The first candidate to become ready, or the record of every attempt when none did."""
+    """The first candidate to become ready, or the record of every attempt when none did.
+
+    `more` (Rule 7): later batches of candidates (a later resolution pass) that join the race;
+    their ranks must differ from every earlier candidate's (records are kept by rank)."""
     loop = asyncio.get_running_loop()
     tr = tracer if tracer is not None and tracer.active else None
     if tr is not None:
         tr.emit("race.started", candidates=len(candidates),
                 attempt_delay_ms=attempt_delay * 1000.0, timeout_ms=timeout * 1000.0)
-    if len(candidates) == 1:
+    if len(candidates) == 1 and more is None:
         return await _race_one(candidates[0], attempt, timeout, on_outcome, loop, tr)
     begun = loop.time()
+    order: list[Candidate] = list(candidates)
     records: dict[int, Attempt] = {c.rank: _record(c, "not_started", "", None)
                                    for c in candidates}
     running: dict[asyncio.Task[T], tuple[Candidate, float]] = {}
@@ -206,6 +218,9 @@ async def race(
     winner: tuple[T, Candidate] | None = None
     next_start = begun
     finish = "cancelled"  # unless the loop below ends by itself or by the connTimeout
+    pull: asyncio.Task[Sequence[Candidate]] | None = None
+    if more is not None:
+        pull = asyncio.ensure_future(_next_batch(more))
 
     def settle(task: asyncio.Task[T], c: Candidate, started: float) -> None:
         nonlocal winner, next_start
@@ -229,6 +244,24 @@ async def race(
         if tr is not None:
             _emit_record(tr, records[c.rank])
 
+    def join(task: asyncio.Task[Sequence[Candidate]]) -> bool:
+        """Take a finished pull's batch into the queue; False when `more` is exhausted."""
+        nonlocal next_start
+        batch = task.result()  # an exception from `more` ends the race: the caller's bug
+        if batch is _EXHAUSTED:
+            return False
+        fresh = [c for c in batch if c.rank not in records]
+        for c in fresh:
+            records[c.rank] = _record(c, "not_started", "", None)
+            order.append(c)
+            queue.append(c)
+        if fresh and not running:
+            next_start = loop.time()  # nothing running (or all of it failed): start now
+        if fresh and tr is not None:
+            tr.emit("race.joined", candidates=len(fresh),
+                    at_ms=(loop.time() - begun) * 1000.0)
+        return True
+
     try:
         async with asyncio.timeout(timeout):
             while winner is None:
@@ -241,18 +274,25 @@ async def race(
                     if tr is not None:
                         _emit(tr, "attempt.started", c, at_ms=(now - begun) * 1000.0)
                     continue
-                if not running:
-                    if not queue:
-                        break
+                if not running and queue:
                     next_start = now
                     continue
+                if not running and pull is None:
+                    break
+                waiting: set[asyncio.Future[Any]] = set(running)
+                if pull is not None:
+                    waiting.add(pull)
                 wait_for = max(0.0, next_start - now) if queue else None
-                done, _ = await asyncio.wait(running, timeout=wait_for,
+                done, _ = await asyncio.wait(waiting, timeout=wait_for,
                                              return_when=asyncio.FIRST_COMPLETED)
                 # Simultaneous finishers settle in rank order: the better candidate wins.
-                for task in sorted(done, key=lambda t: running[t][0].rank):
+                for task in sorted((t for t in running if t in done),
+                                   key=lambda t: running[t][0].rank):
                     c, started = running.pop(task)
                     settle(task, c, started)
+                if pull is not None and pull in done and winner is None:
+                    pull = (asyncio.ensure_future(_next_batch(more)) if join(pull)
+                            and more is not None else None)
         finish = "failed" if winner is None else "won"
     except TimeoutError:
         finish = "timeout"
@@ -267,8 +307,13 @@ async def race(
     finally:
         for task in running:
             task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        if pull is not None:
+            pull.cancel()
+        if running or pull is not None:
+            await asyncio.gather(*running, *([pull] if pull is not None else []),
+                                 return_exceptions=True)
+        if more is not None:
+            await _close(more)
         for task, (c, started) in running.items():
             if not task.cancelled() and task.exception() is None:
                 task.result().abort()  # finished while being cancelled: not a winner
@@ -282,8 +327,30 @@ async def race(
                     winner=None if winner is None else winner[1].rank)
     if winner is not None:
         transient, c = winner
-        return RaceResult(transient, c, tuple(records[x.rank] for x in candidates))
-    return tuple(records[x.rank] for x in candidates)
+        return RaceResult(transient, c, tuple(records[x.rank] for x in order))
+    return tuple(records[x.rank] for x in order)
+
+
+_EXHAUSTED: Sequence[Candidate] = ()
+"""What `_next_batch` returns when `more` has nothing left (compared by identity)."""
+
+
+async def _next_batch(more: AsyncIterator[Sequence[Candidate]]) -> Sequence[Candidate]:
+    try:
+        batch = await anext(more)
+    except StopAsyncIteration:
+        return _EXHAUSTED
+    # A batch that happens to be the very `()` object must not read as the end.
+    return list(batch)
+
+
+async def _close(more: AsyncIterator[Sequence[Candidate]]) -> None:
+    """Close `more` when it can be closed (an async generator): its own cleanup (pending DNS
+    queries) runs before race() returns (Rule 7)."""
+    aclose = getattr(more, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):  # its cleanup must not hide our outcome
+            await aclose()
 
 
 class _ConnTimeout(Exception):

@@ -16,7 +16,8 @@ with the traceback, on the event's logger) and dropped. An awaitable it returns 
 task the Tracer owns, in emit order, one at a time; `await tracer.flush()` waits for them.
 Rule 4: names are `area.event`; the area picks the logger: `decision` -> taps_post.decision,
 `race` and `attempt` -> taps_post.race, `carrier` -> taps_post.carrier, `listener` ->
-taps_post.listener. An unknown area is a ValueError (a typo must not create a logger).
+taps_post.listener, `resolution` -> taps_post.resolution. An unknown area is a ValueError (a
+typo must not create a logger).
 
 Every event's info also carries `trace_id` (one per Tracer, shared by its `bind()`
 children: it ties together the events of one initiate or listen call) and `t_ms` (time
@@ -52,15 +53,23 @@ _DECISION = logging.getLogger("taps_post.decision")
 _RACE = logging.getLogger("taps_post.race")
 _CARRIER = logging.getLogger("taps_post.carrier")
 _LISTENER = logging.getLogger("taps_post.listener")
+_RESOLUTION = logging.getLogger("taps_post.resolution")
 LOGGERS: Mapping[str, logging.Logger] = {
     "decision": _DECISION, "race": _RACE, "attempt": _RACE, "carrier": _CARRIER,
-    "listener": _LISTENER,
+    "listener": _LISTENER, "resolution": _RESOLUTION,
 }
 """Event area -> the logger its events go to."""
 
 EVENTS: Mapping[str, str] = {
+    "resolution.answer": "name, rtype, status (ok, nxdomain, nodata, servfail, refused, "
+                         "timeout, error, hosts, getaddrinfo), count (addresses or records), "
+                         "ttl, at_ms (since resolution started), from_cache",
+    "resolution.pass": "number, at_ms (since resolution started), trigger, candidates (new "
+                       "ones this pass adds to the race)",
     "decision.complete": "decide() ran: outcome, candidates (count), stacks, from_cache",
     "race.started": "candidates (count), attempt_delay_ms, timeout_ms",
+    "race.joined": "candidates (count), at_ms (since the race started): a later resolution "
+                   "pass's candidates joined the running race",
     "attempt.started": "rank, interface, stack, remote, at_ms (since the race started)",
     "attempt.failed": "rank, interface, stack, remote, elapsed_ms, kind, error",
     "attempt.won": "rank, interface, stack, remote, elapsed_ms",
@@ -177,7 +186,7 @@ class Tracer:
         debug = logging.DEBUG  # spelled out, no generator: this runs a few times per connect
         return (self._sink.callback is not None or _DECISION.isEnabledFor(debug)
                 or _RACE.isEnabledFor(debug) or _CARRIER.isEnabledFor(debug)
-                or _LISTENER.isEnabledFor(debug))
+                or _LISTENER.isEnabledFor(debug) or _RESOLUTION.isEnabledFor(debug))
 
     def emit(self, name: str, /, **info: Any) -> None:
         """Log the event and hand it to the callback; never raises for the callback's sake."""

@@ -374,6 +374,157 @@ def test_one_candidate_transient_made_while_cancelled_is_aborted(
         assert (result[0].outcome, result[0].kind) == ("failed", FailureKind.TIMEOUT)
 
 
+# -- late candidates (`more`, racing Rule 7) ------------------------------------------------
+
+
+def batch(ranks: range, *, port: int = 443) -> list[Candidate]:
+    """Candidates of a later resolution pass: ranks after the first pass's."""
+    key = RankKey(0, 0, 0, 0, 0, 0, 1, 0.0, 0, "eth0", 0, 0)
+    return [Candidate(r, "eth0", "192.0.2.100", "tcp", f"192.0.2.{r}", port, "ipv4", 0, key,
+                      2) for r in ranks]
+
+
+@dataclass
+class Passes:
+    """An async generator of candidate batches, each yielded at a virtual time; records
+    whether it was closed (its `finally` ran) and when."""
+
+    plan: list[tuple[float, list[Candidate]]]
+    closed: float | None = None
+    yielded: list[float] = field(default_factory=list)
+
+    async def __call__(self):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        try:
+            for at, cs in self.plan:
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                self.yielded.append(loop.time())
+                yield cs
+        finally:
+            self.closed = loop.time()
+
+
+async def racing_more(script: Script, n: int, passes: Passes, *, delay: float = DELAY,
+                      timeout: float = TIMEOUT,
+                      on_outcome: Callable[[Candidate, FakeTransient | None, float], None]
+                      | None = None) -> tuple[RaceResult[FakeTransient] | tuple[Attempt, ...],
+                                              float]:
+    result = await race(candidates(n), script, attempt_delay=delay, timeout=timeout,
+                        on_outcome=on_outcome, more=passes())
+    return result, asyncio.get_running_loop().time()
+
+
+def test_late_candidates_are_appended_after_the_pending_ones_and_keep_the_stagger() -> None:
+    # #1 hangs; #2 is pending (due at 0.25) when the second pass (#3, #4) arrives at 0.125.
+    script = Script({1: Hang(), 2: Hang(), 3: Hang(), 4: Win(0.125)})
+    passes = Passes([(0.125, batch(range(3, 5)))])
+    calls, on_outcome = recorder()
+    result, at = run(racing_more(script, 2, passes, on_outcome=on_outcome))
+    assert script.starts == {1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 4 and at == 0.875
+    assert [a.rank for a in result.attempts] == [1, 2, 3, 4]
+    assert outcomes(result.attempts) == ["cancelled", "cancelled", "cancelled", "won"]
+    assert calls == [(4, 4, 125.0)]
+    assert passes.closed == 0.125, "the pull after the last batch found it exhausted"
+
+
+def test_a_late_candidate_starts_attempt_delay_after_the_previous_start() -> None:
+    # #1 started at 0; the pass at 0.0625 brings #2, which waits for 0.25, not 0.0625 + 0.25.
+    script = Script({1: Hang(), 2: Win(0.0625)})
+    passes = Passes([(0.0625, batch(range(2, 3)))])
+    result, at = run(racing_more(script, 1, passes))
+    assert script.starts == {1: 0.0, 2: 0.25}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 2 and at == 0.3125
+
+
+def test_the_race_is_not_lost_while_more_can_still_yield() -> None:
+    # Every first-pass attempt fails at 0.125; the second pass arrives at 0.5 and starts at
+    # once (nothing is running), and wins.
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    script = Script({1: Fail(0.125, refused), 2: Fail(0.0, refused), 3: Win(0.0625)})
+    passes = Passes([(0.5, batch(range(3, 4)))])
+    calls, on_outcome = recorder()
+    result, at = run(racing_more(script, 2, passes, on_outcome=on_outcome))
+    assert script.starts == {1: 0.0, 2: 0.125, 3: 0.5}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3 and at == 0.5625
+    assert outcomes(result.attempts) == ["failed", "failed", "won"]
+    assert calls == [(1, None, 125.0), (2, None, 0.0), (3, 3, 62.5)]
+
+
+def test_every_attempt_of_every_pass_failing_is_lost_when_more_is_exhausted() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    script = Script({1: Fail(0.0, refused), 2: Fail(0.0625, refused),
+                     3: Fail(0.0625, refused)})
+    passes = Passes([(0.25, batch(range(2, 3))), (0.375, []), (0.5, batch(range(3, 4)))])
+    result, at = run(racing_more(script, 1, passes))
+    assert script.starts == {1: 0.0, 2: 0.25, 3: 0.5}
+    assert isinstance(result, tuple) and at == 0.5625
+    assert [(a.rank, a.outcome) for a in result] == [(1, "failed"), (2, "failed"),
+                                                     (3, "failed")]
+    assert passes.yielded == [0.25, 0.375, 0.5] and passes.closed == 0.5
+
+
+def test_a_race_with_no_first_candidates_waits_for_the_first_batch() -> None:
+    script = Script({1: Win(0.0625)})
+    passes = Passes([(0.25, batch(range(1, 2)))])
+    result, at = run(racing_more(script, 0, passes))
+    assert script.starts == {1: 0.25}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 1 and at == 0.3125
+
+
+def test_a_winner_closes_more_while_it_still_waits() -> None:
+    script = Script({1: Win(0.125)})
+    passes = Passes([(5.0, batch(range(2, 3)))])
+
+    async def main() -> tuple[object, float]:
+        out = await racing_more(script, 1, passes)
+        assert asyncio.all_tasks() == {asyncio.current_task()}, "the pull outlived race()"
+        return out
+
+    result, at = run(main())
+    assert isinstance(result, RaceResult) and at == 0.125
+    assert [a.rank for a in result.attempts] == [1], "an unyielded batch is no attempt"
+    assert passes.closed == 0.125 and passes.yielded == []
+
+
+def test_conn_timeout_while_waiting_for_more_fails_the_running_and_closes_more() -> None:
+    script = Script({1: Hang(), 2: Hang()})
+    passes = Passes([(0.5, batch(range(2, 3))), (9.0, batch(range(3, 4)))])
+    calls, on_outcome = recorder()
+    result, at = run(racing_more(script, 1, passes, timeout=1.0, on_outcome=on_outcome))
+    assert at == 1.0 and isinstance(result, tuple)
+    assert [(a.rank, a.outcome, a.kind) for a in result] == [
+        (1, "failed", FailureKind.TIMEOUT), (2, "failed", FailureKind.TIMEOUT)]
+    assert calls == [(1, None, 1000.0), (2, None, 500.0)]
+    assert passes.closed == 1.0
+
+
+def test_cancelling_the_caller_cancels_the_attempts_and_the_pull() -> None:
+    script = Script({1: Hang(), 2: Stubborn()})
+    passes = Passes([(0.125, batch(range(2, 3))), (5.0, batch(range(3, 4)))])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(racing_more(script, 1, passes))
+        loop.call_at(0.375, task.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert asyncio.all_tasks() == {asyncio.current_task()}, "a task outlived race()"
+
+    run(main())
+    assert script.starts == {1: 0.0, 2: 0.25}
+    assert script.transients[2].aborted == 1
+    assert passes.closed == 0.375
+
+
+def test_a_repeated_rank_from_more_is_not_raced_twice() -> None:
+    script = Script({1: Hang(), 2: Win(0.0625)})
+    passes = Passes([(0.0625, candidates(1) + batch(range(2, 3)))])
+    result, _ = run(racing_more(script, 1, passes))
+    assert isinstance(result, RaceResult)
+    assert [a.rank for a in result.attempts] == [1, 2] and script.starts == {1: 0.0, 2: 0.25}
+
+
 # -- classify -------------------------------------------------------------------------------
 
 
