@@ -1,0 +1,436 @@
+"""Resolution benchmark: how soon taps_post's own DNS client (HEv3 resolution racing) starts
+connecting, beside the event loop's getaddrinfo, and what racing saves when AAAA is late.
+
+Run from the repository root, as root (it builds the two-host namespace topology of
+tests/netns.py and runs a DNS server inside it; every packet stays inside 198.18.0.0/15,
+fd00::/8 and the namespaces' loopback):
+
+    .venv/bin/python -P bench/resolution.py            # 5 rounds: about 30 s
+    .venv/bin/python -P bench/resolution.py --quick    # smoke run: about 15 s
+    .venv/bin/python -P bench/resolution.py --only first-attempt --rounds 9
+
+The lab: host A (the client) runs Knot DNS (knotd, Debian's authoritative server) on
+127.0.0.1:53, authoritative for `bench.test.` (`svc.bench.test` A 198.18.1.2 and AAAA
+fd00:1::2, TTL 300), and a delaying relay on 127.0.0.2:53 that forwards every query to knot
+and holds each AAAA answer --aaaa-delay (400) ms before passing it on. A's resolv.conf
+(/etc/netns/A/resolv.conf, which glibc's getaddrinfo and taps_post's resolver both read)
+names knot or the relay, per figure. Host B runs a plain asyncio TCP server on port 5001 on
+both addresses. The name is in no hosts file, so both sides ask the DNS server.
+
+Figures (wall time, time.perf_counter and the trace's t_ms, one client process per figure
+group, ours and raw alternated sample by sample, the order flipped every round):
+
+- first-attempt (ms, lower is better): ours is the time from `tp.initiate("tcp://svc.bench.
+  test:5001")` to its first `attempt.started` trace event (t_ms: the decision, A and AAAA
+  sent together to knot, the first pass, the race's first start), with the DNS cache
+  flushed before each sample (resolver.default_client().flush(): every sample asks knot),
+  and the connection then completed and closed outside the figure. Raw: `await
+  loop.getaddrinfo("svc.bench.test", 5001, type=SOCK_STREAM)` through the same knot
+  (glibc: A and AAAA in parallel on one socket). No target (information): ours includes the
+  whole decision as well as resolution.
+- first-attempt, cached (information): ours with its DNS cache warm (the TTL-true cache
+  answers; nothing is sent), beside the same uncached getaddrinfo (glibc has no cache here).
+- delayed-AAAA ready (ms): resolv.conf names the relay; AAAA answers --aaaa-delay ms after A.
+  Ours: `tp.initiate()` to ready (resolution racing: the IPv4 attempt starts
+  racing.resolutionDelay, 50 ms, after the A answer; the late AAAA would join a race still
+  running). Raw: `asyncio.open_connection("svc.bench.test", 5001)`, i.e. getaddrinfo (which
+  waits for both answers) then connect. Target: ratio <= 0.5 (racing must not wait for
+  AAAA).
+- the same without delay (information): both through the relay with the delay 0, so the
+  relay's own cost is in both sides and the delayed row's saving is read against it.
+
+Printed per figure: p10 / median / p90 over the rounds (each round's figure is the median
+of its --samples samples) for ours and raw, the ratio of the medians and the per-round paired
+ratios (bench/_report.py). Nothing is asserted about speed: the script exits 0 (also when not
+root, or without knotd: it says why), and 2 on an internal error (a failed connection, a
+wrong answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _report import Row, banner, run_main
+
+NAME = "svc.bench.test"
+PORT = 5001
+KNOT = "127.0.0.1"
+RELAY = "127.0.0.2"
+
+ZONE = """\
+$ORIGIN bench.test.
+$TTL 300
+@    SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 300
+@    NS  ns.bench.test.
+ns   A   127.0.0.1
+svc  A   198.18.1.2
+svc  AAAA fd00:1::2
+"""
+
+KNOT_CONF = """\
+server:
+    rundir: "{dir}"
+    listen: {knot}@53
+database:
+    storage: "{dir}"
+template:
+  - id: default
+    storage: "{dir}"
+    semantic-checks: off
+zone:
+  - domain: bench.test.
+    file: "{dir}/bench.test.zone"
+log:
+  - target: stderr
+    any: warning
+"""
+
+RELAY_SCRIPT = r"""
+import asyncio, json, struct, sys
+
+LISTEN, UPSTREAM = sys.argv[1], sys.argv[2]
+DELAY = [float(sys.argv[3]) / 1000]
+
+def qtype(packet):
+    # header 12 bytes, then the question name's labels, then QTYPE
+    i = 12
+    while i < len(packet) and packet[i]:
+        i += 1 + packet[i]
+    return struct.unpack("!H", packet[i + 1:i + 3])[0] if i + 3 <= len(packet) else 0
+
+class Upstream(asyncio.DatagramProtocol):
+    def __init__(self, relay, client, query):
+        self.relay, self.client, self.query = relay, client, query
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.sendto(self.query)
+    def datagram_received(self, data, addr):
+        self.transport.close()
+        wait = DELAY[0] if qtype(data) == 28 else 0.0
+        loop = asyncio.get_running_loop()
+        loop.call_later(wait, self.relay.sendto, data, self.client)
+
+class Relay(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def datagram_received(self, data, addr):
+        loop = asyncio.get_running_loop()
+        loop.create_task(loop.create_datagram_endpoint(
+            lambda: Upstream(self.transport, addr, data), remote_addr=(UPSTREAM, 53)))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Relay, local_addr=(LISTEN, 53))
+    print(json.dumps({"relay": LISTEN, "delay_ms": DELAY[0] * 1000}), flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        DELAY[0] = float(json.loads(line)["delay_ms"]) / 1000
+        print(json.dumps({"delay_ms": DELAY[0] * 1000}), flush=True)
+
+asyncio.run(main())
+"""
+
+SERVER = r"""
+import asyncio, json, socket, sys
+
+async def handle(reader, writer):
+    try:
+        while await reader.read(65536):
+            pass
+    except ConnectionError:
+        pass
+    writer.close()
+
+async def main():
+    sock = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6,
+                                dualstack_ipv6=True)
+    server = await asyncio.start_server(handle, sock=sock)
+    print(json.dumps({"port": int(sys.argv[1])}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    server.close()
+
+asyncio.run(main())
+"""
+
+CLIENT = r"""
+# tests/netns.py COMMAND_LOOP comes before this
+import asyncio, gc, socket, statistics, time
+import taps_post as tp
+from taps_post.runtime import api  # import cost stays outside the timings
+from taps_post import resolver as _resolver_package  # noqa: F401 (loaded before timing)
+from taps_post.resolver.client import default_client
+
+NAME, PORT = sys.argv[1], int(sys.argv[2])
+CTX = tp.PolicyContext(system=[], app_name="bench")
+clock = time.perf_counter
+
+def flush():
+    client = default_client()
+    if client is None:
+        raise RuntimeError("taps_post found no nameserver in resolv.conf")
+    client.flush()
+
+async def ours(cached):
+    if not cached:
+        flush()
+    first, answers = [], []
+
+    def trace(name, info):
+        if name == "attempt.started" and not first:
+            first.append(info["t_ms"])
+        elif name == "resolution.answer":
+            answers.append(name)
+
+    t0 = clock()
+    carrier = await tp.initiate(f"tcp://{NAME}:{PORT}", policy=CTX, trace=trace)
+    ready = (clock() - t0) * 1000
+    where = (carrier.stack, carrier.remote_address[0], len(answers))
+    await carrier.close()
+    if not first:
+        raise RuntimeError("no attempt.started event")
+    return first[0], ready, where
+
+async def gai():
+    loop = asyncio.get_running_loop()
+    t0 = clock()
+    infos = await loop.getaddrinfo(NAME, PORT, type=socket.SOCK_STREAM)
+    took = (clock() - t0) * 1000
+    return took, sorted({i[4][0] for i in infos})
+
+async def open_connection():
+    t0 = clock()
+    _reader, writer = await asyncio.open_connection(NAME, PORT)
+    ready = (clock() - t0) * 1000
+    peer = writer.get_extra_info("peername")[0]
+    writer.close()
+    await writer.wait_closed()
+    return ready, peer
+
+async def handle(cmd):
+    out = {"ours_first": [], "ours_ready": [], "raw": [], "ours_where": [], "raw_where": []}
+    gc.collect()
+    for i in range(cmd["samples"]):
+        order = ("ours", "raw") if (i + cmd["round"]) % 2 == 0 else ("raw", "ours")
+        for side in order:
+            if side == "ours":
+                first, ready, where = await ours(cmd["cached"])
+                out["ours_first"].append(first)
+                out["ours_ready"].append(ready)
+                out["ours_where"].append(list(where))
+            elif cmd["raw"] == "getaddrinfo":
+                took, addresses = await gai()
+                out["raw"].append(took)
+                out["raw_where"].append(addresses)
+            else:
+                ready, peer = await open_connection()
+                out["raw"].append(ready)
+                out["raw_where"].append(peer)
+    return out
+
+asyncio.run(command_loop(handle))
+"""
+
+
+class InternalError(Exception):
+    """A figure could not be taken (a failed connection, a wrong answer)."""
+
+
+def unavailable() -> str | None:
+    """Why this script cannot measure here, or None."""
+    import os
+
+    if os.geteuid() != 0:
+        return "needs root (it builds network namespaces); run it as root, e.g. in CI"
+    if shutil.which("knotd") is None:
+        return "knotd (Debian package knot) is not installed"
+    try:
+        import netns
+    except ImportError as exc:  # tests/netns.py needs pytest (a dev dependency)
+        return f"cannot import tests/netns.py: {exc}"
+    reason = netns.unavailable()
+    if reason is not None:
+        return reason
+    try:
+        import taps_post.resolver.client  # noqa: F401
+    except ImportError as exc:
+        return f"taps_post has no DNS client here: {exc}"
+    return None
+
+
+class Lab:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import netns
+
+        self.args = args
+        self.netns = netns
+        self.topo = netns.Topology("tpn")
+        self.topo.build()
+        topo = self.topo
+        topo.hosts(topo.a, {})  # the name is in no hosts file: both sides ask DNS
+        self.resolv = Path("/etc/netns") / topo.a / "resolv.conf"
+        self.nameserver(KNOT)
+        knot_dir = topo.tmp / "knot"
+        knot_dir.mkdir()
+        (knot_dir / "bench.test.zone").write_text(ZONE)
+        conf = knot_dir / "knot.conf"
+        conf.write_text(KNOT_CONF.format(dir=knot_dir, knot=KNOT))
+        self.knot = netns.NsProcess(["ip", "netns", "exec", topo.a, "knotd", "-c", str(conf)],
+                                    label="knotd in A")
+        self._wait_knot()
+        self.relay = topo.spawn(topo.a, RELAY_SCRIPT, RELAY, KNOT, str(args.aaaa_delay))
+        self.relay.read_json(10)
+        self.server = topo.spawn(topo.b, SERVER, str(PORT))
+        self.server.read_json(10)
+        self.resolved_by: set[str] = set()
+        """How ours resolved (resolution.answer trace events seen, or none: getaddrinfo)."""
+
+    def _wait_knot(self) -> None:
+        """Until knot answers svc's A record (kdig inside A), at most 10 s."""
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            out = self.topo.exec(self.topo.a, "kdig", "+short", "+time=1", "+retry=0",
+                                 f"@{KNOT}", NAME, "A", check=False)
+            if out.stdout.strip() == self.netns.B1_V4:
+                return
+            if self.knot.proc.poll() is not None or time.monotonic() > deadline:
+                raise InternalError(f"knotd did not answer: {out.stdout!r} {out.stderr!r}; "
+                                    f"knotd stderr:\n{self.knot.stderr}")
+            time.sleep(0.05)  # pacing between checks of a server starting up
+
+    def nameserver(self, address: str) -> None:
+        """A's resolv.conf names `address` only (rewritten in place: the bind mount of
+        `ip netns exec` and both resolvers see it)."""
+        self.resolv.write_text(f"nameserver {address}\noptions timeout:2 attempts:2\n")
+
+    def delay(self, ms: float) -> None:
+        self.relay.ask({"delay_ms": ms})
+
+    def client(self) -> Any:
+        return self.topo.spawn(self.topo.a, self.netns.COMMAND_LOOP + CLIENT, NAME, str(PORT))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.knot.close(timeout=1)
+        self.topo.teardown()
+
+    # ---- figures ----------------------------------------------------------------------------
+
+    def rounds(self, row: Row, *, ours: str, raw: str, cached: bool) -> None:
+        """One client process; per round one command of --samples samples a side, the
+        round's figure the median of them. `ours`: "first" (to the first attempt.started)
+        or "ready"; `raw`: "getaddrinfo" or "open_connection"."""
+        with self.client() as client:
+            cmd = {"samples": 1, "round": 0, "raw": raw, "cached": cached}
+            client.ask(cmd, 30)  # warm-up: imports, first decision, knot's first answer
+            for rnd in range(self.args.rounds):
+                out = client.ask({**cmd, "samples": self.args.samples, "round": rnd}, 60)
+                self.check(out, raw)
+                row.ours.append(median(out[f"ours_{ours}"]))
+                row.raw.append(median(out["raw"]))
+
+    def check(self, out: dict[str, Any], raw: str) -> None:
+        netns = self.netns
+        for stack, address, answers in out["ours_where"]:
+            if stack != "tcp" or address not in (netns.B1_V4, netns.B1_V6):
+                raise InternalError(f"ours connected {stack} to {address}")
+            self.resolved_by.add("taps_post's DNS client" if answers else "getaddrinfo")
+        for seen in out["raw_where"]:
+            want = [netns.B1_V4, netns.B1_V6] if raw == "getaddrinfo" else None
+            if want is not None and sorted(seen) != sorted(want):
+                raise InternalError(f"getaddrinfo answered {seen}")
+
+    def first_attempt(self) -> list[Row]:
+        self.nameserver(KNOT)
+        cold = Row("first-attempt", "initiate() to first attempt.started (knot, cache "
+                   "flushed) vs getaddrinfo", "ms", False, None)
+        self.rounds(cold, ours="first", raw="getaddrinfo", cached=False)
+        warm = Row("first-attempt-cached", "initiate() to first attempt.started, DNS cache "
+                   "warm, vs getaddrinfo", "ms", False, None)
+        self.rounds(warm, ours="first", raw="getaddrinfo", cached=True)
+        return [cold, warm]
+
+    def delayed_aaaa(self) -> list[Row]:
+        self.nameserver(RELAY)
+        rows = []
+        for ms, target in ((self.args.aaaa_delay, 0.5), (0.0, None)):
+            self.delay(ms)
+            what = f"AAAA {ms:g} ms late" if ms else "AAAA not delayed (relay only)"
+            ready = Row(f"ready-aaaa-{ms:g}", f"time to ready, {what}: initiate() vs "
+                        "getaddrinfo + open_connection", "ms", False, target)
+            self.rounds(ready, ours="ready", raw="open_connection", cached=False)
+            rows.append(ready)
+        self.delay(self.args.aaaa_delay)
+        return rows
+
+
+def median(xs: list[float]) -> float:
+    import statistics
+
+    return statistics.median(xs)
+
+
+@contextlib.contextmanager
+def lab(args: argparse.Namespace) -> Iterator[Lab]:
+    b = Lab(args)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per figure (default 5)")
+    ap.add_argument("--samples", type=int, default=5,
+                    help="samples a side per round (default 5)")
+    ap.add_argument("--aaaa-delay", type=float, default=400.0,
+                    help="how late the relay passes AAAA answers on (ms, default 400)")
+    ap.add_argument("--only", default="first-attempt,delayed-aaaa",
+                    help="comma-separated: first-attempt, delayed-aaaa")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 samples")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.samples = 2, 3
+    only = set(args.only.split(","))
+    print(banner("resolution benchmark"))
+    reason = unavailable()
+    if reason is not None:
+        print(f"skipped: {reason}")
+        return 0
+    rows: list[Row] = []
+    with lab(args) as b:
+        if "first-attempt" in only:
+            rows += b.first_attempt()
+        if "delayed-aaaa" in only:
+            rows += b.delayed_aaaa()
+        resolved_by = ", ".join(sorted(b.resolved_by)) or "n/a"
+    for row in rows:
+        row.print()
+    print(f"\nours resolved through: {resolved_by}")
+    if resolved_by == "getaddrinfo":
+        print("note: no resolution.answer trace event: this package resolves with "
+              "getaddrinfo (the resolution runtime has not landed), so ours is not racing")
+    print("\n| figure | unit | ours median (p10–p90) | raw median (p10–p90) | ratio "
+          "(per-round p10–p90) | target | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row.markdown())
+    print(textwrap.dedent(f"""
+        raw: getaddrinfo through the same knot (first-attempt rows); getaddrinfo +
+        open_connection, which waits for both answers (delayed-AAAA rows). AAAA delay
+        {args.aaaa_delay:g} ms; {args.rounds} rounds of {args.samples} samples a side."""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
