@@ -1,0 +1,237 @@
+"""Asking the system's nameservers, through dnspython, without ever raising for a DNS failure.
+
+Rule 1: the only module that imports dnspython (resolver package Rule 1). What leaves it is an
+`Answer` of plain values: addresses, `decision.names.ServiceRecord` and `TlsaRecord`.
+Rule 2: a query is sent the way the system's stub would send it, plus what HEv3 and DANE need:
+RD set; the AD bit set in the query (RFC 6840 section 5.7: a validating resolver then reports
+validation even without DO); DO for TLSA and HTTPS, so a validating resolver that keys AD on
+DO reports it too; EDNS0 with a 1232-byte payload (the DNS flag day 2020 size that avoids IP
+fragmentation); UDP first, TCP when the answer is truncated.
+Rule 3: each query gets a fresh random ID (dnspython's `make_query`), and an answer is
+accepted only if it matches the question, ID and source (`udp_with_fallback` with
+`ignore_unexpected` and `ignore_errors`: a forged or stray datagram is skipped and the real
+answer still awaited, instead of ending the query with an error).
+Rule 4: nameservers are asked in order, each try bounded by `config.timeout`, the whole list
+`config.attempts` times (resolv.conf(5)). NOERROR and NXDOMAIN end the query; SERVFAIL,
+REFUSED, a timeout or a socket error move on to the next server. When every try failed, the
+status is the last server's failure, or `timeout` if all of them timed out.
+Rule 5: never raise for a DNS failure: `status` says what happened, and the caller decides
+(the runtime falls back to getaddrinfo). Cancellation still propagates.
+Rule 6: CNAME chains are followed inside the answer section (at most names.ALIAS_LIMIT
+links); the answer's TTL is the minimum over the chain and the final RRset. A negative
+answer's TTL is min(SOA TTL, SOA MINIMUM) of the authority section's SOA (RFC 2308 section 5),
+and not above the chain's.
+Rule 7: `authenticated` = the response's AD bit AND `config.trusts(nameserver)`
+(conf.py Rule 5). Nothing here validates DNSSEC itself.
+Rule 8: `default_client()` keeps one client per `system_config()` value: a changed
+resolv.conf gives a new client with a new cache, an unchanged one the same client, so the
+cache lives as long as the configuration that filled it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import cast
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes import svcbbase
+
+from ..decision.names import ALIAS_LIMIT, ServiceRecord, TlsaRecord
+from .cache import Answer, DnsCache, cache_key
+from .conf import Nameserver, ResolverConfig, system_config
+
+__all__ = ["PAYLOAD", "RTYPES", "Answer", "DnsClient", "default_client"]
+
+PAYLOAD = 1232
+RTYPES = frozenset({"A", "AAAA", "HTTPS", "SVCB", "TLSA", "CNAME"})
+_WANT_DNSSEC = frozenset({"TLSA", "HTTPS"})
+
+
+def _text(name: dns.name.Name) -> str:
+    if name == dns.name.root:
+        return "."
+    return str(name.to_text(omit_final_dot=True)).lower()
+
+
+def _key_name(key: int) -> str:
+    """A SvcParamKey's presentation name (RFC 9460 section 14.3.2): `alpn`, `key65000`."""
+    to_text = cast(Callable[[int], str], svcbbase.key_to_text)  # untyped in dnspython
+    return str(to_text(key))
+
+
+def _service(rd: object, ttl: int) -> ServiceRecord:
+    """One SVCB/HTTPS rdata as a ServiceRecord."""
+    params = rd.params  # type: ignore[attr-defined]
+    keys = svcbbase.ParamKey
+    alpn = params.get(keys.ALPN)
+    port = params.get(keys.PORT)
+    v4 = params.get(keys.IPV4HINT)
+    v6 = params.get(keys.IPV6HINT)
+    mandatory = params.get(keys.MANDATORY)
+    return ServiceRecord(
+        priority=int(rd.priority),  # type: ignore[attr-defined]
+        target=_text(rd.target),  # type: ignore[attr-defined]
+        alpn=tuple(i.decode("ascii", "replace") for i in alpn.ids) if alpn else (),
+        no_default_alpn=keys.NO_DEFAULT_ALPN in params,
+        port=int(port.port) if port else None,
+        ipv4hint=tuple(v4.addresses) if v4 else (),
+        ipv6hint=tuple(v6.addresses) if v6 else (),
+        ech=keys.ECH in params,
+        mandatory=tuple(_key_name(k) for k in mandatory.keys)
+        if mandatory else (),
+        ttl=ttl,
+    )
+
+
+def _negative_ttl(response: dns.message.Message) -> int | None:
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and rrset:
+            return int(min(rrset.ttl, rrset[0].minimum))
+    return None
+
+
+def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
+          ns: Nameserver, config: ResolverConfig) -> Answer:
+    """A NOERROR or NXDOMAIN response as an Answer (Rules 6, 7)."""
+    name = _text(qname)
+    authenticated = bool(response.flags & dns.flags.AD) and config.trusts(ns)
+    rdtype = dns.rdatatype.from_text(rtype)
+    current, ttl, chain = qname, None, 0
+    found: dns.rrset.RRset | None = None
+    while True:
+        found = response.get_rrset(response.answer, current, dns.rdataclass.IN, rdtype)
+        if found is not None or rtype == "CNAME":
+            break
+        cname = response.get_rrset(response.answer, current, dns.rdataclass.IN,
+                                   dns.rdatatype.CNAME)
+        if cname is None or not cname or chain >= ALIAS_LIMIT:
+            break
+        ttl = cname.ttl if ttl is None else min(ttl, cname.ttl)
+        current, chain = cname[0].target, chain + 1
+    if response.rcode() == dns.rcode.NXDOMAIN:
+        negative = _negative_ttl(response)
+        return Answer(name, rtype, "nxdomain", ttl=negative if ttl is None or negative is None
+                      else min(ttl, negative), authenticated=authenticated, nameserver=ns)
+    if found is None or not found:
+        negative = _negative_ttl(response)
+        return Answer(name, rtype, "nodata", ttl=negative if ttl is None or negative is None
+                      else min(ttl, negative), authenticated=authenticated, nameserver=ns)
+    ttl = int(found.ttl if ttl is None else min(ttl, found.ttl))
+    addresses: tuple[str, ...] = ()
+    services: tuple[ServiceRecord, ...] = ()
+    tlsa: tuple[TlsaRecord, ...] = ()
+    if rtype in ("A", "AAAA"):
+        addresses = tuple(dict.fromkeys(str(rd.address) for rd in found))
+    elif rtype in ("HTTPS", "SVCB"):
+        services = tuple(sorted((_service(rd, ttl) for rd in found),
+                                key=lambda s: s.priority))
+    elif rtype == "TLSA":
+        tlsa = tuple(TlsaRecord(int(rd.usage), int(rd.selector), int(rd.mtype),
+                                bytes(rd.cert)) for rd in found)
+    elif rtype == "CNAME":
+        addresses = tuple(_text(rd.target) for rd in found)
+    return Answer(name, rtype, "ok", addresses, services, tlsa, ttl, authenticated, ns)
+
+
+class DnsClient:
+    """Queries the configured nameservers (Rules 2-5) through a cache (cache.py)."""
+
+    def __init__(self, config: ResolverConfig, cache: DnsCache | None = None) -> None:
+        self.config = config
+        self.cache = cache if cache is not None else DnsCache()
+        self.sent = 0
+        """Queries put on the wire (tests and the bench read it: a cache hit sends none)."""
+
+    async def query(self, name: str, rtype: str) -> Answer:
+        """The answer for (name, rtype), from the cache while it lives; never raises for a
+        DNS failure (Rule 5). `rtype` is one of RTYPES (anything else is a caller's bug)."""
+        rtype = rtype.upper()
+        if rtype not in RTYPES:
+            raise ValueError(f"unsupported record type {rtype!r}")
+        key = cache_key(name, rtype)
+        hit = self.cache.get(key, time.monotonic())
+        if hit is not None:
+            return hit
+        answer = await self._ask(key[0], rtype)
+        self.cache.put(key, answer, time.monotonic())
+        return answer
+
+    async def _ask(self, name: str, rtype: str) -> Answer:
+        try:
+            qname = dns.name.from_text(name)
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            return Answer(name, rtype, "error")
+        failures: list[tuple[str, Nameserver]] = []
+        for _round in range(self.config.attempts):
+            for ns in self.config.nameservers:
+                status, response = await self._send(qname, rtype, ns)
+                if response is not None:
+                    return _read(response, qname, rtype, ns, self.config)
+                failures.append((status, ns))
+        if not failures:
+            return Answer(name, rtype, "error")
+        statuses = {s for s, _ns in failures}
+        status, ns = failures[-1]
+        if statuses != {"timeout"} and status == "timeout":
+            status, ns = next((s, n) for s, n in reversed(failures) if s != "timeout")
+        return Answer(name, rtype, status, nameserver=ns)
+
+    async def _send(self, qname: dns.name.Name, rtype: str,
+                    ns: Nameserver) -> tuple[str, dns.message.Message | None]:
+        """One try at one nameserver: ("ok", response) for NOERROR/NXDOMAIN, else
+        (failure, None) (Rule 4)."""
+        query = dns.message.make_query(qname, rtype, use_edns=0, payload=PAYLOAD,
+                                       want_dnssec=rtype in _WANT_DNSSEC,
+                                       flags=dns.flags.RD | dns.flags.AD)
+        self.sent += 1
+        try:
+            response, _tcp = await dns.asyncquery.udp_with_fallback(
+                query, ns.address, timeout=self.config.timeout, port=ns.port,
+                ignore_unexpected=True, ignore_errors=True)
+        except dns.exception.Timeout:
+            return "timeout", None
+        except (OSError, EOFError, ValueError, dns.exception.DNSException):
+            return "error", None
+        rcode = response.rcode()
+        if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return "ok", response
+        if rcode == dns.rcode.SERVFAIL:
+            return "servfail", None
+        if rcode == dns.rcode.REFUSED:
+            return "refused", None
+        return "error", None
+
+    def flush(self, interface: str | None = None) -> int:
+        """Forget answers a network change on `interface` may have made wrong; None: all.
+
+        Dropped: what that interface's own nameservers said, and what every nameserver not
+        tied to an interface said (a resolv.conf server, systemd-resolved's stub on
+        127.0.0.53) since its answers may have come through that interface. Kept: the other
+        interfaces' per-link answers. Returns the number of entries dropped."""
+        if interface is None:
+            return self.cache.flush(None)
+        return self.cache.flush(ns for ns in self.config.nameservers
+                                if ns.interface in (interface, None))
+
+
+_default: tuple[ResolverConfig, DnsClient] | None = None
+
+
+def default_client() -> DnsClient | None:
+    """The client for this machine's resolvers now (Rule 8); None when none is configured."""
+    global _default
+    config = system_config()
+    if not config.nameservers:
+        return None
+    if _default is None or _default[0] != config:
+        _default = (config, DnsClient(config))
+    return _default[1]

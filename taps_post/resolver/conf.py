@@ -1,0 +1,231 @@
+"""Which resolvers this machine uses: /etc/resolv.conf and systemd-resolved's per-link servers.
+
+Rule 1: resolv.conf is read as glibc reads it (resolv.conf(5)): `nameserver` lines in order, at
+most three (glibc ignores the rest, so a fourth would make us ask a server the system never
+asks), `search` and `domain` where the last one wins, `options ndots: timeout: attempts:
+trust-ad`, comments starting with `;` or `#`. A line we cannot parse is skipped, as glibc
+does, never an error: a broken resolv.conf must not break a connection that getaddrinfo would
+still make. `$TAPS_POST_RESOLV_CONF` names another file (tests, containers).
+Rule 2: no nameserver line means no nameserver here (glibc would try 127.0.0.1): the caller
+then falls back to getaddrinfo, which does exactly what glibc does, so nothing is guessed twice.
+Rule 3: systemd-resolved's per-link servers (`DNS=` in /run/systemd/resolve/netif/<ifindex>,
+the directory overridable with `$TAPS_POST_RESOLVED_LINKS`) are added after the resolv.conf
+servers as `Nameserver(interface=name)`, so a cache flush for an interface can drop what they
+said. A link-local nameserver written with a zone (`fe80::1%eth0`) is tied to that interface
+the same way.
+Rule 4: reading costs a `stat`: the parsed config is kept under each file's
+(path, st_mtime_ns, st_size, st_ino) and the same `ResolverConfig` object is returned while
+nothing changed, so a caller can key on it (`client.default_client()` does).
+Rule 5: `trusts(ns)` is the DANE trust question (docs/resolution.md, "What AD trust means"):
+the AD bit counts only from a loopback nameserver (the validator runs on this machine, the
+path to it cannot be forged from outside) or when resolv.conf says `options trust-ad`, which
+is glibc's own switch for "the path to these servers is secure".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hosts import hosts_lookup
+
+__all__ = ["MAX_NAMESERVERS", "Nameserver", "ResolverConfig", "hosts_lookup", "parse_link_file",
+           "parse_resolv_conf", "system_config"]
+
+MAX_NAMESERVERS = 3
+"""glibc's MAXNS."""
+
+_DEFAULT_PATH = "/etc/resolv.conf"
+_LINKS_DIR = "/run/systemd/resolve/netif"
+
+
+@dataclass(frozen=True, slots=True)
+class Nameserver:
+    """One server to ask: an address (an IPv6 one may carry `%zone`), a port, and the
+    interface it belongs to when the system tied it to one (Rule 3)."""
+
+    address: str
+    port: int = 53
+    interface: str | None = None
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.address.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    """What resolv.conf (and systemd-resolved) say, as values (Rule 1)."""
+
+    nameservers: tuple[Nameserver, ...]
+    search: tuple[str, ...] = ()
+    ndots: int = 1
+    timeout: float = 5.0
+    attempts: int = 2
+    trust_ad: bool = False
+    source: str = ""
+    """The file it was read from, for explain and error messages."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Lines that were skipped, with their line numbers."""
+
+    def trusts(self, ns: Nameserver) -> bool:
+        """May the AD bit in this server's answer be believed? (Rule 5)"""
+        return ns.loopback or self.trust_ad
+
+
+def _nameserver(text: str, interface: str | None = None) -> Nameserver | None:
+    """`192.0.2.1`, `fd00::1`, `fe80::1%eth0`, and systemd's `addr#sni`, `[v6]:port`,
+    `v4:port` forms; None for anything else."""
+    text = text.split("#", 1)[0].strip()
+    port = 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+        text = host
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        if not p.isdigit():
+            return None
+        text, port = host, int(p)
+    address, _, zone = text.partition("%")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if not 0 < port < 65536:
+        return None
+    if zone and ip.version == 6:
+        return Nameserver(f"{ip.compressed}%{zone}", port, interface or zone)
+    return Nameserver(ip.compressed, port, interface)
+
+
+def _number(value: str, low: int, high: int, default: int) -> int:
+    """glibc's clamps (resolv.conf(5)); a malformed value keeps the default."""
+    try:
+        n = int(value)
+    except ValueError:
+        return default
+    return max(low, min(high, n))
+
+
+def parse_resolv_conf(text: str, source: str = "") -> ResolverConfig:
+    """A resolv.conf's text as a ResolverConfig (Rule 1). Pure: tests feed it strings."""
+    servers: list[Nameserver] = []
+    search: tuple[str, ...] = ()
+    ndots, timeout, attempts, trust_ad = 1, 5, 2, False
+    warnings: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        words = line.split()
+        keyword, args = words[0], words[1:]
+        if keyword == "nameserver" and args:
+            ns = _nameserver(args[0])
+            if ns is None:
+                warnings.append(f"{source}:{number}: not an address: {args[0]}")
+            elif len(servers) < MAX_NAMESERVERS:
+                servers.append(ns)
+            else:
+                warnings.append(f"{source}:{number}: more than {MAX_NAMESERVERS} "
+                                "nameservers, ignored as glibc does")
+        elif keyword in ("search", "domain"):
+            names = [a for a in args if not a.startswith((";", "#"))]
+            search = tuple(n.lower().rstrip(".") for n in names if n.rstrip("."))
+        elif keyword == "options":
+            for option in args:
+                name, _, value = option.partition(":")
+                if name == "ndots":
+                    ndots = _number(value, 0, 15, ndots)
+                elif name == "timeout":
+                    timeout = _number(value, 1, 30, timeout)
+                elif name == "attempts":
+                    attempts = _number(value, 1, 5, attempts)
+                elif name == "trust-ad":
+                    trust_ad = True
+                # edns0 and the rest: queries here always carry EDNS0 (client.py, Rule 3).
+        else:
+            warnings.append(f"{source}:{number}: unknown line: {line[:60]}")
+    return ResolverConfig(tuple(servers), search, ndots, float(timeout), attempts, trust_ad,
+                          source, tuple(warnings))
+
+
+def parse_link_file(text: str, interface: str) -> tuple[Nameserver, ...]:
+    """The `DNS=` servers of one systemd-resolved link state file (Rule 3)."""
+    servers: list[Nameserver] = []
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "DNS":
+            for word in value.split():
+                ns = _nameserver(word, interface)
+                if ns is not None and ns not in servers:
+                    servers.append(ns)
+    return tuple(servers)
+
+
+_Stamp = tuple[str, int, int, int] | None
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _link_files(directory: str) -> tuple[tuple[str, str, _Stamp], ...]:
+    """(interface, path, stamp) of each link file whose ifindex names an interface."""
+    try:
+        entries = sorted(os.listdir(directory), key=lambda e: (len(e), e))
+    except OSError:
+        return ()
+    found = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            name = socket.if_indextoname(int(entry))
+        except OSError:
+            continue  # a link that is gone: its servers are unreachable anyway
+        path = os.path.join(directory, entry)
+        found.append((name, path, _stamp(path)))
+    return tuple(found)
+
+
+_cached: tuple[object, ResolverConfig] | None = None
+
+
+def system_config(path: str | None = None, links: str | None = None) -> ResolverConfig:
+    """This machine's resolvers now (Rules 1-4); the same object while no file changed."""
+    global _cached
+    path = path or os.environ.get("TAPS_POST_RESOLV_CONF") or _DEFAULT_PATH
+    links = links or os.environ.get("TAPS_POST_RESOLVED_LINKS") or _LINKS_DIR
+    link_files = _link_files(links)
+    key = (_stamp(path) or path, link_files)
+    if _cached is not None and _cached[0] == key:
+        return _cached[1]
+    config = parse_resolv_conf(_read(path), path)
+    extra = [ns for name, link, _st in link_files for ns in parse_link_file(_read(link), name)]
+    if extra:
+        servers = list(config.nameservers)
+        servers += [ns for ns in extra if ns not in servers]
+        config = ResolverConfig(tuple(servers), config.search, config.ndots, config.timeout,
+                                config.attempts, config.trust_ad, config.source,
+                                config.warnings)
+    _cached = (key, config)
+    return config

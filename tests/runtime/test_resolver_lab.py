@@ -1,0 +1,240 @@
+"""The DNS client against real servers on loopback: knot (authoritative, signing its zone)
+and a validating unbound in front of it (tests/dnslab.py), plus plain UDP sockets that
+record what the client sends and never answer (a nameserver that is down).
+
+One lab serves the whole module (starting a signed knot and unbound costs ~2.5 s); the one
+test that edits the zone only touches its own names. Answers are asked of knot directly
+where the test is about the client (TTLs, CNAMEs, truncation), of unbound where it is about
+validation (AD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rdatatype
+import pytest
+
+from dnslab import Lab, delay_relay, example_zone, lab
+from taps_post.resolver.client import DnsClient
+from taps_post.resolver.conf import Nameserver, ResolverConfig
+
+MANY = 100
+"""A records of `many`: 100 x 16 bytes do not fit a 1232-byte UDP answer."""
+
+
+@pytest.fixture(scope="module")
+def dns_lab() -> Iterator[Lab]:
+    zone = example_zone()
+    zone.negative_ttl = 2  # the SOA MINIMUM: NXDOMAIN/NODATA live 2 s (RFC 2308)
+    zone.add("short", 2, "A", "198.18.1.10")
+    zone.add("c1", 120, "CNAME", "c2.lab.test.")
+    zone.add("c2", 40, "CNAME", "svc.lab.test.")
+    zone.add("plain", 300, "HTTPS", "2 svc.lab.test. alpn=h2 no-default-alpn")
+    zone.add("_8080._foo.svc", 300, "SVCB",
+             '1 svc.lab.test. mandatory=alpn,port alpn=foo port=8080 key65000="x"')
+    for n in range(1, MANY + 1):
+        zone.add("many", 300, "A", f"198.18.3.{n}")
+    with lab(zone, signed=True) as running:
+        yield running
+
+
+def client(*servers: tuple[str, int], timeout: float = 2.0, attempts: int = 1,
+           trust_ad: bool = False) -> DnsClient:
+    return DnsClient(ResolverConfig(tuple(Nameserver(a, p) for a, p in servers),
+                                    timeout=timeout, attempts=attempts, trust_ad=trust_ad))
+
+
+@pytest.fixture
+def silent() -> Iterator[socket.socket]:
+    """A bound UDP socket nobody reads: a nameserver that never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def received(sock: socket.socket) -> list[dns.message.Message]:
+    out = []
+    while True:
+        try:
+            wire, _ = sock.recvfrom(65535)
+        except BlockingIOError:
+            return out
+        out.append(dns.message.from_wire(wire))
+
+
+def test_a_and_aaaa_keep_their_own_ttls(dns_lab: Lab, run: Any) -> None:
+    c = client(dns_lab.knot.address)
+
+    async def main() -> None:
+        a, aaaa = await asyncio.gather(c.query("svc.lab.test", "A"),
+                                       c.query("svc.lab.test", "AAAA"))
+        assert (a.status, a.addresses, a.ttl) == ("ok", ("198.18.1.2",), 300)
+        assert (aaaa.status, aaaa.addresses, aaaa.ttl) == ("ok", ("fd00:1::2",), 60)
+        assert not a.from_cache and a.nameserver == Nameserver(*dns_lab.knot.address)
+        sent = c.sent
+        again = await c.query("SVC.lab.test.", "AAAA")
+        assert again.from_cache and again.addresses == ("fd00:1::2",) and again.ttl <= 60
+        assert c.sent == sent  # served from the cache: nothing on the wire
+
+    run(main())
+
+
+def test_cname_chain_ttl_is_the_minimum(dns_lab: Lab, run: Any) -> None:
+    c = client(dns_lab.knot.address)
+    answer = run(c.query("c1.lab.test", "A"))
+    assert (answer.status, answer.addresses, answer.ttl) == ("ok", ("198.18.1.2",), 40)
+    www = run(c.query("www.lab.test", "AAAA"))
+    assert (www.addresses, www.ttl) == (("fd00:1::2",), 60)
+
+
+def test_ttl_and_negative_ttl_expire(dns_lab: Lab, run: Any) -> None:
+    """short (A, TTL 2), later (NXDOMAIN) and v4only's AAAA (NODATA) with SOA MINIMUM 2: the
+    zone changes at once, the cache keeps the old answers until 2 s passed, then asks."""
+    c = client(dns_lab.knot.address)
+    zone = dns_lab.zone
+
+    async def ask() -> tuple[Any, Any, Any]:
+        return await asyncio.gather(c.query("short.lab.test", "A"),
+                                    c.query("later.lab.test", "A"),
+                                    c.query("v4only.lab.test", "AAAA"))
+
+    short, later, nodata = run(ask())
+    learnt = time.monotonic()
+    assert (short.status, short.addresses, short.ttl) == ("ok", ("198.18.1.10",), 2)
+    assert (later.status, later.ttl) == ("nxdomain", 2)  # min(SOA TTL 300, MINIMUM 2)
+    assert (nodata.status, nodata.ttl) == ("nodata", 2)
+    zone.replace("short", "A", 2, "198.18.1.11")
+    zone.add("later", 300, "A", "198.18.1.12")
+    zone.add("v4only", 300, "AAAA", "fd00:1::12")
+    dns_lab.knot.reload()
+    sent = c.sent
+    cached = run(ask())
+    assert time.monotonic() - learnt < 2.0, "the reload took too long for this test"
+    assert [a.from_cache for a in cached] == [True, True, True] and c.sent == sent
+    assert cached[0].addresses == ("198.18.1.10",) and cached[1].status == "nxdomain"
+    time.sleep(max(0.0, learnt + 2.05 - time.monotonic()))  # the TTL running out is the test
+    short, later, nodata = run(ask())
+    assert (short.addresses, short.from_cache) == (("198.18.1.11",), False)
+    assert (later.status, later.addresses) == ("ok", ("198.18.1.12",))
+    assert (nodata.status, nodata.addresses) == ("ok", ("fd00:1::12",))
+
+
+def test_https_and_svcb_fields_from_knot(dns_lab: Lab, run: Any) -> None:
+    c = client(dns_lab.knot.address)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(
+            c.query("svc.lab.test", "HTTPS"), c.query("alias.lab.test", "HTTPS"),
+            c.query("plain.lab.test", "HTTPS"), c.query("_8080._foo.svc.lab.test", "SVCB"),
+            c.query("v4only.lab.test", "HTTPS")))
+
+    svc, alias, plain, svcb, none = run(main())
+    (record,) = svc.services
+    assert (record.priority, record.target, record.alpn, record.port) == (1, ".", ("h3", "h2"),
+                                                                          8443)
+    assert (record.ipv4hint, record.ipv6hint) == (("198.18.1.2",), ("fd00:1::2",))
+    assert record.ech and not record.no_default_alpn and record.ttl == 300
+    (hop,) = alias.services
+    assert hop.alias and hop.target == "svc.lab.test"
+    (p,) = plain.services
+    assert (p.priority, p.alpn, p.no_default_alpn, p.ech, p.port) == (2, ("h2",), True, False,
+                                                                      None)
+    (s,) = svcb.services
+    assert (s.alpn, s.port, s.mandatory) == (("foo",), 8080, ("alpn", "port"))
+    assert none.status == "nodata" and none.services == ()
+
+
+def test_tlsa_parsed(dns_lab: Lab, run: Any) -> None:
+    answer = run(client(dns_lab.nameserver).query("_443._tcp.svc.lab.test", "TLSA"))
+    (record,) = answer.tlsa
+    assert (record.usage, record.selector, record.matching) == (3, 1, 1)
+    assert record.data == hashlib.sha256(b"lab").digest()
+    assert answer.authenticated
+
+
+def test_ad_only_from_a_validating_trusted_resolver(dns_lab: Lab, run: Any) -> None:
+    """unbound on loopback validated the signed zone: authenticated. knot itself (an
+    authoritative server sets no AD) and a failure: not. The non-loopback case (AD set but
+    not trusted) is tests/runtime/test_resolver_netns.py."""
+    via_unbound = client(dns_lab.nameserver)
+    direct = client(dns_lab.knot.address)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(
+            via_unbound.query("svc.lab.test", "A"), via_unbound.query("nope.lab.test", "A"),
+            direct.query("svc.lab.test", "A"), direct.query("_443._tcp.svc.lab.test", "TLSA")))
+
+    a, nx, knot_a, knot_tlsa = run(main())
+    assert a.authenticated and nx.authenticated and nx.status == "nxdomain"
+    assert not knot_a.authenticated and not knot_tlsa.authenticated and knot_tlsa.tlsa
+
+
+def test_queries_ask_for_validation(silent: socket.socket, run: Any) -> None:
+    """What goes on the wire (read from a socket posing as the nameserver): RD, AD, EDNS0
+    with 1232 bytes, DO for TLSA and HTTPS only, a fresh ID per try."""
+    c = client(silent.getsockname(), timeout=0.2, attempts=2)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(c.query("svc.lab.test", "A"),
+                                         c.query("_443._tcp.svc.lab.test", "TLSA"),
+                                         c.query("svc.lab.test", "HTTPS")))
+
+    answers = run(main())
+    assert [a.status for a in answers] == ["timeout"] * 3
+    queries = received(silent)
+    assert len(queries) == 6
+    for q in queries:
+        assert q.flags & dns.flags.RD and q.flags & dns.flags.AD
+        assert q.edns == 0 and q.payload == 1232
+        want_do = q.question[0].rdtype in (dns.rdatatype.TLSA, dns.rdatatype.HTTPS)
+        assert bool(q.ednsflags & dns.flags.DO) == want_do
+    a_ids = [q.id for q in queries if q.question[0].rdtype == dns.rdatatype.A]
+    assert len(a_ids) == 2  # one per attempt (IDs are random, so they differ almost surely)
+
+
+def test_truncated_answer_is_asked_again_over_tcp(dns_lab: Lab, run: Any) -> None:
+    """Through the lab's relay, which logs each query's transport: UDP (truncated), then TCP."""
+    with delay_relay(dns_lab.knot.address) as relay:
+        answer = run(client(relay.address).query("many.lab.test", "A"))
+        seen = [(q.name.rstrip(".").lower(), q.rtype, q.transport) for q in relay.queries()]
+    assert answer.status == "ok" and len(answer.addresses) == MANY
+    assert set(answer.addresses) == {f"198.18.3.{n}" for n in range(1, MANY + 1)}
+    assert seen == [("many.lab.test", "A", "udp"), ("many.lab.test", "A", "tcp")]
+
+
+def test_silent_nameserver_times_out_then_the_next_answers(dns_lab: Lab,
+                                                           silent: socket.socket,
+                                                           run: Any) -> None:
+    c = client(silent.getsockname(), dns_lab.knot.address, timeout=0.3)
+    start = time.monotonic()
+    answer = run(c.query("svc.lab.test", "A"))
+    elapsed = time.monotonic() - start
+    assert answer.status == "ok" and answer.nameserver == Nameserver(*dns_lab.knot.address)
+    assert 0.3 <= elapsed < 1.5, elapsed
+    assert len(received(silent)) == 1
+    alone = client(silent.getsockname(), timeout=0.2, attempts=2)
+    start = time.monotonic()
+    answer = run(alone.query("svc.lab.test", "A"))
+    assert answer.status == "timeout" and 0.4 <= time.monotonic() - start < 1.5
+    assert run(alone.query("svc.lab.test", "A")).from_cache is False  # failures not cached
+
+
+def test_refused_is_a_status_and_the_next_server_is_asked(dns_lab: Lab, run: Any) -> None:
+    """unbound refuses names outside the lab zone, knot answers for its own zone only."""
+    refused = run(client(dns_lab.nameserver).query("outside.example", "A"))
+    assert refused.status == "refused" and refused.ttl is None
+    both = client(dns_lab.knot.address, dns_lab.nameserver)
+    answer = run(both.query("outside.example", "A"))
+    assert answer.status == "refused" and answer.nameserver == Nameserver(*dns_lab.nameserver)
+    bad = run(both.query("a..b", "A"))
+    assert bad.status == "error"

@@ -1,0 +1,259 @@
+"""The resolver's configuration, hosts file and cache, on real files and numbers (no server).
+
+conf.py and hosts.py read temp files named by their environment variables; the cache is
+sans-I/O, so its clock is the `now` each test passes in.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taps_post.decision.names import ServiceRecord
+from taps_post.resolver import cache as cache_mod
+from taps_post.resolver.cache import Answer, DnsCache
+from taps_post.resolver.conf import (
+    Nameserver,
+    ResolverConfig,
+    hosts_lookup,
+    parse_link_file,
+    parse_resolv_conf,
+    system_config,
+)
+
+RESOLV = """\
+# a comment
+; another comment
+nameserver 198.18.0.53
+nameserver fd00::53
+nameserver fe80::1%lo
+nameserver 198.18.0.54
+nameserver not-an-address
+domain old.example
+search Corp.Example. lab.example
+options ndots:3 timeout:2 attempts:4 trust-ad edns0 rotate
+options timeout:99
+frobnicate yes
+"""
+
+
+def test_resolv_conf_is_read_as_glibc_reads_it() -> None:
+    config = parse_resolv_conf(RESOLV, "rc")
+    assert config.nameservers == (
+        Nameserver("198.18.0.53"), Nameserver("fd00::53"),
+        Nameserver("fe80::1%lo", 53, "lo"))
+    assert config.search == ("corp.example", "lab.example")
+    assert (config.ndots, config.timeout, config.attempts, config.trust_ad) == (3, 30.0, 4, True)
+    assert config.source == "rc"
+    assert any("more than 3" in w and "rc:6" in w for w in config.warnings)
+    assert any("not an address" in w for w in config.warnings)
+    assert any("unknown line" in w and "rc:12" in w for w in config.warnings)
+
+
+def test_resolv_conf_defaults_and_last_search_wins() -> None:
+    config = parse_resolv_conf("search a.example\ndomain b.example\noptions ndots:0 bogus:x\n")
+    assert config.nameservers == ()
+    assert config.search == ("b.example",)
+    assert (config.ndots, config.timeout, config.attempts, config.trust_ad) == (0, 5.0, 2, False)
+    bad = parse_resolv_conf("options ndots:x timeout: attempts:0\n")
+    assert (bad.ndots, bad.timeout, bad.attempts) == (1, 5.0, 1)
+
+
+def test_trust_is_loopback_or_trust_ad() -> None:
+    plain = parse_resolv_conf("nameserver 127.0.0.53\nnameserver ::1\nnameserver 198.18.0.1\n")
+    assert [plain.trusts(ns) for ns in plain.nameservers] == [True, True, False]
+    trusting = parse_resolv_conf("nameserver 198.18.0.1\noptions trust-ad\n")
+    assert trusting.trusts(trusting.nameservers[0])
+
+
+def test_systemd_link_file_servers() -> None:
+    text = ("# This is private data. Do not parse.\nLLMNR=yes\n"
+            "DNS=198.18.1.1 fd00::1 [fd00::2]:5353 198.18.1.2:5300#dns.example bogus\n"
+            "DOMAINS=example\n")
+    assert parse_link_file(text, "eth9") == (
+        Nameserver("198.18.1.1", 53, "eth9"), Nameserver("fd00::1", 53, "eth9"),
+        Nameserver("fd00::2", 5353, "eth9"), Nameserver("198.18.1.2", 5300, "eth9"))
+
+
+def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rc = tmp_path / "resolv.conf"
+    rc.write_text("nameserver 127.0.0.1\n")
+    links = tmp_path / "netif"
+    links.mkdir()
+    lo = socket.if_nametoindex("lo")
+    (links / str(lo)).write_text("DNS=198.18.9.9\n")
+    (links / "999999").write_text("DNS=198.18.9.8\n")  # no such interface: skipped
+    (links / "state").write_text("DNS=198.18.9.7\n")  # not an ifindex: skipped
+    monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
+    first = system_config()
+    assert first.nameservers == (Nameserver("127.0.0.1"), Nameserver("198.18.9.9", 53, "lo"))
+    assert first.source == str(rc)
+    assert system_config() is first  # nothing changed: the same object
+    rc.write_text("nameserver 127.0.0.2\n")
+    os.utime(rc, ns=(1, 1))  # a new mtime even on a coarse clock
+    second = system_config()
+    assert second is not first
+    assert second.nameservers[0] == Nameserver("127.0.0.2")
+    (links / str(lo)).write_text("DNS=198.18.9.10 198.18.9.11\n")
+    os.utime(links / str(lo), ns=(2, 2))
+    assert system_config().nameservers[1:] == (Nameserver("198.18.9.10", 53, "lo"),
+                                                 Nameserver("198.18.9.11", 53, "lo"))
+    monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "missing"))
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(tmp_path / "missing-dir"))
+    assert system_config().nameservers == ()
+
+
+def test_hosts_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n198.18.0.5 Web.Example. web # comment\n"
+                     "fd00::5 web.example\nfe80::5%lo web.example\n198.18.0.5 web.example\n"
+                     "# 198.18.0.6 web.example\nnot-an-ip web.example\n")
+    monkeypatch.setenv("TAPS_POST_HOSTS", str(hosts))
+    assert hosts_lookup("WEB.example.") == ("198.18.0.5", "fd00::5", "fe80::5")
+    assert hosts_lookup("web") == ("198.18.0.5",)
+    assert hosts_lookup("other.example") is None
+    hosts.write_text("198.18.0.7 other.example\n")
+    os.utime(hosts, ns=(3, 3))
+    assert hosts_lookup("other.example") == ("198.18.0.7",)
+    assert hosts_lookup("web.example") is None
+    monkeypatch.setenv("TAPS_POST_HOSTS", str(tmp_path / "missing"))
+    assert hosts_lookup("other.example") is None
+
+
+NS1 = Nameserver("127.0.0.1", 5301)
+NS2 = Nameserver("198.18.0.53", 53, "eth1")
+
+
+def _ok(name: str, rtype: str = "A", ttl: int | None = 60, ns: Nameserver = NS1) -> Answer:
+    return Answer(name, rtype, "ok", ("198.18.0.1",), ttl=ttl, nameserver=ns)
+
+
+def test_cache_counts_down_and_expires() -> None:
+    cache = DnsCache()
+    assert cache.put(("Web.Example.", "a"), _ok("web.example", ttl=10), now=100.0)
+    hit = cache.get(("web.example", "A"), now=103.5)
+    assert hit is not None and hit.from_cache and hit.ttl == 6
+    assert cache.get(("web.example", "A"), now=109.99) is not None
+    assert cache.get(("web.example", "A"), now=110.0) is None
+    assert len(cache) == 0  # the expired entry was dropped
+
+
+def test_cache_floor_and_cap() -> None:
+    cache = DnsCache()
+    cache.put(("zero", "A"), _ok("zero", ttl=0), now=0.0)
+    cache.put(("week", "A"), _ok("week", ttl=604800), now=0.0)
+    assert cache.get(("zero", "A"), now=0.9) is not None
+    assert cache.get(("zero", "A"), now=1.0) is None
+    assert cache.get(("week", "A"), now=3599.0) is not None
+    assert cache.get(("week", "A"), now=3600.0) is None
+
+
+def test_cache_negative_answers_per_rfc2308() -> None:
+    cache = DnsCache()
+    nx = Answer("gone", "A", "nxdomain", ttl=30, nameserver=NS1)
+    nodata = Answer("v4only", "AAAA", "nodata", ttl=86400, nameserver=NS1)
+    no_soa = Answer("nosoa", "A", "nodata", ttl=None, nameserver=NS1)
+    assert cache.put(("gone", "A"), nx, 0.0) and cache.put(("v4only", "AAAA"), nodata, 0.0)
+    assert not cache.put(("nosoa", "A"), no_soa, 0.0)
+    hit = cache.get(("gone", "A"), 29.5)
+    assert hit is not None and hit.negative and hit.status == "nxdomain"
+    assert cache.get(("gone", "A"), 30.0) is None
+    assert cache.get(("v4only", "AAAA"), 899.0) is not None
+    assert cache.get(("v4only", "AAAA"), 900.0) is None
+
+
+@pytest.mark.parametrize("status", ["servfail", "refused", "timeout", "error"])
+def test_cache_keeps_no_failure(status: str) -> None:
+    cache = DnsCache()
+    assert not cache.put(("x", "A"), Answer("x", "A", status, nameserver=NS1), 0.0)
+    assert cache.get(("x", "A"), 0.0) is None
+
+
+def test_cache_keeps_families_apart_and_service_ttls_follow() -> None:
+    cache = DnsCache()
+    cache.put(("h", "A"), _ok("h", "A", ttl=5), 0.0)
+    cache.put(("h", "AAAA"), Answer("h", "AAAA", "ok", ("fd00::1",), ttl=50, nameserver=NS1), 0.0)
+    svc = ServiceRecord(1, ".", ("h3",), ttl=20)
+    cache.put(("h", "HTTPS"), Answer("h", "HTTPS", "ok", services=(svc,), ttl=20,
+                                     nameserver=NS1), 0.0)
+    assert cache.get(("h", "A"), 6.0) is None
+    aaaa = cache.get(("h", "AAAA"), 6.0)
+    assert aaaa is not None and aaaa.addresses == ("fd00::1",) and aaaa.ttl == 44
+    https = cache.get(("h", "HTTPS"), 6.0)
+    assert https is not None and https.services[0].ttl == 14 and https.services[0].alpn == ("h3",)
+
+
+def test_cache_is_bounded_lru() -> None:
+    cache = DnsCache(max_entries=3)
+    for name in ("a", "b", "c"):
+        cache.put((name, "A"), _ok(name), 0.0)
+    assert cache.get(("a", "A"), 1.0) is not None  # a is now the most recently used
+    cache.put(("d", "A"), _ok("d"), 1.0)
+    assert len(cache) == 3
+    assert cache.get(("b", "A"), 1.0) is None
+    assert all(cache.get((n, "A"), 1.0) is not None for n in ("a", "c", "d"))
+    assert cache_mod.MAX_ENTRIES == 4096 and DnsCache().max_entries == 4096
+
+
+def test_cache_is_not_refilled_from_itself() -> None:
+    cache = DnsCache()
+    cache.put(("a", "A"), _ok("a", ttl=10), 0.0)
+    hit = cache.get(("a", "A"), 5.0)
+    assert hit is not None and not cache.put(("a", "A"), hit, 5.0)
+    assert cache.get(("a", "A"), 9.5) is not None
+
+
+def test_cache_flush_by_nameserver() -> None:
+    cache = DnsCache()
+    cache.put(("one", "A"), _ok("one", ns=NS1), 0.0)
+    cache.put(("two", "A"), _ok("two", ns=NS2), 0.0)
+    assert cache.flush([NS2]) == 1
+    assert cache.get(("two", "A"), 0.0) is None and cache.get(("one", "A"), 0.0) is not None
+    assert cache.flush() == 1 and len(cache) == 0
+
+
+def test_client_flush_keeps_other_links() -> None:
+    from taps_post.resolver.client import DnsClient
+
+    config = ResolverConfig((NS1, NS2, Nameserver("198.18.1.53", 53, "eth2")))
+    client = DnsClient(config)
+    for name, ns in (("g", NS1), ("one", NS2), ("two", config.nameservers[2])):
+        client.cache.put((name, "A"), _ok(name, ns=ns), 0.0)
+    assert client.flush("eth1") == 2  # eth1's own server and the global one
+    assert client.cache.get(("two", "A"), 0.0) is not None
+    assert client.flush() == 1
+
+
+def test_conf_and_cache_do_not_import_dnspython() -> None:
+    code = ("import sys, taps_post.resolver.conf, taps_post.resolver.cache, "
+            "taps_post.resolver.hosts; print('dns' in sys.modules)")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_default_client_follows_resolv_conf(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from taps_post.resolver.client import default_client
+
+    rc = tmp_path / "resolv.conf"
+    rc.write_text("nameserver 127.0.0.1\n")
+    monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(tmp_path / "no-links"))
+    first = default_client()
+    assert first is not None and first.config.nameservers == (Nameserver("127.0.0.1"),)
+    first.cache.put(("a", "A"), _ok("a", ns=first.config.nameservers[0]), 0.0)
+    assert default_client() is first  # same configuration: same client, same cache
+    rc.write_text("nameserver 127.0.0.1\noptions trust-ad\n")
+    second = default_client()
+    assert second is not None and second is not first and second.config.trust_ad
+    assert len(second.cache) == 0  # a new configuration starts with an empty cache
+    rc.write_text("# no servers\n")
+    assert default_client() is None
