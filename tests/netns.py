@@ -15,6 +15,7 @@ Usage:
 
     with topology() as topo:                       # or: topo = topology_fixture()
         topo.hosts(topo.a, {"svc": [B1_V6, B2_V4]})
+        topo.resolv_conf(topo.a, [B1_V4])          # A's /etc/resolv.conf (tests/dnslab.py)
         topo.blackhole(topo.b, daddr=B1_V6)        # nft drop: SYNs time out
         with topo.spawn(topo.b, SERVER, "5001") as server:   # JSON lines in and out
             assert server.read_json(5) == {"port": 5001}
@@ -434,6 +435,21 @@ class Topology:
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
         lines += [f"{addr} {name}" for name, addrs in names.items() for addr in addrs]
         (directory / "hosts").write_text("\n".join(lines) + "\n")
+
+    def resolv_conf(self, ns: str, nameservers: Sequence[str],
+                    options: Sequence[str] = ()) -> Path:
+        """Give `ns` its own /etc/resolv.conf (`ip netns exec` bind-mounts
+        /etc/netns/NS/resolv.conf over it): `nameserver` lines in order, one `options` line
+        (e.g. "timeout:1", "trust-ad"); removed at teardown like the hosts file. Used with the
+        DNS lab (tests/dnslab.py)."""
+        directory = Path("/etc/netns") / ns
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"nameserver {addr}" for addr in nameservers]
+        if options:
+            lines.append("options " + " ".join(options))
+        path = directory / "resolv.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def nft(self, ns: str, ruleset: str) -> None:
         """Load an nftables ruleset (text, as for `nft -f`) inside `ns`."""
