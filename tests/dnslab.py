@@ -798,6 +798,28 @@ class Lab:
     def trust_anchor(self) -> str | None:
         return self.unbound.trust_anchor if self.unbound else None
 
+    def resolv_conf_text(self, options: Sequence[str] = ()) -> str:
+        """A resolv.conf naming the lab's nameservers; a port other than 53 is written as
+        `ADDR:PORT` / `[V6]:PORT` (systemd's form, which taps_post.resolver reads, glibc
+        does not): for `$TAPS_POST_RESOLV_CONF` in loopback tests."""
+        lines = []
+        for addr, port in self.nameservers:
+            if port == 53:
+                lines.append(f"nameserver {addr}")
+            else:
+                lines.append(f"nameserver [{addr}]:{port}" if ":" in addr
+                             else f"nameserver {addr}:{port}")
+        if options:
+            lines.append("options " + " ".join(options))
+        return "\n".join(lines) + "\n"
+
+    def write_resolv_conf(self, path: str | os.PathLike[str],
+                          options: Sequence[str] = ()) -> Path:
+        """Write resolv_conf_text() to `path`; returns it (set $TAPS_POST_RESOLV_CONF)."""
+        out = Path(path)
+        out.write_text(self.resolv_conf_text(options))
+        return out
+
     def logs(self) -> str:
         """The servers' logs, for an assertion message."""
         parts = [f"--- knotd\n{self.knot.log()[-3000:]}"]
