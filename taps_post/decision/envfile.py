@@ -9,12 +9,24 @@ names as Linux takes them, MTUs from 68 to 65536 (1280 with an IPv6 address), po
 host names as DNS takes them (`environment.host_name_problem`), and any name shown in a
 message is repr()'d and cut short, never printed raw.
 Rule 4: the snapshot's size costs linear time: checks are per item, duplicates found by set.
+Rule 5: the DNS sections (`svcb:`, `tlsa:`, `arrivals:`) hold what a resolver could have
+answered and nothing it could not (docs/explain.md, "Snapshot: resolution"): record fields in
+their RFC ranges (RFC 9460, RFC 6698), a hint of its own family, AliasMode with a target only,
+one AliasMode record per name (RFC 9460 2.4.2 would let a client pick one at random, and a
+dry run must not), owner names unique after lowercasing. When `arrivals` is given it is the
+whole story of the resolution: every answer the snapshot holds has its arrival, and every
+arrival agrees with the answer (a positive A arrival needs an IPv4 address in `dns`, a
+negative one none), so the passes explain shows are the ones the answers could give.
+Rule 6: history ages (`cache: [{age_s}]`) are relative: a snapshot has no clock, so the
+loader puts the decision at time 0 (`Environment.now = 0.0`) and each entry `age_s` before
+it; an entry without `age_s` has no time (`at` None, recent), as before.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -45,6 +57,7 @@ from .environment import (
     interface_name_problem,
     shown,
 )
+from .names import Arrival, ServiceRecord, TlsaRecord, TlsaSet
 
 __all__ = ["EnvDocument", "load_environment"]
 
@@ -57,6 +70,20 @@ MIN_MTU, MIN_MTU_IPV6, MAX_MTU = 68, 1280, 65536
 MTU (the largest a live machine reports; an IPv4 packet cannot use more anyway)."""
 MAX_RTT_MS = 86_400_000.0
 """A day: a round-trip time above it is a unit mistake, not a path."""
+MAX_TTL = 2_147_483_647
+"""RFC 2181 section 8: a TTL is 0 to 2^31 - 1 seconds."""
+MAX_AGE_S = 10 * 365 * 86_400.0
+"""Ten years: a history entry older than that is a unit mistake (ms for s), not a memory."""
+MAX_RDATA = 65_535
+"""Bytes a resource record's data can hold (RFC 1035 section 3.2.1: RDLENGTH is 16 bits)."""
+SVC_KEYS = ("mandatory", "alpn", "no-default-alpn", "port", "ipv4hint", "ipv6hint", "ech")
+"""RFC 9460's SvcParamKeys by their presentation names (section 14.3.2), as `mandatory`
+names them; any other key is written `keyNNNNN`."""
+_SVC_KEY = re.compile(r"[a-z0-9-]{1,63}")
+_TLSA_NAME = re.compile(r"_([0-9]{1,5})\._(tcp|udp)\.(.+)", re.IGNORECASE)
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+DIGEST_BYTES = {1: 32, 2: 64}
+"""TLSA matching types 1 (SHA-256) and 2 (SHA-512): their data is a digest of this size."""
 
 
 def _refuse(message: str) -> PydanticCustomError:
@@ -163,6 +190,10 @@ class CacheItem(BaseModel):
     outcome: Literal["success", "failure", "fallback"] = Field(
         ..., description="fallback: an MPTCP stack whose peer answered as plain TCP")
     rtt_ms: float | None = Field(None, ge=0)
+    age_s: float | None = Field(
+        None, ge=0, le=MAX_AGE_S,
+        description="How long ago the outcome was recorded, in seconds: a failure younger "
+                    "than racing.failureMemory demotes its candidate; absent: recent")
     ticket: StrictBool = False
     interface: str | None = None
     address: str | None = Field(None, description="remote address the entry is about")
@@ -180,6 +211,14 @@ class CacheItem(BaseModel):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and \
                 not 0 <= value <= MAX_RTT_MS:  # NaN fails both
             raise _refuse(f"rtt_ms {value!r} is not a time from 0 to {MAX_RTT_MS:.0f} ms")
+        return value
+
+    @field_validator("age_s", mode="before")
+    @classmethod
+    def _age(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not 0 <= value <= MAX_AGE_S:  # NaN fails both
+            raise _refuse(f"age_s {_num(value)} is not an age from 0 to {MAX_AGE_S:.0f} s")
         return value
 
     @field_validator("interface")
@@ -229,12 +268,89 @@ class MptcpEntry(BaseModel):
                     "warns about one on an interface the policy excludes")
 
 
+class SvcbItem(BaseModel):
+    """One SVCB or HTTPS record (RFC 9460) of an owner name, as `dig` would show its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    priority: StrictInt = Field(..., ge=0, le=65535,
+                                description="SvcPriority: 0 AliasMode, 1-65535 ServiceMode "
+                                            "(lower first)")
+    target: str = Field(..., description='TargetName: "." (the owner itself) or a host name')
+    alpn: list[str] = Field(default_factory=list, description="ALPN protocol ids (h3, h2, ...)")
+    no_default_alpn: StrictBool = Field(
+        False, description="HTTPS records only: do not add the default http/1.1")
+    port: StrictInt | None = Field(None, ge=0, le=65535)
+    ipv4hint: list[str] = Field(default_factory=list)
+    ipv6hint: list[str] = Field(default_factory=list)
+    ech: StrictBool = Field(False, description="the record carries an ECH configuration")
+    mandatory: list[str] = Field(default_factory=list,
+                                 description="SvcParamKeys a client must understand")
+    ttl: StrictInt | None = Field(None, ge=0, le=MAX_TTL)
+
+
+class TlsaItem(BaseModel):
+    """One TLSA record (RFC 6698 section 2.1); `data` is its certificate association data in
+    hexadecimal, as `dig` prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+    usage: StrictInt = Field(..., ge=0, le=3,
+                             description="0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE")
+    selector: StrictInt = Field(..., ge=0, le=1, description="0 full certificate, 1 SPKI")
+    matching: StrictInt = Field(..., ge=0, le=2, description="0 exact, 1 SHA-256, 2 SHA-512")
+    data: str = Field(..., min_length=2, description="hexadecimal")
+
+
+class TlsaEntry(BaseModel):
+    """The TLSA answer for one `_port._tcp.host` or `_port._udp.host` name."""
+
+    model_config = ConfigDict(extra="forbid")
+    validated: StrictBool = Field(
+        False, description="DNSSEC-validated (AD bit from a trusted resolver); an unvalidated "
+                           "set is never used")
+    records: list[TlsaItem] = Field(default_factory=list,
+                                    description="empty: a negative answer")
+
+
+class ArrivalItem(BaseModel):
+    """When one DNS answer arrived, in ms since resolution started."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    type: Literal["A", "AAAA", "HTTPS", "SVCB", "TLSA"]
+    at_ms: float = Field(..., ge=0, le=MAX_RTT_MS)
+    ttl: StrictInt | None = Field(None, ge=0, le=MAX_TTL)
+    negative: StrictBool = Field(False, description="NXDOMAIN or NODATA")
+
+    @field_validator("at_ms", mode="before")
+    @classmethod
+    def _at(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not 0 <= value <= MAX_RTT_MS:  # NaN fails both
+            raise _refuse(f"at_ms {_num(value)} is not a time from 0 to {MAX_RTT_MS:.0f} ms")
+        return value
+
+
+def _num(value: float) -> str:
+    text = repr(value)
+    return text if len(text) <= 16 else f"{text[:16]}..."
+
+
 class EnvDocument(BaseModel):
     """An environment snapshot for dry runs and tests."""
 
     model_config = ConfigDict(extra="forbid", title="taps_post environment snapshot")
     interfaces: list[InterfaceEntry] = Field(default_factory=list)
-    dns: dict[str, list[str]] = Field(default_factory=dict)
+    dns: dict[str, list[str]] = Field(
+        default_factory=dict, description="A and AAAA answers: name -> addresses")
+    svcb: dict[str, list[SvcbItem]] = Field(
+        default_factory=dict,
+        description="SVCB/HTTPS answers by owner name (host, _8443._https.host, "
+                    "_port._scheme.host); [] is a negative answer")
+    tlsa: dict[str, TlsaEntry] = Field(
+        default_factory=dict, description="TLSA answers by _port._tcp.host / _port._udp.host")
+    arrivals: list[ArrivalItem] = Field(
+        default_factory=list,
+        description="When each answer arrived (resolution passes); absent: all at 0 ms")
     cache: list[CacheItem] = Field(default_factory=list)
     mptcp: MptcpEntry | None = None
 
@@ -308,6 +424,10 @@ def _build(data: Any, pos: Positions) -> Environment:
     for name, answers in doc.dns.items():
         if (why := host_name_problem(name)) is not None:
             problems.append(pos.diagnostic(("dns", name), f"dns: {why}", key=True))
+        elif name.lower() in dns:  # Rule 4: a dict lookup
+            problems.append(pos.diagnostic(
+                ("dns", name), f"duplicate dns name {shown(name)}: names are case-insensitive",
+                key=True))
         for j, text_addr in enumerate(answers):
             try:
                 ipaddress.ip_address(text_addr)
@@ -327,12 +447,258 @@ def _build(data: Any, pos: Positions) -> Environment:
                 ("cache", i, "outcome"),
                 f"outcome fallback is for a multipath stack ({', '.join(sorted(multipath))}); "
                 f"{c.stack} has nothing to fall back from"))
+    svcb = _services(doc, pos, problems)
+    tlsa = _tlsa(doc, pos, problems)
+    arrivals = _arrivals(doc, pos, problems, dns, svcb, tlsa)
     if problems:
         raise InputError(problems)
+    # Rule 6: ages against a decision at time 0
+    now = 0.0 if any(c.age_s is not None for c in doc.cache) else None
     cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
-                             c.interface, c.address) for c in doc.cache)
+                             c.interface, c.address,
+                             None if c.age_s is None else 0.0 - c.age_s)
+                  for c in doc.cache)
     endpoints = tuple(MptcpEndpoint(e.address, e.interface, tuple(e.flags), e.id)
                       for e in (doc.mptcp.endpoints if doc.mptcp else ()))
     return Environment(tuple(interfaces), dns, cache, source=pos.source,
                        path_manager=doc.mptcp.path_manager if doc.mptcp else None,
-                       mptcp_endpoints=endpoints)
+                       mptcp_endpoints=endpoints, svcb=svcb, tlsa=tlsa, arrivals=arrivals,
+                       now=now)
+
+
+def dns_name(name: str) -> str:
+    """A DNS name as the Environment keys it: lower case, without the final dot
+    (`names.service_query` and `names.tlsa_name` build their names the same way)."""
+    return name.lower().rstrip(".") or "."
+
+
+def _owner_problem(name: str, what: str) -> str | None:
+    """Why `name` cannot own records of kind `what`, or None: a host name (`_port._scheme`
+    labels included), never an IP address, which is not resolved."""
+    why = host_name_problem(name)
+    if why is not None:
+        return f"{what}: {why}"
+    if name.rstrip(".").replace(".", "").isdigit() or ":" in name:
+        return f"{what}: {shown(name)} is an IP address, which is never resolved"
+    return None
+
+
+def _services(doc: EnvDocument, pos: Positions,
+              problems: list[Diagnostic]) -> dict[str, tuple[ServiceRecord, ...]]:
+    """The `svcb:` section as ServiceRecords by owner (Rule 5)."""
+    out: dict[str, tuple[ServiceRecord, ...]] = {}
+    for owner, items in doc.svcb.items():
+        where: tuple[Any, ...] = ("svcb", owner)
+        if (why := _owner_problem(owner, "svcb")) is not None:
+            problems.append(pos.diagnostic(where, why, key=True))
+            continue
+        key = dns_name(owner)
+        if key in out:
+            problems.append(pos.diagnostic(
+                where, f"duplicate svcb owner {shown(owner)}: names are case-insensitive and "
+                       "the final dot does not count", key=True))
+            continue
+        records: list[ServiceRecord] = []
+        aliases = 0
+        for i, item in enumerate(items):
+            record = _service(item, (*where, i), pos, problems)
+            if item.priority == 0:
+                aliases += 1
+                if aliases == 2:
+                    problems.append(pos.diagnostic(
+                        (*where, i, "priority"),
+                        "a second AliasMode record (priority 0) for this name: RFC 9460 "
+                        "section 2.4.2 expects one, and a client would pick one at random"))
+            if record is not None:
+                records.append(record)
+        out[key] = tuple(records)
+    return out
+
+
+def _service(item: SvcbItem, where: tuple[Any, ...], pos: Positions,
+             problems: list[Diagnostic]) -> ServiceRecord | None:
+    before = len(problems)
+
+    def bad(field: tuple[Any, ...], message: str) -> None:
+        problems.append(pos.diagnostic((*where, *field), message))
+
+    if item.target != "." and (why := _owner_problem(item.target, "target")) is not None:
+        bad(("target",), why)
+    if item.priority == 0:
+        for name in sorted(item.model_fields_set - {"priority", "target", "ttl"}):
+            bad((name,), f"an AliasMode record (priority 0) takes only a target (RFC 9460 "
+                         f"section 2.4.2); {name} belongs in a ServiceMode record (priority "
+                         "1-65535)")
+    for j, alpn in enumerate(item.alpn):
+        if not alpn or len(alpn.encode("utf-8", "surrogatepass")) > 255 or \
+                not alpn.isprintable() or "," in alpn:
+            bad(("alpn", j), f"alpn {shown(alpn)} is not an ALPN protocol id (1-255 "
+                             "printable bytes, no comma)")
+    if item.no_default_alpn and not item.alpn:
+        bad(("no_default_alpn",), "no_default_alpn needs an alpn list (RFC 9460 section "
+                                  "7.1.1): the record would offer no protocol at all")
+    for family, hints in (("IPv4", item.ipv4hint), ("IPv6", item.ipv6hint)):
+        for j, hint in enumerate(hints):
+            field = ("ipv4hint" if family == "IPv4" else "ipv6hint", j)
+            try:
+                ip = ipaddress.ip_address(hint)
+            except ValueError:
+                bad(field, f"{field[0]} {shown(hint)} is not an IP address")
+                continue
+            if ip.version != (4 if family == "IPv4" else 6):
+                bad(field, f"{field[0]} {shown(hint)} is not an {family} address")
+    present = {"alpn": bool(item.alpn), "no-default-alpn": item.no_default_alpn,
+               "port": item.port is not None, "ipv4hint": bool(item.ipv4hint),
+               "ipv6hint": bool(item.ipv6hint), "ech": item.ech}
+    seen: set[str] = set()
+    for j, key in enumerate(item.mandatory):
+        number = key[3:] if key.startswith("key") else ""
+        if not _SVC_KEY.fullmatch(key) or (key not in SVC_KEYS and not (
+                number.isdigit() and int(number) <= 65535)):
+            bad(("mandatory", j), f"mandatory {shown(key)} is not a SvcParamKey (one of "
+                                  f"{', '.join(SVC_KEYS[1:])}, or keyNNNNN)")
+        elif key == "mandatory":
+            bad(("mandatory", j), "mandatory may not name itself (RFC 9460 section 8)")
+        elif key in seen:
+            bad(("mandatory", j), f"mandatory names {key} twice")
+        elif not present.get(key, True):
+            bad(("mandatory", j), f"mandatory names {key}, which the record does not have "
+                                  "(RFC 9460 section 8)")
+        seen.add(key)
+    if len(problems) != before:
+        return None
+    return ServiceRecord(item.priority, dns_name(item.target), tuple(item.alpn),
+                         item.no_default_alpn, item.port, tuple(item.ipv4hint),
+                         tuple(item.ipv6hint), item.ech, tuple(item.mandatory), item.ttl)
+
+
+def _tlsa(doc: EnvDocument, pos: Positions, problems: list[Diagnostic]) -> dict[str, TlsaSet]:
+    """The `tlsa:` section as TlsaSets by name (Rule 5)."""
+    out: dict[str, TlsaSet] = {}
+    for name, entry in doc.tlsa.items():
+        where: tuple[Any, ...] = ("tlsa", name)
+        match = _TLSA_NAME.fullmatch(name)
+        why = None
+        if match is None:
+            why = (f"tlsa: {shown(name)} is not a TLSA name: _PORT._tcp.HOST or "
+                   "_PORT._udp.HOST (RFC 6698 section 3)")
+        elif int(match.group(1)) > 65535:
+            why = f"tlsa: {shown(name)}: port {match.group(1)} is not from 0 to 65535"
+        else:
+            why = _owner_problem(match.group(3), "tlsa")
+        if why is not None:
+            problems.append(pos.diagnostic(where, why, key=True))
+            continue
+        key = dns_name(name)
+        if key in out:
+            problems.append(pos.diagnostic(
+                where, f"duplicate tlsa name {shown(name)}: names are case-insensitive and "
+                       "the final dot does not count", key=True))
+            continue
+        records: list[TlsaRecord] = []
+        for j, item in enumerate(entry.records):
+            at = (*where, "records", j, "data")
+            if not _HEX.fullmatch(item.data):
+                problems.append(pos.diagnostic(at, f"data {shown(item.data, 40)} is not "
+                                                   "hexadecimal, two digits a byte"))
+                continue
+            size = len(item.data) // 2
+            want = DIGEST_BYTES.get(item.matching)
+            if want is not None and size != want:
+                problems.append(pos.diagnostic(
+                    at, f"data is {size} bytes; matching {item.matching} "
+                        f"({'SHA-256' if item.matching == 1 else 'SHA-512'}) is {want}"))
+                continue
+            if size > MAX_RDATA:
+                problems.append(pos.diagnostic(at, f"data is {size} bytes; a record holds "
+                                                   f"at most {MAX_RDATA}"))
+                continue
+            records.append(TlsaRecord(item.usage, item.selector, item.matching,
+                                      bytes.fromhex(item.data)))
+        out[key] = TlsaSet(key, tuple(records), entry.validated)
+    return out
+
+
+def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
+              dns: Mapping[str, tuple[str, ...]],
+              svcb: Mapping[str, tuple[ServiceRecord, ...]],
+              tlsa: Mapping[str, TlsaSet]) -> tuple[Arrival, ...]:
+    """The `arrivals:` section, checked against the answers it times (Rule 5)."""
+    families: dict[str, set[str]] = {}
+    for name, addresses in dns.items():
+        got = families.setdefault(dns_name(name), set())
+        got.update("AAAA" if ":" in a else "A" for a in addresses)
+    out: list[Arrival] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(doc.arrivals):
+        where: tuple[Any, ...] = ("arrivals", i)
+        if (why := _owner_problem(item.name, "name")) is not None:
+            problems.append(pos.diagnostic((*where, "name"), why))
+            continue
+        name = dns_name(item.name)
+        query = (name, "SVCB" if item.type == "HTTPS" else item.type)  # one query per owner
+        if query in seen:
+            problems.append(pos.diagnostic(
+                (*where, "type"), f"a second {item.type} answer for {shown(name)} (the first "
+                                  f"is arrivals[{seen[query]}]): a query is answered once"))
+            continue
+        seen[query] = i
+        why = _disagreement(item, name, families, svcb, tlsa)
+        if why is not None:
+            problems.append(pos.diagnostic((*where, "negative"), why))
+            continue
+        out.append(Arrival(name, item.type, float(item.at_ms), item.ttl, item.negative))
+    if out:
+        _untimed(doc, pos, problems, {(a.name, a.rtype) for a in out})
+    return tuple(out)
+
+
+def _disagreement(item: ArrivalItem, name: str, families: Mapping[str, set[str]],
+                  svcb: Mapping[str, tuple[ServiceRecord, ...]],
+                  tlsa: Mapping[str, TlsaSet]) -> str | None:
+    """Why an arrival contradicts the answer it times, or None."""
+    what = f"{'a negative' if item.negative else 'a positive'} {item.type} answer for " \
+           f"{shown(name)}"
+    if item.type in ("A", "AAAA"):
+        family = "IPv4" if item.type == "A" else "IPv6"
+        has = item.type in families.get(name, set())
+        if has == item.negative:
+            return (f"{what}, but dns holds {'an' if has else 'no'} {family} address for it"
+                    + ("" if has else " (a positive answer has addresses)"))
+    elif item.type in ("HTTPS", "SVCB"):
+        records = svcb.get(name)
+        if records is None:
+            return f"{what}, but svcb has no entry for it (a negative answer is `{name}: []`)"
+        if bool(records) == item.negative:
+            return f"{what}, but svcb holds {len(records)} record(s) for it"
+    else:
+        tlsa_set = tlsa.get(name)
+        if tlsa_set is None:
+            return (f"{what}, but tlsa has no entry for it (a negative answer is "
+                    f"`{name}: {{records: []}}`)")
+        if bool(tlsa_set.records) == item.negative:
+            return f"{what}, but tlsa holds {len(tlsa_set.records)} record(s) for it"
+    return None
+
+
+def _untimed(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
+             timed: set[tuple[str, str]]) -> None:
+    """With arrivals, every answer the snapshot holds says when it arrived (Rule 5)."""
+    note = "with arrivals, every answer says when it arrived"
+    for name, addresses in doc.dns.items():
+        for rtype in dict.fromkeys("AAAA" if ":" in a else "A" for a in addresses):
+            if (dns_name(name), rtype) not in timed:
+                problems.append(pos.diagnostic(
+                    ("dns", name), f"dns[{shown(name)}] holds "
+                                   f"{'IPv6' if rtype == 'AAAA' else 'IPv4'} addresses but "
+                                   f"arrivals has no {rtype} answer for it ({note})", key=True))
+    for owner in doc.svcb:
+        key = dns_name(owner)
+        if (key, "HTTPS") not in timed and (key, "SVCB") not in timed:
+            problems.append(pos.diagnostic(
+                ("svcb", owner), f"svcb[{shown(owner)}] has no HTTPS or SVCB arrival ({note})",
+                key=True))
+    for name in doc.tlsa:
+        if (dns_name(name), "TLSA") not in timed:
+            problems.append(pos.diagnostic(
+                ("tlsa", name), f"tlsa[{shown(name)}] has no TLSA arrival ({note})", key=True))

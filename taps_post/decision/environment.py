@@ -179,6 +179,19 @@ class CacheEntry:
     key"); None: no time known, which counts as recent."""
 
 
+def _service_dict(r: ServiceRecord) -> dict[str, Any]:
+    """A ServiceRecord as a snapshot's `svcb:` item: priority and target, then only the
+    fields the record has (an AliasMode item takes nothing else)."""
+    out: dict[str, Any] = {"priority": r.priority, "target": r.target}
+    for name, value in (("alpn", list(r.alpn)), ("no_default_alpn", r.no_default_alpn),
+                        ("port", r.port), ("ipv4hint", list(r.ipv4hint)),
+                        ("ipv6hint", list(r.ipv6hint)), ("ech", r.ech),
+                        ("mandatory", list(r.mandatory)), ("ttl", r.ttl)):
+        if value is not None and value is not False and value != []:  # port 0 is a port
+            out[name] = value
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class MptcpEndpoint:
     """One in-kernel MPTCP path manager endpoint (`ip mptcp endpoint show`): under the kernel
@@ -248,17 +261,36 @@ class Environment:
                 for i in self.interfaces
             ],
             "dns": {k: list(v) for k, v in self.dns.items()},
+            **({"svcb": {owner: [_service_dict(r) for r in records]
+                         for owner, records in self.svcb.items()}} if self.svcb else {}),
+            **({"tlsa": {name: {"validated": t.validated,
+                                "records": [{"usage": r.usage, "selector": r.selector,
+                                             "matching": r.matching, "data": r.data.hex()}
+                                            for r in t.records]}
+                         for name, t in self.tlsa.items()}} if self.tlsa else {}),
+            **({"arrivals": [
+                {"name": a.name, "type": a.rtype, "at_ms": a.at_ms,
+                 **({"ttl": a.ttl} if a.ttl is not None else {}),
+                 **({"negative": True} if a.negative else {})}
+                for a in self.arrivals]} if self.arrivals else {}),
             "cache": [
                 {k: v for k, v in (
                     ("remote", c.remote), ("stack", c.stack), ("outcome", c.outcome),
-                    ("rtt_ms", c.rtt_ms), ("ticket", c.ticket), ("interface", c.interface),
-                    ("address", c.address),
+                    ("rtt_ms", c.rtt_ms), ("age_s", self._age(c)), ("ticket", c.ticket),
+                    ("interface", c.interface), ("address", c.address),
                 ) if v is not None}
                 for c in self.cache
             ],
             **({"mptcp": self._mptcp_dict()}
                if self.path_manager is not None or self.mptcp_endpoints else {}),
         }
+
+    def _age(self, entry: CacheEntry) -> float | None:
+        """A snapshot's `age_s` of `entry`: seconds between its `at` and `now` (a snapshot
+        has no clock, so times are written as ages; None when either time is unknown)."""
+        if entry.at is None or self.now is None:
+            return None
+        return max(0.0, self.now - entry.at)
 
     def _mptcp_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
