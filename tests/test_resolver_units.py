@@ -257,3 +257,19 @@ def test_default_client_follows_resolv_conf(tmp_path: Path,
     assert len(second.cache) == 0  # a new configuration starts with an empty cache
     rc.write_text("# no servers\n")
     assert default_client() is None
+
+
+def test_cache_forget_by_name() -> None:
+    cache = DnsCache()
+    for key in (("web.example", "A"), ("web.example", "AAAA"), ("other", "A")):
+        cache.put(key, _ok(key[0], key[1]), 0.0)
+    assert cache.forget(["WEB.example."]) == 2
+    assert len(cache) == 1 and cache.get(("other", "A"), 0.0) is not None
+
+
+def test_search_names_as_glibc_tries_them() -> None:
+    config = parse_resolv_conf("search corp.example lab.example\noptions ndots:2\n")
+    assert config.names_for("svc") == ("svc.corp.example", "svc.lab.example", "svc")
+    assert config.names_for("a.b.c") == ("a.b.c", "a.b.c.corp.example", "a.b.c.lab.example")
+    assert config.names_for("Svc.Example.") == ("svc.example",)
+    assert parse_resolv_conf("").names_for("svc") == ("svc",)

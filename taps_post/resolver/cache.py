@@ -119,6 +119,15 @@ class DnsCache:
             self._entries.popitem(last=False)
         return True
 
+    def forget(self, names: Iterable[str]) -> int:
+        """Drop every entry (any rtype) of these names (a failed race's names); the number
+        dropped."""
+        drop = {cache_key(name, "")[0] for name in names}
+        keys = [k for k in self._entries if k[0] in drop]
+        for k in keys:
+            del self._entries[k]
+        return len(keys)
+
     def flush(self, nameservers: Iterable[Nameserver] | None = None) -> int:
         """Drop everything (None) or what these nameservers said; the number dropped."""
         if nameservers is None:

@@ -26,12 +26,16 @@ Rule 7: `authenticated` = the response's AD bit AND `config.trusts(nameserver)`
 Rule 8: `default_client()` keeps one client per `system_config()` value: a changed
 resolv.conf gives a new client with a new cache, an unchanged one the same client, so the
 cache lives as long as the configuration that filled it.
+Rule 9: concurrent queries for the same (name, rtype) on one event loop share one question
+on the wire (carriers opened together to one host ask once); a caller that is cancelled
+leaves the question running for the others, and its answer still fills the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import dns.asyncquery
@@ -148,6 +152,7 @@ class DnsClient:
     def __init__(self, config: ResolverConfig, cache: DnsCache | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else DnsCache()
+        self._pending: dict[tuple[str, str], asyncio.Task[Answer]] = {}
         self.sent = 0
         """Queries put on the wire (tests and the bench read it: a cache hit sends none)."""
 
@@ -161,6 +166,17 @@ class DnsClient:
         hit = self.cache.get(key, time.monotonic())
         if hit is not None:
             return hit
+        loop = asyncio.get_running_loop()
+        task = self._pending.get(key)
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = loop.create_task(self._fetch(key, rtype))
+            self._pending[key] = task
+            task.add_done_callback(lambda t: self._pending.pop(key, None)
+                                   if self._pending.get(key) is t else None)
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, str], rtype: str) -> Answer:
+        """One question on the wire for every caller asking it at the same time (Rule 9)."""
         answer = await self._ask(key[0], rtype)
         self.cache.put(key, answer, time.monotonic())
         return answer
@@ -209,6 +225,11 @@ class DnsClient:
         if rcode == dns.rcode.REFUSED:
             return "refused", None
         return "error", None
+
+    def forget(self, names: Iterable[str]) -> int:
+        """Forget every answer (any rtype) for these names: a race to them failed, so what
+        the DNS said may be what failed (cache.py). Returns the number of entries dropped."""
+        return self.cache.forget(names)
 
     def flush(self, interface: str | None = None) -> int:
         """Forget answers a network change on `interface` may have made wrong; None: all.

@@ -74,6 +74,18 @@ class ResolverConfig:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Lines that were skipped, with their line numbers."""
 
+    def names_for(self, name: str) -> tuple[str, ...]:
+        """The names glibc's res_search tries for `name`, in order (resolv.conf(5)): only
+        the name itself when it ends with a dot; the name first and then each search domain
+        when it has at least `ndots` dots; the search domains first otherwise."""
+        name = name.lower()
+        if name.endswith("."):
+            return (name.rstrip("."),)
+        searched = tuple(f"{name}.{domain}" for domain in self.search)
+        if name.count(".") >= self.ndots:
+            return (name, *searched)
+        return (*searched, name)
+
     def trusts(self, ns: Nameserver) -> bool:
         """May the AD bit in this server's answer be believed? (Rule 5)"""
         return ns.loopback or self.trust_ad

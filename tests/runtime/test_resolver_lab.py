@@ -89,6 +89,21 @@ def test_a_and_aaaa_keep_their_own_ttls(dns_lab: Lab, run: Any) -> None:
     run(main())
 
 
+def test_concurrent_questions_share_one_query(dns_lab: Lab, run: Any) -> None:
+    c = client(dns_lab.knot.address)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(*(c.query("svc.lab.test", "A") for _ in range(5)),
+                                         c.query("svc.lab.test", "AAAA")))
+
+    answers = run(main())
+    assert c.sent == 2
+    assert all(a.addresses == ("198.18.1.2",) for a in answers[:5])
+    assert run(c.query("svc.lab.test", "A")).from_cache and c.sent == 2
+    assert c.forget(["svc.lab.test"]) == 2
+    assert not run(c.query("svc.lab.test", "A")).from_cache and c.sent == 3
+
+
 def test_cname_chain_ttl_is_the_minimum(dns_lab: Lab, run: Any) -> None:
     c = client(dns_lab.knot.address)
     answer = run(c.query("c1.lab.test", "A"))
