@@ -9,13 +9,14 @@ fd00::/8 and the namespaces' loopback):
     .venv/bin/python -P bench/resolution.py --quick    # smoke run: about 15 s
     .venv/bin/python -P bench/resolution.py --only first-attempt --rounds 9
 
-The lab: host A (the client) runs Knot DNS (knotd, Debian's authoritative server) on
-127.0.0.1:53, authoritative for `bench.test.` (`svc.bench.test` A 198.18.1.2 and AAAA
-fd00:1::2, TTL 300), and a delaying relay on 127.0.0.2:53 that forwards every query to knot
-and holds each AAAA answer --aaaa-delay (400) ms before passing it on. A's resolv.conf
-(/etc/netns/A/resolv.conf, which glibc's getaddrinfo and taps_post's resolver both read)
-names knot or the relay, per figure. Host B runs a plain asyncio TCP server on port 5001 on
-both addresses. The name is in no hosts file, so both sides ask the DNS server.
+The lab (tests/dnslab.py): host A (the client) runs Knot DNS (knotd, Debian's
+authoritative server) on 127.0.0.1:53, authoritative for `bench.test.` (`svc.bench.test` A
+198.18.1.2 and AAAA fd00:1::2, TTL 300), and the lab's delaying relay on 127.0.0.2:53, which
+forwards every query to knot and answers AAAA --aaaa-delay (400) ms after the query came.
+A's resolv.conf (/etc/netns/A/resolv.conf, which glibc's getaddrinfo and taps_post's
+resolver both read) names knot or the relay, per figure. Host B runs a plain asyncio TCP
+server on port 5001 on both addresses. The name is in no hosts file, so both sides ask the
+DNS server.
 
 Figures (wall time, time.perf_counter and the trace's t_ms, one client process per figure
 group, ours and raw alternated sample by sample, the order flipped every round):
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -65,78 +65,6 @@ NAME = "svc.bench.test"
 PORT = 5001
 KNOT = "127.0.0.1"
 RELAY = "127.0.0.2"
-
-ZONE = """\
-$ORIGIN bench.test.
-$TTL 300
-@    SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 300
-@    NS  ns.bench.test.
-ns   A   127.0.0.1
-svc  A   198.18.1.2
-svc  AAAA fd00:1::2
-"""
-
-KNOT_CONF = """\
-server:
-    rundir: "{dir}"
-    listen: {knot}@53
-database:
-    storage: "{dir}"
-template:
-  - id: default
-    storage: "{dir}"
-    semantic-checks: off
-zone:
-  - domain: bench.test.
-    file: "{dir}/bench.test.zone"
-log:
-  - target: stderr
-    any: warning
-"""
-
-RELAY_SCRIPT = r"""
-import asyncio, json, struct, sys
-
-LISTEN, UPSTREAM = sys.argv[1], sys.argv[2]
-DELAY = [float(sys.argv[3]) / 1000]
-
-def qtype(packet):
-    # header 12 bytes, then the question name's labels, then QTYPE
-    i = 12
-    while i < len(packet) and packet[i]:
-        i += 1 + packet[i]
-    return struct.unpack("!H", packet[i + 1:i + 3])[0] if i + 3 <= len(packet) else 0
-
-class Upstream(asyncio.DatagramProtocol):
-    def __init__(self, relay, client, query):
-        self.relay, self.client, self.query = relay, client, query
-    def connection_made(self, transport):
-        self.transport = transport
-        transport.sendto(self.query)
-    def datagram_received(self, data, addr):
-        self.transport.close()
-        wait = DELAY[0] if qtype(data) == 28 else 0.0
-        loop = asyncio.get_running_loop()
-        loop.call_later(wait, self.relay.sendto, data, self.client)
-
-class Relay(asyncio.DatagramProtocol):
-    def connection_made(self, transport):
-        self.transport = transport
-    def datagram_received(self, data, addr):
-        loop = asyncio.get_running_loop()
-        loop.create_task(loop.create_datagram_endpoint(
-            lambda: Upstream(self.transport, addr, data), remote_addr=(UPSTREAM, 53)))
-
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(Relay, local_addr=(LISTEN, 53))
-    print(json.dumps({"relay": LISTEN, "delay_ms": DELAY[0] * 1000}), flush=True)
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        DELAY[0] = float(json.loads(line)["delay_ms"]) / 1000
-        print(json.dumps({"delay_ms": DELAY[0] * 1000}), flush=True)
-
-asyncio.run(main())
-"""
 
 SERVER = r"""
 import asyncio, json, socket, sys
@@ -181,13 +109,17 @@ def flush():
 async def ours(cached):
     if not cached:
         flush()
-    first, answers = [], []
+    first, answers, marks = [], [], {}
 
     def trace(name, info):
         if name == "attempt.started" and not first:
             first.append(info["t_ms"])
+            marks.setdefault("first attempt.started", info["t_ms"])
         elif name == "resolution.answer":
             answers.append(name)
+            marks.setdefault(f"{info['rtype']} answer", info["t_ms"])
+        elif name == "resolution.pass":
+            marks.setdefault(f"pass {info['number']}", info["t_ms"])
 
     t0 = clock()
     carrier = await tp.initiate(f"tcp://{NAME}:{PORT}", policy=CTX, trace=trace)
@@ -196,7 +128,8 @@ async def ours(cached):
     await carrier.close()
     if not first:
         raise RuntimeError("no attempt.started event")
-    return first[0], ready, where
+    marks["ready"] = ready
+    return first[0], ready, where, marks
 
 async def gai():
     loop = asyncio.get_running_loop()
@@ -215,13 +148,15 @@ async def open_connection():
     return ready, peer
 
 async def handle(cmd):
-    out = {"ours_first": [], "ours_ready": [], "raw": [], "ours_where": [], "raw_where": []}
+    out = {"ours_first": [], "ours_ready": [], "raw": [], "ours_where": [], "raw_where": [],
+           "ours_marks": []}
     gc.collect()
     for i in range(cmd["samples"]):
         order = ("ours", "raw") if (i + cmd["round"]) % 2 == 0 else ("raw", "ours")
         for side in order:
             if side == "ours":
-                first, ready, where = await ours(cmd["cached"])
+                first, ready, where, marks = await ours(cmd["cached"])
+                out["ours_marks"].append(marks)
                 out["ours_first"].append(first)
                 out["ours_ready"].append(ready)
                 out["ours_where"].append(list(where))
@@ -249,12 +184,14 @@ def unavailable() -> str | None:
 
     if os.geteuid() != 0:
         return "needs root (it builds network namespaces); run it as root, e.g. in CI"
-    if shutil.which("knotd") is None:
-        return "knotd (Debian package knot) is not installed"
     try:
+        import dnslab
         import netns
     except ImportError as exc:  # tests/netns.py needs pytest (a dev dependency)
-        return f"cannot import tests/netns.py: {exc}"
+        return f"cannot import tests/netns.py and tests/dnslab.py: {exc}"
+    missing = dnslab.missing_tools()
+    if missing is not None:
+        return missing
     reason = netns.unavailable()
     if reason is not None:
         return reason
@@ -267,60 +204,46 @@ def unavailable() -> str | None:
 
 class Lab:
     def __init__(self, args: argparse.Namespace) -> None:
+        import dnslab
         import netns
 
         self.args = args
         self.netns = netns
         self.topo = netns.Topology("tpn")
-        self.topo.build()
-        topo = self.topo
-        topo.hosts(topo.a, {})  # the name is in no hosts file: both sides ask DNS
-        self.resolv = Path("/etc/netns") / topo.a / "resolv.conf"
-        self.nameserver(KNOT)
-        knot_dir = topo.tmp / "knot"
-        knot_dir.mkdir()
-        (knot_dir / "bench.test.zone").write_text(ZONE)
-        conf = knot_dir / "knot.conf"
-        conf.write_text(KNOT_CONF.format(dir=knot_dir, knot=KNOT))
-        self.knot = netns.NsProcess(["ip", "netns", "exec", topo.a, "knotd", "-c", str(conf)],
-                                    label="knotd in A")
-        self._wait_knot()
-        self.relay = topo.spawn(topo.a, RELAY_SCRIPT, RELAY, KNOT, str(args.aaaa_delay))
-        self.relay.read_json(10)
-        self.server = topo.spawn(topo.b, SERVER, str(PORT))
-        self.server.read_json(10)
+        self._stack = contextlib.ExitStack()
+        try:
+            self.topo.build()
+            topo = self.topo
+            topo.hosts(topo.a, {})  # the name is in no hosts file: both sides ask DNS
+            self.nameserver(KNOT)
+            zone = dnslab.Zone("bench.test.")
+            zone.add("svc", 300, "A", netns.B1_V4)
+            zone.add("svc", 300, "AAAA", netns.B1_V6)
+            self._stack.enter_context(dnslab.knot(zone, (KNOT, 53), netns=topo.a))
+            self.relay = self._stack.enter_context(dnslab.delay_relay(
+                (KNOT, 53), {"AAAA": args.aaaa_delay / 1000}, (RELAY, 53), netns=topo.a))
+            self.server = topo.spawn(topo.b, SERVER, str(PORT))
+            self.server.read_json(10)
+        except BaseException:
+            self.close()
+            raise
         self.resolved_by: set[str] = set()
         """How ours resolved (resolution.answer trace events seen, or none: getaddrinfo)."""
-
-    def _wait_knot(self) -> None:
-        """Until knot answers svc's A record (kdig inside A), at most 10 s."""
-        import time
-
-        deadline = time.monotonic() + 10
-        while True:
-            out = self.topo.exec(self.topo.a, "kdig", "+short", "+time=1", "+retry=0",
-                                 f"@{KNOT}", NAME, "A", check=False)
-            if out.stdout.strip() == self.netns.B1_V4:
-                return
-            if self.knot.proc.poll() is not None or time.monotonic() > deadline:
-                raise InternalError(f"knotd did not answer: {out.stdout!r} {out.stderr!r}; "
-                                    f"knotd stderr:\n{self.knot.stderr}")
-            time.sleep(0.05)  # pacing between checks of a server starting up
 
     def nameserver(self, address: str) -> None:
         """A's resolv.conf names `address` only (rewritten in place: the bind mount of
         `ip netns exec` and both resolvers see it)."""
-        self.resolv.write_text(f"nameserver {address}\noptions timeout:2 attempts:2\n")
+        self.topo.resolv_conf(self.topo.a, [address], ["timeout:2", "attempts:2"])
 
     def delay(self, ms: float) -> None:
-        self.relay.ask({"delay_ms": ms})
+        self.relay.set({"AAAA": ms / 1000})
 
     def client(self) -> Any:
         return self.topo.spawn(self.topo.a, self.netns.COMMAND_LOOP + CLIENT, NAME, str(PORT))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.knot.close(timeout=1)
+            self._stack.close()
         self.topo.teardown()
 
     # ---- figures ----------------------------------------------------------------------------
@@ -329,6 +252,7 @@ class Lab:
         """One client process; per round one command of --samples samples a side, the
         round's figure the median of them. `ours`: "first" (to the first attempt.started)
         or "ready"; `raw`: "getaddrinfo" or "open_connection"."""
+        timeline: dict[str, list[float]] = {}
         with self.client() as client:
             cmd = {"samples": 1, "round": 0, "raw": raw, "cached": cached}
             client.ask(cmd, 30)  # warm-up: imports, first decision, knot's first answer
@@ -336,7 +260,14 @@ class Lab:
                 out = client.ask({**cmd, "samples": self.args.samples, "round": rnd}, 60)
                 self.check(out, raw)
                 row.ours.append(median(out[f"ours_{ours}"]))
+                for marks in out["ours_marks"]:
+                    for mark, t_ms in marks.items():
+                        timeline.setdefault(mark, []).append(t_ms)
                 row.raw.append(median(out["raw"]))
+        if timeline:
+            steps = sorted(timeline.items(), key=lambda kv: median(kv[1]))
+            row.notes.append("ours, median ms after initiate(): " + ", ".join(
+                f"{mark} {median(ts):.1f}" for mark, ts in steps))
 
     def check(self, out: dict[str, Any], raw: str) -> None:
         netns = self.netns
