@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import dns.flags
 import dns.message
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from dnslab import Lab, delay_relay, example_zone, lab
@@ -215,6 +217,36 @@ def test_queries_ask_for_validation(silent: socket.socket, run: Any) -> None:
         assert bool(q.ednsflags & dns.flags.DO) == want_do
     a_ids = [q.id for q in queries if q.question[0].rdtype == dns.rdatatype.A]
     assert len(a_ids) == 2  # one per attempt (IDs are random, so they differ almost surely)
+
+
+def test_forged_answers_are_skipped(dns_lab: Lab, run: Any) -> None:
+    """An off-path attacker's guesses arrive first (a wrong ID; the right ID for another
+    question, from the right address): the client waits for the answer to its question."""
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front.bind(("127.0.0.1", 0))
+    front.settimeout(5)
+
+    def attacker_then_relay() -> None:
+        wire, peer = front.recvfrom(65535)
+        query = dns.message.from_wire(wire)
+        for forged_id, name in ((query.id ^ 0x5A5A, "svc.lab.test."), (query.id, "x.lab.test.")):
+            forged = dns.message.make_query(name, "A", id=forged_id)
+            reply = dns.message.make_response(forged)
+            reply.answer.append(dns.rrset.from_text(name, 300, "IN", "A", "198.18.9.9"))
+            front.sendto(reply.to_wire(), peer)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(5)
+            up.sendto(wire, dns_lab.knot.address)
+            front.sendto(up.recv(65535), peer)
+
+    thread = threading.Thread(target=attacker_then_relay, daemon=True)
+    thread.start()
+    try:
+        answer = run(client(front.getsockname()).query("svc.lab.test", "A"))
+    finally:
+        thread.join(5)
+        front.close()
+    assert (answer.status, answer.addresses) == ("ok", ("198.18.1.2",))
 
 
 def test_truncated_answer_is_asked_again_over_tcp(dns_lab: Lab, run: Any) -> None:
