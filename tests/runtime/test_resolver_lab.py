@@ -24,7 +24,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from dnslab import Lab, delay_relay, example_zone, lab
+from dnslab import Lab, corrupt_anchor, delay_relay, example_zone, lab, unbound
 from taps_post.resolver.client import DnsClient
 from taps_post.resolver.conf import Nameserver, ResolverConfig
 
@@ -274,6 +274,25 @@ def test_silent_nameserver_times_out_then_the_next_answers(dns_lab: Lab,
     answer = run(alone.query("svc.lab.test", "A"))
     assert answer.status == "timeout" and 0.4 <= time.monotonic() - start < 1.5
     assert run(alone.query("svc.lab.test", "A")).from_cache is False  # failures not cached
+
+
+def test_servfail_is_not_cached_and_the_next_server_is_asked(dns_lab: Lab, run: Any) -> None:
+    """An unbound given a wrong trust anchor finds the zone bogus and answers SERVFAIL."""
+    anchor = dns_lab.trust_anchor
+    assert anchor is not None
+    with unbound(dns_lab.knot.address, dns_lab.zone, corrupt_anchor(anchor)) as bogus:
+        alone = client(bogus.address)
+        failed = run(alone.query("svc.lab.test", "A"))
+        assert (failed.status, failed.addresses, failed.ttl) == ("servfail", (), None)
+        assert failed.nameserver == Nameserver(*bogus.address) and not failed.authenticated
+        sent = alone.sent
+        assert run(alone.query("svc.lab.test", "A")).status == "servfail"
+        assert alone.sent == sent + 1  # asked again: failures are not cached
+        both = client(bogus.address, dns_lab.nameserver)
+        answer = run(both.query("svc.lab.test", "A"))
+    assert (answer.status, answer.addresses, answer.authenticated) == ("ok", ("198.18.1.2",),
+                                                                      True)
+    assert answer.nameserver == Nameserver(*dns_lab.nameserver)
 
 
 def test_refused_is_a_status_and_the_next_server_is_asked(dns_lab: Lab, run: Any) -> None:
