@@ -141,7 +141,10 @@ def test_a_decision_built_by_hand_is_frozen_as_well(context: tp.PolicyContext) -
     made = tp.Decision(d.request, list(d.files), set(d.matched),  # type: ignore[arg-type]
                        dict(d.properties), list(d.conflicts),  # type: ignore[arg-type]
                        list(d.candidates), list(d.excluded),  # type: ignore[arg-type]
-                       d.outcome, list(d.warnings), list(d.interfaces))  # type: ignore[arg-type]
+                       d.outcome, list(d.warnings), list(d.interfaces),  # type: ignore[arg-type]
+                       list(d.subflows), d.path_manager,  # type: ignore[arg-type]
+                       passes=list(d.passes), attempt_delay=d.attempt_delay,  # type: ignore[arg-type]
+                       services=list(d.services), dane=d.dane)  # type: ignore[arg-type]
     assert mutable_parts(made) == []
     assert made.to_dict() == d.to_dict()
 

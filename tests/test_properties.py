@@ -525,9 +525,18 @@ def test_resolution_follows_the_design_table(scn: dict[str, Any], data: st.DataO
 def _rank_tuple(key: dict[str, Any]) -> tuple[Any, ...]:
     history = ("success", "none", "fallback", "failure").index(key["history"])
     rtt = key["rtt_ms"] if key["rtt_ms"] is not None else (float("inf") if history == 0 else 0)
-    return (-key["path_prefer"], key["path_avoid"], -key["protocol_prefer"],
-            key["protocol_avoid"], history, rtt, key["cost"], key["interface"],
-            key["stack_order"], key["endpoint_order"])
+    return (int(key["recent_failure"]), -key["path_prefer"], key["path_avoid"],
+            -key["protocol_prefer"], key["protocol_avoid"], key["service_priority"], history,
+            rtt, key["cost"], key["interface"], key["stack_order"], key["endpoint_order"])
+
+
+def _attempt_delay(props: dict[str, Any], first: dict[str, Any] | None) -> int:
+    """docs/explain.md: twice the first candidate's history RTT, clamped to
+    racing.minAttemptDelay..maxAttemptDelay; racing.attemptDelay without one."""
+    if first is not None and first["key"]["rtt_ms"] is not None:
+        return max(props["racing.minAttemptDelay"],
+                   min(props["racing.maxAttemptDelay"], round(2 * first["key"]["rtt_ms"])))
+    return int(props["racing.attemptDelay"])
 
 
 @SETTINGS
@@ -540,10 +549,12 @@ def test_candidates_honour_hard_preferences(scn: dict[str, Any]) -> None:
     if d["outcome"] == "policy_prohibited":
         assert not cands and not d["excluded"]
         return
-    delay = props["racing.attemptDelay"]
+    delay = _attempt_delay(props, cands[0] if cands else None)
+    if cands:
+        assert d["resolution"]["attempt_delay"]["ms"] == delay
     assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
     assert [c["start_ms"] for c in cands] == [(c["rank"] - 1) * delay for c in cands]
-    keys = [_rank_tuple(c["key"]) for c in cands]
+    keys = [(c["pass"], _rank_tuple(c["key"])) for c in cands]
     assert keys == sorted(keys)
     assert len({(c["interface"], c["stack"], c["remote_address"]) for c in cands}) == len(cands)
     for c in cands:

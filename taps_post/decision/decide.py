@@ -25,6 +25,30 @@ so the plain counterpart goes first without costing the MPTCP attempt again.
 Rule 7: under the in-kernel path manager the kernel opens subflows from its own endpoints
 (`ip mptcp endpoint`), not from the plan; an endpoint on an interface the policy excludes is
 a warning, because the library cannot stop the kernel from using it.
+Rule 8: the endpoints come per service endpoint (`decision/service.py`: SVCB/HTTPS records,
+RFC 9460): each has its own port, addresses and allowed stacks, and its SvcPriority becomes
+`RankKey.service_priority`. A target without records (negative, not asked, IP literal) is
+one endpoint with every stack on the URL's port, priority 0, exactly as before records
+existed. Everything per endpoint (address order, family filter, DANE verdict, allowed
+stacks) is worked out once per endpoint, never per candidate; the same leaf offered by two
+endpoints is kept once, with the better priority.
+Rule 9: each candidate carries the resolution pass in which everything it needs was known
+(`decision/passes.py`): its address (A/AAAA answer, or the hint of its record) and its
+record. Candidates sort by (pass, RankKey), so a later pass only ever appends; a snapshot
+without `arrivals` is one pass at 0 ms, an IP literal none.
+Rule 10: a candidate whose most specific history entry is a failure younger than
+`racing.failureMemory` ranks after every candidate without one (`RankKey.recent_failure`
+comes first), unless the policy requires its stack (`stack.NAME: require`) or a path key
+that matches its interface; an older failure counts as no entry. This reverses DESIGN
+section 5's "preferences before history" for remembered failures, on purpose (issue 12).
+Rule 11: the attempt delay is twice the first candidate's measured RTT when its history has
+one, clamped to racing.minAttemptDelay..maxAttemptDelay, else racing.attemptDelay; start
+offsets follow it, and a later pass's first candidate never starts before that pass.
+Rule 12: `security.ech: require` and `security.dane: require` exclude at the level they judge:
+a stack that cannot send ECH, an insecure stack under DANE, and a secure stack on a port
+whose TLSA answer is known but unusable (not validated, empty, no DANE-EE/TA), each once with
+the rule and file:line. An unknown TLSA answer keeps the secure stacks: the stack refuses
+the peer at handshake time (stacks/dane.py).
 """
 
 from __future__ import annotations
@@ -33,6 +57,7 @@ import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..policy import catalog
 from ..policy.catalog import StackInfo
@@ -41,10 +66,24 @@ from ..policy.load import Statement
 from ..policy.match import glob_regex
 from ..policy.registry import INTERFACE_TYPES, Pref, protocol_preferences
 from ..policy.resolve import Effective
-from .decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan, opens_subflows
+from .decision import (
+    AttemptDelay,
+    Candidate,
+    DaneStatus,
+    Decision,
+    Exclusion,
+    RankKey,
+    ResolutionPass,
+    ServiceEndpoint,
+    SubflowPlan,
+    opens_subflows,
+)
 from .environment import Address, CacheEntry, Environment, Interface
 from .facts import apply_interface_facts
+from .names import Arrival, TlsaSet, service_query, tlsa_name
+from .passes import pass_of, passes
 from .request import Request
+from .service import Endpoint, Shaping, shape
 
 __all__ = ["decide"]
 
@@ -62,6 +101,9 @@ class _Node:
     avoided: list[tuple[str, Statement]] = field(default_factory=list)
     """(key, statement) of each path-level avoid hit: an avoided interface carries MPTCP
     subflows only as backup, and explain names the rule."""
+    required: bool = False
+    """A `require` names this node (`stack.NAME`, or a path key it matches): its remembered
+    failures never demote it (Rule 10)."""
 
     def apply(self, pref: Pref, has: bool) -> str | None:
         """One preference on this node: the exclusion outcome of a hard filter, or None
@@ -79,7 +121,7 @@ class _Node:
 
 
 def decide(request: Request, policy: PolicyContext, env: Environment) -> Decision:
-    """Rank every (interface, stack, remote address) the policy allows for `request`.
+    """Rank every (interface, stack, remote endpoint) the policy allows for `request`.
 
     One pure function of its three inputs, so a dry run on a snapshot and the runtime on the
     live machine cannot disagree, and the Decision can say why for every branch it prunes:
@@ -96,34 +138,16 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     interfaces = apply_interface_facts(policy.interface_facts, env.interfaces)
 
     def finish(candidates: Sequence[Candidate], excluded: Sequence[Exclusion],
-               outcome: str, subflows: Sequence[SubflowPlan] = ()) -> Decision:
+               outcome: str, subflows: Sequence[SubflowPlan] = (), **resolved: Any) -> Decision:
         return Decision(request, policy.files, matched, effective, conflicts,
                         tuple(candidates), tuple(excluded), outcome, tuple(warnings),
-                        interfaces, tuple(subflows), env.path_manager)
+                        interfaces, tuple(subflows), env.path_manager, **resolved)
 
     if conflicts:
         return finish((), (), "policy_prohibited")
 
     excluded: list[Exclusion] = []
 
-    # Endpoints: the remote addresses, in RFC 8305 interleaved order.
-    if request.is_ip_literal:
-        answers: tuple[str, ...] = (request.host,)
-    else:
-        answers = tuple(env.dns.get(request.host, ()))
-        if not answers:
-            warnings.append(f"{request.host!r} did not resolve to any address")
-    endpoints = _interleave(answers, effective)
-    endpoint_ok: list[tuple[int, str, str]] = []
-    for order, (addr, family) in enumerate(endpoints):
-        reason = _family_filter(effective, family, addr, request.port)
-        if reason is not None:
-            excluded.append(reason)
-        else:
-            endpoint_ok.append((order, addr, family))
-
-    paths = [(iface, node) for iface in interfaces
-             if (node := _judge_path(iface, effective, excluded)) is not None]
     # Stack verdicts depend only on the resolution, the scheme and the stack catalogue: once
     # per triple (the catalogue version keeps a verdict about an older stack set from serving).
     judged_key = ("stacks", request.scheme, catalog.version())
@@ -132,61 +156,341 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         stack_excluded: list[Exclusion] = []
         allowed = catalog.schemes().get(request.scheme)
         judged = memo[judged_key] = (
-            tuple((info.name, info.order, node, info.multipath_capable)
-                  for info in catalog.infos()
+            tuple((info, node) for info in catalog.infos()
                   if (node := _judge_stack(info, allowed, request, effective, stack_excluded))
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
     multipath_mode = effective["multipath"].value
     multipath_on = multipath_mode != "disabled"
+
+    # Service endpoints (Rule 8): SVCB/HTTPS shaping, or the one plain endpoint of old.
+    host, port = request.host, request.port
+    if request.is_ip_literal:
+        shaping = Shaping(None, [Endpoint(0, host, port, None, (host,))])
+    else:
+        query = service_query(request.scheme, host, port,
+                              tuple(effective["dns.svcbSchemes"].value))
+        if query is None or not env.svcb:
+            shaping = Shaping(query, [Endpoint(0, host, port, None,
+                                               tuple(env.dns.get(host, ())))])
+        else:
+            shaping = shape(query, host, port, env.svcb, env.dns, [i for i, _ in stacks])
+            warnings.extend(shaping.warnings)
+        if not any(ep.addresses for ep in shaping.endpoints):
+            warnings.append(f"{host!r} did not resolve to any address")
+    endpoints = shaping.endpoints
+
+    # Resolution passes (Rule 9): an IP literal resolves nothing.
+    passes_: list[ResolutionPass] = []
+    first_known: dict[tuple[str, str], float] = {}
+    if not request.is_ip_literal:
+        asked = {(host, "A"), (host, "AAAA")}
+        if shaping.query is not None:
+            asked.add(shaping.query)
+        if env.arrivals:
+            for a in env.arrivals:
+                key_ = (a.name, a.rtype)
+                if not a.negative and (key_ not in first_known or a.at_ms < first_known[key_]):
+                    first_known[key_] = a.at_ms
+            passes_ = passes(env.arrivals, asked, float(effective["racing.resolutionDelay"].value),
+                             "A" if _family_score(effective, "ipv4")
+                             > _family_score(effective, "ipv6") else "AAAA",
+                             services=env.svcb, describe=functools.partial(_describe, env))
+        if not passes_:
+            passes_ = [ResolutionPass(1, 0.0, "every answer known at once",
+                                      tuple(_snapshot_answers(env, host, shaping.query)))]
+
+    # Per endpoint, once: its addresses (interleaved, family-filtered, with the pass each
+    # became known in) and its stacks (offered by the record, allowed by DANE).
+    dane_eff = effective["security.dane"]
+    dane_mode = str(dane_eff.value)
+    barred: set[str] = set()  # addresses whose family exclusion is reported
+    seen_stack_port: set[tuple[str, int]] = set()
+    dane_excluded: list[Exclusion] = []
+    offered: set[str] = set()
+    prepared: list[tuple[Endpoint, list[tuple[int, str, str, int]],
+                         list[tuple[StackInfo, _Node]]]] = []
+    for ep in endpoints:
+        rec_at = 0.0
+        if ep.record is not None and first_known and shaping.query is not None:
+            rtype = shaping.query[1]
+            rec_at = max(first_known.get((o, rtype), 0.0) for o in ep.owners)
+        addrs: list[tuple[int, str, str, int]] = []
+        for order, (addr, family) in enumerate(_interleave(ep.addresses, effective)):
+            reason = _family_filter(effective, family, addr, ep.port)
+            if reason is not None:
+                if addr not in barred:
+                    barred.add(addr)
+                    excluded.append(reason)
+                continue
+            number = 1
+            if first_known:
+                at = first_known.get((ep.target, "AAAA" if family == "ipv6" else "A"))
+                if addr in ep.hinted:
+                    at = rec_at if at is None else min(at, rec_at)
+                number = pass_of(passes_, max(at or 0.0, rec_at))
+            addrs.append((order, addr, family, number))
+        ep_stacks: list[tuple[StackInfo, _Node]] = []
+        for info, node in stacks:
+            if ep.stacks is not None and info.name not in ep.stacks:
+                continue
+            if dane_mode == "require" and info.secure and not request.is_ip_literal:
+                name = tlsa_name(host, ep.port, info.ip_protocol)
+                problem = _tlsa_problem(env.tlsa.get(name))
+                if problem is not None:
+                    if (info.name, ep.port) not in seen_stack_port:
+                        seen_stack_port.add((info.name, ep.port))
+                        dane_excluded.append(Exclusion.by(
+                            dane_eff.statement, outcome="dane", stack=info.name,
+                            remote_port=ep.port,
+                            detail=f"security.dane require: TLSA {name} {problem}"))
+                    continue
+            ep_stacks.append((info, node))
+        if ep.stacks is not None:
+            offered.update(ep.stacks)
+        prepared.append((ep, addrs, ep_stacks))
+    paths = [(iface, node) for iface in interfaces
+             if (node := _judge_path(iface, effective, excluded)) is not None]
     excluded.extend(stack_exclusions)
+    excluded.extend(dane_excluded)
+    if shaping.records and shaping.query is not None:
+        owner, rtype = shaping.query
+        for info, _ in stacks:
+            if info.name not in offered:
+                excluded.append(Exclusion(
+                    None, info.name, None, None, "not_offered",
+                    detail=f"no {rtype} record of {owner} offers {info.name} "
+                           f"({'ALPN ' + ', '.join(info.alpn) if info.alpn else 'no ALPN'})"))
 
     temp_pref: Pref = effective["useTemporaryLocalAddress"].value
     temp_statement = effective["useTemporaryLocalAddress"].statement
     history = _history_index(env.cache, request.hostport)
+    memory_ms = int(effective["racing.failureMemory"].value)
+    locals_: dict[tuple[str, str], Address | None] = {}
 
-    scored: list[tuple[RankKey, Interface, str, str, str, str]] = []
-    for iface, pnode in paths:
-        for order, addr, family in endpoint_ok:
-            local = _local_address(iface, addr, family, temp_pref)
-            if isinstance(local, str):
-                excluded.append(Exclusion(iface.name, None, addr, request.port, "unreachable",
-                                          detail=local))
-                continue
-            if local is None:
-                outcome = ("required_missing" if temp_pref is Pref.REQUIRE else "prohibited")
-                excluded.append(Exclusion.by(
-                    temp_statement, outcome=outcome, interface=iface.name,
-                    remote_address=addr, remote_port=request.port,
-                    detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'} "
-                           f"{family} address on {iface.name}"))
-                continue
-            for stack, stack_order, snode, multipath in stacks:
-                hist, rtt = _history(history, stack, iface.name, addr)
-                prefer = snode.prefer
-                if hist == FALLBACK and multipath and multipath_on:
-                    prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
-                key = RankKey(0, -pnode.prefer, pnode.avoid, -prefer, snode.avoid, 0, hist,
-                              rtt, iface.cost, iface.name, stack_order, order)
-                scored.append((key, iface, local.address, stack, addr, family))
+    scored: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
+    for index, (ep, addrs, ep_stacks) in enumerate(prepared):
+        priority = ep.priority
+        for iface, pnode in paths:
+            for order, addr, family, number in addrs:
+                pair = (iface.name, addr)
+                if pair in locals_:
+                    local = locals_[pair]
+                    if local is None:
+                        continue
+                else:
+                    found = _local_address(iface, addr, family, temp_pref)
+                    if isinstance(found, str):
+                        excluded.append(Exclusion(iface.name, None, addr, ep.port,
+                                                  "unreachable", detail=found))
+                        locals_[pair] = None
+                        continue
+                    if found is None:
+                        outcome = ("required_missing" if temp_pref is Pref.REQUIRE
+                                   else "prohibited")
+                        excluded.append(Exclusion.by(
+                            temp_statement, outcome=outcome, interface=iface.name,
+                            remote_address=addr, remote_port=ep.port,
+                            detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'}"
+                                   f" {family} address on {iface.name}"))
+                        locals_[pair] = None
+                        continue
+                    local = locals_[pair] = found
+                for info, snode in ep_stacks:
+                    stack = info.name
+                    hist, rtt, recent = _history(history, stack, iface.name, addr,
+                                                 env.now, memory_ms)
+                    prefer = snode.prefer
+                    if hist == FALLBACK and info.multipath_capable and multipath_on:
+                        prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
+                    # Rule 10: a required stack or path is never demoted by its failures.
+                    demote = 1 if recent and not (snode.required or pnode.required) else 0
+                    key = RankKey(demote, -pnode.prefer, pnode.avoid, -prefer, snode.avoid,
+                                  priority, hist, rtt, iface.cost, iface.name, info.order, order)
+                    scored.append((number, key, iface, local.address, stack, addr, family,
+                                   ep.port, index))
 
-    scored.sort(key=lambda t: t[0])
-    delay = int(effective["racing.attemptDelay"].value)
-    candidates = [
-        Candidate(rank, iface.name, local, stack, addr, request.port, family,
-                  (rank - 1) * delay, key)
-        for rank, (key, iface, local, stack, addr, family) in enumerate(scored, start=1)
-    ]
+    counts = [0] * len(prepared)
+    if len(prepared) > 1:  # the same leaf from two endpoints: the better priority, earlier pass
+        best: dict[tuple[str, str, str, int], int] = {}
+        kept: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
+        for item in scored:
+            leaf = (item[2].name, item[4], item[5], item[7])
+            at = best.get(leaf)
+            if at is None:
+                best[leaf] = len(kept)
+                kept.append(item)
+            elif item[0] < kept[at][0]:
+                kept[at] = (item[0], *kept[at][1:])
+        scored = kept
+    scored.sort(key=lambda t: (t[0], t[1]))
+    for item in scored:
+        counts[item[8]] += 1
+
+    attempt_delay = _attempt_delay(effective, scored[0] if scored else None)
+    delay = attempt_delay.ms
+    at1 = passes_[0].at_ms if passes_ else 0.0
+    pass_at = {p.number: p.at_ms for p in passes_}
+    candidates: list[Candidate] = []
+    start = 0
+    for rank, (number, key, iface, local_addr, stack, addr, family, rport, _) in enumerate(
+            scored, start=1):
+        if rank > 1:
+            start += delay
+            if number > 1:
+                start = max(start, round(pass_at[number] - at1))
+        candidates.append(Candidate(rank, iface.name, local_addr, stack, addr, rport, family,
+                                    start, key, number))
+
+    services: list[ServiceEndpoint] = []
+    if shaping.records and shaping.query is not None:
+        for (ep, addrs, ep_stacks), n in zip(prepared, counts, strict=True):
+            services.append(_service_endpoint(shaping, ep, addrs, ep_stacks, n))
+        if shaping.ech and not any(info.ech for info, _ in stacks):
+            warnings.append(f"{shaping.query[0]} publishes ECH; no stack here can send it, so "
+                            f"the server name {host} is sent in clear (security.ech: "
+                            f"{effective['security.ech'].value})")
+    dane = _dane_status(dane_mode, env, request, candidates,
+                        {info.name: info for info, _ in stacks})
+
     subflows: list[SubflowPlan] = []
     if multipath_on and opens_subflows(multipath_mode, request.kind):
-        multipath_stacks = {name for name, _, _, mp in stacks if mp}
+        multipath_stacks = {info.name for info, _ in stacks if info.multipath_capable}
+        endpoint_ok = [(order, addr, family) for order, addr, family, _ in
+                       (prepared[0][1] if prepared else [])]
         subflows = _subflows(candidates, multipath_stacks,
                              {iface.name: node for iface, node in paths}, effective,
-                             _listen_extra(paths, endpoint_ok, temp_pref, effective,
-                                           request.port))
+                             _listen_extra(paths, endpoint_ok, temp_pref, effective, port))
         if env.path_manager == "kernel":
             warnings.extend(_endpoint_warnings(env, interfaces, excluded))
-    return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows)
+    return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows,
+                  passes=tuple(passes_), attempt_delay=attempt_delay if candidates else None,
+                  services=tuple(services), dane=dane)
+
+
+def _attempt_delay(effective: Effectives,
+                   first: tuple[int, RankKey, Interface, str, str, str, str, int, int] | None
+                   ) -> AttemptDelay:
+    """Rule 11: twice the first candidate's measured RTT, clamped; else racing.attemptDelay."""
+    if first is not None:
+        key = first[1]
+        if key.history == SUCCESS and key.rtt_ms != float("inf"):
+            low = int(effective["racing.minAttemptDelay"].value)
+            high = int(effective["racing.maxAttemptDelay"].value)
+            raw = round(2 * key.rtt_ms)
+            ms = max(low, min(high, raw))
+            bound = (f", raised to racing.minAttemptDelay {low} ms" if ms > raw else
+                     f", cut to racing.maxAttemptDelay {high} ms" if ms < raw else
+                     f", within racing.minAttemptDelay {low} .. maxAttemptDelay {high} ms")
+            return AttemptDelay(ms, "history",
+                                f"2 x {key.rtt_ms:g} ms handshake RTT of {first[4]} over "
+                                f"{first[2].name} to {first[5]} (history){bound}")
+    eff = effective["racing.attemptDelay"]
+    ms = int(eff.value)
+    why = ("no RTT history for the first candidate" if first is not None else "no candidate")
+    return AttemptDelay(ms, "policy", f"racing.attemptDelay {ms} ms ({_who(eff.statement)}): "
+                                      f"{why}")
+
+
+def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int, str, str, int]],
+                      ep_stacks: Sequence[tuple[StackInfo, _Node]], count: int) -> ServiceEndpoint:
+    assert shaping.query is not None
+    reason = ""
+    if count == 0:
+        if ep.reason:
+            reason = ep.reason
+        elif not ep.addresses:
+            reason = f"no address: {ep.target} has no A/AAAA answer" + (
+                " and the record no hints" if ep.record is not None else "")
+        elif not ep_stacks:
+            reason = ("no stack the policy allows is offered by its ALPN "
+                      f"({', '.join(ep.alpn) or 'none'})" if ep.record is not None else
+                      "no stack the policy allows works without an ALPN offer")
+        elif not addrs:
+            reason = "every address is excluded (see the exclusions)"
+        else:
+            reason = "no path reaches its addresses, or a better endpoint gave the same candidates"
+    elif ep.record is None:
+        reason = "fallback: the target's own addresses on the URL's port (RFC 9460 section 3)"
+    return ServiceEndpoint(shaping.query[0], ep.priority, ep.target, ep.port, ep.alpn,
+                           tuple(info.name for info, _ in ep_stacks),
+                           bool(ep.record is not None and ep.record.ech), shaping.alias_chain,
+                           reason)
+
+
+def _tlsa_problem(tset: TlsaSet | None) -> str | None:
+    """Why a known TLSA set cannot let a DANE-required peer in; None when it can, or when
+    the answer is unknown (the stack decides at handshake time)."""
+    if tset is None:
+        return None
+    if not tset.validated:
+        return "is not DNSSEC-validated"
+    if not tset.records:
+        return "has no records"
+    if not any(r.usage in (2, 3) for r in tset.records):
+        return "holds no DANE-EE(3) or DANE-TA(2) record"
+    return None
+
+
+def _dane_status(mode: str, env: Environment, request: Request,
+                 candidates: Sequence[Candidate],
+                 infos: Mapping[str, StackInfo]) -> DaneStatus | None:
+    """Decision.dane: the TLSA set of the first secure candidate's port and protocol."""
+    first = next((c for c in candidates if infos[c.stack].secure), None)
+    if first is None:
+        return None
+    if request.is_ip_literal:
+        return DaneStatus(mode, None, 0, False, 0, "an IP address has no TLSA name: PKIX only")
+    name = tlsa_name(request.host, first.remote_port, infos[first.stack].ip_protocol)
+    if mode == "off":
+        return DaneStatus(mode, name, 0, False, 0, "security.dane off: TLSA is not used")
+    tset = env.tlsa.get(name)
+    if tset is None:
+        why = ("the stack refuses a peer without a validated, matching TLSA record at "
+               "handshake time" if mode == "require" else "PKIX only")
+        return DaneStatus(mode, name, 0, False, 0, f"no TLSA answer for {name} is known: {why}")
+    usable = sum(1 for r in tset.records if r.usage in (2, 3))
+    problem = _tlsa_problem(tset)
+    if problem is None:
+        reason = (f"{usable} usable record(s), DNSSEC-validated: the peer's certificate must "
+                  "match one after the handshake")
+    elif mode == "require":
+        reason = f"TLSA {name} {problem}: secure candidates on this name are refused"
+    else:
+        reason = f"TLSA {name} {problem}: ignored, PKIX only"
+    return DaneStatus(mode, name, len(tset.records), tset.validated, usable, reason)
+
+
+def _describe(env: Environment, a: Arrival) -> str:
+    """One answer of a pass, for explain."""
+    ttl = f", ttl {a.ttl}" if a.ttl is not None else ""
+    when = f" at {a.at_ms:g} ms"
+    if a.negative:
+        return f"{a.rtype} {a.name}: none{when}{ttl}"
+    if a.rtype in ("A", "AAAA"):
+        n = sum(1 for x in env.dns.get(a.name, ()) if (":" in x) == (a.rtype == "AAAA"))
+        return f"{a.rtype} {a.name}: {n} address{'es' if n != 1 else ''}{when}{ttl}"
+    if a.rtype in ("HTTPS", "SVCB"):
+        n = len(env.svcb.get(a.name, ()))
+        return f"{a.rtype} {a.name}: {n} record{'s' if n != 1 else ''}{when}{ttl}"
+    if a.rtype == "TLSA":
+        t = env.tlsa.get(a.name)
+        n = len(t.records) if t is not None else 0
+        v = "validated" if t is not None and t.validated else "not validated"
+        return f"TLSA {a.name}: {n} record{'s' if n != 1 else ''}, {v}{when}{ttl}"
+    return f"{a.rtype} {a.name}{when}{ttl}"
+
+
+def _snapshot_answers(env: Environment, host: str,
+                      query: tuple[str, str] | None) -> list[str]:
+    """The answers of a snapshot without arrivals, for its one pass."""
+    found = env.dns.get(host, ())
+    lines = [f"A/AAAA {host}: {len(found)} address{'es' if len(found) != 1 else ''}"]
+    if query is not None and query[0] in env.svcb:
+        n = len(env.svcb[query[0]])
+        lines.append(f"{query[1]} {query[0]}: {n} record{'s' if n != 1 else ''}"
+                     if n else f"{query[1]} {query[0]}: none")
+    return lines
 
 
 def _endpoint_warnings(env: Environment, interfaces: Sequence[Interface],
@@ -217,17 +521,18 @@ def _endpoint_warnings(env: Environment, interfaces: Sequence[Interface],
     return out
 
 
+def _family_score(effective: Effectives, family: str) -> int:
+    eff = effective.get(f"addressFamily.{family}")
+    if eff is None:
+        return 0
+    return {Pref.PREFER: 1, Pref.REQUIRE: 1, Pref.AVOID: -1}.get(eff.value, 0)
+
+
 def _interleave(answers: Sequence[str], effective: Effectives) -> list[tuple[str, str]]:
     v6 = [a for a in answers if ":" in a]
     v4 = [a for a in answers if ":" not in a]
-
-    def score(family: str) -> int:
-        eff = effective.get(f"addressFamily.{family}")
-        if eff is None:
-            return 0
-        return {Pref.PREFER: 1, Pref.REQUIRE: 1, Pref.AVOID: -1}.get(eff.value, 0)
-
-    first, second = ((v4, v6) if score("ipv4") > score("ipv6") else (v6, v4))
+    first, second = ((v4, v6) if _family_score(effective, "ipv4")
+                     > _family_score(effective, "ipv6") else (v6, v4))
     out: list[str] = []
     for i in range(max(len(first), len(second))):
         out.extend(x[i] for x in (first, second) if i < len(x))
@@ -280,6 +585,8 @@ def _judge_path(iface: Interface, effective: Effectives,
         outcome = node.apply(eff.value, has)
         if has and eff.value is Pref.AVOID:
             node.avoided.append((key, eff.statement))
+        elif has and eff.value is Pref.REQUIRE:
+            node.required = True
         if outcome is not None:
             verb = "matches" if has else "is not"
             excluded.append(Exclusion.by(eff.statement, outcome=outcome, interface=iface.name,
@@ -320,6 +627,20 @@ def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Requ
             excluded.append(Exclusion.by(eff.statement, outcome=outcome, stack=stack,
                                          detail=f"{stack} {verb} {key}"))
             return None
+        if has and eff.value is Pref.REQUIRE and key.startswith("stack."):
+            node.required = True
+    ech = effective["security.ech"]
+    if ech.value == "require" and not info.ech:
+        excluded.append(Exclusion.by(ech.statement, outcome="ech", stack=stack,
+                                     detail=f"security.ech require: {stack} cannot send "
+                                            "Encrypted Client Hello"))
+        return None
+    dane = effective["security.dane"]
+    if dane.value == "require" and not info.secure:
+        excluded.append(Exclusion.by(dane.statement, outcome="dane", stack=stack,
+                                     detail=f"security.dane require: {stack} is not secure, "
+                                            "so no certificate can be checked against TLSA"))
+        return None
     return node
 
 
@@ -368,20 +689,27 @@ SUCCESS, NO_ENTRY, FALLBACK, FAILURE = 0, 1, 2, 3
 """`RankKey.history` values, best first (RankKey.to_dict names them)."""
 
 
-def _history(index: _HistoryIndex, stack: str, interface: str,
-             address: str) -> tuple[int, float]:
-    """The most specific entry wins: interface and address, then either, then neither."""
+def _history(index: _HistoryIndex, stack: str, interface: str, address: str,
+             now: float | None, memory_ms: int) -> tuple[int, float, bool]:
+    """(history, rtt, recent failure). The most specific entry wins: interface and address,
+    then either, then neither. A failure is recent (Rule 10) when `memory_ms` is on and it
+    is younger than it (no time on either side counts as recent); an older one counts as no
+    entry. With the memory off (0) a failure ranks as failure, at any age, as before."""
     if not index:
-        return NO_ENTRY, 0.0
+        return NO_ENTRY, 0.0, False
     entry = (index.get((stack, interface, address)) or index.get((stack, interface, None))
              or index.get((stack, None, address)) or index.get((stack, None, None)))
     if entry is None:
-        return NO_ENTRY, 0.0
+        return NO_ENTRY, 0.0, False
     if entry.outcome == "success":
-        return SUCCESS, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf")
+        return SUCCESS, float(entry.rtt_ms) if entry.rtt_ms is not None else float("inf"), False
     if entry.outcome == "fallback":
-        return FALLBACK, 0.0
-    return FAILURE, 0.0
+        return FALLBACK, 0.0, False
+    if memory_ms <= 0:
+        return FAILURE, 0.0, False
+    if now is None or entry.at is None or now - entry.at < memory_ms / 1000.0:
+        return FAILURE, 0.0, True
+    return NO_ENTRY, 0.0, False
 
 
 def _listen_extra(paths: Sequence[tuple[Interface, _Node]],

@@ -61,6 +61,13 @@ class StackInfo:
     order: int = 0
     """Tie-break: between candidates equal on everything else the lower order is tried first
     (equal orders fall back to the name)."""
+    alpn: tuple[str, ...] = ()
+    """The ALPN protocol ids the stack can speak (RFC 7301): an SVCB/HTTPS record offers the
+    stack when its ALPN set holds one of them (docs/resolution.md). Empty: no ALPN, so an
+    HTTPS record never offers it."""
+    ech: bool = False
+    """Can send Encrypted Client Hello; `security.ech: require` refuses every stack that
+    cannot (no built-in stack can: neither the stdlib nor aioquic sends ECH)."""
 
     def __post_init__(self) -> None:
         # Checked here, not at registration, so an invalid StackInfo cannot exist at all.
@@ -82,6 +89,14 @@ class StackInfo:
         object.__setattr__(self, "schemes", schemes_)
         if isinstance(self.order, bool) or not isinstance(self.order, int):
             raise ValueError(f"stack {self.name}: order must be an integer")
+        if isinstance(self.alpn, str):
+            raise ValueError(f"stack {self.name}: alpn must be a tuple of ALPN ids, not a str")
+        alpn = tuple(self.alpn)
+        if not all(isinstance(a, str) and a for a in alpn):
+            raise ValueError(f"stack {self.name}: ALPN ids must be non-empty strings")
+        object.__setattr__(self, "alpn", alpn)
+        if not isinstance(self.ech, bool):
+            raise ValueError(f"stack {self.name}: ech must be true or false")
 
     @property
     def secure(self) -> bool:
@@ -121,19 +136,21 @@ _ALWAYS = frozenset({"fullChecksumSend", "fullChecksumRecv", "softErrorNotify",
                      "activeReadBeforeSend"})
 _RELIABLE = frozenset({"reliability", "preserveOrder", "congestionControl", "keepAlive"})
 
+_HTTP_TCP = ("h2", "http/1.1")
+
 _BUILTIN = (
     StackInfo("tcp", "tcp", _ALWAYS | _RELIABLE | {"zeroRttMsg"}, ("tcp",),
               stream_capable=True, order=0),
     StackInfo("tls", "tcp", _ALWAYS | _RELIABLE | {"secure"}, ("https", "tls"),
-              stream_capable=True, order=1),
+              stream_capable=True, order=1, alpn=_HTTP_TCP),
     StackInfo("quic", "udp", _ALWAYS | _RELIABLE | {"preserveMsgBoundaries",
                                                     "perMsgReliability", "multistreaming",
                                                     "zeroRttMsg", "secure"},
-              ("https", "quic"), order=2),
+              ("https", "quic"), order=2, alpn=("h3",)),
     StackInfo("mptcp", "tcp", _ALWAYS | _RELIABLE, ("tcp",), stream_capable=True,
               multipath_capable=True, order=3),
     StackInfo("tls-mptcp", "tcp", _ALWAYS | _RELIABLE | {"secure"}, ("https", "tls"),
-              stream_capable=True, multipath_capable=True, order=4),
+              stream_capable=True, multipath_capable=True, order=4, alpn=_HTTP_TCP),
     StackInfo("udp", "udp", _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"}, ("udp",),
               order=5),
 )

@@ -1,0 +1,203 @@
+"""SVCB/HTTPS records -> the service endpoints a decision builds candidates from (RFC 9460).
+Pure: the records come in through `Environment.svcb`.
+
+Rule 1: AliasMode (priority 0) is followed through `env.svcb`, at most `names.ALIAS_LIMIT`
+names; a name met twice or a longer chain is a loop, which is a warning and counts as no
+records at all (today's behaviour). AliasMode to "." says the service does not exist: no
+records. When a name holds AliasMode records its ServiceMode records are ignored
+(RFC 9460 section 2.4.2).
+Rule 2: ServiceMode records are used in SvcPriority order (ties: the order the records came
+in). A record whose `mandatory` list names a key this library does not understand is
+skipped, and its ServiceEndpoint says why (RFC 9460 section 8). `ech` counts as not
+understood there: nothing here can send ECH.
+Rule 3: a record offers the stacks whose `StackInfo.alpn` meets its ALPN set; an HTTPS record
+adds "http/1.1" unless `no-default-alpn` is set (RFC 9460 section 7.1.2). A stack without
+ALPN ids (tcp, udp) is never offered by an HTTPS record; an SVCB record of another scheme
+that names no ALPN at all offers every stack (the scheme defines its default protocol).
+Rule 4: an endpoint's port is the record's `port`, else the URL's; its addresses are the
+target's A/AAAA answers (`env.dns[target]`) when there are any, else the record's
+ipv6hint and ipv4hint. Target "." is the owner; for a port-prefixed owner
+(`_8443._https.example.com`) that is the host below the `_` labels, which holds the
+addresses.
+Rule 5: when records exist the last endpoint is the fallback (RFC 9460 section 3): the final
+name of the alias chain (the host itself without one), on the URL's port, over the stacks
+that need no ALPN offer (every stack but those speaking h3), `service_priority` 65536. A
+negative answer, an unasked query or an alias loop gives the single plain endpoint of
+today, priority 0, every stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..policy.catalog import StackInfo
+from .names import ALIAS_LIMIT, ServiceRecord
+
+__all__ = ["FALLBACK_PRIORITY", "UNDERSTOOD", "Endpoint", "Shaping", "effective_alpn",
+           "offers", "shape", "target_names"]
+
+FALLBACK_PRIORITY = 65536
+"""`RankKey.service_priority` of the fallback endpoint: after every SvcPriority (1-65535)."""
+
+UNDERSTOOD = frozenset({"alpn", "no-default-alpn", "port", "ipv4hint", "ipv6hint",
+                        "key1", "key2", "key3", "key4", "key6"})
+"""SvcParamKeys this library acts on (RFC 9460 section 14.3.2: key1 alpn, key2
+no-default-alpn, key3 port, key4 ipv4hint, key6 ipv6hint). `mandatory` naming anything else
+skips the record (Rule 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One service endpoint: where and over which stacks candidates may go."""
+
+    priority: int
+    """`RankKey.service_priority`: the SvcPriority, FALLBACK_PRIORITY, or 0 (no records)."""
+    target: str
+    port: int
+    stacks: frozenset[str] | None
+    """The stacks this endpoint allows; None: every stack (no records)."""
+    addresses: tuple[str, ...]
+    hinted: frozenset[str] = frozenset()
+    """Addresses that came from the record's hints (known when the record arrived)."""
+    record: ServiceRecord | None = None
+    owners: tuple[str, ...] = ()
+    """The owner names whose answers this endpoint needed (the queried one and each alias),
+    for the resolution pass it belongs to."""
+    alpn: tuple[str, ...] = ()
+    """The effective ALPN set (with HTTPS's default "http/1.1"), for explain."""
+    reason: str = ""
+    """Why it gives no candidate, when that is already known here (a skipped record)."""
+
+
+@dataclass(slots=True)
+class Shaping:
+    """What the records say for one request."""
+
+    query: tuple[str, str] | None
+    """(owner, "HTTPS"|"SVCB") asked for, None when the scheme is not looked up."""
+    endpoints: list[Endpoint] = field(default_factory=list)
+    """In priority order; skipped records are here too (with a reason), giving nothing."""
+    records: bool = False
+    """Records exist (the fallback endpoint is in `endpoints`, QUIC needs an offer)."""
+    alias_chain: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+    ech: bool = False
+    """Some usable record publishes an ECH configuration."""
+
+
+def effective_alpn(record: ServiceRecord, rtype: str) -> tuple[str, ...]:
+    """The record's ALPN set (Rule 3), in the record's order, the default last."""
+    alpn = tuple(dict.fromkeys(record.alpn))
+    if rtype == "HTTPS" and not record.no_default_alpn and "http/1.1" not in alpn:
+        alpn = (*alpn, "http/1.1")
+    return alpn
+
+
+def offers(alpn: Sequence[str], rtype: str, info: StackInfo) -> bool:
+    """Does a record with effective ALPN set `alpn` offer `info`'s stack (Rule 3)?"""
+    if not alpn and rtype == "SVCB":
+        return True
+    return any(a in alpn for a in info.alpn)
+
+
+def _chase(owner: str, svcb: Mapping[str, tuple[ServiceRecord, ...]]
+           ) -> tuple[str, tuple[ServiceRecord, ...] | None, tuple[str, ...], str | None]:
+    """(final name, its ServiceMode records or None when unanswered, alias chain, loop
+    warning). An AliasMode to "." gives ()."""
+    name, seen = owner, {owner}
+    chain: list[str] = []
+    while True:
+        records = svcb.get(name)
+        if records is None:
+            return name, None, tuple(chain), None
+        alias = next((r for r in records if r.alias), None)
+        if alias is None:
+            return name, records, tuple(chain), None
+        target = alias.target.lower().rstrip(".") if alias.target != "." else "."
+        if target == ".":
+            return name, (), tuple(chain), None
+        if target in seen or len(chain) >= ALIAS_LIMIT:
+            path = " -> ".join((owner, *chain, target))
+            why = "loops" if target in seen else f"is longer than {ALIAS_LIMIT} names"
+            return name, None, tuple(chain), (
+                f"SVCB/HTTPS AliasMode chain {path} {why}: its records are ignored and "
+                f"{owner} is treated as having none")
+        chain.append(target)
+        seen.add(target)
+        name = target
+
+
+def _host_of(owner: str) -> str:
+    """Target "." of a port-prefixed owner: the host below its `_` labels (Rule 4)."""
+    labels = owner.split(".")
+    while len(labels) > 1 and labels[0].startswith("_"):
+        labels.pop(0)
+    return ".".join(labels)
+
+
+def shape(query: tuple[str, str] | None, host: str, port: int,
+          svcb: Mapping[str, tuple[ServiceRecord, ...]],
+          dns: Mapping[str, Sequence[str]], infos: Sequence[StackInfo]) -> Shaping:
+    """The endpoints for a request to `host`:`port` whose service query is `query`
+    (`names.service_query`), over the catalogue's stacks `infos` (Rules 1-5)."""
+    out = Shaping(query)
+    plain = Endpoint(0, host, port, None, tuple(dns.get(host, ())))
+    if query is None:
+        out.endpoints.append(plain)
+        return out
+    owner, rtype = query
+    final, records, chain, loop = _chase(owner, svcb)
+    if loop is not None:
+        out.warnings.append(loop)
+        out.endpoints.append(plain)
+        return out
+    if not chain and not records:
+        out.endpoints.append(plain)  # negative, or not (yet) answered: no records
+        return out
+    out.records, out.alias_chain = True, chain
+    owners = (owner, *chain)
+    for record in sorted(records or (), key=lambda r: r.priority):
+        if record.alias:
+            continue
+        alpn = effective_alpn(record, rtype)
+        target = (final if chain else _host_of(final)) if record.target == "." else \
+            record.target.lower().rstrip(".")
+        rport = record.port if record.port is not None else port
+        unknown = [k for k in record.mandatory if k.lower() not in UNDERSTOOD]
+        if unknown:
+            out.endpoints.append(Endpoint(
+                record.priority, target, rport, frozenset(), (), record=record, owners=owners,
+                alpn=alpn, reason=f"skipped: mandatory {', '.join(unknown)} is not understood "
+                                  f"here (RFC 9460 section 8)"))
+            continue
+        found = tuple(dns.get(target, ()))
+        hints = (*record.ipv6hint, *record.ipv4hint)
+        out.ech = out.ech or record.ech
+        out.endpoints.append(Endpoint(
+            record.priority, target, rport,
+            frozenset(i.name for i in infos if offers(alpn, rtype, i)),
+            found or hints, frozenset(hints), record, owners, alpn))
+    fallback = final if chain else host
+    out.endpoints.append(Endpoint(
+        FALLBACK_PRIORITY, fallback, port,
+        frozenset(i.name for i in infos if "h3" not in i.alpn),
+        tuple(dns.get(fallback, ())), owners=owners))
+    return out
+
+
+def target_names(query: tuple[str, str] | None, host: str,
+                 svcb: Mapping[str, tuple[ServiceRecord, ...]]) -> tuple[str, ...]:
+    """Every name whose A/AAAA answers `shape()` would read for these records, the host
+    first: what the resolver asks for after a service answer (Rules 1, 4, 5)."""
+    names = [host]
+    if query is not None:
+        owner = query[0]
+        final, records, chain, loop = _chase(owner, svcb)
+        if loop is None:
+            names.extend(chain)
+            for r in records or ():
+                if not r.alias:
+                    names.append((final if chain else _host_of(final)) if r.target == "."
+                                 else r.target.lower().rstrip("."))
+    return tuple(dict.fromkeys(names))
