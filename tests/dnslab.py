@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,21 @@ def tlsa_record(pem: bytes | str, host: str = "svc", port: int = 443, proto: str
 # ---- processes ------------------------------------------------------------------------------
 
 
+def _parent_death_signal() -> Any:
+    """A preexec_fn making the child get SIGTERM when this (main) thread dies, so a test run
+    killed with SIGKILL leaves no server behind; None off the main thread (the signal
+    follows the thread that forked, and a worker thread may end before the lab does)."""
+    if threading.current_thread() is not threading.main_thread() or sys.platform != "linux":
+        return None
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return arm
+
+
 class _Daemon:
     """A foreground server process; its stdout+stderr go to a log file quoted in errors."""
 
@@ -237,7 +253,7 @@ class _Daemon:
         self.proc = subprocess.Popen(
             [*_ns_prefix(netns), *argv], stdin=stdin,
             stdout=self._log if stdout is None else stdout,
-            stderr=self._log, start_new_session=True)
+            stderr=self._log, start_new_session=True, preexec_fn=_parent_death_signal())
 
     def log(self) -> str:
         try:
@@ -497,8 +513,9 @@ def unbound_conf(upstream: Address, zone: str, trust_anchor: str | None,
         '    module-config: "validator iterator"', "    val-permissive-mode: no",
         "    qname-minimisation: no", "    prefetch: no", "    serve-expired: no",
         "    minimal-responses: no",
-        # Nothing outside the lab zone: "." refused, the lab zone resolved through the stub
-        # (transparent overrides the RFC 6761 `test.` default zone, and the refusal).
+        # Nothing outside the lab zone: "." refused (the rest of .test stays unbound's
+        # built-in RFC 6761 zone, answered locally), the lab zone resolved through the stub
+        # (transparent: more specific than both, no local data, so normal resolution).
         '    local-zone: "." refuse', f'    local-zone: "{zone}" transparent',
     ]
     if trust_anchor:
@@ -556,8 +573,10 @@ def corrupt_anchor(anchor: str) -> str:
 RELAY_SCRIPT = r'''
 """A DNS relay (stdlib only): forwards each UDP/TCP query to the upstream and sends the
 answer back no earlier than DELAY[qtype] seconds after the query arrived; `drop` qtypes get
-no answer. Commands on stdin (JSON lines): {"delays": {...}}, {"drop": [...]}, {"log": true}
-(the queries seen: [qname, qtype, t_received, t_answered]); one JSON reply line each."""
+no answer; `tamper` qtypes get the last rdata byte of their first answer record flipped.
+Commands on stdin (JSON lines): {"delays": {...}}, {"drop": [...]}, {"tamper": [...]},
+{"log": true} (the queries seen: [qname, qtype, t_received, t_answered, transport]); one
+JSON reply line each."""
 import asyncio, json, socket, struct, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -565,7 +584,40 @@ UP = (cfg["upstream"][0], cfg["upstream"][1])
 UPFAM = socket.AF_INET6 if ":" in UP[0] else socket.AF_INET
 DELAYS = {int(k): float(v) for k, v in cfg["delays"].items()}
 DROP = set(int(x) for x in cfg["drop"])
+TAMPER = set(int(x) for x in cfg["tamper"])
 LOG = []
+
+def skip_name(msg, i):
+    while True:
+        n = msg[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:
+            return i + 2
+        i += 1 + n
+
+def tamper(msg, qtype):
+    """Flip the last rdata byte of the first answer record of type qtype (a signature over
+    it no longer verifies: a validating resolver must call the answer bogus)."""
+    if qtype not in TAMPER:
+        return msg
+    try:
+        qd, an = struct.unpack("!HH", msg[4:8])
+        i = 12
+        for _ in range(qd):
+            i = skip_name(msg, i) + 4
+        for _ in range(an):
+            i = skip_name(msg, i)
+            rtype, _, _, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
+            i += 10
+            if rtype == qtype and rdlen:
+                out = bytearray(msg)
+                out[i + rdlen - 1] ^= 0x01
+                return bytes(out)
+            i += rdlen
+    except (IndexError, struct.error):
+        pass
+    return msg
 
 def question(msg):
     i, labels = 12, []
@@ -607,7 +659,7 @@ class Udp(asyncio.DatagramProtocol):
             return
         await hold(qtype, t0)
         entry[3] = time.monotonic()
-        self.transport.sendto(answer, addr)
+        self.transport.sendto(tamper(answer, qtype), addr)
 
 async def tcp_client(reader, writer):
     try:
@@ -628,7 +680,7 @@ async def tcp_client(reader, writer):
             uw.close()
             await hold(qtype, t0)
             entry[3] = time.monotonic()
-            writer.write(ulen + answer)
+            writer.write(ulen + tamper(answer, qtype))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, OSError):
         pass
@@ -643,7 +695,10 @@ def command(line):
     if "drop" in cmd:
         DROP.clear()
         DROP.update(int(x) for x in cmd["drop"])
-    out = {"ok": True, "delays": DELAYS, "drop": sorted(DROP)}
+    if "tamper" in cmd:
+        TAMPER.clear()
+        TAMPER.update(int(x) for x in cmd["tamper"])
+    out = {"ok": True, "delays": DELAYS, "drop": sorted(DROP), "tamper": sorted(TAMPER)}
     if cmd.get("log"):
         out["log"] = list(LOG)
     if cmd.get("clear"):
@@ -731,13 +786,17 @@ class Relay:
         return self._line(5.0)
 
     def set(self, delays: Mapping[str | int, float] | None = None,
-            drop: Iterable[str | int] | None = None) -> None:
-        """Change the delays (seconds by QTYPE) and/or the dropped QTYPEs while running."""
+            drop: Iterable[str | int] | None = None,
+            tamper: Iterable[str | int] | None = None) -> None:
+        """Replace the delays (seconds by QTYPE), the dropped and/or the tampered QTYPEs
+        while running (a None argument keeps that setting)."""
         cmd: dict[str, Any] = {}
         if delays is not None:
             cmd["delays"] = {str(_qtype(k)): float(v) for k, v in delays.items()}
         if drop is not None:
             cmd["drop"] = [_qtype(k) for k in drop]
+        if tamper is not None:
+            cmd["tamper"] = [_qtype(k) for k in tamper]
         self._ask(cmd)
 
     def queries(self, clear: bool = False) -> list[Query]:
@@ -750,15 +809,18 @@ class Relay:
 @contextlib.contextmanager
 def delay_relay(upstream: Address, delays: Mapping[str | int, float] | None = None,
                 listen: Address | Sequence[Address] | None = None, *,
-                netns: str | None = None, drop: Iterable[str | int] = ()) -> Iterator[Relay]:
+                netns: str | None = None, drop: Iterable[str | int] = (),
+                tamper: Iterable[str | int] = ()) -> Iterator[Relay]:
     """Run the relay (a stdlib Python subprocess, inside `netns` when given) on `listen`
     (default 127.0.0.1, free port): every UDP and TCP query goes to `upstream` and its
     answer is sent back `delays[QTYPE]` seconds (e.g. {"AAAA": 0.4}) after the query arrived
-    (or when the upstream answered, if later); QTYPEs in `drop` are never answered."""
+    (or when the upstream answered, if later); QTYPEs in `drop` are never answered; in
+    answers to QTYPEs in `tamper` the first such record's last rdata byte is flipped (put the
+    relay between unbound and a signed knot: the answer turns bogus, SERVFAIL)."""
     addrs = _listens(listen) if listen is not None else [("127.0.0.1", free_port())]
     cfg = {"upstream": list(upstream), "listen": [list(a) for a in addrs],
            "delays": {str(_qtype(k)): float(v) for k, v in (delays or {}).items()},
-           "drop": [_qtype(k) for k in drop]}
+           "drop": [_qtype(k) for k in drop], "tamper": [_qtype(k) for k in tamper]}
     with tempfile.TemporaryDirectory(prefix="dnslab-relay-") as tmp:
         script = Path(tmp) / "relay.py"
         script.write_text(RELAY_SCRIPT)
@@ -789,6 +851,8 @@ class Lab:
     relay: Relay | None
     nameservers: tuple[Address, ...]
     netns: str | None = None
+    inner_relay: Relay | None = None
+    """Between unbound and knot (present with `tamper`): `.set(tamper=[...])` changes it."""
 
     @property
     def nameserver(self) -> Address:
@@ -839,18 +903,22 @@ def skip_reason(topo: Any = None) -> str | None:
 @contextlib.contextmanager
 def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         resolver: bool = True, delays: Mapping[str | int, float] | None = None,
-        drop: Iterable[str | int] = (), topo: Any = None, host: str | None = None,
+        drop: Iterable[str | int] = (), tamper: Iterable[str | int] = (),
+        topo: Any = None, host: str | None = None, loopback: str = "127.0.0.1",
         resolv_conf: bool = True, resolv_options: Sequence[str] = (),
         unbound_extra: Sequence[str] = ()) -> Iterator[Lab]:
-    """knot (+ unbound, + the delay relay when `delays`/`drop` are given), wired together.
+    """knot (+ unbound, + the delay relay when `delays`/`drop` are given), wired together:
+    client -> [relay: delays, drop] -> unbound -> [inner relay: tamper] -> knot.
 
-    Loopback (no `topo`): everything on 127.0.0.1, free ports, no root needed.
+    Loopback (no `topo`): everything on `loopback` (127.0.0.1 or ::1), free ports, no root.
     Namespace (`topo`, a tests/netns.py Topology, root): all servers in `host` (default
     topo.b): knot on 127.0.0.1@53, unbound on 198.18.1.2/fd00:1::2 port 53 (on 127.0.0.2@53
-    behind the relay, which then takes 198.18.1.2/fd00:1::2 port 53); with `resolv_conf`,
-    topo.a's /etc/resolv.conf names them (removed at topology teardown).
+    behind the relay, which then takes 198.18.1.2/fd00:1::2 port 53; the inner relay is on
+    127.0.0.3@53); with `resolv_conf`, topo.a's /etc/resolv.conf names the front servers
+    (removed at topology teardown).
     `signed`: knot signs; `validate`: unbound gets the trust anchor (AD on answers);
-    `resolver=False`: clients ask knot directly (authoritative answers, no RA, no AD).
+    `tamper`: answers of these QTYPEs are altered between knot and unbound (bogus with
+    `validate`: SERVFAIL); `resolver=False`: clients ask knot directly (AA, no RA, no AD).
     Under pytest a missing tool or root skips; elsewhere it raises."""
     reason = skip_reason(topo)
     if reason is not None:
@@ -859,12 +927,14 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
             pytest.skip(reason)
         raise RuntimeError(reason)
     zone = zone if zone is not None else example_zone()
-    relayed = bool(delays) or bool(list(drop))
+    drop, tamper = tuple(drop), tuple(tamper)
+    relayed = bool(delays) or bool(drop)
     netns: str | None = None
     if topo is None:
-        k_listen: list[Address] = [("127.0.0.1", free_port())]
-        u_listen: list[Address] = [("127.0.0.1", free_port())]
-        r_listen: list[Address] = [("127.0.0.1", free_port())]
+        k_listen: list[Address] = [(loopback, free_port(loopback))]
+        u_listen: list[Address] = [(loopback, free_port(loopback))]
+        r_listen: list[Address] = [(loopback, free_port(loopback))]
+        t_listen: list[Address] = [(loopback, free_port(loopback))]
     else:
         from netns import B1_V4, B1_V6
         netns = host or topo.b
@@ -872,14 +942,20 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         k_listen = [("127.0.0.1", 53)]
         u_listen = [("127.0.0.2", 53)] if relayed else front
         r_listen = front
+        t_listen = [("127.0.0.3", 53)]
     with contextlib.ExitStack() as stack:
         k = stack.enter_context(knot(zone, k_listen, netns=netns, signed=signed))
         front_addrs: list[Address] = k.listen
+        inner = None
+        if tamper:
+            inner = stack.enter_context(delay_relay(k.address, None, t_listen, netns=netns,
+                                                    tamper=tamper))
+            front_addrs = inner.listen
         u = None
         if resolver:
             anchor = k.trust_anchor if signed and validate else None
-            u = stack.enter_context(unbound(k.address, zone, anchor, u_listen, netns=netns,
-                                            extra=unbound_extra))
+            u = stack.enter_context(unbound(front_addrs[0], zone, anchor, u_listen,
+                                            netns=netns, extra=unbound_extra))
             front_addrs = u.listen
         r = None
         if relayed:
@@ -888,7 +964,7 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
             front_addrs = r.listen
         if topo is not None and resolv_conf:
             topo.resolv_conf(topo.a, [a for a, _ in front_addrs], resolv_options)
-        yield Lab(zone, k, u, r, tuple(front_addrs), netns)
+        yield Lab(zone, k, u, r, tuple(front_addrs), netns, inner)
 
 
 def dig(server: Address, name: str, rtype: str = "A", *args: str,
