@@ -32,7 +32,16 @@ the cache file accepts it only there (Rule 4).
 Rule 9: the RTT kept for a path is smoothed as TCP smooths its own (RFC 6298, alpha 1/8), and
 an entry is rewritten only when the smoothed value moved out of the band a ranking would
 notice (`_near`). A single slow handshake on a loaded machine must not re-rank the paths nor
-throw away every cached plan.
+throw away every cached plan. A failure is the exception: it is rewritten each time it
+happens, because its time (`CacheEntry.at`) is what `racing.failureMemory` counts from, and a
+QUIC path that failed a minute ago must not be remembered as failing ten minutes ago.
+Rule 10: every entry is stamped with the wall clock (`time.time()`) when it is recorded, and
+the cache file keeps the stamp, so a failure remembered before a restart still demotes its
+candidate after it (and stops when it is older than the memory). A stamp read from a file
+is a finite number no more than a minute in the future (clock steps between processes are
+small; a stamp from next year is a damaged or forged file) and not negative, or the entry
+is skipped like any other bad one (Rule 4). An old file without stamps loads with `at` None,
+which counts as recent until the next outcome rewrites the entry.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +79,8 @@ _FILE_LIMIT = 8 << 20
 """Bytes read from a cache file: 4096 remotes of 64 entries fit well below it."""
 _TEXT_LIMIT = 255
 """Longest remote, interface or address string accepted from a file."""
+_FUTURE_S = 60.0
+"""How far in the future a stamp from the file may be (Rule 10)."""
 
 _log = logging.getLogger("taps_post.store")
 
@@ -176,10 +188,13 @@ class Association:
     # ---- history and tickets ----------------------------------------------------------------
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
-               interface: str | None = None, address: str | None = None) -> None:
+               interface: str | None = None, address: str | None = None,
+               at: float | None = None) -> None:
         """Remember how an attempt went (`outcome`: one of OUTCOMES, Rule 8); the newest
-        entry for (stack, interface, address) replaces older ones. A "fallback" for a stack
-        that cannot fall back (not multipath-capable) is recorded as the "success" it was."""
+        entry for (stack, interface, address) replaces older ones, so a success clears a
+        failure. A "fallback" for a stack that cannot fall back (not multipath-capable) is
+        recorded as the "success" it was. `at` is when it happened on the wall clock
+        (default: now, Rule 10)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
         if outcome == "fallback" and not _multipath(stack):
@@ -194,10 +209,12 @@ class Association:
         ticket = bool(self.tickets.get(stack))
         for old in self.history:
             if (old.stack, old.interface, old.address) == where:
-                if (old.outcome, old.ticket) == (outcome, ticket) and _near(old.rtt_ms, rtt):
+                if (old.outcome, old.ticket) == (outcome, ticket) and \
+                        _near(old.rtt_ms, rtt) and outcome != "failure":
                     return  # nothing a ranking would notice: keep the entry (and the plan)
-                break
-        entry = CacheEntry(self.key, stack, outcome, rtt, ticket, interface, address)
+                break  # Rule 9: a failure is rewritten, its time is the memory's start
+        entry = CacheEntry(self.key, stack, outcome, rtt, ticket, interface, address,
+                           time.time() if at is None else at)
         self.history = [e for e in self.history
                         if (e.stack, e.interface, e.address) != (stack, interface, address)
                         ][-_HISTORY_LIMIT:]
@@ -407,7 +424,8 @@ def _validated(data: Any) -> tuple[dict[str, list[CacheEntry]], int, str]:
     return history, skipped, first
 
 
-_FIELDS = frozenset(("remote", "stack", "outcome", "rtt_ms", "ticket", "interface", "address"))
+_FIELDS = frozenset(("remote", "stack", "outcome", "rtt_ms", "ticket", "interface", "address",
+                     "at"))
 
 
 def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
@@ -429,8 +447,7 @@ def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
     if outcome == "fallback" and not _multipath(stack):
         return f"outcome 'fallback' for {stack}, which is not a multipath stack"
     rtt = raw.get("rtt_ms")
-    if rtt is not None and (type(rtt) not in (int, float) or not math.isfinite(rtt)
-                            or rtt < 0):
+    if rtt is not None and ((number := _number(rtt)) is None or number < 0):
         return f"rtt_ms {rtt!r:.40} is not a finite number >= 0"
     ticket = raw.get("ticket", False)
     if type(ticket) is not bool:
@@ -446,8 +463,27 @@ def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
             ip_address(address)
         except ValueError:
             return f"address {address!r:.40} is not an IP address"
+    at = raw.get("at")
+    if at is not None:
+        stamp = _number(at)
+        if stamp is None or stamp < 0:
+            return f"at {at!r:.40} is not a time (seconds since the epoch)"
+        if stamp > time.time() + _FUTURE_S:
+            return f"at {at!r:.40} is more than a minute in the future"
     return CacheEntry(remote, stack, outcome, None if rtt is None else float(rtt), ticket,
-                      interface, address)
+                      interface, address, None if at is None else float(at))
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite float when the file holds a JSON number (not a bool), else None;
+    an integer too big for a float is None too, not an OverflowError."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _multipath(stack: str) -> bool:
@@ -481,8 +517,11 @@ def _near(old: float | None, new: float | None) -> bool:
 
 
 def _entry(e: CacheEntry) -> dict[str, Any]:
+    """An entry as the file holds it; `at` only when known, so an entry loaded from a file
+    written before stamps (Rule 10) is written back unchanged."""
     return {"remote": e.remote, "stack": e.stack, "outcome": e.outcome, "rtt_ms": e.rtt_ms,
-            "ticket": e.ticket, "interface": e.interface, "address": e.address}
+            "ticket": e.ticket, "interface": e.interface, "address": e.address,
+            **({"at": e.at} if e.at is not None else {})}
 
 
 default_store = AssociationStore()

@@ -11,6 +11,9 @@ Rule 3: `refresh()` discovers now, whatever the cache's age: the path monitor ca
 kernel reports a change, so the next decision sees a new interface at once instead of after
 the TTL. It keeps the snapshot's identity when nothing changed (Rule 2), so a change that
 discovery cannot see (a link-local address, a flag) costs no plan.
+Rule 4: a live Environment is stamped with the wall clock (`now = time.time()`), the clock the
+Association's history entries are stamped with (runtime/association.py Rule 10), so
+`racing.failureMemory` measures a failure's age in real seconds, across restarts too.
 """
 
 from __future__ import annotations
@@ -73,11 +76,12 @@ def addresses_of(infos: Sequence[tuple[Any, ...]]) -> tuple[str, ...]:
 def live_environment(host: str | None = None, port: int = 0,
                      cache: tuple[CacheEntry, ...] = (),
                      addresses: tuple[str, ...] | None = None) -> Environment:
-    """This machine now. `addresses` skips the blocking resolver when the caller resolved."""
+    """This machine now (Rule 4). `addresses` skips the blocking resolver when the caller
+    resolved."""
     from .mptcp import path_manager  # here: ctypes and sockets only when a decision is made
 
     env = Environment(cached_interfaces(), {}, cache, source=None,
-                      path_manager=path_manager())
+                      path_manager=path_manager(), now=time.time())
     if host is not None:
         env = env.with_dns(host, addresses if addresses is not None
                            else resolve_name(host, port))
