@@ -64,6 +64,14 @@ def test_resolv_conf_defaults_and_last_search_wins() -> None:
     assert (bad.ndots, bad.timeout, bad.attempts) == (1, 5.0, 1)
 
 
+def test_res_options_localdomain_and_no_ports() -> None:
+    config = parse_resolv_conf("nameserver 127.0.0.1:5353\nnameserver [::1]:53\n"
+                               "nameserver ::1\nsearch a.example\noptions ndots:2\n",
+                               res_options="ndots:4 attempts:3", localdomain="B.example c")
+    assert config.nameservers == (Nameserver("::1"),)  # glibc skips lines with a port
+    assert (config.ndots, config.attempts, config.search) == (4, 3, ("b.example", "c"))
+
+
 def test_trust_is_loopback_or_trust_ad() -> None:
     plain = parse_resolv_conf("nameserver 127.0.0.53\nnameserver ::1\nnameserver 198.18.0.1\n")
     assert [plain.trusts(ns) for ns in plain.nameservers] == [True, True, False]
@@ -90,6 +98,8 @@ def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
     (links / str(lo)).write_text("DNS=198.18.9.9\n")
     (links / "999999").write_text("DNS=198.18.9.8\n")  # no such interface: skipped
     (links / "state").write_text("DNS=198.18.9.7\n")  # not an ifindex: skipped
+    for variable in ("RES_OPTIONS", "LOCALDOMAIN"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
     monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
     first = system_config()
@@ -105,6 +115,8 @@ def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
     os.utime(links / str(lo), ns=(2, 2))
     assert system_config().nameservers[1:] == (Nameserver("198.18.9.10", 53, "lo"),
                                                  Nameserver("198.18.9.11", 53, "lo"))
+    monkeypatch.setenv("RES_OPTIONS", "trust-ad")
+    assert system_config().trust_ad  # the environment is part of the configuration
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "missing"))
     monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(tmp_path / "missing-dir"))
     assert system_config().nameservers == ()
@@ -248,6 +260,7 @@ def test_default_client_follows_resolv_conf(tmp_path: Path,
     rc.write_text("nameserver 127.0.0.1\n")
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
     monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(tmp_path / "no-links"))
+    monkeypatch.delenv("RES_OPTIONS", raising=False)
     first = default_client()
     assert first is not None and first.config.nameservers == (Nameserver("127.0.0.1"),)
     first.cache.put(("a", "A"), _ok("a", ns=first.config.nameservers[0]), 0.0)
@@ -274,3 +287,21 @@ def test_search_names_as_glibc_tries_them() -> None:
     assert config.names_for("a.b.c") == ("a.b.c", "a.b.c.corp.example", "a.b.c.lab.example")
     assert config.names_for("Svc.Example.") == ("svc.example",)
     assert parse_resolv_conf("").names_for("svc") == ("svc",)
+
+
+def test_dnspython_is_imported_by_client_py_alone() -> None:
+    """resolver package Rule 1, read from the installed package's source."""
+    import ast
+
+    import taps_post
+
+    root = Path(taps_post.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                     and node.level == 0 else [])
+            if any(n == "dns" or n.startswith("dns.") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"resolver/client.py"}

@@ -3,7 +3,8 @@
 Rule 1: resolv.conf is read as glibc reads it (resolv.conf(5)): `nameserver` lines in order, at
 most three (glibc ignores the rest, so a fourth would make us ask a server the system never
 asks), `search` and `domain` where the last one wins, `options ndots: timeout: attempts:
-trust-ad`, comments starting with `;` or `#`. A line we cannot parse is skipped, as glibc
+trust-ad`, comments starting with `;` or `#`; `$RES_OPTIONS` and `$LOCALDOMAIN` as glibc
+applies them. A line we cannot parse is skipped, as glibc
 does, never an error: a broken resolv.conf must not break a connection that getaddrinfo would
 still make. `$TAPS_POST_RESOLV_CONF` names another file (tests, containers).
 Rule 2: no nameserver line means no nameserver here (glibc would try 127.0.0.1): the caller
@@ -91,9 +92,13 @@ class ResolverConfig:
         return ns.loopback or self.trust_ad
 
 
-def _nameserver(text: str, interface: str | None = None) -> Nameserver | None:
-    """`192.0.2.1`, `fd00::1`, `fe80::1%eth0`, and systemd's `addr#sni`, `[v6]:port`,
-    `v4:port` forms; None for anything else."""
+def _nameserver(text: str, interface: str | None = None, *,
+                ports: bool = True) -> Nameserver | None:
+    """`192.0.2.1`, `fd00::1`, `fe80::1%eth0`, and with `ports` systemd's `addr#sni`,
+    `[v6]:port`, `v4:port` forms (resolv.conf has no port: glibc skips such a line); None
+    for anything else."""
+    if not ports and ("#" in text or "[" in text or text.count(":") == 1):
+        return None
     text = text.split("#", 1)[0].strip()
     port = 53
     if text.startswith("["):
@@ -127,11 +132,28 @@ def _number(value: str, low: int, high: int, default: int) -> int:
     return max(low, min(high, n))
 
 
-def parse_resolv_conf(text: str, source: str = "") -> ResolverConfig:
-    """A resolv.conf's text as a ResolverConfig (Rule 1). Pure: tests feed it strings."""
+def _options(args: list[str], into: dict[str, int]) -> None:
+    for option in args:
+        name, _, value = option.partition(":")
+        if name == "ndots":
+            into["ndots"] = _number(value, 0, 15, into["ndots"])
+        elif name == "timeout":
+            into["timeout"] = _number(value, 1, 30, into["timeout"])
+        elif name == "attempts":
+            into["attempts"] = _number(value, 1, 5, into["attempts"])
+        elif name == "trust-ad":
+            into["trust_ad"] = 1
+        # edns0 and the rest: queries here always carry EDNS0 (client.py, Rule 2).
+
+
+def parse_resolv_conf(text: str, source: str = "", *, res_options: str = "",
+                      localdomain: str | None = None) -> ResolverConfig:
+    """A resolv.conf's text as a ResolverConfig (Rule 1). Pure: tests feed it strings.
+    `res_options` and `localdomain` are glibc's `$RES_OPTIONS` (applied after the file's
+    options) and `$LOCALDOMAIN` (replaces the search list)."""
     servers: list[Nameserver] = []
     search: tuple[str, ...] = ()
-    ndots, timeout, attempts, trust_ad = 1, 5, 2, False
+    opts = {"ndots": 1, "timeout": 5, "attempts": 2, "trust_ad": 0}
     warnings: list[str] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -140,7 +162,7 @@ def parse_resolv_conf(text: str, source: str = "") -> ResolverConfig:
         words = line.split()
         keyword, args = words[0], words[1:]
         if keyword == "nameserver" and args:
-            ns = _nameserver(args[0])
+            ns = _nameserver(args[0], ports=False)
             if ns is None:
                 warnings.append(f"{source}:{number}: not an address: {args[0]}")
             elif len(servers) < MAX_NAMESERVERS:
@@ -149,24 +171,21 @@ def parse_resolv_conf(text: str, source: str = "") -> ResolverConfig:
                 warnings.append(f"{source}:{number}: more than {MAX_NAMESERVERS} "
                                 "nameservers, ignored as glibc does")
         elif keyword in ("search", "domain"):
-            names = [a for a in args if not a.startswith((";", "#"))]
-            search = tuple(n.lower().rstrip(".") for n in names if n.rstrip("."))
+            search = _domains(args)
         elif keyword == "options":
-            for option in args:
-                name, _, value = option.partition(":")
-                if name == "ndots":
-                    ndots = _number(value, 0, 15, ndots)
-                elif name == "timeout":
-                    timeout = _number(value, 1, 30, timeout)
-                elif name == "attempts":
-                    attempts = _number(value, 1, 5, attempts)
-                elif name == "trust-ad":
-                    trust_ad = True
-                # edns0 and the rest: queries here always carry EDNS0 (client.py, Rule 3).
+            _options(args, opts)
         else:
             warnings.append(f"{source}:{number}: unknown line: {line[:60]}")
-    return ResolverConfig(tuple(servers), search, ndots, float(timeout), attempts, trust_ad,
-                          source, tuple(warnings))
+    _options(res_options.split(), opts)
+    if localdomain is not None:
+        search = _domains(localdomain.split())
+    return ResolverConfig(tuple(servers), search, opts["ndots"], float(opts["timeout"]),
+                          opts["attempts"], bool(opts["trust_ad"]), source, tuple(warnings))
+
+
+def _domains(args: list[str]) -> tuple[str, ...]:
+    names = [a for a in args if not a.startswith((";", "#"))]
+    return tuple(n.lower().rstrip(".") for n in names if n.rstrip("."))
 
 
 def parse_link_file(text: str, interface: str) -> tuple[Nameserver, ...]:
@@ -228,10 +247,11 @@ def system_config(path: str | None = None, links: str | None = None) -> Resolver
     path = path or os.environ.get("TAPS_POST_RESOLV_CONF") or _DEFAULT_PATH
     links = links or os.environ.get("TAPS_POST_RESOLVED_LINKS") or _LINKS_DIR
     link_files = _link_files(links)
-    key = (_stamp(path) or path, link_files)
+    env = (os.environ.get("RES_OPTIONS", ""), os.environ.get("LOCALDOMAIN"))
+    key = (_stamp(path) or path, link_files, env)
     if _cached is not None and _cached[0] == key:
         return _cached[1]
-    config = parse_resolv_conf(_read(path), path)
+    config = parse_resolv_conf(_read(path), path, res_options=env[0], localdomain=env[1])
     extra = [ns for name, link, _st in link_files for ns in parse_link_file(_read(link), name)]
     if extra:
         servers = list(config.nameservers)
