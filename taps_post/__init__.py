@@ -54,6 +54,7 @@ __all__ = [
     "CarrierEvent",
     "Closed",
     "ConnectionClosedError",
+    "DaneError",
     "Decision",
     "DeframingError",
     "Diagnostic",
@@ -121,6 +122,7 @@ __version__ = "0.1.0"
 # The runtime (asyncio, ssl, sockets) loads on first use, so `taps-post policy explain` and
 # `import taps_post` for dry runs stay light.
 _LAZY = {
+    "DaneError": "taps_post.errors",  # an ssl error class, made on first use (errors Rule 3)
     "Association": "taps_post.runtime.association",
     "AssociationStore": "taps_post.runtime.association",
     "Carrier": "taps_post.runtime.carrier",
@@ -191,6 +193,7 @@ if TYPE_CHECKING:
     from .core.messages import InMessage as InMessage
     from .core.messages import OutMessage as OutMessage
     from .core.path import Subflow as Subflow
+    from .errors import DaneError as DaneError
     from .runtime.association import Association as Association
     from .runtime.association import AssociationStore as AssociationStore
     from .runtime.carrier import Carrier as Carrier

@@ -11,12 +11,16 @@
 | IdleTimeoutError      | the peer (silent)      | `timeout`: carrier.idleTimeout in seconds |
 | PathLostError         | the network (moved)    | `interface`, `address`: the path that went |
 | MptcpRefusedError     | the host (no MPTCP)    | `errno`: the kernel's (an OSError)        |
+| DaneError             | the peer (DNS says no) | `name`: the TLSA name, `reason`: why      |
 
 Rule 1: misuse errors keep the built-in class they always had as a second base (UsageError is
 a RuntimeError, ArgumentError a ValueError and TypeError), so `except RuntimeError` code
 written against earlier releases still catches them.
 Rule 2: an Attempt keeps the exception object and a machine-readable `kind`: callers branch on
 `kind`, never on message text.
+Rule 3: importing this module imports no `ssl` (`taps-post policy explain` imports it and
+must stay light, tests/test_architecture.py): DaneError, an ssl.SSLCertVerificationError so
+racing classifies it tls_verify, is made on first use (the module's `__getattr__`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .diagnostics import Diagnostic, InputError, SystemPolicyError, TapsError
 
@@ -35,6 +39,7 @@ __all__ = [
     "ArgumentError",
     "Attempt",
     "ConnectionClosedError",
+    "DaneError",
     "DeframingError",
     "Diagnostic",
     "EstablishmentError",
@@ -134,6 +139,58 @@ class MptcpRefusedError(TapsError, OSError):
     OSError carrying the kernel's errno (ENOPROTOOPT when net.mptcp.enabled=0), so racing
     classifies the attempt `unsupported` like any socket refusal and `except OSError` code
     still catches it; it pickles as OSError does (errno and message are its args)."""
+
+
+DANE_REASONS = ("no_tlsa", "not_validated", "no_usable_record", "mismatch")
+"""Why DANE refused a peer (DaneError.reason): no TLSA answer (or a validated denial) under
+require; an answer without DNSSEC validation under require; only records this library does
+not use (PKIX-TA/EE, unknown selectors, or what the stack cannot see); a validated, usable
+set the peer's certificates do not match (under opportunistic too)."""
+
+
+def _make_dane_error() -> type[Exception]:
+    import ssl
+
+    class DaneError(TapsError, ssl.SSLCertVerificationError):
+        """The peer's certificate fails DANE (RFC 6698, RFC 7671; taps_post/stacks/dane.py):
+        it matches none of the validated TLSA records of `name`, or policy security.dane
+        `require` found no validated usable records there. `reason` is one of DANE_REASONS.
+        An ssl.SSLCertVerificationError, so racing classifies the attempt tls_verify; it
+        pickles with its name and reason."""
+
+        def __init__(self, message: str, name: str = "", reason: str = "mismatch") -> None:
+            super().__init__(message)
+            self.strerror = message  # what SSLError's str() shows (not the args tuple)
+            self.verify_message = message
+            self.name = name
+            self.reason = reason
+
+        def __reduce__(self) -> Any:
+            return (type(self), (self.strerror, self.name, self.reason))
+
+    DaneError.__module__ = __name__
+    DaneError.__qualname__ = "DaneError"
+    return DaneError
+
+
+if TYPE_CHECKING:
+    import ssl
+
+    class DaneError(TapsError, ssl.SSLCertVerificationError):
+        name: str
+        reason: str
+
+        def __init__(self, message: str, name: str = "", reason: str = "mismatch") -> None:
+            ...
+
+
+def __getattr__(name: str) -> Any:
+    """DaneError, made on first use (Rule 3)."""
+    if name == "DaneError":
+        cls = _make_dane_error()
+        globals()["DaneError"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class FailureKind(enum.StrEnum):

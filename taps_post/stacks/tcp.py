@@ -4,7 +4,8 @@ Rule 1: we create every socket ourselves (to bind the candidate's interface and 
 for IPPROTO_MPTCP), so TCP_NODELAY is set here explicitly; asyncio only does it for sockets it
 creates (otherwise Nagle plus delayed ACKs add ~40 ms per small exchange; docs/runtime.md).
 Rule 2: a TLS attempt is ready only after its handshake and, when certificates are pinned,
-after the peer's certificate matched a pin. A racing TLS attempt is not a winner before that.
+after the peer's certificate matched a pin, and after DANE accepted it (stacks/tls.py Rule 6;
+`dane` says how). A racing TLS attempt is not a winner before that.
 Rule 3: TLS sessions are resumed through a per-association SSLContext (sessions only resume
 on the context that made them) and each ticket goes to one attempt only: a ticket is stored
 with the context that made it and only an attempt on that very context takes it (another
@@ -68,7 +69,15 @@ from ..system import mptcp, tcpinfo
 from ..system.mptcp import is_mptcp
 from .accept import Acceptor, backlog_for
 from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
-from .tls import client_tls_context, open_tls, server_tls_context, verify_pins
+from .tls import (
+    client_tls_context,
+    defers_pkix,
+    open_tls,
+    refuse_before_dane,
+    server_tls_context,
+    verify_dane,
+    verify_pins,
+)
 from .transient import Transient
 
 __all__ = ["FALLBACK", "MptcpRefusedError", "ResumingContext", "StreamStack", "StreamTransient",
@@ -193,9 +202,9 @@ class StreamTransient(Transient, asyncio.Protocol):
     """TCP, TLS and MPTCP: messages framed onto one byte stream."""
 
     __slots__ = ("_aborted", "_early_left", "_feeds_messages", "_length_prefixed", "_preload_rest",
-                 "_written", "dscp_marker", "fallback_stack", "mptcp_fallback", "nodelay_set",
-                 "on_connection", "raw_socket", "secure", "session_sink", "syn_data_possible",
-                 "used_session")
+                 "_written", "dane", "dscp_marker", "fallback_stack", "mptcp_fallback",
+                 "nodelay_set", "on_connection", "raw_socket", "secure", "session_sink",
+                 "syn_data_possible", "used_session")
 
     accepts_plain = True
 
@@ -213,6 +222,8 @@ class StreamTransient(Transient, asyncio.Protocol):
         self._written = 0
         self.session_sink: Callable[[Any], None] | None = None
         self.used_session: Any = None
+        self.dane: str | None = None
+        """How DANE accepted the peer (stacks/dane.py `check`); None: not checked."""
         """The TLS session this connection resumed with, never to be stored again."""
         self.fallback_stack: str | None = None
         """An MPTCP socket (connected or accepted): the stack to report if MPTCP fell back
@@ -636,17 +647,25 @@ class StreamStack:
         return sock
 
     def _client_context(self, spec: AttemptSpec) -> ssl.SSLContext:
-        key = (spec.settings, tuple(c.fingerprint for c in spec.pinned),
-               tuple(c.fingerprint for c in spec.identity if c.key_pem))
+        # Keyed on what client_tls_context reads, not the whole Settings: the attempt delay
+        # follows RTT history (it changes between connections) and must not cost the
+        # association its TLS sessions (Rule 3).
+        s = spec.settings
+        defer = defers_pkix(spec.tlsa, s)  # a TLSA set decides (tls.py Rule 6)
+        key = (s.min_tls, s.verify_peer, s.alpn, tuple(c.fingerprint for c in spec.pinned),
+               tuple(c.fingerprint for c in spec.identity if c.key_pem), defer)
         contexts = spec.association.tls_contexts
         ctx = contexts.get(key)
         if ctx is None:
-            ctx = contexts[key] = client_tls_context(spec.settings, spec.pinned, spec.identity)
+            ctx = contexts[key] = client_tls_context(spec.settings, spec.pinned, spec.identity,
+                                                     defer_pkix=defer)
         return ctx
 
     async def connect(self, spec: AttemptSpec) -> StreamTransient:
         loop = asyncio.get_running_loop()
         c = spec.candidate
+        if self.secure:  # DANE required and no TLSA set that could decide: nothing sent
+            refuse_before_dane(spec.tlsa, spec.settings, spec.host)
         sock = self._socket(c.remote_address)
         transport: Any = None
         try:
@@ -710,6 +729,7 @@ class StreamStack:
             if self.secure:
                 ssl_object = transport.get_extra_info("ssl_object")
                 verify_pins(ssl_object, spec.pinned)
+                transient.dane = verify_dane(ssl_object, spec.tlsa, spec.settings, spec.host)
                 transient.session_reused = bool(ssl_object and ssl_object.session_reused)
                 if spec.settings.session_cache:
                     transient.session_sink = functools.partial(

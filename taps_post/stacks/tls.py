@@ -23,6 +23,15 @@ closed, 67 MB after `malloc_trim(0)`), so every TRIM_EVERY (1,024) closed TLS co
 TRIM_DELAY later (so a burst of closes pays once), a full `gc.collect()` (a closed carrier's
 objects are cycles, freed only by the collector) and `malloc_trim(0)` run: tens of ms once
 per thousand connections. Where there is no glibc the trim is a no-op.
+Rule 6: DANE (stacks/dane.py) is checked after every client handshake, where the pins are
+(`verify_dane`). When a validated usable TLSA set decides the peer (`dane.defers_pkix`), the
+context makes no PKIX or name check (`client_tls_context(defer_pkix=True)`: CERT_NONE, no
+check_hostname) and the DANE match alone accepts the peer (RFC 7671 section 5.1): a peer
+that matches no record is refused, so this is never weaker than PKIX. Without such a set
+PKIX applies as always; under `require` such an attempt is refused before it connects
+(`refuse_before_dane`: it could only fail). Python's ssl before 3.13 shows only the peer's
+leaf certificate (`PEER_CHAIN` False: `SSLObject.get_unverified_chain` is 3.13's), so there
+a DANE-TA record works only as a full certificate that issued the leaf (dane, Rule 5).
 """
 
 from __future__ import annotations
@@ -38,10 +47,13 @@ from collections.abc import Callable, Sequence
 
 from ..certs import Certificate, fingerprint_of_der
 from ..core.settings import Settings
+from ..decision.names import TlsaSet
 from ..errors import ArgumentError
+from . import dane
 
-__all__ = ["TLS_READ_BUFFER", "TRIM_DELAY", "TRIM_EVERY", "LeanSSLProtocol", "PinMismatchError",
-           "client_tls_context", "open_tls", "server_tls_context", "trim_heap", "verify_pins"]
+__all__ = ["PEER_CHAIN", "TLS_READ_BUFFER", "TRIM_DELAY", "TRIM_EVERY", "LeanSSLProtocol",
+           "PinMismatchError", "client_tls_context", "defers_pkix", "open_tls", "peer_chain",
+           "refuse_before_dane", "server_tls_context", "trim_heap", "verify_dane", "verify_pins"]
 
 TLS_READ_BUFFER = 64 * 1024
 """Bytes a TLS connection reads from its socket at once (asyncio's own: 256 KiB; Rule 4)."""
@@ -49,6 +61,10 @@ TRIM_EVERY = 1024
 """Closed TLS connections between two heap trims (Rule 5)."""
 TRIM_DELAY = 0.25
 """Seconds from the TRIM_EVERY-th close to the trim, so a burst of closes trims once."""
+
+
+PEER_CHAIN = hasattr(ssl.SSLObject, "get_unverified_chain")
+"""The stdlib shows the peer's whole chain (Python 3.13+); before, only its leaf (Rule 6)."""
 
 
 class PinMismatchError(ssl.SSLCertVerificationError):
@@ -59,11 +75,13 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def client_tls_context(settings: Settings, pinned: Sequence[Certificate],
-                       identity: Sequence[Certificate]) -> ssl.SSLContext:
-    """A client context: system CAs, or exactly the pinned certificates when there are some."""
+                       identity: Sequence[Certificate], *,
+                       defer_pkix: bool = False) -> ssl.SSLContext:
+    """A client context: system CAs, or exactly the pinned certificates when there are some;
+    `defer_pkix`: no PKIX nor name check, a validated TLSA set decides (Rule 6)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = _VERSIONS[settings.min_tls]
-    if settings.verify_peer:
+    if settings.verify_peer and not defer_pkix:
         if pinned:
             for cert in pinned:
                 ctx.load_verify_locations(cadata=cert.cert_pem)
@@ -118,6 +136,40 @@ def verify_pins(ssl_object: ssl.SSLObject | None, pinned: Sequence[Certificate])
     got = fingerprint_of_der(der)
     if got not in {c.fingerprint for c in pinned}:
         raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")
+
+
+def defers_pkix(tlsa: TlsaSet | None, settings: Settings) -> bool:
+    """Does the TLSA set decide this peer, so the handshake skips PKIX (Rule 6)?"""
+    return dane.defers_pkix(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
+
+
+def peer_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
+    """The peer's certificates (DER, leaf first) as far as the stdlib shows them (Rule 6)."""
+    if ssl_object is None:
+        return []
+    chain = getattr(ssl_object, "get_unverified_chain", None)
+    if chain is not None:  # Python 3.13+
+        got = [c if isinstance(c, bytes) else c.public_bytes(ssl.ENCODING_DER)  # type: ignore[attr-defined]
+               for c in (chain() or ())]
+        if got:
+            return got
+    der = ssl_object.getpeercert(binary_form=True)
+    return [der] if der else []
+
+
+def refuse_before_dane(tlsa: TlsaSet | None, settings: Settings, host: str) -> None:
+    """Under security.dane require, a set that cannot decide the peer (none, unvalidated, no
+    record usable here) refuses the attempt before anything is sent: DaneError (Rule 6)."""
+    dane.refuse_undecidable(tlsa, settings.dane, host=host, partial_chain=not PEER_CHAIN)
+
+
+def verify_dane(ssl_object: ssl.SSLObject | None, tlsa: TlsaSet | None, settings: Settings,
+                host: str) -> str:
+    """DANE after the handshake (Rule 6): how the peer was accepted, or DaneError."""
+    if settings.dane == "off":
+        return "dane off"
+    return dane.check(tlsa, settings.dane, peer_chain(ssl_object), host=host,
+                      partial_chain=not PEER_CHAIN)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = ["CHECKED", "RecoveryState", "active_path_validated", "count_lost_packets",
            "forget_connection", "govern_credit", "handshake_confirmed",
-           "offer_datagram_frames", "path_validated", "peer_certificate", "peer_connection_id",
+           "offer_datagram_frames", "path_validated", "peer_certificate", "peer_chain",
+           "peer_connection_id",
            "peer_disables_migration",
            "peer_max_datagram_frame_size", "pending_datagram_bytes", "pending_datagram_frames",
            "recovery_state", "refuse_early_data", "request_client_certificate", "server_knows",
@@ -137,6 +138,22 @@ def peer_certificate(quic: QuicConnection) -> bytes | None:
         return None
     der: bytes = cert.public_bytes(Encoding.DER)
     return der
+
+
+def peer_chain(quic: QuicConnection) -> tuple[bytes, ...]:
+    """The (DER) certificates the peer presented, leaf first, then the rest of its
+    Certificate message in the order sent: what DANE matches against (stacks/dane.py; a
+    DANE-TA record names a certificate above the leaf). Empty before the certificate
+    arrived and after a resumed handshake, like `peer_certificate`."""
+    # Private: tls.Context._peer_certificate and tls.Context._peer_certificate_chain, the
+    # cryptography x509 certificates parsed from the peer's Certificate message (aioquic
+    # builds its own verification from them and offers no accessor; HandshakeCompleted
+    # carries none). Checked against aioquic 1.6.0 and 1.7.2.
+    leaf = peer_certificate(quic)
+    if leaf is None:
+        return ()
+    rest = getattr(getattr(quic, "tls", None), "_peer_certificate_chain", None) or ()
+    return (leaf, *(c.public_bytes(Encoding.DER) for c in rest))
 
 
 def refuse_early_data(quic: QuicConnection) -> bool:

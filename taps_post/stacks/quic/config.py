@@ -30,6 +30,14 @@ issues no session tickets at all, and every connection is a full handshake (no r
 no 0-RTT). TLS 1.3 lets the client finish its handshake before the server has seen its
 certificate: a refused client's connect() succeeds and its carrier fails at once with the
 close (QuicClosedError, CRYPTO_ERROR plus certificate_required or bad_certificate).
+Rule 8: DANE (stacks/dane.py) as over TLS (stacks/tls.py Rule 6), with the peer's whole chain
+(`compat.peer_chain`): when a validated usable TLSA set decides the peer
+(`dane.defers_pkix`), aioquic verifies nothing (CERT_NONE) and `Trust.check` accepts the
+server only on a DANE match, after the pins; otherwise verification is as Rule 2 says and
+`Trust.check` still refuses a mismatch or, under `require`, a set that cannot decide. A
+resumed handshake shows no certificate, so a ticket's Origin records the TLSA records its
+connection matched (`Origin.dane`), and where DANE decides only a ticket that matched the
+very same records is offered (`Trust.admits`).
 Rule 7: the initial flow-control limits come from carrier.recvBudget (`flow_windows`): a
 stream may receive one window before its first MAX_STREAM_DATA, the connection two; the
 session extends a stream's limit as aioquic delivers its bytes in order (not while its
@@ -49,6 +57,8 @@ from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket, verify_certificate
 
 from ...certs import Certificate, fingerprint_of_der
+from ...decision.names import TlsaRecord, TlsaSet
+from .. import dane
 from ..base import AttemptSpec, ListenSpec
 from ..tls import PinMismatchError
 from .compat import offer_datagram_frames, set_identity, set_peer_verification
@@ -65,8 +75,9 @@ def client_configuration(spec: AttemptSpec) -> QuicConfiguration:
                                server_name=spec.host, idle_timeout=max(5.0, s.conn_timeout))
     offer_datagram_frames(config, DATAGRAM_FRAME_SIZE)
     flow_windows(config, s.recv_budget)
-    set_peer_verification(config, s.verify_peer)
-    if s.verify_peer:
+    verify = s.verify_peer and not dane.defers_pkix(spec.tlsa, s.dane)  # Rule 8
+    set_peer_verification(config, verify)
+    if verify:
         if spec.pinned:
             config.load_verify_locations(
                 cadata="".join(c.cert_pem for c in spec.pinned).encode("ascii"))
@@ -122,6 +133,10 @@ class Origin:
     """aioquic verified the certificate's chain, dates and name."""
     system_anchors: bool
     """... against the system's CAs (not against pinned certificates)."""
+    dane: tuple[TlsaRecord, ...] = ()
+    """The usable TLSA records DANE accepted the server by (empty: DANE did not decide)."""
+    dane_how: str | None = dataclasses.field(default=None, compare=False)
+    """How DANE accepted it (stacks/dane.py `check`); None: not checked."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,40 +147,64 @@ class Trust:
     """Fingerprints of the pinned certificates; empty when the Remote pins none."""
     verify: bool
     """The policy's verifyPeer."""
+    tlsa: TlsaSet | None = None
+    """The TLSA set of the server's name (None: not asked)."""
+    dane: str = "off"
+    """security.dane."""
+    host: str | None = None
+    """The name a DANE-TA match must carry."""
 
     @property
     def system_anchors(self) -> bool:
-        return self.verify and not self.pins
+        return self.verify and not self.pins and not self.dane_decides
+
+    @property
+    def dane_decides(self) -> bool:
+        """A validated usable TLSA set decides the server, not PKIX (Rule 8)."""
+        return dane.defers_pkix(self.tlsa, self.dane)
 
     def admits(self, origin: Origin | None) -> bool:
         """May a ticket from a connection that proved `origin` resume this one?"""
         if origin is None:  # a ticket nobody vouches for
-            return not self.pins and not self.verify
+            return not self.pins and not self.verify and not self.dane_decides
         if self.pins and origin.fingerprint not in self.pins:
             return False
+        if self.dane_decides:  # matched the very same records (Rule 8)
+            return bool(origin.dane) and origin.dane == dane.usable_records(self.tlsa)
         if self.verify and not origin.verified:
             return False
         return not self.system_anchors or origin.system_anchors
 
-    def check(self, peer_der: bytes | None, resumed: bool, offered: Origin | None) -> Origin:
+    def check(self, chain: Sequence[bytes], resumed: bool, offered: Origin | None) -> Origin:
         """What a completed handshake proved: the origin of the ticket it resumed with (only
         tickets `admits()` accepts are offered, and resuming proves the server holds it), or
-        the certificate it presented. PinMismatchError when that is not a pinned one."""
+        the certificates it presented (`chain`, leaf first). PinMismatchError when the leaf
+        is not a pinned one, then DaneError when DANE refuses it (Rule 8)."""
         if resumed:
-            return offered if offered is not None else Origin(None, False, False)
+            if offered is None:
+                return Origin(None, False, False)
+            how = offered.dane_how
+            return dataclasses.replace(
+                offered, dane_how=None if how is None else f"resumed, first {how}")
+        peer_der = chain[0] if chain else None
         if peer_der is None:
             if self.pins:
                 raise PinMismatchError(
                     "the peer presented no certificate, but certificates are pinned")
-            return Origin(None, False, False)
+            how = dane.check(self.tlsa, self.dane, (), host=self.host)
+            return Origin(None, False, False, dane_how=how)
         got = fingerprint_of_der(peer_der)
         if self.pins and got not in self.pins:
             raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")
-        return Origin(got, self.verify, self.system_anchors)
+        how = dane.check(self.tlsa, self.dane, chain, host=self.host)
+        if self.dane_decides:
+            return Origin(got, False, False, dane.usable_records(self.tlsa), how)
+        return Origin(got, self.verify, self.system_anchors, dane_how=how)
 
 
 def client_trust(spec: AttemptSpec) -> Trust:
-    return Trust(frozenset(c.fingerprint for c in spec.pinned), spec.settings.verify_peer)
+    return Trust(frozenset(c.fingerprint for c in spec.pinned), spec.settings.verify_peer,
+                 spec.tlsa, spec.settings.dane, spec.host)
 
 
 @dataclasses.dataclass

@@ -102,6 +102,7 @@ from .compat import (
     govern_credit,
     handshake_confirmed,
     peer_certificate,
+    peer_chain,
     peer_disables_migration,
     peer_max_datagram_frame_size,
     pending_datagram_frames,
@@ -989,7 +990,7 @@ class QuicSession(QuicConnectionProtocol):
         next transmit, so a refused server receives the close and nothing else."""
         assert self.trust is not None
         try:
-            self.origin = self.trust.check(peer_certificate(self.connection),
+            self.origin = self.trust.check(peer_chain(self.connection),
                                            event.session_resumed, self.offered_origin)
         except Exception as exc:
             self.refusal = exc

@@ -19,6 +19,9 @@ fails with PinMismatchError before anything of the application is sent. A ticket
 (so resumption and 0-RTT happen) only when its Origin meets this attempt's Trust, and a
 ticket is kept only from a connection that passed its check, stamped with what it proved
 (config, Rule 5).
+DANE is checked with the pins, after them (config, Rule 8), and refuses the same way
+(DaneError); under security.dane require an attempt without a TLSA set that could decide is
+refused before its first packet.
 Rule 5: a listener is aioquic's own `QuicServer` whose `create_protocol` makes our sessions;
 the listener keeps its own set of them, never the server's table. Under clientAuth it issues
 no session tickets (config, Rule 6): every connection is a full handshake showing a
@@ -63,6 +66,7 @@ from aioquic.tls import SessionTicket
 
 from ...core.early import Relays
 from ...core.messages import OutMessage
+from .. import dane
 from ..base import (
     AttemptSpec,
     DscpMarker,
@@ -110,6 +114,8 @@ class QuicStack:
     async def connect(self, spec: AttemptSpec) -> QuicStreamTransient:
         loop = asyncio.get_running_loop()
         c = spec.candidate
+        # DANE required and no TLSA set that could decide: refused before anything is sent.
+        dane.refuse_undecidable(spec.tlsa, spec.settings.dane, host=spec.host)
         config = client_configuration(spec)
         trust = client_trust(spec)
         ticket: SessionTicket | None = (spec.association.take_ticket("quic")
@@ -177,6 +183,7 @@ class QuicStack:
             transient.rtt_ms = (loop.time() - started) * 1000.0
             transient.established_ms = transient.rtt_ms
             transient.session_reused = session.session_resumed
+            transient.dane = session.origin.dane_how if session.origin is not None else None
             # early_in_syn: the server accepted the 0-RTT data; refused, aioquic sends the
             # same stream bytes again in 1-RTT packets (the offsets do not change).
             transient.early_in_syn = transient.early_sent and session.early_data_accepted

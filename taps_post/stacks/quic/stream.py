@@ -166,6 +166,8 @@ class QuicStreamTransient(Transient):
         super().__init__(stack="quic", framer=framer, max_size=max_size, interface=interface)
         self.session = session
         self.stream_id = stream_id
+        self.dane: str | None = None
+        """How DANE accepted the server (stacks/dane.py `check`); None: not checked."""
         self.transport = _StreamView(self)
         self.local_address = session.local_address
         self.remote_address = session.remote_address

@@ -1,0 +1,264 @@
+"""DANE (RFC 6698, RFC 7671): the peer's certificates against the TLSA records of its name.
+
+Rule 1: only a `validated` TLSA set counts (the AD bit from a resolver the system trusts;
+decision/names.py Rule 4). An unvalidated set never accepts nor refuses a certificate: under
+`opportunistic` it is ignored (PKIX as usual), under `require` the peer is refused for it.
+Rule 2: the usable records are DANE-TA(2) and DANE-EE(3) with selector 0 (the full
+certificate) or 1 (its SubjectPublicKeyInfo) and matching 0 (exact), 1 (SHA-256) or 2
+(SHA-512). PKIX-TA(0) and PKIX-EE(1) are not used by this library (RFC 7671 section 4.1 lets a
+client ignore them; they would only add a constraint to the PKIX check, which the stack does
+anyway), nor is any record with an unknown parameter (RFC 6698 section 4.1).
+Rule 3: `check()` is the one place a stack asks: `security.dane` off checks nothing;
+`opportunistic` requires a match only when a validated set has usable records (a mismatch is
+a DaneError, whatever PKIX said); `require` requires a validated usable match and names why
+when there is none (no TLSA, not validated, no usable record, mismatch). The string it
+returns says how the peer was accepted, for the attempt record and the trace.
+Rule 4: DANE-EE(3) matches the leaf only; names, dates and issuers do not apply (RFC 7671
+section 5.1). DANE-TA(2) matches a certificate above the leaf, and the leaf must chain to it
+(each certificate on the way issued by the next: `verify_directly_issued_by`), be within its
+dates and carry the host's name (RFC 7671 section 5.2). A full-certificate TA record (2 0 0)
+is itself a trust anchor: the leaf or any certificate the peer sent may be issued by it.
+Rule 5: some stacks see only the leaf (the stdlib's ssl before Python 3.13 has no public
+peer chain: `partial_chain=True`). There a TA record that names a digest cannot be checked
+(the certificate it names is never seen) and is unusable on that stack; a full-certificate TA
+record still works when it issued the leaf directly.
+Rule 6: when `defers_pkix()` says a set decides (validated, usable records, dane not off), the
+stack handshakes without PKIX verification and DANE alone decides (RFC 7671 section 5.1: PKIX
+and name checks do not apply to DANE-EE; a TA is the trust anchor): never weaker than PKIX,
+since a peer that matches no record is refused. Otherwise PKIX applies as it always does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from ..decision.names import TlsaRecord, TlsaSet
+from ..errors import DaneError
+
+__all__ = ["DANE_EE", "DANE_TA", "MODES", "check", "defers_pkix", "refuse_undecidable",
+           "usable_records"]
+
+DANE_TA = 2
+DANE_EE = 3
+MODES = ("off", "opportunistic", "require")
+_SELECTORS = (0, 1)
+_MATCHINGS = (0, 1, 2)
+
+
+def usable_records(tlsa: TlsaSet | None, *, partial_chain: bool = False
+                   ) -> tuple[TlsaRecord, ...]:
+    """The records of `tlsa` this library checks (Rule 2), on a stack that sees the whole
+    chain, or only the leaf (`partial_chain`, Rule 5)."""
+    if tlsa is None:
+        return ()
+    out = []
+    for r in tlsa.records:
+        if r.usage not in (DANE_TA, DANE_EE) or r.selector not in _SELECTORS \
+                or r.matching not in _MATCHINGS:
+            continue
+        if partial_chain and r.usage == DANE_TA and (r.selector, r.matching) != (0, 0):
+            continue
+        out.append(r)
+    return tuple(out)
+
+
+def defers_pkix(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False) -> bool:
+    """Does this set decide the peer, so the handshake skips PKIX (Rule 6)?"""
+    return (mode != "off" and tlsa is not None and tlsa.validated
+            and bool(usable_records(tlsa, partial_chain=partial_chain)))
+
+
+def refuse_undecidable(tlsa: TlsaSet | None, mode: str, *, host: str | None = None,
+                       partial_chain: bool = False) -> None:
+    """Under `require`, a set that cannot decide the peer (none, unvalidated, no usable
+    record) refuses the attempt before it connects: DaneError, as check() would after."""
+    if mode == "require" and not defers_pkix(tlsa, mode, partial_chain=partial_chain):
+        check(tlsa, mode, (), host=host, partial_chain=partial_chain)
+
+
+def check(tlsa: TlsaSet | None, mode: str, chain: Sequence[bytes], *,
+          host: str | None = None, partial_chain: bool = False) -> str:
+    """Check the peer's `chain` (DER, leaf first) against `tlsa` as `mode` says (Rule 3).
+    Returns how the peer was accepted; raises DaneError when it is refused. `host` is the
+    name a DANE-TA match must carry (None: not checked)."""
+    if mode == "off":
+        return "dane off"
+    if mode not in MODES:
+        raise ValueError(f"unknown security.dane {mode!r} ({', '.join(MODES)})")
+    require = mode == "require"
+    name = tlsa.name if tlsa is not None else (host or "?")
+    if tlsa is None or (tlsa.validated and not tlsa.records):
+        why = ("no TLSA answer" if tlsa is None
+               else f"a validated answer says {tlsa.name} has no TLSA records")
+        if require:
+            raise DaneError(f"DANE required, but {why}", name, "no_tlsa")
+        return f"no TLSA ({why}): PKIX"
+    if not tlsa.validated:
+        if require:
+            raise DaneError(f"DANE required, but the TLSA records of {name} are not "
+                            "DNSSEC-validated (never trusted without validation)",
+                            name, "not_validated")
+        return f"TLSA of {name} not validated: ignored, PKIX"
+    records = usable_records(tlsa, partial_chain=partial_chain)
+    if not records:
+        why = _unusable_why(tlsa, partial_chain)
+        if require:
+            raise DaneError(f"DANE required, but {name} has no usable TLSA record ({why})",
+                            name, "no_usable_record")
+        return f"no usable TLSA record at {name} ({why}): PKIX"
+    if not chain:
+        raise DaneError(f"the peer presented no certificate, but {name} has validated "
+                        "TLSA records", name, "mismatch")
+    from cryptography import x509
+
+    try:
+        certs = [x509.load_der_x509_certificate(bytes(der)) for der in chain]
+    except ValueError as exc:
+        raise DaneError(f"the peer's certificate cannot be parsed for DANE ({exc})", name,
+                        "mismatch") from exc
+    tried = []
+    for r in records:
+        label = f"{r.usage} {r.selector} {r.matching}"
+        if r.usage == DANE_EE:
+            if _matches(r, chain[0], certs[0]):
+                return f"dane-ee match ({label}) at {name}"
+            tried.append(f"{label}: not the leaf")
+            continue
+        found, why = _ta_match(r, chain, certs, host)
+        if found:
+            return f"dane-ta match ({label}) at {name}: {why}"
+        tried.append(f"{label}: {why}")
+    seen = "the leaf only" if partial_chain else f"{len(chain)} certificate(s)"
+    raise DaneError(f"the peer's certificate matches none of the validated TLSA records of "
+                    f"{name} ({'; '.join(tried)}; seen: {seen})", name, "mismatch")
+
+
+def _unusable_why(tlsa: TlsaSet, partial_chain: bool) -> str:
+    usages = sorted({r.usage for r in tlsa.records})
+    if partial_chain and any(r.usage == DANE_TA for r in tlsa.records):
+        return ("its DANE-TA records name a digest, and this stack sees only the peer's "
+                "leaf certificate (Python before 3.13 exposes no peer chain)")
+    if all(r.usage in (0, 1) for r in tlsa.records):
+        return (f"usages {usages}: PKIX-TA/PKIX-EE records are not used by this library "
+                "(RFC 7671 section 4.1)")
+    return "unknown usage, selector or matching type"
+
+
+def _selected(selector: int, der: bytes, cert: Any) -> bytes:
+    if selector == 0:
+        return bytes(der)
+    from cryptography.hazmat.primitives import serialization
+
+    spki: bytes = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return spki
+
+
+def _digest(matching: int, data: bytes) -> bytes:
+    if matching == 1:
+        return hashlib.sha256(data).digest()
+    if matching == 2:
+        return hashlib.sha512(data).digest()
+    return data
+
+
+def _matches(r: TlsaRecord, der: bytes, cert: Any) -> bool:
+    return hmac.compare_digest(_digest(r.matching, _selected(r.selector, der, cert)),
+                               bytes(r.data))
+
+
+def _issued(child: Any, issuer: Any) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except Exception:  # a wrong signature, another issuer name, an unsupported key
+        return False
+    return True
+
+
+def _current(cert: Any, now: datetime.datetime) -> bool:
+    return bool(cert.not_valid_before_utc <= now <= cert.not_valid_after_utc)
+
+
+def _ta_match(r: TlsaRecord, chain: Sequence[bytes], certs: list[Any],
+              host: str | None) -> tuple[bool, str]:
+    """Rule 4 for one DANE-TA record: (matched, how or why not)."""
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = certs[0]
+    # The path from the leaf upwards, as far as each certificate issued the one below it.
+    path = [leaf]
+    for cert in certs[1:]:
+        if not _issued(path[-1], cert):
+            break
+        path.append(cert)
+    anchor_at: int | None = None
+    if (r.selector, r.matching) == (0, 0):
+        from cryptography import x509
+
+        try:
+            anchor = x509.load_der_x509_certificate(bytes(r.data))
+        except ValueError:
+            return False, "the record's certificate cannot be parsed"
+        for depth, cert in enumerate(path):
+            if depth > 0 and _same(cert, anchor):  # the peer sent the anchor itself
+                anchor_at = depth
+                path = path[:depth + 1]
+                break
+            if _issued(cert, anchor):
+                anchor_at = depth + 1  # the anchor itself, above the last one sent
+                path = path[:depth + 1]
+                break
+    else:
+        for depth in range(1, len(path)):
+            if _matches(r, chain[depth], path[depth]):
+                anchor_at = depth
+                path = path[:depth + 1]
+                break
+    if anchor_at is None:
+        return False, "no certificate the leaf chains to matches"
+    if not all(_current(c, now) for c in path[:anchor_at]):
+        return False, "a certificate below the trust anchor is outside its validity dates"
+    if host is not None and not _names(leaf, host):
+        return False, f"the leaf does not name {host}"
+    return True, f"trust anchor at depth {anchor_at}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    return bool(a.public_bytes(serialization.Encoding.DER)
+                == b.public_bytes(serialization.Encoding.DER))
+
+
+def _names(cert: Any, host: str) -> bool:
+    """Does the leaf name `host` (RFC 6125: subjectAltName DNS or IP entries, a wildcard
+    only as the whole leftmost label; the common name only without any DNS entry)?"""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    host = host.lower().rstrip(".")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return san is not None and ip in san.get_values_for_type(x509.IPAddress)
+    dns = list(san.get_values_for_type(x509.DNSName)) if san is not None else []
+    if not dns:
+        dns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    for pattern in dns:
+        pattern = pattern.lower().rstrip(".")
+        if pattern == host:
+            return True
+        if (pattern.startswith("*.") and "." in host and pattern.count(".") >= 2
+                and host.split(".", 1)[1] == pattern[2:]):
+            return True
+    return False

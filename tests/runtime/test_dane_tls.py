@@ -1,0 +1,255 @@
+"""DANE on the TLS stack (stacks/tls.py Rule 6) against a TLS server that is not ours:
+`openssl s_server`, with certificates from taps_post.certs and cryptography.
+
+The stack is driven directly (`StreamStack.connect` with an AttemptSpec that carries the TLSA
+set, as the runtime fills it); test_dane_lab.py gets the TLSA sets from real DNS servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+import taps_post as tp
+from taps_post.certs import Certificate
+from taps_post.core.framing import RawFramer
+from taps_post.core.settings import Settings
+from taps_post.decision.decision import Candidate, RankKey
+from taps_post.decision.names import TlsaRecord, TlsaSet
+from taps_post.errors import DaneError, FailureKind
+from taps_post.runtime.racing import classify
+from taps_post.stacks.base import AttemptSpec
+from taps_post.stacks.tcp import StreamStack
+from taps_post.stacks.tls import PEER_CHAIN
+from test_dane_match import make, record
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
+                                reason="the openssl command line tool is not installed")
+
+LO4 = "127.0.0.1"
+HOST = "localhost"
+NAME = "_443._tcp.localhost"
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = dict(conn_timeout=5.0, attempt_delay=0.05, max_size=16 << 20,
+                                min_tls="1.2", verify_peer=True, session_cache=True, alpn=(),
+                                zero_rtt=False)
+    base.update(kw)
+    return Settings(**base)
+
+
+def run(coro: Any, timeout: float = 15.0) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LO4, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@contextlib.contextmanager
+def s_server(tmp: Path, cert: Certificate, chain: tuple[Certificate, ...] = ()
+             ) -> Iterator[int]:
+    """openssl s_server serving `cert` (and `chain` after it) on a loopback port."""
+    assert cert.key_pem is not None
+    (tmp / "cert.pem").write_text(cert.cert_pem)
+    (tmp / "key.pem").write_text(cert.key_pem)
+    argv = ["openssl", "s_server", "-accept", f"{LO4}:{free_port()}", "-www",
+            "-cert", str(tmp / "cert.pem"), "-key", str(tmp / "key.pem")]
+    if chain:
+        (tmp / "chain.pem").write_text("".join(c.cert_pem for c in chain))
+        argv += ["-cert_chain", str(tmp / "chain.pem")]
+    port = int(argv[3].rsplit(":", 1)[1])
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, f"s_server exited with {proc.returncode}"
+            with contextlib.suppress(OSError), socket.create_connection((LO4, port), 0.5):
+                break
+            assert time.monotonic() < deadline, "s_server did not listen"
+            time.sleep(0.02)  # pacing while another process starts (no loop to yield to)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def spec(port: int, *, tlsa: TlsaSet | None, s: Settings | None = None,
+         pinned: tuple[Certificate, ...] = (), assoc: Any = None,
+         host: str = HOST) -> AttemptSpec:
+    s = s or settings()
+    c = Candidate(0, "lo", LO4, "tls", LO4, port, "ipv4", 0,
+                  RankKey(0, 0, 0, 0, 0, 0, 1, 0.0, 0, "lo", 0, 0))
+    return AttemptSpec(candidate=c, host=host, settings=s,
+                       association=assoc or tp.AssociationStore().get(f"{LO4}:{port}"),
+                       framer=RawFramer, pinned=pinned, tlsa=tlsa)
+
+
+async def fetch(sp: AttemptSpec) -> tuple[str | None, bool, bytes]:
+    """Connect, GET s_server's status page, close: (how DANE accepted, resumed, page)."""
+    t = await StreamStack("tls", secure=True, mptcp=False).connect(sp)
+    try:
+        t.submit_data(b"GET / HTTP/1.0\r\n\r\n")
+        page = bytes(await t.receive())  # s_server's TLS 1.3 tickets came before it
+        return t.dane, t.session_reused, page
+    finally:
+        await t.aclose()
+
+
+def x509_of(cert: Certificate) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(cert.cert_pem.encode())
+
+
+def pem(cert: x509.Certificate, key: Any = None) -> Certificate:
+    key_pem = None if key is None else key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    return Certificate(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
+
+
+def tlsa(*records: TlsaRecord, validated: bool = True) -> TlsaSet:
+    return TlsaSet(NAME, records, validated)
+
+
+@pytest.fixture(scope="module")
+def server_cert() -> Certificate:
+    return tp.certs.self_signed([HOST])
+
+
+@pytest.fixture(scope="module")
+def other_cert() -> Certificate:
+    return tp.certs.self_signed([HOST])
+
+
+def test_dane_ee_match_connects_where_pkix_alone_refuses(tmp_path: Path,
+                                                         server_cert: Certificate) -> None:
+    """A self-signed certificate no CA vouches for: PKIX refuses it; its validated 3 1 1
+    record makes it the peer (RFC 7671 section 5.1), the handshake deferred PKIX."""
+    started = time.monotonic()
+    with s_server(tmp_path, server_cert) as port:
+        with pytest.raises(ssl_cert_error()) as err:
+            run(fetch(spec(port, tlsa=None)))
+        assert not isinstance(err.value, DaneError)
+        assert classify(err.value) is FailureKind.TLS_VERIFY
+        ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
+        for mode in ("opportunistic", "require"):
+            how, _, page = run(fetch(spec(port, tlsa=ee, s=settings(dane=mode))))
+            assert how == f"dane-ee match (3 1 1) at {NAME}"
+            assert page.startswith(b"HTTP/1.0 200 ok"), page[:100]
+    assert time.monotonic() - started < 10
+
+
+def ssl_cert_error() -> type[BaseException]:
+    import ssl
+
+    return ssl.SSLCertVerificationError
+
+
+@pytest.mark.parametrize("mode", ["opportunistic", "require"])
+def test_dane_mismatch_refuses_a_peer_pkix_and_the_pin_accept(
+        tmp_path: Path, server_cert: Certificate, other_cert: Certificate, mode: str) -> None:
+    """The server's certificate is pinned (PKIX and the pin pass without DANE), but the
+    validated TLSA records name another key: DaneError, classified tls_verify."""
+    with s_server(tmp_path, server_cert) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=None, pinned=(server_cert,))))
+        assert how is not None and how.startswith("no TLSA")
+        if mode == "require":
+            with pytest.raises(DaneError) as missing:
+                run(fetch(spec(port, tlsa=None, pinned=(server_cert,),
+                               s=settings(dane=mode))))
+            assert missing.value.reason == "no_tlsa"
+        wrong = tlsa(record(3, 1, 1, x509_of(other_cert)))
+        with pytest.raises(DaneError) as err:
+            run(fetch(spec(port, tlsa=wrong, pinned=(server_cert,), s=settings(dane=mode))))
+    assert err.value.reason == "mismatch" and err.value.name == NAME
+    assert classify(err.value) is FailureKind.TLS_VERIFY
+
+
+def test_unvalidated_tlsa_is_ignored_under_opportunistic_and_refused_under_require(
+        tmp_path: Path, server_cert: Certificate, other_cert: Certificate) -> None:
+    unvalidated = tlsa(record(3, 1, 1, x509_of(other_cert)), validated=False)
+    with s_server(tmp_path, server_cert) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=unvalidated, pinned=(server_cert,))))
+        assert how == f"TLSA of {NAME} not validated: ignored, PKIX"
+        with pytest.raises(DaneError) as err:
+            run(fetch(spec(port, tlsa=unvalidated, pinned=(server_cert,),
+                           s=settings(dane="require"))))
+        # An unvalidated record of the right key does not accept an unpinned peer either.
+        right = tlsa(record(3, 1, 1, x509_of(server_cert)), validated=False)
+        with pytest.raises(ssl_cert_error()) as pkix:
+            run(fetch(spec(port, tlsa=right)))
+    assert err.value.reason == "not_validated"
+    assert not isinstance(pkix.value, DaneError)
+
+
+def test_dane_off_checks_nothing(tmp_path: Path, server_cert: Certificate,
+                                 other_cert: Certificate) -> None:
+    wrong = tlsa(record(3, 1, 1, x509_of(other_cert)))
+    with s_server(tmp_path, server_cert) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=wrong, pinned=(server_cert,),
+                                   s=settings(dane="off"))))
+        with pytest.raises(ssl_cert_error()):  # and it does not defer PKIX
+            run(fetch(spec(port, tlsa=tlsa(record(3, 1, 1, x509_of(server_cert))),
+                           s=settings(dane="off"))))
+    assert how == "dane off"
+
+
+def test_dane_ta_full_certificate_anchors_a_private_ca(tmp_path: Path) -> None:
+    """2 0 0: the zone publishes its CA; a leaf it issued is accepted for its name, one for
+    another name is refused (RFC 7671 section 5.2 keeps the name check)."""
+    ca = make("Lab CA", ca=True)
+    leaf, key = make(HOST, ca, names=(HOST,))
+    anchor = tlsa(record(2, 0, 0, ca[0]))
+    with s_server(tmp_path, pem(leaf, key), chain=(pem(ca[0]),)) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=anchor, s=settings(dane="require"))))
+        assert how is not None and how.startswith(f"dane-ta match (2 0 0) at {NAME}")
+        with pytest.raises(DaneError, match=r"does not name other\.test"):
+            run(fetch(spec(port, tlsa=anchor, host="other.test")))
+        digest = tlsa(record(2, 0, 1, ca[0]))
+        if PEER_CHAIN:
+            how, _, _ = run(fetch(spec(port, tlsa=digest)))
+            assert how is not None and how.startswith("dane-ta match (2 0 1)")
+        else:  # Python < 3.13: the chain is not visible, a digest TA cannot be checked
+            with pytest.raises(DaneError) as err:
+                run(fetch(spec(port, tlsa=digest, s=settings(dane="require"))))
+            assert err.value.reason == "no_usable_record"
+            assert "leaf" in str(err.value)
+
+
+def test_a_resumed_session_is_checked_again(tmp_path: Path, server_cert: Certificate,
+                                            other_cert: Certificate) -> None:
+    """A resumed TLS session still shows the certificate it was made with (OpenSSL keeps it
+    in the session), so DANE is checked on every connection, resumed or not."""
+    ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
+    with s_server(tmp_path, server_cert) as port:
+        assoc = tp.AssociationStore().get(f"{LO4}:{port}")
+
+        async def twice() -> list[tuple[str | None, bool, bytes]]:
+            return [await fetch(spec(port, tlsa=ee, assoc=assoc)) for _ in range(2)]
+
+        (how1, reused1, _), (how2, reused2, _) = run(twice())
+    assert how1 == how2 == f"dane-ee match (3 1 1) at {NAME}"
+    assert (reused1, reused2) == (False, True)

@@ -1,0 +1,294 @@
+"""DANE matching (taps_post.stacks.dane) on real certificates: RFC 6698 / RFC 7671.
+
+Certificates are made with taps_post.certs and cryptography (a CA, an intermediate, leaves);
+TLSA records are computed from them the way a zone publishes them. No network: the handshake
+side is tests/runtime/test_dane_tls.py and test_dane_quic.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import pickle
+import ssl
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import taps_post as tp
+from taps_post.decision.names import TlsaRecord, TlsaSet
+from taps_post.errors import DaneError, FailureKind
+from taps_post.stacks import dane
+
+NAME = "_443._tcp.www.example"
+HOST = "www.example"
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def make(subject: str, issuer: tuple[x509.Certificate, Any] | None = None, *, ca: bool = False,
+         names: tuple[str, ...] = (), days: int = 30, past: bool = False
+         ) -> tuple[x509.Certificate, Any]:
+    """A certificate for `subject` signed by `issuer` (self-signed without one)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    start = now - datetime.timedelta(days=days + 2 if past else 0, minutes=5)
+    end = now - datetime.timedelta(days=1) if past else now + datetime.timedelta(days=days)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signer = (name, key) if issuer is None else (issuer[0].subject, issuer[1])
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(start).not_valid_after(end)
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if names:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                            critical=False)
+    return b.sign(signer, hashes.SHA256()), key
+
+
+def record(usage: int, selector: int, matching: int, cert: x509.Certificate) -> TlsaRecord:
+    data = _der(cert) if selector == 0 else cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if matching == 1:
+        data = hashlib.sha256(data).digest()
+    elif matching == 2:
+        data = hashlib.sha512(data).digest()
+    return TlsaRecord(usage, selector, matching, data)
+
+
+def tlsa(*records: TlsaRecord, validated: bool = True) -> TlsaSet:
+    return TlsaSet(NAME, tuple(records), validated)
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Any]:
+    root = make("Root CA", ca=True)
+    inter = make("Intermediate CA", root, ca=True)
+    leaf = make(HOST, inter, names=(HOST,))
+    direct = make(HOST, root, names=(HOST,))
+    other_root = make("Root CA", ca=True)  # same name, another key
+    stranger = make(HOST, other_root, names=(HOST,))
+    wrong_name = make("other.example", root, names=("other.example",))
+    expired = make(HOST, root, names=(HOST,), past=True)
+    return dict(root=root[0], inter=inter[0], leaf=leaf[0], direct=direct[0],
+                stranger=stranger[0], wrong_name=wrong_name[0], expired=expired[0])
+
+
+@pytest.fixture(scope="module")
+def self_signed() -> x509.Certificate:
+    cert = tp.certs.self_signed([HOST])
+    return x509.load_pem_x509_certificate(cert.cert_pem.encode())
+
+
+# ---- DANE-EE(3) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector", [0, 1])
+@pytest.mark.parametrize("matching", [0, 1, 2])
+@pytest.mark.parametrize("mode", ["opportunistic", "require"])
+def test_dane_ee_matches_the_leaf_with_every_selector_and_matching_type(
+        self_signed: x509.Certificate, selector: int, matching: int, mode: str) -> None:
+    how = dane.check(tlsa(record(3, selector, matching, self_signed)), mode,
+                     [_der(self_signed)])
+    assert how == f"dane-ee match (3 {selector} {matching}) at {NAME}"
+
+
+@pytest.mark.parametrize("mode", ["opportunistic", "require"])
+def test_dane_ee_mismatch_is_a_dane_error_in_both_modes(self_signed: x509.Certificate,
+                                                        mode: str) -> None:
+    other = x509.load_pem_x509_certificate(tp.certs.self_signed([HOST]).cert_pem.encode())
+    with pytest.raises(DaneError) as err:
+        dane.check(tlsa(record(3, 1, 1, other)), mode, [_der(self_signed)])
+    assert err.value.reason == "mismatch"
+    assert err.value.name == NAME
+    assert NAME in str(err.value) and "3 1 1" in str(err.value)
+
+
+def test_dane_ee_ignores_names_and_dates(pki: dict[str, Any]) -> None:
+    """RFC 7671 section 5.1: for DANE-EE only the key or certificate counts."""
+    for cert in (pki["expired"], pki["wrong_name"]):
+        assert dane.check(tlsa(record(3, 1, 1, cert)), "require", [_der(cert)],
+                          host=HOST).startswith("dane-ee match")
+
+
+def test_dane_ee_matches_the_leaf_only(pki: dict[str, Any]) -> None:
+    chain = [_der(pki["leaf"]), _der(pki["inter"])]
+    with pytest.raises(DaneError, match="not the leaf"):
+        dane.check(tlsa(record(3, 1, 1, pki["inter"])), "opportunistic", chain)
+
+
+def test_any_matching_record_of_a_set_accepts(self_signed: x509.Certificate,
+                                              pki: dict[str, Any]) -> None:
+    s = tlsa(record(3, 1, 1, pki["leaf"]), record(0, 0, 1, self_signed),
+             record(3, 0, 2, self_signed))
+    assert dane.check(s, "require", [_der(self_signed)]) == f"dane-ee match (3 0 2) at {NAME}"
+
+
+# ---- DANE-TA(2) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector,matching", [(0, 0), (0, 1), (1, 1), (1, 2)])
+def test_dane_ta_matches_a_certificate_above_the_leaf(pki: dict[str, Any], selector: int,
+                                                      matching: int) -> None:
+    chain = [_der(pki["leaf"]), _der(pki["inter"]), _der(pki["root"])]
+    how = dane.check(tlsa(record(2, selector, matching, pki["root"])), "require", chain,
+                     host=HOST)
+    assert how == (f"dane-ta match (2 {selector} {matching}) at {NAME}: "
+                   "trust anchor at depth 2")
+
+
+def test_dane_ta_intermediate_as_anchor(pki: dict[str, Any]) -> None:
+    chain = [_der(pki["leaf"]), _der(pki["inter"]), _der(pki["root"])]
+    assert dane.check(tlsa(record(2, 1, 1, pki["inter"])), "require", chain,
+                      host=HOST).endswith("depth 1")
+
+
+def test_dane_ta_full_certificate_record_is_an_anchor_the_peer_need_not_send(
+        pki: dict[str, Any]) -> None:
+    """2 0 0: the record is the trust anchor itself; the chain sent stops below it."""
+    chain = [_der(pki["leaf"]), _der(pki["inter"])]
+    assert dane.check(tlsa(record(2, 0, 0, pki["root"])), "require", chain,
+                      host=HOST).endswith("depth 2")
+    # The leaf alone (what the stdlib shows before Python 3.13), issued by the anchor.
+    assert dane.check(tlsa(record(2, 0, 0, pki["root"])), "require", [_der(pki["direct"])],
+                      host=HOST, partial_chain=True).endswith("depth 1")
+
+
+def test_dane_ta_refuses_a_leaf_that_does_not_chain_to_the_anchor(pki: dict[str, Any]) -> None:
+    """Same issuer name, another key: the signature does not verify."""
+    for chain in ([_der(pki["stranger"]), _der(pki["root"])], [_der(pki["stranger"])]):
+        with pytest.raises(DaneError) as err:
+            dane.check(tlsa(record(2, 0, 0, pki["root"]), record(2, 1, 1, pki["root"])),
+                       "opportunistic", chain, host=HOST)
+        assert err.value.reason == "mismatch"
+        assert "no certificate the leaf chains to matches" in str(err.value)
+
+
+def test_dane_ta_checks_the_name_and_the_dates(pki: dict[str, Any]) -> None:
+    """RFC 7671 section 5.2: with a TA, the leaf is validated as PKIX would, below it."""
+    with pytest.raises(DaneError, match=r"does not name www\.example"):
+        dane.check(tlsa(record(2, 1, 1, pki["root"])), "opportunistic",
+                   [_der(pki["wrong_name"]), _der(pki["root"])], host=HOST)
+    with pytest.raises(DaneError, match="validity dates"):
+        dane.check(tlsa(record(2, 1, 1, pki["root"])), "opportunistic",
+                   [_der(pki["expired"]), _der(pki["root"])], host=HOST)
+
+
+def test_wildcard_names_cover_one_label() -> None:
+    ca = make("Wild CA", ca=True)
+    wild = make("*.dom.example", ca, names=("*.dom.example",))
+    s = tlsa(record(2, 1, 1, ca[0]))
+    chain = [_der(wild[0]), _der(ca[0])]
+    assert dane.check(s, "require", chain, host="WWW.dom.example.").startswith("dane-ta match")
+    with pytest.raises(DaneError):
+        dane.check(s, "require", chain, host="a.www.dom.example")
+
+
+def test_digest_ta_records_are_unusable_where_only_the_leaf_is_seen(
+        pki: dict[str, Any]) -> None:
+    s = tlsa(record(2, 1, 1, pki["root"]))
+    assert not dane.defers_pkix(s, "opportunistic", partial_chain=True)
+    how = dane.check(s, "opportunistic", [_der(pki["direct"])], partial_chain=True)
+    assert how.startswith(f"no usable TLSA record at {NAME}")
+    assert "leaf" in how and how.endswith("PKIX")
+    with pytest.raises(DaneError) as err:
+        dane.check(s, "require", [_der(pki["direct"])], partial_chain=True)
+    assert err.value.reason == "no_usable_record"
+
+
+# ---- validation, usability and modes ----------------------------------------------------
+
+
+def test_unvalidated_records_are_ignored_under_opportunistic(self_signed: Any) -> None:
+    """Never trusted without validation: neither to refuse (a mismatch here) nor accept."""
+    other = x509.load_pem_x509_certificate(tp.certs.self_signed([HOST]).cert_pem.encode())
+    for cert in (self_signed, other):
+        s = tlsa(record(3, 1, 1, cert), validated=False)
+        assert not dane.defers_pkix(s, "opportunistic")
+        assert dane.check(s, "opportunistic", [_der(self_signed)]) == (
+            f"TLSA of {NAME} not validated: ignored, PKIX")
+
+
+def test_unvalidated_records_are_refused_under_require(self_signed: Any) -> None:
+    with pytest.raises(DaneError) as err:
+        dane.check(tlsa(record(3, 1, 1, self_signed), validated=False), "require",
+                   [_der(self_signed)])
+    assert err.value.reason == "not_validated"
+    assert "not DNSSEC-validated" in str(err.value)
+
+
+@pytest.mark.parametrize("usage", [0, 1])
+def test_pkix_usages_are_unusable(self_signed: Any, usage: int) -> None:
+    s = tlsa(record(usage, 1, 1, self_signed))
+    assert not dane.defers_pkix(s, "require")
+    how = dane.check(s, "opportunistic", [_der(self_signed)])
+    assert "PKIX-TA/PKIX-EE records are not used by this library" in how
+    with pytest.raises(DaneError) as err:
+        dane.check(s, "require", [_der(self_signed)])
+    assert err.value.reason == "no_usable_record"
+
+
+def test_unknown_selector_or_matching_is_unusable(self_signed: Any) -> None:
+    s = tlsa(TlsaRecord(3, 2, 1, b"x" * 32), TlsaRecord(3, 1, 9, b"x"))
+    assert dane.usable_records(s) == ()
+    assert "unknown" in dane.check(s, "opportunistic", [_der(self_signed)])
+
+
+def test_no_tlsa(self_signed: Any) -> None:
+    assert dane.check(None, "opportunistic", [_der(self_signed)], host=HOST).startswith(
+        "no TLSA")
+    for s in (None, tlsa()):  # not asked / a validated denial
+        with pytest.raises(DaneError) as err:
+            dane.check(s, "require", [_der(self_signed)], host=HOST)
+        assert err.value.reason == "no_tlsa"
+
+
+def test_off_checks_nothing(self_signed: Any) -> None:
+    other = x509.load_pem_x509_certificate(tp.certs.self_signed([HOST]).cert_pem.encode())
+    s = tlsa(record(3, 1, 1, other))
+    assert dane.check(s, "off", [_der(self_signed)]) == "dane off"
+    assert not dane.defers_pkix(s, "off")
+    assert dane.check(None, "off", []) == "dane off"
+
+
+def test_no_certificate_with_validated_records_is_a_mismatch(self_signed: Any) -> None:
+    with pytest.raises(DaneError) as err:
+        dane.check(tlsa(record(3, 1, 1, self_signed)), "opportunistic", [])
+    assert err.value.reason == "mismatch"
+
+
+def test_defers_pkix_only_for_validated_usable_sets(self_signed: Any) -> None:
+    ee = record(3, 1, 1, self_signed)
+    assert dane.defers_pkix(tlsa(ee), "opportunistic")
+    assert dane.defers_pkix(tlsa(ee), "require")
+    assert not dane.defers_pkix(tlsa(ee, validated=False), "require")
+    assert not dane.defers_pkix(None, "require")
+    assert not dane.defers_pkix(tlsa(), "require")
+
+
+def test_unknown_mode_is_refused(self_signed: Any) -> None:
+    with pytest.raises(ValueError, match=r"unknown security\.dane"):
+        dane.check(None, "sometimes", [_der(self_signed)])
+
+
+# ---- the error --------------------------------------------------------------------------
+
+
+def test_dane_error_is_a_certificate_verification_error_racing_calls_tls_verify() -> None:
+    from taps_post.runtime.racing import classify
+
+    err = DaneError("the peer matches nothing", NAME, "mismatch")
+    assert isinstance(err, ssl.SSLCertVerificationError)
+    assert isinstance(err, tp.TapsError)
+    assert tp.DaneError is DaneError and "DaneError" in tp.__all__
+    assert classify(err) is FailureKind.TLS_VERIFY
+    assert str(err) == "the peer matches nothing"
+    back = pickle.loads(pickle.dumps(err))
+    assert (type(back), str(back), back.name, back.reason) == (DaneError, str(err), NAME,
+                                                               "mismatch")
