@@ -121,14 +121,13 @@ def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
             break
         ttl = cname.ttl if ttl is None else min(ttl, cname.ttl)
         current, chain = cname[0].target, chain + 1
-    if response.rcode() == dns.rcode.NXDOMAIN:
-        negative = _negative_ttl(response)
-        return Answer(name, rtype, "nxdomain", ttl=negative if ttl is None or negative is None
-                      else min(ttl, negative), authenticated=authenticated, nameserver=ns)
-    if found is None or not found:
-        negative = _negative_ttl(response)
-        return Answer(name, rtype, "nodata", ttl=negative if ttl is None or negative is None
-                      else min(ttl, negative), authenticated=authenticated, nameserver=ns)
+    nxdomain = response.rcode() == dns.rcode.NXDOMAIN
+    if nxdomain or found is None or not found:
+        negative = _negative_ttl(response)  # None without an SOA: not cached (cache.py)
+        if negative is not None and ttl is not None:
+            negative = min(negative, ttl)
+        return Answer(name, rtype, "nxdomain" if nxdomain else "nodata", ttl=negative,
+                      authenticated=authenticated, nameserver=ns)
     ttl = int(found.ttl if ttl is None else min(ttl, found.ttl))
     addresses: tuple[str, ...] = ()
     services: tuple[ServiceRecord, ...] = ()

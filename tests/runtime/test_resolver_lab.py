@@ -39,6 +39,7 @@ def dns_lab() -> Iterator[Lab]:
     zone.add("short", 2, "A", "198.18.1.10")
     zone.add("c1", 120, "CNAME", "c2.lab.test.")
     zone.add("c2", 40, "CNAME", "svc.lab.test.")
+    zone.add("ext", 300, "CNAME", "svc.elsewhere.test.")
     zone.add("plain", 300, "HTTPS", "2 svc.lab.test. alpn=h2 no-default-alpn")
     zone.add("_8080._foo.svc", 300, "SVCB",
              '1 svc.lab.test. mandatory=alpn,port alpn=foo port=8080 key65000="x"')
@@ -112,6 +113,16 @@ def test_cname_chain_ttl_is_the_minimum(dns_lab: Lab, run: Any) -> None:
     assert (answer.status, answer.addresses, answer.ttl) == ("ok", ("198.18.1.2",), 40)
     www = run(c.query("www.lab.test", "AAAA"))
     assert (www.addresses, www.ttl) == (("fd00:1::2",), 60)
+
+
+def test_chain_leaving_the_zone_is_not_cached(dns_lab: Lab, run: Any) -> None:
+    """knot answers a CNAME to another zone with the CNAME alone and no SOA: nothing says how
+    long the absence lasts (RFC 2308 section 5), so the answer is not cached."""
+    c = client(dns_lab.knot.address)
+    first = run(c.query("ext.lab.test", "A"))
+    assert (first.status, first.ttl, first.addresses) == ("nodata", None, ())
+    again = run(c.query("ext.lab.test", "A"))
+    assert not again.from_cache and c.sent == 2
 
 
 def test_ttl_and_negative_ttl_expire(dns_lab: Lab, run: Any) -> None:
