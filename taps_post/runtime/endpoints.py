@@ -5,8 +5,10 @@ address), and each pass is a new frozen value, so a Remote can be logged, compar
 at any stage. `lookup()` is the name pass (the same Remote with all its addresses);
 `resolve()` is the draft's Resolve(): the list of more specific Remotes, one per address, each
 `complete`. A resolved Remote keeps its name (TLS verifies the peer against it).
-Rule 2: name resolution here is the event loop's resolver (`loop.getaddrinfo`), never a
-blocking call on the loop thread.
+Rule 2: `lookup()` resolves through runtime/resolution.py, the same code a carrier's
+establishment uses: the hosts file first, then the system's nameservers through the DNS
+client (A and AAAA together, TTL-true cache), and the event loop's getaddrinfo only when no
+nameserver is configured or every one fails; never a blocking call on the loop thread.
 Rule 3: a name that does not resolve is an error naming it (`ResolutionError`), never a Remote
 with no addresses: nothing downstream has to tell "resolved to nothing" from "not resolved".
 Rule 4: an endpoint's repr and `describe()` name its certificates (ours, pinned and trusted
@@ -21,17 +23,15 @@ before a resolver or a socket sees it.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ..certs import Certificate
 from ..decision.environment import host_name_problem, interface_name_problem, shown
 from ..decision.request import Request, parse_target
-from ..errors import ArgumentError, Diagnostic, InputError, ResolutionError
+from ..errors import ArgumentError, Diagnostic, InputError
 
 __all__ = ["Local", "Remote", "has_identity", "hostport"]
 
@@ -175,19 +175,9 @@ class Remote:
             pass
         else:
             return replace(self, addresses=(self.host,))
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ResolutionError(self.host, exc.strerror or str(exc)) from exc
-        except (UnicodeError, OSError) as exc:
-            raise ResolutionError(self.host, f"{type(exc).__name__}: {exc}") from exc
-        from ..system.live import addresses_of
+        from .resolution import addresses
 
-        addresses = addresses_of(infos)
-        if not addresses:
-            raise ResolutionError(self.host)
-        return replace(self, addresses=addresses)
+        return replace(self, addresses=await addresses(self.host, self.port))
 
     async def resolve(self) -> list[Remote]:
         """The draft's Resolve() (Appendix A): the more specific Remotes, one per address of

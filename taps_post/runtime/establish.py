@@ -1,14 +1,21 @@
 """Establishment: from a Remote to a Carrier, and how that Carrier gets its Transients.
 
-Rule 1: activating an initiated carrier runs the same `decide()` the explain tool runs, on
-the live Environment plus the Association's history, then races the plan; a dry run and a
-real connection cannot disagree about the choice.
+Rule 1: activating an initiated carrier resolves the name in passes (runtime/resolution.py,
+HEv3), and at pass 1 runs the same `decide()` the explain tool runs, on the live Environment
+(with the snapshot's addresses, SVCB/HTTPS and TLSA records and arrival times, `now` the wall
+clock) plus the Association's history, then races the plan. Each later pass decides again on
+everything known by then; its candidates not raced yet (by interface, stack, address and
+port) join the running race (racing Rule 7). The carrier's explanation is the last decision,
+with every pass: a dry run and a real connection cannot disagree about the choice.
 Rule 2: a plan is reused only for exactly the same inputs: equal policy (by the context's
 fingerprint, so a fresh `PolicyContext` built from the same files hits too), the same stack
-catalogue (a registered stack changes every plan), kind, target and addresses, the very same
-live interface snapshot and the same Association history.
+catalogue (a registered stack changes every plan), kind, target and the resolution
+snapshot's contents (addresses, SVCB/HTTPS, TLSA), the very same live interface snapshot and
+the same Association history; and only when the snapshot was known at once, in one pass,
+without the network (hosts file, DNS cache, given addresses: resolution Rule 7).
 Rule 3: every attempt's outcome is written to the Association's history, so the next
-decision ranks by what the network taught us; a failed race drops the interface cache.
+decision ranks by what the network taught us; a failed race drops the interface cache and
+the DNS cache's answers for the names it raced to.
 Rule 4: no downgrade (RFC 9623 section 12). A pinned certificate on the Remote, or a client
 identity (a certificate with its key) on the Local, can only be honoured by a secure stack, so
 it adds an enforced carrier-layer rule `secure: require` (the explanation names it as the
@@ -28,7 +35,8 @@ ranks with everything the Association learnt since. Each racing attempt gets its
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from logging import DEBUG
 from typing import Any
@@ -42,10 +50,14 @@ from ..decision.decide import decide
 from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
+from ..decision.names import tlsa_name
+from ..decision.request import Request
 from ..diagnostics import SystemPolicyError
 from ..errors import EstablishmentError, PolicyError
 from ..policy import catalog
 from ..policy.context import PolicyContext
+from ..policy.registry import Pref
+from ..policy.resolve import default_statement
 from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
 from ..system import live
@@ -54,6 +66,7 @@ from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .fork import fork_stream, speaks_fork
 from .racing import race
+from .resolution import Snapshot, Wanted, forget, resolve_passes
 from .trace import LOGGERS, TraceCallback, Tracer
 
 __all__ = ["EnvSpec", "FramerSpec", "fork_carrier", "framer_factory", "initiate",
@@ -169,21 +182,24 @@ def tracer_for(trace: TraceCallback | None) -> Tracer | None:
     """A Tracer when anyone listens (a callback, or a `taps_post` logger at DEBUG), else
     None: the silent common case costs four cached level checks per establishment."""
     if trace is None and not (_DECISION(DEBUG) or _RACE(DEBUG) or _CARRIER(DEBUG)
-                              or _LISTENER(DEBUG)):
+                              or _LISTENER(DEBUG) or _RESOLUTION(DEBUG)):
         return None
     return Tracer(trace)
 
 
-_DECISION, _RACE, _CARRIER, _LISTENER = (LOGGERS[a].isEnabledFor
-                                         for a in ("decision", "race", "carrier", "listener"))
+_DECISION, _RACE, _CARRIER, _LISTENER, _RESOLUTION = (
+    LOGGERS[a].isEnabledFor for a in ("decision", "race", "carrier", "listener", "resolution"))
 
 
-def _environment(base: Environment | None, remote: Remote,
-                 association: Association) -> Environment:
+def _environment(base: Environment | None, remote: Remote, association: Association,
+                 snap: Snapshot | None = None) -> Environment:
     history = tuple(association.history)
     if base is None:
-        return live.live_environment(remote.host, remote.port, history,
-                                     addresses=remote.addresses)
+        if snap is None:
+            return live.live_environment(remote.host, remote.port, history,
+                                         addresses=remote.addresses)
+        return replace(snap.environment(live.live_environment(None, 0, history)),
+                       now=time.time())
     env = replace(base, cache=tuple(base.cache) + history)
     if remote.addresses is not None and remote.host not in env.dns:
         env = env.with_dns(remote.host, remote.addresses)
@@ -284,23 +300,53 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             known = base.dns.get(target.host.lower())
             if known:
                 target = replace(target, addresses=tuple(known))
-        resolved = target if target.is_resolved else await target.lookup()
+        passes: AsyncGenerator[Snapshot, None] | None = None
+        snap: Snapshot | None = None
+        if target.is_resolved or base is not None:
+            resolved = target if target.is_resolved else await target.lookup()
+        else:
+            request = target.request(app=ctx.app_name, kind=kind)
+            passes = resolve_passes(wanted_for(request, ctx.current()), tracer=tracer)
+            try:
+                snap = await anext(passes)
+            except BaseException:
+                await passes.aclose()
+                raise
+            resolved = replace(target, addresses=snap.addresses())
+            if snap.complete:
+                await passes.aclose()
+                passes = None
+        try:
+            return await opened(early, base, resolved, snap, passes)
+        finally:
+            if passes is not None:
+                await passes.aclose()
+
+    async def opened(early: Callable[[], EarlyAttempt | None], base: Environment | None,
+                     resolved: Remote, snap: Snapshot | None,
+                     passes: AsyncIterator[Snapshot] | None) -> Established:
         # One snapshot of a live system layer for the whole decision: the plan cache key,
         # the decision and the plan stored under it all agree on one policy.
         deciding, secure_rule = secured(ctx.current(), resolved, local)
-        plan = None if env is not None else _plan(resolved, deciding, association, kind)
-        if plan is None:
-            request = resolved.request(app=ctx.app_name, kind=kind)
-            decision = decide(request, deciding, _environment(base, resolved, association))
+        request = resolved.request(app=ctx.app_name, kind=kind)
+        reuse = env is None and (snap is None or snap.reusable)
+        plan = _plan(resolved, deciding, association, kind, snap) if reuse else None
+
+        def decided(now: Snapshot | None) -> Decision:
+            decision = decide(request, deciding, _environment(base, resolved, association, now))
             if secure_rule is not None and decision.outcome == "ok":
                 decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
+            return decision
+
+        if plan is None:
+            decision = decided(snap)
             if decision.outcome != "ok":
                 why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
                        else "every candidate was excluded")
                 raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
             settings = Settings.from_decision(decision)
-            if env is None:
-                _remember_plan(resolved, deciding, association, kind, decision, settings)
+            if reuse:
+                _remember_plan(resolved, deciding, association, kind, decision, settings, snap)
         else:
             decision, settings = plan
         if tracer is not None:
@@ -313,18 +359,48 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
         if not candidates:
             raise PolicyError("no candidate uses the requested local endpoint "
                               f"({local.describe() if local else 'any'})", decision)
+        if snap is not None and tracer is not None:
+            _emit_pass(tracer, decision, snap, len(candidates))
         pinned = tuple(resolved.certificates)
         identity = tuple(local.certificates) if local else ()
         port = local.port if local else 0
+        raced = {_raced_key(c) for c in candidates}
+        last = [decision, snap]  # the latest decision and snapshot (later passes update them)
+
+        async def later(source: AsyncIterator[Snapshot]) -> AsyncIterator[list[Candidate]]:
+            """Each later pass: decide again, and the candidates not raced yet (Rule 1)."""
+            rank = max(c.rank for c in candidates)
+            async for now in source:
+                again = decided(now)
+                last[1] = now
+                if again.outcome != "ok":
+                    continue
+                last[0] = again
+                fresh = []
+                for c in _local_filter(again.candidates, local):
+                    if (k := _raced_key(c)) not in raced:
+                        raced.add(k)
+                        rank += 1
+                        fresh.append(c._replace(rank=rank))
+                if tracer is not None:
+                    _emit_pass(tracer, again, now, len(fresh))
+                if fresh:
+                    yield fresh
 
         async def attempt(c: Candidate) -> Transient:
             impl = stacks.get(c.stack)
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
+            known = last[1]
+            tlsa = None
+            if isinstance(known, Snapshot) and known.tlsa:
+                protocol = _ip_protocol(c.stack)
+                if protocol is not None:
+                    tlsa = known.tlsa.get(tlsa_name(resolved.host, c.remote_port, protocol))
             return await impl.connect(AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),
-                local_port=port))
+                local_port=port, tlsa=tlsa))
 
         def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
             if t is None:
@@ -342,9 +418,14 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                                 stack=c.stack, now=t.stack, remote=c.remote_address)
 
         result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
-                            timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer)
+                            timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer,
+                            more=None if passes is None else later(passes))
+        decision = last[0] if isinstance(last[0], Decision) else decision
         if isinstance(result, tuple):
             live.invalidate()
+            known = last[1]
+            if isinstance(known, Snapshot) and known.source == "dns":
+                forget((resolved.host, *known.dns))
             raise EstablishmentError(f"could not reach {remote.target}: every attempt failed",
                                      decision, result)
         attempts = result.attempts
@@ -358,17 +439,61 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
     return open_transient
 
 
+def wanted_for(request: Request, ctx: PolicyContext) -> Wanted:
+    """What to ask the DNS about `request`'s host, from the policy (resolution Rule 2): the
+    SVCB/HTTPS schemes, TLSA for the secure stacks' IP protocols unless security.dane is off,
+    resolutionDelay, and which family pass 1 waits for."""
+    effective = ctx.resolve_for(request).effective
+
+    def value(key: str) -> Any:
+        eff = effective.get(key)
+        return (eff if eff is not None else default_statement(key, request.kind)).value
+
+    allowed = catalog.schemes().get(request.scheme)
+    protocols: tuple[str, ...] = ()
+    if value("security.dane") != "off":
+        protocols = tuple(dict.fromkeys(
+            s.ip_protocol for s in catalog.infos()
+            if s.secure and (allowed is None or s.name in allowed)))
+
+    def leaning(key: str) -> int:
+        eff = effective.get(key)
+        return _LEANING.get(eff.value, 0) if eff is not None and isinstance(eff.value, Pref) \
+            else 0
+
+    prefers_v4 = leaning("addressFamily.ipv4") > leaning("addressFamily.ipv6")
+    return Wanted(request.host, request.port, request.scheme,
+                  tuple(value("dns.svcbSchemes")), protocols,
+                  float(value("racing.resolutionDelay")), "A" if prefers_v4 else "AAAA")
+
+
+_LEANING = {Pref.REQUIRE: 2, Pref.PREFER: 1, Pref.AVOID: -1, Pref.PROHIBIT: -2}
+"""How much a preference leans towards its subject (which family pass 1 waits for)."""
+
+
+def _emit_pass(tracer: Tracer, decision: Decision, snap: Snapshot, count: int) -> None:
+    latest = decision.passes[-1] if decision.passes else None
+    tracer.emit("resolution.pass", number=latest.number if latest else 1,
+                at_ms=snap.at_ms, trigger=snap.trigger, candidates=count)
+
+
+def _raced_key(c: Candidate) -> tuple[str, str, str, int]:
+    return c.interface, c.stack, c.remote_address, c.remote_port
+
+
 _PLAN_LIMIT = 64
 
 
-def _plan_key(resolved: Remote, ctx: PolicyContext, kind: str) -> tuple[Any, ...]:
-    return (ctx.fingerprint, catalog.version(), kind, resolved.target, resolved.addresses)
+def _plan_key(resolved: Remote, ctx: PolicyContext, kind: str,
+              snap: Snapshot | None) -> tuple[Any, ...]:
+    return (ctx.fingerprint, catalog.version(), kind, resolved.target, resolved.addresses,
+            None if snap is None else snap.key())
 
 
 def _plan(resolved: Remote, ctx: PolicyContext, association: Association,
-          kind: str) -> tuple[Decision, Settings] | None:
+          kind: str, snap: Snapshot | None) -> tuple[Decision, Settings] | None:
     """The Decision decide() gave for exactly these inputs, if none changed since (Rule 2)."""
-    hit = association.plans.get(_plan_key(resolved, ctx, kind))
+    hit = association.plans.get(_plan_key(resolved, ctx, kind, snap))
     if hit is None:
         return None
     interfaces, history, decision, settings = hit
@@ -378,10 +503,10 @@ def _plan(resolved: Remote, ctx: PolicyContext, association: Association,
 
 
 def _remember_plan(resolved: Remote, ctx: PolicyContext, association: Association, kind: str,
-                   decision: Decision, settings: Settings) -> None:
+                   decision: Decision, settings: Settings, snap: Snapshot | None) -> None:
     if len(association.plans) >= _PLAN_LIMIT:
         association.plans.clear()
-    association.plans[_plan_key(resolved, ctx, kind)] = (
+    association.plans[_plan_key(resolved, ctx, kind, snap)] = (
         live.cached_interfaces(), tuple(association.history), decision, settings)
 
 

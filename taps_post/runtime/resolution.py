@@ -1,0 +1,405 @@
+"""Resolving a Remote's name in passes, as Happy Eyeballs v3 does (docs/resolution.md).
+
+`resolve_passes()` is an async generator of `Snapshot`s: what the DNS has said so far about a
+target, as the values `decide()` reads (`Environment.dns`, `svcb`, `tlsa`, `arrivals`). The
+first snapshot is pass 1 (when the race may start), each later one a later pass (a late
+answer whose candidates join the running race), the last one `complete`.
+
+Rule 1: the hosts file first (`resolver.hosts.hosts_lookup`): a name it lists resolves at once
+to its addresses, in one complete snapshot, with no DNS query, as it did with getaddrinfo.
+Rule 2: otherwise every query the target needs is sent at once through the system's client
+(`resolver.client.default_client()`): A and AAAA of the host, the HTTPS/SVCB query
+`names.service_query()` names when the scheme is in `dns.svcbSchemes`, and the TLSA names
+(`names.tlsa_name()`, the URL's port and each record's port, for the secure stacks' IP
+protocols) when `security.dane` is not off. An AliasMode target gets its own HTTPS, A and
+AAAA queries, a ServiceMode target other than the host its A and AAAA, as soon as the
+record arrives (at most names.ALIAS_LIMIT names are followed).
+Rule 3: pass 1 starts when `decision.passes.first_pass()` says, on the arrivals so far: the
+same pure function a dry run's explain labels its passes with, so the two agree. Every later
+answer that changes what is known is a later snapshot; the last one is marked `complete`.
+Rule 4: no client configured, or every nameserver failing for both A and AAAA of the host
+(timeout, refused, servfail, error) with no address known from anywhere else: the event
+loop's getaddrinfo answers instead (the old path), in one complete snapshot.
+Rule 5: a name with no address at all (negative A and AAAA, no hint, no alias target
+address, getaddrinfo failing) is a ResolutionError naming it (endpoints Rule 3).
+Rule 6: every query is a task this generator owns: when the consumer stops early (a winner,
+a cancellation, `aclose()`), the outstanding queries are cancelled and awaited before it
+returns; nothing outlives the resolution.
+Rule 7: a snapshot says whether it may key a reused plan (`reusable`): only when everything
+was known at once, in one pass, without the network (the hosts file, the DNS cache, an IP
+literal); an answer that had to travel may have changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from ..decision.environment import Environment
+from ..decision.names import (
+    ALIAS_LIMIT,
+    Arrival,
+    ServiceRecord,
+    TlsaSet,
+    service_query,
+    tlsa_name,
+)
+from ..decision.passes import first_pass
+from ..errors import ResolutionError
+from .trace import Tracer
+
+if TYPE_CHECKING:
+    from ..resolver.cache import Answer
+    from ..resolver.client import DnsClient
+
+__all__ = ["FAILED", "Snapshot", "Wanted", "addresses", "forget", "network_changed",
+           "resolve_passes"]
+
+FAILED = frozenset({"servfail", "refused", "timeout", "error"})
+"""Answer statuses that say nothing about the name (the nameserver failed), as opposed to a
+negative answer (nxdomain, nodata): Rule 4 falls back on these only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What to ask about a target, from the policy (establish.py reads it for a decision)."""
+
+    host: str
+    port: int
+    scheme: str
+    svcb_schemes: tuple[str, ...] = ("https", "quic")
+    tlsa_protocols: tuple[str, ...] = ()
+    """IP protocols ("tcp", "udp") of the secure stacks TLSA is fetched for; empty: no TLSA
+    (security.dane off, or no secure stack can be a candidate)."""
+    resolution_delay_ms: float = 50.0
+    preferred: str = "AAAA"
+    """The family whose answer pass 1 waits for ("A" when the policy prefers IPv4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What is known about a target at one moment of its resolution."""
+
+    host: str
+    dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """name -> addresses (AAAA first, then A) of the host and every SVCB/alias target."""
+    svcb: Mapping[str, tuple[ServiceRecord, ...]] = field(default_factory=dict)
+    tlsa: Mapping[str, TlsaSet] = field(default_factory=dict)
+    arrivals: tuple[Arrival, ...] = ()
+    at_ms: float = 0.0
+    """When this snapshot was taken, in ms since the resolution started."""
+    trigger: str = ""
+    """Why this snapshot was taken (pass 1: first_pass()'s reason; later: the answer)."""
+    complete: bool = True
+    """No query is outstanding: nothing will be added."""
+    source: str = "dns"
+    """"dns", "hosts" (the hosts file, Rule 1), "getaddrinfo" (Rule 4) or "given" (the
+    caller's addresses)."""
+    from_cache: bool = False
+    """Every DNS answer in it came from the cache."""
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a plan decided on this snapshot may be reused for an equal one (Rule 7)."""
+        if self.source != "dns":  # the hosts file, getaddrinfo, given addresses: as before
+            return True
+        return self.complete and self.from_cache and len(
+            {round(a.at_ms) for a in self.arrivals}) <= 1
+
+    def key(self) -> Hashable:
+        """The snapshot's contents as a hashable value (the plan cache keys on it)."""
+        return (tuple(sorted(self.dns.items())),
+                tuple(sorted((k, v) for k, v in self.svcb.items())),
+                tuple(sorted((k, v) for k, v in self.tlsa.items())))
+
+    def addresses(self) -> tuple[str, ...]:
+        """The host's own addresses, else every address known (alias targets, hints)."""
+        own = self.dns.get(self.host)
+        if own:
+            return own
+        seen: dict[str, None] = {}
+        for found in self.dns.values():
+            seen.update(dict.fromkeys(found))
+        for records in self.svcb.values():
+            for r in records:
+                seen.update(dict.fromkeys(r.ipv6hint + r.ipv4hint))
+        return tuple(seen)
+
+    def environment(self, base: Environment) -> Environment:
+        """`base` (the live machine) with what this snapshot knows (establish Rule 1)."""
+        return replace(base, dns={**base.dns, **self.dns}, svcb={**base.svcb, **self.svcb},
+                       tlsa={**base.tlsa, **self.tlsa}, arrivals=self.arrivals)
+
+
+def _name(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
+                         client: DnsClient | None = None,
+                         hosts: bool = True) -> AsyncGenerator[Snapshot, None]:
+    """The snapshots of `wanted.host`'s resolution, pass 1 first, the last `complete`
+    (module rules). `client`: the DNS client to ask (default: the system's); `hosts=False`
+    skips the hosts file (tests)."""
+    tr = tracer if tracer is not None and tracer.active else None
+    host = _name(wanted.host)
+    if hosts:
+        from ..resolver.hosts import hosts_lookup
+
+        listed = hosts_lookup(host)
+        if listed is not None and listed:
+            if tr is not None:
+                tr.emit("resolution.answer", name=host, rtype="A/AAAA", status="hosts",
+                        count=len(listed), ttl=None, at_ms=0.0, from_cache=True)
+            yield Snapshot(host, {host: _ordered(listed)}, trigger="hosts file",
+                           source="hosts", from_cache=True)
+            return
+    if client is None:
+        from ..resolver.client import default_client
+
+        client = default_client()
+    if client is None:
+        yield await _getaddrinfo(host, wanted.port, tr, "no nameserver is configured")
+        return
+    run = _Run(wanted, host, client, tr)
+    try:
+        async for snap in run.snapshots():
+            yield snap
+    finally:
+        await run.close()
+
+
+async def addresses(host: str, port: int) -> tuple[str, ...]:
+    """Every address of `host` (A and AAAA, hosts file first, getaddrinfo as the fallback):
+    Remote.lookup()'s name pass. Raises ResolutionError naming the host (Rule 5)."""
+    last: Snapshot | None = None
+    gen = resolve_passes(Wanted(host, port, "hostport", svcb_schemes=()))
+    async for snap in gen:
+        last = snap
+    found = () if last is None else last.addresses()
+    if not found:
+        raise ResolutionError(host)
+    return found
+
+
+def forget(names: Iterable[str]) -> None:
+    """After a failed race: the DNS answers for `names` may be what failed (a renumbered
+    server), so the system client's cache drops them (docs/resolution.md, "Cache")."""
+    import sys
+
+    module = sys.modules.get("taps_post.resolver.client")
+    if module is None:  # never asked the DNS: nothing cached
+        return
+    client = module.default_client()
+    if client is None:
+        return
+    client.forget(tuple(_name(n) for n in names))
+
+
+def network_changed(interfaces: Collection[str]) -> None:
+    """The path monitor saw `interfaces` change: what their resolvers (and the ones tied to
+    no interface) answered may be wrong now. Nothing is imported when nothing was asked."""
+    import sys
+
+    module = sys.modules.get("taps_post.resolver.client")
+    if module is None:
+        return
+    client = module.default_client()
+    if client is None:
+        return
+    for interface in interfaces:
+        client.flush(interface)
+
+
+def _ordered(found: Iterable[str]) -> tuple[str, ...]:
+    """IPv6 first, then IPv4, each in answer order (decide() interleaves them)."""
+    found = tuple(dict.fromkeys(found))
+    return tuple(a for a in found if ":" in a) + tuple(a for a in found if ":" not in a)
+
+
+async def _getaddrinfo(host: str, port: int, tr: Tracer | None, why: str) -> Snapshot:
+    """Rule 4: the event loop's resolver, never a blocking call on the loop thread."""
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ResolutionError(host, f"{why}; getaddrinfo: {exc.strerror or exc}") from exc
+    except (UnicodeError, OSError) as exc:
+        raise ResolutionError(host, f"{why}; getaddrinfo: {type(exc).__name__}: {exc}") \
+            from exc
+    from ..system.live import addresses_of
+
+    found = addresses_of(infos)
+    at_ms = (loop.time() - begun) * 1000.0
+    if tr is not None:
+        tr.emit("resolution.answer", name=host, rtype="A/AAAA", status="getaddrinfo",
+                count=len(found), ttl=None, at_ms=at_ms, from_cache=False)
+    if not found:
+        raise ResolutionError(host, f"{why}; getaddrinfo answered no address")
+    return Snapshot(host, {host: found}, at_ms=at_ms, trigger=f"getaddrinfo ({why})",
+                    source="getaddrinfo")
+
+
+class _Run:
+    """One resolution's queries and what they answered (Rules 2-6)."""
+
+    def __init__(self, wanted: Wanted, host: str, client: DnsClient, tr: Tracer | None) -> None:
+        self.wanted = wanted
+        self.host = host
+        self.client = client
+        self.tr = tr
+        self.loop = asyncio.get_running_loop()
+        self.begun = self.loop.time()
+        self.tasks: dict[asyncio.Task[Answer], tuple[str, str]] = {}
+        self.asked: set[tuple[str, str]] = set()
+        self.target_queries: set[tuple[str, str]] = {(host, "A"), (host, "AAAA")}
+        self.answers: dict[tuple[str, str], Answer] = {}
+        self.arrivals: list[Arrival] = []
+        self.followed = 0
+        self.tlsa_ports: set[int] = set()
+        self.service = service_query(wanted.scheme, host, wanted.port, wanted.svcb_schemes)
+
+    def ask(self, name: str, rtype: str) -> None:
+        key = (_name(name), rtype)
+        if key in self.asked:
+            return
+        self.asked.add(key)
+        self.tasks[asyncio.ensure_future(self.client.query(*key))] = key
+
+    def ask_tlsa(self, port: int) -> None:
+        if port in self.tlsa_ports:
+            return
+        self.tlsa_ports.add(port)
+        for protocol in self.wanted.tlsa_protocols:
+            self.ask(tlsa_name(self.host, port, protocol), "TLSA")
+
+    def now_ms(self) -> float:
+        return (self.loop.time() - self.begun) * 1000.0
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    def take(self, task: asyncio.Task[Answer]) -> bool:
+        """Record a finished query; True when it changed what is known (Rule 3)."""
+        name, rtype = self.tasks.pop(task)
+        answer = task.result()
+        at_ms = self.now_ms()
+        self.answers[(name, rtype)] = answer
+        count = len(answer.addresses or answer.services or answer.tlsa)
+        self.arrivals.append(Arrival(name, rtype, at_ms, answer.ttl,
+                                     answer.negative or answer.status in FAILED))
+        if self.tr is not None:
+            self.tr.emit("resolution.answer", name=name, rtype=rtype, status=answer.status,
+                         count=count, ttl=answer.ttl, at_ms=at_ms,
+                         from_cache=answer.from_cache)
+        if rtype in ("HTTPS", "SVCB"):
+            for record in answer.services:
+                target = name if record.target in (".", "") else _name(record.target)
+                if record.port is not None:
+                    self.ask_tlsa(record.port)
+                if target == self.host or self.followed >= ALIAS_LIMIT:
+                    continue
+                if record.alias:
+                    if (target, rtype) not in self.asked:
+                        self.followed += 1
+                    self.ask(target, rtype)
+                elif (target, "A") in self.asked:
+                    continue
+                else:
+                    self.followed += 1
+                self.ask(target, "AAAA")
+                self.ask(target, "A")
+            return bool(answer.services) or answer.negative
+        return answer.ok or (rtype == "TLSA" and answer.negative)
+
+    def snapshot(self, trigger: str) -> Snapshot:
+        dns: dict[str, tuple[str, ...]] = {}
+        svcb: dict[str, tuple[ServiceRecord, ...]] = {}
+        tlsa: dict[str, TlsaSet] = {}
+        for (name, rtype), answer in self.answers.items():
+            if rtype in ("A", "AAAA") and answer.addresses:
+                dns[name] = _ordered(dns.get(name, ()) + answer.addresses)
+            elif rtype in ("HTTPS", "SVCB") and (answer.ok or answer.negative):
+                svcb[name] = tuple(answer.services)
+            elif rtype == "TLSA" and (answer.ok or answer.negative):
+                tlsa[name] = TlsaSet(name, tuple(answer.tlsa), answer.authenticated)
+        return Snapshot(self.host, dns, svcb, tlsa, tuple(self.arrivals), self.now_ms(),
+                        trigger, not self.tasks, "dns",
+                        all(a.from_cache for a in self.answers.values()))
+
+    def dead(self) -> bool:
+        """Rule 4: both A and AAAA of the host failed, and no address came from elsewhere."""
+        mine = [self.answers.get((self.host, t)) for t in ("A", "AAAA")]
+        return (all(a is not None and a.status in FAILED for a in mine)
+                and not self.snapshot("").addresses())
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        w = self.wanted
+        self.ask(self.host, "AAAA")
+        self.ask(self.host, "A")
+        if self.service is not None:
+            self.ask(*self.service)
+            self.target_queries.add(self.service)
+        self.ask_tlsa(w.port)
+        started = False
+        while True:
+            if not started:
+                if self.dead():
+                    await self.close()
+                    statuses = "/".join(sorted({self.answers[(self.host, t)].status
+                                                for t in ("A", "AAAA")}))
+                    yield await _getaddrinfo(self.host, w.port, self.tr,
+                                             f"every nameserver failed ({statuses})")
+                    return
+                services = {name: answer.services for (name, rtype), answer
+                            in self.answers.items() if rtype in ("HTTPS", "SVCB")}
+                when = first_pass(self.arrivals, self.target_queries, w.resolution_delay_ms,
+                                  w.preferred, services=services)
+                now = self.now_ms()
+                if when is not None and when[0] <= now:
+                    snap = self.snapshot(when[1])
+                    if snap.from_cache and not snap.complete and await self._settle():
+                        continue  # cached answers asked for more: take those in first
+                    started = True
+                    yield snap
+                    if snap.complete:
+                        return
+                    continue
+                if not self.tasks:
+                    why = ", ".join(f"{t} {self.answers[(self.host, t)].status}"
+                                    for t in ("AAAA", "A") if (self.host, t) in self.answers)
+                    raise ResolutionError(self.host, f"no address ({why})")
+                wait_for = None if when is None else max(0.0, (when[0] - now) / 1000.0)
+            else:
+                wait_for = None
+            if not self.tasks:
+                return
+            done, _ = await asyncio.wait(self.tasks, timeout=wait_for,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            changed = False
+            for task in sorted(done, key=lambda t: self.tasks[t]):
+                changed = self.take(task) or changed
+            if started and (changed or not self.tasks):
+                finished = [a for a in self.arrivals[-len(done):]]
+                yield self.snapshot(", ".join(f"{a.rtype} {a.name} answered"
+                                              for a in finished))
+                if not self.tasks:
+                    return
+
+    async def _settle(self) -> bool:
+        """Let queries that cached answers just started run once (a cache hit finishes in
+        its first step): a whole cached chain is then one pass (Rule 7). True when some
+        finished."""
+        await asyncio.sleep(0)
+        done = [t for t in self.tasks if t.done()]
+        for task in sorted(done, key=lambda t: self.tasks[t]):
+            self.take(task)
+        return bool(done)

@@ -1,0 +1,207 @@
+"""runtime/resolution.py against real DNS servers on loopback (tests/dnslab.py: knot, unbound
+and the delaying relay; no root needed).
+
+Each test asks `resolve_passes()` through a real `DnsClient` pointed at the lab and checks the
+snapshots it yields: when pass 1 came (relative to the answers, on the loop's clock), what
+each pass knew, and that the queries it sent are the ones the module rules name. Timing
+bounds are wide enough for a loaded 2-core machine: they separate "about resolutionDelay
+after A" (tens of ms) from "after the AAAA" (400 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dnslab
+from dnslab import Zone, example_zone, lab
+from taps_post.errors import ResolutionError
+from taps_post.resolver.client import DnsClient
+from taps_post.resolver.conf import Nameserver, ResolverConfig
+from taps_post.runtime.resolution import Snapshot, Wanted, resolve_passes
+from taps_post.runtime.trace import Tracer
+
+AAAA_DELAY = 0.4
+
+
+def client_for(address: tuple[str, int], timeout: float = 2.0) -> DnsClient:
+    return DnsClient(ResolverConfig(nameservers=(Nameserver(*address),), timeout=timeout,
+                                    attempts=1))
+
+
+def zone() -> Zone:
+    z = Zone("res.test.")
+    z.add("plain", 300, "A", "198.18.1.2").add("plain", 300, "AAAA", "fd00:1::2")
+    z.add("web", 300, "A", "198.18.1.2").add("web", 300, "AAAA", "fd00:1::2")
+    z.add("web", 300, "HTTPS", "1 . alpn=h3 port=8443 ipv4hint=198.18.1.9")
+    z.add("alias", 300, "HTTPS", "0 hop.res.test.")
+    z.add("hop", 300, "HTTPS", "0 end.res.test.")
+    z.add("end", 300, "HTTPS", "1 . alpn=h2")
+    z.add("end", 300, "A", "198.18.1.3")
+    z.add("v4only", 300, "A", "198.18.1.4")
+    z.add("_443._tcp.web", 300, "TLSA", "3 1 1 " + "ab" * 32)
+    return z
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[Any]:
+    with lab(zone(), signed=True, delays={"TLSA": 0.0}) as running:  # a relay, no delay yet
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_delays(dns: Any) -> Iterator[None]:
+    dns.relay.set(delays={})
+    yield
+    dns.relay.set(delays={})
+
+
+async def collect(wanted: Wanted, client: DnsClient,
+                  trace: list[tuple[str, dict[str, Any]]] | None = None) -> list[Snapshot]:
+    tracer = None if trace is None else Tracer(lambda n, i: trace.append((n, i)))
+    return [s async for s in resolve_passes(wanted, client=client, hosts=False,
+                                            tracer=tracer)]
+
+
+def arrival(snap: Snapshot, name: str, rtype: str) -> float:
+    return next(a.at_ms for a in snap.arrivals if (a.name, a.rtype) == (name, rtype))
+
+
+def test_a_delayed_aaaa_starts_pass_one_resolution_delay_after_the_a_answer(dns: Any) -> None:
+    dns.relay.set(delays={"AAAA": AAAA_DELAY})
+    trace: list[tuple[str, dict[str, Any]]] = []
+    snaps = asyncio.run(collect(Wanted("plain.res.test", 80, "tcp"), client_for(dns.nameserver),
+                                trace))
+    first, last = snaps[0], snaps[-1]
+    a_at = arrival(first, "plain.res.test", "A")
+    assert first.dns == {"plain.res.test": ("198.18.1.2",)}, "pass 1 knows only the A answer"
+    assert not first.complete and "resolutionDelay 50 ms after A" in first.trigger
+    assert 50.0 <= first.at_ms - a_at < 200.0, (first.at_ms, a_at)
+    assert first.at_ms < AAAA_DELAY * 1000 - 100, "pass 1 did not wait for the AAAA"
+    assert last.complete and last.dns == {"plain.res.test": ("fd00:1::2", "198.18.1.2")}
+    assert arrival(last, "plain.res.test", "AAAA") >= AAAA_DELAY * 1000 - 40
+    assert len(snaps) == 2
+    answers = [i for n, i in trace if n == "resolution.answer"]
+    assert {(i["rtype"], i["status"], i["count"]) for i in answers} == {
+        ("A", "ok", 1), ("AAAA", "ok", 1)}
+    assert all(i["ttl"] is not None and i["ttl"] <= 300 and not i["from_cache"]
+               for i in answers)
+
+
+def test_cached_answers_are_one_complete_pass_that_may_key_a_plan(dns: Any) -> None:
+    client = client_for(dns.nameserver)
+    snaps = asyncio.run(collect(Wanted("plain.res.test", 80, "tcp"), client))
+    # Undelayed, AAAA alone may start pass 1 (the preferred family answered) a moment before
+    # the A answer: one or two passes, the last complete.
+    assert len(snaps) <= 2 and snaps[-1].complete
+    assert snaps[-1].dns == {"plain.res.test": ("fd00:1::2", "198.18.1.2")}
+    assert not any(s.reusable for s in snaps), "answers that travelled never key a plan"
+    again = asyncio.run(collect(Wanted("plain.res.test", 80, "tcp"), client))
+    assert len(again) == 1 and again[0].from_cache and again[0].reusable
+    assert again[0].key() == snaps[-1].key()
+
+
+def test_an_ipv4hint_is_an_address_before_the_a_answer(dns: Any) -> None:
+    dns.relay.set(delays={"A": 0.5})
+    wanted = Wanted("web.res.test", 443, "https")
+    snaps = asyncio.run(collect(wanted, client_for(dns.nameserver)))
+    first = snaps[0]
+    assert "web.res.test" in first.svcb and first.svcb["web.res.test"][0].ipv4hint == (
+        "198.18.1.9",)
+    assert first.dns == {"web.res.test": ("fd00:1::2",)}
+    assert first.at_ms < 400.0, "pass 1 waited for the delayed A"
+    assert snaps[-1].dns["web.res.test"] == ("fd00:1::2", "198.18.1.2")
+
+
+def test_an_ipv4hint_alone_starts_pass_one(dns: Any) -> None:
+    dns.relay.set(delays={"A": 0.5, "AAAA": 0.5})
+    snaps = asyncio.run(collect(Wanted("web.res.test", 443, "https"),
+                                client_for(dns.nameserver)))
+    first = snaps[0]
+    assert first.dns == {} and first.addresses() == ("198.18.1.9",)
+    assert first.at_ms < 400.0
+
+
+def test_an_alias_chain_is_followed_to_its_addresses(dns: Any) -> None:
+    client = client_for(dns.nameserver)
+    snaps = asyncio.run(collect(Wanted("alias.res.test", 443, "https"), client))
+    last = snaps[-1]
+    assert last.complete
+    assert last.svcb["alias.res.test"][0].target == "hop.res.test"
+    assert last.svcb["hop.res.test"][0].target == "end.res.test"
+    assert last.svcb["end.res.test"][0].alpn == ("h2",)
+    assert last.dns == {"end.res.test": ("198.18.1.3",)}
+    assert last.addresses() == ("198.18.1.3",)
+
+
+def test_tlsa_is_fetched_for_the_secure_protocols_and_validated(dns: Any) -> None:
+    wanted = Wanted("web.res.test", 443, "https", tlsa_protocols=("tcp", "udp"))
+    last = asyncio.run(collect(wanted, client_for(dns.nameserver)))[-1]
+    tcp = last.tlsa["_443._tcp.web.res.test"]
+    assert tcp.validated and [r.usage for r in tcp.records] == [3]
+    assert last.tlsa["_443._udp.web.res.test"].records == ()  # negative, known
+    assert "_8443._udp.web.res.test" in last.tlsa, "the record's port is asked too"
+
+
+def test_a_name_with_no_address_is_a_resolution_error_naming_it(dns: Any) -> None:
+    with pytest.raises(ResolutionError, match="nothing.res.test") as info:
+        asyncio.run(collect(Wanted("nothing.res.test", 80, "tcp"), client_for(dns.nameserver)))
+    assert info.value.name == "nothing.res.test"
+    assert "nxdomain" in str(info.value)
+
+
+def test_a_family_with_no_records_does_not_hold_pass_one(dns: Any) -> None:
+    snaps = asyncio.run(collect(Wanted("v4only.res.test", 80, "tcp"),
+                                client_for(dns.nameserver)))
+    assert len(snaps) == 1 and snaps[0].dns == {"v4only.res.test": ("198.18.1.4",)}
+
+
+def test_every_nameserver_failing_falls_back_to_getaddrinfo() -> None:
+    # Nothing listens on this port: every query fails (ICMP port unreachable or timeout);
+    # localhost then resolves through the system (its hosts file), as before issue 12.
+    dead = client_for(("127.0.0.1", dnslab.free_port()), timeout=0.3)
+    trace: list[tuple[str, dict[str, Any]]] = []
+    snaps = asyncio.run(collect(Wanted("localhost", 80, "tcp"), dead, trace))
+    assert len(snaps) == 1 and snaps[0].source == "getaddrinfo"
+    assert "127.0.0.1" in snaps[0].addresses()
+    assert "every nameserver failed" in snaps[0].trigger
+    assert [i["status"] for n, i in trace if n == "resolution.answer"][-1] == "getaddrinfo"
+
+
+def test_stopping_early_cancels_and_awaits_every_query(dns: Any) -> None:
+    dns.relay.set(delays={"AAAA": 2.0})
+
+    async def main() -> None:
+        gen = resolve_passes(Wanted("plain.res.test", 80, "tcp"), client=client_for(
+            dns.nameserver, timeout=5.0), hosts=False)
+        first = await anext(gen)
+        assert not first.complete
+        started = time.monotonic()
+        await gen.aclose()
+        assert time.monotonic() - started < 0.5
+        ours = [t for t in asyncio.all_tasks()
+                if t.get_coro().__qualname__ == "DnsClient.query"]  # type: ignore[union-attr]
+        assert ours == [], "a query of the resolution outlived aclose()"
+
+    asyncio.run(main())
+
+
+def test_ttl_expiry_is_observed_through_the_client_cache() -> None:
+    z = Zone("ttl.test.")
+    z.add("svc", 2, "A", "198.18.1.2")
+    with lab(z, resolver=False) as dns:
+        client = client_for(dns.nameserver)
+        wanted = Wanted("svc.ttl.test", 80, "tcp")
+        before = asyncio.run(collect(wanted, client))[-1]
+        z.replace("svc", "A", 2, "198.18.1.7")
+        dns.knot.reload()
+        cached = asyncio.run(collect(wanted, client))[-1]
+        assert cached.from_cache and cached.addresses() == ("198.18.1.2",)
+        time.sleep(2.2)
+        after = asyncio.run(collect(wanted, client))[-1]
+    assert before.addresses() == ("198.18.1.2",)
+    assert not after.from_cache and after.addresses() == ("198.18.1.7",)
