@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import dnslab
-from dnslab import Zone, example_zone, lab
+from dnslab import Zone, lab
 from taps_post.errors import ResolutionError
 from taps_post.resolver.client import DnsClient
 from taps_post.resolver.conf import Nameserver, ResolverConfig
@@ -148,7 +148,7 @@ def test_tlsa_is_fetched_for_the_secure_protocols_and_validated(dns: Any) -> Non
 
 
 def test_a_name_with_no_address_is_a_resolution_error_naming_it(dns: Any) -> None:
-    with pytest.raises(ResolutionError, match="nothing.res.test") as info:
+    with pytest.raises(ResolutionError, match=r"nothing\.res\.test") as info:
         asyncio.run(collect(Wanted("nothing.res.test", 80, "tcp"), client_for(dns.nameserver)))
     assert info.value.name == "nothing.res.test"
     assert "nxdomain" in str(info.value)
