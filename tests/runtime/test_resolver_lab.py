@@ -42,7 +42,7 @@ def dns_lab() -> Iterator[Lab]:
     zone.add("ext", 300, "CNAME", "svc.elsewhere.test.")
     zone.add("plain", 300, "HTTPS", "2 svc.lab.test. alpn=h2 no-default-alpn")
     zone.add("_8080._foo.svc", 300, "SVCB",
-             '1 svc.lab.test. mandatory=alpn,port alpn=foo port=8080 key65000="x"')
+             '1 svc.lab.test. mandatory=alpn,port,key65000 alpn=foo port=8080 key65000="x"')
     for n in range(1, MANY + 1):
         zone.add("many", 300, "A", f"198.18.3.{n}")
     with lab(zone, signed=True) as running:
@@ -178,7 +178,7 @@ def test_https_and_svcb_fields_from_knot(dns_lab: Lab, run: Any) -> None:
     assert (p.priority, p.alpn, p.no_default_alpn, p.ech, p.port) == (2, ("h2",), True, False,
                                                                       None)
     (s,) = svcb.services
-    assert (s.alpn, s.port, s.mandatory) == (("foo",), 8080, ("alpn", "port"))
+    assert (s.alpn, s.port, s.mandatory) == (("foo",), 8080, ("alpn", "port", "key65000"))
     assert none.status == "nodata" and none.services == ()
 
 
