@@ -904,10 +904,11 @@ def skip_reason(topo: Any = None) -> str | None:
 def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         resolver: bool = True, delays: Mapping[str | int, float] | None = None,
         drop: Iterable[str | int] = (), tamper: Iterable[str | int] = (),
-        topo: Any = None, host: str | None = None, loopback: str = "127.0.0.1",
+        relay: bool = False, topo: Any = None, host: str | None = None, loopback: str = "127.0.0.1",
         resolv_conf: bool = True, resolv_options: Sequence[str] = (),
         unbound_extra: Sequence[str] = ()) -> Iterator[Lab]:
-    """knot (+ unbound, + the delay relay when `delays`/`drop` are given), wired together:
+    """knot (+ unbound, + the delay relay when `relay` or `delays`/`drop` are given, so a
+    test can `lab.relay.set(...)` later), wired together:
     client -> [relay: delays, drop] -> unbound -> [inner relay: tamper] -> knot.
 
     Loopback (no `topo`): everything on `loopback` (127.0.0.1 or ::1), free ports, no root.
@@ -928,7 +929,7 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         raise RuntimeError(reason)
     zone = zone if zone is not None else example_zone()
     drop, tamper = tuple(drop), tuple(tamper)
-    relayed = bool(delays) or bool(drop)
+    relayed = relay or bool(delays) or bool(drop)
     netns: str | None = None
     if topo is None:
         k_listen: list[Address] = [(loopback, free_port(loopback))]
