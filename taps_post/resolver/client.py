@@ -185,6 +185,8 @@ class DnsClient:
             qname = dns.name.from_text(name)
         except (dns.exception.DNSException, ValueError, UnicodeError):
             return Answer(name, rtype, "error")
+        if qname == dns.name.root:
+            return Answer(name, rtype, "error")  # "" or ".": no host to resolve
         failures: list[tuple[str, Nameserver]] = []
         for _round in range(self.config.attempts):
             for ns in self.config.nameservers:
