@@ -14,7 +14,8 @@ answer still awaited, instead of ending the query with an error).
 Rule 4: nameservers are asked in order, each try bounded by `config.timeout`, the whole list
 `config.attempts` times (resolv.conf(5)). NOERROR and NXDOMAIN end the query; SERVFAIL,
 REFUSED, a timeout or a socket error move on to the next server. When every try failed, the
-status is the last server's failure, or `timeout` if all of them timed out.
+status is the last failure that was not a timeout (a server that said SERVFAIL tells more than
+one that stayed silent), or `timeout` when every try timed out.
 Rule 5: never raise for a DNS failure: `status` says what happened, and the caller decides
 (the runtime falls back to getaddrinfo). Cancellation still propagates.
 Rule 6: CNAME chains are followed inside the answer section (at most names.ALIAS_LIMIT
