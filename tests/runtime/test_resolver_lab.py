@@ -287,7 +287,9 @@ def test_silent_nameserver_times_out_then_the_next_answers(dns_lab: Lab,
     assert run(alone.query("svc.lab.test", "A")).from_cache is False  # failures not cached
 
 
-def test_servfail_is_not_cached_and_the_next_server_is_asked(dns_lab: Lab, run: Any) -> None:
+def test_servfail_is_not_cached_and_the_next_server_is_asked(dns_lab: Lab,
+                                                              silent: socket.socket,
+                                                              run: Any) -> None:
     """An unbound given a wrong trust anchor finds the zone bogus and answers SERVFAIL."""
     anchor = dns_lab.trust_anchor
     assert anchor is not None
@@ -299,6 +301,9 @@ def test_servfail_is_not_cached_and_the_next_server_is_asked(dns_lab: Lab, run: 
         sent = alone.sent
         assert run(alone.query("svc.lab.test", "A")).status == "servfail"
         assert alone.sent == sent + 1  # asked again: failures are not cached
+        mixed = run(client(bogus.address, silent.getsockname(), timeout=0.2)
+                    .query("svc.lab.test", "A"))
+        assert (mixed.status, mixed.nameserver) == ("servfail", Nameserver(*bogus.address))
         both = client(bogus.address, dns_lab.nameserver)
         answer = run(both.query("svc.lab.test", "A"))
     assert (answer.status, answer.addresses, answer.authenticated) == ("ok", ("198.18.1.2",),
