@@ -3,8 +3,13 @@
 Rule 1: it does exactly what the runtime does before racing (parse, load, gather the
 environment, decide) and nothing else, so the dry run and the real connection agree.
 Rule 2: it sits above the decision core because it may read the live machine; it imports
-`taps_post.system` only when no snapshot is given, so a dry run on a snapshot stays as light
-as the decision core (no psutil, no sockets).
+`taps_post.system` and the runtime's resolver only when no snapshot is given, so a dry run on
+a snapshot stays as light as the decision core (no psutil, no sockets, no asyncio).
+Rule 3: a live explain resolves the name through the same code a connection does
+(runtime/resolution.py: hosts file, DNS client with SVCB/HTTPS and TLSA, getaddrinfo as the
+fallback), to completion, so it shows every service record and resolution pass with the
+times they arrived; a name that does not resolve is explained with no address (decide()
+warns), not an error.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 from .decision.decide import decide
 from .decision.decision import Decision
 from .decision.envfile import load_environment
-from .decision.request import parse_target
+from .decision.environment import Environment
+from .decision.request import Request, parse_target
 from .policy.context import PolicyContext
 from .policy.load import PolicySpec
 
@@ -48,8 +54,34 @@ def explain(
     if env is None:
         from .system.live import live_environment
 
-        environment = live_environment(None if request.is_ip_literal else request.host,
-                                       request.port)
+        environment = live_environment(None, request.port)
+        if not request.is_ip_literal:
+            environment = _resolved(request, ctx, environment)
     else:
         environment = load_environment(env)
     return decide(request, ctx, environment)
+
+
+def _resolved(request: Request, ctx: PolicyContext, base: Environment) -> Environment:
+    """`base` with the name's complete resolution (Rule 3)."""
+    import asyncio
+    import time
+    from dataclasses import replace
+
+    from .errors import ResolutionError
+    from .runtime.resolution import complete, wanted_for
+
+    wanted = wanted_for(request, ctx.current())
+    try:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            snap = asyncio.run(complete(wanted))
+        else:  # called from a coroutine: its loop must not be blocked by a nested run
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as pool:
+                snap = pool.submit(lambda: asyncio.run(complete(wanted))).result()
+    except ResolutionError:
+        return replace(base, now=time.time())
+    return replace(snap.environment(base), now=time.time())

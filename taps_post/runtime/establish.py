@@ -51,13 +51,10 @@ from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
 from ..decision.names import tlsa_name
-from ..decision.request import Request
 from ..diagnostics import SystemPolicyError
 from ..errors import EstablishmentError, PolicyError
 from ..policy import catalog
 from ..policy.context import PolicyContext
-from ..policy.registry import Pref
-from ..policy.resolve import default_statement
 from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
 from ..system import live
@@ -66,7 +63,7 @@ from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .fork import fork_stream, speaks_fork
 from .racing import race
-from .resolution import Snapshot, Wanted, forget, resolve_passes
+from .resolution import Snapshot, forget, resolve_passes, wanted_for
 from .trace import LOGGERS, TraceCallback, Tracer
 
 __all__ = ["EnvSpec", "FramerSpec", "fork_carrier", "framer_factory", "initiate",
@@ -437,38 +434,6 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                            settings, resolved, deciding, factory)
 
     return open_transient
-
-
-def wanted_for(request: Request, ctx: PolicyContext) -> Wanted:
-    """What to ask the DNS about `request`'s host, from the policy (resolution Rule 2): the
-    SVCB/HTTPS schemes, TLSA for the secure stacks' IP protocols unless security.dane is off,
-    resolutionDelay, and which family pass 1 waits for."""
-    effective = ctx.resolve_for(request).effective
-
-    def value(key: str) -> Any:
-        eff = effective.get(key)
-        return (eff if eff is not None else default_statement(key, request.kind)).value
-
-    allowed = catalog.schemes().get(request.scheme)
-    protocols: tuple[str, ...] = ()
-    if value("security.dane") != "off":
-        protocols = tuple(dict.fromkeys(
-            s.ip_protocol for s in catalog.infos()
-            if s.secure and (allowed is None or s.name in allowed)))
-
-    def leaning(key: str) -> int:
-        eff = effective.get(key)
-        return _LEANING.get(eff.value, 0) if eff is not None and isinstance(eff.value, Pref) \
-            else 0
-
-    prefers_v4 = leaning("addressFamily.ipv4") > leaning("addressFamily.ipv6")
-    return Wanted(request.host, request.port, request.scheme,
-                  tuple(value("dns.svcbSchemes")), protocols,
-                  float(value("racing.resolutionDelay")), "A" if prefers_v4 else "AAAA")
-
-
-_LEANING = {Pref.REQUIRE: 2, Pref.PREFER: 1, Pref.AVOID: -1, Pref.PROHIBIT: -2}
-"""How much a preference leans towards its subject (which family pass 1 waits for)."""
 
 
 def _emit_pass(tracer: Tracer, decision: Decision, snap: Snapshot, count: int) -> None:

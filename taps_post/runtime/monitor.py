@@ -41,6 +41,9 @@ are then not watched: a carrier whose path goes away learns it from its own conn
 errors (timeouts, resets), as without issue 11; no carrier migrates, re-races or adds a
 subflow because of a network change. For processes that must not hold a netlink socket or
 cannot afford pyroute2's import.
+Rule 6: a change also drops the DNS answers that may have become wrong: the resolvers of the
+changed interfaces, and those tied to no interface (`resolution.network_changed`, which costs
+nothing when no DNS query was ever made), before anyone hears of it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any
 from ..decision.environment import Interface
 from ..system import live
 from ..system.netevents import NetChange, RtnlSource, diff, interface_indexes
+from .resolution import network_changed
 
 __all__ = ["MODE_ENV", "POLL_INTERVAL", "ChangeStream", "PathMonitor", "Subscriber",
            "path_monitor"]
@@ -386,6 +390,7 @@ class PathMonitor:
         if before is not None and now is not before:
             changes = diff(before, now, interface_indexes())
             if changes:
+                network_changed({c.interface for c in changes})  # Rule 6
                 self._deliver(changes, now)
         if self._mode == "polling" and self._timer is None:
             self._timer = self._loop.call_later(self.poll_interval, self._poll)
@@ -401,6 +406,7 @@ class PathMonitor:
         if not changes:
             return
         interfaces = live.refresh()  # with nobody subscribed, only this (Rule 1)
+        network_changed({c.interface for c in changes})  # and this (Rule 6)
         if self._subscribers:
             self._deliver(changes, interfaces)
 

@@ -36,7 +36,7 @@ import asyncio
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..decision.environment import Environment
 from ..decision.names import (
@@ -48,15 +48,20 @@ from ..decision.names import (
     tlsa_name,
 )
 from ..decision.passes import first_pass
+from ..decision.request import Request
 from ..errors import ResolutionError
+from ..policy import catalog
+from ..policy.context import PolicyContext
+from ..policy.registry import Pref
+from ..policy.resolve import default_statement
 from .trace import Tracer
 
 if TYPE_CHECKING:
     from ..resolver.cache import Answer
     from ..resolver.client import DnsClient
 
-__all__ = ["FAILED", "Snapshot", "Wanted", "addresses", "forget", "network_changed",
-           "resolve_passes"]
+__all__ = ["FAILED", "Snapshot", "Wanted", "addresses", "complete", "forget", "network_changed",
+           "resolve_passes", "wanted_for"]
 
 FAILED = frozenset({"servfail", "refused", "timeout", "error"})
 """Answer statuses that say nothing about the name (the nameserver failed), as opposed to a
@@ -134,6 +139,38 @@ class Snapshot:
                        tlsa={**base.tlsa, **self.tlsa}, arrivals=self.arrivals)
 
 
+def wanted_for(request: Request, ctx: PolicyContext) -> Wanted:
+    """What to ask the DNS about `request`'s host, from the policy (resolution Rule 2): the
+    SVCB/HTTPS schemes, TLSA for the secure stacks' IP protocols unless security.dane is off,
+    resolutionDelay, and which family pass 1 waits for."""
+    effective = ctx.resolve_for(request).effective
+
+    def value(key: str) -> Any:
+        eff = effective.get(key)
+        return (eff if eff is not None else default_statement(key, request.kind)).value
+
+    allowed = catalog.schemes().get(request.scheme)
+    protocols: tuple[str, ...] = ()
+    if value("security.dane") != "off":
+        protocols = tuple(dict.fromkeys(
+            s.ip_protocol for s in catalog.infos()
+            if s.secure and (allowed is None or s.name in allowed)))
+
+    def leaning(key: str) -> int:
+        eff = effective.get(key)
+        return _LEANING.get(eff.value, 0) if eff is not None and isinstance(eff.value, Pref) \
+            else 0
+
+    prefers_v4 = leaning("addressFamily.ipv4") > leaning("addressFamily.ipv6")
+    return Wanted(request.host, request.port, request.scheme,
+                  tuple(value("dns.svcbSchemes")), protocols,
+                  float(value("racing.resolutionDelay")), "A" if prefers_v4 else "AAAA")
+
+
+_LEANING = {Pref.REQUIRE: 2, Pref.PREFER: 1, Pref.AVOID: -1, Pref.PROHIBIT: -2}
+"""How much a preference leans towards its subject (which family pass 1 waits for)."""
+
+
 def _name(host: str) -> str:
     return host.lower().rstrip(".")
 
@@ -183,6 +220,16 @@ async def addresses(host: str, port: int) -> tuple[str, ...]:
     if not found:
         raise ResolutionError(host)
     return found
+
+
+async def complete(wanted: Wanted) -> Snapshot:
+    """The last snapshot of `wanted`'s resolution (everything it will learn, every arrival):
+    a live explain's view, so it shows the SVCB records and passes a connection would see."""
+    last: Snapshot | None = None
+    async for snap in resolve_passes(wanted):
+        last = snap
+    assert last is not None  # resolve_passes yields at least once or raises
+    return last
 
 
 def forget(names: Iterable[str]) -> None:
