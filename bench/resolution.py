@@ -5,7 +5,7 @@ Run from the repository root, as root (it builds the two-host namespace topology
 tests/netns.py and runs a DNS server inside it; every packet stays inside 198.18.0.0/15,
 fd00::/8 and the namespaces' loopback):
 
-    .venv/bin/python -P bench/resolution.py            # 5 rounds: about 30 s
+    .venv/bin/python -P bench/resolution.py            # 5 rounds: about 40 s
     .venv/bin/python -P bench/resolution.py --quick    # smoke run: about 15 s
     .venv/bin/python -P bench/resolution.py --only first-attempt --rounds 9
 
@@ -39,6 +39,13 @@ group, ours and raw alternated sample by sample, the order flipped every round):
   AAAA).
 - the same without delay (information): both through the relay with the delay 0, so the
   relay's own cost is in both sides and the delayed row's saving is read against it.
+- delayed-AAAA ready, no resolver (information): taps_post itself without resolution
+  racing: the client's $TAPS_POST_RESOLV_CONF names no nameserver, so initiate() falls back
+  to getaddrinfo (what it did before issue 12) and waits for AAAA like the raw side.
+
+Each row also notes ours' median timeline (the A and AAAA resolution.answer events, the
+resolution passes, the first attempt.started, ready, in ms after initiate()) and whether
+ours used its DNS client (a resolution.answer from a nameserver) or getaddrinfo.
 
 Printed per figure: p10 / median / p90 over the rounds (each round's figure is the median
 of its --samples samples) for ours and raw, the ratio of the medians and the per-round paired
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -102,9 +110,8 @@ clock = time.perf_counter
 
 def flush():
     client = default_client()
-    if client is None:
-        raise RuntimeError("taps_post found no nameserver in resolv.conf")
-    client.flush()
+    if client is not None:  # None: no nameserver configured, initiate() uses getaddrinfo
+        client.flush()
 
 async def ours(cached):
     if not cached:
@@ -116,7 +123,7 @@ async def ours(cached):
             first.append(info["t_ms"])
             marks.setdefault("first attempt.started", info["t_ms"])
         elif name == "resolution.answer":
-            answers.append(name)
+            answers.append(info["status"])
             marks.setdefault(f"{info['rtype']} answer", info["t_ms"])
         elif name == "resolution.pass":
             marks.setdefault(f"pass {info['number']}", info["t_ms"])
@@ -124,7 +131,7 @@ async def ours(cached):
     t0 = clock()
     carrier = await tp.initiate(f"tcp://{NAME}:{PORT}", policy=CTX, trace=trace)
     ready = (clock() - t0) * 1000
-    where = (carrier.stack, carrier.remote_address[0], len(answers))
+    where = (carrier.stack, carrier.remote_address[0], sorted(set(answers)))
     await carrier.close()
     if not first:
         raise RuntimeError("no attempt.started event")
@@ -238,8 +245,21 @@ class Lab:
     def delay(self, ms: float) -> None:
         self.relay.set({"AAAA": ms / 1000})
 
-    def client(self) -> Any:
-        return self.topo.spawn(self.topo.a, self.netns.COMMAND_LOOP + CLIENT, NAME, str(PORT))
+    def client(self, resolv_conf: str | None = None) -> Any:
+        """A client process; `resolv_conf` is its $TAPS_POST_RESOLV_CONF (taps_post's
+        resolver only: glibc reads /etc/resolv.conf whatever it says)."""
+        old = os.environ.get("TAPS_POST_RESOLV_CONF")
+        if resolv_conf is not None:
+            os.environ["TAPS_POST_RESOLV_CONF"] = resolv_conf
+        try:
+            return self.topo.spawn(self.topo.a, self.netns.COMMAND_LOOP + CLIENT, NAME,
+                                   str(PORT))
+        finally:
+            if resolv_conf is not None:
+                if old is None:
+                    del os.environ["TAPS_POST_RESOLV_CONF"]
+                else:
+                    os.environ["TAPS_POST_RESOLV_CONF"] = old
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -248,12 +268,14 @@ class Lab:
 
     # ---- figures ----------------------------------------------------------------------------
 
-    def rounds(self, row: Row, *, ours: str, raw: str, cached: bool) -> None:
+    def rounds(self, row: Row, *, ours: str, raw: str, cached: bool,
+               resolv_conf: str | None = None) -> None:
         """One client process; per round one command of --samples samples a side, the
         round's figure the median of them. `ours`: "first" (to the first attempt.started)
         or "ready"; `raw`: "getaddrinfo" or "open_connection"."""
         timeline: dict[str, list[float]] = {}
-        with self.client() as client:
+        self.resolved_by.clear()
+        with self.client(resolv_conf) as client:
             cmd = {"samples": 1, "round": 0, "raw": raw, "cached": cached}
             client.ask(cmd, 30)  # warm-up: imports, first decision, knot's first answer
             for rnd in range(self.args.rounds):
@@ -268,13 +290,19 @@ class Lab:
             steps = sorted(timeline.items(), key=lambda kv: median(kv[1]))
             row.notes.append("ours, median ms after initiate(): " + ", ".join(
                 f"{mark} {median(ts):.1f}" for mark, ts in steps))
+        row.notes.append("ours resolved through " + ", ".join(sorted(self.resolved_by)))
+        if self.resolved_by != {"taps_post's DNS client"} and resolv_conf is None:
+            row.notes.append("taps_post did not use its DNS client here (no resolution.answer "
+                             "from a nameserver): this figure is not resolution racing")
 
     def check(self, out: dict[str, Any], raw: str) -> None:
         netns = self.netns
         for stack, address, answers in out["ours_where"]:
             if stack != "tcp" or address not in (netns.B1_V4, netns.B1_V6):
                 raise InternalError(f"ours connected {stack} to {address}")
-            self.resolved_by.add("taps_post's DNS client" if answers else "getaddrinfo")
+            via = {"getaddrinfo", "hosts"} & set(answers)
+            self.resolved_by.add(", ".join(sorted(via)) if via else
+                                 "taps_post's DNS client" if answers else "getaddrinfo")
         for seen in out["raw_where"]:
             want = [netns.B1_V4, netns.B1_V6] if raw == "getaddrinfo" else None
             if want is not None and sorted(seen) != sorted(want):
@@ -301,6 +329,17 @@ class Lab:
             self.rounds(ready, ours="ready", raw="open_connection", cached=False)
             rows.append(ready)
         self.delay(self.args.aaaa_delay)
+        # taps_post itself without resolution racing: no nameserver in its resolv.conf, so
+        # initiate() falls back to getaddrinfo (as before issue 12) and waits for both.
+        empty = self.topo.tmp / "no-nameserver.conf"
+        empty.write_text("# no nameserver: taps_post resolves with getaddrinfo\n")
+        ms = self.args.aaaa_delay
+        gai = Row(f"ready-aaaa-{ms:g}-gai", f"time to ready, AAAA {ms:g} ms late: initiate() "
+                  "without a resolver (getaddrinfo fallback) vs getaddrinfo + open_connection",
+                  "ms", False, None)
+        self.rounds(gai, ours="ready", raw="open_connection", cached=False,
+                    resolv_conf=str(empty))
+        rows.append(gai)
         return rows
 
 
@@ -344,13 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += b.first_attempt()
         if "delayed-aaaa" in only:
             rows += b.delayed_aaaa()
-        resolved_by = ", ".join(sorted(b.resolved_by)) or "n/a"
     for row in rows:
         row.print()
-    print(f"\nours resolved through: {resolved_by}")
-    if resolved_by == "getaddrinfo":
-        print("note: no resolution.answer trace event: this package resolves with "
-              "getaddrinfo (the resolution runtime has not landed), so ours is not racing")
     print("\n| figure | unit | ours median (p10–p90) | raw median (p10–p90) | ratio "
           "(per-round p10–p90) | target | verdict |")
     print("|---|---|---|---|---|---|---|")
