@@ -83,8 +83,8 @@ def free_udp_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def aioquic_server(tmp: Path, cert: Certificate,
-                         chain: tuple[Certificate, ...] = ()) -> AsyncIterator[int]:
+async def aioquic_server(tmp: Path, cert: Certificate, chain: tuple[Certificate, ...] = (),
+                         port: int = 0) -> AsyncIterator[int]:
     """aioquic's own server with `cert` (and `chain`), read from files by its public
     load_cert_chain; it keeps session tickets, so clients resume."""
     assert cert.key_pem is not None
@@ -93,7 +93,7 @@ async def aioquic_server(tmp: Path, cert: Certificate,
     config = QuicConfiguration(is_client=False)
     config.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
     store: dict[bytes, SessionTicket] = {}
-    port = free_udp_port()
+    port = port or free_udp_port()
     server = await serve(LO4, port, configuration=config,
                          session_ticket_fetcher=lambda t: store.pop(t, None),
                          session_ticket_handler=lambda t: store.__setitem__(t.ticket, t))
@@ -104,11 +104,11 @@ async def aioquic_server(tmp: Path, cert: Certificate,
 
 
 def spec(port: int, *, tlsa: TlsaSet | None, state: Tickets | None = None,
-         pinned: tuple[Certificate, ...] = (), **s: Any) -> AttemptSpec:
+         pinned: tuple[Certificate, ...] = (), host: str = HOST, **s: Any) -> AttemptSpec:
     c = Candidate(rank=0, interface="lo", local_address=LO4, stack="quic",
                   remote_address=LO4, remote_port=port, family="ipv4", start_ms=0,
                   key=cast(Any, None))
-    return AttemptSpec(candidate=c, host=HOST, settings=settings(**s),
+    return AttemptSpec(candidate=c, host=host, settings=settings(**s),
                        association=state or Tickets(), framer=LengthPrefixFramer,
                        pinned=pinned, tlsa=tlsa)
 

@@ -68,13 +68,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def s_server(tmp: Path, cert: Certificate, chain: tuple[Certificate, ...] = ()
-             ) -> Iterator[int]:
-    """openssl s_server serving `cert` (and `chain` after it) on a loopback port."""
+def s_server(tmp: Path, cert: Certificate, chain: tuple[Certificate, ...] = (),
+             port: int = 0) -> Iterator[int]:
+    """openssl s_server serving `cert` (and `chain` after it) on a loopback port (`port`,
+    or a free one)."""
     assert cert.key_pem is not None
     (tmp / "cert.pem").write_text(cert.cert_pem)
     (tmp / "key.pem").write_text(cert.key_pem)
-    argv = ["openssl", "s_server", "-accept", f"{LO4}:{free_port()}", "-www",
+    argv = ["openssl", "s_server", "-accept", f"{LO4}:{port or free_port()}", "-www",
             "-cert", str(tmp / "cert.pem"), "-key", str(tmp / "key.pem")]
     if chain:
         (tmp / "chain.pem").write_text("".join(c.cert_pem for c in chain))

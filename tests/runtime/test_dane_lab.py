@@ -1,0 +1,227 @@
+"""DANE end to end with real servers that are not ours: TLSA records served by Knot DNS from a
+zone it signs, validated by Unbound (tests/dnslab.py), fetched with taps_post's own DNS client,
+and checked against `openssl s_server` (TLS) and aioquic's own server (QUIC).
+
+The stacks are driven with the AttemptSpec the runtime builds (its `tlsa` is the answer's
+records and whether it was authenticated: `TlsaSet(name, answer.tlsa, answer.authenticated)`,
+as runtime/resolution.py does); test_dane_initiate (below) goes through `tp.initiate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_dane_quic import aioquic_server, connect, free_udp_port
+from test_dane_quic import spec as quic_spec
+from test_dane_tls import fetch, free_port, s_server, settings, spec
+
+import dnslab
+import taps_post as tp
+from taps_post.decision.names import TlsaSet, tlsa_name
+from taps_post.errors import DaneError, FailureKind
+from taps_post.resolver.client import DnsClient
+from taps_post.resolver.conf import Nameserver, ResolverConfig
+from taps_post.runtime.racing import classify
+
+ZONE = "dane.test."
+GOOD = "svc.dane.test"
+BAD = "bad.dane.test"
+SERVER = tp.certs.self_signed([GOOD, BAD])
+OTHER = tp.certs.self_signed([GOOD])
+TCP_PORT = free_port()
+UDP_PORT = free_udp_port()
+
+
+def zone() -> dnslab.Zone:
+    z = dnslab.Zone(ZONE)
+    z.add("svc", 300, "A", "127.0.0.1").add("bad", 300, "A", "127.0.0.1")
+    z.add(f"_{TCP_PORT}._tcp.svc", 300, "TLSA", dnslab.tlsa_rdata(SERVER.cert_pem))
+    z.add(f"_{TCP_PORT}._tcp.bad", 300, "TLSA", dnslab.tlsa_rdata(OTHER.cert_pem))
+    z.add(f"_{UDP_PORT}._udp.svc", 300, "TLSA",
+          dnslab.tlsa_rdata(SERVER.cert_pem, selector=0, matching=2))
+    return z
+
+
+@pytest.fixture(scope="module")
+def validating() -> Iterator[dnslab.Lab]:
+    with dnslab.lab(zone(), signed=True) as dns:
+        yield dns
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with s_server(tmp_path_factory.mktemp("s_server"), SERVER, port=TCP_PORT) as port:
+        yield port
+
+
+def run(coro: Any, timeout: float = 20.0) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+async def tlsa_of(dns: dnslab.Lab, host: str, port: int, proto: str) -> TlsaSet | None:
+    """The TLSA set the runtime would hand the stack: None when the DNS gave no answer."""
+    client = DnsClient(ResolverConfig(nameservers=(Nameserver(*dns.nameserver),)))
+    name = tlsa_name(host, port, proto)
+    answer = await client.query(name, "TLSA")
+    if not (answer.ok or answer.negative):
+        return None
+    return TlsaSet(name, tuple(answer.tlsa), answer.authenticated)
+
+
+def test_validated_tlsa_accepts_a_server_pkix_refuses(validating: dnslab.Lab,
+                                                      tls_server: int) -> None:
+    async def main() -> tuple[TlsaSet | None, Any]:
+        got = await tlsa_of(validating, GOOD, tls_server, "tcp")
+        return got, await fetch(spec(tls_server, tlsa=got, host=GOOD,
+                                     s=settings(dane="require")))
+
+    got, (how, _, page) = run(main())
+    assert got is not None and got.validated and len(got.records) == 1
+    assert how == f"dane-ee match (3 1 1) at _{tls_server}._tcp.{GOOD}"
+    assert page.startswith(b"HTTP/1.0 200 ok")
+
+
+def test_validated_mismatch_refuses_a_pinned_server(validating: dnslab.Lab,
+                                                    tls_server: int) -> None:
+    """The zone names another key for bad.dane.test: PKIX (the pin) would accept."""
+    async def main() -> Any:
+        got = await tlsa_of(validating, BAD, tls_server, "tcp")
+        assert got is not None and got.validated
+        pinned_only = await fetch(spec(tls_server, tlsa=None, host=BAD, pinned=(SERVER,)))
+        with pytest.raises(DaneError) as err:
+            await fetch(spec(tls_server, tlsa=got, host=BAD, pinned=(SERVER,)))
+        return pinned_only, err.value
+
+    (how, _, _), err = run(main())
+    assert how is not None and how.startswith("no TLSA")
+    assert err.reason == "mismatch" and err.name == f"_{tls_server}._tcp.{BAD}"
+    assert classify(err) is FailureKind.TLS_VERIFY
+
+
+def test_an_answer_without_validation_is_ignored_or_refused(tls_server: int) -> None:
+    """The same signed zone asked of knot directly: an authoritative answer, no AD. Its
+    records match the server, yet they accept nothing (PKIX decides) and `require`
+    refuses the peer for them."""
+    with dnslab.lab(zone(), signed=True, resolver=False) as knot_only:
+        async def main() -> Any:
+            got = await tlsa_of(knot_only, GOOD, tls_server, "tcp")
+            assert got is not None and got.records and not got.validated
+            ignored = await fetch(spec(tls_server, tlsa=got, host=GOOD, pinned=(SERVER,)))
+            with pytest.raises(ssl_error()) as pkix:
+                await fetch(spec(tls_server, tlsa=got, host=GOOD))
+            with pytest.raises(DaneError) as refused:
+                await fetch(spec(tls_server, tlsa=got, host=GOOD, pinned=(SERVER,),
+                                 s=settings(dane="require")))
+            return ignored, pkix.value, refused.value
+
+        (how, _, _), pkix, refused = run(main())
+    assert how == f"TLSA of _{tls_server}._tcp.{GOOD} not validated: ignored, PKIX"
+    assert not isinstance(pkix, DaneError)
+    assert refused.reason == "not_validated"
+
+
+def test_a_bogus_answer_is_no_answer(tls_server: int) -> None:
+    """TLSA records altered between knot and unbound: validation fails (SERVFAIL), so the
+    stack gets no set; `require` refuses before connecting, opportunistic uses PKIX."""
+    with dnslab.lab(zone(), signed=True, tamper=["TLSA"]) as bogus:
+        async def main() -> Any:
+            got = await tlsa_of(bogus, GOOD, tls_server, "tcp")
+            assert got is None
+            ok = await fetch(spec(tls_server, tlsa=got, host=GOOD, pinned=(SERVER,)))
+            with pytest.raises(DaneError) as refused:
+                await fetch(spec(tls_server, tlsa=got, host=GOOD, pinned=(SERVER,),
+                                 s=settings(dane="require")))
+            return ok, refused.value
+
+        (how, _, _), refused = run(main())
+    assert how is not None and how.startswith("no TLSA")
+    assert refused.reason == "no_tlsa"
+
+
+def test_quic_validated_tlsa_from_the_lab(validating: dnslab.Lab, tmp_path: Path) -> None:
+    """`_port._udp` TLSA (3 0 2: the whole certificate, SHA-512) against aioquic's server."""
+    async def main() -> Any:
+        got = await tlsa_of(validating, GOOD, UDP_PORT, "udp")
+        assert got is not None and got.validated
+        async with aioquic_server(tmp_path, SERVER, port=UDP_PORT) as port:
+            sp = quic_spec(port, tlsa=got, host=GOOD, dane="require")
+            return await connect(sp)
+
+    how, _, _ = run(main())
+    assert how == f"dane-ee match (3 0 2) at _{UDP_PORT}._udp.{GOOD}"
+
+
+def ssl_error() -> type[BaseException]:
+    import ssl
+
+    return ssl.SSLCertVerificationError
+
+
+# ---- through tp.initiate: the runtime asks for TLSA with the addresses --------------------
+
+
+def dane_policy(mode: str) -> tp.PolicyContext:
+    app = {"version": 1, "layer": "app",
+           "rules": [{"id": "dane", "set": {"stack": {"tls": "require"},
+                                            "security.dane": mode}}]}
+    return tp.PolicyContext(system=[], app=app, app_name="dane")
+
+
+@pytest.fixture
+def resolving(validating: dnslab.Lab, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> dnslab.Lab:
+    """The runtime's default client asks the validating lab (loopback: its AD is trusted).
+    resolv.conf has no port (glibc's rule, which the resolver keeps), so the lab's server
+    is given as a systemd-resolved link entry of `lo` (`DNS=127.0.0.1:PORT`)."""
+    from taps_post.resolver.client import default_client
+
+    links = tmp_path / "links"
+    links.mkdir()
+    host, port = validating.nameserver
+    (links / str(socket.if_nametoindex("lo"))).write_text(f"DNS={host}:{port}\n")
+    (tmp_path / "resolv.conf").write_text("")
+    (tmp_path / "hosts").write_text("")
+    monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "resolv.conf"))
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
+    monkeypatch.setenv("TAPS_POST_HOSTS", str(tmp_path / "hosts"))
+    client = default_client()
+    assert client is not None and client.config.nameservers[0].port == port
+    return validating
+
+
+def test_initiate_connects_by_dane_and_refuses_a_mismatch(resolving: dnslab.Lab,
+                                                          tls_server: int) -> None:
+    """No certificate pinned and none a CA signed: the validated TLSA record is what lets
+    the carrier connect; bad.dane.test, whose record names another key, fails as tls_verify
+    with the DaneError in its attempt record."""
+    async def main() -> Any:
+        store = tp.AssociationStore()
+        carrier = await tp.initiate(f"tls://{GOOD}:{tls_server}", policy=dane_policy("require"),
+                                    framer=tp.RawFramer(), store=store)
+        try:
+            how = carrier.transients[0].dane
+            await carrier.send(b"GET / HTTP/1.0\r\n\r\n")
+            first = bytes(await carrier.receive())
+        finally:
+            await carrier.close()
+        with pytest.raises(tp.EstablishmentError) as err:  # initiate() activates when awaited
+            await tp.initiate(f"tls://{BAD}:{tls_server}", policy=dane_policy("opportunistic"),
+                              framer=tp.RawFramer(), store=store)
+        return how, first, err.value
+
+    how, first, err = run(main())
+    assert how == f"dane-ee match (3 1 1) at _{tls_server}._tcp.{GOOD}"
+    assert first.startswith(b"HTTP/1.0 200 ok")
+    failed = [a for a in err.attempts if a.outcome == "failed"]
+    assert failed and all(a.kind is FailureKind.TLS_VERIFY for a in failed), err
+    assert all(isinstance(a.exception, DaneError) for a in failed), err
+    assert f"_{tls_server}._tcp.{BAD}" in str(err)
