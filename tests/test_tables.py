@@ -46,6 +46,21 @@ Scenario file format::
                                          # interface, role, reason, addresses, property,
                                          # rule, source, layer); `reason_contains: TEXT`
                                          # checks a part of the reason
+      passes:                            # optional; the EXACT ordered list of resolution
+        - {number: 1, at_ms: 60, trigger_contains: resolutionDelay}   # passes, each matched
+                                         # as a subset (number, at_ms, trigger, answers);
+                                         # `trigger_contains: TEXT` checks part of the trigger
+      services:                          # optional; the EXACT ordered list of SVCB/HTTPS
+        - {priority: 1, port: 8443, stacks: [tls, quic]}              # service endpoints,
+                                         # each a subset (name, priority, target, port, alpn,
+                                         # stacks, ech, alias_chain, reason);
+                                         # `reason_contains: TEXT` checks part of the reason
+      attempt_delay: {ms: 100, source: history, reason_contains: "clamped"}
+                                         # optional; a subset of the attempt delay object
+      dane: {mode: require, validated: true, usable: 1}
+                                         # optional; a subset of the DANE status object
+                                         # (mode, name, records, validated, usable, reason),
+                                         # or null when there must be none
     xfail: "why"                         # optional: a known implementation bug (strict xfail,
                                          # so the scenario fails loudly once the bug is fixed)
 
@@ -54,7 +69,7 @@ and unwritten fields are ignored; a nested mapping (a candidate's `key: {cost: 1
 the same way, a list must be equal. In `others`, each listed item must match some entry of the
 key's `others` list in the explain output. A candidate written as a mapping is matched against
 the candidate at that position (fields of the explain JSON: interface, local_address, stack,
-remote_address, remote_port, family, start_ms, key). Numbers written where the output holds
+remote_address, remote_port, family, start_ms, pass, key). Numbers written where the output holds
 text (`security.minTlsVersion: 1.3`) compare as their text; true is never 1. Map keys
 (`interface.*`, `pvd.*`, `stack.*`, `addressFamily.*`) appear in `properties` only when a
 matching rule states them.
@@ -87,7 +102,8 @@ TOP_KEYS = {"description", "request", "policies", "env", "expect", "xfail"}
 REQUEST_KEYS = {"target", "app", "kind"}
 LAYER_KEYS = {"system", "app", "carrier"}
 EXPECT_KEYS = {"outcome", "properties", "candidates", "start_ms", "excluded", "conflicts",
-               "warnings_contain", "multipath", "subflows"}
+               "warnings_contain", "multipath", "subflows", "passes", "services",
+               "attempt_delay", "dane"}
 PROPERTY_KEYS = {"value", "layer", "rule", "enforced", "others"}
 OUTCOMES = {"ok", "no_candidates", "policy_prohibited"}
 
@@ -190,6 +206,36 @@ def _check_subflows(expected: list[Any], subflows: list[dict[str, Any]],
                         + "\n    ".join(json.dumps(f) for f in subflows))
 
 
+def _matches_with_text(want: Any, got: dict[str, Any] | None, field: str) -> bool:
+    """A subset match where `FIELD_contains: TEXT` checks a part of the text FIELD."""
+    if got is None or not isinstance(want, dict):
+        return want == got
+    want = dict(want)
+    part = want.pop(f"{field}_contains", None)
+    return _subset(want, got) and (part is None or part in (got.get(field) or ""))
+
+
+def _check_list(name: str, field: str, expected: list[Any], got: list[dict[str, Any]],
+                problems: list[str]) -> None:
+    if len(expected) != len(got) or not all(
+            _matches_with_text(w, g, field) for w, g in zip(expected, got, strict=False)):
+        problems.append(f"{name} differ:\n  expected {json.dumps(expected)}\n  got\n    "
+                        + "\n    ".join(json.dumps(x) for x in got))
+
+
+def _check_resolution(expect: dict[str, Any], resolution: dict[str, Any],
+                      problems: list[str]) -> None:
+    if "passes" in expect:
+        _check_list("passes", "trigger", expect["passes"] or [], resolution["passes"], problems)
+    if "services" in expect:
+        _check_list("services", "reason", expect["services"] or [], resolution["services"],
+                    problems)
+    for key in ("attempt_delay", "dane"):
+        if key in expect and not _matches_with_text(expect[key], resolution[key], "reason"):
+            problems.append(f"{key} is {json.dumps(resolution[key])}, "
+                            f"expected {json.dumps(expect[key])}")
+
+
 def check(scenario: dict[str, Any], result: dict[str, Any]) -> list[str]:
     """Every way `result` (Decision.to_dict()) differs from the scenario's `expect`."""
     expect = scenario["expect"]
@@ -216,6 +262,7 @@ def check(scenario: dict[str, Any], result: dict[str, Any]) -> list[str]:
                         f"expected {json.dumps(expect['multipath'])}")
     if "subflows" in expect:
         _check_subflows(expect["subflows"] or [], result["multipath"]["subflows"], problems)
+    _check_resolution(expect, result["resolution"], problems)
     for text in expect.get("warnings_contain") or ():
         if not any(text in w for w in result["warnings"]):
             problems.append(f"no warning contains {text!r}; warnings: {result['warnings']}")

@@ -174,7 +174,10 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
             shaping = Shaping(query, [Endpoint(0, host, port, None,
                                                tuple(env.dns.get(host, ())))])
         else:
-            shaping = shape(query, host, port, env.svcb, env.dns, [i for i, _ in stacks])
+            allowed_here = catalog.schemes().get(request.scheme)
+            shaping = shape(query, host, port, env.svcb, env.dns,
+                            [i for i in catalog.infos()
+                             if allowed_here is None or i.name in allowed_here])
             warnings.extend(shaping.warnings)
         if not any(ep.addresses for ep in shaping.endpoints):
             warnings.append(f"{host!r} did not resolve to any address")
@@ -212,9 +215,9 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                          list[tuple[StackInfo, _Node]]]] = []
     for ep in endpoints:
         rec_at = 0.0
-        if ep.record is not None and first_known and shaping.query is not None:
-            rtype = shaping.query[1]
-            rec_at = max(first_known.get((o, rtype), 0.0) for o in ep.owners)
+        if ep.record is not None and first_known:
+            rec_at = max(first_known.get((o, "HTTPS"), first_known.get((o, "SVCB"), 0.0))
+                         for o in ep.owners)
         addrs: list[tuple[int, str, str, int]] = []
         for order, (addr, family) in enumerate(_interleave(ep.addresses, effective)):
             reason = _family_filter(effective, family, addr, ep.port)
@@ -311,6 +314,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                                    ep.port, index))
 
     counts = [0] * len(prepared)
+    duplicates: dict[int, int] = {}  # endpoint -> the better endpoint that had its leaves
     if len(prepared) > 1:  # the same leaf from two endpoints: the better priority, earlier pass
         best: dict[tuple[str, str, str, int], int] = {}
         kept: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
@@ -320,7 +324,9 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
             if at is None:
                 best[leaf] = len(kept)
                 kept.append(item)
-            elif item[0] < kept[at][0]:
+                continue
+            duplicates.setdefault(item[8], kept[at][8])
+            if item[0] < kept[at][0]:
                 kept[at] = (item[0], *kept[at][1:])
         scored = kept
     scored.sort(key=lambda t: (t[0], t[1]))
@@ -344,12 +350,15 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
 
     services: list[ServiceEndpoint] = []
     if shaping.records and shaping.query is not None:
-        for (ep, addrs, ep_stacks), n in zip(prepared, counts, strict=True):
-            services.append(_service_endpoint(shaping, ep, addrs, ep_stacks, n))
+        for i, ((ep, addrs, ep_stacks), n) in enumerate(zip(prepared, counts, strict=True)):
+            better = prepared[duplicates[i]][0] if i in duplicates else None
+            services.append(_service_endpoint(shaping, ep, addrs, ep_stacks, n, better))
         if shaping.ech and not any(info.ech for info, _ in stacks):
-            warnings.append(f"{shaping.query[0]} publishes ECH; no stack here can send it, so "
-                            f"the server name {host} is sent in clear (security.ech: "
-                            f"{effective['security.ech'].value})")
+            warnings.append(
+                f"{shaping.query[0]} publishes ECH; no stack here can send it, " + (
+                    "and security.ech require refuses every candidate that cannot"
+                    if effective["security.ech"].value == "require" else
+                    f"so the server name {host} is sent in clear (security.ech: prefer)"))
     dane = _dane_status(dane_mode, env, request, candidates,
                         {info.name: info for info, _ in stacks})
 
@@ -393,23 +402,30 @@ def _attempt_delay(effective: Effectives,
 
 
 def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int, str, str, int]],
-                      ep_stacks: Sequence[tuple[StackInfo, _Node]], count: int) -> ServiceEndpoint:
+                      ep_stacks: Sequence[tuple[StackInfo, _Node]], count: int,
+                      better: Endpoint | None) -> ServiceEndpoint:
     assert shaping.query is not None
     reason = ""
     if count == 0:
         if ep.reason:
             reason = ep.reason
+        elif better is not None:
+            reason = (f"its candidates are those of the priority {better.priority} endpoint "
+                      f"({better.target}:{better.port}), kept once with the better priority")
         elif not ep.addresses:
             reason = f"no address: {ep.target} has no A/AAAA answer" + (
                 " and the record no hints" if ep.record is not None else "")
+        elif not ep_stacks and ep.stacks:
+            reason = (f"the stacks it offers ({', '.join(sorted(ep.stacks))}) are all "
+                      "excluded (see the exclusions)")
         elif not ep_stacks:
-            reason = ("no stack the policy allows is offered by its ALPN "
-                      f"({', '.join(ep.alpn) or 'none'})" if ep.record is not None else
-                      "no stack the policy allows works without an ALPN offer")
+            reason = (f"its ALPN ({', '.join(ep.alpn) or 'none'}) offers no stack here"
+                      if ep.record is not None else
+                      "every stack that needs no ALPN offer is excluded")
         elif not addrs:
             reason = "every address is excluded (see the exclusions)"
         else:
-            reason = "no path reaches its addresses, or a better endpoint gave the same candidates"
+            reason = "no path reaches its addresses (see the exclusions)"
     elif ep.record is None:
         reason = "fallback: the target's own addresses on the URL's port (RFC 9460 section 3)"
     return ServiceEndpoint(shaping.query[0], ep.priority, ep.target, ep.port, ep.alpn,
