@@ -572,20 +572,32 @@ def corrupt_anchor(anchor: str) -> str:
 
 RELAY_SCRIPT = r'''
 """A DNS relay (stdlib only): forwards each UDP/TCP query to the upstream and sends the
-answer back no earlier than DELAY[qtype] seconds after the query arrived; `drop` qtypes get
-no answer; `tamper` qtypes get the last rdata byte of their first answer record flipped.
-Commands on stdin (JSON lines): {"delays": {...}}, {"drop": [...]}, {"tamper": [...]},
-{"log": true} (the queries seen: [qname, qtype, t_received, t_answered, transport]); one
-JSON reply line each."""
+answer back no earlier than delays[qtype] seconds after the query arrived. Per QTYPE also:
+`drop` (no answer), `tamper` (the last rdata byte of the first answer record of that type
+flipped), `rcode` (answer with that RCODE at once, upstream not asked), `truncate` (UDP
+answer empty with TC set: the client must retry over TCP, which is relayed normally).
+Commands on stdin (JSON lines) replace settings: {"delays": {...}}, {"drop": [...]},
+{"tamper": [...]}, {"rcode": {...}}, {"truncate": [...]}; {"log": true} adds the queries
+seen ([qname, qtype, t_received, t_answered, transport]), {"clear": true} forgets them."""
 import asyncio, json, socket, struct, sys, time
 
 cfg = json.loads(sys.argv[1])
 UP = (cfg["upstream"][0], cfg["upstream"][1])
 UPFAM = socket.AF_INET6 if ":" in UP[0] else socket.AF_INET
-DELAYS = {int(k): float(v) for k, v in cfg["delays"].items()}
-DROP = set(int(x) for x in cfg["drop"])
-TAMPER = set(int(x) for x in cfg["tamper"])
+S = {}
 LOG = []
+
+def configure(cmd):
+    if "delays" in cmd:
+        S["delays"] = {int(k): float(v) for k, v in cmd["delays"].items()}
+    if "rcode" in cmd:
+        S["rcode"] = {int(k): int(v) for k, v in cmd["rcode"].items()}
+    for key in ("drop", "tamper", "truncate"):
+        if key in cmd:
+            S[key] = set(int(x) for x in cmd[key])
+
+configure({"delays": {}, "rcode": {}, "drop": [], "tamper": [], "truncate": []})
+configure(cfg)
 
 def skip_name(msg, i):
     while True:
@@ -596,10 +608,31 @@ def skip_name(msg, i):
             return i + 2
         i += 1 + n
 
+def question(msg):
+    i, labels = 12, []
+    while i < len(msg) and msg[i]:
+        n = msg[i]
+        labels.append(msg[i + 1:i + 1 + n].decode("ascii", "replace"))
+        i += 1 + n
+    qtype = struct.unpack("!H", msg[i + 1:i + 3])[0] if len(msg) >= i + 3 else 0
+    return ".".join(labels).lower() + ".", qtype
+
+def reply_only(query, rcode, tc=False):
+    """A header-and-question answer to `query`: QR, opcode and RD copied, RA, the RCODE,
+    TC when asked."""
+    try:
+        end = skip_name(query, 12) + 4
+    except IndexError:
+        end = 12
+    flags = struct.unpack("!H", query[2:4])[0]
+    flags = 0x8000 | (flags & 0x7900) | 0x0080 | (0x0200 if tc else 0) | (rcode & 0xF)
+    counts = struct.pack("!HHHHH", flags, 1 if end > 12 else 0, 0, 0, 0)
+    return query[:2] + counts + query[12:end]
+
 def tamper(msg, qtype):
     """Flip the last rdata byte of the first answer record of type qtype (a signature over
     it no longer verifies: a validating resolver must call the answer bogus)."""
-    if qtype not in TAMPER:
+    if qtype not in S["tamper"]:
         return msg
     try:
         qd, an = struct.unpack("!HH", msg[4:8])
@@ -619,20 +652,6 @@ def tamper(msg, qtype):
         pass
     return msg
 
-def question(msg):
-    i, labels = 12, []
-    while i < len(msg) and msg[i]:
-        n = msg[i]
-        labels.append(msg[i + 1:i + 1 + n].decode("ascii", "replace"))
-        i += 1 + n
-    qtype = struct.unpack("!H", msg[i + 1:i + 3])[0] if len(msg) >= i + 3 else 0
-    return ".".join(labels).lower() + ".", qtype
-
-async def hold(qtype, t0):
-    left = t0 + DELAYS.get(qtype, 0.0) - time.monotonic()
-    if left > 0:
-        await asyncio.sleep(left)
-
 async def udp_upstream(msg):
     loop = asyncio.get_running_loop()
     with socket.socket(UPFAM, socket.SOCK_DGRAM) as s:
@@ -641,64 +660,77 @@ async def udp_upstream(msg):
         await loop.sock_sendall(s, msg)
         return await asyncio.wait_for(loop.sock_recv(s, 65535), 5.0)
 
+async def tcp_upstream(msg):
+    reader, writer = await asyncio.open_connection(*UP)
+    try:
+        writer.write(struct.pack("!H", len(msg)) + msg)
+        await writer.drain()
+        size = await asyncio.wait_for(reader.readexactly(2), 5.0)
+        return await asyncio.wait_for(reader.readexactly(struct.unpack("!H", size)[0]), 5.0)
+    finally:
+        writer.close()
+
+async def respond(data, transport):
+    """The answer to send for query `data` (None: none), once its delay has passed."""
+    t0 = time.monotonic()
+    name, qtype = question(data)
+    entry = [name, qtype, t0, None, transport]
+    LOG.append(entry)
+    if qtype in S["drop"]:
+        return None
+    if qtype in S["rcode"]:
+        answer = reply_only(data, S["rcode"][qtype])
+    elif transport == "udp" and qtype in S["truncate"]:
+        answer = reply_only(data, 0, tc=True)
+    else:
+        try:
+            answer = await (udp_upstream if transport == "udp" else tcp_upstream)(data)
+        except Exception:
+            return None
+        answer = tamper(answer, qtype)
+    left = t0 + S["delays"].get(qtype, 0.0) - time.monotonic()
+    if left > 0:
+        await asyncio.sleep(left)
+    entry[3] = time.monotonic()
+    return answer
+
 class Udp(asyncio.DatagramProtocol):
     def connection_made(self, transport):
         self.transport = transport
     def datagram_received(self, data, addr):
         asyncio.ensure_future(self.relay(data, addr))
     async def relay(self, data, addr):
-        t0 = time.monotonic()
-        name, qtype = question(data)
-        entry = [name, qtype, t0, None, "udp"]
-        LOG.append(entry)
-        if qtype in DROP:
-            return
-        try:
-            answer = await udp_upstream(data)
-        except Exception:
-            return
-        await hold(qtype, t0)
-        entry[3] = time.monotonic()
-        self.transport.sendto(tamper(answer, qtype), addr)
+        answer = await respond(data, "udp")
+        if answer is not None:
+            self.transport.sendto(answer, addr)
 
 async def tcp_client(reader, writer):
+    lock = asyncio.Lock()
+    pending = set()
+    async def one(data):
+        answer = await respond(data, "tcp")
+        if answer is not None:
+            async with lock:
+                writer.write(struct.pack("!H", len(answer)) + answer)
+                await writer.drain()
     try:
-        while True:
+        while True:  # pipelined queries are answered as their delays end (RFC 7766)
             head = await reader.readexactly(2)
             data = await reader.readexactly(struct.unpack("!H", head)[0])
-            t0 = time.monotonic()
-            name, qtype = question(data)
-            entry = [name, qtype, t0, None, "tcp"]
-            LOG.append(entry)
-            if qtype in DROP:
-                continue
-            ur, uw = await asyncio.open_connection(*UP)
-            uw.write(head + data)
-            await uw.drain()
-            ulen = await asyncio.wait_for(ur.readexactly(2), 5.0)
-            answer = await ur.readexactly(struct.unpack("!H", ulen)[0])
-            uw.close()
-            await hold(qtype, t0)
-            entry[3] = time.monotonic()
-            writer.write(ulen + tamper(answer, qtype))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, OSError):
+            task = asyncio.ensure_future(one(data))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    except (asyncio.IncompleteReadError, ConnectionError, OSError):
         pass
     finally:
+        if pending:
+            await asyncio.wait(pending, timeout=10)
         writer.close()
 
 def command(line):
     cmd = json.loads(line)
-    if "delays" in cmd:
-        DELAYS.clear()
-        DELAYS.update({int(k): float(v) for k, v in cmd["delays"].items()})
-    if "drop" in cmd:
-        DROP.clear()
-        DROP.update(int(x) for x in cmd["drop"])
-    if "tamper" in cmd:
-        TAMPER.clear()
-        TAMPER.update(int(x) for x in cmd["tamper"])
-    out = {"ok": True, "delays": DELAYS, "drop": sorted(DROP), "tamper": sorted(TAMPER)}
+    configure(cmd)
+    out = {"ok": True}
     if cmd.get("log"):
         out["log"] = list(LOG)
     if cmd.get("clear"):
@@ -721,6 +753,24 @@ async def main():
 
 asyncio.run(main())
 '''
+
+RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
+
+
+def _relay_settings(delays: Mapping[str | int, float] | None,
+                    drop: Iterable[str | int] | None, tamper: Iterable[str | int] | None,
+                    rcode: Mapping[str | int, str | int] | None,
+                    truncate: Iterable[str | int] | None) -> dict[str, Any]:
+    cmd: dict[str, Any] = {}
+    if delays is not None:
+        cmd["delays"] = {str(_qtype(k)): float(v) for k, v in delays.items()}
+    if rcode is not None:
+        cmd["rcode"] = {str(_qtype(k)): v if isinstance(v, int) else RCODES[v.upper()]
+                        for k, v in rcode.items()}
+    for key, value in (("drop", drop), ("tamper", tamper), ("truncate", truncate)):
+        if value is not None:
+            cmd[key] = [_qtype(k) for k in value]
+    return cmd
 
 
 def _qtype(key: str | int) -> int:
@@ -787,17 +837,12 @@ class Relay:
 
     def set(self, delays: Mapping[str | int, float] | None = None,
             drop: Iterable[str | int] | None = None,
-            tamper: Iterable[str | int] | None = None) -> None:
-        """Replace the delays (seconds by QTYPE), the dropped and/or the tampered QTYPEs
-        while running (a None argument keeps that setting)."""
-        cmd: dict[str, Any] = {}
-        if delays is not None:
-            cmd["delays"] = {str(_qtype(k)): float(v) for k, v in delays.items()}
-        if drop is not None:
-            cmd["drop"] = [_qtype(k) for k in drop]
-        if tamper is not None:
-            cmd["tamper"] = [_qtype(k) for k in tamper]
-        self._ask(cmd)
+            tamper: Iterable[str | int] | None = None,
+            rcode: Mapping[str | int, str | int] | None = None,
+            truncate: Iterable[str | int] | None = None) -> None:
+        """Replace settings while running (an argument left None keeps that setting); see
+        delay_relay() for what each does."""
+        self._ask(_relay_settings(delays, drop, tamper, rcode, truncate))
 
     def queries(self, clear: bool = False) -> list[Query]:
         """The queries seen so far (in arrival order); `clear` forgets them afterwards."""
@@ -810,17 +855,21 @@ class Relay:
 def delay_relay(upstream: Address, delays: Mapping[str | int, float] | None = None,
                 listen: Address | Sequence[Address] | None = None, *,
                 netns: str | None = None, drop: Iterable[str | int] = (),
-                tamper: Iterable[str | int] = ()) -> Iterator[Relay]:
+                tamper: Iterable[str | int] = (),
+                rcode: Mapping[str | int, str | int] | None = None,
+                truncate: Iterable[str | int] = ()) -> Iterator[Relay]:
     """Run the relay (a stdlib Python subprocess, inside `netns` when given) on `listen`
     (default 127.0.0.1, free port): every UDP and TCP query goes to `upstream` and its
     answer is sent back `delays[QTYPE]` seconds (e.g. {"AAAA": 0.4}) after the query arrived
-    (or when the upstream answered, if later); QTYPEs in `drop` are never answered; in
-    answers to QTYPEs in `tamper` the first such record's last rdata byte is flipped (put the
-    relay between unbound and a signed knot: the answer turns bogus, SERVFAIL)."""
+    (or when the upstream answered, if later). By QTYPE also: `drop` never answers;
+    `tamper` flips the last rdata byte of the first such answer record (put the relay
+    between unbound and a signed knot: the answer turns bogus, SERVFAIL); `rcode` answers
+    at once with that RCODE ({"HTTPS": "SERVFAIL"}); `truncate` answers UDP with an empty
+    TC answer (the client retries over TCP, relayed normally). Pipelined TCP queries are
+    answered as their delays end."""
     addrs = _listens(listen) if listen is not None else [("127.0.0.1", free_port())]
     cfg = {"upstream": list(upstream), "listen": [list(a) for a in addrs],
-           "delays": {str(_qtype(k)): float(v) for k, v in (delays or {}).items()},
-           "drop": [_qtype(k) for k in drop], "tamper": [_qtype(k) for k in tamper]}
+           **_relay_settings(delays or {}, drop, tamper, rcode or {}, truncate)}
     with tempfile.TemporaryDirectory(prefix="dnslab-relay-") as tmp:
         script = Path(tmp) / "relay.py"
         script.write_text(RELAY_SCRIPT)
@@ -904,11 +953,14 @@ def skip_reason(topo: Any = None) -> str | None:
 def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         resolver: bool = True, delays: Mapping[str | int, float] | None = None,
         drop: Iterable[str | int] = (), tamper: Iterable[str | int] = (),
-        relay: bool = False, topo: Any = None, host: str | None = None, loopback: str = "127.0.0.1",
+        rcode: Mapping[str | int, str | int] | None = None,
+        truncate: Iterable[str | int] = (), relay: bool = False, topo: Any = None,
+        host: str | None = None, loopback: str = "127.0.0.1",
         resolv_conf: bool = True, resolv_options: Sequence[str] = (),
         unbound_extra: Sequence[str] = ()) -> Iterator[Lab]:
-    """knot (+ unbound, + the delay relay when `relay` or `delays`/`drop` are given, so a
-    test can `lab.relay.set(...)` later), wired together:
+    """knot (+ unbound, + the delay relay when `relay` or any of `delays`, `drop`, `rcode`,
+    `truncate` is given (see delay_relay); `lab.relay.set(...)` changes them later), wired
+    together:
     client -> [relay: delays, drop] -> unbound -> [inner relay: tamper] -> knot.
 
     Loopback (no `topo`): everything on `loopback` (127.0.0.1 or ::1), free ports, no root.
@@ -928,8 +980,8 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
             pytest.skip(reason)
         raise RuntimeError(reason)
     zone = zone if zone is not None else example_zone()
-    drop, tamper = tuple(drop), tuple(tamper)
-    relayed = relay or bool(delays) or bool(drop)
+    drop, tamper, truncate = tuple(drop), tuple(tamper), tuple(truncate)
+    relayed = relay or bool(delays) or bool(drop) or bool(rcode) or bool(truncate)
     netns: str | None = None
     if topo is None:
         k_listen: list[Address] = [(loopback, free_port(loopback))]
@@ -961,7 +1013,7 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         r = None
         if relayed:
             r = stack.enter_context(delay_relay(front_addrs[0], delays, r_listen, netns=netns,
-                                                drop=drop))
+                                                drop=drop, rcode=rcode, truncate=truncate))
             front_addrs = r.listen
         if topo is not None and resolv_conf:
             topo.resolv_conf(topo.a, [a for a, _ in front_addrs], resolv_options)

@@ -209,6 +209,24 @@ def test_delay_relay_delays_one_qtype() -> None:
         assert running.relay.queries()[-1].answered is None
 
 
+def test_relay_answers_an_rcode_or_truncates() -> None:
+    with lab(example_zone(), rcode={"HTTPS": "SERVFAIL"}, truncate=["A"]) as running:
+        assert running.relay is not None
+        out = dig(running.nameserver, "svc.lab.test", "HTTPS")
+        assert dig_status(out.stdout) == "SERVFAIL", out.stdout
+        out = dig(running.nameserver, "svc.lab.test", "A", "+short")  # dig retries over TCP
+        assert out.stdout.split() == ["198.18.1.2"]
+        query = dns.message.make_query("svc.lab.test.", "A")
+        reply = dns.query.udp(query, *running.nameserver[:1], port=running.nameserver[1],
+                              timeout=3)
+        assert reply.flags & dns.flags.TC and not reply.answer
+        seen = [(q.rtype, q.transport) for q in running.relay.queries()]
+        assert seen == [("HTTPS", "udp"), ("A", "udp"), ("A", "tcp"), ("A", "udp")]
+        running.relay.set(rcode={}, truncate=[])
+        out = dig(running.nameserver, "svc.lab.test", "HTTPS", "+short")
+        assert out.stdout.startswith("1 . alpn="), out.stdout
+
+
 def test_knot_restart_keeps_its_keys(signed: Lab) -> None:
     zone = Zone("restart.test.").add("svc", 300, "A", "198.18.1.2")
     with dnslab.knot(zone, signed=True) as k:
