@@ -2,6 +2,11 @@
 
 Rule 1: renderers read `Decision` only; they never recompute anything, so the text, the
 JSON and the DOT of one decision cannot disagree.
+Rule 2: the resolution block (passes, service endpoints, attempt delay, DANE, ECH) says only
+what is worth a line (docs/explain.md, "The resolution block"): an IP literal or a snapshot
+whose answers were all known at once, with no SVCB/HTTPS records, no delay measured from
+history and no TLSA answer, prints none of it, so simple explanations stay as short as
+before. The JSON carries every field whatever the text leaves out.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from collections import defaultdict
 
 from ..policy.load import Statement
 from ..policy.resolve import Effective, show_value
-from .decision import Candidate, Decision, Exclusion
+from .decision import Candidate, Decision, Exclusion, ServiceEndpoint
 
 __all__ = ["render_dot", "render_properties", "render_text"]
 
@@ -75,6 +80,7 @@ def render_text(decision: Decision) -> str:
         out.append("conflicts")
         out.extend(f"  ! {c.reason}" for c in decision.conflicts)
 
+    out.extend(_resolution(decision))
     out.append("tree")
     out.extend(_tree(decision))
     out.extend(_multipath(decision))
@@ -101,6 +107,109 @@ def _verdict(decision: Decision) -> str:
 
 def _addr(a: str) -> str:
     return f"[{a}]" if ":" in a else a
+
+
+FALLBACK_PRIORITY = 65536
+"""`RankKey.service_priority` of the endpoint no record offered (decision/service.py)."""
+
+
+def _ms(value: float) -> str:
+    return f"{value:g} ms"
+
+
+def _many_passes(decision: Decision) -> bool:
+    """Do the passes say more than "everything was known at once" (Rule 2)?"""
+    return len(decision.passes) > 1 or any(p.at_ms > 0 for p in decision.passes)
+
+
+def _dane_worth_a_line(decision: Decision) -> bool:
+    d = decision.dane
+    return d is not None and (d.mode == "require" or d.records > 0 or d.validated)
+
+
+def _ech_value(decision: Decision) -> str:
+    eff = decision.properties.get("security.ech")
+    return str(eff.value) if eff is not None else "prefer"
+
+
+def _resolution(decision: Decision) -> list[str]:
+    """The resolution block: the passes with their answers, the service endpoints, the
+    attempt delay and where it came from, DANE and ECH; only what is worth a line (Rule 2)."""
+    if decision.outcome == "policy_prohibited":
+        return []
+    delay = decision.attempt_delay
+    ech = [e for e in decision.services if e.ech]
+    parts = (_many_passes(decision), bool(decision.services),
+             delay is not None and delay.source == "history", _dane_worth_a_line(decision),
+             bool(ech) or _ech_value(decision) == "require")
+    if not any(parts):
+        return []
+    out = ["resolution"]
+    if parts[0]:
+        for p in decision.passes:
+            out.append(f"  pass {p.number}  at {_ms(p.at_ms)}  {p.trigger}")
+            out.extend(f"    {answer}" for answer in p.answers)
+    if decision.services:
+        first = decision.services[0]
+        chain = ""
+        if first.alias_chain:
+            chain = f" (alias {' -> '.join((first.name, *first.alias_chain))})"
+        out.append(f"  services of {first.name}{chain}")
+        width = max(len(_endpoint(e)) for e in decision.services)
+        out.extend(f"    {_priority(e):<11} {_endpoint(e):<{width}}  {_offer(e)}"
+                   for e in decision.services)
+    if delay is not None:
+        out.append(f"  attempt delay  {delay.ms} ms from {delay.source}: {delay.reason}")
+    if decision.dane is not None and _dane_worth_a_line(decision):
+        d = decision.dane
+        facts = (f"{_n(d.records, 'record')}, {d.usable} usable, "
+                 f"{'validated' if d.validated else 'not validated'}")
+        out.append(f"  dane           {d.mode}  {d.name or '-'}: {facts}; {d.reason}")
+    if parts[4]:
+        value = _ech_value(decision)
+        targets = list(dict.fromkeys(e.target for e in ech))
+        who = (f"{', '.join(targets)} publish{'es' if len(targets) == 1 else ''} ECH"
+               if targets else "no target publishes ECH")
+        what = ("candidates whose stack cannot send ECH are excluded" if value == "require"
+                else "no stack here can send ECH, the server name goes in clear")
+        out.append(f"  ech            {who}; security.ech {value}: {what}")
+    return out
+
+
+def _priority(e: ServiceEndpoint) -> str:
+    return "fallback" if e.priority >= FALLBACK_PRIORITY else f"priority {e.priority}"
+
+
+def _endpoint(e: ServiceEndpoint) -> str:
+    return f"{e.target}:{e.port}"
+
+
+def _offer(e: ServiceEndpoint) -> str:
+    bits = []
+    if e.alpn:
+        bits.append(f"alpn {','.join(e.alpn)}")
+    bits.append(f"stacks {','.join(e.stacks) or 'none'}")
+    if e.ech:
+        bits.append("ech")
+    text = "  ".join(bits)
+    return f"{text}  {e.reason}" if e.reason else text
+
+
+def _notes(decision: Decision, c: Candidate) -> str:
+    """What the tree adds to a candidate's line: its pass when there are several, the
+    service record it came from, a remembered failure, an MPTCP fallback."""
+    notes = []
+    if len(decision.passes) > 1:
+        notes.append(f"pass {c.resolution_pass}")
+    if decision.services:
+        prio = c.key.service_priority
+        notes.append("fallback endpoint" if prio >= FALLBACK_PRIORITY else
+                     f"service priority {prio}")
+    if c.key.recent_failure:
+        notes.append("recent failure: ranked last")
+    if c.key.to_dict()["history"] == "fallback":
+        notes.append("history: peer fell back to TCP")
+    return "".join(f"  {n}" for n in notes)
 
 
 def _tree(decision: Decision) -> list[str]:
@@ -137,8 +246,7 @@ def _tree(decision: Decision) -> list[str]:
             lines.append(f"    {stack}")
             for c in cands:
                 star = "*" if c is first else " "
-                note = ("  history: peer fell back to TCP"
-                        if c.key.to_dict()["history"] == "fallback" else "")
+                note = _notes(decision, c)
                 lines.append(f"     {star} #{c.rank:<3} {_addr(c.remote_address)}:{c.remote_port}"
                              f" from {c.local_address}  start {c.start_ms} ms{note}")
         for e in pair_excl.get(name, []):
@@ -222,6 +330,11 @@ def render_dot(decision: Decision) -> str:
             seen.add(line)
             out.append(line)
 
+    summary = _resolution(decision)
+    if summary:  # Rule 2: the same lines as the text's resolution block, as one note
+        node("resolution", "\n".join(line.strip() for line in summary[1:]),
+             ", shape=note")
+        edge("root", "resolution", "style=dotted, arrowhead=none")
     path_excl = {e.interface for e in decision.excluded
                  if e.interface and not e.stack and not e.remote_address}
     roles = {s.interface: s.role for s in decision.subflows}
@@ -233,12 +346,13 @@ def render_dot(decision: Decision) -> str:
     first = decision.candidates[0] if decision.candidates else None
     for c in decision.candidates:
         p, s = f"if:{c.interface}", f"st:{c.interface}:{c.stack}"
-        leaf = f"ep:{c.interface}:{c.stack}:{c.remote_address}"
+        leaf = f"ep:{c.interface}:{c.stack}:{c.remote_address}:{c.remote_port}"
         node(p, c.interface)
         node(s, c.stack)
         bold = ", style=bold, penwidth=2" if c is first else ""
+        extra = "".join(f"\n{n.strip()}" for n in _notes(decision, c).split("  ") if n)
         node(leaf, f"#{c.rank} {_addr(c.remote_address)}:{c.remote_port}\n"
-                   f"start {c.start_ms} ms", bold)
+                   f"start {c.start_ms} ms{extra}", bold)
         edge("root", p)
         edge(p, s)
         edge(s, leaf)
