@@ -912,9 +912,10 @@ class Lab:
         return self.unbound.trust_anchor if self.unbound else None
 
     def resolv_conf_text(self, options: Sequence[str] = ()) -> str:
-        """A resolv.conf naming the lab's nameservers; a port other than 53 is written as
-        `ADDR:PORT` / `[V6]:PORT` (systemd's form, which taps_post.resolver reads, glibc
-        does not): for `$TAPS_POST_RESOLV_CONF` in loopback tests."""
+        """A resolv.conf naming the lab's nameservers (for `$TAPS_POST_RESOLV_CONF`). A port
+        other than 53 is written as `ADDR:PORT` / `[V6]:PORT`, systemd's form, which glibc
+        and taps_post.resolver skip as a resolv.conf line: use `lab(port53=True)` (root) or
+        namespace mode for a resolv.conf they read."""
         lines = []
         for addr, port in self.nameservers:
             if port == 53:
@@ -941,6 +942,40 @@ class Lab:
         return "\n".join(parts)
 
 
+_used53: set[str] = set()
+
+
+def _loopback53() -> str:
+    """A 127.53.X.Y address (loopback: all of 127/8 is local on Linux) whose port 53 is free
+    for UDP and TCP; never 127.0.0.1 or 127.0.0.53, where a system resolver may listen."""
+    import random
+    for _ in range(100):
+        addr = f"127.53.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
+        if addr in _used53:
+            continue
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind((addr, 53))
+        except OSError:
+            continue
+        _used53.add(addr)
+        return addr
+    raise RuntimeError("no 127.53.X.Y address with a free port 53")
+
+
+def port53_unavailable() -> str | None:
+    """Why `lab(port53=True)` cannot run here (not root; port 53 taken by a wildcard
+    listener), or None."""
+    if os.geteuid() != 0:
+        return "port 53 on loopback needs root (CI runs as root)"
+    try:
+        _used53.discard(_loopback53())  # only a probe: the address stays available
+    except (RuntimeError, OSError) as exc:
+        return f"cannot listen on 127.53.X.Y port 53: {exc}"
+    return None
+
+
 def skip_reason(topo: Any = None) -> str | None:
     """Why `lab()` cannot run here (tools missing; namespace mode without root), or None."""
     reason = missing_tools()
@@ -955,7 +990,7 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         drop: Iterable[str | int] = (), tamper: Iterable[str | int] = (),
         rcode: Mapping[str | int, str | int] | None = None,
         truncate: Iterable[str | int] = (), relay: bool = False, topo: Any = None,
-        host: str | None = None, loopback: str = "127.0.0.1",
+        host: str | None = None, loopback: str = "127.0.0.1", port53: bool = False,
         resolv_conf: bool = True, resolv_options: Sequence[str] = (),
         unbound_extra: Sequence[str] = ()) -> Iterator[Lab]:
     """knot (+ unbound, + the delay relay when `relay` or any of `delays`, `drop`, `rcode`,
@@ -964,6 +999,9 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
     client -> [relay: delays, drop] -> unbound -> [inner relay: tamper] -> knot.
 
     Loopback (no `topo`): everything on `loopback` (127.0.0.1 or ::1), free ports, no root.
+    With `port53` (root): the front server (relay or unbound) listens on port 53 of a fresh
+    127.53.X.Y address instead, so a resolv.conf without ports (glibc's, and what
+    taps_post.resolver reads) names it: `lab.write_resolv_conf(path)`.
     Namespace (`topo`, a tests/netns.py Topology, root): all servers in `host` (default
     topo.b): knot on 127.0.0.1@53, unbound on 198.18.1.2/fd00:1::2 port 53 (on 127.0.0.2@53
     behind the relay, which then takes 198.18.1.2/fd00:1::2 port 53; the inner relay is on
@@ -974,6 +1012,8 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
     `validate`: SERVFAIL); `resolver=False`: clients ask knot directly (AA, no RA, no AD).
     Under pytest a missing tool or root skips; elsewhere it raises."""
     reason = skip_reason(topo)
+    if reason is None and port53 and topo is None:
+        reason = port53_unavailable()
     if reason is not None:
         if "pytest" in sys.modules:
             import pytest
@@ -988,6 +1028,14 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
         u_listen: list[Address] = [(loopback, free_port(loopback))]
         r_listen: list[Address] = [(loopback, free_port(loopback))]
         t_listen: list[Address] = [(loopback, free_port(loopback))]
+        if port53:
+            front53 = [(_loopback53(), 53)]
+            if relayed:
+                r_listen = front53
+            elif resolver:
+                u_listen = front53
+            else:
+                k_listen = front53
     else:
         from netns import B1_V4, B1_V6
         netns = host or topo.b

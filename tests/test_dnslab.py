@@ -209,6 +209,23 @@ def test_delay_relay_delays_one_qtype() -> None:
         assert running.relay.queries()[-1].answered is None
 
 
+def test_port53_lab_is_named_by_a_plain_resolv_conf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reason = dnslab.port53_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    from taps_post.resolver.conf import parse_resolv_conf
+
+    with lab(example_zone(), port53=True, relay=True) as running:
+        ((addr, port),) = running.nameservers
+        assert port == 53 and addr.startswith("127.53.")
+        text = running.write_resolv_conf(tmp_path / "resolv.conf").read_text()
+        assert text == f"nameserver {addr}\n"
+        config = parse_resolv_conf(text)
+        assert [(ns.address, ns.port) for ns in config.nameservers] == [(addr, 53)]
+        out = dig((addr, 53), "svc.lab.test", "A", "+dnssec")
+        assert "ad" in dig_flags(out.stdout), out.stdout
+
+
 def test_relay_answers_an_rcode_or_truncates() -> None:
     with lab(example_zone(), rcode={"HTTPS": "SERVFAIL"}, truncate=["A"]) as running:
         assert running.relay is not None
