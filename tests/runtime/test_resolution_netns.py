@@ -1,0 +1,275 @@
+"""Resolution racing end to end (HEv3) on the two-host topology, with real DNS servers.
+
+Host B runs the DNS lab of tests/dnslab.py in namespace mode (knot, a validating unbound, the
+delaying relay on 198.18.1.2 / fd00:1::2 port 53; host A's resolv.conf names them) and a
+taps_post Listener with a certificate on PORT 443 (TLS and QUIC) and on QPORT (the port an HTTPS
+record moves QUIC to). Host A runs a client that takes JSON-line commands, initiates with a
+trace callback and answers with the events (their `t_ms` on the client's loop clock), the
+winner and the explanation. The zone `lab.test`:
+
+    svc     A 198.18.1.2, AAAA fd00:1::2           (the delayed-AAAA race)
+    hint    HTTPS 1 . alpn=h2 ipv4hint=198.18.1.2; A 198.18.1.2, no AAAA
+    moved   HTTPS 1 . alpn=h3 port=QPORT; A 198.18.1.2
+    alias   HTTPS 0 hop -> hop HTTPS 0 end -> end HTTPS 1 . alpn=h2; end A 198.18.2.2
+    ttl     A 198.18.1.2, TTL 2 s                   (changed by the test)
+
+Timing assertions hold with wide margins (a loaded 2-core machine): "about resolutionDelay
+after the A answer" is checked as 30-250 ms, against an AAAA answer 400 ms late.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import taps_post as tp
+from dnslab import Zone, lab
+from netns import B1_V4, B1_V6, B2_V4, NsProcess, Topology, topology
+
+PORT, QPORT = 443, 6443
+"""PORT is the https default: the HTTPS records live at the names themselves (RFC 9460 9.1)."""
+AAAA_DELAY = 0.4
+
+SERVER = r"""
+import asyncio, json, sys
+import taps_post as tp
+
+CERT, KEY, PORTS = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+
+async def serve(carrier):
+    try:
+        async for msg in carrier:
+            await carrier.send(b"echo:" + bytes(msg))
+    finally:
+        await carrier.close()
+
+async def main():
+    cert = tp.certs.Certificate.from_files(CERT, KEY)
+    policy = tp.PolicyContext(system=[], app_name="srv")
+    listeners = [await tp.listen(tp.Local(port=p, certificates=[cert]), policy=policy)
+                 for p in PORTS]
+    tasks = set()
+
+    def accept(carrier):
+        task = asyncio.ensure_future(serve(carrier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    for listener in listeners:
+        listener.accept(accept)
+    print(json.dumps({"ports": [l.ports for l in listeners]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    for listener in listeners:
+        await listener.close()
+
+asyncio.run(main())
+"""
+
+CLIENT = r"""
+import asyncio, json, os, sys, time
+import taps_post as tp
+from taps_post.runtime import api  # import cost stays outside the timings
+
+CERT = tp.certs.Certificate.from_files(sys.argv[1])
+
+def policy(cmd):
+    values = {"racing.attemptDelay": cmd.get("attempt_delay", 100),
+              "interface.veth-a2": "prohibit", "connTimeout": 3000}
+    values.update(cmd.get("set", {}))
+    app = {"version": 1, "layer": "app", "rules": [{"id": "t", "set": values}]}
+    return tp.PolicyContext(system=[], app=app, app_name="t")
+
+async def initiate(cmd):
+    saved = {k: os.environ.get(k) for k in cmd.get("env", {})}
+    os.environ.update(cmd.get("env", {}))
+    events = []
+    remote = tp.Remote.parse(cmd["target"], certificates=[CERT])
+    try:
+        try:
+            carrier = await tp.initiate(remote, policy=policy(cmd),
+                                        store=tp.AssociationStore(),
+                                        trace=lambda n, i: events.append([n, i]))
+        except tp.EstablishmentError as exc:
+            return {"ok": False, "error": str(exc), "events": events}
+        out = {"ok": True, "stack": carrier.stack, "winner": carrier.candidate.to_dict(),
+               "explanation": carrier.explanation.to_dict(), "events": events}
+        await carrier.send(b"ping")
+        out["echo"] = bytes(await asyncio.wait_for(carrier.receive(), 5)).decode()
+        await carrier.close()
+        return out
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+async def main():
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        try:
+            out = await initiate(json.loads(line))
+        except Exception as exc:
+            out = {"ok": False, "unexpected": repr(exc)}
+        print(json.dumps(out), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def zone() -> Zone:
+    z = Zone("lab.test.")
+    z.add("svc", 300, "A", B1_V4).add("svc", 300, "AAAA", B1_V6)
+    z.add("hint", 300, "HTTPS", f"1 . alpn=h2 ipv4hint={B1_V4}").add("hint", 300, "A", B1_V4)
+    z.add("moved", 300, "HTTPS", f"1 . alpn=h3 port={QPORT}").add("moved", 300, "A", B1_V4)
+    z.add("alias", 300, "HTTPS", "0 hop.lab.test.").add("hop", 300, "HTTPS", "0 end.lab.test.")
+    z.add("end", 300, "HTTPS", "1 . alpn=h2").add("end", 300, "A", B2_V4)
+    z.add("ttl", 2, "A", B1_V4)
+    return z
+
+
+@dataclass
+class Scene:
+    topo: Topology
+    dns: Any
+    zone: Zone
+    client: NsProcess
+
+    def initiate(self, target: str, timeout: float = 15.0, **cmd: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.client.request({"target": target, **cmd}, timeout)
+        assert "unexpected" not in out, out["unexpected"]
+        assert out["ok"], out.get("error")
+        return out
+
+
+@pytest.fixture(scope="module")
+def scene() -> Iterator[Scene]:
+    z = zone()
+    with topology("trs") as topo, lab(z, topo=topo, relay=True,
+                                      resolv_options=("timeout:1",)) as dns:
+        topo.hosts(topo.a, {"named": [B1_V6]})
+        cert = tp.certs.self_signed(["svc.lab.test", "hint.lab.test", "moved.lab.test",
+                                     "alias.lab.test", "ttl.lab.test", "named"])
+        assert cert.key_pem is not None
+        cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
+        cert_path.write_text(cert.cert_pem)
+        key_path.write_text(cert.key_pem)
+        server = topo.spawn(topo.b, SERVER, str(cert_path), str(key_path), str(PORT),
+                            str(QPORT))
+        server.read_json(10)
+        client = topo.spawn(topo.a, CLIENT, str(cert_path))
+        yield Scene(topo, dns, z, client)
+
+
+@pytest.fixture
+def fresh(scene: Scene) -> Iterator[Scene]:
+    scene.dns.relay.set(delays={}, drop=[])
+    scene.topo.clear_blackholes(scene.topo.b)
+    yield scene
+    scene.dns.relay.set(delays={}, drop=[])
+    scene.topo.clear_blackholes(scene.topo.b)
+
+
+def events(out: dict[str, Any], name: str, **match: Any) -> list[dict[str, Any]]:
+    return [i for n, i in out["events"] if n == name
+            and all(i.get(k) == v for k, v in match.items())]
+
+
+def test_ipv4_starts_resolution_delay_after_a_and_aaaa_joins_later(fresh: Scene) -> None:
+    fresh.dns.relay.set(delays={"AAAA": AAAA_DELAY})
+    fresh.topo.blackhole(fresh.topo.b, daddr=B1_V4)  # the IPv4 attempts hang
+    out = fresh.initiate(f"tls://svc.lab.test:{PORT}")
+    (a,) = events(out, "resolution.answer", rtype="A")
+    (aaaa,) = events(out, "resolution.answer", rtype="AAAA")
+    starts = events(out, "attempt.started")
+    first = starts[0]
+    assert first["remote"] == f"{B1_V4}:{PORT}"
+    gap = first["t_ms"] - a["t_ms"]
+    assert 30.0 <= gap <= 250.0, f"IPv4 started {gap:.0f} ms after the A answer"
+    assert aaaa["t_ms"] - a["t_ms"] >= AAAA_DELAY * 1000 - 150
+    assert first["t_ms"] < aaaa["t_ms"] - 100, "the IPv4 attempt waited for the AAAA"
+    v6 = [s for s in starts if s["remote"] == f"[{B1_V6}]:{PORT}"]
+    assert v6 and v6[0]["t_ms"] >= aaaa["t_ms"], "the AAAA candidate joined after its answer"
+    assert events(out, "race.joined")
+    assert out["winner"]["remote_address"] == B1_V6 and out["winner"]["pass"] == 2
+    passes = out["explanation"]["resolution"]["passes"]
+    assert [p["number"] for p in passes] == [1, 2], passes
+    assert "resolutionDelay" in passes[0]["trigger"]
+    assert [e["number"] for e in events(out, "resolution.pass")] == [1, 2]
+    assert out["echo"] == "echo:ping"
+
+
+def test_an_ipv4hint_is_raced_before_the_a_answer(fresh: Scene) -> None:
+    fresh.dns.relay.set(delays={"A": 0.6})
+    out = fresh.initiate("https://hint.lab.test")
+    (https,) = events(out, "resolution.answer", rtype="HTTPS")
+    (won,) = events(out, "attempt.won")
+    assert out["stack"] == "tls" and out["winner"]["remote_address"] == B1_V4
+    # The race was won on the hint, before the A answer came back (its query was cancelled
+    # then: no A answer is in the trace at all).
+    assert won["t_ms"] - https["t_ms"] < 400.0, "the hint's attempt waited for the A answer"
+    assert not events(out, "resolution.answer", rtype="A")
+    assert out["explanation"]["resolution"]["passes"][0]["number"] == 1
+    assert all(c["stack"] != "quic" for c in out["explanation"]["candidates"]), \
+        "alpn=h2 offers no QUIC"
+
+
+def test_an_https_record_moves_the_quic_candidate_to_its_port(fresh: Scene) -> None:
+    out = fresh.initiate("https://moved.lab.test")
+    assert out["stack"] == "quic" and out["winner"]["remote_port"] == QPORT
+    ports = {(c["stack"], c["remote_port"]) for c in out["explanation"]["candidates"]}
+    assert ("quic", QPORT) in ports and ("quic", PORT) not in ports
+    assert ("tls", PORT) in ports, "the origin's own endpoint stays as the fallback"
+    assert out["echo"] == "echo:ping"
+
+
+def test_an_alias_mode_chain_is_followed(fresh: Scene) -> None:
+    out = fresh.initiate("https://alias.lab.test")
+    assert out["winner"]["remote_address"] == B2_V4 and out["stack"] == "tls"
+    asked = {(e["name"], e["rtype"]) for e in events(out, "resolution.answer")}
+    assert {("alias.lab.test", "HTTPS"), ("hop.lab.test", "HTTPS"), ("end.lab.test", "HTTPS"),
+            ("end.lab.test", "A")} <= asked
+
+
+def test_ttl_expiry_is_observed(fresh: Scene) -> None:
+    target = f"tls://ttl.lab.test:{PORT}"
+    fetched = time.monotonic()
+    assert fresh.initiate(target)["winner"]["remote_address"] == B1_V4
+    fresh.zone.replace("ttl", "A", 2, B2_V4)
+    fresh.dns.knot.reload()
+    cached = fresh.initiate(target)
+    assert cached["winner"]["remote_address"] == B1_V4
+    assert all(e["from_cache"] for e in events(cached, "resolution.answer"))
+    # unbound counts the 2 s from its own fetch in whole seconds (an answer at TTL 0 is
+    # still the old one): past 3 s after the first connect, every cache has let it go.
+    time.sleep(max(0.0, fetched + 3.2 - time.monotonic()))
+    after = fresh.initiate(target)
+    assert after["winner"]["remote_address"] == B2_V4
+    assert not any(e["from_cache"] for e in events(after, "resolution.answer", rtype="A"))
+
+
+def test_a_name_in_the_hosts_file_asks_no_nameserver(fresh: Scene) -> None:
+    fresh.dns.relay.queries(clear=True)
+    out = fresh.initiate(f"tls://named:{PORT}")
+    assert out["winner"]["remote_address"] == B1_V6
+    assert [e["status"] for e in events(out, "resolution.answer")] == ["hosts"]
+    assert not [q for q in fresh.dns.relay.queries() if q.name.rstrip(".") == "named"]
+
+
+def test_no_nameserver_falls_back_to_getaddrinfo(fresh: Scene) -> None:
+    empty = fresh.topo.tmp / "empty"
+    empty.write_text("")
+    # resolv.conf without a nameserver, and a hosts file for our resolver that lists
+    # nothing: only getaddrinfo (glibc, reading the namespace's /etc/hosts) finds `named`.
+    out = fresh.initiate(f"tls://named:{PORT}", env={"TAPS_POST_RESOLV_CONF": str(empty),
+                                                     "TAPS_POST_HOSTS": str(empty)})
+    assert out["winner"]["remote_address"] == B1_V6
+    assert [e["status"] for e in events(out, "resolution.answer")] == ["getaddrinfo"]
