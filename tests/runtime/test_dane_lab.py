@@ -225,3 +225,24 @@ def test_initiate_connects_by_dane_and_refuses_a_mismatch(resolving: dnslab.Lab,
     assert failed and all(a.kind is FailureKind.TLS_VERIFY for a in failed), err
     assert all(isinstance(a.exception, DaneError) for a in failed), err
     assert f"_{tls_server}._tcp.{BAD}" in str(err)
+
+
+def test_initiate_quic_by_dane(resolving: dnslab.Lab, tmp_path: Path) -> None:
+    """quic:// through the runtime: the `_port._udp` TLSA record (3 0 2) accepts aioquic's
+    server, whose self-signed certificate nobody pinned."""
+    policy = tp.PolicyContext(system=[], app={
+        "version": 1, "layer": "app",
+        "rules": [{"id": "q", "set": {"stack": {"quic": "require"},
+                                      "security.dane": "require"}}]}, app_name="dane")
+
+    async def main() -> Any:
+        async with aioquic_server(tmp_path, SERVER, port=UDP_PORT) as port:
+            carrier = await tp.initiate(f"quic://{GOOD}:{port}", policy=policy)
+            try:
+                return carrier.stack, carrier.transients[0].dane
+            finally:
+                await carrier.close()
+
+    stack, how = run(main())
+    assert stack == "quic"
+    assert how == f"dane-ee match (3 0 2) at _{UDP_PORT}._udp.{GOOD}"
