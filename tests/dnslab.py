@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 Address = tuple[str, int]
 Record = tuple[str, int, str, str]
@@ -103,9 +103,10 @@ def _at(addr: Address) -> str:
 
 
 def _listens(listen: Address | Sequence[Address]) -> list[Address]:
+    """One (addr, port) or a sequence of them, as a list."""
     if len(listen) == 2 and isinstance(listen[0], str) and isinstance(listen[1], int):
-        return [listen]  # type: ignore[list-item]
-    return [tuple(a) for a in listen]  # type: ignore[misc]
+        return [(listen[0], listen[1])]
+    return [(str(a[0]), int(a[1])) for a in cast("Sequence[Address]", listen)]
 
 
 def _ns_prefix(netns: str | None) -> list[str]:
@@ -210,11 +211,13 @@ def tlsa_rdata(pem: bytes | str, usage: int = 3, selector: int = 1, matching: in
                                               serialization.PublicFormat.SubjectPublicKeyInfo)
     else:
         raise ValueError(f"TLSA selector {selector} is not 0 or 1")
-    digest = {0: lambda b: b, 1: lambda b: hashlib.sha256(b).digest(),
-              2: lambda b: hashlib.sha512(b).digest()}
-    if matching not in digest:
+    if matching == 0:
+        value = data
+    elif matching in (1, 2):
+        value = (hashlib.sha256 if matching == 1 else hashlib.sha512)(data).digest()
+    else:
         raise ValueError(f"TLSA matching type {matching} is not 0, 1 or 2")
-    return f"{usage} {selector} {matching} {digest[matching](data).hex()}"
+    return f"{usage} {selector} {matching} {value.hex()}"
 
 
 def tlsa_record(pem: bytes | str, host: str = "svc", port: int = 443, proto: str = "tcp",

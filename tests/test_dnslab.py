@@ -7,6 +7,8 @@ Rule 2: loopback tests need no root; the namespace test skips without root, with
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import statistics
 import subprocess
 import time
@@ -61,7 +63,7 @@ def test_https_service_mode_fields(signed: Lab) -> None:
     assert params["port"].port == 8443
     assert [str(a) for a in params["ipv4hint"].addresses] == ["198.18.1.2"]
     assert [str(a) for a in params["ipv6hint"].addresses] == ["fd00:1::2"]
-    assert params["ech"].ech == __import__("base64").b64decode(dnslab.ECH_CONFIG)
+    assert params["ech"].ech == base64.b64decode(dnslab.ECH_CONFIG)
     out = dig(signed.nameserver, "svc.lab.test", "HTTPS", "+short")
     assert "alpn=\"h3,h2\" port=8443" in out.stdout, out.stdout
 
@@ -138,7 +140,7 @@ def test_tampered_answers_are_servfail_and_unvalidated_ones_pass_unflagged() -> 
         assert "ad" in dig_flags(good.stdout)  # only the TLSA answers were altered
         assert running.inner_relay is not None
         direct = dig(running.inner_relay.address, "_443._tcp.svc.lab.test", "TLSA", "+short")
-        assert direct.stdout.split()[3].lower() != dnslab.hashlib.sha256(b"lab").hexdigest()
+        assert direct.stdout.split()[3].lower() != hashlib.sha256(b"lab").hexdigest()
     with lab(example_zone(), tamper=["TLSA"], validate=False) as running:
         out = dig(running.nameserver, "_443._tcp.svc.lab.test", "TLSA", "+dnssec")
         assert dig_status(out.stdout) == "NOERROR" and "ad" not in dig_flags(out.stdout)
@@ -256,12 +258,15 @@ def test_knot_restart_keeps_its_keys(signed: Lab) -> None:
 
 def test_lab_on_port_53_in_a_namespace() -> None:
     netns = pytest.importorskip("netns")
-    with netns.topology("dl") as topo, lab(example_zone(), topo=topo) as running:
+    with netns.topology("dl") as topo, lab(example_zone(), topo=topo,
+                                           delays={"AAAA": 0.2}) as running:
         assert running.nameservers == ((netns.B1_V4, 53), (netns.B1_V6, 53))
         conf = (netns.Path("/etc/netns") / topo.a / "resolv.conf").read_text()
         assert conf.splitlines() == [f"nameserver {netns.B1_V4}", f"nameserver {netns.B1_V6}"]
         out = dig((netns.B1_V6, 53), "_443._tcp.svc.lab.test", "TLSA", "+dnssec",
                   netns=topo.a)
         assert "ad" in dig_flags(out.stdout), out.stdout
+        ms = dig_query_ms(dig((netns.B1_V4, 53), "svc.lab.test", "AAAA", netns=topo.a).stdout)
+        assert ms is not None and abs(ms - 200) <= 30  # the relay owns port 53 there
         hosts = topo.exec(topo.a, "getent", "ahosts", "svc.lab.test").stdout
         assert {line.split()[0] for line in hosts.splitlines()} == {"198.18.1.2", "fd00:1::2"}
