@@ -119,7 +119,7 @@ def test_dane_ee_ignores_names_and_dates(pki: dict[str, Any]) -> None:
 
 def test_dane_ee_matches_the_leaf_only(pki: dict[str, Any]) -> None:
     chain = [_der(pki["leaf"]), _der(pki["inter"])]
-    with pytest.raises(DaneError, match="not the leaf"):
+    with pytest.raises(DaneError, match="not the leaf's key"):
         dane.check(tlsa(record(3, 1, 1, pki["inter"])), "opportunistic", chain)
 
 

@@ -127,7 +127,8 @@ def check(tlsa: TlsaSet | None, mode: str, chain: Sequence[bytes], *,
         if r.usage == DANE_EE:
             if _matches(r, chain[0], certs[0]):
                 return f"dane-ee match ({label}) at {name}"
-            tried.append(f"{label}: not the leaf")
+            what = "certificate" if r.selector == 0 else "key"
+            tried.append(f"{label}: not the leaf's {what}")
             continue
         found, why = _ta_match(r, chain, certs, host)
         if found:
