@@ -876,7 +876,11 @@ def delay_relay(upstream: Address, delays: Mapping[str | int, float] | None = No
     with tempfile.TemporaryDirectory(prefix="dnslab-relay-") as tmp:
         script = Path(tmp) / "relay.py"
         script.write_text(RELAY_SCRIPT)
-        daemon = _Daemon([sys.executable, "-I", str(script), json.dumps(cfg)], netns=netns,
+        # Stdlib only, so any python3 runs it (this interpreter may not be executable for a
+        # user who only imported it, e.g. a venv under /root).
+        python = sys.executable if os.access(sys.executable, os.X_OK) else (
+            shutil.which("python3") or sys.executable)
+        daemon = _Daemon([python, "-I", str(script), json.dumps(cfg)], netns=netns,
                          log=Path(tmp) / "relay.log", label="delay relay",
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
