@@ -227,3 +227,26 @@ def test_trust_admits_only_tickets_that_matched_the_same_records(
         Origin("A", False, False, records)), "matched other records"
     # Without a deciding set, a DANE-matched ticket proved no PKIX verification.
     assert not Trust(frozenset(), True).admits(Origin("A", False, False, records))
+
+
+def test_compat_peer_chain_is_what_the_server_sent_and_empty_on_resumption(
+        tmp_path: Path) -> None:
+    """compat.peer_chain (aioquic's tls.Context._peer_certificate and
+    _peer_certificate_chain): leaf first, then the rest of the Certificate message in order;
+    nothing after a resumed handshake (TLS 1.3 PSK sends no certificate)."""
+    root = make("Root CA", ca=True)
+    inter = make("Intermediate CA", root, ca=True)
+    leaf, key = make(HOST, inter, names=(HOST,))
+    sent = (pem(inter[0]), pem(root[0]))
+
+    async def main() -> Any:
+        async with aioquic_server(tmp_path, pem(leaf, key), chain=sent) as port:
+            state = Tickets()
+            first = await connect(spec(port, tlsa=None, state=state, verify_peer=False),
+                                  ticket=True)
+            second = await connect(spec(port, tlsa=None, state=state, verify_peer=False))
+            return first, second
+
+    (_, reused1, chain1), (_, reused2, chain2) = run(main())
+    assert [x509.load_der_x509_certificate(c) for c in chain1] == [leaf, inter[0], root[0]]
+    assert (reused1, reused2, chain2) == (False, True, ())
