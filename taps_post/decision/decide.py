@@ -335,8 +335,10 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
 
     attempt_delay = _attempt_delay(effective, scored[0] if scored else None)
     delay = attempt_delay.ms
-    at1 = passes_[0].at_ms if passes_ else 0.0
     pass_at = {p.number: p.at_ms for p in passes_}
+    # start_ms counts from the first candidate's start, which is its pass's (pass 1 unless
+    # every pass-1 leaf was pruned).
+    at1 = pass_at[scored[0][0]] if scored and pass_at else 0.0
     candidates: list[Candidate] = []
     start = 0
     for rank, (number, key, iface, local_addr, stack, addr, family, rport, _) in enumerate(
