@@ -107,11 +107,15 @@ def test_validated_mismatch_refuses_a_pinned_server(validating: dnslab.Lab,
     assert classify(err) is FailureKind.TLS_VERIFY
 
 
-def test_an_answer_without_validation_is_ignored_or_refused(tls_server: int) -> None:
-    """The same signed zone asked of knot directly: an authoritative answer, no AD. Its
-    records match the server, yet they accept nothing (PKIX decides) and `require`
-    refuses the peer for them."""
-    with dnslab.lab(zone(), signed=True, resolver=False) as knot_only:
+@pytest.mark.parametrize("how_unvalidated", ["knot-directly", "unsigned-zone"])
+def test_an_answer_without_validation_is_ignored_or_refused(tls_server: int,
+                                                            how_unvalidated: str) -> None:
+    """The signed zone asked of knot directly (an authoritative answer, no AD), or an
+    unsigned zone through the validating unbound (insecure, no AD). The records match the
+    server, yet they accept nothing (PKIX decides) and `require` refuses the peer for them."""
+    kind = ({"signed": True, "resolver": False} if how_unvalidated == "knot-directly"
+            else {"signed": False})
+    with dnslab.lab(zone(), **kind) as knot_only:
         async def main() -> Any:
             got = await tlsa_of(knot_only, GOOD, tls_server, "tcp")
             assert got is not None and got.records and not got.validated
