@@ -24,8 +24,18 @@ Usage (loopback, no root):
         zone.replace("svc", "AAAA", 30, "fd00:1::3")
         dns.knot.reload()                            # new answers (after unbound's TTL)
 
+The chain is client -> [relay] -> unbound -> [inner relay] -> knot. The relay (present
+with `relay=True` or any of its knots) delays answers by QTYPE (`delays={"AAAA": 0.4}`),
+drops them (`drop`), answers an RCODE (`rcode={"HTTPS": "SERVFAIL"}`) or truncates UDP
+(`truncate`); `lab.relay.set(...)` changes that while running. The inner relay (`tamper`)
+alters answers so validation fails. `lab(signed=True, validate=False)` or `signed=False`:
+answers without AD. `lab(port53=True)` (root): the front server on 127.53.X.Y port 53, for
+a resolv.conf without ports. `lab(topo=topo)` (root): port 53 inside the namespace.
+
 Pieces on their own: `knot(zone, listen=...)`, `unbound(upstream=..., zone=..., ...)`,
-`delay_relay(upstream, delays={"AAAA": 0.4}, listen=...)`; see each one's docstring.
+`delay_relay(upstream, delays={"AAAA": 0.4}, listen=...)`; see each one's docstring. None
+needs pytest: bench scripts use them the same way (outside pytest `lab()` raises where
+it would skip).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -73,7 +74,7 @@ def test_https_alias_mode(signed: Lab) -> None:
     assert out.stdout.strip() == "0 svc.lab.test.", out.stdout
 
 
-def test_tlsa_record_built_from_a_certificate_matches_openssl(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tlsa_record_built_from_a_certificate_matches_openssl(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     cert = tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -211,7 +212,7 @@ def test_delay_relay_delays_one_qtype() -> None:
         assert running.relay.queries()[-1].answered is None
 
 
-def test_port53_lab_is_named_by_a_plain_resolv_conf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_port53_lab_is_named_by_a_plain_resolv_conf(tmp_path: Path) -> None:
     reason = dnslab.port53_unavailable()
     if reason is not None:
         pytest.skip(reason)
