@@ -190,6 +190,20 @@ def test_wildcard_names_cover_one_label() -> None:
         dane.check(s, "require", chain, host="a.www.dom.example")
 
 
+def test_anchors_only_where_the_leaf_alone_is_seen_and_every_record_is_a_2_0_0(
+        pki: dict[str, Any], self_signed: x509.Certificate) -> None:
+    ta = record(2, 0, 0, pki["root"])
+    assert dane.anchors(tlsa(ta), "opportunistic", partial_chain=True) == (_der(pki["root"]),)
+    assert dane.anchors(tlsa(ta), "opportunistic") == (), "the chain is seen: match it"
+    assert dane.anchors(tlsa(ta, record(3, 1, 1, self_signed)), "require",
+                        partial_chain=True) == (), "an EE record needs the leaf matched"
+    assert dane.anchors(tlsa(ta, validated=False), "require", partial_chain=True) == ()
+    assert dane.anchors(tlsa(ta), "off", partial_chain=True) == ()
+    how = dane.check(tlsa(ta), "require", [_der(pki["leaf"])], partial_chain=True,
+                     anchored=True)
+    assert how.startswith(f"dane-ta match (2 0 0) at {NAME}: the chain and the name verified")
+
+
 def test_digest_ta_records_are_unusable_where_only_the_leaf_is_seen(
         pki: dict[str, Any]) -> None:
     s = tlsa(record(2, 1, 1, pki["root"]))

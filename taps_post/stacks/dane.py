@@ -22,6 +22,11 @@ Rule 5: some stacks see only the leaf (the stdlib's ssl before Python 3.13 has n
 peer chain: `partial_chain=True`). There a TA record that names a digest cannot be checked
 (the certificate it names is never seen) and is unusable on that stack; a full-certificate TA
 record still works when it issued the leaf directly.
+Rule 7: where only the leaf is seen and every usable record is a full trust-anchor
+certificate (2 0 0), `anchors()` gives those certificates: the stack lets its TLS library
+verify the chain the peer sent (intermediates included), its dates and the name against
+exactly them, and `check(anchored=True)` accepts what that verification accepted. So a
+2 0 0 anchor above an intermediate works even where the chain itself is not visible.
 Rule 6: when `defers_pkix()` says a set decides (validated, usable records, dane not off), the
 stack handshakes without PKIX verification and DANE alone decides (RFC 7671 section 5.1: PKIX
 and name checks do not apply to DANE-EE; a TA is the trust anchor): never weaker than PKIX,
@@ -40,8 +45,8 @@ from typing import Any
 from ..decision.names import TlsaRecord, TlsaSet
 from ..errors import DaneError
 
-__all__ = ["DANE_EE", "DANE_TA", "MODES", "check", "defers_pkix", "refuse_undecidable",
-           "usable_records"]
+__all__ = ["DANE_EE", "DANE_TA", "MODES", "anchors", "check", "defers_pkix",
+           "refuse_undecidable", "usable_records"]
 
 DANE_TA = 2
 DANE_EE = 3
@@ -73,6 +78,18 @@ def defers_pkix(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False)
             and bool(usable_records(tlsa, partial_chain=partial_chain)))
 
 
+def anchors(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False
+            ) -> tuple[bytes, ...]:
+    """The trust-anchor certificates (DER) the stack's TLS library should verify the peer
+    against instead of DANE matching the leaf (Rule 7); empty: match as usual."""
+    if not partial_chain or not defers_pkix(tlsa, mode, partial_chain=True):
+        return ()
+    records = usable_records(tlsa, partial_chain=True)
+    if all((r.usage, r.selector, r.matching) == (DANE_TA, 0, 0) for r in records):
+        return tuple(bytes(r.data) for r in records)
+    return ()
+
+
 def refuse_undecidable(tlsa: TlsaSet | None, mode: str, *, host: str | None = None,
                        partial_chain: bool = False) -> None:
     """Under `require`, a set that cannot decide the peer (none, unvalidated, no usable
@@ -82,10 +99,12 @@ def refuse_undecidable(tlsa: TlsaSet | None, mode: str, *, host: str | None = No
 
 
 def check(tlsa: TlsaSet | None, mode: str, chain: Sequence[bytes], *,
-          host: str | None = None, partial_chain: bool = False) -> str:
+          host: str | None = None, partial_chain: bool = False,
+          anchored: bool = False) -> str:
     """Check the peer's `chain` (DER, leaf first) against `tlsa` as `mode` says (Rule 3).
     Returns how the peer was accepted; raises DaneError when it is refused. `host` is the
-    name a DANE-TA match must carry (None: not checked)."""
+    name a DANE-TA match must carry (None: not checked). `anchored`: the handshake verified
+    the chain and the name against exactly `anchors()` (Rule 7)."""
     if mode == "off":
         return "dane off"
     if mode not in MODES:
@@ -114,6 +133,9 @@ def check(tlsa: TlsaSet | None, mode: str, chain: Sequence[bytes], *,
     if not chain:
         raise DaneError(f"the peer presented no certificate, but {name} has validated "
                         "TLSA records", name, "mismatch")
+    if anchored and anchors(tlsa, mode, partial_chain=True):
+        return (f"dane-ta match (2 0 0) at {name}: the chain and the name verified to the "
+                "record's certificate in the handshake")
     from cryptography import x509
 
     try:

@@ -71,6 +71,8 @@ from .accept import Acceptor, backlog_for
 from .base import AttemptSpec, DscpMarker, ListenSpec, bind_server, bind_to_device, family_of
 from .tls import (
     client_tls_context,
+    dane_anchors,
+    dane_refusal,
     defers_pkix,
     open_tls,
     refuse_before_dane,
@@ -652,13 +654,14 @@ class StreamStack:
         # association its TLS sessions (Rule 3).
         s = spec.settings
         defer = defers_pkix(spec.tlsa, s)  # a TLSA set decides (tls.py Rule 6)
+        anchors = dane_anchors(spec.tlsa, s)
         key = (s.min_tls, s.verify_peer, s.alpn, tuple(c.fingerprint for c in spec.pinned),
-               tuple(c.fingerprint for c in spec.identity if c.key_pem), defer)
+               tuple(c.fingerprint for c in spec.identity if c.key_pem), defer, anchors)
         contexts = spec.association.tls_contexts
         ctx = contexts.get(key)
         if ctx is None:
             ctx = contexts[key] = client_tls_context(spec.settings, spec.pinned, spec.identity,
-                                                     defer_pkix=defer)
+                                                     defer_pkix=defer, anchors=anchors)
         return ctx
 
     async def connect(self, spec: AttemptSpec) -> StreamTransient:
@@ -721,15 +724,22 @@ class StreamStack:
                 tls = ResumingContext(ctx, ticket)
                 transient.used_session = ticket
             if self.secure:  # 64 KiB read buffer, heap trims (stacks/tls.py Rules 4, 5)
-                transport, _ = await open_tls(lambda: transient, sock, tls, server_side=False,
-                                              server_hostname=spec.host,
-                                              handshake_timeout=spec.settings.conn_timeout)
+                anchored = bool(dane_anchors(spec.tlsa, spec.settings))
+                try:
+                    transport, _ = await open_tls(
+                        lambda: transient, sock, tls, server_side=False,
+                        server_hostname=spec.host, handshake_timeout=spec.settings.conn_timeout)
+                except ssl.SSLCertVerificationError as exc:
+                    if anchored:  # verified against the DANE-TA anchors (tls.py Rule 6)
+                        raise dane_refusal(exc, spec.tlsa) from exc
+                    raise
             else:
                 transport, _ = await loop.create_connection(lambda: transient, sock=sock)
             if self.secure:
                 ssl_object = transport.get_extra_info("ssl_object")
                 verify_pins(ssl_object, spec.pinned)
-                transient.dane = verify_dane(ssl_object, spec.tlsa, spec.settings, spec.host)
+                transient.dane = verify_dane(ssl_object, spec.tlsa, spec.settings, spec.host,
+                                             anchored=anchored)
                 transient.session_reused = bool(ssl_object and ssl_object.session_reused)
                 if spec.settings.session_cache:
                     transient.session_sink = functools.partial(

@@ -31,7 +31,10 @@ that matches no record is refused, so this is never weaker than PKIX. Without su
 PKIX applies as always; under `require` such an attempt is refused before it connects
 (`refuse_before_dane`: it could only fail). Python's ssl before 3.13 shows only the peer's
 leaf certificate (`PEER_CHAIN` False: `SSLObject.get_unverified_chain` is 3.13's), so there
-a DANE-TA record works only as a full certificate that issued the leaf (dane, Rule 5).
+a DANE-TA record works only as a full certificate (2 0 0): when every usable record is
+one, the context verifies the chain and the name against exactly those certificates
+(`dane_anchors`, dane Rule 7; a failure there is a DaneError too), else it must have issued
+the leaf (dane, Rule 5).
 """
 
 from __future__ import annotations
@@ -48,12 +51,13 @@ from collections.abc import Callable, Sequence
 from ..certs import Certificate, fingerprint_of_der
 from ..core.settings import Settings
 from ..decision.names import TlsaSet
-from ..errors import ArgumentError
+from ..errors import ArgumentError, DaneError
 from . import dane
 
 __all__ = ["PEER_CHAIN", "TLS_READ_BUFFER", "TRIM_DELAY", "TRIM_EVERY", "LeanSSLProtocol",
-           "PinMismatchError", "client_tls_context", "defers_pkix", "open_tls", "peer_chain",
-           "refuse_before_dane", "server_tls_context", "trim_heap", "verify_dane", "verify_pins"]
+           "PinMismatchError", "client_tls_context", "dane_anchors", "dane_refusal",
+           "defers_pkix", "open_tls", "peer_chain", "refuse_before_dane", "server_tls_context",
+           "trim_heap", "verify_dane", "verify_pins"]
 
 TLS_READ_BUFFER = 64 * 1024
 """Bytes a TLS connection reads from its socket at once (asyncio's own: 256 KiB; Rule 4)."""
@@ -75,13 +79,19 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def client_tls_context(settings: Settings, pinned: Sequence[Certificate],
-                       identity: Sequence[Certificate], *,
-                       defer_pkix: bool = False) -> ssl.SSLContext:
+                       identity: Sequence[Certificate], *, defer_pkix: bool = False,
+                       anchors: Sequence[bytes] = ()) -> ssl.SSLContext:
     """A client context: system CAs, or exactly the pinned certificates when there are some;
-    `defer_pkix`: no PKIX nor name check, a validated TLSA set decides (Rule 6)."""
+    `defer_pkix`: no PKIX nor name check, a validated TLSA set decides (Rule 6); `anchors`:
+    verify against exactly these DANE-TA certificates (DER), and the name (Rule 6)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = _VERSIONS[settings.min_tls]
-    if settings.verify_peer and not defer_pkix:
+    if anchors:
+        ctx.load_verify_locations(cadata=b"".join(anchors))
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # an intermediate may be the anchor
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = True
+    elif settings.verify_peer and not defer_pkix:
         if pinned:
             for cert in pinned:
                 ctx.load_verify_locations(cadata=cert.cert_pem)
@@ -143,6 +153,19 @@ def defers_pkix(tlsa: TlsaSet | None, settings: Settings) -> bool:
     return dane.defers_pkix(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
 
 
+def dane_anchors(tlsa: TlsaSet | None, settings: Settings) -> tuple[bytes, ...]:
+    """The DANE-TA certificates the handshake verifies against (Rule 6, dane Rule 7)."""
+    return dane.anchors(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
+
+
+def dane_refusal(exc: ssl.SSLCertVerificationError, tlsa: TlsaSet | None) -> DaneError:
+    """A handshake that failed against the DANE-TA anchors, as the DaneError it is."""
+    name = tlsa.name if tlsa is not None else "?"
+    why = getattr(exc, "verify_message", None) or str(exc)
+    return DaneError(f"the peer's certificate chain does not verify to the DANE-TA "
+                     f"certificate(s) of {name} ({why})", name, "mismatch")
+
+
 def peer_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
     """The peer's certificates (DER, leaf first) as far as the stdlib shows them (Rule 6)."""
     if ssl_object is None:
@@ -164,12 +187,13 @@ def refuse_before_dane(tlsa: TlsaSet | None, settings: Settings, host: str) -> N
 
 
 def verify_dane(ssl_object: ssl.SSLObject | None, tlsa: TlsaSet | None, settings: Settings,
-                host: str) -> str:
-    """DANE after the handshake (Rule 6): how the peer was accepted, or DaneError."""
+                host: str, *, anchored: bool = False) -> str:
+    """DANE after the handshake (Rule 6): how the peer was accepted, or DaneError.
+    `anchored`: the context verified against `dane_anchors()`."""
     if settings.dane == "off":
         return "dane off"
     return dane.check(tlsa, settings.dane, peer_chain(ssl_object), host=host,
-                      partial_chain=not PEER_CHAIN)
+                      partial_chain=not PEER_CHAIN, anchored=anchored)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
