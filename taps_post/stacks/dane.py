@@ -22,15 +22,15 @@ Rule 5: some stacks see only the leaf (the stdlib's ssl before Python 3.13 has n
 peer chain: `partial_chain=True`). There a TA record that names a digest cannot be checked
 (the certificate it names is never seen) and is unusable on that stack; a full-certificate TA
 record still works when it issued the leaf directly.
+Rule 6: when `defers_pkix()` says a set decides (validated, usable records, dane not off), the
+stack handshakes without PKIX verification and DANE alone decides (RFC 7671 section 5.1: PKIX
+and name checks do not apply to DANE-EE; a TA is the trust anchor): never weaker than PKIX,
+since a peer that matches no record is refused. Otherwise PKIX applies as it always does.
 Rule 7: where only the leaf is seen and every usable record is a full trust-anchor
 certificate (2 0 0), `anchors()` gives those certificates: the stack lets its TLS library
 verify the chain the peer sent (intermediates included), its dates and the name against
 exactly them, and `check(anchored=True)` accepts what that verification accepted. So a
 2 0 0 anchor above an intermediate works even where the chain itself is not visible.
-Rule 6: when `defers_pkix()` says a set decides (validated, usable records, dane not off), the
-stack handshakes without PKIX verification and DANE alone decides (RFC 7671 section 5.1: PKIX
-and name checks do not apply to DANE-EE; a TA is the trust anchor): never weaker than PKIX,
-since a peer that matches no record is refused. Otherwise PKIX applies as it always does.
 """
 
 from __future__ import annotations
