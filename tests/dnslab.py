@@ -1039,7 +1039,35 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
     zone = zone if zone is not None else example_zone()
     drop, tamper, truncate = tuple(drop), tuple(tamper), tuple(truncate)
     relayed = relay or bool(delays) or bool(drop) or bool(rcode) or bool(truncate)
-    netns: str | None = None
+    netns: str | None = None if topo is None else (host or topo.b)
+    for attempt in range(3):
+        # Free ports are the kernel's choice of the moment; another process may take one
+        # before our server binds it: then start again on new ones (loopback only).
+        stack = contextlib.ExitStack()
+        try:
+            running = _start(stack, zone, signed, validate, resolver, relayed, delays, drop,
+                             tamper, rcode, truncate, topo, netns, loopback, port53,
+                             unbound_extra)
+        except BaseException as exc:
+            stack.close()
+            if (topo is None and attempt < 2 and isinstance(exc, (RuntimeError, EOFError))
+                    and "already in use" in str(exc).lower()):
+                continue
+            raise
+        break
+    with stack:
+        if topo is not None and resolv_conf:
+            topo.resolv_conf(topo.a, [a for a, _ in running.nameservers], resolv_options)
+        yield running
+
+
+def _start(stack: contextlib.ExitStack, zone: Zone, signed: bool, validate: bool,
+           resolver: bool, relayed: bool, delays: Mapping[str | int, float] | None,
+           drop: tuple[str | int, ...], tamper: tuple[str | int, ...],
+           rcode: Mapping[str | int, str | int] | None, truncate: tuple[str | int, ...],
+           topo: Any, netns: str | None, loopback: str, port53: bool,
+           unbound_extra: Sequence[str]) -> Lab:
+    """Start lab()'s servers on `stack` (which stops them), front to back as needed."""
     if topo is None:
         k_listen: list[Address] = [(loopback, free_port(loopback))]
         u_listen: list[Address] = [(loopback, free_port(loopback))]
@@ -1055,34 +1083,30 @@ def lab(zone: Zone | None = None, *, signed: bool = True, validate: bool = True,
                 k_listen = front53
     else:
         from netns import B1_V4, B1_V6
-        netns = host or topo.b
         front = [(B1_V4, 53), (B1_V6, 53)]
         k_listen = [("127.0.0.1", 53)]
         u_listen = [("127.0.0.2", 53)] if relayed else front
         r_listen = front
         t_listen = [("127.0.0.3", 53)]
-    with contextlib.ExitStack() as stack:
-        k = stack.enter_context(knot(zone, k_listen, netns=netns, signed=signed))
-        front_addrs: list[Address] = k.listen
-        inner = None
-        if tamper:
-            inner = stack.enter_context(delay_relay(k.address, None, t_listen, netns=netns,
-                                                    tamper=tamper))
-            front_addrs = inner.listen
-        u = None
-        if resolver:
-            anchor = k.trust_anchor if signed and validate else None
-            u = stack.enter_context(unbound(front_addrs[0], zone, anchor, u_listen,
-                                            netns=netns, extra=unbound_extra))
-            front_addrs = u.listen
-        r = None
-        if relayed:
-            r = stack.enter_context(delay_relay(front_addrs[0], delays, r_listen, netns=netns,
-                                                drop=drop, rcode=rcode, truncate=truncate))
-            front_addrs = r.listen
-        if topo is not None and resolv_conf:
-            topo.resolv_conf(topo.a, [a for a, _ in front_addrs], resolv_options)
-        yield Lab(zone, k, u, r, tuple(front_addrs), netns, inner)
+    k = stack.enter_context(knot(zone, k_listen, netns=netns, signed=signed))
+    front_addrs: list[Address] = k.listen
+    inner = None
+    if tamper:
+        inner = stack.enter_context(delay_relay(k.address, None, t_listen, netns=netns,
+                                                tamper=tamper))
+        front_addrs = inner.listen
+    u = None
+    if resolver:
+        anchor = k.trust_anchor if signed and validate else None
+        u = stack.enter_context(unbound(front_addrs[0], zone, anchor, u_listen, netns=netns,
+                                        extra=unbound_extra))
+        front_addrs = u.listen
+    r = None
+    if relayed:
+        r = stack.enter_context(delay_relay(front_addrs[0], delays, r_listen, netns=netns,
+                                            drop=drop, rcode=rcode, truncate=truncate))
+        front_addrs = r.listen
+    return Lab(zone, k, u, r, tuple(front_addrs), netns, inner)
 
 
 def dig(server: Address, name: str, rtype: str = "A", *args: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import statistics
 import subprocess
 import time
@@ -245,6 +246,20 @@ def test_relay_answers_an_rcode_or_truncates() -> None:
         running.relay.set(rcode={}, truncate=[])
         out = dig(running.nameserver, "svc.lab.test", "HTTPS", "+short")
         assert out.stdout.startswith("1 . alpn="), out.stdout
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    ports = iter([taken.getsockname()[1]])
+    real = dnslab.free_port
+    monkeypatch.setattr(dnslab, "free_port", lambda host="127.0.0.1": next(ports, None)
+                        or real(host))
+    with taken, lab(example_zone(), signed=False) as running:
+        assert running.knot.address[1] != taken.getsockname()[1]
+        out = dig(running.nameserver, "svc.lab.test", "A", "+short")
+        assert out.stdout.split() == ["198.18.1.2"]
 
 
 def test_knot_restart_keeps_its_keys(signed: Lab) -> None:
