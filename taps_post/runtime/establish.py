@@ -389,11 +389,10 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
             known = last[1]
+            sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
             tlsa = None
-            if isinstance(known, Snapshot) and known.tlsa:
-                protocol = _ip_protocol(c.stack)
-                if protocol is not None:
-                    tlsa = known.tlsa.get(tlsa_name(resolved.host, c.remote_port, protocol))
+            if sets and (protocol := _ip_protocol(c.stack)) is not None:
+                tlsa = sets.get(tlsa_name(resolved.host, c.remote_port, protocol))
             return await impl.connect(AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),

@@ -79,6 +79,7 @@ import taps_post as tp
 from taps_post.runtime import api  # import cost stays outside the timings
 
 CERT = tp.certs.Certificate.from_files(sys.argv[1])
+SHARED = tp.AssociationStore()
 
 def policy(cmd):
     values = {"racing.attemptDelay": cmd.get("attempt_delay", 100),
@@ -95,7 +96,8 @@ async def initiate(cmd):
     try:
         try:
             carrier = await tp.initiate(remote, policy=policy(cmd),
-                                        store=tp.AssociationStore(),
+                                        store=SHARED if cmd.get("shared") else
+                                        tp.AssociationStore(),
                                         trace=lambda n, i: events.append([n, i]))
         except tp.EstablishmentError as exc:
             return {"ok": False, "error": str(exc), "events": events}
@@ -143,10 +145,11 @@ class Scene:
     zone: Zone
     client: NsProcess
 
-    def initiate(self, target: str, timeout: float = 15.0, **cmd: Any) -> dict[str, Any]:
+    def initiate(self, target: str, timeout: float = 15.0, *, ok: bool = True,
+                 **cmd: Any) -> dict[str, Any]:
         out: dict[str, Any] = self.client.request({"target": target, **cmd}, timeout)
         assert "unexpected" not in out, out["unexpected"]
-        assert out["ok"], out.get("error")
+        assert out["ok"] is ok, out.get("error", out)
         return out
 
 
@@ -273,3 +276,28 @@ def test_no_nameserver_falls_back_to_getaddrinfo(fresh: Scene) -> None:
                                                      "TAPS_POST_HOSTS": str(empty)})
     assert out["winner"]["remote_address"] == B1_V6
     assert [e["status"] for e in events(out, "resolution.answer")] == ["getaddrinfo"]
+
+
+def test_a_plan_is_reused_only_when_every_answer_came_from_the_cache(fresh: Scene) -> None:
+    target = f"tls://svc.lab.test:{PORT}"
+    fresh.initiate(target)  # the client's DNS cache now holds every answer
+    # The first connects change the Association's history (a plan input: the success, then
+    # the session ticket), so a plan made then is not the one a later connect reuses.
+    outs = [fresh.initiate(target, shared=True) for _ in range(4)]
+    assert all(e["from_cache"] for out in outs for e in events(out, "resolution.answer"))
+    reused = [e["from_cache"] for out in outs for e in events(out, "decision.complete")]
+    assert reused[0] is False and reused[-1] is True, reused
+
+
+def test_a_failed_race_forgets_the_names_answers(fresh: Scene) -> None:
+    target = f"tls://svc.lab.test:{PORT}"
+    fresh.initiate(target)
+    cached = fresh.initiate(target)
+    assert all(e["from_cache"] for e in events(cached, "resolution.answer"))
+    for address in (B1_V4, B1_V6):
+        fresh.topo.blackhole(fresh.topo.b, daddr=address)
+    fresh.initiate(target, ok=False, set={"connTimeout": 400})
+    fresh.topo.clear_blackholes(fresh.topo.b)
+    after = fresh.initiate(target)
+    assert not any(e["from_cache"] for e in events(after, "resolution.answer")
+                   if e["name"] == "svc.lab.test")
