@@ -301,3 +301,22 @@ def test_a_failed_race_forgets_the_names_answers(fresh: Scene) -> None:
     after = fresh.initiate(target)
     assert not any(e["from_cache"] for e in events(after, "resolution.answer")
                    if e["name"] == "svc.lab.test")
+
+
+EXPLAIN = r"""
+import json, sys
+import taps_post as tp
+
+decision = tp.explain(sys.argv[1], system=[])
+print(json.dumps(decision.to_dict()))
+"""
+
+
+def test_a_live_explain_resolves_through_the_same_resolver(fresh: Scene) -> None:
+    fresh.dns.relay.set(delays={"A": 0.2})
+    out = fresh.topo.run_python(fresh.topo.a, EXPLAIN, "https://moved.lab.test")
+    resolution = out["resolution"]
+    assert [s["port"] for s in resolution["services"] if "quic" in s["stacks"]] == [QPORT]
+    assert {(c["stack"], c["remote_port"]) for c in out["candidates"]} >= {("quic", QPORT)}
+    assert resolution["passes"] and any("HTTPS moved.lab.test" in line
+                                        for p in resolution["passes"] for line in p["answers"])
