@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import taps_post as tp
 from helpers import PYTHON, installed_env
@@ -316,3 +318,76 @@ def test_the_cli_exits_2_on_a_bad_svcb_section(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     [only] = r.stderr.splitlines()
     assert _located(only, env)[:2] == (3, 43)
+
+
+# ---- round trip, generated --------------------------------------------------------------
+
+NAMES = ("svc.example", "cdn.example", "_8443._https.svc.example")
+
+
+@st.composite
+def resolution_snapshots(draw: st.DrawFn) -> dict[str, Any]:
+    """Consistent snapshots: records in range, and (when timed) an arrival for each answer."""
+    dns: dict[str, list[str]] = {}
+    for name in draw(st.lists(st.sampled_from(NAMES[:2]), unique=True)):
+        dns[name] = draw(st.lists(st.sampled_from(("198.18.0.1", "198.18.0.2", "fd00::1")),
+                                  unique=True))
+    svcb: dict[str, list[dict[str, Any]]] = {}
+    for owner in draw(st.lists(st.sampled_from(NAMES), unique=True)):
+        records: list[dict[str, Any]] = []
+        if draw(st.booleans()):
+            records.append({"priority": 0, "target": draw(st.sampled_from(("cdn.example",
+                                                                             ".")))})
+        for _ in range(draw(st.integers(0, 2))):
+            record: dict[str, Any] = {"priority": draw(st.integers(1, 65535)),
+                                      "target": draw(st.sampled_from((".", "cdn.example")))}
+            if draw(st.booleans()):
+                record["alpn"] = draw(st.lists(st.sampled_from(("h3", "h2", "http/1.1")),
+                                               min_size=1, unique=True))
+                record["no_default_alpn"] = draw(st.booleans())
+            if draw(st.booleans()):
+                record["port"] = draw(st.integers(0, 65535))
+            record["ipv4hint"] = draw(st.lists(st.sampled_from(("198.18.0.3", "198.18.0.4")),
+                                               unique=True))
+            record["ipv6hint"] = draw(st.lists(st.sampled_from(("fd00::3",)), unique=True))
+            record["ech"] = draw(st.booleans())
+            record["ttl"] = draw(st.none() | st.integers(0, 2**31 - 1))
+            records.append(record)
+        svcb[owner] = records
+    tlsa: dict[str, Any] = {}
+    if draw(st.booleans()):
+        tlsa["_443._tcp.svc.example"] = {
+            "validated": draw(st.booleans()),
+            "records": [{"usage": u, "selector": s, "matching": m,
+                         "data": DIGEST if m == 1 else ("cd" * 64 if m == 2 else "3082")}
+                        for u, s, m in draw(st.lists(st.tuples(st.integers(0, 3),
+                                                               st.integers(0, 1),
+                                                               st.integers(0, 2)),
+                                                     max_size=2))]}
+    doc: dict[str, Any] = {"dns": dns, "svcb": svcb, "tlsa": tlsa, "cache": [
+        {"remote": "svc.example:443", "stack": "quic", "outcome": "failure",
+         "age_s": draw(st.floats(0, 1e6))}] if draw(st.booleans()) else []}
+    if draw(st.booleans()):
+        times = st.floats(0, 5000, allow_nan=False)
+        arrivals = []
+        for name, addresses in dns.items():
+            for rtype, family in (("A", "."), ("AAAA", ":")):
+                has = any(family in a for a in addresses)
+                if has or draw(st.booleans()):
+                    arrivals.append({"name": name, "type": rtype, "at_ms": draw(times),
+                                     "negative": not has})
+        for owner, records in svcb.items():
+            arrivals.append({"name": owner, "type": "HTTPS", "at_ms": draw(times),
+                             "negative": not records})
+        for name, entry in tlsa.items():
+            arrivals.append({"name": name, "type": "TLSA", "at_ms": draw(times),
+                             "negative": not entry["records"]})
+        doc["arrivals"] = draw(st.permutations(arrivals))
+    return doc
+
+
+@settings(max_examples=150, deadline=None)
+@given(resolution_snapshots())
+def test_any_consistent_snapshot_loads_and_round_trips(doc: dict[str, Any]) -> None:
+    env = load_environment(doc)
+    assert load_environment(env.to_dict()) == env

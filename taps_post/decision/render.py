@@ -161,10 +161,8 @@ def _resolution(decision: Decision) -> list[str]:
     if delay is not None:
         out.append(f"  attempt delay  {delay.ms} ms from {delay.source}: {delay.reason}")
     if decision.dane is not None and _dane_worth_a_line(decision):
-        d = decision.dane
-        facts = (f"{_n(d.records, 'record')}, {d.usable} usable, "
-                 f"{'validated' if d.validated else 'not validated'}")
-        out.append(f"  dane           {d.mode}  {d.name or '-'}: {facts}; {d.reason}")
+        d = decision.dane  # its reason names the records, the validation and the verdict
+        out.append(f"  dane           {d.mode}  {d.name or '-'}: {d.reason}")
     if parts[4]:
         value = _ech_value(decision)
         targets = list(dict.fromkeys(e.target for e in ech))
