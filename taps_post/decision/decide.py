@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,11 +273,17 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     locals_: dict[tuple[str, str], Address | None] = {}
 
     scored: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
+    now = env.now
     for index, (ep, addrs, ep_stacks) in enumerate(prepared):
-        priority = ep.priority
+        priority, rport = ep.priority, ep.port
+        # What the inner loop reads of each stack, read once per endpoint.
+        flat = [(info.name, info.order, info.multipath_capable and multipath_on, snode.prefer,
+                 snode.avoid, snode.required) for info, snode in ep_stacks]
         for iface, pnode in paths:
+            name, cost = iface.name, iface.cost
+            path_prefer, path_avoid, path_required = -pnode.prefer, pnode.avoid, pnode.required
             for order, addr, family, number in addrs:
-                pair = (iface.name, addr)
+                pair = (name, addr)
                 if pair in locals_:
                     local = locals_[pair]
                     if local is None:
@@ -284,34 +291,32 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                 else:
                     found = _local_address(iface, addr, family, temp_pref)
                     if isinstance(found, str):
-                        excluded.append(Exclusion(iface.name, None, addr, ep.port,
-                                                  "unreachable", detail=found))
+                        excluded.append(Exclusion(name, None, addr, rport, "unreachable",
+                                                  detail=found))
                         locals_[pair] = None
                         continue
                     if found is None:
                         outcome = ("required_missing" if temp_pref is Pref.REQUIRE
                                    else "prohibited")
                         excluded.append(Exclusion.by(
-                            temp_statement, outcome=outcome, interface=iface.name,
-                            remote_address=addr, remote_port=ep.port,
+                            temp_statement, outcome=outcome, interface=name,
+                            remote_address=addr, remote_port=rport,
                             detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'}"
-                                   f" {family} address on {iface.name}"))
+                                   f" {family} address on {name}"))
                         locals_[pair] = None
                         continue
                     local = locals_[pair] = found
-                for info, snode in ep_stacks:
-                    stack = info.name
-                    hist, rtt, recent = _history(history, stack, iface.name, addr,
-                                                 env.now, memory_ms)
-                    prefer = snode.prefer
-                    if hist == FALLBACK and info.multipath_capable and multipath_on:
+                local_address = local.address
+                for stack, stack_order, multipath, prefer, avoid, required in flat:
+                    hist, rtt, recent = _history(history, stack, name, addr, now, memory_ms)
+                    if hist == FALLBACK and multipath:
                         prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
                     # Rule 10: a required stack or path is never demoted by its failures.
-                    demote = 1 if recent and not (snode.required or pnode.required) else 0
-                    key = RankKey(demote, -pnode.prefer, pnode.avoid, -prefer, snode.avoid,
-                                  priority, hist, rtt, iface.cost, iface.name, info.order, order)
-                    scored.append((number, key, iface, local.address, stack, addr, family,
-                                   ep.port, index))
+                    demote = 1 if recent and not (required or path_required) else 0
+                    key = RankKey(demote, path_prefer, path_avoid, -prefer, avoid, priority,
+                                  hist, rtt, cost, name, stack_order, order)
+                    scored.append((number, key, iface, local_address, stack, addr, family,
+                                   rport, index))
 
     counts = [0] * len(prepared)
     duplicates: dict[int, int] = {}  # endpoint -> the better endpoint that had its leaves
@@ -329,9 +334,12 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
             if item[0] < kept[at][0]:
                 kept[at] = (item[0], *kept[at][1:])
         scored = kept
-    scored.sort(key=lambda t: (t[0], t[1]))
-    for item in scored:
-        counts[item[8]] += 1
+    scored.sort(key=_by_key)
+    if len(passes_) > 1:
+        scored.sort(key=_by_pass)  # stable: (pass, RankKey), Rule 9
+    if shaping.records:
+        for item in scored:
+            counts[item[8]] += 1
 
     attempt_delay = _attempt_delay(effective, scored[0] if scored else None)
     delay = attempt_delay.ms
@@ -377,6 +385,10 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows,
                   passes=tuple(passes_), attempt_delay=attempt_delay if candidates else None,
                   services=tuple(services), dane=dane)
+
+
+_by_key = operator.itemgetter(1)
+_by_pass = operator.itemgetter(0)
 
 
 def _attempt_delay(effective: Effectives,
