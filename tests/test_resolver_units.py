@@ -305,3 +305,22 @@ def test_dnspython_is_imported_by_client_py_alone() -> None:
             if any(n == "dns" or n.startswith("dns.") for n in names):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == {"resolver/client.py"}
+
+
+def test_a_lookup_never_loads_dnspythons_transports_or_aioquic() -> None:
+    """client.py Rule 1, in a fresh interpreter: importing the client and asking a question
+    (to a local socket that stays silent) loads dnspython's message layer only, never
+    dns.asyncquery, dns.quic or aioquic (a TCP initiate must not pay for QUIC)."""
+    code = (
+        "import asyncio, socket, sys\n"
+        "from taps_post.resolver.client import DnsClient\n"
+        "from taps_post.resolver.conf import Nameserver, ResolverConfig\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))\n"
+        "ns = Nameserver('127.0.0.1', s.getsockname()[1])\n"
+        "c = DnsClient(ResolverConfig((ns,), timeout=0.05, attempts=1))\n"
+        "a = asyncio.run(c.query('svc.lab.test', 'HTTPS'))\n"
+        "print(a.status, 'dns.message' in sys.modules, sorted(m for m in sys.modules if m in\n"
+        "      ('dns.asyncquery', 'dns.query', 'dns.quic', 'dns.asyncbackend', 'aioquic')))\n")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["timeout", "True", "[]"], out.stderr

@@ -1,16 +1,22 @@
-"""Asking the system's nameservers, through dnspython, without ever raising for a DNS failure.
+"""Asking the system's nameservers without ever raising for a DNS failure.
 
-Rule 1: the only module that imports dnspython (resolver package Rule 1). What leaves it is an
-`Answer` of plain values: addresses, `decision.names.ServiceRecord` and `TlsaRecord`.
+Rule 1: the only module that imports dnspython (resolver package Rule 1), and only its message
+layer (`dns.message`, names, types, SVCB parameters): the sockets are transport.py's, so
+neither `dns.asyncquery` nor `dns.quic` (and through it aioquic) is ever loaded for a lookup
+(docs/performance.md). What leaves this module is an `Answer` of plain values: addresses,
+`decision.names.ServiceRecord` and `TlsaRecord`.
 Rule 2: a query is sent the way the system's stub would send it, plus what HEv3 and DANE need:
 RD set; the AD bit set in the query (RFC 6840 section 5.7: a validating resolver then reports
 validation even without DO); DO for TLSA and HTTPS, so a validating resolver that keys AD on
 DO reports it too; EDNS0 with a 1232-byte payload (the DNS flag day 2020 size that avoids IP
-fragmentation); UDP first, TCP when the answer is truncated.
-Rule 3: each query gets a fresh random ID (dnspython's `make_query`), and an answer is
-accepted only if it matches the question, ID and source (`udp_with_fallback` with
-`ignore_unexpected` and `ignore_errors`: a forged or stray datagram is skipped and the real
-answer still awaited, instead of ending the query with an error).
+fragmentation); UDP first, TCP when the answer is truncated (TC), each bounded by
+`config.timeout`. A per-interface nameserver is asked through that interface
+(transport.py Rule 2).
+Rule 3: each query gets a fresh random ID (dnspython's `make_query`) and a fresh random source
+port (the kernel's), and a datagram is the answer only if `query.is_response(reply)` holds
+(QR set, same ID, opcode and question) on the connected socket (same source); a forged,
+stray or unparsable datagram is skipped and the real answer still awaited until the timeout,
+instead of ending the query with an error.
 Rule 4: nameservers are asked in order, each try bounded by `config.timeout`, the whole list
 `config.attempts` times (resolv.conf(5)). NOERROR and NXDOMAIN end the query; SERVFAIL,
 REFUSED, a timeout or a socket error move on to the next server. When every try failed, the
@@ -28,8 +34,10 @@ Rule 8: `default_client()` keeps one client per `system_config()` value: a chang
 resolv.conf gives a new client with a new cache, an unchanged one the same client, so the
 cache lives as long as the configuration that filled it.
 Rule 9: concurrent queries for the same (name, rtype) on one event loop share one question
-on the wire (carriers opened together to one host ask once); a caller that is cancelled
-leaves the question running for the others, and its answer still fills the cache.
+on the wire (carriers opened together to one host ask once). A cancelled caller leaves the
+question running while another caller still waits for it (its answer then fills the cache);
+when the last waiting caller is cancelled, the question is cancelled too and awaited before
+the cancellation propagates, so no task of this module outlives the callers that asked.
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import cast
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -51,6 +58,7 @@ import dns.rrset
 from dns.rdtypes import svcbbase
 
 from ..decision.names import ALIAS_LIMIT, ServiceRecord, TlsaRecord
+from . import transport
 from .cache import Answer, DnsCache, cache_key
 from .conf import Nameserver, ResolverConfig, system_config
 
@@ -146,13 +154,23 @@ def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
     return Answer(name, rtype, "ok", addresses, services, tlsa, ttl, authenticated, ns)
 
 
+class _Shared:
+    """One question on the wire and how many callers await it (Rule 9)."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[Answer]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
 class DnsClient:
     """Queries the configured nameservers (Rules 2-5) through a cache (cache.py)."""
 
     def __init__(self, config: ResolverConfig, cache: DnsCache | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else DnsCache()
-        self._pending: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+        self._pending: dict[tuple[str, str], _Shared] = {}
         self.sent = 0
         """Queries put on the wire (tests and the bench read it: a cache hit sends none)."""
 
@@ -167,13 +185,26 @@ class DnsClient:
         if hit is not None:
             return hit
         loop = asyncio.get_running_loop()
-        task = self._pending.get(key)
-        if task is None or task.done() or task.get_loop() is not loop:
-            task = loop.create_task(self._fetch(key, rtype))
-            self._pending[key] = task
-            task.add_done_callback(lambda t: self._pending.pop(key, None)
-                                   if self._pending.get(key) is t else None)
-        return await asyncio.shield(task)
+        shared = self._pending.get(key)
+        if shared is None or shared.task.done() or shared.task.get_loop() is not loop:
+            shared = _Shared(loop.create_task(self._fetch(key, rtype)))
+            self._pending[key] = shared
+            shared.task.add_done_callback(
+                lambda t: self._pending.pop(key, None)
+                if (p := self._pending.get(key)) is not None and p.task is t else None)
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            if shared.waiters == 1 and not shared.task.done():
+                # The last caller gave up: so does the question (Rule 9).
+                if self._pending.get(key) is shared:
+                    del self._pending[key]
+                shared.task.cancel()
+                await asyncio.wait((shared.task,))
+            raise
+        finally:
+            shared.waiters -= 1
 
     async def _fetch(self, key: tuple[str, str], rtype: str) -> Answer:
         """One question on the wire for every caller asking it at the same time (Rule 9)."""
@@ -206,18 +237,36 @@ class DnsClient:
     async def _send(self, qname: dns.name.Name, rtype: str,
                     ns: Nameserver) -> tuple[str, dns.message.Message | None]:
         """One try at one nameserver: ("ok", response) for NOERROR/NXDOMAIN, else
-        (failure, None) (Rule 4)."""
+        (failure, None) (Rules 2-4)."""
         query = dns.message.make_query(qname, rtype, use_edns=0, payload=PAYLOAD,
                                        want_dnssec=rtype in _WANT_DNSSEC,
                                        flags=dns.flags.RD | dns.flags.AD)
+        wire = query.to_wire()
+
+        def answer(data: bytes) -> dns.message.Message | None:
+            """The reply to `query` in `data`, or None: not it, or not a message (Rule 3)."""
+            try:
+                reply = dns.message.from_wire(data, raise_on_truncation=True)
+            except dns.message.Truncated as truncated:
+                # Header and question: enough to match it and to ask again over TCP.
+                reply = cast(dns.message.Message, truncated.message())  # type: ignore[no-untyped-call]
+            except Exception:  # any parse failure: a datagram to skip (Rule 3)
+                return None
+            return reply if query.is_response(reply) else None
+
         self.sent += 1
         try:
-            response, _tcp = await dns.asyncquery.udp_with_fallback(
-                query, ns.address, timeout=self.config.timeout, port=ns.port,
-                ignore_unexpected=True, ignore_errors=True)
-        except dns.exception.Timeout:
+            async with asyncio.timeout(self.config.timeout):
+                response = await transport.udp(wire, ns, answer)
+            if response.flags & dns.flags.TC:
+                async with asyncio.timeout(self.config.timeout):
+                    streamed = answer(await transport.tcp(wire, ns))
+                if streamed is None or streamed.flags & dns.flags.TC:
+                    return "error", None
+                response = streamed
+        except TimeoutError:
             return "timeout", None
-        except (OSError, EOFError, ValueError, dns.exception.DNSException):
+        except (OSError, EOFError):
             return "error", None
         rcode = response.rcode()
         if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):

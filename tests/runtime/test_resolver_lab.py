@@ -322,3 +322,119 @@ def test_refused_is_a_status_and_the_next_server_is_asked(dns_lab: Lab, run: Any
     for bad in ("a..b", "", ".", "a" * 64 + ".test"):
         assert run(both.query(bad, "A")).status == "error", bad
     assert both.sent == sent  # nothing asked for a name that cannot be one
+
+
+def test_junk_and_echoed_queries_are_skipped(dns_lab: Lab, run: Any) -> None:
+    """Datagrams from the nameserver's own address and port that are not the answer: bytes
+    that are no DNS message, a header cut short, the query itself echoed back (same ID and
+    question, QR clear), and an answer that is QR but another opcode. The client keeps
+    waiting and takes the real answer after them (client.py Rule 3)."""
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front.bind(("127.0.0.1", 0))
+    front.settimeout(5)
+
+    def junk_then_relay() -> None:
+        wire, peer = front.recvfrom(65535)
+        notify = bytearray(dns.message.make_response(dns.message.from_wire(wire)).to_wire())
+        notify[2] |= 4 << 3  # opcode NOTIFY
+        for junk in (b"not dns at all", wire[:7], wire, bytes(notify)):
+            front.sendto(junk, peer)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(5)
+            up.sendto(wire, dns_lab.knot.address)
+            front.sendto(up.recv(65535), peer)
+
+    thread = threading.Thread(target=junk_then_relay, daemon=True)
+    thread.start()
+    try:
+        answer = run(client(front.getsockname()).query("svc.lab.test", "AAAA"))
+    finally:
+        thread.join(5)
+        front.close()
+    assert (answer.status, answer.addresses) == ("ok", ("fd00:1::2",))
+
+
+def test_truncated_answer_over_tcp_from_the_same_nameserver_over_ipv6(run: Any) -> None:
+    """knot on ::1 (a lab of its own): the 100 A records do not fit UDP; TCP over IPv6
+    brings them, on the same address and port."""
+    zone = example_zone()
+    for n in range(1, MANY + 1):
+        zone.add("many", 300, "A", f"198.18.3.{n}")
+    with lab(zone, signed=False, resolver=False, loopback="::1") as v6:
+        answer = run(client(v6.knot.address).query("many.lab.test", "A"))
+    assert answer.status == "ok" and len(answer.addresses) == MANY
+    assert answer.nameserver == Nameserver(*v6.knot.address)
+
+
+def test_cancelling_the_only_caller_cancels_the_question(silent: socket.socket,
+                                                        run: Any) -> None:
+    """client.py Rule 9: the last waiting caller cancelled, the shared question is cancelled
+    and awaited before the cancellation reaches the caller: nothing of the client's is left
+    on the loop, and the next caller asks afresh."""
+    c = client(silent.getsockname(), timeout=5.0)
+
+    async def main() -> None:
+        asker = asyncio.create_task(c.query("svc.lab.test", "A"))
+        while not received_any(silent):
+            await asyncio.sleep(0)  # until the query is on the wire
+        asker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asker
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert len(received(silent)) == 1
+        again = asyncio.create_task(c.query("svc.lab.test", "A"))
+        while not received_any(silent):
+            await asyncio.sleep(0)
+        assert c.sent == 2  # a fresh question, not the cancelled one
+        again.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await again
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    run(main())
+
+
+def test_a_timeout_around_the_caller_leaves_no_task(silent: socket.socket, run: Any) -> None:
+    """asyncio.timeout() around query(): TimeoutError for the caller, no task left behind."""
+    c = client(silent.getsockname(), timeout=5.0)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await asyncio.gather(c.query("svc.lab.test", "A"),
+                                     c.query("svc.lab.test", "AAAA"))
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert len(received(silent)) == 2
+
+    run(main())
+
+
+def test_a_cancelled_caller_leaves_the_question_to_the_others(dns_lab: Lab, run: Any) -> None:
+    """Two callers share one question that the relay holds 0.3 s; one is cancelled at once,
+    the other still gets the answer, which fills the cache (client.py Rule 9)."""
+    with delay_relay(dns_lab.knot.address, {"A": 0.3}) as relay:
+        c = client(relay.address)
+
+        async def main() -> Any:
+            first = asyncio.create_task(c.query("svc.lab.test", "A"))
+            second = asyncio.create_task(c.query("svc.lab.test", "A"))
+            await asyncio.sleep(0.05)  # both wait on the shared question now
+            first.cancel()
+            answer = await second
+            assert first.cancelled()
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            return answer
+
+        answer = run(main())
+        assert len(relay.queries()) == 1
+    assert (answer.status, answer.addresses) == ("ok", ("198.18.1.2",)) and c.sent == 1
+    assert run(c.query("svc.lab.test", "A")).from_cache
+
+
+def received_any(sock: socket.socket) -> bool:
+    """Whether a datagram waits on `sock` (left there for received() to read)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    return True
