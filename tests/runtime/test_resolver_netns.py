@@ -1,10 +1,14 @@
-"""AD trust when the validating resolver is not on this machine (root, network namespaces).
+"""The DNS client across two network namespaces (root): AD trust when the validating resolver
+is not on this machine, and per-link nameservers asked through their own interface.
 
 The lab's knot and validating unbound run in host B; host A's /etc/resolv.conf names unbound
 at 198.18.1.2 and fd00:1::2 (tests/dnslab.py namespace mode). unbound validates the signed
 zone and sets AD either way; the client believes it only when the system says so: a
 loopback resolver, or `options trust-ad` (glibc's switch). The client runs in host A from the
 installed package and reads A's real /etc/resolv.conf through `system_config()`.
+A nameserver with an interface is asked from a socket bound to it (resolver/transport.py
+Rule 2): nftables counters in A see which link the queries leave by, and a drop rule in B
+makes the resolver reachable through one link only.
 """
 
 from __future__ import annotations
