@@ -216,7 +216,9 @@ class CacheItem(BaseModel):
     @field_validator("age_s", mode="before")
     @classmethod
     def _age(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        if isinstance(value, (bool, str)):  # YAML's `true` and "5" are no ages
+            raise _refuse(f"age_s {_shown_value(value)} is not a number of seconds")
+        if isinstance(value, (int, float)) and \
                 not 0 <= value <= MAX_AGE_S:  # NaN fails both
             raise _refuse(f"age_s {_num(value)} is not an age from 0 to {MAX_AGE_S:.0f} s")
         return value
@@ -324,10 +326,16 @@ class ArrivalItem(BaseModel):
     @field_validator("at_ms", mode="before")
     @classmethod
     def _at(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        if isinstance(value, (bool, str)):  # YAML's `true` and "5" are no times
+            raise _refuse(f"at_ms {_shown_value(value)} is not a number of milliseconds")
+        if isinstance(value, (int, float)) and \
                 not 0 <= value <= MAX_RTT_MS:  # NaN fails both
             raise _refuse(f"at_ms {_num(value)} is not a time from 0 to {MAX_RTT_MS:.0f} ms")
         return value
+
+
+def _shown_value(value: Any) -> str:
+    return shown(value) if isinstance(value, str) else repr(value)
 
 
 def _num(value: float) -> str:
