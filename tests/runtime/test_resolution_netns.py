@@ -114,11 +114,19 @@ async def initiate(cmd):
             else:
                 os.environ[k] = v
 
+async def cache(cmd):
+    from taps_post.resolver.client import default_client
+
+    if cmd.get("watch"):
+        await tp.path_monitor().prepare()
+    return {"ok": True, "entries": len(default_client().cache)}
+
 async def main():
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         try:
-            out = await initiate(json.loads(line))
+            cmd = json.loads(line)
+            out = await (cache(cmd) if cmd.get("op") == "cache" else initiate(cmd))
         except Exception as exc:
             out = {"ok": False, "unexpected": repr(exc)}
         print(json.dumps(out), flush=True)
@@ -320,3 +328,17 @@ def test_a_live_explain_resolves_through_the_same_resolver(fresh: Scene) -> None
     assert {(c["stack"], c["remote_port"]) for c in out["candidates"]} >= {("quic", QPORT)}
     assert resolution["passes"] and any("HTTPS moved.lab.test" in line
                                         for p in resolution["passes"] for line in p["answers"])
+
+
+def test_a_network_change_flushes_the_dns_cache(fresh: Scene) -> None:
+    fresh.initiate(f"tls://svc.lab.test:{PORT}")
+    assert fresh.client.ask({"op": "cache", "watch": True})["entries"] > 0
+    fresh.topo.address(fresh.topo.a, "veth-a1", "198.18.1.77", present=True)
+    try:
+        deadline = time.monotonic() + 3.0
+        while (left := fresh.client.ask({"op": "cache"})["entries"]) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == 0, "the path monitor's change did not reach the DNS cache"
+    finally:
+        fresh.topo.address(fresh.topo.a, "veth-a1", "198.18.1.77", present=False)
