@@ -19,9 +19,11 @@ target's A/AAAA answers (`env.dns[target]`) when there are any, else the record'
 ipv6hint and ipv4hint. Target "." is the owner; for a port-prefixed owner
 (`_8443._https.example.com`) that is the host below the `_` labels, which holds the
 addresses.
-Rule 5: when records exist the last endpoint is the fallback (RFC 9460 section 3): the final
-name of the alias chain (the host itself without one), on the URL's port, over the stacks
-that need no ALPN offer (every stack but those speaking h3), `service_priority` 65536. A
+Rule 5: when records exist the last endpoint is the fallback (RFC 9460 section 3: an
+SVCB-optional client falls back to the origin): the origin host's own A/AAAA addresses, also
+after an alias chain (a project decision: the origin is what the user named and what its
+certificate names), on the URL's port, over the stacks that need no ALPN offer (every stack
+but those speaking h3), `service_priority` 65536. A
 negative answer, an unasked query or an alias loop gives the single plain endpoint of
 today, priority 0, every stack.
 """
@@ -178,11 +180,10 @@ def shape(query: tuple[str, str] | None, host: str, port: int,
             record.priority, target, rport,
             frozenset(i.name for i in infos if offers(alpn, rtype, i)),
             found or hints, frozenset(hints), record, owners, alpn))
-    fallback = final if chain else host
     out.endpoints.append(Endpoint(
-        FALLBACK_PRIORITY, fallback, port,
+        FALLBACK_PRIORITY, host, port,
         frozenset(i.name for i in infos if "h3" not in i.alpn),
-        tuple(dns.get(fallback, ())), owners=owners))
+        tuple(dns.get(host, ())), owners=owners))
     return out
 
 
