@@ -14,8 +14,10 @@ snapshot's contents (addresses, SVCB/HTTPS, TLSA), the very same live interface 
 the same Association history; and only when the snapshot was known at once, in one pass,
 without the network (hosts file, DNS cache, given addresses: resolution Rule 7).
 Rule 3: every attempt's outcome is written to the Association's history, so the next
-decision ranks by what the network taught us; a failed race drops the interface cache and
-the DNS cache's answers for the names it raced to.
+decision ranks by what the network taught us; an attempt outrun by a later one (racing
+Rule 4) is written as a failure; a failed race drops the interface cache and the DNS cache's
+answers for the names it raced to. A plan that demoted a candidate for a recent failure is
+reused only until that failure's memory ends.
 Rule 4: no downgrade (RFC 9623 section 12). A pinned certificate on the Remote, or a client
 identity (a certificate with its key) on the Local, can only be honoured by a secure stack, so
 it adds an enforced carrier-layer rule `secure: require` (the explanation names it as the
@@ -413,9 +415,16 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                     tracer.emit("attempt.fallback", rank=c.rank, interface=c.interface,
                                 stack=c.stack, now=t.stack, remote=c.remote_address)
 
+        def outrun(c: Candidate, _elapsed_ms: float) -> None:
+            # Pending when a later candidate won, after attemptDelay: a black hole never
+            # fails by itself, so it is remembered as the failure it is (racing Rule 4).
+            association.record(c.stack, "failure", interface=c.interface,
+                               address=c.remote_address)
+
         result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
                             timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer,
-                            more=None if passes is None else later(passes))
+                            more=None if passes is None else later(passes),
+                            on_outrun=outrun)
         decision = last[0] if isinstance(last[0], Decision) else decision
         if isinstance(result, tuple):
             live.invalidate()
@@ -460,9 +469,11 @@ def _plan(resolved: Remote, ctx: PolicyContext, association: Association,
     hit = association.plans.get(_plan_key(resolved, ctx, kind, snap))
     if hit is None:
         return None
-    interfaces, history, decision, settings = hit
+    interfaces, history, decision, settings, until = hit
     if interfaces is not live.cached_interfaces() or history != tuple(association.history):
         return None
+    if until is not None and time.time() >= until:
+        return None  # a failure it counted as recent has been forgotten since
     return decision, settings
 
 
@@ -471,7 +482,18 @@ def _remember_plan(resolved: Remote, ctx: PolicyContext, association: Associatio
     if len(association.plans) >= _PLAN_LIMIT:
         association.plans.clear()
     association.plans[_plan_key(resolved, ctx, kind, snap)] = (
-        live.cached_interfaces(), tuple(association.history), decision, settings)
+        live.cached_interfaces(), tuple(association.history), decision, settings,
+        _valid_until(decision, association))
+
+
+def _valid_until(decision: Decision, association: Association) -> float | None:
+    """When a plan stops being right although nothing else changed (Rule 2): the earliest
+    moment a failure it demoted a candidate for leaves racing.failureMemory (None: never)."""
+    if not any(c.key.recent_failure for c in decision.candidates):
+        return None
+    memory = int(decision.value("racing.failureMemory")) / 1000.0
+    ats = [e.at for e in association.history if e.outcome == "failure" and e.at is not None]
+    return min(ats) + memory if ats else None
 
 
 def _local_filter(candidates: tuple[Candidate, ...], local: Local | None) -> list[Candidate]:

@@ -9,7 +9,11 @@ Rule 3: every attempt is recorded as won, failed, cancelled or not_started. A fa
 keeps the exception object and its `FailureKind` (`classify()`), never only its text; when
 the connTimeout ends the race, each attempt still running failed with kind `timeout`.
 Rule 4: `on_outcome` is called exactly once for each attempt recorded won or failed (the
-Association's history), never for a cancelled or unstarted one.
+Association's history), never for a cancelled or unstarted one. An attempt that was outrun
+(still pending when a candidate started after it won, having run at least attemptDelay: a
+black hole that never answers) is recorded "cancelled", with the error text saying so, and
+reported once to `on_outrun`: the caller remembers it as a failure (docs/resolution.md,
+"Failure memory"), since it will never fail by itself.
 Rule 5: racing knows a transient only as something it can `abort()` (`Abortable`): what a
 stack returns is the caller's business, and racing depends on no concrete transient class.
 Rule 6: one candidate runs in the caller's task (`_race_one`): no task, no asyncio.wait, one
@@ -186,6 +190,7 @@ def _emit_record(tracer: Tracer, a: Attempt) -> None:
 
 _SIBLING = "a sibling won or the race ended"
 _LATE = "ready after another attempt won"
+_OUTRUN = "outrun: no answer within attemptDelay while a later attempt won"
 
 
 async def race(
@@ -197,6 +202,7 @@ async def race(
     on_outcome: Callable[[Candidate, T | None, float], None] | None = None,
     tracer: Tracer | None = None,
     more: AsyncIterator[Sequence[Candidate]] | None = None,
+    on_outrun: Callable[[Candidate, float], None] | None = None,
 ) -> RaceResult[T] | tuple[Attempt, ...]:
     """The first candidate to become ready, or the record of every attempt when none did.
 
@@ -218,6 +224,7 @@ async def race(
     winner: tuple[T, Candidate] | None = None
     next_start = begun
     finish = "cancelled"  # unless the loop below ends by itself or by the connTimeout
+    started_at: list[tuple[Candidate, float]] = []
     pull: asyncio.Task[Sequence[Candidate]] | None = None
     if more is not None:
         pull = asyncio.ensure_future(_next_batch(more))
@@ -270,6 +277,7 @@ async def race(
                     c = queue.pop(0)
                     task = asyncio.ensure_future(attempt(c))
                     running[task] = (c, now)
+                    started_at.append((c, now))
                     next_start = now + attempt_delay
                     if tr is not None:
                         _emit(tr, "attempt.started", c, at_ms=(now - begun) * 1000.0)
@@ -294,6 +302,16 @@ async def race(
                     pull = (asyncio.ensure_future(_next_batch(more)) if join(pull)
                             and more is not None else None)
         finish = "failed" if winner is None else "won"
+        if winner is not None:
+            won_at = next(t for c, t in started_at if c is winner[1])
+            for c, started in running.values():
+                elapsed = (loop.time() - started) * 1000.0
+                if started < won_at and elapsed >= attempt_delay * 1000.0:
+                    records[c.rank] = _record(c, "cancelled", _OUTRUN, elapsed)
+                    if on_outrun is not None:
+                        on_outrun(c, elapsed)
+                    if tr is not None:
+                        _emit_record(tr, records[c.rank])
     except TimeoutError:
         finish = "timeout"
         for c, started in running.values():

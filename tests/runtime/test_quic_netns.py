@@ -271,34 +271,37 @@ def test_quic_ranks_first_and_wins_at_once_when_nothing_is_blocked(fresh: Scene)
 def test_udp_black_hole_tls_wins_after_attempt_delay_and_history_remembers(
         fresh: Scene) -> None:
     """QUIC's Initials vanish: TLS (#2) starts at attemptDelay and wins right after. The
-    Association records TLS's success; the QUIC attempt was cancelled, not failed, so it
-    leaves no entry. The ranking key (docs/explain.md) ranks protocol prefer hits
-    (quic: multistreaming) before history, so the next decision still puts QUIC first and
-    waits attemptDelay again: history breaks ties only among candidates with the same hits."""
+    QUIC attempt was outrun (pending for attemptDelay while a later attempt won: racing
+    Rule 4), so the Association remembers it as a failure beside TLS's success, and the next
+    decision ranks QUIC after TLS (failure memory, RankKey.recent_failure before the
+    protocol hits): the second connection does not wait behind the black hole again."""
     fresh.drop_udp()
     first = fresh.initiate()
     assert first["ok"], first
     assert first["stack"] == "tls" and first["winner"]["rank"] == 2, first
     assert [a["outcome"] for a in first["attempts"]] == ["cancelled", "won"], first
+    assert "outrun" in first["attempts"][0]["error"], first["attempts"][0]
     assert DELAY * 0.9 <= first["elapsed_ms"] < DELAY + 150, first["elapsed_ms"]
     assert first["echo"] == "echo:ping"
-    assert history(first) == {("tls", A1): "success"}
+    assert history(first) == {("tls", A1): "success", ("quic", A1): "failure"}
 
     second = fresh.initiate()
     assert second["ok"], second
-    assert ranked(second) == [(A1, "quic", "none"), (A1, "tls", "success")]
-    assert [c["key"]["protocol_prefer"] for c in second["candidates"]] == [1, 0]
-    assert second["stack"] == "tls" and second["winner"]["rank"] == 2
-    assert DELAY * 0.9 <= second["elapsed_ms"] < DELAY + 150, second["elapsed_ms"]
+    assert [(c["interface"], c["stack"]) for c in second["candidates"]] == [
+        (A1, "tls"), (A1, "quic")]
+    assert [c["key"]["recent_failure"] for c in second["candidates"]] == [False, True]
+    assert second["stack"] == "tls" and second["winner"]["rank"] == 1
+    assert second["elapsed_ms"] < DELAY, second["elapsed_ms"]
     print(f"UDP black-holed, attemptDelay {DELAY} ms: TLS ready after "
           f"{first['elapsed_ms']:.0f} ms, then {second['elapsed_ms']:.0f} ms")
 
-    # The black hole lifts: QUIC, still first, wins at once again.
+    # The black hole lifts: TLS, first now, wins at once; QUIC stays demoted for
+    # racing.failureMemory (it is not tried, so nothing clears its failure).
     fresh.clear()
     third = fresh.initiate()
-    assert third["ok"] and third["stack"] == "quic", third
+    assert third["ok"] and third["stack"] == "tls", third
     assert third["elapsed_ms"] < DELAY, third["elapsed_ms"]
-    assert history(third) == {("tls", A1): "success", ("quic", A1): "success"}
+    assert history(third) == {("tls", A1): "success", ("quic", A1): "failure"}
 
 
 def test_udp_black_hole_both_interfaces_quic_candidates_all_go_first(fresh: Scene) -> None:

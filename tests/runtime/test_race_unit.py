@@ -374,6 +374,43 @@ def test_one_candidate_transient_made_while_cancelled_is_aborted(
         assert (result[0].outcome, result[0].kind) == ("failed", FailureKind.TIMEOUT)
 
 
+def test_an_attempt_outrun_by_a_later_one_is_reported_once_and_recorded_cancelled() -> None:
+    # #1 hangs (a black hole), #2 started attemptDelay later hangs too, #3 wins at 0.5625:
+    # #1 ran 0.5625 >= attemptDelay and #2 ran 0.3125 >= attemptDelay: both were outrun.
+    # A loser that started after the winner, or ran less than attemptDelay, was not.
+    script = Script({1: Hang(), 2: Hang(), 3: Win(0.0625), 4: Hang()})
+    outrun: list[tuple[int, float]] = []
+    calls, on_outcome = recorder()
+
+    async def main() -> tuple[object, float]:
+        result = await race(candidates(4), script, attempt_delay=DELAY, timeout=TIMEOUT,
+                            on_outcome=on_outcome,
+                            on_outrun=lambda c, ms: outrun.append((c.rank, ms)))
+        return result, asyncio.get_running_loop().time()
+
+    result, at = run(main())
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3 and at == 0.5625
+    assert outrun == [(1, 562.5), (2, 312.5)]
+    assert calls == [(3, 3, 62.5)], "an outrun attempt is not an on_outcome failure"
+    a1, a2, a3, a4 = result.attempts
+    assert (a1.outcome, a2.outcome, a4.outcome) == ("cancelled", "cancelled", "not_started")
+    assert "outrun" in a1.error and "outrun" in a2.error
+
+
+def test_a_loser_that_ran_less_than_attempt_delay_was_not_outrun() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    # #2 starts at 0.25 and hangs; #1 fails at 0.3125, so #3 starts then and wins at 0.375:
+    # #2 had run 0.125 only, less than attemptDelay: it was not given its chance.
+    script = Script({1: Fail(0.3125, refused), 2: Hang(), 3: Win(0.0625)})
+    outrun: list[int] = []
+    result = run(race(candidates(3), script, attempt_delay=DELAY, timeout=TIMEOUT,
+                      on_outrun=lambda c, ms: outrun.append(c.rank)))
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3
+    assert script.starts == {1: 0.0, 2: 0.25, 3: 0.3125}
+    assert outrun == []
+    assert result.attempts[1].error == "a sibling won or the race ended"
+
+
 # -- late candidates (`more`, racing Rule 7) ------------------------------------------------
 
 

@@ -307,8 +307,9 @@ def test_failed_path_is_ranked_last_next_time(scene: Scene) -> None:
 
 def test_blackholed_path_won_by_sibling_is_ranked_first_next_time(scene: Scene) -> None:
     """Path 1 black-holed: #1 and #2 hang, #3 (veth-a2) wins after 2 x attemptDelay. The
-    losers were cancelled, not failed, so they keep no history entry; veth-a2's success
-    ranks it first, and the second connection does not wait."""
+    losers were outrun (pending for attemptDelay while a later attempt won: racing Rule 4),
+    so they are remembered as failures and rank last; veth-a2's success ranks it first, and
+    the second connection does not wait."""
     for addr in (A1_V6, A1_V4):
         scene.topo.blackhole(scene.topo.b, saddr=addr)
     first = scene.initiate()
@@ -317,8 +318,8 @@ def test_blackholed_path_won_by_sibling_is_ranked_first_next_time(scene: Scene) 
     assert 2 * DELAY * 0.9 <= first["elapsed_ms"] < 2 * DELAY + 150, first["elapsed_ms"]
     second = scene.initiate()
     assert second["ok"], second
-    assert ranked(second) == [(A2, B1_V6, "success"), (A1, B1_V6, "none"),
-                              (A1, B2_V4, "none"), (A2, B2_V4, "none")]
+    assert ranked(second) == [(A2, B1_V6, "success"), (A2, B2_V4, "none"),
+                              (A1, B1_V6, "failure"), (A1, B2_V4, "failure")]
     assert second["winner"]["rank"] == 1
     assert second["elapsed_ms"] < DELAY, second["elapsed_ms"]
 
