@@ -393,7 +393,8 @@ def test_an_attempt_outrun_by_a_later_one_is_reported_once_and_recorded_cancelle
     assert outrun == [(1, 562.5), (2, 312.5)]
     assert calls == [(3, 3, 62.5)], "an outrun attempt is not an on_outcome failure"
     a1, a2, a3, a4 = result.attempts
-    assert (a1.outcome, a2.outcome, a4.outcome) == ("cancelled", "cancelled", "not_started")
+    assert (a1.outcome, a2.outcome, a3.outcome, a4.outcome) == (
+        "cancelled", "cancelled", "won", "not_started")
     assert "outrun" in a1.error and "outrun" in a2.error
 
 
