@@ -435,7 +435,8 @@ def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int,
         elif not ep_stacks:
             reason = (f"its ALPN ({', '.join(ep.alpn) or 'none'}) offers no stack here"
                       if ep.record is not None else
-                      "every stack that needs no ALPN offer is excluded")
+                      "no stack of this scheme works without an ALPN offer (QUIC needs a "
+                      "record offering h3)")
         elif not addrs:
             reason = "every address is excluded (see the exclusions)"
         else:
