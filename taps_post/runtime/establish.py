@@ -32,10 +32,15 @@ syntax, the system policy) and returns a dormant Carrier whose `opener` (`opener
 resolves, decides and races each time the carrier activates, so a re-activation after a loss
 ranks with everything the Association learnt since. Each racing attempt gets its own
 `EarlyAttempt` (AttemptSpec.early) and the Local's port (AttemptSpec.local_port).
+Rule 7: each attempt gets the TLSA set of its endpoint (`tlsa_name(host, port, the stack's
+IP protocol)`) as the latest snapshot knows it (AttemptSpec.tlsa); under `security.dane:
+require` a secure attempt whose TLSA answer is still outstanding waits for it (or for the
+resolution to end) before connecting, since the stack would refuse a peer it cannot check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -52,7 +57,7 @@ from ..decision.decide import decide
 from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
-from ..decision.names import tlsa_name
+from ..decision.names import TlsaSet, tlsa_name
 from ..diagnostics import SystemPolicyError
 from ..errors import EstablishmentError, PolicyError
 from ..policy import catalog
@@ -365,36 +370,65 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
         port = local.port if local else 0
         raced = {_raced_key(c) for c in candidates}
         last = [decision, snap]  # the latest decision and snapshot (later passes update them)
+        resolving = [passes is not None]  # later snapshots may still come
+        waiting: list[asyncio.Future[None]] = []  # attempts waiting for a TLSA answer
+
+        def wake() -> None:
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
+            waiting.clear()
 
         async def later(source: AsyncIterator[Snapshot]) -> AsyncIterator[list[Candidate]]:
             """Each later pass: decide again, and the candidates not raced yet (Rule 1)."""
             rank = max(c.rank for c in candidates)
-            async for now in source:
-                again = decided(now)
-                last[1] = now
-                if again.outcome != "ok":
-                    continue
-                last[0] = again
-                fresh = []
-                for c in _local_filter(again.candidates, local):
-                    if (k := _raced_key(c)) not in raced:
-                        raced.add(k)
-                        rank += 1
-                        fresh.append(c._replace(rank=rank))
-                if tracer is not None:
-                    _emit_pass(tracer, again, now, len(fresh))
-                if fresh:
-                    yield fresh
+            shown = [1]  # the last pass number a resolution.pass event named
+            try:
+                async for now in source:
+                    again = decided(now)
+                    last[1] = now
+                    wake()
+                    if again.outcome != "ok":
+                        continue
+                    last[0] = again
+                    fresh = []
+                    for c in _local_filter(again.candidates, local):
+                        if (k := _raced_key(c)) not in raced:
+                            raced.add(k)
+                            rank += 1
+                            fresh.append(c._replace(rank=rank))
+                    number = again.passes[-1].number if again.passes else 1
+                    if tracer is not None and (fresh or number > shown[0]):
+                        shown[0] = number  # a TLSA or negative answer starts no pass
+                        _emit_pass(tracer, again, now, len(fresh))
+                    if fresh:
+                        yield fresh
+            finally:
+                resolving[0] = False
+                wake()
+
+        async def tlsa_for(c: Candidate) -> TlsaSet | None:
+            """The candidate's TLSA set as known now; under security.dane require, a secure
+            candidate waits for its answer while the resolution runs (Rule 7)."""
+            protocol = _ip_protocol(c.stack)
+            if protocol is None:
+                return None
+            name = tlsa_name(resolved.host, c.remote_port, protocol)
+            while True:
+                known = last[1]
+                sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
+                if name in sets or not resolving[0] or settings.dane != "require" \
+                        or not _is_secure(c.stack):
+                    return sets.get(name)
+                fut = asyncio.get_running_loop().create_future()
+                waiting.append(fut)
+                await fut
 
         async def attempt(c: Candidate) -> Transient:
             impl = stacks.get(c.stack)
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
-            known = last[1]
-            sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
-            tlsa = None
-            if sets and (protocol := _ip_protocol(c.stack)) is not None:
-                tlsa = sets.get(tlsa_name(resolved.host, c.remote_port, protocol))
+            tlsa = await tlsa_for(c)
             return await impl.connect(AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),

@@ -31,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import taps_post as tp
-from dnslab import Zone, lab
+from dnslab import Zone, lab, tlsa_record
 from netns import B1_V4, B1_V6, B2_V4, NsProcess, Topology, topology
 
 PORT, QPORT = 443, 6443
@@ -163,13 +163,14 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def scene() -> Iterator[Scene]:
-    z = zone()
+    cert = tp.certs.self_signed(["svc.lab.test", "hint.lab.test", "moved.lab.test",
+                                 "alias.lab.test", "ttl.lab.test", "named"])
+    assert cert.key_pem is not None
+    z = zone().add(*tlsa_record(cert.cert_pem, host="svc", port=PORT))  # DANE-EE 3 1 1
+    # trust-ad: the lab's validating unbound is not on loopback (resolver conf.py Rule 5).
     with topology("trs") as topo, lab(z, topo=topo, relay=True,
-                                      resolv_options=("timeout:1",)) as dns:
+                                      resolv_options=("timeout:1", "trust-ad")) as dns:
         topo.hosts(topo.a, {"named": [B1_V6]})
-        cert = tp.certs.self_signed(["svc.lab.test", "hint.lab.test", "moved.lab.test",
-                                     "alias.lab.test", "ttl.lab.test", "named"])
-        assert cert.key_pem is not None
         cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
         cert_path.write_text(cert.cert_pem)
         key_path.write_text(cert.key_pem)
@@ -342,3 +343,17 @@ def test_a_network_change_flushes_the_dns_cache(fresh: Scene) -> None:
         assert left == 0, "the path monitor's change did not reach the DNS cache"
     finally:
         fresh.topo.address(fresh.topo.a, "veth-a1", "198.18.1.77", present=False)
+
+
+def test_under_dane_require_an_attempt_waits_for_its_tlsa_answer(fresh: Scene) -> None:
+    fresh.dns.relay.set(delays={"TLSA": 0.3})
+    out = fresh.initiate(f"tls://svc.lab.test:{PORT}", set={"security.dane": "require"})
+    (tlsa,) = events(out, "resolution.answer", rtype="TLSA")
+    assert tlsa["status"] == "ok" and tlsa["count"] == 1
+    (pass1,) = events(out, "resolution.pass", number=1)
+    (won,) = events(out, "attempt.won")
+    assert pass1["t_ms"] < tlsa["t_ms"] - 150, "pass 1 does not wait for TLSA"
+    assert won["t_ms"] >= tlsa["t_ms"], "the attempt connected before its TLSA answer"
+    numbers = [e["number"] for e in events(out, "resolution.pass")]
+    assert numbers == sorted(set(numbers)), "a TLSA answer starts no pass"
+    assert out["echo"] == "echo:ping"
