@@ -327,7 +327,9 @@ def test_race_emits_attempt_events_in_order_at_their_virtual_times() -> None:
     assert "Connection refused" in failed["error"]
     assert events[3][1]["at_ms"] == 125.0 and events[4][1]["at_ms"] == 375.0
     assert events[5][1]["elapsed_ms"] == 62.5
-    assert events[6][1]["reason"] == "a sibling won or the race ended"
+    # #2 ran 312.5 ms (>= attemptDelay) while #3, started after it, won: outrun (racing Rule 4)
+    assert events[6][1]["reason"] == "outrun: no answer within attemptDelay while a later " \
+        "attempt won"
     assert info["race.finished"]["outcome"] == "won" and info["race.finished"]["winner"] == 3
 
 
