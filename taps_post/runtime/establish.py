@@ -58,6 +58,7 @@ from ..decision.decision import Candidate, Decision, Exclusion
 from ..decision.envfile import load_environment
 from ..decision.environment import Environment
 from ..decision.names import TlsaSet, tlsa_name
+from ..decision.request import Request
 from ..diagnostics import SystemPolicyError
 from ..errors import EstablishmentError, PolicyError
 from ..policy import catalog
@@ -332,12 +333,15 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
         # One snapshot of a live system layer for the whole decision: the plan cache key,
         # the decision and the plan stored under it all agree on one policy.
         deciding, secure_rule = secured(ctx.current(), resolved, local)
-        request = resolved.request(app=ctx.app_name, kind=kind)
         reuse = env is None and (snap is None or snap.reusable)
         plan = _plan(resolved, deciding, association, kind, snap) if reuse else None
+        requests: list[Request] = []  # parsed once, and only when a decision is made
 
         def decided(now: Snapshot | None) -> Decision:
-            decision = decide(request, deciding, _environment(base, resolved, association, now))
+            if not requests:
+                requests.append(resolved.request(app=ctx.app_name, kind=kind))
+            decision = decide(requests[0], deciding,
+                              _environment(base, resolved, association, now))
             if secure_rule is not None and decision.outcome == "ok":
                 decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
             return decision
@@ -407,6 +411,13 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                 resolving[0] = False
                 wake()
 
+        def tlsa_now(c: Candidate) -> TlsaSet | None:
+            known = last[1]
+            sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
+            if not sets or (protocol := _ip_protocol(c.stack)) is None:
+                return None
+            return sets.get(tlsa_name(resolved.host, c.remote_port, protocol))
+
         async def tlsa_for(c: Candidate) -> TlsaSet | None:
             """The candidate's TLSA set as known now; under security.dane require, a secure
             candidate waits for its answer while the resolution runs (Rule 7)."""
@@ -428,7 +439,7 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             impl = stacks.get(c.stack)
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
-            tlsa = await tlsa_for(c)
+            tlsa = await tlsa_for(c) if resolving[0] else tlsa_now(c)
             return await impl.connect(AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),
