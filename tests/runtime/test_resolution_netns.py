@@ -114,6 +114,13 @@ async def initiate(cmd):
             else:
                 os.environ[k] = v
 
+async def lookup(cmd):
+    try:
+        found = await tp.Remote.parse(cmd["target"]).lookup()
+    except tp.ResolutionError as exc:
+        return {"ok": False, "error": str(exc), "name": exc.name}
+    return {"ok": True, "addresses": list(found.addresses)}
+
 async def cache(cmd):
     from taps_post.resolver.client import default_client
 
@@ -126,7 +133,9 @@ async def main():
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         try:
             cmd = json.loads(line)
-            out = await (cache(cmd) if cmd.get("op") == "cache" else initiate(cmd))
+            op = cmd.get("op")
+            out = await (cache(cmd) if op == "cache" else lookup(cmd) if op == "lookup"
+                         else initiate(cmd))
         except Exception as exc:
             out = {"ok": False, "unexpected": repr(exc)}
         print(json.dumps(out), flush=True)
@@ -357,3 +366,14 @@ def test_under_dane_require_an_attempt_waits_for_its_tlsa_answer(fresh: Scene) -
     numbers = [e["number"] for e in events(out, "resolution.pass")]
     assert numbers == sorted(set(numbers)), "a TLSA answer starts no pass"
     assert out["echo"] == "echo:ping"
+
+
+def test_remote_lookup_resolves_through_the_same_resolver(fresh: Scene) -> None:
+    fresh.dns.relay.set(delays={"AAAA": 0.2})
+    found = fresh.client.ask({"op": "lookup", "target": f"tcp://svc.lab.test:{PORT}"})
+    assert found == {"ok": True, "addresses": [B1_V6, B1_V4]}, "lookup() waits for both"
+    named = fresh.client.ask({"op": "lookup", "target": f"tcp://named:{PORT}"})
+    assert named == {"ok": True, "addresses": [B1_V6]}
+    missing = fresh.client.ask({"op": "lookup", "target": f"tcp://nothing.lab.test:{PORT}"})
+    assert missing["ok"] is False and missing["name"] == "nothing.lab.test"
+    assert "nxdomain" in missing["error"]
