@@ -44,6 +44,11 @@ def zone() -> Zone:
     z.add("end", 300, "A", "198.18.1.3")
     z.add("v4only", 300, "A", "198.18.1.4")
     z.add("_443._tcp.web", 300, "TLSA", "3 1 1 " + "ab" * 32)
+    z.add("pooled", 300, "HTTPS", "1 pool.res.test. alpn=h2").add("pooled", 300, "A", "198.18.1.5")
+    z.add("pool", 300, "A", "198.18.2.5").add("pool", 300, "AAAA", "fd00:2::5")
+    z.add("loop1", 300, "HTTPS", "0 loop2.res.test.")
+    z.add("loop2", 300, "HTTPS", "0 loop1.res.test.")
+    z.add("loop1", 300, "A", "198.18.1.6")
     return z
 
 
@@ -204,3 +209,37 @@ def test_ttl_expiry_is_observed_through_the_client_cache() -> None:
     assert before.addresses() == ("198.18.1.2",)
     assert not after.from_cache and after.addresses() == ("198.18.1.7",)
 
+
+
+def test_a_service_mode_target_gets_its_own_address_queries(dns: Any) -> None:
+    trace: list[tuple[str, dict[str, Any]]] = []
+    last = asyncio.run(collect(Wanted("pooled.res.test", 443, "https"),
+                               client_for(dns.nameserver), trace))[-1]
+    assert last.dns == {"pooled.res.test": ("198.18.1.5",),
+                        "pool.res.test": ("fd00:2::5", "198.18.2.5")}
+    asked = [(i["name"], i["rtype"]) for n, i in trace if n == "resolution.answer"]
+    assert sorted(a for a in asked if a[0] == "pool.res.test") == [
+        ("pool.res.test", "A"), ("pool.res.test", "AAAA")], "asked once each, no HTTPS"
+
+
+def test_an_alias_loop_asks_each_name_once_and_ends(dns: Any) -> None:
+    trace: list[tuple[str, dict[str, Any]]] = []
+    last = asyncio.run(collect(Wanted("loop1.res.test", 443, "https"),
+                               client_for(dns.nameserver), trace))[-1]
+    assert last.complete and last.dns == {"loop1.res.test": ("198.18.1.6",)}
+    asked = [(i["name"], i["rtype"]) for n, i in trace if n == "resolution.answer"]
+    assert len(asked) == len(set(asked)), asked
+    assert ("loop2.res.test", "HTTPS") in asked
+
+
+def test_an_unanswered_https_query_holds_pass_one_for_resolution_delay_only(dns: Any) -> None:
+    dns.relay.set(drop=["HTTPS"])
+    try:
+        snaps = asyncio.run(collect(Wanted("web.res.test", 443, "https"),
+                                    client_for(dns.nameserver, timeout=0.6)))
+    finally:
+        dns.relay.set(drop=[])
+    first, last = snaps[0], snaps[-1]
+    assert "resolutionDelay" in first.trigger and first.at_ms < 300.0, first
+    assert "web.res.test" not in first.svcb
+    assert last.complete and last.at_ms >= 550.0 and "web.res.test" not in last.svcb
