@@ -28,6 +28,10 @@ returns; nothing outlives the resolution.
 Rule 7: a snapshot says whether it may key a reused plan (`reusable`): only when everything
 was known at once, in one pass, without the network (the hosts file, the DNS cache, an IP
 literal); an answer that had to travel may have changed.
+Rule 8: the resolv.conf search list applies as glibc applies it (`ResolverConfig.names_for`):
+each name is tried in turn until one has an address, and a snapshot of an expanded name is
+written back under the name the caller used (`Snapshot.renamed`), since that is the name the
+decision, the certificate check and the TLSA names use.
 """
 
 from __future__ import annotations
@@ -132,6 +136,22 @@ class Snapshot:
                 seen.update(dict.fromkeys(r.ipv6hint + r.ipv4hint))
         return tuple(seen)
 
+    def renamed(self, asked: str, host: str) -> Snapshot:
+        """This snapshot with the name the DNS was asked (`asked`, a search-list expansion
+        of `host`) written as `host`, the name decide() and the TLSA names use (Rule 8)."""
+
+        def name(n: str) -> str:
+            if n == asked:
+                return host
+            return n[:-len(asked)] + host if n.endswith("." + asked) else n
+
+        return replace(
+            self, host=host, dns={name(k): v for k, v in self.dns.items()},
+            svcb={name(k): tuple(replace(r, target=name(r.target)) for r in v)
+                  for k, v in self.svcb.items()},
+            tlsa={name(k): replace(v, name=name(v.name)) for k, v in self.tlsa.items()},
+            arrivals=tuple(replace(a, name=name(a.name)) for a in self.arrivals))
+
     def environment(self, base: Environment) -> Environment:
         """`base` (the live machine) with what this snapshot knows (establish Rule 1)."""
         return replace(base, dns={**base.dns, **self.dns}, svcb={**base.svcb, **self.svcb},
@@ -200,12 +220,23 @@ async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
     if client is None:
         yield await _getaddrinfo(host, wanted.port, tr, "no nameserver is configured")
         return
-    run = _Run(wanted, host, client, tr)
-    try:
-        async for snap in run.snapshots():
-            yield snap
-    finally:
-        await run.close()
+    names = client.config.names_for(host) or (host,)
+    for n, qname in enumerate(names):
+        run = _Run(replace(wanted, host=qname), qname, client, tr, origin=host)
+        yielded = False
+        try:
+            async for snap in run.snapshots():
+                yielded = True
+                yield snap if qname == host else snap.renamed(qname, host)
+            return
+        except ResolutionError as exc:
+            if yielded or n == len(names) - 1:
+                if qname == host and len(names) == 1:
+                    raise
+                raise ResolutionError(host, f"no address for {' or '.join(names)} "
+                                            f"(last: {exc})") from exc
+        finally:
+            await run.close()
 
 
 async def addresses(host: str, port: int) -> tuple[str, ...]:
@@ -293,9 +324,12 @@ async def _getaddrinfo(host: str, port: int, tr: Tracer | None, why: str) -> Sna
 class _Run:
     """One resolution's queries and what they answered (Rules 2-6)."""
 
-    def __init__(self, wanted: Wanted, host: str, client: DnsClient, tr: Tracer | None) -> None:
+    def __init__(self, wanted: Wanted, host: str, client: DnsClient, tr: Tracer | None, *,
+                 origin: str) -> None:
         self.wanted = wanted
         self.host = host
+        self.origin = origin
+        """The name as the caller wrote it (getaddrinfo applies the search list itself)."""
         self.client = client
         self.tr = tr
         self.loop = asyncio.get_running_loop()
@@ -402,8 +436,10 @@ class _Run:
                     await self.close()
                     statuses = "/".join(sorted({self.answers[(self.host, t)].status
                                                 for t in ("A", "AAAA")}))
-                    yield await _getaddrinfo(self.host, w.port, self.tr,
-                                             f"every nameserver failed ({statuses})")
+                    snap = await _getaddrinfo(self.origin, w.port, self.tr,
+                                              f"every nameserver failed ({statuses})")
+                    # Renamed back by the caller: dns is keyed by the name asked here.
+                    yield replace(snap, host=self.host, dns={self.host: snap.dns[self.origin]})
                     return
                 services = {name: answer.services for (name, rtype), answer
                             in self.answers.items() if rtype in ("HTTPS", "SVCB")}

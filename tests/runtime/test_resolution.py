@@ -243,3 +243,20 @@ def test_an_unanswered_https_query_holds_pass_one_for_resolution_delay_only(dns:
     assert "resolutionDelay" in first.trigger and first.at_ms < 300.0, first
     assert "web.res.test" not in first.svcb
     assert last.complete and last.at_ms >= 550.0 and "web.res.test" not in last.svcb
+
+
+def test_the_search_list_applies_and_the_snapshot_keeps_the_callers_name(dns: Any) -> None:
+    client = DnsClient(ResolverConfig(nameservers=(Nameserver(*dns.nameserver),),
+                                      search=("nowhere.test", "res.test"), timeout=2.0,
+                                      attempts=1))
+    trace: list[tuple[str, dict[str, Any]]] = []
+    wanted = Wanted("web", 443, "https", tlsa_protocols=("tcp",))
+    last = asyncio.run(collect(wanted, client, trace))[-1]
+    # `web` has no dot (ndots 1): web.nowhere.test first (NXDOMAIN), then web.res.test.
+    assert last.host == "web" and last.dns == {"web": ("fd00:1::2", "198.18.1.2")}
+    assert last.svcb["web"][0].port == 8443 and "_443._tcp.web" in last.tlsa
+    asked = {i["name"] for n, i in trace if n == "resolution.answer"}
+    assert {"web.nowhere.test", "web.res.test"} <= asked
+    with pytest.raises(ResolutionError, match=r"nothing\.nowhere\.test or") as info:
+        asyncio.run(collect(Wanted("nothing", 80, "tcp"), client))
+    assert info.value.name == "nothing"
