@@ -73,6 +73,8 @@ bench: install
 	$(PY) bench/validate.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/multipath.py; \
 	else echo "bench/multipath.py needs root (network namespaces): skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/resolution.py; \
+	else echo "bench/resolution.py needs root (network namespaces): skipped"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
