@@ -10,7 +10,10 @@ resolver and `decide()` call it, so they can never look at different owner names
 `_scheme.host` for any other scheme, with `_PORT.` in front for a non-default port).
 Rule 3: one function names the TLSA query (`tlsa_name`, RFC 6698 section 3): `_PORT._tcp.host`
 for stacks over TCP, `_PORT._udp.host` over UDP (QUIC).
-Rule 4: a TLSA set counts only when `validated`: the resolver set the AD bit and the system
+Rule 4: one function says which TLSA records this library can check (`usable`), and both the
+decision (explain's DANE verdict, `security.dane: require`) and the stacks' check
+(stacks/dane.py) call it, so a dry run never promises a connection the stack refuses.
+Rule 5: a TLSA set counts only when `validated`: the resolver set the AD bit and the system
 trusts that resolver (docs/resolution.md, "DANE"). An unvalidated set is kept so explain can
 say it was ignored, never used to accept or refuse a certificate.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["ALIAS_LIMIT", "Arrival", "ServiceRecord", "TlsaRecord", "TlsaSet", "service_query",
-           "tlsa_name"]
+           "tlsa_name", "usable"]
 
 ALIAS_LIMIT = 8
 """AliasMode records followed before the chain counts as a loop (RFC 9460 section 2.4.2 asks
@@ -113,3 +116,15 @@ def service_query(scheme: str, host: str, port: int,
 def tlsa_name(host: str, port: int, ip_protocol: str) -> str:
     """`_port._tcp.host` or `_port._udp.host` (Rule 3)."""
     return f"_{port}._{ip_protocol}.{host.lower().rstrip('.')}"
+
+
+def usable(record: TlsaRecord, *, leaf_only: bool = False) -> bool:
+    """Whether this library checks `record` (Rule 4): DANE-TA(2) or DANE-EE(3) with a known
+    selector (0, 1) and matching type (0, 1, 2); PKIX-TA/EE are ignored (RFC 7671 section
+    4.1 lets a client ignore them). On a stack that sees only the peer's leaf certificate
+    (`leaf_only`: the stdlib's TLS before Python 3.13) a DANE-TA record must carry the whole
+    anchor certificate (`2 0 0`): a digest names a certificate that is never seen."""
+    if record.usage not in (2, 3) or record.selector not in (0, 1) \
+            or record.matching not in (0, 1, 2):
+        return False
+    return not (leaf_only and record.usage == 2 and (record.selector, record.matching) != (0, 0))
