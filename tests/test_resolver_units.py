@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,20 +73,71 @@ def test_res_options_localdomain_and_no_ports() -> None:
     assert (config.ndots, config.attempts, config.search) == (4, 3, ("b.example", "c"))
 
 
-def test_trust_is_loopback_or_trust_ad() -> None:
-    plain = parse_resolv_conf("nameserver 127.0.0.53\nnameserver ::1\nnameserver 198.18.0.1\n")
-    assert [plain.trusts(ns) for ns in plain.nameservers] == [True, True, False]
-    trusting = parse_resolv_conf("nameserver 198.18.0.1\noptions trust-ad\n")
-    assert trusting.trusts(trusting.nameservers[0])
+def test_trust_is_trust_ad_for_resolv_conf_servers_only() -> None:
+    """conf.py Rule 5, glibc's rule: no trust-ad, no trust, loopback included (Docker's
+    127.0.0.11, dnsmasq proxy-dnssec, resolved with DNSSEC=no relay an upstream's AD)."""
+    plain = parse_resolv_conf("nameserver 127.0.0.53\nnameserver ::1\nnameserver 127.0.0.11\n"
+                              "nameserver 198.18.0.1\n")
+    assert [plain.trusts(ns) for ns in plain.nameservers] == [False, False, False]
+    trusting = parse_resolv_conf("nameserver 198.18.0.1\nnameserver ::1\noptions trust-ad\n")
+    assert [trusting.trusts(ns) for ns in trusting.nameservers] == [True, True]
+    env = parse_resolv_conf("nameserver 127.0.0.1\n", res_options="trust-ad")
+    assert env.trusts(env.nameservers[0])
+    # A server the config does not list is not trusted, whatever its address.
+    assert not trusting.trusts(Nameserver("198.18.0.2"))
+
+
+def test_a_per_link_server_is_never_trusted(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """H1: resolv.conf's trust-ad does not reach systemd-resolved's per-link servers, not
+    even a loopback one, nor one the file also names on another port."""
+    rc = tmp_path / "resolv.conf"
+    rc.write_text("nameserver 127.0.0.1\noptions edns0 trust-ad\n")
+    links = tmp_path / "netif"
+    links.mkdir()
+    (links / str(socket.if_nametoindex("lo"))).write_text(
+        "DNS=198.18.1.1 127.0.0.2 127.0.0.1#dot.example [127.0.0.1]:5353\n")
+    for variable in ("RES_OPTIONS", "LOCALDOMAIN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
+    config = system_config()
+    assert config.trust_ad
+    # 127.0.0.1:53 is listed by resolv.conf already: not added again as a per-link server.
+    assert config.nameservers == (
+        Nameserver("127.0.0.1"), Nameserver("198.18.1.1", 53, "lo", per_link=True),
+        Nameserver("127.0.0.2", 53, "lo", per_link=True),
+        Nameserver("127.0.0.1", 5353, "lo", per_link=True))
+    assert [config.trusts(ns) for ns in config.nameservers] == [True, False, False, False]
+    link = ResolverConfig((Nameserver("127.0.0.1", 53, "lo", per_link=True),), trust_ad=True)
+    assert not link.trusts(link.nameservers[0])
+
+
+def test_per_link_servers_are_not_added_behind_resolveds_stub(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """L1: with 127.0.0.53 (or .54) in resolv.conf, resolved asks the links' servers itself,
+    per link and per domain; asking them here would ask servers glibc never asks."""
+    links = tmp_path / "netif"
+    links.mkdir()
+    (links / str(socket.if_nametoindex("lo"))).write_text("DNS=198.18.1.1\n")
+    monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
+    monkeypatch.delenv("RES_OPTIONS", raising=False)
+    for stub in ("127.0.0.53", "127.0.0.54"):
+        rc = tmp_path / f"resolv-{stub}.conf"
+        rc.write_text(f"nameserver {stub}\noptions edns0 trust-ad\nsearch .\n")
+        monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
+        config = system_config()
+        assert config.nameservers == (Nameserver(stub),)
+        assert config.trusts(config.nameservers[0])
 
 
 def test_systemd_link_file_servers() -> None:
     text = ("# This is private data. Do not parse.\nLLMNR=yes\n"
             "DNS=198.18.1.1 fd00::1 [fd00::2]:5353 198.18.1.2:5300#dns.example bogus\n"
             "DOMAINS=example\n")
-    assert parse_link_file(text, "eth9") == (
-        Nameserver("198.18.1.1", 53, "eth9"), Nameserver("fd00::1", 53, "eth9"),
-        Nameserver("fd00::2", 5353, "eth9"), Nameserver("198.18.1.2", 5300, "eth9"))
+    assert parse_link_file(text, "eth9") == tuple(
+        Nameserver(a, p, "eth9", per_link=True) for a, p in (
+            ("198.18.1.1", 53), ("fd00::1", 53), ("fd00::2", 5353), ("198.18.1.2", 5300)))
 
 
 def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
@@ -103,7 +155,8 @@ def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(rc))
     monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
     first = system_config()
-    assert first.nameservers == (Nameserver("127.0.0.1"), Nameserver("198.18.9.9", 53, "lo"))
+    assert first.nameservers == (Nameserver("127.0.0.1"),
+                                 Nameserver("198.18.9.9", 53, "lo", per_link=True))
     assert first.source == str(rc)
     assert system_config() is first  # nothing changed: the same object
     rc.write_text("nameserver 127.0.0.2\n")
@@ -113,8 +166,9 @@ def test_system_config_env_override_links_and_stat_cache(tmp_path: Path,
     assert second.nameservers[0] == Nameserver("127.0.0.2")
     (links / str(lo)).write_text("DNS=198.18.9.10 198.18.9.11\n")
     os.utime(links / str(lo), ns=(2, 2))
-    assert system_config().nameservers[1:] == (Nameserver("198.18.9.10", 53, "lo"),
-                                                 Nameserver("198.18.9.11", 53, "lo"))
+    assert system_config().nameservers[1:] == (
+        Nameserver("198.18.9.10", 53, "lo", per_link=True),
+        Nameserver("198.18.9.11", 53, "lo", per_link=True))
     monkeypatch.setenv("RES_OPTIONS", "trust-ad")
     assert system_config().trust_ad  # the environment is part of the configuration
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "missing"))
@@ -324,3 +378,44 @@ def test_a_lookup_never_loads_dnspythons_transports_or_aioquic() -> None:
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["timeout", "True", "[]"], out.stderr
+
+
+def test_cache_is_bounded_by_bytes_lru() -> None:
+    """cache.py Rule 6: a name with 4000 addresses weighs what it holds; the bytes bound
+    evicts the least recently used entries, and one answer above the bound is not kept."""
+    many = Answer("many", "A", "ok", tuple(f"198.18.{n // 250}.{n % 250}" for n in range(4000)),
+                  ttl=60, nameserver=NS1)
+    assert cache_mod.size(many) > 4000 * 64
+    assert cache_mod.MAX_BYTES == 4 * 1024 * 1024 and DnsCache().max_bytes == cache_mod.MAX_BYTES
+    cache = DnsCache(max_bytes=3 * cache_mod.size(many) + 100)  # no room for a 4th entry
+    for name in ("a", "b", "c"):
+        assert cache.put((name, "A"), replace(many, name=name), 0.0)
+    assert cache.get(("a", "A"), 1.0) is not None  # a is the most recently used now
+    assert cache.put(("small", "A"), _ok("small"), 1.0)  # evicts b
+    assert cache.put(("d", "A"), replace(many, name="d"), 1.0)  # evicts c
+    assert [n for n in "abcd" if cache.get((n, "A"), 1.0) is not None] == ["a", "d"]
+    assert cache.get(("small", "A"), 1.0) is not None
+    assert cache.bytes <= cache.max_bytes
+    tiny = DnsCache(max_bytes=cache_mod.size(many) - 1)
+    assert not tiny.put(("many", "A"), many, 0.0) and len(tiny) == 0 and tiny.bytes == 0
+    assert cache.forget(["a", "d", "small"]) == 3 and cache.bytes == 0
+
+
+def test_an_nxdomain_for_the_name_itself_answers_every_type() -> None:
+    """cache.py Rule 8 (RFC 2308 section 5): put with whole_name, an NXDOMAIN answers the
+    name's other types while it lives; without it (it ended a CNAME chain), only its own."""
+    cache = DnsCache()
+    nx = Answer("gone.example", "A", "nxdomain", ttl=30, nameserver=NS1)
+    assert cache.put(("gone.example", "A"), nx, 0.0, whole_name=True)
+    aaaa = cache.get(("Gone.Example.", "AAAA"), 10.0)
+    assert aaaa is not None and (aaaa.rtype, aaaa.status, aaaa.ttl) == ("AAAA", "nxdomain", 20)
+    assert aaaa.from_cache and cache.get(("gone.example", "HTTPS"), 30.0) is None
+    chained = Answer("alias.example", "A", "nxdomain", ttl=30, nameserver=NS1)
+    assert cache.put(("alias.example", "A"), chained, 0.0)
+    assert cache.get(("alias.example", "AAAA"), 1.0) is None
+    assert cache.get(("alias.example", "A"), 1.0) is not None
+    nodata = Answer("v4.example", "AAAA", "nodata", ttl=30, nameserver=NS1)
+    assert cache.put(("v4.example", "AAAA"), nodata, 0.0, whole_name=True)
+    assert cache.get(("v4.example", "A"), 1.0) is None  # NODATA: only that type is absent
+    cache.put(("gone.example", "A"), nx, 40.0, whole_name=True)
+    assert cache.forget(["gone.example"]) == 2 and cache.get(("gone.example", "TLSA"), 41) is None

@@ -19,15 +19,23 @@ stray or unparsable datagram is skipped and the real answer still awaited until 
 instead of ending the query with an error.
 Rule 4: nameservers are asked in order, each try bounded by `config.timeout`, the whole list
 `config.attempts` times (resolv.conf(5)). NOERROR and NXDOMAIN end the query; SERVFAIL,
-REFUSED, a timeout or a socket error move on to the next server. When every try failed, the
-status is the last failure that was not a timeout (a server that said SERVFAIL tells more than
-one that stayed silent), or `timeout` when every try timed out.
+REFUSED, a timeout or a socket error move on to the next server, as glibc does, except for
+the DNSSEC questions (TLSA, and HTTPS, whose ECH keys and ALPN set DNSSEC vouches for): a
+failure from a server the config trusts (conf.py Rule 5) is that validator's verdict (a
+validating resolver answers SERVFAIL for a bogus RRset), so the question stays with that
+server for the remaining attempts and no other server is asked; asking on would let the
+next, unvalidated server supply exactly the answer the validator refused. When every try
+failed, the status is the last failure that was not a timeout (a server that said SERVFAIL
+tells more than one that stayed silent), or `timeout` when every try timed out.
 Rule 5: never raise for a DNS failure: `status` says what happened, and the caller decides
 (the runtime falls back to getaddrinfo). Cancellation still propagates.
 Rule 6: CNAME chains are followed inside the answer section (at most names.ALIAS_LIMIT
 links); the answer's TTL is the minimum over the chain and the final RRset. A negative
 answer's TTL is min(SOA TTL, SOA MINIMUM) of the authority section's SOA (RFC 2308 section 5),
-and not above the chain's.
+and not above the chain's; an SOA whose owner is not the chain's last name or one of its
+ancestors says nothing about that name and is ignored (no SOA: not cached). The TTL an
+answer reports is capped as the cache caps it (cache.py Rules 3, 4), so the first answer
+and a cache hit never disagree about how long it lives.
 Rule 7: `authenticated` = the response's AD bit AND `config.trusts(nameserver)`
 (conf.py Rule 5). Nothing here validates DNSSEC itself.
 Rule 8: `default_client()` keeps one client per `system_config()` value: a changed
@@ -59,20 +67,22 @@ from dns.rdtypes import svcbbase
 
 from ..decision.names import ALIAS_LIMIT, ServiceRecord, TlsaRecord
 from . import transport
-from .cache import Answer, DnsCache, cache_key
+from .cache import MAX_NEGATIVE_TTL, MAX_TTL, Answer, DnsCache, cache_key
 from .conf import Nameserver, ResolverConfig, system_config
+from .names import normal
 
 __all__ = ["PAYLOAD", "RTYPES", "Answer", "DnsClient", "default_client"]
 
 PAYLOAD = 1232
 RTYPES = frozenset({"A", "AAAA", "HTTPS", "SVCB", "TLSA", "CNAME"})
 _WANT_DNSSEC = frozenset({"TLSA", "HTTPS"})
+"""The questions sent with DO, and whose failure at a trusted validator is final (Rule 4)."""
 
 
 def _text(name: dns.name.Name) -> str:
     if name == dns.name.root:
         return "."
-    return str(name.to_text(omit_final_dot=True)).lower()
+    return normal(str(name.to_text()))
 
 
 def _key_name(key: int) -> str:
@@ -105,16 +115,18 @@ def _service(rd: object, ttl: int) -> ServiceRecord:
     )
 
 
-def _negative_ttl(response: dns.message.Message) -> int | None:
+def _negative_ttl(response: dns.message.Message, owner: dns.name.Name) -> int | None:
+    """RFC 2308's TTL from the first SOA at `owner` or above it (Rule 6); None without one."""
     for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and rrset:
-            return int(min(rrset.ttl, rrset[0].minimum))
+        if rrset.rdtype == dns.rdatatype.SOA and rrset and owner.is_subdomain(rrset.name):
+            return int(min(rrset.ttl, rrset[0].minimum, MAX_NEGATIVE_TTL))
     return None
 
 
 def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
-          ns: Nameserver, config: ResolverConfig) -> Answer:
-    """A NOERROR or NXDOMAIN response as an Answer (Rules 6, 7)."""
+          ns: Nameserver, config: ResolverConfig) -> tuple[Answer, bool]:
+    """A NOERROR or NXDOMAIN response as an Answer (Rules 6, 7), and whether it is an
+    NXDOMAIN for the name itself, reached through no CNAME (cache.py Rule 8)."""
     name = _text(qname)
     authenticated = bool(response.flags & dns.flags.AD) and config.trusts(ns)
     rdtype = dns.rdatatype.from_text(rtype)
@@ -132,12 +144,12 @@ def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
         current, chain = cname[0].target, chain + 1
     nxdomain = response.rcode() == dns.rcode.NXDOMAIN
     if nxdomain or found is None or not found:
-        negative = _negative_ttl(response)  # None without an SOA: not cached (cache.py)
+        negative = _negative_ttl(response, current)  # None: not cached (cache.py)
         if negative is not None and ttl is not None:
             negative = min(negative, ttl)
         return Answer(name, rtype, "nxdomain" if nxdomain else "nodata", ttl=negative,
-                      authenticated=authenticated, nameserver=ns)
-    ttl = int(found.ttl if ttl is None else min(ttl, found.ttl))
+                      authenticated=authenticated, nameserver=ns), nxdomain and chain == 0
+    ttl = int(min(MAX_TTL, found.ttl if ttl is None else min(ttl, found.ttl)))
     addresses: tuple[str, ...] = ()
     services: tuple[ServiceRecord, ...] = ()
     tlsa: tuple[TlsaRecord, ...] = ()
@@ -151,7 +163,7 @@ def _read(response: dns.message.Message, qname: dns.name.Name, rtype: str,
                                 bytes(rd.cert)) for rd in found)
     elif rtype == "CNAME":
         addresses = tuple(_text(rd.target) for rd in found)
-    return Answer(name, rtype, "ok", addresses, services, tlsa, ttl, authenticated, ns)
+    return Answer(name, rtype, "ok", addresses, services, tlsa, ttl, authenticated, ns), False
 
 
 class _Shared:
@@ -208,31 +220,35 @@ class DnsClient:
 
     async def _fetch(self, key: tuple[str, str], rtype: str) -> Answer:
         """One question on the wire for every caller asking it at the same time (Rule 9)."""
-        answer = await self._ask(key[0], rtype)
-        self.cache.put(key, answer, time.monotonic())
+        answer, whole_name = await self._ask(key[0], rtype)
+        self.cache.put(key, answer, time.monotonic(), whole_name=whole_name)
         return answer
 
-    async def _ask(self, name: str, rtype: str) -> Answer:
+    async def _ask(self, name: str, rtype: str) -> tuple[Answer, bool]:
         try:
             qname = dns.name.from_text(name)
         except (dns.exception.DNSException, ValueError, UnicodeError):
-            return Answer(name, rtype, "error")
+            return Answer(name, rtype, "error"), False
         if qname == dns.name.root:
-            return Answer(name, rtype, "error")  # "" or ".": no host to resolve
+            return Answer(name, rtype, "error"), False  # "" or ".": no host to resolve
         failures: list[tuple[str, Nameserver]] = []
+        servers = self.config.nameservers
         for _round in range(self.config.attempts):
-            for ns in self.config.nameservers:
+            for ns in servers:
                 status, response = await self._send(qname, rtype, ns)
                 if response is not None:
                     return _read(response, qname, rtype, ns, self.config)
                 failures.append((status, ns))
+                if rtype in _WANT_DNSSEC and self.config.trusts(ns):
+                    servers = (ns,)  # the validator's verdict stands (Rule 4)
+                    break
         if not failures:
-            return Answer(name, rtype, "error")
+            return Answer(name, rtype, "error"), False
         statuses = {s for s, _ns in failures}
         status, ns = failures[-1]
         if statuses != {"timeout"} and status == "timeout":
             status, ns = next((s, n) for s, n in reversed(failures) if s != "timeout")
-        return Answer(name, rtype, status, nameserver=ns)
+        return Answer(name, rtype, status, nameserver=ns), False
 
     async def _send(self, qname: dns.name.Name, rtype: str,
                     ns: Nameserver) -> tuple[str, dns.message.Message | None]:

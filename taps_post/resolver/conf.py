@@ -11,16 +11,24 @@ Rule 2: no nameserver line means no nameserver here (glibc would try 127.0.0.1):
 then falls back to getaddrinfo, which does exactly what glibc does, so nothing is guessed twice.
 Rule 3: systemd-resolved's per-link servers (`DNS=` in /run/systemd/resolve/netif/<ifindex>,
 the directory overridable with `$TAPS_POST_RESOLVED_LINKS`) are added after the resolv.conf
-servers as `Nameserver(interface=name)`, so a cache flush for an interface can drop what they
-said. A link-local nameserver written with a zone (`fe80::1%eth0`) is tied to that interface
-the same way.
+servers as `Nameserver(interface=name, per_link=True)`, so a cache flush for an interface can
+drop what they said; one whose address and port resolv.conf already lists is not added twice.
+They are not added at all when resolv.conf names systemd-resolved's own stub (127.0.0.53,
+127.0.0.54): resolved already asks them, per link and per domain, and asking them here would
+ask servers glibc never asks (Rule 1) and send one link's names (a VPN's) to another link.
+A link-local nameserver written with a zone (`fe80::1%eth0`) is tied to that interface the
+same way (it stays a resolv.conf server).
 Rule 4: reading costs a `stat`: the parsed config is kept under each file's
 (path, st_mtime_ns, st_size, st_ino) and the same `ResolverConfig` object is returned while
 nothing changed, so a caller can key on it (`client.default_client()` does).
-Rule 5: `trusts(ns)` is the DANE trust question (docs/resolution.md, "What AD trust means"):
-the AD bit counts only from a loopback nameserver (the validator runs on this machine, the
-path to it cannot be forged from outside) or when resolv.conf says `options trust-ad`, which
-is glibc's own switch for "the path to these servers is secure".
+Rule 5: `trusts(ns)` is the DANE trust question (docs/resolution.md, "What AD trust means"),
+answered as glibc answers it (2.31+): the AD bit counts only when resolv.conf (or
+`$RES_OPTIONS`) says `options trust-ad`, the administrator's statement that the path to these
+servers is secure and that they validate, and only for the servers resolv.conf itself lists.
+A per-link server from systemd-resolved's link files (Rule 3) is never trusted, whatever its
+address: it is whatever resolver the local network handed out. A loopback server is not
+trusted without trust-ad either: Docker's 127.0.0.11, dnsmasq with proxy-dnssec and
+systemd-resolved with DNSSEC=no relay an upstream's AD bit without validating it.
 """
 
 from __future__ import annotations
@@ -28,29 +36,34 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .hosts import hosts_lookup
+from .names import normal
 
-__all__ = ["MAX_NAMESERVERS", "Nameserver", "ResolverConfig", "hosts_lookup", "parse_link_file",
-           "parse_resolv_conf", "system_config"]
+__all__ = ["MAX_NAMESERVERS", "RESOLVED_STUBS", "Nameserver", "ResolverConfig", "hosts_lookup",
+           "parse_link_file", "parse_resolv_conf", "system_config"]
 
 MAX_NAMESERVERS = 3
 """glibc's MAXNS."""
 
 _DEFAULT_PATH = "/etc/resolv.conf"
 _LINKS_DIR = "/run/systemd/resolve/netif"
+RESOLVED_STUBS = frozenset({"127.0.0.53", "127.0.0.54"})
+"""systemd-resolved's stub listeners (Rule 3)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Nameserver:
-    """One server to ask: an address (an IPv6 one may carry `%zone`), a port, and the
-    interface it belongs to when the system tied it to one (Rule 3)."""
+    """One server to ask: an address (an IPv6 one may carry `%zone`), a port, the interface
+    it belongs to when the system tied it to one, and whether it came from a systemd-resolved
+    link file rather than resolv.conf (Rule 3; such a server is never trusted, Rule 5)."""
 
     address: str
     port: int = 53
     interface: str | None = None
+    per_link: bool = False
 
     @property
     def loopback(self) -> bool:
@@ -79,17 +92,18 @@ class ResolverConfig:
         """The names glibc's res_search tries for `name`, in order (resolv.conf(5)): only
         the name itself when it ends with a dot; the name first and then each search domain
         when it has at least `ndots` dots; the search domains first otherwise."""
-        name = name.lower()
         if name.endswith("."):
-            return (name.rstrip("."),)
+            return (normal(name),)
+        name = normal(name)
         searched = tuple(f"{name}.{domain}" for domain in self.search)
         if name.count(".") >= self.ndots:
             return (name, *searched)
         return (*searched, name)
 
     def trusts(self, ns: Nameserver) -> bool:
-        """May the AD bit in this server's answer be believed? (Rule 5)"""
-        return ns.loopback or self.trust_ad
+        """May the AD bit in this server's answer be believed? Only with `options trust-ad`,
+        and only for one of this config's own (resolv.conf) servers (Rule 5)."""
+        return self.trust_ad and not ns.per_link and ns in self.nameservers
 
 
 def _nameserver(text: str, interface: str | None = None, *,
@@ -185,7 +199,7 @@ def parse_resolv_conf(text: str, source: str = "", *, res_options: str = "",
 
 def _domains(args: list[str]) -> tuple[str, ...]:
     names = [a for a in args if not a.startswith((";", "#"))]
-    return tuple(n.lower().rstrip(".") for n in names if n.rstrip("."))
+    return tuple(normal(n) for n in names if normal(n))
 
 
 def parse_link_file(text: str, interface: str) -> tuple[Nameserver, ...]:
@@ -196,8 +210,10 @@ def parse_link_file(text: str, interface: str) -> tuple[Nameserver, ...]:
         if sep and key == "DNS":
             for word in value.split():
                 ns = _nameserver(word, interface)
-                if ns is not None and ns not in servers:
-                    servers.append(ns)
+                if ns is not None:
+                    ns = replace(ns, per_link=True)
+                    if ns not in servers:
+                        servers.append(ns)
     return tuple(servers)
 
 
@@ -252,7 +268,11 @@ def system_config(path: str | None = None, links: str | None = None) -> Resolver
     if _cached is not None and _cached[0] == key:
         return _cached[1]
     config = parse_resolv_conf(_read(path), path, res_options=env[0], localdomain=env[1])
-    extra = [ns for name, link, _st in link_files for ns in parse_link_file(_read(link), name)]
+    stub = any(ns.address in RESOLVED_STUBS for ns in config.nameservers)
+    extra = [] if stub else [ns for name, link, _st in link_files
+                             for ns in parse_link_file(_read(link), name)]
+    listed = {(ns.address, ns.port) for ns in config.nameservers}
+    extra = [ns for ns in extra if (ns.address, ns.port) not in listed]
     if extra:
         servers = list(config.nameservers)
         servers += [ns for ns in extra if ns not in servers]

@@ -2,9 +2,10 @@
 
 Rule 1: /etc/hosts (`$TAPS_POST_HOSTS` names another file) is read as glibc's `files` source
 reads it (hosts(5)): an address, then the canonical name and aliases, `#` starts a comment,
-names compare case-insensitively and without a final dot. Both families are returned, in file
-order, duplicates dropped; an IPv6 zone (`fe80::1%eth0`) is dropped like getaddrinfo's
-answers are in `system.live.addresses_of`, so the two paths give the same addresses.
+names compare case-insensitively and without a final dot (names.py). Both families are
+returned, in file order, duplicates dropped; an IPv6 zone (`fe80::1%eth0`) is dropped like
+getaddrinfo's answers are in `system.live.addresses_of`, so the two paths give the same
+addresses.
 Rule 2: `hosts_lookup()` returns None for a name the file does not list (ask the DNS) and a
 tuple for one it does, so a name listed only here resolves as it did with getaddrinfo.
 Rule 3: the parsed file is kept under its (path, st_mtime_ns, st_size, st_ino): a lookup costs
@@ -16,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+
+from .names import normal
 
 __all__ = ["hosts_lookup", "parse_hosts"]
 
@@ -36,7 +39,7 @@ def parse_hosts(text: str) -> dict[str, tuple[str, ...]]:
         except ValueError:
             continue
         for name in words[1:]:
-            key = name.lower().rstrip(".")
+            key = normal(name)
             if key:
                 table.setdefault(key, {}).setdefault(address, None)
     return {name: tuple(addresses) for name, addresses in table.items()}
@@ -57,4 +60,4 @@ def hosts_lookup(name: str, path: str | None = None) -> tuple[str, ...] | None:
         except OSError:
             return None
         _cached = (key, parse_hosts(text))
-    return _cached[1].get(name.lower().rstrip("."))
+    return _cached[1].get(normal(name))

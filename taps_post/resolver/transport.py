@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,13 +49,8 @@ def _target(address: str, port: int, kind: int) -> tuple[int, Any]:
 
 def _bound_to(ns: Nameserver) -> str | None:
     """The interface a query to `ns` must leave by (Rule 2), or None."""
-    if not ns.interface:
+    if not ns.interface or ns.loopback:
         return None
-    try:
-        if ipaddress.ip_address(ns.address.split("%", 1)[0]).is_loopback:
-            return None
-    except ValueError:
-        pass
     return ns.interface
 
 

@@ -3,8 +3,8 @@ is not on this machine, and per-link nameservers asked through their own interfa
 
 The lab's knot and validating unbound run in host B; host A's /etc/resolv.conf names unbound
 at 198.18.1.2 and fd00:1::2 (tests/dnslab.py namespace mode). unbound validates the signed
-zone and sets AD either way; the client believes it only when the system says so: a
-loopback resolver, or `options trust-ad` (glibc's switch). The client runs in host A from the
+zone and sets AD either way; the client believes it only when the system says so:
+`options trust-ad` (glibc's switch, resolver/conf.py Rule 5). The client runs in host A from the
 installed package and reads A's real /etc/resolv.conf through `system_config()`.
 A nameserver with an interface is asked from a socket bound to it (resolver/transport.py
 Rule 2): nftables counters in A see which link the queries leave by, and a drop rule in B
