@@ -1,5 +1,5 @@
 """Environment snapshots' resolution sections: `svcb:`, `tlsa:`, `arrivals:` and the cache's
-`age_s` (taps_post/decision/envfile.py, Rules 5 and 6).
+`age_s` and `port` (taps_post/decision/envfile.py, Rules 5-7).
 
 Every bad input is refused with `file:line:col: message` pointing at the value at fault (or
 at the key, for a name), and a good snapshot round-trips through `Environment.to_dict()`.
@@ -57,6 +57,8 @@ GOOD: dict[str, Any] = {
         {"remote": "svc.example:443", "stack": "tls", "outcome": "success", "rtt_ms": 12,
          "age_s": 0},
         {"remote": "svc.example:443", "stack": "tcp", "outcome": "failure"},
+        {"remote": "svc.example:443", "stack": "tls", "outcome": "failure", "port": 8443,
+         "address": "198.18.0.11", "age_s": 5},
     ],
 }
 
@@ -78,7 +80,9 @@ def test_a_full_snapshot_loads_into_the_names_values() -> None:
     assert env.arrivals[6].negative
     # Rule 6: ages against a decision at time 0; no age: no time
     assert env.now == 0.0
-    assert [c.at for c in env.cache] == [-30.0, 0.0, None]
+    assert [c.at for c in env.cache] == [-30.0, 0.0, None, -5.0]
+    # R2-2: an entry's remote port; without one it is about any port
+    assert [c.port for c in env.cache] == [None, None, None, 8443]
 
 
 def test_a_snapshot_round_trips_through_to_dict() -> None:
@@ -92,6 +96,7 @@ def test_a_snapshot_round_trips_through_to_dict() -> None:
                                               "no_default_alpn": True, "port": 0, "ttl": 0}
     assert data["tlsa"]["_443._tcp.svc.example"]["records"][0]["data"] == DIGEST
     assert data["cache"][0]["age_s"] == 30.0 and "age_s" not in data["cache"][2]
+    assert data["cache"][3]["port"] == 8443 and "port" not in data["cache"][0]
 
 
 def test_a_snapshot_without_the_new_sections_says_nothing_of_them() -> None:
@@ -266,6 +271,34 @@ CASES = [
                  2, 58, "age_s '5' is not a number of seconds", id="age-string"),
     pytest.param('arrivals:\n  - {name: a.example, type: A, at_ms: "5", negative: true}\n',
                  2, 39, "at_ms '5' is not a number of milliseconds", id="arrival-at-string"),
+    # R2-2: a cache entry's port
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: failure, port: 65536}\n',
+                 2, 57, "port 65536 is not a port from 0 to 65535", id="cache-port-over"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: failure, port: -1}\n',
+                 2, 57, "port -1 is not a port from 0 to 65535", id="cache-port-negative"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: failure, port: "443"}\n',
+                 2, 57, "port '443' is not a number", id="cache-port-string"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: failure, port: true}\n',
+                 2, 57, "port True is not a number", id="cache-port-bool"),
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: failure, port: 443.5}\n',
+                 2, 57, "expected an integer, got 443.5", id="cache-port-fraction"),
+    # one validator for every bounded number (R2 F12 D7): rtt_ms refuses YAML true as well
+    pytest.param('cache:\n  - {remote: "x:1", stack: tcp, outcome: success, rtt_ms: true}\n',
+                 2, 59, "rtt_ms True is not a number of milliseconds", id="cache-rtt-bool"),
+    # R2 F4: an HTTPS/SVCB arrival has the type its query is asked with (Rule 7)
+    pytest.param("svcb:\n  svc.example: []\narrivals:\n"
+                 "  - {name: svc.example, type: SVCB, at_ms: 1, negative: true}\n", 4, 31,
+                 "'svc.example' is asked as HTTPS, not SVCB", id="arrival-svcb-for-https-host"),
+    pytest.param("svcb:\n  _8443._https.svc.example: []\narrivals:\n"
+                 "  - {name: _8443._https.svc.example, type: SVCB, at_ms: 1, negative: true}\n",
+                 4, 44, "'_8443._https.svc.example' is asked as HTTPS, not SVCB",
+                 id="arrival-svcb-for-https-port-owner"),
+    pytest.param("svcb:\n  _8080._foo.svc.example: []\narrivals:\n"
+                 "  - {name: _8080._foo.svc.example, type: HTTPS, at_ms: 1, negative: true}\n",
+                 4, 42, "'_8080._foo.svc.example' is asked as SVCB, not HTTPS",
+                 id="arrival-https-for-svcb-owner"),
+    pytest.param("arrivals:\n  - {name: svc.example, type: SVCB, at_ms: 1, negative: true}\n",
+                 2, 31, "is asked as HTTPS, not SVCB", id="arrival-svcb-without-entry"),
     # dns names are unique after lowercasing too
     pytest.param('dns:\n  a.example: []\n  A.Example: []\n', 3, 3,
                  "duplicate dns name 'A.Example'", id="dns-duplicate-after-lowercasing"),
@@ -298,6 +331,28 @@ def test_a_good_yaml_snapshot_loads(tmp_path: Path) -> None:
     env = load_environment(path)
     assert env.svcb["svc.example"][0].alpn == ("h3",)
     assert [a.rtype for a in env.arrivals] == ["A", "HTTPS"]
+
+
+def test_an_alias_target_is_timed_with_the_type_of_its_chain() -> None:
+    """Rule 7: the target of an SVCB chain's AliasMode is asked for SVCB (RFC 9460 section
+    2.4.2), of an HTTPS chain for HTTPS; a name both chains reach may be timed as either."""
+    def doc(chains: dict[str, str], arrival: str) -> dict[str, Any]:
+        return {"svcb": {**{owner: [{"priority": 0, "target": "alias.example"}]
+                            for owner in chains},
+                         "alias.example": []},
+                "arrivals": [*({"name": owner, "type": rtype, "at_ms": 1}
+                               for owner, rtype in chains.items()),
+                             {"name": "alias.example", "type": arrival, "at_ms": 2,
+                              "negative": True}]}
+
+    svcb_chain = {"_53._dns.svc.example": "SVCB"}
+    https_chain = {"svc.example": "HTTPS"}
+    assert load_environment(doc(svcb_chain, "SVCB")).arrivals[1].rtype == "SVCB"
+    assert load_environment(doc(https_chain, "HTTPS")).arrivals[1].rtype == "HTTPS"
+    both = {**svcb_chain, **https_chain}
+    assert load_environment(doc(both, "SVCB")).arrivals[2].rtype == "SVCB"
+    with pytest.raises(tp.InputError, match=r"'alias\.example' is asked as HTTPS, not SVCB"):
+        load_environment(doc(https_chain, "SVCB"))
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -370,9 +425,13 @@ def resolution_snapshots(draw: st.DrawFn) -> dict[str, Any]:
                                                                st.integers(0, 1),
                                                                st.integers(0, 2)),
                                                      max_size=2))]}
-    doc: dict[str, Any] = {"dns": dns, "svcb": svcb, "tlsa": tlsa, "cache": [
-        {"remote": "svc.example:443", "stack": "quic", "outcome": "failure",
-         "age_s": draw(st.floats(0, 1e6))}] if draw(st.booleans()) else []}
+    cache: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        cache.append({"remote": "svc.example:443", "stack": "quic", "outcome": "failure",
+                      "age_s": draw(st.floats(0, 1e6))})
+        if (port := draw(st.none() | st.integers(0, 65535))) is not None:
+            cache[0]["port"] = port
+    doc: dict[str, Any] = {"dns": dns, "svcb": svcb, "tlsa": tlsa, "cache": cache}
     if draw(st.booleans()):
         times = st.floats(0, 5000, allow_nan=False)
         arrivals = []

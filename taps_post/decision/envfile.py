@@ -19,7 +19,13 @@ arrival agrees with the answer (a positive A arrival needs an IPv4 address in `d
 negative one none), so the passes explain shows are the ones the answers could give.
 Rule 6: history ages (`cache: [{age_s}]`) are relative: a snapshot has no clock, so the
 loader puts the decision at time 0 (`Environment.now = 0.0`) and each entry `age_s` before
-it; an entry without `age_s` has no time (`at` None, recent), as before.
+it; an entry without `age_s` has no time (`at` None, recent), as before. An entry's `port`
+is the remote port the attempt went to; without it the entry is about any port.
+Rule 7: an HTTPS or SVCB arrival has the type its query is asked with (`names.service_query`):
+HTTPS for an https/quic target's host and `_PORT._https.host`, SVCB for `_PORT._SCHEME.host`
+of another scheme, and an AliasMode target the type of the chain that reaches it. An arrival
+of the other type times a query that is never made, so it would never end the wait for the
+real one (a pass explained later than it starts) and is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -57,7 +63,7 @@ from .environment import (
     interface_name_problem,
     shown,
 )
-from .names import Arrival, ServiceRecord, TlsaRecord, TlsaSet
+from .names import ALIAS_LIMIT, Arrival, ServiceRecord, TlsaRecord, TlsaSet
 
 __all__ = ["EnvDocument", "load_environment"]
 
@@ -80,6 +86,8 @@ SVC_KEYS = ("mandatory", "alpn", "no-default-alpn", "port", "ipv4hint", "ipv6hin
 """RFC 9460's SvcParamKeys by their presentation names (section 14.3.2), as `mandatory`
 names them; any other key is written `keyNNNNN`."""
 _SVC_KEY = re.compile(r"[a-z0-9-]{1,63}")
+_SERVICE_OWNER = re.compile(r"_[0-9]{1,5}\._([^.]+)\.")
+"""A port-prefixed service owner `_PORT._SCHEME.host` (`names.service_query`)."""
 _TLSA_NAME = re.compile(r"_([0-9]{1,5})\._(tcp|udp)\.(.+)", re.IGNORECASE)
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 DIGEST_BYTES = {1: 32, 2: 64}
@@ -111,6 +119,32 @@ def _ip(value: str | None) -> str | None:
         except ValueError:
             raise _refuse(f"{shown(value)} is not an IP address") from None
     return value
+
+
+def _shown_value(value: Any) -> str:
+    return shown(value) if isinstance(value, str) else repr(value)
+
+
+def _num(value: float) -> str:
+    text = repr(value)
+    return text if len(text) <= 16 else f"{text[:16]}..."
+
+
+def _bounded(field: str, what: str, high: float, unit: str,
+             units: str) -> Callable[[Any, Any], Any]:
+    """The one "before" validator of a bounded number (`rtt_ms`, `age_s`, `at_ms`, `port`):
+    YAML's `true` and a quoted "5" are no numbers (pydantic's lax mode would read them as 1
+    and 5), and a number out of 0..`high` (NaN too: it fails both comparisons) is refused in
+    our words, the field and its unit named, before pydantic's type check."""
+    def check(cls: Any, value: Any) -> Any:
+        if isinstance(value, (bool, str)):
+            raise _refuse(f"{field} {_shown_value(value)} is not "
+                          + (f"a number of {units}" if units else "a number"))
+        if isinstance(value, (int, float)) and not 0 <= value <= high:
+            raise _refuse(f"{field} {_num(value)} is not {what} from 0 to {high:.0f}"
+                          + (f" {unit}" if unit else ""))
+        return value
+    return check  # pydantic makes it a classmethod (its first parameter is `cls`)
 
 
 def remote_problem(remote: str) -> str | None:
@@ -197,6 +231,10 @@ class CacheItem(BaseModel):
     ticket: StrictBool = False
     interface: str | None = None
     address: str | None = Field(None, description="remote address the entry is about")
+    port: StrictInt | None = Field(
+        None, ge=0, le=65535,
+        description="The remote port the attempt went to; absent: any port (an entry from "
+                    "before ports were kept)")
 
     @field_validator("remote")
     @classmethod
@@ -205,23 +243,12 @@ class CacheItem(BaseModel):
             raise _refuse(why)
         return value
 
-    @field_validator("rtt_ms", mode="before")
-    @classmethod
-    def _rtt(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                not 0 <= value <= MAX_RTT_MS:  # NaN fails both
-            raise _refuse(f"rtt_ms {value!r} is not a time from 0 to {MAX_RTT_MS:.0f} ms")
-        return value
-
-    @field_validator("age_s", mode="before")
-    @classmethod
-    def _age(cls, value: Any) -> Any:
-        if isinstance(value, (bool, str)):  # YAML's `true` and "5" are no ages
-            raise _refuse(f"age_s {_shown_value(value)} is not a number of seconds")
-        if isinstance(value, (int, float)) and \
-                not 0 <= value <= MAX_AGE_S:  # NaN fails both
-            raise _refuse(f"age_s {_num(value)} is not an age from 0 to {MAX_AGE_S:.0f} s")
-        return value
+    _rtt = field_validator("rtt_ms", mode="before")(
+        _bounded("rtt_ms", "a time", MAX_RTT_MS, "ms", "milliseconds"))
+    _age = field_validator("age_s", mode="before")(
+        _bounded("age_s", "an age", MAX_AGE_S, "s", "seconds"))
+    _port = field_validator("port", mode="before")(
+        _bounded("port", "a port", 65535, "", ""))
 
     @field_validator("interface")
     @classmethod
@@ -323,24 +350,8 @@ class ArrivalItem(BaseModel):
     ttl: StrictInt | None = Field(None, ge=0, le=MAX_TTL)
     negative: StrictBool = Field(False, description="NXDOMAIN or NODATA")
 
-    @field_validator("at_ms", mode="before")
-    @classmethod
-    def _at(cls, value: Any) -> Any:
-        if isinstance(value, (bool, str)):  # YAML's `true` and "5" are no times
-            raise _refuse(f"at_ms {_shown_value(value)} is not a number of milliseconds")
-        if isinstance(value, (int, float)) and \
-                not 0 <= value <= MAX_RTT_MS:  # NaN fails both
-            raise _refuse(f"at_ms {_num(value)} is not a time from 0 to {MAX_RTT_MS:.0f} ms")
-        return value
-
-
-def _shown_value(value: Any) -> str:
-    return shown(value) if isinstance(value, str) else repr(value)
-
-
-def _num(value: float) -> str:
-    text = repr(value)
-    return text if len(text) <= 16 else f"{text[:16]}..."
+    _at = field_validator("at_ms", mode="before")(
+        _bounded("at_ms", "a time", MAX_RTT_MS, "ms", "milliseconds"))
 
 
 class EnvDocument(BaseModel):
@@ -464,7 +475,7 @@ def _build(data: Any, pos: Positions) -> Environment:
     now = 0.0 if any(c.age_s is not None for c in doc.cache) else None
     cache = tuple(CacheEntry(c.remote.lower(), c.stack, c.outcome, c.rtt_ms, c.ticket,
                              c.interface, c.address,
-                             None if c.age_s is None else 0.0 - c.age_s)
+                             at=None if c.age_s is None else 0.0 - c.age_s, port=c.port)
                   for c in doc.cache)
     endpoints = tuple(MptcpEndpoint(e.address, e.interface, tuple(e.flags), e.id)
                       for e in (doc.mptcp.endpoints if doc.mptcp else ()))
@@ -636,6 +647,7 @@ def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
     for name, addresses in dns.items():
         got = families.setdefault(dns_name(name), set())
         got.update("AAAA" if ":" in a else "A" for a in addresses)
+    asked_as = _service_types(svcb)
     out: list[Arrival] = []
     seen: dict[tuple[str, str], int] = {}
     for i, item in enumerate(doc.arrivals):
@@ -644,7 +656,11 @@ def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
             problems.append(pos.diagnostic((*where, "name"), why))
             continue
         name = dns_name(item.name)
-        query = (name, "SVCB" if item.type == "HTTPS" else item.type)  # one query per owner
+        if item.type in ("HTTPS", "SVCB") and \
+                item.type not in (types := asked_as.get(name, {_own_type(name)})):
+            problems.append(pos.diagnostic((*where, "type"), _asked_as(name, types, item.type)))
+            continue
+        query = (name, item.type)
         if query in seen:
             problems.append(pos.diagnostic(
                 (*where, "type"), f"a second {item.type} answer for {shown(name)} (the first "
@@ -659,6 +675,46 @@ def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
     if out:
         _untimed(doc, pos, problems, {(a.name, a.rtype) for a in out})
     return tuple(out)
+
+
+def _own_type(owner: str) -> str:
+    """The type `names.service_query` asks `owner` with: SVCB for `_PORT._SCHEME.host` of a
+    scheme other than https, HTTPS for the host itself and `_PORT._https.host` (https and
+    quic targets)."""
+    match = _SERVICE_OWNER.match(owner)
+    return "SVCB" if match is not None and match.group(1).lower() != "https" else "HTTPS"
+
+
+def _service_types(svcb: Mapping[str, tuple[ServiceRecord, ...]]) -> dict[str, set[str]]:
+    """The record types each name of `svcb` (and each AliasMode target in it) is asked with
+    (Rule 7): its own (`_own_type`), and an alias target also the type of every chain that
+    reaches it (RFC 9460 section 2.4.2: a client follows an alias with the query's type).
+    Each chain is followed at most ALIAS_LIMIT names (Rule 4)."""
+    out: dict[str, set[str]] = {}
+    for owner in svcb:
+        rtype = _own_type(owner)
+        out.setdefault(owner, set()).add(rtype)
+        name, seen = owner, {owner}
+        for _ in range(ALIAS_LIMIT):
+            alias = next((r for r in svcb.get(name, ()) if r.alias), None)
+            if alias is None or alias.target in (".", "") or alias.target in seen:
+                break
+            name = alias.target
+            seen.add(name)
+            out.setdefault(name, {_own_type(name)}).add(rtype)
+    return out
+
+
+def _asked_as(name: str, types: set[str], given: str) -> str:
+    """Why an arrival typed `given` times no query made for `name` (Rule 7)."""
+    if types == {"HTTPS"}:
+        how = ("an https:// or quic:// target's host, its _PORT._https.host and the AliasMode "
+               "targets their chains reach are asked for HTTPS records")
+    else:
+        how = ("_PORT._SCHEME.host of a scheme other than https and the AliasMode targets "
+               "its chain reaches are asked for SVCB records")
+    return (f"{shown(name)} is asked as {' or '.join(sorted(types))}, not {given}: {how}, so "
+            f"no {given} answer arrives for it")
 
 
 def _disagreement(item: ArrivalItem, name: str, families: Mapping[str, set[str]],

@@ -177,6 +177,9 @@ class CacheEntry:
     clock: the on-disk store keeps it across processes). A failure within
     `racing.failureMemory` of `now` demotes its candidate (docs/explain.md, "The ranking
     key"); None: no time known, which counts as recent."""
+    port: int | None = None
+    """The remote port the attempt went to (an SVCB/HTTPS record can send one stack to the
+    same address on two ports); None: any port (an entry recorded without one)."""
 
 
 def _service_dict(r: ServiceRecord) -> dict[str, Any]:
@@ -277,7 +280,7 @@ class Environment:
                 {k: v for k, v in (
                     ("remote", c.remote), ("stack", c.stack), ("outcome", c.outcome),
                     ("rtt_ms", c.rtt_ms), ("age_s", self._age(c)), ("ticket", c.ticket),
-                    ("interface", c.interface), ("address", c.address),
+                    ("interface", c.interface), ("address", c.address), ("port", c.port),
                 ) if v is not None}
                 for c in self.cache
             ],

@@ -42,6 +42,14 @@ is a finite number no more than a minute in the future (clock steps between proc
 small; a stamp from next year is a damaged or forged file) and not negative, or the entry
 is skipped like any other bad one (Rule 4). An old file without stamps loads with `at` None,
 which counts as recent until the next outcome rewrites the entry.
+Rule 11: an entry is about one (stack, interface, address, port): the remote port is part of
+its identity (`CacheEntry.port`), because with SVCB one stack reaches one address on two
+ports, and a success on 443 must not overwrite the failure on 8443 it fell back from (the
+8443 candidate would rank first again, and every connection would wait one attempt delay
+behind it). An entry without a port (an old file, a caller that names none) is about any
+port; the first outcome recorded with a port for the same (stack, interface, address)
+replaces it, since it is older news about the same path. The cache file keeps the port and
+checks it like any other field (an integer from 0 to 65535, else the entry is skipped).
 """
 
 from __future__ import annotations
@@ -141,10 +149,10 @@ class Association:
     plans: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Decisions by (context, kind, target, addresses); valid while the history and the live
     interfaces are unchanged (runtime.establish, Rule 2)."""
-    _srtt: dict[tuple[str, str | None, str | None], float] = field(
+    _srtt: dict[tuple[str, str | None, str | None, int | None], float] = field(
         default_factory=dict, init=False, repr=False)
-    """The smoothed RTT of each (stack, interface, address), kept apart from the history
-    entries, which change only when it leaves their band (Rule 9)."""
+    """The smoothed RTT of each (stack, interface, address, port), kept apart from the
+    history entries, which change only when it leaves their band (Rule 9)."""
     _carriers: list[weakref.ref[Attachable]] = field(default_factory=list, init=False,
                                                      repr=False)
     """Attached carriers, oldest first (Rule 7)."""
@@ -189,17 +197,18 @@ class Association:
 
     def record(self, stack: str, outcome: str, *, rtt_ms: float | None = None,
                interface: str | None = None, address: str | None = None,
-               at: float | None = None) -> None:
+               at: float | None = None, port: int | None = None) -> None:
         """Remember how an attempt went (`outcome`: one of OUTCOMES, Rule 8); the newest
-        entry for (stack, interface, address) replaces older ones, so a success clears a
-        failure. A "fallback" for a stack that cannot fall back (not multipath-capable) is
-        recorded as the "success" it was. `at` is when it happened on the wall clock
-        (default: now, Rule 10)."""
+        entry for (stack, interface, address, port) replaces older ones, so a success clears
+        a failure on that port only (Rule 11). A "fallback" for a stack that cannot fall
+        back (not multipath-capable) is recorded as the "success" it was. `at` is when it
+        happened on the wall clock (default: now, Rule 10); `port` is the remote port the
+        attempt went to (None: any port)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
         if outcome == "fallback" and not _multipath(stack):
             outcome = "success"
-        where = (stack, interface, address)
+        where = (stack, interface, address, port)
         srtt = self._srtt.get(where)
         if rtt_ms is None:
             self._srtt.pop(where, None)
@@ -208,15 +217,15 @@ class Association:
         rtt = round(srtt, 3) if rtt_ms is not None and srtt is not None else None
         ticket = bool(self.tickets.get(stack))
         for old in self.history:
-            if (old.stack, old.interface, old.address) == where:
+            if _identity(old) == where:
                 if (old.outcome, old.ticket) == (outcome, ticket) and \
                         _near(old.rtt_ms, rtt) and outcome != "failure":
                     return  # nothing a ranking would notice: keep the entry (and the plan)
                 break  # Rule 9: a failure is rewritten, its time is the memory's start
         entry = CacheEntry(self.key, stack, outcome, rtt, ticket, interface, address,
-                           time.time() if at is None else at)
-        self.history = [e for e in self.history
-                        if (e.stack, e.interface, e.address) != (stack, interface, address)
+                           at=time.time() if at is None else at, port=port)
+        anyport = (stack, interface, address, None)  # Rule 11: older news of this path
+        self.history = [e for e in self.history if _identity(e) not in (where, anyport)
                         ][-_HISTORY_LIMIT:]
         self.history.append(entry)
 
@@ -425,7 +434,7 @@ def _validated(data: Any) -> tuple[dict[str, list[CacheEntry]], int, str]:
 
 
 _FIELDS = frozenset(("remote", "stack", "outcome", "rtt_ms", "ticket", "interface", "address",
-                     "at"))
+                     "at", "port"))
 
 
 def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
@@ -470,8 +479,16 @@ def _entry_of(remote: str, raw: Any, known: frozenset[str]) -> CacheEntry | str:
             return f"at {at!r:.40} is not a time (seconds since the epoch)"
         if stamp > time.time() + _FUTURE_S:
             return f"at {at!r:.40} is more than a minute in the future"
+    port = raw.get("port")
+    if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+        return f"port {port!r:.40} is not a port (an integer from 0 to 65535)"
     return CacheEntry(remote, stack, outcome, None if rtt is None else float(rtt), ticket,
-                      interface, address, None if at is None else float(at))
+                      interface, address, at=None if at is None else float(at), port=port)
+
+
+def _identity(e: CacheEntry) -> tuple[str, str | None, str | None, int | None]:
+    """What one history entry is about (Rule 11)."""
+    return e.stack, e.interface, e.address, e.port
 
 
 def _number(value: Any) -> float | None:
@@ -517,11 +534,13 @@ def _near(old: float | None, new: float | None) -> bool:
 
 
 def _entry(e: CacheEntry) -> dict[str, Any]:
-    """An entry as the file holds it; `at` only when known, so an entry loaded from a file
-    written before stamps (Rule 10) is written back unchanged."""
+    """An entry as the file holds it; `at` and `port` only when known, so an entry loaded
+    from a file written before stamps (Rule 10) or ports (Rule 11) is written back
+    unchanged."""
     return {"remote": e.remote, "stack": e.stack, "outcome": e.outcome, "rtt_ms": e.rtt_ms,
             "ticket": e.ticket, "interface": e.interface, "address": e.address,
-            **({"at": e.at} if e.at is not None else {})}
+            **({"at": e.at} if e.at is not None else {}),
+            **({"port": e.port} if e.port is not None else {})}
 
 
 default_store = AssociationStore()

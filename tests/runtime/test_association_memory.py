@@ -1,6 +1,6 @@
-"""Failure memory in the Association history: wall-clock stamps, kept by the cache file
-(runtime/association.py Rules 9 and 10), and the live Environment on the same clock
-(system/live.py Rule 4).
+"""Failure memory in the Association history: wall-clock stamps and remote ports, kept by
+the cache file (runtime/association.py Rules 9-11), and the live Environment on the same
+clock (system/live.py Rule 4).
 
 No network: the store and the file are what is tested; the races that write them are
 tests/runtime/test_failure_memory_netns.py's.
@@ -56,6 +56,73 @@ def test_a_success_clears_the_failure_and_a_failure_the_success() -> None:
     assert [(e.outcome, e.at) for e in assoc.history] == [("success", 200.0)]
     assoc.record("quic", "failure", interface="eth0", at=300.0)
     assert [(e.outcome, e.at) for e in assoc.history] == [("failure", 300.0)]
+
+
+def test_a_success_on_one_port_keeps_the_failure_on_another() -> None:
+    """Rule 11 (R2-2): with SVCB one stack reaches one address on two ports; the fallback's
+    success on 443 must not overwrite the failure on 8443 it fell back from."""
+    assoc = tp.AssociationStore().get(KEY)
+    assoc.record("tls", "failure", interface="eth0", address="198.18.0.10", port=8443,
+                 at=100.0)
+    assoc.record("tls", "success", rtt_ms=10.0, interface="eth0", address="198.18.0.10",
+                 port=443, at=101.0)
+    assert [(e.port, e.outcome, e.at) for e in assoc.history] == [
+        (8443, "failure", 100.0), (443, "success", 101.0)]
+    assoc.record("tls", "success", rtt_ms=12.0, interface="eth0", address="198.18.0.10",
+                 port=8443, at=200.0)  # a success on 8443 clears 8443's failure only
+    assert [(e.port, e.outcome) for e in assoc.history] == [(443, "success"),
+                                                            (8443, "success")]
+
+
+def test_the_rtt_is_smoothed_per_port() -> None:
+    assoc = tp.AssociationStore().get(KEY)
+    assoc.record("tls", "success", rtt_ms=10.0, interface="eth0", port=443, at=1.0)
+    assoc.record("tls", "success", rtt_ms=200.0, interface="eth0", port=8443, at=2.0)
+    assert {e.port: e.rtt_ms for e in assoc.history} == {443: 10.0, 8443: 200.0}
+
+
+def test_an_entry_without_a_port_gives_way_to_one_with_a_port() -> None:
+    """An entry about any port (an old file's) is older news of the same path: the first
+    outcome recorded with a port replaces it (Rule 11), on any port."""
+    assoc = tp.AssociationStore().get(KEY)
+    assoc.history = [CacheEntry(KEY, "quic", "failure", interface="eth0", at=100.0),
+                     CacheEntry(KEY, "tls", "failure", interface="eth0", at=100.0)]
+    assoc.record("quic", "success", rtt_ms=5.0, interface="eth0", port=443, at=200.0)
+    assert [(e.stack, e.port, e.outcome) for e in assoc.history] == [
+        ("tls", None, "failure"), ("quic", 443, "success")]
+    assoc.record("tls", "failure", interface="eth0", at=300.0)  # no port: replaces no port
+    assert [(e.stack, e.port, e.at) for e in assoc.history] == [
+        ("quic", 443, 200.0), ("tls", None, 300.0)]
+
+
+def test_the_file_keeps_the_port(tmp_path: Path) -> None:
+    path = tmp_path / "assoc.json"
+    store = tp.AssociationStore(path)
+    assoc = store.get(KEY)
+    assoc.record("tls", "failure", interface="eth0", address="fd00::10", port=8443)
+    assoc.record("tls", "success", rtt_ms=3.0, interface="eth0", address="fd00::10")
+    store.save()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert [e.get("port") for e in data["associations"][KEY]] == [8443, None]
+    assert "port" not in data["associations"][KEY][1]  # written back as an old file had it
+    assert tp.AssociationStore(path).get(KEY).history == assoc.history
+
+
+@pytest.mark.parametrize("port", [
+    pytest.param(65536, id="over"), pytest.param(-1, id="negative"),
+    pytest.param("443", id="a-string"), pytest.param(True, id="a-bool"),
+    pytest.param(443.0, id="a-float"), pytest.param(10 ** 400, id="huge")])
+def test_a_bad_port_is_skipped_with_the_warning(tmp_path: Path, caplog: Any,
+                                                port: Any) -> None:
+    bad = {"remote": KEY, "stack": "quic", "outcome": "failure", "port": port}
+    path = _file(tmp_path, [{**GOOD, "port": 8443}, bad])
+    with caplog.at_level(logging.WARNING, logger="taps_post.store"):
+        store = tp.AssociationStore(path)
+    assert [(e.stack, e.port) for e in store.get(KEY).history] == [("tls", 8443)]
+    [record] = [r for r in caplog.records if r.name == "taps_post.store"]
+    message = record.getMessage()
+    assert "skipped 1 bad entry" in message and "is not a port" in message, message
+    assert len(message) < 400, message
 
 
 def test_the_file_keeps_the_stamps_with_mode_0600(tmp_path: Path) -> None:
