@@ -37,7 +37,9 @@ WLAN = Interface("wlan0", "wifi", True, (Address("198.18.0.2"), Address("fd00::2
 
 def key(*, failure: int = 0, service: int = 0, history: int = 1,
         rtt: float = float("inf")) -> RankKey:
-    return RankKey(failure, 0, 0, 0, 0, service, history, rtt, 0, "wlan0", 1, 0)
+    return RankKey(recent_failure=failure, path_prefer=0, path_avoid=0, service_priority=service,
+                   protocol_prefer=0, protocol_avoid=0, history=history, rtt_ms=rtt, cost=0,
+                   interface="wlan0", stack_order=1, endpoint_order=0)
 
 
 def candidate(rank: int, stack: str, address: str, port: int, start: int, *,
@@ -115,8 +117,8 @@ def test_the_block_shows_passes_services_delay_dane_and_ech() -> None:
         "on the URL's port",
         f"  attempt delay  100 ms from history: {DELAY.reason}",
         f"  dane           opportunistic  _443._tcp.svc.example: {DANE.reason}",
-        "  ech            pool.example publishes ECH; security.ech prefer: no stack here can "
-        "send ECH, the server name goes in clear",
+        "  ech            cdn.example (for pool.example) publishes ECH; security.ech prefer: "
+        "no stack here can send ECH, the server name goes in clear",
     ]
     # the block comes before the tree, which it explains
     assert text.index("resolution\n") < text.index("tree\n")
@@ -130,8 +132,30 @@ def test_each_candidate_says_its_pass_service_and_remembered_failure() -> None:
     assert line[1].lstrip().startswith("* #1")
     assert line[2].endswith("start 100 ms  pass 1  fallback endpoint")
     assert line[3].endswith("start 200 ms  pass 2  fallback endpoint")
+    # demoted within its pass: #4 (pass 1) still ranks before #3 (pass 2), so not "last"
     assert line[4].endswith("start 300 ms  pass 1  service priority 1  recent failure: "
-                            "ranked last")
+                            "ranked after its pass's candidates without one")
+
+
+def test_one_pass_says_the_failure_ranks_after_the_candidates_without_one() -> None:
+    d = decision(candidates=(candidate(1, "tls", "198.18.0.10", 443, 0),
+                             candidate(2, "quic", "198.18.0.10", 443, 100, failure=1)))
+    [demoted] = [s for s in render_text(d).splitlines() if "#2" in s]
+    assert demoted.endswith("start 100 ms  recent failure: ranked after the candidates "
+                            "without one"), demoted
+
+
+def test_the_ech_line_names_the_record_owner_and_its_target() -> None:
+    """The owner of the record that carries `ech` (the name `dig` shows it under, the one
+    decide()'s warning names) and, when it is another name, the record's target."""
+    own = ServiceEndpoint("svc.example", 1, "svc.example", 443, ("h3",), ("quic",), True)
+    lines = block(render_text(decision(services=(own,), candidates=CANDIDATES[:1])))
+    assert any(line.startswith("  ech            svc.example publishes ECH;")
+               for line in lines), lines
+    two = (SERVICES[0], replace(SERVICES[1], ech=True))
+    lines = block(render_text(decision(services=two, candidates=CANDIDATES[:1])))
+    assert any(line.startswith("  ech            cdn.example (for pool.example) publishes "
+                               "ECH;") for line in lines), lines
 
 
 def test_an_ip_literal_has_no_resolution_block() -> None:
@@ -194,7 +218,8 @@ def test_the_dot_has_the_resolution_note_and_each_leaf_its_notes() -> None:
     assert '"root" -> "resolution" [style=dotted, arrowhead=none];' in dot
     leaf = next(line for line in dot.splitlines()
                 if line.startswith('  "ep:wlan0:quic:198.18.0.11:8443" ['))
-    assert "pass 1\\nservice priority 1\\nrecent failure: ranked last" in leaf
+    assert "pass 1\\nservice priority 1\\nrecent failure: ranked after its pass's " \
+           "candidates without one" in leaf
     # the same address on two ports gives two leaves
     assert '"ep:wlan0:tls:198.18.0.11:443"' in dot
 
@@ -241,7 +266,8 @@ def test_a_real_decision_renders_its_passes_and_services() -> None:
     assert len(d.passes) >= 2, d.passes
     assert any(line.startswith("  services of svc.example") for line in lines), text
     assert any("priority 1  pool.example:8443" in line for line in lines), text
-    assert any(line.startswith("  ech            pool.example publishes ECH") for line in lines)
+    assert any(line.startswith("  ech            svc.example (for pool.example) publishes ECH")
+               for line in lines), lines
     for c in d.candidates:
         assert f"pass {c.resolution_pass}" in text
     ExplainOutput.model_validate(d.to_dict())

@@ -16,6 +16,7 @@ from collections import defaultdict
 from ..policy.load import Statement
 from ..policy.resolve import Effective, show_value
 from .decision import Candidate, Decision, Exclusion, ServiceEndpoint
+from .service import FALLBACK_PRIORITY
 
 __all__ = ["render_dot", "render_properties", "render_text"]
 
@@ -109,10 +110,6 @@ def _addr(a: str) -> str:
     return f"[{a}]" if ":" in a else a
 
 
-FALLBACK_PRIORITY = 65536
-"""`RankKey.service_priority` of the endpoint no record offered (decision/service.py)."""
-
-
 def _ms(value: float) -> str:
     return f"{value:g} ms"
 
@@ -165,13 +162,33 @@ def _resolution(decision: Decision) -> list[str]:
         out.append(f"  dane           {d.mode}  {d.name or '-'}: {d.reason}")
     if parts[4]:
         value = _ech_value(decision)
-        targets = list(dict.fromkeys(e.target for e in ech))
-        who = (f"{', '.join(targets)} publish{'es' if len(targets) == 1 else ''} ECH"
-               if targets else "no target publishes ECH")
+        who = _ech_owners(ech)
         what = ("candidates whose stack cannot send ECH are excluded" if value == "require"
                 else "no stack here can send ECH, the server name goes in clear")
         out.append(f"  ech            {who}; security.ech {value}: {what}")
     return out
+
+
+def _record_owner(e: ServiceEndpoint) -> str:
+    """The name whose records offered `e`: the last AliasMode target, or the queried owner."""
+    return e.alias_chain[-1] if e.alias_chain else e.name
+
+
+def _ech_owners(ech: list[ServiceEndpoint]) -> str:
+    """Who publishes ECH, by the owner of the record that carries it (the name `dig` shows
+    it under, and the name decide()'s ECH warning uses), with the record's target when it is
+    another name: one host per record, so the ech line and the warning cannot disagree."""
+    if not ech:
+        return "no target publishes ECH"
+    by_owner: dict[str, dict[str, None]] = {}
+    for e in ech:
+        owner = _record_owner(e)
+        targets = by_owner.setdefault(owner, {})
+        if e.target != owner:
+            targets[e.target] = None
+    parts = [owner + (f" (for {', '.join(targets)})" if targets else "")
+             for owner, targets in by_owner.items()]
+    return f"{', '.join(parts)} publish{'es' if len(parts) == 1 else ''} ECH"
 
 
 def _priority(e: ServiceEndpoint) -> str:
@@ -203,8 +220,10 @@ def _notes(decision: Decision, c: Candidate) -> str:
         prio = c.key.service_priority
         notes.append("fallback endpoint" if prio >= FALLBACK_PRIORITY else
                      f"service priority {prio}")
-    if c.key.recent_failure:
-        notes.append("recent failure: ranked last")
+    if c.key.recent_failure:  # demoted within its pass (RankKey.recent_failure), not last
+        notes.append("recent failure: ranked after its pass's candidates without one"
+                     if len(decision.passes) > 1 else
+                     "recent failure: ranked after the candidates without one")
     if c.key.to_dict()["history"] == "fallback":
         notes.append("history: peer fell back to TCP")
     return "".join(f"  {n}" for n in notes)
