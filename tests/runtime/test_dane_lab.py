@@ -10,7 +10,6 @@ as runtime/resolution.py does); test_dane_initiate (below) goes through `tp.init
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ def zone() -> dnslab.Zone:
 
 @pytest.fixture(scope="module")
 def validating() -> Iterator[dnslab.Lab]:
-    with dnslab.lab(zone(), signed=True) as dns:
+    # port 53 when root: a resolv.conf (no ports, glibc) can name it for `resolving` below.
+    with dnslab.lab(zone(), signed=True, port53=dnslab.port53_unavailable() is None) as dns:
         yield dns
 
 
@@ -69,7 +69,10 @@ def run(coro: Any, timeout: float = 20.0) -> Any:
 
 async def tlsa_of(dns: dnslab.Lab, host: str, port: int, proto: str) -> TlsaSet | None:
     """The TLSA set the runtime would hand the stack: None when the DNS gave no answer."""
-    client = DnsClient(ResolverConfig(nameservers=(Nameserver(*dns.nameserver),)))
+    # trust_ad: the lab's validating unbound, as resolv.conf's `options trust-ad` says
+    # (glibc: no AD bit is believed without it, loopback or not; resolver conf.py Rule 5).
+    client = DnsClient(ResolverConfig(nameservers=(Nameserver(*dns.nameserver),),
+                                      trust_ad=True))
     name = tlsa_name(host, port, proto)
     answer = await client.query(name, "TLSA")
     if not (answer.ok or answer.negative):
@@ -183,16 +186,18 @@ def dane_policy(mode: str) -> tp.PolicyContext:
 @pytest.fixture
 def resolving(validating: dnslab.Lab, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> dnslab.Lab:
-    """The runtime's default client asks the validating lab (loopback: its AD is trusted).
-    resolv.conf has no port (glibc's rule, which the resolver keeps), so the lab's server
-    is given as a systemd-resolved link entry of `lo` (`DNS=127.0.0.1:PORT`)."""
+    """The runtime's default client asks the validating lab, named by resolv.conf with
+    `options trust-ad` (glibc's rule: only then is its AD believed; a systemd-resolved
+    per-link server never is, resolver conf.py Rule 5). resolv.conf has no port, so the
+    lab listens on port 53 of a 127.53.X.Y address (root)."""
     from taps_post.resolver.client import default_client
 
+    if validating.nameserver[1] != 53:
+        pytest.skip(dnslab.port53_unavailable() or "the lab is not on port 53")
     links = tmp_path / "links"
     links.mkdir()
-    host, port = validating.nameserver
-    (links / str(socket.if_nametoindex("lo"))).write_text(f"DNS={host}:{port}\n")
-    (tmp_path / "resolv.conf").write_text("")
+    port = validating.nameserver[1]
+    validating.write_resolv_conf(tmp_path / "resolv.conf", ["trust-ad"])
     (tmp_path / "hosts").write_text("")
     monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "resolv.conf"))
     monkeypatch.setenv("TAPS_POST_RESOLVED_LINKS", str(links))
