@@ -33,9 +33,12 @@ def _der(cert: x509.Certificate) -> bytes:
 
 
 def make(subject: str, issuer: tuple[x509.Certificate, Any] | None = None, *, ca: bool = False,
-         names: tuple[str, ...] = (), days: int = 30, past: bool = False
+         names: tuple[str, ...] = (), days: int = 30, past: bool = False,
+         path_length: int | None = None, cert_sign: bool | None = None,
          ) -> tuple[x509.Certificate, Any]:
-    """A certificate for `subject` signed by `issuer` (self-signed without one)."""
+    """A certificate for `subject` signed by `issuer` (self-signed without one);
+    `path_length`: its pathLenConstraint; `cert_sign`: a keyUsage extension with (True) or
+    without (False) keyCertSign (None: no keyUsage)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     start = now - datetime.timedelta(days=days + 2 if past else 0, minutes=5)
@@ -45,7 +48,13 @@ def make(subject: str, issuer: tuple[x509.Certificate, Any] | None = None, *, ca
     b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(start).not_valid_after(end)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None),
+                        critical=True))
+    if cert_sign is not None:
+        b = b.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
+            crl_sign=cert_sign, encipher_only=False, decipher_only=False), critical=True)
     if names:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
                             critical=False)
@@ -180,6 +189,97 @@ def test_dane_ta_checks_the_name_and_the_dates(pki: dict[str, Any]) -> None:
                    [_der(pki["expired"]), _der(pki["root"])], host=HOST)
 
 
+# ---- DANE-TA paths: only CAs issue (R1-H2, RFC 5280 section 6 from the DANE anchor) ----
+
+
+@pytest.fixture(scope="module")
+def forged() -> dict[str, Any]:
+    """The review's experiment (R1-H2): an organisation's TA, an end-entity certificate it
+    issued (CA:FALSE) for lowvalue.example, and a leaf for victim.example that end entity
+    "issued" with its own key."""
+    ta = make("Org TA", ca=True)
+    ee = make("lowvalue.example", ta, names=("lowvalue.example",))
+    leaf = make("victim.example", ee, names=("victim.example",))
+    return dict(ta=ta[0], ee=ee[0], leaf=leaf[0], ta_pair=ta)
+
+
+@pytest.mark.parametrize("mode", ["opportunistic", "require"])
+@pytest.mark.parametrize("selector,matching", [(0, 1), (1, 1), (0, 0)])
+def test_an_end_entity_under_the_anchor_cannot_issue_a_leaf(
+        forged: dict[str, Any], mode: str, selector: int, matching: int) -> None:
+    chain = [_der(forged["leaf"]), _der(forged["ee"]), _der(forged["ta"])]
+    s = TlsaSet("_443._udp.victim.example", (record(2, selector, matching, forged["ta"]),),
+                True)
+    with pytest.raises(DaneError) as err:
+        dane.check(s, mode, chain, host="victim.example")
+    assert err.value.reason == "mismatch"
+    assert "depth 1 (CN=lowvalue.example)" in str(err.value)
+    assert "is not a CA" in str(err.value)
+
+
+def test_a_2_0_0_anchor_above_an_end_entity_the_peer_stops_at(forged: dict[str, Any]) -> None:
+    """The review's second case: a `2 0 0` record, the chain sent stops below the anchor."""
+    s = TlsaSet("_443._udp.victim.example", (record(2, 0, 0, forged["ta"]),), True)
+    with pytest.raises(DaneError, match="is not a CA"):
+        dane.check(s, "require", [_der(forged["leaf"]), _der(forged["ee"])],
+                   host="victim.example")
+
+
+def test_the_same_path_through_a_ca_is_accepted(forged: dict[str, Any]) -> None:
+    """The control: a real intermediate (CA:TRUE) in the EE's place is accepted."""
+    inter = make("Org Issuing CA", forged["ta_pair"], ca=True)
+    leaf = make("victim.example", inter, names=("victim.example",))
+    s = TlsaSet("_443._udp.victim.example", (record(2, 0, 1, forged["ta"]),), True)
+    assert dane.check(s, "require", [_der(leaf[0]), _der(inter[0]), _der(forged["ta"])],
+                      host="victim.example").endswith("trust anchor at depth 2")
+
+
+def test_a_full_certificate_anchor_must_be_a_ca(forged: dict[str, Any]) -> None:
+    """2 0 0 (and 2 0 1) of an end-entity certificate that signed the leaf directly: the
+    anchor itself issues, so it must be a CA; on a leaf-only stack `anchors()` does not hand
+    it to the TLS library either (check() refuses it instead)."""
+    ee_pair = make("lowvalue.example", forged["ta_pair"], names=("lowvalue.example",))
+    leaf2 = make("victim.example", ee_pair, names=("victim.example",))
+    for r in (record(2, 0, 0, ee_pair[0]), record(2, 0, 1, ee_pair[0])):
+        s = TlsaSet("_443._udp.victim.example", (r,), True)
+        with pytest.raises(DaneError, match=r"trust anchor \(CN=lowvalue.example\) is not a CA"):
+            dane.check(s, "require", [_der(leaf2[0]), _der(ee_pair[0])], host="victim.example")
+    s = TlsaSet("_443._udp.victim.example", (record(2, 0, 0, ee_pair[0]),), True)
+    assert dane.anchors(s, "require", partial_chain=True) == ()
+    with pytest.raises(DaneError, match="is not a CA"):
+        dane.check(s, "require", [_der(leaf2[0])], host="victim.example", partial_chain=True)
+    # A selector-1 record names a key only: the anchor's own flags are not asked.
+    spki = TlsaSet("_443._udp.victim.example", (record(2, 1, 1, ee_pair[0]),), True)
+    assert dane.check(spki, "require", [_der(leaf2[0]), _der(ee_pair[0])],
+                      host="victim.example").endswith("depth 1")
+
+
+def test_key_usage_without_cert_sign_and_path_length_are_enforced() -> None:
+    root = make("KU Root", ca=True)
+    no_sign = make("No-sign CA", root, ca=True, cert_sign=False)
+    leaf = make(HOST, no_sign, names=(HOST,))
+    s = tlsa(record(2, 1, 1, root[0]))
+    with pytest.raises(DaneError, match="keyUsage without keyCertSign"):
+        dane.check(s, "require", [_der(leaf[0]), _der(no_sign[0]), _der(root[0])], host=HOST)
+    signing = make("Signing CA", root, ca=True, cert_sign=True)
+    leaf = make(HOST, signing, names=(HOST,))
+    assert dane.check(s, "require", [_der(leaf[0]), _der(signing[0]), _der(root[0])],
+                      host=HOST).startswith("dane-ta match")
+    # pathLen 0 on the root: no intermediate may follow it; one does.
+    tight = make("Tight Root", ca=True, path_length=0)
+    inter = make("Under Tight", tight, ca=True)
+    leaf = make(HOST, inter, names=(HOST,))
+    chain = [_der(leaf[0]), _der(inter[0]), _der(tight[0])]
+    for r in (record(2, 0, 0, tight[0]), record(2, 0, 1, tight[0])):
+        with pytest.raises(DaneError, match="allows 0 intermediate"):
+            dane.check(tlsa(r), "require", chain, host=HOST)
+    # pathLen 0 on the intermediate that issued the leaf: allowed.
+    zero = make("Zero CA", root, ca=True, path_length=0)
+    leaf = make(HOST, zero, names=(HOST,))
+    assert dane.check(s, "require", [_der(leaf[0]), _der(zero[0]), _der(root[0])],
+                      host=HOST).endswith("depth 2")
+
+
 def test_wildcard_names_cover_one_label() -> None:
     ca = make("Wild CA", ca=True)
     wild = make("*.dom.example", ca, names=("*.dom.example",))
@@ -193,8 +293,10 @@ def test_wildcard_names_cover_one_label() -> None:
 def test_anchors_only_where_the_leaf_alone_is_seen_and_every_record_is_a_2_0_0(
         pki: dict[str, Any], self_signed: x509.Certificate) -> None:
     ta = record(2, 0, 0, pki["root"])
-    assert dane.anchors(tlsa(ta), "opportunistic", partial_chain=True) == (_der(pki["root"]),)
-    assert dane.anchors(tlsa(ta), "opportunistic") == (), "the chain is seen: match it"
+    assert dane.anchors(tlsa(ta), "require", partial_chain=True) == (_der(pki["root"]),)
+    assert dane.anchors(tlsa(ta), "require") == (), "the chain is seen: match it"
+    assert dane.anchors(tlsa(ta), "opportunistic", partial_chain=True) == (), (
+        "opportunistic keeps PKIX: the stack's own verification, not the anchors")
     assert dane.anchors(tlsa(ta, record(3, 1, 1, self_signed)), "require",
                         partial_chain=True) == (), "an EE record needs the leaf matched"
     assert dane.anchors(tlsa(ta, validated=False), "require", partial_chain=True) == ()
@@ -277,13 +379,39 @@ def test_no_certificate_with_validated_records_is_a_mismatch(self_signed: Any) -
     assert err.value.reason == "mismatch"
 
 
-def test_defers_pkix_only_for_validated_usable_sets(self_signed: Any) -> None:
+def test_defers_pkix_only_under_require_for_validated_usable_sets(self_signed: Any) -> None:
+    """Rule 6 (R1-H4): under opportunistic PKIX always runs and DANE only adds refusals;
+    only require lets a validated usable set decide alone."""
     ee = record(3, 1, 1, self_signed)
-    assert dane.defers_pkix(tlsa(ee), "opportunistic")
+    assert not dane.defers_pkix(tlsa(ee), "opportunistic")
+    assert dane.decides(tlsa(ee), "opportunistic"), "it must still match"
     assert dane.defers_pkix(tlsa(ee), "require")
+    assert not dane.decides(tlsa(ee), "off")
     assert not dane.defers_pkix(tlsa(ee, validated=False), "require")
     assert not dane.defers_pkix(None, "require")
     assert not dane.defers_pkix(tlsa(), "require")
+
+
+def test_opportunistic_adds_a_refusal_and_never_an_acceptance(self_signed: Any) -> None:
+    """Under opportunistic the stack verifies PKIX first (stacks/tls.py Rule 6); check() is
+    then only a further condition: a match says how, a mismatch refuses."""
+    other = x509.load_pem_x509_certificate(tp.certs.self_signed([HOST]).cert_pem.encode())
+    s = tlsa(record(3, 1, 1, self_signed))
+    assert dane.check(s, "opportunistic", [_der(self_signed)]).startswith("dane-ee match")
+    with pytest.raises(DaneError):
+        dane.check(s, "opportunistic", [_der(other)])
+
+
+def test_usable_records_is_decision_names_usable() -> None:
+    """R2-5: the stack's record selection is the decision's (`decision.names.usable`)."""
+    from taps_post.decision.names import usable
+
+    records = [TlsaRecord(u, sel, m, b"x" * 32) for u in range(5) for sel in range(3)
+               for m in range(4)]
+    for leaf_only in (False, True):
+        got = dane.usable_records(tlsa(*records), partial_chain=leaf_only)
+        assert got == tuple(r for r in records if usable(r, leaf_only=leaf_only))
+    assert not hasattr(dane, "_SELECTORS"), "no private copy of the rule"
 
 
 def test_unknown_mode_is_refused(self_signed: Any) -> None:

@@ -1,36 +1,45 @@
 """DANE (RFC 6698, RFC 7671): the peer's certificates against the TLSA records of its name.
 
 Rule 1: only a `validated` TLSA set counts (the AD bit from a resolver the system trusts;
-decision/names.py Rule 4). An unvalidated set never accepts nor refuses a certificate: under
+decision/names.py Rule 5). An unvalidated set never accepts nor refuses a certificate: under
 `opportunistic` it is ignored (PKIX as usual), under `require` the peer is refused for it.
-Rule 2: the usable records are DANE-TA(2) and DANE-EE(3) with selector 0 (the full
-certificate) or 1 (its SubjectPublicKeyInfo) and matching 0 (exact), 1 (SHA-256) or 2
-(SHA-512). PKIX-TA(0) and PKIX-EE(1) are not used by this library (RFC 7671 section 4.1 lets a
-client ignore them; they would only add a constraint to the PKIX check, which the stack does
-anyway), nor is any record with an unknown parameter (RFC 6698 section 4.1).
+Rule 2: the usable records are the ones `decision.names.usable()` names (one definition for
+the decision and the stacks, so explain never promises what a stack refuses): DANE-TA(2) and
+DANE-EE(3) with selector 0 or 1 and matching 0, 1 or 2; `leaf_only` on a stack that sees only
+the peer's leaf (Rule 5). PKIX-TA(0), PKIX-EE(1) and unknown parameters are not used (RFC 7671
+section 4.1, RFC 6698 section 4.1).
 Rule 3: `check()` is the one place a stack asks: `security.dane` off checks nothing;
 `opportunistic` requires a match only when a validated set has usable records (a mismatch is
 a DaneError, whatever PKIX said); `require` requires a validated usable match and names why
 when there is none (no TLSA, not validated, no usable record, mismatch). The string it
 returns says how the peer was accepted, for the attempt record and the trace.
 Rule 4: DANE-EE(3) matches the leaf only; names, dates and issuers do not apply (RFC 7671
-section 5.1). DANE-TA(2) matches a certificate above the leaf, and the leaf must chain to it
-(each certificate on the way issued by the next: `verify_directly_issued_by`), be within its
-dates and carry the host's name (RFC 7671 section 5.2). A full-certificate TA record (2 0 0)
-is itself a trust anchor: the leaf or any certificate the peer sent may be issued by it.
+section 5.1). DANE-TA(2) matches a certificate above the leaf, and the path from the leaf up
+to it is validated as PKIX would from that anchor (RFC 7671 section 5.2, RFC 5280 section 6):
+each certificate is issued by the next (`verify_directly_issued_by`), every certificate above
+the leaf is a CA (basicConstraints cA, keyCertSign when keyUsage is present, its
+pathLenConstraint not exceeded), the same for the anchor when the record names a whole
+certificate (selector 0; a selector-1 record names only a key), the certificates below the
+anchor are within their dates and the leaf carries the host's name. So an end-entity
+certificate under the anchor cannot mint a leaf for another name. A full-certificate TA
+record (2 0 0) is itself a trust anchor: the peer need not send it.
 Rule 5: some stacks see only the leaf (the stdlib's ssl before Python 3.13 has no public
 peer chain: `partial_chain=True`). There a TA record that names a digest cannot be checked
 (the certificate it names is never seen) and is unusable on that stack; a full-certificate TA
 record still works when it issued the leaf directly.
-Rule 6: when `defers_pkix()` says a set decides (validated, usable records, dane not off), the
-stack handshakes without PKIX verification and DANE alone decides (RFC 7671 section 5.1: PKIX
-and name checks do not apply to DANE-EE; a TA is the trust anchor): never weaker than PKIX,
-since a peer that matches no record is refused. Otherwise PKIX applies as it always does.
-Rule 7: where only the leaf is seen and every usable record is a full trust-anchor
-certificate (2 0 0), `anchors()` gives those certificates: the stack lets its TLS library
-verify the chain the peer sent (intermediates included), its dates and the name against
-exactly them, and `check(anchored=True)` accepts what that verification accepted. So a
-2 0 0 anchor above an intermediate works even where the chain itself is not visible.
+Rule 6: DANE never weakens PKIX unless the caller asked for DANE: under `opportunistic`
+(the default) PKIX always runs (the stack's normal verification and name check) and a
+validated usable set must match as well, so DANE only adds refusals. Only under `require`
+does `defers_pkix()` let the set decide alone (RFC 7671 section 5: DANE-EE ignores names and
+dates, a DANE-TA record is the trust anchor): the stack handshakes without PKIX and the DANE
+match accepts the peer. Without a deciding set PKIX applies as it always does.
+Rule 7: where only the leaf is seen, under `require`, and every usable record is a full
+trust-anchor certificate (2 0 0) of a CA (Rule 4), `anchors()` gives those certificates: the
+stack lets its TLS library verify the chain the peer sent (intermediates, CA flags, path
+lengths), its dates and the name against exactly them, and `check(anchored=True)` accepts
+what that verification accepted. So a 2 0 0 anchor above an intermediate works even where
+the chain itself is not visible. Under `opportunistic` PKIX verifies (Rule 6) and the leaf is
+matched as Rule 5 says: a 2 0 0 anchor must then have issued the leaf directly.
 """
 
 from __future__ import annotations
@@ -42,40 +51,37 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from ..decision.names import TlsaRecord, TlsaSet
+from ..decision.names import TlsaRecord, TlsaSet, usable
 from ..errors import DaneError
 
-__all__ = ["DANE_EE", "DANE_TA", "MODES", "anchors", "check", "defers_pkix",
+__all__ = ["DANE_EE", "DANE_TA", "MODES", "anchors", "check", "decides", "defers_pkix",
            "refuse_undecidable", "usable_records"]
 
 DANE_TA = 2
 DANE_EE = 3
 MODES = ("off", "opportunistic", "require")
-_SELECTORS = (0, 1)
-_MATCHINGS = (0, 1, 2)
 
 
 def usable_records(tlsa: TlsaSet | None, *, partial_chain: bool = False
                    ) -> tuple[TlsaRecord, ...]:
-    """The records of `tlsa` this library checks (Rule 2), on a stack that sees the whole
-    chain, or only the leaf (`partial_chain`, Rule 5)."""
+    """The records of `tlsa` this library checks (Rule 2: `decision.names.usable`), on a
+    stack that sees the whole chain, or only the leaf (`partial_chain`, Rule 5)."""
     if tlsa is None:
         return ()
-    out = []
-    for r in tlsa.records:
-        if r.usage not in (DANE_TA, DANE_EE) or r.selector not in _SELECTORS \
-                or r.matching not in _MATCHINGS:
-            continue
-        if partial_chain and r.usage == DANE_TA and (r.selector, r.matching) != (0, 0):
-            continue
-        out.append(r)
-    return tuple(out)
+    return tuple(r for r in tlsa.records if usable(r, leaf_only=partial_chain))
+
+
+def decides(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False) -> bool:
+    """Does DANE apply to this peer: a validated set with usable records and dane not off?
+    (Under `opportunistic` it must match on top of PKIX, under `require` it decides alone.)"""
+    return (mode != "off" and tlsa is not None and tlsa.validated
+            and bool(usable_records(tlsa, partial_chain=partial_chain)))
 
 
 def defers_pkix(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False) -> bool:
-    """Does this set decide the peer, so the handshake skips PKIX (Rule 6)?"""
-    return (mode != "off" and tlsa is not None and tlsa.validated
-            and bool(usable_records(tlsa, partial_chain=partial_chain)))
+    """Does this set decide the peer alone, so the handshake skips PKIX (Rule 6: only under
+    `require`)?"""
+    return mode == "require" and decides(tlsa, mode, partial_chain=partial_chain)
 
 
 def anchors(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False
@@ -85,9 +91,17 @@ def anchors(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False
     if not partial_chain or not defers_pkix(tlsa, mode, partial_chain=True):
         return ()
     records = usable_records(tlsa, partial_chain=True)
-    if all((r.usage, r.selector, r.matching) == (DANE_TA, 0, 0) for r in records):
-        return tuple(bytes(r.data) for r in records)
-    return ()
+    if not all((r.usage, r.selector, r.matching) == (DANE_TA, 0, 0) for r in records):
+        return ()
+    from cryptography import x509
+
+    try:
+        certs = [x509.load_der_x509_certificate(bytes(r.data)) for r in records]
+    except ValueError:
+        return ()
+    if not all(_ca_why(c, None) is None for c in certs):  # check() refuses it (Rule 4)
+        return ()
+    return tuple(bytes(r.data) for r in records)
 
 
 def refuse_undecidable(tlsa: TlsaSet | None, mode: str, *, host: str | None = None,
@@ -207,6 +221,35 @@ def _current(cert: Any, now: datetime.datetime) -> bool:
     return bool(cert.not_valid_before_utc <= now <= cert.not_valid_after_utc)
 
 
+def _ca_why(cert: Any, below: int | None) -> str | None:
+    """Why `cert` may not issue certificates in a path where `below` intermediates sit
+    under it (None: not known, pathLen not checked), or None when it may (Rule 4, RFC 5280
+    sections 4.2.1.3, 4.2.1.9 and 6.1.4)."""
+    from cryptography import x509
+
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "has no basicConstraints (not a CA)"
+    except ValueError:
+        return "has extensions that cannot be parsed"
+    if not bc.ca:
+        return "is not a CA (basicConstraints cA false)"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if ku is not None and not ku.key_cert_sign:
+        return "may not sign certificates (keyUsage without keyCertSign)"
+    if below is not None and bc.path_length is not None and below > bc.path_length:
+        return f"allows {bc.path_length} intermediate(s) below it, the path has {below}"
+    return None
+
+
+def _subject(cert: Any) -> str:
+    return str(cert.subject.rfc4514_string() or "an empty subject")
+
+
 def _ta_match(r: TlsaRecord, chain: Sequence[bytes], certs: list[Any],
               host: str | None) -> tuple[bool, str]:
     """Rule 4 for one DANE-TA record: (matched, how or why not)."""
@@ -219,6 +262,7 @@ def _ta_match(r: TlsaRecord, chain: Sequence[bytes], certs: list[Any],
             break
         path.append(cert)
     anchor_at: int | None = None
+    anchor: Any = None
     if (r.selector, r.matching) == (0, 0):
         from cryptography import x509
 
@@ -240,9 +284,22 @@ def _ta_match(r: TlsaRecord, chain: Sequence[bytes], certs: list[Any],
             if _matches(r, chain[depth], path[depth]):
                 anchor_at = depth
                 path = path[:depth + 1]
+                if r.selector == 0:  # the record names the whole certificate
+                    anchor = path[depth]
                 break
     if anchor_at is None:
         return False, "no certificate the leaf chains to matches"
+    # Every certificate between the leaf and the anchor issues, and so must be a CA; so
+    # must the anchor when the record names its certificate (a key alone has no flags).
+    for depth in range(1, anchor_at):
+        why = _ca_why(path[depth], depth - 1)
+        if why is not None:
+            return False, (f"the certificate at depth {depth} ({_subject(path[depth])}), "
+                           f"below the trust anchor, {why}")
+    if anchor is not None:
+        why = _ca_why(anchor, anchor_at - 1)
+        if why is not None:
+            return False, f"the trust anchor ({_subject(anchor)}) {why}"
     if not all(_current(c, now) for c in path[:anchor_at]):
         return False, "a certificate below the trust anchor is outside its validity dates"
     if host is not None and not _names(leaf, host):

@@ -653,7 +653,7 @@ class StreamStack:
         # follows RTT history (it changes between connections) and must not cost the
         # association its TLS sessions (Rule 3).
         s = spec.settings
-        defer = defers_pkix(spec.tlsa, s)  # a TLSA set decides (tls.py Rule 6)
+        defer = defers_pkix(spec.tlsa, s)  # the set decides alone: require only (tls.py Rule 6)
         anchors = dane_anchors(spec.tlsa, s)
         key = (s.min_tls, s.verify_peer, s.alpn, tuple(c.fingerprint for c in spec.pinned),
                tuple(c.fingerprint for c in spec.identity if c.key_pem), defer, anchors)

@@ -24,17 +24,21 @@ TRIM_DELAY later (so a burst of closes pays once), a full `gc.collect()` (a clos
 objects are cycles, freed only by the collector) and `malloc_trim(0)` run: tens of ms once
 per thousand connections. Where there is no glibc the trim is a no-op.
 Rule 6: DANE (stacks/dane.py) is checked after every client handshake, where the pins are
-(`verify_dane`). When a validated usable TLSA set decides the peer (`dane.defers_pkix`), the
-context makes no PKIX or name check (`client_tls_context(defer_pkix=True)`: CERT_NONE, no
-check_hostname) and the DANE match alone accepts the peer (RFC 7671 section 5.1): a peer
-that matches no record is refused, so this is never weaker than PKIX. Without such a set
-PKIX applies as always; under `require` such an attempt is refused before it connects
-(`refuse_before_dane`: it could only fail). Python's ssl before 3.13 shows only the peer's
-leaf certificate (`PEER_CHAIN` False: `SSLObject.get_unverified_chain` is 3.13's), so there
-a DANE-TA record works only as a full certificate (2 0 0): when every usable record is
-one, the context verifies the chain and the name against exactly those certificates
-(`dane_anchors`, dane Rule 7; a failure there is a DaneError too), else it must have issued
-the leaf (dane, Rule 5).
+(`verify_dane`). Under `security.dane: opportunistic` (the default) the context is the usual
+PKIX one (system CAs or pins, the name checked) and a validated usable TLSA set must match as
+well: DANE only adds refusals (dane Rule 6). Only under `require`, when a validated usable
+set decides the peer (`dane.defers_pkix`), does the context make no PKIX or name check
+(`client_tls_context(defer_pkix=True)`: CERT_NONE, no check_hostname) and the DANE match alone
+accept the peer (RFC 7671 section 5); under `require` an attempt with no set that could decide
+is refused before it connects (`refuse_before_dane`: it could only fail). Contexts are keyed
+by whether PKIX is deferred and by the anchors (stacks/tcp.py), so a deferred one never
+serves an opportunistic attempt. Python's ssl before 3.13 shows only the peer's leaf
+certificate (`PEER_CHAIN` False: `SSLObject.get_unverified_chain` is 3.13's), so there a
+DANE-TA record works only as a full certificate (2 0 0; `decision.names.usable(leaf_only=True)`):
+under `require`, when every usable record is one, the context verifies the chain and the name
+against exactly those certificates (`dane_anchors`, dane Rule 7; a failure there is a
+DaneError too), else (and always under `opportunistic`) it must have issued the leaf (dane,
+Rule 5).
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def verify_pins(ssl_object: ssl.SSLObject | None, pinned: Sequence[Certificate])
 
 
 def defers_pkix(tlsa: TlsaSet | None, settings: Settings) -> bool:
-    """Does the TLSA set decide this peer, so the handshake skips PKIX (Rule 6)?"""
+    """Does the TLSA set decide this peer alone, so the handshake skips PKIX (Rule 6: only
+    under security.dane require)?"""
     return dane.defers_pkix(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
 
 

@@ -80,14 +80,20 @@ async def tlsa_of(dns: dnslab.Lab, host: str, port: int, proto: str) -> TlsaSet 
     return TlsaSet(name, tuple(answer.tlsa), answer.authenticated)
 
 
-def test_validated_tlsa_accepts_a_server_pkix_refuses(validating: dnslab.Lab,
-                                                      tls_server: int) -> None:
-    async def main() -> tuple[TlsaSet | None, Any]:
+def test_validated_tlsa_accepts_under_require_a_server_pkix_refuses(
+        validating: dnslab.Lab, tls_server: int) -> None:
+    """Only `require` lets the validated DANE-EE record replace PKIX (R1-H4): under the
+    default `opportunistic` the same record adds a condition, and PKIX still refuses the
+    self-signed certificate."""
+    async def main() -> tuple[TlsaSet | None, Any, BaseException]:
         got = await tlsa_of(validating, GOOD, tls_server, "tcp")
+        with pytest.raises(ssl_error()) as pkix:
+            await fetch(spec(tls_server, tlsa=got, host=GOOD))
         return got, await fetch(spec(tls_server, tlsa=got, host=GOOD,
-                                     s=settings(dane="require")))
+                                     s=settings(dane="require"))), pkix.value
 
-    got, (how, _, page) = run(main())
+    got, (how, _, page), pkix = run(main())
+    assert not isinstance(pkix, DaneError), "PKIX refused it under opportunistic"
     assert got is not None and got.validated and len(got.records) == 1
     assert how == f"dane-ee match (3 1 1) at _{tls_server}._tcp.{GOOD}"
     assert page.startswith(b"HTTP/1.0 200 ok")
@@ -210,8 +216,9 @@ def resolving(validating: dnslab.Lab, tmp_path: Path,
 def test_initiate_connects_by_dane_and_refuses_a_mismatch(resolving: dnslab.Lab,
                                                           tls_server: int) -> None:
     """No certificate pinned and none a CA signed: the validated TLSA record is what lets
-    the carrier connect; bad.dane.test, whose record names another key, fails as tls_verify
-    with the DaneError in its attempt record."""
+    the carrier connect under require; bad.dane.test, whose record names another key, fails
+    as tls_verify with the DaneError in its attempt record. Under opportunistic the good
+    record does not replace PKIX: the same connect fails PKIX (R1-H4)."""
     async def main() -> Any:
         store = tp.AssociationStore()
         carrier = await tp.initiate(f"tls://{GOOD}:{tls_server}", policy=dane_policy("require"),
@@ -223,11 +230,18 @@ def test_initiate_connects_by_dane_and_refuses_a_mismatch(resolving: dnslab.Lab,
         finally:
             await carrier.close()
         with pytest.raises(tp.EstablishmentError) as err:  # initiate() activates when awaited
-            await tp.initiate(f"tls://{BAD}:{tls_server}", policy=dane_policy("opportunistic"),
+            await tp.initiate(f"tls://{BAD}:{tls_server}", policy=dane_policy("require"),
                               framer=tp.RawFramer(), store=store)
-        return how, first, err.value
+        with pytest.raises(tp.EstablishmentError) as pkix:
+            await tp.initiate(f"tls://{GOOD}:{tls_server}",
+                              policy=dane_policy("opportunistic"), framer=tp.RawFramer(),
+                              store=tp.AssociationStore())
+        return how, first, err.value, pkix.value
 
-    how, first, err = run(main())
+    how, first, err, pkix = run(main())
+    refused = [a for a in pkix.attempts if a.outcome == "failed"]
+    assert refused and all(a.kind is FailureKind.TLS_VERIFY for a in refused), pkix
+    assert not any(isinstance(a.exception, DaneError) for a in refused), pkix
     assert how == f"dane-ee match (3 1 1) at _{tls_server}._tcp.{GOOD}"
     assert first.startswith(b"HTTP/1.0 200 ok")
     failed = [a for a in err.attempts if a.outcome == "failed"]

@@ -140,6 +140,10 @@ def server_cert() -> Certificate:
 
 def test_dane_ee_match_connects_and_resumes_only_with_a_ticket_that_matched(
         tmp_path: Path, server_cert: Certificate) -> None:
+    """Under require the validated DANE-EE record decides (PKIX deferred); under
+    opportunistic PKIX still refuses the self-signed certificate (R1-H4); a ticket from the
+    require connection would not be offered to it either (it proved no PKIX verification:
+    test_trust_admits_only_tickets_that_matched_the_same_records)."""
     ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
 
     async def main() -> Any:
@@ -147,12 +151,16 @@ def test_dane_ee_match_connects_and_resumes_only_with_a_ticket_that_matched(
             with pytest.raises(Exception) as pkix:  # nobody vouches for a self-signed one
                 await QuicStack().connect(spec(port, tlsa=None))
             state = Tickets()
-            first = await connect(spec(port, tlsa=ee, state=state), ticket=True)
-            second = await connect(spec(port, tlsa=ee, state=state))
-            return pkix.value, first, second
+            first = await connect(spec(port, tlsa=ee, state=state, dane="require"),
+                                  ticket=True)
+            with pytest.raises(Exception) as opportunistic:
+                await QuicStack().connect(spec(port, tlsa=ee))
+            second = await connect(spec(port, tlsa=ee, state=state, dane="require"))
+            return pkix.value, opportunistic.value, first, second
 
-    pkix, (how1, reused1, chain1), (how2, reused2, chain2) = run(main())
+    pkix, opp, (how1, reused1, chain1), (how2, reused2, chain2) = run(main())
     assert classify(pkix) is FailureKind.TLS_VERIFY and not isinstance(pkix, DaneError)
+    assert classify(opp) is FailureKind.TLS_VERIFY and not isinstance(opp, DaneError)
     assert how1 == f"dane-ee match (3 1 1) at {NAME}"
     assert chain1 == (ssl.PEM_cert_to_DER_cert(server_cert.cert_pem),)
     assert (reused1, reused2) == (False, True)
@@ -213,18 +221,77 @@ def test_dane_ta_digest_matches_the_chain_aioquic_received(tmp_path: Path) -> No
     assert [x509.load_der_x509_certificate(c) for c in chain] == [leaf, ca[0]]
 
 
+@pytest.mark.parametrize("selector,matching", [(0, 1), (1, 1), (0, 0)])
+def test_an_end_entity_under_the_anchor_cannot_issue_the_servers_leaf(
+        tmp_path: Path, selector: int, matching: int) -> None:
+    """R1-H2 on the QUIC chain path (the review's experiment against aioquic's server): TA
+    -> lowvalue.example (CA:FALSE) -> a localhost leaf signed with lowvalue's key, all three
+    sent. Under require aioquic verifies nothing (PKIX deferred) and Trust.check refuses
+    the path: lowvalue is not a CA. The same with a real intermediate connects."""
+    ta = make("Org TA", ca=True)
+    ee = make("lowvalue.example", ta, names=("lowvalue.example",))
+    leaf, key = make(HOST, ee, names=(HOST,))
+    inter = make("Org Issuing CA", ta, ca=True)
+    good, good_key = make(HOST, inter, names=(HOST,))
+    anchor = tlsa(record(2, selector, matching, ta[0]))
+    (tmp_path / "forged").mkdir()
+    (tmp_path / "good").mkdir()
+
+    async def main() -> Any:
+        async with aioquic_server(tmp_path / "forged", pem(leaf, key),
+                                  chain=(pem(ee[0]), pem(ta[0]))) as port:
+            with pytest.raises(DaneError) as err:
+                await QuicStack().connect(spec(port, tlsa=anchor, dane="require"))
+        async with aioquic_server(tmp_path / "good", pem(good, good_key),
+                                  chain=(pem(inter[0]), pem(ta[0]))) as port:
+            ok = await connect(spec(port, tlsa=anchor, dane="require"))
+        return err.value, ok
+
+    err, (how, _, _) = run(main())
+    assert err.reason == "mismatch" and "is not a CA" in str(err)
+    assert classify(err) is FailureKind.TLS_VERIFY
+    assert how == (f"dane-ta match (2 {selector} {matching}) at {NAME}: "
+                   "trust anchor at depth 2")
+
+
+def test_opportunistic_keeps_pkix_and_adds_the_dane_refusal(tmp_path: Path,
+                                                            server_cert: Certificate) -> None:
+    """A pinned server (PKIX passes by the pin) with its own DANE-EE record: accepted and the
+    match reported; aioquic verified (Origin.verified), so DANE did not replace PKIX."""
+    ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
+
+    async def main() -> Any:
+        async with aioquic_server(tmp_path, server_cert) as port:
+            t = await QuicStack().connect(spec(port, tlsa=ee, pinned=(server_cert,)))
+            try:
+                return t.dane, t.session.origin
+            finally:
+                await t.aclose()
+
+    how, origin = run(main())
+    assert how == f"dane-ee match (3 1 1) at {NAME}"
+    assert origin is not None and origin.verified and origin.dane == ee.records
+
+
 def test_trust_admits_only_tickets_that_matched_the_same_records(
         server_cert: Certificate) -> None:
     ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
-    trust = Trust(frozenset(), True, ee, "opportunistic", HOST)
+    trust = Trust(frozenset(), True, ee, "require", HOST)
     assert trust.dane_decides and not trust.system_anchors
     records = ee.records
     assert trust.admits(Origin("A", False, False, records))
     assert not trust.admits(Origin("A", True, True)), "PKIX-verified, never DANE-matched"
     assert not trust.admits(None)
     other = tlsa(record(3, 1, 1, x509_of(tp.certs.self_signed([HOST]))))
-    assert not Trust(frozenset(), True, other, "opportunistic").admits(
+    assert not Trust(frozenset(), True, other, "require").admits(
         Origin("A", False, False, records)), "matched other records"
+    # Opportunistic: PKIX stays, DANE must match as well (R1-H4).
+    opp = Trust(frozenset(), True, ee, "opportunistic", HOST)
+    assert not opp.dane_decides and opp.dane_applies and opp.system_anchors
+    assert opp.admits(Origin("A", True, True, records))
+    assert not opp.admits(Origin("A", False, False, records)), "DANE-only, no PKIX"
+    assert not opp.admits(Origin("A", True, True)), "PKIX-only, never DANE-matched"
+    assert not Trust(frozenset(), False, ee, "opportunistic").admits(None)
     # Without a deciding set, a DANE-matched ticket proved no PKIX verification.
     assert not Trust(frozenset(), True).admits(Origin("A", False, False, records))
 

@@ -145,22 +145,41 @@ def other_cert() -> Certificate:
     return tp.certs.self_signed([HOST])
 
 
-def test_dane_ee_match_connects_where_pkix_alone_refuses(tmp_path: Path,
-                                                         server_cert: Certificate) -> None:
-    """A self-signed certificate no CA vouches for: PKIX refuses it; its validated 3 1 1
-    record makes it the peer (RFC 7671 section 5.1), the handshake deferred PKIX."""
+def test_dane_ee_self_signed_refused_by_pkix_under_opportunistic_accepted_under_require(
+        tmp_path: Path, server_cert: Certificate) -> None:
+    """A self-signed certificate no CA vouches for, published as DANE-EE (3 1 1): under
+    opportunistic PKIX still runs and refuses it (DANE only adds refusals, R1-H4), unless it
+    is pinned, and then the record must match too; under require the validated record alone
+    makes it the peer (RFC 7671 section 5.1, PKIX deferred)."""
     started = time.monotonic()
+    ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
     with s_server(tmp_path, server_cert) as port:
-        with pytest.raises(ssl_cert_error()) as err:
-            run(fetch(spec(port, tlsa=None)))
-        assert not isinstance(err.value, DaneError)
-        assert classify(err.value) is FailureKind.TLS_VERIFY
-        ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
-        for mode in ("opportunistic", "require"):
-            how, _, page = run(fetch(spec(port, tlsa=ee, s=settings(dane=mode))))
-            assert how == f"dane-ee match (3 1 1) at {NAME}"
-            assert page.startswith(b"HTTP/1.0 200 ok"), page[:100]
+        for t in (None, ee):
+            with pytest.raises(ssl_cert_error()) as err:
+                run(fetch(spec(port, tlsa=t, s=settings(dane="opportunistic"))))
+            assert not isinstance(err.value, DaneError), "PKIX refused it, not DANE"
+            assert classify(err.value) is FailureKind.TLS_VERIFY
+        how, _, _ = run(fetch(spec(port, tlsa=ee, pinned=(server_cert,))))
+        assert how == f"dane-ee match (3 1 1) at {NAME}"
+        how, _, page = run(fetch(spec(port, tlsa=ee, s=settings(dane="require"))))
+        assert how == f"dane-ee match (3 1 1) at {NAME}"
+        assert page.startswith(b"HTTP/1.0 200 ok"), page[:100]
     assert time.monotonic() - started < 10
+
+
+def test_contexts_are_keyed_by_whether_pkix_is_deferred(tmp_path: Path,
+                                                         server_cert: Certificate) -> None:
+    """One association: a require attempt (PKIX deferred) first, then an opportunistic one
+    with the same records: the second gets its own PKIX context and is refused."""
+    ee = tlsa(record(3, 1, 1, x509_of(server_cert)))
+    with s_server(tmp_path, server_cert) as port:
+        assoc = tp.AssociationStore().get(f"{LO4}:{port}")
+        how, _, _ = run(fetch(spec(port, tlsa=ee, assoc=assoc, s=settings(dane="require"))))
+        assert how is not None and how.startswith("dane-ee match")
+        with pytest.raises(ssl_cert_error()) as err:
+            run(fetch(spec(port, tlsa=ee, assoc=assoc)))
+        assert not isinstance(err.value, DaneError)
+        assert len(assoc.tls_contexts) == 2
 
 
 def ssl_cert_error() -> type[BaseException]:
@@ -228,14 +247,17 @@ def test_dane_ta_full_certificate_anchors_a_private_ca(tmp_path: Path) -> None:
         how, _, _ = run(fetch(spec(port, tlsa=anchor, s=settings(dane="require"))))
         assert how is not None and how.startswith(f"dane-ta match (2 0 0) at {NAME}")
         with pytest.raises(DaneError) as named:
-            run(fetch(spec(port, tlsa=anchor, host="other.test")))
+            run(fetch(spec(port, tlsa=anchor, host="other.test", s=settings(dane="require"))))
         assert named.value.reason == "mismatch"
         # Python < 3.13: the handshake verified against the anchor (dane Rule 7), and
         # OpenSSL's name check failed; 3.13+: dane.check's own name check.
         assert "other.test" in str(named.value) or "Hostname mismatch" in str(named.value)
         digest = tlsa(record(2, 0, 1, ca[0]))
+        with pytest.raises(ssl_cert_error()) as pkix:  # opportunistic: PKIX still decides
+            run(fetch(spec(port, tlsa=anchor)))
+        assert not isinstance(pkix.value, DaneError)
         if PEER_CHAIN:
-            how, _, _ = run(fetch(spec(port, tlsa=digest)))
+            how, _, _ = run(fetch(spec(port, tlsa=digest, s=settings(dane="require"))))
             assert how is not None and how.startswith("dane-ta match (2 0 1)")
         else:  # Python < 3.13: the chain is not visible, a digest TA cannot be checked
             with pytest.raises(DaneError) as err:
@@ -253,7 +275,8 @@ def test_a_resumed_session_is_checked_again(tmp_path: Path, server_cert: Certifi
         assoc = tp.AssociationStore().get(f"{LO4}:{port}")
 
         async def twice() -> list[tuple[str | None, bool, bytes]]:
-            return [await fetch(spec(port, tlsa=ee, assoc=assoc)) for _ in range(2)]
+            return [await fetch(spec(port, tlsa=ee, assoc=assoc, pinned=(server_cert,)))
+                    for _ in range(2)]
 
         (how1, reused1, _), (how2, reused2, _) = run(twice())
     assert how1 == how2 == f"dane-ee match (3 1 1) at {NAME}"
@@ -275,6 +298,52 @@ def test_dane_ta_anchor_above_an_intermediate(tmp_path: Path) -> None:
             assert how is not None and how.startswith(f"dane-ta match (2 0 0) at {NAME}")
             assert page.startswith(b"HTTP/1.0 200 ok")
         with pytest.raises(DaneError) as err:
-            run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, stranger[0])))))
+            run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, stranger[0])),
+                           s=settings(dane="require"))))
     assert err.value.reason == "mismatch" and err.value.name == NAME
     assert classify(err.value) is FailureKind.TLS_VERIFY
+
+
+@pytest.mark.parametrize("sent_anchor", [False, True])
+def test_an_end_entity_under_the_anchor_cannot_issue_the_servers_leaf(
+        tmp_path: Path, sent_anchor: bool) -> None:
+    """R1-H2 over TLS: TA -> lowvalue (CA:FALSE) -> a leaf for localhost signed with
+    lowvalue's key, served with lowvalue (and the TA). Under require (PKIX deferred) a 2 0 0
+    record of the TA is refused: before Python 3.13 OpenSSL verifies against the anchor
+    (dane Rule 7) and refuses the non-CA issuer, from 3.13 dane.check sees the chain; a
+    2 0 1 digest is checked by dane.check where the chain is visible (3.13+) and unusable
+    before. A real intermediate in lowvalue's place is accepted (the control)."""
+    ta = make("Org TA", ca=True)
+    ee = make("lowvalue.example", ta, names=("lowvalue.example",))
+    leaf, key = make(HOST, ee, names=(HOST,))
+    chain = (pem(ee[0]), pem(ta[0])) if sent_anchor else (pem(ee[0]),)
+    (tmp_path / "forged").mkdir()
+    with s_server(tmp_path / "forged", pem(leaf, key), chain=chain) as port:
+        with pytest.raises(DaneError) as err:
+            run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, ta[0])),
+                           s=settings(dane="require"))))
+        assert err.value.reason == "mismatch"
+        if PEER_CHAIN:
+            with pytest.raises(DaneError, match="is not a CA"):
+                run(fetch(spec(port, tlsa=tlsa(record(2, 0, 1, ta[0])),
+                               s=settings(dane="require"))))
+    inter = make("Org Issuing CA", ta, ca=True)
+    good, good_key = make(HOST, inter, names=(HOST,))
+    chain = (pem(inter[0]), pem(ta[0])) if sent_anchor else (pem(inter[0]),)
+    (tmp_path / "good").mkdir()
+    with s_server(tmp_path / "good", pem(good, good_key), chain=chain) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, ta[0])),
+                                   s=settings(dane="require"))))
+    assert how is not None and how.startswith(f"dane-ta match (2 0 0) at {NAME}")
+
+
+def test_a_2_0_0_record_of_an_end_entity_is_no_anchor(tmp_path: Path) -> None:
+    """A 2 0 0 record naming a CA:FALSE certificate that signed the leaf directly: not handed
+    to OpenSSL as an anchor (dane.anchors), and dane.check refuses it (R1-H2)."""
+    ta = make("Org TA", ca=True)
+    ee = make("lowvalue.example", ta, names=("lowvalue.example",))
+    leaf, key = make(HOST, ee, names=(HOST,))
+    with (s_server(tmp_path, pem(leaf, key), chain=(pem(ee[0]),)) as port,
+          pytest.raises(DaneError, match="not a CA") as err):
+        run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, ee[0])), s=settings(dane="require"))))
+    assert err.value.reason == "mismatch"

@@ -31,13 +31,15 @@ no 0-RTT). TLS 1.3 lets the client finish its handshake before the server has se
 certificate: a refused client's connect() succeeds and its carrier fails at once with the
 close (QuicClosedError, CRYPTO_ERROR plus certificate_required or bad_certificate).
 Rule 8: DANE (stacks/dane.py) as over TLS (stacks/tls.py Rule 6), with the peer's whole chain
-(`compat.peer_chain`): when a validated usable TLSA set decides the peer
-(`dane.defers_pkix`), aioquic verifies nothing (CERT_NONE) and `Trust.check` accepts the
-server only on a DANE match, after the pins; otherwise verification is as Rule 2 says and
-`Trust.check` still refuses a mismatch or, under `require`, a set that cannot decide. A
-resumed handshake shows no certificate, so a ticket's Origin records the TLSA records its
-connection matched (`Origin.dane`), and where DANE decides only a ticket that matched the
-very same records is offered (`Trust.admits`).
+(`compat.peer_chain`). Under `opportunistic` verification stays as Rule 2 says (PKIX and the
+name) and `Trust.check` refuses a validated usable set that does not match on top of it:
+DANE only adds refusals. Only under `require`, when a validated usable TLSA set decides the
+peer (`dane.defers_pkix`), does aioquic verify nothing (CERT_NONE) and `Trust.check` accept
+the server only on a DANE match, after the pins; under `require` a set that cannot decide is
+refused. A resumed handshake shows no certificate, so a ticket's Origin records the TLSA
+records its connection matched (`Origin.dane`), and wherever DANE applies (a validated usable
+set, `Trust.dane_applies`) only a ticket that matched the very same records is offered
+(`Trust.admits`), and under `opportunistic` only one that was PKIX-verified as well.
 Rule 7: the initial flow-control limits come from carrier.recvBudget (`flow_windows`): a
 stream may receive one window before its first MAX_STREAM_DATA, the connection two; the
 session extends a stream's limit as aioquic delivers its bytes in order (not while its
@@ -134,7 +136,7 @@ class Origin:
     system_anchors: bool
     """... against the system's CAs (not against pinned certificates)."""
     dane: tuple[TlsaRecord, ...] = ()
-    """The usable TLSA records DANE accepted the server by (empty: DANE did not decide)."""
+    """The usable TLSA records DANE matched the server by (empty: DANE did not apply)."""
     dane_how: str | None = dataclasses.field(default=None, compare=False)
     """How DANE accepted it (stacks/dane.py `check`); None: not checked."""
 
@@ -160,17 +162,25 @@ class Trust:
 
     @property
     def dane_decides(self) -> bool:
-        """A validated usable TLSA set decides the server, not PKIX (Rule 8)."""
+        """A validated usable TLSA set decides the server, not PKIX (Rule 8: require only)."""
         return dane.defers_pkix(self.tlsa, self.dane)
+
+    @property
+    def dane_applies(self) -> bool:
+        """A validated usable TLSA set must match (alone or on top of PKIX, Rule 8)."""
+        return dane.decides(self.tlsa, self.dane)
 
     def admits(self, origin: Origin | None) -> bool:
         """May a ticket from a connection that proved `origin` resume this one?"""
         if origin is None:  # a ticket nobody vouches for
-            return not self.pins and not self.verify and not self.dane_decides
+            return not self.pins and not self.verify and not self.dane_applies
         if self.pins and origin.fingerprint not in self.pins:
             return False
-        if self.dane_decides:  # matched the very same records (Rule 8)
-            return bool(origin.dane) and origin.dane == dane.usable_records(self.tlsa)
+        if self.dane_applies and not (  # matched the very same records (Rule 8)
+                origin.dane and origin.dane == dane.usable_records(self.tlsa)):
+            return False
+        if self.dane_decides:
+            return True
         if self.verify and not origin.verified:
             return False
         return not self.system_anchors or origin.system_anchors
@@ -197,9 +207,10 @@ class Trust:
         if self.pins and got not in self.pins:
             raise PinMismatchError(f"the peer's certificate {got} is not one of the pinned ones")
         how = dane.check(self.tlsa, self.dane, chain, host=self.host)
+        matched = dane.usable_records(self.tlsa) if self.dane_applies else ()
         if self.dane_decides:
-            return Origin(got, False, False, dane.usable_records(self.tlsa), how)
-        return Origin(got, self.verify, self.system_anchors, dane_how=how)
+            return Origin(got, False, False, matched, how)
+        return Origin(got, self.verify, self.system_anchors, matched, how)
 
 
 def client_trust(spec: AttemptSpec) -> Trust:
