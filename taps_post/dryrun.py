@@ -10,6 +10,9 @@ Rule 3: a live explain resolves the name through the same code a connection does
 fallback), to completion, so it shows every service record and resolution pass with the
 times they arrived; a name that does not resolve is explained with no address (decide()
 warns), not an error.
+Rule 4: `explain()` is synchronous. Called from a coroutine, it resolves on a loop in a
+worker thread with a DnsClient of its own (a DnsClient and its cache belong to one loop and
+one thread) and blocks the calling loop until the resolution is done.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _resolved(request: Request, ctx: PolicyContext, base: Environment) -> Enviro
     from dataclasses import replace
 
     from .errors import ResolutionError
-    from .runtime.resolution import complete, wanted_for
+    from .runtime.resolution import Snapshot, complete, wanted_for
 
     wanted = wanted_for(request, ctx.current())
     try:
@@ -77,11 +80,24 @@ def _resolved(request: Request, ctx: PolicyContext, base: Environment) -> Enviro
             asyncio.get_running_loop()
         except RuntimeError:
             snap = asyncio.run(complete(wanted))
-        else:  # called from a coroutine: its loop must not be blocked by a nested run
+        else:
+            # Called from a coroutine: asyncio.run() cannot nest, so the resolution runs on
+            # a loop in a worker thread, and this call BLOCKS the caller's loop until it is
+            # done (up to the resolver's timeouts). The worker asks through its own client:
+            # the system's default client (its cache, its shared queries) belongs to the
+            # caller's loop and is not safe to use from another thread.
             from concurrent.futures import ThreadPoolExecutor
 
+            from .resolver.client import DnsClient
+            from .resolver.conf import system_config
+
+            def worker() -> Snapshot:
+                config = system_config()
+                client = DnsClient(config) if config.nameservers else None
+                return asyncio.run(complete(wanted, client))
+
             with ThreadPoolExecutor(1) as pool:
-                snap = pool.submit(lambda: asyncio.run(complete(wanted))).result()
+                snap = pool.submit(worker).result()
     except ResolutionError:
         return replace(base, now=time.time())
     return replace(snap.environment(base), now=time.time())

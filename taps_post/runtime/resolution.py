@@ -10,28 +10,52 @@ to its addresses, in one complete snapshot, with no DNS query, as it did with ge
 Rule 2: otherwise every query the target needs is sent at once through the system's client
 (`resolver.client.default_client()`): A and AAAA of the host, the HTTPS/SVCB query
 `names.service_query()` names when the scheme is in `dns.svcbSchemes`, and the TLSA names
-(`names.tlsa_name()`, the URL's port and each record's port, for the secure stacks' IP
-protocols) when `security.dane` is not off. An AliasMode target gets its own HTTPS, A and
-AAAA queries, a ServiceMode target other than the host its A and AAAA, as soon as the
-record arrives (at most names.ALIAS_LIMIT names are followed).
+(`names.tlsa_name()`, for the secure stacks' IP protocols) when `security.dane` is not off.
+TLSA is asked for at most TLSA_PORTS (4) distinct ports per resolution: the URL's port
+first, then the service records' ports in priority order as they arrive; one HTTPS RRset
+naming a thousand ports must not start a thousand queries (docs/resolution.md). An
+AliasMode target gets its own HTTPS, A and AAAA queries, a ServiceMode target other than
+the host its A and AAAA, as soon as the record arrives (at most names.ALIAS_LIMIT names are
+followed).
 Rule 3: pass 1 starts when `decision.passes.first_pass()` says, on the arrivals so far: the
 same pure function a dry run's explain labels its passes with, so the two agree. Every later
 answer that changes what is known is a later snapshot; the last one is marked `complete`.
-Rule 4: no client configured, or every nameserver failing for both A and AAAA of the host
-(timeout, refused, servfail, error) with no address known from anywhere else: the event
-loop's getaddrinfo answers instead (the old path), in one complete snapshot.
-Rule 5: a name with no address at all (negative A and AAAA, no hint, no alias target
-address, getaddrinfo failing) is a ResolutionError naming it (endpoints Rule 3).
+Rule 4: no client configured, or every nameserver failing for both A and AAAA of the first
+name asked (timeout, refused, servfail, error: `resolver.cache.FAILURES`) with no address
+known from anywhere else: the event loop's getaddrinfo answers instead (the old path), in
+one complete snapshot, asked once with the name as the caller gave it (glibc applies the
+search list itself). The remaining search-list names are not asked: the servers, not the
+name, failed, so their timeout is paid once, not once per search domain. When the servers
+answered an earlier name, a later name's failure is that name's (Rule 5 then applies).
+Rule 5: a DNS answer with no address for any name of the search list (negative A and AAAA,
+no hint, no alias target address) falls back to getaddrinfo once, for the caller's name,
+before it is a ResolutionError naming that name and every name tried (endpoints Rule 3):
+names only other NSS sources know (mDNS `.local`, nss-myhostname, LDAP, container names)
+resolved before issue 12 and still do. `resolve_passes(nss=False)` skips that fallback
+(tests whose names must not reach the machine's own resolver).
 Rule 6: every query is a task this generator owns: when the consumer stops early (a winner,
 a cancellation, `aclose()`), the outstanding queries are cancelled and awaited before it
 returns; nothing outlives the resolution.
-Rule 7: a snapshot says whether it may key a reused plan (`reusable`): only when everything
-was known at once, in one pass, without the network (the hosts file, the DNS cache, an IP
-literal); an answer that had to travel may have changed.
+Rule 7: a snapshot says whether it may key a reused plan (`reusable`). A DNS snapshot only
+when everything was known at once, in one pass, from the DNS cache: an answer that had to
+travel may have changed. The other sources key plans as they did before issue 12: the
+hosts file, given addresses and getaddrinfo (the system's resolver, whose answer was the
+plan key then; its own caching is nscd's or systemd-resolved's business).
 Rule 8: the resolv.conf search list applies as glibc applies it (`ResolverConfig.names_for`):
 each name is tried in turn until one has an address, and a snapshot of an expanded name is
 written back under the name the caller used (`Snapshot.renamed`), since that is the name the
-decision, the certificate check and the TLSA names use.
+decision, the certificate check and the TLSA names use. The search list is bounded as
+glibc up to 2.25 bounded it (resolv.conf(5): 6 domains, 256 characters; SEARCH_DOMAINS,
+SEARCH_CHARS): each domain costs a sequential resolution here, and a name only a later
+domain knows still resolves through Rule 5's getaddrinfo (glibc 2.26+ has no bound).
+Rule 9: a TLSA set learnt for a search-list expansion is kept in the renamed snapshot but
+never as validated: the search list comes from resolv.conf, which DHCP (option 119) fills
+on untrusted networks, so `_443._tcp.mail.<search domain>` is not a secure source for the
+TLSA of `mail` (RFC 6698 section 4, RFC 7671 section 7). DANE then falls back to PKIX under
+`opportunistic` and refuses under `require`; explain shows the records as not validated.
+Rule 10: `forget(names)` (a failed race) drops the answers of the names the DNS was asked:
+each name with its search-list expansions, so a name reached through the search list is
+forgotten too (establish Rule 3).
 """
 
 from __future__ import annotations
@@ -64,12 +88,16 @@ if TYPE_CHECKING:
     from ..resolver.cache import Answer
     from ..resolver.client import DnsClient
 
-__all__ = ["FAILED", "Snapshot", "Wanted", "addresses", "complete", "forget", "network_changed",
-           "resolve_passes", "wanted_for"]
+__all__ = ["SEARCH_CHARS", "SEARCH_DOMAINS", "TLSA_PORTS", "Snapshot", "Wanted", "addresses",
+           "complete", "forget", "network_changed", "resolve_passes", "search_names",
+           "wanted_for"]
 
-FAILED = frozenset({"servfail", "refused", "timeout", "error"})
-"""Answer statuses that say nothing about the name (the nameserver failed), as opposed to a
-negative answer (nxdomain, nodata): Rule 4 falls back on these only."""
+TLSA_PORTS = 4
+"""Distinct ports TLSA is asked for in one resolution (Rule 2)."""
+SEARCH_DOMAINS = 6
+"""glibc's MAXDNSRCH up to 2.25 (Rule 8)."""
+SEARCH_CHARS = 256
+"""glibc's search list buffer up to 2.25, in characters (Rule 8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +166,8 @@ class Snapshot:
 
     def renamed(self, asked: str, host: str) -> Snapshot:
         """This snapshot with the name the DNS was asked (`asked`, a search-list expansion
-        of `host`) written as `host`, the name decide() and the TLSA names use (Rule 8)."""
+        of `host`) written as `host`, the name decide() and the TLSA names use (Rule 8);
+        its TLSA sets never validated (Rule 9)."""
 
         def name(n: str) -> str:
             if n == asked:
@@ -149,7 +178,8 @@ class Snapshot:
             self, host=host, dns={name(k): v for k, v in self.dns.items()},
             svcb={name(k): tuple(replace(r, target=name(r.target)) for r in v)
                   for k, v in self.svcb.items()},
-            tlsa={name(k): replace(v, name=name(v.name)) for k, v in self.tlsa.items()},
+            tlsa={name(k): replace(v, name=name(v.name), validated=False)
+                  for k, v in self.tlsa.items()},
             arrivals=tuple(replace(a, name=name(a.name)) for a in self.arrivals))
 
     def environment(self, base: Environment) -> Environment:
@@ -195,11 +225,12 @@ def _name(host: str) -> str:
 
 
 async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
-                         client: DnsClient | None = None,
-                         hosts: bool = True) -> AsyncGenerator[Snapshot, None]:
+                         client: DnsClient | None = None, hosts: bool = True,
+                         nss: bool = True) -> AsyncGenerator[Snapshot, None]:
     """The snapshots of `wanted.host`'s resolution, pass 1 first, the last `complete`
     (module rules). `client`: the DNS client to ask (default: the system's); `hosts=False`
-    skips the hosts file (tests)."""
+    skips the hosts file (tests); `nss=False` skips Rule 5's getaddrinfo after a negative
+    answer (tests: their names must not reach the machine's own resolver)."""
     tr = tracer if tracer is not None and tracer.active else None
     host = _name(wanted.host)
     if hosts:
@@ -220,23 +251,46 @@ async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
     if client is None:
         yield await _getaddrinfo(host, wanted.port, tr, "no nameserver is configured")
         return
-    names = client.config.names_for(host) or (host,)
-    for n, qname in enumerate(names):
-        run = _Run(replace(wanted, host=qname), qname, client, tr, origin=host)
-        yielded = False
+    tried: list[str] = []
+    for qname in search_names(client.config, host):
+        run = _Run(replace(wanted, host=qname), qname, client, tr)
         try:
             async for snap in run.snapshots():
-                yielded = True
                 yield snap if qname == host else snap.renamed(qname, host)
             return
-        except ResolutionError as exc:
-            if yielded or n == len(names) - 1:
-                if qname == host and len(names) == 1:
-                    raise
-                raise ResolutionError(host, f"no address for {' or '.join(names)} "
-                                            f"(last: {exc})") from exc
+        except _Dead as dead:
+            if not tried:  # Rule 4: the servers failed, not the name
+                yield await _getaddrinfo(host, wanted.port, tr,
+                                         f"every nameserver failed for {qname} ({dead})")
+                return
+            # They answered for an earlier name: this failure is about this name (a
+            # resolver refusing single-label names), and Rule 5 still applies.
+            tried.append(f"{qname} (every nameserver failed: {dead})")
+        except _NoAddress as exc:
+            tried.append(f"{qname} ({exc})")
         finally:
             await run.close()
+    why = f"no address for {' or '.join(tried)}"
+    if not nss:
+        raise ResolutionError(host, why)
+    # Rule 5: what other NSS sources (mDNS, myhostname, LDAP) know, once, for the caller's name.
+    yield await _getaddrinfo(host, wanted.port, tr, f"DNS: {why}")
+
+
+def search_names(config: Any, host: str) -> tuple[str, ...]:
+    """The names to ask for `host`, in order: `config.names_for(host)` (a ResolverConfig)
+    with the search list bounded to SEARCH_DOMAINS domains of SEARCH_CHARS characters in all
+    (Rule 8)."""
+    search: list[str] = []
+    used = 0
+    for domain in config.search[:SEARCH_DOMAINS]:
+        used += len(domain) + 1
+        if used > SEARCH_CHARS:
+            break
+        search.append(domain)
+    if len(search) != len(config.search):
+        config = replace(config, search=tuple(search))
+    return tuple(config.names_for(host)) or (host,)
 
 
 async def addresses(host: str, port: int) -> tuple[str, ...]:
@@ -252,11 +306,12 @@ async def addresses(host: str, port: int) -> tuple[str, ...]:
     return found
 
 
-async def complete(wanted: Wanted) -> Snapshot:
+async def complete(wanted: Wanted, client: DnsClient | None = None) -> Snapshot:
     """The last snapshot of `wanted`'s resolution (everything it will learn, every arrival):
-    a live explain's view, so it shows the SVCB records and passes a connection would see."""
+    a live explain's view, so it shows the SVCB records and passes a connection would see.
+    `client`: as resolve_passes()'s (default: the system's)."""
     last: Snapshot | None = None
-    async for snap in resolve_passes(wanted):
+    async for snap in resolve_passes(wanted, client=client):
         last = snap
     assert last is not None  # resolve_passes yields at least once or raises
     return last
@@ -264,7 +319,8 @@ async def complete(wanted: Wanted) -> Snapshot:
 
 def forget(names: Iterable[str]) -> None:
     """After a failed race: the DNS answers for `names` may be what failed (a renumbered
-    server), so the system client's cache drops them (docs/resolution.md, "Cache")."""
+    server), so the system client's cache drops them and their search-list expansions, the
+    names the DNS was actually asked (Rule 10; docs/resolution.md, "Cache")."""
     import sys
 
     module = sys.modules.get("taps_post.resolver.client")
@@ -273,7 +329,11 @@ def forget(names: Iterable[str]) -> None:
     client = module.default_client()
     if client is None:
         return
-    client.forget(tuple(_name(n) for n in names))
+    asked: dict[str, None] = {}
+    for n in names:
+        asked[_name(n)] = None
+        asked.update(dict.fromkeys(search_names(client.config, _name(n))))
+    client.forget(tuple(asked))
 
 
 def network_changed(interfaces: Collection[str]) -> None:
@@ -321,15 +381,24 @@ async def _getaddrinfo(host: str, port: int, tr: Tracer | None, why: str) -> Sna
                     source="getaddrinfo")
 
 
-class _Run:
-    """One resolution's queries and what they answered (Rules 2-6)."""
+class _Dead(Exception):
+    """Every nameserver failed for both A and AAAA of a name (Rule 4); the text names the
+    statuses."""
 
-    def __init__(self, wanted: Wanted, host: str, client: DnsClient, tr: Tracer | None, *,
-                 origin: str) -> None:
+
+class _NoAddress(Exception):
+    """The DNS answered, with no address for a name (Rule 5); the text names the statuses."""
+
+
+class _Run:
+    """One name's queries and what they answered (Rules 2-6)."""
+
+    def __init__(self, wanted: Wanted, host: str, client: DnsClient, tr: Tracer | None) -> None:
+        from ..resolver.cache import FAILURES  # loaded already: the client is one of its users
+
+        self.failures = FAILURES
         self.wanted = wanted
         self.host = host
-        self.origin = origin
-        """The name as the caller wrote it (getaddrinfo applies the search list itself)."""
         self.client = client
         self.tr = tr
         self.loop = asyncio.get_running_loop()
@@ -351,7 +420,7 @@ class _Run:
         self.tasks[asyncio.ensure_future(self.client.query(*key))] = key
 
     def ask_tlsa(self, port: int) -> None:
-        if port in self.tlsa_ports:
+        if port in self.tlsa_ports or len(self.tlsa_ports) >= TLSA_PORTS:  # Rule 2
             return
         self.tlsa_ports.add(port)
         for protocol in self.wanted.tlsa_protocols:
@@ -375,16 +444,17 @@ class _Run:
         self.answers[(name, rtype)] = answer
         count = len(answer.addresses or answer.services or answer.tlsa)
         self.arrivals.append(Arrival(name, rtype, at_ms, answer.ttl,
-                                     answer.negative or answer.status in FAILED))
+                                     answer.negative or answer.status in self.failures))
         if self.tr is not None:
             self.tr.emit("resolution.answer", name=name, rtype=rtype, status=answer.status,
                          count=count, ttl=answer.ttl, at_ms=at_ms,
                          from_cache=answer.from_cache)
         if rtype in ("HTTPS", "SVCB"):
+            for record in sorted(answer.services, key=lambda r: r.priority):
+                if record.port is not None:
+                    self.ask_tlsa(record.port)  # by priority: the first TLSA_PORTS (Rule 2)
             for record in answer.services:
                 target = name if record.target in (".", "") else _name(record.target)
-                if record.port is not None:
-                    self.ask_tlsa(record.port)
                 if target == self.host or self.followed >= ALIAS_LIMIT:
                     continue
                 if record.alias:
@@ -418,7 +488,7 @@ class _Run:
     def dead(self) -> bool:
         """Rule 4: both A and AAAA of the host failed, and no address came from elsewhere."""
         mine = [self.answers.get((self.host, t)) for t in ("A", "AAAA")]
-        return (all(a is not None and a.status in FAILED for a in mine)
+        return (all(a is not None and a.status in self.failures for a in mine)
                 and not self.snapshot("").addresses())
 
     async def snapshots(self) -> AsyncIterator[Snapshot]:
@@ -434,13 +504,8 @@ class _Run:
             if not started:
                 if self.dead():
                     await self.close()
-                    statuses = "/".join(sorted({self.answers[(self.host, t)].status
-                                                for t in ("A", "AAAA")}))
-                    snap = await _getaddrinfo(self.origin, w.port, self.tr,
-                                              f"every nameserver failed ({statuses})")
-                    # Renamed back by the caller: dns is keyed by the name asked here.
-                    yield replace(snap, host=self.host, dns={self.host: snap.dns[self.origin]})
-                    return
+                    raise _Dead("/".join(sorted({self.answers[(self.host, t)].status
+                                                 for t in ("A", "AAAA")})))
                 services = {name: answer.services for (name, rtype), answer
                             in self.answers.items() if rtype in ("HTTPS", "SVCB")}
                 when = first_pass(self.arrivals, self.target_queries, w.resolution_delay_ms,
@@ -458,7 +523,7 @@ class _Run:
                 if not self.tasks:
                     why = ", ".join(f"{t} {self.answers[(self.host, t)].status}"
                                     for t in ("AAAA", "A") if (self.host, t) in self.answers)
-                    raise ResolutionError(self.host, f"no address ({why})")
+                    raise _NoAddress(why)
                 wait_for = None if when is None else max(0.0, (when[0] - now) / 1000.0)
             else:
                 wait_for = None

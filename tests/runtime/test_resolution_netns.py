@@ -13,6 +13,9 @@ winner and the explanation. The zone `lab.test`:
     alias   HTTPS 0 hop -> hop HTTPS 0 end -> end HTTPS 1 . alpn=h2; end A 198.18.2.2
     ttl     A 198.18.1.2, TTL 2 s                   (changed by the test)
 
+Host A's /etc/hosts (glibc's, the namespace's own) lists `named` and `gaionly.lab.test`; the
+tests that point $TAPS_POST_HOSTS at an empty file make those names known to getaddrinfo only.
+
 Timing assertions hold with wide margins (a loaded 2-core machine): "about resolutionDelay
 after the A answer" is checked as 30-250 ms, against an AAAA answer 400 ms late.
 """
@@ -173,13 +176,14 @@ class Scene:
 @pytest.fixture(scope="module")
 def scene() -> Iterator[Scene]:
     cert = tp.certs.self_signed(["svc.lab.test", "hint.lab.test", "moved.lab.test",
-                                 "alias.lab.test", "ttl.lab.test", "named"])
+                                 "alias.lab.test", "ttl.lab.test", "named", "svc",
+                                 "gaionly.lab.test"])
     assert cert.key_pem is not None
     z = zone().add(*tlsa_record(cert.cert_pem, host="svc", port=PORT))  # DANE-EE 3 1 1
     # trust-ad: the lab's validating unbound is not on loopback (resolver conf.py Rule 5).
     with topology("trs") as topo, lab(z, topo=topo, relay=True,
                                       resolv_options=("timeout:1", "trust-ad")) as dns:
-        topo.hosts(topo.a, {"named": [B1_V6]})
+        topo.hosts(topo.a, {"named": [B1_V6], "gaionly.lab.test": [B1_V4]})
         cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
         cert_path.write_text(cert.cert_pem)
         key_path.write_text(cert.key_pem)
@@ -267,6 +271,10 @@ def test_ttl_expiry_is_observed(fresh: Scene) -> None:
     fresh.zone.replace("ttl", "A", 2, B2_V4)
     fresh.dns.knot.reload()
     cached = fresh.initiate(target)
+    took = time.monotonic() - fetched
+    if took > 1.7:  # knot re-signs the zone on reload: on a loaded machine that takes a while
+        pytest.skip(f"the connect, the signed zone's reload and the cached connect took "
+                    f"{took:.2f} s, too close to the 2 s TTL to tell a cache hit")
     assert cached["winner"]["remote_address"] == B1_V4
     assert all(e["from_cache"] for e in events(cached, "resolution.answer"))
     # unbound counts the 2 s from its own fetch in whole seconds (an answer at TTL 0 is
@@ -321,6 +329,45 @@ def test_a_failed_race_forgets_the_names_answers(fresh: Scene) -> None:
                    if e["name"] == "svc.lab.test")
 
 
+def search_conf(scene: Scene, name: str, lines: str) -> dict[str, str]:
+    """The env of a command whose resolver reads `lines` as resolv.conf and an empty hosts
+    file (glibc still reads the namespace's own /etc/resolv.conf and /etc/hosts)."""
+    conf, empty = scene.topo.tmp / name, scene.topo.tmp / "empty"
+    conf.write_text(lines)
+    empty.write_text("")
+    return {"TAPS_POST_RESOLV_CONF": str(conf), "TAPS_POST_HOSTS": str(empty)}
+
+
+def test_a_failed_race_forgets_the_answers_of_a_search_list_name(fresh: Scene) -> None:
+    env = search_conf(fresh, "search.conf", f"nameserver {B1_V4}\nsearch lab.test\n"
+                                            "options timeout:1 trust-ad\n")
+    target = f"tls://svc:{PORT}"
+    first = fresh.initiate(target, env=env)
+    assert {e["name"] for e in events(first, "resolution.answer")} >= {"svc.lab.test"}
+    cached = fresh.initiate(target, env=env)
+    assert all(e["from_cache"] for e in events(cached, "resolution.answer"))
+    for address in (B1_V4, B1_V6):
+        fresh.topo.blackhole(fresh.topo.b, daddr=address)
+    fresh.initiate(target, ok=False, env=env, set={"connTimeout": 400})
+    fresh.topo.clear_blackholes(fresh.topo.b)
+    after = fresh.initiate(target, env=env)
+    asked = [e for e in events(after, "resolution.answer") if e["name"] == "svc.lab.test"]
+    assert asked and not any(e["from_cache"] for e in asked), \
+        "the failed race left svc.lab.test's answers in the cache"
+
+
+def test_a_name_the_dns_does_not_know_falls_back_to_getaddrinfo_once(fresh: Scene) -> None:
+    # The lab answers NXDOMAIN for gaionly.lab.test (A and AAAA); glibc's hosts file lists it
+    # (as mDNS, nss-myhostname or LDAP would know a name the DNS does not).
+    env = search_conf(fresh, "plain.conf", f"nameserver {B1_V4}\noptions timeout:1\n")
+    out = fresh.initiate(f"tls://gaionly.lab.test:{PORT}", env=env)
+    assert out["winner"]["remote_address"] == B1_V4 and out["echo"] == "echo:ping"
+    statuses = {(e["rtype"], e["status"]) for e in events(out, "resolution.answer")}
+    assert {("A", "nxdomain"), ("AAAA", "nxdomain")} <= statuses, statuses
+    assert [e for e in events(out, "resolution.answer") if e["status"] == "getaddrinfo"] \
+        and len(events(out, "resolution.answer", status="getaddrinfo")) == 1
+
+
 EXPLAIN = r"""
 import json, sys
 import taps_post as tp
@@ -330,14 +377,32 @@ print(json.dumps(decision.to_dict()))
 """
 
 
-def test_a_live_explain_resolves_through_the_same_resolver(fresh: Scene) -> None:
+EXPLAIN_IN_A_LOOP = r"""
+import asyncio, json, sys
+import taps_post as tp
+from taps_post.resolver.client import default_client
+
+async def main():
+    shared = default_client()  # the loop's client: the explain's worker thread has its own
+    decision = tp.explain(sys.argv[1], system=[])
+    out = decision.to_dict()
+    out["shared_entries"] = len(shared.cache)
+    return out
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+@pytest.mark.parametrize("script", [EXPLAIN, EXPLAIN_IN_A_LOOP], ids=["sync", "in-a-loop"])
+def test_a_live_explain_resolves_through_the_same_resolver(fresh: Scene, script: str) -> None:
     fresh.dns.relay.set(delays={"A": 0.2})
-    out = fresh.topo.run_python(fresh.topo.a, EXPLAIN, "https://moved.lab.test")
+    out = fresh.topo.run_python(fresh.topo.a, script, "https://moved.lab.test")
     resolution = out["resolution"]
     assert [s["port"] for s in resolution["services"] if "quic" in s["stacks"]] == [QPORT]
     assert {(c["stack"], c["remote_port"]) for c in out["candidates"]} >= {("quic", QPORT)}
     assert resolution["passes"] and any("HTTPS moved.lab.test" in line
                                         for p in resolution["passes"] for line in p["answers"])
+    assert out.get("shared_entries", 0) == 0, "the worker thread used the loop's DNS client"
 
 
 def test_a_network_change_flushes_the_dns_cache(fresh: Scene) -> None:
