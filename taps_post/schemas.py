@@ -139,9 +139,9 @@ class _KeyOut(_Strict):
     recent_failure: bool
     path_prefer: int
     path_avoid: int
+    service_priority: int
     protocol_prefer: int
     protocol_avoid: int
-    service_priority: int
     history: Literal["success", "none", "fallback", "failure"]
     rtt_ms: float | None
     cost: int
