@@ -618,7 +618,7 @@ class Carrier:
         if tracer is not None:
             tracer.emit("carrier.active", stack=t.stack, interface=t.interface,
                         local=t.local_address, remote=t.remote_address, rtt_ms=t.rtt_ms,
-                        session_reused=t.session_reused)
+                        session_reused=t.session_reused, dane=getattr(t, "dane", None))
         if self._subscribers or self._listeners:
             self._emit(Ready(t.stack, t.local_address, t.remote_address, t.interface, path,
                              self._activations > 1))

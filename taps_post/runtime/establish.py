@@ -4,18 +4,23 @@ Rule 1: activating an initiated carrier resolves the name in passes (runtime/res
 HEv3), and at pass 1 runs the same `decide()` the explain tool runs, on the live Environment
 (with the snapshot's addresses, SVCB/HTTPS and TLSA records and arrival times, `now` the wall
 clock) plus the Association's history, then races the plan. Each later pass decides again on
-everything known by then; its candidates not raced yet (by interface, stack, address and
-port) join the running race (racing Rule 7). The carrier's explanation is the last decision,
-with every pass: a dry run and a real connection cannot disagree about the choice.
+everything known by then and replaces the race's pending plan with its candidates not
+started yet (by interface, stack, address and port; racing Rule 7, `Replan`): new ones join,
+and pending ones it no longer has (QUIC planned on :443 before an HTTPS record saying h2
+only, a set `security.dane: require` now refuses) are withdrawn, never started. The
+carrier's explanation is the last decision, with every pass: a dry run and a real connection
+cannot disagree about the choice.
 Rule 2: a plan is reused only for exactly the same inputs: equal policy (by the context's
 fingerprint, so a fresh `PolicyContext` built from the same files hits too), the same stack
 catalogue (a registered stack changes every plan), kind, target and the resolution
 snapshot's contents (addresses, SVCB/HTTPS, TLSA), the very same live interface snapshot and
 the same Association history; and only when the snapshot was known at once, in one pass,
 without the network (hosts file, DNS cache, given addresses: resolution Rule 7).
-Rule 3: every attempt's outcome is written to the Association's history, so the next
-decision ranks by what the network taught us; an attempt outrun by a later one (racing
-Rule 4) is written as a failure; a failed race drops the interface cache and the DNS cache's
+Rule 3: every attempt's outcome is written to the Association's history, under its stack,
+interface, address and remote port (an SVCB port that fails says nothing of another port),
+so the next decision ranks by what the network taught us; an attempt outrun by a later one
+(racing Rule 4: pending attemptDelay or more when one the delay timer started after it won)
+is written as a failure; a failed race drops the interface cache and the DNS cache's
 answers for the names it raced to. A plan that demoted a candidate for a recent failure is
 reused only until that failure's memory ends.
 Rule 4: no downgrade (RFC 9623 section 12). A pinned certificate on the Remote, or a client
@@ -36,6 +41,9 @@ Rule 7: each attempt gets the TLSA set of its endpoint (`tlsa_name(host, port, t
 IP protocol)`) as the latest snapshot knows it (AttemptSpec.tlsa); under `security.dane:
 require` a secure attempt whose TLSA answer is still outstanding waits for it (or for the
 resolution to end) before connecting, since the stack would refuse a peer it cannot check.
+TLSA sets from an `env=` snapshot reach a real attempt as not validated, whatever the file
+says: a snapshot is text the caller loaded (a fixture, another machine's capture), not a
+DNSSEC validation, so it never turns PKIX off; explain still shows the snapshot as written.
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ from .association import Association, AssociationStore, default_store
 from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .fork import fork_stream, speaks_fork
-from .racing import race
+from .racing import Replan, race
 from .resolution import Snapshot, forget, resolve_passes, wanted_for
 from .trace import LOGGERS, TraceCallback, Tracer
 
@@ -372,7 +380,7 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
         pinned = tuple(resolved.certificates)
         identity = tuple(local.certificates) if local else ()
         port = local.port if local else 0
-        raced = {_raced_key(c) for c in candidates}
+        raced = {_raced_key(c): c.rank for c in candidates}  # every candidate given the race
         last = [decision, snap]  # the latest decision and snapshot (later passes update them)
         resolving = [passes is not None]  # later snapshots may still come
         waiting: list[asyncio.Future[None]] = []  # attempts waiting for a TLSA answer
@@ -383,8 +391,9 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                     fut.set_result(None)
             waiting.clear()
 
-        async def later(source: AsyncIterator[Snapshot]) -> AsyncIterator[list[Candidate]]:
-            """Each later pass: decide again, and the candidates not raced yet (Rule 1)."""
+        async def later(source: AsyncIterator[Snapshot]) -> AsyncIterator[Replan]:
+            """Each later pass: decide again; its candidates not started yet are the race's
+            new pending plan (Rule 1). A candidate keeps its rank from pass to pass."""
             rank = max(c.rank for c in candidates)
             shown = [1]  # the last pass number a resolution.pass event named
             try:
@@ -392,54 +401,59 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                     again = decided(now)
                     last[1] = now
                     wake()
+                    number = again.passes[-1].number if again.passes else 1
+                    why = f"withdrawn: resolution pass {number}'s decision no longer has it"
+                    if again.outcome == "no_candidates":  # a later answer excludes them all
+                        yield Replan((), why)
+                        continue
                     if again.outcome != "ok":
                         continue
                     last[0] = again
-                    fresh = []
+                    plan, fresh = [], 0
                     for c in _local_filter(again.candidates, local):
-                        if (k := _raced_key(c)) not in raced:
-                            raced.add(k)
+                        if (old := raced.get(k := _raced_key(c))) is None:
                             rank += 1
-                            fresh.append(c._replace(rank=rank))
-                    number = again.passes[-1].number if again.passes else 1
+                            old = raced[k] = rank
+                            fresh += 1
+                        plan.append(c._replace(rank=old))
                     if tracer is not None and (fresh or number > shown[0]):
                         shown[0] = number  # a TLSA or negative answer starts no pass
-                        _emit_pass(tracer, again, now, len(fresh))
-                    if fresh:
-                        yield fresh
+                        _emit_pass(tracer, again, now, fresh)
+                    yield Replan(tuple(plan), why)
             finally:
                 resolving[0] = False
                 wake()
 
-        def tlsa_now(c: Candidate) -> TlsaSet | None:
+        # TLSA of an env= snapshot: not validated on a real connection (Rule 7).
+        given = {name: replace(t, validated=False) for name, t in base.tlsa.items()} \
+            if base is not None and base.tlsa else {}
+
+        def tlsa_of(c: Candidate) -> TlsaSet | None:
+            """The one TLSA lookup: the candidate's set as the latest snapshot knows it."""
             known = last[1]
-            sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
+            sets = known.tlsa if isinstance(known, Snapshot) else given
             if not sets or (protocol := _ip_protocol(c.stack)) is None:
                 return None
             return sets.get(tlsa_name(resolved.host, c.remote_port, protocol))
 
-        async def tlsa_for(c: Candidate) -> TlsaSet | None:
-            """The candidate's TLSA set as known now; under security.dane require, a secure
-            candidate waits for its answer while the resolution runs (Rule 7)."""
-            protocol = _ip_protocol(c.stack)
-            if protocol is None:
-                return None
-            name = tlsa_name(resolved.host, c.remote_port, protocol)
-            while True:
-                known = last[1]
-                sets = known.tlsa if isinstance(known, Snapshot) else base.tlsa if base else {}
-                if name in sets or not resolving[0] or settings.dane != "require" \
-                        or not _is_secure(c.stack):
-                    return sets.get(name)
+        async def tlsa_awaited(c: Candidate) -> TlsaSet | None:
+            """While the resolution runs: under security.dane require, a secure candidate
+            whose TLSA answer is outstanding waits for it (Rule 7)."""
+            while (found := tlsa_of(c)) is None and resolving[0] \
+                    and settings.dane == "require" and _is_secure(c.stack):
                 fut = asyncio.get_running_loop().create_future()
                 waiting.append(fut)
                 await fut
+            return found
 
         async def attempt(c: Candidate) -> Transient:
             impl = stacks.get(c.stack)
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
-            tlsa = await tlsa_for(c) if resolving[0] else tlsa_now(c)
+            if resolving[0]:  # a coroutine only while the resolution runs (fast IP literal)
+                tlsa = await tlsa_awaited(c)
+            else:
+                tlsa = tlsa_of(c)
             return await impl.connect(AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),
@@ -448,13 +462,14 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
         def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
             if t is None:
                 association.record(c.stack, "failure", interface=c.interface,
-                                   address=c.remote_address)
+                                   address=c.remote_address, port=c.remote_port)
             else:
                 # A connection reporting another stack than the one asked for fell back (MPTCP
                 # to plain TCP, stacks/tcp.py Rule 7): history says so (association Rule 8).
                 fell_back = t.stack != c.stack
                 association.record(c.stack, "fallback" if fell_back else "success",
                                    interface=c.interface, address=c.remote_address,
+                                   port=c.remote_port,
                                    rtt_ms=t.rtt_ms if t.rtt_ms is not None else elapsed_ms)
                 if fell_back and tracer is not None:
                     tracer.emit("attempt.fallback", rank=c.rank, interface=c.interface,
@@ -464,7 +479,7 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             # Pending when a later candidate won, after attemptDelay: a black hole never
             # fails by itself, so it is remembered as the failure it is (racing Rule 4).
             association.record(c.stack, "failure", interface=c.interface,
-                               address=c.remote_address)
+                               address=c.remote_address, port=c.remote_port)
 
         result = await race(candidates, attempt, attempt_delay=settings.attempt_delay,
                             timeout=settings.conn_timeout, on_outcome=outcome, tracer=tracer,

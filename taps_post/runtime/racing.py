@@ -10,20 +10,28 @@ keeps the exception object and its `FailureKind` (`classify()`), never only its 
 the connTimeout ends the race, each attempt still running failed with kind `timeout`.
 Rule 4: `on_outcome` is called exactly once for each attempt recorded won or failed (the
 Association's history), never for a cancelled or unstarted one. An attempt that was outrun
-(still pending when a candidate started after it won, having run at least attemptDelay: a
-black hole that never answers) is recorded "cancelled", with the error text saying so, and
-reported once to `on_outrun`: the caller remembers it as a failure (docs/resolution.md,
-"Failure memory"), since it will never fail by itself.
+is recorded "cancelled", with the error text saying so, and reported once to `on_outrun`:
+the caller remembers it as a failure (docs/resolution.md, "Failure memory"), since a black
+hole never fails by itself. Outrun means all of: it was still pending when the winner won;
+it had run at least attemptDelay by then; and the winner started after it because the delay
+timer ran out (attemptDelay after the start before it), not early because another attempt
+failed or nothing was running. An attempt that was merely slower than one a failure started
+early was given no fair chance to answer first: it is a plain "cancelled", no failure.
 Rule 5: racing knows a transient only as something it can `abort()` (`Abortable`): what a
 stack returns is the caller's business, and racing depends on no concrete transient class.
 Rule 6: one candidate runs in the caller's task (`_race_one`): no task, no asyncio.wait, one
 TimerHandle for the connTimeout; same records, callbacks and trace events as a full race.
 Rule 7: late candidates join the running race (RFC 8305 section 3, HEv3 resolution passes):
-what `more` yields is appended after the pending candidates, and each starts attemptDelay
-after the previous start (at once when nothing is running, or everything running failed). The
-race is not lost while `more` may still yield: with no attempt left it waits for the next
-batch. The task pulling from `more` is owned like an attempt (Rule 1): cancelled, awaited, and
-the iterator closed, whatever ends the race.
+a batch `more` yields is appended after the pending candidates, and each starts attemptDelay
+after the previous start (at once when nothing is running, or everything running failed). A
+`Replan` it yields is the new pending plan instead: the full ordered list of candidates not
+raced yet (a later resolution pass's decision). The queue becomes that list minus what already
+started, and a pending candidate the list no longer has is withdrawn: recorded not_started
+with the Replan's reason, never started, never reported to `on_outcome` (a candidate the
+service no longer offers must not be tried, nor pollute failure memory). The race is not lost
+while `more` may still yield: with no attempt left it waits for the next batch. The task
+pulling from `more` is owned like an attempt (Rule 1): cancelled, awaited, and the iterator
+closed, whatever ends the race.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from ..errors import Attempt, FailureKind, RemoteProtocolError
 from ..stacks.base import InterfaceNotEnforcedError
 from .trace import Tracer
 
-__all__ = ["Abortable", "RaceResult", "classify", "race"]
+__all__ = ["Abortable", "RaceResult", "Replan", "classify", "race"]
 
 
 class Abortable(Protocol):
@@ -51,6 +59,21 @@ class Abortable(Protocol):
 
 
 T = TypeVar("T", bound=Abortable)
+
+
+@dataclass(frozen=True, slots=True)
+class Replan:
+    """What `more` yields to replace the pending plan (Rule 7): every candidate not raced yet,
+    in the order to race them. A candidate keeps its rank across replans (records are kept by
+    rank); one already started is ignored here; a pending one missing from `candidates` is
+    withdrawn with `reason`."""
+
+    candidates: tuple[Candidate, ...]
+    reason: str = "withdrawn: a later resolution pass no longer has it"
+
+
+Batch = Sequence[Candidate] | Replan
+"""One item of `more`: candidates to append, or a Replan."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,13 +224,14 @@ async def race(
     timeout: float,
     on_outcome: Callable[[Candidate, T | None, float], None] | None = None,
     tracer: Tracer | None = None,
-    more: AsyncIterator[Sequence[Candidate]] | None = None,
+    more: AsyncIterator[Batch] | None = None,
     on_outrun: Callable[[Candidate, float], None] | None = None,
 ) -> RaceResult[T] | tuple[Attempt, ...]:
     """The first candidate to become ready, or the record of every attempt when none did.
 
-    `more` (Rule 7): later batches of candidates (a later resolution pass) that join the race;
-    their ranks must differ from every earlier candidate's (records are kept by rank)."""
+    `more` (Rule 7): later batches of candidates (a later resolution pass) that join the race,
+    or Replans; a new candidate's rank must differ from every earlier candidate's (records
+    are kept by rank)."""
     loop = asyncio.get_running_loop()
     tr = tracer if tracer is not None and tracer.active else None
     if tr is not None:
@@ -224,8 +248,8 @@ async def race(
     winner: tuple[T, Candidate] | None = None
     next_start = begun
     finish = "cancelled"  # unless the loop below ends by itself or by the connTimeout
-    started_at: list[tuple[Candidate, float]] = []
-    pull: asyncio.Task[Sequence[Candidate]] | None = None
+    started_at: list[tuple[Candidate, float, bool]] = []  # (candidate, when, by the timer)
+    pull: asyncio.Task[Batch] | None = None
     if more is not None:
         pull = asyncio.ensure_future(_next_batch(more))
 
@@ -251,23 +275,44 @@ async def race(
         if tr is not None:
             _emit_record(tr, records[c.rank])
 
-    def join(task: asyncio.Task[Sequence[Candidate]]) -> bool:
+    def join(task: asyncio.Task[Batch]) -> bool:
         """Take a finished pull's batch into the queue; False when `more` is exhausted."""
         nonlocal next_start
         batch = task.result()  # an exception from `more` ends the race: the caller's bug
         if batch is _EXHAUSTED:
             return False
-        fresh = [c for c in batch if c.rank not in records]
+        if isinstance(batch, Replan):
+            fresh = replan(batch)
+        else:
+            fresh = [c for c in batch if c.rank not in records]
+            queue.extend(fresh)
         for c in fresh:
             records[c.rank] = _record(c, "not_started", "", None)
             order.append(c)
-            queue.append(c)
-        if fresh and not running:
+        if queue and not running:
             next_start = loop.time()  # nothing running (or all of it failed): start now
         if fresh and tr is not None:
             tr.emit("race.joined", candidates=len(fresh),
                     at_ms=(loop.time() - begun) * 1000.0)
         return True
+
+    def replan(plan: Replan) -> list[Candidate]:
+        """The queue becomes `plan` minus what started; pending candidates it lacks are
+        withdrawn (Rule 7). Returns the candidates never seen before."""
+        started = {c.rank for c, _, _ in started_at}
+        keep = {c.rank for c in plan.candidates}
+        gone = [c for c in queue if c.rank not in keep]
+        for c in gone:
+            records[c.rank] = _record(c, "not_started", plan.reason, None)
+        queue[:] = [c for c in dict((c.rank, c) for c in plan.candidates).values()
+                    if c.rank not in started]
+        for c in queue:
+            if (old := records.get(c.rank)) is not None and old.error:
+                records[c.rank] = _record(c, "not_started", "", None)  # withdrawn, back
+        if gone and tr is not None:
+            tr.emit("race.withdrawn", ranks=tuple(c.rank for c in gone), reason=plan.reason,
+                    at_ms=(loop.time() - begun) * 1000.0)
+        return [c for c in queue if c.rank not in records]
 
     try:
         async with asyncio.timeout(timeout):
@@ -277,7 +322,10 @@ async def race(
                     c = queue.pop(0)
                     task = asyncio.ensure_future(attempt(c))
                     running[task] = (c, now)
-                    started_at.append((c, now))
+                    # By the timer (Rule 4): attemptDelay after the previous start or later,
+                    # not early because an attempt failed or nothing was running.
+                    started_at.append((c, now, bool(started_at) and
+                                       now >= started_at[-1][1] + attempt_delay))
                     next_start = now + attempt_delay
                     if tr is not None:
                         _emit(tr, "attempt.started", c, at_ms=(now - begun) * 1000.0)
@@ -303,8 +351,8 @@ async def race(
                             and more is not None else None)
         finish = "failed" if winner is None else "won"
         if winner is not None:
-            won_at = next(t for c, t in started_at if c is winner[1])
-            for c, started in running.values():
+            won_at, timed = next((t, by) for c, t, by in started_at if c is winner[1])
+            for c, started in running.values() if timed else ():
                 elapsed = (loop.time() - started) * 1000.0
                 if started < won_at and elapsed >= attempt_delay * 1000.0:
                     records[c.rank] = _record(c, "cancelled", _OUTRUN, elapsed)
@@ -353,16 +401,16 @@ _EXHAUSTED: Sequence[Candidate] = ()
 """What `_next_batch` returns when `more` has nothing left (compared by identity)."""
 
 
-async def _next_batch(more: AsyncIterator[Sequence[Candidate]]) -> Sequence[Candidate]:
+async def _next_batch(more: AsyncIterator[Batch]) -> Batch:
     try:
         batch = await anext(more)
     except StopAsyncIteration:
         return _EXHAUSTED
     # A batch that happens to be the very `()` object must not read as the end.
-    return list(batch)
+    return batch if isinstance(batch, Replan) else list(batch)
 
 
-async def _close(more: AsyncIterator[Sequence[Candidate]]) -> None:
+async def _close(more: AsyncIterator[Batch]) -> None:
     """Close `more` when it can be closed (an async generator): its own cleanup (pending DNS
     queries) runs before race() returns (Rule 7)."""
     aclose = getattr(more, "aclose", None)

@@ -70,6 +70,9 @@ EVENTS: Mapping[str, str] = {
     "race.started": "candidates (count), attempt_delay_ms, timeout_ms",
     "race.joined": "candidates (count), at_ms (since the race started): a later resolution "
                    "pass's candidates joined the running race",
+    "race.withdrawn": "ranks (of the candidates), reason, at_ms (since the race started): "
+                      "pending candidates a later resolution pass's decision no longer has, "
+                      "never started",
     "attempt.started": "rank, interface, stack, remote, at_ms (since the race started)",
     "attempt.failed": "rank, interface, stack, remote, elapsed_ms, kind, error",
     "attempt.won": "rank, interface, stack, remote, elapsed_ms",
@@ -77,7 +80,9 @@ EVENTS: Mapping[str, str] = {
     "attempt.fallback": "rank, interface, stack, now (the stack in use), remote: an MPTCP "
                         "attempt won as plain TCP (the peer or a middlebox fell back)",
     "race.finished": "outcome (won, failed, timeout, cancelled), elapsed_ms, winner (rank)",
-    "carrier.active": "stack, interface, local, remote, rtt_ms, session_reused",
+    "carrier.active": "stack, interface, local, remote, rtt_ms, session_reused, dane (how "
+                      "the secure stack accepted the peer: 'dane-ee match ...', 'no TLSA ...: "
+                      "PKIX', 'dane off'; None for a stack that checks no certificate)",
     "carrier.closed": "stack, remote, error (empty on a clean close)",
     "listener.ready": "stack, interface, local",
     "listener.accepted": "stack, interface, local, remote",

@@ -20,7 +20,7 @@ import pytest
 from fakeclock import run
 from taps_post.decision.decision import Candidate, RankKey
 from taps_post.errors import Attempt, EstablishmentError, FailureKind, RemoteProtocolError
-from taps_post.runtime.racing import RaceResult, classify, race
+from taps_post.runtime.racing import RaceResult, Replan, classify, race
 
 DELAY = 0.25
 TIMEOUT = 2.0
@@ -398,6 +398,35 @@ def test_an_attempt_outrun_by_a_later_one_is_reported_once_and_recorded_cancelle
     assert "outrun" in a1.error and "outrun" in a2.error
 
 
+def test_a_slower_attempt_is_not_outrun_by_one_a_failure_started_early() -> None:
+    # #1 works but is slow (ready at 1.0). #2 fails at 0.375, so #3 starts then, early, not
+    # by the delay timer, and wins at 0.4375. #1 had run 0.4375 >= attemptDelay, but #3 did
+    # not start because #1 stayed silent for attemptDelay: no failure for #1 (racing Rule 4).
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    script = Script({1: Win(1.0), 2: Fail(0.125, refused), 3: Win(0.0625)})
+    outrun: list[int] = []
+    calls, on_outcome = recorder()
+    result = run(race(candidates(3), script, attempt_delay=DELAY, timeout=TIMEOUT,
+                      on_outcome=on_outcome, on_outrun=lambda c, ms: outrun.append(c.rank)))
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3
+    assert script.starts == {1: 0.0, 2: 0.25, 3: 0.375}
+    assert outrun == []
+    assert result.attempts[0].outcome == "cancelled"
+    assert result.attempts[0].error == "a sibling won or the race ended"
+    assert calls == [(2, None, 125.0), (3, 3, 62.5)]
+
+
+def test_a_start_that_a_failure_and_the_timer_agree_on_is_by_the_timer() -> None:
+    # #2 fails at 0.5, exactly when the timer starts #3 anyway: #1, silent since 0, is outrun.
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    script = Script({1: Hang(), 2: Fail(0.25, refused), 3: Win(0.0625)})
+    outrun: list[int] = []
+    result = run(race(candidates(3), script, attempt_delay=DELAY, timeout=TIMEOUT,
+                      on_outrun=lambda c, ms: outrun.append(c.rank)))
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3
+    assert script.starts == {1: 0.0, 2: 0.25, 3: 0.5} and outrun == [1]
+
+
 def test_a_loser_that_ran_less_than_attempt_delay_was_not_outrun() -> None:
     refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
     # #2 starts at 0.25 and hangs; #1 fails at 0.3125, so #3 starts then and wins at 0.375:
@@ -427,7 +456,7 @@ class Passes:
     """An async generator of candidate batches, each yielded at a virtual time; records
     whether it was closed (its `finally` ran) and when."""
 
-    plan: list[tuple[float, list[Candidate]]]
+    plan: list[tuple[float, list[Candidate] | Replan]]
     closed: float | None = None
     yielded: list[float] = field(default_factory=list)
 
@@ -561,6 +590,71 @@ def test_a_repeated_rank_from_more_is_not_raced_twice() -> None:
     result, _ = run(racing_more(script, 1, passes))
     assert isinstance(result, RaceResult)
     assert [a.rank for a in result.attempts] == [1, 2] and script.starts == {1: 0.0, 2: 0.25}
+
+
+
+# -- a later pass's plan replaces the pending one (`Replan`, racing Rule 7) ------------------
+
+WITHDRAWN = "withdrawn: resolution pass 2's decision no longer has it"
+
+
+def test_a_replan_withdraws_a_pending_candidate_it_no_longer_has() -> None:
+    # Pass 1 planned #1..#3; pass 2 (at 0.125) keeps #3 and adds #4, but not #2: #2 is
+    # never started (the script has no step for it), recorded not_started with the reason,
+    # and never reported to on_outcome.
+    script = Script({1: Hang(), 3: Hang(), 4: Win(0.0625)})
+    passes = Passes([(0.125, Replan((*candidates(3)[2:], *batch(range(4, 5))), WITHDRAWN))])
+    calls, on_outcome = recorder()
+    result, at = run(racing_more(script, 3, passes, on_outcome=on_outcome))
+    assert script.starts == {1: 0.0, 3: 0.25, 4: 0.5}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 4 and at == 0.5625
+    assert [(a.rank, a.outcome) for a in result.attempts] == [
+        (1, "cancelled"), (2, "not_started"), (3, "cancelled"), (4, "won")]
+    assert result.attempts[1].error == WITHDRAWN and result.attempts[1].elapsed_ms is None
+    assert calls == [(4, 4, 62.5)]
+
+
+def test_a_replan_reorders_the_pending_ones_and_ignores_what_started() -> None:
+    script = Script({1: Hang(), 2: Win(0.0625), 3: Hang()})
+    first = candidates(3)
+    passes = Passes([(0.125, Replan((first[0], first[2], first[1])))])
+    result, at = run(racing_more(script, 3, passes))
+    assert script.starts == {1: 0.0, 3: 0.25, 2: 0.5}, "#1 had started: not raced twice"
+    assert isinstance(result, RaceResult) and result.candidate.rank == 2 and at == 0.5625
+    assert [a.rank for a in result.attempts] == [1, 2, 3]
+
+
+def test_an_empty_replan_withdraws_everything_pending_and_the_running_one_can_still_win(
+) -> None:
+    script = Script({1: Win(0.5)})
+    passes = Passes([(0.125, Replan((), WITHDRAWN))])
+    calls, on_outcome = recorder()
+    result, at = run(racing_more(script, 3, passes, on_outcome=on_outcome))
+    assert script.starts == {1: 0.0}
+    assert isinstance(result, RaceResult) and at == 0.5
+    assert [(a.outcome, a.error) for a in result.attempts] == [
+        ("won", ""), ("not_started", WITHDRAWN), ("not_started", WITHDRAWN)]
+    assert calls == [(1, 1, 500.0)]
+
+
+def test_a_withdrawn_candidate_planned_again_is_raced() -> None:
+    # #2 is withdrawn at 0.125 and planned again at 0.375: it starts then (its turn, 0.25,
+    # has passed), and its record no longer says withdrawn.
+    script = Script({1: Hang(), 2: Win(0.0625)})
+    passes = Passes([(0.125, Replan((), WITHDRAWN)), (0.375, Replan(tuple(candidates(2))))])
+    result, at = run(racing_more(script, 2, passes))
+    assert script.starts == {1: 0.0, 2: 0.375}
+    assert isinstance(result, RaceResult) and result.candidate.rank == 2 and at == 0.4375
+    assert [(a.outcome, a.error) for a in result.attempts][1] == ("won", "")
+
+
+def test_every_attempt_failing_after_a_replan_withdrew_the_rest_is_lost() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    script = Script({1: Fail(0.25, refused)})
+    passes = Passes([(0.125, Replan((), WITHDRAWN))])
+    result, at = run(racing_more(script, 2, passes))
+    assert isinstance(result, tuple) and at == 0.25
+    assert [(a.outcome, a.error) for a in result][1] == ("not_started", WITHDRAWN)
 
 
 # -- classify -------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
-"""Tracer (taps_post.runtime.trace) and the events race() emits, under virtual time.
+"""Tracer (taps_post.runtime.trace) and the events race() emits, under virtual time; and
+what a real establishment reports through them (loopback sockets; the DNS lab for the
+resolution passes).
 
 The Tracer tests use plain callbacks and pytest's caplog; the race tests reuse the scripted
 fake attempts of test_race_unit. The silence test runs a fresh interpreter with logging left
-unconfigured, exactly as an application that never heard of taps_post's loggers.
+unconfigured, exactly as an application that never heard of taps_post's loggers. The
+establishment tests connect through `tp.initiate` to a taps_post Listener or a silent TCP
+socket on 127.0.0.1: the carrier.active event says how DANE accepted the peer, a TLSA set
+from an `env=` snapshot is never trusted as validated, and a pass that withdraws a pending
+QUIC candidate never starts it (establish Rules 1 and 7).
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from test_race_unit import Fail, Hang, Script, Stubborn, Win, candidates
+from test_race_unit import Fail, Hang, Passes, Script, Stubborn, Win, candidates
 
 from fakeclock import run
 from helpers import PYTHON, installed_env
 from taps_post.errors import FailureKind
-from taps_post.runtime.racing import RaceResult, race
+from taps_post.runtime.racing import RaceResult, Replan, race
 from taps_post.runtime.trace import EVENTS, LOGGERS, Tracer, logger_for
 
 Events = list[tuple[str, dict[str, Any]]]
@@ -384,6 +390,25 @@ def test_one_candidate_race_events() -> None:
     assert events[-1][1]["outcome"] == "timeout"
 
 
+def test_race_events_for_a_withdrawn_candidate() -> None:
+    events, trace = collector()
+    script = Script({1: Hang(), 3: Win(0.0625)})
+    passes = Passes([(0.125, Replan(tuple(candidates(3)[2:]), "withdrawn: pass 2"))])
+
+    async def main() -> object:
+        return await race(candidates(3), script, attempt_delay=0.25, timeout=2.0,
+                          tracer=Tracer(trace), more=passes())
+
+    result = run(main())
+    assert isinstance(result, RaceResult) and result.candidate.rank == 3
+    assert brief(events)[:4] == [("race.started", None, 0.0), ("attempt.started", 1, 0.0),
+                                 ("race.withdrawn", None, 125.0), ("attempt.started", 3, 250.0)]
+    withdrawn = events[2][1]
+    assert (withdrawn["ranks"], withdrawn["reason"], withdrawn["at_ms"]) == (
+        (2,), "withdrawn: pass 2", 125.0)
+    assert not [i for n, i in events if n.startswith("attempt.") and i.get("rank") == 2]
+
+
 def test_a_failing_trace_callback_does_not_change_the_race() -> None:
     def trace(name: str, info: dict[str, Any]) -> None:
         raise RuntimeError("callback bug")
@@ -432,3 +457,170 @@ def test_every_event_the_package_emits_is_listed_in_events() -> None:
     assert {"attempt.started", "attempt.fallback", "carrier.active"} <= set(names)  # scan works
     unlisted = {name: where for name, where in names.items() if name not in EVENTS}
     assert not unlisted, f"emitted but missing from runtime/trace.py EVENTS: {unlisted}"
+
+
+# -- a real establishment -------------------------------------------------------------------
+
+LO4 = "127.0.0.1"
+
+
+def live_run(coro: Any, timeout: float = 15.0) -> Any:
+    """asyncio.run on the real clock, bounded (fakeclock's `run` is virtual time)."""
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def app_policy(values: dict[str, Any]) -> Any:
+    import taps_post as tp
+
+    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app",
+                                            "rules": [{"id": "t", "set": values}]},
+                            app_name="trace")
+
+
+@pytest.fixture(scope="module")
+def cert() -> Any:
+    import taps_post as tp
+
+    return tp.certs.self_signed(["localhost", LO4, "dane.test"])
+
+
+def test_carrier_active_says_how_the_peer_was_accepted(cert: Any) -> None:
+    """The secure stack's verdict (Transient.dane) rides in carrier.active as `dane`; a
+    stack that checks no certificate says None."""
+    import taps_post as tp
+
+    async def main() -> list[tuple[str, Any, Any]]:
+        seen: list[tuple[str, Any, Any]] = []
+        for secure in (True, False):
+            local = tp.Local(address=LO4, port=0, certificates=[cert] if secure else [])
+            policy = app_policy({"stack": {"tcp" if not secure else "tls": "require"}})
+            listener = await tp.listen(local, policy=policy)
+            events, trace = collector()
+            try:
+                remote = tp.Remote.parse(f"{LO4}:{listener.port}",
+                                         certificates=[cert] if secure else [])
+                carrier = await tp.initiate(remote, policy=policy, trace=trace,
+                                            store=tp.AssociationStore())
+                try:
+                    active = next(i for n, i in events if n == "carrier.active")
+                    seen.append((carrier.stack, active["dane"], carrier.transients[0].dane
+                                 if hasattr(carrier.transients[0], "dane") else None))
+                finally:
+                    await carrier.close()
+            finally:
+                await listener.close()
+        return seen
+
+    (tls, tls_dane, tls_t), (tcp, tcp_dane, tcp_t) = live_run(main())
+    assert tls == "tls" and isinstance(tls_dane, str) and tls_dane == tls_t, tls_dane
+    assert tcp == "tcp" and tcp_dane is None and tcp_t is None
+
+
+def test_a_snapshots_validated_tlsa_is_not_trusted_on_a_real_connection(cert: Any) -> None:
+    """initiate(env=...) with `tlsa: validated: true` for the listener's own certificate
+    (DANE-EE 3 0 0) under security.dane require: the snapshot is text, not a DNSSEC
+    validation, so the attempt gets the set unvalidated and refuses (establish Rule 7),
+    where trusting the file would have connected to a certificate no CA and no pin vouch
+    for. The explanation still shows the set as the snapshot wrote it."""
+    import ssl
+    from dataclasses import replace as dc_replace
+
+    import taps_post as tp
+    from taps_post.decision.names import TlsaRecord, TlsaSet
+    from taps_post.errors import DaneError
+    from taps_post.system import live
+
+    async def main() -> Any:
+        listener = await tp.listen(tp.Local(address=LO4, port=0, certificates=[cert]),
+                                   policy=app_policy({"stack": {"tls": "require"}}))
+        try:
+            port = listener.port
+            name = f"_{port}._tcp.dane.test"
+            record = TlsaRecord(3, 0, 0, ssl.PEM_cert_to_DER_cert(cert.cert_pem))
+            env = dc_replace(live.live_environment("dane.test", port, (), addresses=(LO4,)),
+                             tlsa={name: TlsaSet(name, (record,), validated=True)})
+            policy = app_policy({"stack": {"tls": "require"}, "security.dane": "require",
+                                 "connTimeout": 3000})
+            with pytest.raises(tp.EstablishmentError) as err:
+                await tp.initiate(f"tls://dane.test:{port}", policy=policy, env=env,
+                                  store=tp.AssociationStore())
+            return name, err.value
+        finally:
+            await listener.close()
+
+    name, err = live_run(main())
+    failed = [a for a in err.attempts if a.outcome == "failed"]
+    assert failed and all(isinstance(a.exception, DaneError) for a in failed), err
+    assert all(a.exception.reason == "not_validated" for a in failed), err  # found, by name
+    assert err.decision.dane is not None
+    assert (err.decision.dane.name, err.decision.dane.validated) == (name, True)
+
+
+@pytest.fixture
+def h2_later(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A silent TCP listener on 127.0.0.1 (it accepts, never answers a ClientHello), and
+    the DNS lab on port 53 (root) saying `web.w3.test` is 127.0.0.1 at once and, 300 ms
+    later, that the service on that port speaks h2 only (HTTPS `1 . alpn=h2`)."""
+    import socket
+
+    import dnslab
+
+    silent = socket.socket()
+    silent.bind((LO4, 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    zone = dnslab.Zone("w3.test.")
+    zone.add("web", 300, "A", LO4)
+    zone.add(f"_{port}._https.web", 300, "HTTPS", "1 . alpn=h2")
+    with dnslab.lab(zone, signed=False, resolver=False, port53=True,
+                    delays={"HTTPS": 0.3}) as running:
+        running.write_resolv_conf(tmp_path / "resolv.conf")
+        (tmp_path / "hosts").write_text("")
+        monkeypatch.setenv("TAPS_POST_RESOLV_CONF", str(tmp_path / "resolv.conf"))
+        monkeypatch.setenv("TAPS_POST_HOSTS", str(tmp_path / "hosts"))
+        try:
+            yield port
+        finally:
+            silent.close()
+
+
+def test_quic_planned_before_an_h2_only_https_record_is_never_started(h2_later: int) -> None:
+    """Pass 1 (A answered, HTTPS outstanding for resolutionDelay) plans TLS then QUIC on the
+    port; TLS starts and hangs; the HTTPS record arrives 300 ms in, before QUIC's turn
+    (attemptDelay 1000 ms), and says h2 only: pass 2 has no QUIC, so the pending QUIC
+    candidate is withdrawn (establish Rule 1, racing Rule 7): never started, recorded
+    not_started with the reason, and nothing about QUIC in the Association's history."""
+    import taps_post as tp
+
+    policy = app_policy({"stack": {"tls": "prefer", "tls-mptcp": "prohibit"},
+                         "racing.attemptDelay": 1000, "connTimeout": 1500})
+    store = tp.AssociationStore()
+
+    async def main() -> Any:
+        events, trace = collector()
+        with pytest.raises(tp.EstablishmentError) as err:
+            await tp.initiate(f"https://web.w3.test:{h2_later}", policy=policy, trace=trace,
+                              store=store)
+        return events, err.value
+
+    events, err = live_run(main())
+    first = next(i for n, i in events if n == "decision.complete")
+    assert first["stacks"] == ("tls", "quic"), "pass 1 planned QUIC second"
+    by_stack = {a.stack: a for a in err.attempts}
+    assert set(by_stack) == {"tls", "quic"}, err.attempts
+    assert by_stack["tls"].outcome == "failed"
+    quic = by_stack["quic"]
+    assert quic.outcome == "not_started" and quic.error.startswith("withdrawn: resolution pass")
+    started = [i["stack"] for n, i in events if n == "attempt.started"]
+    assert started == ["tls"], started
+    withdrawn = [i for n, i in events if n == "race.withdrawn"]
+    assert [w["ranks"] for w in withdrawn] == [(quic.rank,)]
+    assert withdrawn[0]["at_ms"] < 1000.0, "withdrawn before its turn"
+    history = store.get(f"web.w3.test:{h2_later}").history
+    assert [(e.stack, e.outcome, e.port) for e in history] == [
+        ("tls", "failure", h2_later)], "history keyed by the attempt's remote port too"
+    assert not any(c.stack == "quic" for c in err.decision.candidates), "explain: no QUIC"
