@@ -299,6 +299,11 @@ CASES = [
                  id="arrival-https-for-svcb-owner"),
     pytest.param("arrivals:\n  - {name: svc.example, type: SVCB, at_ms: 1, negative: true}\n",
                  2, 31, "is asked as HTTPS, not SVCB", id="arrival-svcb-without-entry"),
+    pytest.param('dns:\n  svc.example: ["198.18.0.10"]\nsvcb:\n  svc.example:\n'
+                 "    - {priority: 1, target: ., alpn: [h2]}\narrivals:\n"
+                 "  - {name: svc.example, type: A, at_ms: 1}\n"
+                 "  - {name: svc.example, type: SVCB, at_ms: 10}\n", 8, 31,
+                 "is asked as HTTPS, not SVCB", id="arrival-svcb-refused-once"),
     # dns names are unique after lowercasing too
     pytest.param('dns:\n  a.example: []\n  A.Example: []\n', 3, 3,
                  "duplicate dns name 'A.Example'", id="dns-duplicate-after-lowercasing"),

@@ -650,12 +650,14 @@ def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
     asked_as = _service_types(svcb)
     out: list[Arrival] = []
     seen: dict[tuple[str, str], int] = {}
+    timed: set[tuple[str, str]] = set()  # refused ones too: one problem, not a second
     for i, item in enumerate(doc.arrivals):
         where: tuple[Any, ...] = ("arrivals", i)
         if (why := _owner_problem(item.name, "name")) is not None:
             problems.append(pos.diagnostic((*where, "name"), why))
             continue
         name = dns_name(item.name)
+        timed.add((name, item.type))
         if item.type in ("HTTPS", "SVCB") and \
                 item.type not in (types := asked_as.get(name, {_own_type(name)})):
             problems.append(pos.diagnostic((*where, "type"), _asked_as(name, types, item.type)))
@@ -672,8 +674,8 @@ def _arrivals(doc: EnvDocument, pos: Positions, problems: list[Diagnostic],
             problems.append(pos.diagnostic((*where, "negative"), why))
             continue
         out.append(Arrival(name, item.type, float(item.at_ms), item.ttl, item.negative))
-    if out:
-        _untimed(doc, pos, problems, {(a.name, a.rtype) for a in out})
+    if timed:
+        _untimed(doc, pos, problems, timed)
     return tuple(out)
 
 
