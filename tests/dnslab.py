@@ -20,7 +20,8 @@ Usage (loopback, no root):
     zone = example_zone()                            # svc A/AAAA/HTTPS/TLSA, alias, ...
     with lab(zone, signed=True) as dns:              # knot + validating unbound
         host, port = dns.nameserver                  # ("127.0.0.1", 41234)
-        ...  # DnsClient(ResolverConfig(nameservers=(Nameserver(host, port),)))
+        ...  # DnsClient(ResolverConfig(nameservers=(Nameserver(host, port),),
+             #                           trust_ad=True))  # AD believed only with trust-ad
         zone.replace("svc", "AAAA", 30, "fd00:1::3")
         dns.knot.reload()                            # new answers (after unbound's TTL)
 

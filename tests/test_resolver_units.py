@@ -238,7 +238,9 @@ def test_cache_negative_answers_per_rfc2308() -> None:
 @pytest.mark.parametrize("status", ["servfail", "refused", "timeout", "error"])
 def test_cache_keeps_no_failure(status: str) -> None:
     cache = DnsCache()
-    assert not cache.put(("x", "A"), Answer("x", "A", status, nameserver=NS1), 0.0)
+    failure = Answer("x", "A", status, nameserver=NS1)
+    assert failure.failed and not failure.ok and not failure.negative
+    assert not cache.put(("x", "A"), failure, 0.0)
     assert cache.get(("x", "A"), 0.0) is None
 
 

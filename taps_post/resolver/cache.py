@@ -85,6 +85,11 @@ class Answer:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def failed(self) -> bool:
+        """servfail, refused, timeout or error: what the server could not say (Rule 5)."""
+        return self.status in FAILURES
+
 
 def cache_key(name: str, rtype: str) -> tuple[str, str]:
     return normal(name), rtype.upper()
