@@ -295,8 +295,8 @@ def test_anchors_only_where_the_leaf_alone_is_seen_and_every_record_is_a_2_0_0(
     ta = record(2, 0, 0, pki["root"])
     assert dane.anchors(tlsa(ta), "require", partial_chain=True) == (_der(pki["root"]),)
     assert dane.anchors(tlsa(ta), "require") == (), "the chain is seen: match it"
-    assert dane.anchors(tlsa(ta), "opportunistic", partial_chain=True) == (), (
-        "opportunistic keeps PKIX: the stack's own verification, not the anchors")
+    assert dane.anchors(tlsa(ta), "opportunistic", partial_chain=True) == (_der(pki["root"]),), (
+        "the certificates are the same; the stack decides when to use them (tls.py Rule 6)")
     assert dane.anchors(tlsa(ta, record(3, 1, 1, self_signed)), "require",
                         partial_chain=True) == (), "an EE record needs the leaf matched"
     assert dane.anchors(tlsa(ta, validated=False), "require", partial_chain=True) == ()

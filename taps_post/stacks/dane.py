@@ -33,13 +33,15 @@ validated usable set must match as well, so DANE only adds refusals. Only under 
 does `defers_pkix()` let the set decide alone (RFC 7671 section 5: DANE-EE ignores names and
 dates, a DANE-TA record is the trust anchor): the stack handshakes without PKIX and the DANE
 match accepts the peer. Without a deciding set PKIX applies as it always does.
-Rule 7: where only the leaf is seen, under `require`, and every usable record is a full
-trust-anchor certificate (2 0 0) of a CA (Rule 4), `anchors()` gives those certificates: the
-stack lets its TLS library verify the chain the peer sent (intermediates, CA flags, path
-lengths), its dates and the name against exactly them, and `check(anchored=True)` accepts
-what that verification accepted. So a 2 0 0 anchor above an intermediate works even where
-the chain itself is not visible. Under `opportunistic` PKIX verifies (Rule 6) and the leaf is
-matched as Rule 5 says: a 2 0 0 anchor must then have issued the leaf directly.
+Rule 7: where only the leaf is seen and every usable record is a full trust-anchor
+certificate (2 0 0) of a CA (Rule 4), `anchors()` gives those certificates: the stack may let
+its TLS library verify the chain the peer sent (intermediates, CA flags, path lengths), its
+dates and the name against exactly them, and `check(anchored=True)` accepts what that
+verification accepted. So a 2 0 0 anchor above an intermediate works even where the chain
+itself is not visible. The stack does so under `require`, and under `opportunistic` only
+where that verification is itself a PKIX verification (the anchors are CAs the system
+trusts, no pins; stacks/tls.py Rule 6), since there PKIX must still run. Otherwise the leaf
+is matched as Rule 5 says: a 2 0 0 anchor must have issued the leaf directly.
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ def defers_pkix(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False)
 
 def anchors(tlsa: TlsaSet | None, mode: str, *, partial_chain: bool = False
             ) -> tuple[bytes, ...]:
-    """The trust-anchor certificates (DER) the stack's TLS library should verify the peer
+    """The trust-anchor certificates (DER) the stack's TLS library may verify the peer
     against instead of DANE matching the leaf (Rule 7); empty: match as usual."""
-    if not partial_chain or not defers_pkix(tlsa, mode, partial_chain=True):
+    if not partial_chain or not decides(tlsa, mode, partial_chain=True):
         return ()
     records = usable_records(tlsa, partial_chain=True)
     if not all((r.usage, r.selector, r.matching) == (DANE_TA, 0, 0) for r in records):

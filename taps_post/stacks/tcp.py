@@ -654,7 +654,7 @@ class StreamStack:
         # association its TLS sessions (Rule 3).
         s = spec.settings
         defer = defers_pkix(spec.tlsa, s)  # the set decides alone: require only (tls.py Rule 6)
-        anchors = dane_anchors(spec.tlsa, s)
+        anchors = dane_anchors(spec.tlsa, s, spec.pinned)
         key = (s.min_tls, s.verify_peer, s.alpn, tuple(c.fingerprint for c in spec.pinned),
                tuple(c.fingerprint for c in spec.identity if c.key_pem), defer, anchors)
         contexts = spec.association.tls_contexts
@@ -724,7 +724,7 @@ class StreamStack:
                 tls = ResumingContext(ctx, ticket)
                 transient.used_session = ticket
             if self.secure:  # 64 KiB read buffer, heap trims (stacks/tls.py Rules 4, 5)
-                anchored = bool(dane_anchors(spec.tlsa, spec.settings))
+                anchored = bool(dane_anchors(spec.tlsa, spec.settings, spec.pinned))
                 try:
                     transport, _ = await open_tls(
                         lambda: transient, sock, tls, server_side=False,

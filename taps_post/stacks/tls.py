@@ -35,10 +35,12 @@ by whether PKIX is deferred and by the anchors (stacks/tcp.py), so a deferred on
 serves an opportunistic attempt. Python's ssl before 3.13 shows only the peer's leaf
 certificate (`PEER_CHAIN` False: `SSLObject.get_unverified_chain` is 3.13's), so there a
 DANE-TA record works only as a full certificate (2 0 0; `decision.names.usable(leaf_only=True)`):
-under `require`, when every usable record is one, the context verifies the chain and the name
-against exactly those certificates (`dane_anchors`, dane Rule 7; a failure there is a
-DaneError too), else (and always under `opportunistic`) it must have issued the leaf (dane,
-Rule 5).
+when every usable record is one, the context verifies the chain and the name against exactly
+those certificates (`dane_anchors`, dane Rule 7; a failure there is a DaneError too): under
+`require` always, under `opportunistic` only when that verification is a PKIX one as well
+(every anchor is a CA the system store holds, `load_default_certs`, and nothing is pinned; or
+verifyPeer is off, so there is no PKIX to keep). Else the anchor must have issued the leaf
+(dane, Rule 5).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
+import os
 import socket
 import ssl
 from asyncio import sslproto
@@ -158,9 +162,35 @@ def defers_pkix(tlsa: TlsaSet | None, settings: Settings) -> bool:
     return dane.defers_pkix(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
 
 
-def dane_anchors(tlsa: TlsaSet | None, settings: Settings) -> tuple[bytes, ...]:
-    """The DANE-TA certificates the handshake verifies against (Rule 6, dane Rule 7)."""
-    return dane.anchors(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
+def dane_anchors(tlsa: TlsaSet | None, settings: Settings,
+                 pinned: Sequence[Certificate] = ()) -> tuple[bytes, ...]:
+    """The DANE-TA certificates the handshake verifies against (Rule 6, dane Rule 7): under
+    require, or under opportunistic where verifying against them is a PKIX verification."""
+    found = dane.anchors(tlsa, settings.dane, partial_chain=not PEER_CHAIN)
+    if not found or settings.dane == "require" or not settings.verify_peer:
+        return found
+    if pinned:  # PKIX means the pins here, not these anchors
+        return ()
+    system = _system_anchors()
+    return found if all(a in system for a in found) else ()
+
+
+def _system_anchors() -> frozenset[bytes]:
+    """The system's CA certificates (DER) as `load_default_certs` loads them from the CA file
+    ($SSL_CERT_FILE honoured), read again when that file changes."""
+    cafile = ssl.get_default_verify_paths().cafile
+    try:
+        stamp = os.stat(cafile).st_mtime_ns if cafile else None
+    except OSError:
+        stamp = None
+    return _read_system_anchors(cafile, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_system_anchors(cafile: str | None, stamp: int | None) -> frozenset[bytes]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_default_certs()
+    return frozenset(ctx.get_ca_certs(binary_form=True))
 
 
 def dane_refusal(exc: ssl.SSLCertVerificationError, tlsa: TlsaSet | None) -> DaneError:

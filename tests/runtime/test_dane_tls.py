@@ -347,3 +347,74 @@ def test_a_2_0_0_record_of_an_end_entity_is_no_anchor(tmp_path: Path) -> None:
           pytest.raises(DaneError, match="not a CA") as err):
         run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, ee[0])), s=settings(dane="require"))))
     assert err.value.reason == "mismatch"
+
+
+@pytest.fixture
+def system_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """A lab CA the system trusts for this test ($SSL_CERT_FILE names the system CA file,
+    which `load_default_certs` and `ssl.get_default_verify_paths` read), and a stranger CA
+    it trusts too."""
+    root = make("System Lab Root", ca=True)
+    stranger = make("System Lab Stranger", ca=True)
+    (tmp_path / "system-ca.pem").write_text(pem(root[0]).cert_pem + pem(stranger[0]).cert_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system-ca.pem"))
+    return root, stranger
+
+
+def test_opportunistic_keeps_pkix_and_dane_only_adds_refusals(
+        tmp_path: Path, system_ca: tuple[Any, Any], other_cert: Certificate) -> None:
+    """R1-H4: a server PKIX accepts (its CA is a system CA). Under opportunistic a matching
+    DANE-EE record is reported, a mismatching one refuses (DaneError), and PKIX's name check
+    still runs (a DANE-EE match for another name is refused by PKIX); under require the
+    DANE-EE record decides alone and names do not apply (RFC 7671 section 5.1)."""
+    root, _ = system_ca
+    leaf, key = make(HOST, root, names=(HOST,))
+    good = tlsa(record(3, 1, 1, leaf))
+    (tmp_path / "srv").mkdir()
+    with s_server(tmp_path / "srv", pem(leaf, key)) as port:
+        how, _, _ = run(fetch(spec(port, tlsa=None)))
+        assert how is not None and how.startswith("no TLSA"), "PKIX alone accepts it"
+        how, _, _ = run(fetch(spec(port, tlsa=good)))
+        assert how == f"dane-ee match (3 1 1) at {NAME}"
+        with pytest.raises(DaneError) as err:
+            run(fetch(spec(port, tlsa=tlsa(record(3, 1, 1, x509_of(other_cert))))))
+        assert err.value.reason == "mismatch"
+        with pytest.raises(ssl_cert_error()) as named:
+            run(fetch(spec(port, tlsa=good, host="other.test")))
+        assert not isinstance(named.value, DaneError), "PKIX's name check refused it"
+        how, _, _ = run(fetch(spec(port, tlsa=good, host="other.test",
+                                   s=settings(dane="require"))))
+        assert how == f"dane-ee match (3 1 1) at {NAME}"
+
+
+def test_opportunistic_2_0_0_above_an_intermediate(tmp_path: Path,
+                                                   system_ca: tuple[Any, Any]) -> None:
+    """leaf <- intermediate <- a system-trusted root; the server sends leaf and intermediate.
+    Under opportunistic a 2 0 0 record of the root accepts (before Python 3.13 the handshake
+    verifies against the root alone, which is a PKIX verification since the system trusts
+    it: tls.py Rule 6), one of the intermediate accepts, one of another system CA refuses
+    (DaneError). A root the system does not trust is refused by PKIX, DANE or not."""
+    root, stranger = system_ca
+    inter = make("System Lab Intermediate", root, ca=True)
+    leaf, key = make(HOST, inter, names=(HOST,))
+    (tmp_path / "srv").mkdir()
+    with s_server(tmp_path / "srv", pem(leaf, key), chain=(pem(inter[0]),)) as port:
+        for anchor in (root[0], inter[0]):
+            how, _, _ = run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, anchor)))))
+            assert how is not None and how.startswith(f"dane-ta match (2 0 0) at {NAME}")
+            if anchor is root[0] and not PEER_CHAIN:
+                assert "verified to the record's certificate in the handshake" in how
+        with pytest.raises(DaneError) as err:
+            run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, stranger[0])))))
+        assert err.value.reason == "mismatch"
+    private = make("Private Root", ca=True)
+    inter2 = make("Private Intermediate", private, ca=True)
+    leaf2, key2 = make(HOST, inter2, names=(HOST,))
+    (tmp_path / "private").mkdir()
+    with s_server(tmp_path / "private", pem(leaf2, key2), chain=(pem(inter2[0]),)) as port:
+        with pytest.raises(ssl_cert_error()) as pkix:
+            run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, private[0])))))
+        assert not isinstance(pkix.value, DaneError)
+        how, _, _ = run(fetch(spec(port, tlsa=tlsa(record(2, 0, 0, private[0])),
+                                   s=settings(dane="require"))))
+        assert how is not None and how.startswith("dane-ta match (2 0 0)")
