@@ -523,20 +523,28 @@ def test_resolution_follows_the_design_table(scn: dict[str, Any], data: st.DataO
 # --- candidates honour hard preferences and the plan -----------------------------------------
 
 def _rank_tuple(key: dict[str, Any]) -> tuple[Any, ...]:
+    """docs/explain.md, "The ranking key": the field order, written out here."""
     history = ("success", "none", "fallback", "failure").index(key["history"])
     rtt = key["rtt_ms"] if key["rtt_ms"] is not None else (float("inf") if history == 0 else 0)
     return (int(key["recent_failure"]), -key["path_prefer"], key["path_avoid"],
-            -key["protocol_prefer"], key["protocol_avoid"], key["service_priority"], history,
+            key["service_priority"], -key["protocol_prefer"], key["protocol_avoid"], history,
             rtt, key["cost"], key["interface"], key["stack_order"], key["endpoint_order"])
 
 
-def _attempt_delay(props: dict[str, Any], first: dict[str, Any] | None) -> int:
-    """docs/explain.md: twice the first candidate's history RTT, clamped to
-    racing.minAttemptDelay..maxAttemptDelay; racing.attemptDelay without one."""
-    if first is not None and first["key"]["rtt_ms"] is not None:
-        return max(props["racing.minAttemptDelay"],
-                   min(props["racing.maxAttemptDelay"], round(2 * first["key"]["rtt_ms"])))
-    return int(props["racing.attemptDelay"])
+def _check_attempt_delay(props: dict[str, Any], first: dict[str, Any] | None, ms: int) -> None:
+    """docs/explain.md, stated as promises rather than as the engine's formula: without a
+    history RTT the delay is racing.attemptDelay; with one it never exceeds
+    racing.maxAttemptDelay, never goes below racing.minAttemptDelay when the bounds are
+    ordered, and is twice the RTT when that lies inside them."""
+    low, high = props["racing.minAttemptDelay"], props["racing.maxAttemptDelay"]
+    if first is None or first["key"]["rtt_ms"] is None:
+        assert ms == props["racing.attemptDelay"]
+        return
+    assert ms <= high
+    if low <= high:
+        assert low <= ms
+        if low <= 2 * first["key"]["rtt_ms"] <= high:
+            assert abs(ms - 2 * first["key"]["rtt_ms"]) <= 0.5
 
 
 @SETTINGS
@@ -549,9 +557,10 @@ def test_candidates_honour_hard_preferences(scn: dict[str, Any]) -> None:
     if d["outcome"] == "policy_prohibited":
         assert not cands and not d["excluded"]
         return
-    delay = _attempt_delay(props, cands[0] if cands else None)
+    delay = props["racing.attemptDelay"]
     if cands:
-        assert d["resolution"]["attempt_delay"]["ms"] == delay
+        delay = d["resolution"]["attempt_delay"]["ms"]
+        _check_attempt_delay(props, cands[0], delay)
     assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
     assert [c["start_ms"] for c in cands] == [(c["rank"] - 1) * delay for c in cands]
     keys = [(c["pass"], _rank_tuple(c["key"])) for c in cands]

@@ -4,8 +4,9 @@ Rule 1: the tree is Path -> Stack -> Endpoint (RFC 9623 section 4.1). Each node 
 and a pruned node is reported once, at the level where it was pruned, with the property, rule
 and file:line that pruned it. That keeps explain output proportional to the causes, not to the
 product of interfaces x stacks x addresses.
-Rule 2: ranking is one lexicographic key (`RankKey`), path before protocol, avoid only as a
-tie-break, so two runs on the same input always produce the same order.
+Rule 2: ranking is one lexicographic key (`RankKey`), path before service priority before
+protocol, avoid only as a tie-break, so two runs on the same input always produce the same
+order.
 Rule 3: the MPTCP subflow plan (`Decision.subflows`) is derived from the same pruning and the
 same ranking as the candidates, never judged separately: an interface a rule excludes can
 never carry a subflow, because it has no candidate to derive one from. The primary under
@@ -27,28 +28,41 @@ Rule 7: under the in-kernel path manager the kernel opens subflows from its own 
 a warning, because the library cannot stop the kernel from using it.
 Rule 8: the endpoints come per service endpoint (`decision/service.py`: SVCB/HTTPS records,
 RFC 9460): each has its own port, addresses and allowed stacks, and its SvcPriority becomes
-`RankKey.service_priority`. A target without records (negative, not asked, IP literal) is
-one endpoint with every stack on the URL's port, priority 0, exactly as before records
-existed. Everything per endpoint (address order, family filter, DANE verdict, allowed
-stacks) is worked out once per endpoint, never per candidate; the same leaf offered by two
-endpoints is kept once, with the better priority.
+`RankKey.service_priority`, which ranks after the path hits and before the protocol hits:
+the operator's SvcPriority orders endpoints before protocol preferences (RFC 9460 section
+3), a built-in or policy preference for QUIC never overrules it, and require/prohibit still
+filter. A target without records (negative, not asked, IP literal) is one endpoint with
+every stack on the URL's port, priority 0, exactly as before records existed. Everything
+per endpoint (address order, family filter, DANE and ECH verdicts, allowed stacks) is
+worked out once per endpoint, never per candidate; the same leaf offered by two endpoints
+is kept once, with the better priority.
 Rule 9: each candidate carries the resolution pass in which everything it needs was known
 (`decision/passes.py`): its address (A/AAAA answer, or the hint of its record) and its
 record. Candidates sort by (pass, RankKey), so a later pass only ever appends; a snapshot
 without `arrivals` is one pass at 0 ms, an IP literal none.
 Rule 10: a candidate whose most specific history entry is a failure younger than
 `racing.failureMemory` ranks after every candidate without one (`RankKey.recent_failure`
-comes first), unless the policy requires its stack (`stack.NAME: require`) or a path key
-that matches its interface; an older failure counts as no entry. This reverses DESIGN
-section 5's "preferences before history" for remembered failures, on purpose (issue 12).
+comes first), unless the policy requires its stack (`stack.NAME: require`); an older failure
+counts as no entry. The most specific entry names the stack, interface, address and remote
+port; an entry without a port (or interface, or address) matches any. A path `require`
+(`interface.X: require`) lifts nothing: every candidate is on a required path then, so
+demotion only reorders within it, which is what keeps a black-holed QUIC behind TLS on the
+one interface an app is pinned to. This reverses DESIGN section 5's "preferences before
+history" for remembered failures, on purpose (issue 12).
 Rule 11: the attempt delay is twice the first candidate's measured RTT when its history has
 one, clamped to racing.minAttemptDelay..maxAttemptDelay, else racing.attemptDelay; start
-offsets follow it, and a later pass's first candidate never starts before that pass.
+offsets follow it, and a later pass's first candidate never starts before that pass. When
+the minimum exceeds the maximum the maximum wins, with a warning: maxAttemptDelay is a real
+ceiling.
 Rule 12: `security.ech: require` and `security.dane: require` exclude at the level they judge:
-a stack that cannot send ECH, an insecure stack under DANE, and a secure stack on a port
-whose TLSA answer is known but unusable (not validated, empty, no DANE-EE/TA), each once with
-the rule and file:line. An unknown TLSA answer keeps the secure stacks: the stack refuses
-the peer at handshake time (stacks/dane.py).
+a stack that cannot send ECH, an endpoint that publishes no ECH configuration (no record, a
+record without `ech`, the fallback, an IP literal: a stack that can send ECH would send the
+name in clear there), an insecure stack or one that checks no TLSA (`StackInfo.dane`
+"none") under DANE, every secure stack to an IP literal (it has no TLSA name), and a secure
+stack on a port whose TLSA answer is known but holds nothing that stack can check (not
+validated, empty, no record `names.usable` accepts for it), each once with the rule and
+file:line. An unknown TLSA answer keeps the secure stacks: the stack refuses the peer at
+handshake time (stacks/dane.py).
 """
 
 from __future__ import annotations
@@ -81,7 +95,7 @@ from .decision import (
 )
 from .environment import Address, CacheEntry, Environment, Interface
 from .facts import apply_interface_facts
-from .names import Arrival, TlsaSet, service_query, tlsa_name
+from .names import Arrival, TlsaSet, service_query, tlsa_name, usable
 from .passes import pass_of, passes
 from .request import Request
 from .service import Endpoint, Shaping, shape
@@ -103,8 +117,8 @@ class _Node:
     """(key, statement) of each path-level avoid hit: an avoided interface carries MPTCP
     subflows only as backup, and explain names the rule."""
     required: bool = False
-    """A `require` names this node (`stack.NAME`, or a path key it matches): its remembered
-    failures never demote it (Rule 10)."""
+    """`stack.NAME: require` names this stack: its remembered failures never demote it
+    (Rule 10). Never set on a path node."""
 
     def apply(self, pref: Pref, has: bool) -> str | None:
         """One preference on this node: the exclusion outcome of a hard filter, or None
@@ -208,15 +222,18 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     # became known in) and its stacks (offered by the record, allowed by DANE).
     dane_eff = effective["security.dane"]
     dane_mode = str(dane_eff.value)
+    ech_eff = effective["security.ech"]
+    ech_required = ech_eff.value == "require"
+    seen_ech: set[tuple[str, str, int]] = set()
     barred: set[str] = set()  # addresses whose family exclusion is reported
     seen_stack_port: set[tuple[str, int]] = set()
-    dane_excluded: list[Exclusion] = []
+    endpoint_excluded: list[Exclusion] = []
     offered: set[str] = set()
     prepared: list[tuple[Endpoint, list[tuple[int, str, str, int]],
                          list[tuple[StackInfo, _Node]]]] = []
     for ep in endpoints:
         rec_at = 0.0
-        if ep.record is not None and first_known:
+        if ep.owners and first_known:
             rec_at = max(first_known.get((o, "HTTPS"), first_known.get((o, "SVCB"), 0.0))
                          for o in ep.owners)
         addrs: list[tuple[int, str, str, int]] = []
@@ -235,28 +252,39 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                 number = pass_of(passes_, max(at or 0.0, rec_at))
             addrs.append((order, addr, family, number))
         ep_stacks: list[tuple[StackInfo, _Node]] = []
+        no_ech = ech_required and not (ep.record is not None and ep.record.ech)
         for info, node in stacks:
             if ep.stacks is not None and info.name not in ep.stacks:
                 continue
-            if dane_mode == "require" and info.secure and not request.is_ip_literal:
-                name = tlsa_name(host, ep.port, info.ip_protocol)
-                problem = _tlsa_problem(env.tlsa.get(name))
+            if no_ech:  # Rule 12: only stacks that can send ECH are left; none can here
+                if (info.name, ep.target, ep.port) not in seen_ech:
+                    seen_ech.add((info.name, ep.target, ep.port))
+                    endpoint_excluded.append(Exclusion.by(
+                        ech_eff.statement, outcome="ech", stack=info.name,
+                        remote_port=ep.port,
+                        detail=f"security.ech require: {ep.target}:{ep.port} publishes no "
+                               "ECH configuration, so the server name would go in clear"))
+                continue
+            if dane_mode == "require" and info.secure:
+                problem: str | None = "an IP literal has no TLSA name"
+                if not request.is_ip_literal:
+                    name = tlsa_name(host, ep.port, info.ip_protocol)
+                    why = _tlsa_problem(env.tlsa.get(name), info.dane == "leaf")
+                    problem = None if why is None else f"TLSA {name} {why}"
                 if problem is not None:
                     if (info.name, ep.port) not in seen_stack_port:
                         seen_stack_port.add((info.name, ep.port))
-                        dane_excluded.append(Exclusion.by(
+                        endpoint_excluded.append(Exclusion.by(
                             dane_eff.statement, outcome="dane", stack=info.name,
-                            remote_port=ep.port,
-                            detail=f"security.dane require: TLSA {name} {problem}"))
+                            remote_port=ep.port, detail=f"security.dane require: {problem}"))
                     continue
             ep_stacks.append((info, node))
-        if ep.stacks is not None:
-            offered.update(ep.stacks)
+        offered.update(ep.stacks if ep.stacks is not None else (i.name for i, _ in stacks))
         prepared.append((ep, addrs, ep_stacks))
     paths = [(iface, node) for iface in interfaces
              if (node := _judge_path(iface, effective, excluded)) is not None]
     excluded.extend(stack_exclusions)
-    excluded.extend(dane_excluded)
+    excluded.extend(endpoint_excluded)
     if shaping.records and shaping.query is not None:
         owner, rtype = shaping.query
         for info, _ in stacks:
@@ -281,7 +309,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                  snode.avoid, snode.required) for info, snode in ep_stacks]
         for iface, pnode in paths:
             name, cost = iface.name, iface.cost
-            path_prefer, path_avoid, path_required = -pnode.prefer, pnode.avoid, pnode.required
+            path_prefer, path_avoid = -pnode.prefer, pnode.avoid
             for order, addr, family, number in addrs:
                 pair = (name, addr)
                 if pair in locals_:
@@ -308,12 +336,13 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                     local = locals_[pair] = found
                 local_address = local.address
                 for stack, stack_order, multipath, prefer, avoid, required in flat:
-                    hist, rtt, recent = _history(history, stack, name, addr, now, memory_ms)
+                    hist, rtt, recent = _history(history, stack, name, addr, rport, now,
+                                                 memory_ms)
                     if hist == FALLBACK and multipath:
                         prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
-                    # Rule 10: a required stack or path is never demoted by its failures.
-                    demote = 1 if recent and not (required or path_required) else 0
-                    key = RankKey(demote, path_prefer, path_avoid, -prefer, avoid, priority,
+                    # Rule 10: a required stack is never demoted by its failures.
+                    demote = 1 if recent and not required else 0
+                    key = RankKey(demote, path_prefer, path_avoid, priority, -prefer, avoid,
                                   hist, rtt, cost, name, stack_order, order)
                     scored.append((number, key, iface, local_address, stack, addr, family,
                                    rport, index))
@@ -341,7 +370,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         for item in scored:
             counts[item[8]] += 1
 
-    attempt_delay = _attempt_delay(effective, scored[0] if scored else None)
+    attempt_delay = _attempt_delay(effective, scored[0] if scored else None, warnings)
     delay = attempt_delay.ms
     pass_at = {p.number: p.at_ms for p in passes_}
     # start_ms counts from the first candidate's start, which is its pass's (pass 1 unless
@@ -392,19 +421,25 @@ _by_pass = operator.itemgetter(0)
 
 
 def _attempt_delay(effective: Effectives,
-                   first: tuple[int, RankKey, Interface, str, str, str, str, int, int] | None
-                   ) -> AttemptDelay:
-    """Rule 11: twice the first candidate's measured RTT, clamped; else racing.attemptDelay."""
+                   first: tuple[int, RankKey, Interface, str, str, str, str, int, int] | None,
+                   warnings: list[str]) -> AttemptDelay:
+    """Rule 11: twice the first candidate's measured RTT, clamped; else racing.attemptDelay.
+    A minimum above the maximum is a warning, and the maximum wins."""
+    low_eff, high_eff = effective["racing.minAttemptDelay"], effective["racing.maxAttemptDelay"]
+    low, high = int(low_eff.value), int(high_eff.value)
+    if low > high:
+        warnings.append(f"racing.minAttemptDelay {low} ms ({_who(low_eff.statement)}) is above "
+                        f"racing.maxAttemptDelay {high} ms ({_who(high_eff.statement)}): "
+                        "the maximum wins")
     if first is not None:
         key = first[1]
         if key.history == SUCCESS and key.rtt_ms != float("inf"):
-            low = int(effective["racing.minAttemptDelay"].value)
-            high = int(effective["racing.maxAttemptDelay"].value)
             raw = round(2 * key.rtt_ms)
-            ms = max(low, min(high, raw))
+            ms = min(high, max(low, raw))
             bound = (f", raised to racing.minAttemptDelay {low} ms" if ms > raw else
                      f", cut to racing.maxAttemptDelay {high} ms" if ms < raw else
-                     f", within racing.minAttemptDelay {low} .. maxAttemptDelay {high} ms")
+                     f", within racing.minAttemptDelay {low} .. maxAttemptDelay {high} ms"
+                     if low <= high else f", at most racing.maxAttemptDelay {high} ms")
             return AttemptDelay(ms, "history",
                                 f"2 x {key.rtt_ms:g} ms handshake RTT of {first[4]} over "
                                 f"{first[2].name} to {first[5]} (history){bound}")
@@ -429,6 +464,8 @@ def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int,
         elif not ep.addresses:
             reason = f"no address: {ep.target} has no A/AAAA answer" + (
                 " and the record no hints" if ep.record is not None else "")
+        elif not ep_stacks and ep.stacks is None:
+            reason = "every stack is excluded (see the exclusions)"
         elif not ep_stacks and ep.stacks:
             reason = (f"the stacks it offers ({', '.join(sorted(ep.stacks))}) are all "
                       "excluded (see the exclusions)")
@@ -441,6 +478,9 @@ def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int,
             reason = "every address is excluded (see the exclusions)"
         else:
             reason = "no path reaches its addresses (see the exclusions)"
+    elif ep.alias_target:
+        reason = ("the alias target's own addresses on the URL's port: it has no ServiceMode "
+                  "records (RFC 9460 section 3)")
     elif ep.record is None:
         reason = "fallback: the target's own addresses on the URL's port (RFC 9460 section 3)"
     return ServiceEndpoint(shaping.query[0], ep.priority, ep.target, ep.port, ep.alpn,
@@ -449,17 +489,21 @@ def _service_endpoint(shaping: Shaping, ep: Endpoint, addrs: Sequence[tuple[int,
                            reason)
 
 
-def _tlsa_problem(tset: TlsaSet | None) -> str | None:
-    """Why a known TLSA set cannot let a DANE-required peer in; None when it can, or when
-    the answer is unknown (the stack decides at handshake time)."""
+def _tlsa_problem(tset: TlsaSet | None, leaf_only: bool) -> str | None:
+    """Why a known TLSA set cannot let a DANE-required peer in over a stack that sees only
+    the leaf (`leaf_only`) or the whole chain; None when it can, or when the answer is
+    unknown (the stack decides at handshake time). `names.usable` is the stack's own rule."""
     if tset is None:
         return None
     if not tset.validated:
         return "is not DNSSEC-validated"
     if not tset.records:
         return "has no records"
-    if not any(r.usage in (2, 3) for r in tset.records):
-        return "holds no DANE-EE(3) or DANE-TA(2) record"
+    if not any(usable(r, leaf_only=leaf_only) for r in tset.records):
+        return ("holds no record a leaf-only stack can check (DANE-EE(3), or DANE-TA(2) "
+                "carrying the whole anchor certificate, 2 0 0)" if leaf_only else
+                "holds no DANE-EE(3) or DANE-TA(2) record with a known selector and "
+                "matching type")
     return None
 
 
@@ -470,9 +514,10 @@ def _dane_status(mode: str, env: Environment, request: Request,
     first = next((c for c in candidates if infos[c.stack].secure), None)
     if first is None:
         return None
-    if request.is_ip_literal:
+    if request.is_ip_literal:  # under require no secure candidate is left (Rule 12)
         return DaneStatus(mode, None, 0, False, 0, "an IP address has no TLSA name: PKIX only")
-    name = tlsa_name(request.host, first.remote_port, infos[first.stack].ip_protocol)
+    info = infos[first.stack]
+    name = tlsa_name(request.host, first.remote_port, info.ip_protocol)
     if mode == "off":
         return DaneStatus(mode, name, 0, False, 0, "security.dane off: TLSA is not used")
     tset = env.tlsa.get(name)
@@ -480,16 +525,17 @@ def _dane_status(mode: str, env: Environment, request: Request,
         why = ("the stack refuses a peer without a validated, matching TLSA record at "
                "handshake time" if mode == "require" else "PKIX only")
         return DaneStatus(mode, name, 0, False, 0, f"no TLSA answer for {name} is known: {why}")
-    usable = sum(1 for r in tset.records if r.usage in (2, 3))
-    problem = _tlsa_problem(tset)
+    leaf_only = info.dane == "leaf"
+    count = sum(1 for r in tset.records if usable(r, leaf_only=leaf_only))
+    problem = _tlsa_problem(tset, leaf_only)
     if problem is None:
-        reason = (f"{usable} usable record(s), DNSSEC-validated: the peer's certificate must "
+        reason = (f"{count} usable record(s), DNSSEC-validated: the peer's certificate must "
                   "match one after the handshake")
     elif mode == "require":
         reason = f"TLSA {name} {problem}: secure candidates on this name are refused"
     else:
         reason = f"TLSA {name} {problem}: ignored, PKIX only"
-    return DaneStatus(mode, name, len(tset.records), tset.validated, usable, reason)
+    return DaneStatus(mode, name, len(tset.records), tset.validated, count, reason)
 
 
 def _describe(env: Environment, a: Arrival) -> str:
@@ -616,8 +662,6 @@ def _judge_path(iface: Interface, effective: Effectives,
         outcome = node.apply(eff.value, has)
         if has and eff.value is Pref.AVOID:
             node.avoided.append((key, eff.statement))
-        elif has and eff.value is Pref.REQUIRE:
-            node.required = True
         if outcome is not None:
             verb = "matches" if has else "is not"
             excluded.append(Exclusion.by(eff.statement, outcome=outcome, interface=iface.name,
@@ -667,10 +711,12 @@ def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Requ
                                             "Encrypted Client Hello"))
         return None
     dane = effective["security.dane"]
-    if dane.value == "require" and not info.secure:
+    if dane.value == "require" and (not info.secure or info.dane == "none"):
+        why = ("is not secure, so no certificate can be checked against TLSA"
+               if not info.secure else "does not check TLSA records (its StackInfo.dane is "
+               "none), so it would connect without DANE")
         excluded.append(Exclusion.by(dane.statement, outcome="dane", stack=stack,
-                                     detail=f"security.dane require: {stack} is not secure, "
-                                            "so no certificate can be checked against TLSA"))
+                                     detail=f"security.dane require: {stack} {why}"))
         return None
     return node
 
@@ -705,14 +751,29 @@ def _local_address(iface: Interface, remote: str, family: str,
     return (stable or temporary)[0]
 
 
-_HistoryIndex = dict[tuple[str, str | None, str | None], CacheEntry]
+_HistoryKey = tuple[str, str | None, str | None, int | None]
+
+
+@dataclass(slots=True)
+class _HistoryIndex:
+    """The newest entry per (stack, interface, address, port) of one remote; `ported` says
+    whether any entry names a port, so a history without ports costs the four lookups it
+    always did."""
+
+    entries: dict[_HistoryKey, CacheEntry] = field(default_factory=dict)
+    ported: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
 
 
 def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
-    index: _HistoryIndex = {}
-    for entry in cache:  # the last entry for a (stack, interface, address) is the newest
-        if entry.remote.lower() == hostport.lower():
-            index[(entry.stack, entry.interface, entry.address)] = entry
+    index = _HistoryIndex()
+    wanted = hostport.lower()
+    for entry in cache:  # the last entry for a (stack, interface, address, port) is the newest
+        if entry.remote.lower() == wanted:
+            index.entries[(entry.stack, entry.interface, entry.address, entry.port)] = entry
+            index.ported = index.ported or entry.port is not None
     return index
 
 
@@ -720,16 +781,26 @@ SUCCESS, NO_ENTRY, FALLBACK, FAILURE = 0, 1, 2, 3
 """`RankKey.history` values, best first (RankKey.to_dict names them)."""
 
 
-def _history(index: _HistoryIndex, stack: str, interface: str, address: str,
+def _history(index: _HistoryIndex, stack: str, interface: str, address: str, port: int,
              now: float | None, memory_ms: int) -> tuple[int, float, bool]:
-    """(history, rtt, recent failure). The most specific entry wins: interface and address,
-    then either, then neither. A failure is recent (Rule 10) when `memory_ms` is on and it
-    is younger than it (no time on either side counts as recent); an older one counts as no
-    entry. With the memory off (0) a failure ranks as failure, at any age, as before."""
+    """(history, rtt, recent failure). The most specific entry wins (Rule 10): interface and
+    address, then either, then neither; at each of those an entry for this remote port before
+    one without a port (which matches any port: an SVCB record may send one stack to one
+    address on two ports, and a blocked one must not take the other's success). A failure is
+    recent when `memory_ms` is on and it is younger than it (no time on either side counts as
+    recent); an older one counts as no entry. With the memory off (0) a failure ranks as
+    failure, at any age, as before."""
     if not index:
         return NO_ENTRY, 0.0, False
-    entry = (index.get((stack, interface, address)) or index.get((stack, interface, None))
-             or index.get((stack, None, address)) or index.get((stack, None, None)))
+    get = index.entries.get
+    if index.ported:
+        entry = (get((stack, interface, address, port)) or get((stack, interface, address, None))
+                 or get((stack, interface, None, port)) or get((stack, interface, None, None))
+                 or get((stack, None, address, port)) or get((stack, None, address, None))
+                 or get((stack, None, None, port)) or get((stack, None, None, None)))
+    else:
+        entry = (get((stack, interface, address, None)) or get((stack, interface, None, None))
+                 or get((stack, None, address, None)) or get((stack, None, None, None)))
     if entry is None:
         return NO_ENTRY, 0.0, False
     if entry.outcome == "success":

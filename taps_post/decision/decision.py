@@ -46,19 +46,21 @@ class RankKey(NamedTuple):
     """
 
     recent_failure: int
-    """1 when this (remote, stack, interface, address) failed within racing.failureMemory
-    and the policy does not require its stack or interface: it ranks after every candidate
-    without such a failure."""
+    """1 when this (remote, stack, interface, address, port) failed within
+    racing.failureMemory and the policy does not require its stack (`stack.NAME: require`):
+    it ranks after every candidate without such a failure."""
     path_prefer: int
     """Negated count of path-level prefer hits (more hits rank first)."""
     path_avoid: int
-    protocol_prefer: int
-    """Negated count of protocol-level prefer hits."""
-    protocol_avoid: int
     service_priority: int
     """The SvcPriority of the SVCB/HTTPS record the candidate's endpoint came from (lower
     first); 65536 for an endpoint no record offered (the A/AAAA fallback), 0 when the
-    target has no such records at all."""
+    target has no such records at all (or for an alias target without ServiceMode records).
+    It comes before the protocol hits: the operator's SvcPriority orders endpoints before
+    protocol preferences (RFC 9460 section 3), while require/prohibit still filter."""
+    protocol_prefer: int
+    """Negated count of protocol-level prefer hits."""
+    protocol_avoid: int
     history: int
     """0 success, 1 no entry, 2 fallback (an MPTCP stack the peer answered as plain TCP),
     3 failure."""
@@ -73,9 +75,9 @@ class RankKey(NamedTuple):
             "recent_failure": bool(self.recent_failure),
             "path_prefer": -self.path_prefer,
             "path_avoid": self.path_avoid,
+            "service_priority": self.service_priority,
             "protocol_prefer": -self.protocol_prefer,
             "protocol_avoid": self.protocol_avoid,
-            "service_priority": self.service_priority,
             "history": ("success", "none", "fallback", "failure")[self.history],
             "rtt_ms": self.rtt_ms if self.history == 0 and self.rtt_ms != float("inf") else None,
             "cost": self.cost,
@@ -272,7 +274,8 @@ class DaneStatus:
     validated: bool
     """DNSSEC-validated by a resolver the system trusts (names.TlsaSet, Rule 4)."""
     usable: int
-    """How many of them are DANE-EE(3) or DANE-TA(2): the usages checked after the
+    """How many of them the first secure candidate's stack can check (`names.usable`, with
+    `leaf_only` for a stack whose `StackInfo.dane` is "leaf"): checked after the
     handshake."""
     reason: str
 

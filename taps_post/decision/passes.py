@@ -10,6 +10,9 @@ SVCB/HTTPS record that arrived) and one of these holds:
 (b) the preferred family's query has answered (positive or negative) and no service query
     (HTTPS/SVCB) is outstanding at t;
 (c) `racing.resolutionDelay` has passed since the first address became known.
+The trigger says which condition started the pass; under (c) it names the queries still
+unanswered then ("resolutionDelay 50 ms after A; HTTPS svc.example not answered"): they are
+what held the pass.
 Rule 2: each condition, once true, stays true as time passes, so pass 1 is
 max(first address, min(a, b, c)). An answer that arrives later can only make (a) or (b)
 true sooner than "never", never later than (c): more answers never delay pass 1 past the
@@ -97,6 +100,11 @@ def first_pass(arrivals: Sequence[Arrival], asked: Collection[tuple[str, str]],
                                              if service else "")
     else:
         trigger = f"resolutionDelay {delay_ms:g} ms after {address_from}"
+        waiting = sorted((q for q in asked if first.get(q, inf) > at),
+                         key=lambda q: (q[1] in SERVICE_TYPES, q[0], q[1]))
+        if waiting:  # what held the pass, so an administrator can dig for it
+            trigger += "; " + ", ".join(f"{rtype} {name}" for name, rtype in waiting) + \
+                " not answered"
     if at > best:  # (a) or (b) held before any address was known: the address decided
         trigger = f"{address_from} answered ({trigger} before)"
     return at, trigger

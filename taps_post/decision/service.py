@@ -19,13 +19,22 @@ target's A/AAAA answers (`env.dns[target]`) when there are any, else the record'
 ipv6hint and ipv4hint. Target "." is the owner; for a port-prefixed owner
 (`_8443._https.example.com`) that is the host below the `_` labels, which holds the
 addresses.
-Rule 5: when records exist the last endpoint is the fallback (RFC 9460 section 3: an
+Rule 5: after an AliasMode chain whose final name has no ServiceMode records (unanswered
+or a negative answer) but has A/AAAA addresses, that name is an endpoint of its own
+(RFC 9460 section 3: "the final value of $QNAME, the authority endpoint's port number, and
+no SvcParams"), which is how an apex alias works: on the URL's port, with every stack, as a
+target without records gets, `service_priority` 0. An AliasMode to "." is no such chain:
+the service does not exist.
+Rule 6: when records exist the last endpoint is the fallback (RFC 9460 section 3: an
 SVCB-optional client falls back to the origin): the origin host's own A/AAAA addresses, also
 after an alias chain (a project decision: the origin is what the user named and what its
 certificate names), on the URL's port, over the stacks that need no ALPN offer (every stack
 but those speaking h3), `service_priority` 65536. A
 negative answer, an unasked query or an alias loop gives the single plain endpoint of
 today, priority 0, every stack.
+Rule 7: a ServiceMode record with port 0 is skipped with its reason: nobody can connect to
+port 0 (the URL parser refuses it too), so such a record (a zone typo, or a hostile one)
+must not send candidates there.
 """
 
 from __future__ import annotations
@@ -54,22 +63,26 @@ class Endpoint:
     """One service endpoint: where and over which stacks candidates may go."""
 
     priority: int
-    """`RankKey.service_priority`: the SvcPriority, FALLBACK_PRIORITY, or 0 (no records)."""
+    """`RankKey.service_priority`: the SvcPriority, FALLBACK_PRIORITY, or 0 (no records, or
+    the alias target of Rule 5)."""
     target: str
     port: int
     stacks: frozenset[str] | None
-    """The stacks this endpoint allows; None: every stack (no records)."""
+    """The stacks this endpoint allows; None: every stack (no records, or Rule 5's alias
+    target)."""
     addresses: tuple[str, ...]
     hinted: frozenset[str] = frozenset()
     """Addresses that came from the record's hints (known when the record arrived)."""
     record: ServiceRecord | None = None
     owners: tuple[str, ...] = ()
     """The owner names whose answers this endpoint needed (the queried one and each alias),
-    for the resolution pass it belongs to."""
+    for the resolution pass it belongs to; empty for the fallback, which needs none."""
     alpn: tuple[str, ...] = ()
     """The effective ALPN set (with HTTPS's default "http/1.1"), for explain."""
     reason: str = ""
     """Why it gives no candidate, when that is already known here (a skipped record)."""
+    alias_target: bool = False
+    """The final name of an AliasMode chain without ServiceMode records (Rule 5)."""
 
 
 @dataclass(slots=True)
@@ -104,27 +117,27 @@ def offers(alpn: Sequence[str], rtype: str, info: StackInfo) -> bool:
 
 
 def _chase(owner: str, svcb: Mapping[str, tuple[ServiceRecord, ...]]
-           ) -> tuple[str, tuple[ServiceRecord, ...] | None, tuple[str, ...], str | None]:
+           ) -> tuple[str, tuple[ServiceRecord, ...] | None, tuple[str, ...], str | None, bool]:
     """(final name, its ServiceMode records or None when unanswered, alias chain, loop
-    warning). An AliasMode to "." gives ()."""
+    warning, ended by an AliasMode to "."). An AliasMode to "." gives () and True."""
     name, seen = owner, {owner}
     chain: list[str] = []
     while True:
         records = svcb.get(name)
         if records is None:
-            return name, None, tuple(chain), None
+            return name, None, tuple(chain), None, False
         alias = next((r for r in records if r.alias), None)
         if alias is None:
-            return name, records, tuple(chain), None
+            return name, records, tuple(chain), None, False
         target = alias.target.lower().rstrip(".") if alias.target != "." else "."
         if target == ".":
-            return name, (), tuple(chain), None
+            return name, (), tuple(chain), None, True
         if target in seen or len(chain) >= ALIAS_LIMIT:
             path = " -> ".join((owner, *chain, target))
             why = "loops" if target in seen else f"is longer than {ALIAS_LIMIT} names"
             return name, None, tuple(chain), (
                 f"SVCB/HTTPS AliasMode chain {path} {why}: its records are ignored and "
-                f"{owner} is treated as having none")
+                f"{owner} is treated as having none"), False
         chain.append(target)
         seen.add(target)
         name = target
@@ -138,18 +151,28 @@ def _host_of(owner: str) -> str:
     return ".".join(labels)
 
 
+def _target_of(record: ServiceRecord, final: str, chain: Sequence[str]) -> str:
+    """The host a ServiceMode record sends candidates to (Rule 4): its TargetName, or for
+    "." the owner (the final alias name, or the host below a port-prefixed owner's `_`
+    labels). The one place this is worked out, for `shape()` and for `target_names()`
+    (what the resolver asks), so the two never look at different names."""
+    if record.target == ".":
+        return final if chain else _host_of(final)
+    return record.target.lower().rstrip(".")
+
+
 def shape(query: tuple[str, str] | None, host: str, port: int,
           svcb: Mapping[str, tuple[ServiceRecord, ...]],
           dns: Mapping[str, Sequence[str]], infos: Sequence[StackInfo]) -> Shaping:
     """The endpoints for a request to `host`:`port` whose service query is `query`
-    (`names.service_query`), over the catalogue's stacks `infos` (Rules 1-5)."""
+    (`names.service_query`), over the catalogue's stacks `infos` (Rules 1-7)."""
     out = Shaping(query)
     plain = Endpoint(0, host, port, None, tuple(dns.get(host, ())))
     if query is None:
         out.endpoints.append(plain)
         return out
     owner, rtype = query
-    final, records, chain, loop = _chase(owner, svcb)
+    final, records, chain, loop, dead = _chase(owner, svcb)
     if loop is not None:
         out.warnings.append(loop)
         out.endpoints.append(plain)
@@ -163,15 +186,16 @@ def shape(query: tuple[str, str] | None, host: str, port: int,
         if record.alias:
             continue
         alpn = effective_alpn(record, rtype)
-        target = (final if chain else _host_of(final)) if record.target == "." else \
-            record.target.lower().rstrip(".")
+        target = _target_of(record, final, chain)
         rport = record.port if record.port is not None else port
         unknown = [k for k in record.mandatory if k.lower() not in UNDERSTOOD]
-        if unknown:
+        skip = (f"skipped: mandatory {', '.join(unknown)} is not understood here "
+                f"(RFC 9460 section 8)" if unknown else
+                "skipped: port 0 is no port, nothing can connect there" if rport == 0 else "")
+        if skip:
             out.endpoints.append(Endpoint(
                 record.priority, target, rport, frozenset(), (), record=record, owners=owners,
-                alpn=alpn, reason=f"skipped: mandatory {', '.join(unknown)} is not understood "
-                                  f"here (RFC 9460 section 8)"))
+                alpn=alpn, reason=skip))
             continue
         found = tuple(dns.get(target, ()))
         hints = (*record.ipv6hint, *record.ipv4hint)
@@ -180,10 +204,14 @@ def shape(query: tuple[str, str] | None, host: str, port: int,
             record.priority, target, rport,
             frozenset(i.name for i in infos if offers(alpn, rtype, i)),
             found or hints, frozenset(hints), record, owners, alpn))
+    if chain and not records and not dead and dns.get(final):
+        # Rule 5: the apex alias; its addresses were asked after the alias (target_names).
+        out.endpoints.append(Endpoint(0, final, port, None, tuple(dns[final]), owners=owners,
+                                      alias_target=True))
     out.endpoints.append(Endpoint(
         FALLBACK_PRIORITY, host, port,
         frozenset(i.name for i in infos if "h3" not in i.alpn),
-        tuple(dns.get(host, ())), owners=owners))
+        tuple(dns.get(host, ()))))
     return out
 
 
@@ -194,11 +222,8 @@ def target_names(query: tuple[str, str] | None, host: str,
     names = [host]
     if query is not None:
         owner = query[0]
-        final, records, chain, loop = _chase(owner, svcb)
+        final, records, chain, loop, _ = _chase(owner, svcb)
         if loop is None:
             names.extend(chain)
-            for r in records or ():
-                if not r.alias:
-                    names.append((final if chain else _host_of(final)) if r.target == "."
-                                 else r.target.lower().rstrip("."))
+            names.extend(_target_of(r, final, chain) for r in records or () if not r.alias)
     return tuple(dict.fromkeys(names))

@@ -14,6 +14,7 @@ Rule 3: facts only. The code that runs a stack is registered next to it by
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -68,6 +69,12 @@ class StackInfo:
     ech: bool = False
     """Can send Encrypted Client Hello; `security.ech: require` refuses every stack that
     cannot (no built-in stack can: neither the stdlib nor aioquic sends ECH)."""
+    dane: Literal["none", "leaf", "chain"] = "none"
+    """How the stack checks a peer against TLSA records (`security.dane`, RFC 7671):
+    "chain" sees the peer's whole certificate chain, "leaf" only its leaf certificate (so a
+    DANE-TA record must carry the anchor certificate itself, `names.usable(leaf_only=True)`),
+    "none" does not check TLSA at all, so `security.dane: require` excludes it: a stack that
+    ignores TLSA must never meet a DANE requirement silently."""
 
     def __post_init__(self) -> None:
         # Checked here, not at registration, so an invalid StackInfo cannot exist at all.
@@ -97,6 +104,9 @@ class StackInfo:
         object.__setattr__(self, "alpn", alpn)
         if not isinstance(self.ech, bool):
             raise ValueError(f"stack {self.name}: ech must be true or false")
+        if self.dane not in ("none", "leaf", "chain"):
+            raise ValueError(f"stack {self.name}: dane must be 'none', 'leaf' or 'chain', "
+                             f"got {self.dane!r}")
 
     @property
     def secure(self) -> bool:
@@ -138,19 +148,24 @@ _RELIABLE = frozenset({"reliability", "preserveOrder", "congestionControl", "kee
 
 _HTTP_TCP = ("h2", "http/1.1")
 
+_TLS_DANE: Literal["leaf", "chain"] = "chain" if sys.version_info >= (3, 13) else "leaf"
+"""The stdlib's TLS shows the peer's chain from Python 3.13 (SSLObject.get_unverified_chain);
+before that only its leaf (stacks/tls.py PEER_CHAIN)."""
+
 _BUILTIN = (
     StackInfo("tcp", "tcp", _ALWAYS | _RELIABLE | {"zeroRttMsg"}, ("tcp",),
               stream_capable=True, order=0),
     StackInfo("tls", "tcp", _ALWAYS | _RELIABLE | {"secure"}, ("https", "tls"),
-              stream_capable=True, order=1, alpn=_HTTP_TCP),
+              stream_capable=True, order=1, alpn=_HTTP_TCP, dane=_TLS_DANE),
     StackInfo("quic", "udp", _ALWAYS | _RELIABLE | {"preserveMsgBoundaries",
                                                     "perMsgReliability", "multistreaming",
                                                     "zeroRttMsg", "secure"},
-              ("https", "quic"), order=2, alpn=("h3",)),
+              ("https", "quic"), order=2, alpn=("h3",), dane="chain"),
     StackInfo("mptcp", "tcp", _ALWAYS | _RELIABLE, ("tcp",), stream_capable=True,
               multipath_capable=True, order=3),
     StackInfo("tls-mptcp", "tcp", _ALWAYS | _RELIABLE | {"secure"}, ("https", "tls"),
-              stream_capable=True, multipath_capable=True, order=4, alpn=_HTTP_TCP),
+              stream_capable=True, multipath_capable=True, order=4, alpn=_HTTP_TCP,
+              dane=_TLS_DANE),
     StackInfo("udp", "udp", _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"}, ("udp",),
               order=5),
 )
