@@ -20,7 +20,8 @@ from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 from cryptography import x509
-from test_dane_tls import pem, x509_of
+from test_dane_tls import pem, run, x509_of
+from test_dane_tls import settings as tls_settings
 
 import taps_post as tp
 from taps_post.certs import Certificate
@@ -42,19 +43,8 @@ NAME = "_443._udp.localhost"
 
 
 def settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = dict(conn_timeout=5.0, attempt_delay=0.05, max_size=16 << 20,
-                                min_tls="1.3", verify_peer=True, session_cache=True, alpn=(),
-                                zero_rtt=False)
-    base.update(kw)
-    return Settings(**base)
-
-
-def run(coro: Any, timeout: float = 15.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
+    """test_dane_tls's settings, with TLS 1.3 (QUIC's only version)."""
+    return tls_settings(**{"min_tls": "1.3", **kw})
 
 
 class Tickets:
