@@ -61,6 +61,10 @@ Scenario file format::
                                          # optional; a subset of the DANE status object
                                          # (mode, name, records, validated, usable, reason),
                                          # or null when there must be none
+    stacks:                              # optional: plug-in stacks registered for the
+      - {like: tls, name: tls-ech, ech: true, order: 9}   # scenario: a built-in's facts
+                                         # (`like`) with the fields given replaced
+                                         # (name, ech, dane, order, alpn, schemes)
     xfail: "why"                         # optional: a known implementation bug (strict xfail,
                                          # so the scenario fails loudly once the bug is fixed)
 
@@ -86,6 +90,8 @@ then checks `decision.to_dict()`, the JSON of docs/explain.md.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -94,11 +100,13 @@ import pytest
 import yaml
 
 import taps_post
+from taps_post.policy import catalog
 
 TABLES = Path(__file__).parent / "tables"
 FILES = sorted(TABLES.glob("*.yaml"))
 
-TOP_KEYS = {"description", "request", "policies", "env", "expect", "xfail"}
+TOP_KEYS = {"description", "request", "policies", "env", "expect", "xfail", "stacks"}
+STACK_KEYS = {"like", "name", "ech", "dane", "order", "alpn", "schemes"}
 REQUEST_KEYS = {"target", "app", "kind"}
 LAYER_KEYS = {"system", "app", "carrier"}
 EXPECT_KEYS = {"outcome", "properties", "candidates", "start_ms", "excluded", "conflicts",
@@ -284,6 +292,10 @@ def _check_shape(scenario: dict[str, Any]) -> None:
     assert not set(policies) - LAYER_KEYS, f"unknown layers {set(policies) - LAYER_KEYS}"
     for layer, docs in policies.items():
         assert isinstance(docs, list), f"policies.{layer} must be a list of policy documents"
+    for stack in scenario.get("stacks") or []:
+        assert isinstance(stack, dict) and {"like", "name"} <= set(stack), \
+            "each stacks item needs like and name"
+        assert not set(stack) - STACK_KEYS, f"unknown stacks keys {set(stack) - STACK_KEYS}"
     expect = scenario.get("expect")
     assert isinstance(expect, dict), "expect is required"
     assert not set(expect) - EXPECT_KEYS, f"unknown expect keys {set(expect) - EXPECT_KEYS}"
@@ -297,16 +309,22 @@ def run(scenario: dict[str, Any], policies: dict[str, Any] | None = None) -> dic
     request = scenario["request"]
     if policies is None:
         policies = scenario.get("policies") or {}
-    decision = taps_post.explain(
-        request["target"],
-        system=policies.get("system") or [],
-        app=policies.get("app") or [],
-        carrier=policies.get("carrier") or [],
-        app_name=request.get("app"),
-        kind=request.get("kind") or "initiate",
-        env=scenario.get("env") or {},
-    )
-    return decision.to_dict()
+    with contextlib.ExitStack() as plugged:
+        for item in scenario.get("stacks") or []:
+            fields = {k: tuple(v) if isinstance(v, list) else v
+                      for k, v in item.items() if k != "like"}
+            plugged.enter_context(catalog.registered(
+                dataclasses.replace(catalog.info(item["like"]), **fields)))
+        decision = taps_post.explain(
+            request["target"],
+            system=policies.get("system") or [],
+            app=policies.get("app") or [],
+            carrier=policies.get("carrier") or [],
+            app_name=request.get("app"),
+            kind=request.get("kind") or "initiate",
+            env=scenario.get("env") or {},
+        )
+        return decision.to_dict()
 
 
 @pytest.mark.parametrize("path", _params())
