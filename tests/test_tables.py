@@ -311,7 +311,7 @@ def run(scenario: dict[str, Any], policies: dict[str, Any] | None = None) -> dic
         policies = scenario.get("policies") or {}
     with contextlib.ExitStack() as plugged:
         for item in scenario.get("stacks") or []:
-            fields = {k: tuple(v) if isinstance(v, list) else v
+            fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                       for k, v in item.items() if k != "like"}
             plugged.enter_context(catalog.registered(
                 dataclasses.replace(catalog.info(item["like"]), **fields)))
