@@ -279,7 +279,8 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                             remote_port=ep.port, detail=f"security.dane require: {problem}"))
                     continue
             ep_stacks.append((info, node))
-        offered.update(ep.stacks if ep.stacks is not None else (i.name for i, _ in stacks))
+        if shaping.records:
+            offered.update(ep.stacks if ep.stacks is not None else (i.name for i, _ in stacks))
         prepared.append((ep, addrs, ep_stacks))
     paths = [(iface, node) for iface in interfaces
              if (node := _judge_path(iface, effective, excluded)) is not None]
@@ -763,9 +764,6 @@ class _HistoryIndex:
     entries: dict[_HistoryKey, CacheEntry] = field(default_factory=dict)
     ported: bool = False
 
-    def __bool__(self) -> bool:
-        return bool(self.entries)
-
 
 def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
     index = _HistoryIndex()
@@ -790,9 +788,10 @@ def _history(index: _HistoryIndex, stack: str, interface: str, address: str, por
     recent when `memory_ms` is on and it is younger than it (no time on either side counts as
     recent); an older one counts as no entry. With the memory off (0) a failure ranks as
     failure, at any age, as before."""
-    if not index:
+    entries = index.entries
+    if not entries:
         return NO_ENTRY, 0.0, False
-    get = index.entries.get
+    get = entries.get
     if index.ported:
         entry = (get((stack, interface, address, port)) or get((stack, interface, address, None))
                  or get((stack, interface, None, port)) or get((stack, interface, None, None))
