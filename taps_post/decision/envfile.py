@@ -63,7 +63,7 @@ from .environment import (
     interface_name_problem,
     shown,
 )
-from .names import ALIAS_LIMIT, Arrival, ServiceRecord, TlsaRecord, TlsaSet
+from .names import ALIAS_LIMIT, Arrival, ServiceRecord, TlsaRecord, TlsaSet, normal
 
 __all__ = ["EnvDocument", "load_environment"]
 
@@ -488,7 +488,7 @@ def _build(data: Any, pos: Positions) -> Environment:
 def dns_name(name: str) -> str:
     """A DNS name as the Environment keys it: lower case, without the final dot
     (`names.service_query` and `names.tlsa_name` build their names the same way)."""
-    return name.lower().rstrip(".") or "."
+    return normal(name) or "."
 
 
 def _owner_problem(name: str, what: str) -> str | None:

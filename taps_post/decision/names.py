@@ -10,6 +10,9 @@ resolver and `decide()` call it, so they can never look at different owner names
 `_scheme.host` for any other scheme, with `_PORT.` in front for a non-default port).
 Rule 3: one function names the TLSA query (`tlsa_name`, RFC 6698 section 3): `_PORT._tcp.host`
 for stacks over TCP, `_PORT._udp.host` over UDP (QUIC).
+Rule 4a: one function spells a DNS name as every layer compares it (`normal`): lower case
+(RFC 4343) without the final dot, so the snapshot loader, the decision, the resolver's cache
+and hosts file, the runtime and the DANE name check can never key one name two ways.
 Rule 4: one function says which TLSA records this library can check (`usable`), and both the
 decision (explain's DANE verdict, `security.dane: require`) and the stacks' check
 (stacks/dane.py) call it, so a dry run never promises a connection the stack refuses.
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALIAS_LIMIT", "Arrival", "ServiceRecord", "TlsaRecord", "TlsaSet", "service_query",
-           "tlsa_name", "usable"]
+__all__ = ["ALIAS_LIMIT", "Arrival", "ServiceRecord", "TlsaRecord", "TlsaSet", "normal",
+           "service_query", "tlsa_name", "usable"]
 
 ALIAS_LIMIT = 8
 """AliasMode records followed before the chain counts as a loop (RFC 9460 section 2.4.2 asks
@@ -96,6 +99,12 @@ class Arrival:
     """The answer said there is no such record (NXDOMAIN or NODATA)."""
 
 
+def normal(name: str) -> str:
+    """`name` lower case, without its final dot(s) (Rule 4a); the root and the empty name are
+    both "" (no host). Nothing here converts to IDNA: a name is compared as written."""
+    return name.lower().rstrip(".")
+
+
 def service_query(scheme: str, host: str, port: int,
                   schemes: tuple[str, ...]) -> tuple[str, str] | None:
     """The (owner name, record type) of the SVCB/HTTPS query for a target, or None when the
@@ -106,7 +115,7 @@ def service_query(scheme: str, host: str, port: int,
     (`_8443._https.host`)."""
     if scheme not in schemes or ":" in host or host.replace(".", "").isdigit():
         return None
-    name = host.lower().rstrip(".")
+    name = normal(host)
     default = DEFAULT_PORTS.get(scheme)
     if scheme in DEFAULT_PORTS:
         return (name if port == default else f"_{port}._https.{name}"), "HTTPS"
@@ -115,7 +124,7 @@ def service_query(scheme: str, host: str, port: int,
 
 def tlsa_name(host: str, port: int, ip_protocol: str) -> str:
     """`_port._tcp.host` or `_port._udp.host` (Rule 3)."""
-    return f"_{port}._{ip_protocol}.{host.lower().rstrip('.')}"
+    return f"_{port}._{ip_protocol}.{normal(host)}"
 
 
 def usable(record: TlsaRecord, *, leaf_only: bool = False) -> bool:

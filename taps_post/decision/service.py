@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..policy.catalog import StackInfo
-from .names import ALIAS_LIMIT, ServiceRecord
+from .names import ALIAS_LIMIT, ServiceRecord, normal
 
 __all__ = ["FALLBACK_PRIORITY", "UNDERSTOOD", "Endpoint", "Shaping", "effective_alpn",
            "offers", "shape", "target_names"]
@@ -129,7 +129,7 @@ def _chase(owner: str, svcb: Mapping[str, tuple[ServiceRecord, ...]]
         alias = next((r for r in records if r.alias), None)
         if alias is None:
             return name, records, tuple(chain), None, False
-        target = alias.target.lower().rstrip(".") if alias.target != "." else "."
+        target = normal(alias.target) if alias.target != "." else "."
         if target == ".":
             return name, (), tuple(chain), None, True
         if target in seen or len(chain) >= ALIAS_LIMIT:
@@ -158,7 +158,7 @@ def _target_of(record: ServiceRecord, final: str, chain: Sequence[str]) -> str:
     (what the resolver asks), so the two never look at different names."""
     if record.target == ".":
         return final if chain else _host_of(final)
-    return record.target.lower().rstrip(".")
+    return normal(record.target)
 
 
 def shape(query: tuple[str, str] | None, host: str, port: int,

@@ -10,6 +10,6 @@ believe it: the AD bit from a server resolv.conf lists, with `options trust-ad` 
 or `$RES_OPTIONS`). A systemd-resolved per-link server is never trusted, and a loopback
 server is not trusted without trust-ad (conf.py Rule 5); a trusted validator's failure for a
 TLSA or HTTPS question is final (client.py Rule 4).
-Rule 4: names compare in one spelling, `names.normal()`: lower case, no final dot.
+Rule 4: names compare in one spelling, `decision.names.normal()`: lower case, no final dot.
 The design is in docs/resolution.md.
 """

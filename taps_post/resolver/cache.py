@@ -2,7 +2,7 @@
 
 Rule 1: sans-I/O. Every call takes `now` (monotonic seconds), so the rules below are tested
 with numbers instead of sleeps, and the client decides which clock to use.
-Rule 2: entries are keyed by (name, rtype), lower case, without the final dot (names.py), not
+Rule 2: entries are keyed by (name, rtype), lower case, without the final dot (`normal`), not
 by the nameserver: the system's nameservers are meant to give one view of the DNS, and an answer
 from the second server is as good as one from the first. Each entry records the nameserver
 that gave it, so `flush(nameservers)` drops what a changed network may have made wrong.
@@ -38,9 +38,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from ..decision.names import ServiceRecord, TlsaRecord
+from ..decision.names import ServiceRecord, TlsaRecord, normal
 from .conf import Nameserver
-from .names import normal
 
 __all__ = ["FAILURES", "MAX_BYTES", "MAX_ENTRIES", "MAX_NEGATIVE_TTL", "MAX_TTL", "MIN_TTL",
            "Answer", "DnsCache", "cache_key", "size"]

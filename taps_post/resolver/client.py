@@ -65,11 +65,10 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes import svcbbase
 
-from ..decision.names import ALIAS_LIMIT, ServiceRecord, TlsaRecord
+from ..decision.names import ALIAS_LIMIT, ServiceRecord, TlsaRecord, normal
 from . import transport
 from .cache import MAX_NEGATIVE_TTL, MAX_TTL, Answer, DnsCache, cache_key
 from .conf import Nameserver, ResolverConfig, system_config
-from .names import normal
 
 __all__ = ["PAYLOAD", "RTYPES", "Answer", "DnsClient", "default_client"]
 

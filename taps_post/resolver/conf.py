@@ -39,8 +39,8 @@ import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..decision.names import normal
 from .hosts import hosts_lookup
-from .names import normal
 
 __all__ = ["MAX_NAMESERVERS", "RESOLVED_STUBS", "Nameserver", "ResolverConfig", "hosts_lookup",
            "parse_link_file", "parse_resolv_conf", "system_config"]

@@ -2,7 +2,7 @@
 
 Rule 1: /etc/hosts (`$TAPS_POST_HOSTS` names another file) is read as glibc's `files` source
 reads it (hosts(5)): an address, then the canonical name and aliases, `#` starts a comment,
-names compare case-insensitively and without a final dot (names.py). Both families are
+names compare case-insensitively and without a final dot (decision.names.normal). Both families are
 returned, in file order, duplicates dropped; an IPv6 zone (`fe80::1%eth0`) is dropped like
 getaddrinfo's answers are in `system.live.addresses_of`, so the two paths give the same
 addresses.
@@ -18,7 +18,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from .names import normal
+from ..decision.names import normal
 
 __all__ = ["hosts_lookup", "parse_hosts"]
 

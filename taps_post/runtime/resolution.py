@@ -72,6 +72,7 @@ from ..decision.names import (
     Arrival,
     ServiceRecord,
     TlsaSet,
+    normal,
     service_query,
     tlsa_name,
 )
@@ -220,10 +221,6 @@ _LEANING = {Pref.REQUIRE: 2, Pref.PREFER: 1, Pref.AVOID: -1, Pref.PROHIBIT: -2}
 """How much a preference leans towards its subject (which family pass 1 waits for)."""
 
 
-def _name(host: str) -> str:
-    return host.lower().rstrip(".")
-
-
 async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
                          client: DnsClient | None = None, hosts: bool = True,
                          nss: bool = True) -> AsyncGenerator[Snapshot, None]:
@@ -232,7 +229,7 @@ async def resolve_passes(wanted: Wanted, *, tracer: Tracer | None = None,
     skips the hosts file (tests); `nss=False` skips Rule 5's getaddrinfo after a negative
     answer (tests: their names must not reach the machine's own resolver)."""
     tr = tracer if tracer is not None and tracer.active else None
-    host = _name(wanted.host)
+    host = normal(wanted.host)
     if hosts:
         from ..resolver.hosts import hosts_lookup
 
@@ -331,8 +328,8 @@ def forget(names: Iterable[str]) -> None:
         return
     asked: dict[str, None] = {}
     for n in names:
-        asked[_name(n)] = None
-        asked.update(dict.fromkeys(search_names(client.config, _name(n))))
+        asked[normal(n)] = None
+        asked.update(dict.fromkeys(search_names(client.config, normal(n))))
     client.forget(tuple(asked))
 
 
@@ -413,7 +410,7 @@ class _Run:
         self.service = service_query(wanted.scheme, host, wanted.port, wanted.svcb_schemes)
 
     def ask(self, name: str, rtype: str) -> None:
-        key = (_name(name), rtype)
+        key = (normal(name), rtype)
         if key in self.asked:
             return
         self.asked.add(key)
@@ -454,7 +451,7 @@ class _Run:
                 if record.port is not None:
                     self.ask_tlsa(record.port)  # by priority: the first TLSA_PORTS (Rule 2)
             for record in answer.services:
-                target = name if record.target in (".", "") else _name(record.target)
+                target = name if record.target in (".", "") else normal(record.target)
                 if target == self.host or self.followed >= ALIAS_LIMIT:
                     continue
                 if record.alias:

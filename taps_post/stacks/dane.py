@@ -53,7 +53,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from ..decision.names import TlsaRecord, TlsaSet, usable
+from ..decision.names import TlsaRecord, TlsaSet, normal, usable
 from ..errors import DaneError
 
 __all__ = ["DANE_EE", "DANE_TA", "MODES", "anchors", "check", "decides", "defers_pkix",
@@ -322,7 +322,7 @@ def _names(cert: Any, host: str) -> bool:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    host = host.lower().rstrip(".")
+    host = normal(host)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -337,7 +337,7 @@ def _names(cert: Any, host: str) -> bool:
     if not dns:
         dns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     for pattern in dns:
-        pattern = pattern.lower().rstrip(".")
+        pattern = normal(pattern)
         if pattern == host:
             return True
         if (pattern.startswith("*.") and "." in host and pattern.count(".") >= 2
