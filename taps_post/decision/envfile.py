@@ -491,6 +491,19 @@ def dns_name(name: str) -> str:
     return normal(name) or "."
 
 
+def _new_key(seen: Mapping[str, Any], name: str, what: str, where: tuple[Any, ...],
+             pos: Positions, problems: list[Diagnostic]) -> str | None:
+    """`name` as the Environment keys it (`dns_name`), or None after reporting it as a
+    duplicate of a name already in `seen` (Rule 4: a dict lookup, not a scan)."""
+    key = dns_name(name)
+    if key in seen:
+        problems.append(pos.diagnostic(
+            where, f"duplicate {what} {shown(name)}: names are case-insensitive and the final "
+                   "dot does not count", key=True))
+        return None
+    return key
+
+
 def _owner_problem(name: str, what: str) -> str | None:
     """Why `name` cannot own records of kind `what`, or None: a host name (`_port._scheme`
     labels included), never an IP address, which is not resolved."""
@@ -511,11 +524,8 @@ def _services(doc: EnvDocument, pos: Positions,
         if (why := _owner_problem(owner, "svcb")) is not None:
             problems.append(pos.diagnostic(where, why, key=True))
             continue
-        key = dns_name(owner)
-        if key in out:
-            problems.append(pos.diagnostic(
-                where, f"duplicate svcb owner {shown(owner)}: names are case-insensitive and "
-                       "the final dot does not count", key=True))
+        key = _new_key(out, owner, "svcb owner", where, pos, problems)
+        if key is None:
             continue
         records: list[ServiceRecord] = []
         aliases = 0
@@ -608,11 +618,8 @@ def _tlsa(doc: EnvDocument, pos: Positions, problems: list[Diagnostic]) -> dict[
         if why is not None:
             problems.append(pos.diagnostic(where, why, key=True))
             continue
-        key = dns_name(name)
-        if key in out:
-            problems.append(pos.diagnostic(
-                where, f"duplicate tlsa name {shown(name)}: names are case-insensitive and "
-                       "the final dot does not count", key=True))
+        key = _new_key(out, name, "tlsa name", where, pos, problems)
+        if key is None:
             continue
         records: list[TlsaRecord] = []
         for j, item in enumerate(entry.records):
