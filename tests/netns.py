@@ -129,6 +129,14 @@ ECHO_LISTENER = SERVE_CARRIERS + r'''
 import asyncio, json, sys
 import taps_post as tp
 
+args = sys.argv[1:]
+CERT = None
+if "--certificate" in args:
+    i = args.index("--certificate")
+    CERT = tp.certs.Certificate.from_files(args[i + 1], args[i + 2])
+    del args[i:i + 3]
+PORTS = [int(p) for p in args]
+
 async def echo(carrier):
     try:
         async for msg in carrier:
@@ -139,18 +147,22 @@ async def echo(carrier):
         await carrier.close()
 
 async def main():
-    listener = await tp.listen(tp.Local(port=int(sys.argv[1])),
-                               policy=tp.PolicyContext(system=[], app_name="srv"))
-    serve_carriers(listener, echo)
-    print(json.dumps({"ports": listener.ports}), flush=True)
+    policy = tp.PolicyContext(system=[], app_name="srv")
+    local = {"certificates": [CERT]} if CERT is not None else {}
+    listeners = [await tp.listen(tp.Local(port=p, **local), policy=policy) for p in PORTS]
+    for listener in listeners:
+        serve_carriers(listener, echo)
+    print(json.dumps({"ports": listeners[0].ports}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-    await listener.close()
+    for listener in listeners:
+        await listener.close()
 
 asyncio.run(main())
 '''
-"""A whole namespace script: a taps_post Listener (default policy) on port `argv[1]` that
-answers each message with `echo:` + the message; prints `{"ports": ...}` once it accepts,
-stops at stdin's EOF (NsProcess.close())."""
+"""A whole namespace script: taps_post Listeners (default policy) on the ports `argv[1:]`
+(`--certificate CERT KEY` anywhere among them: with that identity, so the secure stacks are
+served too) that answer each message with `echo:` + the message; prints the first
+listener's `{"ports": ...}` once all accept, stops at stdin's EOF (NsProcess.close())."""
 
 
 class UnexpectedReply(AssertionError):

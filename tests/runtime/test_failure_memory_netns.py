@@ -37,47 +37,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import taps_post as tp
-from netns import A1, B1_V4, B1_V6, B2_V4, B2_V6, COMMAND_LOOP, NsProcess, Topology, topology
+from netns import (
+    A1,
+    B1_V4,
+    B1_V6,
+    B2_V4,
+    B2_V6,
+    COMMAND_LOOP,
+    ECHO_LISTENER,
+    NsProcess,
+    Topology,
+    topology,
+)
 
 PORT = 5443
 DELAY = 300
 """racing.attemptDelay (ms)."""
 MEMORY = 2000
 """racing.failureMemory (ms) of the commands that do not set their own."""
-
-SERVER = r"""
-import asyncio, json, sys
-import taps_post as tp
-
-PORT, CERT, KEY = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-
-async def serve(carrier):
-    try:
-        async for msg in carrier:
-            await carrier.send(b"echo:" + bytes(msg))
-    except tp.ConnectionClosedError:
-        pass
-    finally:
-        await carrier.close()
-
-async def main():
-    cert = tp.certs.Certificate.from_files(CERT, KEY)
-    policy = tp.PolicyContext(system=[], app_name="srv")
-    listener = await tp.listen(tp.Local(port=PORT, certificates=[cert]), policy=policy)
-    tasks = set()
-
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    listener.accept(accept)
-    print(json.dumps({"ports": listener.ports}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-    await listener.close()
-
-asyncio.run(main())
-"""
 
 CLIENT = COMMAND_LOOP + r"""
 import dataclasses, time
@@ -172,7 +149,8 @@ def scene() -> Iterator[Scene]:
         cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
         cert_path.write_text(cert.cert_pem)
         key_path.write_text(cert.key_pem)
-        server = topo.spawn(topo.b, SERVER, str(PORT), str(cert_path), str(key_path))
+        server = topo.spawn(topo.b, ECHO_LISTENER, str(PORT), "--certificate",
+                            str(cert_path), str(key_path))
         ports = server.read_json(10)["ports"]
         assert ports.get("quic") == PORT and ports.get("tls") == PORT, ports
         client = topo.spawn(topo.a, CLIENT, str(cert_path))

@@ -35,46 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import taps_post as tp
 from dnslab import Zone, lab, tlsa_record
-from netns import B1_V4, B1_V6, B2_V4, NsProcess, Topology, topology
+from netns import B1_V4, B1_V6, B2_V4, ECHO_LISTENER, NsProcess, Topology, topology
 
 PORT, QPORT = 443, 6443
 """PORT is the https default: the HTTPS records live at the names themselves (RFC 9460 9.1)."""
 AAAA_DELAY = 0.4
-
-SERVER = r"""
-import asyncio, json, sys
-import taps_post as tp
-
-CERT, KEY, PORTS = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
-
-async def serve(carrier):
-    try:
-        async for msg in carrier:
-            await carrier.send(b"echo:" + bytes(msg))
-    finally:
-        await carrier.close()
-
-async def main():
-    cert = tp.certs.Certificate.from_files(CERT, KEY)
-    policy = tp.PolicyContext(system=[], app_name="srv")
-    listeners = [await tp.listen(tp.Local(port=p, certificates=[cert]), policy=policy)
-                 for p in PORTS]
-    tasks = set()
-
-    def accept(carrier):
-        task = asyncio.ensure_future(serve(carrier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    for listener in listeners:
-        listener.accept(accept)
-    print(json.dumps({"ports": [l.ports for l in listeners]}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-    for listener in listeners:
-        await listener.close()
-
-asyncio.run(main())
-"""
 
 CLIENT = r"""
 import asyncio, json, os, sys, time
@@ -187,8 +152,8 @@ def scene() -> Iterator[Scene]:
         cert_path, key_path = topo.tmp / "cert.pem", topo.tmp / "key.pem"
         cert_path.write_text(cert.cert_pem)
         key_path.write_text(cert.key_pem)
-        server = topo.spawn(topo.b, SERVER, str(cert_path), str(key_path), str(PORT),
-                            str(QPORT))
+        server = topo.spawn(topo.b, ECHO_LISTENER, "--certificate", str(cert_path),
+                            str(key_path), str(PORT), str(QPORT))
         server.read_json(10)
         client = topo.spawn(topo.a, CLIENT, str(cert_path))
         yield Scene(topo, dns, z, client)
