@@ -48,6 +48,7 @@ RANKS: dict[str, int] = {
     "taps_post.core": 4,
     "taps_post.system": 4,
     "taps_post.resolver": 4,
+    "taps_post.ice": 4,
     "taps_post.stacks": 5,
     "taps_post.runtime": 6,
     "taps_post.cli": 7,

@@ -680,6 +680,8 @@ def _judge_path(iface: Interface, effective: Effectives,
 def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Request,
                  effective: Effectives, excluded: list[Exclusion]) -> _Node | None:
     stack = info.name
+    if info.rendezvous != (request.scheme == "rendezvous"):
+        return None  # a rendezvous stack serves rendezvous Remotes only, and only it does
     if allowed is not None and stack not in allowed:
         excluded.append(Exclusion(None, stack, None, None, "scheme",
                                   detail=f"{request.scheme}:// allows {', '.join(allowed)}"))

@@ -21,8 +21,8 @@ from .environment import Interface
 from .request import Request
 
 __all__ = ["CONNECTING_KINDS", "AttemptDelay", "Candidate", "DaneStatus", "Decision",
-           "Exclusion", "RankKey", "ResolutionPass", "ServiceEndpoint", "SubflowPlan",
-           "opens_subflows"]
+           "Exclusion", "IceCandidate", "IcePair", "RankKey", "RendezvousReport",
+           "ResolutionPass", "ServiceEndpoint", "SubflowPlan", "opens_subflows"]
 
 CONNECTING_KINDS = frozenset({"initiate", "source"})
 """Request kinds whose end opens its own connection; the other kinds accept the peer's."""
@@ -285,6 +285,84 @@ class DaneStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class IceCandidate:
+    """One ICE candidate (RFC 8445 section 5.1), ours or the peer's, as explain shows it."""
+
+    kind: str
+    """host, srflx (server-reflexive: our address as the NAT maps it), prflx or relay."""
+    address: str
+    port: int
+    priority: int
+    interface: str | None = None
+    """Ours only: the interface a host candidate's socket is held to (None for the peer's,
+    and for srflx/relay, which are found through a host candidate: `base`)."""
+    base: str | None = None
+    """For srflx and relay: the host address:port it was found through (ours), or the
+    related address the peer announced (the peer's; None when it hid it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "address": self.address, "port": self.port,
+                "priority": self.priority, "interface": self.interface, "base": self.base}
+
+
+@dataclass(frozen=True, slots=True)
+class IcePair:
+    """One candidate pair the connectivity checks judged (RFC 8445 section 6.1.2)."""
+
+    local: IceCandidate
+    remote: IceCandidate
+    state: str
+    """succeeded, failed, in-progress, waiting or frozen, as the checks left it."""
+    nominated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"local": self.local.to_dict(), "remote": self.remote.to_dict(),
+                "state": self.state, "nominated": self.nominated}
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousReport:
+    """What a rendezvous carrier's ICE did (docs/rendezvous.md): what each side gathered,
+    what policy dropped, which pairs were checked and which one won. The dry run has none
+    (nothing is gathered without sockets); an activated rendezvous carrier's explanation is
+    its Decision with this report attached (`dataclasses.replace(decision, rendezvous=...)`).
+    Never holds a credential: TURN servers appear as host:port only."""
+
+    peer: str
+    """The peer's identity."""
+    role: str
+    """controlling (this end nominates and opens the QUIC connection) or controlled."""
+    local: tuple[IceCandidate, ...]
+    remote: tuple[IceCandidate, ...]
+    pairs: tuple[IcePair, ...]
+    """Judged pairs, best first; the nominated one is the path (`selected`)."""
+    dropped: tuple[str, ...] = ()
+    """Candidates policy kept out, each with why (a relay under `rendezvous.relay:
+    prohibit`, the peer's candidate on an address family the policy prohibits)."""
+    stun: tuple[str, ...] = ()
+    turn: tuple[str, ...] = ()
+    """The servers used, host:port only (their credentials are never shown)."""
+    peer_fingerprint: str | None = None
+    """The SHA-256 fingerprint the peer's offer announced and its certificate matched."""
+    elapsed_ms: float | None = None
+    """From activation to the path being nominated."""
+
+    @property
+    def selected(self) -> IcePair | None:
+        return next((p for p in self.pairs if p.nominated), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        sel = self.selected
+        return {"peer": self.peer, "role": self.role,
+                "local": [c.to_dict() for c in self.local],
+                "remote": [c.to_dict() for c in self.remote],
+                "pairs": [p.to_dict() for p in self.pairs],
+                "selected": None if sel is None else sel.to_dict(),
+                "dropped": list(self.dropped), "stun": list(self.stun), "turn": list(self.turn),
+                "peer_fingerprint": self.peer_fingerprint, "elapsed_ms": self.elapsed_ms}
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The full, explainable result of one `decide()` call: the runtime races its candidates,
     and `explain` prints it, so what was tried and why are one object."""
@@ -319,6 +397,9 @@ class Decision:
     """The SVCB/HTTPS service endpoints the target offered, by priority (empty: none)."""
     dane: DaneStatus | None = None
     """DANE's verdict for the secure candidates (None: no secure candidate)."""
+    rendezvous: RendezvousReport | None = None
+    """A rendezvous carrier's ICE outcome, attached by the runtime once the path is found
+    (None in a dry run and for every other target)."""
 
     def __post_init__(self) -> None:
         # A copy, so no other Decision (nor the resolver's memo) shares this mapping; and the

@@ -75,6 +75,11 @@ class StackInfo:
     DANE-TA record must carry the anchor certificate itself, `names.usable(leaf_only=True)`),
     "none" does not check TLSA at all, so `security.dane: require` excludes it: a stack that
     ignores TLSA must never meet a DANE requirement silently."""
+    rendezvous: bool = False
+    """Runs over a path the runtime establishes between two peers (an ICE pair,
+    `AttemptSpec.path`), never over a socket of its own: a candidate only for a rendezvous
+    Remote (the `rendezvous` scheme, which only such stacks serve), never for any other
+    target, the bare host:port form included (docs/rendezvous.md)."""
 
     def __post_init__(self) -> None:
         # Checked here, not at registration, so an invalid StackInfo cannot exist at all.
@@ -104,6 +109,14 @@ class StackInfo:
         object.__setattr__(self, "alpn", alpn)
         if not isinstance(self.ech, bool):
             raise ValueError(f"stack {self.name}: ech must be true or false")
+        if not isinstance(self.rendezvous, bool):
+            raise ValueError(f"stack {self.name}: rendezvous must be true or false")
+        if self.rendezvous and self.schemes != ("rendezvous",):
+            raise ValueError(f"stack {self.name}: a rendezvous stack serves the rendezvous "
+                             "scheme and no other")
+        if "rendezvous" in self.schemes and not self.rendezvous:
+            raise ValueError(f"stack {self.name}: only a rendezvous stack serves the "
+                             "rendezvous scheme")
         if self.dane not in ("none", "leaf", "chain"):
             raise ValueError(f"stack {self.name}: dane must be 'none', 'leaf' or 'chain', "
                              f"got {self.dane!r}")
@@ -126,7 +139,7 @@ class _Table:
 
 # The built-in schemes keep this order in messages and schemas; schemes a plug-in brings
 # follow, in the order their first stack sorts.
-_SCHEME_ORDER = ("https", "tls", "tcp", "udp", "quic")
+_SCHEME_ORDER = ("https", "tls", "tcp", "udp", "quic", "rendezvous")
 
 
 def _table(by_name: Mapping[str, StackInfo], version: int) -> _Table:
@@ -168,6 +181,12 @@ _BUILTIN = (
               dane=_TLS_DANE),
     StackInfo("udp", "udp", _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"}, ("udp",),
               order=5),
+    # QUIC between two peers over an ICE path (stacks/quic/peer.py, docs/rendezvous.md):
+    # authenticated by the certificate fingerprints the peers exchanged, never by a CA.
+    StackInfo("quic-ice", "udp", _ALWAYS | _RELIABLE | {"preserveMsgBoundaries",
+                                                        "perMsgReliability", "multistreaming",
+                                                        "secure"},
+              ("rendezvous",), order=6, rendezvous=True),
 )
 
 _lock = threading.Lock()

@@ -77,7 +77,8 @@ Direction = Literal["smaller", "larger", "true", "false", "none"]
 
 INTERFACE_TYPES: tuple[str, ...] = ("loopback", "ethernet", "wifi", "cellular", "vpn", "other")
 KINDS: tuple[str, ...] = ("initiate", "listen", "source", "sink", "respond")
-DEFAULT_PORTS: dict[str, int] = {"https": 443, "quic": 443}
+DEFAULT_PORTS: dict[str, int] = {"https": 443, "quic": 443, "rendezvous": 0}
+"""A rendezvous target (`rendezvous://IDENTITY`) names a peer, not a port: 0."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,12 @@ with no addresses: nothing downstream has to tell "resolved to nothing" from "no
 Rule 4: an endpoint's repr and `describe()` name its certificates (ours, pinned and trusted
 ones) by fingerprint only, never their PEM text or key, so a Local holding our private key can
 be logged or named in an exception message (docs/architecture.md, "Errors and certificates").
+Rule 6: a rendezvous Remote (`Remote.rendezvous`, draft 3.1.3) names a peer by identity
+(`host`, a DNS-like name; scheme `rendezvous`, port 0) and how to meet it (`via`: the
+rendezvous point's Remote, or an application's own `Signalling`); it has no addresses to
+resolve, the ICE path is found when it is activated (runtime/rendezvous.py). The peer's
+`certificates`, when given, are pins learned out of band: then not even the rendezvous
+point can put another peer in its place.
 Rule 5: an endpoint is checked when it is made, however it is made (`parse`, `ip`, the
 constructor, `replace`): a host is an IP address or a DNS name (`host_name_problem`: no empty
 or over-long labels, no `256.256.256.256`), a port is 0-65535, an interface name is one Linux
@@ -27,13 +33,17 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..certs import Certificate
 from ..decision.environment import host_name_problem, interface_name_problem, shown
 from ..decision.request import Request, parse_target
 from ..errors import ArgumentError, Diagnostic, InputError
 
-__all__ = ["Local", "Remote", "has_identity", "hostport"]
+if TYPE_CHECKING:
+    from .signalling import Signalling
+
+__all__ = ["Local", "Remote", "has_identity", "hostport", "identity_problem"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -65,9 +75,14 @@ class Local:
     """CA certificates, or pinned client certificates, a Listener on this Local verifies
     clients against when policy `security.clientAuth` is request or require (draft 2.5:
     "certificates ... to identify this endpoint", and the peers it accepts)."""
+    identity: str | None = None
+    """Our name at a rendezvous point (a DNS-like name): the peer's rendezvous Remote names
+    us by it. The rendezvous point accepts it only from a client certificate naming it."""
 
     def __post_init__(self) -> None:
         _check_port("Local", self.port)
+        if self.identity is not None and (why := identity_problem(self.identity)):
+            raise ArgumentError(f"Local.identity: {why}")
         if self.address is not None:
             _check_address("Local.address", self.address)
         if self.interface is not None and (why := interface_name_problem(self.interface)):
@@ -92,7 +107,7 @@ class Local:
     def __repr__(self) -> str:
         return (f"Local(interface={self.interface!r}, address={self.address!r}, "
                 f"port={self.port}, certificates={_certs(self.certificates)}, "
-                f"trusted={_certs(self.trusted)})")
+                f"trusted={_certs(self.trusted)}, identity={self.identity!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +121,21 @@ class Remote:
     """None until resolved; IP-literal hosts resolve to themselves."""
     certificates: Sequence[Certificate] = field(default=())
     """Pinned peer certificates: the peer must present one of these."""
+    via: Remote | Signalling | None = field(default=None, compare=False)
+    """A rendezvous Remote's meeting place (Rule 6): the rendezvous point, or the
+    application's own signalling channel. None for every other Remote."""
 
     def __post_init__(self) -> None:
+        if self.scheme == "rendezvous" or self.via is not None:
+            if self.scheme != "rendezvous" or self.via is None or self.port != 0 or \
+                    self.addresses is not None:
+                raise ArgumentError("a rendezvous Remote has scheme 'rendezvous', port 0, no "
+                                    "addresses and a `via`: make it with Remote.rendezvous()")
+            if (why := identity_problem(self.host)) is not None:
+                raise ArgumentError(f"Remote.rendezvous identity: {why}")
+            if isinstance(self.via, Remote) and self.via.scheme == "rendezvous":
+                raise ArgumentError("Remote.rendezvous via: the rendezvous point is reached "
+                                    "over TLS, not through another rendezvous")
         if (why := host_name_problem(self.host)) is not None:
             raise ArgumentError(f"Remote host: {why}")
         _check_port("Remote", self.port)
@@ -121,8 +149,30 @@ class Remote:
             object.__setattr__(self, "addresses", addresses)
 
     def __repr__(self) -> str:
+        via = "" if self.via is None else f", via={self.via!r}"
         return (f"Remote(host={self.host!r}, port={self.port}, scheme={self.scheme!r}, "
-                f"addresses={self.addresses!r}, certificates={_certs(self.certificates)})")
+                f"addresses={self.addresses!r}, certificates={_certs(self.certificates)}{via})")
+
+    @classmethod
+    def rendezvous(cls, identity: str, *, via: str | Remote | Signalling,
+                   certificates: Sequence[Certificate] = ()) -> Remote:
+        """The peer named `identity`, met through `via` (draft 3.1.3, Rule 6): both peers
+        call `initiate()` at about the same time, each with a Local carrying its own
+        `identity` and certificate, and each gets a Carrier to the other.
+
+        `via` is the rendezvous point (a `tls://host:port` target or a Remote, with its
+        pinned certificate where it has no CA-signed one), or an object implementing
+        `taps_post.Signalling` that carries the offers over the application's own channel.
+        `certificates` pin the peer's certificate, learned out of band (optional: without
+        them the peer is authenticated by the fingerprint its offer carries)."""
+        if isinstance(via, str):
+            via = cls.parse(via)
+        return cls(identity.lower() if isinstance(identity, str) else identity, 0,
+                   "rendezvous", None, tuple(certificates), via)
+
+    @property
+    def is_rendezvous(self) -> bool:
+        return self.scheme == "rendezvous"
 
     @classmethod
     def parse(cls, target: str, *, certificates: Sequence[Certificate] = ()) -> Remote:
@@ -139,6 +189,8 @@ class Remote:
 
     @property
     def target(self) -> str:
+        if self.scheme == "rendezvous":
+            return f"rendezvous://{self.host}"
         if self.scheme == "hostport":
             return self.hostport
         return f"{self.scheme}://{self.hostport}"
@@ -169,6 +221,8 @@ class Remote:
         address (Rule 3)."""
         if self.addresses:
             return self
+        if self.is_rendezvous:
+            raise ArgumentError(f"{self.target} is met through its rendezvous, not resolved")
         try:
             ipaddress.ip_address(self.host)
         except ValueError:
@@ -205,6 +259,20 @@ def _check_address(what: str, address: object) -> None:
         ipaddress.ip_address(address)
     except ValueError:
         raise ArgumentError(f"{what}: {shown(address)} is not an IP address") from None
+
+
+def identity_problem(identity: object) -> str | None:
+    """Why `identity` cannot name a rendezvous peer (None: it can): a DNS-like name, so
+    it can be matched by policy `host:` rules and stand in a certificate's name."""
+    if not isinstance(identity, str):
+        return f"an identity is a string, not {type(identity).__name__}"
+    if not identity or any(c.isspace() for c in identity):
+        return f"{shown(identity)} is not an identity (a DNS-like name)"
+    try:
+        ipaddress.ip_address(identity)
+    except ValueError:
+        return host_name_problem(identity)
+    return f"{shown(identity)} is an IP address, not an identity"
 
 
 def has_identity(local: Local | None) -> bool:

@@ -35,6 +35,7 @@ _BUILTIN: dict[str, tuple[str, str, dict[str, bool]]] = {
     "tls-mptcp": ("taps_post.stacks.tcp", "StreamStack", {"secure": True, "mptcp": True}),
     "quic": ("taps_post.stacks.quic", "QuicStack", {}),
     "udp": ("taps_post.stacks.udp", "UdpStack", {}),
+    "quic-ice": ("taps_post.stacks.quic.peer", "PeerQuicStack", {}),
 }
 """Built-in implementations by name: module, class, constructor switches (loaded lazily)."""
 

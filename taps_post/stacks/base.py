@@ -14,6 +14,13 @@ the attempt fails with `InterfaceNotEnforcedError` before anything is sent. An i
 policy excluded stays excluded only if no socket can route around the exclusion.
 Rule 4: no UDP socket sets SO_REUSEADDR (another user could bind its port and receive its
 datagrams); port sharing on UDP is SO_REUSEPORT, which Linux grants to the same user only.
+Rule 5: a stack whose StackInfo says `rendezvous` opens no socket of its own: the runtime
+establishes a `DatagramPath` first (an ICE pair between two peers, docs/rendezvous.md) and
+hands it over in `AttemptSpec.path` (this end opens the connection) or `ListenSpec.path` (the
+peer opens it, once, over that path). `peer_fingerprints` are then the SHA-256 fingerprints
+the peer's certificate must have (exchanged through the rendezvous point): the stack refuses
+any other peer before a byte of the application is sent or delivered. The stack owns the
+path from the moment it is handed over and closes it when its connection ends.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from ..decision.names import TlsaSet
 from ..system import routes
 from .transient import Transient
 
-__all__ = ["AttemptSpec", "DscpMarker", "InterfaceNotEnforcedError", "ListenSpec", "Listening",
+__all__ = ["AttemptSpec", "DatagramPath", "DscpMarker", "InterfaceNotEnforcedError",
+           "ListenSpec", "Listening",
            "SessionState", "Stack", "bind_server", "bind_to_device",
            "connected_datagram_socket", "family_of", "tos_option"]
 
@@ -52,6 +60,31 @@ class SessionState(Protocol):
         ...
 
     def add_ticket(self, stack: str, ticket: Any) -> None: ...
+
+
+class DatagramPath(Protocol):
+    """A datagram path someone else established (Rule 5): an ICE candidate pair, or in
+    tests and benches a connected UDP socket (`SocketPath`). Datagrams are sent best effort,
+    never blocking; what arrives goes to the one receiver set with `receive`."""
+
+    local: tuple[str, int]
+    """Our end of the path (for a relayed pair: the relay's address allocated to us)."""
+    remote: tuple[str, int]
+    """The peer's end as we send to it."""
+    interface: str | None
+    """The interface the path's socket is held to (None: not known)."""
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram; a path that is closed drops it."""
+        ...
+
+    def receive(self, callback: Callable[[bytes], None] | None) -> None:
+        """Deliver every datagram that arrives from now on to `callback` (None: drop them)."""
+        ...
+
+    def close(self) -> None:
+        """Release the path's sockets and relay allocations (idempotent)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +110,12 @@ class AttemptSpec:
     """The TLSA records of this candidate's `_port._proto.host` (None: not asked, or
     security.dane off). A secure stack checks the peer's certificate against them after the
     handshake as `settings.dane` says (stacks/dane.py); only a `validated` set counts."""
+    path: DatagramPath | None = None
+    """For a `rendezvous` stack (Rule 5): the established path to run over, instead of a
+    socket of its own to `candidate`."""
+    peer_fingerprints: frozenset[str] = frozenset()
+    """For a `rendezvous` stack (Rule 5): the peer's certificate must have one of these
+    SHA-256 fingerprints (hex with colons, as `Certificate.fingerprint`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +131,14 @@ class ListenSpec:
     trusted: Sequence[Certificate] = ()
     """Under settings.client_auth request/require: the CAs or pinned (self-signed) client
     certificates a client certificate must verify against (and, for pins, match)."""
+    path: DatagramPath | None = None
+    """For a `rendezvous` stack (Rule 5): accept the one connection the peer opens over this
+    path (`address`/`port` then only describe it); `on_transient` gets its first stream
+    once the handshake completed and the peer's certificate matched, and every later
+    stream the peer opens (its forks)."""
+    peer_fingerprints: frozenset[str] = frozenset()
+    """For a `rendezvous` stack (Rule 5): the client's certificate must have one of these
+    SHA-256 fingerprints; it must present one."""
 
 
 class Listening(Protocol):
