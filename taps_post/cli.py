@@ -11,6 +11,11 @@ Rule 4: the target is checked here before anything is decided (`_checked_target`
 and that its host is an IP address or a DNS name, so `a..b` or a name holding an escape
 sequence is an exit-2 line, never an explanation that prints it raw. Whatever argv held
 (a file name that is not UTF-8) is printed escaped, never a UnicodeEncodeError.
+Rule 5: `rendezvous serve` runs the rendezvous point (runtime/rendezvous_point.py) until
+SIGTERM or SIGINT, then closes it and exits 0. Everything it is given is checked before it
+listens (the address, each file screened as Rule 3, the certificate and key, every trusted
+PEM, the bounds): a problem is an exit-2 line naming the option or file. Once it listens it
+prints `listening on HOST:PORT` (the bound port, when 0 was asked) on stdout, flushed.
 """
 
 from __future__ import annotations
@@ -79,6 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     sch = psub.add_parser("schema", help="print a JSON Schema")
     sch.add_argument("name", choices=["policy", "env", "explain"])
 
+    rv = sub.add_parser("rendezvous", help="the rendezvous point peers meet through "
+                                           "(docs/rendezvous.md)")
+    rsub = rv.add_subparsers(dest="rendezvous_command", required=True, parser_class=_Parser)
+    serve = rsub.add_parser("serve", help="relay offers between peers that authenticate by "
+                                          "client certificate")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT",
+                       help="IP address and TCP port (0: any free one), e.g. 0.0.0.0:7443, "
+                            "[::]:7443")
+    serve.add_argument("--certificate", required=True, nargs=2, metavar=("CERT", "KEY"),
+                       help="the point's certificate and private key (PEM files)")
+    serve.add_argument("--trust", required=True, action="append", metavar="PEM",
+                       help="CA or client certificate(s) clients are verified against "
+                            "(repeatable)")
+    serve.add_argument("--queue", type=int, default=8, metavar="N",
+                       help="offers held per identity; the oldest is dropped (default 8)")
+    serve.add_argument("--ttl", type=float, default=60.0, metavar="S",
+                       help="seconds an offer may be delivered (default 60)")
+    serve.add_argument("--max-identities", type=int, default=4096, metavar="N",
+                       help="identities with offers held at once (default 4096)")
+    serve.add_argument("--max-waits", type=int, default=4, metavar="N",
+                       help="waits at once per client certificate (default 4)")
+    sgroup = serve.add_mutually_exclusive_group()
+    sgroup.add_argument("--system", action="append", metavar="PATH",
+                        help="system policy file or directory (repeatable); replaces the "
+                             "discovered system layer")
+    sgroup.add_argument("--no-system", action="store_true",
+                        help="use no system policy at all")
+    serve.add_argument("--verbose", "-v", action="store_true",
+                       help="log every offer relayed (identities and sizes only) on stderr")
+
     ifs = sub.add_parser("interfaces", help="what interface discovery sees, classified")
     ifs.add_argument("--system", action="append", metavar="PATH",
                      help="apply this system policy's interface facts")
@@ -135,6 +170,8 @@ def _checked_target(target: str) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "interfaces":
         return _interfaces(args)
+    if args.command == "rendezvous":
+        return _rendezvous_serve(args)
     cmd = args.policy_command
     if cmd == "schema":
         from .schemas import schema_text
@@ -244,6 +281,143 @@ def _interfaces(args: argparse.Namespace) -> int:
     from .system.mptcp import path_manager
 
     print(f"{'(mptcp)':<12} path manager {path_manager()}")
+    return EXIT_OK
+
+
+_PEM_MAX = 1 << 20
+"""The largest certificate or key file `rendezvous serve` reads (bytes)."""
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """Rule 5: `HOST:PORT` with HOST an IP address (`[v6]` bracketed or bare), or exit 2."""
+    import ipaddress
+
+    from .decision.environment import shown
+    from .errors import InputError
+
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+            raise ValueError("no port")
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError([Diagnostic("--listen", f"{shown(text, 80)} is not HOST:PORT (an IP "
+                                                 "address and a port 0-65535)")]) from None
+    return host, int(port)
+
+
+def _pem_text(path: str, what: str) -> str:
+    """Rule 3 and 5: a regular file of at most _PEM_MAX bytes, as text, or exit 2."""
+    import os
+    import stat
+
+    from .decision.environment import shown
+    from .errors import InputError
+
+    name = shown(path, 200)
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "cannot be read"
+        raise InputError([Diagnostic(name, f"{what}: {why}")]) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError([Diagnostic(name, f"{what}: not a regular file")])
+    if st.st_size > _PEM_MAX:
+        raise InputError([Diagnostic(name, f"{what}: over {_PEM_MAX} bytes, not a PEM file")])
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(_PEM_MAX + 1).decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError([Diagnostic(name, f"{what}: not a PEM file (not ASCII)")]) from None
+
+
+def _rendezvous_serve(args: argparse.Namespace) -> int:
+    """Rule 5: check everything, then serve until SIGTERM/SIGINT."""
+    import math
+    import re
+    import ssl
+
+    from .certs import Certificate
+    from .errors import InputError
+
+    host, port = _listen_address(args.listen)
+    problems = []
+    for option, value, ok in (("--queue", args.queue, args.queue >= 1),
+                              ("--ttl", args.ttl, math.isfinite(args.ttl) and args.ttl > 0),
+                              ("--max-identities", args.max_identities,
+                               args.max_identities >= 1),
+                              ("--max-waits", args.max_waits, args.max_waits >= 1)):
+        if not ok:
+            problems.append(Diagnostic(option, f"{value} is out of range (over 0)"))
+    if problems:
+        raise InputError(problems)
+    cert_path, key_path = args.certificate
+    ours = Certificate(_pem_text(cert_path, "--certificate CERT"),
+                       _pem_text(key_path, "--certificate KEY"))
+    try:
+        ours.load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    except (ssl.SSLError, ValueError) as exc:
+        raise InputError([Diagnostic(f"{cert_path}, {key_path}", f"--certificate: not a PEM "
+                                     f"certificate and its private key ({exc})")]) from None
+    trusted = []
+    for path in args.trust:
+        text = _pem_text(path, "--trust")
+        found = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text,
+                           flags=re.S)
+        try:
+            for pem in found:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+        except ssl.SSLError as exc:
+            raise InputError([Diagnostic(path, f"--trust: a certificate that does not load "
+                                               f"({exc})")]) from None
+        if not found:
+            raise InputError([Diagnostic(path, "--trust: no PEM certificate in it")])
+        trusted += [Certificate(pem + "\n") for pem in found]
+    system: Any = [] if args.no_system else args.system
+    import asyncio
+
+    return asyncio.run(_serve_point(args, host, port, ours, trusted, system))
+
+
+async def _serve_point(args: argparse.Namespace, host: str, port: int, ours: Any,
+                       trusted: list[Any], system: Any) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from .errors import ArgumentError, InputError, PolicyError
+    from .runtime.endpoints import Local
+    from .runtime.rendezvous_point import RendezvousPoint
+
+    log = logging.getLogger("taps_post.rendezvous")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        point = await RendezvousPoint.start(
+            Local(address=host, port=port, certificates=[ours], trusted=trusted),
+            queue=args.queue, ttl=args.ttl, max_identities=args.max_identities,
+            max_waits=args.max_waits, system=system)
+    except (ArgumentError, PolicyError) as exc:
+        print(f"taps-post rendezvous serve: {exc}", file=sys.stderr)
+        return EXIT_POLICY if isinstance(exc, PolicyError) else EXIT_INPUT
+    except OSError as exc:
+        raise InputError([Diagnostic("--listen", f"{args.listen}: "
+                                                 f"{exc.strerror or exc}")]) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        print(f"listening on {point.hostport}", flush=True)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await point.close()
     return EXIT_OK
 
 
