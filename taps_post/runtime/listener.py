@@ -156,7 +156,9 @@ def listen_stacks(decision: Decision, secure_ok: bool) -> list[str]:
     best: dict[str, tuple[tuple[int, int, int], str]] = {}
     for name in stacks.names():
         facts = stacks.info(name)
-        if name in excluded or stacks.get(name) is None:
+        # A rendezvous stack listens only over a path the runtime found (stacks/base.py
+        # Rule 5), never on a port: the decision never judged it for a listen.
+        if facts.rendezvous or name in excluded or stacks.get(name) is None:
             continue
         if (facts.secure and not secure_ok) or (facts.multipath_capable and not multipath):
             continue
