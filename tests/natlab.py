@@ -40,10 +40,18 @@ socket in a short-lived thread that entered the namespace (setns affects only th
 and the socket stays in that namespace wherever it is used; `lab.capture()` is an
 AF_PACKET socket made that way on the public network.
 
+Rule 6: the rendezvous point (`lab.start_point(trust=[...])`) is `taps-post rendezvous
+serve` from this working tree in the public namespace on PUBLIC:POINT_PORT, with a fresh
+certificate for PUBLIC and exactly the named identities' certificates trusted;
+RENDEZVOUS_PEER is the command-driven peer script (meet, exchange, echo, rtt, plain QUIC)
+the e2e tests and bench/rendezvous.py run in the homes.
+
 Usage:
 
     with nat_lab("eim") as lab:                      # or natlab_fixture("lab", "eim")
         peer = lab.spawn(lab.home1, CODE, "arg")     # netns.NsProcess: JSON lines
+        point = lab.start_point(["alice.test", "bob.test"])
+        cert, key = lab.identity("alice.test")       # files, made on first use
         with lab.capture() as cap:                   # every frame on the public network
             ...
         assert cap.count(b"marker") == 0
@@ -66,11 +74,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from netns import NsProcess, python_env, unavailable
+from netns import COMMAND_LOOP, NsProcess, python_env, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -88,10 +96,15 @@ HOME2_SAME_LAN = "198.19.1.3"
 """home2's address in the "lan" variant (beside home1 on router1's LAN)."""
 
 TURN_PORT = 3478
-RELAY_PORTS = (49152, 49183)
+RELAY_PORTS = range(49152, 49184)
+"""coturn's relay ports (its --min-port/--max-port): TURN-relayed traffic uses these."""
 REALM = "natlab.test"
 TURN_USER = "natlab"
+POINT_PORT = 4433
+"""The rendezvous point's TCP port on the public address (`NatLab.start_point`)."""
 START_TIMEOUT = 10.0
+POINT_START_TIMEOUT = 20.0
+"""The point is a Python process importing taps_post: slower to start than coturn."""
 VARIANTS = ("eim", "apdm", "lan")
 
 _counter = itertools.count(1)
@@ -174,13 +187,18 @@ def stun_binding(sock: socket.socket, server: tuple[str, int], timeout: float) -
     """Send one STUN Binding request (RFC 8489, no attributes) on `sock`; True when a
     Binding success response with our transaction id comes back within `timeout`."""
     txid = secrets.token_bytes(12)
-    sock.settimeout(timeout)
     sock.sendto(struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid, server)
-    try:
-        data, _ = sock.recvfrom(2048)
-    except (TimeoutError, ConnectionRefusedError):
-        return False
-    return len(data) >= 20 and data[:2] == b"\x01\x01" and data[8:20] == txid
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(2048)
+        except (TimeoutError, ConnectionRefusedError):
+            return False
+        # A late answer to an earlier request is skipped, not taken for this one's.
+        if len(data) >= 20 and data[:2] == b"\x01\x01" and data[8:20] == txid:
+            return True
+    return False
 
 
 def _death_signal() -> Callable[[], None] | None:
@@ -280,15 +298,15 @@ class Capture:
         """How many captured frames contain `needle`."""
         return sum(1 for frame in self.frames if needle in frame)
 
-    def udp_frames(self, port: int) -> int:
-        """Captured IPv4 UDP frames from or to `port` (Ethernet, no VLAN tag)."""
+    def udp_frames(self, ports: Container[int]) -> int:
+        """Captured IPv4 UDP frames from or to any of `ports` (Ethernet, no VLAN tag)."""
         found = 0
         for frame in self.frames:
             if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
                 continue
             ihl = (frame[14] & 0x0F) * 4
             sport, dport = struct.unpack("!HH", frame[14 + ihl:18 + ihl])
-            found += port in (sport, dport)
+            found += sport in ports or dport in ports
         return found
 
     def __enter__(self) -> Capture:
@@ -296,6 +314,156 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+RENDEZVOUS_PEER = COMMAND_LOOP + r"""
+import time
+import taps_post as tp
+from taps_post.certs import Certificate
+
+STATE = {}
+
+
+def elapsed_ms(since):
+    return (time.monotonic() - since) * 1000
+
+
+async def meet(cmd):
+    local = tp.Local(identity=cmd["me"],
+                     certificates=[Certificate.from_files(cmd["cert"], cmd["key"])])
+    point = tp.Remote.parse(cmd["point"],
+                            certificates=[Certificate.from_files(cmd["point_cert"])])
+    remote = tp.Remote.rendezvous(cmd["peer"], via=point)
+    policy = tp.PolicyContext(system=[], app=cmd["policy"], app_name="natlab-peer")
+    t0 = time.monotonic()
+    carrier = tp.initiate(remote, local=local, policy=policy)
+    try:
+        await carrier.activate()
+    except Exception as exc:
+        return {"event": "error", "type": type(exc).__name__, "message": str(exc),
+                "ms": elapsed_ms(t0)}
+    STATE["carrier"] = carrier
+    report = carrier.explanation.rendezvous
+    return {"event": "ready", "t_go": t0, "t_ready": time.monotonic(), "ms": elapsed_ms(t0),
+            "stack": carrier.stack, "report": None if report is None else report.to_dict()}
+
+
+async def exchange(carrier, marker, count):
+    got = []
+
+    async def send():
+        for i in range(count):
+            await carrier.send(b"%s %d" % (marker, i))
+
+    async def receive():
+        while len(got) < count:
+            data = bytes((await carrier.receive()).data)
+            head, _, number = data.rpartition(b" ")
+            got.append(int(number) if head == marker else -1)
+
+    await asyncio.gather(send(), receive())
+    return got
+
+
+async def echo(carrier):
+    try:
+        async for msg in carrier:
+            await carrier.send(bytes(msg))
+    except tp.ConnectionClosedError:
+        pass
+
+
+async def round_trips(carrier, n):
+    samples = []
+    for i in range(n):
+        t = time.monotonic()
+        await carrier.send(b"rtt %d" % i)
+        assert bytes((await carrier.receive()).data).endswith(b"rtt %d" % i)
+        samples.append(elapsed_ms(t))
+    return samples
+
+
+async def handle(cmd):
+    op = cmd["cmd"]
+    if op == "meet":
+        return await meet(cmd)
+    carrier = STATE.get("carrier")
+    if op == "exchange":
+        t = time.monotonic()
+        got = await asyncio.wait_for(exchange(carrier, cmd["marker"].encode(), cmd["count"]),
+                                     cmd.get("timeout", 60))
+        return {"event": "received", "numbers": got, "ms": elapsed_ms(t)}
+    if op == "echo":
+        STATE["echo"] = asyncio.ensure_future(echo(carrier))
+        return {"event": "echoing"}
+    if op == "rtt":
+        return {"event": "rtt", "samples": await round_trips(carrier, cmd["n"])}
+    if op == "quic":
+        t0 = time.monotonic()
+        pin = Certificate.from_files(cmd["cert"])
+        quic = tp.initiate(tp.Remote.parse(cmd["target"], certificates=[pin]),
+                           policy=tp.PolicyContext(system=[], app_name="natlab-quic"))
+        await quic.activate()
+        ready = elapsed_ms(t0)
+        samples = await round_trips(quic, cmd["n"])
+        await quic.close()
+        return {"event": "quic", "ms": ready, "stack": quic.stack, "samples": samples}
+    if op == "close":
+        if carrier is not None:
+            await carrier.close()
+            STATE.pop("carrier")
+        task = STATE.pop("echo", None)
+        if task is not None:
+            await asyncio.wait([task], timeout=5)
+        return {"event": "closed"}
+    raise ValueError(f"unknown command {op!r}")
+
+
+asyncio.run(command_loop(handle))
+"""
+"""A command-driven rendezvous peer for `NatLab.spawn(home, RENDEZVOUS_PEER, tree=True)`
+(tests/netns.py COMMAND_LOOP: one JSON command a line, one JSON answer):
+- {"cmd": "meet", "me", "peer", "cert", "key", "point", "point_cert", "policy"}:
+  `tp.initiate(Remote.rendezvous(peer, via=point pinned), local=Local(identity=me, ...),
+  policy=app policy file)` and activate; answers {"event": "ready", "t_go", "t_ready"
+  (time.monotonic(), one clock for every process), "ms", "stack", "report" (the
+  explanation's rendezvous report as a dict)} or {"event": "error", "type", "message", "ms"}.
+- {"cmd": "exchange", "marker", "count"}: send `count` messages b"MARKER N" while receiving
+  as many; {"event": "received", "numbers" (in arrival order; -1 for a message without the
+  marker), "ms"}. Both peers must be told at once.
+- {"cmd": "echo"}: echo every message from now on (background); {"cmd": "rtt", "n"}: `n`
+  sequential round trips, {"event": "rtt", "samples": [ms, ...]}.
+- {"cmd": "quic", "target", "cert", "n"}: plain taps_post QUIC (no ICE) to `target` with
+  `cert` pinned: {"event": "quic", "ms" (initiate to ready), "stack", "samples"}.
+- {"cmd": "close"}: close the carrier."""
+
+
+def write_identity(directory: Path, name: str, names: Sequence[str] | None = None
+                   ) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for `names` (default: [name]) and its key, written
+    to DIRECTORY/NAME.pem and NAME.key (0600)."""
+    from taps_post.certs import self_signed
+
+    cert = self_signed(list(names or [name]))
+    pem, key = directory / f"{name}.pem", directory / f"{name}.key"
+    pem.write_text(cert.cert_pem)
+    assert cert.key_pem is not None
+    key.touch(0o600)
+    key.write_text(cert.key_pem)
+    return pem, key
+
+
+class Point:
+    """A running `taps-post rendezvous serve` (NatLab.start_point)."""
+
+    def __init__(self, daemon: Daemon, cert: Path) -> None:
+        self.daemon = daemon
+        self.cert = cert
+        """Its certificate (PEM): peers pin it (`Remote.parse(url, certificates=[...])`)."""
+        self.url = f"tls://{PUBLIC}:{POINT_PORT}"
+
+    def log(self) -> str:
+        return self.daemon.log()
 
 
 class NatLab:
@@ -417,7 +585,8 @@ class NatLab:
 
     def _nat(self, router: str) -> None:
         """Masquerade on wan0 (fully-random for "apdm"), and drop unsolicited inbound UDP
-        on wan0 (to the router itself or through it) without an ICMP answer."""
+        on wan0 (to the router itself or through it, unless a forward() made it expected)
+        without an ICMP answer."""
         mode = " fully-random" if self.variant == "apdm" else ""
         ruleset = "\n".join([
             "table ip natlab {",
@@ -431,6 +600,7 @@ class NatLab:
             "  }",
             "  chain forward {",
             "    type filter hook forward priority filter; policy accept;",
+            '    iifname "wan0" ct status dnat accept',  # forward(): a forwarded port
             '    iifname "wan0" ct state new drop',
             "  }",
             "}",
@@ -466,8 +636,8 @@ class NatLab:
         turnserver = turnserver_path()
         assert turnserver is not None
         argv = [turnserver, "-n", "--listening-ip", PUBLIC, "--relay-ip", PUBLIC,
-                "--listening-port", str(TURN_PORT), "--min-port", str(RELAY_PORTS[0]),
-                "--max-port", str(RELAY_PORTS[1]), "--lt-cred-mech", "--realm", REALM,
+                "--listening-port", str(TURN_PORT), "--min-port", str(RELAY_PORTS.start),
+                "--max-port", str(RELAY_PORTS.stop - 1), "--lt-cred-mech", "--realm", REALM,
                 "--user", f"{TURN_USER}:{self.turn_password}", "--fingerprint",
                 "--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log", "--simple-log",
                 "--log-file", str(self.tmp / "turn.log"), "--userdb",
@@ -579,10 +749,53 @@ class NatLab:
         self._daemons.append(proc)
         return proc
 
+    def identity(self, name: str) -> tuple[Path, Path]:
+        """The lab's certificate and key files for identity `name` (made on first use)."""
+        pem, key = self.tmp / f"{name}.pem", self.tmp / f"{name}.key"
+        if not pem.exists():
+            write_identity(self.tmp, name)
+        return pem, key
+
+    def start_point(self, trust: Sequence[str]) -> Point:
+        """`taps-post rendezvous serve` (python -m taps_post.cli, this working tree) in the
+        public namespace on PUBLIC:POINT_PORT, with a fresh certificate for PUBLIC,
+        trusting the certificates of the identities `trust` (self.identity()); returns
+        once it printed `listening on`; stopped at teardown."""
+        cert, key = write_identity(self.tmp, "point", [PUBLIC])
+        argv = [python(), "-P", "-m", "taps_post.cli", "rendezvous", "serve", "--listen",
+                f"{PUBLIC}:{POINT_PORT}", "--certificate", str(cert), str(key)]
+        for name in trust:
+            argv += ["--trust", str(self.identity(name)[0])]
+        daemon = self.daemon(self.public, argv, label="rendezvous point", tree=True)
+        deadline = time.monotonic() + POINT_START_TIMEOUT
+        while "listening on" not in daemon.log():
+            daemon.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the rendezvous point did not listen within "
+                                   f"{POINT_START_TIMEOUT} s; log:\n{daemon.log()[-4000:]}")
+            time.sleep(0.02)  # pacing between reads of its log, not a guessed wait
+        return Point(daemon, cert)
+
     def socket(self, ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
                proto: int = 0) -> socket.socket:
         """A socket made inside `ns` (Rule 5), usable from this process."""
         return in_namespace(ns, lambda: socket.socket(family, type, proto))
+
+    def forward(self, home: str, port: int) -> tuple[str, int]:
+        """Forward UDP `port` on `home`'s router WAN address to the same port of `home`
+        (a home router's port forwarding, DNAT), so a peer reaches it without ICE: for the
+        benchmark's plain-QUIC baseline. The address:port to use from outside."""
+        router = self.router1 if home == self.home1 or self.router2 is None else self.router2
+        ruleset = "\n".join([
+            "table ip natlab_fwd {",
+            "  chain pre {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            f'    iifname "wan0" udp dport {port} dnat to {self.addresses[home]}:{port}',
+            "  }",
+            "}",
+        ]) + "\n"
+        _run(["ip", "netns", "exec", router, "nft", "-f", "-"], input=ruleset)
+        return self.wan[home], port
 
     def capture(self, ns: str | None = None) -> Capture:
         """Start capturing every frame in `ns` (default: the public network, where coturn
@@ -591,6 +804,65 @@ class NatLab:
                            socket.htons(ETH_P_ALL))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
         return Capture(sock)
+
+
+class PeerPair:
+    """Two RENDEZVOUS_PEER processes: `who[0]` in home1, `who[1]` in home2 (closed with
+    the pair, or at the lab's teardown at the latest)."""
+
+    def __init__(self, lab: NatLab, who: tuple[str, str]) -> None:
+        self.lab = lab
+        self.who = who
+        self.procs: list[NsProcess] = [
+            lab.spawn(home, RENDEZVOUS_PEER, tree=True, label=f"{me} in {home}")
+            for home, me in ((lab.home1, who[0]), (lab.home2, who[1]))]
+
+    def both(self, cmds: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        """Send each peer its command at once, then read both answers (UnexpectedReply,
+        with the peer's stderr, when a command raised)."""
+        for proc, cmd in zip(self.procs, cmds, strict=True):
+            proc.send(cmd)
+        return [proc.answer(timeout) for proc in self.procs]
+
+    def meet(self, point: Point, policy: Path, timeout: float = 30.0
+             ) -> list[dict[str, Any]]:
+        """Both initiate at once with app policy file `policy`; their `ready`/`error`
+        answers, each with the end of its process's stderr under "stderr"."""
+        cmds = []
+        for me, peer in ((self.who[0], self.who[1]), (self.who[1], self.who[0])):
+            cert, key = self.lab.identity(me)
+            cmds.append({"cmd": "meet", "me": me, "peer": peer, "cert": str(cert),
+                         "key": str(key), "point": point.url, "point_cert": str(point.cert),
+                         "policy": str(policy)})
+        results = self.both(cmds, timeout)
+        for proc, res in zip(self.procs, results, strict=True):
+            res["stderr"] = proc.stderr[-3000:]
+        return results
+
+    def exchange(self, marker: str, count: int, timeout: float = 60.0
+                 ) -> list[dict[str, Any]]:
+        cmd = {"cmd": "exchange", "marker": marker, "count": count, "timeout": timeout}
+        return self.both([cmd, cmd], timeout + 10)
+
+    def hang_up(self) -> None:
+        """Close both carriers (the processes stay, for the next meet)."""
+        self.both([{"cmd": "close"}, {"cmd": "close"}], 10)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.close()
+
+    def __enter__(self) -> PeerPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def both_ready_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """From the first of the two initiate() calls to the later carrier ready (ms): two
+    `ready` answers of PeerPair.meet (time.monotonic() is one clock for all processes)."""
+    return float(max(a["t_ready"], b["t_ready"]) - min(a["t_go"], b["t_go"])) * 1000
 
 
 class LabUnavailable(Exception):
