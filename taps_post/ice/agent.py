@@ -22,9 +22,13 @@ and the relayed candidates' related address is hidden, RFC 9429 section 3.5.3), 
 runs through our TURN allocation; `prefer` gives our relayed candidates the highest type
 preference, so relay pairs are formed and checked first (with aggressive nomination a
 faster non-relay check can still win; `require` is the guarantee); `avoid` and
-`no_preference` keep RFC 8445's defaults (relay last). The peer's own policy governs its
-side: under `prohibit` a pair through the peer's TURN server is refused only by dropping the
-peer's relay candidates, which is what a pair through it would use.
+`no_preference` keep RFC 8445's defaults (relay last) and also hold every check on a pair
+through a relay (ours or the peer's) back for RELAY_HOLD while a direct pair is still
+being checked: aioice nominates the first check that succeeds, so ordering alone lets a
+relay that answers quickly win over a direct pair whose first check was lost. The peer's
+own policy governs its side: under `prohibit` a pair through the peer's TURN server is
+refused only by dropping the peer's relay candidates, which is what a pair through it would
+use.
 Rule 4: a TURN password appears in no repr, str, exception message or log line:
 `TurnServer`'s repr leaves it out, `redact_turn_url` replaces it with `***`, and parse errors
 name the problem without echoing the URL.
@@ -70,8 +74,9 @@ from ..decision.environment import host_name_problem, shown
 from ..errors import ArgumentError, UsageError
 from .offer import MAX_CANDIDATES, candidate_problem
 
-__all__ = ["EARLY_DATAGRAMS", "RELAY_CLOSE_TIMEOUT", "RELAY_POLICIES", "IceAgent", "IceError",
-           "IcePath", "TurnServer", "parse_stun", "parse_turn_url", "redact_turn_url"]
+__all__ = ["EARLY_DATAGRAMS", "RELAY_CLOSE_TIMEOUT", "RELAY_HOLD", "RELAY_POLICIES",
+           "IceAgent", "IceError", "IcePath", "TurnServer", "parse_stun", "parse_turn_url",
+           "redact_turn_url"]
 
 _log = logging.getLogger("taps_post.ice")
 
@@ -79,6 +84,10 @@ RELAY_POLICIES = ("require", "prefer", "no_preference", "avoid", "prohibit")
 """The values of `rendezvous.relay`, strictest first (Rule 3)."""
 RELAY_CLOSE_TIMEOUT = 2.0
 """Seconds a TURN allocation's deletion may take when a path or agent closes (Rule 6)."""
+RELAY_HOLD = 1.0
+"""Under `avoid`/`no_preference`, seconds a check on a pair through a relay waits while a
+direct pair may still succeed (Rule 3): aioice nominates the first check that succeeds, and
+a relay path often answers before a direct check's first retransmission (0.5 s)."""
 EARLY_DATAGRAMS = 128
 """Datagrams kept for a path's first `receive()` (a QUIC Initial flight is a few)."""
 RELAY_QUEUE = 1024
@@ -253,6 +262,10 @@ class IceError(ConnectionError):
 # --------------------------------------------------------------------------- aioice glue
 
 
+def _through_relay(pair: CandidatePair) -> bool:
+    return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+
+
 def _discard(data: bytes) -> None:
     """The sink of a path told `receive(None)`: datagrams are dropped."""
 
@@ -270,6 +283,8 @@ class _Connection(Connection):
         """Where received data goes; None: into `early` until a path's first receive()."""
         self.early: deque[bytes] = deque(maxlen=EARLY_DATAGRAMS)
         self.on_closed: list[Callable[[], None]] = []
+        self.relay_hold = 0.0
+        """RELAY_HOLD under avoid/no_preference, else 0 (Rule 3)."""
 
     def adopt(self, protocol: _Protocol) -> None:
         """Make `protocol` one of the connection's sockets as soon as it is open, so close()
@@ -308,6 +323,24 @@ class _Connection(Connection):
         """The check list, best first (pairs removed after nomination are gone from it)."""
         # aioice private `_check_list`: no public view of the pairs and their states.
         return list(self._check_list)
+
+    async def check_start(self, pair: CandidatePair) -> None:
+        """aioice's check, held back for RELAY_HOLD on a pair through a relay while a
+        direct pair is still alive (Rule 3). The pair is marked in progress while it waits,
+        so aioice's pacing moves on to the next pair instead of re-offering this one."""
+        if self.relay_hold > 0 and _through_relay(pair):
+            self.check_state(pair, CandidatePair.State.IN_PROGRESS)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.relay_hold
+            # aioice private `_check_list_done`: set once ICE completed, failed or closed.
+            while loop.time() < until and not self._check_list_done and any(
+                    not _through_relay(p) and p.state != CandidatePair.State.FAILED
+                    for p in self.pairs()):
+                await asyncio.sleep(0.02)
+            if self._check_list_done:
+                pair.task = None
+                return
+        await super().check_start(pair)
 
     async def gather_candidates(self) -> None:
         """Never aioice's own (it would discover the machine's addresses itself)."""
@@ -544,6 +577,8 @@ class IceAgent:
         self._turn = tuple(turn)
         self._gather_timeout = gather_timeout
         self._conn = _Connection(controlling)
+        if relay in ("avoid", "no_preference"):
+            self._conn.relay_hold = RELAY_HOLD
         self._state = "new"
         self._locals: list[_Local] = []
         self._remote: tuple[IceCandidate, ...] = ()

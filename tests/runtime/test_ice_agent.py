@@ -499,7 +499,7 @@ def test_aioice_internals(run: Any) -> None:
         for name, kind in (("_protocols", list), ("_local_candidates", list),
                            ("_check_list", list), ("_nominated", dict)):
             assert isinstance(getattr(conn, name), kind), name
-        for name in ("_local_candidates_start", "_local_candidates_end"):
+        for name in ("_local_candidates_start", "_local_candidates_end", "_check_list_done"):
             assert getattr(conn, name) is False, name
         assert len(conn.local_username) == 8 and len(conn.local_password) == 32
         assert list(inspect.signature(StunProtocol.request).parameters) == \
