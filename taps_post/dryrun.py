@@ -58,7 +58,8 @@ def explain(
         from .system.live import live_environment
 
         environment = live_environment(None, request.port)
-        if not request.is_ip_literal:
+        # A rendezvous target names a peer, not a host: nothing to resolve (decide Rule 13).
+        if not request.is_ip_literal and request.scheme != "rendezvous":
             environment = _resolved(request, ctx, environment)
     else:
         environment = load_environment(env)

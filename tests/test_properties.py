@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "carrier.recvBudget": 4 * 1024 * 1024, "carrier.sendBudget": 1024 * 1024,
     "carrier.idleTimeout": 0, "carrier.linger": 5000, "listener.handshakeTimeout": 10000,
     "listener.maxHandshakes": 512, "listener.backlog": 0, "listener.retry": "auto",
+    "rendezvous.stun": None, "rendezvous.turn": None, "rendezvous.relay": "avoid",
+    "rendezvous.peerWait": 30000,
 }
 LISTEN_DEFAULTS = {"useTemporaryLocalAddress": "avoid", "multipath": "passive",
                    "carrier.idleTimeout": 30000}
@@ -70,7 +72,8 @@ NON_PREFERENCE = {"maxCost", "multipath", "multipathPolicy", "racing.attemptDela
                   "carrier.forkParallel", "message.dscp", "carrier.recvBudget",
                   "carrier.sendBudget", "carrier.idleTimeout", "carrier.linger",
                   "listener.handshakeTimeout", "listener.maxHandshakes", "listener.backlog",
-                  "listener.retry"}
+                  "listener.retry", "rendezvous.stun", "rendezvous.turn",
+                  "rendezvous.peerWait"}
 # "smaller is stricter", "higher is stricter", "true is stricter", "false is stricter";
 # every other non-preference key has no order (only an equal value passes a floor).
 DIRECTION = {"maxCost": "smaller", "message.maxSize": "smaller",
@@ -101,14 +104,23 @@ STACK_FEATURES = {
     "mptcp": _ALWAYS | _RELIABLE,
     "tls-mptcp": _ALWAYS | _RELIABLE | {"secure"},
     "udp": _ALWAYS | {"preserveMsgBoundaries", "zeroRttMsg"},
+    "quic-ice": _ALWAYS | _RELIABLE | {"preserveMsgBoundaries", "perMsgReliability",
+                                       "multistreaming", "secure"},
 }
+RENDEZVOUS_STACKS = {"quic-ice"}
+"""Stacks that serve rendezvous:// targets and nothing else, the bare host:port form
+included (docs/rendezvous.md)."""
 PROTOCOL_PREFS = ("reliability", "preserveOrder", "congestionControl", "fullChecksumSend",
                   "fullChecksumRecv", "preserveMsgBoundaries", "perMsgReliability",
                   "zeroRttMsg", "keepAlive", "softErrorNotify", "activeReadBeforeSend",
                   "multistreaming", "secure")
 SCHEME_STACKS = {"https": {"tls", "quic", "tls-mptcp"}, "tls": {"tls", "tls-mptcp"},
                  "tcp": {"tcp", "mptcp"}, "udp": {"udp"}, "quic": {"quic"},
-                 "hostport": set(STACK_FEATURES)}
+                 "hostport": set(STACK_FEATURES) - RENDEZVOUS_STACKS,
+                 "rendezvous": RENDEZVOUS_STACKS}
+SECRET_KEYS = {"rendezvous.turn"}
+"""Keys whose values hold a password, shown as `turn:USER:***@HOST:PORT` in every output
+(docs/policy-language.md, "Rendezvous")."""
 INTERFACE_TYPES = ("loopback", "ethernet", "wifi", "cellular", "vpn", "other")
 
 
@@ -124,8 +136,11 @@ def normalise(key: str, value: Any) -> Any:
     """A value as a policy author wrote it -> as explain JSON shows it."""
     if key == "security.minTlsVersion":
         return str(value)
-    if key in ("security.alpn", "message.dscp", "dns.svcbSchemes") and isinstance(value, str):
-        return [value]
+    if key in ("security.alpn", "message.dscp", "dns.svcbSchemes", "rendezvous.stun",
+               "rendezvous.turn") and isinstance(value, str):
+        value = [value]
+    if key in SECRET_KEYS:
+        return [re.sub(r"^turn:([^:@]*):.*@", r"turn:\1:***@", v) for v in value]
     return value
 
 
@@ -875,3 +890,123 @@ def test_kernel_endpoints_on_excluded_interfaces_warn(scn: dict[str, Any]) -> No
     holders = {i["name"] for i in scn["env"]["interfaces"] if i.get("addresses")}
     event(f"{len(warned)} warned")
     assert warned == barred & holders
+
+
+# --- rendezvous targets (docs/policy-language.md "Rendezvous", decide Rule 13) ---------------
+
+RENDEZVOUS_TARGETS = ("rendezvous://bob", "rendezvous://peer.example.com")
+RENDEZVOUS_WORDS = ("eth0", "wlan0", "wwan?", "loopback", "cellular", "wifi", "ethernet")
+
+
+@st.composite
+def rendezvous_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """Any scenario aimed at a rendezvous peer, plus a carrier document with a few interface,
+    family, temporary-address and relay statements, so the host candidates have work to do."""
+    scn = draw(scenarios(max_docs=2))
+    scn["target"] = draw(st.sampled_from(RENDEZVOUS_TARGETS))
+    statements: dict[str, Any] = {}
+    for word in draw(st.lists(st.sampled_from(RENDEZVOUS_WORDS), max_size=3, unique=True)):
+        statements[f"interface.{word}"] = draw(st.sampled_from(
+            ("avoid", "prohibit", "prohibit", "prefer", "require")))
+    for family in ("ipv4", "ipv6"):
+        if draw(st.integers(0, 2)) == 0:
+            statements[f"addressFamily.{family}"] = draw(st.sampled_from(PREFS))
+    if draw(st.integers(0, 2)) == 0:
+        statements["useTemporaryLocalAddress"] = draw(st.sampled_from(PREFS))
+    if draw(st.integers(0, 2)) == 0:
+        statements["rendezvous.relay"] = draw(st.sampled_from(PREFS))
+    if draw(st.integers(0, 2)) == 0:
+        statements["rendezvous.turn"] = draw(values_for("rendezvous.turn"))
+    if draw(st.integers(0, 3)) == 0:
+        statements["security.dane"] = "require"
+    scn["carrier"] = [*scn["carrier"], {"version": 1, "layer": "carrier", "name": "p2p",
+                                        "rules": [{"id": "p2p", "set": statements}]}]
+    return scn
+
+
+def _wanted_hosts(iface: Any, family: str, temp: str) -> list[str]:
+    """docs/policy-language.md "Rendezvous": the addresses of `family` on `iface` that gather
+    host candidates under useTemporaryLocalAddress `temp` (IPv6 link-local never does)."""
+    usable = [a for a in iface.addresses if a.family == family
+              and not (family == "ipv6" and ipaddress.ip_address(a.address).is_link_local)]
+    temporary = [a.address for a in usable if a.temporary]
+    stable = [a.address for a in usable if not a.temporary]
+    return {"require": temporary, "prohibit": stable,
+            "prefer": temporary or stable}.get(temp, stable or temporary)
+
+
+@SETTINGS
+@given(scn=rendezvous_scenarios())
+def test_rendezvous_host_candidates_follow_the_policy(scn: dict[str, Any]) -> None:
+    """Every (interface, local address) the policy allows gathers a host candidate, and no
+    other does: interface and family rules, maxCost and useTemporaryLocalAddress apply as to
+    any candidate; loopback is kept; nothing is resolved, nothing is raced."""
+    decision = explain(scn)
+    d = decision.to_dict()
+    props = {k: p["value"] for k, p in d["properties"].items()}
+    cands = d["candidates"]
+    if d["outcome"] == "policy_prohibited":
+        assert not cands
+        return
+    assert (d["outcome"] == "ok") == bool(cands)
+    assert d["resolution"]["passes"] == [] and d["resolution"]["services"] == []
+    assert not any("did not resolve" in w for w in d["warnings"])
+    assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
+    keys = [_rank_tuple(c["key"]) for c in cands]
+    assert keys == sorted(keys)
+    for c in cands:
+        assert c["stack"] in RENDEZVOUS_STACKS and c["remote_port"] == 0 and c["start_ms"] == 0
+        assert c["remote_address"] == ("::" if c["family"] == "ipv6" else "0.0.0.0")
+        assert (":" in c["local_address"]) == (c["family"] == "ipv6")
+        assert c["key"]["history"] == "none"
+    # The oracle: which stacks may serve it at all ...
+    features = STACK_FEATURES["quic-ice"]
+    stack_ok = all(not (props[k] == "prohibit" and k in features)
+                   and not (props[k] == "require" and k not in features)
+                   for k in PROTOCOL_PREFS)
+    stack_ok &= all(not (v == "prohibit" and k == "stack.quic-ice")
+                    and not (v == "require" and k != "stack.quic-ice")
+                    for k, v in props.items() if k.startswith("stack."))
+    stack_ok &= not (props["rendezvous.relay"] == "require" and not props["rendezvous.turn"])
+    # ... on which paths, families and addresses.
+    expected: list[tuple[str, str]] = []
+    families = [f for f in ("ipv6", "ipv4") if _family_allowed(
+        "::" if f == "ipv6" else "0.0.0.0", props)]
+    for iface in decision.interfaces:
+        if not iface.up or (props["maxCost"] is not None and iface.cost > props["maxCost"]):
+            continue
+        if any((v == "prohibit" and _path_hits(k, iface)) or
+               (v == "require" and not _path_hits(k, iface))
+               for k, v in props.items() if _is_path_key(k)):
+            continue
+        for family in families:
+            expected.extend((iface.name, a) for a in _wanted_hosts(
+                iface, family, props["useTemporaryLocalAddress"]))
+    got = [(c["interface"], c["local_address"]) for c in cands]
+    assert sorted(got) == sorted(expected if stack_ok else []), (got, expected, props)
+
+
+def _passwords(scn: dict[str, Any]) -> set[str]:
+    """The TURN passwords a scenario's documents hold (between USER: and the last '@')."""
+    found: set[str] = set()
+    for layer in LAYERS:
+        for doc in scn[layer]:
+            for rule in doc["rules"]:
+                value = flatten_set(rule.get("set", {})).get("rendezvous.turn")
+                for url in [value] if isinstance(value, str) else value or []:
+                    found.add(url[5:].rpartition("@")[0].partition(":")[2])
+    return found
+
+
+@SETTINGS
+@given(scn=rendezvous_scenarios())
+def test_turn_passwords_never_reach_an_output(scn: dict[str, Any]) -> None:
+    """rendezvous.turn is secret: its password is in no rendering of any decision."""
+    from taps_post.decision.render import render_dot, render_properties, render_text
+
+    decision = explain(scn)
+    texts = [json.dumps(decision.to_dict()), render_text(decision), render_dot(decision),
+             "\n".join(render_properties(decision, everything=True)), repr(decision)]
+    for password in _passwords(scn):
+        assert not any(password in t for t in texts)
+    assert VALIDATOR.is_valid(decision.to_dict())

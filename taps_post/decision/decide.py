@@ -63,6 +63,21 @@ stack on a port whose TLSA answer is known but holds nothing that stack can chec
 validated, empty, no record `names.usable` accepts for it), each once with the rule and
 file:line. An unknown TLSA answer keeps the secure stacks: the stack refuses the peer at
 handshake time (stacks/dane.py).
+Rule 13: a rendezvous target (`rendezvous://IDENTITY`, port 0) names a peer, not an address:
+nothing is resolved (no A/AAAA, SVCB or TLSA), and its one endpoint is the wildcard pair
+`::` and `0.0.0.0`, so its candidates are (interface, local address) x the rendezvous stacks
+on every interface and local address the policy allows. They are the ICE host candidates
+(the runtime gathers on the distinct (interface, local address) pairs in candidate order):
+path rules prune interfaces as always, `addressFamily.*` prunes a wildcard (a family), and
+`useTemporaryLocalAddress` chooses among an interface's addresses of a family (prefer: the
+temporary ones when there are any, RFC 8445 section 5.1.1.1; avoid and no_preference: the
+stable ones; require/prohibit: only those). Loopback is kept (two peers on one machine meet
+there; `interface.loopback: prohibit` removes it); IPv6 link-local addresses are not host
+candidates (they need a scope the peer cannot know). DANE and ECH do not apply: the peer is
+authenticated by the certificate fingerprint its offer carries, not by a name, and the
+stack sends no server name to hide. No history ranks them and no attempt delay separates
+them (ICE checks every pair at once): every start is 0 ms. `rendezvous.relay: require` with
+no `rendezvous.turn` server excludes the stacks: no candidate could be relayed.
 """
 
 from __future__ import annotations
@@ -175,6 +190,14 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                   if (node := _judge_stack(info, allowed, request, effective, stack_excluded))
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
+    if request.scheme == "rendezvous":  # Rule 13
+        hosts, pruned = _rendezvous(effective, interfaces, stacks, stack_exclusions)
+        dane = None
+        if hosts:
+            dane = DaneStatus(str(effective["security.dane"].value), None, 0, False, 0,
+                              "a rendezvous peer is authenticated by the certificate "
+                              "fingerprint its offer carries, not by a name: TLSA is not used")
+        return finish(hosts, pruned, "ok" if hosts else "no_candidates", dane=dane)
     multipath_mode = effective["multipath"].value
     multipath_on = multipath_mode != "disabled"
 
@@ -677,6 +700,76 @@ def _judge_path(iface: Interface, effective: Effectives,
     return node
 
 
+_WILDCARDS = ("::", "0.0.0.0")
+"""A rendezvous target's one endpoint (Rule 13): every local address of each family."""
+
+
+def _rendezvous(effective: Effectives, interfaces: Sequence[Interface],
+                stacks: Sequence[tuple[StackInfo, _Node]],
+                stack_exclusions: Sequence[Exclusion]) -> tuple[list[Candidate], list[Exclusion]]:
+    """The candidates of a rendezvous target (Rule 13): its ICE host candidates, best first,
+    and every branch pruned on the way, once each, with the rule behind it."""
+    excluded: list[Exclusion] = []
+    paths = [(iface, node) for iface in interfaces
+             if (node := _judge_path(iface, effective, excluded)) is not None]
+    excluded.extend(stack_exclusions)
+    relay, turn = effective["rendezvous.relay"], effective["rendezvous.turn"]
+    if relay.value is Pref.REQUIRE and not turn.value:
+        for info, _ in stacks:
+            excluded.append(Exclusion.by(
+                relay.statement, outcome="required_missing", stack=info.name,
+                detail="rendezvous.relay require: only relayed candidates may carry it, and "
+                       "rendezvous.turn names no TURN server to relay through"))
+        stacks = ()
+    families: list[tuple[int, str, str]] = []
+    for order, (wildcard, family) in enumerate(_interleave(_WILDCARDS, effective)):
+        barred = _family_filter(effective, family, wildcard, 0)
+        if barred is not None:
+            excluded.append(barred)
+        else:
+            families.append((order, wildcard, family))
+    temp_pref: Pref = effective["useTemporaryLocalAddress"].value
+    temp_statement = effective["useTemporaryLocalAddress"].statement
+    flat = [(info.name, info.order, node.prefer, node.avoid) for info, node in stacks]
+    scored: list[tuple[RankKey, str, str, str, str, str]] = []
+    for iface, pnode in paths:
+        for order, wildcard, family in families:
+            found = _host_addresses(iface, family, temp_pref)
+            if isinstance(found, str):
+                excluded.append(Exclusion(iface.name, None, wildcard, 0, "unreachable",
+                                          detail=found))
+                continue
+            if not found:
+                outcome = "required_missing" if temp_pref is Pref.REQUIRE else "prohibited"
+                excluded.append(Exclusion.by(
+                    temp_statement, outcome=outcome, interface=iface.name,
+                    remote_address=wildcard, remote_port=0,
+                    detail=f"no {'temporary' if temp_pref is Pref.REQUIRE else 'stable'} "
+                           f"{family} address on {iface.name}"))
+                continue
+            for address in found:
+                for stack, stack_order, prefer, avoid in flat:
+                    key = RankKey(0, -pnode.prefer, pnode.avoid, 0, -prefer, avoid, NO_ENTRY,
+                                  0.0, iface.cost, iface.name, stack_order, order)
+                    scored.append((key, iface.name, address.address, stack, wildcard, family))
+    scored.sort(key=operator.itemgetter(0))  # stable: an interface's addresses keep their order
+    return [Candidate(rank, name, local, stack, wildcard, 0, family, 0, key, 1)
+            for rank, (key, name, local, stack, wildcard, family) in enumerate(scored, start=1)
+            ], excluded
+
+
+def _host_addresses(iface: Interface, family: str, temp: Pref) -> list[Address] | str:
+    """The local addresses of `family` on `iface` that are ICE host candidates (Rule 13); a
+    str says why there are none, an empty list that `useTemporaryLocalAddress` left none."""
+    mine = iface.addresses_of(family)
+    usable = [a for a in mine if family == "ipv4" or not _scope(a.address)[1]]
+    if not usable:
+        return (f"{iface.name} has no {family} address" if not mine else
+                f"{iface.name} has only link-local {family} addresses, which are not host "
+                "candidates")
+    return _by_temporary(usable, temp)
+
+
 def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Request,
                  effective: Effectives, excluded: list[Exclusion]) -> _Node | None:
     stack = info.name
@@ -707,6 +800,8 @@ def _judge_stack(info: StackInfo, allowed: tuple[str, ...] | None, request: Requ
             return None
         if has and eff.value is Pref.REQUIRE and key.startswith("stack."):
             node.required = True
+    if info.rendezvous:
+        return node  # Rule 13: neither ECH nor DANE judges a peer met through a rendezvous
     ech = effective["security.ech"]
     if ech.value == "require" and not info.ech:
         excluded.append(Exclusion.by(ech.statement, outcome="ech", stack=stack,
@@ -743,15 +838,23 @@ def _local_address(iface: Interface, remote: str, family: str,
     usable = [a for a in iface.addresses_of(family) if _scope(a.address)[1] == link_local]
     if not usable:
         return f"{iface.name} has no {family} address"
+    chosen = _by_temporary(usable, temp)
+    return chosen[0] if chosen else None
+
+
+def _by_temporary(usable: Sequence[Address], temp: Pref) -> list[Address]:
+    """The addresses `useTemporaryLocalAddress` lets a candidate bind, best first: only the
+    temporary ones (require) or the stable ones (prohibit), else those it prefers, falling
+    back to the others."""
     temporary = [a for a in usable if a.temporary]
     stable = [a for a in usable if not a.temporary]
     if temp is Pref.REQUIRE:
-        return temporary[0] if temporary else None
+        return temporary
     if temp is Pref.PROHIBIT:
-        return stable[0] if stable else None
+        return stable
     if temp is Pref.PREFER:
-        return (temporary or stable)[0]
-    return (stable or temporary)[0]
+        return temporary or stable
+    return stable or temporary
 
 
 _HistoryKey = tuple[str, str | None, str | None, int | None]

@@ -7,15 +7,24 @@ what is worth a line (docs/explain.md, "The resolution block"): an IP literal or
 whose answers were all known at once, with no SVCB/HTTPS records, no delay measured from
 history and no TLSA answer, prints none of it, so simple explanations stay as short as
 before. The JSON carries every field whatever the text leaves out.
+Rule 3: a rendezvous target (decide Rule 13) has no remote address: its tree lists the ICE
+host candidates (`#1  host 198.18.0.2`, a wildcard shown as the family it stands for), and a
+`rendezvous` block says which interfaces and addresses gather host candidates, the STUN and
+TURN servers and the relay preference with the statements that set them, and, once the
+runtime attached what ICE did (`Decision.rendezvous`), the role, both sides' candidates,
+the judged pairs with the nominated one marked, what policy dropped and how long it took.
+Credentials never reach a renderer: a TURN URL is a `Secret` that prints redacted
+(policy/registry.py Rule 4).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from ..policy.load import Statement
 from ..policy.resolve import Effective, show_value
-from .decision import Candidate, Decision, Exclusion, ServiceEndpoint
+from .decision import Candidate, Decision, Exclusion, IceCandidate, IcePair, ServiceEndpoint
 from .service import FALLBACK_PRIORITY
 
 __all__ = ["render_dot", "render_properties", "render_text"]
@@ -84,6 +93,7 @@ def render_text(decision: Decision) -> str:
     out.extend(_resolution(decision))
     out.append("tree")
     out.extend(_tree(decision))
+    out.extend(_rendezvous(decision))
     out.extend(_multipath(decision))
     if decision.warnings:
         out.append("warnings")
@@ -96,7 +106,20 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _is_rendezvous(decision: Decision) -> bool:
+    return decision.request.scheme == "rendezvous"
+
+
 def _verdict(decision: Decision) -> str:
+    if decision.outcome == "ok" and _is_rendezvous(decision):
+        hosts = _host_candidates(decision)
+        text = (f"outcome  ok: {_n(sum(len(a) for a in hosts.values()), 'host candidate')} on "
+                f"{_n(len(hosts), 'interface')}; ICE checks pairs from all of them at once")
+        selected = decision.rendezvous.selected if decision.rendezvous is not None else None
+        if selected is not None:
+            text += (f"; nominated {_cand(selected.local)} ({selected.local.kind}) -> "
+                     f"{_cand(selected.remote)} ({selected.remote.kind})")
+        return text
     if decision.outcome == "ok":
         w = decision.candidates[0]
         return (f"outcome  ok: {_n(len(decision.candidates), 'candidate')}; first: {w.interface} "
@@ -108,6 +131,17 @@ def _verdict(decision: Decision) -> str:
 
 def _addr(a: str) -> str:
     return f"[{a}]" if ":" in a else a
+
+
+_FAMILY_OF_WILDCARD = {"::": "ipv6", "0.0.0.0": "ipv4"}
+
+
+def _remote(decision: Decision, address: str) -> str:
+    """A remote address as the tree shows it: a rendezvous wildcard is the family it stands
+    for (every local address of it: Rule 3)."""
+    if _is_rendezvous(decision) and address in _FAMILY_OF_WILDCARD:
+        return _FAMILY_OF_WILDCARD[address]
+    return _addr(address)
 
 
 def _ms(value: float) -> str:
@@ -165,6 +199,8 @@ def _resolution(decision: Decision) -> list[str]:
         who = _ech_owners(ech)
         what = ("candidates whose stack cannot send ECH are excluded" if value == "require"
                 else "no stack here can send ECH, the server name goes in clear")
+        if _is_rendezvous(decision):  # decide Rule 13: no name to hide, none is sent
+            what = "not used by a rendezvous: the peer is met by identity, no server name is sent"
         out.append(f"  ech            {who}; security.ech {value}: {what}")
     return out
 
@@ -247,7 +283,8 @@ def _tree(decision: Decision) -> list[str]:
 
     kinds = {i.name: i for i in decision.interfaces}
     names = list(dict.fromkeys([*kinds, *by_path, *path_excl, *pair_excl]))
-    first = decision.candidates[0] if decision.candidates else None
+    rendezvous = _is_rendezvous(decision)
+    first = decision.candidates[0] if decision.candidates and not rendezvous else None
     for name in names:
         iface = kinds.get(name)
         facts = ""
@@ -263,20 +300,136 @@ def _tree(decision: Decision) -> list[str]:
             lines.append(f"    {stack}")
             for c in cands:
                 star = "*" if c is first else " "
+                if rendezvous:  # Rule 3: no remote address, no start time
+                    lines.append(f"       #{c.rank:<3} host {c.local_address}")
+                    continue
                 note = _notes(decision, c)
                 lines.append(f"     {star} #{c.rank:<3} {_addr(c.remote_address)}:{c.remote_port}"
                              f" from {c.local_address}  start {c.start_ms} ms{note}")
         for e in pair_excl.get(name, []):
-            lines.append(f"    x {_addr(e.remote_address or '')}  {_why(e)}")
+            lines.append(f"    x {_remote(decision, e.remote_address or '')}  {_why(e)}")
         if name not in by_path and name not in pair_excl:
             lines.append("    (no candidates: every stack or endpoint was excluded below)")
     for e in stack_excl:
         lines.append(f"  x stack {e.stack}  {_why(e)}")
     for e in endpoint_excl:
-        lines.append(f"  x endpoint {_addr(e.remote_address or '')}  {_why(e)}")
+        if rendezvous:
+            lines.append(f"  x {_remote(decision, e.remote_address or '')} host candidates  "
+                         f"{_why(e)}")
+        else:
+            lines.append(f"  x endpoint {_addr(e.remote_address or '')}  {_why(e)}")
     if not lines:
         lines.append("  (empty: no interfaces, or the decision stopped at a conflict)")
     return lines
+
+
+RELAY = {
+    "prohibit": "no relayed candidate, ours or the peer's",
+    "require": "only our relayed candidates: no host or server-reflexive candidate is offered",
+    "prefer": "relayed candidates are checked and nominated first",
+    "avoid": "relayed candidates are checked last (RFC 8445 defaults)",
+    "no_preference": "relayed candidates are checked last (RFC 8445 defaults)",
+}
+"""What each `rendezvous.relay` value does, as the rendezvous block says it."""
+
+ROLES = {
+    "controlling": "this end nominates the pair and opens the QUIC connection",
+    "controlled": "the peer nominates the pair and opens the QUIC connection",
+}
+
+
+def _host_candidates(decision: Decision) -> dict[str, list[str]]:
+    """Interface -> its local addresses that gather ICE host candidates, in candidate order
+    (the order the runtime gathers them in)."""
+    out: dict[str, list[str]] = {}
+    for c in decision.candidates:
+        seen = out.setdefault(c.interface, [])
+        if c.local_address not in seen:
+            seen.append(c.local_address)
+    return out
+
+
+def _servers(value: Any) -> str:
+    """A server list as the block shows it; a TURN URL is a Secret, so str() is redacted."""
+    return ", ".join(str(v) for v in value) if value else "none"
+
+
+def _rendezvous(decision: Decision) -> list[str]:
+    """The rendezvous block (Rule 3); nothing for other targets or at a policy conflict."""
+    if not _is_rendezvous(decision) or decision.outcome == "policy_prohibited":
+        return []
+    out = ["rendezvous", f"  peer          {decision.request.host}"]
+    hosts = _host_candidates(decision)
+    if hosts:
+        out.append("  host candidates")
+        width = max(len(name) for name in hosts)
+        out.extend(f"    {name:<{width}}  {', '.join(addrs)}" for name, addrs in hosts.items())
+    else:
+        out.append("  host candidates  none (see the tree)")
+    props = decision.properties
+    for key, label, empty in (
+            ("rendezvous.stun", "stun", "none: no server-reflexive candidates"),
+            ("rendezvous.turn", "turn", "none: no relayed candidates")):
+        eff = props.get(key)
+        if eff is not None:
+            text = _servers(eff.value) if eff.value else empty
+            out.append(f"  {label:<13} {text}  {_who(eff.statement)}")
+    relay = props.get("rendezvous.relay")
+    if relay is not None:
+        value = show_value(relay.value)
+        what = RELAY.get(value, "")
+        if value == "prohibit" and decision.value("rendezvous.turn"):
+            what += " (the rendezvous.turn servers are not used)"
+        mark = " [enforced]" if relay.enforced else ""
+        out.append(f"  relay         {value:<13} {_who(relay.statement)}{mark}: {what}")
+    wait = props.get("rendezvous.peerWait")
+    if wait is not None:
+        out.append(f"  peer wait     {_ms(wait.value):<13} {_who(wait.statement)}")
+    out.extend(_ice(decision))
+    return out
+
+
+def _cand(c: IceCandidate) -> str:
+    return f"{_addr(c.address)}:{c.port}"
+
+
+def _ice_line(c: IceCandidate) -> str:
+    where = f"  on {c.interface}" if c.interface else ""
+    base = f"  from {c.base}" if c.base else ""
+    return f"{c.kind:<6} {_cand(c)}{where}{base}  priority {c.priority}"
+
+
+def _pair_line(p: IcePair) -> str:
+    star = "*" if p.nominated else " "
+    note = "  nominated" if p.nominated else ""
+    return (f"    {star} {_cand(p.local)} ({p.local.kind}) -> {_cand(p.remote)} "
+            f"({p.remote.kind})  {p.state}{note}")
+
+
+def _ice(decision: Decision) -> list[str]:
+    """What ICE did, once the runtime attached it (`Decision.rendezvous`)."""
+    report = decision.rendezvous
+    if report is None:
+        return []
+    out = [f"  role          {report.role}: {ROLES.get(report.role, '')}".rstrip(": ")]
+    if report.peer_fingerprint:
+        out.append(f"  fingerprint   {report.peer_fingerprint} (the peer's certificate)")
+    if report.elapsed_ms is not None:
+        out.append(f"  elapsed       {report.elapsed_ms:g} ms to the nominated pair")
+    if report.stun or report.turn:
+        out.append(f"  servers used  {', '.join((*report.stun, *report.turn))}")
+    for label, cands in (("ours", report.local), ("the peer's", report.remote)):
+        out.append(f"  {label}" + ("" if cands else "  none"))
+        out.extend(f"    {_ice_line(c)}" for c in cands)
+    selected = report.selected
+    out.append("  pairs" + ("" if report.pairs else "  none checked"))
+    out.extend(_pair_line(p) for p in report.pairs)
+    if report.pairs and selected is None:
+        out.append("    (no pair was nominated)")
+    if report.dropped:
+        out.append("  dropped")
+        out.extend(f"    - {d}" for d in report.dropped)
+    return out
 
 
 PATH_MANAGERS = {
@@ -352,6 +505,11 @@ def render_dot(decision: Decision) -> str:
         node("resolution", "\n".join(line.strip() for line in summary[1:]),
              ", shape=note")
         edge("root", "resolution", "style=dotted, arrowhead=none")
+    meeting = _rendezvous(decision)
+    if meeting:  # Rule 3: the text's rendezvous block, as one note
+        node("rendezvous", "\n".join(line.strip() for line in meeting[1:]), ", shape=note")
+        edge("root", "rendezvous", "style=dotted, arrowhead=none")
+    rendezvous = _is_rendezvous(decision)
     path_excl = {e.interface for e in decision.excluded
                  if e.interface and not e.stack and not e.remote_address}
     roles = {s.interface: s.role for s in decision.subflows}
@@ -360,16 +518,20 @@ def render_dot(decision: Decision) -> str:
             role = f"\nsubflow {roles[iface.name]}" if iface.name in roles else ""
             node(f"if:{iface.name}", f"{iface.name}\n{iface.type}{role}")
             edge("root", f"if:{iface.name}")
-    first = decision.candidates[0] if decision.candidates else None
+    first = decision.candidates[0] if decision.candidates and not rendezvous else None
     for c in decision.candidates:
         p, s = f"if:{c.interface}", f"st:{c.interface}:{c.stack}"
         leaf = f"ep:{c.interface}:{c.stack}:{c.remote_address}:{c.remote_port}"
         node(p, c.interface)
         node(s, c.stack)
-        bold = ", style=bold, penwidth=2" if c is first else ""
-        extra = "".join(f"\n{n.strip()}" for n in _notes(decision, c).split("  ") if n)
-        node(leaf, f"#{c.rank} {_addr(c.remote_address)}:{c.remote_port}\n"
-                   f"start {c.start_ms} ms{extra}", bold)
+        if rendezvous:
+            leaf = f"{leaf}:{c.local_address}"
+            node(leaf, f"#{c.rank} host {c.local_address}")
+        else:
+            bold = ", style=bold, penwidth=2" if c is first else ""
+            extra = "".join(f"\n{n.strip()}" for n in _notes(decision, c).split("  ") if n)
+            node(leaf, f"#{c.rank} {_addr(c.remote_address)}:{c.remote_port}\n"
+                       f"start {c.start_ms} ms{extra}", bold)
         edge("root", p)
         edge(p, s)
         edge(s, leaf)
@@ -377,7 +539,8 @@ def render_dot(decision: Decision) -> str:
         ident = f"x:{i}"
         what = " ".join(x for x in (e.interface if not e.remote_address else None,
                                     e.stack and f"stack {e.stack}",
-                                    e.remote_address and _addr(e.remote_address)) if x)
+                                    e.remote_address and _remote(decision, e.remote_address))
+                         if x)
         node(ident, f"{what}\n{e.outcome} {e.property or ''}".rstrip(), grey)
         parent = "root"
         if e.interface and e.remote_address:

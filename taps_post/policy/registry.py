@@ -7,11 +7,19 @@ Rule 2: nothing here looks at a request, a file or the network.
 Rule 3: what each stack offers is not here but in the stack catalogue (`catalog.py`); the
 `stack.NAME` key reads its names from there when it is checked, so a stack registered after
 import validates like a built-in one.
+Rule 4: a key whose values hold a credential is marked secret (`PropertySpec.redact`): its
+items are parsed into `Secret`s, strings whose text IS the redacted form
+(`turn:alice:***@turn.example:3478`). So every renderer of effective values (explain text,
+JSON and DOT, `policy show`, conflicts, lint warnings, logs, repr) shows the redacted form
+without knowing that secrets exist, and one added later cannot leak the credential by
+accident; only `reveal()` gives it back, to the code that must use it (the ICE agent's TURN
+client). A check of such a value never echoes it (`turn_url_problem`).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +34,11 @@ __all__ = [
     "KINDS",
     "PROFILES",
     "REGISTRY",
+    "ItemError",
     "Level",
     "Pref",
     "PropertySpec",
+    "Secret",
     "fixed_keys",
     "key_family",
     "known_keys",
@@ -36,6 +46,10 @@ __all__ = [
     "nearest",
     "protocol_features",
     "protocol_preferences",
+    "redact_turn_url",
+    "revealed",
+    "stun_server_problem",
+    "turn_url_problem",
 ]
 
 
@@ -81,6 +95,182 @@ DEFAULT_PORTS: dict[str, int] = {"https": 443, "quic": 443, "rendezvous": 0}
 """A rendezvous target (`rendezvous://IDENTITY`) names a peer, not a port: 0."""
 
 
+class ItemError(ValueError):
+    """A string_list value refused for one of its items: `index` says which (0-based), so a
+    loader can point its file:line:col at the item rather than at the list."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class Secret(str):
+    """One item of a secret key's value (Rule 4): as a str it is the redacted form, so it
+    prints, formats, joins and serialises (json.dumps) redacted everywhere; `reveal()` is
+    the value as written. Two Secrets are equal when their values are (two passwords for one
+    server are two values); against a plain string a Secret compares as its text, so a
+    value read back from the JSON equals the one that was written out."""
+
+    _value: str
+
+    def __new__(cls, shown: str, value: str) -> Secret:
+        self = super().__new__(cls, shown)
+        self._value = value
+        return self
+
+    def reveal(self) -> str:
+        """The value as the policy wrote it, credential included: for the TURN client only,
+        never for a message."""
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return self._value == other._value
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return self._value != other._value
+        return str.__ne__(self, other)
+
+    __hash__ = str.__hash__  # equal Secrets have equal texts, so equal hashes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle keep the value (str's own reduce would keep the text).
+        return (Secret, (str(self), self._value))
+
+
+def revealed(item: Any) -> str:
+    """The value an item of a policy value stands for: `Secret.reveal()` for a secret one
+    (`rendezvous.turn`), the string itself otherwise. The runtime reads TURN URLs through
+    this, and only to hand them to the TURN client."""
+    return item.reveal() if isinstance(item, Secret) else str(item)
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_NUMERIC_LABEL = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+"""A last label a resolver reads as (part of) an IPv4 address: not a host name."""
+_PORT_TEXT = re.compile(r"[0-9]{1,5}")
+_MAX_ENTRY = 512
+"""Longest STUN or TURN entry accepted: a host name is at most 253 characters."""
+
+
+def _server_problem(hostport: str) -> str | None:
+    """Why `hostport` is not `HOST:PORT` (HOST an IP address, IPv6 in brackets, or a DNS
+    name; PORT 1-65535), or None. It names the part at fault without quoting the text, so
+    a caller may use it on a text that must not be shown."""
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        if close < 0:
+            return "an IPv6 address in brackets has no closing ']'"
+        host, rest = hostport[1:close], hostport[close + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "the address in brackets is not an IPv6 address"
+        if not rest.startswith(":"):
+            return "no port after the IPv6 address: write [ADDRESS]:PORT"
+        port = rest[1:]
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            return "no port: write HOST:PORT (3478 is the STUN/TURN default)"
+        if ":" in host:
+            return "an IPv6 address must be in brackets: [ADDRESS]:PORT"
+        if not host:
+            return "no host before the port"
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            name = host[:-1] if host.endswith(".") else host
+            labels = name.split(".")
+            if (not host.isascii() or len(name) > 253
+                    or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+                    or _NUMERIC_LABEL.fullmatch(labels[-1])):
+                return ("the host is neither an IP address nor a DNS name (letters, digits, "
+                        "'-' and '_' in dot-separated labels)")
+    if not _PORT_TEXT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return "the port is not a number from 1 to 65535"
+    return None
+
+
+def _entry_problem(text: str) -> str | None:
+    """What every server entry must be, whatever its kind: printable, bounded."""
+    if len(text) > _MAX_ENTRY:
+        return f"an entry of {len(text)} characters is over {_MAX_ENTRY}"
+    if any(c.isspace() or not c.isprintable() for c in text):
+        return "an entry may not hold whitespace or control characters"
+    return None
+
+
+def stun_server_problem(text: str) -> str | None:
+    """Why `text` is not a `rendezvous.stun` entry (`HOST:PORT`), or None."""
+    why = _entry_problem(text)
+    if why is None and text[:5].lower() == "stun:":
+        why = "write HOST:PORT without the stun: scheme"
+    if why is None and "@" in text:
+        why = "a STUN server takes no credentials (a TURN server goes in rendezvous.turn)"
+    why = why or _server_problem(text)
+    if why is None:
+        return None
+    shown = repr(text) if len(text) <= 80 else f"{text[:80]!r}... ({len(text)} characters)"
+    return f"{shown}: {why}"
+
+
+_TURN_FORM = "turn:USER:PASS@HOST:PORT[?transport=udp|tcp]"
+
+
+def _turn_parts(url: str) -> tuple[str, str, str, str] | None:
+    """(user, password, host:port, query) of a URL of the TURN form, split the way the
+    TURN client splits it (the server is what follows the last '@'); None when it has no
+    'turn:' scheme or no '@'."""
+    if not url.startswith("turn:") or "@" not in url:
+        return None
+    cred, _, server = url[5:].rpartition("@")
+    user, _, password = cred.partition(":")
+    hostport, mark, query = server.partition("?")
+    return user, password, hostport, mark + query
+
+
+def redact_turn_url(url: str) -> str:
+    """`url` with its password replaced by `***` (`turn:alice:***@turn.example:3478`).
+    Anything that cannot be split safely is hidden whole: a text that is not of the TURN
+    form may hold a password where it was not expected."""
+    parts = _turn_parts(url)
+    if parts is None:
+        return "turn:***" if url.startswith("turn:") else "***"
+    user, password, hostport, query = parts
+    return f"turn:{user or '***'}:***@{hostport}{query}" if password else \
+        f"turn:***@{hostport}{query}"
+
+
+def turn_url_problem(url: str) -> str | None:
+    """Why `url` is not a `rendezvous.turn` entry (`{_TURN_FORM}`), or None. The message
+    shows the URL redacted, and only when it could be split (so no part of a password is
+    ever quoted): the user name, the server and what is wrong."""
+    why = _entry_problem(url)
+    parts = _turn_parts(url) if why is None else None
+    if why is None and url[:6].lower() == "turns:":
+        why = "TURN over TLS (turns:) is not supported; use turn: with ?transport=udp or tcp"
+    elif why is None and not url.startswith("turn:"):
+        why = f"not a TURN URL (it starts with 'turn:', in lower case): expected {_TURN_FORM}"
+    elif why is None and parts is None:
+        why = f"no USER:PASS@ before the server: expected {_TURN_FORM}"
+    if why is not None or parts is None:
+        return f"entry not shown, it may hold a password: {why}"
+    user, password, hostport, query = parts
+    if not user or not password:
+        why = f"the credentials before '@' must be USER:PASS, both non-empty ({_TURN_FORM})"
+    elif (problem := _server_problem(hostport)) is not None:
+        return (f"turn:{user}:***@...: the server after '@' is not HOST:PORT: {problem} "
+                "(the rest of the entry is not shown, it may hold a password)")
+    elif query not in ("", "?transport=udp", "?transport=tcp"):
+        why = "the only parameter is ?transport=udp or ?transport=tcp"
+    if why is None:
+        return None
+    return f"{redact_turn_url(url)}: {why}"
+
+
 @dataclass(frozen=True, slots=True)
 class PropertySpec:
     """One registry entry. `name` is the key, or the map prefix (`interface`) for map keys.
@@ -102,6 +292,21 @@ class PropertySpec:
     unit: str = ""
     choices_from: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
     """Where the choices come from when they can change after import (the stack names)."""
+    item_check: Callable[[str], str | None] | None = field(default=None, compare=False)
+    """For a string_list: why one item is not valid (None: it is). For a secret key the
+    message must not quote the item (`turn_url_problem`)."""
+    redact: Callable[[str], str] | None = field(default=None, compare=False)
+    """Marks a secret key (Rule 4): its items become `Secret(redact(item), item)`."""
+    max_items: int | None = None
+    """For a string_list: the most items a value may hold."""
+    samples: tuple[str, ...] = ()
+    """Valid example items of a checked string_list (for docs and test generators: a
+    string_list without choices is otherwise assumed to take any word)."""
+
+    @property
+    def secret(self) -> bool:
+        """Its values hold a credential and are shown redacted everywhere (Rule 4)."""
+        return self.redact is not None
 
     def options(self) -> tuple[str, ...]:
         """The allowed values, or a map key's allowed leaves, as of now."""
@@ -151,16 +356,30 @@ class PropertySpec:
                 return text
             raise ValueError(f'expected "1.2" or "1.3", got {value!r}')
         if self.kind == "string_list":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"expected a list of non-empty strings, got {value!r}")
-            choices = self.options()
-            bad = [v for v in value if choices and v not in choices]
-            if bad:
-                raise ValueError(f"{bad[0]!r} is not one of {', '.join(choices)}")
-            return tuple(value)
+            return self._parse_list(value)
         raise AssertionError(self.kind)  # pragma: no cover
+
+    def _parse_list(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            if self.secret:  # Rule 4: whatever was written there may be the credential
+                raise ValueError("expected a list of non-empty strings (the value is not "
+                                 "shown: it may hold a password)")
+            raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+        if self.max_items is not None and len(value) > self.max_items:
+            raise ValueError(f"at most {self.max_items} entries, got {len(value)}")
+        choices = self.options()
+        bad = [v for v in value if choices and v not in choices]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not one of {', '.join(choices)}")
+        if self.item_check is not None:
+            for i, item in enumerate(value):
+                if (why := self.item_check(item)) is not None:
+                    raise ItemError(i, f"entry {i + 1}: {why}" if len(value) > 1 else why)
+        if self.redact is not None:
+            return tuple(Secret(self.redact(item), item) for item in value)
+        return tuple(value)
 
     def _range_text(self) -> str:
         if self.minimum is not None and self.maximum is not None:
@@ -334,6 +553,25 @@ _SPECS: list[PropertySpec] = [
     PropertySpec("message.dscp", "string_list", "runtime", None, choices=DSCP_NAMES,
                  doc="DSCP code point per niceness (index = niceness, the last entry for "
                      "all larger); unset: packets are not marked"),
+    PropertySpec("rendezvous.stun", "string_list", "runtime", None, max_items=8,
+                 item_check=stun_server_problem,
+                 samples=("stun.example.net:3478", "198.18.0.1:3478", "[fd00::1]:3478"),
+                 doc="STUN servers (HOST:PORT each) a rendezvous asks for our address as "
+                     "the NAT maps it (server-reflexive candidates); unset: none, only host "
+                     "and relayed candidates"),
+    PropertySpec("rendezvous.turn", "string_list", "runtime", None, max_items=8,
+                 item_check=turn_url_problem, redact=redact_turn_url,
+                 samples=("turn:alice:s3cret@turn.example.net:3478",
+                          "turn:bob:hunter2@198.18.0.1:3478?transport=tcp"),
+                 doc="TURN servers (turn:USER:PASS@HOST:PORT[?transport=udp|tcp] each) a "
+                     "rendezvous may relay through; the password is shown as *** "
+                     "everywhere"),
+    _pref("rendezvous.relay", "runtime", Pref.AVOID,
+          "Relayed (TURN) ICE candidates: prohibit uses none, ours or the peer's; require "
+          "only ours; prefer checks them first; avoid and no_preference check them last "
+          "(RFC 8445)"),
+    PropertySpec("rendezvous.peerWait", "int", "runtime", 30000, minimum=1, maximum=600000,
+                 unit="ms", doc="How long a rendezvous initiate waits for the peer's offer"),
 ]
 
 REGISTRY: dict[str, PropertySpec] = {s.name: s for s in _SPECS}
