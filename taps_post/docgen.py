@@ -189,8 +189,8 @@ def render_stack_table() -> str:
             cells.append("yes" if all(have) else "no" if not any(have) else "partly")
         cells.append("yes" if info.multipath_capable else "no")
         schemes = [s for s, allowed in table.items() if info.name in allowed]
-        cells.append(", ".join(f"{s}://" for s in schemes) + (", " if schemes else "")
-                     + "host:port")
+        hostport = [] if info.rendezvous else ["host:port"]  # it serves rendezvous:// only
+        cells.append(", ".join([*(f"{s}://" for s in schemes), *hostport]))
         rows.append(cells)
     always = ", ".join(_code(k) for k in sorted(_always_features()))
     return (_table(["stack", *header], rows) + "\n\n"

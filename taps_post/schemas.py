@@ -237,6 +237,36 @@ class _ResolutionOut(_Strict):
     dane: _DaneOut | None
 
 
+class _IceCandidateOut(_Strict):
+    kind: Literal["host", "srflx", "prflx", "relay"]
+    address: str
+    port: int
+    priority: int
+    interface: str | None
+    base: str | None
+
+
+class _IcePairOut(_Strict):
+    local: _IceCandidateOut
+    remote: _IceCandidateOut
+    state: str
+    nominated: bool
+
+
+class _RendezvousOut(_Strict):
+    peer: str
+    role: Literal["controlling", "controlled"]
+    local: list[_IceCandidateOut]
+    remote: list[_IceCandidateOut]
+    pairs: list[_IcePairOut]
+    selected: _IcePairOut | None
+    dropped: list[str]
+    stun: list[str]
+    turn: list[str]
+    peer_fingerprint: str | None
+    elapsed_ms: float | None
+
+
 class ExplainOutput(_Strict):
     """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
@@ -250,6 +280,7 @@ class ExplainOutput(_Strict):
     excluded: list[_ExcludedOut]
     multipath: _MultipathOut
     resolution: _ResolutionOut
+    rendezvous: _RendezvousOut | None
     outcome: Literal["ok", "no_candidates", "policy_prohibited"]
     warnings: list[str]
 

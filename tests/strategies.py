@@ -93,7 +93,9 @@ def values_for(key: str) -> st.SearchStrategy[Any]:
     if spec.kind == "tls_version":
         return st.sampled_from(("1.2", "1.3", 1.2, 1.3))
     if spec.kind == "string_list":
-        words = spec.options() or ALPN  # a list with choices (message.dscp) takes only those
+        # A list with choices (message.dscp) takes only those; a checked one (rendezvous.stun,
+        # rendezvous.turn) its registry samples; any other any word.
+        words = spec.options() or spec.samples or ALPN
         return st.one_of(st.sampled_from(words),
                          st.lists(st.sampled_from(words), min_size=1, max_size=3))
     raise AssertionError(spec.kind)

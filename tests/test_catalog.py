@@ -38,20 +38,22 @@ def require(stack: str) -> dict[str, Any]:
 
 
 def test_builtin_table_is_the_old_constants() -> None:
-    assert catalog.names() == ("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp")
+    assert catalog.names() == ("tcp", "tls", "quic", "mptcp", "tls-mptcp", "udp", "quic-ice")
     assert catalog.schemes() == {
         "https": ("tls", "quic", "tls-mptcp"),
         "tls": ("tls", "tls-mptcp"),
         "tcp": ("tcp", "mptcp"),
         "udp": ("udp",),
         "quic": ("quic",),
+        "rendezvous": ("quic-ice",),
     }
-    assert list(catalog.schemes()) == ["https", "tls", "tcp", "udp", "quic"]
+    assert list(catalog.schemes()) == ["https", "tls", "tcp", "udp", "quic", "rendezvous"]
     by = {i.name: i for i in catalog.infos()}
-    assert {n for n, i in by.items() if i.ip_protocol == "udp"} == {"quic", "udp"}
+    assert {n for n, i in by.items() if i.rendezvous} == {"quic-ice"}
+    assert {n for n, i in by.items() if i.ip_protocol == "udp"} == {"quic", "udp", "quic-ice"}
     assert {n for n, i in by.items() if i.stream_capable} == {"tcp", "tls", "mptcp", "tls-mptcp"}
     assert {n for n, i in by.items() if i.multipath_capable} == {"mptcp", "tls-mptcp"}
-    assert {n for n, i in by.items() if i.secure} == {"tls", "quic", "tls-mptcp"}
+    assert {n for n, i in by.items() if i.secure} == {"tls", "quic", "tls-mptcp", "quic-ice"}
     assert [i.order for i in catalog.infos()] == sorted(i.order for i in catalog.infos())
     for i in catalog.infos():
         assert i.features <= protocol_features(), (i.name, i.features - protocol_features())
@@ -127,9 +129,10 @@ def test_explain_lists_the_registered_stack(alt: StackInfo) -> None:
     assert {c.stack for c in d.candidates} == {ALT}
     assert all(c.key.stack_order == alt.order for c in d.candidates)
     # Every other stack is excluded once, at the stack level; those that pass the defaults
-    # are reported as lacking the required stack.tcp-alt.
+    # are reported as lacking the required stack.tcp-alt. A rendezvous stack is not judged
+    # for a host:port target at all (it serves rendezvous:// only).
     pruned = [e.stack for e in d.excluded if e.stack and not e.interface]
-    assert pruned == [s for s in catalog.names() if s != ALT]
+    assert pruned == [s for s in catalog.names() if s != ALT and not catalog.info(s).rendezvous]
     lacking = [e.stack for e in d.excluded if e.property == f"stack.{ALT}"]
     assert lacking == ["tcp", "tls", "quic"]  # mptcp: multipath disabled; udp: unreliable
 
@@ -181,8 +184,8 @@ def test_snapshot_rejects_an_unknown_stack_like_a_literal() -> None:
         tp.load_environment(env)
     (diag,) = info.value.diagnostics
     assert diag.path == "cache[0].stack"
-    assert diag.message == ("input should be 'tcp', 'tls', 'quic', 'mptcp', 'tls-mptcp' or "
-                            "'udp', got 'tcp-alt'")
+    assert diag.message == ("input should be 'tcp', 'tls', 'quic', 'mptcp', 'tls-mptcp', "
+                            "'udp' or 'quic-ice', got 'tcp-alt'")
 
 
 def test_fresh_schemas_list_the_registered_stack(alt: StackInfo) -> None:
@@ -223,5 +226,5 @@ def test_a_stack_with_a_new_scheme() -> None:
         assert "sctp" in json.dumps(schemas.schema("policy")["$defs"]["When"])
         assert "sctp" in json.dumps(schemas.schema("explain")["$defs"]["_RequestOut"])
     with pytest.raises(tp.InputError, match="expected one of https, tls, tcp, udp, quic, "
-                                            "hostport, got 'sctp'"):
+                                            "rendezvous, hostport, got 'sctp'"):
         tp.PolicyContext(system=[], app=policy("app", {"id": "s", "when": {"scheme": "sctp"}}))

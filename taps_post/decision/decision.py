@@ -480,6 +480,8 @@ class Decision:
                                   if self.attempt_delay is not None else None),
                 "dane": self.dane.to_dict() if self.dane is not None else None,
             },
+            "rendezvous": (self.rendezvous.to_dict() if self.rendezvous is not None
+                           else None),
             "outcome": self.outcome,
             "warnings": list(self.warnings),
         }

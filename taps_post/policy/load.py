@@ -36,7 +36,7 @@ from ..diagnostics import Diagnostic, InputError
 from . import catalog
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
-from .registry import PROFILES, REGISTRY, lookup, nearest
+from .registry import PROFILES, REGISTRY, ItemError, lookup, nearest
 from .yamlpos import Path, Positions, load_yaml, render_path
 
 __all__ = [
@@ -780,6 +780,10 @@ def _statements(
             continue
         try:
             parsed = spec.parse(value)
+        except ItemError as exc:  # one item of a list: point at it
+            at = (*path, exc.index) if isinstance(value, list) else path
+            problems.append(pos.diagnostic(at, f"{key}: {exc}"))
+            continue
         except ValueError as exc:
             problems.append(pos.diagnostic(path, f"{key}: {exc}"))
             continue
