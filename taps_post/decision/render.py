@@ -327,8 +327,8 @@ RELAY = {
     "prohibit": "no relayed candidate, ours or the peer's",
     "require": "only our relayed candidates: no host or server-reflexive candidate is offered",
     "prefer": "relayed candidates are checked and nominated first",
-    "avoid": "relayed candidates are checked last (RFC 8445 defaults)",
-    "no_preference": "relayed candidates are checked last (RFC 8445 defaults)",
+    "avoid": "relayed pairs last, held back 1 s while a direct pair may succeed",
+    "no_preference": "relayed pairs last, held back 1 s while a direct pair may succeed",
 }
 """What each `rendezvous.relay` value does, as the rendezvous block says it."""
 
