@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .decision.decide import decide
-from .decision.decision import Candidate, Decision, Exclusion, RankKey, SubflowPlan
+from .decision.decision import (
+    Candidate,
+    Decision,
+    Exclusion,
+    IceCandidate,
+    IcePair,
+    RankKey,
+    RendezvousReport,
+    SubflowPlan,
+)
 from .decision.envfile import load_environment
 from .decision.environment import Address, CacheEntry, Environment, Interface
 from .decision.request import Request, parse_target
@@ -66,6 +75,8 @@ __all__ = [
     "ForkRefusedError",
     "FrameTooLargeError",
     "Framer",
+    "IceCandidate",
+    "IcePair",
     "IdleTimeoutError",
     "InMessage",
     "InputError",
@@ -74,6 +85,7 @@ __all__ = [
     "LineFramer",
     "Listener",
     "Local",
+    "MemorySignalling",
     "MessageTooLargeError",
     "MptcpRefusedError",
     "NetChange",
@@ -90,10 +102,14 @@ __all__ = [
     "Ready",
     "Remote",
     "RemoteProtocolError",
+    "RendezvousClient",
+    "RendezvousPoint",
+    "RendezvousReport",
     "Reply",
     "Request",
     "ResolutionError",
     "Responder",
+    "Signalling",
     "Sink",
     "SoftError",
     "Source",
@@ -156,6 +172,10 @@ _LAZY = {
     "respond": "taps_post.runtime.responder",
     "new_source": "taps_post.runtime.datagram",
     "new_sink": "taps_post.runtime.datagram",
+    "Signalling": "taps_post.runtime.signalling",
+    "MemorySignalling": "taps_post.runtime.signalling",
+    "RendezvousClient": "taps_post.runtime.rendezvous_client",
+    "RendezvousPoint": "taps_post.runtime.rendezvous_point",
 }
 _MODULES = {"certs": "taps_post.certs", "stacks": "taps_post.stacks"}
 
@@ -207,7 +227,11 @@ if TYPE_CHECKING:
     from .runtime.listener import Listener as Listener
     from .runtime.listener import listen as listen
     from .runtime.path import Path as Path
+    from .runtime.rendezvous_client import RendezvousClient as RendezvousClient
+    from .runtime.rendezvous_point import RendezvousPoint as RendezvousPoint
     from .runtime.responder import Reply as Reply
     from .runtime.responder import Responder as Responder
     from .runtime.responder import respond as respond
+    from .runtime.signalling import MemorySignalling as MemorySignalling
+    from .runtime.signalling import Signalling as Signalling
     from .stacks.transient import Transient as Transient

@@ -14,17 +14,19 @@ with no addresses: nothing downstream has to tell "resolved to nothing" from "no
 Rule 4: an endpoint's repr and `describe()` name its certificates (ours, pinned and trusted
 ones) by fingerprint only, never their PEM text or key, so a Local holding our private key can
 be logged or named in an exception message (docs/architecture.md, "Errors and certificates").
-Rule 6: a rendezvous Remote (`Remote.rendezvous`, draft 3.1.3) names a peer by identity
-(`host`, a DNS-like name; scheme `rendezvous`, port 0) and how to meet it (`via`: the
-rendezvous point's Remote, or an application's own `Signalling`); it has no addresses to
-resolve, the ICE path is found when it is activated (runtime/rendezvous.py). The peer's
-`certificates`, when given, are pins learned out of band: then not even the rendezvous
-point can put another peer in its place.
 Rule 5: an endpoint is checked when it is made, however it is made (`parse`, `ip`, the
 constructor, `replace`): a host is an IP address or a DNS name (`host_name_problem`: no empty
 or over-long labels, no `256.256.256.256`), a port is 0-65535, an interface name is one Linux
 could have; anything else is an ArgumentError naming the value (repr'd and cut short), raised
 before a resolver or a socket sees it.
+Rule 6: a rendezvous Remote (`Remote.rendezvous`, draft 3.1.3) names a peer by identity
+(`host`, a DNS-like name; scheme `rendezvous`, port 0) and how to meet it (`via`: the
+rendezvous point's Remote, or an application's own `Signalling`); it has no addresses to
+resolve, the ICE path is found when it is activated (runtime/rendezvous.py). The peer's
+`certificates`, when given, are pins learned out of band: then not even the rendezvous
+point can put another peer in its place. Identities are kept in lower case on both sides
+(`Local.identity`, the Remote's host): they are names, and the two peers order them the same
+way to agree on their roles.
 """
 
 from __future__ import annotations
@@ -77,12 +79,16 @@ class Local:
     "certificates ... to identify this endpoint", and the peers it accepts)."""
     identity: str | None = None
     """Our name at a rendezvous point (a DNS-like name): the peer's rendezvous Remote names
-    us by it. The rendezvous point accepts it only from a client certificate naming it."""
+    us by it. The rendezvous point accepts it only from a client certificate naming it.
+    Kept in lower case, as `Remote.rendezvous` keeps the peer's (Rule 6: both ends must
+    agree on it, and on which of two identities sorts first)."""
 
     def __post_init__(self) -> None:
         _check_port("Local", self.port)
-        if self.identity is not None and (why := identity_problem(self.identity)):
-            raise ArgumentError(f"Local.identity: {why}")
+        if self.identity is not None:
+            if (why := identity_problem(self.identity)) is not None:
+                raise ArgumentError(f"Local.identity: {why}")
+            object.__setattr__(self, "identity", self.identity.lower())
         if self.address is not None:
             _check_address("Local.address", self.address)
         if self.interface is not None and (why := interface_name_problem(self.interface)):
@@ -133,6 +139,7 @@ class Remote:
                                     "addresses and a `via`: make it with Remote.rendezvous()")
             if (why := identity_problem(self.host)) is not None:
                 raise ArgumentError(f"Remote.rendezvous identity: {why}")
+            object.__setattr__(self, "host", self.host.lower())  # Rule 6
             if isinstance(self.via, Remote) and self.via.scheme == "rendezvous":
                 raise ArgumentError("Remote.rendezvous via: the rendezvous point is reached "
                                     "over TLS, not through another rendezvous")

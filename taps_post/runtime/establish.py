@@ -44,12 +44,17 @@ resolution to end) before connecting, since the stack would refuse a peer it can
 TLSA sets from an `env=` snapshot reach a real attempt as not validated, whatever the file
 says: a snapshot is text the caller loaded (a fixture, another machine's capture), not a
 DNSSEC validation, so it never turns PKIX off; explain still shows the snapshot as written.
+Rule 8: a rendezvous Remote (draft 3.1.3) has no name to resolve and nothing to race: its
+opener is `rendezvous.rendezvous_opener()` (ICE, then QUIC between the peers), checked at
+`initiate()` like any other (a Local without an identity or a key is an ArgumentError
+there), and decided with the same context and carrier layers as any initiate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import replace
@@ -79,6 +84,7 @@ from .carrier import Carrier, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .fork import fork_stream, speaks_fork
 from .racing import Replan, race
+from .rendezvous import rendezvous_opener
 from .resolution import Snapshot, forget, resolve_passes, wanted_for
 from .trace import LOGGERS, TraceCallback, Tracer
 
@@ -302,7 +308,14 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                tracer: Tracer | None) -> Opener:
     """How a carrier with these inputs gets a Transient: decide (plan cache, Rule 2), then
     race, each attempt offered its view of the carrier's early flight (AttemptSpec.early)
-    and the Local's port; every outcome goes into the Association's history (Rule 3)."""
+    and the Local's port; every outcome goes into the Association's history (Rule 3).
+    A rendezvous Remote is met instead (Rule 8, runtime/rendezvous.py)."""
+    if remote.is_rendezvous:
+        return rendezvous_opener(
+            remote, local, ctx, association, kind=kind, tracer=tracer,
+            deciding=lambda: secured(ctx.current(), remote, local)[0],
+            framers=functools.partial(framer_factory, framer),
+            environment=functools.partial(snapshot, env), initiate=initiate)
 
     async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established:
         base = snapshot(env)
