@@ -294,7 +294,8 @@ def test_dry_run_says_where_host_candidates_gather_and_who_set_the_servers(
     assert "  peer          bob" in block
     hosts = block[block.index("  host candidates") + 1:]
     assert hosts[0].split() == ["eth0", "fd00::2,", "198.18.0.2"]
-    assert hosts[1].split() == ["lo", "::1,", "127.0.0.1"]
+    assert hosts[1].split()[0] == "stun"  # lo: no rule asks for loopback (RFC 8445 5.1.1.1)
+    assert "x lo (loopback)  unreachable; loopback addresses are no ICE host candidates" in out
     assert "wwan0" not in text  # prohibited: no candidate (the tree says why)
     assert re.search(r"x wwan0 \(cellular\)  prohibited by interface.cellular: app rule "
                      rf"no-modem \({re.escape(files['app'])}:13\)", out)
@@ -305,7 +306,7 @@ def test_dry_run_says_where_host_candidates_gather_and_who_set_the_servers(
     assert re.search(rf"relay +prohibit +app rule servers \({re.escape(files['app'])}:10\): "
                      "no relayed candidate, ours or the peer's", text)
     assert "peer wait     30000 ms" in text
-    assert lines[-1].startswith("outcome  ok: 4 host candidates on 2 interfaces")
+    assert lines[-1].startswith("outcome  ok: 2 host candidates on 1 interface")
     assert "did not resolve" not in out and "start" not in out and PASSWORD not in out
 
 
@@ -316,9 +317,10 @@ def test_dry_run_on_the_live_machine(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0, err
     d = json.loads(out)
     assert d["request"]["scheme"] == "rendezvous" and d["request"]["port"] == 0
-    assert {c["stack"] for c in d["candidates"]} == {"quic-ice"}
-    assert any(c["interface"] == "lo" and c["local_address"] == "127.0.0.1"
-               for c in d["candidates"])
+    assert {c["stack"] for c in d["candidates"]} <= {"quic-ice"}
+    assert not any(c["interface"] == "lo" for c in d["candidates"])  # RFC 8445 5.1.1.1
+    assert any(e["interface"] == "lo" and e["outcome"] == "unreachable"
+               for e in d["excluded"])
     assert d["warnings"] == []
 
 

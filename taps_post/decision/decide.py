@@ -71,13 +71,16 @@ on every interface and local address the policy allows. They are the ICE host ca
 path rules prune interfaces as always, `addressFamily.*` prunes a wildcard (a family), and
 `useTemporaryLocalAddress` chooses among an interface's addresses of a family (prefer: the
 temporary ones when there are any, RFC 8445 section 5.1.1.1; avoid and no_preference: the
-stable ones; require/prohibit: only those). Loopback is kept (two peers on one machine meet
-there; `interface.loopback: prohibit` removes it); IPv6 link-local addresses are not host
-candidates (they need a scope the peer cannot know). DANE and ECH do not apply: the peer is
-authenticated by the certificate fingerprint its offer carries, not by a name, and the
-stack sends no server name to hide. No history ranks them and no attempt delay separates
-them (ICE checks every pair at once): every start is 0 ms. `rendezvous.relay: require` with
-no `rendezvous.turn` server excludes the stacks: no candidate could be relayed.
+stable ones; require/prohibit: only those). A loopback interface gathers only when a path
+rule asks for it by name or type (`interface.loopback: prefer` or `require`: two peers on
+one machine, tests): RFC 8445 section 5.1.1.1 says loopback addresses MUST NOT be host
+candidates, and a peer elsewhere could never reach them; IPv6 link-local addresses are not
+host candidates either (they need a scope the peer cannot know). DANE and ECH do not
+apply: the peer is authenticated by the certificate fingerprint its offer carries, not by a
+name, and the stack sends no server name to hide. No history ranks them and no attempt
+delay separates them (ICE checks every pair at once): every start is 0 ms.
+`rendezvous.relay: require` with no `rendezvous.turn` server excludes the stacks: no
+candidate could be relayed.
 """
 
 from __future__ import annotations
@@ -732,7 +735,15 @@ def _rendezvous(effective: Effectives, interfaces: Sequence[Interface],
     temp_statement = effective["useTemporaryLocalAddress"].statement
     flat = [(info.name, info.order, node.prefer, node.avoid) for info, node in stacks]
     scored: list[tuple[RankKey, str, str, str, str, str]] = []
+    asked = [k for k in _path_keys(effective)
+             if effective[k].value in (Pref.PREFER, Pref.REQUIRE)]
     for iface, pnode in paths:
+        if iface.type == "loopback" and not any(_applies(k, iface) for k in asked):
+            excluded.append(Exclusion(
+                iface.name, None, None, None, "unreachable",
+                detail="loopback addresses are no ICE host candidates (RFC 8445 section "
+                       "5.1.1.1) unless a path rule prefers or requires the interface"))
+            continue
         for order, wildcard, family in families:
             found = _host_addresses(iface, family, temp_pref)
             if isinstance(found, str):

@@ -781,8 +781,8 @@ def _statements(
         try:
             parsed = spec.parse(value)
         except ItemError as exc:  # one item of a list: point at it
-            at = (*path, exc.index) if isinstance(value, list) else path
-            problems.append(pos.diagnostic(at, f"{key}: {exc}"))
+            item: Path = (*path, exc.index) if isinstance(value, list) else path
+            problems.append(pos.diagnostic(item, f"{key}: {exc}"))
             continue
         except ValueError as exc:
             problems.append(pos.diagnostic(path, f"{key}: {exc}"))

@@ -201,13 +201,15 @@ def tracer_for(trace: TraceCallback | None) -> Tracer | None:
     """A Tracer when anyone listens (a callback, or a `taps_post` logger at DEBUG), else
     None: the silent common case costs four cached level checks per establishment."""
     if trace is None and not (_DECISION(DEBUG) or _RACE(DEBUG) or _CARRIER(DEBUG)
-                              or _LISTENER(DEBUG) or _RESOLUTION(DEBUG)):
+                              or _LISTENER(DEBUG) or _RESOLUTION(DEBUG)
+                              or _RENDEZVOUS(DEBUG)):
         return None
     return Tracer(trace)
 
 
-_DECISION, _RACE, _CARRIER, _LISTENER, _RESOLUTION = (
-    LOGGERS[a].isEnabledFor for a in ("decision", "race", "carrier", "listener", "resolution"))
+_DECISION, _RACE, _CARRIER, _LISTENER, _RESOLUTION, _RENDEZVOUS = (
+    LOGGERS[a].isEnabledFor for a in ("decision", "race", "carrier", "listener", "resolution",
+                                      "rendezvous"))
 
 
 def _environment(base: Environment | None, remote: Remote, association: Association,

@@ -74,6 +74,7 @@ from ..errors import (
 )
 from ..ice.offer import Offer, OfferError
 from ..policy.context import PolicyContext
+from ..policy.registry import revealed
 from ..stacks.base import AttemptSpec, Listening, ListenSpec
 from ..stacks.transient import Transient
 from ..system import live
@@ -83,7 +84,7 @@ from .endpoints import Local, Remote, hostport
 from .racing import classify
 from .rendezvous_client import Initiate, RendezvousClient
 from .signalling import Signalling
-from .trace import LOGGERS, Tracer
+from .trace import Tracer
 
 if TYPE_CHECKING:
     from ..ice.agent import IceAgent, IcePath, TurnServer
@@ -93,9 +94,6 @@ __all__ = ["STACK", "check_rendezvous", "rendezvous_opener"]
 STACK = "quic-ice"
 """The stack a rendezvous carrier runs on (policy/catalog.py)."""
 
-_AREA = "" if "rendezvous" in LOGGERS else "carrier."
-"""Trace events are `rendezvous.offer`, `.candidates`, `.pair`; while runtime/trace.py has
-no `rendezvous` area they go out under the carrier's (`carrier.rendezvous.offer`)."""
 
 
 def check_rendezvous(remote: Remote, local: Local | None) -> tuple[str, Certificate]:
@@ -129,7 +127,9 @@ def _values(decision: Decision) -> tuple[tuple[tuple[str, int], ...], tuple[Turn
     from ..ice.agent import parse_stun, parse_turn_url  # Rule 9
 
     stun = tuple(parse_stun(s) for s in decision.value("rendezvous.stun") or ())
-    turn = tuple(parse_turn_url(u) for u in decision.value("rendezvous.turn") or ())
+    # The policy holds each TURN URL as a Secret whose text is the redacted form (registry
+    # Rule 4): only the TURN client itself gets the password.
+    turn = tuple(parse_turn_url(revealed(u)) for u in decision.value("rendezvous.turn") or ())
     relay = decision.value("rendezvous.relay")
     wait = float(decision.value("rendezvous.peerWait")) / 1000.0
     return stun, turn, str(getattr(relay, "value", relay)), wait
@@ -182,7 +182,7 @@ def _counts(prefix: str, kinds: Sequence[str]) -> dict[str, int]:
 
 def _emit(tracer: Tracer | None, name: str, **info: Any) -> None:
     if tracer is not None:
-        tracer.emit(_AREA + name, **info)
+        tracer.emit(name, **info)
 
 
 def _signalling(via: object, local: Local, ctx: PolicyContext,

@@ -54,9 +54,10 @@ _RACE = logging.getLogger("taps_post.race")
 _CARRIER = logging.getLogger("taps_post.carrier")
 _LISTENER = logging.getLogger("taps_post.listener")
 _RESOLUTION = logging.getLogger("taps_post.resolution")
+_RENDEZVOUS = logging.getLogger("taps_post.rendezvous")
 LOGGERS: Mapping[str, logging.Logger] = {
     "decision": _DECISION, "race": _RACE, "attempt": _RACE, "carrier": _CARRIER,
-    "listener": _LISTENER, "resolution": _RESOLUTION,
+    "listener": _LISTENER, "resolution": _RESOLUTION, "rendezvous": _RENDEZVOUS,
 }
 """Event area -> the logger its events go to."""
 
@@ -90,6 +91,14 @@ EVENTS: Mapping[str, str] = {
     "listener.closed": "stack, local",
     "listener.stopped": "ports (an accept callback returned False: no more connections)",
     "listener.fork": "stack, remote (a fork request joined a carrier of this listener)",
+    "rendezvous.offer": "direction (sent, received, skipped), peer, session, candidates "
+                        "(count), fingerprint, reason (skipped ones); never the ICE "
+                        "credentials",
+    "rendezvous.candidates": "local_host, local_srflx, local_prflx, local_relay, remote_host, "
+                             "remote_srflx, remote_prflx, remote_relay (counts), dropped "
+                             "(count)",
+    "rendezvous.pair": "kind (of our candidate), local, remote, interface, role, elapsed_ms: "
+                       "the nominated ICE pair",
 }
 """The events taps_post emits and their info keys (besides trace_id and t_ms). Other names in
 a known area are allowed; these are the ones callers may rely on."""
@@ -191,7 +200,8 @@ class Tracer:
         debug = logging.DEBUG  # spelled out, no generator: this runs a few times per connect
         return (self._sink.callback is not None or _DECISION.isEnabledFor(debug)
                 or _RACE.isEnabledFor(debug) or _CARRIER.isEnabledFor(debug)
-                or _LISTENER.isEnabledFor(debug) or _RESOLUTION.isEnabledFor(debug))
+                or _LISTENER.isEnabledFor(debug) or _RESOLUTION.isEnabledFor(debug)
+                or _RENDEZVOUS.isEnabledFor(debug))
 
     def emit(self, name: str, /, **info: Any) -> None:
         """Log the event and hand it to the callback; never raises for the callback's sake."""
