@@ -28,6 +28,7 @@ EXPECTED = {
     "responder (draft section 3.1.1, Figure 4)": "b'Hello!'\n",
     "happy eyeballs and 0-RTT (draft section 3.1.2)": "b'after the handshake'\nb'early'\n",
     "multicast receiver (draft section 3.1.4)": "b'to the group'\n",
+    "peer to peer (draft section 3.1.3)": "host\nb'Hello, Bob!'\nb'on a fork'\n",
 }
 
 
