@@ -335,17 +335,23 @@ async def meet(cmd):
                             certificates=[Certificate.from_files(cmd["point_cert"])])
     remote = tp.Remote.rendezvous(cmd["peer"], via=point)
     policy = tp.PolicyContext(system=[], app=cmd["policy"], app_name="natlab-peer")
+    events = []
+
+    def trace(name, info):
+        events.append([name, round(elapsed_ms(t0), 1)])
+
     t0 = time.monotonic()
-    carrier = tp.initiate(remote, local=local, policy=policy)
+    carrier = tp.initiate(remote, local=local, policy=policy, trace=trace)
     try:
         await carrier.activate()
     except Exception as exc:
         return {"event": "error", "type": type(exc).__name__, "message": str(exc),
-                "ms": elapsed_ms(t0)}
+                "ms": elapsed_ms(t0), "trace": events}
     STATE["carrier"] = carrier
     report = carrier.explanation.rendezvous
     return {"event": "ready", "t_go": t0, "t_ready": time.monotonic(), "ms": elapsed_ms(t0),
-            "stack": carrier.stack, "report": None if report is None else report.to_dict()}
+            "stack": carrier.stack, "report": None if report is None else report.to_dict(),
+            "trace": events}
 
 
 async def exchange(carrier, marker, count):
@@ -357,7 +363,7 @@ async def exchange(carrier, marker, count):
 
     async def receive():
         while len(got) < count:
-            data = bytes((await carrier.receive()).data)
+            data = bytes(await carrier.receive())
             head, _, number = data.rpartition(b" ")
             got.append(int(number) if head == marker else -1)
 
@@ -378,7 +384,7 @@ async def round_trips(carrier, n):
     for i in range(n):
         t = time.monotonic()
         await carrier.send(b"rtt %d" % i)
-        assert bytes((await carrier.receive()).data).endswith(b"rtt %d" % i)
+        assert bytes(await carrier.receive()).endswith(b"rtt %d" % i)
         samples.append(elapsed_ms(t))
     return samples
 
@@ -427,7 +433,8 @@ asyncio.run(command_loop(handle))
   `tp.initiate(Remote.rendezvous(peer, via=point pinned), local=Local(identity=me, ...),
   policy=app policy file)` and activate; answers {"event": "ready", "t_go", "t_ready"
   (time.monotonic(), one clock for every process), "ms", "stack", "report" (the
-  explanation's rendezvous report as a dict)} or {"event": "error", "type", "message", "ms"}.
+  explanation's rendezvous report as a dict), "trace" ([event name, ms after initiate()]
+  of every trace event)} or {"event": "error", "type", "message", "ms", "trace"}.
 - {"cmd": "exchange", "marker", "count"}: send `count` messages b"MARKER N" while receiving
   as many; {"event": "received", "numbers" (in arrival order; -1 for a message without the
   marker), "ms"}. Both peers must be told at once.
