@@ -75,6 +75,8 @@ bench: install
 	else echo "bench/multipath.py needs root (network namespaces): skipped"; fi
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/resolution.py; \
 	else echo "bench/resolution.py needs root (network namespaces): skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/rendezvous.py; \
+	else echo "bench/rendezvous.py needs root (network namespaces): skipped"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
