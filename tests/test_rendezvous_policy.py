@@ -169,7 +169,8 @@ def test_a_malformed_turn_url_is_refused_without_its_password(url: str, why: str
 ])
 def test_a_malformed_stun_entry_is_refused(entry: str, why: str) -> None:
     problem = stun_server_problem(entry)
-    assert problem is not None and why in problem and problem.startswith(repr(entry))
+    shown = "an entry with '@'" if "@" in entry else repr(entry)  # credentials never echoed
+    assert problem is not None and why in problem and problem.startswith(shown)
 
 
 @pytest.mark.parametrize("entry", ["stun.example.net:3478", "198.18.0.1:19302",
@@ -412,3 +413,25 @@ def test_json_carries_the_report_and_matches_the_schema(files: dict[str, str]) -
     dry = tp.explain("rendezvous://bob", system=[], env=ENV).to_dict()
     assert dry["rendezvous"] is None
     jsonschema.validate(dry, schema("explain"))
+
+
+def test_a_turn_url_in_the_stun_list_is_refused_without_its_password() -> None:
+    """A TURN URL pasted under rendezvous.stun: refused, and the message never quotes it."""
+    problem = stun_server_problem("turn:al:PWLEAK@198.18.0.1:3478")
+    assert problem is not None and "PWLEAK" not in problem and "no credentials" in problem
+
+
+def test_only_a_rule_naming_loopback_gathers_on_it() -> None:
+    """`interface.*: prefer` is about every interface, not about meeting on loopback (RFC 8445
+    section 5.1.1.1); `interface.lo: prefer` names it. IPv4 link-local never gathers."""
+    env = {"interfaces": [
+        {"name": "lo", "type": "loopback", "addresses": ["127.0.0.1"]},
+        {"name": "eth0", "type": "ethernet", "addresses": ["198.18.0.2", "169.254.3.4"]}]}
+
+    def hosts(rule: dict[str, object]) -> set[tuple[str, str]]:
+        d = tp.explain("rendezvous://bob", system=[], env=env, app=[policy("app", rule)])
+        return {(c.interface, c.local_address) for c in d.candidates}
+
+    assert hosts({"id": "all", "set": {"interface.*": "prefer"}}) == {("eth0", "198.18.0.2")}
+    assert hosts({"id": "lo", "set": {"interface.lo": "prefer"}}) == {
+        ("lo", "127.0.0.1"), ("eth0", "198.18.0.2")}

@@ -75,7 +75,8 @@ stable ones; require/prohibit: only those). A loopback interface gathers only wh
 rule asks for it by name or type (`interface.loopback: prefer` or `require`: two peers on
 one machine, tests): RFC 8445 section 5.1.1.1 says loopback addresses MUST NOT be host
 candidates, and a peer elsewhere could never reach them; IPv6 link-local addresses are not
-host candidates either (they need a scope the peer cannot know). DANE and ECH do not
+host candidates either, nor IPv4 link-local ones (169.254/16: a peer elsewhere cannot reach
+them, an IPv6 one would need a scope the peer cannot know). DANE and ECH do not
 apply: the peer is authenticated by the certificate fingerprint its offer carries, not by a
 name, and the stack sends no server name to hide. No history ranks them and no attempt
 delay separates them (ICE checks every pair at once): every start is 0 ms.
@@ -735,14 +736,18 @@ def _rendezvous(effective: Effectives, interfaces: Sequence[Interface],
     temp_statement = effective["useTemporaryLocalAddress"].statement
     flat = [(info.name, info.order, node.prefer, node.avoid) for info, node in stacks]
     scored: list[tuple[RankKey, str, str, str, str, str]] = []
+    # Only a rule naming loopback itself asks for it (the type, or an interface's own name,
+    # no glob): `interface.*: prefer` is about every interface, not about meeting on loopback.
     asked = [k for k in _path_keys(effective)
-             if effective[k].value in (Pref.PREFER, Pref.REQUIRE)]
+             if k.startswith("interface.") and not any(c in k for c in "*?[")
+             and effective[k].value in (Pref.PREFER, Pref.REQUIRE)]
     for iface, pnode in paths:
         if iface.type == "loopback" and not any(_applies(k, iface) for k in asked):
             excluded.append(Exclusion(
                 iface.name, None, None, None, "unreachable",
                 detail="loopback addresses are no ICE host candidates (RFC 8445 section "
-                       "5.1.1.1) unless a path rule prefers or requires the interface"))
+                       "5.1.1.1) unless a rule prefers or requires interface.loopback or "
+                       "the interface by its name"))
             continue
         for order, wildcard, family in families:
             found = _host_addresses(iface, family, temp_pref)
@@ -773,7 +778,7 @@ def _host_addresses(iface: Interface, family: str, temp: Pref) -> list[Address] 
     """The local addresses of `family` on `iface` that are ICE host candidates (Rule 13); a
     str says why there are none, an empty list that `useTemporaryLocalAddress` left none."""
     mine = iface.addresses_of(family)
-    usable = [a for a in mine if family == "ipv4" or not _scope(a.address)[1]]
+    usable = [a for a in mine if not _scope(a.address)[1]]  # link-local: no scope to share
     if not usable:
         return (f"{iface.name} has no {family} address" if not mine else
                 f"{iface.name} has only link-local {family} addresses, which are not host "

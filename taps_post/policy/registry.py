@@ -213,6 +213,8 @@ def stun_server_problem(text: str) -> str | None:
     why = why or _server_problem(text)
     if why is None:
         return None
+    if "@" in text:  # credentials, maybe a TURN password: never echoed (Rule 4)
+        return f"an entry with '@' (not shown: it may hold a password): {why}"
     shown = repr(text) if len(text) <= 80 else f"{text[:80]!r}... ({len(text)} characters)"
     return f"{shown}: {why}"
 
