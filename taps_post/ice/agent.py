@@ -27,8 +27,16 @@ through a relay (ours or the peer's) back for RELAY_HOLD while a direct pair is 
 being checked: aioice nominates the first check that succeeds, so ordering alone lets a
 relay that answers quickly win over a direct pair whose first check was lost. The peer's
 own policy governs its side: under `prohibit` a pair through the peer's TURN server is
-refused only by dropping the peer's relay candidates, which is what a pair through it would
-use.
+refused by dropping the relay candidates the peer announces (each listed in `dropped`) and
+by refusing every check that comes from one of their addresses (ip and port): it gets no
+answer and no peer-reflexive candidate is learned from it (counted in
+`IcePath.refused_checks`; until `connect()` has the peer's candidates no check is answered
+at all, the peer retransmits), so no pair through the peer's relay can form. That is all
+`prohibit` can guarantee on the peer's side: a peer that hides its relay candidates or
+labels them host or srflx cannot be told from one behind a NAT (its TURN server's address
+then looks like any peer-reflexive source), so its own policy governs its side. Other
+peer-reflexive candidates stay legitimate (a side behind a NAT without STUN) and are not
+refused.
 Rule 4: a TURN password appears in no repr, str, exception message or log line:
 `TurnServer`'s repr leaves it out, `redact_turn_url` replaces it with `***`, and parse errors
 name the problem without echoing the URL.
@@ -39,6 +47,15 @@ FIFO queue per peer address drained by one task, because aioice's TURN calls are
 and its own transport starts a task per datagram (which reorders while a channel is being
 bound or refreshed). Received datagrams go straight from the socket's protocol to the path's
 callback (no queue, no task); before the first `receive()` at most EARLY_DATAGRAMS are kept.
+Only the peer's data is delivered: `_Protocol` takes each non-STUN datagram with its source
+(for a relayed socket, the peer address the TURN server names) and, once a pair is
+nominated, passes on only what arrives on that pair's socket from its remote address
+(before, only from the remote address of one of that socket's pairs; what was kept early is
+checked again against the path's pair); everything else is dropped and counted
+(`IcePath.dropped_foreign`), so a host that knows one of our ports cannot inject datagrams
+into the path. STUN still goes to aioice from any source (checks from unknown addresses
+teach peer-reflexive candidates). A receiver that raises loses that datagram; only the
+first such error is logged (`IcePath.receiver_errors` counts them).
 Rule 6: ownership: the agent owns its sockets and allocations until `connect()` returns an
 IcePath; from then on the path owns them (the stack closes it, stacks/base.py Rule 5) and
 `IceAgent.aclose()` leaves it alone. A failed or cancelled `connect()` releases everything
@@ -281,10 +298,23 @@ class _Connection(Connection):
                          local_password=_random_ice(32))
         self.sink: Callable[[bytes], None] | None = None
         """Where received data goes; None: into `early` until a path's first receive()."""
-        self.early: deque[bytes] = deque(maxlen=EARLY_DATAGRAMS)
+        self.early: deque[tuple[bytes, StunProtocol, tuple[str, int]]] = \
+            deque(maxlen=EARLY_DATAGRAMS)
+        """(data, the socket's protocol, its source) as it arrived before receive()."""
         self.on_closed: list[Callable[[], None]] = []
         self.relay_hold = 0.0
         """RELAY_HOLD under avoid/no_preference, else 0 (Rule 3)."""
+        self.path_pair: tuple[StunProtocol, tuple[str, int]] | None = None
+        """(protocol, remote address) of the path once made: the only source of data."""
+        self.refused: set[tuple[str, int]] = set()
+        """Under `prohibit`, the peer's relay addresses: checks from them are dropped."""
+        self.refused_checks = 0
+        self.hold_checks = False
+        """Under `prohibit`, until connect() knows the peer's relay addresses: checks
+        get no answer yet (the peer retransmits them), so none from a relay address
+        slips in before it is known."""
+        self.dropped_foreign = 0
+        self.receiver_errors = 0
 
     def adopt(self, protocol: _Protocol) -> None:
         """Make `protocol` one of the connection's sockets as soon as it is open, so close()
@@ -347,16 +377,60 @@ class _Connection(Connection):
         raise UsageError("IceAgent.gather() gathers; aioice's gather_candidates() is not used")
 
     def data_received(self, data: bytes, component: int) -> None:
-        # aioice calls this (public) for every non-STUN datagram on any of our sockets; its
-        # own puts it on an unbounded queue for recv(). Ours hands it to the path (Rule 5).
+        # aioice's StunProtocol calls this (public) for every non-STUN datagram on any of
+        # our sockets, without its source; its own puts it on an unbounded queue for
+        # recv(). `_Protocol` delivers with the source through `received()` instead, so
+        # anything that still arrives here has no source to vouch for it: dropped.
+        self.dropped_foreign += 1
+
+    def accepts(self, protocol: StunProtocol, addr: tuple[str, int]) -> bool:
+        """Whether data from `addr` on `protocol` is the peer's (Rule 5): once the path
+        is made (or a pair nominated) only its pair's socket and remote address; before,
+        the remote address of one of this socket's pairs."""
+        # aioice private `_nominated` (see selected()) and `_check_list` (see pairs()).
+        pinned = self.path_pair
+        if pinned is None and (nominated := self._nominated.get(1)) is not None:
+            pinned = (nominated.protocol, nominated.remote_addr)
+        if pinned is not None:
+            return pinned[0] is protocol and (addr == pinned[1] or _same(addr, pinned[1]))
+        return any(p.protocol is protocol and (addr == p.remote_addr or
+                                               _same(addr, p.remote_addr))
+                   for p in self._check_list)
+
+    def received(self, data: bytes, protocol: StunProtocol, addr: tuple[str, int]) -> None:
+        """One non-STUN datagram from `addr` on `protocol`: to the path if it is the
+        peer's (Rule 5: no queue, no task), else dropped and counted."""
+        if not self.accepts(protocol, addr):
+            self.dropped_foreign += 1
+            if self.dropped_foreign == 1:
+                _log.debug("ICE: dropping data from %s, not the peer's path (each such "
+                           "datagram is counted in IcePath.dropped_foreign)",
+                           _hostport(str(addr[0]), int(addr[1])))
+            return
         sink = self.sink
         if sink is None:
-            self.early.append(data)
+            self.early.append((data, protocol, addr))
             return
         try:
             sink(data)
         except Exception:
-            _log.exception("the receiver of an ICE path raised; the datagram is dropped")
+            self.receiver_errors += 1
+            if self.receiver_errors == 1:  # once: a receiver that always raises floods no log
+                _log.exception("the receiver of an ICE path raised; the datagram is dropped "
+                               "(later ones are counted, not logged)")
+
+    def request_received(self, message: stun.Message, addr: tuple[str, int],
+                         protocol: StunProtocol) -> None:
+        # aioice (public) answers a check here and learns a peer-reflexive candidate from
+        # an unknown source. Under `prohibit` a check from the peer's relay address gets
+        # no answer and forms no pair (Rule 3); before connect() knows them, no check is
+        # answered (aioice would answer it and keep it as an early check).
+        if self.hold_checks:
+            return
+        if self.refused and _address_key(addr) in self.refused:
+            self.refused_checks += 1
+            return
+        super().request_received(message, addr, protocol)
 
     async def close(self) -> None:
         try:
@@ -378,6 +452,21 @@ class _Protocol(StunProtocol):
         self.relay = relay
         self.mapped: dict[tuple[str, int], tuple[str, int]] = {}
         """Destination -> the XOR-MAPPED-ADDRESS its last Binding answer carried."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        # aioice's own hands non-STUN data to the connection without its source (Rule 5);
+        # STUN still goes to it, so checks from unknown addresses are answered as before.
+        if not isinstance(data, bytes):  # a datagram socket gives bytes
+            return
+        source = (str(addr[0]), int(addr[1]))
+        try:
+            stun.parse_message(data)
+        except ValueError:  # what aioice's own takes for data
+            receiver = self.receiver
+            if isinstance(receiver, _Connection):
+                receiver.received(data, self, source)
+            return
+        super().datagram_received(data, source)
 
     async def request(self, request: stun.Message, addr: tuple[str, int],
                       integrity_key: bytes | None = None,
@@ -498,6 +587,14 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _address_key(addr: tuple[str, int]) -> tuple[str, int]:
+    """(ip, port) with the IP in one spelling, for sets of addresses."""
+    try:
+        return str(ipaddress.ip_address(addr[0])), int(addr[1])
+    except ValueError:
+        return str(addr[0]), int(addr[1])
+
+
 def _same(a: tuple[str, int], b: tuple[str, int]) -> bool:
     try:
         return a[1] == b[1] and ipaddress.ip_address(a[0]) == ipaddress.ip_address(b[0])
@@ -579,6 +676,7 @@ class IceAgent:
         self._conn = _Connection(controlling)
         if relay in ("avoid", "no_preference"):
             self._conn.relay_hold = RELAY_HOLD
+        self._conn.hold_checks = relay == "prohibit"
         self._state = "new"
         self._locals: list[_Local] = []
         self._remote: tuple[IceCandidate, ...] = ()
@@ -918,6 +1016,7 @@ class IceAgent:
                 self._dropped.append(verdict)
             else:
                 await conn.add_remote_candidate(verdict)
+        conn.hold_checks = False  # the peer's relay addresses are known (Rule 3)
         await conn.add_remote_candidate(None)
         try:
             async with asyncio.timeout(timeout):
@@ -963,6 +1062,7 @@ class IceAgent:
             return f"{where}: not a unicast address and port"
         if c.type == "relay" and self.relay == "prohibit":
             self._relay_dropped += 1
+            self._conn.refused.add(_address_key((c.host, c.port)))
             return f"{where} (rendezvous.relay: prohibit)"
         if ip.version not in families:
             return f"{where}: we have no IPv{ip.version} candidate to pair it with"
@@ -1010,6 +1110,7 @@ class IceAgent:
         base = None if own is None else (own.candidate.host, own.candidate.port)
         if own is not None and own.base is not None:
             base = own.base
+        self._conn.path_pair = (protocol, pair.remote_addr)
         return IcePath(self._conn, protocol.transport, local=(local.address, local.port),
                        remote=pair.remote_addr, interface=interface, kind=local.kind,
                        base=base)
@@ -1039,6 +1140,9 @@ class IceAgent:
             relay = (f", {self._relay_dropped} of them relay candidates under "
                      "rendezvous.relay: prohibit" if self._relay_dropped else "")
             parts.append(f"{len(peer_dropped)} of the peer's candidates dropped{relay}")
+        if self._conn.refused_checks:
+            parts.append(f"{self._conn.refused_checks} checks from the peer's relay "
+                         "addresses refused (rendezvous.relay: prohibit)")
         if self._problems:
             parts.append(f"gathering: {'; '.join(self._problems[:4])}")
         return IceError("; ".join(parts), pairs_checked=checked,
@@ -1149,6 +1253,24 @@ class IcePath:
                 f"{_hostport(*self.remote)}{state}>")
 
     @property
+    def dropped_foreign(self) -> int:
+        """Datagrams (not STUN) that arrived on one of the session's sockets from an
+        address other than the path's peer (Rule 5), dropped; an injection attempt or
+        a stray sender. Counted from the start of the checks."""
+        return self._conn.dropped_foreign
+
+    @property
+    def refused_checks(self) -> int:
+        """Checks from the peer's relay addresses left unanswered under `prohibit`
+        (Rule 3)."""
+        return self._conn.refused_checks
+
+    @property
+    def receiver_errors(self) -> int:
+        """Datagrams dropped because the receiver raised (only the first is logged)."""
+        return self._conn.receiver_errors
+
+    @property
     def closed(self) -> bool:
         """Closed by `close()`, or by ICE itself (consent to send expired, RFC 7675)."""
         return self._closed
@@ -1166,8 +1288,8 @@ class IcePath:
             return
         self._conn.sink = _discard if callback is None else callback
         early = self._conn.early
-        while early:
-            self._conn.data_received(early.popleft(), 1)
+        while early:  # checked again: only what came over the path's own pair
+            self._conn.received(*early.popleft())
 
     def close(self) -> None:
         """Release the sockets and TURN allocations (Rule 6); idempotent, never raises."""

@@ -506,6 +506,11 @@ def test_aioice_internals(run: Any) -> None:
             ["self", "request", "addr", "integrity_key", "retransmissions"]
         assert list(inspect.signature(ice_agent.Connection.data_received).parameters) == \
             ["self", "data", "component"]
+        # the hooks the source filter and the prohibit refusal override (Rules 3 and 5)
+        assert list(inspect.signature(ice_agent.Connection.request_received).parameters) == \
+            ["self", "message", "addr", "protocol"]
+        assert list(inspect.signature(StunProtocol.datagram_received).parameters) == \
+            ["self", "data", "addr"]
         assert {s.name for s in CandidatePair.State} == \
             {"FROZEN", "WAITING", "IN_PROGRESS", "SUCCEEDED", "FAILED"}
         client = aioice_turn.TurnClientUdpProtocol(("198.18.0.1", 3478), username="u",
