@@ -926,9 +926,9 @@ def rendezvous_scenarios(draw: st.DrawFn) -> dict[str, Any]:
 
 def _wanted_hosts(iface: Any, family: str, temp: str) -> list[str]:
     """docs/policy-language.md "Rendezvous": the addresses of `family` on `iface` that gather
-    host candidates under useTemporaryLocalAddress `temp` (IPv6 link-local never does)."""
+    host candidates under useTemporaryLocalAddress `temp` (link-local never does)."""
     usable = [a for a in iface.addresses if a.family == family
-              and not (family == "ipv6" and ipaddress.ip_address(a.address).is_link_local)]
+              and not ipaddress.ip_address(a.address).is_link_local]
     temporary = [a.address for a in usable if a.temporary]
     stable = [a.address for a in usable if not a.temporary]
     return {"require": temporary, "prohibit": stable,
@@ -940,7 +940,9 @@ def _wanted_hosts(iface: Any, family: str, temp: str) -> list[str]:
 def test_rendezvous_host_candidates_follow_the_policy(scn: dict[str, Any]) -> None:
     """Every (interface, local address) the policy allows gathers a host candidate, and no
     other does: interface and family rules, maxCost and useTemporaryLocalAddress apply as to
-    any candidate; loopback is kept; nothing is resolved, nothing is raced."""
+    any candidate; loopback only when a rule names it (interface.loopback or its own name,
+    prefer or require, no glob: RFC 8445 section 5.1.1.1); nothing is resolved, nothing is
+    raced."""
     decision = explain(scn)
     d = decision.to_dict()
     props = {k: p["value"] for k, p in d["properties"].items()}
@@ -978,6 +980,11 @@ def test_rendezvous_host_candidates_follow_the_policy(scn: dict[str, Any]) -> No
         if any((v == "prohibit" and _path_hits(k, iface)) or
                (v == "require" and not _path_hits(k, iface))
                for k, v in props.items() if _is_path_key(k)):
+            continue
+        if iface.type == "loopback" and not any(
+                v in ("prefer", "require") and k.startswith("interface.")
+                and not any(c in k for c in "*?[") and _path_hits(k, iface)
+                for k, v in props.items()):
             continue
         for family in families:
             expected.extend((iface.name, a) for a in _wanted_hosts(
