@@ -27,7 +27,7 @@ from ..core.inbox import Inbox
 from ..core.messages import InMessage
 from ..core.settings import Settings
 from ..decision.decision import Decision
-from ..errors import ConnectionClosedError, PolicyError, UsageError
+from ..errors import ArgumentError, ConnectionClosedError, PolicyError, UsageError
 from ..policy.context import PolicyContext
 from ..stacks.udp import DatagramTransient, bind_sink
 from .association import Association, AssociationStore, default_store
@@ -72,6 +72,9 @@ def new_source(local: Local | None, remote: Remote | str, *,
     layer adds the unreliable-datagram profile. `local.port` is the source port it binds."""
     if isinstance(remote, str):
         remote = Remote.parse(remote if "://" in remote else f"udp://{remote}")
+    elif remote.is_rendezvous:
+        raise ArgumentError(f"new_source: {remote.target} is a rendezvous peer; a Source "
+                            "sends datagrams to an address, a peer is met with initiate()")
     elif remote.scheme != "udp":
         remote = replace(remote, scheme="udp")
     ctx = policy_for(policy, app_name).with_carrier(_DATAGRAM)

@@ -54,7 +54,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from .. import stacks
 from ..certs import Certificate
@@ -75,7 +75,7 @@ from ..errors import (
 from ..ice.offer import Offer, OfferError
 from ..policy.context import PolicyContext
 from ..policy.registry import revealed
-from ..stacks.base import AttemptSpec, Listening, ListenSpec
+from ..stacks.base import AttemptSpec, Listening, ListenSpec, PathListening, Stack
 from ..stacks.transient import Transient
 from ..system import live
 from .association import Association
@@ -89,10 +89,7 @@ from .trace import Tracer
 if TYPE_CHECKING:
     from ..ice.agent import IceAgent, IcePath, TurnServer
 
-__all__ = ["STACK", "check_rendezvous", "rendezvous_opener"]
-
-STACK = "quic-ice"
-"""The stack a rendezvous carrier runs on (policy/catalog.py)."""
+__all__ = ["check_rendezvous", "rendezvous_opener"]
 
 
 
@@ -111,6 +108,14 @@ def check_rendezvous(remote: Remote, local: Local | None) -> tuple[str, Certific
     if local.identity == remote.host:
         raise ArgumentError(f"{target}: the Local's identity is the peer's own "
                              f"({local.identity}); a peer cannot meet itself")
+    via = remote.via
+    if isinstance(via, Remote):
+        if via.scheme not in ("tls", "https"):
+            raise ArgumentError(f"{target}: the rendezvous point is reached over TLS: "
+                                f"via={via.target!r} should be tls://HOST:PORT")
+    elif not isinstance(via, Signalling):
+        raise ArgumentError(f"{target}: via is {type(via).__name__}, neither the rendezvous "
+                            "point (tls://HOST:PORT or a Remote) nor a Signalling")
     return local.identity, cert
 
 
@@ -152,8 +157,6 @@ def _hosts(decision: Decision, local: Local) -> list[tuple[str | None, str]]:
     within what the Local names."""
     seen: dict[tuple[str | None, str], None] = {}
     for c in decision.candidates:
-        if c.stack != STACK:
-            continue
         if local.interface is not None and c.interface != local.interface:
             continue
         if local.address is not None and c.local_address != local.address:
@@ -230,16 +233,10 @@ def _failed(decision: Decision, remote: Remote, why: str, exc: BaseException | N
     interface ICE gathered on."""
     if interface is None:
         interface = ",".join(dict.fromkeys(c.interface for c in decision.candidates))
-    attempt = Attempt(rank, interface, STACK, remote.target, "failed", why, elapsed_ms,
+    stack = decision.candidates[0].stack if decision.candidates else ""
+    attempt = Attempt(rank, interface, stack, remote.target, "failed", why, elapsed_ms,
                       kind, exc)
     return EstablishmentError(f"could not meet {remote.target}: {why}", decision, (attempt,))
-
-
-@runtime_checkable
-class _Connecting(Protocol):
-    """A listening end that can say how its one connection came out (PeerQuicListening)."""
-
-    async def wait_connected(self) -> None: ...
 
 
 class _Activation:
@@ -307,7 +304,11 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
                           else live.live_environment(None, 0, tuple(association.history)))
         if decision.outcome != "ok":
             why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
-                   else "every candidate was excluded")
+                   else "no host address is left to gather on: " + "; ".join(
+                       f"{e.interface or e.stack or e.remote_address} {e.outcome}"
+                       + (f" by {e.property} ({e.layer} rule {e.rule}, {e.source})"
+                          if e.property else f" ({e.detail})" if e.detail else "")
+                       for e in decision.excluded[:6]))
             raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
         hosts = _hosts(decision, local)
         if not hosts:
@@ -319,7 +320,7 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
         if tracer is not None:
             tracer.emit("decision.complete", outcome=decision.outcome,
                         candidates=len(decision.candidates), from_cache=False,
-                        stacks=(STACK,))
+                        stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
         held = _Activation()
         try:
             return await activate(held, decision, settings, factory, hosts, stun, turn,
@@ -381,7 +382,10 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
                                                    timeout=settings.conn_timeout)
         except (IceError, TimeoutError) as exc:
             _candidates_event(agent)
-            if relay == "prohibit":
+            dropped_relays = exc.relay_dropped if isinstance(exc, IceError) else 0
+            if relay == "prohibit" and (turn or dropped_relays):
+                # Only when a relay could have carried it: a TURN server the policy names,
+                # or relay candidates of the peer's that it made us drop.
                 raise PolicyError(f"{remote.target}: no ICE pair connected and "
                                   f"{_relay_rule(decision)} rules out the TURN relay: {exc}",
                                   _with_report(decision, agent, role, peer, stun, turn,
@@ -397,9 +401,10 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
                                  nominated_ms)
         candidate = _candidate(decision, path)
         fingerprints = frozenset({theirs.fingerprint})
-        impl = stacks.get(STACK)
+        impl = stacks.get(candidate.stack)
         if impl is None:
-            raise _failed(explained, remote, f"the {STACK} stack is not available", None,
+            raise _failed(explained, remote, f"the {candidate.stack} stack is not available",
+                          None,
                           FailureKind.UNSUPPORTED, elapsed())
         try:
             async with asyncio.timeout(settings.conn_timeout):
@@ -413,17 +418,14 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
                     # the listening side (Rule 3); accept() takes the stream over.
                     transient.accept_siblings(functools.partial(_as_fork, transient))
                 else:
-                    transient = await accept(held, path, settings, factory, fingerprints)
+                    transient = await accept(held, impl, path, settings, factory,
+                                             fingerprints)
         except (EstablishmentError, PolicyError, asyncio.CancelledError):
             path.close()
             raise
         except Exception as exc:
             path.close()
-            from ..stacks.quic.config import ClientAuthError  # Rule 9: loaded by now
-
-            kind_ = (FailureKind.TIMEOUT if isinstance(exc, TimeoutError) else
-                     FailureKind.TLS_VERIFY if isinstance(exc, ClientAuthError) else
-                     classify(exc))
+            kind_ = classify(exc)
             why = "QUIC handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise _failed(explained, remote, f"over the {path.kind} pair "
                           f"{hostport(path.local)} -> {hostport(path.remote)}: {why}", exc,
@@ -432,12 +434,12 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
         held.agent = None  # the path holds the agent's connection now (Rule 6)
         held.first = None
         held.listening = None
-        attempt = Attempt(candidate.rank, path.interface or "", STACK,
+        attempt = Attempt(candidate.rank, path.interface or "", candidate.stack,
                           hostport(path.remote), "won", "", elapsed())
         return Established(transient, explained, candidate, (attempt,), settings, remote,
                            ctx_now, factory)
 
-    async def accept(held: _Activation, path: IcePath, settings: Settings,
+    async def accept(held: _Activation, impl: Stack, path: IcePath, settings: Settings,
                      factory: Callable[[], Framer],
                      fingerprints: frozenset[str]) -> Transient:
         """The controlled side (Rule 3): listen over the path; the first stream is ours."""
@@ -451,19 +453,17 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
             _as_fork(first.result(), t)
 
         held.path = None  # the stack's from here (stacks Rule 5)
-        listening = held.listening = await stacks_listen(ListenSpec(
+        listening = await impl.listen(ListenSpec(
             path.local[0], path.local[1], path.interface, settings, factory, (cert,),
             on_transient, path=path, peer_fingerprints=fingerprints))
-        if isinstance(listening, _Connecting):
-            await listening.wait_connected()  # a refused peer raises here, not at a timeout
+        if not isinstance(listening, PathListening):  # stacks/base.py Rule 5
+            await listening.aclose()
+            raise TypeError(f"{impl.name}: listen() over a path must return a PathListening")
+        held.listening = listening
+        await listening.wait_connected()  # a refused peer raises here, not at a timeout
         transient = await first
         held.first = transient
         return transient
-
-    async def stacks_listen(spec: ListenSpec) -> Listening:
-        impl = stacks.get(STACK)
-        assert impl is not None
-        return await impl.listen(spec)
 
     def _candidates_event(agent: IceAgent) -> None:
         if tracer is None:

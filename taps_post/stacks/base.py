@@ -17,8 +17,10 @@ datagrams); port sharing on UDP is SO_REUSEPORT, which Linux grants to the same 
 Rule 5: a stack whose StackInfo says `rendezvous` opens no socket of its own: the runtime
 establishes a `DatagramPath` first (an ICE pair between two peers, docs/rendezvous.md) and
 hands it over in `AttemptSpec.path` (this end opens the connection) or `ListenSpec.path` (the
-peer opens it, once, over that path). `peer_fingerprints` are then the SHA-256 fingerprints
-the peer's certificate must have (exchanged through the rendezvous point): the stack refuses
+peer opens it, once, over that path; `listen()` then returns a `PathListening`, whose
+`wait_connected()` says how that connection came out). `peer_fingerprints` are then the
+SHA-256 fingerprints the peer's certificate must have (exchanged through the rendezvous
+point): the stack refuses
 any other peer before a byte of the application is sent or delivered. The stack owns the
 path from the moment it is handed over and closes it when its connection ends.
 """
@@ -30,7 +32,7 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..certs import Certificate
 from ..core.early import EarlyAttempt
@@ -42,7 +44,7 @@ from ..system import routes
 from .transient import Transient
 
 __all__ = ["AttemptSpec", "DatagramPath", "DscpMarker", "InterfaceNotEnforcedError",
-           "ListenSpec", "Listening",
+           "ListenSpec", "Listening", "PathListening",
            "SessionState", "Stack", "bind_server", "bind_to_device",
            "connected_datagram_socket", "family_of", "tos_option"]
 
@@ -148,6 +150,18 @@ class Listening(Protocol):
     port: int
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PathListening(Listening, Protocol):
+    """What a rendezvous stack's `listen()` over a path returns (Rule 5): one connection,
+    which the runtime waits for before it hands the carrier out."""
+
+    async def wait_connected(self) -> None:
+        """Return once the peer's connection over the path completed its handshake and its
+        certificate matched `peer_fingerprints`; raise what refused it otherwise (an
+        exception `racing.classify` reads: a QUIC close, a TimeoutError, ...)."""
+        ...
 
 
 class Stack(Protocol):

@@ -279,15 +279,19 @@ def test_a_substituted_fingerprint_fails_the_quic_handshake(run, until, make_pol
     run(main(), timeout=30)
 
 
+@pytest.mark.parametrize("turn", [True, False], ids=["turn-named", "no-turn"])
 def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, make_policy, certs,
-                                                        tmp_path) -> None:
-    """Alice gathers on IPv4 only, bob on IPv6 only: no pair can form, and with
-    `rendezvous.relay: prohibit` alice's failure is the policy's, naming the statement
-    by file and line."""
+                                                        tmp_path, turn: bool) -> None:
+    """Alice gathers on IPv4 only, bob on IPv6 only: no pair can form. With
+    `rendezvous.relay: prohibit` and a TURN server the policy names (a relay could have
+    carried it), alice's failure is the policy's, naming the statement by file and line;
+    with no TURN server at all the relay rule changed nothing, so it is an
+    EstablishmentError that does not blame it."""
     app = tmp_path / "app.yaml"
+    servers = ('      rendezvous.turn: ["turn:u:secret@127.0.0.1:9"]\n' if turn else "")
     app.write_text("version: 1\nlayer: app\nrules:\n  - id: no-relay\n    set:\n"
                    "      interface.loopback: require\n      addressFamily.ipv4: require\n"
-                   "      rendezvous.relay: prohibit\n")
+                   "      rendezvous.relay: prohibit\n" + servers)
     policy_a = tp.PolicyContext(system=[], app=str(app), app_name="t")
     policy_b = make_policy({**LOOPBACK, "addressFamily": {"ipv6": "require"}})
 
@@ -300,6 +304,13 @@ def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, make_policy,
                             policy=policy_b)
             got = await asyncio.gather(a.activate(), b.activate(), return_exceptions=True)
             error, other = got
+            if not turn:
+                assert isinstance(error, tp.EstablishmentError), got
+                assert "no ICE pair connected" in str(error)
+                assert "rendezvous.relay" not in str(error)
+                await a.close()
+                await b.close()
+                return
             assert isinstance(error, tp.PolicyError), got
             text = str(error)
             assert "rendezvous.relay: prohibit (app rule no-relay, " in text, text

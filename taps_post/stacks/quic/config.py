@@ -252,6 +252,9 @@ class ClientAuthError(PermissionError):
     def __init__(self, message: str, error_code: int) -> None:
         super().__init__(message)
         self.error_code = int(error_code)
+        self.reason_phrase = message
+        """With `error_code`, the shape of a QUIC close: racing.classify reads the TLS alert
+        inside the CRYPTO_ERROR (bad_certificate, certificate_required: tls_verify)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
