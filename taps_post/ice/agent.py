@@ -89,6 +89,7 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 from ..decision.decision import IceCandidate, IcePair
 from ..decision.environment import host_name_problem, shown
 from ..errors import ArgumentError, UsageError
+from ..policy.registry import redact_turn_url, turn_parts, turn_url_problem
 from .offer import MAX_CANDIDATES, candidate_problem
 
 __all__ = ["EARLY_DATAGRAMS", "RELAY_CLOSE_TIMEOUT", "RELAY_HOLD", "RELAY_POLICIES",
@@ -174,46 +175,24 @@ class TurnServer:
 
 def parse_turn_url(url: str) -> TurnServer:
     """`turn:USER:PASS@HOST:PORT[?transport=udp|tcp]` as a TurnServer (IPv6 hosts in
-    brackets; udp when no transport is given). The password is everything between the first
-    `:` after the user and the last `@`, taken literally (no percent-decoding). ValueError
-    names what is wrong and never echoes the password (Rule 4)."""
+    brackets; udp when no transport is given). The policy's own check and split
+    (`policy.registry.turn_url_problem`, `turn_parts`: the one TURN URL grammar, so what a
+    policy accepts is what the TURN client uses): the password is everything between the
+    first `:` after the user and the last `@`, taken literally. ValueError names what is
+    wrong and never echoes the password (Rule 4)."""
     if not isinstance(url, str):
         raise ValueError(f"a TURN URL is a string, not {type(url).__name__}")
-    if not url.startswith("turn:"):
-        raise ValueError("a TURN URL starts with 'turn:' (turn:USER:PASS@HOST:PORT)")
-    userinfo, at, rest = url[len("turn:"):].rpartition("@")
-    if not at:
-        raise ValueError("TURN URL has no USER:PASS@ before the host "
-                         "(turn:USER:PASS@HOST:PORT)")
-    shown_url = redact_turn_url(url)
-    username, colon, password = userinfo.partition(":")
-    if not colon or not username:
-        raise ValueError(f"TURN URL {shown_url}: the credentials are USER:PASS")
-    hostport, question, query = rest.partition("?")
-    transport = "udp"
-    if question:
-        if query not in ("transport=udp", "transport=tcp"):
-            raise ValueError(f"TURN URL {shown_url}: the only parameter is transport=udp "
-                             "or transport=tcp")
-        transport = query.removeprefix("transport=")
+    problem = turn_url_problem(url)
+    parts = turn_parts(url)
+    if problem is not None or parts is None:
+        raise ValueError(f"TURN URL {problem or 'entry not shown: not of the TURN form'}")
+    username, password, hostport, query = parts
     try:
         host, port = _split_hostport(hostport)
-        return TurnServer(host, port, username, password, transport)
+        return TurnServer(host, port, username, password,
+                          query.removeprefix("?transport=") or "udp")
     except ValueError as exc:
-        raise ValueError(f"TURN URL {shown_url}: {exc}") from None
-
-
-def redact_turn_url(url: str) -> str:
-    """`url` with its TURN password replaced by `***` (what logs and reports show): the
-    user stays when the credentials are USER:PASS, else they all go. A string that is not
-    shaped like a TURN URL with credentials shows no more than its scheme, since where a
-    password in it would end cannot be told."""
-    scheme, colon, rest = url.partition(":")
-    userinfo, at, hostport = rest.rpartition("@")
-    if not colon or not at:
-        return f"{scheme}:***" if colon else url
-    username, colon, _ = userinfo.partition(":")
-    return f"{scheme}:{username}:***@{hostport}" if colon else f"{scheme}:***@{hostport}"
+        raise ValueError(f"TURN URL {redact_turn_url(url)}: {exc}") from None
 
 
 def parse_stun(text: str) -> tuple[str, int]:

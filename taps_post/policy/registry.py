@@ -49,6 +49,7 @@ __all__ = [
     "redact_turn_url",
     "revealed",
     "stun_server_problem",
+    "turn_parts",
     "turn_url_problem",
 ]
 
@@ -222,7 +223,7 @@ def stun_server_problem(text: str) -> str | None:
 _TURN_FORM = "turn:USER:PASS@HOST:PORT[?transport=udp|tcp]"
 
 
-def _turn_parts(url: str) -> tuple[str, str, str, str] | None:
+def turn_parts(url: str) -> tuple[str, str, str, str] | None:
     """(user, password, host:port, query) of a URL of the TURN form, split the way the
     TURN client splits it (the server is what follows the last '@'); None when it has no
     'turn:' scheme or no '@'."""
@@ -238,7 +239,7 @@ def redact_turn_url(url: str) -> str:
     """`url` with its password replaced by `***` (`turn:alice:***@turn.example:3478`).
     Anything that cannot be split safely is hidden whole: a text that is not of the TURN
     form may hold a password where it was not expected."""
-    parts = _turn_parts(url)
+    parts = turn_parts(url)
     if parts is None:
         return "turn:***" if url.startswith("turn:") else "***"
     user, password, hostport, query = parts
@@ -251,7 +252,7 @@ def turn_url_problem(url: str) -> str | None:
     shows the URL redacted, and only when it could be split (so no part of a password is
     ever quoted): the user name, the server and what is wrong."""
     why = _entry_problem(url)
-    parts = _turn_parts(url) if why is None else None
+    parts = turn_parts(url) if why is None else None
     if why is None and url[:6].lower() == "turns:":
         why = "TURN over TLS (turns:) is not supported; use turn: with ?transport=udp or tcp"
     elif why is None and not url.startswith("turn:"):
