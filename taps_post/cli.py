@@ -98,13 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CA or client certificate(s) clients are verified against "
                             "(repeatable)")
     serve.add_argument("--queue", type=int, default=8, metavar="N",
-                       help="offers held per identity; the oldest is dropped (default 8)")
+                       help="offers held per recipient and sender; that sender's oldest is "
+                            "dropped (default 8)")
     serve.add_argument("--ttl", type=float, default=60.0, metavar="S",
                        help="seconds an offer may be delivered (default 60)")
     serve.add_argument("--max-identities", type=int, default=4096, metavar="N",
                        help="identities with offers held at once (default 4096)")
     serve.add_argument("--max-waits", type=int, default=4, metavar="N",
                        help="waits at once per client certificate (default 4)")
+    serve.add_argument("--max-connections", type=int, default=8, metavar="N",
+                       help="connections at once per client certificate (default 8)")
+    serve.add_argument("--senders-per-recipient", type=int, default=64, metavar="N",
+                       help="senders whose offers one recipient holds at once (default 64)")
+    serve.add_argument("--recipients-per-sender", type=int, default=64, metavar="N",
+                       help="recipients one sender has offers waiting at (default 64)")
+    serve.add_argument("--bytes-per-sender", type=int, default=1024 * 1024, metavar="B",
+                       help="bytes of offers one sender has waiting in all (default 1048576)")
     sgroup = serve.add_mutually_exclusive_group()
     sgroup.add_argument("--system", action="append", metavar="PATH",
                         help="system policy file or directory (repeatable); replaces the "
@@ -348,7 +357,15 @@ def _rendezvous_serve(args: argparse.Namespace) -> int:
                               ("--ttl", args.ttl, math.isfinite(args.ttl) and args.ttl > 0),
                               ("--max-identities", args.max_identities,
                                args.max_identities >= 1),
-                              ("--max-waits", args.max_waits, args.max_waits >= 1)):
+                              ("--max-waits", args.max_waits, args.max_waits >= 1),
+                              ("--max-connections", args.max_connections,
+                               args.max_connections >= 1),
+                              ("--senders-per-recipient", args.senders_per_recipient,
+                               args.senders_per_recipient >= 1),
+                              ("--recipients-per-sender", args.recipients_per_sender,
+                               args.recipients_per_sender >= 1),
+                              ("--bytes-per-sender", args.bytes_per_sender,
+                               args.bytes_per_sender >= 1)):
         if not ok:
             problems.append(Diagnostic(option, f"{value} is out of range (over 0)"))
     if problems:
@@ -400,7 +417,10 @@ async def _serve_point(args: argparse.Namespace, host: str, port: int, ours: Any
         point = await RendezvousPoint.start(
             Local(address=host, port=port, certificates=[ours], trusted=trusted),
             queue=args.queue, ttl=args.ttl, max_identities=args.max_identities,
-            max_waits=args.max_waits, system=system)
+            max_waits=args.max_waits, max_connections=args.max_connections,
+            senders_per_recipient=args.senders_per_recipient,
+            recipients_per_sender=args.recipients_per_sender,
+            bytes_per_sender=args.bytes_per_sender, system=system)
     except (ArgumentError, PolicyError) as exc:
         print(f"taps-post rendezvous serve: {exc}", file=sys.stderr)
         return EXIT_POLICY if isinstance(exc, PolicyError) else EXIT_INPUT

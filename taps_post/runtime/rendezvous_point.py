@@ -8,17 +8,24 @@ can open it without client authentication), with the length-prefix framer: one J
 per frame, at most MAX_REQUEST bytes (a larger frame ends the connection before it is read).
 A connection without a verified client certificate never gets a request served.
 Rule 2: a client is its verified certificate. The identities it may act as are the
-certificate's subject CN and DNS subjectAltNames that are identities (DNS-like names, no
-wildcard, no IP address: `certificate_identities`). The point stamps every offer it relays
+certificate's subject CN and DNS subjectAltNames that are identities (ASCII DNS-like names,
+no wildcard, no IP address: `certificate_identities`; a name that is not ASCII is no
+identity, before any lower-casing, so that no Unicode name folds onto another's, as the
+Kelvin sign U+212A does onto "k"). A name a request gives (`to`, `from`, `as`) must be ASCII
+too. The point stamps every offer it relays
 with the sender's authenticated identity; a request naming another identity (`as`) is
 refused with `not-your-identity`, and no field of a request can set the sender.
 Rule 3: an offer is opaque (signalling Rule 2): the point checks only that it is a JSON
 object within MAX_OFFER_BYTES, keeps its text, and never reads, logs or echoes it. Logs and
 errors name identities, sizes and counts only; a request's other values are never repeated.
-Rule 4: everything the point holds is bounded: offers as signalling's `Mailboxes` (queue per
-recipient, ttl, identities, bytes), a `wait` by MAX_WAIT seconds and `max_waits` at once per
-client certificate, connections by the Listener's own bounds and carrier.idleTimeout
-(IDLE_TIMEOUT_MS, longer than a wait). A wait whose connection ends gives its offer back.
+Rule 4: everything the point holds is bounded: offers as signalling's `Mailboxes` (signalling
+Rule 4: a queue per recipient and sender, senders per recipient, recipients and bytes per
+sender, ttl, identities, bytes), a `wait` by MAX_WAIT seconds and `max_waits` at once per
+client certificate, connections by `max_connections` at once per client certificate (its
+SHA-256 fingerprint; counted from its first request, until it closes: the one beyond is
+answered `too-many-connections` and closed), by the Listener's own bounds and by
+carrier.idleTimeout (IDLE_TIMEOUT_MS, longer than a wait). A wait whose connection ends
+gives its offer back, within the same bounds (else it is counted as dropped).
 Rule 5: the handler never returns False (that would stop the Responder, responder Rule 3)
 and never raises for a client's mistake: every request gets exactly one reply, `{"ok":
 true, ...}` or `{"error": CODE, "detail": TEXT}`, except a wait whose connection ended.
@@ -60,8 +67,10 @@ from .signalling import (
 )
 from .trace import TraceCallback
 
-__all__ = ["DEFAULT_MAX_IDENTITIES", "DEFAULT_MAX_WAITS", "DEFAULT_QUEUE", "DEFAULT_TTL",
-           "IDLE_TIMEOUT_MS", "POINT_POLICY", "RendezvousPoint", "certificate_identities"]
+__all__ = ["DEFAULT_BYTES_PER_SENDER", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_IDENTITIES",
+           "DEFAULT_MAX_WAITS", "DEFAULT_QUEUE", "DEFAULT_RECIPIENTS_PER_SENDER",
+           "DEFAULT_SENDERS_PER_RECIPIENT", "DEFAULT_TTL", "IDLE_TIMEOUT_MS", "POINT_POLICY",
+           "RendezvousPoint", "certificate_identities"]
 
 _log = logging.getLogger("taps_post.rendezvous")
 
@@ -69,6 +78,11 @@ DEFAULT_QUEUE = 8
 DEFAULT_TTL = 60.0
 DEFAULT_MAX_IDENTITIES = 4096
 DEFAULT_MAX_WAITS = 4
+DEFAULT_MAX_CONNECTIONS = 8
+"""Connections at once per client certificate (Rule 4)."""
+DEFAULT_SENDERS_PER_RECIPIENT = 64
+DEFAULT_RECIPIENTS_PER_SENDER = 64
+DEFAULT_BYTES_PER_SENDER = 1024 * 1024
 IDLE_TIMEOUT_MS = 120_000
 """carrier.idleTimeout at the point: a connection silent this long is closed (Rule 4)."""
 
@@ -89,7 +103,7 @@ _OPS = {"put": frozenset({"id", "op", "to", "offer", "as"}),
 def certificate_identities(der: bytes) -> tuple[str, ...]:
     """The identities a client certificate (DER) lets its holder act as (Rule 2): its
     subject CN, then its DNS subjectAltNames, lower case, each once, in that order; names
-    that are no identity (IP addresses, wildcards, anything `identity_problem` refuses) are
+    that are no identity (not ASCII, IP addresses, wildcards, what `identity_problem` refuses) are
     left out. Empty when it names none (or is no certificate)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -107,6 +121,8 @@ def certificate_identities(der: bytes) -> tuple[str, ...]:
         pass
     out: list[str] = []
     for name in names:
+        if not name.isascii():  # before lower(): "\u212a".lower() == "k" (Rule 2)
+            continue
         low = name.lower()
         if "*" not in low and identity_problem(low) is None and low not in out:
             out.append(low)
@@ -127,6 +143,10 @@ class _Client:
 
     fingerprint: str
     identities: tuple[str, ...]
+    over: bool = False
+    """Beyond max_connections for its certificate: answered once, then closed (Rule 4)."""
+    answered: bool = False
+    """An `over` connection had its one answer: requests still in flight get none."""
     gone: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     """Resolved when the connection closed: its waits end (Rule 4)."""
@@ -148,12 +168,23 @@ class RendezvousPoint:
 
     def __init__(self, *, queue: int = DEFAULT_QUEUE, ttl: float = DEFAULT_TTL,
                  max_identities: int = DEFAULT_MAX_IDENTITIES,
-                 max_waits: int = DEFAULT_MAX_WAITS, max_wait: float = MAX_WAIT) -> None:
-        if max_waits < 1 or not 0 < max_wait <= MAX_WAIT:
-            raise ArgumentError(f"RendezvousPoint: max_waits is at least 1, max_wait over 0 "
-                                f"and at most {MAX_WAIT:g} s")
-        self.mailboxes = Mailboxes(queue=queue, ttl=ttl, max_identities=max_identities)
+                 max_waits: int = DEFAULT_MAX_WAITS, max_wait: float = MAX_WAIT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 senders_per_recipient: int = DEFAULT_SENDERS_PER_RECIPIENT,
+                 recipients_per_sender: int = DEFAULT_RECIPIENTS_PER_SENDER,
+                 bytes_per_sender: int = DEFAULT_BYTES_PER_SENDER) -> None:
+        if max_waits < 1 or max_connections < 1 or not 0 < max_wait <= MAX_WAIT:
+            raise ArgumentError(f"RendezvousPoint: max_waits and max_connections are at "
+                                f"least 1, max_wait over 0 and at most {MAX_WAIT:g} s")
+        self.mailboxes = Mailboxes(queue=queue, ttl=ttl, max_identities=max_identities,
+                                   senders_per_recipient=senders_per_recipient,
+                                   recipients_per_sender=recipients_per_sender,
+                                   bytes_per_sender=bytes_per_sender)
         self.max_waits = max_waits
+        self.max_connections = max_connections
+        self.turned_away = 0
+        """Connections closed because their certificate had max_connections already."""
+        self._connections: dict[str, int] = {}
         self.max_wait = float(max_wait)
         self.refused = 0
         """Requests refused because the connection had no verified certificate, or its
@@ -169,6 +200,10 @@ class RendezvousPoint:
     async def start(cls, local: Local, *, queue: int = DEFAULT_QUEUE,
                     ttl: float = DEFAULT_TTL, max_identities: int = DEFAULT_MAX_IDENTITIES,
                     max_waits: int = DEFAULT_MAX_WAITS, max_wait: float = MAX_WAIT,
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                    senders_per_recipient: int = DEFAULT_SENDERS_PER_RECIPIENT,
+                    recipients_per_sender: int = DEFAULT_RECIPIENTS_PER_SENDER,
+                    bytes_per_sender: int = DEFAULT_BYTES_PER_SENDER,
                     system: PolicySpec = None, env: EnvSpec = None,
                     trace: TraceCallback | None = None) -> RendezvousPoint:
         """Listen on `local` (its certificate with key: the point's own; `trusted`: the CAs
@@ -181,7 +216,10 @@ class RendezvousPoint:
             raise ArgumentError("a rendezvous point needs the CAs or client certificates it "
                                 "trusts (Local(trusted=[...])): it serves no one else")
         point = cls(queue=queue, ttl=ttl, max_identities=max_identities, max_waits=max_waits,
-                    max_wait=max_wait)
+                    max_wait=max_wait, max_connections=max_connections,
+                    senders_per_recipient=senders_per_recipient,
+                    recipients_per_sender=recipients_per_sender,
+                    bytes_per_sender=bytes_per_sender)
         policy = PolicyContext(system=system, app=dict(POINT_POLICY),
                                app_name="taps-post-rendezvous")
         responder = await respond(local, point._handle, policy=policy,
@@ -227,6 +265,11 @@ class RendezvousPoint:
         return sum(self._waits.values())
 
     @property
+    def connections(self) -> int:
+        """Connections counted now against max_connections, over all certificates."""
+        return sum(self._connections.values())
+
+    @property
     def serving(self) -> bool:
         return self._responder is not None and self._responder.serving
 
@@ -262,11 +305,22 @@ class RendezvousPoint:
             return None
         client = _Client(fingerprint_of_der(der), certificate_identities(der))
         self._clients[carrier] = client
+        key = client.fingerprint
+        held = self._connections.get(key, 0)
+        client.over = held >= self.max_connections
+        if not client.over:
+            self._connections[key] = held + 1
 
         def watch(event: CarrierEvent) -> bool:
             if type(event) is Closed:
                 if not client.gone.done():
                     client.gone.set_result(None)
+                if not client.over:
+                    left = self._connections[key] - 1
+                    if left:
+                        self._connections[key] = left
+                    else:
+                        del self._connections[key]
                 return False
             return True
 
@@ -283,6 +337,8 @@ class RendezvousPoint:
                          "certificate (stack %s)", carrier.stack)
             carrier.abort()
             return
+        if client.answered:
+            return  # closing (Rule 4): what it sent after its one answer is not served
         self.requests += 1
         rid: int | None = None
         try:
@@ -291,6 +347,10 @@ class RendezvousPoint:
             if rid is not None and (type(rid) is not int or not 0 <= rid < 2 ** 53):
                 rid = None
                 raise _Refusal("bad-request", "`id` is a non-negative integer")
+            if client.over:
+                raise _Refusal("too-many-connections", f"at most {self.max_connections} "
+                                                       "connections at once per client "
+                                                       "certificate")
             op = req.get("op")
             if not isinstance(op, str) or op not in _OPS:
                 raise _Refusal("bad-request", "`op` is put, wait or whoami")
@@ -313,14 +373,24 @@ class RendezvousPoint:
                 return
         except _Refusal as refusal:
             answer = _error(rid, refusal.code, refusal.detail)
+        if client.over:
+            if client.answered:  # another request got the one answer while this one ran
+                return
+            client.answered = True
         with contextlib.suppress(ConnectionClosedError):  # the client left: nobody to tell
             await reply.send(answer)
+        if client.over:  # answered once, then closed (Rule 4)
+            self.turned_away += 1
+            _log.warning("closed a connection of certificate sha256:%s: it has %d open "
+                         "already", client.fingerprint, self.max_connections)
+            await carrier.close()
 
     def _acting(self, req: dict[str, Any], client: _Client) -> str:
         claimed = req.get("as")
         if claimed is None:
             return client.identities[0]
-        if isinstance(claimed, str) and claimed.lower() in client.identities:
+        if isinstance(claimed, str) and claimed.isascii() and \
+                claimed.lower() in client.identities:
             return claimed.lower()
         _log.warning("refused: %s (certificate sha256:%s) asked to act as another identity",
                      client.identities[0], client.fingerprint)
@@ -338,12 +408,13 @@ class RendezvousPoint:
             raise _Refusal("bad-request", f"`offer`: {exc}") from None
         try:
             self.mailboxes.put(sender, to, text)
-        except MailboxFull:
-            _log.warning("refused an offer %s -> %s (%d bytes): mailboxes full (%d identities, "
-                         "%d bytes)", sender, to, len(text), self.mailboxes.identities,
-                         self.mailboxes.held_bytes)
-            raise _Refusal("full", "the rendezvous point holds all the offers it can; try "
-                                   "again later") from None
+        except MailboxFull as full:
+            recipients, held = self.mailboxes.usage(sender)
+            _log.warning("refused an offer %s -> %s (%d bytes): %s full (%d identities, %d "
+                         "bytes; the sender %d recipients, %d bytes)", sender, to, len(text),
+                         full.bound, self.mailboxes.identities, self.mailboxes.held_bytes,
+                         recipients, held)
+            raise _Refusal("full", f"{full}; try again later") from None
         _log.debug("offer %s -> %s, %d bytes", sender, to, len(text))
         return json.dumps({"id": rid, "ok": True}).encode()
 
@@ -404,7 +475,8 @@ def _parse(msg: bytes) -> dict[str, Any]:
 
 def _identity(req: dict[str, Any], key: str) -> str:
     value = req.get(key)
-    if not isinstance(value, str) or identity_problem(value.lower()) is not None:
+    if not isinstance(value, str) or not value.isascii() or \
+            identity_problem(value.lower()) is not None:
         raise _Refusal("bad-request", f"`{key}` is an identity (a DNS-like name)")
     return value.lower()
 

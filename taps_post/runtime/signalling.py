@@ -11,11 +11,18 @@ travels only over the ICE path, encrypted by QUIC end to end.
 Rule 3: `receive` returns only offers from the peer it names, newest first; an offer older
 than the one it last returned for that peer is never returned again.
 Rule 4: what holds offers is bounded (`Mailboxes`, shared by the rendezvous point and by
-`MemorySignalling`): per recipient at most `queue` offers (the oldest is dropped), each
-deliverable for `ttl` seconds only, at most `max_identities` recipients with offers waiting
-and `max_bytes` of offers in all (beyond: `MailboxFull`, nothing is dropped to make room).
-Taking the newest offer from a peer drops that peer's older ones (Rule 3), so a queue only
-ever holds what may still be delivered.
+`MemorySignalling`), so that no sender can push out or crowd out another sender's offers:
+offers are queued per (recipient, sender) pair, at most `queue` each (8), a full queue
+dropping its own oldest offer, never another sender's; each is deliverable for `ttl`
+seconds only (60). A recipient holds queues from at most `senders_per_recipient` senders
+(64); a sender has offers queued at at most `recipients_per_sender` recipients (64) and
+`bytes_per_sender` bytes in all (1 MiB); over all, at most `max_identities` recipients
+(4096) and `max_bytes` (64 MiB). An offer beyond any of these is refused (`MailboxFull`,
+its `bound` says which): nothing is dropped to make room. An offer given back
+(`restore`: its connection ended before delivery) passes the same bounds, pushing nothing
+out; when it does not fit it is counted as dropped. Taking the newest offer from a peer
+drops that peer's older ones (Rule 3), so a queue only ever holds what may still be
+delivered.
 Rule 5: an offer is kept as the JSON text it was sent as (`encode_offer`: at most
 MAX_OFFER_BYTES), never as live objects: what the receiver gets is a copy, whichever
 Signalling carried it, and nothing here reads its fields.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -51,7 +59,7 @@ MAX_WAIT = 60.0
 REPLY_SLACK = 10.0
 """How much longer than the wait itself the client waits for the point's answer."""
 ERROR_CODES = ("bad-request", "no-identity", "not-your-identity", "too-large", "full",
-               "too-many-waits", "timeout")
+               "too-many-waits", "too-many-connections", "timeout")
 """What an `{"error": ...}` reply of the point may say (docs/rendezvous.md: what each means)."""
 
 
@@ -86,7 +94,14 @@ class OfferTooLargeError(ArgumentError):
 
 
 class MailboxFull(Exception):
-    """Rule 4: no room for another recipient's offers (`max_identities`, `max_bytes`)."""
+    """Rule 4: no room for this offer; `bound` names the bound that refused it:
+    "identities", "bytes" (the global ones), "senders" (the recipient holds queues from
+    `senders_per_recipient` senders), "sender-recipients" or "sender-bytes" (the sender's
+    own quota: `recipients_per_sender`, `bytes_per_sender`)."""
+
+    def __init__(self, message: str, bound: str = "bytes") -> None:
+        super().__init__(message)
+        self.bound = bound
 
 
 def _no_constant(name: str) -> Any:
@@ -135,27 +150,43 @@ class MailboxStats:
     superseded: int = 0
     """Older offers from a peer dropped when a newer one was taken (Rule 3)."""
     dropped: int = 0
-    """Offers pushed out of a full queue, oldest first (Rule 4)."""
+    """Offers pushed out of their (recipient, sender) queue by a newer one from the same
+    sender, oldest first, and given-back offers that no longer fit (Rule 4)."""
     expired: int = 0
     refused: int = 0
     """Puts refused because the mailboxes were full (MailboxFull)."""
 
 
 class Mailboxes:
-    """Offers waiting for their recipients, bounded (Rule 4), with waiters woken at once."""
+    """Offers waiting for their recipients, bounded (Rule 4), with waiters woken at once.
+
+    Offers are queued per (recipient, sender) pair, so what one sender does can only ever
+    push out its own older offers; the per-sender quotas keep any one sender from filling
+    the global bounds that every sender shares."""
 
     def __init__(self, *, queue: int = 8, ttl: float = 60.0, max_identities: int = 4096,
-                 max_bytes: int = 64 * 1024 * 1024) -> None:
-        if queue < 1 or max_identities < 1 or max_bytes < 1 or not ttl > 0:
-            raise ArgumentError("Mailboxes: queue, max_identities and max_bytes are at "
-                                "least 1, ttl over 0")
+                 max_bytes: int = 64 * 1024 * 1024, senders_per_recipient: int = 64,
+                 recipients_per_sender: int = 64, bytes_per_sender: int = 1024 * 1024) -> None:
+        if min(queue, max_identities, max_bytes, senders_per_recipient,
+               recipients_per_sender, bytes_per_sender) < 1 or not ttl > 0:
+            raise ArgumentError("Mailboxes: queue, max_identities, max_bytes, "
+                                "senders_per_recipient, recipients_per_sender and "
+                                "bytes_per_sender are at least 1, ttl over 0")
         self.queue = queue
         self.ttl = float(ttl)
         self.max_identities = max_identities
         self.max_bytes = max_bytes
+        self.senders_per_recipient = senders_per_recipient
+        self.recipients_per_sender = recipients_per_sender
+        self.bytes_per_sender = bytes_per_sender
         self.stats = MailboxStats()
-        self._boxes: dict[str, collections.deque[Letter]] = {}
+        self._boxes: dict[str, dict[str, collections.deque[Letter]]] = {}
+        """recipient -> sender -> that sender's offers to it, oldest first (never empty)."""
         self._bytes = 0
+        self._to: dict[str, set[str]] = {}
+        """sender -> the recipients it has offers queued at (its quota, Rule 4)."""
+        self._sender_bytes: dict[str, int] = {}
+        self._swept = -math.inf
         self._waiters: dict[tuple[str, str], list[asyncio.Future[Letter]]] = {}
 
     @property
@@ -167,9 +198,14 @@ class Mailboxes:
     def held_bytes(self) -> int:
         return self._bytes
 
+    def usage(self, sender: str) -> tuple[int, int]:
+        """How much of its quota `sender` uses now: (recipients, bytes) of offers queued."""
+        return len(self._to.get(sender, ())), self._sender_bytes.get(sender, 0)
+
     def put(self, sender: str, to: str, text: str) -> None:
         """Queue `text` (an offer's JSON) from `sender` for `to`, or hand it to a waiting
-        `take()` at once. MailboxFull when there is no room (Rule 4)."""
+        `take()` at once. A full (to, sender) queue drops its own oldest offer; MailboxFull
+        when any other bound has no room (Rule 4): nobody else's offer is dropped for it."""
         self.stats.put += 1
         letter = Letter(sender, text, time.monotonic())
         for fut in self._waiters.get((to, sender), ()):
@@ -177,26 +213,15 @@ class Mailboxes:
                 fut.set_result(letter)
                 self.stats.delivered += 1
                 return
-        box = self._boxes.get(to)
-        if box is not None:
-            self._expire(to, box)
-            box = self._boxes.get(to)
-        if (box is None and len(self._boxes) >= self.max_identities) or \
-                self._bytes + len(text) > self.max_bytes:
-            self.sweep()
-            box = self._boxes.get(to)
-            if (box is None and len(self._boxes) >= self.max_identities) or \
-                    self._bytes + len(text) > self.max_bytes:
+        self._expire(to, sender)
+        bound = self._room(to, sender, len(text), evict=True)
+        if bound is not None:
+            self._sweep_for(bound, to, sender)
+            bound = self._room(to, sender, len(text), evict=True)
+            if bound is not None:
                 self.stats.refused += 1
-                raise MailboxFull("the rendezvous mailboxes are full")
-        if box is None:
-            box = self._boxes[to] = collections.deque()
-        if len(box) >= self.queue:
-            old = box.popleft()
-            self._bytes -= len(old.text)
-            self.stats.dropped += 1
-        box.append(letter)
-        self._bytes += len(text)
+                raise MailboxFull(_FULL[bound], bound)
+        self._add(to, letter)
 
     async def take(self, me: str, sender: str, timeout: float) -> tuple[Letter, int]:
         """The newest offer to `me` from `sender` and how many older ones it superseded
@@ -224,46 +249,130 @@ class Mailboxes:
                     del self._waiters[key]
         return letter, 0
 
-    def restore(self, me: str, letter: Letter) -> None:
+    def restore(self, me: str, letter: Letter) -> bool:
         """Put back a letter `take()` gave but that never reached `me` (its connection
-        ended first): it is still the newest, and its age still counts."""
+        ended first); its age still counts. It goes through the same bounds as `put`
+        (Rule 4) but pushes nothing out: False when it was not kept (counted as dropped;
+        as expired or superseded when it is too old or a newer offer came meanwhile)."""
         self.stats.delivered -= 1
-        box = self._boxes.setdefault(me, collections.deque())
-        box.append(letter)
-        self._bytes += len(letter.text)
+        sender = letter.sender
+        if letter.at < time.monotonic() - self.ttl:
+            self.stats.expired += 1
+            return False
+        self._expire(me, sender)
+        if sender in self._boxes.get(me, {}):  # newer offers came since it was taken
+            self.stats.superseded += 1
+            return False
+        bound = self._room(me, sender, len(letter.text), evict=False)
+        if bound is not None:
+            self._sweep_for(bound, me, sender)
+            if self._room(me, sender, len(letter.text), evict=False) is not None:
+                self.stats.dropped += 1
+                return False
+        self._add(me, letter)
+        return True
+
+    def _room(self, to: str, sender: str, size: int, *, evict: bool) -> str | None:
+        """The bound (a MailboxFull.bound) that leaves no room for `size` more bytes from
+        `sender` to `to`, or None. `evict`: a full pair queue drops its oldest (Rule 4)."""
+        box = self._boxes.get(to)
+        pair = box.get(sender) if box is not None else None
+        freed = 0
+        if pair is not None and len(pair) >= self.queue:
+            if not evict:
+                return "queue"
+            freed = len(pair[0].text)
+        if pair is None:
+            if box is None and len(self._boxes) >= self.max_identities:
+                return "identities"
+            if box is not None and len(box) >= self.senders_per_recipient:
+                return "senders"
+            if len(self._to.get(sender, ())) >= self.recipients_per_sender:
+                return "sender-recipients"
+        if self._sender_bytes.get(sender, 0) - freed + size > self.bytes_per_sender:
+            return "sender-bytes"
+        if self._bytes - freed + size > self.max_bytes:
+            return "bytes"
+        return None
+
+    def _add(self, to: str, letter: Letter) -> None:
+        """Queue `letter` (its room checked: `_room`), dropping its pair's oldest if full."""
+        sender = letter.sender
+        box = self._boxes.setdefault(to, {})
+        pair = box.get(sender)
+        if pair is None:
+            pair = box[sender] = collections.deque()
+            self._to.setdefault(sender, set()).add(to)
+        if len(pair) >= self.queue:
+            self._count(sender, -len(pair.popleft().text))
+            self.stats.dropped += 1
+        pair.append(letter)
+        self._count(sender, len(letter.text))
+
+    def _count(self, sender: str, size: int) -> None:
+        self._bytes += size
+        left = self._sender_bytes.get(sender, 0) + size
+        if left:
+            self._sender_bytes[sender] = left
+        else:
+            self._sender_bytes.pop(sender, None)
+
+    def _drop_pair(self, to: str, sender: str) -> collections.deque[Letter]:
+        """Remove the (to, sender) queue (it exists) and return it, its bytes uncounted."""
+        box = self._boxes[to]
+        pair = box.pop(sender)
+        if not box:
+            del self._boxes[to]
+        recipients = self._to[sender]
+        recipients.discard(to)
+        if not recipients:
+            del self._to[sender]
+        self._count(sender, -sum(len(letter.text) for letter in pair))
+        return pair
 
     def _take_now(self, me: str, sender: str) -> tuple[Letter, int] | None:
-        box = self._boxes.get(me)
-        if box is None:
+        self._expire(me, sender)
+        if sender not in self._boxes.get(me, {}):
             return None
-        self._expire(me, box)
-        mine = [letter for letter in box if letter.sender == sender]
-        if not mine:
-            return None
-        rest = collections.deque(letter for letter in box if letter.sender != sender)
-        for letter in mine:
-            self._bytes -= len(letter.text)
-        if rest:
-            self._boxes[me] = rest
-        else:
-            del self._boxes[me]
+        mine = self._drop_pair(me, sender)
         self.stats.delivered += 1
         self.stats.superseded += len(mine) - 1
         return mine[-1], len(mine) - 1
 
-    def _expire(self, me: str, box: collections.deque[Letter]) -> None:
-        """Drop the offers of `box` older than ttl (the oldest are first)."""
+    def _expire(self, to: str, sender: str) -> None:
+        """Drop the offers from `sender` to `to` older than ttl (the oldest are first)."""
+        pair = self._boxes.get(to, {}).get(sender)
+        if pair is None:
+            return
         limit = time.monotonic() - self.ttl
-        while box and box[0].at < limit:
-            self._bytes -= len(box.popleft().text)
+        while pair and pair[0].at < limit:
+            self._count(sender, -len(pair.popleft().text))
             self.stats.expired += 1
-        if not box:
-            del self._boxes[me]
+        if not pair:
+            self._drop_pair(to, sender)
+
+    def _sweep_for(self, bound: str, to: str, sender: str) -> None:
+        """Drop the expired offers that count towards `bound`: the sender's own for its
+        quota, the recipient's for its senders, all of them for a global bound."""
+        if bound.startswith("sender-"):
+            for recipient in list(self._to.get(sender, ())):
+                self._expire(recipient, sender)
+        elif bound == "senders":
+            for other in list(self._boxes.get(to, {})):
+                self._expire(to, other)
+        elif bound != "queue":
+            self.sweep()
 
     def sweep(self) -> None:
-        """Drop every expired offer (Rule 4): called when the mailboxes look full."""
-        for me, box in list(self._boxes.items()):
-            self._expire(me, box)
+        """Drop every expired offer (Rule 4): called when the global bounds look full, at
+        most once per 1/8 of the ttl (offers expire no faster, and a sweep walks them all)."""
+        now = time.monotonic()
+        if now - self._swept < self.ttl / 8:
+            return
+        self._swept = now
+        for to, box in list(self._boxes.items()):
+            for sender in list(box):
+                self._expire(to, sender)
 
     def close(self) -> None:
         """Forget every offer; waiting takes are cancelled."""
@@ -272,7 +381,20 @@ class Mailboxes:
                 if not fut.done():
                     fut.cancel()
         self._boxes.clear()
+        self._to.clear()
+        self._sender_bytes.clear()
         self._bytes = 0
+
+
+_FULL = {
+    "identities": "the rendezvous point holds offers for all the recipients it can",
+    "bytes": "the rendezvous point holds all the offers it can",
+    "senders": "the recipient has offers waiting from all the senders it may",
+    "sender-recipients": "you have offers waiting at all the recipients you may",
+    "sender-bytes": "you have all the offer bytes waiting you may",
+    "queue": "that queue is full",
+}
+"""What MailboxFull says, by its bound (no identity, no value of the offer)."""
 
 
 class MemorySignalling:
@@ -281,8 +403,13 @@ class MemorySignalling:
     process or already have a channel they bridge to this. Bounded like the point (Rule 4);
     it trusts the `sender` it is told: there is nobody to authenticate in one process."""
 
-    def __init__(self, *, queue: int = 8, ttl: float = 60.0, max_identities: int = 4096) -> None:
-        self.mailboxes = Mailboxes(queue=queue, ttl=ttl, max_identities=max_identities)
+    def __init__(self, *, queue: int = 8, ttl: float = 60.0, max_identities: int = 4096,
+                 senders_per_recipient: int = 64, recipients_per_sender: int = 64,
+                 bytes_per_sender: int = 1024 * 1024) -> None:
+        self.mailboxes = Mailboxes(queue=queue, ttl=ttl, max_identities=max_identities,
+                                   senders_per_recipient=senders_per_recipient,
+                                   recipients_per_sender=recipients_per_sender,
+                                   bytes_per_sender=bytes_per_sender)
 
     def __repr__(self) -> str:
         return f"MemorySignalling(identities={self.mailboxes.identities})"
@@ -305,5 +432,6 @@ class MemorySignalling:
 
 def _check_names(*names: object) -> None:
     for name in names:
-        if not isinstance(name, str) or not name:
-            raise ArgumentError(f"an identity is a non-empty string, not {name!r}")
+        # ASCII before lower(): "\u212a".lower() == "k" would fold one name onto another
+        if not isinstance(name, str) or not name or not name.isascii():
+            raise ArgumentError(f"an identity is a non-empty ASCII string, not {name!r}")
