@@ -73,7 +73,7 @@ from .config import (
     client_configuration,
     server_configuration,
 )
-from .session import QuicClosedError, QuicSession
+from .session import QuicSession
 from .stream import QuicStreamTransient
 
 __all__ = ["ALPN", "NAME", "OPEN", "PeerClients", "PeerQuicListening", "PeerQuicStack"]
@@ -199,13 +199,9 @@ class _PeerSession(QuicSession):
     def verdict(self) -> BaseException | bool:
         """True once established (a client: handshake confirmed; a listener: completed and
         the client's certificate accepted), False while it may still be, or why it failed."""
-        if self.refusal is not None:
-            return self.refusal
-        if not self.is_open:
-            t = self.termination
-            if t is not None:
-                return QuicClosedError(t.error_code, t.reason_phrase, t.frame_type)
-            return ConnectionError("the quic-ice connection closed before it was established")
+        failed = self.failure()  # the quic stack's own reading of a refusal or close
+        if failed is not None:
+            return failed
         if not self.handshake_done:
             return False
         return not self.connection.configuration.is_client or \

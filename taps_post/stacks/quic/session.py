@@ -674,17 +674,26 @@ class QuicSession(QuicConnectionProtocol):
         QuicClosedError with aioquic's error code)."""
         if self.handshake_done:
             return
-        if self.refusal is not None:
-            raise self.refusal
-        if not self.is_open:
-            if self.termination is not None:
-                raise QuicClosedError(self.termination.error_code,
-                                      self.termination.reason_phrase,
-                                      self.termination.frame_type) from self.termination
-            raise ConnectionError("QUIC connection closed before its handshake completed")
+        failed = self.failure()
+        if failed is not None:
+            raise failed
         if self._handshake is None or self._handshake.done():
             self._handshake = self.loop.create_future()
         await self._handshake
+
+    def failure(self) -> BaseException | None:
+        """Why this connection can no longer become established (None: it still may, or it
+        is): a check that refused the peer, or how the connection terminated."""
+        if self.refusal is not None:
+            return self.refusal
+        if self.is_open:
+            return None
+        t = self.termination
+        if t is None:
+            return ConnectionError("QUIC connection closed before its handshake completed")
+        closed = QuicClosedError(t.error_code, t.reason_phrase, t.frame_type)
+        closed.__cause__ = t
+        return closed
 
     def _handshake_failed(self, exc: BaseException) -> None:
         waiter = self._handshake
