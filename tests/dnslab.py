@@ -255,19 +255,22 @@ def _parent_death_signal() -> Any:
     return arm
 
 
-class _Daemon:
-    """A foreground server process; its stdout+stderr go to a log file quoted in errors."""
+class Daemon:
+    """A foreground server process (in `netns`, or here); its stdout+stderr go to a log file
+    quoted in errors. The NAT lab runs coturn and its peers with it too (tests/natlab.py)."""
 
     def __init__(self, argv: Sequence[str], *, netns: str | None, log: Path, label: str,
                  stdin: int | IO[Any] | None = subprocess.DEVNULL,
-                 stdout: int | None = None) -> None:
+                 stdout: int | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.label = label
         self.log_path = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [*_ns_prefix(netns), *argv], stdin=stdin,
             stdout=self._log if stdout is None else stdout,
-            stderr=self._log, start_new_session=True, preexec_fn=_parent_death_signal())
+            stderr=self._log, env=env, cwd=cwd, start_new_session=True,
+            preexec_fn=_parent_death_signal())
 
     def log(self) -> str:
         try:
@@ -306,7 +309,7 @@ def _kdig(server: Address, name: str, rtype: str, *, netns: str | None = None,
                           check=False)
 
 
-def _wait_answer(daemon: _Daemon, server: Address, name: str, rtype: str, *,
+def _wait_answer(daemon: Daemon, server: Address, name: str, rtype: str, *,
                  netns: str | None, want: str | None = "NOERROR",
                  timeout: float = START_TIMEOUT) -> str:
     """Poll `server` until it answers `name rtype` with rcode `want` (None: any rcode);
@@ -344,7 +347,7 @@ class Knot:
         self.conf = workdir / "knot.conf"
         self.zonefile = workdir / f"{zone.name.rstrip('.')}.zone"
         self.serial = 1
-        self._daemon: _Daemon | None = None
+        self._daemon: Daemon | None = None
 
     @property
     def address(self) -> Address:
@@ -385,7 +388,7 @@ class Knot:
         if check.returncode != 0:
             raise RuntimeError(f"knot.conf rejected: {check.stdout}{check.stderr}\n"
                                f"{self.conf.read_text()}")
-        self._daemon = _Daemon([_tool("knotd"), "-c", str(self.conf)], netns=self.netns,
+        self._daemon = Daemon([_tool("knotd"), "-c", str(self.conf)], netns=self.netns,
                                log=self.dir / "knotd.log", label="knotd")
         self._wait_serial(self.serial)
         if self.signed:
@@ -493,7 +496,7 @@ def knot(zone: Zone, listen: Address | Sequence[Address] | None = None, *,
 class Unbound:
     """A running validating unbound; see `unbound()`."""
 
-    def __init__(self, daemon: _Daemon, listen: Sequence[Address], conf: Path,
+    def __init__(self, daemon: Daemon, listen: Sequence[Address], conf: Path,
                  trust_anchor: str | None) -> None:
         self._daemon = daemon
         self.listen = list(listen)
@@ -562,7 +565,7 @@ def unbound(upstream: Address, zone: str | Zone, trust_anchor: str | None = None
         if check.returncode != 0:
             raise RuntimeError(f"unbound.conf rejected: {check.stdout}{check.stderr}\n"
                                f"{conf.read_text()}")
-        daemon = _Daemon([_tool("unbound"), "-d", "-c", str(conf)], netns=netns,
+        daemon = Daemon([_tool("unbound"), "-d", "-c", str(conf)], netns=netns,
                          log=workdir / "unbound.log", label="unbound")
         try:
             # Any answer means it is up: with a wrong anchor the answer is SERVFAIL.
@@ -811,7 +814,7 @@ class Query:
 class Relay:
     """A running delay relay; see `delay_relay()`."""
 
-    def __init__(self, daemon: _Daemon, listen: Sequence[Address]) -> None:
+    def __init__(self, daemon: Daemon, listen: Sequence[Address]) -> None:
         self._daemon = daemon
         self.listen = list(listen)
         self._buf = b""
@@ -891,7 +894,7 @@ def delay_relay(upstream: Address, delays: Mapping[str | int, float] | None = No
         # user who only imported it, e.g. a venv under /root).
         python = sys.executable if os.access(sys.executable, os.X_OK) else (
             shutil.which("python3") or sys.executable)
-        daemon = _Daemon([python, "-I", str(script), json.dumps(cfg)], netns=netns,
+        daemon = Daemon([python, "-I", str(script), json.dumps(cfg)], netns=netns,
                          log=Path(tmp) / "relay.log", label="delay relay",
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:

@@ -78,6 +78,7 @@ from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dnslab import Daemon
 from netns import COMMAND_LOOP, NsProcess, python_env, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,58 +200,6 @@ def stun_binding(sock: socket.socket, server: tuple[str, int], timeout: float) -
         if len(data) >= 20 and data[:2] == b"\x01\x01" and data[8:20] == txid:
             return True
     return False
-
-
-def _death_signal() -> Callable[[], None] | None:
-    """A preexec_fn: the child gets SIGTERM when the thread that forked it dies, so a test
-    run killed outright leaves no server behind (only from the main thread: the signal
-    follows the forking thread)."""
-    if threading.current_thread() is not threading.main_thread() or sys.platform != "linux":
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def arm() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return arm
-
-
-class Daemon:
-    """A server process in a namespace; stdout and stderr go to `log` (quoted on failure).
-    `stop()`: SIGTERM, SIGKILL after 3 s, always waits, never raises."""
-
-    def __init__(self, ns: str, argv: Sequence[str], *, log: Path, label: str,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.label = label
-        self.log_path = log
-        self._out = log.open("ab")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL, stdout=self._out,
-            stderr=self._out, env=env, cwd=cwd, start_new_session=True,
-            preexec_fn=_death_signal())
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.label} exited ({self.proc.returncode}); "
-                               f"log:\n{self.log()[-4000:]}")
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        with contextlib.suppress(Exception):
-            self._out.close()
 
 
 class Capture:
@@ -650,7 +599,8 @@ class NatLab:
                 "--log-file", str(self.tmp / "turn.log"), "--userdb",
                 str(self.tmp / "turndb"), "--pidfile", str(self.tmp / "turn.pid"),
                 "--verbose"]
-        self.coturn = Daemon(self.public, argv, log=self.tmp / "turn.out", label="coturn")
+        self.coturn = Daemon(argv, netns=self.public, log=self.tmp / "turn.out",
+                             label="coturn")
         self._daemons.append(self.coturn)
         deadline = time.monotonic() + START_TIMEOUT
         sock = self.socket(self.public, socket.AF_INET, socket.SOCK_DGRAM)
@@ -752,7 +702,7 @@ class NatLab:
         if tree:
             env["PYTHONPATH"] = str(ROOT)
         log = self.tmp / f"{label.replace(' ', '-')}-{next(_counter)}.log"
-        proc = Daemon(ns, argv, log=log, label=label, env=env, cwd=self.tmp)
+        proc = Daemon(argv, netns=ns, log=log, label=label, env=env, cwd=self.tmp)
         self._daemons.append(proc)
         return proc
 
