@@ -48,10 +48,11 @@ and its own transport starts a task per datagram (which reorders while a channel
 bound or refreshed). Received datagrams go straight from the socket's protocol to the path's
 callback (no queue, no task); before the first `receive()` at most EARLY_DATAGRAMS are kept.
 Only the peer's data is delivered: `_Protocol` takes each non-STUN datagram with its source
-(for a relayed socket, the peer address the TURN server names) and, once a pair is
-nominated, passes on only what arrives on that pair's socket from its remote address
-(before, only from the remote address of one of that socket's pairs; what was kept early is
-checked again against the path's pair); everything else is dropped and counted
+(for a relayed socket, the peer address the TURN server names) and passes on only what
+arrives on the path's own pair or from the remote address of one of that socket's pairs
+(addresses the peer announced, or its authenticated checks came from: with aggressive
+nomination its first flight may come over another pair than the one this side settled on);
+everything else is dropped and counted
 (`IcePath.dropped_foreign`), so a host that knows one of our ports cannot inject datagrams
 into the path. STUN still goes to aioice from any source (checks from unknown addresses
 teach peer-reflexive candidates). A receiver that raises loses that datagram; only the
@@ -363,15 +364,20 @@ class _Connection(Connection):
         self.dropped_foreign += 1
 
     def accepts(self, protocol: StunProtocol, addr: tuple[str, int]) -> bool:
-        """Whether data from `addr` on `protocol` is the peer's (Rule 5): once the path
-        is made (or a pair nominated) only its pair's socket and remote address; before,
-        the remote address of one of this socket's pairs."""
+        """Whether data from `addr` on `protocol` is the peer's (Rule 5): the path's own
+        pair, or the remote address of one of this socket's pairs. A pair's remote address
+        is one the peer announced through signalling or one its authenticated check came
+        from (peer-reflexive), never a stranger's. Other pairs than the path's count too:
+        with aggressive nomination the peer may send its first flight on a pair that
+        succeeded on its side before this side settled on another (dropping it costs a
+        QUIC retransmission, about 0.5 s)."""
         # aioice private `_nominated` (see selected()) and `_check_list` (see pairs()).
         pinned = self.path_pair
         if pinned is None and (nominated := self._nominated.get(1)) is not None:
             pinned = (nominated.protocol, nominated.remote_addr)
-        if pinned is not None:
-            return pinned[0] is protocol and (addr == pinned[1] or _same(addr, pinned[1]))
+        if pinned is not None and pinned[0] is protocol and (
+                addr == pinned[1] or _same(addr, pinned[1])):
+            return True
         return any(p.protocol is protocol and (addr == p.remote_addr or
                                                _same(addr, p.remote_addr))
                    for p in self._check_list)
