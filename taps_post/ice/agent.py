@@ -22,10 +22,11 @@ and the relayed candidates' related address is hidden, RFC 9429 section 3.5.3), 
 runs through our TURN allocation; `prefer` gives our relayed candidates the highest type
 preference, so relay pairs are formed and checked first (with aggressive nomination a
 faster non-relay check can still win; `require` is the guarantee); `avoid` and
-`no_preference` keep RFC 8445's defaults (relay last) and also hold every check on a pair
-through a relay (ours or the peer's) back for RELAY_HOLD while a direct pair is still
-being checked: aioice nominates the first check that succeeds, so ordering alone lets a
-relay that answers quickly win over a direct pair whose first check was lost. The peer's
+`no_preference` keep RFC 8445's defaults (relay last) and also hold every check the
+controlling side makes on a pair through a relay (ours or the peer's) back for RELAY_HOLD
+while a direct pair is still being checked: aioice nominates the first check that
+succeeds, so ordering alone lets a relay that answers quickly win over a direct pair whose
+first check was lost. The peer's
 own policy governs its side: under `prohibit` a pair through the peer's TURN server is
 refused by dropping the relay candidates the peer announces (each listed in `dropped`) and
 by refusing every check that comes from one of their addresses (ip and port): it gets no
@@ -336,9 +337,12 @@ class _Connection(Connection):
 
     async def check_start(self, pair: CandidatePair) -> None:
         """aioice's check, held back for RELAY_HOLD on a pair through a relay while a
-        direct pair is still alive (Rule 3). The pair is marked in progress while it waits,
-        so aioice's pacing moves on to the next pair instead of re-offering this one."""
-        if self.relay_hold > 0 and _through_relay(pair):
+        direct pair is still alive, on the controlling side (Rule 3). The pair is marked in
+        progress while it waits, so aioice's pacing moves on to the next pair instead of
+        re-offering this one."""
+        # Only the controlling side nominates: holding the controlled side's (triggered)
+        # check would only delay its acceptance of the pair the controlling side chose.
+        if self.relay_hold > 0 and self.ice_controlling and _through_relay(pair):
             self.check_state(pair, CandidatePair.State.IN_PROGRESS)
             loop = asyncio.get_running_loop()
             until = loop.time() + self.relay_hold
