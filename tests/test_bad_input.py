@@ -286,10 +286,12 @@ def _load_interfaces(directory: Path, count: int) -> float:
 def test_many_interfaces_load_in_linear_time(tmp_path: Path) -> None:
     """Issue 10: 49,000 interfaces (the most MAX_NODES lets a file hold) took 10 s, the
     duplicate-name check being quadratic. Now a set: 7x the interfaces, about 7x the time
-    (quadratic would be 49x), and well under the 3 s bound on this machine."""
+    (quadratic would be 49x): the ratio is the check, since the machine is shared and its
+    speed varies from run to run (3.2-4.2 s seen for the large file under load, 1.5 s
+    quiet); the absolute bound only catches the 10 s of old."""
     small = _load_interfaces(tmp_path, 7_000)
     large = _load_interfaces(tmp_path, 49_000)
-    assert large < 3.0, f"49,000 interfaces took {large:.2f} s"
+    assert large < 8.0, f"49,000 interfaces took {large:.2f} s"
     assert large < 20 * max(small, 0.01), f"7,000: {small:.3f} s, 49,000: {large:.3f} s"
     dup = tmp_path / "dup.yaml"
     dup.write_text("interfaces:\n" + "".join(f"  - {{name: e{i % 40_000}}}\n"
