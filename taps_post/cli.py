@@ -43,12 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="https://host, tls://host:port, tcp://, udp://, quic://, "
                                   "or host:port")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--system", action="append", metavar="PATH",
-                       help="system policy file or directory (repeatable); replaces the "
-                            "discovered system layer")
-    group.add_argument("--no-system", action="store_true",
-                       help="use no system policy at all (built-in defaults only)")
+    _system_options(p, "use no system policy at all (built-in defaults only)")
     p.add_argument("--app", action="append", metavar="PATH", help="app policy (repeatable)")
     p.add_argument("--carrier", action="append", metavar="PATH",
                    help="carrier policy (repeatable)")
@@ -114,12 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recipients one sender has offers waiting at (default 64)")
     serve.add_argument("--bytes-per-sender", type=int, default=1024 * 1024, metavar="B",
                        help="bytes of offers one sender has waiting in all (default 1048576)")
-    sgroup = serve.add_mutually_exclusive_group()
-    sgroup.add_argument("--system", action="append", metavar="PATH",
-                        help="system policy file or directory (repeatable); replaces the "
-                             "discovered system layer")
-    sgroup.add_argument("--no-system", action="store_true",
-                        help="use no system policy at all")
+    _system_options(serve, "use no system policy at all")
     serve.add_argument("--verbose", "-v", action="store_true",
                        help="log every offer relayed (identities and sizes only) on stderr")
 
@@ -128,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply this system policy's interface facts")
     ifs.add_argument("--format", choices=["text", "json"], default="text")
     return parser
+
+
+def _system_options(p: argparse.ArgumentParser, no_system_help: str) -> None:
+    """--system PATH... | --no-system: the system layer, as every policy command takes it."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--system", action="append", metavar="PATH",
+                       help="system policy file or directory (repeatable); replaces the "
+                            "discovered system layer")
+    group.add_argument("--no-system", action="store_true", help=no_system_help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
