@@ -56,6 +56,8 @@ RANKS: dict[str, int] = {
     "taps_post.docgen": 7,
     "taps_post.schemas": 7,
     "taps_post.dryrun": 7,
+    "taps_post.httpx": 7,
+    "taps_post.admin": 7,
 }
 ROOT_RANK = 7
 
