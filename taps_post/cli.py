@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("paths", nargs="+", metavar="PATH")
     val.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
 
+    test = psub.add_parser("test", help="run scenario files against the policy on disk "
+                                        "(docs/admin.md)")
+    test.add_argument("paths", nargs="+", metavar="PATH",
+                      help="scenario files or directories of them (*.yaml, *.yml)")
+    _system_options(test, "use no system policy at all (built-in defaults only)")
+    test.add_argument("--app", action="append", metavar="PATH",
+                      help="app policy for scenarios without policies: (repeatable)")
+    test.add_argument("--carrier", action="append", metavar="PATH",
+                      help="carrier policy for scenarios without policies: (repeatable)")
+    test.add_argument("--env", metavar="FILE",
+                      help="environment snapshot for scenarios without env:")
+    test.add_argument("--format", choices=["text", "junit"], default="text")
+
     sch = psub.add_parser("schema", help="print a JSON Schema")
     sch.add_argument("name", choices=["policy", "env", "explain"])
 
@@ -188,6 +201,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "validate":
         return _validate(args)
+    if cmd == "test":
+        return _test(args)
     return _explain(args)
 
 
@@ -255,6 +270,16 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"ok: {len(report.files)} file(s), {rules} rule(s){snaps}, "
           f"{len(report.warnings)} warning(s)")
     return 1 if (args.strict and report.warnings) else EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    from .admin import runner
+
+    if args.env:
+        _screened([args.env])
+    layers = {"system": [] if args.no_system else args.system,
+              "app": args.app or [], "carrier": args.carrier or []}
+    return runner.main(args.paths, layers=layers, env=args.env, fmt=args.format)
 
 
 def _interfaces(args: argparse.Namespace) -> int:

@@ -113,7 +113,7 @@ def _check_subflows(expected: list[Any], subflows: list[dict[str, Any]],
 def _matches_with_text(want: Any, got: dict[str, Any] | None, field: str) -> bool:
     """A subset match where `FIELD_contains: TEXT` checks a part of the text FIELD."""
     if got is None or not isinstance(want, dict):
-        return want == got
+        return bool(want == got)
     want = dict(want)
     part = want.pop(f"{field}_contains", None)
     return _subset(want, got) and (part is None or part in (got.get(field) or ""))
@@ -238,14 +238,18 @@ def shape_problems(scenario: Any, positions: Positions, *, need_policies: bool =
 
 def run(scenario: dict[str, Any], policies: dict[str, Any] | None = None,
         env: Any = None) -> dict[str, Any]:
-    """explain() the scenario (Rule 3); `policies` replaces the scenario's, `env` its env."""
+    """explain() the scenario (Rule 3); `policies` replaces the scenario's, `env` its env.
+
+    A caller's `policies` is passed as given: `{"system": None}` is the system layer this
+    machine discovers, which is what `policy test` uses when it is not told `--system`."""
     import taps_post
 
     from ..policy import catalog
 
     request = scenario["request"]
-    if policies is None:
-        policies = scenario.get("policies") or {}
+    if policies is None:  # the scenario's own layers: an absent one is [] (Rule 3)
+        own = scenario.get("policies") or {}
+        policies = {layer: own.get(layer) or [] for layer in LAYER_KEYS}
     if env is None:
         env = scenario.get("env") or {}
     with contextlib.ExitStack() as plugged:
@@ -256,7 +260,7 @@ def run(scenario: dict[str, Any], policies: dict[str, Any] | None = None,
                 dataclasses.replace(catalog.info(item["like"]), **fields)))
         decision = taps_post.explain(
             request["target"],
-            system=policies.get("system") if policies.get("system") is not None else [],
+            system=policies.get("system", []),  # the caller's None: the discovered layer
             app=policies.get("app") or [],
             carrier=policies.get("carrier") or [],
             app_name=request.get("app"),

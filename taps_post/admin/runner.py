@@ -1,0 +1,124 @@
+"""`taps-post policy test`: an administrator's scenario files run against the policy on disk.
+
+Rule 1: a scenario that states `policies:` is run with them alone (like the project's tables);
+one that does not is run with the layers the command was given (`--system`/`--no-system`,
+`--app`, `--carrier`), the system layer this machine discovers by default. So a scenario kept
+next to a policy directory tests that directory as it is on disk.
+Rule 2: the environment is never the live machine: each scenario's `env:`, else `--env FILE`;
+a scenario with neither is malformed.
+Rule 3: every file is loaded and its shape checked before any is run. A malformed file is an
+input error (file:line:col, exit 2) and no verdict is printed: half a report would read as
+a pass for the scenarios left out.
+Rule 4: exit 0 when every scenario met its expectation, 1 when any did not. A scenario marked
+`xfail: why` is expected to fail (XFAIL); one that passes anyway is XPASS and counts as a
+failure, so the mark is removed once the policy is fixed.
+Rule 5: `--format junit` writes JUnit XML to stdout (one testcase per file, the failure's
+text its message), for CI systems that collect it.
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..diagnostics import Diagnostic
+from ..errors import InputError
+from ..policy.load import screen_paths
+from . import scenario as sc
+
+__all__ = ["Verdict", "main", "run_files"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One scenario's result; `problems` is the difference of expected and actual."""
+
+    path: str
+    description: str
+    status: str  # PASS | FAIL | XFAIL | XPASS
+    problems: tuple[str, ...]
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("FAIL", "XPASS")
+
+
+def _files(paths: list[str]) -> list[str]:
+    expanded: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():  # scenario directories may nest (tests/web/, tests/vpn/)
+            expanded.extend(str(f) for f in sorted(Path(p).rglob("*.y*ml"))
+                            if f.suffix in (".yaml", ".yml"))
+        else:
+            expanded.append(p)
+    files, problems = screen_paths(expanded)
+    if problems:
+        raise InputError(problems)
+    if not files:
+        raise InputError([Diagnostic(" ".join(paths), "no scenario files (*.yaml, *.yml)")])
+    return files
+
+
+def run_files(paths: list[str], *, layers: dict[str, Any], env: str | None) -> list[Verdict]:
+    """Load and check every file (Rule 3), then run each scenario (Rules 1, 2)."""
+    loaded: list[tuple[str, dict[str, Any]]] = []
+    problems: list[Any] = []
+    for path in _files(paths):
+        data, positions = sc.load_scenario(Path(path).read_text(encoding="utf-8"), path)
+        found = sc.shape_problems(data, positions, need_policies=False,
+                                  need_env=env is None)
+        problems.extend(found)
+        if not found:
+            loaded.append((path, data))
+    if problems:
+        raise InputError(problems)
+    verdicts = []
+    for path, data in loaded:
+        policies = None if data.get("policies") is not None else layers
+        result = sc.run(data, policies, None if data.get("env") is not None else env)
+        found_problems = tuple(sc.check(data, result))
+        if data.get("xfail"):
+            status = "XFAIL" if found_problems else "XPASS"
+        else:
+            status = "FAIL" if found_problems else "PASS"
+        verdicts.append(Verdict(path, " ".join(str(data["description"]).split()), status,
+                                found_problems))
+    return verdicts
+
+
+def write_text(verdicts: list[Verdict], out: TextIO) -> None:
+    for v in verdicts:
+        out.write(f"{v.status:<5}  {v.path}: {v.description}\n")
+        if v.status == "FAIL":
+            for problem in v.problems:
+                out.write("       " + problem.replace("\n", "\n       ") + "\n")
+        elif v.status == "XPASS":
+            out.write("       passed, but is marked xfail: remove the mark\n")
+    failed = sum(v.failed for v in verdicts)
+    out.write(f"{len(verdicts)} scenario(s): {len(verdicts) - failed} passed, "
+              f"{failed} failed\n")
+
+
+def write_junit(verdicts: list[Verdict], out: TextIO) -> None:
+    suite = ET.Element("testsuite", name="taps-post policy test", tests=str(len(verdicts)),
+                       failures=str(sum(v.failed for v in verdicts)), errors="0",
+                       skipped=str(sum(v.status == "XFAIL" for v in verdicts)))
+    for v in verdicts:
+        case = ET.SubElement(suite, "testcase", classname=Path(v.path).stem, name=v.description,
+                             file=v.path)
+        if v.failed:
+            text = "\n".join(v.problems) or "passed, but is marked xfail"
+            failure = ET.SubElement(case, "failure", message=text.splitlines()[0])
+            failure.text = text
+        elif v.status == "XFAIL":
+            ET.SubElement(case, "skipped", message="expected failure (xfail)")
+    out.write(ET.tostring(suite, encoding="unicode") + "\n")
+
+
+def main(paths: list[str], *, layers: dict[str, Any], env: str | None, fmt: str) -> int:
+    verdicts = run_files(paths, layers=layers, env=env)
+    (write_junit if fmt == "junit" else write_text)(verdicts, sys.stdout)
+    return 1 if any(v.failed for v in verdicts) else 0
