@@ -89,6 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="environment snapshot for scenarios without env:")
     test.add_argument("--format", choices=["text", "junit"], default="text")
 
+    diff = psub.add_parser("diff", help="which decisions a policy edit changes "
+                                        "(docs/admin.md)")
+    diff.add_argument("paths", nargs="*", metavar="PATH",
+                      help="with --git: the policy files or directories, now vs at REV")
+    diff.add_argument("--old", action="append", metavar="PATH",
+                      help="the old version of the layer (repeatable)")
+    diff.add_argument("--new", action="append", metavar="PATH",
+                      help="the new version of the layer (repeatable)")
+    diff.add_argument("--git", metavar="REV", help="compare PATHs at git revision REV with "
+                                                   "PATHs as they are now")
+    diff.add_argument("--layer", choices=["system", "app", "carrier"], default="system",
+                      help="the layer the two versions are (default system)")
+    _system_options(diff, "use no system policy at all (when another layer is diffed)")
+    diff.add_argument("--app", action="append", metavar="PATH",
+                      help="app policy when another layer is diffed (repeatable)")
+    diff.add_argument("--carrier", action="append", metavar="PATH",
+                      help="carrier policy when another layer is diffed (repeatable)")
+    diff.add_argument("--requests", metavar="FILE",
+                      help="YAML list of requests: {target, app, kind}")
+    diff.add_argument("--scenarios", nargs="+", default=[], metavar="PATH",
+                      help="scenario files or directories: their request: and env:")
+    diff.add_argument("--env", metavar="FILE",
+                      help="environment snapshot for requests without a scenario env:")
+    diff.add_argument("--format", choices=["text", "json"], default="text")
+    diff.add_argument("--exit-zero", action="store_true",
+                      help="exit 0 even when decisions changed (only report)")
+
     sch = psub.add_parser("schema", help="print a JSON Schema")
     sch.add_argument("name", choices=["policy", "env", "explain"])
 
@@ -203,6 +230,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if cmd == "test":
         return _test(args)
+    if cmd == "diff":
+        return _diff(args)
     return _explain(args)
 
 
@@ -280,6 +309,19 @@ def _test(args: argparse.Namespace) -> int:
     layers = {"system": [] if args.no_system else args.system,
               "app": args.app or [], "carrier": args.carrier or []}
     return runner.main(args.paths, layers=layers, env=args.env, fmt=args.format)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .admin import diff
+
+    for path in ([args.env] if args.env else []) + ([args.requests] if args.requests else []):
+        _screened([path])
+    layers = {"system": [] if args.no_system else args.system,
+              "app": args.app or [], "carrier": args.carrier or []}
+    return diff.main(old=args.old, new=args.new, git=args.git, paths=args.paths,
+                     layer=args.layer, layers=layers, requests_file=args.requests,
+                     scenarios=args.scenarios, env=args.env, fmt=args.format,
+                     exit_zero=args.exit_zero)
 
 
 def _interfaces(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ administrator's CI runs it (docs/admin.md)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -121,3 +123,91 @@ def test_the_projects_tables_pass_through_the_command() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     count = len(list(tables.glob("*.yaml")))
     assert f"{count} scenario(s): {count} passed, 0 failed" in proc.stdout
+
+
+# --- policy diff ----------------------------------------------------------------------------
+
+REQUESTS = [{"target": "https://example.com", "app": "backup-nightly"},
+            {"target": "https://example.com", "app": "browser"}]
+
+
+def _edit(site: Path) -> None:
+    """The edit under review: the backup rule turns from prohibit to avoid."""
+    edited = policy("system", {"id": "no-cell-backup", "when": {"app": "backup*"},
+                               "set": {"interface": {"cellular": "avoid"}}}, name="corp")
+    (site / "policy.d" / "10-corp.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+
+
+def test_diff_of_two_directories_names_each_change(site: Path) -> None:
+    import shutil
+
+    shutil.copytree(site / "policy.d", site / "old.d")
+    _edit(site)
+    (site / "requests.yaml").write_text(yaml.safe_dump(REQUESTS))
+    proc = run_cli("policy", "diff", "--old", str(site / "old.d"), "--new",
+                   str(site / "policy.d"), "--requests", str(site / "requests.yaml"),
+                   "--env", str(site / "env.yaml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "https://example.com app=backup-nightly: " in out
+    assert "exclusion vanishes: wwan0 prohibited (property interface.cellular, rule " \
+           "no-cell-backup, layer system)" in out
+    assert 'property interface.cellular: "prohibit" (system rule no-cell-backup, ' in out
+    assert '-> "avoid" (system rule no-cell-backup, ' in out and "10-corp.yaml" in out
+    assert "order: [" in out
+    assert "https://example.com app=browser: unchanged" in out
+    assert out.rstrip().endswith("2 request(s), 1 changed")
+
+    zero = run_cli("policy", "diff", "--old", str(site / "old.d"), "--new",
+                   str(site / "policy.d"), "--requests", str(site / "requests.yaml"),
+                   "--env", str(site / "env.yaml"), "--exit-zero", "--format", "json")
+    assert zero.returncode == 0, zero.stderr
+    data = json.loads(zero.stdout)
+    assert data["changed"] == 1
+    whats = {c["what"] for c in data["requests"][0]["changes"]}
+    assert {"excluded", "property", "order"} <= whats
+    assert data["requests"][1]["changes"] == []
+
+
+def test_diff_against_a_git_revision(site: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(site), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=admin", "add", "policy.d")
+    git("-c", "user.email=a@b", "-c", "user.name=admin", "commit", "-qm", "corp policy")
+    _edit(site)
+    proc = run_cli("policy", "diff", "--git", "HEAD", str(site / "policy.d"), "--scenarios",
+                   str(site / "scenarios"), "--env", str(site / "env.yaml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "HEAD:policy.d/10-corp.yaml" in proc.stdout, proc.stdout
+    assert "exclusion vanishes: wwan0 prohibited" in proc.stdout
+    same = run_cli("policy", "diff", "--git", "HEAD", str(site / "scenarios"), "--scenarios",
+                   str(site / "scenarios"), "--env", str(site / "env.yaml"))
+    assert same.returncode == 2 and "not in git revision HEAD" in same.stderr  # not committed
+    bad = run_cli("policy", "diff", "--git", "no-such-rev", str(site / "policy.d"),
+                  "--scenarios", str(site / "scenarios"), "--env", str(site / "env.yaml"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_diff_with_nothing_changed_exits_zero(site: Path) -> None:
+    proc = run_cli("policy", "diff", "--old", str(site / "policy.d"), "--new",
+                   str(site / "policy.d"), "--scenarios", str(site / "scenarios"),
+                   "--env", str(site / "env.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 request(s), 0 changed" in proc.stdout
+
+
+def test_diff_input_errors(site: Path) -> None:
+    (site / "requests.yaml").write_text("- {target: https://example.com}\n- {host: x}\n")
+    proc = run_cli("policy", "diff", "--old", str(site / "policy.d"), "--new",
+                   str(site / "policy.d"), "--requests", str(site / "requests.yaml"),
+                   "--env", str(site / "env.yaml"))
+    assert proc.returncode == 2 and f"{site / 'requests.yaml'}:2:3:" in proc.stderr, proc.stderr
+    nothing = run_cli("policy", "diff", "--old", str(site / "policy.d"), "--new",
+                      str(site / "policy.d"), "--env", str(site / "env.yaml"))
+    assert nothing.returncode == 2 and "no requests" in nothing.stderr
+    (site / "requests.yaml").write_text(yaml.safe_dump(REQUESTS))
+    live = run_cli("policy", "diff", "--old", str(site / "policy.d"), "--new",
+                   str(site / "policy.d"), "--requests", str(site / "requests.yaml"))
+    assert live.returncode == 2 and "needs --env FILE" in live.stderr, live.stderr

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..policy.load import screen_paths
 from . import scenario as sc
 
-__all__ = ["Verdict", "main", "run_files"]
+__all__ = ["Verdict", "main", "run_files", "scenario_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,8 @@ class Verdict:
         return self.status in ("FAIL", "XPASS")
 
 
-def _files(paths: list[str]) -> list[str]:
+def scenario_files(paths: list[str]) -> list[str]:
+    """The scenario files PATHs name (directories searched recursively), screened."""
     expanded: list[str] = []
     for p in paths:
         if Path(p).is_dir():  # scenario directories may nest (tests/web/, tests/vpn/)
@@ -66,7 +67,7 @@ def run_files(paths: list[str], *, layers: dict[str, Any], env: str | None) -> l
     """Load and check every file (Rule 3), then run each scenario (Rules 1, 2)."""
     loaded: list[tuple[str, dict[str, Any]]] = []
     problems: list[Any] = []
-    for path in _files(paths):
+    for path in scenario_files(paths):
         data, positions = sc.load_scenario(Path(path).read_text(encoding="utf-8"), path)
         found = sc.shape_problems(data, positions, need_policies=False,
                                   need_env=env is None)
