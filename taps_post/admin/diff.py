@@ -62,7 +62,9 @@ def _shown(value: Any) -> str:
 
 
 def _candidate(c: dict[str, Any]) -> str:
-    return f"{c['interface']} {c['stack']} {c['remote_address']}:{c['remote_port']}"
+    address = str(c["remote_address"])
+    host = f"[{address}]" if ":" in address else address
+    return f"{c['interface']} {c['stack']} {host}:{c['remote_port']}"
 
 
 def _exclusion(e: dict[str, Any]) -> str:
