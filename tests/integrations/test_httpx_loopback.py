@@ -1,0 +1,108 @@
+"""httpx over taps_post.httpx.Transport against a real nginx on loopback: HTTP/1.1 and HTTP/2
+over TLS (ALPN), plain http, extra info, policy errors as httpx.ConnectError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("httpcore")
+
+import taps_post as tp  # noqa: E402
+import taps_post.httpx as tph  # noqa: E402
+from conftest import free_port, nginx, nginx_conf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("nginx")
+    cert = tp.certs.self_signed(["localhost", "127.0.0.1"])
+    tls_port, plain_port = free_port(), free_port()
+    conf = nginx_conf(root, cert, [f"127.0.0.1:{tls_port}"], [f"127.0.0.1:{plain_port}"])
+    with nginx(root, conf, [("127.0.0.1", tls_port), ("127.0.0.1", plain_port)]):
+        yield {"cert": cert, "tls": tls_port, "plain": plain_port}
+
+
+def policy() -> tp.PolicyContext:
+    return tp.PolicyContext(system=[], app_name="httpx-test")
+
+
+def test_http11_over_tls(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]], http2=False)
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get(f"https://127.0.0.1:{server['tls']}/")
+            assert r.status_code == 200 and r.text == "hello from nginx\n"
+            assert r.http_version == "HTTP/1.1"
+            stream = r.extensions["network_stream"]
+            assert stream.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", server["tls"])
+            assert stream.get_extra_info("client_addr")[0] == "127.0.0.1"
+            assert stream.get_extra_info("socket") is not None
+            decision = stream.get_extra_info("taps_post.explanation")
+            assert isinstance(decision, tp.Decision) and decision.outcome == "ok"
+            again = await client.get(f"https://127.0.0.1:{server['tls']}/")
+            assert again.status_code == 200
+            assert again.extensions["network_stream"] is stream  # keep-alive: same carrier
+
+    run(go())
+
+
+def test_http2_over_tls(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]])
+        async with httpx.AsyncClient(transport=transport, http2=True) as client:
+            rs = [await client.get(f"https://127.0.0.1:{server['tls']}/x{i}") for i in range(3)]
+            assert [r.status_code for r in rs] == [200, 200, 200]
+            assert {r.http_version for r in rs} == {"HTTP/2"}
+            ssl_object = rs[0].extensions["network_stream"].get_extra_info("ssl_object")
+            assert ssl_object.selected_alpn_protocol() == "h2"
+
+    run(go())
+
+
+def test_plain_http(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
+            r = await client.get(f"http://127.0.0.1:{server['plain']}/")
+            assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+            stream = r.extensions["network_stream"]
+            assert stream.get_extra_info("ssl_object") is None
+            assert stream.get_extra_info("taps_post.explanation").outcome == "ok"
+
+    run(go())
+
+
+def test_untrusted_certificate_is_connect_error(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
+            with pytest.raises(httpx.ConnectError, match="establishment failed"):
+                await client.get(f"https://127.0.0.1:{server['tls']}/")
+
+    run(go())
+
+
+def test_policy_refusal_is_connect_error(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        refusing = tp.PolicyContext(system=[], app_name="httpx-test", app={
+            "version": 1, "layer": "app",
+            "rules": [{"id": "no-loopback", "set": {"interface": {"lo": "prohibit"}}}]})
+        transport = tph.Transport(policy=refusing, certificates=[server["cert"]])
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError, match="policy"):
+                await client.get(f"https://127.0.0.1:{server['tls']}/")
+
+    run(go())
+
+
+def test_refused_port_is_connect_error(run: Any) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{free_port()}/")
+
+    run(go())
