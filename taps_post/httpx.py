@@ -65,7 +65,8 @@ def _mapped(kind: str) -> Iterator[None]:
                    "write": httpcore.WriteTimeout}[kind]
         raise timeout(str(err) or f"{kind} timed out") from err
     except tp.PolicyError as err:
-        raise httpcore.ConnectError(f"taps_post policy allows no connection: {err}") from err
+        raise httpcore.ConnectError(f"taps_post policy allows no connection: {err}"
+                                    f"{_reasons(err.decision)}") from err
     except tp.EstablishmentError as err:
         raise httpcore.ConnectError(f"taps_post establishment failed: {err}") from err
     except (OSError, tp.TapsError, EOFError) as err:
@@ -74,6 +75,19 @@ def _mapped(kind: str) -> Iterator[None]:
         if kind == "read":
             raise httpcore.ReadError(str(err)) from err
         raise httpcore.WriteError(str(err)) from err
+
+
+def _reasons(decision: tp.Decision | None) -> str:
+    """The policy's own words: each exclusion with the rule (and layer, file) that made it."""
+    if decision is None:
+        return ""
+    parts = []
+    for ex in decision.excluded:
+        where = " ".join(x for x in (ex.interface, ex.stack, ex.remote_address) if x)
+        why = ex.outcome + (f" by rule {ex.rule!r}" if ex.rule else "") + \
+            (f" ({ex.layer} layer{', ' + ex.source if ex.source else ''})" if ex.layer else "")
+        parts.append(f"{where or 'everything'}: {why}{': ' + ex.detail if ex.detail else ''}")
+    return ("; excluded: " + "; ".join(parts)) if parts else ""
 
 
 def _remote(host: str, port: int, scheme: str,
@@ -86,9 +100,13 @@ def _remote(host: str, port: int, scheme: str,
 
 
 class CarrierStream(httpcore.AsyncNetworkStream):
-    """An httpcore stream over one taps_post carrier turned into a byte stream
-    (`carrier.as_stream()`). Lazy until opened (Rule 2): `connect_tcp` returns it unopened,
-    `start_tls` returns an opened TLS one, a plain one opens at its first write."""
+    """An httpcore stream over one raw-framed taps_post carrier: `receive()` hands over what
+    the network delivered, `send()` writes bytes. (Not `as_stream()`: an HTTP/2 server
+    speaks first, so bytes may arrive before we take the stream, and `as_stream()` refuses a
+    carrier that received anything.) Lazy until opened (Rule 2): `connect_tcp` returns it
+    unopened, `start_tls` returns an opened TLS one, a plain one opens at its first write.
+    The carrier never re-activates (`carrier.reactivate: false`): a connection httpcore
+    thinks is one HTTP connection must not silently become another."""
 
     def __init__(self, backend: Backend, host: str, port: int,
                  connect_timeout: float | None) -> None:
@@ -97,47 +115,58 @@ class CarrierStream(httpcore.AsyncNetworkStream):
         self._port = port
         self._connect_timeout = connect_timeout
         self._carrier: tp.Carrier | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._opened = False
+        self._pending = b""
+        self._eof = False
         self._closed = False
 
     async def _open(self, scheme: str, alpn: Sequence[str] = ()) -> None:
-        """Race and win a carrier, then take its byte stream."""
+        """Race and win a carrier (the connect timeout bounds the whole race)."""
         carrier = self._backend.carrier_for(self._host, self._port, scheme, alpn)
         self._carrier = carrier
         try:
             with _mapped("connect"):
                 async with asyncio.timeout(self._connect_timeout):
                     await carrier.activate()
-                    self._reader, self._writer = await carrier.as_stream()
         except BaseException:
             await carrier.close()
             raise
+        self._opened = True
 
-    async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _ensure(self, kind: str) -> tp.Carrier:
         if self._closed:
-            raise httpcore.ReadError("stream is closed")
-        if self._reader is None or self._writer is None:
+            raise (httpcore.ReadError if kind == "read" else httpcore.WriteError)(
+                "the taps_post stream is closed")
+        if not self._opened:
             await self._open("tcp")
-        assert self._reader is not None and self._writer is not None
-        return self._reader, self._writer
+        assert self._carrier is not None
+        return self._carrier
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Whatever arrived, up to max_bytes; b"" at the peer's end of stream."""
-        reader, _ = await self._ensure()
-        with _mapped("read"):
-            async with asyncio.timeout(timeout):
-                return await reader.read(max_bytes)
+        """Whatever arrived, up to max_bytes; b"" once the peer closed cleanly."""
+        carrier = await self._ensure("read")
+        if not self._pending and not self._eof:
+            with _mapped("read"):
+                async with asyncio.timeout(timeout):
+                    try:
+                        self._pending = bytes(await carrier.receive())
+                    except tp.ConnectionClosedError:
+                        t = carrier.transient
+                        if t is not None and t.failure is not None:
+                            raise
+                        self._eof = True
+        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Write and drain (the transport's flow control is the write timeout's subject)."""
+        """Send the bytes (send() waits while more than carrier.sendBudget is queued: the
+        write timeout bounds that)."""
         if not buffer:
             return
-        _, writer = await self._ensure()
+        carrier = await self._ensure("write")
         with _mapped("write"):
             async with asyncio.timeout(timeout):
-                writer.write(buffer)
-                await writer.drain()
+                await carrier.send(bytes(buffer))
 
     async def aclose(self) -> None:
         """Close the carrier (bounded by its linger); idempotent."""
@@ -152,7 +181,7 @@ class CarrierStream(httpcore.AsyncNetworkStream):
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
         """The real race (Rule 2): TLS candidates judged by their handshakes. httpcore's ssl
         context is not used (Rule 4); the ALPN ids come from the backend (h2 with HTTP/2)."""
-        if self._carrier is not None:
+        if self._opened:
             raise httpcore.ConnectError("start_tls on an open taps_post stream (TLS in TLS, "
                                         "as through an https proxy, is not supported)")
         stream = CarrierStream(self._backend, server_hostname or self._host, self._port,
@@ -160,6 +189,11 @@ class CarrierStream(httpcore.AsyncNetworkStream):
         await stream._open("tls", self._backend.alpn)
         self._closed = True
         return stream
+
+    def _transport_info(self, name: str) -> Any:
+        t = None if self._carrier is None else self._carrier.transient
+        transport = getattr(t, "transport", None)
+        return None if transport is None else transport.get_extra_info(name)
 
     def get_extra_info(self, info: str) -> Any:
         """ssl_object, client_addr, server_addr, socket, is_readable, and
@@ -169,27 +203,21 @@ class CarrierStream(httpcore.AsyncNetworkStream):
             return carrier
         if info == _EXPLANATION:
             return None if carrier is None else carrier.explanation
-        writer = self._writer
-        if writer is None or carrier is None:
+        if carrier is None or not self._opened:
             return None
         if info == "ssl_object":
-            return writer.get_extra_info("ssl_object")
+            return self._transport_info("ssl_object")
         if info == "client_addr":
-            return carrier.local_address or writer.get_extra_info("sockname")
+            return carrier.local_address or self._transport_info("sockname")
         if info == "server_addr":
-            return carrier.remote_address or writer.get_extra_info("peername")
+            return carrier.remote_address or self._transport_info("peername")
         if info == "socket":
-            return writer.get_extra_info("socket")
+            return self._transport_info("socket")
         if info == "is_readable":
-            reader = self._reader
-            return reader is not None and (reader.at_eof() or bool(_buffered(reader))
-                                           or writer.is_closing())
+            t = carrier.transient
+            return bool(self._pending) or self._eof or t is None or not t.is_open \
+                or t.buffered_bytes > 0
         return None
-
-
-def _buffered(reader: asyncio.StreamReader) -> int:
-    """Bytes waiting in the reader: there is no public accessor, `_buffer` is stable."""
-    return len(getattr(reader, "_buffer", b""))
 
 
 class Backend(httpcore.AsyncNetworkBackend):
@@ -212,7 +240,7 @@ class Backend(httpcore.AsyncNetworkBackend):
     def _policy_for(self, scheme: str, alpn: Sequence[str]) -> tp.PolicyContext:
         """The caller's policy plus one carrier layer for what httpcore asked for."""
         base = self.policy if self.policy is not None else tp.PolicyContext()
-        settings: dict[str, Any] = {"stack": {scheme: "require"}}
+        settings: dict[str, Any] = {"stack": {scheme: "require"}, "carrier.reactivate": False}
         if alpn:
             settings["security.alpn"] = list(alpn)
         if not self.verify and scheme == "tls":

@@ -99,10 +99,19 @@ def nginx(root: Path, conf: Path, ports: list[tuple[str, int]],
         pending = list(ports)
         while pending:
             if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"nginx exited: {err}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nginx not listening on {pending}")
             host, port = pending[0]
+            if prefix:
+                listening = subprocess.run([*prefix, "ss", "-Htln"], capture_output=True,
+                                           text=True, check=False).stdout
+                if f":{port} " in listening:
+                    pending.pop(0)
+                else:
+                    time.sleep(0.02)
+                continue
             try:
                 with socket.create_connection((host, port), timeout=0.5):
                     pending.pop(0)

@@ -4,7 +4,6 @@ over TLS (ALPN), plain http, extra info, policy errors as httpx.ConnectError."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +11,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("httpcore")
 
+from conftest import free_port, nginx, nginx_conf  # noqa: E402
+
 import taps_post as tp  # noqa: E402
 import taps_post.httpx as tph  # noqa: E402
-from conftest import free_port, nginx, nginx_conf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
