@@ -252,7 +252,8 @@ class Backend(httpcore.AsyncNetworkBackend):
                     alpn: Sequence[str]) -> tp.Carrier:
         """A dormant raw-framed carrier to host:port over `scheme` (tls or tcp)."""
         with _mapped("connect"):
-            return tp.initiate(_remote(host, port, scheme, self.certificates),
+            pins = self.certificates if scheme == "tls" else ()  # a pin would demand TLS
+            return tp.initiate(_remote(host, port, scheme, pins),
                                local=self.local, policy=self._policy_for(scheme, alpn),
                                framer=tp.RawFramer(), store=self.store, trace=self.trace)
 
