@@ -67,8 +67,9 @@ def test_http2_over_tls(server: dict[str, Any], run: Any) -> None:
 
 def test_plain_http(server: dict[str, Any], run: Any) -> None:
     async def go() -> None:
-        async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
-            r = await client.get(f"http://127.0.0.1:{server['plain']}/")
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]])
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get(f"http://127.0.0.1:{server['plain']}/")  # pins: TLS only
             assert r.status_code == 200 and r.http_version == "HTTP/1.1"
             stream = r.extensions["network_stream"]
             assert stream.get_extra_info("ssl_object") is None
@@ -104,5 +105,18 @@ def test_refused_port_is_connect_error(run: Any) -> None:
         async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get(f"http://127.0.0.1:{free_port()}/")
+
+    run(go())
+
+
+def test_trace_callback_sees_the_race(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        events: list[str] = []
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]],
+                                  trace=lambda name, info: events.append(name))
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get(f"https://127.0.0.1:{server['tls']}/")
+            assert r.status_code == 200
+        assert "race.started" in events and "attempt.won" in events, events
 
     run(go())
