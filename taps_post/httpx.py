@@ -290,10 +290,13 @@ class Transport(httpx.AsyncHTTPTransport):
                  retries: int = 0, store: tp.AssociationStore | None = None,
                  trace: Any = None, local: tp.Local | None = None) -> None:
         h2 = _http2_available() if http2 is None else http2
+        # httpcore wants a context to hand to start_tls (and sets ALPN on it); ours ignores
+        # it, so it is a bare one: loading the system CAs, as httpx.create_ssl_context does,
+        # costs tens of milliseconds per Transport for nothing.
         self.backend = Backend(policy=policy, certificates=certificates, verify=verify,
                                http2=h2, store=store, trace=trace, local=local)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),  # unused (Rule 4): no CAs
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
