@@ -92,6 +92,7 @@ def client(topo: Topology, cert: str, url: str, prohibit: str = "-",
 def test_blackholed_path_loses_the_race(lab: tuple[Topology, str]) -> None:
     topo, cert = lab
     out = client(topo, cert, f"https://svc:{PORT}/")
+    print(json.dumps(out))  # shown with -s: the race as the client saw it
     assert out.get("status") == 200, json.dumps(out)
     assert out["version"] == "HTTP/2"
     assert out["server"] == B2_V4 and out["interface"] == A2, out
@@ -105,5 +106,6 @@ def test_blackholed_path_loses_the_race(lab: tuple[Topology, str]) -> None:
 def test_policy_prohibiting_the_working_path(lab: tuple[Topology, str]) -> None:
     topo, cert = lab
     out = client(topo, cert, f"https://svc:{PORT}/", prohibit=A2, pin=A2)
+    print(json.dumps(out))
     assert out.get("error") == "ConnectError", json.dumps(out)
     assert "policy" in out["message"] and "not-veth-a2" in out["message"], out
