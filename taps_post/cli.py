@@ -43,10 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="https://host, tls://host:port, tcp://, udp://, quic://, "
                                   "or host:port")
-    _system_options(p, "use no system policy at all (built-in defaults only)")
-    p.add_argument("--app", action="append", metavar="PATH", help="app policy (repeatable)")
-    p.add_argument("--carrier", action="append", metavar="PATH",
-                   help="carrier policy (repeatable)")
+    _layer_options(p, "use no system policy at all (built-in defaults only)", "")
     p.add_argument("--app-name", metavar="NAME", help="application name rules match on")
     p.add_argument("--kind", default="initiate",
                    choices=["initiate", "listen", "source", "sink", "respond"])
@@ -80,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(docs/admin.md)")
     test.add_argument("paths", nargs="+", metavar="PATH",
                       help="scenario files or directories of them (*.yaml, *.yml)")
-    _system_options(test, "use no system policy at all (built-in defaults only)")
-    test.add_argument("--app", action="append", metavar="PATH",
-                      help="app policy for scenarios without policies: (repeatable)")
-    test.add_argument("--carrier", action="append", metavar="PATH",
-                      help="carrier policy for scenarios without policies: (repeatable)")
+    _layer_options(test, "use no system policy at all (built-in defaults only)",
+                   " for scenarios without policies:")
     test.add_argument("--env", metavar="FILE",
                       help="environment snapshot for scenarios without env:")
     test.add_argument("--format", choices=["text", "junit"], default="text")
@@ -101,11 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "PATHs as they are now")
     diff.add_argument("--layer", choices=["system", "app", "carrier"], default="system",
                       help="the layer the two versions are (default system)")
-    _system_options(diff, "use no system policy at all (when another layer is diffed)")
-    diff.add_argument("--app", action="append", metavar="PATH",
-                      help="app policy when another layer is diffed (repeatable)")
-    diff.add_argument("--carrier", action="append", metavar="PATH",
-                      help="carrier policy when another layer is diffed (repeatable)")
+    _layer_options(diff, "use no system policy at all (when another layer is diffed)",
+                   " when another layer is diffed")
     diff.add_argument("--requests", metavar="FILE",
                       help="YAML list of requests: {target, app, kind}")
     diff.add_argument("--scenarios", nargs="+", default=[], metavar="PATH",
@@ -158,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply this system policy's interface facts")
     ifs.add_argument("--format", choices=["text", "json"], default="text")
     return parser
+
+
+def _layer_options(p: argparse.ArgumentParser, no_system_help: str, when: str) -> None:
+    """The three policy layers as every decision command takes them; `when` says, in the
+    help, when the --app and --carrier files apply."""
+    _system_options(p, no_system_help)
+    p.add_argument("--app", action="append", metavar="PATH",
+                   help=f"app policy{when} (repeatable)")
+    p.add_argument("--carrier", action="append", metavar="PATH",
+                   help=f"carrier policy{when} (repeatable)")
+
+
+def _layers(args: argparse.Namespace) -> dict[str, Any]:
+    """The layers the options name; a system layer of None is the one this machine
+    discovers."""
+    return {"system": [] if args.no_system else args.system,
+            "app": args.app or [], "carrier": args.carrier or []}
 
 
 def _system_options(p: argparse.ArgumentParser, no_system_help: str) -> None:
@@ -306,9 +314,7 @@ def _test(args: argparse.Namespace) -> int:
 
     if args.env:
         _screened([args.env])
-    layers = {"system": [] if args.no_system else args.system,
-              "app": args.app or [], "carrier": args.carrier or []}
-    return runner.main(args.paths, layers=layers, env=args.env, fmt=args.format)
+    return runner.main(args.paths, layers=_layers(args), env=args.env, fmt=args.format)
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -316,10 +322,8 @@ def _diff(args: argparse.Namespace) -> int:
 
     for path in ([args.env] if args.env else []) + ([args.requests] if args.requests else []):
         _screened([path])
-    layers = {"system": [] if args.no_system else args.system,
-              "app": args.app or [], "carrier": args.carrier or []}
     return diff.main(old=args.old, new=args.new, git=args.git, paths=args.paths,
-                     layer=args.layer, layers=layers, requests_file=args.requests,
+                     layer=args.layer, layers=_layers(args), requests_file=args.requests,
                      scenarios=args.scenarios, env=args.env, fmt=args.format,
                      exit_zero=args.exit_zero)
 
