@@ -32,6 +32,7 @@ from typing import Any
 from ..diagnostics import Diagnostic
 from ..errors import InputError
 from . import scenario as sc
+from .runner import load_files
 
 __all__ = ["Change", "compare", "git_version", "main"]
 
@@ -154,14 +155,8 @@ def _requests(requests_file: str | None, scenarios: list[str]) -> list[dict[str,
                                              "target and optionally app and kind", line, col)])
             out.append({**item, "env": None})
     if scenarios:
-        from .runner import scenario_files
-
-        for path in scenario_files(scenarios):
-            data, positions = sc.load_scenario(Path(path).read_text(encoding="utf-8"), path)
-            problems = sc.shape_problems(data, positions, need_policies=False, need_env=False)
-            if problems:
-                raise InputError(problems)
-            out.append({**data["request"], "env": data.get("env")})
+        out.extend({**data["request"], "env": data.get("env")}
+                   for _, data in load_files(scenarios, need_env=False))
     if not out:
         raise InputError([Diagnostic("policy diff", "no requests: give --requests FILE "
                                      "and/or --scenarios PATH...")])
@@ -208,21 +203,14 @@ def _relabel(c: Change, tmp: str, rev: str) -> Change:
 
 def _run(requests: list[dict[str, Any]], old: list[str], new: list[str], layer: str,
          layers: dict[str, Any], env: str | None) -> list[tuple[dict[str, Any], list[Change]]]:
-    from .. import dryrun
-
     if env is None and any(r["env"] is None for r in requests):
         raise InputError([Diagnostic("policy diff", "a request without a scenario env: needs "
                                      "--env FILE (an environment snapshot; Rule 4)")])
     out = []
     for r in requests:
         where = r["env"] if r["env"] is not None else env
-        decided = []
-        for version in (old, new):
-            chosen = {**layers, layer: version}
-            decided.append(dryrun.explain(
-                r["target"], system=chosen["system"], app=chosen["app"],
-                carrier=chosen["carrier"], app_name=r.get("app"),
-                kind=r.get("kind") or "initiate", env=where).to_dict())
         request = {k: v for k, v in r.items() if k != "env" and v is not None}
+        decided = [sc.run({"request": request}, {**layers, layer: version}, where)
+                   for version in (old, new)]
         out.append((request, compare(decided[0], decided[1])))
     return out

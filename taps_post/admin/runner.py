@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..policy.load import screen_paths
 from . import scenario as sc
 
-__all__ = ["Verdict", "main", "run_files", "scenario_files"]
+__all__ = ["Verdict", "load_files", "main", "run_files", "scenario_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +63,26 @@ def scenario_files(paths: list[str]) -> list[str]:
     return files
 
 
-def run_files(paths: list[str], *, layers: dict[str, Any], env: str | None) -> list[Verdict]:
-    """Load and check every file (Rule 3), then run each scenario (Rules 1, 2)."""
+def load_files(paths: list[str], *, need_env: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Every scenario file `paths` name, loaded and checked; one InputError with the problems
+    of all of them, before anything runs (Rule 3)."""
     loaded: list[tuple[str, dict[str, Any]]] = []
     problems: list[Any] = []
     for path in scenario_files(paths):
         data, positions = sc.load_scenario(Path(path).read_text(encoding="utf-8"), path)
-        found = sc.shape_problems(data, positions, need_policies=False,
-                                  need_env=env is None)
+        found = sc.shape_problems(data, positions, need_policies=False, need_env=need_env)
         problems.extend(found)
         if not found:
             loaded.append((path, data))
     if problems:
         raise InputError(problems)
+    return loaded
+
+
+def run_files(paths: list[str], *, layers: dict[str, Any], env: str | None) -> list[Verdict]:
+    """Load and check every file (Rule 3), then run each scenario (Rules 1, 2)."""
     verdicts = []
-    for path, data in loaded:
+    for path, data in load_files(paths, need_env=env is None):
         policies = None if data.get("policies") is not None else layers
         result = sc.run(data, policies, None if data.get("env") is not None else env)
         found_problems = tuple(sc.check(data, result))
