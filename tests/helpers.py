@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,16 @@ def installed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 PYTHON = (sys.executable, "-P")
 """How tests start Python: -P keeps the current directory off sys.path."""
+
+
+def bounded_run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+    """asyncio.run with the whole coroutine bounded in time: what the `run` fixture of the
+    runtime and integration tests returns."""
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,

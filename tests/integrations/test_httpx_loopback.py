@@ -11,10 +11,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("httpcore")
 
-from conftest import free_port, nginx, nginx_conf  # noqa: E402
-
 import taps_post as tp  # noqa: E402
 import taps_post.httpx as tph  # noqa: E402
+from dnslab import free_port  # noqa: E402
+from nginxlab import nginx, nginx_conf  # noqa: E402
 
 
 @pytest.fixture(scope="module")

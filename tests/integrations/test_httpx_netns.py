@@ -19,10 +19,9 @@ import pytest
 
 pytest.importorskip("httpx")
 
-from conftest import nginx, nginx_conf
-
 import taps_post as tp
 from netns import A1, A1_V4, A2, B1_V4, B2_V4, Topology, topology
+from nginxlab import nginx, nginx_conf
 
 PORT = 8443
 DELAY = 150
@@ -78,7 +77,7 @@ def lab() -> Iterator[tuple[Topology, str]]:
         conf = nginx_conf(root, cert, [f"{B1_V4}:{PORT}", f"{B2_V4}:{PORT}"], [])
         topo.hosts(topo.a, {"svc": [B2_V4]})
         topo.blackhole(topo.b, saddr=A1_V4)
-        with nginx(root, conf, [(B1_V4, PORT)], prefix=["ip", "netns", "exec", topo.b]):
+        with nginx(root, conf, [(B1_V4, PORT)], netns=topo.b):
             yield topo, str(root / "cert.pem")
 
 

@@ -26,18 +26,11 @@ if _TESTS not in sys.path:
     sys.path.append(_TESTS)
 
 import taps_post as tp  # noqa: E402
+from helpers import bounded_run  # noqa: E402
 
 Run = Callable[..., Any]
 MakePolicy = Callable[..., Any]
 Until = Callable[..., Coroutine[Any, Any, None]]
-
-
-def _run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def _make_policy(set_: dict[str, Any] | None = None, *, use: list[str] | None = None,
@@ -75,7 +68,7 @@ async def _until(condition: Callable[[], object], timeout: float = 2.0,
 @pytest.fixture
 def run() -> Run:
     """`run(coro, timeout=10.0)`: asyncio.run with the whole coroutine bounded in time."""
-    return _run
+    return bounded_run
 
 
 @pytest.fixture
