@@ -21,17 +21,18 @@ import select
 import shutil
 import socket
 import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aioice import turn as aioice_turn
 from aioice.ice import CandidatePair, StunProtocol
 
+from dnslab import Daemon
 from taps_post.errors import ArgumentError, UsageError
 from taps_post.ice import agent as ice_agent
 from taps_post.ice.agent import (
@@ -571,28 +572,21 @@ def coturn() -> Iterator[Coturn]:
     low = random.randrange(20000, 30000, 200)
     with tempfile.TemporaryDirectory(prefix="taps-ice-coturn-") as tmp:
         log = os.path.join(tmp, "log")
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                [binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
-                 "--relay-ip=127.0.0.1", f"--min-port={low}", f"--max-port={low + 199}",
-                 "--lt-cred-mech", f"--user=alice:{SECRET}", "--realm=taps.test",
-                 "--no-tls", "--no-dtls", "--allow-loopback-peers", "--no-cli",
-                 "--log-file=stdout", "--simple-log", f"--pidfile={tmp}/pid",
-                 f"--userdb={tmp}/db"], stdout=out, stderr=subprocess.STDOUT)
+        daemon = Daemon(
+            [binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
+             "--relay-ip=127.0.0.1", f"--min-port={low}", f"--max-port={low + 199}",
+             "--lt-cred-mech", f"--user=alice:{SECRET}", "--realm=taps.test",
+             "--no-tls", "--no-dtls", "--allow-loopback-peers", "--no-cli",
+             "--log-file=stdout", "--simple-log", f"--pidfile={tmp}/pid",
+             f"--userdb={tmp}/db"], netns=None, log=Path(log), label="turnserver")
         try:
             deadline = time.monotonic() + 10
             while not _stun_answers(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(log) as f:
-                        pytest.fail(f"turnserver did not start: {f.read()[-2000:]}")
+                if daemon.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"turnserver did not start: {daemon.log()[-2000:]}")
             yield Coturn(port, log)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            daemon.stop()
 
 
 def test_relay_require_runs_through_turn(run: Any, until: Any, coturn: Coturn,
