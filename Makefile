@@ -71,6 +71,7 @@ bench: install
 	$(PY) bench/runtime.py
 	$(PY) bench/quic.py
 	$(PY) bench/validate.py
+	$(PY) bench/httpx_transport.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/multipath.py; \
 	else echo "bench/multipath.py needs root (network namespaces): skipped"; fi
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/resolution.py; \

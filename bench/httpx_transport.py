@@ -27,8 +27,9 @@ import httpx
 import taps_post as tp
 import taps_post.httpx as tph
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integrations"))
-from conftest import free_port, nginx, nginx_conf
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from dnslab import free_port
+from nginxlab import nginx, nginx_conf
 
 
 async def rounds(make: Any, url: str, n: int, count: int, fresh: bool, **kw: Any) -> float:
