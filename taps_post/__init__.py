@@ -97,6 +97,7 @@ __all__ = [
     "PolicyContext",
     "PolicyError",
     "Pref",
+    "RacedSocket",
     "RankKey",
     "RawFramer",
     "Ready",
@@ -127,6 +128,7 @@ __all__ = [
     "load_environment",
     "new_sink",
     "new_source",
+    "open_socket",
     "parse_target",
     "path_monitor",
     "respond",
@@ -168,6 +170,8 @@ _LAZY = {
     "Source": "taps_post.runtime.datagram",
     "Sink": "taps_post.runtime.datagram",
     "initiate": "taps_post.runtime.establish",
+    "open_socket": "taps_post.runtime.opensocket",
+    "RacedSocket": "taps_post.runtime.opensocket",
     "listen": "taps_post.runtime.listener",
     "respond": "taps_post.runtime.responder",
     "new_source": "taps_post.runtime.datagram",
@@ -226,6 +230,8 @@ if TYPE_CHECKING:
     from .runtime.establish import initiate as initiate
     from .runtime.listener import Listener as Listener
     from .runtime.listener import listen as listen
+    from .runtime.opensocket import RacedSocket as RacedSocket
+    from .runtime.opensocket import open_socket as open_socket
     from .runtime.path import Path as Path
     from .runtime.rendezvous_client import RendezvousClient as RendezvousClient
     from .runtime.rendezvous_point import RendezvousPoint as RendezvousPoint

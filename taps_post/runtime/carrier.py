@@ -69,7 +69,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .. import stacks
 from ..core.early import EarlyAttempt, EarlyFlight, Held
@@ -92,16 +92,31 @@ if TYPE_CHECKING:
     from ..policy.context import PolicyContext
     from .endpoints import Local, Remote
 
-__all__ = ["Carrier", "Established", "Forker", "Opener"]
+__all__ = ["Carrier", "Dialled", "Established", "Forker", "Opener"]
 
 MessageCallback = Callable[[OutMessage], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Established:
-    """What an opener returns: the winning Transient and the record of how it was chosen."""
+class Dialled(Protocol):
+    """What establishment reads of an attempt's result: the stack it really is (an MPTCP
+    attempt that fell back reports tcp), its handshake RTT, and a way to drop it. A
+    Transient is one; so is the bare connected socket of `tp.open_socket`."""
 
-    transient: Transient
+    stack: str
+    rtt_ms: float | None
+
+    def abort(self) -> None: ...
+
+
+D = TypeVar("D", bound=Dialled)
+
+
+@dataclass(frozen=True, slots=True)
+class Established(Generic[D]):
+    """What an opener returns: the winning Transient (or socket) and the record of how it
+    was chosen."""
+
+    transient: D
     decision: Decision
     candidate: Candidate
     attempts: tuple[Attempt, ...]
@@ -113,7 +128,7 @@ class Established:
     framer: Callable[[], Framer]
 
 
-Opener = Callable[[Callable[[], EarlyAttempt | None]], Awaitable[Established]]
+Opener = Callable[[Callable[[], EarlyAttempt | None]], Awaitable[Established[Transient]]]
 """Races a new Transient for a carrier; calls its argument once per racing attempt for that
 attempt's view of the early flight (AttemptSpec.early; None when nothing held can ride
 early)."""

@@ -48,6 +48,12 @@ Rule 8: a rendezvous Remote (draft 3.1.3) has no name to resolve and nothing to 
 opener is `rendezvous.rendezvous_opener()` (ICE, then QUIC between the peers), checked at
 `initiate()` like any other (a Local without an identity or a key is an ArgumentError
 there), and decided with the same context and carrier layers as any initiate.
+Rule 9: `open_socket` (runtime/opensocket.py) resolves, decides and races like `initiate`
+(`dialler()`, with the stack's bare `connect_socket` instead of its Transient), under one
+more enforced carrier rule, `open-socket` (`secure: prohibit`, `preserveMsgBoundaries:
+prohibit`): only TCP and MPTCP are candidates, and a stack a higher layer let through is
+excluded from the Decision by that rule, as Rule 4 does. No early data rides (nothing is
+held), and the winner's outcome is history like any other attempt's.
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ import asyncio
 import errno
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from logging import DEBUG
 from typing import Any
 
@@ -80,7 +86,7 @@ from ..stacks.base import AttemptSpec
 from ..stacks.transient import Transient
 from ..system import live
 from .association import Association, AssociationStore, default_store
-from .carrier import Carrier, Established, Opener
+from .carrier import Carrier, D, Established, Opener
 from .endpoints import Local, Remote, has_identity
 from .fork import fork_stream, speaks_fork
 from .racing import Replan, race
@@ -88,9 +94,9 @@ from .rendezvous import rendezvous_opener
 from .resolution import Snapshot, forget, resolve_passes, wanted_for
 from .trace import LOGGERS, TraceCallback, Tracer
 
-__all__ = ["EnvSpec", "FramerSpec", "fork_carrier", "framer_factory", "initiate",
-           "opener_for", "parallel_fork", "policy_for", "prepare", "secured", "snapshot",
-           "tracer_for"]
+__all__ = ["RESTRICTIONS", "Dial", "EnvSpec", "FramerSpec", "Restriction", "dialler",
+           "fork_carrier", "framer_factory", "initiate", "opener_for", "parallel_fork",
+           "policy_for", "prepare", "restricted", "secured", "snapshot", "tracer_for"]
 
 FramerSpec = Framer | Callable[[], Framer] | None
 EnvSpec = Environment | str | Mapping[str, Any] | None
@@ -132,62 +138,9 @@ def policy_for(policy: PolicyContext | None, app_name: str | None) -> PolicyCont
                           None) from exc
 
 
-def _no_downgrade(rule: str) -> dict[str, Any]:
-    return {"version": 1, "layer": "carrier", "name": "no-downgrade",
-            "rules": [{"id": rule, "enforce": True, "set": {"secure": "require"}}]}
-
-
-_NO_DOWNGRADE: Mapping[str, Mapping[str, Any]] = {
-    "pinned-certificate": _no_downgrade("pinned-certificate"),
-    "client-certificate": _no_downgrade("client-certificate"),
-}
-"""The carrier layers Rule 4 adds, by rule id: a Remote with pinned certificates, a Local
-with a client identity (the pin wins when both are present). Private, so nobody can edit
-the documents `secured()` loads."""
-
-_SECURED: dict[tuple[Any, ...], PolicyContext] = {}
-_SECURED_LIMIT = 64
-
-
-def secured(ctx: PolicyContext, remote: Remote,
-            local: Local | None) -> tuple[PolicyContext, str | None]:
-    """The context to decide with, and the no-downgrade rule it added (None: none needed).
-
-    The copy is kept by the context's fingerprint, so a connect with a pin costs a dict
-    lookup, not a layer load (equal fingerprints are equal inputs: the copy is the same)."""
-    if remote.certificates:
-        rule = "pinned-certificate"
-    elif has_identity(local):
-        rule = "client-certificate"
-    else:
-        return ctx, None
-    key = (ctx.fingerprint, rule)
-    found = _SECURED.get(key)
-    if found is None:
-        found = ctx.with_carrier(_NO_DOWNGRADE[rule])
-        if len(_SECURED) >= _SECURED_LIMIT:
-            _SECURED.clear()
-        _SECURED[key] = found
-    return found, rule
-
-
-def _secure_only(decision: Decision, rule: str, source: str) -> Decision:
-    """The Decision without insecure candidates (Rule 4): each insecure stack a layer above
-    the carrier let through is reported as excluded by `rule`, and the survivors are ranked
-    and scheduled again as decide() would have."""
-    keep = [c for c in decision.candidates if _is_secure(c.stack)]
-    if len(keep) == len(decision.candidates):
-        return decision
-    delay = int(decision.value("racing.attemptDelay"))
-    dropped = dict.fromkeys(c.stack for c in decision.candidates if not _is_secure(c.stack))
-    return replace(
-        decision,
-        candidates=tuple(c._replace(rank=i + 1, start_ms=i * delay) for i, c in enumerate(keep)),
-        excluded=decision.excluded + tuple(
-            Exclusion(None, s, None, None, "required_missing", "secure", rule, source,
-                      "carrier", f"{s} lacks secure; a {rule.replace('-', ' ')} can only be "
-                      f"honoured by a secure stack") for s in dropped),
-        outcome="ok" if keep else "no_candidates")
+def _carrier_rule(name: str, rule: str, values: Mapping[str, str]) -> dict[str, Any]:
+    return {"version": 1, "layer": "carrier", "name": name,
+            "rules": [{"id": rule, "enforce": True, "set": dict(values)}]}
 
 
 def _is_secure(stack: str) -> bool:
@@ -195,6 +148,109 @@ def _is_secure(stack: str) -> bool:
         return catalog.info(stack).secure
     except KeyError:  # unregistered since the decision: not known to be secure
         return False
+
+
+def _is_bare(stack: str) -> bool:
+    """A stack whose connection is a plain TCP or MPTCP socket (no TLS, no datagrams)."""
+    try:
+        info = catalog.info(stack)
+    except KeyError:
+        return False
+    return (info.ip_protocol == "tcp" and not info.secure
+            and "preserveMsgBoundaries" not in info.features)
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """An enforced carrier-layer rule the runtime adds (Rules 4 and 9), and the filter that
+    keeps it even where a layer above the carrier let another stack through."""
+
+    rule: str
+    document: Mapping[str, Any]
+    admits: Callable[[str], bool]
+    outcome: str
+    """The Exclusion outcome of a stack it drops (decision.Exclusion)."""
+    property: Callable[[str], str]
+    """The property a dropped stack is excluded by."""
+    why: str
+    """Why a dropped stack is excluded, with `{stack}` for its name."""
+
+
+def _secure_key(stack: str) -> str:
+    return "secure"
+
+
+def _bare_key(stack: str) -> str:
+    return "secure" if _is_secure(stack) else "preserveMsgBoundaries"
+
+
+_SECURE = {"secure": "require"}
+RESTRICTIONS: Mapping[str, Restriction] = {
+    "pinned-certificate": Restriction(
+        "pinned-certificate", _carrier_rule("no-downgrade", "pinned-certificate", _SECURE),
+        _is_secure, "required_missing", _secure_key,
+        "{stack} lacks secure; a pinned certificate can only be honoured by a secure stack"),
+    "client-certificate": Restriction(
+        "client-certificate", _carrier_rule("no-downgrade", "client-certificate", _SECURE),
+        _is_secure, "required_missing", _secure_key,
+        "{stack} lacks secure; a client certificate can only be honoured by a secure stack"),
+    "open-socket": Restriction(
+        "open-socket", _carrier_rule("open-socket", "open-socket",
+                                     {"secure": "prohibit", "preserveMsgBoundaries": "prohibit"}),
+        _is_bare, "prohibited", _bare_key,
+        "{stack} is not a bare TCP or MPTCP socket; open_socket leaves TLS to the caller"),
+}
+"""The carrier layers the runtime adds, by rule id: Rule 4's no-downgrade for a Remote with
+pinned certificates or a Local with a client identity (the pin wins when both are present),
+and Rule 9's bare-socket rule of `open_socket`. Read-only: nobody may edit the documents
+`restricted()` loads."""
+
+_RESTRICTED: dict[tuple[Any, ...], PolicyContext] = {}
+_RESTRICTED_LIMIT = 64
+
+
+def restricted(ctx: PolicyContext, rule: str) -> PolicyContext:
+    """`ctx` with the carrier layer of RESTRICTIONS[rule]. The copy is kept by the context's
+    fingerprint, so a connect with a pin costs a dict lookup, not a layer load (equal
+    fingerprints are equal inputs: the copy is the same)."""
+    key = (ctx.fingerprint, rule)
+    found = _RESTRICTED.get(key)
+    if found is None:
+        found = ctx.with_carrier(RESTRICTIONS[rule].document)
+        if len(_RESTRICTED) >= _RESTRICTED_LIMIT:
+            _RESTRICTED.clear()
+        _RESTRICTED[key] = found
+    return found
+
+
+def secured(ctx: PolicyContext, remote: Remote,
+            local: Local | None) -> tuple[PolicyContext, str | None]:
+    """The context to decide with, and the no-downgrade rule it added (None: none needed)."""
+    if remote.certificates:
+        rule = "pinned-certificate"
+    elif has_identity(local):
+        rule = "client-certificate"
+    else:
+        return ctx, None
+    return restricted(ctx, rule), rule
+
+
+def _restrict(decision: Decision, r: Restriction, source: str) -> Decision:
+    """The Decision without the candidates `r` does not admit: each stack a layer above the
+    carrier let through is reported as excluded by `r.rule`, and the survivors are ranked
+    and scheduled again as decide() would have."""
+    keep = [c for c in decision.candidates if r.admits(c.stack)]
+    if len(keep) == len(decision.candidates):
+        return decision
+    delay = int(decision.value("racing.attemptDelay"))
+    dropped = dict.fromkeys(c.stack for c in decision.candidates if not r.admits(c.stack))
+    return replace(
+        decision,
+        candidates=tuple(c._replace(rank=i + 1, start_ms=i * delay) for i, c in enumerate(keep)),
+        excluded=decision.excluded + tuple(
+            Exclusion(None, s, None, None, r.outcome, r.property(s), r.rule, source, "carrier",
+                      r.why.format(stack=s)) for s in dropped),
+        outcome="ok" if keep else "no_candidates")
 
 
 def tracer_for(trace: TraceCallback | None) -> Tracer | None:
@@ -305,6 +361,15 @@ def _ip_protocol(stack: str) -> str | None:
         return None
 
 
+Dial = Callable[[Any, AttemptSpec], Awaitable[D]]
+"""How one racing attempt connects, given its stack's implementation and its spec."""
+
+
+async def _transient(impl: Any, spec: AttemptSpec) -> Transient:
+    result: Transient = await impl.connect(spec)
+    return result
+
+
 def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: FramerSpec,
                association: Association, env: EnvSpec, *, kind: str,
                tracer: Tracer | None) -> Opener:
@@ -318,8 +383,19 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
             deciding=lambda: secured(ctx.current(), remote, local)[0],
             framers=functools.partial(framer_factory, framer),
             environment=functools.partial(snapshot, env), initiate=initiate)
+    return dialler(remote, local, ctx, framer, association, env, kind=kind, tracer=tracer,
+                   dial=_transient)
 
-    async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established:
+
+def dialler(remote: Remote, local: Local | None, ctx: PolicyContext, framer: FramerSpec,
+            association: Association, env: EnvSpec, *, kind: str, tracer: Tracer | None,
+            dial: Dial[D], restriction: str | None = None,
+            ) -> Callable[[Callable[[], EarlyAttempt | None]], Awaitable[Established[D]]]:
+    """opener_for()'s resolve, decide and race, each attempt connected by `dial` (a stack's
+    Transient, or open_socket's bare socket: Rule 9), under the enforced carrier rule
+    `restriction` (RESTRICTIONS) when one is named."""
+
+    async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established[D]:
         base = snapshot(env)
         target = remote
         if target.addresses is None and base is not None:
@@ -352,10 +428,14 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
 
     async def opened(early: Callable[[], EarlyAttempt | None], base: Environment | None,
                      resolved: Remote, snap: Snapshot | None,
-                     passes: AsyncIterator[Snapshot] | None) -> Established:
+                     passes: AsyncIterator[Snapshot] | None) -> Established[D]:
         # One snapshot of a live system layer for the whole decision: the plan cache key,
         # the decision and the plan stored under it all agree on one policy.
-        deciding, secure_rule = secured(ctx.current(), resolved, local)
+        current = ctx.current()
+        if restriction is not None:
+            current = restricted(current, restriction)
+        deciding, secure_rule = secured(current, resolved, local)
+        rules = [RESTRICTIONS[r] for r in (restriction, secure_rule) if r is not None]
         reuse = env is None and (snap is None or snap.reusable)
         plan = _plan(resolved, deciding, association, kind, snap) if reuse else None
         requests: list[Request] = []  # parsed once, and only when a decision is made
@@ -365,8 +445,9 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                 requests.append(resolved.request(app=ctx.app_name, kind=kind))
             decision = decide(requests[0], deciding,
                               _environment(base, resolved, association, now))
-            if secure_rule is not None and decision.outcome == "ok":
-                decision = _secure_only(decision, secure_rule, deciding.files[-1].source)
+            for r in rules:
+                if decision.outcome == "ok":
+                    decision = _restrict(decision, r, deciding.files[-1].source)
             return decision
 
         if plan is None:
@@ -461,7 +542,7 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                 await fut
             return found
 
-        async def attempt(c: Candidate) -> Transient:
+        async def attempt(c: Candidate) -> D:
             impl = stacks.get(c.stack)
             if impl is None:
                 raise OSError(errno.EPROTONOSUPPORT, f"the {c.stack} stack is not available")
@@ -469,12 +550,12 @@ def opener_for(remote: Remote, local: Local | None, ctx: PolicyContext, framer: 
                 tlsa = await tlsa_awaited(c)
             else:
                 tlsa = tlsa_of(c)
-            return await impl.connect(AttemptSpec(
+            return await dial(impl, AttemptSpec(
                 candidate=c, host=resolved.host, settings=settings, association=association,
                 framer=factory, pinned=pinned, identity=identity, early=early(),
                 local_port=port, tlsa=tlsa))
 
-        def outcome(c: Candidate, t: Transient | None, elapsed_ms: float) -> None:
+        def outcome(c: Candidate, t: D | None, elapsed_ms: float) -> None:
             if t is None:
                 association.record(c.stack, "failure", interface=c.interface,
                                    address=c.remote_address, port=c.remote_port)

@@ -289,7 +289,7 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
     controlling = me < peer
     role = "controlling" if controlling else "controlled"
 
-    async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established:
+    async def open_transient(early: Callable[[], EarlyAttempt | None]) -> Established[Transient]:
         del early  # nothing rides before QUIC's handshake over a path found just now
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -333,7 +333,7 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
                        factory: Callable[[], Framer], hosts: list[tuple[str | None, str]],
                        stun: tuple[tuple[str, int], ...], turn: tuple[TurnServer, ...],
                        relay: str, wait: float, ctx_now: PolicyContext,
-                       elapsed: Callable[[], float]) -> Established:
+                       elapsed: Callable[[], float]) -> Established[Transient]:
         assert local is not None
         from ..ice.agent import IceAgent, IceError  # Rule 9
 

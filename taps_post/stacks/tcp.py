@@ -42,6 +42,12 @@ Rule 11: the subflows of an MPTCP connection are the kernel's view, read on ever
 (`system.mptcp.read_subflows`: MPTCP_FULL_INFO or MPTCP_TCPINFO + MPTCP_SUBFLOW_ADDRS), never
 remembered: subflows come and go while the connection lives. A connection that fell back has
 none (its one path is the Transient's own).
+Rule 12: `connect_socket` is an attempt of `tp.open_socket`: the socket is made and bound as
+for a Transient (Rules 1, 5: TCP_NODELAY, the candidate's interface, the SYN's DSCP mark)
+and connected with a plain connect, never Fast Open (the caller sends its first bytes
+itself) and never TLS (left to the caller: a secure stack refuses the attempt as
+unsupported). An MPTCP socket that fell back reports `tcp` (Rule 7). Nothing reads from the
+socket, so whatever the server sends first (a banner) is still there for the caller.
 """
 
 from __future__ import annotations
@@ -82,8 +88,8 @@ from .tls import (
 )
 from .transient import Transient
 
-__all__ = ["FALLBACK", "MptcpRefusedError", "ResumingContext", "StreamStack", "StreamTransient",
-           "is_mptcp", "outq"]
+__all__ = ["FALLBACK", "BareSocket", "MptcpRefusedError", "ResumingContext", "StreamStack",
+           "StreamTransient", "is_mptcp", "outq"]
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
@@ -618,6 +624,45 @@ class _Server:
         await self.acceptor.aclose()
 
 
+def _bind(sock: socket.socket, spec: AttemptSpec) -> DscpMarker | None:
+    """Bind a client socket to its candidate's interface, address and the Local's port, and
+    mark its SYN with niceness 0's code point; the marker, when there is one."""
+    c = spec.candidate
+    if not _is_loopback(c.local_address):  # loopback routes only via lo anyway
+        bind_to_device(sock, c.interface, remote=c.remote_address, local=c.local_address)
+    if spec.local_port:
+        # Racing attempts from one local port to different remotes all bind it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    else:
+        with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((c.local_address, spec.local_port))
+    if not spec.settings.dscp:
+        return None
+    marker = DscpMarker(sock, current=None)
+    marker.set(spec.settings.dscp[0])  # the SYN: niceness 0's mark
+    return marker
+
+
+class BareSocket:
+    """A connected socket as a racing attempt's result (Rule 12): what racing and the
+    Association's history read of it (`stack`, `rtt_ms`, `abort`), and the socket itself,
+    which the winner's caller takes over."""
+
+    __slots__ = ("rtt_ms", "sock", "stack")
+
+    def __init__(self, sock: socket.socket, stack: str, rtt_ms: float | None) -> None:
+        self.sock = sock
+        self.stack = stack
+        self.rtt_ms = rtt_ms
+
+    def abort(self) -> None:
+        self.sock.close()
+
+    def __repr__(self) -> str:
+        return f"<BareSocket {self.stack} fd={self.sock.fileno()}>"
+
+
 class StreamStack:
     """A byte-stream stack: `secure` adds TLS, `mptcp` opens IPPROTO_MPTCP sockets."""
 
@@ -672,20 +717,7 @@ class StreamStack:
         sock = self._socket(c.remote_address)
         transport: Any = None
         try:
-            if not _is_loopback(c.local_address):  # loopback routes only via lo anyway
-                bind_to_device(sock, c.interface, remote=c.remote_address,
-                               local=c.local_address)
-            if spec.local_port:
-                # Racing attempts from one local port to different remotes all bind it.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            else:
-                with contextlib.suppress(OSError):  # port chosen at connect(), by 4-tuple
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((c.local_address, spec.local_port))
-            marker: DscpMarker | None = None
-            if spec.settings.dscp:
-                marker = DscpMarker(sock, current=None)
-                marker.set(spec.settings.dscp[0])  # the SYN: niceness 0's mark
+            marker = _bind(sock, spec)
             started = loop.time()
             addr = (c.remote_address, c.remote_port)
             framer = spec.framer()
@@ -750,6 +782,28 @@ class StreamStack:
         except BaseException:
             if transport is not None:
                 transport.abort()
+            sock.close()
+            raise
+
+    async def connect_socket(self, spec: AttemptSpec) -> BareSocket:
+        """The attempt of `tp.open_socket` (Rule 12): the same socket, bound the same way,
+        connected and handed over bare; nothing else is done on it."""
+        if self.secure:
+            raise OSError(errno.EPROTONOSUPPORT,
+                          f"{self.name} is not a bare socket: TLS is left to the caller")
+        loop = asyncio.get_running_loop()
+        c = spec.candidate
+        sock = self._socket(c.remote_address)
+        try:
+            _bind(sock, spec)
+            started = loop.time()
+            await _connect(sock, (c.remote_address, c.remote_port))
+            rtt_ms = (loop.time() - started) * 1000.0
+            stack = self.name
+            if self.mptcp and is_mptcp(sock) is False:  # fell back (Rule 7)
+                stack = FALLBACK[self.name]
+            return BareSocket(sock, stack, rtt_ms)
+        except BaseException:
             sock.close()
             raise
 
