@@ -15,6 +15,8 @@ order flipped from round to round. Figures (wall time, time.perf_counter, GC on)
   decision included; ctx = PolicyContext(system=[], app_name="bench") built once) beside
   `asyncio.open_connection`, both against the same plain asyncio server, each connection
   closed after use. Samples alternate ours/raw call by call. Target: ratio <= 1.3.
+  open_socket: the same race through `tp.open_socket(...)` then
+  `asyncio.open_connection(sock=...)`, beside the same raw call. No target; for information.
 - tls / tls resumed: the same with `tls://` and a self-signed certificate pinned through
   `Remote.parse(..., certificates=[cert])`, beside `open_connection(ssl=ctx)` with that
   certificate as the only CA. "tls" is a full handshake (our association's tickets are
@@ -168,15 +170,29 @@ async def bench_connect(args: argparse.Namespace, ctx: tp.PolicyContext) -> list
         await w.wait_closed()
         return t1 - t0, clock() - t0, False
 
+    async def socket_ours() -> tuple[float, float, bool]:
+        t0 = clock()
+        sock = await tp.open_socket(f"{HOST}:{port}", policy=ctx)
+        _r, w = await asyncio.open_connection(sock=sock)
+        t1 = clock()
+        w.close()
+        await w.wait_closed()
+        return t1 - t0, clock() - t0, False
+
     ready = Row("connect", "connect-to-ready, tcp (incl. decide)", "µs", False, 1.3)
     total = Row("connect+close", "connect + close, tcp", "µs", False, None)
+    sock_ready = Row("open_socket", "open_socket + open_connection(sock=), tcp (incl. decide)",
+                     "µs", False, None)
+    sock_total = Row("open_socket+close", "open_socket + close, tcp", "µs", False, None)
     try:
         await _connect_rounds(ConnectSides(ours, raw), args.rounds, args.connects, ready,
                               total)
+        await _connect_rounds(ConnectSides(socket_ours, raw), args.rounds, args.connects,
+                              sock_ready, sock_total)
     finally:
         server.close()
         await server.wait_closed()
-    return [ready, total]
+    return [ready, total, sock_ready, sock_total]
 
 
 async def bench_tls(args: argparse.Namespace, ctx: tp.PolicyContext) -> list[Row]:

@@ -103,6 +103,7 @@ async def open_socket(
     won = await opener(lambda: None)
     bare = won.transient
     sock = RacedSocket(fileno=bare.sock.detach())
+    sock.setblocking(False)  # the descriptor already is; make the object agree (Rule 3)
     sock.explanation = won.decision
     sock.candidate = won.candidate
     sock.attempts = won.attempts

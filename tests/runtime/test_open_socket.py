@@ -101,6 +101,9 @@ def test_asyncio_open_connection_gets_the_servers_first_bytes(run: Any) -> None:
         assert sock.candidate.stack == "tcp" and sock.candidate.remote_port == port
         assert [a.outcome for a in sock.attempts] == ["won"]
         assert sock.getpeername() == ("127.0.0.1", port)
+        # non-blocking, and the object says so as well as the descriptor
+        assert sock.getblocking() is False and sock.gettimeout() == 0.0
+        assert os.get_blocking(sock.fileno()) is False
         # the open-socket rule took every other stack out of the decision
         assert {c.stack for c in sock.explanation.candidates} <= {"tcp", "mptcp"}
         reader, writer = await asyncio.open_connection(sock=sock)
