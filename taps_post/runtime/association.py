@@ -5,11 +5,16 @@ fast, which failed) and the cryptographic state that makes the next connection c
 sessions). The decision core reads the history as `Environment.cache`; it never reads tickets.
 Rule 2: tickets are used by one racing attempt only (RFC 9623 section 5.3): `take_ticket()`
 hands a ticket out once, the newest one the caller can use (`accept`), and leaves the others.
-Rule 3: the optional on-disk cache holds path history only (stdlib TLS sessions cannot be
-serialised), is written atomically, and is created with mode 0600.
+Rule 3: the optional on-disk cache holds path history, and, when the store is made with
+`tickets=True`, the QUIC session tickets too (stacks/quic/tickets.py; stdlib TLS sessions
+cannot be serialised, so TLS over TCP resumes within one process only). It is written
+atomically, created with mode 0600, and never holds a ticket past its lifetime: expired ones
+are dropped when the file is written and when it is read. At most `_TICKETS_PER_KEY` tickets
+per remote (as in memory) and `_TICKETS_LIMIT` in all are read back.
 Rule 4: the cache is a hint, never an authority, and never a reason to refuse a connection. A
 file is read only when it is a regular file (not through a symlink), owned by this user and
-writable by nobody else; every entry is checked (types, bounds, known stacks, a count cap)
+writable by nobody else, and a store that keeps tickets (secrets) also refuses one that group
+or others may read; every entry is checked (types, bounds, known stacks, a count cap)
 before it can reach decide(). What fails is skipped with one warning per file on the
 `taps_post.store` logger, and the store starts from what was left.
 Rule 5: no secret in a repr. A ticket is held as a `Ticket`, whose repr names its stack only,
@@ -70,6 +75,7 @@ from ipaddress import ip_address
 from typing import Any, Protocol
 
 from ..decision.environment import CacheEntry
+from ..errors import ArgumentError
 from ..policy import catalog
 from .endpoints import Local, Remote
 from .path import Path, paths_of
@@ -89,6 +95,10 @@ _TEXT_LIMIT = 255
 """Longest remote, interface or address string accepted from a file."""
 _FUTURE_S = 60.0
 """How far in the future a stamp from the file may be (Rule 10)."""
+_TICKETS_PER_KEY = 4
+"""Tickets kept per stack and remote, in memory and when loaded (the newest)."""
+_TICKETS_LIMIT = 1024
+"""Tickets loaded from a cache file in all (Rule 3)."""
 
 _log = logging.getLogger("taps_post.store")
 
@@ -233,7 +243,7 @@ class Association:
         if self.session_cache and ticket is not None:
             bucket = self.tickets.setdefault(stack, [])
             bucket.append(Ticket(stack, ticket))
-            del bucket[:-4]
+            del bucket[:-_TICKETS_PER_KEY]
 
     def take_ticket(self, stack: str,
                     accept: Callable[[Any], bool] | None = None) -> Any | None:
@@ -261,15 +271,23 @@ class Association:
 
 
 class AssociationStore:
-    """Associations by remote; optionally backed by a JSON file of path history.
+    """Associations by remote; optionally backed by a JSON file of path history and, with
+    `tickets=True`, of QUIC session tickets, so that a process's next run resumes (and sends
+    its first idempotent message in 0-RTT) where this one left off (Rule 3).
 
     Constructing a store never raises because of its file (Rule 4): a missing, untrusted or
     damaged file gives a store with what could be trusted of it, possibly nothing."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 tickets: bool = False) -> None:
         self._lock = threading.Lock()
         self._by_key: dict[str, Association] = {}
         self.path = os.fspath(path) if path is not None else None
+        self.tickets = tickets
+        """Whether the file keeps QUIC session tickets (secrets: the file must be 0600)."""
+        if tickets and self.path is None:
+            raise ArgumentError("AssociationStore(tickets=True) keeps tickets in its file: "
+                                "give it a path")
         if self.path:
             self._load()
 
@@ -300,12 +318,17 @@ class AssociationStore:
         return f"<AssociationStore{where} associations={len(self._by_key)}>"
 
     def save(self) -> None:
-        """Write path history atomically with mode 0600 (it reveals where we connect)."""
+        """Write path history (and the live QUIC tickets, with `tickets=True`) atomically
+        with mode 0600: it reveals where we connect, and a ticket resumes a session."""
         if not self.path:
             return
-        data = {"version": 1, "associations": {
-            k: [_entry(e) for e in a.history]
-            for k, a in self._by_key.items() if a.history}}
+        with self._lock:
+            associations = list(self._by_key.items())
+        data: dict[str, Any] = {"version": 1, "associations": {
+            k: [_entry(e) for e in a.history] for k, a in associations if a.history}}
+        if self.tickets:
+            data["tickets"] = {k: records for k, a in associations
+                               if (records := _ticket_records(a))}
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(prefix=".taps-post-", dir=directory)
         try:
@@ -321,7 +344,7 @@ class AssociationStore:
     def _load(self) -> None:
         assert self.path is not None
         try:
-            data = _read_trusted(self.path)
+            data = _read_trusted(self.path, secret=self.tickets)
             if data is None:
                 return
             history, skipped, first = _validated(data)
@@ -334,6 +357,12 @@ class AssociationStore:
             return
         for remote, entries in history.items():
             self.get(remote).history = entries
+        if self.tickets:
+            tickets, bad, why = _loaded_tickets(data.get("tickets"))
+            for remote, values in tickets.items():
+                self.get(remote).tickets["quic"] = [Ticket("quic", v) for v in values]
+            skipped += bad
+            first = first or why
         if skipped:
             _log.warning("association cache %s: skipped %d bad entr%s (first: %s)", self.path,
                          skipped, "y" if skipped == 1 else "ies", first)
@@ -343,11 +372,12 @@ class _Untrusted(Exception):
     """The cache file as a whole cannot be used (its message says why)."""
 
 
-def _read_trusted(path: str) -> Any:
+def _read_trusted(path: str, *, secret: bool = False) -> Any:
     """The parsed JSON of `path`, None when there is no file, _Untrusted when it may not be
     trusted: a symlink (O_NOFOLLOW), not a regular file (O_NONBLOCK: a FIFO must not hang
-    us), owned by someone else, writable by group or others, too big, or not JSON. The
-    checks are made on the opened descriptor, so the file judged is the file read."""
+    us), owned by someone else, writable by group or others (`secret`: any access by group
+    or others), too big, or not JSON. The checks are made on the opened descriptor, so the
+    file judged is the file read."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -364,6 +394,9 @@ def _read_trusted(path: str) -> Any:
         if st.st_uid != os.geteuid():
             raise _Untrusted(f"it is owned by uid {st.st_uid}, not by this user "
                              f"(uid {os.geteuid()})")
+        if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise _Untrusted(f"it holds session tickets, and group or others may use it "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600)")
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise _Untrusted(f"it is writable by group or others "
                              f"(mode {stat.S_IMODE(st.st_mode):04o})")
@@ -431,6 +464,59 @@ def _validated(data: Any) -> tuple[dict[str, list[CacheEntry]], int, str]:
             if not good:
                 del history[key]
     return history, skipped, first
+
+
+def _ticket_records(assoc: Association) -> list[dict[str, Any]]:
+    """The on-disk form of an Association's live QUIC tickets, oldest first (Rule 3)."""
+    values = [t.value for t in assoc.tickets.get("quic", ())]
+    if not values:
+        return []
+    from ..stacks.quic.tickets import ticket_to_record  # aioquic is loaded: it made them
+
+    return [r for v in values if (r := ticket_to_record(v)) is not None]
+
+
+def _loaded_tickets(table: Any) -> tuple[dict[str, list[Any]], int, str]:
+    """The QUIC tickets of a cache document's `tickets` table by remote, how many were
+    skipped and why the first was. Expired tickets are dropped without a warning: reaching
+    its lifetime is what a ticket does, not damage (Rule 3)."""
+    if table is None:
+        return {}, 0, ""
+    if not isinstance(table, dict):
+        return {}, 1, f"tickets: {_kind(table)}, not an object"
+    from ..stacks.quic.tickets import ticket_from_record
+
+    out: dict[str, list[Any]] = {}
+    skipped, first, total = 0, "", 0
+    for remote, records in table.items():
+        where = f"tickets[{remote!r:.80}]"
+        count = len(records) if isinstance(records, list) else 1
+        if not _text(remote) or not remote:
+            bad = f"{where}: not a host:port"
+        elif not isinstance(records, list):
+            bad = f"{where}: {_kind(records)}, not a list of tickets"
+        elif total >= _TICKETS_LIMIT:
+            bad = f"{where}: over the limit of {_TICKETS_LIMIT} tickets"
+        else:
+            good = []
+            for i, raw in enumerate(records[-_TICKETS_PER_KEY:]):
+                ticket = ticket_from_record(raw)
+                if ticket == "expired":
+                    continue
+                if isinstance(ticket, str):
+                    skipped += 1
+                    first = first or f"{where}[{i}]: {ticket}"
+                else:
+                    good.append(ticket)
+            good = good[:_TICKETS_LIMIT - total]
+            if good:
+                out.setdefault(remote.lower(), []).extend(good)
+                del out[remote.lower()][:-_TICKETS_PER_KEY]
+                total += len(good)
+            continue
+        skipped += count
+        first = first or bad
+    return out, skipped, first
 
 
 _FIELDS = frozenset(("remote", "stack", "outcome", "rtt_ms", "ticket", "interface", "address",
