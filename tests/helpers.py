@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import os
 import struct
 import subprocess
@@ -57,6 +59,17 @@ def quic_policy(app_name: str, **values: Any) -> Any:
 
     rule = {"id": "q", "set": {"stack.quic": "require", **values}}
     return tp.PolicyContext(system=[], app=policy("app", rule), app_name=app_name)
+
+
+@functools.cache
+def bench_relay() -> Any:
+    """bench/relay.py as a module (the user-space delay relay: netem is not available here);
+    bench/ is not a package, so it is loaded from its path, once."""
+    spec = importlib.util.spec_from_file_location("taps_bench_relay", ROOT / "bench" / "relay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def frame(data: bytes) -> bytes:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import importlib.util
 import json
 import logging
 import os
@@ -43,22 +42,14 @@ from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
 from dnslab import free_port
-from helpers import ROOT
+from helpers import bench_relay, frame, quic_policy
 
 LOCAL = "127.0.0.1"
 ONE_WAY_MS = 25.0
 RTT_S = 2 * ONE_WAY_MS / 1000
 
 
-def _relay_module() -> Any:
-    spec = importlib.util.spec_from_file_location("taps_bench_relay", ROOT / "bench" / "relay.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-RELAY = _relay_module()
+RELAY = bench_relay()
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +100,7 @@ async def aioquic_echo(cert: tp.certs.Certificate) -> AsyncIterator[tuple[int, S
                     self.record["messages"].append(message)
                     if not self.done:
                         self.record["before_handshake"].append(message)
-                    reply = b"echo:" + message
-                    self._quic.send_stream_data(event.stream_id,
-                                                struct.pack("!I", len(reply)) + reply)
+                    self._quic.send_stream_data(event.stream_id, frame(b"echo:" + message))
                     self.transmit()
 
     port = free_port()
@@ -237,10 +226,8 @@ async def _ticketed(cert: tp.certs.Certificate, path: Path) -> tuple[str, tp.Ass
     async with aioquic_echo(cert) as (port, _seen):
         remote = tp.Remote.parse(f"quic://{LOCAL}:{port}", certificates=[cert])
         store = tp.AssociationStore(path, tickets=True)
-        policy = tp.PolicyContext(system=[], app_name="ticket-store-test", app={
-            "version": 1, "layer": "app",
-            "rules": [{"id": "q", "set": {"stack.quic": "require"}}]})
-        carrier = await tp.initiate(remote, policy=policy, store=store)
+        carrier = await tp.initiate(remote, policy=quic_policy("ticket-store-test"),
+                                    store=store)
         await carrier.send(b"hello")
         assert await asyncio.wait_for(carrier.receive(), 5) == b"echo:hello"
         association = carrier.association

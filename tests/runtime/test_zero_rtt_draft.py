@@ -16,30 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 import taps_post as tp
-from helpers import ROOT
+from helpers import bench_relay
 
 LOCAL = "127.0.0.1"
 ONE_WAY_MS = 25.0
 RTT = 2 * ONE_WAY_MS / 1000.0
 
 
-def _relay_module() -> Any:
-    spec = importlib.util.spec_from_file_location("taps_bench_relay", ROOT / "bench" / "relay.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-RELAY = _relay_module()
+RELAY = bench_relay()
 
 
 @pytest.fixture(scope="module")
