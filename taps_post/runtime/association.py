@@ -484,7 +484,7 @@ def _loaded_tickets(table: Any) -> tuple[dict[str, list[Any]], int, str]:
         return {}, 0, ""
     if not isinstance(table, dict):
         return {}, 1, f"tickets: {_kind(table)}, not an object"
-    from ..stacks.quic.tickets import ticket_from_record
+    from ..stacks.quic.tickets import EXPIRED, ticket_from_record
 
     out: dict[str, list[Any]] = {}
     skipped, first, total = 0, "", 0
@@ -499,16 +499,20 @@ def _loaded_tickets(table: Any) -> tuple[dict[str, list[Any]], int, str]:
             bad = f"{where}: over the limit of {_TICKETS_LIMIT} tickets"
         else:
             good = []
-            for i, raw in enumerate(records[-_TICKETS_PER_KEY:]):
+            start = max(0, len(records) - _TICKETS_PER_KEY)  # only the newest are kept
+            for i, raw in enumerate(records[start:], start):
                 ticket = ticket_from_record(raw)
-                if ticket == "expired":
+                if ticket == EXPIRED:
                     continue
                 if isinstance(ticket, str):
                     skipped += 1
                     first = first or f"{where}[{i}]: {ticket}"
                 else:
                     good.append(ticket)
-            good = good[:_TICKETS_LIMIT - total]
+            if len(good) > _TICKETS_LIMIT - total:  # counted like a whole remote over it
+                skipped += len(good) - (_TICKETS_LIMIT - total)
+                first = first or f"{where}: over the limit of {_TICKETS_LIMIT} tickets"
+                good = good[:_TICKETS_LIMIT - total]
             if good:
                 out.setdefault(remote.lower(), []).extend(good)
                 del out[remote.lower()][:-_TICKETS_PER_KEY]

@@ -361,7 +361,23 @@ def test_each_bad_ticket_is_skipped_with_one_warning(saved: Any, tmp_path: Path,
     path = write(tmp_path / "a.json", bad)
     with caplog.at_level(logging.WARNING, logger="taps_post.store"):
         assert len(loaded(path, key)) == 2
-    assert len(store_warnings(caplog)) == 1, store_warnings(caplog)
+    [warning] = store_warnings(caplog)
+    assert "skipped 1 bad entry" in warning and f"tickets[{key!r}][1]: " in warning, warning
+
+
+def test_a_bad_ticket_is_named_by_its_place_in_the_file(saved: Any, tmp_path: Path,
+                                                        caplog: Any) -> None:
+    """Only the newest four of a remote's tickets are read; the warning still counts from
+    the file's first one, so `[4]` is the fifth record an administrator sees."""
+    key, doc, _ticket = saved
+    [record] = doc["tickets"][key]
+    records = [{**record, "age_add": i} for i in range(6)]
+    records[4] = _with(record, {"stack": "tls"})
+    path = write(tmp_path / "a.json", {**doc, "tickets": {key: records}})
+    with caplog.at_level(logging.WARNING, logger="taps_post.store"):
+        assert [t.age_add for t in loaded(path, key)] == [2, 3, 5]
+    [warning] = store_warnings(caplog)
+    assert f"tickets[{key!r}][4]: stack" in warning, warning
 
 
 def test_a_lifetime_longer_than_seven_days_is_refused(saved: Any, tmp_path: Path,
@@ -376,13 +392,20 @@ def test_a_lifetime_longer_than_seven_days_is_refused(saved: Any, tmp_path: Path
     assert "seven days" in warning
 
 
-def test_tickets_are_capped_per_remote_and_overall(saved: Any, tmp_path: Path) -> None:
+def test_tickets_are_capped_per_remote_and_overall(saved: Any, tmp_path: Path,
+                                                   caplog: Any) -> None:
     key, doc, _ticket = saved
     [record] = doc["tickets"][key]
     table = {key: [{**record, "age_add": i} for i in range(10)]}
-    table.update({f"h{i}.example:443": [record] for i in range(1100)})
+    table.update({f"h{i}.example:443": [record] for i in range(1019)})
+    table["last.example:443"] = [{**record, "age_add": i} for i in range(3)]  # 1 fits
+    table.update({f"late{i}.example:443": [record] for i in range(77)})
     path = write(tmp_path / "a.json", {**doc, "tickets": table})
-    store = tp.AssociationStore(path, tickets=True)
+    with caplog.at_level(logging.WARNING, logger="taps_post.store"):
+        store = tp.AssociationStore(path, tickets=True)
+    [warning] = store_warnings(caplog)  # the 2 of last.example and the 77 late remotes
+    assert "skipped 79 bad entries" in warning and "'last.example:443'" in warning, warning
+    assert [t.value.age_add for t in store.get("last.example:443").tickets["quic"]] == [0]
     assert [t.value.age_add for t in store.get(key).tickets["quic"]] == [6, 7, 8, 9]
     total = sum(len(a.tickets.get("quic", [])) for a in
                 (store.get(k) for k in table))

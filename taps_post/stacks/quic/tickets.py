@@ -30,10 +30,14 @@ from aioquic.tls import CipherSuite
 from ...decision.names import TlsaRecord
 from .config import Origin, QuicTicket
 
-__all__ = ["MAX_LIFETIME_S", "expired", "ticket_from_record", "ticket_to_record"]
+__all__ = ["EXPIRED", "MAX_LIFETIME_S", "expired", "ticket_from_record", "ticket_to_record"]
 
 MAX_LIFETIME_S = 7 * 24 * 3600
 """The longest ticket lifetime TLS 1.3 allows (RFC 8446 section 4.6.1)."""
+
+EXPIRED = "expired"
+"""What `ticket_from_record` answers for a ticket past its lifetime: not damage, so the
+store drops it without a warning (Rule 3)."""
 
 _SKEW_S = 60.0
 """How far in the future a ticket's start may be (clock steps between processes are small)."""
@@ -120,7 +124,7 @@ def _ticket(raw: Any, now: datetime.datetime) -> QuicTicket:
     if (after - before).total_seconds() > MAX_LIFETIME_S + _SKEW_S or after < before:
         raise _Bad("not_valid_after: the lifetime is longer than TLS 1.3's seven days")
     if after <= now:
-        raise _Bad("expired")
+        raise _Bad(EXPIRED)
     name = raw.get("server_name")
     if not isinstance(name, str) or not 0 < len(name) <= 253:
         raise _Bad("server_name: not a host name")
