@@ -2,54 +2,14 @@
 
 Applications say what they need, administrators say what the machine allows, and a
 policy-driven, explainable decision core picks interface, address and protocol stack.
-This module stays light on purpose (no asyncio, no aioquic): `taps-post policy explain`
-imports it and must start fast. The runtime's names load on first use (`_LAZY`); the layers
-behind them are described in docs/architecture.md.
+This module imports nothing itself: every public name loads on first use (`_LAZY`), so
+`taps-post policy explain` starts fast and a dry run never loads the runtime. The layers
+behind the names are described in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-from .decision.decide import decide
-from .decision.decision import (
-    Candidate,
-    Decision,
-    Exclusion,
-    IceCandidate,
-    IcePair,
-    RankKey,
-    RendezvousReport,
-    SubflowPlan,
-)
-from .decision.envfile import load_environment
-from .decision.environment import Address, CacheEntry, Environment, Interface
-from .decision.request import Request, parse_target
-from .dryrun import explain
-from .errors import (
-    ArgumentError,
-    Attempt,
-    ConnectionClosedError,
-    DeframingError,
-    Diagnostic,
-    EstablishmentError,
-    FailureKind,
-    ForkRefusedError,
-    FrameTooLargeError,
-    IdleTimeoutError,
-    InputError,
-    MessageTooLargeError,
-    MptcpRefusedError,
-    PathLostError,
-    PolicyError,
-    RemoteProtocolError,
-    ResolutionError,
-    SystemPolicyError,
-    TapsError,
-    UsageError,
-)
-from .policy.context import PolicyContext
-from .policy.registry import Pref
 
 __all__ = [
     "Address",
@@ -137,9 +97,49 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# The runtime (asyncio, ssl, sockets) loads on first use, so `taps-post policy explain` and
-# `import taps_post` for dry runs stay light.
+# Every name loads on first use: `import taps_post` costs nothing, a dry run loads the
+# decision core and never the runtime (asyncio, ssl, sockets), and `taps-post` commands load
+# only what they use (docs/architecture.md, "The package root stays light").
 _LAZY = {
+    "decide": "taps_post.decision.decide",
+    "Candidate": "taps_post.decision.decision",
+    "Decision": "taps_post.decision.decision",
+    "Exclusion": "taps_post.decision.decision",
+    "IceCandidate": "taps_post.decision.decision",
+    "IcePair": "taps_post.decision.decision",
+    "RankKey": "taps_post.decision.decision",
+    "RendezvousReport": "taps_post.decision.decision",
+    "SubflowPlan": "taps_post.decision.decision",
+    "load_environment": "taps_post.decision.envfile",
+    "Address": "taps_post.decision.environment",
+    "CacheEntry": "taps_post.decision.environment",
+    "Environment": "taps_post.decision.environment",
+    "Interface": "taps_post.decision.environment",
+    "Request": "taps_post.decision.request",
+    "parse_target": "taps_post.decision.request",
+    "explain": "taps_post.dryrun",
+    "ArgumentError": "taps_post.errors",
+    "Attempt": "taps_post.errors",
+    "ConnectionClosedError": "taps_post.errors",
+    "DeframingError": "taps_post.errors",
+    "Diagnostic": "taps_post.errors",
+    "EstablishmentError": "taps_post.errors",
+    "FailureKind": "taps_post.errors",
+    "ForkRefusedError": "taps_post.errors",
+    "FrameTooLargeError": "taps_post.errors",
+    "IdleTimeoutError": "taps_post.errors",
+    "InputError": "taps_post.errors",
+    "MessageTooLargeError": "taps_post.errors",
+    "MptcpRefusedError": "taps_post.errors",
+    "PathLostError": "taps_post.errors",
+    "PolicyError": "taps_post.errors",
+    "RemoteProtocolError": "taps_post.errors",
+    "ResolutionError": "taps_post.errors",
+    "SystemPolicyError": "taps_post.errors",
+    "TapsError": "taps_post.errors",
+    "UsageError": "taps_post.errors",
+    "PolicyContext": "taps_post.policy.context",
+    "Pref": "taps_post.policy.registry",
     "DaneError": "taps_post.errors",  # an ssl error class, made on first use (errors Rule 3)
     "Association": "taps_post.runtime.association",
     "AssociationStore": "taps_post.runtime.association",
@@ -217,7 +217,46 @@ if TYPE_CHECKING:
     from .core.messages import InMessage as InMessage
     from .core.messages import OutMessage as OutMessage
     from .core.path import Subflow as Subflow
+    from .decision.decide import decide as decide
+    from .decision.decision import Candidate as Candidate
+    from .decision.decision import Decision as Decision
+    from .decision.decision import Exclusion as Exclusion
+    from .decision.decision import IceCandidate as IceCandidate
+    from .decision.decision import IcePair as IcePair
+    from .decision.decision import RankKey as RankKey
+    from .decision.decision import RendezvousReport as RendezvousReport
+    from .decision.decision import SubflowPlan as SubflowPlan
+    from .decision.envfile import load_environment as load_environment
+    from .decision.environment import Address as Address
+    from .decision.environment import CacheEntry as CacheEntry
+    from .decision.environment import Environment as Environment
+    from .decision.environment import Interface as Interface
+    from .decision.request import Request as Request
+    from .decision.request import parse_target as parse_target
+    from .dryrun import explain as explain
+    from .errors import ArgumentError as ArgumentError
+    from .errors import Attempt as Attempt
+    from .errors import ConnectionClosedError as ConnectionClosedError
     from .errors import DaneError as DaneError
+    from .errors import DeframingError as DeframingError
+    from .errors import Diagnostic as Diagnostic
+    from .errors import EstablishmentError as EstablishmentError
+    from .errors import FailureKind as FailureKind
+    from .errors import ForkRefusedError as ForkRefusedError
+    from .errors import FrameTooLargeError as FrameTooLargeError
+    from .errors import IdleTimeoutError as IdleTimeoutError
+    from .errors import InputError as InputError
+    from .errors import MessageTooLargeError as MessageTooLargeError
+    from .errors import MptcpRefusedError as MptcpRefusedError
+    from .errors import PathLostError as PathLostError
+    from .errors import PolicyError as PolicyError
+    from .errors import RemoteProtocolError as RemoteProtocolError
+    from .errors import ResolutionError as ResolutionError
+    from .errors import SystemPolicyError as SystemPolicyError
+    from .errors import TapsError as TapsError
+    from .errors import UsageError as UsageError
+    from .policy.context import PolicyContext as PolicyContext
+    from .policy.registry import Pref as Pref
     from .runtime.association import Association as Association
     from .runtime.association import AssociationStore as AssociationStore
     from .runtime.carrier import Carrier as Carrier

@@ -16,12 +16,19 @@ SIGTERM or SIGINT, then closes it and exits 0. Everything it is given is checked
 listens (the address, each file screened as Rule 3, the certificate and key, every trusted
 PEM, the bounds): a problem is an exit-2 line naming the option or file. Once it listens it
 prints `listening on HOST:PORT` (the bound port, when 0 was asked) on stdout, flushed.
+Rule 6: the `taps-post` script (`script`, also `python -m taps_post.cli`) runs a `policy`
+command with the cyclic garbage collector off: the command is one short pass over acyclic
+data (documents, rules, a Decision) and the process ends right after, so each collection
+would only re-walk what import just made (about 10 ms of a 220 ms start). Reference
+counting still frees everything. `main()`, for in-process callers, leaves the collector as
+it finds it: turning it back on after a run would cost one collection of all it allocated.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -31,7 +38,7 @@ from .diagnostics import Diagnostic
 
 EXIT_OK, EXIT_INPUT, EXIT_POLICY = 0, 2, 3
 
-__all__ = ["main"]
+__all__ = ["main", "script"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,6 +235,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _interfaces(args)
     if args.command == "rendezvous":
         return _rendezvous_serve(args)
+    return _policy(args)
+
+
+def _policy(args: argparse.Namespace) -> int:
     cmd = args.policy_command
     if cmd == "schema":
         from .schemas import schema_text
@@ -511,5 +522,12 @@ async def _serve_point(args: argparse.Namespace, host: str, port: int, ours: Any
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def script() -> None:
+    """The console entry point (Rule 6)."""
+    if sys.argv[1:2] == ["policy"]:
+        gc.disable()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    script()

@@ -83,7 +83,7 @@ def _policy() -> dict[str, Any]:
 # Models of the explain JSON output (docs/explain.md, "JSON output"), used only to generate
 # its schema.
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
 Value = Any
@@ -270,7 +270,7 @@ class _RendezvousOut(_Strict):
 class ExplainOutput(_Strict):
     """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
-    model_config = ConfigDict(extra="forbid", title="taps_post explain output")
+    model_config = ConfigDict(defer_build=True, extra="forbid", title="taps_post explain output")
     version: Literal[1]
     request: _RequestOut
     layers: list[_LayerOut]

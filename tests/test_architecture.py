@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -606,6 +607,76 @@ def test_explain_with_env_file_stays_light(tmp_path: Path) -> None:
     detail = "\n".join(f"  {m}: " + " -> ".join(chains.get(m, ["?"])) for m in heavy)
     assert not heavy, ("explain() with an env file loaded modules it has no use for "
                        "(import chains, outermost first):\n" + detail)
+
+
+# --------------------------------------------------------------------------- light CLI
+
+# The `taps-post` script as the console entry point runs it, then what it left loaded and
+# whether the collector was on (cli Rule 6): written at exit, since the script exits.
+_SCRIPT_RUNNER = """
+import atexit, gc, json, sys
+out = sys.argv.pop(1)
+def report():
+    with open(out, "w") as fh:
+        json.dump({"modules": sorted(sys.modules), "gc": gc.isenabled()}, fh)
+atexit.register(report)
+from taps_post.cli import script
+sys.argv[0] = "taps-post"
+script()
+"""
+
+EXAMPLES = ROOT / "policies" / "examples"
+
+POLICY_COMMANDS = {
+    "validate": ["policy", "validate", str(EXAMPLES)],
+    "explain": ["policy", "explain", "https://video.example", "--system",
+                str(EXAMPLES / "system-corp-laptop.yaml"), "--app",
+                str(EXAMPLES / "app-video.yaml"), "--app-name", "video-player", "--env",
+                str(EXAMPLES / "env-laptop.yaml"), "--format", "json"],
+    "show": ["policy", "show", "https://video.example", "--system",
+             str(EXAMPLES / "system-corp-laptop.yaml"), "--env", str(EXAMPLES / "env-laptop.yaml")],
+    "test": ["policy", "test", str(EXAMPLES / "scenarios"), "--system",
+             str(EXAMPLES / "system-corp-laptop.yaml"), "--env",
+             str(EXAMPLES / "env-laptop.yaml")],
+}
+
+HEAVY_FOR_POLICY = ("asyncio", "ssl", "aioquic", "cryptography", "dns", "psutil", "netifaces",
+                    "pyroute2", "aioice", "httpx", "httpcore")
+"""What no policy command has a use for: the runtime's event loop and TLS, QUIC, the DNS
+client, live discovery and ICE. Each costs start-up time an administrator pays on every
+`validate` in a CI job (docs/performance.md, CLI start-up)."""
+
+
+@pytest.mark.parametrize("command", sorted(POLICY_COMMANDS))
+def test_policy_commands_stay_light(command: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    proc = subprocess.run([*PYTHON, "-c", _SCRIPT_RUNNER, str(out), *POLICY_COMMANDS[command]],
+                          capture_output=True, text=True, env=installed_env(), cwd=tmp_path,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, f"taps-post {command} failed:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    heavy = sorted({m for m in report["modules"] if m.split(".")[0] in HEAVY_FOR_POLICY})
+    assert not heavy, f"taps-post policy {command} imported {', '.join(heavy)}"
+    assert report["gc"] is False, "the script runs a policy command with the collector off"
+
+
+def test_import_taps_post_loads_nothing_until_a_name_is_used() -> None:
+    script = ("import sys, taps_post; before = sorted(m for m in ('pydantic', 'yaml', "
+              "'taps_post.decision.decision') if m in sys.modules); taps_post.Decision; "
+              "print(before, 'taps_post.decision.decision' in sys.modules)")
+    proc = subprocess.run([*PYTHON, "-c", script], capture_output=True, text=True,
+                          env=installed_env(), timeout=60, check=True)
+    assert proc.stdout.split() == ["[]", "True"], proc.stdout + proc.stderr
+
+
+def test_main_in_process_leaves_the_collector_as_it_was(capsys: Any) -> None:
+    import gc
+
+    from taps_post.cli import main
+
+    assert gc.isenabled()
+    assert main(["policy", "validate", str(EXAMPLES)]) == 0
+    assert gc.isenabled(), "main() turned the collector off for its in-process caller"
 
 
 # --------------------------------------------------------------------------- public surface

@@ -167,7 +167,7 @@ def remote_problem(remote: str) -> str | None:
 class AddressEntry(BaseModel):
     """A local address; a plain string is shorthand for a stable (non-temporary) one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     address: str
     temporary: StrictBool = False
 
@@ -175,7 +175,7 @@ class AddressEntry(BaseModel):
 class InterfaceEntry(BaseModel):
     """An interface as discovery would report it, so a dry run sees a machine as it is."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     name: str = Field(..., min_length=1)
     type: IfType = "other"
     up: StrictBool = True
@@ -218,7 +218,7 @@ class InterfaceEntry(BaseModel):
 class CacheItem(BaseModel):
     """How an earlier attempt went; candidates are ranked by it, as with a live Association."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     remote: str = Field(..., description='"host:port"')
     stack: StackName
     outcome: Literal["success", "failure", "fallback"] = Field(
@@ -264,7 +264,7 @@ class CacheItem(BaseModel):
 class EndpointItem(BaseModel):
     """One in-kernel path manager endpoint, as `ip mptcp endpoint show` lists it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     address: str = Field(..., description="The endpoint's local IP address")
     interface: str | None = Field(
         None, description="The dev it is bound to; absent: the interface holding address")
@@ -286,7 +286,7 @@ class EndpointItem(BaseModel):
 class MptcpEntry(BaseModel):
     """The namespace's MPTCP state, as `taps-post interfaces --format json` reports it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     path_manager: Literal["kernel", "userspace", "disabled"] | None = Field(
         None, alias="pathManager",
         description="The MPTCP path manager in force: kernel (net.mptcp.pm_type=0), "
@@ -300,7 +300,7 @@ class MptcpEntry(BaseModel):
 class SvcbItem(BaseModel):
     """One SVCB or HTTPS record (RFC 9460) of an owner name, as `dig` would show its fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     priority: StrictInt = Field(..., ge=0, le=65535,
                                 description="SvcPriority: 0 AliasMode, 1-65535 ServiceMode "
                                             "(lower first)")
@@ -321,7 +321,7 @@ class TlsaItem(BaseModel):
     """One TLSA record (RFC 6698 section 2.1); `data` is its certificate association data in
     hexadecimal, as `dig` prints it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     usage: StrictInt = Field(..., ge=0, le=3,
                              description="0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE")
     selector: StrictInt = Field(..., ge=0, le=1, description="0 full certificate, 1 SPKI")
@@ -332,7 +332,7 @@ class TlsaItem(BaseModel):
 class TlsaEntry(BaseModel):
     """The TLSA answer for one `_port._tcp.host` or `_port._udp.host` name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     validated: StrictBool = Field(
         False, description="DNSSEC-validated (AD bit from a trusted resolver); an unvalidated "
                            "set is never used")
@@ -343,7 +343,7 @@ class TlsaEntry(BaseModel):
 class ArrivalItem(BaseModel):
     """When one DNS answer arrived, in ms since resolution started."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     name: str
     type: Literal["A", "AAAA", "HTTPS", "SVCB", "TLSA"]
     at_ms: float = Field(..., ge=0, le=MAX_RTT_MS)
@@ -357,7 +357,8 @@ class ArrivalItem(BaseModel):
 class EnvDocument(BaseModel):
     """An environment snapshot for dry runs and tests."""
 
-    model_config = ConfigDict(extra="forbid", title="taps_post environment snapshot")
+    model_config = ConfigDict(defer_build=True, extra="forbid",
+                              title="taps_post environment snapshot")
     interfaces: list[InterfaceEntry] = Field(default_factory=list)
     dns: dict[str, list[str]] = Field(
         default_factory=dict, description="A and AAAA answers: name -> addresses")

@@ -18,12 +18,11 @@ while another thread swaps. current() returns that snapshot as a context of its 
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import Diagnostic, InputError, SystemPolicyError
 from .load import (
@@ -39,12 +38,23 @@ from .match import Subject
 from .model import InterfaceFact
 from .resolve import Conflict, Effective, resolve
 
+if TYPE_CHECKING:
+    import logging
+
 __all__ = ["PolicyContext", "Resolution"]
 
 Matched = tuple[tuple[PolicyFile, LoadedRule], ...]
 
-_log = logging.getLogger("taps_post.policy")
-_log.addHandler(logging.NullHandler())  # silent unless the application configures logging
+
+def _log() -> logging.Logger:
+    """The `taps_post.policy` logger, made when a reload first has something to say: a
+    one-shot `taps-post policy` command never reloads, and need not import logging."""
+    import logging
+
+    log = logging.getLogger("taps_post.policy")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())  # silent unless the application configures it
+    return log
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +190,10 @@ class _SystemLayer:
                 self._now = (state, now[1], now[2])
             now = self._now
         if error is not None:
-            _log.warning("system policy edit not applied; the last good system policy "
+            _log().warning("system policy edit not applied; the last good system policy "
                          "stays in force:\n%s", "\n".join(str(d) for d in error.diagnostics))
         else:
-            _log.info("system policy loaded again: %s",
+            _log().info("system policy loaded again: %s",
                       ", ".join(f.source for f in now[2]) or "no files")
         return now[2]
 

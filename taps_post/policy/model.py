@@ -8,6 +8,9 @@ never branches on shape.
 Rule 3: a choice that can grow after import (schemes and stack names, from the stack catalogue)
 is never frozen into a `Literal`: it is checked, and written into the JSON Schema, from the
 catalogue at the moment of use (`one_of`, `JsonSchemaFrom`).
+Rule 4: every model is built on first use (`defer_build`), here and in the environment
+snapshot's models: `policy validate` never builds the snapshot's eleven models, and
+`import taps_post` builds none (docs/performance.md, CLI start-up).
 """
 
 from __future__ import annotations
@@ -182,7 +185,7 @@ PortList = Annotated[
 class When(BaseModel):
     """Which requests a rule applies to: every field given must match; a list means any of."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     app: StrList = Field(None, description="Application name glob(s)")
     host: StrList = Field(None, description="Host glob(s), or CIDR for IP-literal hosts")
@@ -202,7 +205,7 @@ assert set(ProfileName.__args__) == set(PROFILES)  # type: ignore[attr-defined]
 class Rule(BaseModel):
     """One rule: when it matches a request, its statements take part in resolution."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
                     description="Unique within the file")
@@ -219,7 +222,7 @@ class Rule(BaseModel):
 class InterfaceMatch(BaseModel):
     """Which interfaces a fact is about: every field given must match."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     name: str | None = Field(None, description="Interface-name glob")
     type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
@@ -235,7 +238,7 @@ class InterfaceFact(BaseModel):
 
     # Frozen: loaded facts end up inside every Decision (via its files), and a Decision is
     # immutable data.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     match: InterfaceMatch
     type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
@@ -247,7 +250,7 @@ class InterfaceFact(BaseModel):
 class PolicyDocument(BaseModel):
     """A policy file, version 1."""
 
-    model_config = ConfigDict(extra="forbid", title="taps_post policy")
+    model_config = ConfigDict(defer_build=True, extra="forbid", title="taps_post policy")
 
     version: Literal[1]
     layer: Literal["system", "app", "carrier"]
