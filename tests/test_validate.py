@@ -315,3 +315,47 @@ def test_lint_costs_about_what_loading_does_on_a_thousand_rules(tmp_path: Path) 
         if ratios[-1] < 5:
             break
     assert min(ratios) < 5, ratios
+
+
+# --------------------------------------------------------------------------- sorting files
+
+def _layer_from_full_load(text: str) -> str:
+    """How validate sorted files when it built every document twice: the answer the
+    top-level read (yamlpos.top_level) must keep giving."""
+    from taps_post.errors import InputError
+    from taps_post.policy.yamlpos import load_yaml
+
+    try:
+        data, _ = load_yaml(text, "x.yaml")
+    except InputError:
+        return "app"
+    if not isinstance(data, dict):
+        return "app"
+    if "version" not in data and "layer" not in data and (
+            {"interfaces", "dns", "cache"} & set(data)):
+        return "env"
+    layer = data.get("layer")
+    return layer if layer in ("system", "app", "carrier") else "app"
+
+
+SORTING_EDGES = [
+    "version: 1\nlayer: system\n", "version: 1\n'layer': carrier\n", "layer: !!str app\n",
+    "layer: [system]\n", "layer: 7\n", "- layer: system\n", "just text\n", "", "{",
+    "version: 1\nlayer: system\nlayer: app\n", "interfaces: []\n", "dns: {}\ncache: []\n",
+    "interfaces: []\nlayer: system\n", "b: &b {layer: system}\n<<: *b\n",
+    "<<: {interfaces: []}\n", "? [a, b]\n: 1\nlayer: carrier\n", "1: x\nlayer: system\n",
+]
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("text", [
+    *SORTING_EDGES,
+    *(p.read_text(encoding="utf-8") for p in sorted(ROOT_DIR.glob("policies/**/*.yaml"))),
+    *(p.read_text(encoding="utf-8") for p in sorted(ROOT_DIR.glob("tests/tables/*.yaml"))[:40]),
+])
+def test_validate_sorts_a_file_as_the_full_load_would(text: str, tmp_path: Path) -> None:
+    from taps_post.policy.validate import _declared_layer  # the function under test
+
+    path = tmp_path / "x.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert _declared_layer(str(path)) == _layer_from_full_load(text)

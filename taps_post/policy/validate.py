@@ -27,7 +27,7 @@ from ..diagnostics import Diagnostic, InputError
 from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer, read_policy_text
 from .registry import REGISTRY, key_family
 from .resolve import Verdict, judge, show_value, statement_rank
-from .yamlpos import load_yaml
+from .yamlpos import load_yaml, top_level
 
 __all__ = ["Report", "validate_paths"]
 
@@ -46,18 +46,32 @@ class Report:
 
 
 def _declared_layer(path: str) -> str:
-    """The layer a file says it is, "env" for an environment snapshot, else "app"."""
+    """The layer a file says it is, "env" for an environment snapshot, else "app". Only the
+    top-level keys are read (yamlpos Rule 4), so each file is parsed in full once, by the
+    loader its layer calls for."""
     try:
-        data, _ = load_yaml(read_policy_text(path), path)  # never a FIFO or /dev/zero
+        top = top_level(read_policy_text(path))  # never a FIFO or /dev/zero
     except (OSError, UnicodeDecodeError, InputError):
         return "app"  # load_layer will report the real problem
-    if not isinstance(data, dict):
-        return "app"
-    if "version" not in data and "layer" not in data and (
-            {"interfaces", "dns", "cache"} & set(data)):
+    if top is None:
+        data, _ = _loaded_or_none(path)
+        if not isinstance(data, dict):
+            return "app"
+        keys, layer = frozenset(str(k) for k in data), data.get("layer")
+    else:
+        keys, layer = top
+    if "version" not in keys and "layer" not in keys and {"interfaces", "dns", "cache"} & keys:
         return "env"
-    layer = data.get("layer")
     return layer if layer in ("system", "app", "carrier") else "app"
+
+
+def _loaded_or_none(path: str) -> tuple[Any, Any]:
+    """The full load, for the documents `top_level` cannot answer for (a top-level merge
+    key); (None, None) when it fails, which load_layer then reports."""
+    try:
+        return load_yaml(read_policy_text(path), path)
+    except (OSError, UnicodeDecodeError, InputError):
+        return None, None
 
 
 def validate_paths(paths: Sequence[str], *,
