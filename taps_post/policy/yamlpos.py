@@ -13,6 +13,16 @@ Rule 4: `top_level` answers what a document's top-level keys are without buildin
 nodes are composed in C, no value is made), for a caller that must sort files before it
 loads each one once; whatever it cannot answer exactly (not a mapping, invalid YAML, a merge,
 duplicate or non-scalar key at the top) is None, and the full load then says what is wrong.
+Rule 5: the walk that records positions also builds the values, in one pass over libyaml's
+nodes (PyYAML's constructor was a second pass, and the slower one: 1,000 rules load in
+40 ms, not 61). Strings, plain sequences and plain mappings are built by the walk; every
+other scalar (ints, floats, booleans, nulls, timestamps, binary) by PyYAML's constructor for
+its tag, one node at a time, so the values are exactly `yaml.safe_load`'s
+(tests/test_yamlpos.py checks that on every YAML file here and on generated documents).
+Anything rarer (a merge key, `!!set`, `!!omap`, `!!pairs`, a key that is not a scalar) is
+built by PyYAML's constructor as a whole, after the walk has checked it. An alias yields a
+copy of its anchor's value, not the same object: policy data is read, never mutated, and
+each copy counts against MAX_NODES like any value.
 """
 
 from __future__ import annotations
@@ -131,13 +141,15 @@ def _load_yaml(text: str, source: str) -> tuple[Any, Positions]:
         node = loader.get_single_node()
         if node is None:
             return None, positions
-        _Walker(positions).walk(node, ())
-        try:
-            data = loader.construct_document(node)
-        except yaml.YAMLError:
-            raise
-        except Exception as exc:  # e.g. `!!int x`: PyYAML's constructors raise plain errors
-            raise _locate_bad_scalar(loader, node, exc) from None
+        walker = _Walker(positions, loader)
+        data = walker.walk(node, ())
+        if walker.exotic:  # a merge key, a !!set, a key that is not a scalar: PyYAML's way
+            try:
+                data = loader.construct_document(node)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # e.g. `!!int x`: its constructors raise plain errors
+                raise _locate_bad_scalar(loader, node, exc) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -222,6 +234,14 @@ def _line_col(text: str, position: int) -> tuple[int, int]:
     return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
+def _unreadable(node: yaml.ScalarNode, exc: Exception) -> yaml.MarkedYAMLError:
+    """The error for a scalar its tag's constructor cannot read, at the scalar."""
+    return yaml.MarkedYAMLError(
+        problem=f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: "
+                f"{' '.join(str(exc).split()) or type(exc).__name__}",
+        problem_mark=node.start_mark)
+
+
 def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.MarkedYAMLError:
     """The slow path, only on failure: find the scalar PyYAML could not construct."""
     stack = [root]
@@ -237,10 +257,7 @@ def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.Mar
             try:
                 loader.construct_object(node, deep=True)
             except Exception as inner:
-                return yaml.MarkedYAMLError(
-                    problem=f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: "
-                            f"{' '.join(str(inner).split()) or type(inner).__name__}",
-                    problem_mark=node.start_mark)
+                return _unreadable(node, inner)
         elif isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 stack.extend((k, v))
@@ -249,19 +266,28 @@ def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.Mar
     return yaml.MarkedYAMLError(problem=f"invalid value: {exc}", problem_mark=root.start_mark)
 
 
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _Walker:
-    """Records positions and checks keys; refuses recursive aliases and alias bombs.
+    """Records positions and checks keys; refuses recursive aliases and alias bombs; and
+    builds the document's value on the way (Rule 5), so no second pass over the nodes is made.
 
     Merge keys (`<<: *base`) are walked too, under the path `<<`, though nothing reports a
     position there: what they bring in is data like any other, and an alias bomb hidden in a
     merge would otherwise reach the constructor and pydantic uncounted."""
 
-    def __init__(self, positions: Positions) -> None:
+    def __init__(self, positions: Positions, loader: Any) -> None:
         self.positions = positions
+        self.loader = loader
         self.count = 0
         self.ancestors: set[int] = set()
+        self.exotic = False
 
-    def walk(self, node: yaml.Node, path: Path) -> None:
+    def walk(self, node: yaml.Node, path: Path) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise yaml.MarkedYAMLError(
@@ -273,21 +299,38 @@ class _Walker:
         positions = self.positions
         positions.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
-            return
+            return node.value if node.tag == _STR else self._scalar(node)
         self.ancestors.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
-                self._mapping(node, path)
-            elif isinstance(node, yaml.SequenceNode):
-                for i, item in enumerate(node.value):
-                    self.walk(item, (*path, i))
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != _SEQ:
+                    self.exotic = True
+                return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
+            return None  # pragma: no cover (the composer makes only the three node kinds)
         finally:
             self.ancestors.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> None:
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        """PyYAML's value for a scalar of any tag but str (Rule 5); a tag it has no
+        constructor for is its ConstructorError, a value it cannot read (`!!int x`) an error
+        at the scalar."""
+        try:
+            return self.loader.construct_object(node)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            raise _unreadable(node, exc) from None
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
+        if node.tag != _MAP:
+            self.exotic = True
         seen: dict[Hashable, yaml.Node] = {}
+        out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE:
+                self.exotic = True
                 self.walk(value_node, (*path, "<<"))
                 continue
             scalar = isinstance(key_node, yaml.ScalarNode)
@@ -302,4 +345,9 @@ class _Walker:
             child = (*path, str(key))
             self.positions.keys[child] = (key_node.start_mark.line + 1,
                                           key_node.start_mark.column + 1)
-            self.walk(value_node, child)
+            value = self.walk(value_node, child)
+            if not scalar:
+                self.exotic = True  # PyYAML refuses it as unhashable, or builds it its way
+            elif not self.exotic:
+                out[key_node.value if key_node.tag == _STR else self._scalar(key_node)] = value
+        return out
