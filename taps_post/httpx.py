@@ -21,15 +21,25 @@ Rule 4: trust comes from taps_post, not from httpx's ssl context (the stack buil
 context per candidate): the system CAs by default, `certificates=` pins the server
 certificate, `verify=False` sets `security.verifyPeer: false` in the carrier layer (a system
 policy may still forbid it). The ssl context httpcore passes to `start_tls` is not used.
+Rule 5: taps_post's events reach httpx's `trace` extension. httpcore hands a request's
+`trace` to its own connection code, not to the network backend, so `Transport` keeps it in a
+context variable while it handles the request, and the stream that request opens records the
+establishment's events (`decision.complete`, `race.started`, `attempt.*`, ...) and awaits the
+extension with each, named `taps_post.<event>`, in order, when the race is over: inside
+httpcore's `connection.start_tls` (or, for plain http, its first write), before its
+`.complete`. The connection's later events, under other requests, are not theirs: they go to
+`Transport(trace=)` and the loggers only. What the extension raises propagates, as httpcore
+lets it; the carrier just opened is closed first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import ssl
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -44,6 +54,10 @@ _EXPLANATION = "taps_post.explanation"
 _CARRIER = "taps_post.carrier"
 _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 """httpx's own default limits."""
+
+_REQUEST_TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "taps_post_httpx_request_trace", default=None)
+"""The `trace` extension of the request `Transport` is handling (Rule 5)."""
 
 
 def _http2_available() -> bool:
@@ -121,13 +135,22 @@ class CarrierStream(httpcore.AsyncNetworkStream):
         self._closed = False
 
     async def _open(self, scheme: str, alpn: Sequence[str] = ()) -> None:
-        """Race and win a carrier (the connect timeout bounds the whole race)."""
-        carrier = self._backend.carrier_for(self._host, self._port, scheme, alpn)
+        """Race and win a carrier (the connect timeout bounds the whole race), then hand
+        its establishment's events to the request's trace extension (Rule 5)."""
+        request_trace = _REQUEST_TRACE.get()
+        events: list[tuple[str, dict[str, Any]]] = []
+        record = None if request_trace is None else (
+            lambda name, info: events.append((name, dict(info))))
+        carrier = self._backend.carrier_for(self._host, self._port, scheme, alpn, record)
         self._carrier = carrier
         try:
-            with _mapped("connect"):
-                async with asyncio.timeout(self._connect_timeout):
-                    await carrier.activate()
+            try:
+                with _mapped("connect"):
+                    async with asyncio.timeout(self._connect_timeout):
+                        await carrier.activate()
+            finally:
+                for name, info in events:
+                    await request_trace(f"taps_post.{name}", info)
         except BaseException:
             await carrier.close()
             raise
@@ -248,14 +271,24 @@ class Backend(httpcore.AsyncNetworkBackend):
         return base.with_carrier({"version": 1, "layer": "carrier",
                                   "rules": [{"id": "httpx", "set": settings}]})
 
-    def carrier_for(self, host: str, port: int, scheme: str,
-                    alpn: Sequence[str]) -> tp.Carrier:
-        """A dormant raw-framed carrier to host:port over `scheme` (tls or tcp)."""
+    def carrier_for(self, host: str, port: int, scheme: str, alpn: Sequence[str],
+                    record: Callable[[str, dict[str, Any]], None] | None = None
+                    ) -> tp.Carrier:
+        """A dormant raw-framed carrier to host:port over `scheme` (tls or tcp); `record`
+        also sees each of its events (Rule 5), before the backend's own trace."""
+        trace = self.trace
+        if record is not None:
+            own = self.trace
+
+            def trace(name: str, info: dict[str, Any]) -> Any:
+                record(name, info)
+                return None if own is None else own(name, info)
+
         with _mapped("connect"):
             pins = self.certificates if scheme == "tls" else ()  # a pin would demand TLS
             return tp.initiate(_remote(host, port, scheme, pins),
                                local=self.local, policy=self._policy_for(scheme, alpn),
-                               framer=tp.RawFramer(), store=self.store, trace=self.trace)
+                               framer=tp.RawFramer(), store=self.store, trace=trace)
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
@@ -301,3 +334,12 @@ class Transport(httpx.AsyncHTTPTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             http1=http1, http2=h2, retries=retries, network_backend=self.backend)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """httpx's transport call, with the request's `trace` extension kept where the
+        stream it opens can find it (Rule 5)."""
+        token = _REQUEST_TRACE.set(request.extensions.get("trace"))
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            _REQUEST_TRACE.reset(token)

@@ -120,3 +120,77 @@ def test_trace_callback_sees_the_race(server: dict[str, Any], run: Any) -> None:
         assert "race.started" in events and "attempt.won" in events, events
 
     run(go())
+
+
+def _within(seen: list[tuple[str, dict[str, Any]]], step: str) -> list[tuple[str, Any]]:
+    """The events between httpcore's `step.started` and its `.complete`/`.failed`."""
+    names = [n for n, _ in seen]
+    start = names.index(f"{step}.started")
+    end = next(i for i in range(start, len(names))
+               if names[i] in (f"{step}.complete", f"{step}.failed"))
+    return seen[start + 1:end]
+
+
+def test_the_request_trace_extension_sees_the_race(server: dict[str, Any], run: Any) -> None:
+    """taps_post's establishment events, `taps_post.`-named, inside httpcore's start_tls; a
+    request on the kept-alive connection opens nothing and sees none."""
+    async def go() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            seen.append((name, info))
+
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]], http2=False)
+        url = f"https://127.0.0.1:{server['tls']}/"
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get(url, extensions={"trace": trace})
+            assert r.status_code == 200
+            inside = _within(seen, "connection.start_tls")
+            names = [n for n, _ in inside]
+            assert names and all(n.startswith("taps_post.") for n in names), names
+            assert names[0] == "taps_post.decision.complete", names
+            assert names.index("taps_post.race.started") < names.index("taps_post.attempt.won")
+            [won] = [info for n, info in inside if n == "taps_post.attempt.won"]
+            assert won["remote"] == f"127.0.0.1:{server['tls']}" and won["stack"] == "tls", won
+            assert not [n for n, _ in seen if n.startswith("taps_post.")
+                        and (n, _) not in inside]  # none outside the step that raced
+            seen.clear()
+            assert (await client.get(url, extensions={"trace": trace})).status_code == 200
+            assert seen and not [n for n, _ in seen if n.startswith("taps_post.")], seen
+
+    run(go())
+
+
+def test_plain_http_races_inside_the_first_write(server: dict[str, Any], run: Any) -> None:
+    async def go() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            seen.append((name, info))
+
+        async with httpx.AsyncClient(transport=tph.Transport(policy=policy())) as client:
+            r = await client.get(f"http://127.0.0.1:{server['plain']}/",
+                                 extensions={"trace": trace})
+            assert r.status_code == 200
+        names = [n for n, _ in _within(seen, "http11.send_request_headers")]
+        assert "taps_post.attempt.won" in names, [n for n, _ in seen]
+
+    run(go())
+
+
+def test_what_the_request_trace_raises_reaches_the_caller(server: dict[str, Any],
+                                                          run: Any) -> None:
+    async def go() -> None:
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            if name == "taps_post.attempt.won":
+                raise LookupError("the trace refused")
+
+        transport = tph.Transport(policy=policy(), certificates=[server["cert"]])
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(LookupError, match="the trace refused"):
+                await client.get(f"https://127.0.0.1:{server['tls']}/",
+                                 extensions={"trace": trace})
+            r = await client.get(f"https://127.0.0.1:{server['tls']}/")  # the pool recovers
+            assert r.status_code == 200
+
+    run(go())
