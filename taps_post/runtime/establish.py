@@ -92,7 +92,7 @@ from .fork import fork_stream, speaks_fork
 from .racing import Replan, race
 from .rendezvous import rendezvous_opener
 from .resolution import Snapshot, forget, resolve_passes, wanted_for
-from .trace import LOGGERS, TraceCallback, Tracer
+from .trace import LOGGERS, TraceCallback, Tracer, decision_complete
 
 __all__ = ["RESTRICTIONS", "Dial", "EnvSpec", "FramerSpec", "Restriction", "dialler",
            "fork_carrier", "framer_factory", "initiate", "opener_for", "parallel_fork",
@@ -453,6 +453,7 @@ def dialler(remote: Remote, local: Local | None, ctx: PolicyContext, framer: Fra
         if plan is None:
             decision = decided(snap)
             if decision.outcome != "ok":
+                decision_complete(tracer, decision, from_cache=False)
                 why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
                        else "every candidate was excluded")
                 raise PolicyError(f"{decision.outcome} for {remote.target}: {why}", decision)
@@ -461,10 +462,7 @@ def dialler(remote: Remote, local: Local | None, ctx: PolicyContext, framer: Fra
                 _remember_plan(resolved, deciding, association, kind, decision, settings, snap)
         else:
             decision, settings = plan
-        if tracer is not None:
-            tracer.emit("decision.complete", outcome=decision.outcome,
-                        candidates=len(decision.candidates), from_cache=plan is not None,
-                        stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
+        decision_complete(tracer, decision, from_cache=plan is not None)
         association.session_cache = settings.session_cache
         factory = framer_factory(framer, settings.max_size)
         candidates = _local_filter(decision.candidates, local)

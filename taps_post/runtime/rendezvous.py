@@ -84,7 +84,7 @@ from .endpoints import Local, Remote, hostport
 from .racing import classify
 from .rendezvous_client import Initiate, RendezvousClient
 from .signalling import Signalling
-from .trace import Tracer
+from .trace import Tracer, decision_complete
 
 if TYPE_CHECKING:
     from ..ice.agent import IceAgent, IcePath, TurnServer
@@ -303,6 +303,7 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
         decision = decide(request, ctx_now, base if base is not None
                           else live.live_environment(None, 0, tuple(association.history)))
         if decision.outcome != "ok":
+            decision_complete(tracer, decision, from_cache=False)
             why = ("; ".join(c.reason for c in decision.conflicts) if decision.conflicts
                    else "no host address is left to gather on: " + "; ".join(
                        f"{e.interface or e.stack or e.remote_address} {e.outcome}"
@@ -317,10 +318,7 @@ def rendezvous_opener(remote: Remote, local: Local | None, ctx: PolicyContext,
         settings = Settings.from_decision(decision)
         factory = framers(settings.max_size)
         stun, turn, relay, wait = _values(decision)
-        if tracer is not None:
-            tracer.emit("decision.complete", outcome=decision.outcome,
-                        candidates=len(decision.candidates), from_cache=False,
-                        stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))
+        decision_complete(tracer, decision, from_cache=False)
         held = _Activation()
         try:
             return await activate(held, decision, settings, factory, hosts, stun, turn,

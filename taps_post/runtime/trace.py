@@ -36,9 +36,13 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-__all__ = ["EVENTS", "LOGGERS", "TraceCallback", "TraceValue", "Tracer", "logger_for"]
+if TYPE_CHECKING:
+    from ..decision.decision import Decision
+
+__all__ = ["EVENTS", "LOGGERS", "TraceCallback", "TraceValue", "Tracer", "decision_complete",
+           "logger_for"]
 
 TraceValue: TypeAlias = "str | int | float | bool | tuple[TraceValue, ...] | None"
 """What an info value may be (Rule 2)."""
@@ -67,7 +71,8 @@ EVENTS: Mapping[str, str] = {
                          "ttl, at_ms (since resolution started), from_cache",
     "resolution.pass": "number, at_ms (since resolution started), trigger, candidates (new "
                        "ones this pass adds to the race)",
-    "decision.complete": "decide() ran: outcome, candidates (count), stacks, from_cache",
+    "decision.complete": "decide() ran: outcome, candidates (count), stacks, from_cache; "
+                         "also for a decision the policy refuses (a PolicyError follows)",
     "race.started": "candidates (count), attempt_delay_ms, timeout_ms",
     "race.joined": "candidates (count), at_ms (since the race started): a later resolution "
                    "pass's candidates joined the running race",
@@ -249,3 +254,12 @@ class Tracer:
         """Wait until every awaitable the callback returned so far has finished."""
         while (pump := self._sink.pump) is not None and not pump.done():
             await asyncio.wait([pump])  # our cancellation must not cancel the pump
+
+
+def decision_complete(tracer: Tracer | None, decision: Decision, *, from_cache: bool) -> None:
+    """`decision.complete` for a decision made or reused, refused or not, so a trace shows
+    why a call failed before anything opened as well as what it raced."""
+    if tracer is not None:
+        tracer.emit("decision.complete", outcome=decision.outcome,
+                    candidates=len(decision.candidates), from_cache=from_cache,
+                    stacks=tuple(dict.fromkeys(c.stack for c in decision.candidates)))

@@ -178,6 +178,29 @@ def test_plain_http_races_inside_the_first_write(server: dict[str, Any], run: An
     run(go())
 
 
+def test_a_refused_request_traces_the_decision_that_refused_it(server: dict[str, Any],
+                                                              run: Any) -> None:
+    async def go() -> None:
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            seen.append((name, info))
+
+        refusing = tp.PolicyContext(system=[], app_name="httpx-test", app={
+            "version": 1, "layer": "app",
+            "rules": [{"id": "no-loopback", "set": {"interface": {"lo": "prohibit"}}}]})
+        transport = tph.Transport(policy=refusing, certificates=[server["cert"]])
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError, match="policy"):
+                await client.get(f"https://127.0.0.1:{server['tls']}/",
+                                 extensions={"trace": trace})
+        [decision] = [i for n, i in _within(seen, "connection.start_tls")
+                      if n == "taps_post.decision.complete"]
+        assert decision["outcome"] != "ok" and decision["candidates"] == 0, decision
+
+    run(go())
+
+
 def test_what_the_request_trace_raises_reaches_the_caller(server: dict[str, Any],
                                                           run: Any) -> None:
     async def go() -> None:

@@ -624,3 +624,23 @@ def test_quic_planned_before_an_h2_only_https_record_is_never_started(h2_later: 
     assert [(e.stack, e.outcome, e.port) for e in history] == [
         ("tls", "failure", h2_later)], "history keyed by the attempt's remote port too"
     assert not any(c.stack == "quic" for c in err.decision.candidates), "explain: no QUIC"
+
+
+def test_a_refused_decision_is_traced_before_the_policy_error() -> None:
+    """decision.complete is emitted for a decision the policy refuses too, so a trace says
+    why nothing was opened; the PolicyError carries the same Decision."""
+    import taps_post as tp
+
+    policy = app_policy({"interface": {"lo": "prohibit"}})
+
+    async def main() -> Any:
+        events, trace = collector()
+        carrier = tp.initiate("tcp://127.0.0.1:9", policy=policy, trace=trace)
+        with pytest.raises(tp.PolicyError) as err:
+            await carrier.activate()
+        return events, err.value
+
+    events, err = live_run(main())
+    assert [n for n, _ in events] == ["decision.complete"], events
+    [(_, info)] = events
+    assert info["outcome"] == err.decision.outcome != "ok" and info["candidates"] == 0, info
