@@ -31,6 +31,13 @@ def policy() -> tp.PolicyContext:
     return tp.PolicyContext(system=[], app_name="httpx-test")
 
 
+def refusing() -> tp.PolicyContext:
+    """A policy that prohibits the only path to the loopback nginx."""
+    return tp.PolicyContext(system=[], app_name="httpx-test", app={
+        "version": 1, "layer": "app",
+        "rules": [{"id": "no-loopback", "set": {"interface": {"lo": "prohibit"}}}]})
+
+
 def test_http11_over_tls(server: dict[str, Any], run: Any) -> None:
     async def go() -> None:
         transport = tph.Transport(policy=policy(), certificates=[server["cert"]], http2=False)
@@ -89,10 +96,7 @@ def test_untrusted_certificate_is_connect_error(server: dict[str, Any], run: Any
 
 def test_policy_refusal_is_connect_error(server: dict[str, Any], run: Any) -> None:
     async def go() -> None:
-        refusing = tp.PolicyContext(system=[], app_name="httpx-test", app={
-            "version": 1, "layer": "app",
-            "rules": [{"id": "no-loopback", "set": {"interface": {"lo": "prohibit"}}}]})
-        transport = tph.Transport(policy=refusing, certificates=[server["cert"]])
+        transport = tph.Transport(policy=refusing(), certificates=[server["cert"]])
         async with httpx.AsyncClient(transport=transport) as client:
             with pytest.raises(httpx.ConnectError, match="policy"):
                 await client.get(f"https://127.0.0.1:{server['tls']}/")
@@ -186,10 +190,7 @@ def test_a_refused_request_traces_the_decision_that_refused_it(server: dict[str,
         async def trace(name: str, info: dict[str, Any]) -> None:
             seen.append((name, info))
 
-        refusing = tp.PolicyContext(system=[], app_name="httpx-test", app={
-            "version": 1, "layer": "app",
-            "rules": [{"id": "no-loopback", "set": {"interface": {"lo": "prohibit"}}}]})
-        transport = tph.Transport(policy=refusing, certificates=[server["cert"]])
+        transport = tph.Transport(policy=refusing(), certificates=[server["cert"]])
         async with httpx.AsyncClient(transport=transport) as client:
             with pytest.raises(httpx.ConnectError, match="policy"):
                 await client.get(f"https://127.0.0.1:{server['tls']}/",

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import taps_post as tp
+from dnslab import free_port
 from taps_post.certs import Certificate
 from taps_post.core.framing import RawFramer
 from taps_post.core.settings import Settings
@@ -58,13 +59,6 @@ def run(coro: Any, timeout: float = 15.0) -> Any:
             return await coro
 
     return asyncio.run(bounded())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LO4, 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 import taps_post as tp
+from dnslab import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,13 +62,6 @@ needs_mptcpize = pytest.mark.skipif(shutil.which("mptcpize") is None,
                                            "(CI installs it)")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
                                    reason="the openssl command line tool is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 import taps_post as tp
+from dnslab import free_port
 from netns import A1, A1_V4, A2, B2_V4, Topology, topology
 
 IPPROTO_MPTCP = 262
@@ -50,13 +51,6 @@ def policy(*rules: dict[str, Any], system: Any = ()) -> tp.PolicyContext:
            "rules": [{"id": "race", "set": {"racing.attemptDelay": 150, "connTimeout": 3000}},
                      *rules]}
     return tp.PolicyContext(system=list(system), app=app, app_name="open-socket")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @contextlib.contextmanager

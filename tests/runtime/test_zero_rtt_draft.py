@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 import taps_post as tp
-from helpers import bench_relay
+from helpers import bench_relay, quic_policy
 
 LOCAL = "127.0.0.1"
 ONE_WAY_MS = 25.0
 RTT = 2 * ONE_WAY_MS / 1000.0
+APP = "zero-rtt-test"
 
 
 RELAY = bench_relay()
@@ -35,12 +36,6 @@ RELAY = bench_relay()
 @pytest.fixture(scope="module")
 def cert() -> tp.certs.Certificate:
     return tp.certs.self_signed(["localhost", LOCAL])
-
-
-def quic_policy() -> tp.PolicyContext:
-    rule = {"id": "q", "set": {"stack.quic": "require"}}
-    return tp.PolicyContext(system=[], app={"version": 1, "layer": "app", "rules": [rule]},
-                            app_name="zero-rtt-test")
 
 
 class Echo:
@@ -69,7 +64,7 @@ class Echo:
 @contextlib.asynccontextmanager
 async def relayed(cert: tp.certs.Certificate) -> AsyncIterator[tuple[Echo, tp.Remote]]:
     listener = await tp.listen(tp.Local(address=LOCAL, port=0, certificates=[cert]),
-                               policy=quic_policy())
+                               policy=quic_policy(APP))
     echo = Echo(listener)
     listener.accept(echo.on_carrier)
     relay = await RELAY.Relay.start(one_way_ms=ONE_WAY_MS, udp=[listener.ports["quic"]],
@@ -94,10 +89,10 @@ async def exchange(remote: tp.Remote, store: tp.AssociationStore, data: bytes, *
     message = tp.OutMessage(data, idempotent=idempotent)
     started = time.perf_counter()
     if form == "send=":
-        carrier = tp.initiate(remote, policy=quic_policy(), store=store, send=message)
+        carrier = tp.initiate(remote, policy=quic_policy(APP), store=store, send=message)
         receiving = carrier.receive()
     else:
-        carrier = tp.initiate(remote, policy=quic_policy(), store=store)
+        carrier = tp.initiate(remote, policy=quic_policy(APP), store=store)
         assert not carrier.is_active
         await carrier.send_msg(message, on_sent=lambda m: ends.append("sent"),
                                on_send_error=lambda m: ends.append("send_error"))
@@ -153,7 +148,7 @@ def test_several_idempotent_messages_held_before_activation_all_ride_early(run,
         async with relayed(cert) as (echo, remote):
             store = tp.AssociationStore()
             await exchange(remote, store, b"warm-up", form="send_msg")
-            carrier = tp.initiate(remote, policy=quic_policy(), store=store)
+            carrier = tp.initiate(remote, policy=quic_policy(APP), store=store)
             sent: list[bytes] = []
             messages = [tp.OutMessage(b"a", idempotent=True),
                         tp.OutMessage(b"b", idempotent=True),

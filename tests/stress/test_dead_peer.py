@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import taps_post as tp
+from dnslab import free_port
 
 LO4 = "127.0.0.1"
 
@@ -63,13 +64,6 @@ def echo_server(port: int = 0) -> Iterator[tuple[subprocess.Popen[str], int]]:
 def kill(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LO4, 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def see_eof(c: tp.Carrier) -> None:
