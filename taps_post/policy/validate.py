@@ -48,13 +48,18 @@ class Report:
 def _declared_layer(path: str) -> str:
     """The layer a file says it is, "env" for an environment snapshot, else "app". Only the
     top-level keys are read (yamlpos Rule 4), so each file is parsed in full once, by the
-    loader its layer calls for."""
+    loader its layer calls for; a document `top_level` cannot answer for (a top-level merge
+    key) is built here from the same text."""
     try:
-        top = top_level(read_policy_text(path))  # never a FIFO or /dev/zero
+        text = read_policy_text(path)  # never a FIFO or /dev/zero
     except (OSError, UnicodeDecodeError, InputError):
         return "app"  # load_layer will report the real problem
+    top = top_level(text)
     if top is None:
-        data, _ = _loaded_or_none(path)
+        try:
+            data, _ = load_yaml(text, path)
+        except InputError:
+            return "app"
         if not isinstance(data, dict):
             return "app"
         keys, layer = frozenset(str(k) for k in data), data.get("layer")
@@ -63,15 +68,6 @@ def _declared_layer(path: str) -> str:
     if "version" not in keys and "layer" not in keys and {"interfaces", "dns", "cache"} & keys:
         return "env"
     return layer if layer in ("system", "app", "carrier") else "app"
-
-
-def _loaded_or_none(path: str) -> tuple[Any, Any]:
-    """The full load, for the documents `top_level` cannot answer for (a top-level merge
-    key); (None, None) when it fails, which load_layer then reports."""
-    try:
-        return load_yaml(read_policy_text(path), path)
-    except (OSError, UnicodeDecodeError, InputError):
-        return None, None
 
 
 def validate_paths(paths: Sequence[str], *,

@@ -178,6 +178,12 @@ def _load_yaml(text: str, source: str) -> tuple[Any, Positions]:
     return data, positions
 
 
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def top_level(text: str) -> tuple[frozenset[str], str | None] | None:
     """The top-level keys of a mapping document and its `layer:` value when that is a plain
     string, or None (Rule 4)."""
@@ -196,14 +202,14 @@ def top_level(text: str) -> tuple[frozenset[str], str | None] | None:
         return None
     keys: dict[str, yaml.Node] = {}
     for key, value in node.value:
-        if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+        if key.tag == _MERGE or not isinstance(key, yaml.ScalarNode):
             return None  # merged keys are known once values are built; [a, b] is refused then
-        if key.tag == "tag:yaml.org,2002:str":
+        if key.tag == _STR:
             if key.value in keys:
                 return None  # a duplicate key: the load refuses the document (Rule 2)
             keys[key.value] = value
     layer = keys.get("layer")
-    plain = isinstance(layer, yaml.ScalarNode) and layer.tag == "tag:yaml.org,2002:str"
+    plain = isinstance(layer, yaml.ScalarNode) and layer.tag == _STR
     return frozenset(keys), layer.value if plain and layer is not None else None
 
 
@@ -264,12 +270,6 @@ def _locate_bad_scalar(loader: Any, root: yaml.Node, exc: Exception) -> yaml.Mar
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
     return yaml.MarkedYAMLError(problem=f"invalid value: {exc}", problem_mark=root.start_mark)
-
-
-_STR = "tag:yaml.org,2002:str"
-_SEQ = "tag:yaml.org,2002:seq"
-_MAP = "tag:yaml.org,2002:map"
-_MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Walker:
