@@ -660,6 +660,20 @@ def test_policy_commands_stay_light(command: str, tmp_path: Path) -> None:
     assert report["gc"] is False, "the script runs a policy command with the collector off"
 
 
+def test_policy_diff_keeps_the_collector_on(tmp_path: Path) -> None:
+    """cli Rule 6: diff decides every request twice and may run long, so it is no one-shot."""
+    system = str(EXAMPLES / "system-corp-laptop.yaml")
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [*PYTHON, "-c", _SCRIPT_RUNNER, str(out), "policy", "diff", "--old", system, "--new",
+         system, "--scenarios", str(EXAMPLES / "scenarios"), "--env",
+         str(EXAMPLES / "env-laptop.yaml")],
+        capture_output=True, text=True, env=installed_env(), cwd=tmp_path, timeout=60,
+        check=False)
+    assert proc.returncode == 0, f"taps-post policy diff failed:\n{proc.stderr[-3000:]}"
+    assert json.loads(out.read_text())["gc"] is True
+
+
 def test_import_taps_post_loads_nothing_until_a_name_is_used() -> None:
     script = ("import sys, taps_post; before = sorted(m for m in ('pydantic', 'yaml', "
               "'taps_post.decision.decision') if m in sys.modules); taps_post.Decision; "
