@@ -304,7 +304,7 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
             {**f, "source": _norm_source(f["source"]), "reason": _norm_source(f["reason"])}
             for f in d["multipath"]["subflows"]]},
         "outcome": d["outcome"],
-        "warnings": Counter(d["warnings"]),
+        "warnings": Counter(_norm_source(w) for w in d["warnings"]),  # a warning names its rule
     }
 
 
