@@ -15,12 +15,13 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 
 import taps_post as tp
 from taps_post.decision.render import render_text
 from taps_post.policy.load import bundled_path
 
-EXAMPLES = bundled_path("policies", "examples")
+EXAMPLES = Path(bundled_path("policies", "examples"))
 
 
 def _say(title: str) -> None:

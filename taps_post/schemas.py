@@ -1,6 +1,6 @@
 """JSON Schemas for policy files, environment snapshots and explain output.
 
-Rule 1: schemas are generated from the pydantic models and the property registry, never
+Rule 1: schemas are generated from the formats' records and the property registry, never
 written by hand, and `schemas/*.schema.json` in the repository are checked against this
 module by a test, so editors' completion and the engine agree.
 Rule 2: stack names and schemes are read from the stack catalogue each time a schema is
@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from .decision.envfile import EnvDocument
 from .policy import catalog
 from .policy.model import PolicyDocument, enum_schema, scheme_names
 from .policy.registry import REGISTRY, PropertySpec
+from .policy.shape import Record, field, json_schema
 
 __all__ = ["SCHEMA_NAMES", "schema", "schema_text"]
 
@@ -75,21 +74,17 @@ def _set_schema() -> dict[str, Any]:
 
 
 def _policy() -> dict[str, Any]:
-    out = PolicyDocument.model_json_schema(by_alias=True)
+    out = json_schema(PolicyDocument)
     out["$defs"]["Rule"]["properties"]["set"] = _set_schema()
     return out
 
 
-# Models of the explain JSON output (docs/explain.md, "JSON output"), used only to generate
-# its schema.
-class _Strict(BaseModel):
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-
-
+# Records of the explain JSON output (docs/explain.md, "JSON output"): its schema is generated
+# from them, and the tests validate explain's output against them.
 Value = Any
 
 
-class _RequestOut(_Strict):
+class _RequestOut(Record):
     target: str
     app: str | None
     kind: Literal["initiate", "listen", "source", "sink", "respond"]
@@ -98,7 +93,7 @@ class _RequestOut(_Strict):
     scheme: Annotated[str, enum_schema(scheme_names)]
 
 
-class _RuleOut(_Strict):
+class _RuleOut(Record):
     id: str
     source: str
     matched: bool
@@ -106,14 +101,14 @@ class _RuleOut(_Strict):
     priority: int
 
 
-class _LayerOut(_Strict):
+class _LayerOut(Record):
     layer: Literal["system", "app", "carrier"]
     source: str
     name: str
     rules: list[_RuleOut]
 
 
-class _StatementOut(_Strict):
+class _StatementOut(Record):
     value: Value
     layer: Literal["defaults", "system", "app", "carrier"]
     rule: str | None
@@ -129,13 +124,13 @@ class _PropertyOut(_StatementOut):
     others: list[_OtherOut]
 
 
-class _ConflictOut(_Strict):
+class _ConflictOut(Record):
     key: str
     statements: list[_StatementOut]
     reason: str
 
 
-class _KeyOut(_Strict):
+class _KeyOut(Record):
     recent_failure: bool
     path_prefer: int
     path_avoid: int
@@ -150,7 +145,7 @@ class _KeyOut(_Strict):
     endpoint_order: int
 
 
-class _CandidateOut(_Strict):
+class _CandidateOut(Record):
     rank: int
     interface: str
     local_address: str
@@ -159,11 +154,11 @@ class _CandidateOut(_Strict):
     remote_port: int
     family: Literal["ipv4", "ipv6"]
     start_ms: int
-    pass_: int = Field(alias="pass")
+    pass_: int = field(alias="pass")
     key: _KeyOut
 
 
-class _ExcludedOut(_Strict):
+class _ExcludedOut(Record):
     interface: str | None
     stack: str | None
     remote_address: str | None
@@ -177,7 +172,7 @@ class _ExcludedOut(_Strict):
     detail: str
 
 
-class _SubflowOut(_Strict):
+class _SubflowOut(Record):
     interface: str
     role: Literal["primary", "backup"]
     reason: str
@@ -188,7 +183,7 @@ class _SubflowOut(_Strict):
     layer: str | None
 
 
-class _MultipathOut(_Strict):
+class _MultipathOut(Record):
     mode: Literal["disabled", "passive", "active"]
     policy: Literal["handover", "interactive", "aggregate"]
     path_manager: Literal["kernel", "userspace", "disabled"] | None
@@ -196,14 +191,14 @@ class _MultipathOut(_Strict):
     subflows: list[_SubflowOut]
 
 
-class _PassOut(_Strict):
+class _PassOut(Record):
     number: int
     at_ms: float
     trigger: str
     answers: list[str]
 
 
-class _ServiceOut(_Strict):
+class _ServiceOut(Record):
     name: str
     priority: int
     target: str
@@ -215,13 +210,13 @@ class _ServiceOut(_Strict):
     reason: str
 
 
-class _DelayOut(_Strict):
+class _DelayOut(Record):
     ms: int
     source: Literal["policy", "history"]
     reason: str
 
 
-class _DaneOut(_Strict):
+class _DaneOut(Record):
     mode: Literal["off", "opportunistic", "require"]
     name: str | None
     records: int
@@ -230,14 +225,14 @@ class _DaneOut(_Strict):
     reason: str
 
 
-class _ResolutionOut(_Strict):
+class _ResolutionOut(Record):
     passes: list[_PassOut]
     services: list[_ServiceOut]
     attempt_delay: _DelayOut | None
     dane: _DaneOut | None
 
 
-class _IceCandidateOut(_Strict):
+class _IceCandidateOut(Record):
     kind: Literal["host", "srflx", "prflx", "relay"]
     address: str
     port: int
@@ -246,14 +241,14 @@ class _IceCandidateOut(_Strict):
     base: str | None
 
 
-class _IcePairOut(_Strict):
+class _IcePairOut(Record):
     local: _IceCandidateOut
     remote: _IceCandidateOut
     state: str
     nominated: bool
 
 
-class _RendezvousOut(_Strict):
+class _RendezvousOut(Record):
     peer: str
     role: Literal["controlling", "controlled"]
     local: list[_IceCandidateOut]
@@ -267,10 +262,9 @@ class _RendezvousOut(_Strict):
     elapsed_ms: float | None
 
 
-class ExplainOutput(_Strict):
+class ExplainOutput(Record, title="taps_post explain output"):
     """The output of `taps-post policy explain --format json` (docs/explain.md)."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", title="taps_post explain output")
     version: Literal[1]
     request: _RequestOut
     layers: list[_LayerOut]
@@ -289,9 +283,9 @@ def schema(name: str) -> dict[str, Any]:
     if name == "policy":
         out = _policy()
     elif name == "env":
-        out = EnvDocument.model_json_schema()
+        out = json_schema(EnvDocument)
     elif name == "explain":
-        out = ExplainOutput.model_json_schema()
+        out = json_schema(ExplainOutput)
     else:
         raise ValueError(f"unknown schema {name!r}; expected one of {', '.join(SCHEMA_NAMES)}")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": _ID.format(name),

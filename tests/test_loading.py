@@ -31,7 +31,7 @@ def test_bundled_default_when_nothing_else(monkeypatch: pytest.MonkeyPatch) -> N
     if Path("/etc/taps-post/policy.d").is_dir():
         pytest.skip("this machine has /etc/taps-post/policy.d")
     (source,) = discover_system_sources()
-    assert Path(source) == bundled_path("policies", "system", "default.yaml")
+    assert Path(source) == Path(bundled_path("policies", "system", "default.yaml"))
     d = tp.explain("https://example.com", env=ENV)
     assert d.properties["metered"].statement.rule == "avoid-metered"
 

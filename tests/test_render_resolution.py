@@ -231,7 +231,7 @@ def test_the_dot_of_an_ip_literal_has_no_note() -> None:
 
 def test_the_json_of_a_built_decision_matches_the_schema() -> None:
     data = decision(**FULL).to_dict()
-    ExplainOutput.model_validate(data)
+    ExplainOutput.validate(data)
     assert data["resolution"]["attempt_delay"] == {"ms": 100, "source": "history",
                                                    "reason": DELAY.reason}
     assert [c["pass"] for c in data["candidates"]] == [1, 1, 2, 1]
@@ -270,5 +270,5 @@ def test_a_real_decision_renders_its_passes_and_services() -> None:
                for line in lines), lines
     for c in d.candidates:
         assert f"pass {c.resolution_pass}" in text
-    ExplainOutput.model_validate(d.to_dict())
+    ExplainOutput.validate(d.to_dict())
     assert "resolution" in render_dot(d)

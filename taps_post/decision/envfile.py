@@ -33,25 +33,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    ValidationError,
-    field_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, ValidationError
 
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.load import pydantic_diagnostics, read_policy_text
 from ..policy.model import enum_schema, one_of
 from ..policy.registry import INTERFACE_TYPES
+from ..policy.shape import After, Before, Record, StrictBool, StrictInt, field
 from ..policy.yamlpos import Positions, load_yaml
 from .environment import (
     Address,
@@ -130,21 +122,51 @@ def _num(value: float) -> str:
     return text if len(text) <= 16 else f"{text[:16]}..."
 
 
-def _bounded(field: str, what: str, high: float, unit: str,
-             units: str) -> Callable[[Any, Any], Any]:
-    """The one "before" validator of a bounded number (`rtt_ms`, `age_s`, `at_ms`, `port`):
+def _bounded(name: str, what: str, high: float, unit: str, units: str) -> Before:
+    """The one "before" check of a bounded number (`rtt_ms`, `age_s`, `at_ms`, `port`):
     YAML's `true` and a quoted "5" are no numbers (pydantic's lax mode would read them as 1
     and 5), and a number out of 0..`high` (NaN too: it fails both comparisons) is refused in
     our words, the field and its unit named, before pydantic's type check."""
-    def check(cls: Any, value: Any) -> Any:
+    def check(value: Any) -> Any:
         if isinstance(value, (bool, str)):
-            raise _refuse(f"{field} {_shown_value(value)} is not "
+            raise _refuse(f"{name} {_shown_value(value)} is not "
                           + (f"a number of {units}" if units else "a number"))
         if isinstance(value, (int, float)) and not 0 <= value <= high:
-            raise _refuse(f"{field} {_num(value)} is not {what} from 0 to {high:.0f}"
+            raise _refuse(f"{name} {_num(value)} is not {what} from 0 to {high:.0f}"
                           + (f" {unit}" if unit else ""))
         return value
-    return check  # pydantic makes it a classmethod (its first parameter is `cls`)
+    return Before(check)
+
+
+def _mtu(value: Any) -> Any:
+    # before the type check: our words, not pydantic's
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            not MIN_MTU <= value <= MAX_MTU:
+        shown_value = str(value) if len(str(value)) <= 12 else f"{str(value)[:12]}..."
+        raise _refuse(f"mtu {shown_value} is out of range: an interface's MTU is from "
+                      f"{MIN_MTU} to {MAX_MTU}")
+    return value
+
+
+def _plain_strings(value: Any) -> Any:
+    # "192.0.2.1" is shorthand for {address: "192.0.2.1"}; one shape for the checks below.
+    if isinstance(value, list):
+        return [{"address": a} if isinstance(a, str) else a for a in value]
+    return value
+
+
+def _pvd(value: str | None) -> str | None:
+    return _printable(value, "pvd")
+
+
+def _remote(value: str) -> str:
+    if (why := remote_problem(value)) is not None:
+        raise _refuse(why)
+    return value
+
+
+IfName = Annotated[str, After(_interface_name)]
+Ip = Annotated[str, After(_ip)]
 
 
 def remote_problem(remote: str) -> str | None:
@@ -164,214 +186,145 @@ def remote_problem(remote: str) -> str | None:
     return f"{shown(remote)}: {why}" if why else None
 
 
-class AddressEntry(BaseModel):
+class AddressEntry(Record):
     """A local address; a plain string is shorthand for a stable (non-temporary) one."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
     address: str
     temporary: StrictBool = False
 
 
-class InterfaceEntry(BaseModel):
+class InterfaceEntry(Record):
     """An interface as discovery would report it, so a dry run sees a machine as it is."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    name: str = Field(..., min_length=1)
+    name: IfName = field(min_length=1)
     type: IfType = "other"
     up: StrictBool = True
-    addresses: list[AddressEntry] = Field(default_factory=list)
+    addresses: Annotated[list[AddressEntry], Before(_plain_strings)] = field(
+        default_factory=list)
     metered: StrictBool = False
-    cost: StrictInt = Field(0, ge=0)
-    pvd: str | None = None
-    mtu: StrictInt | None = Field(None, ge=MIN_MTU)
-    gateways: list[str] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str | None:
-        return _interface_name(value)
-
-    @field_validator("pvd")
-    @classmethod
-    def _pvd(cls, value: str | None) -> str | None:
-        return _printable(value, "pvd")
-
-    @field_validator("mtu", mode="before")  # before the type check: our words, not pydantic's
-    @classmethod
-    def _mtu(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and \
-                not MIN_MTU <= value <= MAX_MTU:
-            shown_value = str(value) if len(str(value)) <= 12 else f"{str(value)[:12]}..."
-            raise _refuse(f"mtu {shown_value} is out of range: an interface's MTU is from "
-                          f"{MIN_MTU} to {MAX_MTU}")
-        return value
-
-    @field_validator("addresses", mode="before")
-    @classmethod
-    def _plain_strings(cls, value: Any) -> Any:
-        # "192.0.2.1" is shorthand for {address: "192.0.2.1"}; one shape for the checks below.
-        if isinstance(value, list):
-            return [{"address": a} if isinstance(a, str) else a for a in value]
-        return value
+    cost: StrictInt = field(0, ge=0)
+    pvd: Annotated[str | None, After(_pvd)] = None
+    mtu: Annotated[StrictInt | None, Before(_mtu)] = field(None, ge=MIN_MTU)
+    gateways: list[str] = field(default_factory=list)
 
 
-class CacheItem(BaseModel):
+class CacheItem(Record):
     """How an earlier attempt went; candidates are ranked by it, as with a live Association."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    remote: str = Field(..., description='"host:port"')
+    remote: Annotated[str, After(_remote)] = field(description='"host:port"')
     stack: StackName
-    outcome: Literal["success", "failure", "fallback"] = Field(
-        ..., description="fallback: an MPTCP stack whose peer answered as plain TCP")
-    rtt_ms: float | None = Field(None, ge=0)
-    age_s: float | None = Field(
-        None, ge=0, le=MAX_AGE_S,
-        description="How long ago the outcome was recorded, in seconds: a failure younger "
-                    "than racing.failureMemory demotes its candidate; absent: recent")
+    outcome: Literal["success", "failure", "fallback"] = field(
+        description="fallback: an MPTCP stack whose peer answered as plain TCP")
+    rtt_ms: Annotated[
+        float | None, _bounded("rtt_ms", "a time", MAX_RTT_MS, "ms", "milliseconds")
+    ] = field(None, ge=0)
+    age_s: Annotated[
+        float | None, _bounded("age_s", "an age", MAX_AGE_S, "s", "seconds")
+    ] = field(None, ge=0, le=MAX_AGE_S,
+              description="How long ago the outcome was recorded, in seconds: a failure "
+                          "younger than racing.failureMemory demotes its candidate; absent: "
+                          "recent")
     ticket: StrictBool = False
-    interface: str | None = None
-    address: str | None = Field(None, description="remote address the entry is about")
-    port: StrictInt | None = Field(
+    interface: Annotated[str | None, After(_interface_name)] = None
+    address: Annotated[str | None, After(_ip)] = field(
+        None, description="remote address the entry is about")
+    port: Annotated[StrictInt | None, _bounded("port", "a port", 65535, "", "")] = field(
         None, ge=0, le=65535,
         description="The remote port the attempt went to; absent: any port (an entry from "
                     "before ports were kept)")
 
-    @field_validator("remote")
-    @classmethod
-    def _remote(cls, value: str) -> str:
-        if (why := remote_problem(value)) is not None:
-            raise _refuse(why)
-        return value
 
-    _rtt = field_validator("rtt_ms", mode="before")(
-        _bounded("rtt_ms", "a time", MAX_RTT_MS, "ms", "milliseconds"))
-    _age = field_validator("age_s", mode="before")(
-        _bounded("age_s", "an age", MAX_AGE_S, "s", "seconds"))
-    _port = field_validator("port", mode="before")(
-        _bounded("port", "a port", 65535, "", ""))
-
-    @field_validator("interface")
-    @classmethod
-    def _interface(cls, value: str | None) -> str | None:
-        return _interface_name(value)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        return _ip(value)
-
-
-class EndpointItem(BaseModel):
+class EndpointItem(Record):
     """One in-kernel path manager endpoint, as `ip mptcp endpoint show` lists it."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    address: str = Field(..., description="The endpoint's local IP address")
-    interface: str | None = Field(
+    address: Ip = field(description="The endpoint's local IP address")
+    interface: Annotated[str | None, After(_interface_name)] = field(
         None, description="The dev it is bound to; absent: the interface holding address")
-    flags: list[Literal["signal", "subflow", "backup", "fullmesh", "implicit"]] = Field(
+    flags: list[Literal["signal", "subflow", "backup", "fullmesh", "implicit"]] = field(
         default_factory=list)
-    id: int | None = Field(None, ge=0, le=255)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return _ip(value) or value
-
-    @field_validator("interface")
-    @classmethod
-    def _interface(cls, value: str | None) -> str | None:
-        return _interface_name(value)
+    id: int | None = field(None, ge=0, le=255)
 
 
-class MptcpEntry(BaseModel):
+class MptcpEntry(Record):
     """The namespace's MPTCP state, as `taps-post interfaces --format json` reports it."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    path_manager: Literal["kernel", "userspace", "disabled"] | None = Field(
+    path_manager: Literal["kernel", "userspace", "disabled"] | None = field(
         None, alias="pathManager",
         description="The MPTCP path manager in force: kernel (net.mptcp.pm_type=0), "
                     "userspace (pm_type=1), or disabled (net.mptcp.enabled=0); absent: unknown")
-    endpoints: list[EndpointItem] = Field(
+    endpoints: list[EndpointItem] = field(
         default_factory=list,
         description="The in-kernel path manager's endpoints (ip mptcp endpoint show): explain "
                     "warns about one on an interface the policy excludes")
 
 
-class SvcbItem(BaseModel):
+class SvcbItem(Record):
     """One SVCB or HTTPS record (RFC 9460) of an owner name, as `dig` would show its fields."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    priority: StrictInt = Field(..., ge=0, le=65535,
+    priority: StrictInt = field(ge=0, le=65535,
                                 description="SvcPriority: 0 AliasMode, 1-65535 ServiceMode "
                                             "(lower first)")
-    target: str = Field(..., description='TargetName: "." (the owner itself) or a host name')
-    alpn: list[str] = Field(default_factory=list, description="ALPN protocol ids (h3, h2, ...)")
-    no_default_alpn: StrictBool = Field(
+    target: str = field(description='TargetName: "." (the owner itself) or a host name')
+    alpn: list[str] = field(default_factory=list, description="ALPN protocol ids (h3, h2, ...)")
+    no_default_alpn: StrictBool = field(
         False, description="HTTPS records only: do not add the default http/1.1")
-    port: StrictInt | None = Field(None, ge=0, le=65535)
-    ipv4hint: list[str] = Field(default_factory=list)
-    ipv6hint: list[str] = Field(default_factory=list)
-    ech: StrictBool = Field(False, description="the record carries an ECH configuration")
-    mandatory: list[str] = Field(default_factory=list,
+    port: StrictInt | None = field(None, ge=0, le=65535)
+    ipv4hint: list[str] = field(default_factory=list)
+    ipv6hint: list[str] = field(default_factory=list)
+    ech: StrictBool = field(False, description="the record carries an ECH configuration")
+    mandatory: list[str] = field(default_factory=list,
                                  description="SvcParamKeys a client must understand")
-    ttl: StrictInt | None = Field(None, ge=0, le=MAX_TTL)
+    ttl: StrictInt | None = field(None, ge=0, le=MAX_TTL)
 
 
-class TlsaItem(BaseModel):
+class TlsaItem(Record):
     """One TLSA record (RFC 6698 section 2.1); `data` is its certificate association data in
     hexadecimal, as `dig` prints it."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    usage: StrictInt = Field(..., ge=0, le=3,
-                             description="0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE")
-    selector: StrictInt = Field(..., ge=0, le=1, description="0 full certificate, 1 SPKI")
-    matching: StrictInt = Field(..., ge=0, le=2, description="0 exact, 1 SHA-256, 2 SHA-512")
-    data: str = Field(..., min_length=2, description="hexadecimal")
+    usage: StrictInt = field(ge=0, le=3, description="0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE")
+    selector: StrictInt = field(ge=0, le=1, description="0 full certificate, 1 SPKI")
+    matching: StrictInt = field(ge=0, le=2, description="0 exact, 1 SHA-256, 2 SHA-512")
+    data: str = field(min_length=2, description="hexadecimal")
 
 
-class TlsaEntry(BaseModel):
+class TlsaEntry(Record):
     """The TLSA answer for one `_port._tcp.host` or `_port._udp.host` name."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-    validated: StrictBool = Field(
+    validated: StrictBool = field(
         False, description="DNSSEC-validated (AD bit from a trusted resolver); an unvalidated "
                            "set is never used")
-    records: list[TlsaItem] = Field(default_factory=list,
+    records: list[TlsaItem] = field(default_factory=list,
                                     description="empty: a negative answer")
 
 
-class ArrivalItem(BaseModel):
+class ArrivalItem(Record):
     """When one DNS answer arrived, in ms since resolution started."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid")
     name: str
     type: Literal["A", "AAAA", "HTTPS", "SVCB", "TLSA"]
-    at_ms: float = Field(..., ge=0, le=MAX_RTT_MS)
-    ttl: StrictInt | None = Field(None, ge=0, le=MAX_TTL)
-    negative: StrictBool = Field(False, description="NXDOMAIN or NODATA")
+    at_ms: Annotated[
+        float, _bounded("at_ms", "a time", MAX_RTT_MS, "ms", "milliseconds")
+    ] = field(ge=0, le=MAX_RTT_MS)
+    ttl: StrictInt | None = field(None, ge=0, le=MAX_TTL)
+    negative: StrictBool = field(False, description="NXDOMAIN or NODATA")
 
-    _at = field_validator("at_ms", mode="before")(
-        _bounded("at_ms", "a time", MAX_RTT_MS, "ms", "milliseconds"))
 
-
-class EnvDocument(BaseModel):
+class EnvDocument(Record, title="taps_post environment snapshot"):
     """An environment snapshot for dry runs and tests."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid",
-                              title="taps_post environment snapshot")
-    interfaces: list[InterfaceEntry] = Field(default_factory=list)
-    dns: dict[str, list[str]] = Field(
+    interfaces: list[InterfaceEntry] = field(default_factory=list)
+    dns: dict[str, list[str]] = field(
         default_factory=dict, description="A and AAAA answers: name -> addresses")
-    svcb: dict[str, list[SvcbItem]] = Field(
+    svcb: dict[str, list[SvcbItem]] = field(
         default_factory=dict,
         description="SVCB/HTTPS answers by owner name (host, _8443._https.host, "
                     "_port._scheme.host); [] is a negative answer")
-    tlsa: dict[str, TlsaEntry] = Field(
+    tlsa: dict[str, TlsaEntry] = field(
         default_factory=dict, description="TLSA answers by _port._tcp.host / _port._udp.host")
-    arrivals: list[ArrivalItem] = Field(
+    arrivals: list[ArrivalItem] = field(
         default_factory=list,
         description="When each answer arrived (resolution passes); absent: all at 0 ms")
-    cache: list[CacheItem] = Field(default_factory=list)
+    cache: list[CacheItem] = field(default_factory=list)
     mptcp: MptcpEntry | None = None
 
 
@@ -410,7 +363,7 @@ def _build(data: Any, pos: Positions) -> Environment:
     if not isinstance(data, dict):
         raise InputError([pos.diagnostic((), "expected an environment snapshot (a mapping)")])
     try:
-        doc = EnvDocument.model_validate(data)
+        doc = EnvDocument.validate(data)
     except ValidationError as exc:
         raise InputError(pydantic_diagnostics(exc, pos, EnvDocument)) from None
     problems = []
@@ -555,7 +508,7 @@ def _service(item: SvcbItem, where: tuple[Any, ...], pos: Positions,
     if item.target != "." and (why := _owner_problem(item.target, "target")) is not None:
         bad(("target",), why)
     if item.priority == 0:
-        for name in sorted(item.model_fields_set - {"priority", "target", "ttl"}):
+        for name in sorted(item.fields_set - {"priority", "target", "ttl"}):
             bad((name,), f"an AliasMode record (priority 0) takes only a target (RFC 9460 "
                          f"section 2.4.2); {name} belongs in a ServiceMode record (priority "
                          "1-65535)")

@@ -20,20 +20,17 @@ mode. The bundled default is exempt: it ships with the code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import typing
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic_core import ValidationError
 
 from ..diagnostics import Diagnostic, InputError
-from . import catalog
+from . import catalog, shape
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
 from .registry import PROFILES, REGISTRY, ItemError, lookup, nearest
@@ -58,6 +55,7 @@ __all__ = [
     "read_policy_text",
     "screen_paths",
     "source_paths",
+    "stem",
 ]
 
 LAYERS: tuple[str, ...] = ("defaults", "system", "app", "carrier")
@@ -125,13 +123,22 @@ class PolicyFile:
     content, equal digest. PolicyContext.fingerprint is built from it."""
 
 
-def bundled_path(*parts: str) -> FsPath:
-    """Bundled data (`policies/`, `schemas/`): in the wheel, or in the source checkout."""
-    here = FsPath(__file__).resolve().parent.parent
-    packaged = here.joinpath("_bundled", *parts)
-    if packaged.exists():
+def bundled_path(*parts: str) -> str:
+    """Bundled data (`policies/`, `schemas/`): in the wheel, or in the source checkout.
+    (os.path, not pathlib: every policy load may ask, and pathlib costs 3 ms to import.)"""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    packaged = os.path.join(here, "_bundled", *parts)
+    if os.path.exists(packaged):
         return packaged
-    return here.parent.joinpath(*parts)
+    return os.path.join(os.path.dirname(here), *parts)
+
+
+def stem(path: str) -> str:
+    """The file name without its last suffix, as pathlib's `stem` (a name ending in a dot,
+    or a dot file, keeps it)."""
+    name = os.path.basename(path)
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 ETC_POLICY_DIR = "/etc/taps-post/policy.d"
@@ -162,7 +169,7 @@ def discover_system_sources() -> list[str]:
         st = os.stat(etc)
     except FileNotFoundError:
         if not os.path.lexists(etc):
-            return [str(bundled_path("policies", "system", "default.yaml"))]
+            return [bundled_path("policies", "system", "default.yaml")]
         return [etc]  # a dangling symlink: loading says so
     except OSError:
         return [etc]  # e.g. /etc/taps-post not searchable: loading says so
@@ -173,7 +180,7 @@ def discover_system_sources() -> list[str]:
         names = _listing(etc, st)
     except OSError:
         return [etc]
-    return [etc] if names else [str(bundled_path("policies", "system", "default.yaml"))]
+    return [etc] if names else [bundled_path("policies", "system", "default.yaml")]
 
 
 def policy_entries(directory: str) -> list[str]:
@@ -330,9 +337,7 @@ def _load_file(path: str, layer: str, listed_in: str | None = None,
         return cached
     text, after = _read_text(path, layer, listed_in, st)
     data, positions = load_yaml(text, path)
-    stem = FsPath(path).stem
-    digest = _digest(text)
-    loaded = _build(data, positions, layer, path, stem, digest)
+    loaded = _build(data, positions, layer, path, stem(path), _digest(text))
     if _identity(after) == before:  # not replaced or rewritten while we read it
         if len(_FILES) >= _CACHE_LIMIT:
             _FILES.clear()
@@ -467,7 +472,7 @@ _BUNDLED: list[str] = []
 def _is_bundled(full: str) -> bool:
     """The bundled default ships with the code: whoever can write it can write the code."""
     if not _BUNDLED:
-        _BUNDLED.append(str(bundled_path("policies")) + os.sep)
+        _BUNDLED.append(bundled_path("policies") + os.sep)
     return full.startswith(_BUNDLED[0])
 
 
@@ -596,7 +601,13 @@ def _path_state(path: str) -> Hashable:
 
 
 def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return _blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+try:  # CPython's own BLAKE2, which hashlib wraps after loading OpenSSL (3 ms of a CLI start)
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # another interpreter: hashlib's, the same function
+    from hashlib import blake2b as _blake2b
 
 
 def _canonical(value: Any) -> str:
@@ -651,7 +662,7 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
         got = "an empty document" if data is None else type(data).__name__
         raise InputError([pos.diagnostic((), f"expected a policy document (a mapping), got {got}")])
     try:
-        doc = PolicyDocument.model_validate(data)
+        doc = PolicyDocument.validate(data)
     except ValidationError as exc:
         raise InputError(pydantic_diagnostics(exc, pos)) from None
 
@@ -706,7 +717,7 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
             priority=rule.priority,
             statements=tuple(statements),
             source=_src(pos, where),
-            when=_freeze(rule.when.model_dump(exclude_none=True)),
+            when=_freeze(rule.when.values(exclude_none=True)),
             column=pos.locate(where)[1],
         ))
     if problems:
@@ -823,11 +834,11 @@ _FRIENDLY = {
 
 
 def pydantic_diagnostics(exc: ValidationError, pos: Positions,
-                         root: type[BaseModel] | None = None) -> list[Diagnostic]:
+                         root: type[shape.Record] | None = None) -> list[Diagnostic]:
     """A pydantic error as located, friendly diagnostics; shared with the environment
-    snapshot loader so both formats report problems the same way. `root` is the model the
+    snapshot loader so both formats report problems the same way. `root` is the record the
     document was validated against (a policy document when None): an unknown key's
-    suggestions are the fields of the model at its place."""
+    suggestions are the fields of the record at its place."""
     out: list[Diagnostic] = []
     seen: set[tuple[Any, ...]] = set()
     for err in exc.errors(include_url=False):
@@ -871,26 +882,13 @@ def pydantic_diagnostics(exc: ValidationError, pos: Positions,
     return out
 
 
-def _known_fields(loc: Path, root: type[BaseModel] | None = None) -> list[str]:
-    """The keys the model at `loc` (string parts only: list indexes are skipped) accepts,
+def _known_fields(loc: Path, root: type[shape.Record] | None = None) -> list[str]:
+    """The keys the record at `loc` (string parts only: list indexes are skipped) accepts,
     found by following field annotations down from `root`."""
-    model: type[BaseModel] = root or PolicyDocument
+    record: type[shape.Record] = root or PolicyDocument
     for part in (p for p in loc if isinstance(p, str)):
-        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
-        nxt = _model_in(field.annotation) if field is not None else None
+        nxt = shape.child(record, part)
         if nxt is None:
             break
-        model = nxt
-    return [f.alias or n for n, f in model.model_fields.items()]
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds: itself, or inside list[...], X | None,
-    dict[str, ...] or Annotated[...]."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        record = nxt
+    return shape.keys(record)

@@ -1,44 +1,33 @@
-"""The policy file format (version 1) as pydantic models; the JSON Schema is generated from here.
+"""The policy file format (version 1) as records; the JSON Schema is generated from here.
 
-Rule 1: the models check shape and types only. Meaning (does this key exist, is this glob
+Rule 1: the records check shape and types only. Meaning (does this key exist, is this glob
 well formed, does the layer match how the file was loaded) is checked in `load.py`, which has
 the positions to point at.
 Rule 2: every field that accepts "one or a list" is normalised to a tuple here, so the matcher
 never branches on shape.
 Rule 3: a choice that can grow after import (schemes and stack names, from the stack catalogue)
 is never frozen into a `Literal`: it is checked, and written into the JSON Schema, from the
-catalogue at the moment of use (`one_of`, `JsonSchemaFrom`).
-Rule 4: every model is built on first use (`defer_build`), here and in the environment
-snapshot's models: `policy validate` never builds the snapshot's eleven models, and
-`import taps_post` builds none (docs/performance.md, CLI start-up).
+catalogue at the moment of use (`one_of`, `enum_schema`).
+Rule 4: the records are `shape.Record`s, validated by pydantic-core directly and built on
+first use, here and in the environment snapshot's records: `import taps_post` builds none,
+and no command that reads these files imports pydantic's model machinery
+(docs/performance.md, "CLI cold start").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    GetJsonSchemaHandler,
-    StrictBool,
-    StrictInt,
-)
-from pydantic.functional_serializers import PlainSerializer
-from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import PydanticCustomError
 
 from . import catalog
 from .registry import INTERFACE_TYPES, KINDS, PROFILES, nearest
+from .shape import Before, JsonSchema, Record, StrictBool, StrictInt, field
 
 __all__ = [
     "InterfaceFact",
     "InterfaceMatch",
-    "JsonSchemaFrom",
     "PolicyDocument",
     "Rule",
     "When",
@@ -48,26 +37,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class JsonSchemaFrom:
-    """Like pydantic's `WithJsonSchema`, but the schema is built when a schema is generated:
-    pydantic builds a model's validators once, at import, and a stack registered later must
-    still appear in a freshly generated schema."""
-
-    build: Callable[[], JsonSchemaValue]
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return self.build()
-
-
 def _quoted_or(choices: Sequence[str]) -> str:
     """`'a', 'b' or 'c'`, pydantic's own wording for a Literal, so messages stay the same."""
     quoted = [repr(c) for c in choices]
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-def one_of(source: Callable[[], Sequence[str]]) -> BeforeValidator:
+def one_of(source: Callable[[], Sequence[str]]) -> Before:
     """A validator accepting only what `source()` returns at validation time, failing with
     the error a `Literal` of the same choices gives (same type, same message)."""
 
@@ -78,12 +54,12 @@ def one_of(source: Callable[[], Sequence[str]]) -> BeforeValidator:
                                       {"expected": _quoted_or(choices)})
         return value
 
-    return BeforeValidator(check)
+    return Before(check)
 
 
-def enum_schema(source: Callable[[], Sequence[str]]) -> JsonSchemaFrom:
+def enum_schema(source: Callable[[], Sequence[str]]) -> JsonSchema:
     """The JSON Schema a `Literal` of `source()` would have, read when it is generated."""
-    return JsonSchemaFrom(lambda: {"enum": list(source()), "type": "string"})
+    return JsonSchema(lambda: {"enum": list(source()), "type": "string"})
 
 
 def scheme_names() -> tuple[str, ...]:
@@ -160,38 +136,35 @@ _PORT_ITEM = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
 
 StrList = Annotated[
     tuple[str, ...] | None,
-    BeforeValidator(_str_list("a string")),
-    WithJsonSchema(_STR_LIST_SCHEMA),
-    PlainSerializer(lambda v: list(v) if v else None),
+    Before(_str_list("a string")),
+    JsonSchema(_STR_LIST_SCHEMA),
 ]
 SchemeList = Annotated[
     tuple[str, ...] | None,
-    BeforeValidator(_str_list("a scheme", scheme_names)),
-    JsonSchemaFrom(lambda: _enum_list_schema(scheme_names())),
+    Before(_str_list("a scheme", scheme_names)),
+    JsonSchema(lambda: _enum_list_schema(scheme_names())),
 ]
 KindList = Annotated[
     tuple[str, ...] | None,
-    BeforeValidator(_str_list("a kind", lambda: KINDS)),
-    WithJsonSchema(_enum_list_schema(KINDS)),
+    Before(_str_list("a kind", lambda: KINDS)),
+    JsonSchema(_enum_list_schema(KINDS)),
 ]
 PortList = Annotated[
     tuple[tuple[int, int], ...] | None,
-    BeforeValidator(_ports),
-    WithJsonSchema({"anyOf": [_PORT_ITEM, {"type": "array", "items": _PORT_ITEM,
-                                           "minItems": 1}]}),
+    Before(_ports),
+    JsonSchema({"anyOf": [_PORT_ITEM, {"type": "array", "items": _PORT_ITEM,
+                                       "minItems": 1}]}),
 ]
 
 
-class When(BaseModel):
+class When(Record):
     """Which requests a rule applies to: every field given must match; a list means any of."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
-
-    app: StrList = Field(None, description="Application name glob(s)")
-    host: StrList = Field(None, description="Host glob(s), or CIDR for IP-literal hosts")
-    port: PortList = Field(None, description="Port, list of ports, or range 'a-b'")
-    scheme: SchemeList = Field(None, description="Target scheme(s); hostport = host:port form")
-    kind: KindList = Field(None, description="Carrier kind(s)")
+    app: StrList = field(None, description="Application name glob(s)")
+    host: StrList = field(None, description="Host glob(s), or CIDR for IP-literal hosts")
+    port: PortList = field(None, description="Port, list of ports, or range 'a-b'")
+    scheme: SchemeList = field(None, description="Target scheme(s); hostport = host:port form")
+    kind: KindList = field(None, description="Carrier kind(s)")
 
     @property
     def specificity(self) -> int:
@@ -200,61 +173,54 @@ class When(BaseModel):
 
 ProfileName = Literal["reliable-inorder-stream", "reliable-message", "unreliable-datagram"]
 assert set(ProfileName.__args__) == set(PROFILES)  # type: ignore[attr-defined]
+InterfaceType = Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"]
+assert set(InterfaceType.__args__) == set(INTERFACE_TYPES)  # type: ignore[attr-defined]
 
 
-class Rule(BaseModel):
+def _no_conditions() -> When:
+    return When.validate({})
+
+
+class Rule(Record, by_name=True):
     """One rule: when it matches a request, its statements take part in resolution."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
-
-    id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+    id: str = field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
                     description="Unique within the file")
     description: str | None = None
-    when: When = Field(default_factory=When)
-    enforce: StrictBool = Field(False, description="Lower layers may not loosen this rule")
-    priority: StrictInt = Field(0, description="Higher wins within one layer")
-    use: list[ProfileName] = Field(default_factory=list,
+    when: When = field(default_factory=_no_conditions)
+    enforce: StrictBool = field(False, description="Lower layers may not loosen this rule")
+    priority: StrictInt = field(0, description="Higher wins within one layer")
+    use: list[ProfileName] = field(default_factory=list,
                                    description="Built-in profiles (RFC 9622 appendix B.2)")
-    set_: dict[str, Any] = Field(default_factory=dict, alias="set",
+    set_: dict[str, Any] = field(default_factory=dict, alias="set",
                                  description="Property statements, nested or dotted")
 
 
-class InterfaceMatch(BaseModel):
+class InterfaceMatch(Record):
     """Which interfaces a fact is about: every field given must match."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
-
-    name: str | None = Field(None, description="Interface-name glob")
-    type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
+    name: str | None = field(None, description="Interface-name glob")
+    type: InterfaceType | None = None
 
 
-assert set(InterfaceMatch.model_fields["type"].annotation.__args__[0].__args__) == set(  # type: ignore[union-attr]
-    INTERFACE_TYPES
-)
-
-
-class InterfaceFact(BaseModel):
+class InterfaceFact(Record):
     """Facts an administrator states about interfaces discovery cannot classify."""
 
-    # Frozen: loaded facts end up inside every Decision (via its files), and a Decision is
-    # immutable data.
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
-
+    # Immutable (as every record): loaded facts end up inside every Decision (via its
+    # files), and a Decision is immutable data.
     match: InterfaceMatch
-    type: Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"] | None = None
+    type: InterfaceType | None = None
     metered: StrictBool | None = None
-    cost: StrictInt | None = Field(None, ge=0)
+    cost: StrictInt | None = field(None, ge=0)
     pvd: str | None = None
 
 
-class PolicyDocument(BaseModel):
+class PolicyDocument(Record, title="taps_post policy"):
     """A policy file, version 1."""
-
-    model_config = ConfigDict(defer_build=True, extra="forbid", title="taps_post policy")
 
     version: Literal[1]
     layer: Literal["system", "app", "carrier"]
-    name: str | None = Field(None, description="Defaults to the file's stem")
-    interfaces: list[InterfaceFact] = Field(default_factory=list,
+    name: str | None = field(None, description="Defaults to the file's stem")
+    interfaces: list[InterfaceFact] = field(default_factory=list,
                                             description="System layer only")
-    rules: list[Rule] = Field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
