@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import io
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import taps_post as tp
 from helpers import ENV, ROOT, policy, run_cli
+from taps_post import cli
 
 SYSTEM = policy("system",
                 {"id": "no-cell-backup", "when": {"app": "backup*"}, "enforce": True,
@@ -267,3 +274,70 @@ def test_explain_says_when_the_peer_fell_back_to_tcp(tmp_path: Path) -> None:
     noted = [line for line in lines if "history: peer fell back to TCP" in line]
     assert noted and all("from" in line for line in noted)
     assert proc.stdout.splitlines()[-1].split()[-2] == "tls"
+
+
+# cli Rule 7 and Rule 8: what start-up speed changed must not change what a user sees.
+
+def _help(argv: list[str], parser: Any) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--help"])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("command", [
+    [], ["policy"], ["policy", "explain"], ["policy", "show"], ["policy", "validate"],
+    ["policy", "test"], ["policy", "diff"], ["policy", "schema"], ["rendezvous"],
+    ["rendezvous", "serve"], ["interfaces"]])
+def test_a_parser_filled_for_one_command_helps_as_the_whole_one(command: list[str]) -> None:
+    assert _help(command, cli.build_parser(command)) == _help(command, cli.build_parser())
+
+
+def test_a_command_not_named_gets_no_options() -> None:
+    parser = cli.build_parser(["policy", "validate"])
+    args = parser.parse_args(["policy", "validate", "a.yaml"])
+    assert args.paths == ["a.yaml"]
+    # explain is listed but not filled: its options are unknown to this parser
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        parser.parse_args(["policy", "explain", "x", "--env", "e.yaml"])
+
+
+_json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+                 | st.floats(allow_nan=True, allow_infinity=True) | st.text())
+_json_keys = st.text() | st.integers(-10**6, 10**6) | st.booleans() | st.none() | st.floats()
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: (st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                   | st.dictionaries(_json_keys, inner, max_size=4)),
+    max_leaves=30)
+
+
+@settings(max_examples=300)
+@given(_json_values)
+def test_json_output_is_what_json_dumps_writes(value: Any) -> None:
+    assert cli._json(value) == json.dumps(value, indent=2)
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+class _Name(str):
+    pass
+
+
+def test_json_output_takes_what_json_takes_and_refuses_what_it_refuses() -> None:
+    odd = {_Level.LOW: [_Level.LOW, _Name("é\n\x00"), 1e300 * 10, -(1e300 * 10), float("nan")],
+           1.5: {}, "": [], False: ()}
+    assert cli._json(odd) == json.dumps(odd, indent=2)
+    for bad in ({"k": {1, 2}}, [object()], {(1, 2): "tuple key"}, b"bytes"):
+        with pytest.raises(TypeError):
+            json.dumps(bad, indent=2)
+        with pytest.raises(TypeError):
+            cli._json(bad)
+
+
+def test_explain_json_is_what_json_dumps_writes(files: dict[str, str]) -> None:
+    decision = tp.explain("https://example.com", system=files["system"], app=files["app"],
+                          app_name="backup-nightly", env=files["env"])
+    assert cli._json(decision.to_dict()) == json.dumps(decision.to_dict(), indent=2)

@@ -130,6 +130,8 @@ class StackInfo:
 
 @dataclass(frozen=True, slots=True)
 class _Table:
+    """One published state of the catalogue (Rule 2): readers hold it, nobody changes it."""
+
     version: int
     by_name: Mapping[str, StackInfo]
     infos: tuple[StackInfo, ...]
