@@ -30,6 +30,10 @@ httpcore's `connection.start_tls` (or, for plain http, its first write), before 
 `.complete`. The connection's later events, under other requests, are not theirs: they go to
 `Transport(trace=)` and the loggers only. What the extension raises propagates, as httpcore
 lets it; the carrier just opened is closed first.
+Rule 6: `Transport(uds=PATH)` sends every request over the Unix socket PATH, as httpx's own
+transport does: there is no path to choose or race, so no policy is consulted and httpcore's
+own backend opens it. TLS over it is refused with ConnectError (taps_post's trust settings,
+Rule 4, belong to raced carriers), and `taps_post.explanation` is None.
 """
 
 from __future__ import annotations
@@ -304,11 +308,41 @@ class Backend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: typing.Iterable[Any] | None = None
                                   ) -> httpcore.AsyncNetworkStream:
-        """No policy decides a Unix socket: refused clearly."""
-        raise httpcore.ConnectError("taps_post.httpx does not open Unix sockets (uds=)")
+        """Rule 6: a Unix socket (`Transport(uds=...)`) has no paths to decide between, so
+        httpcore's own backend opens it; TLS over it is refused."""
+        stream = await httpcore.AnyIOBackend().connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options)
+        return _UnixStream(stream, path)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class _UnixStream(httpcore.AsyncNetworkStream):
+    """httpcore's stream on a Unix socket, without TLS (Rule 6)."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream, path: str) -> None:
+        self._stream = stream
+        self._path = path
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        await self._stream.aclose()
+        raise httpcore.ConnectError(
+            f"taps_post.httpx does not run TLS over a Unix socket ({self._path}): its trust "
+            "settings apply to raced carriers only; use http:// with uds=")
+
+    def get_extra_info(self, info: str) -> Any:
+        return None if info == _EXPLANATION else self._stream.get_extra_info(info)
 
 
 class Transport(httpx.AsyncHTTPTransport):
@@ -321,7 +355,8 @@ class Transport(httpx.AsyncHTTPTransport):
                  verify: bool = True, http1: bool = True, http2: bool | None = None,
                  limits: httpx.Limits = _LIMITS,
                  retries: int = 0, store: tp.AssociationStore | None = None,
-                 trace: Any = None, local: tp.Local | None = None) -> None:
+                 trace: Any = None, local: tp.Local | None = None,
+                 uds: str | None = None) -> None:
         h2 = _http2_available() if http2 is None else http2
         # httpcore wants a context to hand to start_tls (and sets ALPN on it); ours ignores
         # it, so it is a bare one: loading the system CAs, as httpx.create_ssl_context does,
@@ -333,7 +368,7 @@ class Transport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            http1=http1, http2=h2, retries=retries, network_backend=self.backend)
+            http1=http1, http2=h2, retries=retries, uds=uds, network_backend=self.backend)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """httpx's transport call, with the request's `trace` extension kept where the

@@ -22,9 +22,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("nginx")
     cert = tp.certs.self_signed(["localhost", "127.0.0.1"])
     tls_port, plain_port = free_port(), free_port()
-    conf = nginx_conf(root, cert, [f"127.0.0.1:{tls_port}"], [f"127.0.0.1:{plain_port}"])
+    uds = str(root / "http.sock")  # nginx binds it with the ports, before it serves any
+    conf = nginx_conf(root, cert, [f"127.0.0.1:{tls_port}"],
+                      [f"127.0.0.1:{plain_port}", f"unix:{uds}"])
     with nginx(root, conf, [("127.0.0.1", tls_port), ("127.0.0.1", plain_port)]):
-        yield {"cert": cert, "tls": tls_port, "plain": plain_port}
+        yield {"cert": cert, "tls": tls_port, "plain": plain_port, "uds": uds}
 
 
 def policy() -> tp.PolicyContext:
@@ -81,6 +83,36 @@ def test_plain_http(server: dict[str, Any], run: Any) -> None:
             stream = r.extensions["network_stream"]
             assert stream.get_extra_info("ssl_object") is None
             assert stream.get_extra_info("taps_post.explanation").outcome == "ok"
+
+    run(go())
+
+
+def test_plain_http_over_a_unix_socket_consults_no_policy(server: dict[str, Any],
+                                                         run: Any) -> None:
+    async def go() -> None:
+        # A policy that refuses every path: a Unix socket is no path, so it never applies.
+        transport = tph.Transport(policy=refusing(), uds=server["uds"])
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get("http://localhost/over-uds")
+            assert r.status_code == 200 and r.text == "hello from nginx\n"
+            stream = r.extensions["network_stream"]
+            assert stream.get_extra_info("taps_post.explanation") is None
+            assert stream.get_extra_info("ssl_object") is None
+            again = await client.get("http://localhost/again")
+            assert again.status_code == 200
+            assert again.extensions["network_stream"] is stream  # keep-alive, as over TCP
+            with pytest.raises(httpx.ConnectError, match="does not run TLS over a Unix socket"):
+                await client.get("https://localhost/")
+
+    run(go())
+
+
+def test_a_missing_unix_socket_is_connect_error(tmp_path: Any, run: Any) -> None:
+    async def go() -> None:
+        transport = tph.Transport(policy=policy(), uds=str(tmp_path / "nobody.sock"))
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get("http://localhost/")
 
     run(go())
 
