@@ -31,13 +31,17 @@ Rule 8: JSON output (`--format json`) is `_json`'s: exactly what `json.dumps(val
 indent=2)` writes (tests/test_cli.py holds it to that), without json's generator chain, which
 is most of `policy explain --format json`'s own time: the C encoder does not indent. Values
 are what `to_dict()` gives, so a cycle is not looked for.
+Rule 9: help is as wide as argparse makes it by itself ($COLUMNS, else the terminal, else 80,
+minus 2), measured once per process without shutil (`_help_width`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,9 +54,34 @@ __all__ = ["main", "script"]
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:  # argparse prints usage and exits 2; keep that
         self.print_usage(sys.stderr)
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_help_width())
+
+
+@functools.cache
+def _help_width() -> int:
+    """Rule 9: the width argparse gives itself (`shutil.get_terminal_size().columns - 2`),
+    found as shutil finds it, without importing shutil (and its compression modules): argparse
+    makes a formatter for every option it adds, help or not."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
 
 
 def _add_request_args(p: argparse.ArgumentParser) -> None:

@@ -341,3 +341,18 @@ def test_explain_json_is_what_json_dumps_writes(files: dict[str, str]) -> None:
     decision = tp.explain("https://example.com", system=files["system"], app=files["app"],
                           app_name="backup-nightly", env=files["env"])
     assert cli._json(decision.to_dict()) == json.dumps(decision.to_dict(), indent=2)
+
+
+@pytest.mark.parametrize("columns", [None, "50", "200", "0", "-3", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(columns: str | None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli Rule 9: the width is shutil's, found without importing shutil."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    cli._help_width.cache_clear()
+    try:
+        assert cli._help_width() == shutil.get_terminal_size().columns - 2
+    finally:
+        cli._help_width.cache_clear()
