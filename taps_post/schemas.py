@@ -7,8 +7,6 @@ Rule 2: stack names and schemes are read from the stack catalogue each time a sc
 generated, so a stack registered after import is in the next schema.
 """
 
-from __future__ import annotations
-
 import json
 from typing import Annotated, Any, Literal
 

@@ -250,3 +250,22 @@ def test_validating_imports_no_pydantic_and_schemas_do() -> None:
                          check=True).stdout.split("\n")
     assert out[0] == "[]", out
     assert out[1] == "True"
+
+
+def test_the_formats_annotations_are_objects_not_strings() -> None:
+    """shape Rule 1: no format module defers its annotations (each string would be compiled
+    by eval at every start); this module's own strings show that strings still work."""
+    import inspect
+
+    from taps_post import schemas
+    from taps_post.decision import envfile
+    from taps_post.policy import model
+
+    for module in (model, envfile, schemas):
+        records = [c for c in vars(module).values() if isinstance(c, type)
+                   and issubclass(c, Record) and c.__module__ == module.__name__]
+        assert records, module
+        for cls in records:
+            found = inspect.get_annotations(cls)
+            assert not any(isinstance(a, str) for a in found.values()), cls
+    assert all(isinstance(a, str) for a in inspect.get_annotations(Inner).values())

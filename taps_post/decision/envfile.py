@@ -28,8 +28,6 @@ of the other type times a query that is never made, so it would never end the wa
 real one (a pass explained later than it starts) and is refused.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import os
 import re

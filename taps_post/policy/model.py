@@ -14,8 +14,6 @@ and no command that reads these files imports pydantic's model machinery
 (docs/performance.md, "CLI cold start").
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 

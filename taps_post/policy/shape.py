@@ -8,7 +8,9 @@ builder costs more at every cold start of the CLI than the whole rest of `policy
 
 Rule 1: nothing is built at import. A record class's annotations are resolved, and its
 validator built, on its first validation; pydantic itself is imported only to generate a
-JSON Schema (`json_schema`), never to validate.
+JSON Schema (`json_schema`), never to validate. The modules that define formats do not use
+`from __future__ import annotations`: their annotations are then objects in the bytecode,
+where strings would each be compiled by `eval` at every start (a string still works).
 Rule 2: the validator is pydantic-core's model validator, the one `BaseModel` runs, given
 the core schema pydantic would build for the same annotations; errors (types, messages,
 locations, aliases) are therefore pydantic's, and `load.pydantic_diagnostics` reads them.
