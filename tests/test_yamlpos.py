@@ -9,6 +9,7 @@ fall back to PyYAML's constructor), and generated documents with anchors and ali
 from __future__ import annotations
 
 import datetime
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,71 @@ def test_generated_documents_load_as_safe_load_reads_them(text: str) -> None:
         assert "duplicate key" in str(exc), str(exc)
         return
     assert same(data, expected), (text, data, expected)
+
+
+# --------------------------------------------------------------------------- top_level (Rule 4)
+
+def _top_level_composed(text: str) -> tuple[frozenset[str], str | None] | None:
+    """Rule 4's answer from composed nodes (how top_level worked before it read events):
+    None for what it cannot answer exactly, else the string keys and a plain-string layer."""
+    try:
+        node = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except (yaml.YAMLError, UnicodeEncodeError, RecursionError):
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    keys: dict[str, yaml.Node] = {}
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+            return None
+        if key.tag == "tag:yaml.org,2002:str":
+            if key.value in keys:
+                return None
+            keys[key.value] = value
+    layer = keys.get("layer")
+    plain = isinstance(layer, yaml.ScalarNode) and layer.tag == "tag:yaml.org,2002:str"
+    return frozenset(keys), layer.value if plain and layer is not None else None
+
+
+TOP_LEVEL_EDGES = [
+    "version: 1\nlayer: system\n", "'layer': carrier\n", "layer: !!str app\n", "layer: !x app\n",
+    "layer: ! app\n", "layer:\n", "layer: [system]\n", "layer: {a: 1}\nz: 2\n", "layer: 7\n",
+    "{layer: system, version: 1}\n", "--- \nlayer: app\n...\n", "layer: app\n---\nb: 2\n",
+    "- layer: system\n", "just text\n", "", "{", "a: [1, {b: [2, 3]}]\nlayer: app\n",
+    "1: x\nlayer: system\n", "!!str 1: x\n", "null: 1\ntrue: 2\n", "? [a, b]\n: 1\n",
+    "<<: {layer: app}\n", "a: &x system\nlayer: *x\n", "&k layer: app\n", "layer: &v app\n",
+    "!!set {a, b}\n", "&top {layer: app}\n", "layer: app\nlayer: system\n", "a: *undefined\n",
+    "layer: 'system'\n# comment\n", "a: b: c\n", "layer: \"\\u00e9\"\n",
+]
+
+
+@pytest.mark.parametrize("text", TOP_LEVEL_EDGES)
+def test_top_level_answers_as_the_composed_nodes_do_or_not_at_all(text: str) -> None:
+    """Each edge: the event reading gives the composed answer, or None (never a different
+    answer); the cases it must still answer are answered."""
+    from taps_post.policy.yamlpos import top_level
+
+    got, want = top_level(text), _top_level_composed(text)
+    assert got is None or got == want, (got, want)
+
+
+def test_top_level_answers_every_ordinary_document() -> None:
+    from taps_post.policy.yamlpos import top_level
+
+    for text in ("version: 1\nlayer: system\n", "{layer: system, version: 1}\n",
+                 "layer: !!str app\n", "a: [1, {b: [2, 3]}]\nlayer: app\n", "1: x\n"):
+        assert top_level(text) == _top_level_composed(text) is not None, text
+    for path in sorted(ROOT.glob("policies/**/*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert top_level(text) == _top_level_composed(text) is not None, path
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents(), st.sampled_from(["system", "app", 7, None, ["x"]]))
+def test_top_level_of_generated_documents(text: str, layer: Any) -> None:
+    from taps_post.policy.yamlpos import top_level
+
+    for doc in (text, f"layer: {json.dumps(layer)}\n" + text if text.startswith(("v:", "{"))
+                else text):
+        got, want = top_level(doc), _top_level_composed(doc)
+        assert got is None or got == want, (doc, got, want)

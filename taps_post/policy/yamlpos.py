@@ -9,10 +9,12 @@ Rule 3: loading costs time linear in the document: the cyclic garbage collector 
 while a large document's nodes and values are built (`_no_gc`), since they are acyclic (a
 recursive alias is refused) and each collection would walk all of them again: 49,000
 interfaces took twice as long with it running.
-Rule 4: `top_level` answers what a document's top-level keys are without building it (the
-nodes are composed in C, no value is made), for a caller that must sort files before it
-loads each one once; whatever it cannot answer exactly (not a mapping, invalid YAML, a merge,
-duplicate or non-scalar key at the top) is None, and the full load then says what is wrong.
+Rule 4: `top_level` answers what a document's top-level keys are without building it (it
+reads libyaml's events: no node is composed, no value made, only the top level's scalars
+resolved to tags), for a caller that must sort files before it loads each one once; whatever
+it cannot answer exactly (not a mapping, invalid YAML, a merge, duplicate, non-scalar or
+anchored key or an alias at the top, a second document) is None, and the full load then says
+what is wrong.
 Rule 5: the walk that records positions also builds the values, in one pass over libyaml's
 nodes (PyYAML's constructor was a second pass, and the slower one: 1,000 rules load in
 40 ms, not 61). Strings, plain sequences and plain mappings are built by the walk; every
@@ -193,24 +195,59 @@ def top_level(text: str) -> tuple[frozenset[str], str | None] | None:
                 return None
             loader = _Loader(text)
             try:
-                node = loader.get_single_node()
+                return _top_level(loader)
             finally:
                 loader.dispose()
-        except (yaml.YAMLError, UnicodeEncodeError, RecursionError):
+        except (yaml.YAMLError, UnicodeEncodeError, RecursionError, StopIteration):
             return None
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    keys: dict[str, yaml.Node] = {}
-    for key, value in node.value:
-        if key.tag == _MERGE or not isinstance(key, yaml.ScalarNode):
-            return None  # merged keys are known once values are built; [a, b] is refused then
-        if key.tag == _STR:
-            if key.value in keys:
-                return None  # a duplicate key: the load refuses the document (Rule 2)
-            keys[key.value] = value
-    layer = keys.get("layer")
-    plain = isinstance(layer, yaml.ScalarNode) and layer.tag == _STR
-    return frozenset(keys), layer.value if plain and layer is not None else None
+
+
+def _top_level(loader: Any) -> tuple[frozenset[str], str | None] | None:
+    """Rule 4 from the event stream: every event is read (so a syntax error anywhere is
+    None), but nothing is composed and only the top level's scalars are resolved to tags."""
+    events = iter(loader.get_event, None)  # None: the stream has ended
+
+    def tag_of(event: Any) -> str:  # as PyYAML's composer resolves a scalar
+        if event.tag is None or event.tag == "!":
+            return str(loader.resolve(yaml.ScalarNode, event.value, event.implicit))
+        return str(event.tag)
+
+    def skip(event: Any) -> None:  # the rest of a collection whose start is `event`
+        depth = 1
+        while depth:
+            nxt = next(events)
+            if isinstance(nxt, yaml.CollectionStartEvent):
+                depth += 1
+            elif isinstance(nxt, yaml.CollectionEndEvent):
+                depth -= 1
+
+    if not isinstance(next(events), yaml.StreamStartEvent) or \
+            not isinstance(next(events), yaml.DocumentStartEvent) or \
+            not isinstance(next(events), yaml.MappingStartEvent):
+        return None  # no document, or not a mapping (an alias: only a scalar can be one here)
+    keys: set[str] = set()
+    layer: str | None = None
+    while not isinstance(key := next(events), yaml.MappingEndEvent):
+        if not isinstance(key, yaml.ScalarEvent) or key.anchor is not None:
+            return None  # an alias, an anchor others may name, or a complex key: a full load
+        tag = tag_of(key)
+        if tag == _MERGE:
+            return None  # merged keys are known once values are built
+        if tag == _STR and key.value in keys:
+            return None  # a duplicate key: the load refuses the document (Rule 2)
+        value = next(events)
+        if isinstance(value, yaml.AliasEvent) or getattr(value, "anchor", None) is not None:
+            return None
+        if isinstance(value, yaml.CollectionStartEvent):
+            skip(value)
+        elif tag == _STR and key.value == "layer" and tag_of(value) == _STR:
+            layer = value.value
+        if tag == _STR:
+            keys.add(key.value)
+    if not isinstance(next(events), yaml.DocumentEndEvent) or \
+            not isinstance(next(events), yaml.StreamEndEvent):
+        return None  # a second document: the load refuses the file
+    return frozenset(keys), layer
 
 
 def _count_events(text: str) -> int | None:
