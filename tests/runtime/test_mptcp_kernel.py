@@ -85,7 +85,9 @@ sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp.IPPROTO_MPTCP)
 sock.connect((sys.argv[1], 5001))
 payload = b"x" * 200_000
 sock.sendall(payload)
-two = wait_for(lambda: len(mptcp.read_subflows(sock)) == 2)
+# The kernel opens the second subflow once the connection is established; on a loaded
+# machine that has taken over 3 s (a full-suite run), so this waits up to 10.
+two = wait_for(lambda: len(mptcp.read_subflows(sock)) == 2, timeout=10.0)
 wait_for(lambda: (mptcp.read_info(sock).bytes_acked or 0) >= len(payload))
 sock.sendall(payload)
 wait_for(lambda: (mptcp.read_info(sock).bytes_acked or 0) >= 2 * len(payload))
