@@ -245,8 +245,8 @@ class ImportRow:
 def importtime(argv: list[str]) -> dict[str, ImportRow]:
     """Parse `-X importtime` of one run: every import with its time and its importer."""
     # An interpreter takes -X itself; a script (the entry point) is run by this one.
-    head = [argv[0]] if argv[0] == sys.executable else [sys.executable, argv[0]]
-    cmd = [*head[:1], "-X", "importtime", *head[1:], *argv[1:]]
+    cmd = ([argv[0], "-X", "importtime", *argv[1:]] if argv[0] == sys.executable
+           else [sys.executable, "-X", "importtime", *argv])
     proc = subprocess.run(cmd, env=child_env(), text=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     rows: dict[str, ImportRow] = {}

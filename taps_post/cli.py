@@ -397,7 +397,6 @@ def _screened(paths: Sequence[str]) -> list[str]:
 
     files, problems = screen_paths(paths)
     if problems:
-
         raise InputError(problems)
     return files
 

@@ -280,9 +280,8 @@ class Backend(httpcore.AsyncNetworkBackend):
                     ) -> tp.Carrier:
         """A dormant raw-framed carrier to host:port over `scheme` (tls or tcp); `record`
         also sees each of its events (Rule 5), before the backend's own trace."""
-        trace = self.trace
+        trace = own = self.trace
         if record is not None:
-            own = self.trace
 
             def trace(name: str, info: dict[str, Any]) -> Any:
                 record(name, info)

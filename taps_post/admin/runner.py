@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..diagnostics import Diagnostic, InputError
-from ..policy.load import screen_paths, stem
+from ..policy.load import SUFFIXES, screen_paths, stem
 from . import scenario as sc
 
 __all__ = ["Verdict", "load_files", "main", "run_files", "scenario_files"]
@@ -67,8 +67,8 @@ def _scenario_entries(top: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(top):
         for name in (*dirs, *files):
-            dot = name.rfind(".")
-            if 0 < dot < len(name) - 1 and name[dot:] in (".yaml", ".yml"):
+            base = stem(name)  # pathlib's suffix is what stem leaves
+            if base != name and name[len(base):] in SUFFIXES:
                 found.append(os.path.join(root, name))
     return found
 

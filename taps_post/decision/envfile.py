@@ -39,8 +39,7 @@ from pydantic_core import PydanticCustomError, ValidationError
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.load import pydantic_diagnostics, read_policy_text
-from ..policy.model import enum_schema, one_of
-from ..policy.registry import INTERFACE_TYPES
+from ..policy.model import InterfaceType, enum_schema, one_of
 from ..policy.shape import After, Before, Record, StrictBool, StrictInt, field
 from ..policy.yamlpos import Positions, load_yaml
 from .environment import (
@@ -57,8 +56,6 @@ from .names import ALIAS_LIMIT, Arrival, ServiceRecord, TlsaRecord, TlsaSet, nor
 
 __all__ = ["EnvDocument", "load_environment"]
 
-IfType = Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "other"]
-assert set(IfType.__args__) == set(INTERFACE_TYPES)  # type: ignore[attr-defined]
 StackName = Annotated[str, one_of(catalog.names), enum_schema(catalog.names)]
 
 MIN_MTU, MIN_MTU_IPV6, MAX_MTU = 68, 1280, 65536
@@ -195,7 +192,7 @@ class InterfaceEntry(Record):
     """An interface as discovery would report it, so a dry run sees a machine as it is."""
 
     name: IfName = field(min_length=1)
-    type: IfType = "other"
+    type: InterfaceType = "other"
     up: StrictBool = True
     addresses: Annotated[list[AddressEntry], Before(_plain_strings)] = field(
         default_factory=list)

@@ -14,6 +14,7 @@ and no command that reads these files imports pydantic's model machinery
 (docs/performance.md, "CLI cold start").
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -175,7 +176,10 @@ InterfaceType = Literal["loopback", "ethernet", "wifi", "cellular", "vpn", "othe
 assert set(InterfaceType.__args__) == set(INTERFACE_TYPES)  # type: ignore[attr-defined]
 
 
+@functools.cache
 def _no_conditions() -> When:
+    """The `when` of a rule that gives none: one record shared by all (records are
+    immutable), not a validation per rule."""
     return When.validate({})
 
 

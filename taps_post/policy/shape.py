@@ -151,10 +151,8 @@ class Record:
         own = inspect.get_annotations(cls)
         fields: dict[str, _Field] = dict(getattr(cls, "_fields", {}))  # a base's come first
         for name in own:
-            value = cls.__dict__.get(name, _REQUIRED)
-            if value is not _REQUIRED and not isinstance(value, _Field):
-                value = field(value)
-            fields[name] = value if isinstance(value, _Field) else field()
+            value = cls.__dict__.get(name, _REQUIRED)  # a bare default is field(default)
+            fields[name] = value if isinstance(value, _Field) else field(value)
             if name in cls.__dict__:
                 delattr(cls, name)  # an instance's value lives in its __dict__
         cls._fields = fields

@@ -188,18 +188,18 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 def top_level(text: str) -> tuple[frozenset[str], str | None] | None:
     """The top-level keys of a mapping document and its `layer:` value when that is a plain
-    string, or None (Rule 4)."""
-    with _no_gc(len(text)):
-        try:
-            if (events := _count_events(text)) is not None and events > MAX_EVENTS:
-                return None
-            loader = _Loader(text)
-            try:
-                return _top_level(loader)
-            finally:
-                loader.dispose()
-        except (yaml.YAMLError, UnicodeEncodeError, RecursionError, StopIteration):
+    string, or None (Rule 4). No `_no_gc` (Rule 3): the events are dropped as they are read,
+    so nothing accumulates for the collector to walk."""
+    try:
+        if (events := _count_events(text)) is not None and events > MAX_EVENTS:
             return None
+        loader = _Loader(text)
+        try:
+            return _top_level(loader)
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, UnicodeEncodeError, RecursionError, StopIteration):
+        return None
 
 
 def _top_level(loader: Any) -> tuple[frozenset[str], str | None] | None:
