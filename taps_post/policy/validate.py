@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..diagnostics import Diagnostic, InputError
-from .load import LAYERS, LoadedRule, PolicyFile, Statement, load_layer, read_policy_text
+from .load import (
+    LAYERS,
+    SUFFIXES,
+    LoadedRule,
+    PolicyFile,
+    Statement,
+    load_layer,
+    read_policy_text,
+)
 from .registry import REGISTRY, key_family
 from .resolve import Verdict, judge, show_value, statement_rank
 from .yamlpos import load_yaml, top_level
@@ -79,7 +87,7 @@ def validate_paths(paths: Sequence[str], *,
     report = Report()
     for spec in paths:
         targets = ([os.path.join(spec, n) for n in sorted(os.listdir(spec))
-                    if n.endswith((".yaml", ".yml"))] if os.path.isdir(spec) else [spec])
+                    if n.endswith(SUFFIXES)] if os.path.isdir(spec) else [spec])
         for path in targets:
             layer = _declared_layer(path)
             try:
