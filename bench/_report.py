@@ -14,7 +14,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -64,6 +64,30 @@ class Invalidator:
             st = os.stat(p)
             ns = st.st_mtime_ns + 1_000_000 * self.tick
             os.utime(p, ns=(ns, ns))
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def add_loop_option(ap: Any) -> None:
+    """`--loop`: the event loop the figures (ours and raw alike) run on."""
+    ap.add_argument("--loop", choices=LOOPS, default="asyncio",
+                    help="event loop for both sides (default asyncio; uvloop needs "
+                         "pip install 'taps-post[uvloop]')")
+
+
+def use_loop(name: str) -> None:
+    """Make `asyncio.run()` start `name`'s loop, for ours and the raw baseline alike, so each
+    ratio compares the two on one loop."""
+    if name == "uvloop":
+        import asyncio
+
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("--loop uvloop needs uvloop: pip install 'taps-post[uvloop]'") \
+                from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def run_main(main: Callable[[], int]) -> None:

@@ -87,7 +87,7 @@ from taps_post.errors import ConnectionClosedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report
-from _report import banner, loadavg, order, pct, run_main
+from _report import add_loop_option, banner, loadavg, order, pct, run_main, use_loop
 
 HOST = "127.0.0.1"
 SRC = str(Path(tp.__file__).resolve().parent)
@@ -828,12 +828,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile ours and raw for bulk and handshake")
     ap.add_argument("--top", type=int, default=25, help="profile rows to print (default 25)")
+    add_loop_option(ap)
     args = ap.parse_args(argv)
+    use_loop(args.loop)
     if args.quick:
         args.rounds, args.bulk_mib, args.connects, args.wan_samples = 2, 8, 15, 2
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
-    print(banner("QUIC benchmark"))
+    print(banner(f"QUIC benchmark on the {args.loop} loop"))
     return asyncio.run(run(args))
 
 

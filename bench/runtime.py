@@ -8,8 +8,9 @@ Run from the repository root:
     .venv/bin/python -P bench/runtime.py --only rtt,small --profile
 
 Every figure has a raw asyncio twin, measured in the same run, on 127.0.0.1, in the same
-event loop (the default asyncio loop), with ours and raw interleaved in every round and the
-order flipped from round to round. Figures (wall time, time.perf_counter, GC on):
+event loop (the default asyncio loop, or uvloop with `--loop uvloop`), with ours and raw
+interleaved in every round and the order flipped from round to round. Figures (wall time,
+time.perf_counter, GC on):
 
 - connect: connect-to-ready of `await tp.initiate("tcp://127.0.0.1:PORT", policy=ctx)` (the
   decision included; ctx = PolicyContext(system=[], app_name="bench") built once) beside
@@ -68,7 +69,7 @@ from typing import Any
 import taps_post as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import Row, banner, loadavg, run_main
+from _report import Row, add_loop_option, banner, loadavg, run_main, use_loop
 from taps_post.stacks.tcp import ResumingContext
 
 # ResumingContext: the raw side needs the same adapter we use (asyncio's open_connection has
@@ -506,7 +507,7 @@ async def measure(args: argparse.Namespace, only: list[str]) -> list[Row]:
 def isolated(args: argparse.Namespace, key: str) -> list[Row]:
     """One figure group in a fresh interpreter: the allocator and GC state one figure leaves
     behind (glibc's mmap threshold moves with what was freed) must not tilt the next one."""
-    argv = [sys.executable, __file__, "--child", "--only", key]
+    argv = [sys.executable, __file__, "--child", "--only", key, "--loop", args.loop]
     for name in ("rounds", "connects", "tls_connects", "messages", "big_messages", "rtts",
                  "drain_every"):
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -591,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-process", action="store_true",
                     help="measure every figure in this process (default: one child per group)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_loop_option(ap)
     args = ap.parse_args(argv)
+    use_loop(args.loop)
     if args.quick:
         args.rounds, args.connects, args.tls_connects = 2, 30, 10
         args.messages, args.big_messages, args.rtts = 20_000, 16, 300
@@ -599,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--rounds must be at least 1")
     if args.child:
         return run(args)
-    print(banner("runtime benchmark"))
+    print(banner(f"runtime benchmark on the {args.loop} loop"))
     return run(args)
 
 

@@ -89,7 +89,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,7 +195,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                   is not None), tuple(stack_excluded))
     stacks, stack_exclusions = judged
     if request.scheme == "rendezvous":  # Rule 13
-        hosts, pruned = _rendezvous(effective, interfaces, stacks, stack_exclusions)
+        hosts, pruned = _rendezvous(effective, memo, interfaces, stacks, stack_exclusions)
         dane = None
         if hosts:
             dane = DaneStatus(str(effective["security.dane"].value), None, 0, False, 0,
@@ -309,8 +309,9 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         if shaping.records:
             offered.update(ep.stacks if ep.stacks is not None else (i.name for i, _ in stacks))
         prepared.append((ep, addrs, ep_stacks))
+    path_keys = _path_keys(effective, memo)
     paths = [(iface, node) for iface in interfaces
-             if (node := _judge_path(iface, effective, excluded)) is not None]
+             if (node := _judge_path(iface, effective, path_keys, excluded)) is not None]
     excluded.extend(stack_exclusions)
     excluded.extend(endpoint_excluded)
     if shaping.records and shaping.query is not None:
@@ -338,6 +339,9 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
         for iface, pnode in paths:
             name, cost = iface.name, iface.cost
             path_prefer, path_avoid = -pnode.prefer, pnode.avoid
+            # Every RankKey field but the address order, per stack: once per path when no
+            # history entry names an address or a port, else once per address.
+            parts: list[tuple[str, tuple[Any, ...]]] | None = None
             for order, addr, family, number in addrs:
                 pair = (name, addr)
                 if pair in locals_:
@@ -363,17 +367,12 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                         continue
                     local = locals_[pair] = found
                 local_address = local.address
-                for stack, stack_order, multipath, prefer, avoid, required in flat:
-                    hist, rtt, recent = _history(history, stack, name, addr, rport, now,
-                                                 memory_ms)
-                    if hist == FALLBACK and multipath:
-                        prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
-                    # Rule 10: a required stack is never demoted by its failures.
-                    demote = 1 if recent and not required else 0
-                    key = RankKey(demote, path_prefer, path_avoid, priority, -prefer, avoid,
-                                  hist, rtt, cost, name, stack_order, order)
-                    scored.append((number, key, iface, local_address, stack, addr, family,
-                                   rport, index))
+                if parts is None or history.addressed:
+                    parts = _key_parts(flat, history, name, addr, rport, now, memory_ms,
+                                       path_prefer, path_avoid, priority, cost)
+                for stack, part in parts:
+                    scored.append((number, _tuple_new(RankKey, (*part, order)), iface,
+                                   local_address, stack, addr, family, rport, index))
 
     counts = [0] * len(prepared)
     duplicates: dict[int, int] = {}  # endpoint -> the better endpoint that had its leaves
@@ -412,8 +411,8 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
             start += delay
             if number > 1:
                 start = max(start, round(pass_at[number] - at1))
-        candidates.append(Candidate(rank, iface.name, local_addr, stack, addr, rport, family,
-                                    start, key, number))
+        candidates.append(_tuple_new(Candidate, (rank, iface.name, local_addr, stack, addr,
+                                                 rport, family, start, key, number)))
 
     services: list[ServiceEndpoint] = []
     if shaping.records and shaping.query is not None:
@@ -442,6 +441,28 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     return finish(candidates, excluded, "ok" if candidates else "no_candidates", subflows,
                   passes=tuple(passes_), attempt_delay=attempt_delay if candidates else None,
                   services=tuple(services), dane=dane)
+
+
+_tuple_new = tuple.__new__
+"""Builds a RankKey or Candidate from a ready tuple: the NamedTuple constructor is a Python
+function call per leaf, and a decision builds two per leaf (hundreds)."""
+
+
+def _key_parts(flat: Sequence[tuple[str, int, bool, int, int, bool]], history: _HistoryIndex,
+               name: str, addr: str, port: int, now: float | None, memory_ms: int,
+               path_prefer: int, path_avoid: int, priority: int,
+               cost: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """Per stack, its RankKey without the last field (the address order)."""
+    parts: list[tuple[str, tuple[Any, ...]]] = []
+    for stack, stack_order, multipath, prefer, avoid, required in flat:
+        hist, rtt, recent = _history(history, stack, name, addr, port, now, memory_ms)
+        if hist == FALLBACK and multipath:
+            prefer -= 1  # Rule 6: this peer answers as TCP; multipath gains nothing
+        # Rule 10: a required stack is never demoted by its failures.
+        demote = 1 if recent and not required else 0
+        parts.append((stack, (demote, path_prefer, path_avoid, priority, -prefer, avoid,
+                              hist, rtt, cost, name, stack_order)))
+    return parts
 
 
 _by_key = operator.itemgetter(1)
@@ -672,19 +693,25 @@ def _applies(key: str, iface: Interface) -> bool:
     return False
 
 
-def _path_keys(effective: Effectives) -> list[str]:
-    return [k for k in effective
-            if k == "metered" or k.startswith("interface.") or k.startswith("pvd.")]
+def _path_keys(effective: Effectives, memo: dict[Hashable, Any]) -> tuple[str, ...]:
+    """The path-level keys of one resolution, found once per resolution (`memo`), not once
+    per interface: a resolution has dozens of keys, and every decision judges every path."""
+    found: tuple[str, ...] | None = memo.get("path_keys")
+    if found is None:
+        found = memo["path_keys"] = tuple(
+            k for k in effective
+            if k == "metered" or k.startswith("interface.") or k.startswith("pvd."))
+    return found
 
 
-def _judge_path(iface: Interface, effective: Effectives,
+def _judge_path(iface: Interface, effective: Effectives, keys: Sequence[str],
                 excluded: list[Exclusion]) -> _Node | None:
     if not iface.up:
         excluded.append(Exclusion(iface.name, None, None, None, "unreachable",
                                   detail="interface is down"))
         return None
     node = _Node()
-    for key in _path_keys(effective):
+    for key in keys:
         eff = effective[key]
         has = _applies(key, iface)
         outcome = node.apply(eff.value, has)
@@ -708,14 +735,16 @@ _WILDCARDS = ("::", "0.0.0.0")
 """A rendezvous target's one endpoint (Rule 13): every local address of each family."""
 
 
-def _rendezvous(effective: Effectives, interfaces: Sequence[Interface],
+def _rendezvous(effective: Effectives, memo: dict[Hashable, Any],
+                interfaces: Sequence[Interface],
                 stacks: Sequence[tuple[StackInfo, _Node]],
                 stack_exclusions: Sequence[Exclusion]) -> tuple[list[Candidate], list[Exclusion]]:
     """The candidates of a rendezvous target (Rule 13): its ICE host candidates, best first,
     and every branch pruned on the way, once each, with the rule behind it."""
     excluded: list[Exclusion] = []
+    path_keys = _path_keys(effective, memo)
     paths = [(iface, node) for iface in interfaces
-             if (node := _judge_path(iface, effective, excluded)) is not None]
+             if (node := _judge_path(iface, effective, path_keys, excluded)) is not None]
     excluded.extend(stack_exclusions)
     relay, turn = effective["rendezvous.relay"], effective["rendezvous.turn"]
     if relay.value is Pref.REQUIRE and not turn.value:
@@ -738,7 +767,7 @@ def _rendezvous(effective: Effectives, interfaces: Sequence[Interface],
     scored: list[tuple[RankKey, str, str, str, str, str]] = []
     # Only a rule naming loopback itself asks for it (the type, or an interface's own name,
     # no glob): `interface.*: prefer` is about every interface, not about meeting on loopback.
-    asked = [k for k in _path_keys(effective)
+    asked = [k for k in path_keys
              if k.startswith("interface.") and not any(c in k for c in "*?[")
              and effective[k].value in (Pref.PREFER, Pref.REQUIRE)]
     for iface, pnode in paths:
@@ -884,6 +913,9 @@ class _HistoryIndex:
 
     entries: dict[_HistoryKey, CacheEntry] = field(default_factory=dict)
     ported: bool = False
+    addressed: bool = False
+    """Whether any entry names an address or a port: if none does, a stack's history on a
+    path is the same for every address, and is looked up once per path."""
 
 
 def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
@@ -893,6 +925,7 @@ def _history_index(cache: Sequence[CacheEntry], hostport: str) -> _HistoryIndex:
         if entry.remote.lower() == wanted:
             index.entries[(entry.stack, entry.interface, entry.address, entry.port)] = entry
             index.ported = index.ported or entry.port is not None
+            index.addressed = index.ported or index.addressed or entry.address is not None
     return index
 
 

@@ -4,6 +4,8 @@ Rule 1: parsing a target never touches DNS; a name stays a name until the Enviro
 or snapshot) supplies its addresses.
 Rule 2: the schemes a target may use are the stack catalogue's, read at parse time, so a
 scheme a plug-in stack brings is accepted as soon as the stack is registered.
+Rule 3: parsing is a pure function of the target, the app, the kind and the catalogue, so its
+results are cached (a bad target raises every time: exceptions are not cached).
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def _fail(target: str, message: str) -> InputError:
 
 def parse_target(target: str, *, app: str | None = None, kind: str = "initiate") -> Request:
     """Parse `scheme://host[:port]` or `host:port` (IPv6 literals in brackets)."""
+    return _parse(target, app, kind, catalog.version())
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(target: str, app: str | None, kind: str, _catalog_version: int) -> Request:
+    """Cached (Rule 3): a process connects to the same few targets again and again, a parse
+    costs microseconds of every connect, and a Request is immutable. The catalogue's version
+    is in the key, so a scheme registered later is not refused from the cache (Rule 2)."""
     if kind not in KINDS:
         raise InputError([Diagnostic("kind", f"{kind!r} is not one of {', '.join(KINDS)}")])
     text = target.strip()

@@ -34,7 +34,7 @@ from .load import (
     load_layer,
     source_paths,
 )
-from .match import Subject
+from .match import RuleIndex, Subject
 from .model import InterfaceFact
 from .resolve import Conflict, Effective, resolve
 
@@ -86,6 +86,8 @@ class _Shared:
     warnings: tuple[Diagnostic, ...]
     facts: tuple[InterfaceFact, ...]
     resolutions: dict[tuple[Any, ...], Resolution]
+    index: RuleIndex
+    """Which of `rules` can match a request, without running every matcher."""
 
 
 _shared: dict[tuple[Any, ...], _Shared] = {}
@@ -95,9 +97,9 @@ _shared_lock = threading.Lock()
 def _shared_for(files_fp: tuple[Any, ...], files: tuple[PolicyFile, ...]) -> _Shared:
     found = _shared.get(files_fp)
     if found is None:
-        found = _Shared(tuple((f, r) for f in files for r in f.rules),
-                        tuple(w for f in files for w in f.warnings),
-                        _interface_facts(files), {})
+        rules = tuple((f, r) for f in files for r in f.rules)
+        found = _Shared(rules, tuple(w for f in files for w in f.warnings),
+                        _interface_facts(files), {}, RuleIndex([r.matcher for _f, r in rules]))
         with _shared_lock:
             if len(_shared) >= _SHARED_LIMIT:
                 _shared.clear()
@@ -318,7 +320,7 @@ class PolicyContext:
         shared = self._view().shared
         rules = shared.rules
         kind = subject.kind
-        hits = [i for i, (_f, r) in enumerate(rules) if r.matcher.matches(subject)]
+        hits = shared.index.hits(subject)
         key = (kind, *hits)
         memo = shared.resolutions
         found = memo.get(key)

@@ -3,6 +3,12 @@
 Rule 1: a `When` is compiled once, at load time, into a closure-free object whose `matches()`
 does no parsing: the decision core calls it for every rule on every request.
 Rule 2: host globs are case-insensitive (DNS names are); app globs are case-sensitive.
+Rule 3: a `RuleIndex` finds the rules that can match a subject without running every
+matcher, and always returns exactly what running every matcher in order returns: it only
+skips rules that cannot match. It sorts rules by kind, scheme and app (a closed or per-process
+set, one bucket each, built on first use), and within a bucket by host: a host glob that is a
+literal name or `*` and a literal suffix is looked up, not run. Everything else (no host,
+CIDRs, other globs, non-ASCII hosts, where case folding is not `str.lower`) runs as before.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import fnmatch
 import functools
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .model import When
 
-__all__ = ["Matcher", "Subject", "check_glob", "compile_when", "glob_regex"]
+__all__ = ["Matcher", "RuleIndex", "Subject", "check_glob", "compile_when", "glob_regex"]
 
 
 class Subject(Protocol):
@@ -74,6 +81,10 @@ class Matcher:
     kinds: frozenset[str]
     specificity: int
     has_host: bool
+    host_keys: tuple[tuple[bool, str], ...] | None = None
+    """The host globs as index keys (Rule 3): (False, name) for a literal name, (True, suffix)
+    for `*` then a literal suffix, both lower case; None when any host condition is neither
+    (a CIDR, another glob, a non-ASCII one): then the index runs this matcher for every host."""
 
     def matches(self, subject: Subject) -> bool:
         if self.kinds and subject.kind not in self.kinds:
@@ -111,11 +122,18 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 def compile_when(when: When) -> Matcher:
     host_globs: list[re.Pattern[str]] = []
     host_nets: list[Network] = []
+    keys: list[tuple[bool, str]] | None = []
     for h in when.host or ():
         if "/" in h:
             host_nets.append(ipaddress.ip_network(h, strict=False))
+            keys = None
         else:
             host_globs.append(glob_regex(h, True))
+            key = _host_key(h)
+            if key is None:
+                keys = None
+            elif keys is not None:
+                keys.append(key)
     return Matcher(
         apps=tuple(glob_regex(a) for a in when.app or ()),
         host_globs=tuple(host_globs),
@@ -125,4 +143,91 @@ def compile_when(when: When) -> Matcher:
         kinds=frozenset(when.kind or ()),
         specificity=when.specificity,
         has_host=bool(when.host),
+        host_keys=tuple(keys) if keys and when.host else None,
     )
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _host_key(glob: str) -> tuple[bool, str] | None:
+    """A host glob as an index key, or None if it must be run (Rule 3)."""
+    if not glob.isascii():
+        return None
+    if not _GLOB_CHARS.intersection(glob):
+        return False, glob.lower()
+    rest = glob[1:]
+    if glob[0] == "*" and rest and not _GLOB_CHARS.intersection(rest):
+        return True, rest.lower()
+    return None
+
+
+_BUCKET_LIMIT = 256
+
+
+class RuleIndex:
+    """The rules that can match a subject, in rule order (Rule 3).
+
+    Policy holds hundreds of rules, most about other hosts, apps or kinds; every connect
+    matches all of them, so the index is what keeps the decision's matching cost at the size
+    of the rules that could apply rather than of the whole policy."""
+
+    __slots__ = ("_buckets", "_matchers")
+
+    def __init__(self, matchers: Sequence[Matcher]) -> None:
+        self._matchers = tuple(matchers)
+        self._buckets: dict[tuple[str, str, str | None], _Bucket] = {}
+
+    def hits(self, subject: Subject) -> list[int]:
+        """Positions of the matchers that match `subject`, ascending: what
+        `[i for i, m in enumerate(matchers) if m.matches(subject)]` returns."""
+        key = (subject.kind, subject.scheme, subject.app)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= _BUCKET_LIMIT:
+                self._buckets.clear()
+            bucket = self._buckets[key] = _Bucket(self._matchers, subject)
+        matchers = self._matchers
+        return [i for i in bucket.candidates(subject.host) if matchers[i].matches(subject)]
+
+
+class _Bucket:
+    """The matchers one (kind, scheme, app) admits, split by how their host is tested."""
+
+    __slots__ = ("everything", "exact", "run", "suffix", "suffix_lengths")
+
+    def __init__(self, matchers: Sequence[Matcher], subject: Subject) -> None:
+        kind, scheme, app = subject.kind, subject.scheme, subject.app
+        self.everything: list[int] = []
+        self.run: list[int] = []  # no host condition, or one that is not indexed
+        self.exact: dict[str, list[int]] = {}
+        self.suffix: dict[str, list[int]] = {}
+        for i, m in enumerate(matchers):
+            if (m.kinds and kind not in m.kinds) or (m.schemes and scheme not in m.schemes):
+                continue
+            if m.apps and (app is None or not any(p.match(app) for p in m.apps)):
+                continue
+            self.everything.append(i)
+            if m.host_keys is None:
+                self.run.append(i)
+                continue
+            for is_suffix, text in m.host_keys:
+                table = self.suffix if is_suffix else self.exact
+                found = table.setdefault(text, [])
+                if not found or found[-1] != i:
+                    found.append(i)
+        self.suffix_lengths = sorted({len(k) for k in self.suffix})
+
+    def candidates(self, host: str) -> list[int]:
+        if not host.isascii():
+            return self.everything
+        h = host.lower()
+        extra: list[int] = [*self.exact.get(h, ())]
+        n = len(h)
+        for length in self.suffix_lengths:
+            if length > n:
+                break
+            extra.extend(self.suffix.get(h[n - length:], ()))
+        if not extra:
+            return self.run
+        return sorted({*self.run, *extra})

@@ -31,7 +31,6 @@ way to agree on their roles.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -48,11 +47,10 @@ if TYPE_CHECKING:
 __all__ = ["Local", "Remote", "has_identity", "hostport", "identity_problem"]
 
 
-@functools.lru_cache(maxsize=256)
 def _parse(target: str) -> Request:
-    """parse_target() is pure and Request is frozen: a process opening many carriers to
-    the same target parses it once. Any ValueError it lets through (a port of Unicode digits
-    int() cannot read, `host:¹`) is the target's fault too: an InputError naming it."""
+    """parse_target(), which caches its results. Any ValueError it lets through (a port of
+    Unicode digits int() cannot read, `host:¹`) is the target's fault too: an InputError
+    naming it."""
     try:
         return parse_target(target)
     except InputError:
