@@ -68,8 +68,11 @@ schemas: install
 bench: install
 	$(PY) bench/decide.py
 	$(PY) bench/cli_startup.py
+	$(PY) bench/imports.py
 	$(PY) bench/runtime.py
+	$(PY) bench/runtime.py --loop uvloop
 	$(PY) bench/quic.py
+	$(PY) bench/quic.py --loop uvloop
 	$(PY) bench/validate.py
 	$(PY) bench/httpx_transport.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/multipath.py; \

@@ -103,6 +103,7 @@ import taps_post as tp
 from taps_post.runtime import api  # import cost stays outside the timings
 from taps_post import resolver as _resolver_package  # noqa: F401 (loaded before timing)
 from taps_post.resolver.client import default_client
+from taps_post.runtime.association import default_store
 
 NAME, PORT = sys.argv[1], int(sys.argv[2])
 CTX = tp.PolicyContext(system=[], app_name="bench")
@@ -154,7 +155,69 @@ async def open_connection():
     await writer.wait_closed()
     return ready, peer
 
+try:
+    import aiohappyeyeballs
+except ImportError:  # the column says so; pip install '.[test]' brings it
+    aiohappyeyeballs = None
+
+POLICIES = {}
+
+def policy(attempt_ms):
+    # taps_post's defaults (None), or racing.attemptDelay set to the peers' delay
+    if attempt_ms not in POLICIES:
+        app = None if attempt_ms is None else {"version": 1, "layer": "app", "rules": [
+            {"id": "equal", "set": {"racing": {"attemptDelay": attempt_ms}}}]}
+        POLICIES[attempt_ms] = tp.PolicyContext(system=[], app=app, app_name="bench")
+    return POLICIES[attempt_ms]
+
+async def peer(side, delay_s, attempt_ms, fresh):
+    # Time to a ready connection for one client: ours (fresh: no history, DNS cache
+    # flushed), asyncio.open_connection(happy_eyeballs_delay=), or aiohappyeyeballs as
+    # aiohttp drives it (loop.getaddrinfo with AI_ADDRCONFIG, then start_connection).
+    loop = asyncio.get_running_loop()
+    if side == "ours":
+        if fresh:
+            flush()
+            default_store.clear()
+        t0 = clock()
+        carrier = await tp.initiate(f"tcp://{NAME}:{PORT}", policy=policy(attempt_ms))
+        ready = (clock() - t0) * 1000
+        peer_address = carrier.remote_address[0]
+        await carrier.close()
+        return ready, peer_address
+    t0 = clock()
+    if side == "asyncio":
+        _reader, writer = await asyncio.open_connection(NAME, PORT,
+                                                        happy_eyeballs_delay=delay_s)
+    else:
+        infos = await loop.getaddrinfo(NAME, PORT, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_ADDRCONFIG)
+        sock = await aiohappyeyeballs.start_connection(infos, happy_eyeballs_delay=delay_s,
+                                                       interleave=1)
+        _reader, writer = await asyncio.open_connection(sock=sock)
+    ready = (clock() - t0) * 1000
+    peer_address = writer.get_extra_info("peername")[0]
+    writer.close()
+    await writer.wait_closed()
+    return ready, peer_address
+
+async def peers(cmd):
+    sides = ["ours", "asyncio"] + (["aiohappyeyeballs"] if aiohappyeyeballs else [])
+    out = {side: [] for side in sides}
+    where = {side: [] for side in sides}
+    gc.collect()
+    for i in range(cmd["samples"]):
+        turn = (i + cmd["round"]) % len(sides)
+        for side in sides[turn:] + sides[:turn]:
+            ready, address = await peer(side, cmd["delay_s"], cmd["attempt_ms"],
+                                        cmd["fresh"])
+            out[side].append(ready)
+            where[side].append(address)
+    return {"ready": out, "where": where}
+
 async def handle(cmd):
+    if "peers" in cmd:
+        return await peers(cmd)
     out = {"ours_first": [], "ours_ready": [], "raw": [], "ours_where": [], "raw_where": [],
            "ours_marks": []}
     gc.collect()
@@ -343,6 +406,73 @@ class Lab:
         return rows
 
 
+    def peers(self) -> list[Row]:
+        """taps_post beside the clients a user would pick instead, one client process, the
+        three alternated sample by sample: a dual-stack name whose IPv6 path is black-holed
+        (nft drops SYNs to B's IPv6 address; both answers prompt), and one whose AAAA answer
+        is --aaaa-delay ms late. Each with every side's default delays (ours: attemptDelay
+        250, resolutionDelay 50 ms; the peers' happy_eyeballs_delay 0.25 s, aiohttp's
+        default), then with an equal --equal-delay for every side; and each for a first
+        connection (ours: no history, DNS cache flushed) and a later one (ours remembers)."""
+        rows: list[Row] = []
+        topo = self.topo
+        equal = self.args.equal_delay
+        scenarios = (("v6-blackholed", "IPv6 black-holed"),
+                     (f"aaaa-{self.args.aaaa_delay:g}", f"AAAA {self.args.aaaa_delay:g} ms late"))
+        for key, what in scenarios:
+            if key == "v6-blackholed":
+                self.nameserver(KNOT)
+                topo.blackhole(topo.b, daddr=self.netns.B1_V6)
+            else:
+                topo.clear_blackholes(topo.b)
+                self.nameserver(RELAY)
+                self.delay(self.args.aaaa_delay)
+            try:
+                for delays, delay_s, attempt_ms in (("default delays", 0.25, None),
+                                                    (f"all delays {equal:g} ms", equal / 1000,
+                                                     equal)):
+                    for fresh in (True, False):
+                        rows += self.peer_rows(key, what, delays, delay_s, attempt_ms, fresh)
+            finally:
+                topo.clear_blackholes(topo.b)
+        return rows
+
+    def peer_rows(self, key: str, what: str, delays: str, delay_s: float,
+                  attempt_ms: int | None, fresh: bool) -> list[Row]:
+        which = "first connection" if fresh else "later connection"
+        slug = f"peers-{key}-{'default' if attempt_ms is None else 'equal'}-" \
+               f"{'first' if fresh else 'later'}"
+        rows = {side: Row(f"{slug}-vs-{side}", f"{what}, {delays}, {which}: taps_post vs "
+                          f"{label}", "ms", False, 1.0)
+                for side, label in (("asyncio", "asyncio.open_connection(happy_eyeballs_"
+                                     f"delay={delay_s:g})"),
+                                    ("aiohappyeyeballs", "aiohappyeyeballs.start_connection"
+                                     f"(happy_eyeballs_delay={delay_s:g}) as aiohttp"))}
+        peers_seen: dict[str, set[str]] = {}
+        with self.client() as client:
+            cmd = {"peers": True, "samples": 1, "round": 0, "delay_s": delay_s,
+                   "attempt_ms": attempt_ms, "fresh": fresh}
+            client.ask(cmd, 60)  # warm-up; a later-connection row starts with history
+            for rnd in range(self.args.rounds):
+                out = client.ask({**cmd, "samples": self.args.samples, "round": rnd}, 120)
+                for side, addresses in out["where"].items():
+                    peers_seen.setdefault(side, set()).update(addresses)
+                for side, row in rows.items():
+                    if side in out["ready"]:
+                        row.ours.append(median(out["ready"]["ours"]))
+                        row.raw.append(median(out["ready"][side]))
+        for side, row in list(rows.items()):
+            if not row.raw:
+                del rows[side]
+                continue
+            row.notes.append("connected to: " + "; ".join(
+                f"{s} {', '.join(sorted(a))}" for s, a in sorted(peers_seen.items())))
+        if "aiohappyeyeballs" not in rows:
+            print("  (aiohappyeyeballs is not installed: its column is left out; "
+                  "pip install '.[test]' brings it)")
+        return list(rows.values())
+
+
 def median(xs: list[float]) -> float:
     import statistics
 
@@ -365,8 +495,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="samples a side per round (default 5)")
     ap.add_argument("--aaaa-delay", type=float, default=400.0,
                     help="how late the relay passes AAAA answers on (ms, default 400)")
-    ap.add_argument("--only", default="first-attempt,delayed-aaaa",
-                    help="comma-separated: first-attempt, delayed-aaaa")
+    ap.add_argument("--equal-delay", type=int, default=100,
+                    help="peers figures: the attempt delay every side gets in the equal "
+                         "rows (ms, default 100)")
+    ap.add_argument("--only", default="first-attempt,delayed-aaaa,peers",
+                    help="comma-separated: first-attempt, delayed-aaaa, peers")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 samples")
     args = ap.parse_args(argv)
     if args.quick:
@@ -383,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += b.first_attempt()
         if "delayed-aaaa" in only:
             rows += b.delayed_aaaa()
+        if "peers" in only:
+            rows += b.peers()
     for row in rows:
         row.print()
     print("\n| figure | unit | ours median (p10–p90) | raw median (p10–p90) | ratio "

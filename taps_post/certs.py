@@ -9,12 +9,9 @@ an exception message or printed inside a Local without disclosing the key.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import ipaddress
 import os
 import ssl
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +52,8 @@ class Certificate:
         if self.key_pem is None:
             raise ArgumentError("this Certificate has no private key; it can only be pinned")
         # ssl.SSLContext.load_cert_chain only reads files: write a private temporary pair.
+        import tempfile  # (with shutil, bz2 and lzma: only for a certificate of our own)
+
         with tempfile.TemporaryDirectory(prefix="taps-post-cert-") as tmp:
             cert_path = os.path.join(tmp, "cert.pem")
             key_path = os.path.join(tmp, "key.pem")
@@ -76,12 +75,16 @@ class Certificate:
 
 
 def fingerprint_of_der(der: bytes) -> str:
+    import hashlib  # OpenSSL's hashes: only when a pin is checked, not for plain TCP
+
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def self_signed(names: list[str] | tuple[str, ...], *, days: int = 30) -> Certificate:
     """A fresh EC P-256 key and a self-signed certificate valid for `names` (DNS or IP)."""
+    import datetime
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

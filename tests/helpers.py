@@ -40,6 +40,30 @@ def bounded_run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
     return asyncio.run(bounded())
 
 
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # a level-triggered reader may fire again before the waiter runs
+        ready.set_result(None)
+
+
+async def sock_recvfrom(sock: Any, size: int) -> tuple[bytes, Any]:
+    """`loop.sock_recvfrom(sock, size)` on any event loop: uvloop does not implement it
+    (NotImplementedError), so wait for readability with add_reader, which every loop has."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, addr = sock.recvfrom(size)
+        except (BlockingIOError, InterruptedError):
+            pass
+        else:
+            return bytes(data), addr
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m taps_post.cli ARGS` as a user would, against the installed package."""

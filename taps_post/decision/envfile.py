@@ -32,16 +32,14 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
-
-from pydantic_core import PydanticCustomError, ValidationError
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.load import pydantic_diagnostics, read_policy_text
 from ..policy.model import InterfaceType, enum_schema, one_of
+from ..policy.positions import Positions
 from ..policy.shape import After, Before, Record, StrictBool, StrictInt, field
-from ..policy.yamlpos import Positions, load_yaml
 from .environment import (
     Address,
     CacheEntry,
@@ -53,6 +51,9 @@ from .environment import (
     shown,
 )
 from .names import ALIAS_LIMIT, Arrival, ServiceRecord, TlsaRecord, TlsaSet, normal
+
+if TYPE_CHECKING:
+    from pydantic_core import PydanticCustomError
 
 __all__ = ["EnvDocument", "load_environment"]
 
@@ -81,8 +82,10 @@ DIGEST_BYTES = {1: 32, 2: 64}
 """TLSA matching types 1 (SHA-256) and 2 (SHA-512): their data is a digest of this size."""
 
 
-def _refuse(message: str) -> PydanticCustomError:
+def _refuse(message: str) -> "PydanticCustomError":
     # A custom error carries our words as they are (pydantic would prefix "Value error, ").
+    from pydantic_core import PydanticCustomError  # only while validating a snapshot
+
     return PydanticCustomError("taps_value", message)
 
 
@@ -344,6 +347,8 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
         text = read_policy_text(path)  # a regular file, bounded: never a FIFO or /dev/zero
     except OSError as exc:  # the stat (read_policy_text raises only InputError)
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
+    from ..policy.yamlpos import load_yaml  # a YAML parser only once a file is read
+
     data, pos = load_yaml(text, path)
     env = _build(data, pos)
     if len(_CACHE) > 64:
@@ -357,6 +362,8 @@ def _build(data: Any, pos: Positions) -> Environment:
         data = {}
     if not isinstance(data, dict):
         raise InputError([pos.diagnostic((), "expected an environment snapshot (a mapping)")])
+    from pydantic_core import ValidationError  # validation happens here, not at import
+
     try:
         doc = EnvDocument.validate(data)
     except ValidationError as exc:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .names import Arrival, ServiceRecord, TlsaSet
+from .request import is_ip_address
 
 __all__ = [
     "Address",
@@ -64,11 +65,7 @@ def host_name_problem(host: str) -> str | None:
         return f"a host name must be a string, not {type(host).__name__}"
     if not host:
         return "empty host name"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
+    if is_ip_address(host):
         return None
     if ":" in host:
         return f"{shown(host)} is not an IPv6 address"

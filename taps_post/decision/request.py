@@ -20,7 +20,7 @@ from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
 from ..policy.registry import DEFAULT_PORTS, KINDS
 
-__all__ = ["Request", "parse_target"]
+__all__ = ["Request", "is_ip_address", "parse_target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class Request:
 
     @property
     def is_ip_literal(self) -> bool:
-        return _is_ip(self.host)
+        return is_ip_address(self.host)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "app": self.app, "kind": self.kind, "host": self.host,
@@ -52,8 +52,10 @@ class Request:
 
 
 @functools.lru_cache(maxsize=1024)
-def _is_ip(host: str) -> bool:
-    """Parsing an address costs microseconds; a process asks about the same hosts again."""
+def is_ip_address(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address, as ipaddress.ip_address reads it. Cached:
+    parsing an address costs microseconds, every connect checks its host, and a process asks
+    about the same hosts again and again."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

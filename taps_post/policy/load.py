@@ -25,16 +25,17 @@ import stat
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
-
-from pydantic_core import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import Diagnostic, InputError
 from . import catalog, shape
 from .match import Matcher, check_glob, compile_when
 from .model import InterfaceFact, PolicyDocument
+from .positions import Path, Positions, render_path
 from .registry import PROFILES, REGISTRY, ItemError, lookup, nearest
-from .yamlpos import Path, Positions, load_yaml, render_path
+
+if TYPE_CHECKING:
+    from pydantic_core import ValidationError
 
 __all__ = [
     "ETC_POLICY_DIR",
@@ -336,6 +337,8 @@ def _load_file(path: str, layer: str, listed_in: str | None = None,
     if cached is not None:
         return cached
     text, after = _read_text(path, layer, listed_in, st)
+    from .yamlpos import load_yaml  # a YAML parser only once a file is read (positions Rule 1)
+
     data, positions = load_yaml(text, path)
     loaded = _build(data, positions, layer, path, stem(path), _digest(text))
     if _identity(after) == before:  # not replaced or rewritten while we read it
@@ -661,6 +664,8 @@ def _build(data: Any, pos: Positions, layer: str, source: str, default_name: str
     if not isinstance(data, dict):
         got = "an empty document" if data is None else type(data).__name__
         raise InputError([pos.diagnostic((), f"expected a policy document (a mapping), got {got}")])
+    from pydantic_core import ValidationError  # validation happens here, not at import
+
     try:
         doc = PolicyDocument.validate(data)
     except ValidationError as exc:

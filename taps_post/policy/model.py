@@ -18,8 +18,6 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic_core import PydanticCustomError
-
 from . import catalog
 from .registry import INTERFACE_TYPES, KINDS, PROFILES, nearest
 from .shape import Before, JsonSchema, Record, StrictBool, StrictInt, field
@@ -49,6 +47,8 @@ def one_of(source: Callable[[], Sequence[str]]) -> Before:
     def check(value: Any) -> Any:
         choices = tuple(source())
         if not isinstance(value, str) or value not in choices:
+            from pydantic_core import PydanticCustomError  # runs only inside validation
+
             raise PydanticCustomError("literal_error", "Input should be {expected}",
                                       {"expected": _quoted_or(choices)})
         return value

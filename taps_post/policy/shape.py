@@ -6,11 +6,13 @@ the JSON Schema are both built from them. This replaces pydantic's `BaseModel`, 
 builder costs more at every cold start of the CLI than the whole rest of `policy explain`
 (docs/performance.md, "CLI cold start").
 
-Rule 1: nothing is built at import. A record class's annotations are resolved, and its
-validator built, on its first validation; pydantic itself is imported only to generate a
-JSON Schema (`json_schema`), never to validate. The modules that define formats do not use
-`from __future__ import annotations`: their annotations are then objects in the bytecode,
-where strings would each be compiled by `eval` at every start (a string still works).
+Rule 1: nothing is built or imported at import. A record class's annotations are resolved,
+and its validator built, on its first validation, which is also when pydantic-core is first
+imported (a process that connects and validates no document never loads it); pydantic
+itself is imported only to generate a JSON Schema (`json_schema`), never to validate. The
+modules that define formats do not use `from __future__ import annotations`: their
+annotations are then objects in the bytecode, where strings would each be compiled by `eval`
+at every start (a string still works).
 Rule 2: the validator is pydantic-core's model validator, the one `BaseModel` runs, given
 the core schema pydantic would build for the same annotations; errors (types, messages,
 locations, aliases) are therefore pydantic's, and `load.pydantic_diagnostics` reads them.
@@ -30,9 +32,10 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-from pydantic_core import SchemaValidator, core_schema
+if TYPE_CHECKING:
+    from pydantic_core import SchemaValidator, core_schema
 
 __all__ = [
     "After",
@@ -166,6 +169,8 @@ class Record:
         """`data` as a record; pydantic_core.ValidationError when it does not fit."""
         validator = cls._validator
         if validator is None:
+            from pydantic_core import SchemaValidator  # Rule 1: at the first validation
+
             validator = cls._validator = SchemaValidator(_core(cls))
         out: Self = validator.validate_python(data)
         return out
@@ -267,6 +272,8 @@ def _ref(cls: type[Record]) -> str:
 
 def _core(root: type[Record]) -> core_schema.CoreSchema:
     """The core schema of `root` and every record it holds, each defined once."""
+    from pydantic_core import core_schema  # Rule 1: built on the first validation only
+
     defs: dict[type[Record], core_schema.CoreSchema] = {}
     pending = [root]
     while pending:
@@ -299,13 +306,9 @@ def _core(root: type[Record]) -> core_schema.CoreSchema:
                                           list(defs.values()))
 
 
-_SCALARS: dict[Any, Callable[[], core_schema.CoreSchema]] = {
-    str: core_schema.str_schema,
-    int: core_schema.int_schema,
-    float: core_schema.float_schema,
-    bool: core_schema.bool_schema,
-    Any: core_schema.any_schema,
-}
+_SCALARS: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool", Any: "any"}
+"""The core schema type of each scalar: `{"type": NAME}` is what core_schema.str_schema() and
+its siblings return when given no options."""
 
 
 def _translate(tp: Any, constraints: dict[str, Any],
@@ -320,6 +323,8 @@ def _translate(tp: Any, constraints: dict[str, Any],
 
 def _translate_inner(tp: Any, constraints: dict[str, Any],
                      pending: list[type[Record]]) -> core_schema.CoreSchema:
+    from pydantic_core import core_schema
+
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Annotated:
@@ -328,7 +333,7 @@ def _translate_inner(tp: Any, constraints: dict[str, Any],
             out = _apply(mark, out)
         return out
     if tp in _SCALARS:
-        base: dict[str, Any] = dict(_SCALARS[tp]())
+        base: dict[str, Any] = {"type": _SCALARS[tp]}
         for key in [k for k in constraints if k in _ALLOWED.get(tp, ())]:
             base[key] = constraints.pop(key)
         return typing.cast(core_schema.CoreSchema, base)
@@ -360,6 +365,8 @@ _ALLOWED: dict[Any, tuple[str, ...]] = {str: ("min_length", "pattern"), int: ("g
 
 
 def _apply(mark: Any, schema: core_schema.CoreSchema) -> core_schema.CoreSchema:
+    from pydantic_core import core_schema
+
     if isinstance(mark, _Strict):
         return typing.cast(core_schema.CoreSchema, {**schema, "strict": True})
     if isinstance(mark, Before):

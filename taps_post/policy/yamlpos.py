@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import re
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from ..diagnostics import Diagnostic, InputError
+from .positions import Path, Positions, render_path
 
 __all__ = ["Path", "Positions", "load_yaml", "render_path", "top_level"]
 
-Path = tuple[str | int, ...]
 
 try:  # libyaml is several times faster when present
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -50,38 +48,6 @@ except AttributeError:  # pragma: no cover
     _Loader = yaml.SafeLoader
 
 
-@dataclass(slots=True)
-class Positions:
-    """Line/column (1-based) of each value and each mapping key, by path: kept beside the
-    data because validation errors name paths, and people need `file:line:col`."""
-
-    source: str
-    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
-
-    def locate(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
-        """The position of `path`, or of its nearest ancestor that has one."""
-        table = self.keys if key else self.values
-        probe = tuple(path)
-        if key and probe in self.keys:
-            return self.keys[probe]
-        while True:
-            if probe in self.values:
-                return self.values[probe]
-            if probe in table:
-                return table[probe]
-            if not probe:
-                return (None, None)
-            probe = probe[:-1]
-
-    def diagnostic(self, path: Path, message: str, *, key: bool = False) -> Diagnostic:
-        if not self.values and not self.keys:
-            return Diagnostic(self.source, message, path=render_path(path) or None)
-        line, col = self.locate(path, key=key)
-        return Diagnostic(self.source, message, line=line, column=col)
-
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 MAX_NODES = 100_000
 """Values a document may expand to through aliases and merge keys: an alias bomb must fail
@@ -92,18 +58,6 @@ MAX_EVENTS = 3 * MAX_NODES + 4
 costs at most three (its key, its start, its end), so no document within MAX_NODES is
 refused by it. libyaml counts them in one C pass before anything is composed: a flat list of
 a million items is refused for the cost of reading it, not the 300 MB its nodes would take."""
-
-
-def render_path(path: Path) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _PLAIN_KEY.match(str(part)):
-            out += ("." if out else "") + str(part)
-        else:  # a key with spaces, quotes or newlines stays on one readable line
-            out += f"[{str(part)!r}]"
-    return out
 
 
 @contextlib.contextmanager

@@ -65,7 +65,6 @@ import logging
 import math
 import os
 import stat
-import tempfile
 import threading
 import time
 import weakref
@@ -330,6 +329,8 @@ class AssociationStore:
             data["tickets"] = {k: records for k, a in associations
                                if (records := _ticket_records(a))}
         directory = os.path.dirname(os.path.abspath(self.path))
+        import tempfile  # (and shutil, bz2, lzma) only for a store that saves to a file
+
         fd, tmp = tempfile.mkstemp(prefix=".taps-post-", dir=directory)
         try:
             os.fchmod(fd, 0o600)

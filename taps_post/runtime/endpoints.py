@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from ..certs import Certificate
 from ..decision.environment import host_name_problem, interface_name_problem, shown
-from ..decision.request import Request, parse_target
+from ..decision.request import Request, is_ip_address, parse_target
 from ..errors import ArgumentError, Diagnostic, InputError
 
 if TYPE_CHECKING:
@@ -260,10 +260,8 @@ def _check_port(what: str, port: object) -> None:
 def _check_address(what: str, address: object) -> None:
     if not isinstance(address, str):
         raise ArgumentError(f"{what}: an IP address is a string, not {type(address).__name__}")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise ArgumentError(f"{what}: {shown(address)} is not an IP address") from None
+    if not is_ip_address(address):
+        raise ArgumentError(f"{what}: {shown(address)} is not an IP address")
 
 
 def identity_problem(identity: object) -> str | None:

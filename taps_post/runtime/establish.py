@@ -74,7 +74,6 @@ from ..core.messages import OutMessage
 from ..core.settings import Settings
 from ..decision.decide import decide
 from ..decision.decision import Candidate, Decision, Exclusion
-from ..decision.envfile import load_environment
 from ..decision.environment import Environment
 from ..decision.names import TlsaSet, tlsa_name
 from ..decision.request import Request
@@ -123,6 +122,8 @@ def snapshot(env: EnvSpec) -> Environment | None:
     """The caller's environment snapshot as an Environment (None: the live machine)."""
     if env is None or isinstance(env, Environment):
         return env
+    from ..decision.envfile import load_environment  # the snapshot format, only when given
+
     return load_environment(env)
 
 

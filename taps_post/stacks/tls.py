@@ -46,8 +46,6 @@ verifyPeer is off, so there is no PKIX to keep). Else the anchor must have issue
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import functools
 import gc
 import os
@@ -231,7 +229,13 @@ def verify_dane(ssl_object: ssl.SSLObject | None, tlsa: TlsaSet | None, settings
                       partial_chain=not PEER_CHAIN, anchored=anchored)
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up on first use: ctypes (and ctypes.util's tempfile) are
+    not loaded by a process that never closes TLS connections."""
+    import ctypes
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     try:
         trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
@@ -248,11 +252,10 @@ class _Trimmer:
         self.pending: asyncio.AbstractEventLoop | None = None
         """The loop a trim is scheduled on (None: none is)."""
         self.trims = 0
-        self.trim = _malloc_trim()
 
     def connection_closed(self, loop: asyncio.AbstractEventLoop) -> None:
         self.closed += 1
-        if self.closed < TRIM_EVERY or self.trim is None:
+        if self.closed < TRIM_EVERY or _malloc_trim() is None:
             return
         # A trim scheduled on a loop that has since closed (one asyncio.run() after another)
         # never runs: schedule again on this one.
@@ -274,9 +277,10 @@ _TRIMMER = _Trimmer()
 
 def trim_heap() -> bool:
     """`malloc_trim(0)` now (glibc): give freed heap pages back. False where unavailable."""
-    if _TRIMMER.trim is None:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _TRIMMER.trim(0)
+    trim(0)
     _TRIMMER.trims += 1
     return True
 

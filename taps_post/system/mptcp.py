@@ -37,8 +37,6 @@ kernel's answers are read (sender port id 0), so another process cannot forge on
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import ipaddress
 import os
@@ -245,6 +243,9 @@ _libc: Any = None
 
 def _getsockopt(fd: int, level: int, name: int, buf: Any) -> int:
     """libc getsockopt with a caller-filled buffer; the length the kernel wrote, or OSError."""
+    import ctypes
+    import ctypes.util  # (ctypes.util imports tempfile: only for MPTCP sockets)
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -300,6 +301,8 @@ _Raw = tuple[tuple[str, int], tuple[str, int], bytes]
 
 def _full_info(fd: int) -> list[_Raw]:
     """MPTCP_FULL_INFO: every subflow's addresses and tcp_info in one consistent call."""
+    import ctypes
+
     room = _FIRST_GUESS
     for _ in range(3):
         sfinfo = ctypes.create_string_buffer(room * _SFINFO_SIZE)
@@ -327,6 +330,8 @@ def _full_info(fd: int) -> list[_Raw]:
 
 def _subflow_array(fd: int, name: int, size: int) -> list[bytes]:
     """MPTCP_TCPINFO / MPTCP_SUBFLOW_ADDRS: one element per subflow, `size` bytes asked."""
+    import ctypes
+
     room = _FIRST_GUESS
     for _ in range(3):
         buf = ctypes.create_string_buffer(_SUBFLOW_DATA.size + room * size)

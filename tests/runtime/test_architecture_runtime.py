@@ -213,3 +213,42 @@ def test_registering_a_stack_invalidates_cached_plans(run, store, tcp_alt) -> No
                 stacks.unregister("tcp-beta")
 
     run(main())
+
+
+_FIRST_TCP_INITIATE = r"""
+import asyncio, json, socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+import taps_post as tp
+
+async def main():
+    ctx = tp.PolicyContext(system=[], app_name="t")
+    c = await tp.initiate(f"tcp://127.0.0.1:{server.getsockname()[1]}", policy=ctx)
+    await c.send(b"x")
+    await c.close()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# What a plain TCP connect with a policy built in code has no use for: the QUIC stack, the
+# YAML parser and pydantic-core (no file or document is read or validated), cryptography,
+# and the modules only a saving store, a certificate of our own or an MPTCP socket needs.
+_NOT_FOR_TCP = ("aioquic", "yaml", "pydantic_core", "pydantic", "cryptography", "tempfile",
+                "ctypes", "taps_post.decision.envfile", "taps_post.policy.yamlpos")
+
+
+def test_a_tcp_initiate_imports_only_what_it_uses() -> None:
+    """Issue 15, item 3: nothing is imported on a path that does not need it (each module
+    above was imported by the first TCP initiate() before; docs/performance.md has the
+    figures)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-P", "-c", _FIRST_TCP_INITIATE],
+                          capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "taps_post.stacks.tcp" in loaded  # the probe did connect over TCP
+    unwanted = sorted(m for m in loaded
+                      if any(m == n or m.startswith(n + ".") for n in _NOT_FOR_TCP))
+    assert unwanted == []
