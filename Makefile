@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck schemas docs bench clean fuzz stress
+.PHONY: demo test test-uvloop install lint typecheck schemas docs bench clean fuzz stress
 
 # The package is installed, not linked: tests import what `pip install` built (run with -P,
 # so the working tree never shadows it), and `install` rebuilds it from the tree each run.
@@ -27,6 +27,10 @@ demo: install
 
 test: install lint typecheck
 	$(PY) -P -m pytest -q
+
+# The same suite on uvloop (tests/conftest.py: --loop); CI runs it after `make test`.
+test-uvloop: install
+	$(PY) -P -m pytest -q --loop uvloop
 
 # The fuzz targets of tests/fuzz run bounded under `make test` (profile taps-ci); here with
 # TAPS_FUZZ=1, FUZZ_FACTOR times the examples (minutes), then atheris' coverage-guided runs

@@ -53,6 +53,8 @@ from typing import Any
 HOST = "127.0.0.1"
 _EARLY = 0.0015
 """Seconds before an item's due time at which its timer wakes the relay (see DelayLine)."""
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+"""The monotonic clock's resolution: asyncio's timer tolerance (see DelayLine._fire)."""
 
 __all__ = ["DelayLine", "Relay"]
 
@@ -89,8 +91,9 @@ class DelayLine:
         self._timer = None
         items = self._items
         # Without precise timing, asyncio's own tolerance applies: a timer may run up to one
-        # clock resolution early, so everything due by then goes.
-        slack = self._early or self._loop._clock_resolution  # type: ignore[attr-defined]
+        # clock resolution early, so everything due by then goes (what asyncio's loop takes
+        # as its resolution; on another loop, an item a timer woke for too early re-arms it).
+        slack = self._early or _CLOCK_RESOLUTION
         while items and not self.closed:
             due = items[0][0]
             wait = due - time.monotonic()  # the loop's clock (asyncio uses time.monotonic)

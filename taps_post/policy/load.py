@@ -328,6 +328,14 @@ def _check_stat(path: str, st: os.stat_result, layer: str, listed_in: str | None
     return None
 
 
+def load_yaml(text: str, source: str) -> tuple[Any, Positions]:
+    """yamlpos.load_yaml, imported on the first file read: a process whose policy is given as
+    data never loads a YAML parser (positions Rule 1). Every policy file is parsed here."""
+    from .yamlpos import load_yaml as parse
+
+    return parse(text, source)
+
+
 def _load_file(path: str, layer: str, listed_in: str | None = None,
                st: os.stat_result | None = None) -> PolicyFile:
     st = _checked_stat(path, layer, listed_in, st, f"no such {layer} policy file")
@@ -337,8 +345,6 @@ def _load_file(path: str, layer: str, listed_in: str | None = None,
     if cached is not None:
         return cached
     text, after = _read_text(path, layer, listed_in, st)
-    from .yamlpos import load_yaml  # a YAML parser only once a file is read (positions Rule 1)
-
     data, positions = load_yaml(text, path)
     loaded = _build(data, positions, layer, path, stem(path), _digest(text))
     if _identity(after) == before:  # not replaced or rewritten while we read it

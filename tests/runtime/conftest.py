@@ -65,6 +65,19 @@ async def _until(condition: Callable[[], object], timeout: float = 2.0,
         await asyncio.sleep(0)
 
 
+async def _warm_loop() -> None:
+    """Let the running loop make its one-time descriptors, so that a leak check taking its
+    baseline after this counts only what the code under test opens: uvloop (libuv) opens a
+    reserve descriptor with the loop's first stream transport (to shed connections when
+    descriptors run out) and holds it until the loop closes. The transport made here is
+    closed again before this returns (`wait_closed` waits for connection_lost)."""
+    mine, theirs = socket.socketpair()
+    with theirs:
+        _, writer = await asyncio.open_connection(sock=mine)
+        writer.close()
+        await writer.wait_closed()
+
+
 @pytest.fixture
 def run() -> Run:
     """`run(coro, timeout=10.0)`: asyncio.run with the whole coroutine bounded in time."""
@@ -75,6 +88,12 @@ def run() -> Run:
 def until() -> Until:
     """`await until(lambda: condition, timeout=2.0, what="...")`: wait for a condition."""
     return _until
+
+
+@pytest.fixture
+def warm_loop() -> Callable[[], Coroutine[Any, Any, None]]:
+    """`await warm_loop()` before a leak check's baseline (descriptors, tasks) is taken."""
+    return _warm_loop
 
 
 @pytest.fixture

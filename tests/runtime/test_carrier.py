@@ -967,11 +967,13 @@ async def settled(until: Any, base_fds: int, base_tasks: int) -> None:
                              f"tasks {len(asyncio.all_tasks())} (before: {base_tasks})")
 
 
-def test_race_with_a_failing_first_candidate_leaks_nothing(run, until, tcp_policy) -> None:
+def test_race_with_a_failing_first_candidate_leaks_nothing(run, until, warm_loop,
+                                                           tcp_policy) -> None:
     env = {"interfaces": [{"name": "lo", "type": "loopback", "addresses": ["127.0.0.1", "::1"]}],
            "dns": {"dual.invalid": ["::1", "127.0.0.1"]}}
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not the test's
         base_fds = _fds()
         base_tasks = len(asyncio.all_tasks())
         async with served(tcp_policy) as listener:  # 127.0.0.1 only: ::1 is refused
@@ -1000,9 +1002,10 @@ def test_race_with_a_failing_first_candidate_leaks_nothing(run, until, tcp_polic
     run(main())
 
 
-def test_cancelled_initiate_leaks_nothing(run, until, tcp_policy, store) -> None:
+def test_cancelled_initiate_leaks_nothing(run, until, warm_loop, tcp_policy, store) -> None:
     """Cancel the caller mid-race (the listener never completes TLS): no socket, no task."""
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not the test's
         base_fds = _fds()
         base_tasks = len(asyncio.all_tasks())
         with socket.socket() as silent:  # accepts TCP, never speaks TLS

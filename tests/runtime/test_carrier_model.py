@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import taps_post as tp
+from helpers import sock_recvfrom
 
 LO4 = "127.0.0.1"
 
@@ -517,8 +518,7 @@ def test_local_port_is_honoured_on_udp(run, make_policy) -> None:
                                    f"{LO4}:{peer.getsockname()[1]}", policy=make_policy())
             try:
                 await source.send(b"from a chosen port")
-                loop = asyncio.get_running_loop()
-                data, addr = await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 2)
+                data, addr = await asyncio.wait_for(sock_recvfrom(peer, 2048), 2)
                 assert addr == (LO4, port) and source.local_address == (LO4, port)
                 assert data.endswith(b"from a chosen port")
             finally:
@@ -546,8 +546,10 @@ def test_initiate_send_still_sends_the_first_message_once(run, tcp_policy, store
     run(main())
 
 
-def test_close_during_activation_ends_it_and_leaks_nothing(run, until, store) -> None:
+def test_close_during_activation_ends_it_and_leaks_nothing(run, until, warm_loop,
+                                                           store) -> None:
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not the test's
         base_fds = _fds()
         base_tasks = len(asyncio.all_tasks())
         with socket.socket() as silent:  # accepts TCP, never speaks TLS

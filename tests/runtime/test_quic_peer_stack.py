@@ -332,8 +332,9 @@ async def raw_client(identity: Cert | None, alpn: str = ALPN
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((LO, 0))
+    # Not connected: aioquic passes the peer's address to every sendto(), which a datagram
+    # transport on a connected socket may refuse (uvloop: EISCONN, into error_received).
     server_path = await SocketPath.open(local=(LO, 0), remote=sock.getsockname())
-    sock.connect(server_path.local)
     config = QuicConfiguration(is_client=True, alpn_protocols=[alpn],
                                verify_mode=ssl.CERT_NONE)
     if identity is not None:

@@ -116,8 +116,9 @@ async def _fork(parent: tp.Carrier, peer: tp.Carrier, *, accept_first: bool = Tr
 
 
 @contextlib.asynccontextmanager
-async def _settles(until: Any) -> AsyncIterator[None]:
+async def _settles(until: Any, warm_loop: Any) -> AsyncIterator[None]:
     """Nothing the block opened is left once it closed its carriers (sockets, tasks)."""
+    await warm_loop()  # the loop's own one-time descriptors are not the block's
     base_fds, base_tasks = _fds(), len(asyncio.all_tasks())
     yield
     await until(lambda: _fds() <= base_fds and len(asyncio.all_tasks()) <= base_tasks,
@@ -126,13 +127,14 @@ async def _settles(until: Any) -> AsyncIterator[None]:
                              f"tasks {len(asyncio.all_tasks())} (before: {base_tasks})")
 
 
-def test_two_peers_meet_through_memory_signalling(run, until, make_policy, certs) -> None:
+def test_two_peers_meet_through_memory_signalling(run, until, warm_loop,
+                                                  make_policy, certs) -> None:
     policy = make_policy(LOOPBACK)
     events = Events()
 
     async def main() -> None:
         hub = tp.MemorySignalling()
-        async with _settles(until):
+        async with _settles(until, warm_loop):
             a, b = await _pair(certs, hub, hub, policy, trace_a=events)
             assert a.stack == b.stack == "quic-ice"
             await _exchange(a, b)
@@ -175,7 +177,8 @@ def test_two_peers_meet_through_memory_signalling(run, until, make_policy, certs
     assert "carrier.active" in names
 
 
-def test_two_peers_meet_through_a_rendezvous_point(run, until, make_policy, certs) -> None:
+def test_two_peers_meet_through_a_rendezvous_point(run, until, warm_loop,
+                                                   make_policy, certs) -> None:
     """The offers go through a real RendezvousPoint over TLS (self-signed: the point's
     certificate pinned by the peers, the peers' pinned by the point)."""
     policy = make_policy(LOOPBACK)
@@ -187,7 +190,7 @@ def test_two_peers_meet_through_a_rendezvous_point(run, until, make_policy, cert
                      trusted=[certs[ALICE], certs[BOB]]), system=[])
         try:
             via = tp.Remote.parse(f"tls://127.0.0.1:{point.port}", certificates=[point_cert])
-            async with _settles(until):
+            async with _settles(until, warm_loop):
                 a, b = await _pair(certs, via, via, policy,
                                    pins_a=(certs[BOB],), send_a=b"sent with initiate")
                 assert await b.receive() == b"sent with initiate"  # held, then first
@@ -203,7 +206,8 @@ def test_two_peers_meet_through_a_rendezvous_point(run, until, make_policy, cert
     run(main(), timeout=30)
 
 
-def test_a_pinned_peer_refuses_another_fingerprint(run, until, make_policy, certs) -> None:
+def test_a_pinned_peer_refuses_another_fingerprint(run, until, warm_loop,
+                                                   make_policy, certs) -> None:
     """Alice pins a certificate bob's offer does not announce: refused before any check,
     naming the substitution; bob, left waiting in ICE, is closed without leaks."""
     policy = make_policy(LOOPBACK)
@@ -211,7 +215,7 @@ def test_a_pinned_peer_refuses_another_fingerprint(run, until, make_policy, cert
 
     async def main() -> None:
         hub = tp.MemorySignalling()
-        async with _settles(until):
+        async with _settles(until, warm_loop):
             a = tp.initiate(tp.Remote.rendezvous(BOB, via=hub, certificates=[other]),
                             local=_local(certs, ALICE), policy=policy)
             b = tp.initiate(tp.Remote.rendezvous(ALICE, via=hub), local=_local(certs, BOB),
@@ -252,7 +256,7 @@ class Substitute:
         await self.inner.aclose()
 
 
-def test_a_substituted_fingerprint_fails_the_quic_handshake(run, until, make_policy,
+def test_a_substituted_fingerprint_fails_the_quic_handshake(run, until, warm_loop, make_policy,
                                                             certs) -> None:
     """Without pins the offer's fingerprint is the peer's identity: when signalling swaps
     it, bob's end refuses alice's real certificate and neither carrier comes up."""
@@ -262,7 +266,7 @@ def test_a_substituted_fingerprint_fails_the_quic_handshake(run, until, make_pol
     async def main() -> None:
         hub = tp.MemorySignalling()
         via = Substitute(hub, other.fingerprint)
-        async with _settles(until):
+        async with _settles(until, warm_loop):
             a = tp.initiate(tp.Remote.rendezvous(BOB, via=via), local=_local(certs, ALICE),
                             policy=policy)
             b = tp.initiate(tp.Remote.rendezvous(ALICE, via=via), local=_local(certs, BOB),
@@ -280,7 +284,7 @@ def test_a_substituted_fingerprint_fails_the_quic_handshake(run, until, make_pol
 
 
 @pytest.mark.parametrize("turn", [True, False], ids=["turn-named", "no-turn"])
-def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, make_policy, certs,
+def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, warm_loop, make_policy, certs,
                                                         tmp_path, turn: bool) -> None:
     """Alice gathers on IPv4 only, bob on IPv6 only: no pair can form. With
     `rendezvous.relay: prohibit` and a TURN server the policy names (a relay could have
@@ -297,7 +301,7 @@ def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, make_policy,
 
     async def main() -> None:
         hub = tp.MemorySignalling()
-        async with _settles(until):
+        async with _settles(until, warm_loop):
             a = tp.initiate(tp.Remote.rendezvous(BOB, via=hub), local=_local(certs, ALICE),
                             policy=policy_a)
             b = tp.initiate(tp.Remote.rendezvous(ALICE, via=hub), local=_local(certs, BOB),
@@ -328,7 +332,7 @@ def test_relay_prohibited_and_no_pair_is_a_policy_error(run, until, make_policy,
     run(main(), timeout=30)
 
 
-def test_a_peer_that_never_comes_times_out_after_peer_wait(run, until, make_policy,
+def test_a_peer_that_never_comes_times_out_after_peer_wait(run, until, warm_loop, make_policy,
                                                            certs) -> None:
     """Only alice initiates; a stale offer from an old session of bob is skipped."""
     from taps_post.ice.offer import Offer
@@ -341,7 +345,7 @@ def test_a_peer_that_never_comes_times_out_after_peer_wait(run, until, make_poli
         old = Offer("bob.test", "0" * 32, "abcd", "a" * 22, (), certs[BOB].fingerprint,
                     1.0)  # made in 1970: long before peerWait
         await hub.send(BOB, ALICE, old.to_dict())
-        async with _settles(until):
+        async with _settles(until, warm_loop):
             a = tp.initiate(tp.Remote.rendezvous(BOB, via=hub), local=_local(certs, ALICE),
                             policy=policy, trace=events)
             with pytest.raises(tp.EstablishmentError) as info:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import taps_post as tp
+from helpers import sock_recvfrom
 from taps_post.certs import Certificate, fingerprint_of_der
 from taps_post.core.events import Failed
 from taps_post.core.framing import LengthPrefixFramer
@@ -435,8 +436,7 @@ def test_local_port_is_bound_by_racing_attempts_to_two_remotes(run) -> None:
         async with udp_peer() as (uport, peer):
             u = await UdpStack().connect(spec(uport, "udp", local_port=port))
             u.submit_data(b"from my port")
-            loop = asyncio.get_running_loop()
-            data, addr = await loop.sock_recvfrom(peer, 100)
+            data, addr = await sock_recvfrom(peer, 100)
             assert data == b"from my port" and addr == (LO4, port)
             await u.aclose()
 

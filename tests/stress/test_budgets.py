@@ -25,6 +25,7 @@ import pytest
 from sizing import sized
 
 import taps_post as tp
+from helpers import sock_recvfrom
 
 LO4 = "127.0.0.1"
 MiB = 1 << 20
@@ -360,10 +361,9 @@ def test_datagrams_over_the_receive_budget_are_dropped_and_counted(run) -> None:
             app_name="t")
         carrier = await tp.initiate(f"udp://{LO4}:{port}", policy=policy,
                                     store=tp.AssociationStore())
-        loop = asyncio.get_running_loop()
         try:
             await carrier.send(b"hi")
-            _, addr = await loop.sock_recvfrom(raw, 100)
+            _, addr = await sock_recvfrom(raw, 100)
             t = carrier.transients[0]
             n = 200
             for i in range(n):

@@ -16,7 +16,7 @@ import contextlib
 import socket
 import ssl
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,6 +52,62 @@ class _Deaf(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]
         self.transports.append(transport)
+
+
+class _Timer:
+    """One timer the loop was asked for: what it calls (and with), its handle, whether it
+    fired."""
+
+    def __init__(self, callback: Any, args: tuple[Any, ...]) -> None:
+        self.what = repr((callback, *args))
+        self.handle: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    @property
+    def pending(self) -> bool:
+        return not self.fired and self.handle is not None and not self.handle.cancelled()
+
+
+@contextlib.contextmanager
+def timers(loop: asyncio.AbstractEventLoop) -> Iterator[list[_Timer]]:
+    """Every timer scheduled on `loop` (call_later / call_at, the only public ways to ask
+    for one) while inside: the loop-neutral view of what is still scheduled, where asyncio's
+    private `loop._scheduled` does not exist on other loops (uvloop)."""
+    made: list[_Timer] = []
+    inside = False
+    originals = {name: getattr(loop, name) for name in ("call_later", "call_at")}
+
+    def recording(name: str) -> Any:
+        original = originals[name]
+
+        def schedule(delay_or_when: float, callback: Any, *args: Any,
+                     **kwargs: Any) -> asyncio.TimerHandle:
+            nonlocal inside
+            if inside:  # one loop's call_later is its call_at (or the reverse): one timer
+                return original(delay_or_when, callback, *args, **kwargs)
+            timer = _Timer(callback, args)
+
+            def fire(*a: Any) -> None:
+                timer.fired = True
+                callback(*a)
+
+            inside = True
+            try:
+                timer.handle = original(delay_or_when, fire, *args, **kwargs)
+            finally:
+                inside = False
+            made.append(timer)
+            return timer.handle
+
+        return schedule
+
+    for name in originals:
+        setattr(loop, name, recording(name))
+    try:
+        yield made
+    finally:
+        for name in originals:
+            delattr(loop, name)
 
 
 @contextlib.asynccontextmanager
@@ -224,6 +280,10 @@ def test_close_of_a_stream_made_with_as_stream_is_bounded_by_linger(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        with timers(loop) as scheduled:
+            await stream_close(loop, scheduled)
+
+    async def stream_close(loop: asyncio.AbstractEventLoop, scheduled: list[_Timer]) -> None:
         async with deaf_peer(stack, cert, tmp_path) as (url, _):
             remote = tp.Remote.parse(url, certificates=[cert] if stack == "tls" else [])
             carrier = tp.initiate(remote, policy=policy(stack, int(linger * 1000)),
@@ -240,8 +300,8 @@ def test_close_of_a_stream_made_with_as_stream_is_bounded_by_linger(
             assert sock.fileno() == -1, (
                 f"socket still open after close() (write buffer "
                 f"{writer.transport.get_write_buffer_size()} bytes)")
-            assert not [h for h in loop._scheduled  # type: ignore[attr-defined]
-                        if not h.cancelled() and "abort" in repr(h)], "an abort timer left"
+            assert not [t.what for t in scheduled
+                        if t.pending and "abort" in t.what], "an abort timer left"
             print(f"{stack}: stream close() took {took:.2f} s (linger {linger} s)")
 
     run(main(), timeout=30)

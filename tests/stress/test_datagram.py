@@ -35,6 +35,7 @@ from sizing import sized
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import taps_post as tp
+from helpers import sock_recvfrom
 from netns import A1_V4, A1_V6, B1_V4, B2_V4, B2_V6, DROP_PRIVILEGES, NsProcess, Topology
 from netns import topology as make_topology
 
@@ -215,12 +216,11 @@ def test_wildcard_endpoint_answers_from_the_loopback_address_it_was_sent_to(run)
         sock.bind(("0.0.0.0", 0))
         port = sock.getsockname()[1]
         transport, proto = await open_datagram_endpoint(_Echo, sock)
-        loop = asyncio.get_running_loop()
         try:
             for target in ("127.0.0.2", LO4, "127.0.0.3"):
                 with _client(LO4) as c:
                     c.sendto(b"ping", (target, port))
-                    data, addr = await asyncio.wait_for(loop.sock_recvfrom(c, 100), 3)
+                    data, addr = await asyncio.wait_for(sock_recvfrom(c, 100), 3)
                     assert (data, addr[0]) == (b"echo:ping", target)
         finally:
             transport.close()
@@ -243,12 +243,11 @@ def test_wildcard_endpoint_forgets_the_least_recently_heard_peer_first(run) -> N
         transport, proto = await open_datagram_endpoint(_Echo, sock)
         assert isinstance(transport, PktinfoTransport)
         transport.max_peers = 3
-        loop = asyncio.get_running_loop()
         clients = [_client(LO4) for _ in range(5)]
         try:
             for c in clients:
                 c.sendto(b"hi", ("127.0.0.2", port))
-                data, addr = await asyncio.wait_for(loop.sock_recvfrom(c, 100), 3)
+                data, addr = await asyncio.wait_for(sock_recvfrom(c, 100), 3)
                 assert addr[0] == "127.0.0.2"
             assert transport.peers_known == 3
             names = [c.getsockname() for c in clients]
@@ -257,7 +256,7 @@ def test_wildcard_endpoint_forgets_the_least_recently_heard_peer_first(run) -> N
             # The first client is forgotten: a reply sent to it now (not prompted by a
             # datagram) leaves from the kernel's choice, 127.0.0.1.
             transport.sendto(b"late", names[0])
-            data, addr = await asyncio.wait_for(loop.sock_recvfrom(clients[0], 100), 3)
+            data, addr = await asyncio.wait_for(sock_recvfrom(clients[0], 100), 3)
             assert (data, addr[0]) == (b"late", LO4)
             transport.pause_reading()
             assert not transport.is_reading()
@@ -265,7 +264,7 @@ def test_wildcard_endpoint_forgets_the_least_recently_heard_peer_first(run) -> N
             await asyncio.sleep(0.05)  # would have been read by now; nothing may arrive
             assert proto.got[-1][0] == b"hi"
             transport.resume_reading()
-            data, _ = await asyncio.wait_for(loop.sock_recvfrom(clients[1], 100), 3)
+            data, _ = await asyncio.wait_for(sock_recvfrom(clients[1], 100), 3)
             assert data == b"echo:held"
             assert transport.get_extra_info("sockname") == ("0.0.0.0", port)
             assert transport.get_extra_info("socket").fileno() == sock.fileno()

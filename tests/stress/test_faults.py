@@ -74,12 +74,13 @@ async def next_carrier(listener: tp.Listener) -> tp.Carrier:
 
 
 def test_peer_half_closes_after_sending_we_get_all_then_eof_and_can_reply(
-        run, until, tcp_policy) -> None:
+        run, until, warm_loop, tcp_policy) -> None:
     """A client sends three messages and shuts its sending side (FIN): the accepted carrier
     delivers all three, then ConnectionClosedError (EOF), and its reply still reaches the
     client, whose receiving side is open."""
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         before = fds()
         listener = await tp.listen(tp.Local(address=LO4, port=0), policy=tcp_policy)
         reader, writer = await asyncio.open_connection(LO4, listener.port)
@@ -104,12 +105,13 @@ def test_peer_half_closes_after_sending_we_get_all_then_eof_and_can_reply(
 
 
 def test_server_half_closes_after_sending_our_reply_rides_the_same_connection(
-        run, until, tcp_policy, store) -> None:
+        run, until, warm_loop, tcp_policy, store) -> None:
     """A server sends three messages and shuts its sending side: our initiated carrier
     delivers all three, sees the end, and a send afterwards reaches that server on the
     *same* connection (its receiving side is open), not on a new one."""
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         before = fds()
         connections: list[bytes] = []
         done = asyncio.get_running_loop().create_future()
@@ -147,13 +149,14 @@ def test_server_half_closes_after_sending_our_reply_rides_the_same_connection(
 
 
 def test_clients_that_close_right_after_connect_leave_nothing_behind(
-        run, until, tcp_policy) -> None:
+        run, until, warm_loop, tcp_policy) -> None:
     """Clients that connect and close at once (FIN, or RST with SO_LINGER 0), many of them:
     any carrier the Listener yields for them fails with ConnectionClosedError, none leaks an
     fd or a task, and a well-behaved client is served afterwards."""
     n = sized(100, 2000)
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         before = fds()
         listener = await tp.listen(tp.Local(address=LO4, port=0), policy=tcp_policy)
         outcomes: list[str] = []
@@ -201,12 +204,13 @@ def test_clients_that_close_right_after_connect_leave_nothing_behind(
 
 
 def test_server_that_closes_right_after_accept_fails_the_carrier_clearly(
-        run, until, tcp_policy, store) -> None:
+        run, until, warm_loop, tcp_policy, store) -> None:
     """A server that accepts and closes at once, by FIN or by RST: the carrier's receive
     ends with ConnectionClosedError saying which (after a RST the carrier is dormant, so the
     next send re-establishes it), and after close() nothing is left."""
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         before = fds()
         accepted = [0]
 
@@ -293,7 +297,7 @@ def received(proc: subprocess.Popen[str]) -> list[str]:
 
 
 def test_server_restarted_while_carriers_are_dormant_they_reactivate_exactly_once(
-        run, until, make_policy, store) -> None:
+        run, until, warm_loop, make_policy, store) -> None:
     """N carriers exchange message 0 with a server process, then go dormant (their idle
     timeout, 1 s, closes each connection); the server process is killed and a new one starts
     on the same port; each carrier's next send re-activates it against the new process.
@@ -316,6 +320,7 @@ def test_server_restarted_while_carriers_are_dormant_they_reactivate_exactly_onc
         await asyncio.gather(*(one(i, c) for i, c in enumerate(carriers)))
 
     async def main() -> list[str]:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         before = fds()
         remote = tp.Remote.parse(f"tcp://{LO4}:{port}")
         carriers = [tp.initiate(remote, policy=policy, store=store) for _ in range(n)]

@@ -312,7 +312,7 @@ def test_tls_slowloris_is_cut_off_at_the_handshake_timeout(run, until, make_poli
 
 
 def test_at_most_max_handshakes_at_once_and_close_leaves_nothing(run, until, make_policy,
-                                                                 cert) -> None:
+                                                                 cert, warm_loop) -> None:
     """listener.maxHandshakes 50 against 200 TLS connections that never finish a handshake
     (half silent, half a whole ClientHello and then nothing): while the 50 taken are younger
     than the eviction age (1 s at a 30 s handshakeTimeout), they run and the other 150 wait
@@ -329,6 +329,7 @@ def test_at_most_max_handshakes_at_once_and_close_leaves_nothing(run, until, mak
                                   "listener.handshakeTimeout": int(timeout * 1000)})
 
     async def main() -> None:
+        await warm_loop()  # the loop's own one-time descriptors are not a leak
         fds = open_fds()
         lst = await tp.listen(tp.Local(address=LO4, port=0, certificates=[cert]),
                               policy=policy)
