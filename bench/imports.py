@@ -68,8 +68,8 @@ asyncio.run(main())
 CLIENT = r"""
 import asyncio, json, statistics, sys, time
 clock = time.perf_counter
-mode, stack, port, cert_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-for name in sys.argv[5:]:  # mode "preimported": what the first call would import, untimed
+stack, port, cert_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for name in sys.argv[4:]:  # what the first call would import, imported untimed
     try:
         __import__(name)
     except ImportError:  # a synthetic entry of sys.modules (a Cython helper), not a module
@@ -124,7 +124,7 @@ def child_env() -> dict[str, str]:
 def client(stack: str, port: int, cert: str, preimport: Sequence[str] = (),
            importtime: bool = False) -> tuple[dict[str, Any], str]:
     argv = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c",
-            "import asyncio\n" + CLIENT, "run", stack, str(port), cert, *preimport]
+            "import asyncio\n" + CLIENT, stack, str(port), cert, *preimport]
     done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=120,
                           check=False)
     if done.returncode != 0:

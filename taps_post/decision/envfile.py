@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from ..diagnostics import Diagnostic, InputError
 from ..policy import catalog
-from ..policy.load import pydantic_diagnostics, read_policy_text
+from ..policy.load import load_yaml, pydantic_diagnostics, read_policy_text
 from ..policy.model import InterfaceType, enum_schema, one_of
 from ..policy.positions import Positions
 from ..policy.shape import After, Before, Record, StrictBool, StrictInt, field
@@ -347,8 +347,6 @@ def load_environment(spec: str | os.PathLike[str] | Mapping[str, Any]) -> Enviro
         text = read_policy_text(path)  # a regular file, bounded: never a FIFO or /dev/zero
     except OSError as exc:  # the stat (read_policy_text raises only InputError)
         raise InputError([Diagnostic(path, f"cannot read environment: {exc}")]) from None
-    from ..policy.yamlpos import load_yaml  # a YAML parser only once a file is read
-
     data, pos = load_yaml(text, path)
     env = _build(data, pos)
     if len(_CACHE) > 64:

@@ -329,8 +329,9 @@ def _check_stat(path: str, st: os.stat_result, layer: str, listed_in: str | None
 
 
 def load_yaml(text: str, source: str) -> tuple[Any, Positions]:
-    """yamlpos.load_yaml, imported on the first file read: a process whose policy is given as
-    data never loads a YAML parser (positions Rule 1). Every policy file is parsed here."""
+    """yamlpos.load_yaml, imported on the first file read: a process whose policy (or
+    environment) is given as data never loads a YAML parser (positions Rule 1). Every policy
+    file and environment snapshot is parsed here."""
     from .yamlpos import load_yaml as parse
 
     return parse(text, source)

@@ -87,20 +87,25 @@ class Matcher:
     (a CIDR, another glob, a non-ASCII one): then the index runs this matcher for every host."""
 
     def matches(self, subject: Subject) -> bool:
-        if self.kinds and subject.kind not in self.kinds:
+        return (self.admits(subject.kind, subject.scheme, subject.app)
+                and self.matches_target(subject.host, subject.port))
+
+    def admits(self, kind: str, scheme: str, app: str | None) -> bool:
+        """The conditions on who asks and how (kind, scheme, app): what the rule index sorts
+        rules by (Rule 3), so a request tests them once per bucket, not once per rule."""
+        if self.kinds and kind not in self.kinds:
             return False
-        if self.schemes and subject.scheme not in self.schemes:
+        if self.schemes and scheme not in self.schemes:
             return False
-        if self.ports:
-            port = subject.port
-            if port is None or not any(lo <= port <= hi for lo, hi in self.ports):
-                return False
         if self.apps:
-            app = subject.app
-            if app is None or not any(p.match(app) for p in self.apps):
-                return False
+            return app is not None and any(p.match(app) for p in self.apps)
+        return True
+
+    def matches_target(self, host: str, port: int | None) -> bool:
+        """The conditions on where to (port, host)."""
+        if self.ports and (port is None or not any(lo <= port <= hi for lo, hi in self.ports)):
+            return False
         if self.has_host:
-            host = subject.host
             if any(p.match(host) for p in self.host_globs):
                 return True
             if self.host_nets:
@@ -187,8 +192,9 @@ class RuleIndex:
             if len(self._buckets) >= _BUCKET_LIMIT:
                 self._buckets.clear()
             bucket = self._buckets[key] = _Bucket(self._matchers, subject)
-        matchers = self._matchers
-        return [i for i in bucket.candidates(subject.host) if matchers[i].matches(subject)]
+        matchers, host, port = self._matchers, subject.host, subject.port
+        # The bucket admitted kind, scheme and app: only the target's conditions are left.
+        return [i for i in bucket.candidates(host) if matchers[i].matches_target(host, port)]
 
 
 class _Bucket:
@@ -203,9 +209,7 @@ class _Bucket:
         self.exact: dict[str, list[int]] = {}
         self.suffix: dict[str, list[int]] = {}
         for i, m in enumerate(matchers):
-            if (m.kinds and kind not in m.kinds) or (m.schemes and scheme not in m.schemes):
-                continue
-            if m.apps and (app is None or not any(p.match(app) for p in m.apps)):
+            if not m.admits(kind, scheme, app):
                 continue
             self.everything.append(i)
             if m.host_keys is None:

@@ -7,8 +7,8 @@ framer (core/framing.py, Rule 4: 0xFFFFFFFF, u16 length, payload), so only the t
 taps_post endpoints ever see it.
 
 Wire format: each payload is an ASCII verb, optionally followed by one space and a 16-byte
-nonce (`os.urandom`, which is what `secrets.token_bytes` returns): HELLO, HELLO <nonce>,
-CHALLENGE <nonce>, FORK <nonce>, REQUEST <nonce>, REFUSE [<nonce>], OK, LATE.
+nonce (`secrets.token_bytes`): HELLO, HELLO <nonce>, CHALLENGE <nonce>, FORK <nonce>,
+REQUEST <nonce>, REFUSE [<nonce>], OK, LATE.
 
 Client C forks its carrier P (to server S, accepted there as P'):
 1. C opens a connection N to P's candidate (same stack, interface, addresses, settings and
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
+import secrets
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -417,7 +417,7 @@ class ForkServer:
             if len(self.challenges) >= MAX_PENDING or not self.accepting:
                 self._refuse(t)
                 return
-            n = os.urandom(NONCE_SIZE)
+            n = secrets.token_bytes(NONCE_SIZE)
             timer = asyncio.get_running_loop().call_later(NONCE_TTL, self._expire, n)
             self.challenges[n] = _Challenge(t, timer)
             t.send_control(_frame(CHALLENGE, n))
@@ -504,7 +504,7 @@ class ForkServer:
             raise UsageError("the Listener stopped accepting, so the peer cannot connect "
                              "back for the fork")
         loop = asyncio.get_running_loop()
-        r = os.urandom(NONCE_SIZE)
+        r = secrets.token_bytes(NONCE_SIZE)
         future: asyncio.Future[Carrier] = loop.create_future()
         wait = (parent.settings.conn_timeout if parent.settings is not None else 10.0) \
             + 2 * answer_timeout(t, parent.settings)
