@@ -476,9 +476,19 @@ def test_decide_with_resolution_keeps_its_promises(
     assert d.to_dict() == again.to_dict()  # deterministic
     cands = d.candidates
     numbers = {p.number for p in d.passes}
-    # A later pass never ranks before an earlier one; ranks are 1..n.
-    assert [c.resolution_pass for c in cands] == sorted(c.resolution_pass for c in cands)
+    # Rule 9: each candidate is the best-ranked one not started yet whose pass had begun by
+    # its start (a later pass is sorted in, not appended); within a pass, keys only rise.
     assert all(c.resolution_pass in numbers for c in cands)
+    if cands:
+        began = {p.number: p.at_ms for p in d.passes}
+        first_at = began[cands[0].resolution_pass]
+        for i, c in enumerate(cands):
+            for later in cands[i + 1:]:
+                if round(began[later.resolution_pass] - first_at) <= c.start_ms:
+                    assert c.key <= later.key, (c, later)
+        for number in numbers:
+            keys = [c.key for c in cands if c.resolution_pass == number]
+            assert keys == sorted(keys)
     assert [c.rank for c in cands] == list(range(1, len(cands) + 1))
     # start_ms is non-decreasing, at least one attempt delay apart, and no later pass's
     # candidate starts before its pass.

@@ -38,8 +38,10 @@ worked out once per endpoint, never per candidate; the same leaf offered by two 
 is kept once, with the better priority.
 Rule 9: each candidate carries the resolution pass in which everything it needs was known
 (`decision/passes.py`): its address (A/AAAA answer, or the hint of its record) and its
-record. Candidates sort by (pass, RankKey), so a later pass only ever appends; a snapshot
-without `arrivals` is one pass at 0 ms, an IP literal none.
+record. The order is the race as it will run (`_schedule`): each start takes the best
+RankKey among the candidates whose pass has begun by then, so a later pass is sorted into the
+candidates not started yet (RFC 8305 section 3), not appended after every earlier one, and
+a snapshot without `arrivals` is one pass at 0 ms, an IP literal none.
 Rule 10: a candidate whose most specific history entry is a failure younger than
 `racing.failureMemory` ranks after every candidate without one (`RankKey.recent_failure`
 comes first), unless the policy requires its stack (`stack.NAME: require`); an older failure
@@ -87,6 +89,7 @@ candidate could be relayed.
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 import operator
 from collections.abc import Hashable, Mapping, Sequence
@@ -329,7 +332,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     memory_ms = int(effective["racing.failureMemory"].value)
     locals_: dict[tuple[str, str], Address | None] = {}
 
-    scored: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
+    scored: list[_Scored] = []
     now = env.now
     for index, (ep, addrs, ep_stacks) in enumerate(prepared):
         priority, rport = ep.priority, ep.port
@@ -378,7 +381,7 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
     duplicates: dict[int, int] = {}  # endpoint -> the better endpoint that had its leaves
     if len(prepared) > 1:  # the same leaf from two endpoints: the better priority, earlier pass
         best: dict[tuple[str, str, str, int], int] = {}
-        kept: list[tuple[int, RankKey, Interface, str, str, str, str, int, int]] = []
+        kept: list[_Scored] = []
         for item in scored:
             leaf = (item[2].name, item[4], item[5], item[7])
             at = best.get(leaf)
@@ -391,26 +394,16 @@ def decide(request: Request, policy: PolicyContext, env: Environment) -> Decisio
                 kept[at] = (item[0], *kept[at][1:])
         scored = kept
     scored.sort(key=_by_key)
-    if len(passes_) > 1:
-        scored.sort(key=_by_pass)  # stable: (pass, RankKey), Rule 9
     if shaping.records:
         for item in scored:
             counts[item[8]] += 1
 
-    attempt_delay = _attempt_delay(effective, scored[0] if scored else None, warnings)
-    delay = attempt_delay.ms
     pass_at = {p.number: p.at_ms for p in passes_}
-    # start_ms counts from the first candidate's start, which is its pass's (pass 1 unless
-    # every pass-1 leaf was pruned).
-    at1 = pass_at[scored[0][0]] if scored and pass_at else 0.0
+    first = min(scored, key=_by_pass) if scored else None  # best key of the earliest pass
+    attempt_delay = _attempt_delay(effective, first, warnings)
     candidates: list[Candidate] = []
-    start = 0
-    for rank, (number, key, iface, local_addr, stack, addr, family, rport, _) in enumerate(
-            scored, start=1):
-        if rank > 1:
-            start += delay
-            if number > 1:
-                start = max(start, round(pass_at[number] - at1))
+    for rank, (start, (number, key, iface, local_addr, stack, addr, family, rport, _)) in \
+            enumerate(_schedule(scored, pass_at, attempt_delay.ms), start=1):
         candidates.append(_tuple_new(Candidate, (rank, iface.name, local_addr, stack, addr,
                                                  rport, family, start, key, number)))
 
@@ -468,9 +461,41 @@ def _key_parts(flat: Sequence[tuple[str, int, bool, int, int, bool]], history: _
 _by_key = operator.itemgetter(1)
 _by_pass = operator.itemgetter(0)
 
+_Scored = tuple[int, RankKey, Interface, str, str, str, str, int, int]
+
+
+def _schedule(scored: list[_Scored], pass_at: Mapping[int, float],
+              delay: int) -> list[tuple[int, _Scored]]:
+    """Rule 9: the race as it will run, candidates sorted by RankKey (`scored`). Each start
+    is one attempt delay after the one before; it takes the best-ranked candidate whose pass
+    has begun by then, and when every such candidate has started it waits for the next pass.
+    A later pass is therefore sorted into the candidates not started yet, as RFC 8305 section
+    3 asks of late answers, never merely appended. Times count from the first candidate's
+    start, which is its pass's (pass 1 unless every pass-1 leaf was pruned)."""
+    if len(pass_at) < 2 or len({item[0] for item in scored}) < 2:
+        return [(i * delay, item) for i, item in enumerate(scored)]
+    at1 = pass_at[min(item[0] for item in scored)]
+    begins = sorted((round(pass_at[n] - at1), n) for n in {item[0] for item in scored})
+    waiting: dict[int, list[int]] = {}  # pass -> positions in `scored`, best key first
+    for position, item in enumerate(scored):
+        waiting.setdefault(item[0], []).append(position)
+    ready: list[int] = []  # positions whose pass has begun, a heap: the best key on top
+    out: list[tuple[int, _Scored]] = []
+    start, b = 0, 0
+    while len(out) < len(scored):
+        if out:
+            start += delay
+        while b < len(begins) and (begins[b][0] <= start or not ready):
+            start = max(start, begins[b][0])
+            for position in waiting[begins[b][1]]:
+                heapq.heappush(ready, position)
+            b += 1
+        out.append((start, scored[heapq.heappop(ready)]))
+    return out
+
 
 def _attempt_delay(effective: Effectives,
-                   first: tuple[int, RankKey, Interface, str, str, str, str, int, int] | None,
+                   first: _Scored | None,
                    warnings: list[str]) -> AttemptDelay:
     """Rule 11: twice the first candidate's measured RTT, clamped; else racing.attemptDelay.
     A minimum above the maximum is a warning, and the maximum wins."""

@@ -101,8 +101,9 @@ class Candidate(NamedTuple):
     start_ms: int
     key: RankKey
     resolution_pass: int = 1
-    """The resolution pass that produced this candidate (`Decision.passes`): a later pass's
-    candidates join the race after every earlier one's."""
+    """The resolution pass that produced this candidate (`Decision.passes`): it never starts
+    before its pass, and is sorted by its key into the candidates not started by then
+    (decide.py Rule 9)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

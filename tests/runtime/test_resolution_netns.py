@@ -8,6 +8,7 @@ trace callback and answers with the events (their `t_ms` on the client's loop cl
 winner and the explanation. The zone `lab.test`:
 
     svc     A 198.18.1.2, AAAA fd00:1::2           (the delayed-AAAA race)
+    late    A 198.18.1.2, AAAA fd00:1::2           (the delayed-A race; nothing else asks)
     hint    HTTPS 1 . alpn=h2 ipv4hint=198.18.1.2; A 198.18.1.2, no AAAA
     moved   HTTPS 1 . alpn=h3 port=QPORT; A 198.18.1.2
     alias   HTTPS 0 hop -> hop HTTPS 0 end -> end HTTPS 1 . alpn=h2; end A 198.18.2.2
@@ -115,6 +116,7 @@ asyncio.run(main())
 def zone() -> Zone:
     z = Zone("lab.test.")
     z.add("svc", 300, "A", B1_V4).add("svc", 300, "AAAA", B1_V6)
+    z.add("late", 300, "A", B1_V4).add("late", 300, "AAAA", B1_V6)
     z.add("hint", 300, "HTTPS", f"1 . alpn=h2 ipv4hint={B1_V4}").add("hint", 300, "A", B1_V4)
     z.add("moved", 300, "HTTPS", f"1 . alpn=h3 port={QPORT}").add("moved", 300, "A", B1_V4)
     z.add("alias", 300, "HTTPS", "0 hop.lab.test.").add("hop", 300, "HTTPS", "0 end.lab.test.")
@@ -140,7 +142,7 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def scene() -> Iterator[Scene]:
-    cert = tp.certs.self_signed(["svc.lab.test", "hint.lab.test", "moved.lab.test",
+    cert = tp.certs.self_signed(["svc.lab.test", "late.lab.test", "hint.lab.test", "moved.lab.test",
                                  "alias.lab.test", "ttl.lab.test", "named", "svc",
                                  "gaionly.lab.test"])
     assert cert.key_pem is not None
@@ -194,6 +196,27 @@ def test_ipv4_starts_resolution_delay_after_a_and_aaaa_joins_later(fresh: Scene)
     assert [p["number"] for p in passes] == [1, 2], passes
     assert "resolutionDelay" in passes[0]["trigger"]
     assert [e["number"] for e in events(out, "resolution.pass")] == [1, 2]
+    assert out["echo"] == "echo:ping"
+
+
+def test_a_late_a_answer_is_sorted_in_ahead_of_untried_ipv6(fresh: Scene) -> None:
+    # Both interfaces allowed: pass 1 (AAAA first) has IPv6 on each; the A answer, 40 ms
+    # late, is pass 2. Its IPv4 candidate must go second, one attempt delay after the first
+    # IPv6 attempt, not after every IPv6 one (decide.py Rule 9, RFC 8305 section 3).
+    fresh.dns.relay.set(delays={"A": 0.04})
+    fresh.topo.blackhole(fresh.topo.b, daddr=B1_V6)  # the IPv6 attempts hang
+    out = fresh.initiate(f"tls://late.lab.test:{PORT}", attempt_delay=150,
+                         set={"interface.veth-a2": "no_preference"})
+    (a,) = events(out, "resolution.answer", rtype="A")
+    starts = events(out, "attempt.started")
+    assert starts[0]["remote"] == f"[{B1_V6}]:{PORT}", starts
+    assert starts[0]["t_ms"] < a["t_ms"], "pass 1 started before the A answer"
+    assert starts[1]["remote"] == f"{B1_V4}:{PORT}", [s["remote"] for s in starts]
+    gap = starts[1]["t_ms"] - starts[0]["t_ms"]
+    assert 100.0 <= gap <= 290.0, f"IPv4 started {gap:.0f} ms after the first attempt"
+    assert out["winner"]["remote_address"] == B1_V4 and out["winner"]["pass"] == 2
+    ranks = [(c["remote_address"], c["pass"]) for c in out["explanation"]["candidates"]]
+    assert ranks[:2] == [(B1_V6, 1), (B1_V4, 2)], ranks
     assert out["echo"] == "echo:ping"
 
 
