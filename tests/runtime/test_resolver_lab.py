@@ -11,6 +11,7 @@ validation (AD).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import threading
@@ -548,3 +549,60 @@ def received_any(sock: socket.socket) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def test_questions_in_flight_together_share_one_socket(silent: socket.socket,
+                                                        run: Any) -> None:
+    """transport.py Rule 6: A and AAAA asked at once leave from one socket (one source
+    port, as glibc's stub does), each with its own ID; once both ended the socket is closed,
+    and the next question opens a new one."""
+    c = client(silent.getsockname(), timeout=0.3)
+
+    def sources() -> list[tuple[str, int]]:
+        out = []
+        while True:
+            try:
+                _wire, source = silent.recvfrom(65535)
+            except BlockingIOError:
+                return out
+            out.append(source)
+
+    def open_udp_sockets() -> int:
+        import os
+
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # listdir's own descriptor
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        return count
+
+    async def main() -> None:
+        before = open_udp_sockets()
+        both = asyncio.gather(c.query("svc.lab.test", "A"), c.query("svc.lab.test", "AAAA"))
+        await asyncio.sleep(0.1)
+        assert open_udp_sockets() == before + 1
+        first = sources()
+        assert len(first) == 2 and first[0] == first[1], first
+        assert [a.status for a in await both] == ["timeout", "timeout"]
+        assert open_udp_sockets() == before
+        await c.query("svc.lab.test", "HTTPS")
+        (later,) = sources()
+        assert later[1] != first[0][1]  # a new socket, a new random port
+
+    run(main())
+
+
+def test_shared_socket_answers_each_question_by_its_id(dns_lab: Lab, run: Any) -> None:
+    """Rule 6 against knot: three questions in flight on one socket each get their own
+    answer, whatever order the datagrams come back in."""
+    c = client(dns_lab.knot.address)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(c.query("svc.lab.test", "A"),
+                                         c.query("svc.lab.test", "AAAA"),
+                                         c.query("week.lab.test", "A")))
+
+    a, aaaa, week = run(main())
+    assert (a.status, a.addresses) == ("ok", ("198.18.1.2",))
+    assert aaaa.status == "ok" and all(":" in x for x in aaaa.addresses)
+    assert week.addresses == ("198.18.1.13",) and c.sent == 3
