@@ -69,14 +69,18 @@ def silent() -> Iterator[socket.socket]:
     sock.close()
 
 
-def received(sock: socket.socket) -> list[dns.message.Message]:
+def datagrams(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """Every datagram waiting on `sock`, with its source."""
     out = []
     while True:
         try:
-            wire, _ = sock.recvfrom(65535)
+            out.append(sock.recvfrom(65535))
         except BlockingIOError:
             return out
-        out.append(dns.message.from_wire(wire))
+
+
+def received(sock: socket.socket) -> list[dns.message.Message]:
+    return [dns.message.from_wire(wire) for wire, _source in datagrams(sock)]
 
 
 def test_a_and_aaaa_keep_their_own_ttls(dns_lab: Lab, run: Any) -> None:
@@ -559,13 +563,7 @@ def test_questions_in_flight_together_share_one_socket(silent: socket.socket,
     c = client(silent.getsockname(), timeout=0.3)
 
     def sources() -> list[tuple[str, int]]:
-        out = []
-        while True:
-            try:
-                _wire, source = silent.recvfrom(65535)
-            except BlockingIOError:
-                return out
-            out.append(source)
+        return [source for _wire, source in datagrams(silent)]
 
     def open_udp_sockets() -> int:
         import os
