@@ -472,10 +472,11 @@ def _schedule(scored: list[_Scored], pass_at: Mapping[int, float],
     A later pass is therefore sorted into the candidates not started yet, as RFC 8305 section
     3 asks of late answers, never merely appended. Times count from the first candidate's
     start, which is its pass's (pass 1 unless every pass-1 leaf was pruned)."""
-    if len(pass_at) < 2 or len({item[0] for item in scored}) < 2:
+    numbers = {item[0] for item in scored}
+    if len(numbers) < 2:
         return [(i * delay, item) for i, item in enumerate(scored)]
-    at1 = pass_at[min(item[0] for item in scored)]
-    begins = sorted((round(pass_at[n] - at1), n) for n in {item[0] for item in scored})
+    at1 = pass_at[min(numbers)]
+    begins = sorted((round(pass_at[n] - at1), n) for n in numbers)
     waiting: dict[int, list[int]] = {}  # pass -> positions in `scored`, best key first
     for position, item in enumerate(scored):
         waiting.setdefault(item[0], []).append(position)

@@ -127,7 +127,6 @@ def _negative_ttl(response: dns.message.Message, owner: dns.name.Name) -> int | 
     return None
 
 
-
 @functools.lru_cache(maxsize=512)
 def _question(qname: dns.name.Name, rtype: str) -> tuple[dns.message.Message, bytes]:
     """The query for (qname, rtype) and its wire form after the ID (Rules 2, 3): built by

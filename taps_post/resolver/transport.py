@@ -22,12 +22,12 @@ Rule 5: every socket is closed when its exchange ends, also on a timeout or a ca
 no task is created here, so cancelling the caller stops everything (client.py Rule 9).
 Rule 6: the UDP queries in flight to one nameserver at the same time share one socket, as
 glibc's stub sends A and AAAA from one: a connection's A, AAAA (and HTTPS) questions cost
-one socket, connect and close, not one each (about 0.3 ms apiece in a network namespace
-here, on the path to the first attempt). Every datagram is offered to each waiting query's
-`accept` (Rule 3: the query ID and question decide, never arrival order), the socket is
-closed when its last query ends (Rule 5), and the next query opens a new one with a new
-random source port. A socket error (an ICMP unreachable) fails every query on it and the
-socket is not reused.
+one socket, connect and close, not one each (about 0.3 ms apiece on the path to the first
+attempt, in the netns lab's timeline of a first connection). Every datagram is offered to
+each waiting query's `accept` (Rule 3: the query ID and question decide, never arrival
+order), the socket is closed when its last query ends (Rule 5), and the next query opens a
+new one with a new random source port. A socket error (an ICMP unreachable) fails every
+query on it and the socket is not reused.
 """
 
 from __future__ import annotations

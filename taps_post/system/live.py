@@ -43,10 +43,8 @@ def cached_interfaces() -> tuple[Interface, ...]:
 
 def cached_path_manager() -> str:
     """The MPTCP path manager (system/mptcp.py `path_manager()`) under the interfaces' TTL
-    (Rule 2): reading its sysctls costs two file opens, about 0.5 ms in a network
-    namespace here, on every decision otherwise."""
-    if _cache is None or time.monotonic() - _cache[0] > _TTL:
-        refresh()
+    (Rule 2): its two sysctls are read with the interfaces, not opened on every decision."""
+    cached_interfaces()  # refreshes both when the snapshot is stale
     assert _cache is not None
     return _cache[2]
 
